@@ -1,0 +1,74 @@
+//! Per-log settings, named and defaulted as Kafka's topic configs.
+
+use strom_protocol::record_batch::TimestampType;
+
+/// Settings of one partition log. Field names are Kafka's config names with
+/// dots as underscores; defaults are Kafka's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll to a new segment before the active one would grow
+    /// past this. Positions in the index are 32-bit, so at most `i32::MAX`.
+    pub segment_bytes: u32,
+    /// `segment.ms`: roll when the active segment's records span this long.
+    pub segment_ms: i64,
+    /// `segment.jitter.ms`: subtracted from `segment_ms` (Kafka randomises it per
+    /// segment to avoid rolling every partition at once; we take it as given).
+    pub segment_jitter_ms: i64,
+    /// `segment.index.bytes`: roll when either index of the active segment would
+    /// grow past this.
+    pub segment_index_bytes: u32,
+    /// `index.interval.bytes`: bytes of log between two index entries.
+    pub index_interval_bytes: u32,
+    /// `max.message.bytes`: the largest record batch accepted, header included.
+    pub max_message_bytes: u32,
+    /// `flush.messages`: fsync after this many records; `None` leaves it to the OS.
+    pub flush_messages: Option<u64>,
+    /// `flush.ms`: fsync when data has waited this long; `None` leaves it to the OS.
+    pub flush_ms: Option<i64>,
+    /// `message.timestamp.type`.
+    pub message_timestamp_type: TimestampType,
+    /// `cleanup.policy` contains `compact`: batches may leave offset gaps.
+    pub compact: bool,
+    /// `file.delete.delay.ms`: how long a deleted segment stays as `*.deleted`.
+    pub file_delete_delay_ms: i64,
+}
+
+/// Kafka's `segment.bytes` default: 1 GiB.
+pub const DEFAULT_SEGMENT_BYTES: u32 = 1 << 30;
+/// Kafka's `segment.ms` default: 7 days.
+pub const DEFAULT_SEGMENT_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `segment.index.bytes` default: 10 MiB.
+pub const DEFAULT_SEGMENT_INDEX_BYTES: u32 = 10 * 1024 * 1024;
+/// Kafka's `index.interval.bytes` default.
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
+/// Kafka's `max.message.bytes` default: 1 MiB plus the 12-byte log overhead.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1_048_588;
+/// Kafka's `file.delete.delay.ms` default.
+pub const DEFAULT_FILE_DELETE_DELAY_MS: i64 = 60_000;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            segment_ms: DEFAULT_SEGMENT_MS,
+            segment_jitter_ms: 0,
+            segment_index_bytes: DEFAULT_SEGMENT_INDEX_BYTES,
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            flush_messages: None,
+            flush_ms: None,
+            message_timestamp_type: TimestampType::CreateTime,
+            compact: false,
+            file_delete_delay_ms: DEFAULT_FILE_DELETE_DELAY_MS,
+        }
+    }
+}
+
+impl LogConfig {
+    /// `segment_bytes` as the storage engine uses it: never above `i32::MAX`
+    /// (32-bit index positions) and never below one minimal batch.
+    pub(crate) fn effective_segment_bytes(&self) -> u64 {
+        let min = strom_protocol::record_batch::RECORD_BATCH_OVERHEAD as u64;
+        u64::from(self.segment_bytes).clamp(min, i32::MAX as u64)
+    }
+}

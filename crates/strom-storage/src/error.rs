@@ -1,0 +1,106 @@
+//! Errors of the storage engine, one enum per operation family.
+//!
+//! The broker maps them to Kafka error codes; each variant says which.
+
+use std::io;
+
+use strom_protocol::record_batch::BatchError;
+
+/// Why an append was refused. Nothing was written when one is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// Length or CRC32C of a batch is wrong (Kafka: CORRUPT_MESSAGE).
+    #[error("corrupt record batch: {0}")]
+    Corrupt(BatchError),
+    /// A batch is not magic 2 (Kafka: INVALID_RECORD for magic 0 and 1 from a
+    /// v3+ produce request, CORRUPT_MESSAGE for magic values that do not exist).
+    #[error("record batch magic {0} is not supported; only magic 2 is")]
+    UnsupportedMagic(i8),
+    /// A batch is larger than `max.message.bytes` (Kafka: MESSAGE_TOO_LARGE).
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge { size: usize, max: u32 },
+    /// The batches together are larger than a whole segment (Kafka:
+    /// RECORD_LIST_TOO_LARGE).
+    #[error("record batches of {size} bytes exceed segment.bytes {max}")]
+    LargerThanSegment { size: usize, max: u64 },
+    /// The batch breaks a rule for client writes: base offset not 0, record
+    /// count not matching the offset range, a control batch (Kafka: INVALID_RECORD).
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(&'static str),
+    /// A replicated batch does not continue the log (offsets not increasing).
+    #[error(
+        "replicated batch at offset {base_offset} does not follow log end offset {log_end_offset}"
+    )]
+    OffsetOutOfOrder {
+        base_offset: i64,
+        log_end_offset: i64,
+    },
+    /// No batch in the request.
+    #[error("no record batch to append")]
+    Empty,
+    /// The file system failed; the log was put back to its last good state or,
+    /// if that failed too, taken offline (Kafka: KAFKA_STORAGE_ERROR).
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The log was taken offline after an I/O error or closed (Kafka:
+    /// KAFKA_STORAGE_ERROR / NOT_LEADER_OR_FOLLOWER).
+    #[error("log is offline")]
+    Offline,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The offset is below the log start or above the log end (Kafka:
+    /// OFFSET_OUT_OF_RANGE).
+    #[error("offset {offset} is out of range [{log_start_offset}, {log_end_offset}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    },
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("log is offline")]
+    Offline,
+}
+
+/// Errors of opening, truncating, deleting and other maintenance.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error("storage I/O error on {path}: {source}")]
+    Io { path: String, source: io::Error },
+    /// Something on disk cannot be used and cannot be repaired automatically.
+    #[error("corrupt log data: {0}")]
+    Corruption(String),
+    /// A caller asked for something the log cannot do (offset out of range).
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("log is offline")]
+    Offline,
+}
+
+impl StorageError {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+impl From<ReadError> for StorageError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(source) => Self::Io {
+                path: String::new(),
+                source,
+            },
+            ReadError::Offline => Self::Offline,
+            other => Self::InvalidRequest(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,1321 @@
+//! The log of one partition: a directory of segments named by base offset.
+//!
+//! ```text
+//! orders-0/
+//!   00000000000000000000.log         batches, end to end
+//!   00000000000000000000.index       offset -> position, sparse
+//!   00000000000000000000.timeindex   timestamp -> offset, sparse
+//!   00000000000000052817.log         the active segment (appends go here)
+//!   ...
+//!   leader-epoch-checkpoint          epoch -> start offset
+//! ```
+//!
+//! One writer at a time (a mutex serialises appends, rolls, truncation and
+//! flushes); any number of readers beside it. Readers see only whole batches:
+//! a segment publishes its new size after the bytes are written.
+
+mod epoch_cache;
+mod index;
+mod scan;
+mod segment;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, IoSlice};
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use strom_protocol::record;
+use strom_protocol::record_batch::{
+    self, BatchError, BatchHeader, MAGIC_V2, RECORD_BATCH_OVERHEAD, TimestampType,
+};
+
+pub use self::epoch_cache::EpochEntry;
+use self::epoch_cache::LeaderEpochCache;
+use self::scan::{BatchScanner, Scanned};
+use self::segment::{AppendFailure, AppendedBatch, DELETED_SUFFIX, ScanRules, Segment};
+use crate::checkpoint;
+use crate::clock::Clock;
+use crate::config::LogConfig;
+use crate::error::{AppendError, ReadError, StorageError};
+use crate::file_cache::{FileCache, FileKind};
+
+/// Bound on the decompressed size of one batch when the log looks inside it
+/// (timestamp lookups). Kafka's producers cap batches at `max.message.bytes`
+/// compressed; 256 MiB leaves room for any sane compression ratio while a
+/// crafted "zip bomb" batch cannot exhaust memory.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 << 20;
+
+/// Bound on the batches of one append: a produce request carries one batch per
+/// partition, a replica fetch response at most `replica.fetch.max.bytes`
+/// (1 MiB) of them; 65,536 minimal batches would be 4 MiB.
+pub const MAX_BATCHES_PER_APPEND: usize = 65_536;
+
+/// Who is appending; decides which rules apply (as Kafka's `AppendOrigin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOrigin {
+    /// A producer: base offset 0, record count consistent, no control batches.
+    Client,
+    /// The broker's own coordinators: may write control batches.
+    Coordinator,
+}
+
+/// How the log was left and what was checkpointed about it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// The previous process shut down cleanly: skip recovery.
+    pub clean_shutdown: bool,
+    /// Offset below which data is known to be fsynced; recovery starts at the
+    /// segment holding it. 0 when unknown (recover everything).
+    pub recovery_point: i64,
+    /// Checkpointed log start offset, if any.
+    pub log_start_offset: Option<i64>,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record appended.
+    pub first_offset: i64,
+    /// Offset of the last record appended.
+    pub last_offset: i64,
+    /// When the log appended the batches, in ms. Kafka's ProduceResponse
+    /// reports it only for `LogAppendTime` topics (and -1 otherwise).
+    pub log_append_time_ms: i64,
+    /// The timestamp type the batches were stored with.
+    pub timestamp_type: TimestampType,
+    /// Largest timestamp among the appended batches, as stored.
+    pub max_timestamp: i64,
+    /// Number of records appended (by the batch headers).
+    pub record_count: u64,
+    /// Bytes appended.
+    pub bytes: u64,
+    /// The log start offset after the append.
+    pub log_start_offset: i64,
+}
+
+/// A timestamp lookup's answer: the first record at or after a timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampOffset {
+    pub timestamp: i64,
+    pub offset: i64,
+}
+
+/// Whole stored batches to send to a reader, by reference to the segment file
+/// that holds them. Nothing is read until [`LogSlice::read`] (or, later, a
+/// `sendfile` from [`LogSlice::file_region`]): callers never need to change
+/// when serving becomes zero-copy.
+#[derive(Debug, Clone, Default)]
+pub struct LogSlice {
+    segment: Option<Arc<Segment>>,
+    position: u64,
+    len: u64,
+}
+
+impl LogSlice {
+    /// Bytes in the slice.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.len).unwrap_or(usize::MAX)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The file, position and length of the slice, for zero-copy sending.
+    pub fn file_region(&self) -> io::Result<Option<(Arc<File>, u64, u64)>> {
+        match &self.segment {
+            Some(segment) if self.len > 0 => Ok(Some((
+                segment.file(FileKind::Log)?,
+                self.position,
+                self.len,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Appends the slice's bytes to `buf`.
+    pub fn read_into(&self, buf: &mut BytesMut) -> io::Result<()> {
+        let Some((file, position, len)) = self.file_region()? else {
+            return Ok(());
+        };
+        let start = buf.len();
+        let len = usize::try_from(len).map_err(|_| io::Error::other("slice too large"))?;
+        buf.resize(start + len, 0);
+        if let Err(e) = file.read_exact_at(&mut buf[start..], position) {
+            buf.truncate(start);
+            // A concurrent truncation (replication) can shorten the file.
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The slice's bytes.
+    pub fn read(&self) -> io::Result<Bytes> {
+        let mut buf = BytesMut::with_capacity(self.len());
+        self.read_into(&mut buf)?;
+        Ok(buf.freeze())
+    }
+}
+
+/// The answer to a read.
+#[derive(Debug, Clone)]
+pub struct LogRead {
+    pub records: LogSlice,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+/// State only the writer touches.
+#[derive(Debug)]
+struct Writer {
+    active: Arc<Segment>,
+    epochs: LeaderEpochCache,
+    last_flush_ms: i64,
+    /// Rolled segments not yet fsynced.
+    pending_flush: Vec<Arc<Segment>>,
+    /// Segments renamed to `*.deleted`, with the time their files go.
+    pending_delete: Vec<(i64, Arc<Segment>)>,
+    /// A new segment file was created since the directory was last fsynced.
+    dir_dirty: bool,
+}
+
+/// The log of one partition. Share it with `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: Arc<Path>,
+    config: RwLock<Arc<LogConfig>>,
+    files: Arc<FileCache>,
+    clock: Arc<dyn Clock>,
+    writer: Mutex<Writer>,
+    segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
+    log_end_offset: AtomicI64,
+    log_start_offset: AtomicI64,
+    recovery_point: AtomicI64,
+    offline: AtomicBool,
+}
+
+impl PartitionLog {
+    /// Opens the log in `dir`, creating it if it does not exist. After an
+    /// unclean shutdown, recovers every segment from the one holding
+    /// `options.recovery_point`: validates each batch (length, magic, CRC,
+    /// offsets, leader epoch), truncates at the first invalid byte, rebuilds
+    /// the indexes and drops the segments after a truncation.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        files: Arc<FileCache>,
+        clock: Arc<dyn Clock>,
+        options: LoadOptions,
+    ) -> Result<Self, StorageError> {
+        let dir: PathBuf = dir.into();
+        fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
+        let dir: Arc<Path> = Arc::from(dir.as_path());
+        let now = clock.now_ms();
+        let bases = list_segments(&dir)?;
+        let is_new = bases.is_empty();
+        let mut epochs = if is_new {
+            LeaderEpochCache::create(&dir).map_err(|e| StorageError::io(&dir, e))?
+        } else {
+            LeaderEpochCache::load(&dir)
+        };
+        let mut segments = BTreeMap::new();
+        for (base, size) in bases {
+            segments.insert(
+                base,
+                Arc::new(Segment::existing(
+                    Arc::clone(&dir),
+                    base,
+                    Arc::clone(&files),
+                    size,
+                    now,
+                )),
+            );
+        }
+
+        if !is_new && !options.clean_shutdown {
+            recover(
+                &dir,
+                &config,
+                &mut segments,
+                &mut epochs,
+                options.recovery_point,
+            )?;
+        }
+
+        let active = match segments.last_key_value() {
+            Some((_, segment)) => Arc::clone(segment),
+            None => {
+                let base = options.log_start_offset.unwrap_or(0).max(0);
+                let segment = Segment::create(Arc::clone(&dir), base, Arc::clone(&files), now)
+                    .map_err(|e| StorageError::io(&dir, e))?;
+                let segment = Arc::new(segment);
+                segments.insert(base, Arc::clone(&segment));
+                segment
+            }
+        };
+        let log_end_offset = active
+            .next_offset()
+            .map_err(|e| StorageError::io(active.path(FileKind::Log), e))?
+            .unwrap_or(active.base_offset());
+        epochs
+            .truncate_from_end(log_end_offset)
+            .map_err(|e| StorageError::io(&dir, e))?;
+        let first_base = segments.first_key_value().map_or(0, |(base, _)| *base);
+        let log_start_offset = options
+            .log_start_offset
+            .unwrap_or(first_base)
+            .max(first_base)
+            .min(log_end_offset);
+
+        let log = Self {
+            dir,
+            config: RwLock::new(Arc::new(config)),
+            files,
+            clock,
+            writer: Mutex::new(Writer {
+                active,
+                epochs,
+                last_flush_ms: now,
+                pending_flush: Vec::new(),
+                pending_delete: Vec::new(),
+                dir_dirty: is_new,
+            }),
+            segments: RwLock::new(segments),
+            log_end_offset: AtomicI64::new(log_end_offset),
+            log_start_offset: AtomicI64::new(log_start_offset),
+            recovery_point: AtomicI64::new(log_end_offset),
+            offline: AtomicBool::new(false),
+        };
+        Ok(log)
+    }
+
+    /// The partition's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current settings.
+    pub fn config(&self) -> Arc<LogConfig> {
+        Arc::clone(&self.config.read())
+    }
+
+    /// Replaces the settings (dynamic topic config); applies from the next append.
+    pub fn set_config(&self, config: LogConfig) {
+        *self.config.write() = Arc::new(config);
+    }
+
+    /// Offset of the next record to be appended.
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset of the first record a reader may read.
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start_offset.load(Ordering::Acquire)
+    }
+
+    /// Offset below which everything is fsynced.
+    pub fn recovery_point(&self) -> i64 {
+        self.recovery_point.load(Ordering::Acquire)
+    }
+
+    /// Whether an I/O failure took the log offline.
+    pub fn is_offline(&self) -> bool {
+        self.offline.load(Ordering::Acquire)
+    }
+
+    /// Bytes of log data in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.read().values().map(|s| s.size()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments.read().keys().copied().collect()
+    }
+
+    /// Heap memory the log holds (structures and loaded index state), for
+    /// sizing many-partition brokers.
+    pub fn memory_bytes(&self) -> usize {
+        let segments = self.segments.read();
+        size_of::<Self>()
+            + segments.len() * (size_of::<i64>() + size_of::<Arc<Segment>>() + 16)
+            + segments.values().map(|s| s.memory_bytes()).sum::<usize>()
+    }
+
+    /// The leader epoch cache: `(epoch, start offset)` pairs.
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.writer.lock().epochs.entries().to_vec()
+    }
+
+    /// The end offset of `epoch` (OffsetsForLeaderEpoch): `(epoch, end offset)`.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Option<(i32, i64)> {
+        self.writer
+            .lock()
+            .epochs
+            .end_offset_for(epoch, self.log_end_offset())
+    }
+
+    /// Appends batches from a producer or a coordinator: validates each
+    /// (length, magic, size, CRC32C, and Kafka's rules for client batches),
+    /// assigns offsets from the log end offset and stamps `leader_epoch` by
+    /// rewriting those header fields, and writes the bytes otherwise
+    /// unchanged. With `message.timestamp.type=LogAppendTime` the batch's max
+    /// timestamp and timestamp type are set too (and its CRC recomputed);
+    /// records are never re-encoded.
+    pub fn append_as_leader(
+        &self,
+        records: &[u8],
+        leader_epoch: i32,
+        origin: AppendOrigin,
+    ) -> Result<AppendInfo, AppendError> {
+        let config = self.config();
+        let batches = validate_batches(records, &config, Some(origin))?;
+        let mut writer = self.writer.lock();
+        self.check_online()?;
+        let now = self.clock.now_ms();
+        let log_append_time = config.message_timestamp_type == TimestampType::LogAppendTime;
+
+        // Offsets continue from the log end offset.
+        let first_offset = self.log_end_offset();
+        let mut next = first_offset;
+        let mut headers: Vec<[u8; RECORD_BATCH_OVERHEAD]> = Vec::with_capacity(batches.len());
+        let mut max_timestamps = Vec::with_capacity(batches.len());
+        for (header, bytes) in &batches {
+            let mut copy = [0u8; RECORD_BATCH_OVERHEAD];
+            copy.copy_from_slice(&bytes[..RECORD_BATCH_OVERHEAD]);
+            record_batch::set_base_offset(&mut copy, next);
+            record_batch::set_partition_leader_epoch(&mut copy, leader_epoch);
+            if log_append_time {
+                record_batch::set_log_append_time_parts(
+                    &mut copy,
+                    &bytes[RECORD_BATCH_OVERHEAD..],
+                    now,
+                );
+                max_timestamps.push(now);
+            } else {
+                max_timestamps.push(header.max_timestamp);
+            }
+            headers.push(copy);
+            next += i64::from(header.last_offset_delta) + 1;
+        }
+        let last_offset = next - 1;
+        let total: u64 = batches.iter().map(|(_, b)| b.len() as u64).sum();
+        let first_max_timestamp = max_timestamps
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(record_batch::NO_TIMESTAMP);
+        self.maybe_roll(
+            &mut writer,
+            &config,
+            first_offset,
+            last_offset,
+            total,
+            first_max_timestamp,
+            now,
+        )?;
+        writer
+            .epochs
+            .assign(leader_epoch, first_offset)
+            .map_err(|e| self.fail(e))?;
+
+        let mut slices = Vec::with_capacity(batches.len() * 2);
+        let mut appended = Vec::with_capacity(batches.len());
+        let mut position = writer.active.size();
+        let mut offset = first_offset;
+        for (((header, bytes), copy), max_timestamp) in
+            batches.iter().zip(&headers).zip(&max_timestamps)
+        {
+            slices.push(IoSlice::new(copy));
+            slices.push(IoSlice::new(&bytes[RECORD_BATCH_OVERHEAD..]));
+            let last = offset + i64::from(header.last_offset_delta);
+            appended.push(AppendedBatch {
+                position,
+                size: bytes.len() as u64,
+                last_offset: last,
+                max_timestamp: *max_timestamp,
+            });
+            position += bytes.len() as u64;
+            offset = last + 1;
+        }
+        self.write(&mut writer, &config, &mut slices, &appended, next)?;
+        Ok(AppendInfo {
+            first_offset,
+            last_offset,
+            log_append_time_ms: now,
+            timestamp_type: config.message_timestamp_type,
+            max_timestamp: first_max_timestamp,
+            record_count: batches
+                .iter()
+                .map(|(h, _)| u64::try_from(h.record_count).unwrap_or(0))
+                .sum(),
+            bytes: total,
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    /// Appends batches replicated from a leader, keeping their offsets and
+    /// epochs. Their offsets must not go back below the log end offset.
+    pub fn append_as_follower(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
+        let config = self.config();
+        let batches = validate_batches(records, &config, None)?;
+        let mut writer = self.writer.lock();
+        self.check_online()?;
+        let now = self.clock.now_ms();
+        let log_end_offset = self.log_end_offset();
+        let mut min_next = log_end_offset;
+        for (header, _) in &batches {
+            if header.base_offset < min_next {
+                return Err(AppendError::OffsetOutOfOrder {
+                    base_offset: header.base_offset,
+                    log_end_offset: min_next,
+                });
+            }
+            min_next = header.next_offset();
+        }
+        let (first, _) = batches[0];
+        let last_offset = min_next - 1;
+        let total: u64 = batches.iter().map(|(_, b)| b.len() as u64).sum();
+        self.maybe_roll(
+            &mut writer,
+            &config,
+            first.base_offset,
+            last_offset,
+            total,
+            first.max_timestamp,
+            now,
+        )?;
+        for (header, _) in &batches {
+            writer
+                .epochs
+                .assign(header.partition_leader_epoch, header.base_offset)
+                .map_err(|e| self.fail(e))?;
+        }
+        let mut slices: Vec<IoSlice<'_>> = batches.iter().map(|(_, b)| IoSlice::new(b)).collect();
+        let mut position = writer.active.size();
+        let appended: Vec<AppendedBatch> = batches
+            .iter()
+            .map(|(h, b)| {
+                let batch = AppendedBatch {
+                    position,
+                    size: b.len() as u64,
+                    last_offset: h.last_offset(),
+                    max_timestamp: h.max_timestamp,
+                };
+                position += b.len() as u64;
+                batch
+            })
+            .collect();
+        self.write(&mut writer, &config, &mut slices, &appended, min_next)?;
+        Ok(AppendInfo {
+            first_offset: first.base_offset,
+            last_offset,
+            log_append_time_ms: now,
+            timestamp_type: first.timestamp_type(),
+            max_timestamp: batches
+                .iter()
+                .map(|(h, _)| h.max_timestamp)
+                .max()
+                .unwrap_or(-1),
+            record_count: batches
+                .iter()
+                .map(|(h, _)| u64::try_from(h.record_count).unwrap_or(0))
+                .sum(),
+            bytes: total,
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    /// Writes prepared batches to the active segment and publishes the new log
+    /// end offset; fsyncs if `flush.messages` says so.
+    fn write(
+        &self,
+        writer: &mut Writer,
+        config: &LogConfig,
+        slices: &mut [IoSlice<'_>],
+        appended: &[AppendedBatch],
+        next_offset: i64,
+    ) -> Result<(), AppendError> {
+        let index_interval_bytes = u64::from(config.index_interval_bytes);
+        match writer.active.append(slices, appended, index_interval_bytes) {
+            Ok(()) => {}
+            // The segment cut the failed write back: the log stays usable.
+            Err(AppendFailure::Undone(e)) => return Err(AppendError::Io(e)),
+            // The file's tail is unknown: no more appends.
+            Err(AppendFailure::Torn(e)) => return Err(self.fail(e)),
+        }
+        self.log_end_offset.store(next_offset, Ordering::Release);
+        if let Some(flush_messages) = config.flush_messages {
+            let unflushed = u64::try_from(next_offset - self.recovery_point()).unwrap_or(0);
+            if unflushed >= flush_messages {
+                self.flush_locked(writer).map_err(AppendError::Io)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rolls to a new segment if the next append would not fit the active
+    /// one, by Kafka's rules: `segment.bytes`, `segment.ms` (measured from the
+    /// first batch's timestamp to this one's), index full, relative offset
+    /// overflow.
+    #[allow(clippy::too_many_arguments)]
+    fn maybe_roll(
+        &self,
+        writer: &mut Writer,
+        config: &LogConfig,
+        first_offset: i64,
+        last_offset: i64,
+        bytes: u64,
+        max_timestamp: i64,
+        now: i64,
+    ) -> Result<(), AppendError> {
+        let segment_bytes = config.effective_segment_bytes();
+        if bytes > segment_bytes {
+            return Err(AppendError::LargerThanSegment {
+                size: usize::try_from(bytes).unwrap_or(usize::MAX),
+                max: segment_bytes,
+            });
+        }
+        let active = &writer.active;
+        let size = active.size();
+        let reason = if size == 0 {
+            // An empty segment takes any append whose offsets fit it.
+            (first_offset != active.base_offset()).then_some("empty segment at another offset")
+        } else if size + bytes > segment_bytes {
+            Some("segment.bytes")
+        } else if last_offset - active.base_offset() > i64::from(i32::MAX) {
+            Some("relative offset overflow")
+        } else {
+            let (offset_index, time_index) = active.index_bytes().map_err(|e| self.fail(e))?;
+            // One more entry of each index must fit.
+            let index_max = u64::from(config.segment_index_bytes);
+            if offset_index + 8 > index_max || time_index + 12 > index_max {
+                Some("segment.index.bytes")
+            } else {
+                let first_ts = active.first_batch_timestamp().map_err(|e| self.fail(e))?;
+                let waited = match first_ts {
+                    Some(first) if first >= 0 => max_timestamp - first,
+                    _ => now - active.created_ms(),
+                };
+                (waited > config.segment_ms - config.segment_jitter_ms).then_some("segment.ms")
+            }
+        };
+        let Some(reason) = reason else { return Ok(()) };
+        self.roll(writer, first_offset, reason, now)
+            .map_err(|e| self.fail(e))
+    }
+
+    /// Starts a new active segment at `base_offset`. The old one is sealed now
+    /// and fsynced by the next flush (the log manager runs it in the
+    /// background, as Kafka flushes rolled segments asynchronously).
+    fn roll(
+        &self,
+        writer: &mut Writer,
+        base_offset: i64,
+        reason: &str,
+        now: i64,
+    ) -> io::Result<()> {
+        let old = Arc::clone(&writer.active);
+        let new = Arc::new(Segment::create(
+            Arc::clone(&self.dir),
+            base_offset,
+            Arc::clone(&self.files),
+            now,
+        )?);
+        {
+            let mut segments = self.segments.write();
+            if old.size() == 0 {
+                // Nothing to keep: an empty segment is replaced, as Kafka does.
+                segments.remove(&old.base_offset());
+                old.mark_deleted()?;
+                old.delete_files()?;
+            }
+            segments.insert(base_offset, Arc::clone(&new));
+        }
+        if old.size() > 0 {
+            old.seal()?;
+            writer.pending_flush.push(Arc::clone(&old));
+            old.unload_indexes();
+        }
+        tracing::debug!(log = %self.dir.display(), base_offset, reason, "rolled segment");
+        writer.active = new;
+        writer.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Reads whole batches starting with the one that holds `start_offset`,
+    /// up to `max_bytes` (at least one batch when `min_one_batch`, as Fetch
+    /// v3+ needs), and only batches that end below `max_offset` (the high
+    /// watermark or last stable offset) when given. Returns data from one
+    /// segment: the next read continues where this one ended.
+    pub fn read(
+        &self,
+        start_offset: i64,
+        max_bytes: usize,
+        max_offset: Option<i64>,
+        min_one_batch: bool,
+    ) -> Result<LogRead, ReadError> {
+        if self.is_offline() {
+            return Err(ReadError::Offline);
+        }
+        let log_end_offset = self.log_end_offset();
+        let log_start_offset = self.log_start_offset();
+        if start_offset < log_start_offset || start_offset > log_end_offset {
+            return Err(ReadError::OffsetOutOfRange {
+                offset: start_offset,
+                log_start_offset,
+                log_end_offset,
+            });
+        }
+        let empty = LogRead {
+            records: LogSlice::default(),
+            log_start_offset,
+            log_end_offset,
+        };
+        let end_offset = max_offset.map_or(log_end_offset, |m| m.min(log_end_offset));
+        if start_offset >= end_offset {
+            return Ok(empty);
+        }
+        let mut segment = self.floor_segment(start_offset);
+        while let Some(current) = segment {
+            if current.base_offset() >= end_offset {
+                break;
+            }
+            // Only batches that end below `end_offset` are visible. Usually the
+            // whole published segment qualifies and no lookup is needed.
+            let (size, next_offset) = current.published();
+            let limit = if next_offset.is_some_and(|next| next <= end_offset) {
+                size
+            } else {
+                match current.find_batch(end_offset, size)? {
+                    Some((position, _)) => position,
+                    None => size,
+                }
+            };
+            if let Some((position, header)) = current.find_batch(start_offset, limit)? {
+                let first_size = header.total_size() as u64;
+                let max_bytes = max_bytes as u64;
+                let end = if first_size > max_bytes {
+                    if !min_one_batch {
+                        return Ok(empty);
+                    }
+                    position + first_size
+                } else {
+                    current.batch_end_within(position, max_bytes, limit)?
+                };
+                return Ok(LogRead {
+                    records: LogSlice {
+                        segment: Some(current),
+                        position,
+                        len: end - position,
+                    },
+                    log_start_offset,
+                    log_end_offset,
+                });
+            }
+            segment = self.next_segment(current.base_offset());
+        }
+        Ok(empty)
+    }
+
+    /// The first record whose timestamp is >= `timestamp`, at or above the log
+    /// start offset and below `max_offset` if given (ListOffsets by time).
+    pub fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+        max_offset: Option<i64>,
+    ) -> Result<Option<TimestampOffset>, ReadError> {
+        let log_start = self.log_start_offset();
+        let end_offset = max_offset.map_or(self.log_end_offset(), |m| m.min(self.log_end_offset()));
+        for segment in self.segments_from(log_start) {
+            if segment.base_offset() >= end_offset {
+                break;
+            }
+            let (max_ts, _) = segment.max_timestamp()?;
+            if max_ts < timestamp {
+                continue;
+            }
+            let from = segment
+                .time_search_start(timestamp, end_offset)?
+                .max(log_start);
+            let size = segment.size();
+            let Some((position, _)) = segment.find_batch(from, size)? else {
+                continue;
+            };
+            let log = segment.file(FileKind::Log)?;
+            let mut scanner = BatchScanner::new(&log, position, size);
+            while let Scanned::Batch { header, bytes, .. } = scanner.next_batch()? {
+                if header.base_offset >= end_offset {
+                    return Ok(None);
+                }
+                if header.last_offset() < log_start || header.max_timestamp < timestamp {
+                    continue;
+                }
+                let found =
+                    first_record_at_or_after(&header, bytes, log_start, end_offset, |ts| {
+                        ts >= timestamp
+                    })?;
+                if found.is_some() {
+                    return Ok(found);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The record with the largest timestamp (ListOffsets `-3`, KIP-734): the
+    /// first record holding it.
+    pub fn max_timestamp_offset(&self) -> Result<Option<TimestampOffset>, ReadError> {
+        let log_start = self.log_start_offset();
+        let mut best: Option<(i64, i64, Arc<Segment>)> = None;
+        for segment in self.segments_from(log_start) {
+            let (max_ts, offset) = segment.max_timestamp()?;
+            if offset >= 0 && best.as_ref().is_none_or(|(ts, _, _)| max_ts > *ts) {
+                best = Some((max_ts, offset, segment));
+            }
+        }
+        let Some((max_ts, offset, segment)) = best else {
+            return Ok(None);
+        };
+        let size = segment.size();
+        let Some((position, header)) = segment.find_batch(offset, size)? else {
+            return Ok(None);
+        };
+        let mut bytes = vec![0u8; header.total_size()];
+        segment
+            .file(FileKind::Log)?
+            .read_exact_at(&mut bytes, position)?;
+        let found =
+            first_record_at_or_after(&header, &bytes, log_start, i64::MAX, |ts| ts == max_ts)?;
+        Ok(found.or(Some(TimestampOffset {
+            timestamp: max_ts,
+            offset: header.last_offset(),
+        })))
+    }
+
+    /// Calls `f` with the header of every batch from the one holding `offset`
+    /// to the log end (producer state rebuild, log dump).
+    pub fn for_each_batch_from(
+        &self,
+        offset: i64,
+        mut f: impl FnMut(u64, &BatchHeader, &[u8]),
+    ) -> Result<(), ReadError> {
+        for segment in self.segments_from(offset) {
+            let size = segment.size();
+            let start = match segment.find_batch(offset, size)? {
+                Some((position, _)) => position,
+                None => continue,
+            };
+            let log = segment.file(FileKind::Log)?;
+            let mut scanner = BatchScanner::new(&log, start, size);
+            while let Scanned::Batch {
+                position,
+                header,
+                bytes,
+            } = scanner.next_batch()?
+            {
+                f(position, &header, bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every batch whose last offset is >= `offset` (replication: a
+    /// follower cutting back to the leader's log). Batches are removed whole,
+    /// so the log end offset becomes the end of the last batch kept, which is
+    /// `offset` when it falls on a batch boundary (as leader epoch end offsets
+    /// do). Below the log start offset, the log is emptied and restarts at
+    /// `offset`.
+    pub fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
+        let mut writer = self.writer.lock();
+        self.check_online().map_err(|_| StorageError::Offline)?;
+        if offset >= self.log_end_offset() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let io = |e| StorageError::io(&*self.dir, e);
+        if offset < self.log_start_offset() {
+            return self.truncate_fully_and_start_at(&mut writer, offset);
+        }
+        // Epochs first: a crash in between leaves batches the cache does not
+        // cover, which recovery then truncates, exactly as asked.
+        writer.epochs.truncate_from_end(offset).map_err(io)?;
+        let doomed: Vec<Arc<Segment>> = {
+            let segments = self.segments.read();
+            let keep_base = segments.range(..=offset).next_back().map(|(b, _)| *b);
+            segments
+                .range((
+                    Bound::Excluded(keep_base.unwrap_or(i64::MIN)),
+                    Bound::Unbounded,
+                ))
+                .map(|(_, s)| Arc::clone(s))
+                .collect()
+        };
+        let delay = self.config().file_delete_delay_ms;
+        self.remove_segments(&mut writer, &doomed, now + delay)
+            .map_err(io)?;
+        let Some(target) = self.floor_segment(offset) else {
+            return self.truncate_fully_and_start_at(&mut writer, offset);
+        };
+        let next = target.truncate_to(offset).map_err(io)?;
+        writer.pending_flush.retain(|s| !Arc::ptr_eq(s, &target));
+        writer.active = Arc::clone(&target);
+        let log_end_offset = next.unwrap_or(target.base_offset());
+        self.log_end_offset.store(log_end_offset, Ordering::Release);
+        self.recovery_point
+            .fetch_min(log_end_offset, Ordering::AcqRel);
+        writer
+            .epochs
+            .truncate_from_end(log_end_offset)
+            .map_err(io)?;
+        Ok(())
+    }
+
+    fn truncate_fully_and_start_at(
+        &self,
+        writer: &mut Writer,
+        offset: i64,
+    ) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&*self.dir, e);
+        let now = self.clock.now_ms();
+        let all: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        writer.epochs.truncate_from_end(i64::MIN).map_err(io)?;
+        let delay = self.config().file_delete_delay_ms;
+        self.remove_segments(writer, &all, now + delay)
+            .map_err(io)?;
+        let segment = Arc::new(
+            Segment::create(Arc::clone(&self.dir), offset, Arc::clone(&self.files), now)
+                .map_err(io)?,
+        );
+        self.segments.write().insert(offset, Arc::clone(&segment));
+        writer.active = segment;
+        writer.dir_dirty = true;
+        self.log_start_offset.store(offset, Ordering::Release);
+        self.log_end_offset.store(offset, Ordering::Release);
+        self.recovery_point.store(offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Moves the log start offset up to `offset` (DeleteRecords, retention)
+    /// and deletes the segments wholly below it. The active segment stays.
+    pub fn advance_log_start_offset(&self, offset: i64) -> Result<(), StorageError> {
+        let mut writer = self.writer.lock();
+        self.check_online().map_err(|_| StorageError::Offline)?;
+        let log_end_offset = self.log_end_offset();
+        if offset > log_end_offset {
+            return Err(StorageError::InvalidRequest(format!(
+                "log start offset {offset} would be above the log end offset {log_end_offset}"
+            )));
+        }
+        if offset <= self.log_start_offset() {
+            return Ok(());
+        }
+        self.log_start_offset.store(offset, Ordering::Release);
+        let io = |e| StorageError::io(&*self.dir, e);
+        writer.epochs.truncate_from_start(offset).map_err(io)?;
+        let doomed: Vec<Arc<Segment>> = {
+            let segments = self.segments.read();
+            let bases: Vec<i64> = segments.keys().copied().collect();
+            bases
+                .windows(2)
+                .filter(|w| w[1] <= offset)
+                .filter_map(|w| segments.get(&w[0]).cloned())
+                .collect()
+        };
+        let due = self.clock.now_ms() + self.config().file_delete_delay_ms;
+        self.remove_segments(&mut writer, &doomed, due).map_err(io)
+    }
+
+    /// Takes segments out of the log and renames their files to `*.deleted`;
+    /// the files go at `due_ms` (`file.delete.delay.ms`), so reads in flight
+    /// finish first.
+    fn remove_segments(
+        &self,
+        writer: &mut Writer,
+        doomed: &[Arc<Segment>],
+        due_ms: i64,
+    ) -> io::Result<()> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut segments = self.segments.write();
+            for segment in doomed {
+                segments.remove(&segment.base_offset());
+            }
+        }
+        for segment in doomed {
+            writer.pending_flush.retain(|s| !Arc::ptr_eq(s, segment));
+            segment.mark_deleted()?;
+            writer.pending_delete.push((due_ms, Arc::clone(segment)));
+        }
+        self.delete_due_segments_locked(writer, self.clock.now_ms())
+    }
+
+    fn delete_due_segments_locked(&self, writer: &mut Writer, now: i64) -> io::Result<()> {
+        let mut result = Ok(());
+        writer.pending_delete.retain(|(due, segment)| {
+            if *due > now {
+                return true;
+            }
+            if let Err(e) = segment.delete_files() {
+                result = Err(e);
+            }
+            false
+        });
+        result
+    }
+
+    /// Deletes the files of removed segments whose delay has passed.
+    pub fn delete_due_segments(&self) -> io::Result<()> {
+        let mut writer = self.writer.lock();
+        let now = self.clock.now_ms();
+        self.delete_due_segments_locked(&mut writer, now)
+    }
+
+    /// Fsyncs everything appended so far and moves the recovery point to the
+    /// log end offset.
+    pub fn flush(&self) -> io::Result<()> {
+        let mut writer = self.writer.lock();
+        self.flush_locked(&mut writer)
+    }
+
+    fn flush_locked(&self, writer: &mut Writer) -> io::Result<()> {
+        let log_end_offset = self.log_end_offset();
+        for segment in std::mem::take(&mut writer.pending_flush) {
+            segment.flush()?;
+        }
+        writer.active.sync_log()?;
+        if writer.dir_dirty {
+            checkpoint::sync_dir(&self.dir)?;
+            writer.dir_dirty = false;
+        }
+        writer.last_flush_ms = self.clock.now_ms();
+        self.recovery_point
+            .fetch_max(log_end_offset, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The periodic duties a log manager runs: fsync rolled segments, fsync
+    /// per `flush.ms`, delete removed segments whose delay has passed.
+    pub fn run_periodic(&self) -> io::Result<()> {
+        let config = self.config();
+        let mut writer = self.writer.lock();
+        if self.is_offline() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let flush_due = config.flush_ms.is_some_and(|ms| {
+            now - writer.last_flush_ms >= ms && self.recovery_point() < self.log_end_offset()
+        });
+        if flush_due {
+            self.flush_locked(&mut writer)?;
+        } else if !writer.pending_flush.is_empty() {
+            let new_recovery_point = writer.active.base_offset();
+            for segment in std::mem::take(&mut writer.pending_flush) {
+                segment.flush()?;
+            }
+            checkpoint::sync_dir(&self.dir)?;
+            writer.dir_dirty = false;
+            self.recovery_point
+                .fetch_max(new_recovery_point, Ordering::AcqRel);
+        }
+        self.delete_due_segments_locked(&mut writer, now)
+    }
+
+    /// Clean close: seals the active segment's indexes, fsyncs everything and
+    /// deletes removed segments. The log takes no more writes.
+    pub fn close(&self) -> io::Result<()> {
+        let mut writer = self.writer.lock();
+        if self.offline.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        writer.active.seal()?;
+        let active = Arc::clone(&writer.active);
+        writer.pending_flush.push(active);
+        self.flush_locked(&mut writer)?;
+        let pending = std::mem::take(&mut writer.pending_delete);
+        for (_, segment) in pending {
+            segment.delete_files()?;
+        }
+        Ok(())
+    }
+
+    fn check_online(&self) -> Result<(), AppendError> {
+        if self.is_offline() {
+            Err(AppendError::Offline)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// An I/O error in the middle of a write operation: the log state may be
+    /// inconsistent, so no more writes.
+    fn fail(&self, e: io::Error) -> AppendError {
+        tracing::error!(log = %self.dir.display(), error = %e, "log I/O failure; taking the log offline");
+        self.offline.store(true, Ordering::Release);
+        AppendError::Io(e)
+    }
+
+    fn floor_segment(&self, offset: i64) -> Option<Arc<Segment>> {
+        let segments = self.segments.read();
+        segments
+            .range(..=offset)
+            .next_back()
+            .or_else(|| segments.iter().next())
+            .map(|(_, s)| Arc::clone(s))
+    }
+
+    fn next_segment(&self, base_offset: i64) -> Option<Arc<Segment>> {
+        self.segments
+            .read()
+            .range((Bound::Excluded(base_offset), Bound::Unbounded))
+            .next()
+            .map(|(_, s)| Arc::clone(s))
+    }
+
+    /// The segments from the one holding `offset` on, as of now.
+    fn segments_from(&self, offset: i64) -> Vec<Arc<Segment>> {
+        let segments = self.segments.read();
+        let start = segments
+            .range(..=offset)
+            .next_back()
+            .map_or(i64::MIN, |(b, _)| *b);
+        segments
+            .range(start..)
+            .map(|(_, s)| Arc::clone(s))
+            .collect()
+    }
+
+    /// Index entries of a segment, for tests of the index format.
+    #[cfg(test)]
+    fn segment(&self, base_offset: i64) -> Option<Arc<Segment>> {
+        self.segments.read().get(&base_offset).cloned()
+    }
+}
+
+/// Splits `records` into batches and checks each, in Kafka's order: length,
+/// magic, size against `max.message.bytes`, CRC32C, then (for `origin`) the
+/// rules for client and coordinator batches. `None` origin: replication.
+fn validate_batches<'a>(
+    records: &'a [u8],
+    config: &LogConfig,
+    origin: Option<AppendOrigin>,
+) -> Result<Vec<(BatchHeader, &'a [u8])>, AppendError> {
+    let mut out = Vec::new();
+    for batch in record_batch::batches(records) {
+        let batch = batch.map_err(AppendError::Corrupt)?;
+        let header = batch.header;
+        if header.magic != MAGIC_V2 {
+            return Err(AppendError::UnsupportedMagic(header.magic));
+        }
+        if batch.bytes.len() > config.max_message_bytes as usize {
+            return Err(AppendError::MessageTooLarge {
+                size: batch.bytes.len(),
+                max: config.max_message_bytes,
+            });
+        }
+        match record_batch::validate_batch(batch.bytes) {
+            Ok(_) => {}
+            Err(BatchError::UnsupportedMagic(m)) => return Err(AppendError::UnsupportedMagic(m)),
+            Err(e) => return Err(AppendError::Corrupt(e)),
+        }
+        if let Some(origin) = origin {
+            // Kafka's LogValidator rules for batches that are not replicated.
+            if origin == AppendOrigin::Client && header.base_offset != 0 {
+                return Err(AppendError::InvalidRecord(
+                    "the base offset of a produced batch must be 0",
+                ));
+            }
+            if header.record_count <= 0 {
+                return Err(AppendError::InvalidRecord(
+                    "a produced batch must hold records",
+                ));
+            }
+            if i64::from(header.last_offset_delta) + 1 != i64::from(header.record_count) {
+                return Err(AppendError::InvalidRecord(
+                    "batch offset range and record count disagree",
+                ));
+            }
+            if origin == AppendOrigin::Client && header.is_control() {
+                return Err(AppendError::InvalidRecord(
+                    "clients may not write control batches",
+                ));
+            }
+        }
+        out.push((header, batch.bytes));
+        if out.len() > MAX_BATCHES_PER_APPEND {
+            return Err(AppendError::InvalidRecord("too many batches in one append"));
+        }
+    }
+    if out.is_empty() {
+        return Err(AppendError::Empty);
+    }
+    Ok(out)
+}
+
+/// The first record of a batch at or above `log_start`, below `end_offset`,
+/// whose timestamp satisfies `wanted`.
+fn first_record_at_or_after(
+    header: &BatchHeader,
+    bytes: &[u8],
+    log_start: i64,
+    end_offset: i64,
+    wanted: impl Fn(i64) -> bool,
+) -> io::Result<Option<TimestampOffset>> {
+    let batch = Bytes::copy_from_slice(bytes);
+    let records = record::decode_records(&batch, MAX_DECOMPRESSED_BATCH_BYTES)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+    for r in records {
+        let offset = header.base_offset + i64::from(r.offset_delta);
+        let timestamp = if header.timestamp_type() == TimestampType::LogAppendTime {
+            header.max_timestamp
+        } else {
+            header.base_timestamp + r.timestamp_delta
+        };
+        if offset >= log_start && offset < end_offset && wanted(timestamp) {
+            return Ok(Some(TimestampOffset { timestamp, offset }));
+        }
+    }
+    Ok(None)
+}
+
+/// Lists the segments in `dir` as `(base offset, log size)`, cleaning up what
+/// an interrupted operation left: `*.deleted` and temporary files go, index
+/// files without a log go.
+fn list_segments(dir: &Path) -> Result<Vec<(i64, u64)>, StorageError> {
+    let io = |e| StorageError::io(dir, e);
+    let mut logs = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        if name.ends_with(DELETED_SUFFIX) || name.ends_with(".tmp") || name.ends_with(".cleaned") {
+            fs::remove_file(&path).map_err(io)?;
+            continue;
+        }
+        let Some((stem, ext)) = name.split_once('.') else {
+            continue;
+        };
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(base) = stem.parse::<i64>() else {
+            continue;
+        };
+        match ext {
+            "log" => logs.push((base, entry.metadata().map_err(io)?.len())),
+            "index" | "timeindex" => indexes.push((base, path)),
+            _ => {}
+        }
+    }
+    logs.sort_unstable();
+    for (base, path) in indexes {
+        if logs.binary_search_by_key(&base, |(b, _)| *b).is_err() {
+            tracing::warn!(path = %path.display(), "removing an index file without a log");
+            fs::remove_file(&path).map_err(io)?;
+        }
+    }
+    debug_assert!(logs.iter().all(|(b, _)| *b >= 0));
+    Ok(logs)
+}
+
+/// Recovery after an unclean shutdown (see [`PartitionLog::open`]).
+fn recover(
+    dir: &Path,
+    config: &LogConfig,
+    segments: &mut BTreeMap<i64, Arc<Segment>>,
+    epochs: &mut LeaderEpochCache,
+    recovery_point: i64,
+) -> Result<(), StorageError> {
+    let start = segments
+        .range(..=recovery_point)
+        .next_back()
+        .map_or(i64::MIN, |(base, _)| *base);
+    let to_recover: Vec<Arc<Segment>> = segments
+        .range(start..)
+        .map(|(_, s)| Arc::clone(s))
+        .collect();
+    let trusted = epochs.is_trusted();
+    let mut epoch_starts = Vec::new();
+    let mut truncated_at: Option<i64> = None;
+    for segment in to_recover {
+        if let Some(base) = truncated_at {
+            // Everything after a truncation point is unreachable: Kafka drops it.
+            tracing::warn!(log = %dir.display(), segment = segment.base_offset(), after = base, "deleting segment after truncated data");
+            segments.remove(&segment.base_offset());
+            segment
+                .mark_deleted()
+                .and_then(|()| segment.delete_files())
+                .map_err(|e| StorageError::io(dir, e))?;
+            continue;
+        }
+        let rules = ScanRules {
+            verify: true,
+            contiguous: !config.compact,
+            epochs: trusted.then_some(&*epochs),
+            index_interval_bytes: u64::from(config.index_interval_bytes),
+        };
+        let outcome = segment
+            .recover(&rules)
+            .map_err(|e| StorageError::io(segment.path(FileKind::Log), e))?;
+        epoch_starts.extend(outcome.epoch_starts.iter().copied());
+        if outcome.invalid_bytes > 0 {
+            tracing::warn!(
+                log = %dir.display(),
+                segment = segment.base_offset(),
+                valid_bytes = outcome.valid_bytes,
+                truncated_bytes = outcome.invalid_bytes,
+                reason = outcome.invalid_reason.as_deref().unwrap_or(""),
+                "recovery truncated the log at the first invalid batch"
+            );
+            truncated_at = Some(segment.base_offset());
+        }
+        segment
+            .flush()
+            .map_err(|e| StorageError::io(segment.path(FileKind::Log), e))?;
+    }
+    if !trusted {
+        for (epoch, start_offset) in epoch_starts {
+            epochs
+                .assign(epoch, start_offset)
+                .map_err(|e| StorageError::io(dir, e))?;
+        }
+        epochs
+            .mark_trusted()
+            .map_err(|e| StorageError::io(dir, e))?;
+    }
+    // A segment left empty by truncation, other than the last, is dropped.
+    let empties: Vec<i64> = segments
+        .iter()
+        .rev()
+        .skip(1)
+        .filter(|(_, s)| s.size() == 0)
+        .map(|(b, _)| *b)
+        .collect();
+    for base in empties {
+        if let Some(segment) = segments.remove(&base) {
+            segment
+                .mark_deleted()
+                .and_then(|()| segment.delete_files())
+                .map_err(|e| StorageError::io(dir, e))?;
+        }
+    }
+    checkpoint::sync_dir(dir).map_err(|e| StorageError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,517 @@
+//! A data directory of partition logs, as Kafka's `LogManager` keeps one:
+//!
+//! ```text
+//! strom-data/
+//!   .lock                              held while a process uses the directory
+//!   .kafka_cleanshutdown               present only after a clean shutdown
+//!   recovery-point-offset-checkpoint   where each log's fsynced data ends
+//!   log-start-offset-checkpoint        each log's start offset
+//!   orders-0/  orders-1/  ...          one PartitionLog per partition
+//! ```
+//!
+//! At open, logs load in parallel on `recovery_threads` threads; without the
+//! clean-shutdown marker each is recovered from its recovery point. A
+//! background thread fsyncs rolled segments, honours `flush.ms`, deletes
+//! removed segments after `file.delete.delay.ms` and writes the checkpoints.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::checkpoint;
+use crate::clock::Clock;
+use crate::config::LogConfig;
+use crate::error::StorageError;
+use crate::file_cache::{DEFAULT_OPEN_FILES_MAX, FileCache};
+use crate::log::{LoadOptions, PartitionLog};
+
+/// Kafka's name for the marker of a clean shutdown.
+pub const CLEAN_SHUTDOWN_FILE: &str = ".kafka_cleanshutdown";
+pub const RECOVERY_POINT_CHECKPOINT: &str = "recovery-point-offset-checkpoint";
+pub const LOG_START_OFFSET_CHECKPOINT: &str = "log-start-offset-checkpoint";
+const LOCK_FILE: &str = ".lock";
+/// Suffix of a partition directory whose topic was deleted.
+const DELETE_DIR_SUFFIX: &str = "-delete";
+/// Kafka's longest legal topic name.
+const TOPIC_NAME_MAX_LEN: usize = 249;
+
+/// A topic name and a partition number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl TopicPartition {
+    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    /// Kafka's directory name: `topic-partition`.
+    pub fn dir_name(&self) -> String {
+        format!("{}-{}", self.topic, self.partition)
+    }
+
+    /// Parses a directory name; `None` for anything that is not a live
+    /// partition directory of a legal topic.
+    pub fn from_dir_name(name: &str) -> Option<Self> {
+        let (topic, partition) = name.rsplit_once('-')?;
+        if partition.is_empty() || !partition.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let partition = partition.parse().ok()?;
+        is_legal_topic_name(topic).then(|| Self::new(topic, partition))
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.topic, self.partition)
+    }
+}
+
+/// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
+pub fn is_legal_topic_name(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= TOPIC_NAME_MAX_LEN
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// Settings of a log manager.
+#[derive(Debug, Clone)]
+pub struct LogManagerConfig {
+    /// The data directory (`log.dirs`, one directory).
+    pub data_dir: PathBuf,
+    /// Settings for logs created without their own.
+    pub default_log_config: LogConfig,
+    /// Bound on open segment and index files (see [`FileCache`]).
+    pub open_files_max: usize,
+    /// `num.recovery.threads.per.data.dir`: logs loaded in parallel at open.
+    pub recovery_threads: usize,
+    /// How often the background thread runs each log's periodic duties
+    /// (Kafka's `log.flush.scheduler.interval.ms`).
+    pub periodic_interval_ms: u64,
+    /// `log.flush.offset.checkpoint.interval.ms`: how often the recovery points
+    /// and log start offsets are checkpointed.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl LogManagerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            default_log_config: LogConfig::default(),
+            open_files_max: DEFAULT_OPEN_FILES_MAX,
+            recovery_threads: 2,
+            periodic_interval_ms: 500,
+            checkpoint_interval_ms: 60_000,
+        }
+    }
+}
+
+/// Stop signal for the background thread.
+#[derive(Debug, Default)]
+struct Stop {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+/// All partition logs of one data directory.
+#[derive(Debug)]
+pub struct LogManager {
+    config: LogManagerConfig,
+    files: Arc<FileCache>,
+    clock: Arc<dyn Clock>,
+    logs: RwLock<HashMap<TopicPartition, Arc<PartitionLog>>>,
+    stop: Arc<Stop>,
+    background: Mutex<Option<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+    /// Held (locked) for the life of the manager.
+    _lock: File,
+}
+
+impl LogManager {
+    /// Opens the data directory, loading (and if needed recovering) every
+    /// partition log in it. `log_config` gives each existing partition its
+    /// settings (topic configs live in the cluster metadata); it matters for
+    /// recovery, which checks offsets are contiguous unless the topic is
+    /// compacted.
+    pub fn open(
+        config: LogManagerConfig,
+        clock: Arc<dyn Clock>,
+        log_config: &(dyn Fn(&TopicPartition) -> LogConfig + Sync),
+    ) -> Result<Arc<Self>, StorageError> {
+        let dir = config.data_dir.clone();
+        let io = |e| StorageError::io(&dir, e);
+        fs::create_dir_all(&dir).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StorageError::InvalidRequest(format!(
+                    "data directory {} is in use by another process",
+                    dir.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let marker = dir.join(CLEAN_SHUTDOWN_FILE);
+        let clean_shutdown = marker.exists();
+        let recovery_points = read_offsets(&dir.join(RECOVERY_POINT_CHECKPOINT));
+        let log_starts = read_offsets(&dir.join(LOG_START_OFFSET_CHECKPOINT));
+
+        let mut partitions = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            if !entry.file_type().map_err(io)?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(DELETE_DIR_SUFFIX) {
+                // A deletion interrupted by a crash: finish it.
+                fs::remove_dir_all(entry.path()).map_err(io)?;
+                continue;
+            }
+            match TopicPartition::from_dir_name(name) {
+                Some(tp) => partitions.push(tp),
+                None => {
+                    tracing::warn!(dir = %entry.path().display(), "ignoring a directory that is not a partition log")
+                }
+            }
+        }
+        partitions.sort();
+
+        let files = Arc::new(FileCache::new(config.open_files_max));
+        let loaded = load_parallel(&partitions, config.recovery_threads, |tp| {
+            let options = LoadOptions {
+                clean_shutdown,
+                recovery_point: recovery_points.get(tp).copied().unwrap_or(0),
+                log_start_offset: log_starts.get(tp).copied(),
+            };
+            PartitionLog::open(
+                dir.join(tp.dir_name()),
+                log_config(tp),
+                Arc::clone(&files),
+                Arc::clone(&clock),
+                options,
+            )
+        })?;
+        if clean_shutdown {
+            // The marker only vouches for the shutdown before this start.
+            fs::remove_file(&marker).map_err(io)?;
+        }
+        checkpoint::sync_dir(&dir).map_err(io)?;
+        tracing::info!(dir = %dir.display(), logs = loaded.len(), clean_shutdown, "loaded logs");
+
+        let manager = Arc::new(Self {
+            config,
+            files,
+            clock,
+            logs: RwLock::new(
+                partitions
+                    .into_iter()
+                    .zip(loaded.into_iter().map(Arc::new))
+                    .collect(),
+            ),
+            stop: Arc::new(Stop::default()),
+            background: Mutex::new(None),
+            shut_down: AtomicBool::new(false),
+            _lock: lock,
+        });
+        manager.checkpoint()?;
+        let weak = Arc::downgrade(&manager);
+        let stop = Arc::clone(&manager.stop);
+        let interval = Duration::from_millis(manager.config.periodic_interval_ms.max(1));
+        let checkpoint_every =
+            manager.config.checkpoint_interval_ms / manager.config.periodic_interval_ms.max(1);
+        let handle = std::thread::Builder::new()
+            .name("strom-log-background".to_owned())
+            .spawn(move || background_loop(&weak, &stop, interval, checkpoint_every.max(1)))
+            .map_err(|e| StorageError::io(&manager.config.data_dir, e))?;
+        *manager.background.lock() = Some(handle);
+        Ok(manager)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    pub fn file_cache(&self) -> &Arc<FileCache> {
+        &self.files
+    }
+
+    pub fn get(&self, tp: &TopicPartition) -> Option<Arc<PartitionLog>> {
+        self.logs.read().get(tp).cloned()
+    }
+
+    /// The log of `tp`, created with `config` if it does not exist.
+    pub fn get_or_create(
+        &self,
+        tp: &TopicPartition,
+        config: LogConfig,
+    ) -> Result<Arc<PartitionLog>, StorageError> {
+        if let Some(log) = self.get(tp) {
+            return Ok(log);
+        }
+        if !is_legal_topic_name(&tp.topic) || tp.partition < 0 {
+            return Err(StorageError::InvalidRequest(format!(
+                "illegal partition {tp}"
+            )));
+        }
+        let mut logs = self.logs.write();
+        if let Some(log) = logs.get(tp) {
+            return Ok(Arc::clone(log));
+        }
+        let log = Arc::new(PartitionLog::open(
+            self.config.data_dir.join(tp.dir_name()),
+            config,
+            Arc::clone(&self.files),
+            Arc::clone(&self.clock),
+            LoadOptions {
+                clean_shutdown: true,
+                ..LoadOptions::default()
+            },
+        )?);
+        checkpoint::sync_dir(&self.config.data_dir)
+            .map_err(|e| StorageError::io(&self.config.data_dir, e))?;
+        logs.insert(tp.clone(), Arc::clone(&log));
+        Ok(log)
+    }
+
+    /// Deletes the log of `tp`: closes it, renames its directory to
+    /// `topic-N.<id>-delete` (so a crash cannot bring it back) and removes it.
+    /// Returns whether it existed.
+    pub fn delete(&self, tp: &TopicPartition) -> Result<bool, StorageError> {
+        let Some(log) = self.logs.write().remove(tp) else {
+            return Ok(false);
+        };
+        let dir = log.dir().to_path_buf();
+        if let Err(e) = log.close() {
+            tracing::warn!(log = %tp, error = %e, "closing a deleted log failed");
+        }
+        let doomed = self.config.data_dir.join(format!(
+            "{}.{}{DELETE_DIR_SUFFIX}",
+            tp.dir_name(),
+            self.clock.now_ms()
+        ));
+        let io = |e| StorageError::io(&dir, e);
+        fs::rename(&dir, &doomed).map_err(io)?;
+        checkpoint::sync_dir(&self.config.data_dir).map_err(io)?;
+        fs::remove_dir_all(&doomed).map_err(io)?;
+        Ok(true)
+    }
+
+    /// Every log, in no particular order.
+    pub fn logs(&self) -> Vec<(TopicPartition, Arc<PartitionLog>)> {
+        self.logs
+            .read()
+            .iter()
+            .map(|(tp, log)| (tp.clone(), Arc::clone(log)))
+            .collect()
+    }
+
+    /// Heap memory held by all logs.
+    pub fn memory_bytes(&self) -> usize {
+        self.logs.read().values().map(|l| l.memory_bytes()).sum()
+    }
+
+    /// Writes the recovery points and log start offsets of every log.
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        let logs = self.logs();
+        let dir = &self.config.data_dir;
+        let lines = |f: &dyn Fn(&PartitionLog) -> i64| -> Vec<String> {
+            let mut lines: Vec<String> = logs
+                .iter()
+                .map(|(tp, log)| format!("{} {} {}", tp.topic, tp.partition, f(log)))
+                .collect();
+            lines.sort();
+            lines
+        };
+        checkpoint::write(
+            &dir.join(RECOVERY_POINT_CHECKPOINT),
+            &lines(&|l| l.recovery_point()),
+        )
+        .map_err(|e| StorageError::io(dir, e))?;
+        checkpoint::write(
+            &dir.join(LOG_START_OFFSET_CHECKPOINT),
+            &lines(&|l| l.log_start_offset()),
+        )
+        .map_err(|e| StorageError::io(dir, e))
+    }
+
+    /// Clean shutdown: stops the background thread, closes every log (fsync,
+    /// sealed indexes), writes the checkpoints and then the clean-shutdown
+    /// marker, so the next start skips recovery.
+    pub fn shutdown(&self) -> Result<(), StorageError> {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.stop_background();
+        let mut first_error = None;
+        for (tp, log) in self.logs() {
+            if let Err(e) = log.close() {
+                tracing::error!(log = %tp, error = %e, "closing log failed");
+                first_error.get_or_insert(StorageError::io(log.dir(), e));
+            }
+        }
+        self.checkpoint()?;
+        if let Some(e) = first_error {
+            // No marker: the next start recovers.
+            return Err(e);
+        }
+        let dir = &self.config.data_dir;
+        let io = |e| StorageError::io(dir, e);
+        File::create(dir.join(CLEAN_SHUTDOWN_FILE))
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        checkpoint::sync_dir(dir).map_err(io)?;
+        tracing::info!(dir = %dir.display(), "logs shut down cleanly");
+        Ok(())
+    }
+
+    fn stop_background(&self) {
+        *self.stop.stopped.lock() = true;
+        self.stop.wake.notify_all();
+        if let Some(handle) = self.background.lock().take()
+            && handle.join().is_err()
+        {
+            tracing::error!("log background thread panicked");
+        }
+    }
+
+    /// One round of the background duties; public so tests can drive it.
+    pub fn run_periodic(&self) {
+        for (tp, log) in self.logs() {
+            if let Err(e) = log.run_periodic() {
+                tracing::error!(log = %tp, error = %e, "periodic log duty failed");
+            }
+        }
+    }
+}
+
+impl Drop for LogManager {
+    fn drop(&mut self) {
+        // Without shutdown() this is an unclean stop: no marker is written.
+        self.stop_background();
+    }
+}
+
+fn background_loop(
+    manager: &std::sync::Weak<LogManager>,
+    stop: &Stop,
+    interval: Duration,
+    checkpoint_every: u64,
+) {
+    let mut rounds: u64 = 0;
+    loop {
+        {
+            let mut stopped = stop.stopped.lock();
+            if !*stopped {
+                stop.wake.wait_for(&mut stopped, interval);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        manager.run_periodic();
+        rounds += 1;
+        if rounds.is_multiple_of(checkpoint_every)
+            && let Err(e) = manager.checkpoint()
+        {
+            tracing::error!(error = %e, "writing log checkpoints failed");
+        }
+    }
+}
+
+/// Reads a `topic partition offset` checkpoint; a missing or malformed file
+/// gives no entries (recovery then starts from the beginning: slower, safe).
+fn read_offsets(path: &Path) -> HashMap<TopicPartition, i64> {
+    let parsed = checkpoint::read(path).and_then(|entries| match entries {
+        Some(entries) => checkpoint::parse_partition_offsets(&entries),
+        None => Ok(Vec::new()),
+    });
+    match parsed {
+        Ok(entries) => entries
+            .into_iter()
+            .map(|(topic, partition, offset)| (TopicPartition { topic, partition }, offset))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable checkpoint");
+            HashMap::new()
+        }
+    }
+}
+
+/// Opens every partition on `threads` threads; the first failure wins.
+fn load_parallel(
+    partitions: &[TopicPartition],
+    threads: usize,
+    open: impl Fn(&TopicPartition) -> Result<PartitionLog, StorageError> + Sync,
+) -> Result<Vec<PartitionLog>, StorageError> {
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<Result<PartitionLog, StorageError>>>> =
+        partitions.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.clamp(1, partitions.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(tp) = partitions.get(i) else { return };
+                    *results[i].lock() = Some(open(tp));
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner().unwrap_or_else(|| {
+                Err(StorageError::Io {
+                    path: String::new(),
+                    source: io::Error::other("log not loaded"),
+                })
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_dir_names_round_trip() {
+        let tp = TopicPartition::new("my-topic.v1", 12);
+        assert_eq!(TopicPartition::from_dir_name(&tp.dir_name()), Some(tp));
+        assert_eq!(TopicPartition::from_dir_name("orders"), None);
+        assert_eq!(TopicPartition::from_dir_name("orders-x"), None);
+        assert_eq!(TopicPartition::from_dir_name("orders-0.123-delete"), None);
+        assert_eq!(TopicPartition::from_dir_name("bad topic-0"), None);
+        assert!(!is_legal_topic_name(".."));
+        assert!(!is_legal_topic_name(&"a".repeat(250)));
+    }
+}
