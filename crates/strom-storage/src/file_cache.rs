@@ -9,7 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::num::NonZeroUsize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -76,20 +76,22 @@ impl FileCache {
         self.next_segment_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The open file of `segment_id`'s `kind`, opening `path` if it is not
-    /// cached. The file must exist.
+    /// The open file of `segment_id`'s `kind`, opening the file at `path()`
+    /// if it is not cached. The file must exist.
     pub(crate) fn get(
         &self,
         segment_id: u64,
         kind: FileKind,
-        path: &Path,
+        path: impl FnOnce() -> PathBuf,
     ) -> io::Result<Arc<File>> {
         let key = FileKey { segment_id, kind };
         if let Some(file) = self.files.lock().get(&key) {
             return Ok(Arc::clone(file));
         }
-        // Open outside the lock: opening may block on the file system.
-        let file = Arc::new(open_options(kind).open(path)?);
+        // Open outside the lock: opening may block on the file system. The
+        // path is built only here: formatting it on every hit would cost more
+        // than the lookup.
+        let file = Arc::new(open_options(kind).open(path())?);
         self.files.lock().put(key, Arc::clone(&file));
         Ok(file)
     }
@@ -147,7 +149,7 @@ mod tests {
         }
         // Evicted files open again on demand.
         let file = cache
-            .get(0, FileKind::Log, &dir.path().join("0.log"))
+            .get(0, FileKind::Log, || dir.path().join("0.log"))
             .unwrap();
         assert_eq!(file.metadata().unwrap().len(), 0);
         assert_eq!(cache.open_files(), 2);

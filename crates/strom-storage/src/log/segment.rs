@@ -212,13 +212,13 @@ impl Segment {
     }
 
     pub(crate) fn file(&self, kind: FileKind) -> io::Result<Arc<File>> {
-        match self.files.get(self.id, kind, &self.path(kind)) {
+        match self.files.get(self.id, kind, || self.path(kind)) {
             // The segment may have been renamed for deletion between computing
             // the path and opening it; the renamed file is still readable.
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound && self.deleted.load(Ordering::Acquire) =>
             {
-                self.files.get(self.id, kind, &self.path(kind))
+                self.files.get(self.id, kind, || self.path(kind))
             }
             other => other,
         }
