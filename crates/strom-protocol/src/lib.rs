@@ -10,11 +10,16 @@
 //! - [`compression`]: gzip, snappy (raw and xerial framing), lz4 frame and zstd,
 //!   with bounded decompression.
 //! - [`builder`]: builds complete record batches (tests, clients, control batches).
+//! - [`messages`]: Kafka's request and response messages (from the
+//!   `kafka-protocol` crate, behind this module) and request/response framing.
+//! - [`error_code`]: Kafka's error codes as one enum.
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
 pub mod builder;
 pub mod compression;
+pub mod error_code;
+pub mod messages;
 pub mod record;
 pub mod record_batch;
 pub mod varint;

@@ -1,0 +1,342 @@
+//! Fetch: stored batches, sent as they are, with long polling.
+//!
+//! Each partition is read from its fetch offset up to `partition_max_bytes`
+//! and the high watermark (the last stable offset for read_committed); the
+//! whole response stays within `max_bytes` (capped by the broker's
+//! `fetch.max.bytes`), except that the first partition with data always gets
+//! at least one whole batch (Fetch v3+). When fewer than `min_bytes` are
+//! ready, the fetch waits up to `max_wait_ms` for appends to wake it.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::kafka::fetch_response::{FetchableTopicResponse, PartitionData};
+use strom_protocol::messages::kafka::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use strom_protocol::messages::{StrBytes, Uuid};
+use strom_storage::ReadError;
+use tokio::sync::Notify;
+
+use super::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
+use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
+use crate::broker::Broker;
+use crate::replica::Partition;
+
+/// Longest wait a fetch may ask for; clients use 500 ms (librdkafka) to a few
+/// seconds, and a bound keeps a hostile value from parking a task forever.
+const MAX_WAIT_MS_LIMIT: i32 = 5 * 60 * 1000;
+
+/// A partition the request names but that cannot be resolved (unknown topic id).
+struct Unresolved {
+    topic_id: Uuid,
+    partition: i32,
+}
+
+pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
+    let image = broker.image();
+    let max_bytes = request
+        .max_bytes
+        .clamp(0, broker.config.fetch_max_bytes().unwrap_or(57_671_680));
+    let read_committed = version >= 4 && request.isolation_level == READ_COMMITTED;
+    let replica_id = if version >= 15 {
+        request.replica_state.replica_id.0
+    } else {
+        request.replica_id.0
+    };
+
+    // Resolve names (v < 13) or topic ids (v13+).
+    let mut unresolved = Vec::new();
+    let mut requested = Vec::new();
+    for topic in &request.topics {
+        let name: Option<Arc<str>> = if version >= 13 {
+            image
+                .topic_by_id(&topic.topic_id)
+                .map(|t| Arc::from(t.name.as_str()))
+        } else {
+            Some(Arc::from(topic.topic.0.as_str()))
+        };
+        for p in &topic.partitions {
+            match &name {
+                Some(name) => {
+                    let topic_id = image.topic(name).map_or(topic.topic_id, |t| t.id);
+                    requested.push((
+                        (Arc::clone(name), p.partition),
+                        FetchParams {
+                            topic_id,
+                            fetch_offset: p.fetch_offset,
+                            partition_max_bytes: p.partition_max_bytes,
+                            current_leader_epoch: if version >= 9 {
+                                p.current_leader_epoch
+                            } else {
+                                -1
+                            },
+                        },
+                    ));
+                }
+                None => unresolved.push(Unresolved {
+                    topic_id: topic.topic_id,
+                    partition: p.partition,
+                }),
+            }
+        }
+    }
+    let forgotten: Vec<PartitionKey> = request
+        .forgotten_topics_data
+        .iter()
+        .flat_map(|t| {
+            let name: Option<Arc<str>> = if version >= 13 {
+                image
+                    .topic_by_id(&t.topic_id)
+                    .map(|t| Arc::from(t.name.as_str()))
+            } else {
+                Some(Arc::from(t.topic.0.as_str()))
+            };
+            t.partitions
+                .iter()
+                .filter_map(move |p| name.as_ref().map(|n| (Arc::clone(n), *p)))
+        })
+        .collect();
+
+    let begun = broker.fetch_sessions.lock().begin(
+        request.session_id,
+        request.session_epoch,
+        requested,
+        &forgotten,
+    );
+    let (context, to_fetch) = match begun {
+        Ok(v) => v,
+        Err(code) => {
+            return FetchResponse::default()
+                .with_error_code(code.code())
+                .with_session_id(0);
+        }
+    };
+
+    let deadline = Instant::now()
+        + Duration::from_millis(
+            u64::try_from(request.max_wait_ms.clamp(0, MAX_WAIT_MS_LIMIT)).unwrap_or(0),
+        );
+    let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
+    let to_fetch = Arc::new(to_fetch);
+    let reads = loop {
+        let waiter = Arc::new(Notify::new());
+        // Register before reading, so an append between the read and the
+        // wait still wakes us (Notify keeps the permit).
+        for ((topic, index), _) in to_fetch.iter() {
+            if let Some(p) = broker.replicas.get(topic, *index) {
+                p.add_waiter(&waiter);
+            }
+        }
+        let broker_for_read = Arc::clone(broker);
+        let list = Arc::clone(&to_fetch);
+        let max = usize::try_from(max_bytes).unwrap_or(0);
+        let Some(reads) = super::blocking(move || {
+            read_all(&broker_for_read, &list, max, read_committed, replica_id)
+        })
+        .await
+        else {
+            break Vec::new();
+        };
+        let bytes: usize = reads.iter().map(|r| r.records.len()).sum();
+        let any_error = reads.iter().any(|r| r.error != ErrorCode::None);
+        if bytes >= min_bytes || any_error || Instant::now() >= deadline {
+            break reads;
+        }
+        // Woken by an append or at the deadline, read again (at the deadline
+        // the next pass answers with whatever is there).
+        tokio::select! {
+            () = waiter.notified() => {}
+            () = tokio::time::sleep_until(deadline.into()) => {}
+            () = broker.shutdown.cancelled() => break reads,
+        }
+    };
+
+    let outcomes: Vec<(PartitionKey, PartitionOutcome)> = to_fetch
+        .iter()
+        .zip(&reads)
+        .map(|((key, _), r)| {
+            (
+                key.clone(),
+                PartitionOutcome {
+                    error: r.error != ErrorCode::None,
+                    has_records: !r.records.is_empty(),
+                    high_watermark: r.high_watermark,
+                    last_stable_offset: r.last_stable_offset,
+                    log_start_offset: r.log_start_offset,
+                },
+            )
+        })
+        .collect();
+    let include = broker.fetch_sessions.lock().finish(&context, &outcomes);
+
+    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+    for ((((topic, index), params), read), include) in to_fetch.iter().zip(reads).zip(include) {
+        if !include {
+            continue;
+        }
+        let data = PartitionData::default()
+            .with_partition_index(*index)
+            .with_error_code(read.error.code())
+            .with_high_watermark(read.high_watermark)
+            .with_last_stable_offset(read.last_stable_offset)
+            .with_log_start_offset(read.log_start_offset)
+            .with_aborted_transactions(read_committed.then(Vec::new))
+            .with_preferred_read_replica(BrokerId(-1))
+            .with_records(Some(read.records));
+        match responses.last_mut() {
+            Some(last) if last.topic.0.as_str() == topic.as_ref() => last.partitions.push(data),
+            _ => responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                    .with_topic_id(params.topic_id)
+                    .with_partitions(vec![data]),
+            ),
+        }
+    }
+    for u in unresolved {
+        responses.push(
+            FetchableTopicResponse::default()
+                .with_topic_id(u.topic_id)
+                .with_partitions(vec![
+                    PartitionData::default()
+                        .with_partition_index(u.partition)
+                        .with_error_code(ErrorCode::UnknownTopicId.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_records(Some(Bytes::new())),
+                ]),
+        );
+    }
+    let session_id = match context {
+        SessionContext::Sessionless => 0,
+        SessionContext::Full { id } | SessionContext::Incremental { id } => id,
+    };
+    FetchResponse::default()
+        .with_session_id(session_id)
+        .with_responses(responses)
+}
+
+/// One partition's read.
+struct PartitionRead {
+    error: ErrorCode,
+    high_watermark: i64,
+    last_stable_offset: i64,
+    log_start_offset: i64,
+    records: Bytes,
+}
+
+impl PartitionRead {
+    fn error(error: ErrorCode) -> Self {
+        Self {
+            error,
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        }
+    }
+}
+
+fn read_all(
+    broker: &Broker,
+    list: &[(PartitionKey, FetchParams)],
+    max_bytes: usize,
+    read_committed: bool,
+    replica_id: i32,
+) -> Vec<PartitionRead> {
+    let image = broker.image();
+    let mut remaining = max_bytes;
+    // Fetch v3+: the first partition with data gets at least one batch.
+    let mut min_one = true;
+    let mut seen = HashSet::new();
+    list.iter()
+        .map(|((topic, index), params)| {
+            if !seen.insert((Arc::clone(topic), *index)) {
+                return PartitionRead::error(ErrorCode::InvalidRequest);
+            }
+            let Some(meta) = image.partition(topic, *index) else {
+                return PartitionRead::error(ErrorCode::UnknownTopicOrPartition);
+            };
+            if meta.leader != broker.node_id
+                || (replica_id >= 0 && !meta.replicas.contains(&replica_id))
+            {
+                return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+            }
+            let Some(partition) = broker.replicas.get(topic, *index) else {
+                return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+            };
+            if let Some(code) =
+                check_leader_epoch(params.current_leader_epoch, partition.leader_epoch())
+            {
+                return PartitionRead::error(code);
+            }
+            let limit = usize::try_from(params.partition_max_bytes.max(0))
+                .unwrap_or(0)
+                .min(remaining);
+            let read = read_partition(
+                &partition,
+                params.fetch_offset,
+                limit,
+                min_one,
+                read_committed,
+                replica_id,
+            );
+            if !read.records.is_empty() {
+                min_one = false;
+                remaining = remaining.saturating_sub(read.records.len());
+            }
+            read
+        })
+        .collect()
+}
+
+fn read_partition(
+    partition: &Partition,
+    fetch_offset: i64,
+    limit: usize,
+    min_one: bool,
+    read_committed: bool,
+    replica_id: i32,
+) -> PartitionRead {
+    let high_watermark = partition.high_watermark();
+    let last_stable_offset = partition.last_stable_offset();
+    let bound = if replica_id >= 0 {
+        None // followers read to the log end
+    } else if read_committed {
+        Some(last_stable_offset)
+    } else {
+        Some(high_watermark)
+    };
+    let mut read = PartitionRead {
+        error: ErrorCode::None,
+        high_watermark,
+        last_stable_offset,
+        log_start_offset: partition.log.log_start_offset(),
+        records: Bytes::new(),
+    };
+    if limit == 0 && !min_one {
+        return read;
+    }
+    match partition.log.read(fetch_offset, limit, bound, min_one) {
+        Ok(result) => {
+            read.log_start_offset = result.log_start_offset;
+            match result.records.read() {
+                Ok(bytes) => read.records = bytes,
+                Err(e) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "reading stored batches failed");
+                    read.error = ErrorCode::KafkaStorageError;
+                }
+            }
+        }
+        Err(ReadError::OffsetOutOfRange { .. }) => read.error = ErrorCode::OffsetOutOfRange,
+        Err(ReadError::Offline) => read.error = ErrorCode::KafkaStorageError,
+        Err(e) => {
+            tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "fetch read failed");
+            read.error = ErrorCode::KafkaStorageError;
+        }
+    }
+    read
+}

@@ -1,0 +1,192 @@
+//! Metadata: brokers, the cluster id, the controller, and topics with their
+//! partitions, leaders, replicas, in-sync replicas and leader epochs.
+//!
+//! Asking for a topic that does not exist creates it (with `num.partitions`
+//! and `default.replication.factor`) when `auto.create.topics.enable` is on
+//! and the request allows it, as Kafka does. Creation is synchronous here, so
+//! the answer already carries the new topic's partitions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use strom_controller::{CreateTopicRequest, MetadataImage, TopicImage};
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::kafka::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use strom_protocol::messages::kafka::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use strom_protocol::messages::{StrBytes, Uuid};
+use strom_storage::manager::is_legal_topic_name;
+
+use crate::broker::Broker;
+
+/// Kafka's AclOperation codes that apply to topics: READ, WRITE, CREATE,
+/// DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS. With no
+/// authorizer every one is allowed.
+const TOPIC_OPERATIONS: i32 =
+    (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11);
+/// Cluster operations: CREATE, ALTER, DESCRIBE, CLUSTER_ACTION,
+/// DESCRIBE_CONFIGS, ALTER_CONFIGS, IDEMPOTENT_WRITE, CREATE_TOKENS,
+/// DESCRIBE_TOKENS.
+pub const CLUSTER_OPERATIONS: i32 = (1 << 5)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 14);
+/// The schema default meaning "not requested".
+const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
+
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: MetadataRequest,
+    version: i16,
+) -> MetadataResponse {
+    // v0 has no null: an empty list means all topics. v1+: null means all.
+    let all_topics = match &request.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    let allow_auto_create = (version < 4 || request.allow_auto_topic_creation)
+        && broker.config.auto_create_topics_enable().unwrap_or(true);
+
+    let mut image = broker.image();
+    if !all_topics && allow_auto_create {
+        let missing: Vec<String> = request
+            .topics
+            .iter()
+            .flatten()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .filter(|n| is_legal_topic_name(n) && image.topic(n).is_none())
+            .collect();
+        if !missing.is_empty() {
+            image = auto_create(broker, missing).await;
+        }
+    }
+
+    let topic_ops = if request.include_topic_authorized_operations {
+        TOPIC_OPERATIONS
+    } else {
+        OPERATIONS_NOT_REQUESTED
+    };
+    let topics: Vec<MetadataResponseTopic> = if all_topics {
+        image
+            .topics()
+            .map(|t| describe_topic(t, topic_ops))
+            .collect()
+    } else {
+        request
+            .topics
+            .iter()
+            .flatten()
+            .map(|requested| match &requested.name {
+                Some(name) => match image.topic(name) {
+                    Some(t) => describe_topic(t, topic_ops),
+                    None => {
+                        let code = if is_legal_topic_name(name) {
+                            ErrorCode::UnknownTopicOrPartition
+                        } else {
+                            ErrorCode::InvalidTopicException
+                        };
+                        MetadataResponseTopic::default()
+                            .with_name(Some(name.clone()))
+                            .with_error_code(code.code())
+                            .with_topic_authorized_operations(topic_ops)
+                    }
+                },
+                None => match image.topic_by_id(&requested.topic_id) {
+                    Some(t) => describe_topic(t, topic_ops),
+                    None => MetadataResponseTopic::default()
+                        .with_topic_id(requested.topic_id)
+                        .with_error_code(ErrorCode::UnknownTopicId.code())
+                        .with_topic_authorized_operations(topic_ops),
+                },
+            })
+            .collect()
+    };
+    MetadataResponse::default()
+        .with_brokers(brokers(&image))
+        .with_cluster_id(Some(StrBytes::from_string(image.cluster_id.clone())))
+        .with_controller_id(BrokerId(image.controller_id))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
+            CLUSTER_OPERATIONS
+        } else {
+            OPERATIONS_NOT_REQUESTED
+        })
+}
+
+/// Creates the missing topics with the broker defaults; failures (a race
+/// with another creator, say) just leave the topic out.
+async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataImage> {
+    let broker = Arc::clone(broker);
+    let fallback = broker.image();
+    super::blocking(move || {
+        let requests = names
+            .into_iter()
+            .map(|name| CreateTopicRequest {
+                name,
+                num_partitions: -1,
+                replication_factor: -1,
+                assignments: Vec::new(),
+                configs: BTreeMap::new(),
+            })
+            .collect();
+        for result in broker.controller.create_topics(requests, false) {
+            if let Err(e) = result
+                && e.code != ErrorCode::TopicAlreadyExists
+            {
+                tracing::info!(error = %e, "auto topic creation failed");
+            }
+        }
+        if let Err(e) = broker.apply_metadata() {
+            tracing::error!(error = %e, "creating logs for new topics failed");
+        }
+        broker.image()
+    })
+    .await
+    .unwrap_or(fallback)
+}
+
+pub fn brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
+    image
+        .brokers
+        .values()
+        .map(|b| {
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        })
+        .collect()
+}
+
+fn describe_topic(topic: &TopicImage, topic_ops: i32) -> MetadataResponseTopic {
+    let partitions = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            MetadataResponsePartition::default()
+                .with_partition_index(p.partition)
+                .with_leader_id(BrokerId(p.leader))
+                .with_leader_epoch(p.leader_epoch)
+                .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
+                .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect())
+                .with_offline_replicas(Vec::new())
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+        .with_topic_id(if topic.id.is_nil() {
+            Uuid::nil()
+        } else {
+            topic.id
+        })
+        .with_is_internal(topic.is_internal())
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(topic_ops)
+}

@@ -1,0 +1,160 @@
+//! The Kafka APIs this broker answers: one module per API family, and the
+//! dispatch by API key.
+//!
+//! ApiVersions advertises exactly [`SUPPORTED_APIS`]; every version in it is
+//! handled. A request for an API or version outside it, or whose body does
+//! not decode, closes the connection with a log line, as Kafka does.
+
+pub mod admin;
+pub mod api_versions;
+pub mod fetch;
+pub mod fetch_session;
+pub mod init_producer_id;
+pub mod list_offsets;
+pub mod metadata;
+pub mod produce;
+pub mod sasl;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use strom_protocol::messages::{self, ApiKey, Encodable, RequestFrame};
+
+use crate::broker::Broker;
+
+/// What to send back for a request.
+#[derive(Debug)]
+pub enum Reply {
+    /// A whole response frame.
+    Frame(BytesMut),
+    /// Nothing (produce with acks=0).
+    None,
+    /// Close the connection; the reason goes to the log.
+    Close(String),
+}
+
+/// The APIs and version ranges this broker implements, as ApiVersions
+/// advertises them. The lower bounds are what Kafka 4.x still accepts.
+pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 13),
+    (ApiKey::Fetch, 4, 17),
+    (ApiKey::ListOffsets, 1, 10),
+    (ApiKey::Metadata, 0, 13),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 2),
+];
+
+/// The advertised version range of `key`.
+pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED_APIS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, min, max)| (*min, *max))
+}
+
+/// Encodes `response` as the answer to `frame`.
+pub fn respond<T: Encodable>(frame: &RequestFrame, response: &T) -> Reply {
+    match messages::encode_response(
+        frame.api_key,
+        frame.api_version,
+        frame.correlation_id,
+        response,
+    ) {
+        Ok(bytes) => Reply::Frame(bytes),
+        Err(e) => {
+            tracing::error!(api = ?frame.api_key, version = frame.api_version, error = %e, "cannot encode a response");
+            Reply::Close(format!("response encoding failed: {e}"))
+        }
+    }
+}
+
+/// Decodes the body as `$request` and runs `$handler` on it; a body that does
+/// not decode closes the connection.
+macro_rules! decode_and {
+    ($frame:expr, $request:ty, |$req:ident| $body:expr) => {
+        match $frame.decode::<$request>() {
+            Ok($req) => $body,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed request; closing the connection");
+                Reply::Close(e.to_string())
+            }
+        }
+    };
+}
+
+/// Answers one request.
+pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Reply {
+    use strom_protocol::messages::kafka;
+    let key = frame.api_key;
+    if key == ApiKey::ApiVersions {
+        return api_versions::handle(frame);
+    }
+    let Some((min, max)) = supported_versions(key) else {
+        tracing::warn!(api = ?key, version = frame.api_version, "request for an API this broker does not implement; closing the connection");
+        return Reply::Close(format!("unsupported API {key:?}"));
+    };
+    if frame.api_version < min || frame.api_version > max {
+        tracing::warn!(api = ?key, version = frame.api_version, "request for an unsupported version; closing the connection");
+        return Reply::Close(format!("unsupported {key:?} version {}", frame.api_version));
+    }
+    let version = frame.api_version;
+    match key {
+        ApiKey::Metadata => decode_and!(frame, kafka::MetadataRequest, |req| {
+            respond(frame, &metadata::handle(broker, req, version).await)
+        }),
+        ApiKey::Produce => decode_and!(frame, kafka::ProduceRequest, |req| {
+            match produce::handle(broker, req, version).await {
+                Ok(Some(response)) => respond(frame, &response),
+                Ok(None) => Reply::None,
+                Err(reason) => Reply::Close(reason),
+            }
+        }),
+        ApiKey::Fetch => decode_and!(frame, kafka::FetchRequest, |req| {
+            respond(frame, &fetch::handle(broker, req, version).await)
+        }),
+        ApiKey::ListOffsets => decode_and!(frame, kafka::ListOffsetsRequest, |req| {
+            respond(frame, &list_offsets::handle(broker, req, version).await)
+        }),
+        ApiKey::CreateTopics => decode_and!(frame, kafka::CreateTopicsRequest, |req| {
+            respond(frame, &admin::create_topics(broker, req, version).await)
+        }),
+        ApiKey::DeleteTopics => decode_and!(frame, kafka::DeleteTopicsRequest, |req| {
+            respond(frame, &admin::delete_topics(broker, req, version).await)
+        }),
+        ApiKey::CreatePartitions => decode_and!(frame, kafka::CreatePartitionsRequest, |req| {
+            respond(frame, &admin::create_partitions(broker, req).await)
+        }),
+        ApiKey::DescribeCluster => decode_and!(frame, kafka::DescribeClusterRequest, |req| {
+            respond(frame, &admin::describe_cluster(broker, req))
+        }),
+        ApiKey::DescribeConfigs => decode_and!(frame, kafka::DescribeConfigsRequest, |req| {
+            respond(frame, &admin::describe_configs(broker, req, version))
+        }),
+        ApiKey::InitProducerId => decode_and!(frame, kafka::InitProducerIdRequest, |req| {
+            respond(frame, &init_producer_id::handle(broker, req).await)
+        }),
+        ApiKey::SaslHandshake => decode_and!(frame, kafka::SaslHandshakeRequest, |req| {
+            respond(frame, &sasl::handshake(req))
+        }),
+        other => Reply::Close(format!("no handler for {other:?}")),
+    }
+}
+
+/// Runs blocking storage or controller work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "a blocking task failed");
+            None
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Produce: append producer batches to partition leaders.
+//!
+//! Per partition, in Kafka's order: the topic and partition exist and this
+//! broker leads it; with acks=all, the in-sync replicas reach
+//! `min.insync.replicas`; the batches pass the storage checks (length, magic,
+//! size, CRC, idempotent sequence) and the record checks that need the records
+//! themselves (keys on compacted topics, `message.timestamp.*.max.ms`,
+//! offsets inside the batch). Stored bytes are the producer's bytes.
+//!
+//! acks=0 gets no response; if anything failed, the connection is closed so
+//! the client notices, as Kafka does.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strom_controller::MetadataImage;
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::StrBytes;
+use strom_protocol::messages::kafka::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
+use strom_protocol::messages::kafka::{ProduceRequest, ProduceResponse};
+use strom_protocol::record;
+use strom_protocol::record_batch::{self, TimestampType};
+use strom_storage::{AppendError, AppendOrigin, LogConfig};
+
+use crate::broker::Broker;
+use crate::replica::Partition;
+
+/// Bound on the decompressed size of a produced batch when its records must
+/// be checked: a crafted batch must not exhaust memory, and 256 MiB is beyond
+/// what a producer's `batch.size` and compression ratio give.
+const MAX_DECOMPRESSED_PRODUCE_BYTES: usize = 256 << 20;
+/// Record errors reported per partition, as a bound on the response size.
+const MAX_RECORD_ERRORS: usize = 100;
+
+/// Where to append and what to check, or the error code and message why not.
+type Target = Result<(Arc<Partition>, Bytes, PartitionChecks), (ErrorCode, Option<String>)>;
+
+/// One partition's work.
+struct Work {
+    topic: usize,
+    index: i32,
+    target: Target,
+}
+
+/// What the record checks of one partition need to know.
+#[derive(Clone)]
+struct PartitionChecks {
+    log: LogConfig,
+    compact: bool,
+    before_max_ms: i64,
+    after_max_ms: i64,
+    min_insync_replicas: usize,
+    isr: usize,
+}
+
+/// Answers a produce request; `Err` closes the connection (acks=0 errors).
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: ProduceRequest,
+    version: i16,
+) -> Result<Option<ProduceResponse>, String> {
+    let acks = request.acks;
+    let image = broker.image();
+    let mut topics = Vec::with_capacity(request.topic_data.len());
+    let mut work = Vec::new();
+    for (t, topic_data) in request.topic_data.into_iter().enumerate() {
+        let name = if version >= 13 {
+            image
+                .topic_by_id(&topic_data.topic_id)
+                .map(|t| t.name.clone())
+        } else {
+            Some(topic_data.name.0.to_string())
+        };
+        topics.push((topic_data.name.clone(), topic_data.topic_id));
+        for p in topic_data.partition_data {
+            let target = if !matches!(acks, -1..=1) {
+                Err((ErrorCode::InvalidRequiredAcks, None))
+            } else {
+                resolve(broker, &image, name.as_deref(), version, p.index, p.records)
+            };
+            work.push(Work {
+                topic: t,
+                index: p.index,
+                target,
+            });
+        }
+    }
+
+    let broker_for_append = Arc::clone(broker);
+    let results = super::blocking(move || {
+        work.into_iter()
+            .map(|w| {
+                let response = match w.target {
+                    Err((code, message)) => error_response(w.index, code, message),
+                    Ok((partition, records, checks)) => {
+                        append(&broker_for_append, &partition, &records, &checks, acks)
+                    }
+                };
+                (w.topic, response)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .ok_or("produce task failed")?;
+
+    if acks == 0 {
+        if let Some((_, failed)) = results.iter().find(|(_, r)| r.error_code != 0) {
+            return Err(format!(
+                "produce with acks=0 failed with error {}",
+                ErrorCode::from_code(failed.error_code)
+                    .map_or_else(|| failed.error_code.to_string(), |e| e.to_string())
+            ));
+        }
+        return Ok(None);
+    }
+    let mut responses: Vec<TopicProduceResponse> = topics
+        .into_iter()
+        .map(|(name, topic_id)| {
+            TopicProduceResponse::default()
+                .with_name(name)
+                .with_topic_id(topic_id)
+        })
+        .collect();
+    for (t, partition) in results {
+        responses[t].partition_responses.push(partition);
+    }
+    Ok(Some(ProduceResponse::default().with_responses(responses)))
+}
+
+fn resolve(
+    broker: &Broker,
+    image: &MetadataImage,
+    name: Option<&str>,
+    version: i16,
+    index: i32,
+    records: Option<Bytes>,
+) -> Target {
+    let unknown = if version >= 13 {
+        ErrorCode::UnknownTopicId
+    } else {
+        ErrorCode::UnknownTopicOrPartition
+    };
+    let name = name.ok_or((unknown, None))?;
+    let topic = image.topic(name).ok_or((unknown, None))?;
+    let meta = image
+        .partition(name, index)
+        .ok_or((ErrorCode::UnknownTopicOrPartition, None))?;
+    if meta.leader != broker.node_id {
+        return Err((ErrorCode::NotLeaderOrFollower, None));
+    }
+    let partition = broker
+        .replicas
+        .get(name, index)
+        .ok_or((ErrorCode::NotLeaderOrFollower, None))?;
+    let records = records.ok_or((
+        ErrorCode::CorruptMessage,
+        Some("Produce request without records".to_owned()),
+    ))?;
+    let value = |key: &str| -> String {
+        crate::config::topic_config_def(key)
+            .map(|def| {
+                broker
+                    .config
+                    .topic_config_value(def, &topic.configs)
+                    .0
+                    .value
+            })
+            .unwrap_or_default()
+    };
+    let log = broker.log_config(&topic.configs);
+    let checks = PartitionChecks {
+        compact: log.compact,
+        log,
+        before_max_ms: value("message.timestamp.before.max.ms")
+            .parse()
+            .unwrap_or(i64::MAX),
+        after_max_ms: value("message.timestamp.after.max.ms")
+            .parse()
+            .unwrap_or(i64::MAX),
+        min_insync_replicas: value("min.insync.replicas").parse().unwrap_or(1),
+        isr: meta.isr.len(),
+    };
+    Ok((partition, records, checks))
+}
+
+fn append(
+    broker: &Broker,
+    partition: &Partition,
+    records: &Bytes,
+    checks: &PartitionChecks,
+    acks: i16,
+) -> PartitionProduceResponse {
+    let index = partition.index;
+    if acks == -1 && checks.isr < checks.min_insync_replicas {
+        return error_response(
+            index,
+            ErrorCode::NotEnoughReplicas,
+            Some(format!(
+                "The size of the current ISR {} is insufficient to satisfy the min.isr requirement of {}",
+                checks.isr, checks.min_insync_replicas
+            )),
+        );
+    }
+    if let Err((code, errors)) = check_records(broker, partition, records, checks) {
+        let message = errors
+            .first()
+            .and_then(|e| e.batch_index_error_message.as_ref().map(|m| m.to_string()));
+        return error_response(index, code, message).with_record_errors(errors);
+    }
+    match partition
+        .log
+        .append_as_leader(records, partition.leader_epoch(), AppendOrigin::Client)
+    {
+        Ok(info) => {
+            partition.advance_high_watermark();
+            PartitionProduceResponse::default()
+                .with_index(index)
+                .with_base_offset(info.first_offset)
+                .with_log_append_time_ms(if info.timestamp_type == TimestampType::LogAppendTime {
+                    info.log_append_time_ms
+                } else {
+                    -1
+                })
+                .with_log_start_offset(info.log_start_offset)
+        }
+        Err(e) => {
+            let (code, message) = append_error(&e);
+            if code == ErrorCode::KafkaStorageError {
+                tracing::error!(topic = %partition.topic, partition = index, error = %e, "append failed");
+            }
+            error_response(index, code, Some(message))
+        }
+    }
+}
+
+/// The Kafka error for a refused append.
+pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
+    let code = match e {
+        AppendError::Corrupt(_) => ErrorCode::CorruptMessage,
+        // Magic 0 and 1 in a v3+ produce request are INVALID_RECORD in Kafka;
+        // magic values that do not exist are corrupt data.
+        AppendError::UnsupportedMagic(0 | 1) => ErrorCode::InvalidRecord,
+        AppendError::UnsupportedMagic(_) => ErrorCode::CorruptMessage,
+        AppendError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+        AppendError::LargerThanSegment { .. } => ErrorCode::RecordListTooLarge,
+        AppendError::InvalidRecord(_) | AppendError::Empty => ErrorCode::InvalidRecord,
+        AppendError::OffsetOutOfOrder { .. } => ErrorCode::InvalidRecord,
+        AppendError::Io(_) => ErrorCode::KafkaStorageError,
+        AppendError::Offline => ErrorCode::NotLeaderOrFollower,
+        _ => ErrorCode::UnknownServerError,
+    };
+    (code, e.to_string())
+}
+
+fn error_response(
+    index: i32,
+    code: ErrorCode,
+    message: Option<String>,
+) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(code.code())
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+        .with_error_message(message.map(StrBytes::from_string))
+}
+
+/// The checks Kafka's LogValidator makes on the records of each batch:
+/// offsets inside the batch run from 0 without gaps and match the record
+/// count; a compacted topic needs keys; CreateTime timestamps lie within
+/// `message.timestamp.before.max.ms` and `message.timestamp.after.max.ms` of
+/// now. Records are decoded only when a check needs them (uncompressed
+/// batches always: that is cheap).
+fn check_records(
+    broker: &Broker,
+    partition: &Partition,
+    records: &Bytes,
+    checks: &PartitionChecks,
+) -> Result<(), (ErrorCode, Vec<BatchIndexAndErrorMessage>)> {
+    let now = broker.clock.now_ms();
+    let create_time = checks.log.message_timestamp_type == TimestampType::CreateTime;
+    let low = now.saturating_sub(checks.before_max_ms);
+    let high = now.saturating_add(checks.after_max_ms);
+    let mut errors = Vec::new();
+    let mut code = ErrorCode::InvalidRecord;
+    for batch in record_batch::batches(records) {
+        // Structural errors are the storage layer's to report precisely.
+        let Ok(batch) = batch else { return Ok(()) };
+        let header = batch.header;
+        let compressed =
+            header.compression() != Some(strom_protocol::compression::Compression::None);
+        let timestamps_at_risk =
+            create_time && (header.max_timestamp > high || checks.before_max_ms != i64::MAX);
+        if compressed && !checks.compact && !timestamps_at_risk {
+            continue;
+        }
+        if record_batch::validate_batch(batch.bytes).is_err() {
+            return Ok(());
+        }
+        let iter = match record::records(
+            &records.slice_ref(batch.bytes),
+            MAX_DECOMPRESSED_PRODUCE_BYTES,
+        ) {
+            Ok(iter) => iter,
+            Err(e) => {
+                return Err((
+                    ErrorCode::CorruptMessage,
+                    vec![record_error(0, format!("Records do not decode: {e}"))],
+                ));
+            }
+        };
+        for (i, r) in iter.enumerate() {
+            let position = i32::try_from(i).unwrap_or(i32::MAX);
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err((
+                        ErrorCode::CorruptMessage,
+                        vec![record_error(
+                            position,
+                            format!("Record {i} does not decode: {e}"),
+                        )],
+                    ));
+                }
+            };
+            if r.offset_delta != position {
+                return Err((
+                    ErrorCode::InvalidRecord,
+                    vec![record_error(
+                        position,
+                        format!(
+                            "Inner record offset delta {} where {i} was expected",
+                            r.offset_delta
+                        ),
+                    )],
+                ));
+            }
+            if errors.len() >= MAX_RECORD_ERRORS {
+                continue;
+            }
+            if checks.compact && r.key.is_none() {
+                errors.push(record_error(
+                    position,
+                    format!(
+                        "Compacted topic cannot accept message without key in topic partition {}-{}.",
+                        partition.topic, partition.index
+                    ),
+                ));
+            } else if create_time {
+                let ts = r.timestamp(&header);
+                if ts < low || ts > high {
+                    code = ErrorCode::InvalidTimestamp;
+                    errors.push(record_error(
+                        position,
+                        format!(
+                            "Timestamp {ts} of message with offset {i} is out of range. The timestamp should be within [{low}, {high}]"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err((code, errors))
+    }
+}
+
+fn record_error(index: i32, message: String) -> BatchIndexAndErrorMessage {
+    BatchIndexAndErrorMessage::default()
+        .with_batch_index(index)
+        .with_batch_index_error_message(Some(StrBytes::from_string(message)))
+}

@@ -1,0 +1,316 @@
+//! The broker's shared state, startup and clean shutdown.
+//!
+//! ```text
+//! strom-data/
+//!   meta/__cluster_metadata-0/   the metadata log (Kafka's KRaft topic), read first
+//!   meta/.lock                   held while a broker uses the directory
+//!   orders-0/ ...                partition logs, opened after the metadata says
+//!                                which topics exist and with which configs
+//! ```
+
+use std::fs::{self, File, TryLockError};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use strom_controller::controller::ControllerConfig;
+use strom_controller::{
+    Controller, ControllerError, METADATA_TOPIC, MetadataImage, ProducerIdBlock,
+};
+use strom_storage::{
+    Clock, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig, PartitionLog,
+    SystemClock, TopicPartition,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::fetch_session::FetchSessionCache;
+use crate::config::BrokerConfig;
+use crate::replica::ReplicaManager;
+
+/// Directory of the metadata log inside the data directory.
+const META_DIR: &str = "meta";
+/// Open files for the metadata log: it has one active segment.
+const META_OPEN_FILES: usize = 8;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] strom_storage::StorageError),
+    #[error("metadata: {0}")]
+    Controller(#[from] ControllerError),
+    #[error("data directory {0} is in use by another broker")]
+    Locked(PathBuf),
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Producer ids from the block the controller handed this broker.
+#[derive(Debug, Default)]
+struct ProducerIds {
+    block: Option<ProducerIdBlock>,
+    next: i64,
+}
+
+/// Everything request handlers share.
+#[derive(Debug)]
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub node_id: i32,
+    /// Host and port clients are told to connect to.
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub controller: Arc<Controller>,
+    pub logs: Arc<LogManager>,
+    pub replicas: ReplicaManager,
+    pub fetch_sessions: Mutex<FetchSessionCache>,
+    pub clock: Arc<dyn Clock>,
+    metadata_log: Arc<PartitionLog>,
+    producer_ids: Mutex<ProducerIds>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// Every connection task.
+    pub tasks: TaskTracker,
+    _meta_lock: File,
+}
+
+impl Broker {
+    /// The current metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.controller.image()
+    }
+
+    /// Brings the local partitions in line with the latest image.
+    pub fn apply_metadata(&self) -> Result<(), strom_storage::StorageError> {
+        self.replicas.apply_image(&self.image(), &self.config)
+    }
+
+    /// A new producer id, from this broker's block (taking a new block from
+    /// the controller when it runs out).
+    pub fn next_producer_id(&self) -> Result<i64, ControllerError> {
+        let mut ids = self.producer_ids.lock();
+        match ids.block {
+            Some(block) if ids.next < block.start + block.len => {}
+            _ => {
+                let block = self.controller.allocate_producer_ids(self.node_id)?;
+                ids.block = Some(block);
+                ids.next = block.start;
+            }
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
+    /// The effective log settings of a topic with these overrides.
+    pub fn log_config(&self, overrides: &std::collections::BTreeMap<String, String>) -> LogConfig {
+        self.config.log_config(overrides)
+    }
+}
+
+/// A started broker: where it listens, and how to stop it.
+#[derive(Debug)]
+pub struct RunningBroker {
+    pub broker: Arc<Broker>,
+    pub local_addr: SocketAddr,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+impl RunningBroker {
+    /// Clean shutdown: stop accepting, close connections, flush and close
+    /// every log, write the clean-shutdown marker.
+    pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
+        let broker = self.broker;
+        broker.shutdown.cancel();
+        if let Err(e) = self.serve.await {
+            tracing::error!(error = %e, "accept loop ended abnormally");
+        }
+        broker.tasks.close();
+        broker.tasks.wait().await;
+        let logs = Arc::clone(&broker.logs);
+        let metadata_log = Arc::clone(&broker.metadata_log);
+        tokio::task::spawn_blocking(move || {
+            let result = logs.shutdown();
+            if let Err(e) = metadata_log.close() {
+                tracing::error!(error = %e, "closing the metadata log failed");
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            strom_storage::StorageError::InvalidRequest(format!("shutdown task failed: {e}"))
+        })?
+    }
+}
+
+/// Starts a broker: binds the listener, opens the metadata log and the
+/// controller, registers this broker, opens the partition logs, and serves.
+pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`start`] with a given clock (tests).
+pub async fn start_with_clock(
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningBroker, StartError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let advertised_port = if config.advertise_port == 0 {
+        local_addr.port()
+    } else {
+        config.advertise_port
+    };
+    let advertised_host = if config.advertise_host == "0.0.0.0" || config.advertise_host == "::" {
+        "127.0.0.1".to_owned()
+    } else {
+        config.advertise_host.clone()
+    };
+    let config_for_open = config.clone();
+    let clock_for_open = Arc::clone(&clock);
+    let host = advertised_host.clone();
+    let broker = tokio::task::spawn_blocking(move || {
+        open(config_for_open, clock_for_open, host, advertised_port)
+    })
+    .await
+    .map_err(|e| StartError::Io {
+        path: PathBuf::new(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    let broker = Arc::new(broker);
+    let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
+    tracing::info!(
+        node_id = broker.node_id,
+        addr = %local_addr,
+        advertised = %format!("{}:{}", broker.advertised_host, broker.advertised_port),
+        data_dir = %broker.config.data_dir.display(),
+        "broker started"
+    );
+    Ok(RunningBroker {
+        broker,
+        local_addr,
+        serve,
+    })
+}
+
+/// The blocking part of startup.
+fn open(
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    advertised_host: String,
+    advertised_port: u16,
+) -> Result<Broker, StartError> {
+    let data_dir = config.data_dir.clone();
+    let meta_dir = data_dir.join(META_DIR);
+    fs::create_dir_all(&meta_dir).map_err(|source| StartError::Io {
+        path: meta_dir.clone(),
+        source,
+    })?;
+    let meta_lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(meta_dir.join(".lock"))
+        .map_err(|source| StartError::Io {
+            path: meta_dir.clone(),
+            source,
+        })?;
+    match meta_lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(StartError::Locked(data_dir)),
+        Err(TryLockError::Error(source)) => {
+            return Err(StartError::Io {
+                path: meta_dir,
+                source,
+            });
+        }
+    }
+
+    // The metadata log is small and is always recovered in full: it decides
+    // what every other log is.
+    let metadata_log = Arc::new(PartitionLog::open(
+        meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
+        LogConfig::default(),
+        Arc::new(FileCache::new(META_OPEN_FILES)),
+        Arc::clone(&clock),
+        LoadOptions::default(),
+    )?);
+    let controller_config = ControllerConfig {
+        num_partitions: config.num_partitions()?,
+        default_replication_factor: config.default_replication_factor()?,
+    };
+    let controller = Arc::new(Controller::open(
+        config.node_id,
+        controller_config,
+        Arc::clone(&metadata_log),
+        Arc::clone(&clock),
+    )?);
+    controller.register_broker(
+        config.node_id,
+        &advertised_host,
+        advertised_port,
+        config.rack.clone(),
+    )?;
+
+    let image = controller.image();
+    let log_manager_config = LogManagerConfig {
+        recovery_threads: config
+            .properties
+            .get("num.recovery.threads.per.data.dir")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+        ..LogManagerConfig::new(&data_dir)
+    };
+    let logs = LogManager::open(
+        log_manager_config,
+        Arc::clone(&clock),
+        &|tp: &TopicPartition| {
+            let overrides = image
+                .topic(&tp.topic)
+                .map(|t| t.configs.clone())
+                .unwrap_or_default();
+            config.log_config(&overrides)
+        },
+    )?;
+    let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs));
+    replicas.apply_image(&image, &config)?;
+    let fetch_sessions = FetchSessionCache::new(config.fetch_session_cache_slots()?);
+    Ok(Broker {
+        node_id: config.node_id,
+        advertised_host,
+        advertised_port,
+        controller,
+        logs,
+        replicas,
+        fetch_sessions: Mutex::new(fetch_sessions),
+        clock,
+        metadata_log,
+        producer_ids: Mutex::new(ProducerIds::default()),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        config,
+        _meta_lock: meta_lock,
+    })
+}

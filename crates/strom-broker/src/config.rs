@@ -1,0 +1,813 @@
+//! Broker configuration with Kafka's property names, and the topic config
+//! definitions (names, types, defaults, broker synonyms) that DescribeConfigs,
+//! CreateTopics and the logs share.
+//!
+//! Sources, as Kafka reports them: a topic override is DYNAMIC_TOPIC_CONFIG; a
+//! value from the broker's properties (file or flags) is STATIC_BROKER_CONFIG;
+//! otherwise DEFAULT_CONFIG.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use strom_protocol::record_batch::TimestampType;
+use strom_storage::LogConfig;
+
+/// A bad property value or an unknown topic config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Kafka's config value types (DescribeConfigs v3+ reports them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Int,
+    Short,
+    Long,
+    Double,
+    List,
+    Class,
+    Password,
+}
+
+impl ConfigType {
+    /// DescribeConfigs' `config_type` code.
+    pub fn code(self) -> i8 {
+        match self {
+            Self::Boolean => 1,
+            Self::String => 2,
+            Self::Int => 3,
+            Self::Short => 4,
+            Self::Long => 5,
+            Self::Double => 6,
+            Self::List => 7,
+            Self::Class => 8,
+            Self::Password => 9,
+        }
+    }
+
+    /// Checks that `value` parses as this type.
+    pub fn check(self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let ok = match self {
+            Self::Boolean => {
+                value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")
+            }
+            Self::Int => value.trim().parse::<i32>().is_ok(),
+            Self::Short => value.trim().parse::<i16>().is_ok(),
+            Self::Long => value.trim().parse::<i64>().is_ok(),
+            Self::Double => value.trim().parse::<f64>().is_ok_and(f64::is_finite),
+            Self::String | Self::List | Self::Class | Self::Password => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ConfigError(format!(
+                "Invalid value {value} for configuration {name}: Not a number of type {self:?}"
+            )))
+        }
+    }
+}
+
+/// A topic config: name, type, Kafka's default, and the broker properties that
+/// set it cluster-wide (most specific first).
+#[derive(Debug, Clone, Copy)]
+pub struct TopicConfigDef {
+    pub name: &'static str,
+    pub config_type: ConfigType,
+    pub default: &'static str,
+    /// `(broker property, how to turn its value into the topic's unit)`.
+    pub synonyms: &'static [(&'static str, Unit)],
+    /// Allowed values, for enumerated configs.
+    pub valid: &'static [&'static str],
+    pub doc: &'static str,
+}
+
+/// Unit conversion from a broker synonym to the topic config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Same,
+    MinutesToMs,
+    HoursToMs,
+}
+
+const MS_PER_HOUR: i64 = 3_600_000;
+const LONG_MAX: &str = "9223372036854775807";
+
+/// Kafka 4.x's topic configs (TopicConfig and LogConfig), in name order.
+pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
+    TopicConfigDef {
+        name: "cleanup.policy",
+        config_type: ConfigType::List,
+        default: "delete",
+        synonyms: &[("log.cleanup.policy", Unit::Same)],
+        valid: &["delete", "compact"],
+        doc: "Designates the retention policy to use on old log segments: delete, compact, or both.",
+    },
+    TopicConfigDef {
+        name: "compression.gzip.level",
+        config_type: ConfigType::Int,
+        default: "-1",
+        synonyms: &[("compression.gzip.level", Unit::Same)],
+        valid: &[],
+        doc: "The compression level to use if compression.type is set to gzip.",
+    },
+    TopicConfigDef {
+        name: "compression.lz4.level",
+        config_type: ConfigType::Int,
+        default: "9",
+        synonyms: &[("compression.lz4.level", Unit::Same)],
+        valid: &[],
+        doc: "The compression level to use if compression.type is set to lz4.",
+    },
+    TopicConfigDef {
+        name: "compression.type",
+        config_type: ConfigType::String,
+        default: "producer",
+        synonyms: &[("compression.type", Unit::Same)],
+        valid: &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"],
+        doc: "Specify the final compression type for a given topic.",
+    },
+    TopicConfigDef {
+        name: "compression.zstd.level",
+        config_type: ConfigType::Int,
+        default: "3",
+        synonyms: &[("compression.zstd.level", Unit::Same)],
+        valid: &[],
+        doc: "The compression level to use if compression.type is set to zstd.",
+    },
+    TopicConfigDef {
+        name: "delete.retention.ms",
+        config_type: ConfigType::Long,
+        default: "86400000",
+        synonyms: &[("log.cleaner.delete.retention.ms", Unit::Same)],
+        valid: &[],
+        doc: "The amount of time to retain tombstone markers for log compacted topics.",
+    },
+    TopicConfigDef {
+        name: "file.delete.delay.ms",
+        config_type: ConfigType::Long,
+        default: "60000",
+        synonyms: &[("log.segment.delete.delay.ms", Unit::Same)],
+        valid: &[],
+        doc: "The time to wait before deleting a file from the filesystem.",
+    },
+    TopicConfigDef {
+        name: "flush.messages",
+        config_type: ConfigType::Long,
+        default: LONG_MAX,
+        synonyms: &[("log.flush.interval.messages", Unit::Same)],
+        valid: &[],
+        doc: "The number of messages written to a log partition before we force an fsync on the log.",
+    },
+    TopicConfigDef {
+        name: "flush.ms",
+        config_type: ConfigType::Long,
+        default: LONG_MAX,
+        synonyms: &[("log.flush.interval.ms", Unit::Same)],
+        valid: &[],
+        doc: "The time interval at which we will force an fsync of data written to the log.",
+    },
+    TopicConfigDef {
+        name: "follower.replication.throttled.replicas",
+        config_type: ConfigType::List,
+        default: "",
+        synonyms: &[],
+        valid: &[],
+        doc: "A list of replicas for which log replication should be throttled on the follower side.",
+    },
+    TopicConfigDef {
+        name: "index.interval.bytes",
+        config_type: ConfigType::Int,
+        default: "4096",
+        synonyms: &[("log.index.interval.bytes", Unit::Same)],
+        valid: &[],
+        doc: "How frequently Kafka adds an index entry to its offset index.",
+    },
+    TopicConfigDef {
+        name: "leader.replication.throttled.replicas",
+        config_type: ConfigType::List,
+        default: "",
+        synonyms: &[],
+        valid: &[],
+        doc: "A list of replicas for which log replication should be throttled on the leader side.",
+    },
+    TopicConfigDef {
+        name: "local.retention.bytes",
+        config_type: ConfigType::Long,
+        default: "-2",
+        synonyms: &[("log.local.retention.bytes", Unit::Same)],
+        valid: &[],
+        doc: "The maximum size of local log segments that can grow for a partition before it deletes the old segments.",
+    },
+    TopicConfigDef {
+        name: "local.retention.ms",
+        config_type: ConfigType::Long,
+        default: "-2",
+        synonyms: &[("log.local.retention.ms", Unit::Same)],
+        valid: &[],
+        doc: "The number of milliseconds to keep the local log segment before it gets deleted.",
+    },
+    TopicConfigDef {
+        name: "max.compaction.lag.ms",
+        config_type: ConfigType::Long,
+        default: LONG_MAX,
+        synonyms: &[("log.cleaner.max.compaction.lag.ms", Unit::Same)],
+        valid: &[],
+        doc: "The maximum time a message will remain ineligible for compaction in the log.",
+    },
+    TopicConfigDef {
+        name: "max.message.bytes",
+        config_type: ConfigType::Int,
+        default: "1048588",
+        synonyms: &[("message.max.bytes", Unit::Same)],
+        valid: &[],
+        doc: "The largest record batch size allowed by Kafka (after compression if compression is enabled).",
+    },
+    TopicConfigDef {
+        name: "message.timestamp.after.max.ms",
+        config_type: ConfigType::Long,
+        default: "3600000",
+        synonyms: &[("log.message.timestamp.after.max.ms", Unit::Same)],
+        valid: &[],
+        doc: "The maximum allowed difference, in milliseconds, between the timestamp when a broker receives a message and the timestamp specified in the message, for timestamps in the future.",
+    },
+    TopicConfigDef {
+        name: "message.timestamp.before.max.ms",
+        config_type: ConfigType::Long,
+        default: LONG_MAX,
+        synonyms: &[("log.message.timestamp.before.max.ms", Unit::Same)],
+        valid: &[],
+        doc: "The maximum allowed difference, in milliseconds, between the timestamp when a broker receives a message and the timestamp specified in the message, for timestamps in the past.",
+    },
+    TopicConfigDef {
+        name: "message.timestamp.type",
+        config_type: ConfigType::String,
+        default: "CreateTime",
+        synonyms: &[("log.message.timestamp.type", Unit::Same)],
+        valid: &["CreateTime", "LogAppendTime"],
+        doc: "Define whether the timestamp in the message is message create time or log append time.",
+    },
+    TopicConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        config_type: ConfigType::Double,
+        default: "0.5",
+        synonyms: &[("log.cleaner.min.cleanable.ratio", Unit::Same)],
+        valid: &[],
+        doc: "This configuration controls how frequently the log compactor will attempt to clean the log.",
+    },
+    TopicConfigDef {
+        name: "min.compaction.lag.ms",
+        config_type: ConfigType::Long,
+        default: "0",
+        synonyms: &[("log.cleaner.min.compaction.lag.ms", Unit::Same)],
+        valid: &[],
+        doc: "The minimum time a message will remain uncompacted in the log.",
+    },
+    TopicConfigDef {
+        name: "min.insync.replicas",
+        config_type: ConfigType::Int,
+        default: "1",
+        synonyms: &[("min.insync.replicas", Unit::Same)],
+        valid: &[],
+        doc: "When a producer sets acks to \"all\", this specifies the minimum number of replicas that must acknowledge a write.",
+    },
+    TopicConfigDef {
+        name: "preallocate",
+        config_type: ConfigType::Boolean,
+        default: "false",
+        synonyms: &[("log.preallocate", Unit::Same)],
+        valid: &[],
+        doc: "True if we should preallocate the file on disk when creating a new log segment.",
+    },
+    TopicConfigDef {
+        name: "remote.storage.enable",
+        config_type: ConfigType::Boolean,
+        default: "false",
+        synonyms: &[],
+        valid: &[],
+        doc: "To enable tiered storage for a topic, set this configuration as true.",
+    },
+    TopicConfigDef {
+        name: "retention.bytes",
+        config_type: ConfigType::Long,
+        default: "-1",
+        synonyms: &[("log.retention.bytes", Unit::Same)],
+        valid: &[],
+        doc: "This configuration controls the maximum size a partition can grow to before we will discard old log segments.",
+    },
+    TopicConfigDef {
+        name: "retention.ms",
+        config_type: ConfigType::Long,
+        default: "604800000",
+        synonyms: &[
+            ("log.retention.ms", Unit::Same),
+            ("log.retention.minutes", Unit::MinutesToMs),
+            ("log.retention.hours", Unit::HoursToMs),
+        ],
+        valid: &[],
+        doc: "This configuration controls the maximum time we will retain a log before we will discard old log segments.",
+    },
+    TopicConfigDef {
+        name: "segment.bytes",
+        config_type: ConfigType::Int,
+        default: "1073741824",
+        synonyms: &[("log.segment.bytes", Unit::Same)],
+        valid: &[],
+        doc: "This configuration controls the segment file size for the log.",
+    },
+    TopicConfigDef {
+        name: "segment.index.bytes",
+        config_type: ConfigType::Int,
+        default: "10485760",
+        synonyms: &[("log.index.size.max.bytes", Unit::Same)],
+        valid: &[],
+        doc: "This configuration controls the size of the index that maps offsets to file positions.",
+    },
+    TopicConfigDef {
+        name: "segment.jitter.ms",
+        config_type: ConfigType::Long,
+        default: "0",
+        synonyms: &[
+            ("log.roll.jitter.ms", Unit::Same),
+            ("log.roll.jitter.hours", Unit::HoursToMs),
+        ],
+        valid: &[],
+        doc: "The maximum random jitter subtracted from the scheduled segment roll time.",
+    },
+    TopicConfigDef {
+        name: "segment.ms",
+        config_type: ConfigType::Long,
+        default: "604800000",
+        synonyms: &[
+            ("log.roll.ms", Unit::Same),
+            ("log.roll.hours", Unit::HoursToMs),
+        ],
+        valid: &[],
+        doc: "This configuration controls the period of time after which Kafka will force the log to roll even if the segment file isn't full.",
+    },
+    TopicConfigDef {
+        name: "unclean.leader.election.enable",
+        config_type: ConfigType::Boolean,
+        default: "false",
+        synonyms: &[("unclean.leader.election.enable", Unit::Same)],
+        valid: &[],
+        doc: "Indicates whether to enable replicas not in the ISR set to be elected as leader as a last resort.",
+    },
+];
+
+/// The definition of topic config `name`.
+pub fn topic_config_def(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// Where a config value comes from (DescribeConfigs `config_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    DynamicTopic,
+    DynamicBroker,
+    DynamicDefaultBroker,
+    StaticBroker,
+    Default,
+}
+
+impl ConfigSource {
+    pub fn code(self) -> i8 {
+        match self {
+            Self::DynamicTopic => 1,
+            Self::DynamicBroker => 2,
+            Self::DynamicDefaultBroker => 3,
+            Self::StaticBroker => 4,
+            Self::Default => 5,
+        }
+    }
+}
+
+/// One value of a config with where it came from: an entry of DescribeConfigs'
+/// `synonyms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigValue {
+    pub name: String,
+    pub value: String,
+    pub source: ConfigSource,
+}
+
+/// Checks a topic config override: known name, well-typed, allowed value.
+pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ConfigError> {
+    let def = topic_config_def(name)
+        .ok_or_else(|| ConfigError(format!("Unknown topic config name: {name}")))?;
+    def.config_type.check(name, value)?;
+    if !def.valid.is_empty() {
+        let values: Vec<&str> = if def.config_type == ConfigType::List {
+            value.split(',').map(str::trim).collect()
+        } else {
+            vec![value]
+        };
+        if let Some(bad) = values.iter().find(|v| !def.valid.contains(v)) {
+            return Err(ConfigError(format!(
+                "Invalid value {bad} for configuration {name}: String must be one of: {}",
+                def.valid.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The broker's settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `node.id`.
+    pub node_id: i32,
+    /// Where to listen (`listeners`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// What clients are told (`advertised.listeners`); port 0 means the bound port.
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    /// `log.dirs` (one directory).
+    pub data_dir: PathBuf,
+    /// `broker.rack`.
+    pub rack: Option<String>,
+    /// Every property given in the file or on the command line.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Default listener: Kafka's 9092 on loopback.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// Default data directory, relative to where the broker starts.
+pub const DEFAULT_DATA_DIR: &str = "./strom-data";
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self::from_properties(BTreeMap::new())
+            .unwrap_or_else(|_| unreachable!("defaults are valid"))
+    }
+}
+
+impl BrokerConfig {
+    /// Builds the config from Kafka-named properties, checking every value.
+    pub fn from_properties(properties: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let node_id = parse_prop(&properties, "node.id", 1)?;
+        let listen_text = properties
+            .get("listeners")
+            .map_or(DEFAULT_LISTEN.to_owned(), |l| strip_listener(l));
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError(format!(
+                "listeners: cannot parse {listen_text:?} as host:port (an IP address)"
+            ))
+        })?;
+        let (advertise_host, advertise_port) = match properties.get("advertised.listeners") {
+            Some(a) => split_host_port(&strip_listener(a))?,
+            None => (listen.ip().to_string(), listen.port()),
+        };
+        let data_dir = properties
+            .get("log.dirs")
+            .or_else(|| properties.get("log.dir"))
+            .map_or_else(
+                || PathBuf::from(DEFAULT_DATA_DIR),
+                |d| PathBuf::from(d.split(',').next().unwrap_or(d).trim()),
+            );
+        let config = Self {
+            node_id,
+            listen,
+            advertise_host,
+            advertise_port,
+            data_dir,
+            rack: properties.get("broker.rack").cloned(),
+            properties,
+        };
+        // Parse every typed property once now, so errors show at startup.
+        config.num_partitions()?;
+        config.default_replication_factor()?;
+        config.auto_create_topics_enable()?;
+        config.socket_request_max_bytes()?;
+        config.connections_max_idle_ms()?;
+        config.max_connections()?;
+        config.fetch_max_bytes()?;
+        config.transaction_max_timeout_ms()?;
+        config.producer_id_expiration_ms()?;
+        config.fetch_session_cache_slots()?;
+        for def in TOPIC_CONFIGS {
+            if let Some(v) = config.static_topic_default(def) {
+                def.config_type.check(def.name, &v.value)?;
+            }
+        }
+        Ok(config)
+    }
+
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError> {
+        parse_prop(&self.properties, name, default)
+    }
+
+    /// `num.partitions`, default 1.
+    pub fn num_partitions(&self) -> Result<i32, ConfigError> {
+        self.get("num.partitions", 1)
+    }
+
+    /// `default.replication.factor`, default 1.
+    pub fn default_replication_factor(&self) -> Result<i16, ConfigError> {
+        self.get("default.replication.factor", 1)
+    }
+
+    /// `auto.create.topics.enable`, default true.
+    pub fn auto_create_topics_enable(&self) -> Result<bool, ConfigError> {
+        self.get("auto.create.topics.enable", true)
+    }
+
+    /// `socket.request.max.bytes`, default 100 MiB.
+    pub fn socket_request_max_bytes(&self) -> Result<usize, ConfigError> {
+        self.get(
+            "socket.request.max.bytes",
+            strom_protocol::messages::DEFAULT_MAX_REQUEST_BYTES,
+        )
+    }
+
+    /// `connections.max.idle.ms`, default 10 minutes.
+    pub fn connections_max_idle_ms(&self) -> Result<u64, ConfigError> {
+        self.get("connections.max.idle.ms", 600_000)
+    }
+
+    /// `max.connections`. Kafka's default is unbounded; ours is a bound that
+    /// fits a default file descriptor limit raised for a broker.
+    pub fn max_connections(&self) -> Result<usize, ConfigError> {
+        self.get("max.connections", 10_000)
+    }
+
+    /// `fetch.max.bytes`: the most a fetch response carries, default 55 MiB.
+    pub fn fetch_max_bytes(&self) -> Result<i32, ConfigError> {
+        self.get("fetch.max.bytes", 57_671_680)
+    }
+
+    /// `max.incremental.fetch.session.cache.slots`, default 1000.
+    pub fn fetch_session_cache_slots(&self) -> Result<usize, ConfigError> {
+        self.get("max.incremental.fetch.session.cache.slots", 1000)
+    }
+
+    /// `transaction.max.timeout.ms`, default 15 minutes.
+    pub fn transaction_max_timeout_ms(&self) -> Result<i32, ConfigError> {
+        self.get("transaction.max.timeout.ms", 900_000)
+    }
+
+    /// `producer.id.expiration.ms`, default one day.
+    pub fn producer_id_expiration_ms(&self) -> Result<i64, ConfigError> {
+        self.get("producer.id.expiration.ms", 86_400_000)
+    }
+
+    /// The broker-wide value of a topic config, if a static property sets it
+    /// (the most specific synonym wins, as in Kafka).
+    pub fn static_topic_default(&self, def: &TopicConfigDef) -> Option<ConfigValue> {
+        def.synonyms.iter().find_map(|(prop, unit)| {
+            let raw = self.properties.get(*prop)?;
+            let value = match unit {
+                Unit::Same => raw.clone(),
+                Unit::MinutesToMs => raw
+                    .trim()
+                    .parse::<i64>()
+                    .ok()?
+                    .saturating_mul(60_000)
+                    .to_string(),
+                Unit::HoursToMs => raw
+                    .trim()
+                    .parse::<i64>()
+                    .ok()?
+                    .saturating_mul(MS_PER_HOUR)
+                    .to_string(),
+            };
+            Some(ConfigValue {
+                name: (*prop).to_owned(),
+                value,
+                source: ConfigSource::StaticBroker,
+            })
+        })
+    }
+
+    /// The value of topic config `def` for a topic with `overrides`, and the
+    /// chain of synonyms that led to it (most specific first).
+    pub fn topic_config_value(
+        &self,
+        def: &TopicConfigDef,
+        overrides: &BTreeMap<String, String>,
+    ) -> (ConfigValue, Vec<ConfigValue>) {
+        let mut chain = Vec::new();
+        if let Some(v) = overrides.get(def.name) {
+            chain.push(ConfigValue {
+                name: def.name.to_owned(),
+                value: v.clone(),
+                source: ConfigSource::DynamicTopic,
+            });
+        }
+        if let Some(v) = self.static_topic_default(def) {
+            chain.push(v);
+        }
+        chain.push(ConfigValue {
+            name: def.name.to_owned(),
+            value: def.default.to_owned(),
+            source: ConfigSource::Default,
+        });
+        let mut effective = chain[0].clone();
+        effective.name = def.name.to_owned();
+        (effective, chain)
+    }
+
+    /// The storage settings of a topic with `overrides`.
+    pub fn log_config(&self, overrides: &BTreeMap<String, String>) -> LogConfig {
+        let value = |name: &str| -> String {
+            topic_config_def(name).map_or_else(String::new, |def| {
+                self.topic_config_value(def, overrides).0.value
+            })
+        };
+        let long = |name: &str, default: i64| value(name).trim().parse::<i64>().unwrap_or(default);
+        let int = |name: &str, default: u32| value(name).trim().parse::<u32>().unwrap_or(default);
+        let flush_messages = long("flush.messages", i64::MAX);
+        let flush_ms = long("flush.ms", i64::MAX);
+        LogConfig {
+            segment_bytes: int(
+                "segment.bytes",
+                strom_storage::config::DEFAULT_SEGMENT_BYTES,
+            ),
+            segment_ms: long("segment.ms", strom_storage::config::DEFAULT_SEGMENT_MS),
+            segment_jitter_ms: long("segment.jitter.ms", 0),
+            segment_index_bytes: int(
+                "segment.index.bytes",
+                strom_storage::config::DEFAULT_SEGMENT_INDEX_BYTES,
+            ),
+            index_interval_bytes: int(
+                "index.interval.bytes",
+                strom_storage::config::DEFAULT_INDEX_INTERVAL_BYTES,
+            ),
+            max_message_bytes: int(
+                "max.message.bytes",
+                strom_storage::config::DEFAULT_MAX_MESSAGE_BYTES,
+            ),
+            flush_messages: (flush_messages != i64::MAX)
+                .then(|| u64::try_from(flush_messages.max(1)).unwrap_or(1)),
+            flush_ms: (flush_ms != i64::MAX).then_some(flush_ms),
+            message_timestamp_type: if value("message.timestamp.type") == "LogAppendTime" {
+                TimestampType::LogAppendTime
+            } else {
+                TimestampType::CreateTime
+            },
+            compact: value("cleanup.policy")
+                .split(',')
+                .any(|p| p.trim() == "compact"),
+            file_delete_delay_ms: long(
+                "file.delete.delay.ms",
+                strom_storage::config::DEFAULT_FILE_DELETE_DELAY_MS,
+            ),
+            ..LogConfig::default()
+        }
+    }
+}
+
+fn parse_prop<T: std::str::FromStr>(
+    props: &BTreeMap<String, String>,
+    name: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match props.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("Invalid value {v} for configuration {name}"))),
+    }
+}
+
+/// `PLAINTEXT://host:port` (the first listener) to `host:port`.
+fn strip_listener(listeners: &str) -> String {
+    let first = listeners.split(',').next().unwrap_or("").trim();
+    first
+        .split_once("://")
+        .map_or(first, |(_, rest)| rest)
+        .to_owned()
+}
+
+/// Splits `host:port` (also `[v6]:port`).
+pub fn split_host_port(s: &str) -> Result<(String, u16), ConfigError> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| ConfigError(format!("{s:?} is not host:port")))?;
+    let port = port
+        .parse()
+        .map_err(|_| ConfigError(format!("{s:?} has no valid port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_owned(), port))
+}
+
+/// Parses Java `.properties` text: `key=value`, `key: value` or `key value`,
+/// `#` and `!` comments, a trailing `\` continues the line, `\` escapes.
+pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut logical = String::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if logical.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with('!'))
+        {
+            continue;
+        }
+        let trailing_backslashes = line.chars().rev().take_while(|c| *c == '\\').count();
+        if trailing_backslashes % 2 == 1 {
+            logical.push_str(&line[..line.len() - 1]);
+            continue;
+        }
+        logical.push_str(line);
+        let entry = std::mem::take(&mut logical);
+        let split = entry
+            .char_indices()
+            .scan(false, |escaped, (i, c)| {
+                let was_escaped = *escaped;
+                *escaped = c == '\\' && !was_escaped;
+                Some((i, c, was_escaped))
+            })
+            .find(|(_, c, escaped)| !escaped && (*c == '=' || *c == ':' || c.is_whitespace()));
+        let (key, value) = match split {
+            Some((i, c, _)) => {
+                let rest = entry[i + c.len_utf8()..].trim_start();
+                let rest = if c.is_whitespace() {
+                    rest.strip_prefix(['=', ':']).map_or(rest, str::trim_start)
+                } else {
+                    rest
+                };
+                (&entry[..i], rest)
+            }
+            None => (entry.as_str(), ""),
+        };
+        out.insert(unescape(key), unescape(value));
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_parse_like_java() {
+        let props = parse_properties(
+            "# comment\n! also\nnode.id=3\nlisteners = PLAINTEXT://127.0.0.1:19092\nlog.dirs: /tmp/a,/tmp/b\nlong.value=a\\\n   b\nspaced value\n",
+        );
+        assert_eq!(props["node.id"], "3");
+        assert_eq!(props["listeners"], "PLAINTEXT://127.0.0.1:19092");
+        assert_eq!(props["log.dirs"], "/tmp/a,/tmp/b");
+        assert_eq!(props["long.value"], "ab");
+        assert_eq!(props["spaced"], "value");
+        let config = BrokerConfig::from_properties(props).unwrap();
+        assert_eq!(config.node_id, 3);
+        assert_eq!(config.listen.port(), 19092);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/a"));
+    }
+
+    #[test]
+    fn topic_values_follow_kafkas_synonym_chain() {
+        let mut props = BTreeMap::new();
+        props.insert("log.retention.hours".to_owned(), "1".to_owned());
+        let config = BrokerConfig::from_properties(props).unwrap();
+        let def = topic_config_def("retention.ms").unwrap();
+        let (value, chain) = config.topic_config_value(def, &BTreeMap::new());
+        assert_eq!(
+            (value.value.as_str(), value.source),
+            ("3600000", ConfigSource::StaticBroker)
+        );
+        assert_eq!(chain.len(), 2);
+        let overrides = BTreeMap::from([("retention.ms".to_owned(), "5".to_owned())]);
+        let (value, chain) = config.topic_config_value(def, &overrides);
+        assert_eq!(
+            (value.value.as_str(), value.source, chain.len()),
+            ("5", ConfigSource::DynamicTopic, 3)
+        );
+        assert!(validate_topic_config("retention.ms", "abc").is_err());
+        assert!(validate_topic_config("no.such.config", "1").is_err());
+        assert!(validate_topic_config("cleanup.policy", "compact,delete").is_ok());
+        assert!(validate_topic_config("cleanup.policy", "shred").is_err());
+        let overrides = BTreeMap::from([("flush.messages".to_owned(), "1".to_owned())]);
+        assert_eq!(config.log_config(&overrides).flush_messages, Some(1));
+        assert_eq!(config.log_config(&BTreeMap::new()).flush_messages, None);
+    }
+
+    #[test]
+    fn bad_values_fail_at_startup() {
+        let props = BTreeMap::from([("num.partitions".to_owned(), "many".to_owned())]);
+        assert!(BrokerConfig::from_properties(props).is_err());
+        let props = BTreeMap::from([("listeners".to_owned(), "nonsense".to_owned())]);
+        assert!(BrokerConfig::from_properties(props).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! The Strom broker: a Kafka protocol server over Strom's storage engine and
+//! controller. Kafka clients (librdkafka, Java, kafka-python, ...) use it
+//! unchanged.
+//!
+//! # Layout
+//!
+//! - [`broker`]: [`Broker`], the shared state, and [`start`]: opening the
+//!   metadata log, the controller, the logs, then serving.
+//! - [`server`]: the accept loop and one task per connection: bounded frames,
+//!   requests answered in order while the next ones are read, idle timeout.
+//! - [`api`]: one module per API family, and the dispatch by API key.
+//! - [`replica`]: the partitions this broker holds, their high watermarks and
+//!   the fetches waiting on them.
+//! - [`config`]: broker properties with Kafka's names; topic config definitions.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod replica;
+pub mod server;
+
+pub use broker::{Broker, RunningBroker, start};
+pub use config::BrokerConfig;

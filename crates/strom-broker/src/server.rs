@@ -1,0 +1,202 @@
+//! The accept loop and the connections.
+//!
+//! Each connection has a reader task and a processor: the reader reads frames
+//! ahead (clients pipeline requests) into a bounded queue; the processor
+//! answers them one at a time, in order, as Kafka does, so that produce
+//! requests from one connection are appended in the order they were sent.
+//!
+//! Bad input never panics and never wedges the broker: a frame size out of
+//! bounds, a malformed header, an unknown API key or a body that does not
+//! decode closes that connection with a log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use strom_protocol::messages::{self, FRAME_SIZE_PREFIX, RequestFrame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::api::{self, Reply};
+use crate::broker::Broker;
+
+/// Requests read ahead of the one being answered. Clients keep at most 5
+/// produce requests in flight; 16 lets metadata and heartbeats queue beside
+/// them without letting one connection buffer without limit.
+const MAX_QUEUED_REQUESTS: usize = 16;
+/// A frame's buffer grows as its bytes arrive, starting at this much, so a
+/// client that announces 100 MiB and sends nothing costs 64 KiB, not 100 MiB.
+const INITIAL_FRAME_BUFFER: usize = 64 * 1024;
+/// Pause after a failed accept (out of descriptors, say) before trying again.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections until the broker shuts down, at most `max.connections`
+/// at a time (beyond that, new connections wait in the listen backlog, as
+/// with Kafka).
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+    let max_connections = broker.config.max_connections().unwrap_or(10_000);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = broker.shutdown.cancelled() => return,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            () = broker.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let broker_for_task = Arc::clone(&broker);
+                broker.tasks.spawn(async move {
+                    serve_connection(broker_for_task, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// What the reader hands the processor.
+enum Incoming {
+    Request(Box<RequestFrame>),
+    /// The connection must close: why, for the log.
+    Close(String),
+}
+
+async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    let (read, mut write) = stream.into_split();
+    let (queue, mut requests) = mpsc::channel(MAX_QUEUED_REQUESTS);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let reader = tokio::spawn(read_requests(
+        Arc::clone(&broker),
+        read,
+        queue,
+        Arc::clone(&in_flight),
+    ));
+    let reason = loop {
+        let incoming = tokio::select! {
+            () = broker.shutdown.cancelled() => break "broker shutting down".to_owned(),
+            incoming = requests.recv() => incoming,
+        };
+        let frame = match incoming {
+            None => break "client closed the connection".to_owned(),
+            Some(Incoming::Close(reason)) => break reason,
+            Some(Incoming::Request(frame)) => frame,
+        };
+        let reply = api::handle(&broker, &frame).await;
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        match reply {
+            Reply::Frame(bytes) => {
+                if let Err(e) = write_reply(&mut write, &bytes).await {
+                    break format!("write failed: {e}");
+                }
+            }
+            Reply::None => {}
+            Reply::Close(reason) => break reason,
+        }
+    };
+    reader.abort();
+    let _ = write.shutdown().await;
+    tracing::debug!(%peer, %reason, "connection closed");
+}
+
+async fn write_reply(write: &mut OwnedWriteHalf, bytes: &BytesMut) -> std::io::Result<()> {
+    write.write_all(bytes).await
+}
+
+/// Reads frames until the connection ends or misbehaves.
+async fn read_requests(
+    broker: Arc<Broker>,
+    mut read: OwnedReadHalf,
+    queue: mpsc::Sender<Incoming>,
+    in_flight: Arc<AtomicUsize>,
+) {
+    let max_frame = broker
+        .config
+        .socket_request_max_bytes()
+        .unwrap_or(messages::DEFAULT_MAX_REQUEST_BYTES);
+    let idle = Duration::from_millis(broker.config.connections_max_idle_ms().unwrap_or(600_000));
+    loop {
+        let mut size_buf = [0u8; FRAME_SIZE_PREFIX];
+        // Idle: no request for connections.max.idle.ms while none is being
+        // answered (a long-poll fetch in progress is not idleness).
+        let read_size = loop {
+            match tokio::time::timeout(idle, read.read_exact(&mut size_buf)).await {
+                Ok(result) => break result,
+                Err(_) if in_flight.load(Ordering::Acquire) > 0 => {}
+                Err(_) => {
+                    let _ = queue
+                        .send(Incoming::Close(
+                            "idle for connections.max.idle.ms".to_owned(),
+                        ))
+                        .await;
+                    return;
+                }
+            }
+        };
+        if read_size.is_err() {
+            return; // EOF or reset: the processor sees the queue close
+        }
+        let size = i32::from_be_bytes(size_buf);
+        let Ok(size) = usize::try_from(size) else {
+            let _ = queue
+                .send(Incoming::Close(format!("negative frame size {size}")))
+                .await;
+            return;
+        };
+        if size > max_frame {
+            tracing::warn!(
+                size,
+                max_frame,
+                "request larger than socket.request.max.bytes; closing the connection"
+            );
+            let _ = queue
+                .send(Incoming::Close(format!(
+                    "frame of {size} bytes exceeds socket.request.max.bytes {max_frame}"
+                )))
+                .await;
+            return;
+        }
+        let mut frame = BytesMut::with_capacity(size.min(INITIAL_FRAME_BUFFER));
+        while frame.len() < size {
+            let want = size - frame.len();
+            if frame.capacity() == frame.len() {
+                frame.reserve(want.min(frame.len().max(INITIAL_FRAME_BUFFER)));
+            }
+            let mut limited = (&mut read).take(want as u64);
+            match limited.read_buf(&mut frame).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let item = match messages::parse_request(frame.freeze()) {
+            Ok(request) => {
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                Incoming::Request(Box::new(request))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "unparseable request header; closing the connection");
+                Incoming::Close(e.to_string())
+            }
+        };
+        let closing = matches!(item, Incoming::Close(_));
+        if queue.send(item).await.is_err() || closing {
+            return;
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `strom broker`: runs a broker until Ctrl-C or SIGTERM, then shuts down
+//! cleanly (flush, close segments, clean-shutdown marker).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use strom_broker::BrokerConfig;
+use strom_broker::config::parse_properties;
+
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArgs {
+    /// Address to listen on (Kafka's `listeners`); port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Address clients are told to use (`advertised.listeners`); defaults to
+    /// the listen address.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// Data directory (`log.dirs`).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// This broker's id (`node.id`).
+    #[arg(long, value_name = "N")]
+    node_id: Option<i32>,
+    /// A properties file with Kafka's config names (server.properties).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Set any broker property, as in the properties file; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl BrokerArgs {
+    /// Properties from the file, then `--set`, then the named flags.
+    fn properties(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut props = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                parse_properties(&text)
+            }
+            None => BTreeMap::new(),
+        };
+        for kv in &self.set {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--set {kv:?} is not KEY=VALUE"))?;
+            props.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        if let Some(listen) = &self.listen {
+            props.insert("listeners".to_owned(), format!("PLAINTEXT://{listen}"));
+        }
+        if let Some(advertise) = &self.advertise {
+            props.insert(
+                "advertised.listeners".to_owned(),
+                format!("PLAINTEXT://{advertise}"),
+            );
+        }
+        if let Some(dir) = &self.data_dir {
+            props.insert("log.dirs".to_owned(), dir.display().to_string());
+        }
+        if let Some(id) = self.node_id {
+            props.insert("node.id".to_owned(), id.to_string());
+        }
+        Ok(props)
+    }
+}
+
+pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
+    init_logging();
+    let config = BrokerConfig::from_properties(args.properties()?)
+        .context("invalid broker configuration")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("strom-worker")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let running = strom_broker::start(config)
+            .await
+            .context("starting the broker")?;
+        let broker = &running.broker;
+        // One line on stdout when ready: scripts and tests wait for it.
+        let mut stdout = std::io::stdout();
+        writeln!(
+            stdout,
+            "Strom broker {} listening on {}:{} (data in {})",
+            broker.node_id,
+            broker.advertised_host,
+            broker.advertised_port,
+            broker.config.data_dir.display()
+        )?;
+        stdout.flush()?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await.context("shutting down")?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
