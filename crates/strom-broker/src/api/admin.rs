@@ -509,9 +509,11 @@ pub fn describe_configs(
         .resources
         .into_iter()
         .map(|resource| {
+            // Null or empty: every config (Kafka's ConfigHelper does the same).
             let keys: Option<Vec<String>> = resource
                 .configuration_keys
                 .as_ref()
+                .filter(|k| !k.is_empty())
                 .map(|k| k.iter().map(|s| s.to_string()).collect());
             let wanted = |name: &str| keys.as_ref().is_none_or(|k| k.iter().any(|n| n == name));
             let result = DescribeConfigsResult::default()

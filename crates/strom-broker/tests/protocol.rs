@@ -1,0 +1,661 @@
+//! The broker's exact answers on the wire, checked with raw requests: error
+//! codes, record errors, ApiVersions fallbacks, long polling, fetch sessions,
+//! pipelining, acks=0.
+#![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use strom_broker::config::BrokerConfig;
+use strom_broker::{RunningBroker, start};
+use strom_protocol::builder::RecordBatchBuilder;
+use strom_protocol::compression::Compression;
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::kafka::*;
+use strom_protocol::messages::{
+    ApiKey, Decodable, Encodable, StrBytes, decode_response, encode_request,
+};
+use strom_protocol::record_batch::{self, MAGIC_OFFSET};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A deadline for any single exchange: a broker that never answers fails.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn broker(dir: &std::path::Path, extra: &[(&str, &str)]) -> RunningBroker {
+    let mut props = BTreeMap::from([
+        ("listeners".to_owned(), "PLAINTEXT://127.0.0.1:0".to_owned()),
+        ("log.dirs".to_owned(), dir.display().to_string()),
+    ]);
+    for (k, v) in extra {
+        props.insert((*k).to_owned(), (*v).to_owned());
+    }
+    start(BrokerConfig::from_properties(props).unwrap())
+        .await
+        .unwrap()
+}
+
+/// A bare Kafka protocol connection.
+struct Raw {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Raw {
+    async fn connect(broker: &RunningBroker) -> Self {
+        Self {
+            stream: TcpStream::connect(broker.local_addr).await.unwrap(),
+            correlation: 0,
+        }
+    }
+
+    async fn send<T: Encodable>(&mut self, key: ApiKey, version: i16, request: &T) -> i32 {
+        self.correlation += 1;
+        let frame = encode_request(key, version, self.correlation, Some("raw"), request).unwrap();
+        self.stream.write_all(&frame).await.unwrap();
+        self.correlation
+    }
+
+    /// The next frame, or `None` when the broker closed the connection.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        let read = async {
+            let mut size = [0u8; 4];
+            self.stream.read_exact(&mut size).await.ok()?;
+            let mut body = BytesMut::zeroed(i32::from_be_bytes(size) as usize);
+            self.stream.read_exact(&mut body).await.ok()?;
+            Some(body.freeze())
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, read)
+            .await
+            .expect("broker answered in time")
+    }
+
+    async fn recv<R: Decodable>(&mut self, key: ApiKey, version: i16, correlation: i32) -> R {
+        let frame = self
+            .next_frame()
+            .await
+            .expect("a response, not a closed connection");
+        let (got, response) = decode_response(key, version, frame).unwrap();
+        assert_eq!(got, correlation, "responses come in request order");
+        response
+    }
+
+    async fn call<T: Encodable, R: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        request: &T,
+    ) -> R {
+        let correlation = self.send(key, version, request).await;
+        self.recv(key, version, correlation).await
+    }
+}
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_owned()))
+}
+
+fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(records)),
+                ]),
+        ])
+}
+
+fn batch(values: &[Option<&[u8]>], keyed: bool, timestamp: i64) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        builder.push(timestamp, keyed.then_some(key.as_bytes()), *v, &[]);
+    }
+    builder.build().unwrap()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+async fn produce(
+    raw: &mut Raw,
+    topic: &str,
+    records: Bytes,
+) -> produce_response::PartitionProduceResponse {
+    let response: ProduceResponse = raw
+        .call(ApiKey::Produce, 9, &produce_request(topic, 0, -1, records))
+        .await;
+    response.responses[0].partition_responses[0].clone()
+}
+
+async fn create_topic(
+    raw: &mut Raw,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> i16 {
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            create_topics_request::CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(partitions)
+                .with_replication_factor(1)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            create_topics_request::CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string((*k).to_owned()))
+                                .with_value(Some(StrBytes::from_string((*v).to_owned())))
+                        })
+                        .collect(),
+                ),
+        ]);
+    let response: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &request).await;
+    response.topics[0].error_code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_advertises_and_falls_back_to_v0() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    let request = ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("raw"))
+        .with_client_software_version(StrBytes::from_static_str("1.0"));
+    let response: ApiVersionsResponse = raw.call(ApiKey::ApiVersions, 3, &request).await;
+    assert_eq!(response.error_code, 0);
+    let produce = response
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .unwrap();
+    assert_eq!((produce.min_version, produce.max_version), (3, 13));
+    assert_eq!(
+        response.api_keys.len(),
+        strom_broker::api::SUPPORTED_APIS.len()
+    );
+
+    // A version from the future: a v0 answer naming the supported range.
+    let correlation = raw.send(ApiKey::ApiVersions, 3, &request).await;
+    let _: ApiVersionsResponse = raw.recv(ApiKey::ApiVersions, 3, correlation).await;
+    let mut future = encode_request(ApiKey::ApiVersions, 3, 77, Some("raw"), &request).unwrap();
+    future[6..8].copy_from_slice(&9i16.to_be_bytes());
+    raw.stream.write_all(&future).await.unwrap();
+    let frame = raw.next_frame().await.unwrap();
+    let (correlation, v0): (i32, ApiVersionsResponse) =
+        decode_response(ApiKey::ApiVersions, 0, frame).unwrap();
+    assert_eq!(correlation, 77);
+    assert_eq!(v0.error_code, ErrorCode::UnsupportedVersion.code());
+    assert!(!v0.api_keys.is_empty());
+
+    // Software names outside Kafka's pattern are INVALID_REQUEST.
+    let bad = request
+        .clone()
+        .with_client_software_name(StrBytes::from_static_str("-bad name"));
+    let response: ApiVersionsResponse = raw.call(ApiKey::ApiVersions, 3, &bad).await;
+    assert_eq!(response.error_code, ErrorCode::InvalidRequest.code());
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_errors_are_kafkas() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(
+        dir.path(),
+        &[
+            ("message.max.bytes", "2000"),
+            ("auto.create.topics.enable", "false"),
+        ],
+    )
+    .await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "plain", 1, &[]).await, 0);
+    assert_eq!(
+        create_topic(&mut raw, "compacted", 1, &[("cleanup.policy", "compact")]).await,
+        0
+    );
+    assert_eq!(
+        create_topic(
+            &mut raw,
+            "stamped",
+            1,
+            &[("message.timestamp.type", "LogAppendTime")]
+        )
+        .await,
+        0
+    );
+    let ok = batch(&[Some(b"v")], true, now_ms());
+
+    let r = produce(&mut raw, "plain", ok.clone()).await;
+    assert_eq!(
+        (r.error_code, r.base_offset, r.log_append_time_ms),
+        (0, 0, -1)
+    );
+
+    let mut crc = ok.to_vec();
+    *crc.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        produce(&mut raw, "plain", Bytes::from(crc))
+            .await
+            .error_code,
+        ErrorCode::CorruptMessage.code()
+    );
+
+    let mut magic = ok.to_vec();
+    magic[MAGIC_OFFSET] = 1;
+    assert_eq!(
+        produce(&mut raw, "plain", Bytes::from(magic))
+            .await
+            .error_code,
+        ErrorCode::InvalidRecord.code()
+    );
+
+    let big = batch(&[Some(&[7u8; 3000])], true, now_ms());
+    assert_eq!(
+        produce(&mut raw, "plain", big).await.error_code,
+        ErrorCode::MessageTooLarge.code()
+    );
+
+    let mut non_zero = ok.to_vec();
+    record_batch::set_base_offset(&mut non_zero, 10);
+    assert_eq!(
+        produce(&mut raw, "plain", Bytes::from(non_zero))
+            .await
+            .error_code,
+        ErrorCode::InvalidRecord.code()
+    );
+
+    // Record errors name the offending records.
+    let keyless = batch(&[Some(b"a"), Some(b"b")], false, now_ms());
+    let r = produce(&mut raw, "compacted", keyless).await;
+    assert_eq!(r.error_code, ErrorCode::InvalidRecord.code());
+    assert_eq!(
+        r.record_errors
+            .iter()
+            .map(|e| e.batch_index)
+            .collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert!(
+        r.error_message
+            .unwrap()
+            .contains("Compacted topic cannot accept message without key")
+    );
+
+    let future = batch(&[Some(b"late")], true, now_ms() + 2 * 3_600_000);
+    let r = produce(&mut raw, "plain", future).await;
+    assert_eq!(r.error_code, ErrorCode::InvalidTimestamp.code());
+    assert_eq!(r.record_errors.len(), 1);
+
+    let r = produce(&mut raw, "stamped", ok.clone()).await;
+    assert_eq!(r.error_code, 0);
+    assert!(
+        r.log_append_time_ms > 0,
+        "LogAppendTime topics report the append time"
+    );
+
+    let r = produce(&mut raw, "missing", ok.clone()).await;
+    assert_eq!(r.error_code, ErrorCode::UnknownTopicOrPartition.code());
+    let response: ProduceResponse = raw
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("plain", 7, -1, ok.clone()),
+        )
+        .await;
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        ErrorCode::UnknownTopicOrPartition.code()
+    );
+    let response: ProduceResponse = raw
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("plain", 0, 2, ok.clone()),
+        )
+        .await;
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        ErrorCode::InvalidRequiredAcks.code()
+    );
+
+    // min.insync.replicas above the ISR: NOT_ENOUGH_REPLICAS for acks=all only.
+    assert_eq!(
+        create_topic(&mut raw, "strict", 1, &[("min.insync.replicas", "2")]).await,
+        0
+    );
+    assert_eq!(
+        produce(&mut raw, "strict", ok.clone()).await.error_code,
+        ErrorCode::NotEnoughReplicas.code()
+    );
+    let response: ProduceResponse = raw
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_request("strict", 0, 1, ok.clone()),
+        )
+        .await;
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 0);
+
+    // acks=0: no answer on success; on an error the connection closes.
+    raw.send(
+        ApiKey::Produce,
+        9,
+        &produce_request("plain", 0, 0, ok.clone()),
+    )
+    .await;
+    let all_topics = MetadataRequest::default().with_topics(None);
+    let follow_up: MetadataResponse = raw.call(ApiKey::Metadata, 12, &all_topics).await;
+    assert!(
+        follow_up
+            .topics
+            .iter()
+            .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "plain"))
+    );
+    raw.send(ApiKey::Produce, 9, &produce_request("missing", 0, 0, ok))
+        .await;
+    assert!(
+        raw.next_frame().await.is_none(),
+        "acks=0 errors close the connection"
+    );
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_names_topics_and_refuses_bad_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[("num.partitions", "2")]).await;
+    let mut raw = Raw::connect(&broker).await;
+    let request = MetadataRequest::default()
+        .with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(name("auto-one"))),
+            metadata_request::MetadataRequestTopic::default().with_name(Some(name("bad/name"))),
+        ]))
+        .with_allow_auto_topic_creation(true);
+    let response: MetadataResponse = raw.call(ApiKey::Metadata, 12, &request).await;
+    assert_eq!(response.cluster_id.as_ref().unwrap().len(), 22);
+    assert_eq!(response.controller_id.0, 1);
+    assert_eq!(
+        response.brokers[0].port,
+        i32::from(broker.local_addr.port())
+    );
+    let auto = &response.topics[0];
+    assert_eq!(auto.error_code, 0);
+    assert_eq!(auto.partitions.len(), 2);
+    assert!(!auto.topic_id.is_nil());
+    assert_eq!(auto.partitions[1].leader_id.0, 1);
+    assert_eq!(auto.partitions[1].isr_nodes, vec![BrokerId(1)]);
+    assert_eq!(
+        response.topics[1].error_code,
+        ErrorCode::InvalidTopicException.code()
+    );
+
+    // By topic id (v10+), and an unknown id.
+    let by_id = MetadataRequest::default().with_topics(Some(vec![
+        metadata_request::MetadataRequestTopic::default()
+            .with_name(None)
+            .with_topic_id(auto.topic_id),
+        metadata_request::MetadataRequestTopic::default()
+            .with_name(None)
+            .with_topic_id(strom_protocol::messages::Uuid::from_u128(42)),
+    ]));
+    let response: MetadataResponse = raw.call(ApiKey::Metadata, 12, &by_id).await;
+    assert_eq!(
+        response.topics[0].name.as_ref().unwrap().0.as_str(),
+        "auto-one"
+    );
+    assert_eq!(
+        response.topics[1].error_code,
+        ErrorCode::UnknownTopicId.code()
+    );
+
+    // Without permission to create: unknown.
+    let no_create = MetadataRequest::default()
+        .with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(name("never"))),
+        ]))
+        .with_allow_auto_topic_creation(false);
+    let response: MetadataResponse = raw.call(ApiKey::Metadata, 12, &no_create).await;
+    assert_eq!(
+        response.topics[0].error_code,
+        ErrorCode::UnknownTopicOrPartition.code()
+    );
+    broker.shutdown().await.unwrap();
+}
+
+fn fetch_request(
+    topic: &str,
+    offset: i64,
+    max_wait_ms: i32,
+    session_id: i32,
+    epoch: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_id(session_id)
+        .with_session_epoch(epoch)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![
+                    fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(offset)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_wakes_on_append_and_sessions_send_only_news() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "poll", 1, &[]).await, 0);
+
+    // A fetch at the log end with a wait far longer than this test's deadline
+    // returns as soon as another connection appends.
+    let mut fetcher = Raw::connect(&broker).await;
+    let correlation = fetcher
+        .send(ApiKey::Fetch, 12, &fetch_request("poll", 0, 250_000, 0, -1))
+        .await;
+    let mut producer = Raw::connect(&broker).await;
+    assert_eq!(
+        produce(
+            &mut producer,
+            "poll",
+            batch(&[Some(b"wake")], true, now_ms())
+        )
+        .await
+        .error_code,
+        0
+    );
+    let response: FetchResponse = fetcher.recv(ApiKey::Fetch, 12, correlation).await;
+    let data = &response.responses[0].partitions[0];
+    assert_eq!((data.error_code, data.high_watermark), (0, 1));
+    assert!(!data.records.as_ref().unwrap().is_empty());
+
+    // Beyond the log end: OFFSET_OUT_OF_RANGE.
+    let response: FetchResponse = raw
+        .call(ApiKey::Fetch, 12, &fetch_request("poll", 5, 0, 0, -1))
+        .await;
+    assert_eq!(
+        response.responses[0].partitions[0].error_code,
+        ErrorCode::OffsetOutOfRange.code()
+    );
+
+    // KIP-227: a full fetch opens a session; an incremental fetch with no
+    // news carries no partitions; after an append it carries the partition.
+    let response: FetchResponse = raw
+        .call(ApiKey::Fetch, 12, &fetch_request("poll", 1, 0, 0, 0))
+        .await;
+    let session = response.session_id;
+    assert_ne!(session, 0);
+    assert_eq!(response.responses.len(), 1);
+    let empty = fetch_request("poll", 1, 0, session, 1).with_topics(vec![]);
+    let response: FetchResponse = raw.call(ApiKey::Fetch, 12, &empty).await;
+    assert_eq!((response.error_code, response.session_id), (0, session));
+    assert!(
+        response.responses.is_empty(),
+        "nothing changed: {response:?}"
+    );
+    assert_eq!(
+        produce(
+            &mut producer,
+            "poll",
+            batch(&[Some(b"news")], true, now_ms())
+        )
+        .await
+        .error_code,
+        0
+    );
+    let response: FetchResponse = raw
+        .call(ApiKey::Fetch, 12, &empty.clone().with_session_epoch(2))
+        .await;
+    assert_eq!(response.responses.len(), 1);
+    assert_eq!(response.responses[0].partitions[0].high_watermark, 2);
+    let response: FetchResponse = raw
+        .call(ApiKey::Fetch, 12, &empty.clone().with_session_epoch(2))
+        .await;
+    assert_eq!(
+        response.error_code,
+        ErrorCode::InvalidFetchSessionEpoch.code()
+    );
+    let response: FetchResponse = raw
+        .call(
+            ApiKey::Fetch,
+            12,
+            &empty.with_session_id(session + 1).with_session_epoch(1),
+        )
+        .await;
+    assert_eq!(
+        response.error_code,
+        ErrorCode::FetchSessionIdNotFound.code()
+    );
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "order", 1, &[]).await, 0);
+    // Ten produces sent before reading any answer: appended and answered in order.
+    let mut correlations = Vec::new();
+    for i in 0..10u8 {
+        let c = raw
+            .send(
+                ApiKey::Produce,
+                9,
+                &produce_request("order", 0, 1, batch(&[Some(&[i])], true, now_ms())),
+            )
+            .await;
+        correlations.push(c);
+    }
+    for (i, c) in correlations.into_iter().enumerate() {
+        let response: ProduceResponse = raw.recv(ApiKey::Produce, 9, c).await;
+        assert_eq!(
+            response.responses[0].partition_responses[0].base_offset,
+            i as i64
+        );
+    }
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_offsets_and_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[("log.retention.hours", "1")]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(
+        create_topic(&mut raw, "lo", 1, &[("retention.bytes", "1000000")]).await,
+        0
+    );
+    let base = now_ms() - 10_000;
+    for (i, ts) in [base, base + 5000, base + 2000].iter().enumerate() {
+        let r = produce(&mut raw, "lo", batch(&[Some(&[i as u8])], true, *ts)).await;
+        assert_eq!(r.error_code, 0);
+    }
+    let query = |ts: i64| {
+        ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![
+                list_offsets_request::ListOffsetsTopic::default()
+                    .with_name(name("lo"))
+                    .with_partitions(vec![
+                        list_offsets_request::ListOffsetsPartition::default().with_timestamp(ts),
+                    ]),
+            ])
+    };
+    for (ts, offset) in [(-2, 0), (-1, 3), (-3, 1), (base + 1, 1), (base + 5001, -1)] {
+        let response: ListOffsetsResponse = raw.call(ApiKey::ListOffsets, 9, &query(ts)).await;
+        let p = &response.topics[0].partitions[0];
+        assert_eq!((p.error_code, p.offset), (0, offset), "timestamp {ts}");
+    }
+
+    let describe = DescribeConfigsRequest::default()
+        .with_include_synonyms(true)
+        .with_resources(vec![
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("lo")),
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(StrBytes::from_static_str("1")),
+            describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("nope")),
+        ]);
+    let response: DescribeConfigsResponse = raw.call(ApiKey::DescribeConfigs, 4, &describe).await;
+    let topic = &response.results[0];
+    let get = |n: &str| topic.configs.iter().find(|c| c.name.as_str() == n).unwrap();
+    assert_eq!(
+        (
+            get("retention.bytes").value.as_deref(),
+            get("retention.bytes").config_source
+        ),
+        (Some("1000000"), 1)
+    );
+    let retention = get("retention.ms");
+    assert_eq!(
+        (retention.value.as_deref(), retention.config_source),
+        (Some("3600000"), 4)
+    );
+    assert_eq!(retention.synonyms.len(), 2, "{:?}", retention.synonyms);
+    assert_eq!(
+        (
+            get("segment.bytes").value.as_deref(),
+            get("segment.bytes").config_source
+        ),
+        (Some("1073741824"), 5)
+    );
+    let broker_configs = &response.results[1];
+    assert_eq!(broker_configs.error_code, 0);
+    assert!(
+        broker_configs
+            .configs
+            .iter()
+            .any(|c| c.name.as_str() == "log.retention.hours" && c.config_source == 4)
+    );
+    assert_eq!(
+        response.results[2].error_code,
+        ErrorCode::UnknownTopicOrPartition.code()
+    );
+    broker.shutdown().await.unwrap();
+}

@@ -1,0 +1,193 @@
+//! Starting the real `strom` binary for tests, and librdkafka clients for it.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// How long a broker may take to print its ready line (debug build, recovery).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a clean shutdown may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A `strom broker` child process on a free port. Killed on drop.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    child: Option<Child>,
+    pub bootstrap: String,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl BrokerProcess {
+    /// Starts a broker with its data in `data_dir` and extra `--set` properties.
+    pub fn start(data_dir: &Path, properties: &[&str]) -> Self {
+        let stderr_path = data_dir.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strom"));
+        command
+            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("STROM_LOG", "info");
+        for p in properties {
+            command.args(["--set", p]);
+        }
+        let mut child = command.spawn().expect("strom binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the broker never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "broker did not become ready; stderr:\n{}",
+                    read_to_string(&stderr_path)
+                );
+            }
+        };
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
+            .to_owned();
+        Self {
+            child: Some(child),
+            bootstrap: addr,
+            data_dir: data_dir.to_path_buf(),
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGTERM and wait for a clean exit (code 0).
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "broker exited with {status}; stderr:\n{}",
+                    read_to_string(&self.stderr_path)
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill9(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    pub fn stderr(&self) -> String {
+        read_to_string(&self.stderr_path)
+    }
+
+    pub fn producer(&self, settings: &[(&str, &str)]) -> BaseProducer {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "5");
+        for (k, v) in settings {
+            config.set(*k, *v);
+        }
+        config.create().expect("producer")
+    }
+
+    /// A consumer that reads by assignment only (there are no groups yet).
+    pub fn consumer(&self) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", "strom-tests-unused")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()
+            .expect("consumer")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_to_string(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Polls `producer` until everything is delivered.
+pub fn flush(producer: &BaseProducer) {
+    producer
+        .flush(Duration::from_secs(60))
+        .expect("all messages delivered");
+}
+
+/// Assigns `consumer` to `topic`/`partition` from `offset`.
+pub fn assign(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i64) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .unwrap();
+    consumer.assign(&list).unwrap();
+}
+
+/// Waits up to `timeout` for `condition`.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    condition()
+}
