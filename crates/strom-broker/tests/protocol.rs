@@ -659,3 +659,79 @@ async fn list_offsets_and_configs() {
     );
     broker.shutdown().await.unwrap();
 }
+
+fn idempotent_batch(producer_id: i64, epoch: i16, sequence: i32, value: &[u8]) -> Bytes {
+    let mut builder =
+        RecordBatchBuilder::new(Compression::None).producer(producer_id, epoch, sequence);
+    builder.push(now_ms(), Some(b"k"), Some(value), &[]);
+    builder.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_retries_are_answered_with_the_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "idem", 1, &[]).await, 0);
+    let init = InitProducerIdRequest::default()
+        .with_transactional_id(None)
+        .with_transaction_timeout_ms(60_000);
+    let first: InitProducerIdResponse = raw.call(ApiKey::InitProducerId, 4, &init).await;
+    let second: InitProducerIdResponse = raw.call(ApiKey::InitProducerId, 4, &init).await;
+    assert_eq!((first.error_code, first.producer_epoch), (0, 0));
+    assert_ne!(
+        first.producer_id, second.producer_id,
+        "every InitProducerId gets a fresh id"
+    );
+    let pid = first.producer_id.0;
+
+    assert_eq!(
+        produce(&mut raw, "idem", idempotent_batch(pid, 0, 0, b"a"))
+            .await
+            .base_offset,
+        0
+    );
+    assert_eq!(
+        produce(&mut raw, "idem", idempotent_batch(pid, 0, 1, b"b"))
+            .await
+            .base_offset,
+        1
+    );
+    // A retry of an acknowledged batch: same answer, nothing appended.
+    let retry = produce(&mut raw, "idem", idempotent_batch(pid, 0, 0, b"a")).await;
+    assert_eq!((retry.error_code, retry.base_offset), (0, 0));
+    let gap = produce(&mut raw, "idem", idempotent_batch(pid, 0, 5, b"c")).await;
+    assert_eq!(gap.error_code, ErrorCode::OutOfOrderSequenceNumber.code());
+    assert_eq!(
+        produce(&mut raw, "idem", idempotent_batch(pid, 1, 0, b"d"))
+            .await
+            .base_offset,
+        2
+    );
+    let stale = produce(&mut raw, "idem", idempotent_batch(pid, 0, 2, b"e")).await;
+    assert_eq!(stale.error_code, ErrorCode::InvalidProducerEpoch.code());
+    broker.shutdown().await.unwrap();
+
+    // The producer state is kept with the log: retries are still recognised.
+    let broker = self::broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    let retry = produce(&mut raw, "idem", idempotent_batch(pid, 1, 0, b"d")).await;
+    assert_eq!((retry.error_code, retry.base_offset), (0, 2));
+    assert_eq!(
+        produce(&mut raw, "idem", idempotent_batch(pid, 1, 1, b"f"))
+            .await
+            .base_offset,
+        3
+    );
+
+    // A transactional InitProducerId checks the timeout bound first.
+    let too_long = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str("tx"))))
+        .with_transaction_timeout_ms(900_001);
+    let response: InitProducerIdResponse = raw.call(ApiKey::InitProducerId, 4, &too_long).await;
+    assert_eq!(
+        response.error_code,
+        ErrorCode::InvalidTransactionTimeout.code()
+    );
+    broker.shutdown().await.unwrap();
+}

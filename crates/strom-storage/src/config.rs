@@ -31,6 +31,10 @@ pub struct LogConfig {
     pub compact: bool,
     /// `file.delete.delay.ms`: how long a deleted segment stays as `*.deleted`.
     pub file_delete_delay_ms: i64,
+    /// `producer.id.expiration.ms` (a broker setting in Kafka, carried per log
+    /// here): a producer whose last batch's timestamp is this much older than
+    /// now, and that has no open transaction, is forgotten.
+    pub producer_id_expiration_ms: i64,
 }
 
 /// Kafka's `segment.bytes` default: 1 GiB.
@@ -45,6 +49,8 @@ pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1_048_588;
 /// Kafka's `file.delete.delay.ms` default.
 pub const DEFAULT_FILE_DELETE_DELAY_MS: i64 = 60_000;
+/// Kafka's `producer.id.expiration.ms` default: 1 day.
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -60,6 +66,7 @@ impl Default for LogConfig {
             message_timestamp_type: TimestampType::CreateTime,
             compact: false,
             file_delete_delay_ms: DEFAULT_FILE_DELETE_DELAY_MS,
+            producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 }

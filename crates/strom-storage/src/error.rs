@@ -36,6 +36,27 @@ pub enum AppendError {
         base_offset: i64,
         log_end_offset: i64,
     },
+    /// An idempotent or transactional producer wrote with an epoch older than
+    /// the one the log knows: a newer instance of it has taken over (Kafka:
+    /// INVALID_PRODUCER_EPOCH for produce requests; PRODUCER_FENCED where the
+    /// older error is expected).
+    #[error(
+        "producer {producer_id} wrote with epoch {epoch}, older than its current epoch {current_epoch}"
+    )]
+    InvalidProducerEpoch {
+        producer_id: i64,
+        epoch: i16,
+        current_epoch: i16,
+    },
+    /// An idempotent producer's batch does not continue its sequence: a gap, a
+    /// batch seen too long ago to be recognised as a retry, or a new epoch
+    /// that does not start at 0 (Kafka: OUT_OF_ORDER_SEQUENCE_NUMBER).
+    #[error("producer {producer_id} sent sequence {found}, expected {expected}")]
+    OutOfOrderSequence {
+        producer_id: i64,
+        expected: i32,
+        found: i32,
+    },
     /// No batch in the request.
     #[error("no record batch to append")]
     Empty,

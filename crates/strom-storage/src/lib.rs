@@ -12,7 +12,8 @@
 //!   read, timestamp lookup, truncation, log start offset, flush, recovery.
 //!   Inside it: `segment` (one `.log` with its indexes), `index` (the sparse
 //!   `.index` and `.timeindex` formats), `scan` (sequential batch reading),
-//!   `epoch_cache` (`leader-epoch-checkpoint`).
+//!   `epoch_cache` (`leader-epoch-checkpoint`), `producer_state` (idempotent
+//!   producers' epochs and sequences, and their `.snapshot` files).
 //! - [`file_cache`]: the bounded cache of open file handles shared by all logs.
 //! - [`config`]: [`LogConfig`], Kafka's per-topic log settings and defaults.
 //! - [`checkpoint`]: Kafka's small checkpoint file format, written atomically.
@@ -34,6 +35,7 @@ pub use config::LogConfig;
 pub use error::{AppendError, ReadError, StorageError};
 pub use file_cache::FileCache;
 pub use log::{
-    AppendInfo, AppendOrigin, LoadOptions, LogRead, LogSlice, PartitionLog, TimestampOffset,
+    AppendInfo, AppendOrigin, LoadOptions, LogRead, LogSlice, PartitionLog, ProducerStateView,
+    TimestampOffset,
 };
 pub use manager::{LogManager, LogManagerConfig, TopicPartition};

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, TryLockError};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -203,7 +202,7 @@ impl LogManager {
         partitions.sort();
 
         let files = Arc::new(FileCache::new(config.open_files_max));
-        let loaded = load_parallel(&partitions, config.recovery_threads, |tp| {
+        let loaded = run_parallel(&partitions, config.recovery_threads, |tp| {
             let options = LoadOptions {
                 clean_shutdown,
                 recovery_point: recovery_points.get(tp).copied().unwrap_or(0),
@@ -216,7 +215,9 @@ impl LogManager {
                 Arc::clone(&clock),
                 options,
             )
-        })?;
+        })
+        .into_iter()
+        .collect::<Result<Vec<PartitionLog>, StorageError>>()?;
         if clean_shutdown {
             // The marker only vouches for the shutdown before this start.
             fs::remove_file(&marker).map_err(io)?;
@@ -368,13 +369,15 @@ impl LogManager {
             return Ok(());
         }
         self.stop_background();
-        let mut first_error = None;
-        for (tp, log) in self.logs() {
-            if let Err(e) = log.close() {
+        // Close on the recovery threads: each close fsyncs a few files.
+        let logs = self.logs();
+        let closed = run_parallel(&logs, self.config.recovery_threads, |(tp, log)| {
+            log.close().map_err(|e| {
                 tracing::error!(log = %tp, error = %e, "closing log failed");
-                first_error.get_or_insert(StorageError::io(log.dir(), e));
-            }
-        }
+                StorageError::io(log.dir(), e)
+            })
+        });
+        let first_error = closed.into_iter().find_map(Result::err);
         self.checkpoint()?;
         if let Some(e) = first_error {
             // No marker: the next start recovers.
@@ -466,37 +469,31 @@ fn read_offsets(path: &Path) -> HashMap<TopicPartition, i64> {
     }
 }
 
-/// Opens every partition on `threads` threads; the first failure wins.
-fn load_parallel(
-    partitions: &[TopicPartition],
+/// Runs `work` on every item on `threads` threads (at least one), keeping
+/// the results in item order: opening and closing thousands of logs is
+/// mostly waiting on the disk, which several threads overlap.
+fn run_parallel<T: Sync, R: Send>(
+    items: &[T],
     threads: usize,
-    open: impl Fn(&TopicPartition) -> Result<PartitionLog, StorageError> + Sync,
-) -> Result<Vec<PartitionLog>, StorageError> {
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let next = AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<PartitionLog, StorageError>>>> =
-        partitions.iter().map(|_| Mutex::new(None)).collect();
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
-        for _ in 0..threads.clamp(1, partitions.len().max(1)) {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
             scope.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(tp) = partitions.get(i) else { return };
-                    *results[i].lock() = Some(open(tp));
+                    let Some(item) = items.get(i) else { return };
+                    let result = work(item);
+                    *results[i].lock() = Some(result);
                 }
             });
         }
     });
-    results
-        .into_iter()
-        .map(|slot| {
-            slot.into_inner().unwrap_or_else(|| {
-                Err(StorageError::Io {
-                    path: String::new(),
-                    source: io::Error::other("log not loaded"),
-                })
-            })
-        })
-        .collect()
+    // Every index below items.len() was taken by exactly one thread, and a
+    // panicking thread re-panics at the end of the scope: all slots are set.
+    results.into_iter().filter_map(Mutex::into_inner).collect()
 }
 
 #[cfg(test)]

@@ -247,6 +247,8 @@ pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
         AppendError::LargerThanSegment { .. } => ErrorCode::RecordListTooLarge,
         AppendError::InvalidRecord(_) | AppendError::Empty => ErrorCode::InvalidRecord,
         AppendError::OffsetOutOfOrder { .. } => ErrorCode::InvalidRecord,
+        AppendError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+        AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
         AppendError::Io(_) => ErrorCode::KafkaStorageError,
         AppendError::Offline => ErrorCode::NotLeaderOrFollower,
         _ => ErrorCode::UnknownServerError,

@@ -6,16 +6,20 @@
 //!   00000000000000000000.index       offset -> position, sparse
 //!   00000000000000000000.timeindex   timestamp -> offset, sparse
 //!   00000000000000052817.log         the active segment (appends go here)
+//!   00000000000000052817.snapshot    producer state below offset 52817
 //!   ...
 //!   leader-epoch-checkpoint          epoch -> start offset
 //! ```
 //!
 //! One writer at a time (a mutex serialises appends, rolls, truncation and
 //! flushes); any number of readers beside it. Readers see only whole batches:
-//! a segment publishes its new size after the bytes are written.
+//! a segment publishes its new size after the bytes are written. The writer
+//! also owns the idempotent producers' state (`producer_state`), which checks
+//! client appends and is kept in step with every change of the log.
 
 mod epoch_cache;
 mod index;
+mod producer_state;
 mod scan;
 mod segment;
 
@@ -37,6 +41,10 @@ use strom_protocol::record_batch::{
 
 pub use self::epoch_cache::EpochEntry;
 use self::epoch_cache::LeaderEpochCache;
+use self::producer_state::{Checked, ProducerBatch, ProducerStateManager, ProducerUpdate};
+pub use self::producer_state::{
+    MAX_PRODUCERS_PER_PARTITION, NUM_BATCHES_TO_RETAIN, ProducerStateView,
+};
 use self::scan::{BatchScanner, Scanned};
 use self::segment::{AppendFailure, AppendedBatch, DELETED_SUFFIX, ScanRules, Segment};
 use crate::checkpoint;
@@ -97,6 +105,11 @@ pub struct AppendInfo {
     pub bytes: u64,
     /// The log start offset after the append.
     pub log_start_offset: i64,
+    /// The batch was a producer's retry of a batch already in the log:
+    /// nothing was written, and the offsets, timestamps and append time are
+    /// the original batch's (Kafka answers such a produce with error NONE and
+    /// the original base offset). `record_count` and `bytes` are 0.
+    pub duplicate: bool,
 }
 
 /// A timestamp lookup's answer: the first record at or after a timestamp.
@@ -183,6 +196,9 @@ struct Writer {
     pending_delete: Vec<(i64, Arc<Segment>)>,
     /// A new segment file was created since the directory was last fsynced.
     dir_dirty: bool,
+    /// Idempotent producers' state, covering exactly the batches below the
+    /// log end offset.
+    producers: ProducerStateManager,
 }
 
 /// The log of one partition. Share it with `Arc`; every method takes `&self`.
@@ -205,7 +221,9 @@ impl PartitionLog {
     /// unclean shutdown, recovers every segment from the one holding
     /// `options.recovery_point`: validates each batch (length, magic, CRC,
     /// offsets, leader epoch), truncates at the first invalid byte, rebuilds
-    /// the indexes and drops the segments after a truncation.
+    /// the indexes and drops the segments after a truncation. Then loads the
+    /// producer state: the newest valid snapshot at or below the log end
+    /// offset, and the batch headers after it.
     pub fn open(
         dir: impl Into<PathBuf>,
         config: LogConfig,
@@ -217,7 +235,7 @@ impl PartitionLog {
         fs::create_dir_all(&dir).map_err(|e| StorageError::io(&dir, e))?;
         let dir: Arc<Path> = Arc::from(dir.as_path());
         let now = clock.now_ms();
-        let bases = list_segments(&dir)?;
+        let (bases, snapshots) = list_segments(&dir)?;
         let is_new = bases.is_empty();
         let mut epochs = if is_new {
             LeaderEpochCache::create(&dir).map_err(|e| StorageError::io(&dir, e))?
@@ -285,6 +303,7 @@ impl PartitionLog {
                 pending_flush: Vec::new(),
                 pending_delete: Vec::new(),
                 dir_dirty: is_new,
+                producers: ProducerStateManager::new(snapshots, MAX_PRODUCERS_PER_PARTITION),
             }),
             segments: RwLock::new(segments),
             log_end_offset: AtomicI64::new(log_end_offset),
@@ -292,6 +311,10 @@ impl PartitionLog {
             recovery_point: AtomicI64::new(log_end_offset),
             offline: AtomicBool::new(false),
         };
+        {
+            let mut writer = log.writer.lock();
+            log.load_producer_state(&mut writer)?;
+        }
         Ok(log)
     }
 
@@ -344,18 +367,26 @@ impl PartitionLog {
         self.segments.read().keys().copied().collect()
     }
 
-    /// Heap memory the log holds (structures and loaded index state), for
-    /// sizing many-partition brokers.
+    /// Heap memory the log holds (structures, loaded index state, producer
+    /// state), for sizing many-partition brokers.
     pub fn memory_bytes(&self) -> usize {
+        let producers = self.writer.lock().producers.memory_bytes();
         let segments = self.segments.read();
         size_of::<Self>()
             + segments.len() * (size_of::<i64>() + size_of::<Arc<Segment>>() + 16)
             + segments.values().map(|s| s.memory_bytes()).sum::<usize>()
+            + producers
     }
 
     /// The leader epoch cache: `(epoch, start offset)` pairs.
     pub fn leader_epochs(&self) -> Vec<EpochEntry> {
         self.writer.lock().epochs.entries().to_vec()
+    }
+
+    /// The state of every idempotent producer the log knows, by producer id
+    /// (DescribeProducers).
+    pub fn producer_states(&self) -> Vec<ProducerStateView> {
+        self.writer.lock().producers.views()
     }
 
     /// The end offset of `epoch` (OffsetsForLeaderEpoch): `(epoch, end offset)`.
@@ -373,6 +404,14 @@ impl PartitionLog {
     /// unchanged. With `message.timestamp.type=LogAppendTime` the batch's max
     /// timestamp and timestamp type are set too (and its CRC recomputed);
     /// records are never re-encoded.
+    ///
+    /// Batches of idempotent producers from a client are checked against the
+    /// producer state first (epoch, duplicate, sequence, as Kafka): an older
+    /// epoch is [`AppendError::InvalidProducerEpoch`], a sequence that does
+    /// not continue is [`AppendError::OutOfOrderSequence`], and a retry of one
+    /// of the producer's last [`NUM_BATCHES_TO_RETAIN`] batches returns the
+    /// original batch's offsets with [`AppendInfo::duplicate`] set, writing
+    /// nothing. Coordinator appends update the state unchecked.
     pub fn append_as_leader(
         &self,
         records: &[u8],
@@ -391,21 +430,24 @@ impl PartitionLog {
         let mut next = first_offset;
         let mut headers: Vec<[u8; RECORD_BATCH_OVERHEAD]> = Vec::with_capacity(batches.len());
         let mut max_timestamps = Vec::with_capacity(batches.len());
+        let mut producer_batches = Vec::new();
         for (header, bytes) in &batches {
             let mut copy = [0u8; RECORD_BATCH_OVERHEAD];
             copy.copy_from_slice(&bytes[..RECORD_BATCH_OVERHEAD]);
             record_batch::set_base_offset(&mut copy, next);
             record_batch::set_partition_leader_epoch(&mut copy, leader_epoch);
-            if log_append_time {
+            let max_timestamp = if log_append_time {
                 record_batch::set_log_append_time_parts(
                     &mut copy,
                     &bytes[RECORD_BATCH_OVERHEAD..],
                     now,
                 );
-                max_timestamps.push(now);
+                now
             } else {
-                max_timestamps.push(header.max_timestamp);
-            }
+                header.max_timestamp
+            };
+            max_timestamps.push(max_timestamp);
+            producer_batches.extend(ProducerBatch::of(header, next, max_timestamp));
             headers.push(copy);
             next += i64::from(header.last_offset_delta) + 1;
         }
@@ -416,6 +458,31 @@ impl PartitionLog {
             .copied()
             .max()
             .unwrap_or(record_batch::NO_TIMESTAMP);
+        // As Kafka, producer state is checked after the batches are validated
+        // and before anything is rolled or written: a refused or duplicate
+        // batch leaves no trace.
+        let producer_update = match origin {
+            AppendOrigin::Client => {
+                match writer.producers.check_client_append(&producer_batches)? {
+                    Checked::Duplicate(original) => {
+                        return Ok(AppendInfo {
+                            first_offset: original.first_offset(),
+                            last_offset: original.last_offset,
+                            // Kafka answers with the original batch's timestamp.
+                            log_append_time_ms: original.max_timestamp,
+                            timestamp_type: config.message_timestamp_type,
+                            max_timestamp: original.max_timestamp,
+                            record_count: 0,
+                            bytes: 0,
+                            log_start_offset: self.log_start_offset(),
+                            duplicate: true,
+                        });
+                    }
+                    Checked::Append(update) => update,
+                }
+            }
+            AppendOrigin::Coordinator => writer.producers.prepare_unchecked(&producer_batches),
+        };
         self.maybe_roll(
             &mut writer,
             &config,
@@ -449,7 +516,14 @@ impl PartitionLog {
             position += bytes.len() as u64;
             offset = last + 1;
         }
-        self.write(&mut writer, &config, &mut slices, &appended, next)?;
+        self.write(
+            &mut writer,
+            &config,
+            &mut slices,
+            &appended,
+            next,
+            producer_update,
+        )?;
         Ok(AppendInfo {
             first_offset,
             last_offset,
@@ -462,11 +536,14 @@ impl PartitionLog {
                 .sum(),
             bytes: total,
             log_start_offset: self.log_start_offset(),
+            duplicate: false,
         })
     }
 
     /// Appends batches replicated from a leader, keeping their offsets and
     /// epochs. Their offsets must not go back below the log end offset.
+    /// Producer state follows the batches without checks (the leader made
+    /// them).
     pub fn append_as_follower(&self, records: &[u8]) -> Result<AppendInfo, AppendError> {
         let config = self.config();
         let batches = validate_batches(records, &config, None)?;
@@ -502,6 +579,11 @@ impl PartitionLog {
                 .assign(header.partition_leader_epoch, header.base_offset)
                 .map_err(|e| self.fail(e))?;
         }
+        let producer_batches: Vec<ProducerBatch> = batches
+            .iter()
+            .filter_map(|(h, _)| ProducerBatch::of(h, h.base_offset, h.max_timestamp))
+            .collect();
+        let producer_update = writer.producers.prepare_unchecked(&producer_batches);
         let mut slices: Vec<IoSlice<'_>> = batches.iter().map(|(_, b)| IoSlice::new(b)).collect();
         let mut position = writer.active.size();
         let appended: Vec<AppendedBatch> = batches
@@ -517,7 +599,14 @@ impl PartitionLog {
                 batch
             })
             .collect();
-        self.write(&mut writer, &config, &mut slices, &appended, min_next)?;
+        self.write(
+            &mut writer,
+            &config,
+            &mut slices,
+            &appended,
+            min_next,
+            producer_update,
+        )?;
         Ok(AppendInfo {
             first_offset: first.base_offset,
             last_offset,
@@ -534,11 +623,13 @@ impl PartitionLog {
                 .sum(),
             bytes: total,
             log_start_offset: self.log_start_offset(),
+            duplicate: false,
         })
     }
 
-    /// Writes prepared batches to the active segment and publishes the new log
-    /// end offset; fsyncs if `flush.messages` says so.
+    /// Writes prepared batches to the active segment, publishes the new log
+    /// end offset and puts the producer state they leave in place; fsyncs if
+    /// `flush.messages` says so.
     fn write(
         &self,
         writer: &mut Writer,
@@ -546,6 +637,7 @@ impl PartitionLog {
         slices: &mut [IoSlice<'_>],
         appended: &[AppendedBatch],
         next_offset: i64,
+        producer_update: ProducerUpdate,
     ) -> Result<(), AppendError> {
         let index_interval_bytes = u64::from(config.index_interval_bytes);
         match writer.active.append(slices, appended, index_interval_bytes) {
@@ -556,6 +648,9 @@ impl PartitionLog {
             Err(AppendFailure::Torn(e)) => return Err(self.fail(e)),
         }
         self.log_end_offset.store(next_offset, Ordering::Release);
+        // The batches are in the log now, even if the fsync below fails: the
+        // state must know them, or a retry would be written twice.
+        writer.producers.apply(producer_update);
         if let Some(flush_messages) = config.flush_messages {
             let unflushed = u64::try_from(next_offset - self.recovery_point()).unwrap_or(0);
             if unflushed >= flush_messages {
@@ -651,6 +746,12 @@ impl PartitionLog {
         tracing::debug!(log = %self.dir.display(), base_offset, reason, "rolled segment");
         writer.active = new;
         writer.dir_dirty = true;
+        // The state now covers every batch below the new segment. A failed
+        // snapshot costs only a longer rebuild at the next start, so it does
+        // not fail the append.
+        if let Err(e) = writer.producers.take_snapshot(&self.dir, base_offset) {
+            tracing::warn!(log = %self.dir.display(), base_offset, error = %e, "writing a producer state snapshot failed");
+        }
         Ok(())
     }
 
@@ -879,6 +980,13 @@ impl PartitionLog {
             .epochs
             .truncate_from_end(log_end_offset)
             .map_err(io)?;
+        // Kafka's truncateAndReload: the state must forget the batches cut
+        // away, or their retries would be taken for duplicates.
+        if let Err(e) = self.load_producer_state(&mut writer) {
+            tracing::error!(log = %self.dir.display(), error = %e, "rebuilding producer state after truncation failed; taking the log offline");
+            self.offline.store(true, Ordering::Release);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -894,6 +1002,17 @@ impl PartitionLog {
         let delay = self.config().file_delete_delay_ms;
         self.remove_segments(writer, &all, now + delay)
             .map_err(io)?;
+        // Nothing of the old log's producers remains (Kafka's
+        // truncateFullyAndStartAt). Deleted durably: a snapshot that came back
+        // after a crash would look valid once the new log passed its offset.
+        writer.producers.clear();
+        if writer
+            .producers
+            .delete_all_snapshots(&self.dir)
+            .map_err(io)?
+        {
+            checkpoint::sync_dir(&self.dir).map_err(io)?;
+        }
         let segment = Arc::new(
             Segment::create(Arc::clone(&self.dir), offset, Arc::clone(&self.files), now)
                 .map_err(io)?,
@@ -934,7 +1053,14 @@ impl PartitionLog {
                 .collect()
         };
         let due = self.clock.now_ms() + self.config().file_delete_delay_ms;
-        self.remove_segments(&mut writer, &doomed, due).map_err(io)
+        self.remove_segments(&mut writer, &doomed, due)
+            .map_err(io)?;
+        // Producers stay known (KIP-360: their state outlives their data);
+        // snapshots below the new start are kept only while they are the newest.
+        writer
+            .producers
+            .delete_snapshots_below(&self.dir, offset)
+            .map_err(io)
     }
 
     /// Takes segments out of the log and renames their files to `*.deleted`;
@@ -1008,7 +1134,8 @@ impl PartitionLog {
     }
 
     /// The periodic duties a log manager runs: fsync rolled segments, fsync
-    /// per `flush.ms`, delete removed segments whose delay has passed.
+    /// per `flush.ms`, delete removed segments whose delay has passed, forget
+    /// producers idle for `producer.id.expiration.ms`.
     pub fn run_periodic(&self) -> io::Result<()> {
         let config = self.config();
         let mut writer = self.writer.lock();
@@ -1031,17 +1158,38 @@ impl PartitionLog {
             self.recovery_point
                 .fetch_max(new_recovery_point, Ordering::AcqRel);
         }
+        let expired = writer
+            .producers
+            .remove_expired(now, config.producer_id_expiration_ms);
+        if expired > 0 {
+            tracing::debug!(log = %self.dir.display(), expired, "removed expired producers");
+        }
         self.delete_due_segments_locked(&mut writer, now)
     }
 
-    /// Clean close: seals the active segment's indexes, fsyncs everything and
-    /// deletes removed segments. The log takes no more writes.
+    /// Clean close: seals the active segment's indexes, writes a producer
+    /// state snapshot at the log end offset, fsyncs everything and deletes
+    /// removed segments. The log takes no more writes.
     pub fn close(&self) -> io::Result<()> {
         let mut writer = self.writer.lock();
         if self.offline.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         writer.active.seal()?;
+        // With a snapshot at the log end the next start reads no log. Not
+        // needed when one is there already, nor for a log with nothing to
+        // replay and nothing to remember. A failure only makes the next start
+        // replay more, so it does not stop the close.
+        let log_end_offset = self.log_end_offset();
+        let nothing_to_rebuild = writer.producers.len() == 0
+            && writer.producers.latest_snapshot_offset().is_none()
+            && log_end_offset == self.log_start_offset();
+        if writer.producers.latest_snapshot_offset() != Some(log_end_offset)
+            && !nothing_to_rebuild
+            && let Err(e) = writer.producers.take_snapshot(&self.dir, log_end_offset)
+        {
+            tracing::warn!(log = %self.dir.display(), log_end_offset, error = %e, "writing a producer state snapshot failed");
+        }
         let active = Arc::clone(&writer.active);
         writer.pending_flush.push(active);
         self.flush_locked(&mut writer)?;
@@ -1049,6 +1197,57 @@ impl PartitionLog {
         for (_, segment) in pending {
             segment.delete_files()?;
         }
+        Ok(())
+    }
+
+    /// Rebuilds the producer state for the log as it is now (Kafka's
+    /// `truncateAndReload` and `rebuildProducerState`): deletes the snapshots
+    /// above the log end offset, loads the newest valid one at or below it and
+    /// replays the batch headers after it, or from the log start offset when
+    /// there is none.
+    fn load_producer_state(&self, writer: &mut Writer) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&*self.dir, e);
+        let log_end_offset = self.log_end_offset();
+        // Deleted durably: they describe batches that are gone, and once
+        // appends pass their offsets again they would look valid.
+        if writer
+            .producers
+            .delete_snapshots_above(&self.dir, log_end_offset)
+            .map_err(io)?
+        {
+            checkpoint::sync_dir(&self.dir).map_err(io)?;
+        }
+        let snapshot = writer.producers.load_latest_snapshot(
+            &self.dir,
+            log_end_offset,
+            self.clock.now_ms(),
+            self.config().producer_id_expiration_ms,
+        );
+        let from = snapshot.unwrap_or_else(|| self.log_start_offset());
+        if from >= log_end_offset {
+            return Ok(());
+        }
+        let producers = &mut writer.producers;
+        let mut replayed = 0u64;
+        self.for_each_batch_from(from, |_, header, _| {
+            if header.last_offset() >= from
+                && header.base_offset < log_end_offset
+                && let Some(batch) =
+                    ProducerBatch::of(header, header.base_offset, header.max_timestamp)
+            {
+                producers.replay(&batch);
+                replayed += 1;
+            }
+        })?;
+        tracing::debug!(
+            log = %self.dir.display(),
+            snapshot = ?snapshot,
+            from,
+            to = log_end_offset,
+            replayed,
+            producers = producers.len(),
+            "rebuilt producer state"
+        );
         Ok(())
     }
 
@@ -1191,12 +1390,16 @@ fn first_record_at_or_after(
     Ok(None)
 }
 
-/// Lists the segments in `dir` as `(base offset, log size)`, cleaning up what
-/// an interrupted operation left: `*.deleted` and temporary files go, index
-/// files without a log go.
-fn list_segments(dir: &Path) -> Result<Vec<(i64, u64)>, StorageError> {
+/// Segments as `(base offset, log size)`, and producer state snapshot offsets.
+type Listing = (Vec<(i64, u64)>, Vec<i64>);
+
+/// Lists the segments in `dir` and the producer state snapshots, cleaning up
+/// what an interrupted operation left: `*.deleted` and temporary files go,
+/// index files without a log go.
+fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
     let io = |e| StorageError::io(dir, e);
     let mut logs = Vec::new();
+    let mut snapshots = Vec::new();
     let mut indexes = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -1219,6 +1422,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(i64, u64)>, StorageError> {
         match ext {
             "log" => logs.push((base, entry.metadata().map_err(io)?.len())),
             "index" | "timeindex" => indexes.push((base, path)),
+            "snapshot" => snapshots.push(base),
             _ => {}
         }
     }
@@ -1230,7 +1434,7 @@ fn list_segments(dir: &Path) -> Result<Vec<(i64, u64)>, StorageError> {
         }
     }
     debug_assert!(logs.iter().all(|(b, _)| *b >= 0));
-    Ok(logs)
+    Ok((logs, snapshots))
 }
 
 /// Recovery after an unclean shutdown (see [`PartitionLog::open`]).

@@ -1,0 +1,381 @@
+//! Broker benchmark with librdkafka as the client, both on this machine:
+//! produce throughput (acks=1 and all, 100 B and 1 KiB records, 1 and 16
+//! partitions), consume throughput, produce latency percentiles at a fixed
+//! 50 MB/s, and the storage engine's raw append rate in the same run.
+//!
+//! `cargo bench -p strom-cli --bench broker`. `STROM_BENCH_RUNS` (default 3)
+//! and `STROM_BENCH_MB` (data per throughput run, default 512) adjust it;
+//! `STROM_BENCH_PARTITIONS` (e.g. `16`) and `STROM_BENCH_SIZES` (e.g.
+//! `1024`) restrict the scenarios, `STROM_BENCH_LATENCY=0` skips latency.
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
+)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::BrokerProcess;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use strom_protocol::builder::RecordBatchBuilder;
+use strom_protocol::compression::Compression;
+
+/// Whether `value` passes the comma-separated filter in env var `name`.
+fn wanted(name: &str, value: usize) -> bool {
+    std::env::var(name).map_or(true, |list| {
+        list.split(',').any(|v| v.trim() == value.to_string())
+    })
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn create_topic(broker: &BrokerProcess, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    assert!(result[0].is_ok(), "{result:?}");
+}
+
+/// Delivery reports: count failures, record latencies (in µs) when timing.
+struct Reports {
+    failures: std::sync::atomic::AtomicU64,
+    latencies: std::sync::Mutex<Vec<u64>>,
+}
+
+struct Ctx(Arc<Reports>);
+impl ClientContext for Ctx {}
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = Box<Option<Instant>>;
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
+        if result.is_err() {
+            self.0
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(sent) = *sent {
+            self.0
+                .latencies
+                .lock()
+                .unwrap()
+                .push(sent.elapsed().as_micros() as u64);
+        }
+    }
+}
+
+fn producer(
+    broker: &BrokerProcess,
+    acks: &str,
+    linger_ms: &str,
+) -> (ThreadedProducer<Ctx>, Arc<Reports>) {
+    let reports = Arc::new(Reports {
+        failures: Default::default(),
+        latencies: Default::default(),
+    });
+    let producer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("acks", acks)
+        .set("linger.ms", linger_ms)
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "false")
+        .create_with_context(Ctx(Arc::clone(&reports)))
+        .unwrap();
+    (producer, reports)
+}
+
+fn send(
+    producer: &ThreadedProducer<Ctx>,
+    topic: &str,
+    partition: i32,
+    payload: &[u8],
+    sent: Option<Instant>,
+) {
+    let mut record = BaseRecord::with_opaque_to(topic, Box::new(sent))
+        .partition(partition)
+        .payload(payload);
+    loop {
+        match producer.send::<(), [u8]>(record) {
+            Ok(()) => return,
+            Err((_, r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// MB/s and msgs/s producing `count` records of `size` bytes.
+fn produce_throughput(
+    broker: &BrokerProcess,
+    topic: &str,
+    partitions: i32,
+    size: usize,
+    count: usize,
+    acks: &str,
+) -> (f64, f64) {
+    let (producer, reports) = producer(broker, acks, "5");
+    let payload = vec![b'x'; size];
+    let start = Instant::now();
+    for i in 0..count {
+        send(
+            &producer,
+            topic,
+            (i % partitions as usize) as i32,
+            &payload,
+            None,
+        );
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(
+        reports.failures.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    ((count * size) as f64 / secs / 1e6, count as f64 / secs)
+}
+
+/// MB/s and msgs/s consuming `count` records from the start of `topic`.
+fn consume_throughput(
+    broker: &BrokerProcess,
+    topic: &str,
+    partitions: i32,
+    count: usize,
+) -> (f64, f64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "bench-unused")
+        .set("enable.auto.commit", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .set("queued.max.messages.kbytes", "1048576")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition_offset(topic, p, Offset::Offset(0))
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let start = Instant::now();
+    let (mut n, mut bytes) = (0usize, 0usize);
+    while n < count {
+        let m = consumer
+            .poll(Duration::from_secs(30))
+            .expect("records")
+            .unwrap();
+        bytes += m.payload().map_or(0, <[u8]>::len);
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (bytes as f64 / secs / 1e6, n as f64 / secs)
+}
+
+/// Latency percentiles (ms) producing `size`-byte records at `mb_per_s` for `secs`.
+fn produce_latency(
+    broker: &BrokerProcess,
+    topic: &str,
+    size: usize,
+    mb_per_s: f64,
+    secs: f64,
+    acks: &str,
+) -> Vec<f64> {
+    let (producer, reports) = producer(broker, acks, "0");
+    let payload = vec![b'y'; size];
+    let per_sec = mb_per_s * 1e6 / size as f64;
+    let total = (per_sec * secs) as usize;
+    // Paced in 1 ms ticks with sleeps: a spinning pacer would take a whole
+    // core from the broker and the client on a small machine.
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while sent < total {
+        let due = ((start.elapsed().as_secs_f64() + 0.001) * per_sec) as usize;
+        while sent < due.min(total) {
+            send(&producer, topic, 0, &payload, Some(Instant::now()));
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let mut latencies = reports.latencies.lock().unwrap().clone();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0
+    };
+    vec![
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        *latencies.last().unwrap() as f64 / 1000.0,
+    ]
+}
+
+/// The storage engine alone: MB/s appending 1 KiB records in 64 KiB batches.
+fn raw_append(dir: &std::path::Path, total: usize) -> f64 {
+    let log = strom_storage::PartitionLog::open(
+        dir,
+        strom_storage::LogConfig::default(),
+        Arc::new(strom_storage::FileCache::default()),
+        Arc::new(strom_storage::SystemClock),
+        strom_storage::LoadOptions::default(),
+    )
+    .unwrap();
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    for i in 0..64 {
+        builder.push(i, None, Some(&[b'z'; 1024]), &[]);
+    }
+    let batch = builder.build().unwrap();
+    let n = total / batch.len();
+    let start = Instant::now();
+    for _ in 0..n {
+        log.append_as_leader(&batch, 0, strom_storage::AppendOrigin::Client)
+            .unwrap();
+    }
+    (n * batch.len()) as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn stats(mut v: Vec<f64>) -> String {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    format!(
+        "median {:>9.1}  (min {:.1}, max {:.1})",
+        v[v.len() / 2],
+        v[0],
+        v[v.len() - 1]
+    )
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs = env_usize("STROM_BENCH_RUNS", 3);
+    let mb = env_usize("STROM_BENCH_MB", 512);
+    let root = tempfile::tempdir().unwrap();
+    println!(
+        "strom broker benchmark (librdkafka client, same machine): {runs} runs, {mb} MB per throughput run"
+    );
+
+    let mut raw = Vec::new();
+    let mut rows: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut consume_rows: Vec<(String, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut latency_rows: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
+    for run in 0..runs {
+        raw.push(raw_append(
+            &root.path().join(format!("raw-{run}")),
+            mb << 20,
+        ));
+        let broker = BrokerProcess::start(&root.path().join(format!("broker-{run}")), &[]);
+        let mut row = 0;
+        let mut crow = 0;
+        for acks in ["1", "all"] {
+            for size in [100usize, 1024]
+                .into_iter()
+                .filter(|s| wanted("STROM_BENCH_SIZES", *s))
+            {
+                for partitions in [1i32, 16]
+                    .into_iter()
+                    .filter(|p| wanted("STROM_BENCH_PARTITIONS", *p as usize))
+                {
+                    let topic = format!("t-{acks}-{size}-{partitions}");
+                    create_topic(&broker, &topic, partitions);
+                    let count = (mb << 20) / size / if size == 100 { 4 } else { 1 };
+                    let (mbs, msgs) =
+                        produce_throughput(&broker, &topic, partitions, size, count, acks);
+                    if run == 0 {
+                        rows.push((
+                            format!(
+                                "produce acks={acks:<3} {size:>4} B {partitions:>2} partitions"
+                            ),
+                            vec![],
+                            vec![],
+                        ));
+                    }
+                    rows[row].1.push(mbs);
+                    rows[row].2.push(msgs);
+                    row += 1;
+                    if acks == "1" {
+                        let (mbs, msgs) = consume_throughput(&broker, &topic, partitions, count);
+                        if run == 0 {
+                            consume_rows.push((
+                                format!("consume          {size:>4} B {partitions:>2} partitions"),
+                                vec![],
+                                vec![],
+                            ));
+                        }
+                        consume_rows[crow].1.push(mbs);
+                        consume_rows[crow].2.push(msgs);
+                        crow += 1;
+                    }
+                }
+            }
+        }
+        let latency = std::env::var("STROM_BENCH_LATENCY").map_or(true, |v| v != "0");
+        for (i, acks) in ["1", "all"].iter().enumerate().filter(|_| latency) {
+            let topic = format!("latency-{acks}");
+            create_topic(&broker, &topic, 1);
+            let percentiles = produce_latency(&broker, &topic, 1024, 50.0, 5.0, acks);
+            if run == 0 {
+                latency_rows.push((format!("latency acks={acks} 1 KiB at 50 MB/s"), vec![]));
+            }
+            latency_rows[i].1.push(percentiles);
+        }
+        broker.stop();
+        println!("run {run} done");
+    }
+    println!();
+    println!(
+        "{:<44} {}",
+        "storage raw append (1 KiB in 64 KiB batches)",
+        format!("{} MB/s", stats(raw.clone()))
+    );
+    let raw_median = {
+        let mut r = raw.clone();
+        r.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        r[r.len() / 2]
+    };
+    for (name, mbs, msgs) in rows.iter().chain(&consume_rows) {
+        let mut sorted = mbs.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{name:<44} {} MB/s, {} msgs/s, {:.2}x raw append",
+            stats(mbs.clone()),
+            stats(msgs.clone()),
+            sorted[sorted.len() / 2] / raw_median
+        );
+    }
+    for (name, runs) in &latency_rows {
+        let col = |i: usize| stats(runs.iter().map(|r| r[i]).collect());
+        println!("{name:<44} p50 {} ms", col(0));
+        println!("{:<44} p99 {} ms", "", col(1));
+        println!("{:<44} p99.9 {} ms", "", col(2));
+        println!("{:<44} max {} ms", "", col(3));
+    }
+}
