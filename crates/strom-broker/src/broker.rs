@@ -281,6 +281,7 @@ fn open(
             .get("num.recovery.threads.per.data.dir")
             .and_then(|v| v.parse().ok())
             .unwrap_or(2),
+        ignored_dirs: vec![META_DIR.to_owned()],
         ..LogManagerConfig::new(&data_dir)
     };
     let logs = LogManager::open(

@@ -24,6 +24,11 @@ use tokio::net::TcpStream;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn broker(dir: &std::path::Path, extra: &[(&str, &str)]) -> RunningBroker {
+    // The broker's log lines show with a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("warn")
+        .try_init();
     let mut props = BTreeMap::from([
         ("listeners".to_owned(), "PLAINTEXT://127.0.0.1:0".to_owned()),
         ("log.dirs".to_owned(), dir.display().to_string()),
@@ -733,5 +738,188 @@ async fn idempotent_producer_retries_are_answered_with_the_original_offsets() {
         response.error_code,
         ErrorCode::InvalidTransactionTimeout.code()
     );
+    broker.shutdown().await.unwrap();
+}
+
+/// Sends one request on a fresh connection and decodes the answer at the
+/// same version; panics if the broker closes the connection instead.
+async fn exchange<T: Encodable, R: Decodable>(
+    broker: &RunningBroker,
+    key: ApiKey,
+    version: i16,
+    request: &T,
+) -> R {
+    let mut raw = Raw::connect(broker).await;
+    let correlation = raw.send(key, version, request).await;
+    let frame = raw
+        .next_frame()
+        .await
+        .unwrap_or_else(|| panic!("{key:?} v{version}: the broker closed the connection"));
+    let (got, response) = decode_response::<R>(key, version, frame)
+        .unwrap_or_else(|e| panic!("{key:?} v{version}: undecodable response: {e}"));
+    assert_eq!(got, correlation);
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_advertised_version_of_every_api_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "all", 1, &[]).await, 0);
+    assert_eq!(create_topic(&mut raw, "grow", 1, &[]).await, 0);
+    assert_eq!(
+        produce(&mut raw, "all", batch(&[Some(b"x")], true, now_ms()))
+            .await
+            .error_code,
+        0
+    );
+    let meta: MetadataResponse = raw
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await;
+    let topic_id = meta
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "all"))
+        .unwrap()
+        .topic_id;
+    let mut grow_to = 1;
+    for &(key, min, max) in strom_broker::api::SUPPORTED_APIS {
+        for version in min..=max {
+            match key {
+                ApiKey::ApiVersions => {
+                    let request = ApiVersionsRequest::default()
+                        .with_client_software_name(StrBytes::from_static_str("raw"))
+                        .with_client_software_version(StrBytes::from_static_str("1"));
+                    let r: ApiVersionsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::Metadata => {
+                    let request = MetadataRequest::default().with_topics(Some(vec![
+                        metadata_request::MetadataRequestTopic::default()
+                            .with_name(Some(name("all"))),
+                    ]));
+                    let r: MetadataResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(
+                        (r.topics.len(), r.topics[0].error_code),
+                        (1, 0),
+                        "v{version}"
+                    );
+                }
+                ApiKey::Produce => {
+                    let mut request =
+                        produce_request("all", 0, 1, batch(&[Some(b"v")], true, now_ms()));
+                    if version >= 13 {
+                        request.topic_data[0].name = TopicName::default();
+                        request.topic_data[0].topic_id = topic_id;
+                    }
+                    let r: ProduceResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(
+                        r.responses[0].partition_responses[0].error_code, 0,
+                        "v{version}"
+                    );
+                }
+                ApiKey::Fetch => {
+                    let mut request = fetch_request("all", 0, 0, 0, -1);
+                    if version >= 13 {
+                        request.topics[0].topic = TopicName::default();
+                        request.topics[0].topic_id = topic_id;
+                    }
+                    let r: FetchResponse = exchange(&broker, key, version, &request).await;
+                    let p = &r.responses[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "v{version}");
+                    assert!(!p.records.as_ref().unwrap().is_empty(), "v{version}");
+                }
+                ApiKey::ListOffsets => {
+                    let request = ListOffsetsRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_topics(vec![
+                            list_offsets_request::ListOffsetsTopic::default()
+                                .with_name(name("all"))
+                                .with_partitions(vec![
+                                    list_offsets_request::ListOffsetsPartition::default()
+                                        .with_timestamp(-1),
+                                ]),
+                        ]);
+                    let r: ListOffsetsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{version}");
+                    assert!(r.topics[0].partitions[0].offset > 0, "v{version}");
+                }
+                ApiKey::SaslHandshake => {
+                    let request = SaslHandshakeRequest::default()
+                        .with_mechanism(StrBytes::from_static_str("PLAIN"));
+                    let r: SaslHandshakeResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, ErrorCode::UnsupportedSaslMechanism.code());
+                }
+                ApiKey::CreateTopics => {
+                    let request = CreateTopicsRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topics(vec![
+                            create_topics_request::CreatableTopic::default()
+                                .with_name(name(&format!("created-v{version}")))
+                                .with_num_partitions(1)
+                                .with_replication_factor(1),
+                        ]);
+                    let r: CreateTopicsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.topics[0].error_code, 0, "v{version}");
+                }
+                ApiKey::DeleteTopics => {
+                    let topic = format!("created-v{}", version + 1);
+                    let request = if version >= 6 {
+                        DeleteTopicsRequest::default().with_topics(vec![
+                            delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(name(&topic))),
+                        ])
+                    } else {
+                        DeleteTopicsRequest::default().with_topic_names(vec![name(&topic)])
+                    };
+                    let r: DeleteTopicsResponse =
+                        exchange(&broker, key, version, &request.with_timeout_ms(5000)).await;
+                    assert_eq!(r.responses[0].error_code, 0, "v{version}");
+                }
+                ApiKey::InitProducerId => {
+                    let request = InitProducerIdRequest::default().with_transactional_id(None);
+                    let r: InitProducerIdResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::DescribeConfigs => {
+                    let request = DescribeConfigsRequest::default().with_resources(vec![
+                        describe_configs_request::DescribeConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("all"))
+                            .with_configuration_keys(None),
+                    ]);
+                    let r: DescribeConfigsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.results[0].error_code, 0, "v{version}");
+                    assert!(!r.results[0].configs.is_empty(), "v{version}");
+                }
+                ApiKey::CreatePartitions => {
+                    grow_to += 1;
+                    let request = CreatePartitionsRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topics(vec![
+                            create_partitions_request::CreatePartitionsTopic::default()
+                                .with_name(name("grow"))
+                                .with_count(grow_to)
+                                .with_assignments(None),
+                        ]);
+                    let r: CreatePartitionsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.results[0].error_code, 0, "v{version}");
+                }
+                ApiKey::DescribeCluster => {
+                    let r: DescribeClusterResponse =
+                        exchange(&broker, key, version, &DescribeClusterRequest::default()).await;
+                    assert_eq!((r.error_code, r.brokers.len()), (0, 1), "v{version}");
+                }
+                other => panic!("no request written for {other:?}: add one when advertising it"),
+            }
+        }
+    }
     broker.shutdown().await.unwrap();
 }

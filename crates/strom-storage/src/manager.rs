@@ -108,6 +108,9 @@ pub struct LogManagerConfig {
     /// `log.flush.offset.checkpoint.interval.ms`: how often the recovery points
     /// and log start offsets are checkpointed.
     pub checkpoint_interval_ms: u64,
+    /// Directories in the data directory that belong to someone else (the
+    /// broker's metadata log): neither loaded nor warned about.
+    pub ignored_dirs: Vec<String>,
 }
 
 impl LogManagerConfig {
@@ -119,6 +122,7 @@ impl LogManagerConfig {
             recovery_threads: 2,
             periodic_interval_ms: 500,
             checkpoint_interval_ms: 60_000,
+            ignored_dirs: Vec::new(),
         }
     }
 }
@@ -187,6 +191,9 @@ impl LogManager {
             }
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if config.ignored_dirs.iter().any(|d| d == name) {
+                continue;
+            }
             if name.ends_with(DELETE_DIR_SUFFIX) {
                 // A deletion interrupted by a crash: finish it.
                 fs::remove_dir_all(entry.path()).map_err(io)?;

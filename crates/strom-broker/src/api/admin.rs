@@ -142,7 +142,25 @@ pub async fn create_topics(
             Err(e) => failed_topic(topic_name, e.code, e.message),
         });
     }
-    CreateTopicsResponse::default().with_topics(results.into_iter().flatten().collect())
+    let topics = results
+        .into_iter()
+        .flatten()
+        .map(|mut t| {
+            // Fields a version does not carry stay at their defaults.
+            let defaults = CreatableTopicResult::default();
+            if version < 7 {
+                t.topic_id = defaults.topic_id;
+            }
+            if version < 5 {
+                t.num_partitions = defaults.num_partitions;
+                t.replication_factor = defaults.replication_factor;
+                t.configs = defaults.configs;
+                t.topic_config_error_code = defaults.topic_config_error_code;
+            }
+            t
+        })
+        .collect();
+    CreateTopicsResponse::default().with_topics(topics)
 }
 
 fn failed_topic(name: TopicName, code: ErrorCode, message: Option<String>) -> CreatableTopicResult {
@@ -195,7 +213,7 @@ pub async fn delete_topics(
     .await
     .unwrap_or_default()
     .into_iter();
-    let responses = targets
+    let responses: Vec<DeletableTopicResult> = targets
         .into_iter()
         .map(|(name, requested_id)| match name {
             None => DeletableTopicResult::default()
@@ -218,6 +236,19 @@ pub async fn delete_topics(
                         .with_error_message(message(&e)),
                 }
             }
+        })
+        .collect();
+    let responses = responses
+        .into_iter()
+        .map(|mut r: DeletableTopicResult| {
+            // Fields a version does not carry stay at their defaults.
+            if version < 6 {
+                r.topic_id = Uuid::nil();
+            }
+            if version < 5 {
+                r.error_message = None;
+            }
+            r
         })
         .collect();
     DeleteTopicsResponse::default().with_responses(responses)
@@ -505,6 +536,8 @@ pub fn describe_configs(
     let image = broker.image();
     let with_synonyms = version >= 1 && request.include_synonyms;
     let with_docs = version >= 3 && request.include_documentation;
+    // config_type and documentation exist from v3 on.
+    let typed = version >= 3;
     let results = request
         .resources
         .into_iter()
@@ -537,7 +570,7 @@ pub fn describe_configs(
                         .filter(|def| wanted(def.name))
                         .map(|def| {
                             let (value, chain) = broker.config.topic_config_value(def, &topic.configs);
-                            entry(def.name, Some(value.value), value.source, def.config_type, false, def.doc, with_docs)
+                            entry(def.name, Some(value.value), value.source, def.config_type, false, (def.doc, with_docs, typed))
                                 .with_synonyms(if with_synonyms { synonyms(&chain) } else { Vec::new() })
                         })
                         .collect();
@@ -577,7 +610,7 @@ pub fn describe_configs(
                                 source,
                             }];
                             Some(
-                                entry(n, value, source, *t, true, doc, with_docs)
+                                entry(n, value, source, *t, true, (doc, with_docs, typed))
                                     .with_synonyms(if with_synonyms { synonyms(&syns) } else { Vec::new() }),
                             )
                         })
@@ -599,8 +632,7 @@ fn entry(
     source: ConfigSource,
     config_type: ConfigType,
     read_only: bool,
-    doc: &str,
-    with_docs: bool,
+    (doc, with_docs, typed): (&str, bool, bool),
 ) -> DescribeConfigsResourceResult {
     DescribeConfigsResourceResult::default()
         .with_name(StrBytes::from_string(name.to_owned()))
@@ -608,7 +640,7 @@ fn entry(
         .with_read_only(read_only)
         .with_config_source(source.code())
         .with_is_sensitive(config_type == ConfigType::Password)
-        .with_config_type(config_type.code())
+        .with_config_type(if typed { config_type.code() } else { 0 })
         .with_documentation(with_docs.then(|| StrBytes::from_string(doc.to_owned())))
 }
 

@@ -214,8 +214,21 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         SessionContext::Sessionless => 0,
         SessionContext::Full { id } | SessionContext::Incremental { id } => id,
     };
+    // Fields a version does not carry stay at their defaults.
+    for topic in &mut responses {
+        if version >= 13 {
+            topic.topic = TopicName::default();
+        } else {
+            topic.topic_id = Uuid::nil();
+        }
+        if version < 5 {
+            for p in &mut topic.partitions {
+                p.log_start_offset = -1;
+            }
+        }
+    }
     FetchResponse::default()
-        .with_session_id(session_id)
+        .with_session_id(if version >= 7 { session_id } else { 0 })
         .with_responses(responses)
 }
 

@@ -82,7 +82,7 @@ fn answer(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOff
                         Ok((timestamp, offset)) => response
                             .with_timestamp(timestamp)
                             .with_offset(offset)
-                            .with_leader_epoch(if offset < 0 {
+                            .with_leader_epoch(if offset < 0 || version < 4 {
                                 -1
                             } else {
                                 epoch_for_offset(&partition, offset)

@@ -75,7 +75,7 @@ pub async fn handle(
     let topics: Vec<MetadataResponseTopic> = if all_topics {
         image
             .topics()
-            .map(|t| describe_topic(t, topic_ops))
+            .map(|t| describe_topic(t, topic_ops, version))
             .collect()
     } else {
         request
@@ -84,7 +84,7 @@ pub async fn handle(
             .flatten()
             .map(|requested| match &requested.name {
                 Some(name) => match image.topic(name) {
-                    Some(t) => describe_topic(t, topic_ops),
+                    Some(t) => describe_topic(t, topic_ops, version),
                     None => {
                         let code = if is_legal_topic_name(name) {
                             ErrorCode::UnknownTopicOrPartition
@@ -98,7 +98,7 @@ pub async fn handle(
                     }
                 },
                 None => match image.topic_by_id(&requested.topic_id) {
-                    Some(t) => describe_topic(t, topic_ops),
+                    Some(t) => describe_topic(t, topic_ops, version),
                     None => MetadataResponseTopic::default()
                         .with_topic_id(requested.topic_id)
                         .with_error_code(ErrorCode::UnknownTopicId.code())
@@ -107,10 +107,16 @@ pub async fn handle(
             })
             .collect()
     };
+    // Fields a version does not carry stay at their defaults: the encoder
+    // refuses them otherwise (as Kafka's generated serializers omit them).
     MetadataResponse::default()
-        .with_brokers(brokers(&image))
-        .with_cluster_id(Some(StrBytes::from_string(image.cluster_id.clone())))
-        .with_controller_id(BrokerId(image.controller_id))
+        .with_brokers(brokers(&image, version))
+        .with_cluster_id((version >= 2).then(|| StrBytes::from_string(image.cluster_id.clone())))
+        .with_controller_id(BrokerId(if version >= 1 {
+            image.controller_id
+        } else {
+            -1
+        }))
         .with_topics(topics)
         .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
             CLUSTER_OPERATIONS
@@ -151,7 +157,7 @@ async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataIm
     .unwrap_or(fallback)
 }
 
-pub fn brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
+pub fn brokers(image: &MetadataImage, version: i16) -> Vec<MetadataResponseBroker> {
     image
         .brokers
         .values()
@@ -160,12 +166,16 @@ pub fn brokers(image: &MetadataImage) -> Vec<MetadataResponseBroker> {
                 .with_node_id(BrokerId(b.id))
                 .with_host(StrBytes::from_string(b.host.clone()))
                 .with_port(i32::from(b.port))
-                .with_rack(b.rack.clone().map(StrBytes::from_string))
+                .with_rack(if version >= 1 {
+                    b.rack.clone().map(StrBytes::from_string)
+                } else {
+                    None
+                })
         })
         .collect()
 }
 
-fn describe_topic(topic: &TopicImage, topic_ops: i32) -> MetadataResponseTopic {
+fn describe_topic(topic: &TopicImage, topic_ops: i32, version: i16) -> MetadataResponseTopic {
     let partitions = topic
         .partitions
         .iter()
@@ -173,7 +183,7 @@ fn describe_topic(topic: &TopicImage, topic_ops: i32) -> MetadataResponseTopic {
             MetadataResponsePartition::default()
                 .with_partition_index(p.partition)
                 .with_leader_id(BrokerId(p.leader))
-                .with_leader_epoch(p.leader_epoch)
+                .with_leader_epoch(if version >= 7 { p.leader_epoch } else { -1 })
                 .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
                 .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect())
                 .with_offline_replicas(Vec::new())
@@ -181,12 +191,8 @@ fn describe_topic(topic: &TopicImage, topic_ops: i32) -> MetadataResponseTopic {
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
-        .with_topic_id(if topic.id.is_nil() {
-            Uuid::nil()
-        } else {
-            topic.id
-        })
-        .with_is_internal(topic.is_internal())
+        .with_topic_id(if version >= 10 { topic.id } else { Uuid::nil() })
+        .with_is_internal(version >= 1 && topic.is_internal())
         .with_partitions(partitions)
         .with_topic_authorized_operations(topic_ops)
 }

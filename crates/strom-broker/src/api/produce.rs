@@ -123,7 +123,15 @@ pub async fn handle(
                 .with_topic_id(topic_id)
         })
         .collect();
-    for (t, partition) in results {
+    for (t, mut partition) in results {
+        // Fields a version does not carry stay at their defaults.
+        if version < 5 {
+            partition.log_start_offset = -1;
+        }
+        if version < 8 {
+            partition.record_errors = Vec::new();
+            partition.error_message = None;
+        }
         responses[t].partition_responses.push(partition);
     }
     Ok(Some(ProduceResponse::default().with_responses(responses)))
