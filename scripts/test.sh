@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one test command: formatting, lints, and every test of the workspace.
-# Works on a fresh clone with a Rust toolchain; installs what the tests need.
+# The one test command: formatting, lints, every Rust test, and the Python
+# client interop tests. Works on a fresh clone with a Rust toolchain and
+# Python 3; it installs what the tests need (a venv in .venv) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,7 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests"
+step "Rust tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
     # nextest does not run doctests.
@@ -20,5 +21,19 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
     cargo test --workspace --locked --no-fail-fast
 fi
+
+step "Python interop tests (kafka-python, confluent-kafka)"
+venv=.venv
+requirements=tests/python/requirements.txt
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+# Reinstall only when the requirements change.
+if ! cmp -s "$requirements" "$venv/.requirements"; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/.requirements"
+fi
+cargo build --locked -p strom-cli
+STROM_BIN="$PWD/target/debug/strom" "$venv/bin/python" -m pytest tests/python -q
 
 step "all tests passed"
