@@ -923,3 +923,45 @@ async fn every_advertised_version_of_every_api_is_answered() {
     }
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[("connections.max.idle.ms", "300")]).await;
+    let mut idle = Raw::connect(&broker).await;
+    let _: MetadataResponse = idle
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(None),
+        )
+        .await;
+    assert!(
+        idle.next_frame().await.is_none(),
+        "an idle connection is closed"
+    );
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[("max.connections", "2")]).await;
+    let all_topics = MetadataRequest::default().with_topics(None);
+    let mut first = Raw::connect(&broker).await;
+    let mut second = Raw::connect(&broker).await;
+    let _: MetadataResponse = first.call(ApiKey::Metadata, 12, &all_topics).await;
+    let _: MetadataResponse = second.call(ApiKey::Metadata, 12, &all_topics).await;
+    // A third connection lands in the listen backlog and is not served...
+    let mut third = Raw::connect(&broker).await;
+    let correlation = third.send(ApiKey::Metadata, 12, &all_topics).await;
+    let waited = tokio::time::timeout(Duration::from_millis(200), third.next_frame()).await;
+    assert!(
+        waited.is_err(),
+        "a connection beyond max.connections is not served"
+    );
+    // ...until another one goes.
+    drop(first);
+    let _: MetadataResponse = third.recv(ApiKey::Metadata, 12, correlation).await;
+    broker.shutdown().await.unwrap();
+}
