@@ -256,14 +256,24 @@ impl BatchHeader {
         LOG_OVERHEAD + usize::try_from(self.batch_length).unwrap_or(0)
     }
 
-    /// Offset of the last record (compaction may have removed it, the delta stays).
+    /// Offset of the last record (compaction may have removed it, the delta
+    /// stays). Saturates rather than overflowing on hostile headers; callers
+    /// that accept batches refuse ranges that do not fit (see
+    /// [`BatchHeader::checked_last_offset`]).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset + i64::from(self.last_offset_delta)
+        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
     }
 
-    /// The offset after this batch: where the next batch starts.
+    /// The offset after this batch: where the next batch starts (saturating).
     pub fn next_offset(&self) -> i64 {
-        self.last_offset() + 1
+        self.last_offset().saturating_add(1)
+    }
+
+    /// The last offset, or `None` when the batch's offsets do not fit in an
+    /// `i64` with room for the offset after it.
+    pub fn checked_last_offset(&self) -> Option<i64> {
+        let last = self.base_offset.checked_add(i64::from(self.last_offset_delta))?;
+        last.checked_add(1).map(|_| last)
     }
 
     pub fn compression(&self) -> Option<Compression> {

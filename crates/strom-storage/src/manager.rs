@@ -403,11 +403,28 @@ impl LogManager {
     fn stop_background(&self) {
         *self.stop.stopped.lock() = true;
         self.stop.wake.notify_all();
-        if let Some(handle) = self.background.lock().take()
-            && handle.join().is_err()
-        {
+        let Some(handle) = self.background.lock().take() else {
+            return;
+        };
+        // The last reference can be dropped by the background thread itself
+        // (it holds one while it works): it then just ends its loop.
+        if handle.thread().id() == std::thread::current().id() {
+            return;
+        }
+        if handle.join().is_err() {
             tracing::error!("log background thread panicked");
         }
+    }
+
+    /// Truncates the log of `tp` (replication) and checkpoints the lowered
+    /// recovery point at once, as Kafka does: a stale, higher recovery point
+    /// on disk would let the next recovery skip the rewritten data.
+    pub fn truncate_to(&self, tp: &TopicPartition, offset: i64) -> Result<(), StorageError> {
+        let log = self
+            .get(tp)
+            .ok_or_else(|| StorageError::InvalidRequest(format!("no log for {tp}")))?;
+        log.truncate_to(offset)?;
+        self.checkpoint()
     }
 
     /// One round of the background duties; public so tests can drive it.

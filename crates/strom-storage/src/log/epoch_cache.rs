@@ -168,14 +168,19 @@ impl LeaderEpochCache {
 
     /// Whether a batch of leader epoch `epoch` starting at `base_offset` fits
     /// the cache: its epoch is known and was the current one at that offset.
-    /// Batches below the first entry pass if they carry its epoch, because
-    /// [`Self::truncate_from_start`] moves that entry's start up.
+    /// Below the first entry's start nothing is known any more:
+    /// [`Self::truncate_from_start`] drops the entries of epochs that ended
+    /// before the log start while their batches may still sit in the segment
+    /// holding it. There any epoch up to the first entry's passes (the scan
+    /// still requires epochs not to go backwards).
     pub(crate) fn covers(&self, epoch: i32, base_offset: i64) -> bool {
+        if let Some(first) = self.entries.first()
+            && base_offset < first.start_offset
+        {
+            return epoch == NO_PARTITION_LEADER_EPOCH || (0..=first.epoch).contains(&epoch);
+        }
         if epoch == NO_PARTITION_LEADER_EPOCH {
-            return self
-                .entries
-                .first()
-                .is_none_or(|e| base_offset < e.start_offset);
+            return self.entries.is_empty();
         }
         let Some(i) = self.entries.iter().position(|e| e.epoch == epoch) else {
             return false;
@@ -258,6 +263,11 @@ mod tests {
             cache.covers(3, 120),
             "batches below the moved start keep their epoch"
         );
+        assert!(
+            cache.covers(0, 120),
+            "older epochs below the moved start are no longer known"
+        );
+        assert!(!cache.covers(4, 120), "but never a newer one");
         assert_eq!(
             LeaderEpochCache::load(dir.path()).entries(),
             cache.entries()

@@ -128,6 +128,8 @@ pub struct LogSlice {
     segment: Option<Arc<Segment>>,
     position: u64,
     len: u64,
+    /// The segment's truncation generation when the positions were resolved.
+    generation: u64,
 }
 
 impl LogSlice {
@@ -160,10 +162,21 @@ impl LogSlice {
         let start = buf.len();
         let len = usize::try_from(len).map_err(|_| io::Error::other("slice too large"))?;
         buf.resize(start + len, 0);
-        if let Err(e) = file.read_exact_at(&mut buf[start..], position) {
+        let read = file.read_exact_at(&mut buf[start..], position);
+        // A truncation (replication) since the positions were resolved may
+        // have put other batches there: never hand those out as whole ones.
+        let truncated = self
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.generation() != self.generation);
+        if read.is_err() || truncated {
             buf.truncate(start);
-            // A concurrent truncation (replication) can shorten the file.
-            return Err(e);
+            return match read {
+                Err(e) => Err(e),
+                Ok(()) => Err(io::Error::other(
+                    "the log was truncated during the read; read again",
+                )),
+            };
         }
         Ok(())
     }
@@ -213,7 +226,10 @@ pub struct PartitionLog {
     log_end_offset: AtomicI64,
     log_start_offset: AtomicI64,
     recovery_point: AtomicI64,
+    /// An I/O failure left the log in a state that must not take writes.
     offline: AtomicBool,
+    /// Closed cleanly: no more writes.
+    closed: AtomicBool,
 }
 
 impl PartitionLog {
@@ -277,6 +293,12 @@ impl PartitionLog {
                 segment
             }
         };
+        if !is_new && options.clean_shutdown {
+            check_active_segment(&dir, &config, &active, &epochs)?;
+        }
+        if !epochs.is_trusted() {
+            rebuild_epochs(&dir, &segments, &mut epochs)?;
+        }
         let log_end_offset = active
             .next_offset()
             .map_err(|e| StorageError::io(active.path(FileKind::Log), e))?
@@ -310,6 +332,7 @@ impl PartitionLog {
             log_start_offset: AtomicI64::new(log_start_offset),
             recovery_point: AtomicI64::new(log_end_offset),
             offline: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         };
         {
             let mut writer = log.writer.lock();
@@ -449,9 +472,20 @@ impl PartitionLog {
             max_timestamps.push(max_timestamp);
             producer_batches.extend(ProducerBatch::of(header, next, max_timestamp));
             headers.push(copy);
-            next += i64::from(header.last_offset_delta) + 1;
+            next = next
+                .checked_add(i64::from(header.last_offset_delta) + 1)
+                .ok_or(AppendError::InvalidRecord(
+                    "offsets beyond the largest offset",
+                ))?;
         }
         let last_offset = next - 1;
+        // One append goes into one segment, whose offsets are 32-bit relative
+        // to its base: a wider range cannot be stored (Kafka refuses it too).
+        if last_offset - first_offset > i64::from(i32::MAX) {
+            return Err(AppendError::InvalidRecord(
+                "batches span more offsets than a segment can hold",
+            ));
+        }
         let total: u64 = batches.iter().map(|(_, b)| b.len() as u64).sum();
         let first_max_timestamp = max_timestamps
             .iter()
@@ -550,8 +584,7 @@ impl PartitionLog {
         let mut writer = self.writer.lock();
         self.check_online()?;
         let now = self.clock.now_ms();
-        let log_end_offset = self.log_end_offset();
-        let mut min_next = log_end_offset;
+        let mut min_next = self.log_end_offset();
         for (header, _) in &batches {
             if header.base_offset < min_next {
                 return Err(AppendError::OffsetOutOfOrder {
@@ -559,21 +592,81 @@ impl PartitionLog {
                     log_end_offset: min_next,
                 });
             }
-            min_next = header.next_offset();
+            let last = header
+                .checked_last_offset()
+                .ok_or(AppendError::InvalidRecord(
+                    "offsets beyond the largest offset",
+                ))?;
+            min_next = last + 1;
+        }
+        // A log that is never compacted has no offset gaps inside a segment
+        // (recovery relies on that): a gap from the leader starts a segment.
+        let mut runs: Vec<&[(BatchHeader, &[u8])]> = Vec::new();
+        let mut run_start = 0;
+        for i in 1..batches.len() {
+            if !config.compact && batches[i].0.base_offset != batches[i - 1].0.next_offset() {
+                runs.push(&batches[run_start..i]);
+                run_start = i;
+            }
+        }
+        runs.push(&batches[run_start..]);
+        for run in runs {
+            self.append_follower_run(&mut writer, &config, run, now)?;
         }
         let (first, _) = batches[0];
-        let last_offset = min_next - 1;
+        Ok(AppendInfo {
+            first_offset: first.base_offset,
+            last_offset: min_next - 1,
+            log_append_time_ms: now,
+            timestamp_type: first.timestamp_type(),
+            max_timestamp: batches
+                .iter()
+                .map(|(h, _)| h.max_timestamp)
+                .max()
+                .unwrap_or(-1),
+            record_count: batches
+                .iter()
+                .map(|(h, _)| u64::try_from(h.record_count).unwrap_or(0))
+                .sum(),
+            bytes: batches.iter().map(|(_, b)| b.len() as u64).sum(),
+            log_start_offset: self.log_start_offset(),
+            duplicate: false,
+        })
+    }
+
+    /// Appends replicated batches with contiguous offsets into one segment.
+    fn append_follower_run(
+        &self,
+        writer: &mut Writer,
+        config: &LogConfig,
+        batches: &[(BatchHeader, &[u8])],
+        now: i64,
+    ) -> Result<(), AppendError> {
+        let Some(((first, _), (last, _))) = batches.first().zip(batches.last()) else {
+            return Ok(());
+        };
+        let last_offset = last.last_offset();
+        if last_offset - first.base_offset > i64::from(i32::MAX) {
+            return Err(AppendError::InvalidRecord(
+                "batches span more offsets than a segment can hold",
+            ));
+        }
         let total: u64 = batches.iter().map(|(_, b)| b.len() as u64).sum();
+        let max_timestamp = batches
+            .iter()
+            .map(|(h, _)| h.max_timestamp)
+            .max()
+            .unwrap_or(-1);
         self.maybe_roll(
-            &mut writer,
-            &config,
+            writer,
+            config,
             first.base_offset,
             last_offset,
             total,
-            first.max_timestamp,
+            max_timestamp,
             now,
         )?;
-        for (header, _) in &batches {
+        for (header, _) in batches {
             writer
                 .epochs
                 .assign(header.partition_leader_epoch, header.base_offset)
@@ -600,31 +693,13 @@ impl PartitionLog {
             })
             .collect();
         self.write(
-            &mut writer,
-            &config,
+            writer,
+            config,
             &mut slices,
             &appended,
-            min_next,
+            last_offset + 1,
             producer_update,
-        )?;
-        Ok(AppendInfo {
-            first_offset: first.base_offset,
-            last_offset,
-            log_append_time_ms: now,
-            timestamp_type: first.timestamp_type(),
-            max_timestamp: batches
-                .iter()
-                .map(|(h, _)| h.max_timestamp)
-                .max()
-                .unwrap_or(-1),
-            record_count: batches
-                .iter()
-                .map(|(h, _)| u64::try_from(h.record_count).unwrap_or(0))
-                .sum(),
-            bytes: total,
-            log_start_offset: self.log_start_offset(),
-            duplicate: false,
-        })
+        )
     }
 
     /// Writes prepared batches to the active segment, publishes the new log
@@ -689,6 +764,10 @@ impl PartitionLog {
             (first_offset != active.base_offset()).then_some("empty segment at another offset")
         } else if size + bytes > segment_bytes {
             Some("segment.bytes")
+        } else if !config.compact && first_offset != self.log_end_offset() {
+            // Replicated batches after a gap: offsets inside a segment of a
+            // log that is never compacted stay contiguous.
+            Some("offset gap")
         } else if last_offset - active.base_offset() > i64::from(i32::MAX) {
             Some("relative offset overflow")
         } else {
@@ -700,10 +779,12 @@ impl PartitionLog {
             } else {
                 let first_ts = active.first_batch_timestamp().map_err(|e| self.fail(e))?;
                 let waited = match first_ts {
-                    Some(first) if first >= 0 => max_timestamp - first,
-                    _ => now - active.created_ms(),
+                    // Producer-chosen timestamps: saturate, never overflow.
+                    Some(first) if first >= 0 => max_timestamp.saturating_sub(first),
+                    _ => now.saturating_sub(active.created_ms()),
                 };
-                (waited > config.segment_ms - config.segment_jitter_ms).then_some("segment.ms")
+                (waited > config.segment_ms.saturating_sub(config.segment_jitter_ms))
+                    .then_some("segment.ms")
             }
         };
         let Some(reason) = reason else { return Ok(()) };
@@ -795,6 +876,8 @@ impl PartitionLog {
             }
             // Only batches that end below `end_offset` are visible. Usually the
             // whole published segment qualifies and no lookup is needed.
+            // Before any position is resolved (see LogSlice::read_into).
+            let generation = current.generation();
             let (size, next_offset) = current.published();
             let limit = if next_offset.is_some_and(|next| next <= end_offset) {
                 size
@@ -820,6 +903,7 @@ impl PartitionLog {
                         segment: Some(current),
                         position,
                         len: end - position,
+                        generation,
                     },
                     log_start_offset,
                     log_end_offset,
@@ -938,16 +1022,26 @@ impl PartitionLog {
     /// `offset` when it falls on a batch boundary (as leader epoch end offsets
     /// do). Below the log start offset, the log is emptied and restarts at
     /// `offset`.
+    ///
+    /// The recovery point is lowered in memory only: with a log manager, use
+    /// [`crate::LogManager::truncate_to`], which also checkpoints it.
     pub fn truncate_to(&self, offset: i64) -> Result<(), StorageError> {
         let mut writer = self.writer.lock();
         self.check_online().map_err(|_| StorageError::Offline)?;
         if offset >= self.log_end_offset() {
             return Ok(());
         }
+        // Segments may already be renamed away when a step fails: the log
+        // can no longer be trusted to take writes.
+        self.truncate_locked(&mut writer, offset)
+            .inspect_err(|e| self.take_offline(e))
+    }
+
+    fn truncate_locked(&self, writer: &mut Writer, offset: i64) -> Result<(), StorageError> {
         let now = self.clock.now_ms();
         let io = |e| StorageError::io(&*self.dir, e);
         if offset < self.log_start_offset() {
-            return self.truncate_fully_and_start_at(&mut writer, offset);
+            return self.truncate_fully_and_start_at(writer, offset);
         }
         // Epochs first: a crash in between leaves batches the cache does not
         // cover, which recovery then truncates, exactly as asked.
@@ -964,10 +1058,10 @@ impl PartitionLog {
                 .collect()
         };
         let delay = self.config().file_delete_delay_ms;
-        self.remove_segments(&mut writer, &doomed, now + delay)
+        self.remove_segments(writer, &doomed, now + delay)
             .map_err(io)?;
         let Some(target) = self.floor_segment(offset) else {
-            return self.truncate_fully_and_start_at(&mut writer, offset);
+            return self.truncate_fully_and_start_at(writer, offset);
         };
         let next = target.truncate_to(offset).map_err(io)?;
         writer.pending_flush.retain(|s| !Arc::ptr_eq(s, &target));
@@ -982,12 +1076,7 @@ impl PartitionLog {
             .map_err(io)?;
         // Kafka's truncateAndReload: the state must forget the batches cut
         // away, or their retries would be taken for duplicates.
-        if let Err(e) = self.load_producer_state(&mut writer) {
-            tracing::error!(log = %self.dir.display(), error = %e, "rebuilding producer state after truncation failed; taking the log offline");
-            self.offline.store(true, Ordering::Release);
-            return Err(e);
-        }
-        Ok(())
+        self.load_producer_state(writer)
     }
 
     fn truncate_fully_and_start_at(
@@ -1041,6 +1130,11 @@ impl PartitionLog {
             return Ok(());
         }
         self.log_start_offset.store(offset, Ordering::Release);
+        self.remove_below_log_start(&mut writer, offset)
+            .inspect_err(|e| self.take_offline(e))
+    }
+
+    fn remove_below_log_start(&self, writer: &mut Writer, offset: i64) -> Result<(), StorageError> {
         let io = |e| StorageError::io(&*self.dir, e);
         writer.epochs.truncate_from_start(offset).map_err(io)?;
         let doomed: Vec<Arc<Segment>> = {
@@ -1053,8 +1147,7 @@ impl PartitionLog {
                 .collect()
         };
         let due = self.clock.now_ms() + self.config().file_delete_delay_ms;
-        self.remove_segments(&mut writer, &doomed, due)
-            .map_err(io)?;
+        self.remove_segments(writer, &doomed, due).map_err(io)?;
         // Producers stay known (KIP-360: their state outlives their data);
         // snapshots below the new start are kept only while they are the newest.
         writer
@@ -1119,18 +1212,37 @@ impl PartitionLog {
 
     fn flush_locked(&self, writer: &mut Writer) -> io::Result<()> {
         let log_end_offset = self.log_end_offset();
-        for segment in std::mem::take(&mut writer.pending_flush) {
-            segment.flush()?;
-        }
-        writer.active.sync_log()?;
-        if writer.dir_dirty {
-            checkpoint::sync_dir(&self.dir)?;
-            writer.dir_dirty = false;
-        }
+        self.flush_pending(writer)?;
+        writer
+            .active
+            .sync_log()
+            .inspect_err(|e| self.flush_failed(e))?;
         writer.last_flush_ms = self.clock.now_ms();
         self.recovery_point
             .fetch_max(log_end_offset, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Fsyncs the rolled segments and the directory. A segment leaves the
+    /// pending list only once its fsync succeeded.
+    fn flush_pending(&self, writer: &mut Writer) -> io::Result<()> {
+        while let Some(segment) = writer.pending_flush.first() {
+            segment.flush().inspect_err(|e| self.flush_failed(e))?;
+            writer.pending_flush.remove(0);
+        }
+        if writer.dir_dirty {
+            checkpoint::sync_dir(&self.dir).inspect_err(|e| self.flush_failed(e))?;
+            writer.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// After a failed fsync the page cache may have dropped the data (Linux
+    /// reports a writeback error once): as Kafka, stop using the log, and
+    /// never move the recovery point past what was not synced.
+    fn flush_failed(&self, e: &io::Error) {
+        tracing::error!(log = %self.dir.display(), error = %e, "fsync failed; taking the log offline");
+        self.offline.store(true, Ordering::Release);
     }
 
     /// The periodic duties a log manager runs: fsync rolled segments, fsync
@@ -1150,11 +1262,7 @@ impl PartitionLog {
             self.flush_locked(&mut writer)?;
         } else if !writer.pending_flush.is_empty() {
             let new_recovery_point = writer.active.base_offset();
-            for segment in std::mem::take(&mut writer.pending_flush) {
-                segment.flush()?;
-            }
-            checkpoint::sync_dir(&self.dir)?;
-            writer.dir_dirty = false;
+            self.flush_pending(&mut writer)?;
             self.recovery_point
                 .fetch_max(new_recovery_point, Ordering::AcqRel);
         }
@@ -1172,9 +1280,21 @@ impl PartitionLog {
     /// removed segments. The log takes no more writes.
     pub fn close(&self) -> io::Result<()> {
         let mut writer = self.writer.lock();
-        if self.offline.swap(true, Ordering::AcqRel) {
+        if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        if self.is_offline() {
+            // Its files may be inconsistent: the next start must recover it,
+            // so the caller must not vouch for a clean shutdown.
+            return Err(io::Error::other("the log went offline after an I/O error"));
+        }
+        self.close_locked(&mut writer).inspect_err(|e| {
+            tracing::error!(log = %self.dir.display(), error = %e, "closing the log failed");
+            self.offline.store(true, Ordering::Release);
+        })
+    }
+
+    fn close_locked(&self, writer: &mut Writer) -> io::Result<()> {
         writer.active.seal()?;
         // With a snapshot at the log end the next start reads no log. Not
         // needed when one is there already, nor for a log with nothing to
@@ -1192,7 +1312,7 @@ impl PartitionLog {
         }
         let active = Arc::clone(&writer.active);
         writer.pending_flush.push(active);
-        self.flush_locked(&mut writer)?;
+        self.flush_locked(writer)?;
         let pending = std::mem::take(&mut writer.pending_delete);
         for (_, segment) in pending {
             segment.delete_files()?;
@@ -1252,11 +1372,17 @@ impl PartitionLog {
     }
 
     fn check_online(&self) -> Result<(), AppendError> {
-        if self.is_offline() {
+        if self.is_offline() || self.closed.load(Ordering::Acquire) {
             Err(AppendError::Offline)
         } else {
             Ok(())
         }
+    }
+
+    /// A maintenance operation failed half-way: no more writes.
+    fn take_offline(&self, e: &StorageError) {
+        tracing::error!(log = %self.dir.display(), error = %e, "log maintenance failed; taking the log offline");
+        self.offline.store(true, Ordering::Release);
     }
 
     /// An I/O error in the middle of a write operation: the log state may be
@@ -1374,14 +1500,17 @@ fn first_record_at_or_after(
     wanted: impl Fn(i64) -> bool,
 ) -> io::Result<Option<TimestampOffset>> {
     let batch = Bytes::copy_from_slice(bytes);
-    let records = record::decode_records(&batch, MAX_DECOMPRESSED_BATCH_BYTES)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    for r in records {
-        let offset = header.base_offset + i64::from(r.offset_delta);
+    let invalid =
+        |e: record::RecordError| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
+    // Records one by one: the search stops at the first match.
+    for r in record::records(&batch, MAX_DECOMPRESSED_BATCH_BYTES).map_err(invalid)? {
+        let r = r.map_err(invalid)?;
+        // Stored values came from producers: saturate, never overflow.
+        let offset = header.base_offset.saturating_add(i64::from(r.offset_delta));
         let timestamp = if header.timestamp_type() == TimestampType::LogAppendTime {
             header.max_timestamp
         } else {
-            header.base_timestamp + r.timestamp_delta
+            header.base_timestamp.saturating_add(r.timestamp_delta)
         };
         if offset >= log_start && offset < end_offset && wanted(timestamp) {
             return Ok(Some(TimestampOffset { timestamp, offset }));
@@ -1437,6 +1566,66 @@ fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
     Ok((logs, snapshots))
 }
 
+/// After a clean shutdown the marker vouches for the files, but not beyond
+/// what the indexes show: an active segment whose file holds bytes after its
+/// last valid batch (a torn append the marker did not know about) is
+/// recovered, so that appends never land after garbage (they go to the end
+/// of the file, O_APPEND).
+fn check_active_segment(
+    dir: &Path,
+    config: &LogConfig,
+    active: &Segment,
+    epochs: &LeaderEpochCache,
+) -> Result<(), StorageError> {
+    let io = |e| StorageError::io(active.path(FileKind::Log), e);
+    // Loading checks the indexes and, if they are wrong, rebuilds them and
+    // shrinks the readable size to the valid batches.
+    active.next_offset().map_err(io)?;
+    let file_len = active
+        .file(FileKind::Log)
+        .and_then(|f| f.metadata())
+        .map_err(io)?
+        .len();
+    if file_len == active.size() {
+        return Ok(());
+    }
+    tracing::warn!(
+        log = %dir.display(),
+        valid_bytes = active.size(),
+        file_bytes = file_len,
+        "active segment holds more than its valid batches; recovering it"
+    );
+    let rules = ScanRules {
+        verify: true,
+        contiguous: !config.compact,
+        epochs: epochs.is_trusted().then_some(epochs),
+        index_interval_bytes: u64::from(config.index_interval_bytes),
+    };
+    active.recover(&rules).map_err(io)?;
+    active.flush().map_err(io)
+}
+
+/// Rebuilds a missing or unreadable leader epoch cache from the batch headers
+/// of every segment (each epoch starts at its first batch).
+fn rebuild_epochs(
+    dir: &Path,
+    segments: &BTreeMap<i64, Arc<Segment>>,
+    epochs: &mut LeaderEpochCache,
+) -> Result<(), StorageError> {
+    let io = |e| StorageError::io(dir, e);
+    for segment in segments.values() {
+        let log = segment.file(FileKind::Log).map_err(io)?;
+        let mut scanner = BatchScanner::new(&log, 0, segment.size());
+        while let Scanned::Batch { header, .. } = scanner.next_batch().map_err(io)? {
+            epochs
+                .assign(header.partition_leader_epoch, header.base_offset)
+                .map_err(io)?;
+        }
+    }
+    tracing::info!(log = %dir.display(), epochs = epochs.entries().len(), "rebuilt the leader epoch cache from the log");
+    epochs.mark_trusted().map_err(io)
+}
+
 /// Recovery after an unclean shutdown (see [`PartitionLog::open`]).
 fn recover(
     dir: &Path,
@@ -1454,7 +1643,6 @@ fn recover(
         .map(|(_, s)| Arc::clone(s))
         .collect();
     let trusted = epochs.is_trusted();
-    let mut epoch_starts = Vec::new();
     let mut truncated_at: Option<i64> = None;
     for segment in to_recover {
         if let Some(base) = truncated_at {
@@ -1476,7 +1664,6 @@ fn recover(
         let outcome = segment
             .recover(&rules)
             .map_err(|e| StorageError::io(segment.path(FileKind::Log), e))?;
-        epoch_starts.extend(outcome.epoch_starts.iter().copied());
         if outcome.invalid_bytes > 0 {
             tracing::warn!(
                 log = %dir.display(),
@@ -1492,16 +1679,8 @@ fn recover(
             .flush()
             .map_err(|e| StorageError::io(segment.path(FileKind::Log), e))?;
     }
-    if !trusted {
-        for (epoch, start_offset) in epoch_starts {
-            epochs
-                .assign(epoch, start_offset)
-                .map_err(|e| StorageError::io(dir, e))?;
-        }
-        epochs
-            .mark_trusted()
-            .map_err(|e| StorageError::io(dir, e))?;
-    }
+    // An untrusted epoch cache is rebuilt by the caller from every segment,
+    // not only the recovered ones.
     // A segment left empty by truncation, other than the last, is dropped.
     let empties: Vec<i64> = segments
         .iter()

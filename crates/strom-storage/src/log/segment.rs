@@ -79,9 +79,6 @@ pub(crate) struct ScanOutcome {
     /// Why the scan stopped before the end, if it did.
     pub(crate) invalid_reason: Option<String>,
     pub(crate) batches: u64,
-    /// `(leader epoch, base offset)` of every batch whose epoch is higher than
-    /// the one before: what an untrusted epoch cache is rebuilt from.
-    pub(crate) epoch_starts: Vec<(i32, i64)>,
 }
 
 /// Which checks a scan applies to every batch.
@@ -130,6 +127,8 @@ pub(crate) struct Segment {
     next_offset: AtomicI64,
     /// The files carry the `.deleted` suffix.
     deleted: AtomicBool,
+    /// Truncations so far (see [`Segment::generation`]).
+    generation: AtomicU64,
     /// When this object was created (segment.ms for empty-timestamp segments).
     created_ms: i64,
     indexes: RwLock<Option<Indexes>>,
@@ -156,6 +155,7 @@ impl Segment {
                 UNKNOWN_OFFSET
             }),
             deleted: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             created_ms: now_ms,
             indexes: RwLock::new(None),
         }
@@ -206,9 +206,21 @@ impl Segment {
         };
         let mut name = file_name(self.base_offset, suffix);
         if self.deleted.load(Ordering::Acquire) {
-            name.push_str(DELETED_SUFFIX);
+            name.push_str(&self.deleted_suffix());
         }
         self.dir.join(name)
+    }
+
+    /// `.<id>.deleted`: the id keeps two removed segments of the same base
+    /// offset (truncated twice within `file.delete.delay.ms`) apart.
+    fn deleted_suffix(&self) -> String {
+        format!(".{}{DELETED_SUFFIX}", self.id)
+    }
+
+    /// Bumped by every truncation: a reader that resolved positions before it
+    /// must not trust them after.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub(crate) fn file(&self, kind: FileKind) -> io::Result<Arc<File>> {
@@ -353,6 +365,30 @@ impl Segment {
         {
             return Err(invalid("time index names an offset beyond the log"));
         }
+        // The last time entry gives the segment's max timestamp: it must name
+        // a batch with exactly that max timestamp.
+        if let Some(last) = indexes.time.last() {
+            let offset = self.base_offset + i64::from(last.relative_offset);
+            let base = self.base_offset;
+            let mut at = indexes
+                .offset
+                .floor(
+                    || self.file(FileKind::OffsetIndex),
+                    |e| base + i64::from(e.relative_offset) <= offset,
+                )?
+                .map_or(0, |e| u64::from(e.position));
+            let mut matches = false;
+            while let Some(h) = self.header_at(&log, at, size)? {
+                if h.last_offset() >= offset {
+                    matches = h.base_offset <= offset && h.max_timestamp == last.timestamp;
+                    break;
+                }
+                at += h.total_size() as u64;
+            }
+            if !matches {
+                return Err(invalid("time index entry does not match its batch"));
+            }
+        }
         indexes.bytes_since_last_entry =
             size - indexes.offset.last().map_or(0, |e| u64::from(e.position));
         Ok(indexes)
@@ -443,13 +479,6 @@ impl Segment {
             ) {
                 outcome.invalid_reason = Some(reason);
                 break;
-            }
-            if last_epoch.is_none_or(|e| header.partition_leader_epoch > e)
-                && header.partition_leader_epoch >= 0
-            {
-                outcome
-                    .epoch_starts
-                    .push((header.partition_leader_epoch, header.base_offset));
             }
             last_epoch = Some(header.partition_leader_epoch);
             let size = bytes.len() as u64;
@@ -687,13 +716,48 @@ impl Segment {
     /// it has a smaller max timestamp), or the segment start.
     pub(crate) fn time_search_start(&self, timestamp: i64, below_offset: i64) -> io::Result<i64> {
         let base = self.base_offset;
-        let entry = self.with_indexes(|ix| {
-            ix.time.floor(
-                || self.file(FileKind::TimeIndex),
-                |e| e.timestamp <= timestamp && base + i64::from(e.relative_offset) < below_offset,
-            )
-        })?;
-        Ok(entry.map_or(base, |e| base + i64::from(e.relative_offset)))
+        let floor = || {
+            self.with_indexes(|ix| {
+                ix.time.floor(
+                    || self.file(FileKind::TimeIndex),
+                    |e| {
+                        e.timestamp <= timestamp
+                            && base + i64::from(e.relative_offset) < below_offset
+                    },
+                )
+            })
+        };
+        let Some(entry) = floor()? else {
+            return Ok(base);
+        };
+        if self.time_entry_matches(entry)? {
+            return Ok(base + i64::from(entry.relative_offset));
+        }
+        // Never trusted: an entry must name a batch with exactly its max
+        // timestamp (it was written from that batch).
+        tracing::warn!(segment = %self.path(FileKind::Log).display(), "time index disagrees with the log; rebuilding it");
+        {
+            let mut guard = self.indexes.write();
+            *guard = Some(self.rebuild_indexes()?);
+        }
+        match floor()? {
+            Some(entry) if self.time_entry_matches(entry)? => {
+                Ok(base + i64::from(entry.relative_offset))
+            }
+            _ => Ok(base),
+        }
+    }
+
+    /// Whether the batch holding the entry's offset has the entry's timestamp
+    /// as its max timestamp.
+    fn time_entry_matches(&self, entry: TimeEntry) -> io::Result<bool> {
+        let offset = self.base_offset + i64::from(entry.relative_offset);
+        Ok(match self.find_batch(offset, self.size())? {
+            Some((_, header)) => {
+                header.base_offset <= offset && header.max_timestamp == entry.timestamp
+            }
+            None => false,
+        })
     }
 
     /// Largest timestamp in the segment and the last offset of its batch.
@@ -727,6 +791,8 @@ impl Segment {
             return self.next_offset();
         };
         let log = self.file(FileKind::Log)?;
+        // Readers that resolved positions before this must not trust them.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         // Shrink what readers may see first, then the file.
         self.size.store(position, Ordering::Release);
         log.set_len(position)?;
@@ -821,7 +887,7 @@ impl Segment {
         for kind in [FileKind::Log, FileKind::OffsetIndex, FileKind::TimeIndex] {
             let from = self.path(kind);
             let mut to = from.clone().into_os_string();
-            to.push(DELETED_SUFFIX);
+            to.push(self.deleted_suffix());
             match fs::rename(&from, &to) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -954,25 +1020,29 @@ fn check_batch(
             header.base_offset
         ));
     }
-    if header.last_offset() - segment_base > i64::from(i32::MAX) {
+    let Some(last_offset) = header.checked_last_offset() else {
+        return Err("batch offsets overflow".to_owned());
+    };
+    if last_offset - segment_base > i64::from(i32::MAX) {
         return Err("batch offsets overflow the segment's relative offsets".to_owned());
     }
     if !rules.verify {
         return Ok(());
     }
+    // Leaders stamp their epoch and epochs only grow: a batch whose epoch
+    // goes back (or below -1) is corrupt whatever the cache says.
     let epoch = header.partition_leader_epoch;
+    if epoch < record_batch::NO_PARTITION_LEADER_EPOCH
+        || last_epoch.is_some_and(|last| epoch < last)
+    {
+        return Err(format!("leader epoch {epoch} goes backwards"));
+    }
     match rules.epochs {
         Some(cache) if !cache.covers(epoch, header.base_offset) => Err(format!(
             "leader epoch {epoch} does not fit the leader epoch cache at offset {}",
             header.base_offset
         )),
-        Some(_) => Ok(()),
-        None if epoch < record_batch::NO_PARTITION_LEADER_EPOCH
-            || last_epoch.is_some_and(|last| epoch < last) =>
-        {
-            Err(format!("leader epoch {epoch} goes backwards"))
-        }
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
