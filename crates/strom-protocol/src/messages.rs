@@ -141,12 +141,22 @@ pub fn encode_response<T: Encodable>(
         api_key.response_header_version(api_version)
     };
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    encode_frame(&header, header_version, body, api_version)
+}
+
+/// A size prefix, then `header` and `body` at their versions.
+fn encode_frame<H: Encodable, T: Encodable>(
+    header: &H,
+    header_version: i16,
+    body: &T,
+    api_version: i16,
+) -> Result<BytesMut, String> {
     let size = header
         .compute_size(header_version)
         .and_then(|h| body.compute_size(api_version).map(|b| h + b))
         .map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(FRAME_SIZE_PREFIX + size);
-    buf.put_i32(i32::try_from(size).map_err(|_| format!("response of {size} bytes too large"))?);
+    buf.put_i32(i32::try_from(size).map_err(|_| format!("frame of {size} bytes too large"))?);
     header
         .encode(&mut buf, header_version)
         .map_err(|e| e.to_string())?;
@@ -171,18 +181,7 @@ pub fn encode_request<T: Encodable>(
         .with_request_api_version(api_version)
         .with_correlation_id(correlation_id)
         .with_client_id(client_id.map(|c| StrBytes::from_string(c.to_owned())));
-    let size = header
-        .compute_size(header_version)
-        .and_then(|h| body.compute_size(api_version).map(|b| h + b))
-        .map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(FRAME_SIZE_PREFIX + size);
-    buf.put_i32(i32::try_from(size).map_err(|_| format!("request of {size} bytes too large"))?);
-    header
-        .encode(&mut buf, header_version)
-        .map_err(|e| e.to_string())?;
-    body.encode(&mut buf, api_version)
-        .map_err(|e| e.to_string())?;
-    Ok(buf)
+    encode_frame(&header, header_version, body, api_version)
 }
 
 /// Decodes a response frame (without its size prefix); for clients and tests.

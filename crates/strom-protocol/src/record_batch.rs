@@ -261,7 +261,8 @@ impl BatchHeader {
     /// that accept batches refuse ranges that do not fit (see
     /// [`BatchHeader::checked_last_offset`]).
     pub fn last_offset(&self) -> i64 {
-        self.base_offset.saturating_add(i64::from(self.last_offset_delta))
+        self.base_offset
+            .saturating_add(i64::from(self.last_offset_delta))
     }
 
     /// The offset after this batch: where the next batch starts (saturating).
@@ -272,7 +273,9 @@ impl BatchHeader {
     /// The last offset, or `None` when the batch's offsets do not fit in an
     /// `i64` with room for the offset after it.
     pub fn checked_last_offset(&self) -> Option<i64> {
-        let last = self.base_offset.checked_add(i64::from(self.last_offset_delta))?;
+        let last = self
+            .base_offset
+            .checked_add(i64::from(self.last_offset_delta))?;
         last.checked_add(1).map(|_| last)
     }
 
