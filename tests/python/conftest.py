@@ -1,7 +1,15 @@
-"""Starting and stopping the real strom broker for the tests."""
+"""Starting and stopping the real `strom` broker for the interop tests.
+
+Every broker is started on 127.0.0.1:0 with its own data directory under a fresh
+temporary directory, found ready by the one line it prints on stdout, and stopped
+by its process id (SIGTERM, which must exit 0; SIGKILL for crash tests and as a
+last resort). Its stderr goes to a file in the temporary directory; when a test
+fails, the tail of every broker log the test used is attached to the report.
+"""
 
 import os
 import pathlib
+import queue
 import re
 import shutil
 import signal
@@ -13,115 +21,189 @@ import time
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-READY = re.compile(r"listening on (\S+):(\d+)")
-READY_TIMEOUT_S = 60
+READY_LINE = re.compile(r"Strom broker (\d+) listening on (127\.0\.0\.1):(\d+) \(data in (.+)\)")
+READY_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
+LOG_TAIL_LINES = 200
+
+
+def strom_binary():
+    binary = pathlib.Path(os.environ.get("STROM_BIN") or REPO / "target" / "debug" / "strom")
+    if not binary.is_file():
+        pytest.exit(f"no strom binary at {binary}: run `cargo build -p strom-cli` or set STROM_BIN", returncode=2)
+    return binary
 
 
 class Broker:
-    """A `strom broker` process on a free port with its own data directory."""
+    """One `strom broker` process: a free port, a data directory, a stderr log file."""
 
-    def __init__(self, data_dir, properties=()):
+    def __init__(self, data_dir, log_path, properties=()):
         self.data_dir = pathlib.Path(data_dir)
+        self.log_path = pathlib.Path(log_path)
         self.properties = list(properties)
         self.process = None
+        self.pid = None
+        self.port = None
         self.bootstrap = None
-        self._stderr = None
+        self.returncode = None
 
     def start(self):
-        binary = os.environ.get("STROM_BIN", str(REPO / "target" / "debug" / "strom"))
-        args = [binary, "broker", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir)]
-        for p in self.properties:
-            args += ["--set", p]
-        self._stderr = open(self.data_dir.parent / f"{self.data_dir.name}.stderr.log", "ab")
-        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._stderr)
-        ready = {}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [str(strom_binary()), "broker", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir)]
+        for prop in self.properties:
+            args += ["--set", prop]
+        with open(self.log_path, "ab") as log:
+            env = {**os.environ, "NO_COLOR": "1"}
+            self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
+        self.pid = self.process.pid
+        lines = queue.Queue()
 
-        def read_ready():
-            line = self.process.stdout.readline().decode()
-            match = READY.search(line)
-            if match:
-                ready["addr"] = f"{match.group(1)}:{match.group(2)}"
-            # Keep draining stdout so the broker never blocks on it.
-            for _ in self.process.stdout:
-                pass
+        def read_stdout(stdout):
+            # Hands every line to the starter, then EOF as None; keeps draining
+            # afterwards so the broker can never block on a full pipe.
+            for raw in stdout:
+                lines.put(raw.decode(errors="replace").rstrip("\n"))
+            lines.put(None)
 
-        reader = threading.Thread(target=read_ready, daemon=True)
-        reader.start()
+        threading.Thread(target=read_stdout, args=(self.process.stdout,), daemon=True).start()
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while "addr" not in ready:
-            if time.monotonic() > deadline or self.process.poll() is not None:
+        seen = []
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = lines.get(timeout=max(remaining, 0))
+            except queue.Empty:
                 self.kill()
-                raise RuntimeError(f"broker did not start:\n{self.stderr()}")
-            time.sleep(0.01)
-        self.bootstrap = ready["addr"]
+                raise RuntimeError(f"broker printed no ready line within {READY_TIMEOUT_S} s; stdout {seen}\n{self.log_tail()}")
+            if line is None:
+                code = self.process.wait(timeout=STOP_TIMEOUT_S)
+                self.process = None
+                raise RuntimeError(f"broker exited with {code} before it was ready; stdout {seen}\n{self.log_tail()}")
+            seen.append(line)
+            match = READY_LINE.fullmatch(line)
+            if match:
+                break
+        node, host, port, data = match.groups()
+        assert node == "1", line
+        assert os.path.samefile(data, self.data_dir), f"ready line names data dir {data!r}, not {self.data_dir}"
+        self.port = int(port)
+        assert self.port != 0, line
+        self.bootstrap = f"{host}:{self.port}"
         return self
 
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
     def stop(self):
-        """SIGTERM and wait for a clean exit."""
+        """SIGTERM: a clean shutdown that must exit 0."""
         if self.process is None:
             return
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=STOP_TIMEOUT_S)
+        try:
+            code = self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"broker pid {self.pid} ignored SIGTERM for {STOP_TIMEOUT_S} s\n{self.log_tail()}")
         self.process = None
-        assert code == 0, f"broker exited with {code}:\n{self.stderr()}"
+        self.returncode = code
+        assert code == 0, f"broker pid {self.pid} exited with {code} on SIGTERM\n{self.log_tail()}"
 
     def kill(self):
-        """SIGKILL: a crash."""
+        """SIGKILL: a crash (and the last resort of every teardown)."""
         if self.process is None:
             return
-        self.process.kill()
-        self.process.wait(timeout=STOP_TIMEOUT_S)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.returncode = self.process.wait(timeout=STOP_TIMEOUT_S)
         self.process = None
 
-    def stderr(self):
-        path = self.data_dir.parent / f"{self.data_dir.name}.stderr.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+    def log_tail(self, lines=LOG_TAIL_LINES):
+        if not self.log_path.exists():
+            return f"(no broker log at {self.log_path})"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        cut = f"... ({len(text) - lines} earlier lines)\n" if len(text) > lines else ""
+        return f"--- broker pid {self.pid} stderr ({self.log_path}) ---\n{cut}" + "\n".join(text[-lines:])
+
+
+class BrokerFactory:
+    """Starts brokers for one test; `data` names the data directory so a restart can reuse it."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.brokers = []
+
+    def __call__(self, properties=(), data="data"):
+        log = self.workdir / f"broker-{len(self.brokers)}.stderr.log"
+        broker = Broker(self.workdir / data, log, properties)
+        self.brokers.append(broker)
+        return broker.start()
+
+    def cleanup(self):
+        for broker in self.brokers:
+            broker.kill()
 
 
 @pytest.fixture
-def workdir():
-    path = tempfile.mkdtemp(prefix="strom-py-")
+def broker_factory():
+    """Per-test brokers (restart and crash tests); all killed and their files removed afterwards."""
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-"))
+    factory = BrokerFactory(workdir)
     try:
-        yield pathlib.Path(path)
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def broker_factory(workdir):
-    """Starts brokers (on the same data dir if asked) and kills leftovers."""
-    started = []
-
-    def start(properties=(), data="data"):
-        b = Broker(workdir / data, properties).start()
-        started.append(b)
-        return b
-
-    yield start
-    for b in started:
-        b.kill()
-
-
-@pytest.fixture(scope="module")
-def broker():
-    """One broker per test module."""
-    path = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-"))
-    b = Broker(path / "data").start()
-    try:
-        yield b
+        yield factory
     finally:
         try:
+            factory.cleanup()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def module_broker(*properties):
+    """A fixture: one broker shared by a test module, stopped with SIGTERM (exit 0) at its end."""
+
+    @pytest.fixture(scope="module")
+    def broker():
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-"))
+        b = Broker(workdir / "data", workdir / "broker.stderr.log", properties)
+        try:
+            b.start()
+            yield b
+            assert b.running(), f"broker pid {b.pid} died during the module (exit {b.process.returncode})\n{b.log_tail()}"
             b.stop()
         finally:
-            b.kill()
-            shutil.rmtree(path, ignore_errors=True)
+            try:
+                b.kill()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    return broker
 
 
-def wait_until(condition, timeout_s=30):
+broker = module_broker()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the tail of the stderr of every broker the test used."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {}) or {}
+    brokers = []
+    for value in funcargs.values():
+        if isinstance(value, Broker):
+            brokers.append(value)
+        elif isinstance(value, BrokerFactory):
+            brokers.extend(value.brokers)
+    for b in brokers:
+        report.sections.append((f"strom broker pid {b.pid} stderr", b.log_tail()))
+
+
+def wait_until(condition, timeout_s=30, interval_s=0.05):
+    """Polls an eventually-true condition (metadata propagation) up to a deadline."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(interval_s)
     return condition()

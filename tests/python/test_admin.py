@@ -1,85 +1,294 @@
-"""Topic administration with both clients, and Kafka's error answers."""
+"""Topic administration with both clients, and the errors Kafka answers with.
 
+The module's broker has auto-creation off and `num.partitions=3`, so a deleted or
+unknown topic stays gone and a topic created without a partition count gets 3.
+"""
+
+import kafka.errors as kerr
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewPartitions, NewTopic
-import kafka.errors
+from kafka import KafkaProducer
 from kafka.admin import ConfigResource as KConfigResource
 from kafka.admin import ConfigResourceType, KafkaAdminClient
-from kafka.admin import NewPartitions as KNewPartitions
-from kafka.admin import NewTopic as KNewTopic
 
-from conftest import wait_until
+from clients import check, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
+from conftest import module_broker, wait_until
+
+broker = module_broker("auto.create.topics.enable=false", "num.partitions=3")
+
+SEGMENT_BYTES_DEFAULT = "1073741824"
 
 
-def test_confluent_admin_lifecycle_and_errors(broker):
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    futures = admin.create_topics([NewTopic("ck-admin", num_partitions=3, replication_factor=1, config={"retention.ms": "60000"})])
-    futures["ck-admin"].result(30)
-    topic = admin.list_topics(topic="ck-admin", timeout=10).topics["ck-admin"]
-    assert len(topic.partitions) == 3
-    assert all(p.leader == 1 and p.replicas == [1] and p.isrs == [1] for p in topic.partitions.values())
+@pytest.fixture
+def admin(broker):
+    return AdminClient({"bootstrap.servers": broker.bootstrap})
 
-    configs = admin.describe_configs([ConfigResource("topic", "ck-admin")])
-    entries = next(iter(configs.values())).result(30)
-    assert entries["retention.ms"].value == "60000"
+
+@pytest.fixture
+def kadmin(broker):
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def confluent_error(future):
+    """The Kafka error code a confluent admin future fails with (None if it succeeds)."""
+    try:
+        future.result(30)
+    except KafkaException as e:
+        return e.args[0].code()
+    return None
+
+
+def topic_names(admin):
+    return set(admin.list_topics(timeout=10).topics)
+
+
+def partition_count(admin, topic):
+    return len(admin.list_topics(topic=topic, timeout=10).topics[topic].partitions)
+
+
+def assert_produce_fails_confluent(bootstrap, topic):
+    """Producing to a missing topic with auto-creation off fails and creates nothing."""
+    errors = []
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "message.timeout.ms": 5_000,
+            "topic.metadata.propagation.max.ms": 1_000,
+        }
+    )
+    producer.produce(topic, b"after-delete", partition=0, on_delivery=lambda err, msg: errors.append(err))
+    assert producer.flush(20) == 0
+    assert len(errors) == 1 and errors[0] is not None, f"produce to deleted topic {topic!r} was acknowledged"
+    assert errors[0].code() in (
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._MSG_TIMED_OUT,
+    ), errors[0]
+
+
+def assert_produce_fails_kafka_python(bootstrap, topic):
+    producer = KafkaProducer(bootstrap_servers=bootstrap, max_block_ms=3_000, request_timeout_ms=5_000)
+    try:
+        with pytest.raises((kerr.KafkaTimeoutError, kerr.UnknownTopicOrPartitionError)):
+            producer.send(topic, b"after-delete", partition=0).get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+# ---------------------------------------------------------------- lifecycles
+
+
+def test_confluent_admin_lifecycle(broker, admin):
+    topic = "ck-admin"
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1, config={"retention.ms": "3600000"})])[topic].result(30)
+
+    metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
+    assert metadata.error is None
+    assert sorted(metadata.partitions) == [0, 1, 2]
+    for p in metadata.partitions.values():
+        assert (p.leader, p.replicas, p.isrs) == (1, [1], [1]), f"partition {p.id}"
+    described = admin.describe_topics(TopicCollection([topic]))[topic].result(30)
+    assert [p.leader.id for p in described.partitions] == [1, 1, 1]
+    assert described.topic_id is not None and str(described.topic_id) != "AAAAAAAAAAAAAAAAAAAAAA"
+
+    entries = admin.describe_configs([ConfigResource("topic", topic)])
+    entries = next(iter(entries.values())).result(30)
+    assert entries["retention.ms"].value == "3600000"
     assert entries["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
-    assert entries["segment.bytes"].value == "1073741824"
+    assert not entries["retention.ms"].is_default
+    assert entries["segment.bytes"].value == SEGMENT_BYTES_DEFAULT
     assert entries["segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+    assert entries["segment.bytes"].is_default
+    assert entries["cleanup.policy"].value == "delete"
 
-    admin.create_partitions([NewPartitions("ck-admin", 5)])["ck-admin"].result(30)
-    assert wait_until(lambda: len(admin.list_topics(topic="ck-admin", timeout=10).topics["ck-admin"].partitions) == 5)
+    admin.create_partitions([NewPartitions(topic, 5)])[topic].result(30)
+    assert wait_until(lambda: partition_count(admin, topic) == 5)
+    metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
+    assert all(p.leader == 1 for p in metadata.partitions.values())
+    # The new partitions take records.
+    produce_confluent(broker.bootstrap, topic, 100, partition=4)
+    check(consume_confluent(broker.bootstrap, topic, 100, partition=4), 100)
 
-    def error_of(new_topic):
-        with pytest.raises(Exception) as info:
-            admin.create_topics([new_topic])[new_topic.topic].result(30)
-        return info.value.args[0].code()
-
-    assert error_of(NewTopic("ck-admin", 1, 1)) == KafkaError.TOPIC_ALREADY_EXISTS
-    assert error_of(NewTopic("ck-rf3", 1, 3)) == KafkaError.INVALID_REPLICATION_FACTOR
-    assert error_of(NewTopic("bad name!", 1, 1)) == KafkaError.TOPIC_EXCEPTION
-    assert error_of(NewTopic("ck-bad-config", 1, 1, config={"no.such.config": "1"})) == KafkaError.INVALID_CONFIG
-
-    admin.delete_topics(["ck-admin"])["ck-admin"].result(30)
-    assert wait_until(lambda: "ck-admin" not in admin.list_topics(timeout=10).topics)
+    admin.delete_topics([topic])[topic].result(30)
+    assert wait_until(lambda: topic not in topic_names(admin))
+    assert_produce_fails_confluent(broker.bootstrap, topic)
+    assert topic not in topic_names(admin), "producing to a deleted topic re-created it with auto-creation off"
 
 
-def test_kafka_python_admin_lifecycle_and_errors(broker):
-    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    admin.create_topics([KNewTopic("kp-admin", 2, 1, topic_configs={"cleanup.policy": "compact"})])
-    described = admin.describe_topics(["kp-admin"])[0]
+def test_kafka_python_admin_lifecycle(broker, kadmin):
+    topic = "kp-admin"
+    kadmin.create_topics({topic: {"num_partitions": 3, "replication_factor": 1, "configs": {"retention.ms": "7200000"}}})
+
+    (described,) = kadmin.describe_topics([topic])
     assert described["error_code"] == 0
-    assert [p["leader_id"] for p in described["partitions"]] == [1, 1]
+    assert sorted(p["partition_index"] for p in described["partitions"]) == [0, 1, 2]
+    for p in described["partitions"]:
+        assert (p["leader_id"], list(p["replica_nodes"]), list(p["isr_nodes"])) == (1, [1], [1]), p
 
-    configs = admin.describe_configs([KConfigResource(ConfigResourceType.TOPIC, "kp-admin")], config_filter="all")
-    topic = configs["topic"]["kp-admin"]
-    assert topic["cleanup.policy"]["value"] == "compact"
-    assert topic["cleanup.policy"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
-    assert topic["max.message.bytes"]["config_source"] == "DEFAULT_CONFIG"
+    configs = kadmin.describe_configs([KConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
+    entries = configs["topic"][topic]
+    assert entries["retention.ms"]["value"] == "7200000"
+    assert entries["retention.ms"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+    assert entries["segment.bytes"]["value"] == SEGMENT_BYTES_DEFAULT
+    assert entries["segment.bytes"]["config_source"] == "DEFAULT_CONFIG"
+    # The default filter keeps only the overrides.
+    modified = kadmin.describe_configs([KConfigResource(ConfigResourceType.TOPIC, topic)])["topic"][topic]
+    assert set(modified) == {"retention.ms"}
 
-    admin.create_partitions({"kp-admin": KNewPartitions(4)})
-    assert len(admin.describe_topics(["kp-admin"])[0]["partitions"]) == 4
-    with pytest.raises(kafka.errors.InvalidPartitionsError):
-        admin.create_partitions({"kp-admin": KNewPartitions(2)})
-    with pytest.raises(kafka.errors.TopicAlreadyExistsError):
-        admin.create_topics([KNewTopic("kp-admin", 1, 1)])
-    with pytest.raises(kafka.errors.InvalidReplicationFactorError):
-        admin.create_topics([KNewTopic("kp-rf2", 1, 2)])
-    with pytest.raises(kafka.errors.InvalidConfigurationError):
-        admin.create_topics([KNewTopic("kp-bad", 1, 1, topic_configs={"retention.ms": "soon"})])
+    kadmin.create_partitions({topic: 5})
+    assert wait_until(lambda: len(kadmin.describe_topics([topic])[0]["partitions"]) == 5)
+    assert all(p["leader_id"] == 1 for p in kadmin.describe_topics([topic])[0]["partitions"])
+    assert produce_kafka_python(broker.bootstrap, topic, 100, partition=3) == list(range(100))
+    check(consume_kafka_python(broker.bootstrap, topic, 100, partition=3), 100)
 
-    cluster = admin.describe_cluster()
-    assert cluster["controller_id"] == 1 and len(cluster["cluster_id"]) == 22
-
-    admin.delete_topics(["kp-admin"])
-    assert "kp-admin" not in admin.list_topics()
-    with pytest.raises(kafka.errors.UnknownTopicOrPartitionError):
-        admin.delete_topics(["kp-admin"])
+    kadmin.delete_topics([topic])
+    assert wait_until(lambda: topic not in kadmin.list_topics())
+    assert_produce_fails_kafka_python(broker.bootstrap, topic)
+    assert topic not in kadmin.list_topics(), "producing to a deleted topic re-created it with auto-creation off"
 
 
-def test_no_auto_creation_when_disabled(broker_factory):
-    broker = broker_factory(["auto.create.topics.enable=false"])
+def test_recreated_topic_starts_empty(broker, admin):
+    topic = "recreated"
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    first_id = admin.describe_topics(TopicCollection([topic]))[topic].result(30).topic_id
+    produce_confluent(broker.bootstrap, topic, 500)
+    admin.delete_topics([topic])[topic].result(30)
+    assert wait_until(lambda: topic not in topic_names(admin))
+
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+    assert wait_until(lambda: topic in topic_names(admin))
+    assert partition_count(admin, topic) == 2
+    assert str(admin.describe_topics(TopicCollection([topic]))[topic].result(30).topic_id) != str(first_id)
+    # The old records are gone: new offsets start at 0, and only the new record is read.
+    assert produce_confluent(broker.bootstrap, topic, 1, start=7) == [0]
+    check(consume_confluent(broker.bootstrap, topic, 1), 1, start=7)
+    check(consume_kafka_python(broker.bootstrap, topic, 1), 1, start=7)
+
+
+def test_default_partition_count_and_replication(admin, kadmin):
+    # num_partitions/replication_factor -1: the broker's num.partitions (3) and default.replication.factor (1).
+    admin.create_topics([NewTopic("ck-defaults")])["ck-defaults"].result(30)
+    kadmin.create_topics({"kp-defaults": {}})
+    for topic in ["ck-defaults", "kp-defaults"]:
+        metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
+        assert len(metadata.partitions) == 3, topic
+        assert all(p.replicas == [1] for p in metadata.partitions.values()), topic
+
+
+def test_validate_only_creates_nothing(admin, kadmin):
+    futures = admin.create_topics([NewTopic("ck-validate", 2, 1, config={"retention.ms": "1000"})], validate_only=True)
+    assert confluent_error(futures["ck-validate"]) is None
+    kadmin.create_topics({"kp-validate": {"num_partitions": 2}}, validate_only=True)
+    # validate_only still reports what a real creation would fail with.
+    bad = admin.create_topics([NewTopic("ck-validate-bad", 1, 1, config={"no.such.config": "x"})], validate_only=True)
+    assert confluent_error(bad["ck-validate-bad"]) == KafkaError.INVALID_CONFIG
+    names = topic_names(admin)
+    assert "ck-validate" not in names and "kp-validate" not in names
+
+
+# ---------------------------------------------------------------- errors
+
+CREATE_ERRORS = [
+    # (case, topic, partitions, replication factor, configs, Kafka error)
+    ("existing", "exists-already", 1, 1, {}, KafkaError.TOPIC_ALREADY_EXISTS),
+    ("rf3-on-one-broker", "rf3", 1, 3, {}, KafkaError.INVALID_REPLICATION_FACTOR),
+    ("illegal-character", "bad name!", 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
+    ("dot-dot", "..", 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
+    ("too-long", "t" * 250, 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
+    ("collides-on-dot-underscore", "exists_already", 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
+    ("unknown-config", "unknown-config", 1, 1, {"no.such.config": "1"}, KafkaError.INVALID_CONFIG),
+    ("malformed-config", "malformed-config", 1, 1, {"retention.ms": "soon"}, KafkaError.INVALID_CONFIG),
+    ("zero-partitions", "zero-partitions", 0, 1, {}, KafkaError.INVALID_PARTITIONS),
+]
+
+KAFKA_PYTHON_ERROR = {
+    KafkaError.TOPIC_ALREADY_EXISTS: kerr.TopicAlreadyExistsError,
+    KafkaError.INVALID_REPLICATION_FACTOR: kerr.InvalidReplicationFactorError,
+    KafkaError.TOPIC_EXCEPTION: kerr.InvalidTopicError,  # INVALID_TOPIC_EXCEPTION, 17
+    KafkaError.INVALID_CONFIG: kerr.InvalidConfigurationError,
+    KafkaError.INVALID_PARTITIONS: kerr.InvalidPartitionsError,
+}
+
+
+@pytest.fixture(scope="module")
+def existing_topic(broker):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    admin.create_topics([NewTopic("exists.already", 1, 1)])["exists.already"].result(30)
+    admin.create_topics([NewTopic("exists-already", 1, 1)])["exists-already"].result(30)
+    return "exists-already"
+
+
+@pytest.mark.parametrize("case,topic,partitions,rf,configs,code", CREATE_ERRORS, ids=[c[0] for c in CREATE_ERRORS])
+def test_confluent_create_topic_errors(admin, existing_topic, case, topic, partitions, rf, configs, code):
+    before = topic_names(admin)
+    futures = admin.create_topics([NewTopic(topic, partitions, rf, config=configs)])
+    got = confluent_error(futures[topic])
+    assert got == code, f"{case}: got {got and KafkaError(got).name()}, want {KafkaError(code).name()}"
+    assert topic_names(admin) == before, "a refused creation left a topic behind"
+
+
+@pytest.mark.parametrize("case,topic,partitions,rf,configs,code", CREATE_ERRORS, ids=[c[0] for c in CREATE_ERRORS])
+def test_kafka_python_create_topic_errors(kadmin, existing_topic, case, topic, partitions, rf, configs, code):
+    before = set(kadmin.list_topics())
+    with pytest.raises(KAFKA_PYTHON_ERROR[code]):
+        kadmin.create_topics({topic: {"num_partitions": partitions, "replication_factor": rf, "configs": configs}})
+    assert set(kadmin.list_topics()) == before, "a refused creation left a topic behind"
+
+
+def test_create_partitions_errors(admin, kadmin, existing_topic):
+    # Fewer partitions than the topic has, the same number, and an unknown topic.
+    admin.create_topics([NewTopic("shrink", 3, 1)])["shrink"].result(30)
+    assert confluent_error(admin.create_partitions([NewPartitions("shrink", 2)])["shrink"]) == KafkaError.INVALID_PARTITIONS
+    assert confluent_error(admin.create_partitions([NewPartitions("shrink", 3)])["shrink"]) == KafkaError.INVALID_PARTITIONS
+    assert confluent_error(admin.create_partitions([NewPartitions("no-such-topic", 4)])["no-such-topic"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+    with pytest.raises(kerr.InvalidPartitionsError):
+        kadmin.create_partitions({"shrink": 1})
+    with pytest.raises(kerr.UnknownTopicOrPartitionError):
+        kadmin.create_partitions({"no-such-topic": 4})
+    assert partition_count(admin, "shrink") == 3
+
+
+def test_delete_and_describe_unknown_topic(admin, kadmin):
+    assert confluent_error(admin.delete_topics(["no-such-topic"])["no-such-topic"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
+    with pytest.raises(kerr.UnknownTopicOrPartitionError):
+        kadmin.delete_topics(["no-such-topic"])
+    futures = admin.describe_configs([ConfigResource("topic", "no-such-topic")])
+    assert confluent_error(next(iter(futures.values()))) == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+def test_unknown_topic_is_not_auto_created(admin):
     metadata = admin.list_topics(topic="nothing-here", timeout=10)
     assert metadata.topics["nothing-here"].error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-    assert "nothing-here" not in admin.list_topics(timeout=10).topics
+    assert "nothing-here" not in topic_names(admin)
+
+
+# ---------------------------------------------------------------- cluster and broker
+
+
+def test_describe_cluster(broker, admin, kadmin):
+    cluster = admin.describe_cluster().result(30)
+    assert cluster.controller.id == 1
+    assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(1, "127.0.0.1", broker.port)]
+    assert cluster.cluster_id and len(cluster.cluster_id) == 22
+    k = kadmin.describe_cluster()
+    assert k["controller_id"] == 1
+    assert k["cluster_id"] == cluster.cluster_id
+    assert [(b["broker_id"], b["host"], b["port"]) for b in k["brokers"]] == [(1, "127.0.0.1", broker.port)]
+
+
+def test_describe_broker_configs(admin):
+    futures = admin.describe_configs([ConfigResource("broker", "1")])
+    entries = next(iter(futures.values())).result(30)
+    # Set on the command line: static broker configs, as server.properties values are in Kafka.
+    assert entries["num.partitions"].value == "3"
+    assert entries["num.partitions"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert entries["auto.create.topics.enable"].value == "false"
+    assert entries["auto.create.topics.enable"].source == ConfigSource.STATIC_BROKER_CONFIG.value
+    assert entries["log.segment.bytes"].value == SEGMENT_BYTES_DEFAULT
+    assert entries["log.segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
