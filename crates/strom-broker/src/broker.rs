@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
+use crate::group::{GroupConfig, GroupCoordinator};
 use crate::replica::ReplicaManager;
 
 /// Directory of the metadata log inside the data directory.
@@ -78,6 +79,7 @@ pub struct Broker {
     pub logs: Arc<LogManager>,
     pub replicas: ReplicaManager,
     pub fetch_sessions: Mutex<FetchSessionCache>,
+    pub groups: GroupCoordinator,
     pub clock: Arc<dyn Clock>,
     metadata_log: Arc<PartitionLog>,
     producer_ids: Mutex<ProducerIds>,
@@ -201,6 +203,9 @@ pub async fn start_with_clock(
     })??;
     let broker = Arc::new(broker);
     let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
+    broker
+        .tasks
+        .spawn(GroupCoordinator::run_timers(Arc::clone(&broker)));
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -298,6 +303,11 @@ fn open(
     let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs));
     replicas.apply_image(&image, &config)?;
     let fetch_sessions = FetchSessionCache::new(config.fetch_session_cache_slots()?);
+    let groups = GroupCoordinator::open(
+        GroupConfig::from_properties(&config.properties)?,
+        &replicas,
+        clock.now_ms(),
+    );
     Ok(Broker {
         node_id: config.node_id,
         advertised_host,
@@ -306,6 +316,7 @@ fn open(
         logs,
         replicas,
         fetch_sessions: Mutex::new(fetch_sessions),
+        groups,
         clock,
         metadata_log,
         producer_ids: Mutex::new(ProducerIds::default()),

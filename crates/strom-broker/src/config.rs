@@ -487,6 +487,7 @@ impl BrokerConfig {
         config.transaction_max_timeout_ms()?;
         config.producer_id_expiration_ms()?;
         config.fetch_session_cache_slots()?;
+        crate::group::GroupConfig::from_properties(&config.properties)?;
         for def in TOPIC_CONFIGS {
             if let Some(v) = config.static_topic_default(def) {
                 def.config_type.check(def.name, &v.value)?;

@@ -12,10 +12,13 @@
 //! - [`replica`]: the partitions this broker holds, their high watermarks and
 //!   the fetches waiting on them.
 //! - [`config`]: broker properties with Kafka's names; topic config definitions.
+//! - [`group`]: the group coordinator: consumer groups (classic and KIP-848)
+//!   and committed offsets, kept in `__consumer_offsets`.
 
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod group;
 pub mod replica;
 pub mod server;
 

@@ -98,7 +98,12 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             Some(Incoming::Close(reason)) => break reason,
             Some(Incoming::Request(frame)) => frame,
         };
-        let reply = api::handle(&broker, &frame).await;
+        // A parked request (a JoinGroup waiting for its rebalance, a long
+        // poll) must not hold up shutdown.
+        let reply = tokio::select! {
+            reply = api::handle(&broker, &frame, peer) => reply,
+            () = broker.shutdown.cancelled() => break "broker shutting down".to_owned(),
+        };
         in_flight.fetch_sub(1, Ordering::AcqRel);
         match reply {
             Reply::Frame(bytes) => {

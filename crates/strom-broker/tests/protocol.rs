@@ -761,10 +761,44 @@ async fn exchange<T: Encodable, R: Decodable>(
     response
 }
 
+/// Joins `group` as its only member with JoinGroup `version` (answering
+/// MEMBER_ID_REQUIRED from v4): the member id and generation.
+async fn join(broker: &RunningBroker, group: &str, version: i16) -> (String, i32) {
+    let mut request = JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_session_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(Bytes::from_static(b"subscription")),
+        ]);
+    if version >= 1 {
+        request.rebalance_timeout_ms = 10_000;
+    }
+    let mut r: JoinGroupResponse = exchange(broker, ApiKey::JoinGroup, version, &request).await;
+    if version >= 4 {
+        assert_eq!(
+            r.error_code,
+            ErrorCode::MemberIdRequired.code(),
+            "JoinGroup v{version}"
+        );
+        request.member_id = r.member_id.clone();
+        r = exchange(broker, ApiKey::JoinGroup, version, &request).await;
+    }
+    assert_eq!(r.error_code, 0, "JoinGroup v{version}");
+    assert_eq!(
+        r.leader, r.member_id,
+        "JoinGroup v{version}: the only member leads"
+    );
+    assert_eq!(r.members.len(), 1, "JoinGroup v{version}");
+    (r.member_id.to_string(), r.generation_id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_advertised_version_of_every_api_is_answered() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = broker(dir.path(), &[]).await;
+    let broker = broker(dir.path(), &[("group.initial.rebalance.delay.ms", "0")]).await;
     let mut raw = Raw::connect(&broker).await;
     assert_eq!(create_topic(&mut raw, "all", 1, &[]).await, 0);
     assert_eq!(create_topic(&mut raw, "grow", 1, &[]).await, 0);
@@ -788,6 +822,21 @@ async fn every_advertised_version_of_every_api_is_answered() {
         .unwrap()
         .topic_id;
     let mut grow_to = 1;
+    // A group with a committed offset for the offset and group APIs.
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("fetch")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(name("all"))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(1),
+                ]),
+        ]);
+    let r: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 9, &commit).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
     for &(key, min, max) in strom_broker::api::SUPPORTED_APIS {
         for version in min..=max {
             match key {
@@ -916,6 +965,188 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     let r: DescribeClusterResponse =
                         exchange(&broker, key, version, &DescribeClusterRequest::default()).await;
                     assert_eq!((r.error_code, r.brokers.len()), (0, 1), "v{version}");
+                }
+                ApiKey::FindCoordinator => {
+                    let request = if version >= 4 {
+                        FindCoordinatorRequest::default()
+                            .with_coordinator_keys(vec![StrBytes::from_static_str("g")])
+                    } else {
+                        FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"))
+                    };
+                    let r: FindCoordinatorResponse =
+                        exchange(&broker, key, version, &request).await;
+                    let (code, node, port) = match r.coordinators.first() {
+                        Some(c) => (c.error_code, c.node_id.0, c.port),
+                        None => (r.error_code, r.node_id.0, r.port),
+                    };
+                    assert_eq!((code, node), (0, 1), "v{version}");
+                    assert_eq!(port, i32::from(broker.local_addr.port()), "v{version}");
+                }
+                ApiKey::JoinGroup => {
+                    let group = format!("join-v{version}");
+                    let (member, generation) = join(&broker, &group, version).await;
+                    assert!(!member.is_empty() && generation == 1, "v{version}");
+                }
+                ApiKey::SyncGroup => {
+                    let group = format!("sync-v{version}");
+                    let (member, generation) = join(&broker, &group, 5).await;
+                    let request = SyncGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(group)))
+                        .with_member_id(StrBytes::from_string(member.clone()))
+                        .with_generation_id(generation)
+                        .with_assignments(vec![
+                            sync_group_request::SyncGroupRequestAssignment::default()
+                                .with_member_id(StrBytes::from_string(member))
+                                .with_assignment(Bytes::from_static(b"plan")),
+                        ]);
+                    let r: SyncGroupResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(
+                        (r.error_code, &r.assignment[..]),
+                        (0, &b"plan"[..]),
+                        "v{version}"
+                    );
+                }
+                ApiKey::Heartbeat => {
+                    let group = format!("heartbeat-v{version}");
+                    let (member, generation) = join(&broker, &group, 5).await;
+                    let request = HeartbeatRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(group)))
+                        .with_member_id(StrBytes::from_string(member))
+                        .with_generation_id(generation);
+                    let r: HeartbeatResponse = exchange(&broker, key, version, &request).await;
+                    // Joined but not synced: the group awaits its assignment.
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::LeaveGroup => {
+                    let group = format!("leave-v{version}");
+                    let (member, _) = join(&broker, &group, 5).await;
+                    let request = LeaveGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(group)));
+                    let request = if version >= 3 {
+                        request.with_members(vec![
+                            leave_group_request::MemberIdentity::default()
+                                .with_member_id(StrBytes::from_string(member)),
+                        ])
+                    } else {
+                        request.with_member_id(StrBytes::from_string(member))
+                    };
+                    let r: LeaveGroupResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert!(r.members.iter().all(|m| m.error_code == 0), "v{version}");
+                }
+                ApiKey::OffsetCommit => {
+                    let request =
+                        commit
+                            .clone()
+                            .with_group_id(GroupId(StrBytes::from_string(format!(
+                                "commit-v{version}"
+                            ))));
+                    let r: OffsetCommitResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{version}");
+                }
+                ApiKey::OffsetFetch => {
+                    let offset = if version >= 8 {
+                        let request = OffsetFetchRequest::default().with_groups(vec![
+                            offset_fetch_request::OffsetFetchRequestGroup::default()
+                                .with_group_id(GroupId(StrBytes::from_static_str("fetch")))
+                                .with_topics(None),
+                        ]);
+                        let r: OffsetFetchResponse =
+                            exchange(&broker, key, version, &request).await;
+                        r.groups[0].topics[0].partitions[0].committed_offset
+                    } else {
+                        let request = OffsetFetchRequest::default()
+                            .with_group_id(GroupId(StrBytes::from_static_str("fetch")))
+                            .with_topics(Some(vec![
+                                offset_fetch_request::OffsetFetchRequestTopic::default()
+                                    .with_name(name("all"))
+                                    .with_partition_indexes(vec![0]),
+                            ]));
+                        let r: OffsetFetchResponse =
+                            exchange(&broker, key, version, &request).await;
+                        r.topics[0].partitions[0].committed_offset
+                    };
+                    assert_eq!(offset, 1, "v{version}");
+                }
+                ApiKey::DescribeGroups => {
+                    let request = DescribeGroupsRequest::default()
+                        .with_groups(vec![GroupId(StrBytes::from_static_str("fetch"))]);
+                    let r: DescribeGroupsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(
+                        (r.groups[0].error_code, r.groups[0].group_state.as_str()),
+                        (0, "Empty"),
+                        "v{version}"
+                    );
+                }
+                ApiKey::ListGroups => {
+                    let r: ListGroupsResponse =
+                        exchange(&broker, key, version, &ListGroupsRequest::default()).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert!(
+                        r.groups.iter().any(|g| g.group_id.as_str() == "fetch"),
+                        "v{version}"
+                    );
+                }
+                ApiKey::DeleteGroups => {
+                    let group = format!("commit-v{}", version + 2);
+                    let request = DeleteGroupsRequest::default()
+                        .with_groups_names(vec![GroupId(StrBytes::from_string(group))]);
+                    let r: DeleteGroupsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.results[0].error_code, 0, "v{version}");
+                }
+                ApiKey::OffsetDelete => {
+                    let request = OffsetDeleteRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("commit-v9")))
+                        .with_topics(vec![
+                            offset_delete_request::OffsetDeleteRequestTopic::default()
+                                .with_name(name("all"))
+                                .with_partitions(vec![
+                                    offset_delete_request::OffsetDeleteRequestPartition::default()
+                                        .with_partition_index(0),
+                                ]),
+                        ]);
+                    let r: OffsetDeleteResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{version}");
+                }
+                ApiKey::ConsumerGroupHeartbeat => {
+                    let member = if version >= 1 {
+                        "a-member-id-chosen-by-the-client"
+                    } else {
+                        ""
+                    };
+                    let request = ConsumerGroupHeartbeatRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(format!("cg-v{version}"))))
+                        .with_member_id(StrBytes::from_static_str(member))
+                        .with_member_epoch(0)
+                        .with_rebalance_timeout_ms(10_000)
+                        .with_subscribed_topic_names(Some(vec![name("all")]))
+                        .with_topic_partitions(Some(vec![]));
+                    let r: ConsumerGroupHeartbeatResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}: {:?}", r.error_message);
+                    assert!(r.member_epoch >= 1, "v{version}");
+                    let assigned = r.assignment.expect("an assignment on joining");
+                    assert_eq!(
+                        assigned.topic_partitions[0].topic_id, topic_id,
+                        "v{version}"
+                    );
+                    assert_eq!(
+                        assigned.topic_partitions[0].partitions,
+                        vec![0],
+                        "v{version}"
+                    );
+                }
+                ApiKey::ConsumerGroupDescribe => {
+                    let request =
+                        ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(
+                            StrBytes::from_string(format!("cg-v{version}")),
+                        )]);
+                    let r: ConsumerGroupDescribeResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.groups[0].error_code, 0, "v{version}");
+                    assert_eq!(r.groups[0].members.len(), 1, "v{version}");
+                    assert_eq!(r.groups[0].group_state.as_str(), "Stable", "v{version}");
                 }
                 other => panic!("no request written for {other:?}: add one when advertising it"),
             }

@@ -9,12 +9,14 @@ pub mod admin;
 pub mod api_versions;
 pub mod fetch;
 pub mod fetch_session;
+pub mod group;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
 pub mod sasl;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -48,6 +50,19 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 /// The advertised version range of `key`.
@@ -89,7 +104,7 @@ macro_rules! decode_and {
 }
 
 /// Answers one request.
-pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Reply {
+pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr) -> Reply {
     use strom_protocol::messages::kafka;
     let key = frame.api_key;
     if key == ApiKey::ApiVersions {
@@ -142,6 +157,60 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame) -> Reply {
         ApiKey::SaslHandshake => decode_and!(frame, kafka::SaslHandshakeRequest, |req| {
             respond(frame, &sasl::handshake(req))
         }),
+        ApiKey::FindCoordinator => decode_and!(frame, kafka::FindCoordinatorRequest, |req| {
+            respond(frame, &group::find_coordinator(broker, req, version).await)
+        }),
+        ApiKey::JoinGroup => decode_and!(frame, kafka::JoinGroupRequest, |req| {
+            let client = frame.client_id.as_ref();
+            respond(
+                frame,
+                &group::join_group(broker, req, version, client, peer).await,
+            )
+        }),
+        ApiKey::SyncGroup => decode_and!(frame, kafka::SyncGroupRequest, |req| {
+            respond(frame, &group::sync_group(broker, req, version).await)
+        }),
+        ApiKey::Heartbeat => decode_and!(frame, kafka::HeartbeatRequest, |req| {
+            respond(frame, &group::heartbeat(broker, req, version).await)
+        }),
+        ApiKey::LeaveGroup => decode_and!(frame, kafka::LeaveGroupRequest, |req| {
+            respond(frame, &group::leave_group(broker, req, version).await)
+        }),
+        ApiKey::OffsetCommit => decode_and!(frame, kafka::OffsetCommitRequest, |req| {
+            respond(frame, &group::offset_commit(broker, req, version).await)
+        }),
+        ApiKey::OffsetFetch => decode_and!(frame, kafka::OffsetFetchRequest, |req| {
+            respond(frame, &group::offset_fetch(broker, req, version).await)
+        }),
+        ApiKey::OffsetDelete => decode_and!(frame, kafka::OffsetDeleteRequest, |req| {
+            respond(frame, &group::offset_delete(broker, req).await)
+        }),
+        ApiKey::DescribeGroups => decode_and!(frame, kafka::DescribeGroupsRequest, |req| {
+            respond(frame, &group::describe_groups(broker, req, version).await)
+        }),
+        ApiKey::ListGroups => decode_and!(frame, kafka::ListGroupsRequest, |req| {
+            respond(frame, &group::list_groups(broker, req, version).await)
+        }),
+        ApiKey::DeleteGroups => decode_and!(frame, kafka::DeleteGroupsRequest, |req| {
+            respond(frame, &group::delete_groups(broker, req).await)
+        }),
+        ApiKey::ConsumerGroupHeartbeat => {
+            decode_and!(frame, kafka::ConsumerGroupHeartbeatRequest, |req| {
+                let client = frame.client_id.as_ref();
+                respond(
+                    frame,
+                    &group::consumer_group_heartbeat(broker, req, version, client, peer).await,
+                )
+            })
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            decode_and!(frame, kafka::ConsumerGroupDescribeRequest, |req| {
+                respond(
+                    frame,
+                    &group::consumer_group_describe(broker, req, version).await,
+                )
+            })
+        }
         other => Reply::Close(format!("no handler for {other:?}")),
     }
 }

@@ -152,6 +152,13 @@ fn resolve(
     };
     let name = name.ok_or((unknown, None))?;
     let topic = image.topic(name).ok_or((unknown, None))?;
+    if super::group::is_internal(name) {
+        // Only the coordinators write there (Kafka: internal topics refuse clients).
+        return Err((
+            ErrorCode::InvalidTopicException,
+            Some(format!("Cannot append to internal topic {name}")),
+        ));
+    }
     let meta = image
         .partition(name, index)
         .ok_or((ErrorCode::UnknownTopicOrPartition, None))?;

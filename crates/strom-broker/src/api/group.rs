@@ -1,0 +1,1192 @@
+//! The group APIs: FindCoordinator, the classic group protocol (JoinGroup,
+//! SyncGroup, Heartbeat, LeaveGroup), KIP-848 (ConsumerGroupHeartbeat,
+//! ConsumerGroupDescribe), offsets (OffsetCommit, OffsetFetch,
+//! OffsetDelete) and group administration (DescribeGroups, ListGroups,
+//! DeleteGroups).
+//!
+//! Each handler checks what the request says, lets the coordinator's state
+//! machine decide, and maps its answer onto the version asked for (fields a
+//! version does not have stay at their defaults).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::StrBytes;
+use strom_protocol::messages::kafka::{BrokerId, GroupId, TopicName};
+use strom_protocol::messages::kafka::{
+    consumer_group_describe_request::ConsumerGroupDescribeRequest,
+    consumer_group_describe_response::{self as cgd, ConsumerGroupDescribeResponse},
+    consumer_group_heartbeat_request::ConsumerGroupHeartbeatRequest,
+    consumer_group_heartbeat_response::{self as cgh, ConsumerGroupHeartbeatResponse},
+    delete_groups_request::DeleteGroupsRequest,
+    delete_groups_response::{DeletableGroupResult, DeleteGroupsResponse},
+    describe_groups_request::DescribeGroupsRequest,
+    describe_groups_response::{DescribeGroupsResponse, DescribedGroup, DescribedGroupMember},
+    find_coordinator_request::FindCoordinatorRequest,
+    find_coordinator_response::{Coordinator, FindCoordinatorResponse},
+    heartbeat_request::HeartbeatRequest,
+    heartbeat_response::HeartbeatResponse,
+    join_group_request::JoinGroupRequest,
+    join_group_response::{JoinGroupResponse, JoinGroupResponseMember},
+    leave_group_request::LeaveGroupRequest,
+    leave_group_response::{LeaveGroupResponse, MemberResponse},
+    list_groups_request::ListGroupsRequest,
+    list_groups_response::{ListGroupsResponse, ListedGroup},
+    offset_commit_request::OffsetCommitRequest,
+    offset_commit_response::{
+        OffsetCommitResponse, OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+    },
+    offset_delete_request::OffsetDeleteRequest,
+    offset_delete_response::{
+        OffsetDeleteResponse, OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+    },
+    offset_fetch_request::OffsetFetchRequest,
+    offset_fetch_response::{
+        OffsetFetchResponse, OffsetFetchResponseGroup, OffsetFetchResponsePartition,
+        OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+    },
+    sync_group_request::SyncGroupRequest,
+    sync_group_response::SyncGroupResponse,
+};
+
+use crate::broker::Broker;
+use crate::group::classic::{JoinRequest, JoinResult, Outbox, Reply, SyncResult};
+use crate::group::consumer::{self, Partitions};
+use crate::group::store::{OFFSETS_TOPIC, OffsetValue, Record};
+use crate::group::{Group, GroupCoordinator, GroupState};
+
+/// FindCoordinator key types.
+const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
+
+/// A coordinator (node, host, port), or why there is none.
+type Lookup = Result<(i32, String, i32), (ErrorCode, String)>;
+/// Committed offsets by topic: (partition, offset, leader epoch, metadata).
+type Committed = Vec<(String, Vec<(i32, i64, i32, String)>)>;
+
+fn s(text: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(text.into())
+}
+
+fn opt(text: Option<&StrBytes>) -> Option<String> {
+    text.map(|t| t.to_string())
+}
+
+/// Kafka's client host: the Java `InetAddress` form.
+fn client_host(peer: SocketAddr) -> String {
+    format!("/{}", peer.ip())
+}
+
+fn client_id(client: Option<&StrBytes>) -> String {
+    client.map(|c| c.to_string()).unwrap_or_default()
+}
+
+/// Waits for a parked reply; a dropped sender means the group went away.
+async fn wait<T>(reply: Reply<T>, gone: T) -> T {
+    match reply {
+        Reply::Now(r) => r,
+        Reply::Later(rx) => rx.await.unwrap_or(gone),
+    }
+}
+
+/// Persists the group after a change made under `state`, then delivers the
+/// replies it parked.
+async fn finish(
+    coordinator: &GroupCoordinator,
+    broker: &Arc<Broker>,
+    state: &GroupState,
+    group_id: &str,
+    out: Outbox,
+) {
+    if out.persist {
+        let record = state.group_record(group_id, &coordinator.config);
+        if let Err(e) = coordinator.persist(broker, group_id, vec![record]).await {
+            tracing::warn!(group = %group_id, error = ?e, "could not persist a group change");
+        }
+    }
+    out.deliver();
+}
+
+// ---------------------------------------------------------------- FindCoordinator
+
+pub async fn find_coordinator(
+    broker: &Arc<Broker>,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let keys: Vec<String> = if version >= 4 {
+        req.coordinator_keys.iter().map(|k| k.to_string()).collect()
+    } else {
+        vec![req.key.to_string()]
+    };
+    let key_type = req.key_type;
+    let broker_for_task = Arc::clone(broker);
+    let found: Vec<(String, Lookup)> = super::blocking(move || {
+        keys.into_iter()
+            .map(|key| {
+                let answer = match key_type {
+                    KEY_TYPE_GROUP => crate::group::coordinator_for(
+                        &broker_for_task,
+                        &broker_for_task.groups.config,
+                        &key,
+                    )
+                    .map_err(|e| (e, "The coordinator is not available.".to_owned()))
+                    .and_then(|node| {
+                        endpoint(&broker_for_task, node).ok_or((
+                            ErrorCode::CoordinatorNotAvailable,
+                            "The coordinator is not available.".to_owned(),
+                        ))
+                    }),
+                    KEY_TYPE_TRANSACTION => Err((
+                        ErrorCode::CoordinatorNotAvailable,
+                        "Transactions are not supported by this broker yet.".to_owned(),
+                    )),
+                    other => Err((
+                        ErrorCode::InvalidRequest,
+                        format!("Unknown coordinator type {other}."),
+                    )),
+                };
+                (key, answer)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default();
+    let mut response = FindCoordinatorResponse::default();
+    if version >= 4 {
+        response.coordinators = found
+            .into_iter()
+            .map(|(key, answer)| {
+                let mut c = Coordinator::default();
+                c.key = s(key);
+                match answer {
+                    Ok((node, host, port)) => {
+                        c.node_id = BrokerId(node);
+                        c.host = s(host);
+                        c.port = port;
+                    }
+                    Err((code, message)) => {
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
+                        c.error_code = code as i16;
+                        c.error_message = Some(s(message));
+                    }
+                }
+                c
+            })
+            .collect();
+        return response;
+    }
+    match found.into_iter().next().map(|(_, a)| a) {
+        Some(Ok((node, host, port))) => {
+            response.node_id = BrokerId(node);
+            response.host = s(host);
+            response.port = port;
+            if version >= 1 {
+                response.error_message = Some(s("NONE"));
+            }
+        }
+        Some(Err((code, message))) => {
+            response.error_code = code as i16;
+            response.node_id = BrokerId(-1);
+            response.port = -1;
+            if version >= 1 {
+                response.error_message = Some(s(message));
+            }
+        }
+        None => {
+            response.error_code = ErrorCode::CoordinatorNotAvailable as i16;
+            response.node_id = BrokerId(-1);
+            response.port = -1;
+        }
+    }
+    response
+}
+
+fn endpoint(broker: &Broker, node: i32) -> Option<(i32, String, i32)> {
+    if node == broker.node_id {
+        return Some((
+            node,
+            broker.advertised_host.clone(),
+            i32::from(broker.advertised_port),
+        ));
+    }
+    let image = broker.image();
+    let b = image.brokers.get(&node)?;
+    Some((node, b.host.clone(), i32::from(b.port)))
+}
+
+// ---------------------------------------------------------------- classic protocol
+
+/// Checks every group request makes first.
+fn check_group(broker: &Broker, group_id: &str) -> Result<(), ErrorCode> {
+    if group_id.is_empty() {
+        return Err(ErrorCode::InvalidGroupId);
+    }
+    match broker.groups.coordinator_error(broker, group_id) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn join_response(result: JoinResult, version: i16) -> JoinGroupResponse {
+    let mut r = JoinGroupResponse::default();
+    r.error_code = result.error as i16;
+    r.generation_id = result.generation;
+    if version >= 7 {
+        r.protocol_type = result.protocol_type.map(s);
+    }
+    r.protocol_name = if version >= 7 {
+        result.protocol_name.map(s)
+    } else {
+        Some(s(result.protocol_name.unwrap_or_default()))
+    };
+    r.leader = s(result.leader);
+    if version >= 9 {
+        r.skip_assignment = result.skip_assignment;
+    }
+    r.member_id = s(result.member_id);
+    r.members = result
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let mut m = JoinGroupResponseMember::default();
+            m.member_id = s(id);
+            if version >= 5 {
+                m.group_instance_id = instance.map(s);
+            }
+            m.metadata = metadata;
+            m
+        })
+        .collect();
+    r
+}
+
+pub async fn join_group(
+    broker: &Arc<Broker>,
+    req: JoinGroupRequest,
+    version: i16,
+    client: Option<&StrBytes>,
+    peer: SocketAddr,
+) -> JoinGroupResponse {
+    let group_id = req.group_id.to_string();
+    let member_id = req.member_id.to_string();
+    let fail = |code: ErrorCode| join_response(JoinResult::error(code, &member_id), version);
+    if let Err(code) = check_group(broker, &group_id) {
+        return fail(code);
+    }
+    let coordinator = &broker.groups;
+    let config = &coordinator.config;
+    if req.session_timeout_ms < config.min_session_timeout_ms
+        || req.session_timeout_ms > config.max_session_timeout_ms
+    {
+        return fail(ErrorCode::InvalidSessionTimeout);
+    }
+    if req.protocol_type.is_empty() || req.protocols.is_empty() {
+        return fail(ErrorCode::InconsistentGroupProtocol);
+    }
+    let request = JoinRequest {
+        member_id: member_id.clone(),
+        instance_id: if version >= 5 {
+            opt(req.group_instance_id.as_ref())
+        } else {
+            None
+        },
+        client_id: client_id(client),
+        client_host: client_host(peer),
+        session_timeout_ms: req.session_timeout_ms,
+        // Version 0 has no rebalance timeout: the session timeout is it.
+        rebalance_timeout_ms: if version >= 1 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms
+        },
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let reply = {
+        let mut state = coordinator.lock().await;
+        let now = broker.clock.now_ms();
+        let existed = state.groups.contains_key(&group_id);
+        let Some(group) = state.classic_or_create(&group_id, now) else {
+            return fail(ErrorCode::InconsistentGroupProtocol);
+        };
+        let mut out = Outbox::default();
+        let reply = group.join(request, now, config, &mut out);
+        let unused = !existed
+            && group.is_empty()
+            && matches!(&reply, Reply::Now(r) if r.error != ErrorCode::MemberIdRequired);
+        if unused && !state.offsets.contains_key(&group_id) {
+            state.groups.remove(&group_id);
+        }
+        finish(coordinator, broker, &state, &group_id, out).await;
+        reply
+    };
+    let result = wait(
+        reply,
+        JoinResult::error(ErrorCode::UnknownMemberId, &member_id),
+    )
+    .await;
+    join_response(result, version)
+}
+
+fn sync_response(result: SyncResult, version: i16) -> SyncGroupResponse {
+    let mut r = SyncGroupResponse::default();
+    r.error_code = result.error as i16;
+    if version >= 5 {
+        r.protocol_type = result.protocol_type.map(s);
+        r.protocol_name = result.protocol_name.map(s);
+    }
+    r.assignment = result.assignment;
+    r
+}
+
+pub async fn sync_group(
+    broker: &Arc<Broker>,
+    req: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let group_id = req.group_id.to_string();
+    if let Err(code) = check_group(broker, &group_id) {
+        return sync_response(SyncResult::error(code), version);
+    }
+    let coordinator = &broker.groups;
+    let member_id = req.member_id.to_string();
+    let instance_id = if version >= 3 {
+        opt(req.group_instance_id.as_ref())
+    } else {
+        None
+    };
+    let assignments: Vec<(String, Bytes)> = req
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .collect();
+    let reply = {
+        let mut state = coordinator.lock().await;
+        let now = broker.clock.now_ms();
+        let Some(Group::Classic(group)) = state.groups.get_mut(&group_id) else {
+            return sync_response(SyncResult::error(ErrorCode::UnknownMemberId), version);
+        };
+        let mut out = Outbox::default();
+        let reply = group.sync(
+            &member_id,
+            instance_id.as_deref(),
+            req.generation_id,
+            if version >= 5 {
+                req.protocol_type.as_ref().map(|t| t.as_str())
+            } else {
+                None
+            },
+            if version >= 5 {
+                req.protocol_name.as_ref().map(|n| n.as_str())
+            } else {
+                None
+            },
+            assignments,
+            now,
+            &mut out,
+        );
+        finish(coordinator, broker, &state, &group_id, out).await;
+        reply
+    };
+    sync_response(
+        wait(reply, SyncResult::error(ErrorCode::UnknownMemberId)).await,
+        version,
+    )
+}
+
+pub async fn heartbeat(
+    broker: &Arc<Broker>,
+    req: HeartbeatRequest,
+    version: i16,
+) -> HeartbeatResponse {
+    let group_id = req.group_id.to_string();
+    let mut response = HeartbeatResponse::default();
+    if let Err(code) = check_group(broker, &group_id) {
+        response.error_code = code as i16;
+        return response;
+    }
+    let instance_id = if version >= 3 {
+        opt(req.group_instance_id.as_ref())
+    } else {
+        None
+    };
+    let mut state = broker.groups.lock().await;
+    let now = broker.clock.now_ms();
+    let code = match state.groups.get_mut(&group_id) {
+        Some(Group::Classic(group)) => group.heartbeat(
+            &req.member_id,
+            instance_id.as_deref(),
+            req.generation_id,
+            now,
+        ),
+        _ => ErrorCode::UnknownMemberId,
+    };
+    response.error_code = code as i16;
+    response
+}
+
+pub async fn leave_group(
+    broker: &Arc<Broker>,
+    req: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let group_id = req.group_id.to_string();
+    let mut response = LeaveGroupResponse::default();
+    if let Err(code) = check_group(broker, &group_id) {
+        response.error_code = code as i16;
+        return response;
+    }
+    let leaving: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| (m.member_id.to_string(), opt(m.group_instance_id.as_ref())))
+            .collect()
+    } else {
+        vec![(req.member_id.to_string(), None)]
+    };
+    let coordinator = &broker.groups;
+    let mut state = coordinator.lock().await;
+    let now = broker.clock.now_ms();
+    let Some(Group::Classic(group)) = state.groups.get_mut(&group_id) else {
+        response.error_code = ErrorCode::UnknownMemberId as i16;
+        return response;
+    };
+    let mut out = Outbox::default();
+    let results: Vec<(String, Option<String>, ErrorCode)> = leaving
+        .into_iter()
+        .map(|(member, instance)| {
+            let code = group.leave(
+                &member,
+                instance.as_deref(),
+                now,
+                &coordinator.config,
+                &mut out,
+            );
+            (member, instance, code)
+        })
+        .collect();
+    out.persist = true;
+    finish(coordinator, broker, &state, &group_id, out).await;
+    if version >= 3 {
+        response.members = results
+            .into_iter()
+            .map(|(member, instance, code)| {
+                let mut m = MemberResponse::default();
+                m.member_id = s(member);
+                m.group_instance_id = instance.map(s);
+                m.error_code = code as i16;
+                m
+            })
+            .collect();
+    } else if let Some((_, _, code)) = results.first() {
+        response.error_code = *code as i16;
+    }
+    response
+}
+
+// ---------------------------------------------------------------- offsets
+
+/// Validates a commit against the group; creates an empty group for a
+/// standalone consumer's first commit.
+fn validate_commit(
+    state: &mut GroupState,
+    group_id: &str,
+    member_id: &str,
+    instance_id: Option<&str>,
+    generation: i32,
+    version: i16,
+    now: i64,
+) -> Result<(), ErrorCode> {
+    match state.groups.get(group_id) {
+        None if generation < 0 && member_id.is_empty() => {
+            state.classic_or_create(group_id, now);
+            Ok(())
+        }
+        None => Err(ErrorCode::IllegalGeneration),
+        Some(Group::Classic(g)) => g.validate_commit(member_id, instance_id, generation),
+        Some(Group::Consumer(g)) => {
+            let stale = if version >= 9 {
+                ErrorCode::StaleMemberEpoch
+            } else {
+                ErrorCode::IllegalGeneration
+            };
+            g.validate_commit(member_id, generation, stale)
+        }
+    }
+}
+
+pub async fn offset_commit(
+    broker: &Arc<Broker>,
+    req: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
+    let group_id = req.group_id.to_string();
+    let coordinator = &broker.groups;
+    let image = broker.image();
+    let respond = |f: &dyn Fn(&str, i32) -> ErrorCode| {
+        let mut response = OffsetCommitResponse::default();
+        response.topics = req
+            .topics
+            .iter()
+            .map(|t| {
+                let mut topic = OffsetCommitResponseTopic::default();
+                topic.name = t.name.clone();
+                topic.partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let mut r = OffsetCommitResponsePartition::default();
+                        r.partition_index = p.partition_index;
+                        r.error_code = f(&t.name, p.partition_index) as i16;
+                        r
+                    })
+                    .collect();
+                topic
+            })
+            .collect();
+        response
+    };
+    if let Err(code) = check_group(broker, &group_id) {
+        return respond(&|_, _| code);
+    }
+    let mut state = coordinator.lock().await;
+    let now = broker.clock.now_ms();
+    let instance_id = if version >= 7 {
+        opt(req.group_instance_id.as_ref())
+    } else {
+        None
+    };
+    if let Err(code) = validate_commit(
+        &mut state,
+        &group_id,
+        &req.member_id,
+        instance_id.as_deref(),
+        req.generation_id_or_member_epoch,
+        version,
+        now,
+    ) {
+        return respond(&|_, _| code);
+    }
+    let mut errors: BTreeMap<(String, i32), ErrorCode> = BTreeMap::new();
+    let mut records = Vec::new();
+    let mut accepted = Vec::new();
+    for t in &req.topics {
+        for p in &t.partitions {
+            let key = (t.name.to_string(), p.partition_index);
+            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+            let code = if image.partition(&t.name, p.partition_index).is_none() {
+                ErrorCode::UnknownTopicOrPartition
+            } else if metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > coordinator.config.offset_metadata_max_bytes)
+            {
+                ErrorCode::OffsetMetadataTooLarge
+            } else {
+                let value = OffsetValue {
+                    offset: p.committed_offset,
+                    leader_epoch: if version >= 6 {
+                        p.committed_leader_epoch
+                    } else {
+                        -1
+                    },
+                    metadata,
+                    commit_timestamp_ms: now,
+                };
+                records.push(Record::offset(
+                    &group_id,
+                    &key.0,
+                    key.1,
+                    Some(value.clone()),
+                ));
+                accepted.push((key.clone(), value));
+                ErrorCode::None
+            };
+            errors.insert(key, code);
+        }
+    }
+    if let Err(code) = coordinator.persist(broker, &group_id, records).await {
+        for (key, _) in &accepted {
+            errors.insert(key.clone(), code);
+        }
+    } else if !accepted.is_empty() {
+        let offsets = state.offsets.entry(group_id.clone()).or_default();
+        offsets.extend(accepted);
+    }
+    drop(state);
+    respond(&|topic, partition| {
+        errors
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .unwrap_or(ErrorCode::None)
+    })
+}
+
+/// One group's committed offsets for the requested partitions (all when
+/// `topics` is `None`); a group or partition with nothing committed gets
+/// offset -1 and no error, as clients expect.
+fn committed(
+    state: &GroupState,
+    group_id: &str,
+    topics: Option<Vec<(String, Vec<i32>)>>,
+) -> Committed {
+    let offsets = state.offsets.get(group_id);
+    let wanted: Vec<(String, Vec<i32>)> = match topics {
+        Some(t) => t,
+        None => {
+            let mut all: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+            for (topic, partition) in offsets.into_iter().flat_map(|o| o.keys()) {
+                all.entry(topic.clone()).or_default().push(*partition);
+            }
+            all.into_iter().collect()
+        }
+    };
+    wanted
+        .into_iter()
+        .map(|(topic, partitions)| {
+            let list = partitions
+                .into_iter()
+                .map(|p| match offsets.and_then(|o| o.get(&(topic.clone(), p))) {
+                    Some(v) => (
+                        p,
+                        v.offset,
+                        v.leader_epoch,
+                        v.metadata.clone().unwrap_or_default(),
+                    ),
+                    None => (p, -1, -1, String::new()),
+                })
+                .collect();
+            (topic, list)
+        })
+        .collect()
+}
+
+pub async fn offset_fetch(
+    broker: &Arc<Broker>,
+    req: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    let mut response = OffsetFetchResponse::default();
+    if version < 8 {
+        let group_id = req.group_id.to_string();
+        if let Err(code) = check_group(broker, &group_id) {
+            if version >= 2 {
+                response.error_code = code as i16;
+            } else {
+                // Version 1 has only per-partition errors.
+                response.topics = req
+                    .topics
+                    .iter()
+                    .flatten()
+                    .map(|t| {
+                        let mut topic = OffsetFetchResponseTopic::default();
+                        topic.name = t.name.clone();
+                        topic.partitions = t
+                            .partition_indexes
+                            .iter()
+                            .map(|p| {
+                                let mut r = OffsetFetchResponsePartition::default();
+                                r.partition_index = *p;
+                                r.committed_offset = -1;
+                                r.error_code = code as i16;
+                                r
+                            })
+                            .collect();
+                        topic
+                    })
+                    .collect();
+            }
+            return response;
+        }
+        let topics = req.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.name.to_string(), t.partition_indexes))
+                .collect()
+        });
+        let state = broker.groups.lock().await;
+        response.topics = committed(&state, &group_id, topics)
+            .into_iter()
+            .map(|(name, partitions)| {
+                let mut topic = OffsetFetchResponseTopic::default();
+                topic.name = TopicName(s(name));
+                topic.partitions = partitions
+                    .into_iter()
+                    .map(|(p, offset, epoch, metadata)| {
+                        let mut r = OffsetFetchResponsePartition::default();
+                        r.partition_index = p;
+                        r.committed_offset = offset;
+                        if version >= 5 {
+                            r.committed_leader_epoch = epoch;
+                        }
+                        r.metadata = Some(s(metadata));
+                        r
+                    })
+                    .collect();
+                topic
+            })
+            .collect();
+        return response;
+    }
+    let state = broker.groups.lock().await;
+    response.groups = req
+        .groups
+        .into_iter()
+        .map(|g| {
+            let group_id = g.group_id.to_string();
+            let mut out = OffsetFetchResponseGroup::default();
+            out.group_id = g.group_id.clone();
+            if let Err(code) = check_group(broker, &group_id) {
+                out.error_code = code as i16;
+                return out;
+            }
+            // Version 9: a KIP-848 member fetching must be current.
+            if version >= 9
+                && let Some(member) = g.member_id.as_ref().filter(|m| !m.is_empty())
+                && let Some(Group::Consumer(cg)) = state.groups.get(&group_id)
+                && let Err(code) =
+                    cg.validate_commit(member, g.member_epoch, ErrorCode::StaleMemberEpoch)
+            {
+                out.error_code = code as i16;
+                return out;
+            }
+            let topics = g.topics.map(|ts| {
+                ts.into_iter()
+                    .map(|t| (t.name.to_string(), t.partition_indexes))
+                    .collect()
+            });
+            out.topics = committed(&state, &group_id, topics)
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let mut topic = OffsetFetchResponseTopics::default();
+                    topic.name = TopicName(s(name));
+                    topic.partitions = partitions
+                        .into_iter()
+                        .map(|(p, offset, epoch, metadata)| {
+                            let mut r = OffsetFetchResponsePartitions::default();
+                            r.partition_index = p;
+                            r.committed_offset = offset;
+                            r.committed_leader_epoch = epoch;
+                            r.metadata = Some(s(metadata));
+                            r
+                        })
+                        .collect();
+                    topic
+                })
+                .collect();
+            out
+        })
+        .collect();
+    response
+}
+
+pub async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    let group_id = req.group_id.to_string();
+    let mut response = OffsetDeleteResponse::default();
+    if let Err(code) = check_group(broker, &group_id) {
+        response.error_code = code as i16;
+        return response;
+    }
+    let coordinator = &broker.groups;
+    let mut state = coordinator.lock().await;
+    let Some(group) = state.groups.get(&group_id) else {
+        response.error_code = ErrorCode::GroupIdNotFound as i16;
+        return response;
+    };
+    if let Group::Classic(g) = group
+        && !g.is_empty()
+        && g.protocol_type.as_deref() != Some("consumer")
+    {
+        response.error_code = ErrorCode::NonEmptyGroup as i16;
+        return response;
+    }
+    let mut records = Vec::new();
+    let mut results = Vec::new();
+    for t in &req.topics {
+        let subscribed = group.subscribes_to(&t.name);
+        let mut topic = OffsetDeleteResponseTopic::default();
+        topic.name = t.name.clone();
+        for p in &t.partitions {
+            let mut r = OffsetDeleteResponsePartition::default();
+            r.partition_index = p.partition_index;
+            if subscribed {
+                r.error_code = ErrorCode::GroupSubscribedToTopic as i16;
+            } else if state
+                .offsets
+                .get(&group_id)
+                .is_some_and(|o| o.contains_key(&(t.name.to_string(), p.partition_index)))
+            {
+                records.push(Record::offset(&group_id, &t.name, p.partition_index, None));
+            }
+            topic.partitions.push(r);
+        }
+        results.push(topic);
+    }
+    if let Err(code) = coordinator
+        .persist(broker, &group_id, records.clone())
+        .await
+    {
+        response.error_code = code as i16;
+        return response;
+    }
+    if let Some(offsets) = state.offsets.get_mut(&group_id) {
+        for r in &records {
+            if let crate::group::store::RecordKey::Offset {
+                topic, partition, ..
+            } = r.key()
+            {
+                offsets.remove(&(topic.clone(), *partition));
+            }
+        }
+    }
+    response.topics = results;
+    response
+}
+
+// ---------------------------------------------------------------- group administration
+
+pub async fn describe_groups(
+    broker: &Arc<Broker>,
+    req: DescribeGroupsRequest,
+    version: i16,
+) -> DescribeGroupsResponse {
+    let mut response = DescribeGroupsResponse::default();
+    let state = broker.groups.lock().await;
+    response.groups = req
+        .groups
+        .iter()
+        .map(|group_id| {
+            let mut d = DescribedGroup::default();
+            d.group_id = group_id.clone();
+            if let Err(code) = check_group(broker, group_id) {
+                d.error_code = code as i16;
+                return d;
+            }
+            match state.groups.get(group_id.as_str()) {
+                Some(Group::Classic(g)) => {
+                    d.group_state = s(g.state.name());
+                    d.protocol_type = s(g.protocol_type.clone().unwrap_or_default());
+                    let stable = g.state == crate::group::classic::ClassicState::Stable;
+                    d.protocol_data = s(if stable {
+                        g.protocol_name.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    });
+                    d.members = g
+                        .describe_members()
+                        .into_iter()
+                        .map(|(id, instance, client, host, metadata, assignment)| {
+                            let mut m = DescribedGroupMember::default();
+                            m.member_id = s(id);
+                            if version >= 4 {
+                                m.group_instance_id = instance.map(s);
+                            }
+                            m.client_id = s(client);
+                            m.client_host = s(host);
+                            // Kafka sends metadata and assignment only when stable.
+                            if stable {
+                                m.member_metadata = metadata;
+                                m.member_assignment = assignment;
+                            }
+                            m
+                        })
+                        .collect();
+                }
+                Some(Group::Consumer(_)) | None => {
+                    d.group_state = s("Dead");
+                    if version >= 6 {
+                        d.error_code = ErrorCode::GroupIdNotFound as i16;
+                        d.error_message = Some(s(match state.groups.get(group_id.as_str()) {
+                            Some(_) => {
+                                format!("Group {} is not a classic group.", group_id.as_str())
+                            }
+                            None => format!("Group {} not found.", group_id.as_str()),
+                        }));
+                    }
+                }
+            }
+            d
+        })
+        .collect();
+    response
+}
+
+pub async fn list_groups(
+    broker: &Arc<Broker>,
+    req: ListGroupsRequest,
+    version: i16,
+) -> ListGroupsResponse {
+    let states: BTreeSet<String> = req
+        .states_filter
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let types: BTreeSet<String> = req
+        .types_filter
+        .iter()
+        .map(|s| s.to_ascii_lowercase())
+        .collect();
+    let state = broker.groups.lock().await;
+    let mut groups: Vec<(&String, &Group)> = state
+        .groups
+        .iter()
+        .filter(|(_, g)| states.is_empty() || states.contains(&g.state_name().to_ascii_lowercase()))
+        .filter(|(_, g)| types.is_empty() || types.contains(g.group_type()))
+        .collect();
+    groups.sort_by_key(|(id, _)| *id);
+    let mut response = ListGroupsResponse::default();
+    response.groups = groups
+        .into_iter()
+        .map(|(id, g)| {
+            let mut l = ListedGroup::default();
+            l.group_id = GroupId(s(id.clone()));
+            l.protocol_type = s(g.protocol_type());
+            if version >= 4 {
+                l.group_state = s(g.state_name());
+            }
+            if version >= 5 {
+                l.group_type = s(g.group_type());
+            }
+            l
+        })
+        .collect();
+    response
+}
+
+pub async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let coordinator = &broker.groups;
+    let mut response = DeleteGroupsResponse::default();
+    let mut state = coordinator.lock().await;
+    for group_id in &req.groups_names {
+        let id = group_id.to_string();
+        let code = match check_group(broker, &id) {
+            Err(code) => code,
+            Ok(()) => match state.groups.get(&id) {
+                None => ErrorCode::GroupIdNotFound,
+                Some(g) if !g.is_empty() => ErrorCode::NonEmptyGroup,
+                Some(_) => {
+                    let mut records: Vec<Record> = state
+                        .offsets
+                        .get(&id)
+                        .into_iter()
+                        .flat_map(|o| o.keys())
+                        .map(|(topic, partition)| Record::offset(&id, topic, *partition, None))
+                        .collect();
+                    records.push(Record::group(&id, None));
+                    match coordinator.persist(broker, &id, records).await {
+                        Ok(()) => {
+                            state.groups.remove(&id);
+                            state.offsets.remove(&id);
+                            ErrorCode::None
+                        }
+                        Err(code) => code,
+                    }
+                }
+            },
+        };
+        let mut r = DeletableGroupResult::default();
+        r.group_id = group_id.clone();
+        r.error_code = code as i16;
+        response.results.push(r);
+    }
+    response
+}
+
+// ---------------------------------------------------------------- KIP-848
+
+fn topic_partitions(p: &Partitions) -> Vec<cgh::TopicPartitions> {
+    p.iter()
+        .map(|(t, ps)| {
+            let mut tp = cgh::TopicPartitions::default();
+            tp.topic_id = *t;
+            tp.partitions = ps.iter().copied().collect();
+            tp
+        })
+        .collect()
+}
+
+pub async fn consumer_group_heartbeat(
+    broker: &Arc<Broker>,
+    req: ConsumerGroupHeartbeatRequest,
+    version: i16,
+    client: Option<&StrBytes>,
+    peer: SocketAddr,
+) -> ConsumerGroupHeartbeatResponse {
+    let group_id = req.group_id.to_string();
+    let mut response = ConsumerGroupHeartbeatResponse::default();
+    let fail = |mut response: ConsumerGroupHeartbeatResponse, code: ErrorCode, message: String| {
+        response.error_code = code as i16;
+        response.error_message = Some(s(message));
+        response
+    };
+    if let Err(code) = check_group(broker, &group_id) {
+        return fail(
+            response,
+            code,
+            format!("The group coordinator for {group_id} is not available here."),
+        );
+    }
+    if version >= 1 && req.member_epoch == 0 && req.member_id.is_empty() {
+        return fail(
+            response,
+            ErrorCode::InvalidRequest,
+            "MemberId can't be empty.".into(),
+        );
+    }
+    let request = consumer::Heartbeat {
+        member_id: req.member_id.to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: opt(req.instance_id.as_ref()),
+        rack_id: opt(req.rack_id.as_ref()),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req
+            .subscribed_topic_names
+            .as_ref()
+            .map(|names| names.iter().map(|n| n.to_string()).collect()),
+        subscribed_topic_regex: opt(req.subscribed_topic_regex.as_ref()),
+        server_assignor: opt(req.server_assignor.as_ref()),
+        owned: req.topic_partitions.as_ref().map(|tps| {
+            tps.iter()
+                .map(|tp| (tp.topic_id, tp.partitions.clone()))
+                .collect()
+        }),
+        client_id: client_id(client),
+        client_host: client_host(peer),
+    };
+    let coordinator = &broker.groups;
+    let image = broker.image();
+    let mut state = coordinator.lock().await;
+    let now = broker.clock.now_ms();
+    let Some(group) = state.consumer_or_create(&group_id, now) else {
+        return fail(
+            response,
+            ErrorCode::GroupIdNotFound,
+            format!("Group {group_id} is not a consumer group."),
+        );
+    };
+    let (result, persist) = group.heartbeat(request, now, &image, &coordinator.config);
+    if persist {
+        let record = state.group_record(&group_id, &coordinator.config);
+        if let Err(e) = coordinator.persist(broker, &group_id, vec![record]).await {
+            tracing::warn!(group = %group_id, error = ?e, "could not persist a consumer group change");
+        }
+    }
+    // A group that never got a member (its first heartbeat failed) is not kept.
+    if state.groups.get(&group_id).is_some_and(Group::is_empty)
+        && !state.offsets.contains_key(&group_id)
+        && result.error != ErrorCode::None
+    {
+        state.groups.remove(&group_id);
+    }
+    drop(state);
+    response.error_code = result.error as i16;
+    response.error_message = result.message.map(s);
+    response.member_id = Some(s(result.member_id));
+    response.member_epoch = result.member_epoch;
+    response.heartbeat_interval_ms = result.heartbeat_interval_ms;
+    response.assignment = result.assignment.map(|a| {
+        let mut assignment = cgh::Assignment::default();
+        assignment.topic_partitions = topic_partitions(&a);
+        assignment
+    });
+    response
+}
+
+pub async fn consumer_group_describe(
+    broker: &Arc<Broker>,
+    req: ConsumerGroupDescribeRequest,
+    version: i16,
+) -> ConsumerGroupDescribeResponse {
+    let image = broker.image();
+    let named = |p: &Partitions| -> cgd::Assignment {
+        let mut a = cgd::Assignment::default();
+        a.topic_partitions = p
+            .iter()
+            .map(|(id, ps)| {
+                let mut tp = cgd::TopicPartitions::default();
+                tp.topic_id = *id;
+                tp.topic_name = TopicName(s(image
+                    .topic_by_id(id)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default()));
+                tp.partitions = ps.iter().copied().collect();
+                tp
+            })
+            .collect();
+        a
+    };
+    let state = broker.groups.lock().await;
+    let config = &broker.groups.config;
+    let mut response = ConsumerGroupDescribeResponse::default();
+    response.groups = req
+        .group_ids
+        .iter()
+        .map(|group_id| {
+            let mut d = cgd::DescribedGroup::default();
+            d.group_id = group_id.clone();
+            if let Err(code) = check_group(broker, group_id) {
+                d.error_code = code as i16;
+                return d;
+            }
+            match state.groups.get(group_id.as_str()) {
+                Some(Group::Consumer(g)) => {
+                    d.group_state = s(g.state_name());
+                    d.group_epoch = g.group_epoch;
+                    d.assignment_epoch = g.assignment_epoch;
+                    d.assignor_name = s(g.assignor(config).name());
+                    d.members = g
+                        .describe_members()
+                        .into_iter()
+                        .map(|m| {
+                            let mut member = cgd::Member::default();
+                            member.member_id = s(m.member_id);
+                            member.instance_id = m.instance_id.map(s);
+                            member.rack_id = m.rack_id.map(s);
+                            member.member_epoch = m.member_epoch;
+                            member.client_id = s(m.client_id);
+                            member.client_host = s(m.client_host);
+                            member.subscribed_topic_names = m
+                                .subscribed_topic_names
+                                .into_iter()
+                                .map(|n| TopicName(s(n)))
+                                .collect();
+                            member.assignment = named(&m.assignment);
+                            member.target_assignment = named(&m.target);
+                            if version >= 1 {
+                                // KIP-1099: 1 = consumer protocol member.
+                                member.member_type = 1;
+                            }
+                            member
+                        })
+                        .collect();
+                }
+                Some(Group::Classic(_)) => {
+                    d.error_code = ErrorCode::GroupIdNotFound as i16;
+                    d.error_message = Some(s(format!(
+                        "Group {} is not a consumer group.",
+                        group_id.as_str()
+                    )));
+                }
+                None => {
+                    d.error_code = ErrorCode::GroupIdNotFound as i16;
+                    d.error_message = Some(s(format!("Group {} not found.", group_id.as_str())));
+                }
+            }
+            d
+        })
+        .collect();
+    response
+}
+
+/// Topics this broker refuses to take client writes for.
+pub fn is_internal(topic: &str) -> bool {
+    topic == OFFSETS_TOPIC
+}

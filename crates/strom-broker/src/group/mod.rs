@@ -1,0 +1,676 @@
+//! The group coordinator: consumer groups (classic and KIP-848) and their
+//! committed offsets.
+//!
+//! ```text
+//! request ──> lock the coordinator ──> group state machine ──> records
+//!                                                              │
+//!             answer <── deliver parked replies <── append to __consumer_offsets
+//! ```
+//!
+//! Every change that must survive a restart (a committed offset, a group's
+//! members and assignment) is appended to the group's partition of the
+//! internal compacted topic `__consumer_offsets` before anyone is answered,
+//! while the coordinator lock is held, so the log order is the order of the
+//! changes. At start the coordinator replays those partitions.
+//!
+//! One lock for all groups keeps this simple and correct; appends are
+//! page-cache writes of a few hundred bytes, so the lock is held for
+//! microseconds. Long waits (a JoinGroup parked until the rebalance ends)
+//! never hold it: they wait on a channel the group answers later.
+
+pub mod assignor;
+pub mod classic;
+pub mod consumer;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use strom_controller::controller::CreateTopicRequest;
+use strom_controller::{MetadataImage, PartitionImage};
+use strom_protocol::error_code::ErrorCode;
+use strom_storage::{AppendError, AppendOrigin};
+use tokio::sync::Mutex;
+
+use crate::broker::Broker;
+use crate::config::ConfigError;
+use crate::replica::ReplicaManager;
+use assignor::Assignor;
+use classic::{ClassicGroup, Outbox};
+use consumer::ConsumerGroup;
+use store::{GroupValue, OFFSETS_TOPIC, OffsetValue, Record};
+
+/// How often timers run (session expiry, rebalance and join timeouts).
+const TICK: Duration = Duration::from_millis(100);
+/// Kafka's `offsets.topic.segment.bytes` default.
+const OFFSETS_SEGMENT_BYTES: &str = "104857600";
+
+/// The coordinator's settings, from broker properties with Kafka's names.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// `group.min.session.timeout.ms`, default 6 s.
+    pub min_session_timeout_ms: i32,
+    /// `group.max.session.timeout.ms`, default 30 minutes.
+    pub max_session_timeout_ms: i32,
+    /// `group.initial.rebalance.delay.ms`, default 3 s.
+    pub initial_rebalance_delay_ms: i64,
+    /// `group.max.size` (classic), default unbounded.
+    pub max_size: Option<usize>,
+    /// `offsets.topic.num.partitions`, default 50.
+    pub offsets_partitions: i32,
+    /// `offsets.topic.replication.factor`, default 3 (capped by the brokers
+    /// there are when the topic is created).
+    pub offsets_replication_factor: i16,
+    /// `offsets.retention.minutes`, default 7 days, in ms.
+    pub offsets_retention_ms: i64,
+    /// `offsets.retention.check.interval.ms`, default 10 minutes.
+    pub offsets_retention_check_interval_ms: i64,
+    /// `offset.metadata.max.bytes`, default 4096.
+    pub offset_metadata_max_bytes: usize,
+    /// `group.consumer.heartbeat.interval.ms`, default 5 s.
+    pub consumer_heartbeat_interval_ms: i32,
+    /// `group.consumer.session.timeout.ms`, default 45 s.
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.max.size`, default unbounded.
+    pub consumer_max_size: Option<usize>,
+    /// `group.consumer.assignors`, default `uniform,range`; the first is
+    /// the default.
+    pub consumer_assignors: Vec<Assignor>,
+}
+
+fn prop<T: std::str::FromStr>(
+    props: &BTreeMap<String, String>,
+    name: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match props.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("{name}: invalid value {v:?}"))),
+    }
+}
+
+fn positive<T: PartialOrd + Default + std::fmt::Display>(
+    name: &str,
+    v: T,
+) -> Result<T, ConfigError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!("{name}: must be positive, got {v}")))
+    }
+}
+
+impl GroupConfig {
+    /// Reads and checks the group properties.
+    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let max_size = |name: &str| -> Result<Option<usize>, ConfigError> {
+            let v: i64 = prop(props, name, i64::from(i32::MAX))?;
+            let v = positive(name, v)?;
+            Ok(usize::try_from(v).ok().filter(|v| *v < i32::MAX as usize))
+        };
+        let assignors = props
+            .get("group.consumer.assignors")
+            .map_or("uniform,range", String::as_str)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|name| {
+                // Kafka also accepts the class names.
+                let short = name
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(name)
+                    .trim_end_matches("Assignor")
+                    .to_ascii_lowercase();
+                Assignor::from_name(&short).ok_or_else(|| {
+                    ConfigError(format!(
+                        "group.consumer.assignors: unknown assignor {name:?} (uniform and range exist)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if assignors.is_empty() {
+            return Err(ConfigError(
+                "group.consumer.assignors: must name at least one assignor".into(),
+            ));
+        }
+        let config = Self {
+            min_session_timeout_ms: positive(
+                "group.min.session.timeout.ms",
+                prop(props, "group.min.session.timeout.ms", 6_000)?,
+            )?,
+            max_session_timeout_ms: positive(
+                "group.max.session.timeout.ms",
+                prop(props, "group.max.session.timeout.ms", 1_800_000)?,
+            )?,
+            initial_rebalance_delay_ms: prop::<i64>(
+                props,
+                "group.initial.rebalance.delay.ms",
+                3_000,
+            )?
+            .max(0),
+            max_size: max_size("group.max.size")?,
+            offsets_partitions: positive(
+                "offsets.topic.num.partitions",
+                prop(props, "offsets.topic.num.partitions", 50)?,
+            )?,
+            offsets_replication_factor: positive(
+                "offsets.topic.replication.factor",
+                prop(props, "offsets.topic.replication.factor", 3)?,
+            )?,
+            offsets_retention_ms: positive(
+                "offsets.retention.minutes",
+                prop::<i64>(props, "offsets.retention.minutes", 10_080)?,
+            )?
+            .saturating_mul(60_000),
+            offsets_retention_check_interval_ms: positive(
+                "offsets.retention.check.interval.ms",
+                prop(props, "offsets.retention.check.interval.ms", 600_000)?,
+            )?,
+            offset_metadata_max_bytes: prop(props, "offset.metadata.max.bytes", 4096)?,
+            consumer_heartbeat_interval_ms: positive(
+                "group.consumer.heartbeat.interval.ms",
+                prop(props, "group.consumer.heartbeat.interval.ms", 5_000)?,
+            )?,
+            consumer_session_timeout_ms: positive(
+                "group.consumer.session.timeout.ms",
+                prop(props, "group.consumer.session.timeout.ms", 45_000)?,
+            )?,
+            consumer_max_size: max_size("group.consumer.max.size")?,
+            consumer_assignors: assignors,
+        };
+        if config.min_session_timeout_ms > config.max_session_timeout_ms {
+            return Err(ConfigError(
+                "group.min.session.timeout.ms must not exceed group.max.session.timeout.ms".into(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// `uniform, range`, for error messages.
+    pub fn assignor_names(&self) -> String {
+        self.consumer_assignors
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A group of either protocol.
+#[derive(Debug)]
+pub enum Group {
+    Classic(ClassicGroup),
+    Consumer(ConsumerGroup),
+}
+
+impl Group {
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Classic(g) => g.is_empty(),
+            Self::Consumer(g) => g.is_empty(),
+        }
+    }
+
+    pub fn state_name(&self) -> &'static str {
+        match self {
+            Self::Classic(g) => g.state.name(),
+            Self::Consumer(g) => g.state_name(),
+        }
+    }
+
+    /// ListGroups' protocol type: `consumer` for KIP-848 groups.
+    pub fn protocol_type(&self) -> String {
+        match self {
+            Self::Classic(g) => g.protocol_type.clone().unwrap_or_default(),
+            Self::Consumer(_) => "consumer".to_owned(),
+        }
+    }
+
+    /// ListGroups' group type (KIP-848).
+    pub fn group_type(&self) -> &'static str {
+        match self {
+            Self::Classic(_) => "classic",
+            Self::Consumer(_) => "consumer",
+        }
+    }
+
+    fn empty_since_ms(&self) -> i64 {
+        match self {
+            Self::Classic(g) => g.empty_since_ms,
+            Self::Consumer(g) => g.empty_since_ms,
+        }
+    }
+
+    /// Whether offsets of `topic` are in use (never expire, cannot be
+    /// deleted): a member subscribes to it.
+    pub fn subscribes_to(&self, topic: &str) -> bool {
+        match self {
+            Self::Classic(g) => g.subscribed_topics().contains(topic),
+            Self::Consumer(g) => g.subscribed_topics().contains(topic),
+        }
+    }
+
+    fn to_value(&self, config: &GroupConfig) -> GroupValue {
+        match self {
+            Self::Classic(g) => g.to_value(),
+            Self::Consumer(g) => g.to_value(config),
+        }
+    }
+}
+
+/// Committed offsets of one group, by topic and partition.
+pub type GroupOffsets = BTreeMap<(String, i32), OffsetValue>;
+
+/// Everything the coordinator knows.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    pub groups: HashMap<String, Group>,
+    pub offsets: HashMap<String, GroupOffsets>,
+    next_expiry_check_ms: i64,
+}
+
+impl GroupState {
+    /// The group's record, as it is now (a tombstone once it is gone).
+    pub fn group_record(&self, group_id: &str, config: &GroupConfig) -> Record {
+        Record::group(
+            group_id,
+            self.groups.get(group_id).map(|g| g.to_value(config)),
+        )
+    }
+
+    /// The classic group `group_id`, created empty when missing (or when an
+    /// empty KIP-848 group of that name is taken over). `None` when a
+    /// non-empty KIP-848 group has the name.
+    pub fn classic_or_create(&mut self, group_id: &str, now_ms: i64) -> Option<&mut ClassicGroup> {
+        let replace = match self.groups.get(group_id) {
+            None => true,
+            Some(Group::Consumer(g)) => g.is_empty(),
+            Some(Group::Classic(_)) => false,
+        };
+        if replace {
+            self.groups.insert(
+                group_id.to_owned(),
+                Group::Classic(ClassicGroup::new(group_id, now_ms)),
+            );
+        }
+        match self.groups.get_mut(group_id) {
+            Some(Group::Classic(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The KIP-848 group `group_id`, created when missing (or when an empty
+    /// classic group of that name is taken over). `None` when a non-empty
+    /// classic group has the name.
+    pub fn consumer_or_create(
+        &mut self,
+        group_id: &str,
+        now_ms: i64,
+    ) -> Option<&mut ConsumerGroup> {
+        let replace = match self.groups.get(group_id) {
+            None => true,
+            Some(Group::Classic(g)) => g.is_empty(),
+            Some(Group::Consumer(_)) => false,
+        };
+        if replace {
+            self.groups.insert(
+                group_id.to_owned(),
+                Group::Consumer(ConsumerGroup::new(group_id, now_ms)),
+            );
+        }
+        match self.groups.get_mut(group_id) {
+            Some(Group::Consumer(g)) => Some(g),
+            _ => None,
+        }
+    }
+
+    fn apply(&mut self, record: Record, config: &GroupConfig, now_ms: i64) {
+        match record {
+            Record::Offset(
+                store::RecordKey::Offset {
+                    group,
+                    topic,
+                    partition,
+                },
+                value,
+            ) => match value {
+                Some(v) => {
+                    self.offsets
+                        .entry(group)
+                        .or_default()
+                        .insert((topic, partition), v);
+                }
+                None => {
+                    if let Some(offsets) = self.offsets.get_mut(&group) {
+                        offsets.remove(&(topic, partition));
+                    }
+                }
+            },
+            Record::Group(store::RecordKey::Group { group }, value) => {
+                let restored = value.and_then(|v| match &v {
+                    GroupValue::Classic { .. } => {
+                        ClassicGroup::from_value(&group, v, now_ms).map(Group::Classic)
+                    }
+                    GroupValue::Consumer { .. } => {
+                        ConsumerGroup::from_value(&group, v, now_ms, config).map(Group::Consumer)
+                    }
+                });
+                match restored {
+                    Some(g) => {
+                        self.groups.insert(group, g);
+                    }
+                    None => {
+                        self.groups.remove(&group);
+                    }
+                }
+            }
+            other => {
+                tracing::warn!(key = ?other.key(), "skipping a mismatched record in the offsets topic")
+            }
+        }
+    }
+}
+
+/// The group coordinator of this broker.
+#[derive(Debug)]
+pub struct GroupCoordinator {
+    pub config: GroupConfig,
+    state: Mutex<GroupState>,
+}
+
+impl GroupCoordinator {
+    /// Rebuilds the groups and offsets from the local partitions of the
+    /// offsets topic.
+    pub fn open(config: GroupConfig, replicas: &ReplicaManager, now_ms: i64) -> Self {
+        let mut state = GroupState::default();
+        let mut records = 0usize;
+        for (index, partition) in replicas.topic_partitions(OFFSETS_TOPIC) {
+            let from = partition.log.log_start_offset();
+            let result = partition.log.for_each_batch_from(from, |_, header, bytes| {
+                if header.is_control() {
+                    return;
+                }
+                for record in store::decode(&Bytes::copy_from_slice(bytes)) {
+                    records += 1;
+                    state.apply(record, &config, now_ms);
+                }
+            });
+            if let Err(e) = result {
+                tracing::error!(partition = index, error = %e, "reading the offsets topic failed; groups in this partition may be incomplete");
+            }
+        }
+        // A group known only by its offsets is an empty classic group.
+        let offset_groups: Vec<String> = state.offsets.keys().cloned().collect();
+        for group in offset_groups {
+            state
+                .groups
+                .entry(group.clone())
+                .or_insert_with(|| Group::Classic(ClassicGroup::new(&group, now_ms)));
+        }
+        if records > 0 {
+            tracing::info!(
+                groups = state.groups.len(),
+                records,
+                "group coordinator loaded {OFFSETS_TOPIC}"
+            );
+        }
+        state.next_expiry_check_ms = now_ms + config.offsets_retention_check_interval_ms;
+        Self {
+            config,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// The coordinator state, locked. Keep the guard while persisting the
+    /// changes made under it ([`GroupCoordinator::persist`]).
+    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, GroupState> {
+        self.state.lock().await
+    }
+
+    /// Runs timers until the broker shuts down.
+    pub async fn run_timers(broker: Arc<Broker>) {
+        let mut interval = tokio::time::interval(TICK);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = broker.shutdown.cancelled() => return,
+                _ = interval.tick() => broker.groups.tick(&broker).await,
+            }
+        }
+    }
+
+    async fn tick(&self, broker: &Arc<Broker>) {
+        let mut state = self.lock().await;
+        let now = broker.clock.now_ms();
+        let image = broker.image();
+        let mut outbox = Vec::new();
+        let mut changed = Vec::new();
+        for (id, group) in &mut state.groups {
+            let persist = match group {
+                Group::Classic(g) => {
+                    let mut out = Outbox::default();
+                    g.tick(now, &self.config, &mut out);
+                    let persist = out.persist;
+                    outbox.push(out);
+                    persist
+                }
+                Group::Consumer(g) => g.tick(now, &image, &self.config),
+            };
+            if persist {
+                changed.push(id.clone());
+            }
+        }
+        for id in changed {
+            let record = state.group_record(&id, &self.config);
+            if let Err(e) = self.persist(broker, &id, vec![record]).await {
+                tracing::warn!(group = %id, error = ?e, "could not persist a group change");
+            }
+        }
+        for out in outbox {
+            out.deliver();
+        }
+        if now >= state.next_expiry_check_ms {
+            state.next_expiry_check_ms = now + self.config.offsets_retention_check_interval_ms;
+            self.expire(broker, &mut state, now).await;
+        }
+    }
+
+    /// Offsets past `offsets.retention.minutes` go; so do empty groups with
+    /// no offsets left (Kafka's rules: an empty group's offsets count from
+    /// when it became empty, a standalone consumer's from the commit, and
+    /// offsets of topics a live group subscribes to never expire).
+    async fn expire(&self, broker: &Arc<Broker>, state: &mut GroupState, now: i64) {
+        let retention = self.config.offsets_retention_ms;
+        let mut per_group: Vec<(String, Vec<Record>)> = Vec::new();
+        let group_ids: BTreeSet<String> = state
+            .groups
+            .keys()
+            .chain(state.offsets.keys())
+            .cloned()
+            .collect();
+        for id in group_ids {
+            let group = state.groups.get(&id);
+            let mut records = Vec::new();
+            if let Some(offsets) = state.offsets.get_mut(&id) {
+                let expired: Vec<(String, i32)> = offsets
+                    .iter()
+                    .filter(|((topic, _), v)| {
+                        let base = match group {
+                            Some(Group::Classic(g)) if g.protocol_type.is_none() => {
+                                v.commit_timestamp_ms
+                            }
+                            Some(g) if g.is_empty() => g.empty_since_ms(),
+                            Some(g) if g.subscribes_to(topic) => return false,
+                            Some(_) | None => v.commit_timestamp_ms,
+                        };
+                        now.saturating_sub(base) >= retention
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for (topic, partition) in expired {
+                    offsets.remove(&(topic.clone(), partition));
+                    records.push(Record::offset(&id, &topic, partition, None));
+                }
+            }
+            let no_offsets = state.offsets.get(&id).is_none_or(BTreeMap::is_empty);
+            if no_offsets {
+                state.offsets.remove(&id);
+                if state.groups.get(&id).is_some_and(Group::is_empty) {
+                    state.groups.remove(&id);
+                    records.push(Record::group(&id, None));
+                }
+            }
+            if !records.is_empty() {
+                per_group.push((id, records));
+            }
+        }
+        for (id, records) in per_group {
+            tracing::info!(group = %id, records = records.len(), "expired offsets or group");
+            if let Err(e) = self.persist(broker, &id, records).await {
+                tracing::warn!(group = %id, error = ?e, "could not persist expired offsets");
+            }
+        }
+    }
+
+    /// Appends `records` to the group's partition of the offsets topic
+    /// (creating the topic on first use). Call with the state lock held.
+    pub async fn persist(
+        &self,
+        broker: &Arc<Broker>,
+        group_id: &str,
+        records: Vec<Record>,
+    ) -> Result<(), ErrorCode> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let broker_for_task = Arc::clone(broker);
+        let group = group_id.to_owned();
+        let config = self.config.clone();
+        crate::api::blocking(move || append(&broker_for_task, &config, &group, &records))
+            .await
+            .unwrap_or(Err(ErrorCode::UnknownServerError))
+    }
+
+    /// Why this broker cannot coordinate `group_id`, if it cannot.
+    pub fn coordinator_error(&self, broker: &Broker, group_id: &str) -> Option<ErrorCode> {
+        let image = broker.image();
+        let partitions = image.topic(OFFSETS_TOPIC).map(|t| t.partitions.len())?;
+        let index = store::partition_for(group_id, i32::try_from(partitions).unwrap_or(i32::MAX));
+        match image.partition(OFFSETS_TOPIC, index) {
+            Some(p) if p.leader == broker.node_id => None,
+            Some(p) if p.leader < 0 => Some(ErrorCode::CoordinatorNotAvailable),
+            _ => Some(ErrorCode::NotCoordinator),
+        }
+    }
+}
+
+/// The leader of `group_id`'s partition of the offsets topic, creating the
+/// topic when it does not exist yet.
+pub fn coordinator_for(
+    broker: &Broker,
+    config: &GroupConfig,
+    group_id: &str,
+) -> Result<i32, ErrorCode> {
+    let image = ensure_offsets_topic(broker, config)?;
+    let (_, partition) =
+        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    if partition.leader < 0 {
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(partition.leader)
+}
+
+fn offsets_partition<'a>(
+    image: &'a MetadataImage,
+    group_id: &str,
+) -> Option<(i32, &'a PartitionImage)> {
+    let count = image.topic(OFFSETS_TOPIC)?.partitions.len();
+    let index = store::partition_for(group_id, i32::try_from(count).ok()?);
+    Some((index, image.partition(OFFSETS_TOPIC, index)?))
+}
+
+/// Creates `__consumer_offsets` if it is missing (Kafka does so on the first
+/// FindCoordinator or commit), and returns the image that has it.
+fn ensure_offsets_topic(
+    broker: &Broker,
+    config: &GroupConfig,
+) -> Result<Arc<MetadataImage>, ErrorCode> {
+    let image = broker.image();
+    if image.topic(OFFSETS_TOPIC).is_some() {
+        return Ok(image);
+    }
+    let brokers = i16::try_from(image.brokers.len())
+        .unwrap_or(i16::MAX)
+        .max(1);
+    let request = CreateTopicRequest {
+        name: OFFSETS_TOPIC.to_owned(),
+        num_partitions: config.offsets_partitions,
+        replication_factor: config.offsets_replication_factor.min(brokers),
+        assignments: Vec::new(),
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            ("compression.type".to_owned(), "producer".to_owned()),
+            ("segment.bytes".to_owned(), OFFSETS_SEGMENT_BYTES.to_owned()),
+        ]),
+    };
+    let created = broker.controller.create_topics(vec![request], false);
+    match created.into_iter().next() {
+        Some(Ok(_)) => tracing::info!("created {OFFSETS_TOPIC}"),
+        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}");
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+        None => return Err(ErrorCode::CoordinatorNotAvailable),
+    }
+    if let Err(e) = broker.apply_metadata() {
+        tracing::error!(error = %e, "cannot open the partitions of {OFFSETS_TOPIC}");
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(broker.image())
+}
+
+fn append(
+    broker: &Broker,
+    config: &GroupConfig,
+    group_id: &str,
+    records: &[Record],
+) -> Result<(), ErrorCode> {
+    let image = ensure_offsets_topic(broker, config)?;
+    let (index, meta) =
+        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    if meta.leader != broker.node_id {
+        return Err(ErrorCode::NotCoordinator);
+    }
+    let partition = broker
+        .replicas
+        .get(OFFSETS_TOPIC, index)
+        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    let batch = store::encode(records, broker.clock.now_ms()).map_err(|e| {
+        tracing::error!(error = %e, "cannot encode group records");
+        ErrorCode::UnknownServerError
+    })?;
+    match partition.log.append_as_leader(
+        &batch,
+        partition.leader_epoch(),
+        AppendOrigin::Coordinator,
+    ) {
+        Ok(_) => {
+            partition.advance_high_watermark();
+            Ok(())
+        }
+        Err(AppendError::MessageTooLarge { .. } | AppendError::LargerThanSegment { .. }) => {
+            Err(ErrorCode::InvalidCommitOffsetSize)
+        }
+        Err(e) => {
+            tracing::error!(partition = index, error = %e, "appending to {OFFSETS_TOPIC} failed");
+            Err(ErrorCode::CoordinatorNotAvailable)
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! What the group coordinator keeps in `__consumer_offsets`: committed offsets
+//! and group state, as records whose key says what they are about and whose
+//! value is the latest state (a null value deletes the key). The topic is
+//! compacted, so the latest record per key is what survives; the coordinator
+//! replays the partitions at start to rebuild its state.
+//!
+//! Keys and values are JSON. A group's records go to the partition
+//! `abs(javaHashCode(group)) % offsets.topic.num.partitions`, as Kafka places
+//! them, so one partition holds everything about a group, in order.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use strom_protocol::builder::RecordBatchBuilder;
+use strom_protocol::compression::Compression;
+use strom_protocol::messages::Uuid;
+use strom_protocol::record;
+
+/// Kafka's name for the offsets topic.
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// Bound on one decoded record batch of the offsets topic when replaying.
+const MAX_REPLAY_BATCH_BYTES: usize = 256 << 20;
+
+/// What a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RecordKey {
+    /// A committed offset of a group for one partition.
+    Offset {
+        group: String,
+        topic: String,
+        partition: i32,
+    },
+    /// A group's membership and assignment.
+    Group { group: String },
+}
+
+impl RecordKey {
+    pub fn group(&self) -> &str {
+        match self {
+            Self::Offset { group, .. } | Self::Group { group } => group,
+        }
+    }
+}
+
+/// A committed offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetValue {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: Option<String>,
+    pub commit_timestamp_ms: i64,
+}
+
+/// A classic-protocol member as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassicMemberValue {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: i32,
+    pub rebalance_timeout_ms: i32,
+    /// `(protocol name, metadata)` in the member's preference order.
+    pub protocols: Vec<(String, Vec<u8>)>,
+    pub assignment: Vec<u8>,
+}
+
+/// A KIP-848 member as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerMemberValue {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub rack_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub rebalance_timeout_ms: i32,
+    pub subscribed_topic_names: Vec<String>,
+    pub server_assignor: Option<String>,
+    pub member_epoch: i32,
+    pub previous_member_epoch: i32,
+    pub assigned: Vec<(Uuid, Vec<i32>)>,
+    pub pending_revocation: Vec<(Uuid, Vec<i32>)>,
+}
+
+/// Partitions by topic id, as persisted.
+pub type TopicPartitionList = Vec<(Uuid, Vec<i32>)>;
+
+/// A group's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GroupValue {
+    Classic {
+        protocol_type: Option<String>,
+        protocol_name: Option<String>,
+        generation: i32,
+        leader: Option<String>,
+        members: Vec<ClassicMemberValue>,
+    },
+    Consumer {
+        group_epoch: i32,
+        assignment_epoch: i32,
+        assignor: String,
+        members: Vec<ConsumerMemberValue>,
+        target: Vec<(String, TopicPartitionList)>,
+    },
+}
+
+/// One record: a key and a value, or `None` to delete the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Offset(RecordKey, Option<OffsetValue>),
+    Group(RecordKey, Option<GroupValue>),
+}
+
+impl Record {
+    pub fn key(&self) -> &RecordKey {
+        match self {
+            Self::Offset(k, _) | Self::Group(k, _) => k,
+        }
+    }
+
+    pub fn offset(group: &str, topic: &str, partition: i32, value: Option<OffsetValue>) -> Self {
+        Self::Offset(
+            RecordKey::Offset {
+                group: group.to_owned(),
+                topic: topic.to_owned(),
+                partition,
+            },
+            value,
+        )
+    }
+
+    pub fn group(group: &str, value: Option<GroupValue>) -> Self {
+        Self::Group(
+            RecordKey::Group {
+                group: group.to_owned(),
+            },
+            value,
+        )
+    }
+}
+
+/// The offsets-topic partition of `group`: Kafka's
+/// `Utils.abs(groupId.hashCode()) % partitions`.
+pub fn partition_for(group: &str, partitions: i32) -> i32 {
+    let hash = group.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    });
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % partitions.max(1)
+}
+
+/// Encodes records as one uncompressed batch.
+pub fn encode(records: &[Record], timestamp_ms: i64) -> Result<Bytes, String> {
+    let mut builder = RecordBatchBuilder::new(Compression::None);
+    for r in records {
+        let key = serde_json::to_vec(r.key()).map_err(|e| e.to_string())?;
+        let value = match r {
+            Record::Offset(_, v) => v.as_ref().map(serde_json::to_vec).transpose(),
+            Record::Group(_, v) => v.as_ref().map(serde_json::to_vec).transpose(),
+        }
+        .map_err(|e| e.to_string())?;
+        builder.push(timestamp_ms, Some(&key), value.as_deref(), &[]);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Decodes the records of one stored batch; records that are not ours (or
+/// not readable) are skipped with a log line, never trusted.
+pub fn decode(batch: &Bytes) -> Vec<Record> {
+    let mut out = Vec::new();
+    let records = match record::records(batch, MAX_REPLAY_BATCH_BYTES) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "skipping an unreadable batch in the offsets topic");
+            return out;
+        }
+    };
+    for r in records {
+        let Ok(r) = r else {
+            tracing::warn!("skipping an unreadable record in the offsets topic");
+            break;
+        };
+        let Some(key) = r
+            .key
+            .as_ref()
+            .and_then(|k| serde_json::from_slice::<RecordKey>(k).ok())
+        else {
+            tracing::warn!("skipping a record with an unknown key in the offsets topic");
+            continue;
+        };
+        let parsed = match &key {
+            RecordKey::Offset { .. } => match &r.value {
+                None => Some(Record::Offset(key, None)),
+                Some(v) => serde_json::from_slice(v)
+                    .ok()
+                    .map(|v| Record::Offset(key, Some(v))),
+            },
+            RecordKey::Group { .. } => match &r.value {
+                None => Some(Record::Group(key, None)),
+                Some(v) => serde_json::from_slice(v)
+                    .ok()
+                    .map(|v| Record::Group(key, Some(v))),
+            },
+        };
+        match parsed {
+            Some(record) => out.push(record),
+            None => {
+                tracing::warn!("skipping a record with an unreadable value in the offsets topic")
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_match_kafka() {
+        // Java: "my-group".hashCode() == -1906497762; abs % 50 == 12.
+        assert_eq!(partition_for("my-group", 50), 12);
+        assert_eq!(partition_for("", 50), 0);
+        assert!((0..50).contains(&partition_for("ünïcödé-group", 50)));
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let records = vec![
+            Record::offset(
+                "g",
+                "t",
+                3,
+                Some(OffsetValue {
+                    offset: 42,
+                    leader_epoch: 1,
+                    metadata: Some("m".into()),
+                    commit_timestamp_ms: 7,
+                }),
+            ),
+            Record::offset("g", "t", 4, None),
+            Record::group("g", None),
+        ];
+        let batch = encode(&records, 1).unwrap();
+        assert_eq!(decode(&batch), records);
+    }
+}
