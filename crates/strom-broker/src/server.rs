@@ -9,13 +9,14 @@
 //! bounds, a malformed header, an unknown API key or a body that does not
 //! decode closes that connection with a log line.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use strom_protocol::messages::{self, FRAME_SIZE_PREFIX, RequestFrame};
+use strom_protocol::messages::{self, ApiKey, FRAME_SIZE_PREFIX, RequestFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -26,7 +27,9 @@ use crate::broker::Broker;
 
 /// Requests read ahead of the one being answered. Clients keep at most 5
 /// produce requests in flight; 16 lets metadata and heartbeats queue beside
-/// them without letting one connection buffer without limit.
+/// them without letting one connection buffer without limit. While a parked
+/// request (JoinGroup, SyncGroup, a long-poll Fetch) waits, as many again
+/// are read on to notice a client going away.
 const MAX_QUEUED_REQUESTS: usize = 16;
 /// A frame's buffer grows as its bytes arrive, starting at this much, so a
 /// client that announces 100 MiB and sends nothing costs 64 KiB, not 100 MiB.
@@ -88,10 +91,15 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         queue,
         Arc::clone(&in_flight),
     ));
+    // Requests read while a parked one was being answered.
+    let mut backlog: VecDeque<Incoming> = VecDeque::new();
     let reason = loop {
-        let incoming = tokio::select! {
-            () = broker.shutdown.cancelled() => break "broker shutting down".to_owned(),
-            incoming = requests.recv() => incoming,
+        let incoming = match backlog.pop_front() {
+            Some(next) => Some(next),
+            None => tokio::select! {
+                () = broker.shutdown.cancelled() => break "broker shutting down".to_owned(),
+                incoming = requests.recv() => incoming,
+            },
         };
         let frame = match incoming {
             None => break "client closed the connection".to_owned(),
@@ -99,10 +107,35 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             Some(Incoming::Request(frame)) => frame,
         };
         // A parked request (a JoinGroup waiting for its rebalance, a long
-        // poll) must not hold up shutdown.
-        let reply = tokio::select! {
-            reply = api::handle(&broker, &frame, peer) => reply,
-            () = broker.shutdown.cancelled() => break "broker shutting down".to_owned(),
+        // poll) must not hold up shutdown, nor outlive its client: a client
+        // that goes away meanwhile closes the connection, as in Kafka. Other
+        // requests run to completion (an acks=0 produce from a client that
+        // closes right after sending it still appends).
+        let parks = matches!(
+            frame.api_key,
+            ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Fetch
+        );
+        let handling = api::handle(&broker, &frame, peer);
+        tokio::pin!(handling);
+        let mut client_gone = None;
+        let reply = loop {
+            tokio::select! {
+                reply = &mut handling => break Some(reply),
+                () = broker.shutdown.cancelled() => break None,
+                next = requests.recv(), if parks && client_gone.is_none() && backlog.len() < MAX_QUEUED_REQUESTS => {
+                    match next {
+                        Some(Incoming::Request(frame)) => backlog.push_back(Incoming::Request(frame)),
+                        Some(Incoming::Close(reason)) => client_gone = Some(reason),
+                        None => client_gone = Some("client closed the connection".to_owned()),
+                    }
+                    if client_gone.is_some() {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(reply) = reply else {
+            break client_gone.unwrap_or_else(|| "broker shutting down".to_owned());
         };
         in_flight.fetch_sub(1, Ordering::AcqRel);
         match reply {

@@ -115,6 +115,78 @@ fn valid_frames() -> Vec<BytesMut> {
         )
         .unwrap(),
     );
+    let group = || kafka::GroupId(StrBytes::from_static_str("fuzz-group"));
+    let member = || StrBytes::from_static_str("fuzz-member");
+    let topic = || kafka::TopicName(StrBytes::from_static_str("garbage"));
+    let join = kafka::JoinGroupRequest::default()
+        .with_group_id(group())
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(10_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![
+            kafka::join_group_request::JoinGroupRequestProtocol::default()
+                .with_name(StrBytes::from_static_str("range"))
+                .with_metadata(bytes::Bytes::from_static(&[
+                    0, 1, 0, 0, 0, 1, 0, 7, b'g', b'a', b'r', b'b', b'a', b'g', b'e', 0, 0, 0, 0,
+                ])),
+        ]);
+    frames.push(encode_request(ApiKey::JoinGroup, 5, 7, Some("fuzz"), &join).unwrap());
+    let sync = kafka::SyncGroupRequest::default()
+        .with_group_id(group())
+        .with_member_id(member())
+        .with_generation_id(1)
+        .with_assignments(vec![
+            kafka::sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(member())
+                .with_assignment(bytes::Bytes::from_static(b"assignment")),
+        ]);
+    frames.push(encode_request(ApiKey::SyncGroup, 3, 8, Some("fuzz"), &sync).unwrap());
+    let commit = kafka::OffsetCommitRequest::default()
+        .with_group_id(group())
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            kafka::offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic())
+                .with_partitions(vec![
+                    kafka::offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_committed_offset(5)
+                        .with_committed_metadata(Some(StrBytes::from_static_str("meta"))),
+                ]),
+        ]);
+    frames.push(encode_request(ApiKey::OffsetCommit, 8, 9, Some("fuzz"), &commit).unwrap());
+    let fetch_offsets = kafka::OffsetFetchRequest::default().with_groups(vec![
+        kafka::offset_fetch_request::OffsetFetchRequestGroup::default()
+            .with_group_id(group())
+            .with_topics(None),
+    ]);
+    frames.push(encode_request(ApiKey::OffsetFetch, 8, 10, Some("fuzz"), &fetch_offsets).unwrap());
+    let find = kafka::FindCoordinatorRequest::default()
+        .with_coordinator_keys(vec![StrBytes::from_static_str("fuzz-group")]);
+    frames.push(encode_request(ApiKey::FindCoordinator, 4, 11, Some("fuzz"), &find).unwrap());
+    let heartbeat = kafka::ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(group())
+        .with_member_id(member())
+        .with_rebalance_timeout_ms(10_000)
+        .with_subscribed_topic_names(Some(vec![topic()]))
+        .with_topic_partitions(Some(vec![]));
+    frames.push(
+        encode_request(
+            ApiKey::ConsumerGroupHeartbeat,
+            1,
+            12,
+            Some("fuzz"),
+            &heartbeat,
+        )
+        .unwrap(),
+    );
+    let leave = kafka::LeaveGroupRequest::default()
+        .with_group_id(group())
+        .with_members(vec![
+            kafka::leave_group_request::MemberIdentity::default().with_member_id(member()),
+        ]);
+    frames.push(encode_request(ApiKey::LeaveGroup, 4, 13, Some("fuzz"), &leave).unwrap());
+    let describe = kafka::DescribeGroupsRequest::default().with_groups(vec![group()]);
+    frames.push(encode_request(ApiKey::DescribeGroups, 5, 14, Some("fuzz"), &describe).unwrap());
     frames.push(
         encode_request(
             ApiKey::CreateTopics,
