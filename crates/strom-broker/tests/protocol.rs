@@ -1196,3 +1196,184 @@ async fn connections_beyond_max_connections_wait() {
     let _: MetadataResponse = third.recv(ApiKey::Metadata, 12, correlation).await;
     broker.shutdown().await.unwrap();
 }
+
+fn commit_request(group: &str, topic: &str, offset: i64) -> OffsetCommitRequest {
+    OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![
+                    offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset)
+                        .with_committed_metadata(Some(StrBytes::from_static_str("kept"))),
+                ]),
+        ])
+}
+
+async fn committed(raw: &mut Raw, group: &str, topic: &str) -> (i64, String) {
+    let request = OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(name(topic))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let r: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 7, &request).await;
+    assert_eq!(r.error_code, 0);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(
+        p.error_code, 0,
+        "no error even for groups that do not exist"
+    );
+    (
+        p.committed_offset,
+        p.metadata
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+async fn listed_groups(raw: &mut Raw) -> Vec<(String, String)> {
+    let r: ListGroupsResponse = raw
+        .call(ApiKey::ListGroups, 5, &ListGroupsRequest::default())
+        .await;
+    r.groups
+        .iter()
+        .map(|g| (g.group_id.to_string(), g.group_state.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_and_empty_groups_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(strom_storage::ManualClock::new(now_ms()));
+    let props = BTreeMap::from([
+        ("listeners".to_owned(), "PLAINTEXT://127.0.0.1:0".to_owned()),
+        ("log.dirs".to_owned(), dir.path().display().to_string()),
+        ("offsets.retention.minutes".to_owned(), "60".to_owned()),
+        (
+            "offsets.retention.check.interval.ms".to_owned(),
+            "100".to_owned(),
+        ),
+    ]);
+    let broker = strom_broker::broker::start_with_clock(
+        BrokerConfig::from_properties(props).unwrap(),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "kept", 1, &[]).await, 0);
+    let r: OffsetCommitResponse = raw
+        .call(
+            ApiKey::OffsetCommit,
+            8,
+            &commit_request("standalone", "kept", 42),
+        )
+        .await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    assert_eq!(
+        committed(&mut raw, "standalone", "kept").await,
+        (42, "kept".to_owned())
+    );
+    assert!(
+        listed_groups(&mut raw)
+            .await
+            .contains(&("standalone".to_owned(), "Empty".to_owned()))
+    );
+    assert_eq!(committed(&mut raw, "never-existed", "kept").await.0, -1);
+
+    // Just short of the retention: still there after several checks.
+    clock.advance_ms(59 * 60_000);
+    let deadline = std::time::Instant::now() + Duration::from_millis(500);
+    while std::time::Instant::now() < deadline {
+        assert_eq!(committed(&mut raw, "standalone", "kept").await.0, 42);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    clock.advance_ms(60_000);
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    while committed(&mut raw, "standalone", "kept").await.0 != -1 {
+        assert!(std::time::Instant::now() < deadline, "offsets expire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !listed_groups(&mut raw)
+            .await
+            .iter()
+            .any(|(g, _)| g == "standalone"),
+        "an empty group without offsets is removed"
+    );
+    drop(raw);
+    broker.shutdown().await.unwrap();
+
+    // The expiry was persisted: a restart does not bring the offsets back.
+    let broker = self::broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(committed(&mut raw, "standalone", "kept").await.0, -1);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_and_offsets_are_rebuilt_from_the_offsets_topic_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[("group.initial.rebalance.delay.ms", "0")]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "kept", 1, &[]).await, 0);
+    let (member, generation) = join(&broker, "durable", 5).await;
+    let sync = SyncGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("durable")))
+        .with_member_id(StrBytes::from_string(member.clone()))
+        .with_generation_id(generation)
+        .with_assignments(vec![
+            sync_group_request::SyncGroupRequestAssignment::default()
+                .with_member_id(StrBytes::from_string(member.clone()))
+                .with_assignment(Bytes::from_static(b"the plan")),
+        ]);
+    let r: SyncGroupResponse = raw.call(ApiKey::SyncGroup, 3, &sync).await;
+    assert_eq!(r.error_code, 0);
+    let commit = commit_request("durable", "kept", 7)
+        .with_generation_id_or_member_epoch(generation)
+        .with_member_id(StrBytes::from_string(member.clone()));
+    let r: OffsetCommitResponse = raw.call(ApiKey::OffsetCommit, 8, &commit).await;
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    // Internal topics take no client writes.
+    let r = produce(
+        &mut raw,
+        "__consumer_offsets",
+        batch(&[Some(b"x")], true, now_ms()),
+    )
+    .await;
+    assert_eq!(r.error_code, ErrorCode::InvalidTopicException.code());
+    drop(raw);
+    broker.shutdown().await.unwrap();
+
+    let broker = self::broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(
+        committed(&mut raw, "durable", "kept").await,
+        (7, "kept".to_owned())
+    );
+    let describe = DescribeGroupsRequest::default()
+        .with_groups(vec![GroupId(StrBytes::from_static_str("durable"))]);
+    let r: DescribeGroupsResponse = raw.call(ApiKey::DescribeGroups, 5, &describe).await;
+    let g = &r.groups[0];
+    assert_eq!(
+        (g.group_state.as_str(), g.protocol_data.as_str()),
+        ("Stable", "range")
+    );
+    assert_eq!(g.members.len(), 1);
+    assert_eq!(g.members[0].member_id.as_str(), member);
+    assert_eq!(&g.members[0].member_assignment[..], b"the plan");
+    // The member carries on in its generation.
+    let heartbeat = HeartbeatRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("durable")))
+        .with_member_id(StrBytes::from_string(member))
+        .with_generation_id(generation);
+    let r: HeartbeatResponse = raw.call(ApiKey::Heartbeat, 4, &heartbeat).await;
+    assert_eq!(r.error_code, 0);
+    broker.shutdown().await.unwrap();
+}
