@@ -108,9 +108,11 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         };
         // A parked request (a JoinGroup waiting for its rebalance, a long
         // poll) must not hold up shutdown, nor outlive its client: a client
-        // that goes away meanwhile closes the connection, as in Kafka. Other
-        // requests run to completion (an acks=0 produce from a client that
-        // closes right after sending it still appends).
+        // that goes away meanwhile closes the connection, as in Kafka. Their
+        // handlers make their changes in tracked tasks that run to the end,
+        // so only the waiting is cut short. Other requests run to completion
+        // (an acks=0 produce from a client that closes right after sending it
+        // still appends; shutdown waits for them).
         let parks = matches!(
             frame.api_key,
             ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Fetch
@@ -121,7 +123,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         let reply = loop {
             tokio::select! {
                 reply = &mut handling => break Some(reply),
-                () = broker.shutdown.cancelled() => break None,
+                () = broker.shutdown.cancelled(), if parks => break None,
                 next = requests.recv(), if parks && client_gone.is_none() && backlog.len() < MAX_QUEUED_REQUESTS => {
                     match next {
                         Some(Incoming::Request(frame)) => backlog.push_back(Incoming::Request(frame)),

@@ -92,19 +92,45 @@ async fn wait<T>(reply: Reply<T>, gone: T) -> T {
     }
 }
 
+/// Runs a group change (lock, state machine, append, replies) in a tracked
+/// task, so that a request cut short (its client gone, the broker stopping)
+/// never leaves it half done; shutdown waits for it.
+async fn critical<T: Send + 'static>(
+    broker: &Arc<Broker>,
+    change: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    match broker.tasks.spawn(change).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "a group change failed");
+            None
+        }
+    }
+}
+
 /// Persists the group after a change made under `state`, then delivers the
-/// replies it parked.
+/// replies it parked. When the group cannot be written, an assignment being
+/// handed out is not: its members get the error and rebalance again, as in
+/// Kafka.
 async fn finish(
     coordinator: &GroupCoordinator,
     broker: &Arc<Broker>,
-    state: &GroupState,
+    state: &mut GroupState,
     group_id: &str,
-    out: Outbox,
+    mut out: Outbox,
 ) {
     if out.persist {
         let record = state.group_record(group_id, &coordinator.config);
         if let Err(e) = coordinator.persist(broker, group_id, vec![record]).await {
-            tracing::warn!(group = %group_id, error = ?e, "could not persist a group change");
+            tracing::warn!(group = %group_id, error = ?e, "could not persist a group change; rebalancing");
+            out.fail_syncs(ErrorCode::CoordinatorNotAvailable);
+            if let Some(Group::Classic(group)) = state.groups.get_mut(group_id) {
+                group.rebalance_after_failed_write(
+                    broker.clock.now_ms(),
+                    &coordinator.config,
+                    &mut out,
+                );
+            }
         }
     }
     out.deliver();
@@ -312,12 +338,19 @@ pub async fn join_group(
             .collect(),
         require_known_member_id: version >= 4,
     };
-    let reply = {
+    let broker_for_task = Arc::clone(broker);
+    let reply = critical(broker, async move {
+        let broker = &broker_for_task;
+        let coordinator = &broker.groups;
+        let config = &coordinator.config;
         let mut state = coordinator.lock().await;
         let now = broker.clock.now_ms();
         let existed = state.groups.contains_key(&group_id);
         let Some(group) = state.classic_or_create(&group_id, now) else {
-            return fail(ErrorCode::InconsistentGroupProtocol);
+            return Reply::Now(JoinResult::error(
+                ErrorCode::InconsistentGroupProtocol,
+                &request.member_id,
+            ));
         };
         let mut out = Outbox::default();
         let reply = group.join(request, now, config, &mut out);
@@ -327,9 +360,14 @@ pub async fn join_group(
         if unused && !state.offsets.contains_key(&group_id) {
             state.groups.remove(&group_id);
         }
-        finish(coordinator, broker, &state, &group_id, out).await;
+        finish(coordinator, broker, &mut state, &group_id, out).await;
         reply
-    };
+    })
+    .await
+    .unwrap_or(Reply::Now(JoinResult::error(
+        ErrorCode::CoordinatorNotAvailable,
+        &member_id,
+    )));
     let result = wait(
         reply,
         JoinResult::error(ErrorCode::UnknownMemberId, &member_id),
@@ -358,46 +396,53 @@ pub async fn sync_group(
     if let Err(code) = check_group(broker, &group_id) {
         return sync_response(SyncResult::error(code), version);
     }
-    let coordinator = &broker.groups;
     let member_id = req.member_id.to_string();
     let instance_id = if version >= 3 {
         opt(req.group_instance_id.as_ref())
     } else {
         None
     };
+    let (protocol_type, protocol_name) = if version >= 5 {
+        (
+            opt(req.protocol_type.as_ref()),
+            opt(req.protocol_name.as_ref()),
+        )
+    } else {
+        (None, None)
+    };
+    let generation = req.generation_id;
     let assignments: Vec<(String, Bytes)> = req
         .assignments
         .iter()
         .map(|a| (a.member_id.to_string(), a.assignment.clone()))
         .collect();
-    let reply = {
+    let broker_for_task = Arc::clone(broker);
+    let reply = critical(broker, async move {
+        let broker = &broker_for_task;
+        let coordinator = &broker.groups;
         let mut state = coordinator.lock().await;
         let now = broker.clock.now_ms();
         let Some(Group::Classic(group)) = state.groups.get_mut(&group_id) else {
-            return sync_response(SyncResult::error(ErrorCode::UnknownMemberId), version);
+            return Reply::Now(SyncResult::error(ErrorCode::UnknownMemberId));
         };
         let mut out = Outbox::default();
         let reply = group.sync(
             &member_id,
             instance_id.as_deref(),
-            req.generation_id,
-            if version >= 5 {
-                req.protocol_type.as_ref().map(|t| t.as_str())
-            } else {
-                None
-            },
-            if version >= 5 {
-                req.protocol_name.as_ref().map(|n| n.as_str())
-            } else {
-                None
-            },
+            generation,
+            protocol_type.as_deref(),
+            protocol_name.as_deref(),
             assignments,
             now,
             &mut out,
         );
-        finish(coordinator, broker, &state, &group_id, out).await;
+        finish(coordinator, broker, &mut state, &group_id, out).await;
         reply
-    };
+    })
+    .await
+    .unwrap_or(Reply::Now(SyncResult::error(
+        ErrorCode::CoordinatorNotAvailable,
+    )));
     sync_response(
         wait(reply, SyncResult::error(ErrorCode::UnknownMemberId)).await,
         version,
@@ -458,7 +503,21 @@ pub async fn leave_group(
     let mut state = coordinator.lock().await;
     let now = broker.clock.now_ms();
     let Some(Group::Classic(group)) = state.groups.get_mut(&group_id) else {
-        response.error_code = ErrorCode::UnknownMemberId as i16;
+        // Kafka: v3+ answers each member; older versions have one code.
+        if version >= 3 {
+            response.members = leaving
+                .into_iter()
+                .map(|(member, instance)| {
+                    let mut m = MemberResponse::default();
+                    m.member_id = s(member);
+                    m.group_instance_id = instance.map(s);
+                    m.error_code = ErrorCode::UnknownMemberId as i16;
+                    m
+                })
+                .collect();
+        } else {
+            response.error_code = ErrorCode::UnknownMemberId as i16;
+        }
         return response;
     };
     let mut out = Outbox::default();
@@ -475,8 +534,9 @@ pub async fn leave_group(
             (member, instance, code)
         })
         .collect();
-    out.persist = true;
-    finish(coordinator, broker, &state, &group_id, out).await;
+    // A leave that removed nobody changes nothing to write.
+    out.persist |= results.iter().any(|(_, _, code)| *code == ErrorCode::None);
+    finish(coordinator, broker, &mut state, &group_id, out).await;
     if version >= 3 {
         response.members = results
             .into_iter()
@@ -512,8 +572,15 @@ fn validate_commit(
             state.classic_or_create(group_id, now);
             Ok(())
         }
+        // Kafka's new coordinator says so from v9; older clients expect
+        // ILLEGAL_GENERATION.
+        None if version >= 9 => Err(ErrorCode::GroupIdNotFound),
         None => Err(ErrorCode::IllegalGeneration),
         Some(Group::Classic(g)) => g.validate_commit(member_id, instance_id, generation),
+        // KIP-848 members commit with their member epoch, from v9.
+        Some(Group::Consumer(_)) if version < 9 && !member_id.is_empty() => {
+            Err(ErrorCode::UnsupportedVersion)
+        }
         Some(Group::Consumer(g)) => {
             let stale = if version >= 9 {
                 ErrorCode::StaleMemberEpoch

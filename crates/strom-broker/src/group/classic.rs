@@ -24,7 +24,7 @@ use strom_protocol::messages::kafka::ConsumerProtocolSubscription;
 use tokio::sync::oneshot;
 
 use super::GroupConfig;
-use super::store::{ClassicMemberValue, GroupValue};
+use super::store::{ClassicMemberValue, GroupValue, ProtocolValue};
 
 /// The states of a classic group, named as Kafka names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,6 +131,14 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Turns every SyncGroup answer into `error` (the assignment could not
+    /// be written).
+    pub fn fail_syncs(&mut self, error: ErrorCode) {
+        for (_, result) in &mut self.syncs {
+            *result = SyncResult::error(error);
+        }
+    }
+
     /// Delivers every reply (a client that went away is no error).
     pub fn deliver(self) {
         for (tx, r) in self.joins {
@@ -261,7 +269,7 @@ impl ClassicGroup {
             return if self.members.is_empty() {
                 Ok(())
             } else {
-                Err(ErrorCode::IllegalGeneration)
+                Err(ErrorCode::UnknownMemberId)
             };
         }
         if self.fenced(member_id, instance_id) {
@@ -466,6 +474,12 @@ impl ClassicGroup {
         config: &GroupConfig,
         out: &mut Outbox,
     ) -> Reply<JoinResult> {
+        if config.max_size.is_some_and(|max| self.members.len() >= max) {
+            return Reply::Now(JoinResult::error(
+                ErrorCode::GroupMaxSizeReached,
+                &member_id,
+            ));
+        }
         let (tx, rx) = oneshot::channel();
         if self.members.is_empty() {
             self.protocol_type = Some(request.protocol_type.clone());
@@ -581,8 +595,12 @@ impl ClassicGroup {
         self.rebalance_deadline_ms = None;
         self.initial_delay = None;
         self.generation += 1;
-        out.persist = true;
         if self.members.is_empty() {
+            // Only an emptied group is written here (as Kafka): a group with
+            // members is written with its assignment at the leader's
+            // SyncGroup, so a restart in between brings back the previous
+            // generation, whose members then rejoin.
+            out.persist = true;
             // The protocol type stays: it tells offset expiry this was a
             // group with members, not a standalone consumer's.
             self.state = ClassicState::Empty;
@@ -747,6 +765,24 @@ impl ClassicGroup {
                 .members
                 .get(member_id)
                 .map_or_else(Bytes::new, |m| m.assignment.clone()),
+        }
+    }
+
+    /// After the group could not be written: an assignment just handed out
+    /// is void, so the members join again (Kafka resets the assignment and
+    /// prepares a rebalance).
+    pub fn rebalance_after_failed_write(
+        &mut self,
+        now_ms: i64,
+        config: &GroupConfig,
+        out: &mut Outbox,
+    ) {
+        if self.state == ClassicState::Stable {
+            for m in self.members.values_mut() {
+                m.assignment = Bytes::new();
+            }
+            self.prepare_rebalance(now_ms, config, out);
+            self.maybe_complete_join(now_ms, out);
         }
     }
 
@@ -960,6 +996,7 @@ impl ClassicGroup {
             protocol_name: self.protocol_name.clone(),
             generation: self.generation,
             leader: self.leader.clone(),
+            empty_since_ms: Some(self.empty_since_ms),
             members: self
                 .members
                 .values()
@@ -973,7 +1010,10 @@ impl ClassicGroup {
                     protocols: m
                         .protocols
                         .iter()
-                        .map(|(n, b)| (n.clone(), b.to_vec()))
+                        .map(|(n, b)| ProtocolValue {
+                            name: n.clone(),
+                            metadata: b.to_vec(),
+                        })
                         .collect(),
                     assignment: m.assignment.to_vec(),
                 })
@@ -990,11 +1030,13 @@ impl ClassicGroup {
             generation,
             leader,
             members,
+            empty_since_ms,
         } = value
         else {
             return None;
         };
         let mut group = Self::new(id, now_ms);
+        group.empty_since_ms = empty_since_ms.unwrap_or(now_ms);
         group.protocol_type = protocol_type;
         group.protocol_name = protocol_name;
         group.generation = generation;
@@ -1018,7 +1060,7 @@ impl ClassicGroup {
                     protocols: m
                         .protocols
                         .into_iter()
-                        .map(|(n, b)| (n, Bytes::from(b)))
+                        .map(|p| (p.name, Bytes::from(p.metadata)))
                         .collect(),
                     assignment: Bytes::from(m.assignment),
                     join_waiter: None,
@@ -1260,5 +1302,46 @@ mod tests {
             Some("consumer"),
             "kept for offset expiry"
         );
+    }
+
+    #[test]
+    fn only_an_assigned_or_emptied_group_is_written() {
+        let config = config(0);
+        let mut g = ClassicGroup::new("g", 0);
+        let (a, reply, out) = join_new(&mut g, 0, &config);
+        // The join phase ended with a member: nothing to write until the
+        // leader's assignment (a restart now brings back the previous
+        // generation, whose members rejoin).
+        assert!(!out.persist);
+        later(reply, out);
+        let mut out = Outbox::default();
+        let sync = g.sync(&a, None, 1, None, None, vec![], 0, &mut out);
+        assert!(out.persist);
+        later(sync, out);
+        let mut out = Outbox::default();
+        assert_eq!(g.leave(&a, None, 1, &config, &mut out), ErrorCode::None);
+        assert!(out.persist, "the emptied group is written");
+        let value = g.to_value();
+        let restored = ClassicGroup::from_value("g", value.clone(), 99).unwrap();
+        assert_eq!(restored.to_value(), value);
+        assert_eq!(restored.empty_since_ms, 1);
+    }
+
+    #[test]
+    fn the_group_size_limit_holds_for_members_that_rejoin_with_their_id() {
+        let mut config = config(0);
+        config.max_size = Some(1);
+        let mut g = ClassicGroup::new("g", 0);
+        let mut out = Outbox::default();
+        let first = now(g.join(request("", None), 0, &config, &mut out));
+        let second = now(g.join(request("", None), 0, &config, &mut out));
+        assert_eq!(
+            (first.error, second.error),
+            (ErrorCode::MemberIdRequired, ErrorCode::MemberIdRequired)
+        );
+        let _parked = g.join(request(&first.member_id, None), 0, &config, &mut out);
+        let refused = now(g.join(request(&second.member_id, None), 0, &config, &mut out));
+        assert_eq!(refused.error, ErrorCode::GroupMaxSizeReached);
+        assert_eq!(g.member_count(), 1);
     }
 }

@@ -854,6 +854,7 @@ impl ConsumerGroup {
                     previous_member_epoch: m.previous_epoch,
                     assigned: list(&m.assigned),
                     pending_revocation: list(&m.pending_revocation),
+                    left_static: m.left_static,
                 })
                 .collect(),
             target: self
@@ -861,6 +862,7 @@ impl ConsumerGroup {
                 .iter()
                 .map(|(id, p)| (id.clone(), list(p)))
                 .collect(),
+            empty_since_ms: Some(self.empty_since_ms),
         }
     }
 
@@ -876,6 +878,7 @@ impl ConsumerGroup {
             assignment_epoch,
             members,
             target,
+            empty_since_ms,
             ..
         } = value
         else {
@@ -887,6 +890,7 @@ impl ConsumerGroup {
                 .collect()
         };
         let mut group = Self::new(id, now_ms);
+        group.empty_since_ms = empty_since_ms.unwrap_or(now_ms);
         group.group_epoch = group_epoch;
         group.assignment_epoch = assignment_epoch;
         group.target = target.into_iter().map(|(m, p)| (m, map(p))).collect();
@@ -925,7 +929,7 @@ impl ConsumerGroup {
                         .then(|| now_ms + i64::from(v.rebalance_timeout_ms.max(0))),
                     pending_revocation: pending,
                     session_deadline_ms: now_ms + i64::from(config.consumer_session_timeout_ms),
-                    left_static: false,
+                    left_static: v.left_static,
                 },
             );
         }

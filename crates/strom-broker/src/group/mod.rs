@@ -44,6 +44,9 @@ use store::{GroupValue, OFFSETS_TOPIC, OffsetValue, Record};
 
 /// How often timers run (session expiry, rebalance and join timeouts).
 const TICK: Duration = Duration::from_millis(100);
+/// Bound on timer settings, so deadlines computed from them cannot overflow
+/// (Kafka's are ints: about 24 days).
+const MAX_TIMER_MS: i64 = i32::MAX as i64;
 /// Kafka's `offsets.topic.segment.bytes` default.
 const OFFSETS_SEGMENT_BYTES: &str = "104857600";
 
@@ -139,7 +142,7 @@ impl GroupConfig {
                 "group.consumer.assignors: must name at least one assignor".into(),
             ));
         }
-        let config = Self {
+        let mut config = Self {
             min_session_timeout_ms: positive(
                 "group.min.session.timeout.ms",
                 prop(props, "group.min.session.timeout.ms", 6_000)?,
@@ -184,6 +187,10 @@ impl GroupConfig {
             consumer_max_size: max_size("group.consumer.max.size")?,
             consumer_assignors: assignors,
         };
+        config.initial_rebalance_delay_ms =
+            config.initial_rebalance_delay_ms.clamp(0, MAX_TIMER_MS);
+        config.offsets_retention_check_interval_ms =
+            config.offsets_retention_check_interval_ms.min(MAX_TIMER_MS);
         if config.min_session_timeout_ms > config.max_session_timeout_ms {
             return Err(ConfigError(
                 "group.min.session.timeout.ms must not exceed group.max.session.timeout.ms".into(),

@@ -60,9 +60,52 @@ pub struct ClassicMemberValue {
     pub client_host: String,
     pub session_timeout_ms: i32,
     pub rebalance_timeout_ms: i32,
-    /// `(protocol name, metadata)` in the member's preference order.
-    pub protocols: Vec<(String, Vec<u8>)>,
+    /// The member's protocols in its preference order.
+    pub protocols: Vec<ProtocolValue>,
+    #[serde(with = "hex")]
     pub assignment: Vec<u8>,
+}
+
+/// A classic-protocol member's protocol and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolValue {
+    pub name: String,
+    #[serde(with = "hex")]
+    pub metadata: Vec<u8>,
+}
+
+/// Client bytes (subscriptions, assignments) as hex strings: twice their
+/// size, where JSON number arrays take three to four times.
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            text.push(char::from(DIGITS[usize::from(b >> 4)]));
+            text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        s.serialize_str(&text)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        let digit = |c: u8| -> Result<u8, D::Error> {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|v| u8::try_from(v).ok())
+                .ok_or_else(|| D::Error::custom("not a hex digit"))
+        };
+        text.as_bytes()
+            .chunks(2)
+            .map(|pair| match pair {
+                [hi, lo] => Ok(digit(*hi)? << 4 | digit(*lo)?),
+                _ => Err(D::Error::custom("odd number of hex digits")),
+            })
+            .collect()
+    }
 }
 
 /// A KIP-848 member as persisted.
@@ -80,6 +123,9 @@ pub struct ConsumerMemberValue {
     pub previous_member_epoch: i32,
     pub assigned: Vec<(Uuid, Vec<i32>)>,
     pub pending_revocation: Vec<(Uuid, Vec<i32>)>,
+    /// A static member that left with epoch -2 and may come back.
+    #[serde(default)]
+    pub left_static: bool,
 }
 
 /// Partitions by topic id, as persisted.
@@ -95,6 +141,9 @@ pub enum GroupValue {
         generation: i32,
         leader: Option<String>,
         members: Vec<ClassicMemberValue>,
+        /// When the group became empty (offset expiry counts from there).
+        #[serde(default)]
+        empty_since_ms: Option<i64>,
     },
     Consumer {
         group_epoch: i32,
@@ -102,6 +151,8 @@ pub enum GroupValue {
         assignor: String,
         members: Vec<ConsumerMemberValue>,
         target: Vec<(String, TopicPartitionList)>,
+        #[serde(default)]
+        empty_since_ms: Option<i64>,
     },
 }
 
@@ -241,6 +292,29 @@ mod tests {
             ),
             Record::offset("g", "t", 4, None),
             Record::group("g", None),
+            Record::group(
+                "g",
+                Some(GroupValue::Classic {
+                    protocol_type: Some("consumer".into()),
+                    protocol_name: Some("range".into()),
+                    generation: 3,
+                    leader: Some("m".into()),
+                    members: vec![ClassicMemberValue {
+                        member_id: "m".into(),
+                        instance_id: None,
+                        client_id: "c".into(),
+                        client_host: "/127.0.0.1".into(),
+                        session_timeout_ms: 10_000,
+                        rebalance_timeout_ms: 20_000,
+                        protocols: vec![ProtocolValue {
+                            name: "range".into(),
+                            metadata: vec![0, 1, 0xab, 0xff],
+                        }],
+                        assignment: (0..=255).collect(),
+                    }],
+                    empty_since_ms: Some(5),
+                }),
+            ),
         ];
         let batch = encode(&records, 1).unwrap();
         assert_eq!(decode(&batch), records);
