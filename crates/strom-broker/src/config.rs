@@ -660,7 +660,8 @@ impl BrokerConfig {
     }
 }
 
-fn parse_prop<T: std::str::FromStr>(
+/// A property parsed as `T`, or `default` when absent.
+pub(crate) fn parse_prop<T: std::str::FromStr>(
     props: &BTreeMap<String, String>,
     name: &str,
     default: T,

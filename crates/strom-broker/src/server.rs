@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use strom_protocol::messages::{self, ApiKey, FRAME_SIZE_PREFIX, RequestFrame};
+use strom_protocol::messages::{self, FRAME_SIZE_PREFIX, RequestFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -113,10 +113,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         // so only the waiting is cut short. Other requests run to completion
         // (an acks=0 produce from a client that closes right after sending it
         // still appends; shutdown waits for them).
-        let parks = matches!(
-            frame.api_key,
-            ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Fetch
-        );
+        let parks = api::may_park(frame.api_key);
         let handling = api::handle(&broker, &frame, peer);
         tokio::pin!(handling);
         let mut client_gone = None;

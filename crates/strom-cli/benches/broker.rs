@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use common::BrokerProcess;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -42,17 +41,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn create_topic(broker: &BrokerProcess, topic: &str, partitions: i32) {
-    let (admin, runtime) = broker.admin();
-    let result = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap();
-    assert!(result[0].is_ok(), "{result:?}");
 }
 
 /// Delivery reports: count failures, record latencies (in µs) when timing.
@@ -297,7 +285,7 @@ fn main() {
                     .filter(|p| wanted("STROM_BENCH_PARTITIONS", *p as usize))
                 {
                     let topic = format!("t-{acks}-{size}-{partitions}");
-                    create_topic(&broker, &topic, partitions);
+                    broker.create_topic(&topic, partitions);
                     let count = (mb << 20) / size / if size == 100 { 4 } else { 1 };
                     let (mbs, msgs) =
                         produce_throughput(&broker, &topic, partitions, size, count, acks);
@@ -332,7 +320,7 @@ fn main() {
         let latency = std::env::var("STROM_BENCH_LATENCY").map_or(true, |v| v != "0");
         for (i, acks) in ["1", "all"].iter().enumerate().filter(|_| latency) {
             let topic = format!("latency-{acks}");
-            create_topic(&broker, &topic, 1);
+            broker.create_topic(&topic, 1);
             let percentiles = produce_latency(&broker, &topic, 1024, 50.0, 5.0, acks);
             if run == 0 {
                 latency_rows.push((format!("latency acks={acks} 1 KiB at 50 MB/s"), vec![]));

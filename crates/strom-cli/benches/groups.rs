@@ -29,14 +29,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{BrokerProcess, wait_until};
-use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use common::{BrokerProcess, Poller, wait_until};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::producer::{BaseRecord, Producer};
-use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList};
 
 /// Each partition gets a record this often while the benchmark runs.
 const PRODUCE_EVERY: Duration = Duration::from_millis(10);
@@ -77,17 +75,13 @@ impl ConsumerContext for Tracking {
 
 struct Member {
     seen: Arc<Mutex<Seen>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    poller: Poller,
 }
 
 impl Member {
     fn start(broker: &BrokerProcess, group: &str, topic: &str, protocol: &str) -> Self {
-        let mut config = ClientConfig::new();
+        let mut config = broker.group_config(group);
         config
-            .set("bootstrap.servers", &broker.bootstrap)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "latest")
             .set("fetch.wait.max.ms", "50");
         if protocol == "consumer" {
@@ -102,41 +96,18 @@ impl Member {
             .create_with_context(Tracking(Arc::clone(&seen)))
             .unwrap();
         consumer.subscribe(&[topic]).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Some(Ok(_)) = consumer.poll(Duration::from_millis(20)) {
-                        let mut s = seen.lock().unwrap();
-                        if s.consumed_at.is_none() {
-                            s.consumed_at = Some(Instant::now());
-                        }
-                    }
-                }
-            })
-        };
-        Self {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        let consumed = Arc::clone(&seen);
+        let poller = Poller::spawn(consumer, move |_, _| {
+            let mut s = consumed.lock().unwrap();
+            if s.consumed_at.is_none() {
+                s.consumed_at = Some(Instant::now());
+            }
+        });
+        Self { seen, poller }
     }
 
-    fn close(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    fn close(self) {
+        self.poller.close();
     }
 }
 
@@ -226,7 +197,6 @@ fn main() {
             "group.consumer.heartbeat.interval.ms=500",
         ],
     );
-    let (admin, runtime) = broker.admin();
     let sizes: Vec<usize> = [10, 100]
         .into_iter()
         .filter(|n| {
@@ -238,14 +208,9 @@ fn main() {
         .iter()
         .map(|n| (topic_for(*n), *n as i32 * 2))
         .collect();
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let created = runtime
-        .block_on(admin.create_topics(&new_topics, &AdminOptions::new()))
-        .unwrap();
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    for (name, partitions) in &topics {
+        broker.create_topic(name, *partitions);
+    }
 
     // A record to every partition every PRODUCE_EVERY, until the end.
     let producing = Arc::new(AtomicBool::new(true));

@@ -7,16 +7,15 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{BrokerProcess, flush, wait_until};
+use common::{BrokerProcess, Poller, flush, wait_until};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 /// Deadline for a group to settle (joins, syncs, heartbeats in debug builds).
 const SETTLE: Duration = Duration::from_secs(60);
@@ -64,21 +63,15 @@ impl ConsumerContext for Tracking {
 }
 
 /// A group member polling on its own thread; it commits every record it
-/// reads (synchronously) and closes the consumer when stopped.
+/// reads (synchronously).
 struct Member {
     seen: Arc<Seen>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    poller: Poller,
 }
 
 impl Member {
     fn start(broker: &BrokerProcess, group: &str, topic: &str, settings: &[(&str, &str)]) -> Self {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &broker.bootstrap)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
+        let mut config = broker.group_config(group);
         for (k, v) in settings {
             config.set(*k, *v);
         }
@@ -87,31 +80,19 @@ impl Member {
             .create_with_context(Tracking(Arc::clone(&seen)))
             .expect("consumer");
         consumer.subscribe(&[topic]).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let seen = Arc::clone(&seen);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
-                        seen.records
-                            .lock()
-                            .unwrap()
-                            .push((m.partition(), m.offset()));
-                        // A commit refused mid-rebalance is retried by the
-                        // next owner reading the record again: the tests
-                        // below produce only while the group is stable.
-                        let _ = consumer.commit_message(&m, CommitMode::Sync);
-                    }
-                }
-                drop(consumer);
-            })
-        };
-        Self {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        let records = Arc::clone(&seen);
+        let poller = Poller::spawn(consumer, move |consumer, m| {
+            records
+                .records
+                .lock()
+                .unwrap()
+                .push((m.partition(), m.offset()));
+            // A commit refused mid-rebalance is retried by the next owner
+            // reading the record again: the tests below produce only while
+            // the group is stable.
+            let _ = consumer.commit_message(m, CommitMode::Sync);
+        });
+        Self { seen, poller }
     }
 
     fn assignment(&self) -> BTreeSet<i32> {
@@ -124,33 +105,9 @@ impl Member {
 
     /// Stops polling and closes the consumer (a dynamic member leaves the
     /// group; a static one does not).
-    fn close(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
+    fn close(self) {
+        self.poller.close();
     }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn create_topic(broker: &BrokerProcess, topic: &str, partitions: i32) {
-    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
-    let (admin, runtime) = broker.admin();
-    let results = runtime
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap();
-    assert!(results[0].is_ok(), "{results:?}");
 }
 
 /// Produces `n` records spread evenly over `partitions`, numbered from `start`.
@@ -210,7 +167,7 @@ const FAST: &[(&str, &str)] = &[
 fn three_members_split_six_partitions_and_take_over_when_one_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(&dir, &[]);
-    create_topic(&broker, "split", 6);
+    broker.create_topic("split", 6);
     let members: Vec<Member> = (0..3)
         .map(|_| Member::start(&broker, "splitters", "split", FAST))
         .collect();
@@ -307,15 +264,9 @@ fn next_record<'a>(
 fn committed_offsets_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(&dir, &[]);
-    create_topic(&broker, "resume", 1);
+    broker.create_topic("resume", 1);
     produce(&broker, "resume", 1, 0, 200);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "resumers")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = broker.group_config("resumers").create().unwrap();
     consumer.subscribe(&["resume"]).unwrap();
     let mut read = 0;
     while read < 120 {
@@ -335,13 +286,7 @@ fn committed_offsets_survive_kill_9() {
         &dir.path().join("data"),
         &["group.initial.rebalance.delay.ms=0"],
     );
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("group.id", "resumers")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = broker.group_config("resumers").create().unwrap();
     let mut query = TopicPartitionList::new();
     query.add_partition("resume", 0);
     let committed = consumer.committed_offsets(query, SETTLE).unwrap();
@@ -359,7 +304,7 @@ fn committed_offsets_survive_kill_9() {
 fn a_static_member_restarting_within_its_session_gets_its_partitions_back_without_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(&dir, &[]);
-    create_topic(&broker, "static", 4);
+    broker.create_topic("static", 4);
     let static_settings = |instance: &'static str| {
         vec![
             ("group.instance.id", instance),
@@ -399,7 +344,7 @@ fn a_static_member_restarting_within_its_session_gets_its_partitions_back_withou
 fn cooperative_sticky_moves_only_the_partitions_that_change_owner() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(&dir, &[]);
-    create_topic(&broker, "sticky", 6);
+    broker.create_topic("sticky", 6);
     let mut settings = FAST.to_vec();
     settings.push(("partition.assignment.strategy", "cooperative-sticky"));
     let first = Member::start(&broker, "stickies", "sticky", &settings);
@@ -439,7 +384,7 @@ fn cooperative_sticky_moves_only_the_partitions_that_change_owner() {
 fn kip_848_group_consumes_everything_and_rebalances_when_a_member_joins() {
     let dir = tempfile::tempdir().unwrap();
     let broker = broker(&dir, &["group.consumer.heartbeat.interval.ms=500"]);
-    create_topic(&broker, "next-gen", 4);
+    broker.create_topic("next-gen", 4);
     let settings = [("group.protocol", "consumer")];
     let first = Member::start(&broker, "kip848", "next-gen", &settings);
     wait_for_assignments(&[&first], &[4], 4);

@@ -65,6 +65,13 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
+/// Whether requests of `key` may wait long for something other than the
+/// broker's own work (a rebalance, new data): the connection stops waiting
+/// for them when the client goes away or the broker stops.
+pub fn may_park(key: ApiKey) -> bool {
+    matches!(key, ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Fetch)
+}
+
 /// The advertised version range of `key`.
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED_APIS

@@ -23,8 +23,8 @@ use strom_protocol::messages::Decodable;
 use strom_protocol::messages::kafka::ConsumerProtocolSubscription;
 use tokio::sync::oneshot;
 
-use super::GroupConfig;
 use super::store::{ClassicMemberValue, GroupValue, ProtocolValue};
+use super::{GroupConfig, remove_if_held};
 
 /// The states of a classic group, named as Kafka names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,10 +240,6 @@ impl ClassicGroup {
 
     pub fn has_member(&self, member_id: &str) -> bool {
         self.members.contains_key(member_id)
-    }
-
-    pub fn leader(&self) -> Option<&str> {
-        self.leader.as_deref()
     }
 
     /// The member's static instance id check: FENCED_INSTANCE_ID when another
@@ -847,13 +843,8 @@ impl ClassicGroup {
 
     fn remove(&mut self, member_id: &str, out: &mut Outbox) {
         if let Some(mut m) = self.members.shift_remove(member_id) {
-            if let Some(instance) = &m.instance_id
-                && self
-                    .static_members
-                    .get(instance)
-                    .is_some_and(|h| h == member_id)
-            {
-                self.static_members.remove(instance);
+            if let Some(instance) = &m.instance_id {
+                remove_if_held(&mut self.static_members, instance, member_id);
             }
             if let Some(tx) = m.join_waiter.take() {
                 out.joins

@@ -29,9 +29,9 @@ use strom_controller::MetadataImage;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::Uuid;
 
-use super::GroupConfig;
 use super::assignor::{Assignor, MemberSpec, TopicMetadata};
 use super::store::{ConsumerMemberValue, GroupValue};
+use super::{GroupConfig, remove_if_held};
 
 /// Partitions by topic id.
 pub type Partitions = BTreeMap<Uuid, BTreeSet<i32>>;
@@ -139,10 +139,6 @@ pub struct ConsumerGroup {
     pub empty_since_ms: i64,
 }
 
-fn count(p: &Partitions) -> usize {
-    p.values().map(BTreeSet::len).sum()
-}
-
 fn owned_set(owned: &[(Uuid, Vec<i32>)]) -> BTreeSet<(Uuid, i32)> {
     owned
         .iter()
@@ -176,10 +172,6 @@ impl ConsumerGroup {
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
-    }
-
-    pub fn member_count(&self) -> usize {
-        self.members.len()
     }
 
     /// Kafka's state names for consumer groups.
@@ -614,17 +606,10 @@ impl ConsumerGroup {
     fn remove(&mut self, member_id: &str, now_ms: i64) {
         if let Some(m) = self.members.remove(member_id) {
             for tp in flatten(&m.assigned).chain(flatten(&m.pending_revocation)) {
-                if self.owners.get(&tp).is_some_and(|o| o == member_id) {
-                    self.owners.remove(&tp);
-                }
+                remove_if_held(&mut self.owners, &tp, member_id);
             }
-            if let Some(instance) = &m.instance_id
-                && self
-                    .static_members
-                    .get(instance)
-                    .is_some_and(|h| h == member_id)
-            {
-                self.static_members.remove(instance);
+            if let Some(instance) = &m.instance_id {
+                remove_if_held(&mut self.static_members, instance, member_id);
             }
         }
         self.target.remove(member_id);
@@ -710,9 +695,7 @@ impl ConsumerGroup {
             }
             // Revocation done: the partitions are free for others.
             for tp in flatten(&m.pending_revocation) {
-                if self.owners.get(&tp).is_some_and(|o| o == member_id) {
-                    self.owners.remove(&tp);
-                }
+                remove_if_held(&mut self.owners, &tp, member_id);
             }
             m.pending_revocation.clear();
             m.revocation_deadline_ms = None;
@@ -820,11 +803,6 @@ impl ConsumerGroup {
                 target: self.target.get(&m.id).cloned().unwrap_or_default(),
             })
             .collect()
-    }
-
-    /// Partitions currently assigned to members (for tests and describe).
-    pub fn assigned_count(&self) -> usize {
-        self.members.values().map(|m| count(&m.assigned)).sum()
     }
 
     /// The persisted form.

@@ -35,7 +35,7 @@ use strom_storage::{AppendError, AppendOrigin};
 use tokio::sync::Mutex;
 
 use crate::broker::Broker;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, parse_prop as prop};
 use crate::replica::ReplicaManager;
 use assignor::Assignor;
 use classic::{ClassicGroup, Outbox};
@@ -49,6 +49,14 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_TIMER_MS: i64 = i32::MAX as i64;
 /// Kafka's `offsets.topic.segment.bytes` default.
 const OFFSETS_SEGMENT_BYTES: &str = "104857600";
+
+/// Removes `key` from `map` only while it still maps to `holder` (a static
+/// instance id or a partition that may have moved on to someone else).
+fn remove_if_held<K: std::hash::Hash + Eq>(map: &mut HashMap<K, String>, key: &K, holder: &str) {
+    if map.get(key).is_some_and(|h| h == holder) {
+        map.remove(key);
+    }
+}
 
 /// The coordinator's settings, from broker properties with Kafka's names.
 #[derive(Debug, Clone)]
@@ -81,20 +89,6 @@ pub struct GroupConfig {
     /// `group.consumer.assignors`, default `uniform,range`; the first is
     /// the default.
     pub consumer_assignors: Vec<Assignor>,
-}
-
-fn prop<T: std::str::FromStr>(
-    props: &BTreeMap<String, String>,
-    name: &str,
-    default: T,
-) -> Result<T, ConfigError> {
-    match props.get(name) {
-        None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError(format!("{name}: invalid value {v:?}"))),
-    }
 }
 
 fn positive<T: PartialOrd + Default + std::fmt::Display>(

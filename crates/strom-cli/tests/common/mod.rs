@@ -7,10 +7,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
 use rdkafka::ClientConfig;
-use rdkafka::admin::AdminClient;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -151,7 +156,31 @@ impl BrokerProcess {
         (admin, runtime)
     }
 
-    /// A consumer that reads by assignment only (there are no groups yet).
+    /// Creates `topic` with `partitions` partitions (replication factor 1).
+    pub fn create_topic(&self, topic: &str, partitions: i32) {
+        let (admin, runtime) = self.admin();
+        let result = runtime
+            .block_on(admin.create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new(),
+            ))
+            .unwrap();
+        assert!(result[0].is_ok(), "{result:?}");
+    }
+
+    /// Settings of a group consumer that commits only when told to and
+    /// starts at the beginning of partitions with no commit.
+    pub fn group_config(&self, group: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        config
+    }
+
+    /// A consumer that reads by assignment and never joins its group.
     pub fn consumer(&self) -> BaseConsumer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
@@ -178,6 +207,55 @@ fn read_to_string(path: &Path) -> String {
         let _ = f.read_to_string(&mut s);
     }
     s
+}
+
+/// A consumer polled on its own thread, handing each record to a callback,
+/// until stopped; stopping closes the consumer (a dynamic group member
+/// leaves its group).
+pub struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Poller {
+    pub fn spawn<C: ConsumerContext + 'static>(
+        consumer: BaseConsumer<C>,
+        mut on_record: impl FnMut(&BaseConsumer<C>, &BorrowedMessage<'_>) + Send + 'static,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(Ok(m)) = consumer.poll(Duration::from_millis(20)) {
+                        on_record(&consumer, &m);
+                    }
+                }
+            })
+        };
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops polling and closes the consumer.
+    pub fn close(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("poller thread");
+        }
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
 }
 
 /// Polls `producer` until everything is delivered.
