@@ -9,7 +9,7 @@ import random
 import time
 
 import confluent_kafka
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as CTopicPartition
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
@@ -187,3 +187,12 @@ def check(consumed, n, start=0, first_offset=0):
             names = ["offset", "key", "value", "headers", "timestamp"]
             diffs = [f"{name}: got {g!r:.200} want {w!r:.200}" for name, g, w in zip(names, got, want) if g != w]
             raise AssertionError(f"record {j} (offset {got[0]}) differs: " + "; ".join(diffs))
+
+
+def confluent_error(future):
+    """The Kafka error code a confluent admin future fails with (None if it succeeds)."""
+    try:
+        future.result(30)
+    except KafkaException as e:
+        return e.args[0].code()
+    return None

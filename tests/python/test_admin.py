@@ -6,13 +6,13 @@ unknown topic stays gone and a topic created without a partition count gets 3.
 
 import kafka.errors as kerr
 import pytest
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
+from confluent_kafka import KafkaError, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewPartitions, NewTopic
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource as KConfigResource
 from kafka.admin import ConfigResourceType, KafkaAdminClient
 
-from clients import check, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
+from clients import check, confluent_error, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
 from conftest import module_broker, wait_until
 
 broker = module_broker("auto.create.topics.enable=false", "num.partitions=3")
@@ -32,15 +32,6 @@ def kadmin(broker):
         yield client
     finally:
         client.close()
-
-
-def confluent_error(future):
-    """The Kafka error code a confluent admin future fails with (None if it succeeds)."""
-    try:
-        future.result(30)
-    except KafkaException as e:
-        return e.args[0].code()
-    return None
 
 
 def topic_names(admin):

@@ -33,7 +33,6 @@ from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     ConsumerGroupType,
     KafkaError,
-    KafkaException,
     Producer,
 )
 from confluent_kafka import TopicPartition as CTopicPartition
@@ -43,7 +42,7 @@ from kafka import TopicPartition as KTopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.structs import OffsetAndMetadata
 
-from clients import check, produce_kafka_python
+from clients import check, confluent_error, produce_kafka_python
 from conftest import module_broker, wait_until
 
 GROUP_PROPERTIES = (
@@ -70,6 +69,21 @@ def create_topic(bootstrap, topic, partitions):
     admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
     # A consumer subscribing right away must see every partition.
     assert wait_until(lambda: len(admin.list_topics(topic=topic, timeout=10).topics[topic].partitions) == partitions, 10)
+
+
+def kafka_python_member(bootstrap, topic, **config):
+    """A kafka-python group consumer subscribed to `topic` once it knows the topic's partitions.
+
+    kafka-python joins a group without first fetching the metadata of a plain
+    (non-pattern) subscription (see KAFKA-3949 in its coordinator). With
+    group.initial.rebalance.delay.ms=0 the group can then form before that metadata
+    arrives: the leader assigns the topic to nobody ("No partition metadata for
+    topic") and waits for its next periodic metadata refresh, minutes away.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **config)
+    assert wait_until(lambda: consumer.partitions_for_topic(topic), DEADLINE_S), f"kafka-python never saw {topic}"
+    consumer.subscribe([topic])
+    return consumer
 
 
 def produce_values(bootstrap, topic, values_by_partition):
@@ -233,14 +247,6 @@ def describe_for_failure(bootstrap, group):
         admin.close()
 
 
-def confluent_error_code(future):
-    try:
-        future.result(30)
-    except KafkaException as e:
-        return e.args[0].code()
-    return None
-
-
 # ---------------------------------------------------------------- tests
 
 
@@ -251,7 +257,7 @@ def test_kafka_python_subscribes_commits_and_a_successor_resumes(broker, cleanup
     produce_kafka_python(broker.bootstrap, topic, n)
 
     # Kafka-python's defaults (45 s session, 3 s heartbeat): only the commit is made explicit.
-    first = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
+    first = kafka_python_member(broker.bootstrap, topic, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
     cleanup.append(first)
     got = read_kafka_python(first, 1, FIRST_RECORD_DEADLINE_S)
     assert got[0], (
@@ -270,7 +276,7 @@ def test_kafka_python_subscribes_commits_and_a_successor_resumes(broker, cleanup
     first.close()  # sends LeaveGroup: the successor need not wait for a session timeout
 
     produce_kafka_python(broker.bootstrap, topic, 40, start=n)
-    second = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
+    second = kafka_python_member(broker.bootstrap, topic, group_id=group, auto_offset_reset="earliest", enable_auto_commit=False)
     cleanup.append(second)
     assert second.committed(tp) == n
     resumed = read_kafka_python(second, 40)
@@ -343,7 +349,7 @@ def test_committed_offsets_and_metadata_survive_kill_9(broker_factory, cleanup):
     kp_commits = {tp0: OffsetAndMetadata(7, "kafka-python p0 \u2713", -1), tp1: OffsetAndMetadata(4, "kp-p1:" + "x" * 1000, -1)}
     ck_commits = [CTopicPartition(topic, 0, 3, metadata="librdkafka p0 \u00e9"), CTopicPartition(topic, 1, 11, metadata="")]
 
-    kp = KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id="crash-kp", enable_auto_commit=False, heartbeat_interval_ms=500)
+    kp = kafka_python_member(broker.bootstrap, topic, group_id="crash-kp", enable_auto_commit=False, heartbeat_interval_ms=500)
     cleanup.append(kp)
     assert wait_until(lambda: kp.poll(timeout_ms=100) is not None and kp.assignment() == {tp0, tp1}, DEADLINE_S), kp.assignment()
     kp.commit(kp_commits)
@@ -413,7 +419,7 @@ def test_kafka_python_admin_lists_describes_and_deletes_groups(broker, cleanup):
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     cleanup.append(admin)
     consumers = [
-        KafkaConsumer(topic, bootstrap_servers=broker.bootstrap, group_id=group, client_id=f"kp-admin-{i}", auto_offset_reset="earliest", enable_auto_commit=False, heartbeat_interval_ms=500)
+        kafka_python_member(broker.bootstrap, topic, group_id=group, client_id=f"kp-admin-{i}", auto_offset_reset="earliest", enable_auto_commit=False, heartbeat_interval_ms=500)
         for i in range(2)
     ]
     cleanup.extend(consumers)
@@ -501,12 +507,12 @@ def test_confluent_admin_lists_describes_and_deletes_groups(broker, cleanup):
     offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(30)
     assert sorted((tp.topic, tp.partition, tp.offset) for tp in offsets.topic_partitions) == [(topic, 0, 5), (topic, 1, 5)]
 
-    assert confluent_error_code(admin.delete_consumer_groups([group])[group]) == KafkaError.NON_EMPTY_GROUP
+    assert confluent_error(admin.delete_consumer_groups([group])[group]) == KafkaError.NON_EMPTY_GROUP
     for m in members:
         m.close()
     description = admin.describe_consumer_groups([group])[group].result(30)
     assert (description.state, description.members) == (ConsumerGroupState.EMPTY, [])
-    assert confluent_error_code(admin.delete_consumer_groups([group])[group]) is None
+    assert confluent_error(admin.delete_consumer_groups([group])[group]) is None
     assert group not in {g.group_id for g in admin.list_consumer_groups().result(30).valid}
 
 
