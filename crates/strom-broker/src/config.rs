@@ -621,6 +621,10 @@ impl BrokerConfig {
         let int = |name: &str, default: u32| value(name).trim().parse::<u32>().unwrap_or(default);
         let flush_messages = long("flush.messages", i64::MAX);
         let flush_ms = long("flush.ms", i64::MAX);
+        let policy: Vec<String> = value("cleanup.policy")
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .collect();
         LogConfig {
             segment_bytes: int(
                 "segment.bytes",
@@ -648,9 +652,22 @@ impl BrokerConfig {
             } else {
                 TimestampType::CreateTime
             },
-            compact: value("cleanup.policy")
-                .split(',')
-                .any(|p| p.trim() == "compact"),
+            compact: policy.iter().any(|p| p == "compact"),
+            delete: policy.iter().any(|p| p == "delete"),
+            retention_ms: long("retention.ms", strom_storage::config::DEFAULT_RETENTION_MS),
+            retention_bytes: long("retention.bytes", -1),
+            delete_retention_ms: long(
+                "delete.retention.ms",
+                strom_storage::config::DEFAULT_DELETE_RETENTION_MS,
+            ),
+            min_compaction_lag_ms: long("min.compaction.lag.ms", 0),
+            max_compaction_lag_ms: long("max.compaction.lag.ms", i64::MAX),
+            min_cleanable_dirty_ratio: value("min.cleanable.dirty.ratio")
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .unwrap_or(strom_storage::config::DEFAULT_MIN_CLEANABLE_DIRTY_RATIO),
             file_delete_delay_ms: long(
                 "file.delete.delay.ms",
                 strom_storage::config::DEFAULT_FILE_DELETE_DELAY_MS,

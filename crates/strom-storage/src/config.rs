@@ -27,8 +27,29 @@ pub struct LogConfig {
     pub flush_ms: Option<i64>,
     /// `message.timestamp.type`.
     pub message_timestamp_type: TimestampType,
-    /// `cleanup.policy` contains `compact`: batches may leave offset gaps.
+    /// `cleanup.policy` contains `compact`: batches may leave offset gaps, and
+    /// the log cleaner keeps the latest record of each key.
     pub compact: bool,
+    /// `cleanup.policy` contains `delete`: segments past `retention_ms` or
+    /// `retention_bytes` are deleted.
+    pub delete: bool,
+    /// `retention.ms`: a segment whose newest record is older than this goes;
+    /// negative means no time limit.
+    pub retention_ms: i64,
+    /// `retention.bytes`: the most a partition keeps, deleting oldest
+    /// segments first; negative means no size limit.
+    pub retention_bytes: i64,
+    /// `delete.retention.ms`: how long a tombstone (a null value) stays in a
+    /// compacted log once cleaned, so slow consumers still see the delete.
+    pub delete_retention_ms: i64,
+    /// `min.compaction.lag.ms`: records younger than this are never compacted.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a record older than this makes its log
+    /// eligible for cleaning whatever the dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// `min.cleanable.dirty.ratio`: clean a log only when this share of it (by
+    /// bytes) has not been cleaned yet.
+    pub min_cleanable_dirty_ratio: f64,
     /// `file.delete.delay.ms`: how long a deleted segment stays as `*.deleted`.
     pub file_delete_delay_ms: i64,
     /// `producer.id.expiration.ms` (a broker setting in Kafka, carried per log
@@ -49,6 +70,12 @@ pub const DEFAULT_INDEX_INTERVAL_BYTES: u32 = 4096;
 pub const DEFAULT_MAX_MESSAGE_BYTES: u32 = 1_048_588;
 /// Kafka's `file.delete.delay.ms` default.
 pub const DEFAULT_FILE_DELETE_DELAY_MS: i64 = 60_000;
+/// Kafka's `retention.ms` default: 7 days.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `delete.retention.ms` default: 1 day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// Kafka's `min.cleanable.dirty.ratio` default.
+pub const DEFAULT_MIN_CLEANABLE_DIRTY_RATIO: f64 = 0.5;
 /// Kafka's `producer.id.expiration.ms` default: 1 day.
 pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -65,6 +92,13 @@ impl Default for LogConfig {
             flush_ms: None,
             message_timestamp_type: TimestampType::CreateTime,
             compact: false,
+            delete: true,
+            retention_ms: DEFAULT_RETENTION_MS,
+            retention_bytes: -1,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            min_cleanable_dirty_ratio: DEFAULT_MIN_CLEANABLE_DIRTY_RATIO,
             file_delete_delay_ms: DEFAULT_FILE_DELETE_DELAY_MS,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
