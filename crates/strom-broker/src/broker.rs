@@ -120,7 +120,7 @@ impl Broker {
 
     /// The effective log settings of a topic with these overrides.
     pub fn log_config(&self, overrides: &std::collections::BTreeMap<String, String>) -> LogConfig {
-        self.config.log_config(overrides)
+        self.config.log_config(&self.image(), overrides)
     }
 }
 
@@ -297,7 +297,7 @@ fn open(
                 .topic(&tp.topic)
                 .map(|t| t.configs.clone())
                 .unwrap_or_default();
-            config.log_config(&overrides)
+            config.log_config(&image, &overrides)
         },
     )?;
     let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs));

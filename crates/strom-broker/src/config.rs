@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use strom_controller::MetadataImage;
 use strom_protocol::record_batch::TimestampType;
 use strom_storage::LogConfig;
 
@@ -398,6 +399,22 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ConfigError>
     let def = topic_config_def(name)
         .ok_or_else(|| ConfigError(format!("Unknown topic config name: {name}")))?;
     def.config_type.check(name, value)?;
+    if let Some((min, max)) = topic_config_range(name) {
+        let number = value.trim().parse::<f64>().unwrap_or(f64::NAN);
+        let fail = |bound: String| {
+            Err(ConfigError(format!(
+                "Invalid value {value} for configuration {name}: {bound}"
+            )))
+        };
+        // gzip takes -1 (the codec's default) or 1 to 9.
+        let gzip_default = name == "compression.gzip.level" && number == -1.0;
+        if number < min && !gzip_default {
+            return fail(format!("Value must be at least {min}"));
+        }
+        if number > max {
+            return fail(format!("Value must be no more than {max}"));
+        }
+    }
     if !def.valid.is_empty() {
         let values: Vec<&str> = if def.config_type == ConfigType::List {
             value.split(',').map(str::trim).collect()
@@ -410,6 +427,56 @@ pub fn validate_topic_config(name: &str, value: &str) -> Result<(), ConfigError>
                 def.valid.join(", ")
             )));
         }
+    }
+    Ok(())
+}
+
+/// The range Kafka's validators allow for a numeric topic config, as
+/// `(at least, no more than)`. `segment.bytes` keeps Kafka 3.x's lower bound
+/// (one legacy record) so that tests and small deployments can roll often;
+/// Kafka 4.0 raised it to 1 MiB.
+fn topic_config_range(name: &str) -> Option<(f64, f64)> {
+    const MAX: f64 = f64::INFINITY;
+    Some(match name {
+        "segment.bytes" => (14.0, MAX),
+        "segment.ms" | "max.compaction.lag.ms" | "flush.messages" | "min.insync.replicas" => {
+            (1.0, MAX)
+        }
+        "segment.index.bytes" => (4.0, MAX),
+        "retention.ms" => (-1.0, MAX),
+        "local.retention.ms" | "local.retention.bytes" => (-2.0, MAX),
+        "segment.jitter.ms"
+        | "flush.ms"
+        | "max.message.bytes"
+        | "index.interval.bytes"
+        | "delete.retention.ms"
+        | "min.compaction.lag.ms"
+        | "file.delete.delay.ms"
+        | "message.timestamp.before.max.ms"
+        | "message.timestamp.after.max.ms" => (0.0, MAX),
+        "min.cleanable.dirty.ratio" => (0.0, 1.0),
+        "compression.gzip.level" => (1.0, 9.0),
+        "compression.lz4.level" => (1.0, 17.0),
+        "compression.zstd.level" => (-131_072.0, 22.0),
+        _ => return None,
+    })
+}
+
+/// Checks the settings of one topic against each other, as Kafka's
+/// LogConfig.validate: compaction lags must be ordered.
+pub fn validate_topic_configs(values: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let min_lag = values("min.compaction.lag.ms")
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(0);
+    let max_lag = values("max.compaction.lag.ms")
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(i64::MAX);
+    if min_lag > max_lag {
+        return Err(ConfigError(format!(
+            "conflict topic config setting min.compaction.lag.ms ({min_lag}) > max.compaction.lag.ms ({max_lag})"
+        )));
     }
     Ok(())
 }
@@ -554,39 +621,57 @@ impl BrokerConfig {
         self.get("producer.id.expiration.ms", 86_400_000)
     }
 
+    /// The values a broker-level layer gives topic config `def`, one per
+    /// synonym the layer sets, most specific synonym first.
+    fn layer_values(
+        def: &TopicConfigDef,
+        props: &BTreeMap<String, String>,
+        source: ConfigSource,
+    ) -> Vec<ConfigValue> {
+        def.synonyms
+            .iter()
+            .filter_map(|(prop, unit)| {
+                let raw = props.get(*prop)?;
+                let value = match unit {
+                    Unit::Same => raw.clone(),
+                    Unit::MinutesToMs => raw
+                        .trim()
+                        .parse::<i64>()
+                        .ok()?
+                        .saturating_mul(60_000)
+                        .to_string(),
+                    Unit::HoursToMs => raw
+                        .trim()
+                        .parse::<i64>()
+                        .ok()?
+                        .saturating_mul(MS_PER_HOUR)
+                        .to_string(),
+                };
+                Some(ConfigValue {
+                    name: (*prop).to_owned(),
+                    value,
+                    source,
+                })
+            })
+            .collect()
+    }
+
     /// The broker-wide value of a topic config, if a static property sets it
     /// (the most specific synonym wins, as in Kafka).
     pub fn static_topic_default(&self, def: &TopicConfigDef) -> Option<ConfigValue> {
-        def.synonyms.iter().find_map(|(prop, unit)| {
-            let raw = self.properties.get(*prop)?;
-            let value = match unit {
-                Unit::Same => raw.clone(),
-                Unit::MinutesToMs => raw
-                    .trim()
-                    .parse::<i64>()
-                    .ok()?
-                    .saturating_mul(60_000)
-                    .to_string(),
-                Unit::HoursToMs => raw
-                    .trim()
-                    .parse::<i64>()
-                    .ok()?
-                    .saturating_mul(MS_PER_HOUR)
-                    .to_string(),
-            };
-            Some(ConfigValue {
-                name: (*prop).to_owned(),
-                value,
-                source: ConfigSource::StaticBroker,
-            })
-        })
+        Self::layer_values(def, &self.properties, ConfigSource::StaticBroker)
+            .into_iter()
+            .next()
     }
 
     /// The value of topic config `def` for a topic with `overrides`, and the
-    /// chain of synonyms that led to it (most specific first).
+    /// chain of synonyms that led to it, most specific first, as Kafka orders
+    /// them: the topic override, this broker's dynamic configs, the dynamic
+    /// cluster default, the static properties, Kafka's default.
     pub fn topic_config_value(
         &self,
         def: &TopicConfigDef,
+        image: &MetadataImage,
         overrides: &BTreeMap<String, String>,
     ) -> (ConfigValue, Vec<ConfigValue>) {
         let mut chain = Vec::new();
@@ -597,9 +682,20 @@ impl BrokerConfig {
                 source: ConfigSource::DynamicTopic,
             });
         }
-        if let Some(v) = self.static_topic_default(def) {
-            chain.push(v);
+        let dynamic = [
+            (Some(self.node_id), ConfigSource::DynamicBroker),
+            (None, ConfigSource::DynamicDefaultBroker),
+        ];
+        for (key, source) in dynamic {
+            if let Some(props) = image.broker_configs.get(&key) {
+                chain.extend(Self::layer_values(def, props, source));
+            }
         }
+        chain.extend(Self::layer_values(
+            def,
+            &self.properties,
+            ConfigSource::StaticBroker,
+        ));
         chain.push(ConfigValue {
             name: def.name.to_owned(),
             value: def.default.to_owned(),
@@ -610,11 +706,41 @@ impl BrokerConfig {
         (effective, chain)
     }
 
+    /// The effective value of broker property `name` and where it comes
+    /// from: this broker's dynamic config, the dynamic cluster default, the
+    /// static properties; `None` when none sets it.
+    pub fn broker_value(&self, image: &MetadataImage, name: &str) -> Option<ConfigValue> {
+        let dynamic = [
+            (Some(self.node_id), ConfigSource::DynamicBroker),
+            (None, ConfigSource::DynamicDefaultBroker),
+        ];
+        dynamic
+            .into_iter()
+            .find_map(|(key, source)| {
+                let value = image.broker_configs.get(&key)?.get(name)?;
+                Some((value.clone(), source))
+            })
+            .or_else(|| {
+                self.properties
+                    .get(name)
+                    .map(|v| (v.clone(), ConfigSource::StaticBroker))
+            })
+            .map(|(value, source)| ConfigValue {
+                name: name.to_owned(),
+                value,
+                source,
+            })
+    }
+
     /// The storage settings of a topic with `overrides`.
-    pub fn log_config(&self, overrides: &BTreeMap<String, String>) -> LogConfig {
+    pub fn log_config(
+        &self,
+        image: &MetadataImage,
+        overrides: &BTreeMap<String, String>,
+    ) -> LogConfig {
         let value = |name: &str| -> String {
             topic_config_def(name).map_or_else(String::new, |def| {
-                self.topic_config_value(def, overrides).0.value
+                self.topic_config_value(def, image, overrides).0.value
             })
         };
         let long = |name: &str, default: i64| value(name).trim().parse::<i64>().unwrap_or(default);
@@ -801,14 +927,15 @@ mod tests {
         props.insert("log.retention.hours".to_owned(), "1".to_owned());
         let config = BrokerConfig::from_properties(props).unwrap();
         let def = topic_config_def("retention.ms").unwrap();
-        let (value, chain) = config.topic_config_value(def, &BTreeMap::new());
+        let (value, chain) =
+            config.topic_config_value(def, &MetadataImage::default(), &BTreeMap::new());
         assert_eq!(
             (value.value.as_str(), value.source),
             ("3600000", ConfigSource::StaticBroker)
         );
         assert_eq!(chain.len(), 2);
         let overrides = BTreeMap::from([("retention.ms".to_owned(), "5".to_owned())]);
-        let (value, chain) = config.topic_config_value(def, &overrides);
+        let (value, chain) = config.topic_config_value(def, &MetadataImage::default(), &overrides);
         assert_eq!(
             (value.value.as_str(), value.source, chain.len()),
             ("5", ConfigSource::DynamicTopic, 3)
@@ -818,8 +945,18 @@ mod tests {
         assert!(validate_topic_config("cleanup.policy", "compact,delete").is_ok());
         assert!(validate_topic_config("cleanup.policy", "shred").is_err());
         let overrides = BTreeMap::from([("flush.messages".to_owned(), "1".to_owned())]);
-        assert_eq!(config.log_config(&overrides).flush_messages, Some(1));
-        assert_eq!(config.log_config(&BTreeMap::new()).flush_messages, None);
+        assert_eq!(
+            config
+                .log_config(&MetadataImage::default(), &overrides)
+                .flush_messages,
+            Some(1)
+        );
+        assert_eq!(
+            config
+                .log_config(&MetadataImage::default(), &BTreeMap::new())
+                .flush_messages,
+            None
+        );
     }
 
     #[test]

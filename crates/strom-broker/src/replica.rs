@@ -132,7 +132,7 @@ impl ReplicaManager {
         let mut wanted: HashSet<PartitionKey> = HashSet::new();
         for topic in image.topics() {
             let name: Arc<str> = Arc::from(topic.name.as_str());
-            let log_config = config.log_config(&topic.configs);
+            let log_config = config.log_config(image, &topic.configs);
             for p in &topic.partitions {
                 if !p.replicas.contains(&self.node_id) {
                     continue;

@@ -3,173 +3,23 @@
 //! pipelining, acks=0.
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use strom_broker::RunningBroker;
 use strom_broker::config::BrokerConfig;
-use strom_broker::{RunningBroker, start};
 use strom_protocol::builder::RecordBatchBuilder;
 use strom_protocol::compression::Compression;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::kafka::*;
-use strom_protocol::messages::{
-    ApiKey, Decodable, Encodable, StrBytes, decode_response, encode_request,
-};
+use strom_protocol::messages::{ApiKey, StrBytes, decode_response, encode_request};
 use strom_protocol::record_batch::{self, MAGIC_OFFSET};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-/// A deadline for any single exchange: a broker that never answers fails.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn broker(dir: &std::path::Path, extra: &[(&str, &str)]) -> RunningBroker {
-    // The broker's log lines show with a failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("warn")
-        .try_init();
-    let mut props = BTreeMap::from([
-        ("listeners".to_owned(), "PLAINTEXT://127.0.0.1:0".to_owned()),
-        ("log.dirs".to_owned(), dir.display().to_string()),
-    ]);
-    for (k, v) in extra {
-        props.insert((*k).to_owned(), (*v).to_owned());
-    }
-    start(BrokerConfig::from_properties(props).unwrap())
-        .await
-        .unwrap()
-}
-
-/// A bare Kafka protocol connection.
-struct Raw {
-    stream: TcpStream,
-    correlation: i32,
-}
-
-impl Raw {
-    async fn connect(broker: &RunningBroker) -> Self {
-        Self {
-            stream: TcpStream::connect(broker.local_addr).await.unwrap(),
-            correlation: 0,
-        }
-    }
-
-    async fn send<T: Encodable>(&mut self, key: ApiKey, version: i16, request: &T) -> i32 {
-        self.correlation += 1;
-        let frame = encode_request(key, version, self.correlation, Some("raw"), request).unwrap();
-        self.stream.write_all(&frame).await.unwrap();
-        self.correlation
-    }
-
-    /// The next frame, or `None` when the broker closed the connection.
-    async fn next_frame(&mut self) -> Option<Bytes> {
-        let read = async {
-            let mut size = [0u8; 4];
-            self.stream.read_exact(&mut size).await.ok()?;
-            let mut body = BytesMut::zeroed(i32::from_be_bytes(size) as usize);
-            self.stream.read_exact(&mut body).await.ok()?;
-            Some(body.freeze())
-        };
-        tokio::time::timeout(ANSWER_TIMEOUT, read)
-            .await
-            .expect("broker answered in time")
-    }
-
-    async fn recv<R: Decodable>(&mut self, key: ApiKey, version: i16, correlation: i32) -> R {
-        let frame = self
-            .next_frame()
-            .await
-            .expect("a response, not a closed connection");
-        let (got, response) = decode_response(key, version, frame).unwrap();
-        assert_eq!(got, correlation, "responses come in request order");
-        response
-    }
-
-    async fn call<T: Encodable, R: Decodable>(
-        &mut self,
-        key: ApiKey,
-        version: i16,
-        request: &T,
-    ) -> R {
-        let correlation = self.send(key, version, request).await;
-        self.recv(key, version, correlation).await
-    }
-}
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_owned()))
-}
-
-fn produce_request(topic: &str, partition: i32, acks: i16, records: Bytes) -> ProduceRequest {
-    ProduceRequest::default()
-        .with_acks(acks)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            produce_request::TopicProduceData::default()
-                .with_name(name(topic))
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(partition)
-                        .with_records(Some(records)),
-                ]),
-        ])
-}
-
-fn batch(values: &[Option<&[u8]>], keyed: bool, timestamp: i64) -> Bytes {
-    let mut builder = RecordBatchBuilder::new(Compression::None);
-    for (i, v) in values.iter().enumerate() {
-        let key = format!("k{i}");
-        builder.push(timestamp, keyed.then_some(key.as_bytes()), *v, &[]);
-    }
-    builder.build().unwrap()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-async fn produce(
-    raw: &mut Raw,
-    topic: &str,
-    records: Bytes,
-) -> produce_response::PartitionProduceResponse {
-    let response: ProduceResponse = raw
-        .call(ApiKey::Produce, 9, &produce_request(topic, 0, -1, records))
-        .await;
-    response.responses[0].partition_responses[0].clone()
-}
-
-async fn create_topic(
-    raw: &mut Raw,
-    topic: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-) -> i16 {
-    let request = CreateTopicsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![
-            create_topics_request::CreatableTopic::default()
-                .with_name(name(topic))
-                .with_num_partitions(partitions)
-                .with_replication_factor(1)
-                .with_configs(
-                    configs
-                        .iter()
-                        .map(|(k, v)| {
-                            create_topics_request::CreatableTopicConfig::default()
-                                .with_name(StrBytes::from_string((*k).to_owned()))
-                                .with_value(Some(StrBytes::from_string((*v).to_owned())))
-                        })
-                        .collect(),
-                ),
-        ]);
-    let response: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &request).await;
-    response.topics[0].error_code
-}
+use common::*;
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_versions_advertises_and_falls_back_to_v0() {
@@ -438,32 +288,6 @@ async fn metadata_names_topics_and_refuses_bad_names() {
         ErrorCode::UnknownTopicOrPartition.code()
     );
     broker.shutdown().await.unwrap();
-}
-
-fn fetch_request(
-    topic: &str,
-    offset: i64,
-    max_wait_ms: i32,
-    session_id: i32,
-    epoch: i32,
-) -> FetchRequest {
-    FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_session_id(session_id)
-        .with_session_epoch(epoch)
-        .with_topics(vec![
-            fetch_request::FetchTopic::default()
-                .with_topic(name(topic))
-                .with_partitions(vec![
-                    fetch_request::FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(offset)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -741,26 +565,6 @@ async fn idempotent_producer_retries_are_answered_with_the_original_offsets() {
     broker.shutdown().await.unwrap();
 }
 
-/// Sends one request on a fresh connection and decodes the answer at the
-/// same version; panics if the broker closes the connection instead.
-async fn exchange<T: Encodable, R: Decodable>(
-    broker: &RunningBroker,
-    key: ApiKey,
-    version: i16,
-    request: &T,
-) -> R {
-    let mut raw = Raw::connect(broker).await;
-    let correlation = raw.send(key, version, request).await;
-    let frame = raw
-        .next_frame()
-        .await
-        .unwrap_or_else(|| panic!("{key:?} v{version}: the broker closed the connection"));
-    let (got, response) = decode_response::<R>(key, version, frame)
-        .unwrap_or_else(|e| panic!("{key:?} v{version}: undecodable response: {e}"));
-    assert_eq!(got, correlation);
-    response
-}
-
 /// Joins `group` as its only member with JoinGroup `version` (answering
 /// MEMBER_ID_REQUIRED from v4): the member id and generation.
 async fn join(broker: &RunningBroker, group: &str, version: i16) -> (String, i32) {
@@ -946,6 +750,58 @@ async fn every_advertised_version_of_every_api_is_answered() {
                         exchange(&broker, key, version, &request).await;
                     assert_eq!(r.results[0].error_code, 0, "v{version}");
                     assert!(!r.results[0].configs.is_empty(), "v{version}");
+                }
+                ApiKey::AlterConfigs => {
+                    let request = AlterConfigsRequest::default().with_resources(vec![
+                        alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("grow"))
+                            .with_configs(vec![
+                                alter_configs_request::AlterableConfig::default()
+                                    .with_name(StrBytes::from_static_str("retention.ms"))
+                                    .with_value(Some(StrBytes::from_static_str("3600000"))),
+                            ]),
+                    ]);
+                    let r: AlterConfigsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.responses[0].error_code, 0, "v{version}");
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    let request = IncrementalAlterConfigsRequest::default().with_resources(vec![
+                        incremental_alter_configs_request::AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("grow"))
+                            .with_configs(vec![
+                                incremental_alter_configs_request::AlterableConfig::default()
+                                    .with_name(StrBytes::from_static_str("cleanup.policy"))
+                                    .with_config_operation(2)
+                                    .with_value(Some(StrBytes::from_static_str("compact"))),
+                            ]),
+                    ]);
+                    let r: IncrementalAlterConfigsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.responses[0].error_code, 0, "v{version}");
+                }
+                ApiKey::DeleteRecords => {
+                    let request = DeleteRecordsRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topics(vec![
+                            delete_records_request::DeleteRecordsTopic::default()
+                                .with_name(name("all"))
+                                .with_partitions(vec![
+                                    delete_records_request::DeleteRecordsPartition::default()
+                                        .with_partition_index(0)
+                                        .with_offset(0),
+                                ]),
+                        ]);
+                    let r: DeleteRecordsResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{version}");
+                }
+                ApiKey::DescribeLogDirs => {
+                    let request = DescribeLogDirsRequest::default().with_topics(None);
+                    let r: DescribeLogDirsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.results[0].error_code, 0, "v{version}");
+                    assert!(!r.results[0].topics.is_empty(), "v{version}");
                 }
                 ApiKey::CreatePartitions => {
                     grow_to += 1;

@@ -7,11 +7,13 @@
 
 pub mod admin;
 pub mod api_versions;
+pub mod configs;
 pub mod fetch;
 pub mod fetch_session;
 pub mod group;
 pub mod init_producer_id;
 pub mod list_offsets;
+pub mod logs;
 pub mod metadata;
 pub mod produce;
 pub mod sasl;
@@ -48,6 +50,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 5),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::FindCoordinator, 0, 6),
@@ -156,7 +162,24 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr
             respond(frame, &admin::describe_cluster(broker, req))
         }),
         ApiKey::DescribeConfigs => decode_and!(frame, kafka::DescribeConfigsRequest, |req| {
-            respond(frame, &admin::describe_configs(broker, req, version))
+            respond(frame, &configs::describe_configs(broker, req, version))
+        }),
+        ApiKey::AlterConfigs => decode_and!(frame, kafka::AlterConfigsRequest, |req| {
+            respond(frame, &configs::alter_configs(broker, req).await)
+        }),
+        ApiKey::IncrementalAlterConfigs => {
+            decode_and!(frame, kafka::IncrementalAlterConfigsRequest, |req| {
+                respond(
+                    frame,
+                    &configs::incremental_alter_configs(broker, req).await,
+                )
+            })
+        }
+        ApiKey::DeleteRecords => decode_and!(frame, kafka::DeleteRecordsRequest, |req| {
+            respond(frame, &logs::delete_records(broker, req).await)
+        }),
+        ApiKey::DescribeLogDirs => decode_and!(frame, kafka::DescribeLogDirsRequest, |req| {
+            respond(frame, &logs::describe_log_dirs(broker, req, version))
         }),
         ApiKey::InitProducerId => decode_and!(frame, kafka::InitProducerIdRequest, |req| {
             respond(frame, &init_producer_id::handle(broker, req).await)

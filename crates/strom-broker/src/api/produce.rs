@@ -12,8 +12,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use strom_controller::MetadataImage;
+use strom_protocol::builder::RecordBatchBuilder;
+use strom_protocol::compression::Compression;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::StrBytes;
 use strom_protocol::messages::kafka::produce_response::{
@@ -53,6 +55,8 @@ struct PartitionChecks {
     after_max_ms: i64,
     min_insync_replicas: usize,
     isr: usize,
+    /// The topic's `compression.type` codec and level, unless `producer`.
+    recompress: Option<(Compression, Option<i32>)>,
 }
 
 /// Answers a produce request; `Err` closes the connection (acks=0 errors).
@@ -178,13 +182,13 @@ fn resolve(
             .map(|def| {
                 broker
                     .config
-                    .topic_config_value(def, &topic.configs)
+                    .topic_config_value(def, image, &topic.configs)
                     .0
                     .value
             })
             .unwrap_or_default()
     };
-    let log = broker.log_config(&topic.configs);
+    let log = (*partition.log.config()).clone();
     let checks = PartitionChecks {
         compact: log.compact,
         log,
@@ -196,8 +200,28 @@ fn resolve(
             .unwrap_or(i64::MAX),
         min_insync_replicas: value("min.insync.replicas").parse().unwrap_or(1),
         isr: meta.isr.len(),
+        recompress: target_compression(&value),
     };
     Ok((partition, records, checks))
+}
+
+/// The codec and level a topic's `compression.type` asks for, or `None` for
+/// `producer` (keep what the producer sent).
+fn target_compression(value: &dyn Fn(&str) -> String) -> Option<(Compression, Option<i32>)> {
+    let codec = match value("compression.type").as_str() {
+        "uncompressed" => Compression::None,
+        name => Compression::from_name(name)?,
+    };
+    let level = match codec {
+        Compression::Gzip => value("compression.gzip.level")
+            .parse()
+            .ok()
+            .filter(|l| *l != -1),
+        Compression::Lz4 => value("compression.lz4.level").parse().ok(),
+        Compression::Zstd => value("compression.zstd.level").parse().ok(),
+        Compression::None | Compression::Snappy => None,
+    };
+    Some((codec, level))
 }
 
 fn append(
@@ -218,12 +242,16 @@ fn append(
             )),
         );
     }
-    if let Err((code, errors)) = check_records(broker, partition, records, checks) {
-        let message = errors
-            .first()
-            .and_then(|e| e.batch_index_error_message.as_ref().map(|m| m.to_string()));
-        return error_response(index, code, message).with_record_errors(errors);
-    }
+    let recompressed = match check_records(broker, partition, records, checks) {
+        Ok(recompressed) => recompressed,
+        Err((code, errors)) => {
+            let message = errors
+                .first()
+                .and_then(|e| e.batch_index_error_message.as_ref().map(|m| m.to_string()));
+            return error_response(index, code, message).with_record_errors(errors);
+        }
+    };
+    let records = recompressed.as_ref().unwrap_or(records);
     match partition
         .log
         .append_as_leader(records, partition.leader_epoch(), AppendOrigin::Client)
@@ -285,63 +313,83 @@ fn error_response(
         .with_error_message(message.map(StrBytes::from_string))
 }
 
-/// The checks Kafka's LogValidator makes on the records of each batch:
-/// offsets inside the batch run from 0 without gaps and match the record
-/// count; a compacted topic needs keys; CreateTime timestamps lie within
-/// `message.timestamp.before.max.ms` and `message.timestamp.after.max.ms` of
-/// now. Records are decoded only when a check needs them (uncompressed
-/// batches always: that is cheap).
+/// The checks Kafka's LogValidator makes on the records of each batch,
+/// compressed or not: offsets inside the batch run from 0 without gaps, and
+/// there are as many records as the header says (the record iterator checks
+/// that); a compacted topic needs
+/// keys; CreateTime timestamps lie within `message.timestamp.before.max.ms`
+/// and `message.timestamp.after.max.ms` of now.
+///
+/// When the topic's `compression.type` names a codec other than the batch's,
+/// the batch is rebuilt with that codec (and the topic's level), keeping its
+/// producer fields, timestamps and offsets: the rewritten records come back.
+/// Otherwise `None`: the producer's bytes are stored as they came.
 fn check_records(
     broker: &Broker,
     partition: &Partition,
     records: &Bytes,
     checks: &PartitionChecks,
-) -> Result<(), (ErrorCode, Vec<BatchIndexAndErrorMessage>)> {
+) -> Result<Option<Bytes>, (ErrorCode, Vec<BatchIndexAndErrorMessage>)> {
     let now = broker.clock.now_ms();
     let create_time = checks.log.message_timestamp_type == TimestampType::CreateTime;
     let low = now.saturating_sub(checks.before_max_ms);
     let high = now.saturating_add(checks.after_max_ms);
     let mut errors = Vec::new();
     let mut code = ErrorCode::InvalidRecord;
+    let mut rewritten: Option<BytesMut> = None;
+    let corrupt = |position: i32, message: String| {
+        Err((
+            ErrorCode::CorruptMessage,
+            vec![record_error(position, message)],
+        ))
+    };
     for batch in record_batch::batches(records) {
         // Structural errors are the storage layer's to report precisely.
-        let Ok(batch) = batch else { return Ok(()) };
-        let header = batch.header;
-        let compressed =
-            header.compression() != Some(strom_protocol::compression::Compression::None);
-        let timestamps_at_risk =
-            create_time && (header.max_timestamp > high || checks.before_max_ms != i64::MAX);
-        if compressed && !checks.compact && !timestamps_at_risk {
-            continue;
-        }
+        let Ok(batch) = batch else { return Ok(None) };
         if record_batch::validate_batch(batch.bytes).is_err() {
-            return Ok(());
+            return Ok(None);
         }
+        let header = batch.header;
+        let target = checks
+            .recompress
+            .filter(|(codec, _)| header.compression() != Some(*codec));
+        let mut builder = target.map(|(codec, level)| {
+            RecordBatchBuilder::new(codec)
+                .compression_level(level)
+                .producer(
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                )
+                .transactional(header.is_transactional())
+                .timestamp_type(header.timestamp_type())
+        });
         let iter = match record::records(
             &records.slice_ref(batch.bytes),
             MAX_DECOMPRESSED_PRODUCE_BYTES,
         ) {
             Ok(iter) => iter,
-            Err(e) => {
-                return Err((
-                    ErrorCode::CorruptMessage,
-                    vec![record_error(0, format!("Records do not decode: {e}"))],
-                ));
-            }
+            Err(e) => return corrupt(0, format!("Records do not decode: {e}")),
         };
         for (i, r) in iter.enumerate() {
             let position = i32::try_from(i).unwrap_or(i32::MAX);
             let r = match r {
                 Ok(r) => r,
-                Err(e) => {
+                // Kafka: "Incorrect declared batch size" is an invalid record
+                // (not retried); undecodable bytes are corrupt.
+                Err(
+                    e @ (record::RecordError::TooFewRecords { .. }
+                    | record::RecordError::TrailingBytes { .. }),
+                ) => {
                     return Err((
-                        ErrorCode::CorruptMessage,
+                        ErrorCode::InvalidRecord,
                         vec![record_error(
                             position,
-                            format!("Record {i} does not decode: {e}"),
+                            format!("Incorrect declared batch size: {e}"),
                         )],
                     ));
                 }
+                Err(e) => return corrupt(position, format!("Record {i} does not decode: {e}")),
             };
             if r.offset_delta != position {
                 return Err((
@@ -354,6 +402,20 @@ fn check_records(
                         ),
                     )],
                 ));
+            }
+            if let Some(builder) = builder.as_mut() {
+                let headers: Vec<(&str, Option<&[u8]>)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.as_str(), h.value.as_deref()))
+                    .collect();
+                builder.push_with_offset_delta(
+                    r.offset_delta,
+                    r.timestamp(&header),
+                    r.key.as_deref(),
+                    r.value.as_deref(),
+                    &headers,
+                );
             }
             if errors.len() >= MAX_RECORD_ERRORS {
                 continue;
@@ -379,12 +441,35 @@ fn check_records(
                 }
             }
         }
+        if let Some(builder) = builder {
+            let built = builder.build().map_err(|e| {
+                (
+                    ErrorCode::UnknownServerError,
+                    vec![record_error(
+                        0,
+                        format!("Recompressing the batch failed: {e}"),
+                    )],
+                )
+            })?;
+            let out = rewritten.get_or_insert_with(|| {
+                // The batches before this one were stored as they came.
+                BytesMut::from(&records[..batch_start(records, batch.bytes)])
+            });
+            out.extend_from_slice(&built);
+        } else if let Some(out) = rewritten.as_mut() {
+            out.extend_from_slice(batch.bytes);
+        }
     }
     if errors.is_empty() {
-        Ok(())
+        Ok(rewritten.map(BytesMut::freeze))
     } else {
         Err((code, errors))
     }
+}
+
+/// Where `batch` (a slice of `records`) starts in it.
+fn batch_start(records: &[u8], batch: &[u8]) -> usize {
+    (batch.as_ptr() as usize).saturating_sub(records.as_ptr() as usize)
 }
 
 fn record_error(index: i32, message: String) -> BatchIndexAndErrorMessage {

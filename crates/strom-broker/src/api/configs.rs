@@ -1,0 +1,834 @@
+//! Configs: DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for
+//! topics and brokers.
+//!
+//! Topic overrides and dynamic broker configs (one broker's, or the cluster
+//! default under the broker name `""`) are records of the metadata log, so
+//! they survive restarts. A change is validated whole (names, types, ranges,
+//! the compaction lags against each other) before the controller writes it;
+//! the local logs take the new settings before the response is sent.
+//!
+//! Dynamically changeable broker configs are the broker synonyms of the topic
+//! configs (Kafka's DynamicLogConfig: `log.retention.ms`, `log.cleanup.policy`,
+//! `compression.type`, ...); others are read-only, as Kafka answers for them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use strom_controller::{ConfigResource, ControllerError, MetadataImage};
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::StrBytes;
+use strom_protocol::messages::kafka::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+};
+use strom_protocol::messages::kafka::{
+    AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, alter_configs_response,
+    incremental_alter_configs_response,
+};
+
+use crate::broker::Broker;
+use crate::config::{
+    ConfigSource, ConfigType, ConfigValue, TOPIC_CONFIGS, TopicConfigDef, Unit, topic_config_def,
+    validate_topic_config, validate_topic_configs,
+};
+
+/// Config resource types (Kafka's ConfigResource.Type).
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+
+/// IncrementalAlterConfigs operations (Kafka's AlterConfigOp.OpType).
+const OP_SET: i8 = 0;
+const OP_DELETE: i8 = 1;
+const OP_APPEND: i8 = 2;
+const OP_SUBTRACT: i8 = 3;
+
+/// Broker configs DescribeConfigs lists besides the topic configs' broker
+/// synonyms: name, type, Kafka's default (or `None` for no value),
+/// documentation.
+const BROKER_CONFIGS: &[(&str, ConfigType, Option<&str>, &str)] = &[
+    (
+        "advertised.listeners",
+        ConfigType::String,
+        None,
+        "Listeners to publish to clients.",
+    ),
+    (
+        "auto.create.topics.enable",
+        ConfigType::Boolean,
+        Some("true"),
+        "Enable auto creation of topic on the server.",
+    ),
+    (
+        "broker.rack",
+        ConfigType::String,
+        None,
+        "Rack of the broker.",
+    ),
+    (
+        "compression.type",
+        ConfigType::String,
+        Some("producer"),
+        "Final compression type for topics.",
+    ),
+    (
+        "connections.max.idle.ms",
+        ConfigType::Long,
+        Some("600000"),
+        "Idle connections timeout.",
+    ),
+    (
+        "default.replication.factor",
+        ConfigType::Int,
+        Some("1"),
+        "Default replication factor for automatically created topics.",
+    ),
+    (
+        "fetch.max.bytes",
+        ConfigType::Int,
+        Some("57671680"),
+        "The maximum number of bytes returned for a fetch request.",
+    ),
+    (
+        "listeners",
+        ConfigType::String,
+        Some("PLAINTEXT://127.0.0.1:9092"),
+        "Listener URIs.",
+    ),
+    (
+        "log.cleanup.policy",
+        ConfigType::List,
+        Some("delete"),
+        "The default cleanup policy for segments beyond the retention window.",
+    ),
+    (
+        "log.dirs",
+        ConfigType::String,
+        Some("./strom-data"),
+        "The directory in which the log data is kept.",
+    ),
+    (
+        "log.flush.interval.messages",
+        ConfigType::Long,
+        Some("9223372036854775807"),
+        "Messages accumulated on a log partition before messages are flushed to disk.",
+    ),
+    (
+        "log.flush.interval.ms",
+        ConfigType::Long,
+        None,
+        "Maximum time a message is kept in memory before being flushed to disk.",
+    ),
+    (
+        "log.index.interval.bytes",
+        ConfigType::Int,
+        Some("4096"),
+        "The interval with which we add an entry to the offset index.",
+    ),
+    (
+        "log.index.size.max.bytes",
+        ConfigType::Int,
+        Some("10485760"),
+        "The maximum size in bytes of the offset index.",
+    ),
+    (
+        "log.message.timestamp.type",
+        ConfigType::String,
+        Some("CreateTime"),
+        "Whether the timestamp in the message is create time or log append time.",
+    ),
+    (
+        "log.retention.bytes",
+        ConfigType::Long,
+        Some("-1"),
+        "The maximum size of the log before deleting it.",
+    ),
+    (
+        "log.retention.hours",
+        ConfigType::Int,
+        Some("168"),
+        "The number of hours to keep a log file before deleting it.",
+    ),
+    (
+        "log.retention.ms",
+        ConfigType::Long,
+        None,
+        "The number of milliseconds to keep a log file before deleting it.",
+    ),
+    (
+        "log.roll.hours",
+        ConfigType::Int,
+        Some("168"),
+        "The maximum time before a new log segment is rolled out.",
+    ),
+    (
+        "log.segment.bytes",
+        ConfigType::Int,
+        Some("1073741824"),
+        "The maximum size of a single log file.",
+    ),
+    (
+        "max.connections",
+        ConfigType::Int,
+        Some("10000"),
+        "The maximum number of connections the broker accepts.",
+    ),
+    (
+        "max.incremental.fetch.session.cache.slots",
+        ConfigType::Int,
+        Some("1000"),
+        "The maximum number of incremental fetch sessions.",
+    ),
+    (
+        "message.max.bytes",
+        ConfigType::Int,
+        Some("1048588"),
+        "The largest record batch size allowed.",
+    ),
+    (
+        "min.insync.replicas",
+        ConfigType::Int,
+        Some("1"),
+        "Minimum in-sync replicas for acks=all.",
+    ),
+    (
+        "node.id",
+        ConfigType::Int,
+        Some("1"),
+        "The node id of this broker.",
+    ),
+    (
+        "num.partitions",
+        ConfigType::Int,
+        Some("1"),
+        "The default number of log partitions per topic.",
+    ),
+    (
+        "num.recovery.threads.per.data.dir",
+        ConfigType::Int,
+        Some("2"),
+        "Threads per data directory for log recovery at startup.",
+    ),
+    (
+        "producer.id.expiration.ms",
+        ConfigType::Int,
+        Some("86400000"),
+        "Time a producer id stays after its last write.",
+    ),
+    (
+        "socket.request.max.bytes",
+        ConfigType::Int,
+        Some("104857600"),
+        "The maximum number of bytes in a socket request.",
+    ),
+    (
+        "transaction.max.timeout.ms",
+        ConfigType::Int,
+        Some("900000"),
+        "The maximum allowed timeout for transactions.",
+    ),
+    (
+        "unclean.leader.election.enable",
+        ConfigType::Boolean,
+        Some("false"),
+        "Whether replicas not in the ISR may be elected leader.",
+    ),
+];
+
+/// The topic config whose broker synonym is `name`, and the synonym's unit.
+fn synonym_of(name: &str) -> Option<(&'static TopicConfigDef, Unit)> {
+    TOPIC_CONFIGS.iter().find_map(|def| {
+        def.synonyms
+            .iter()
+            .find(|(prop, _)| *prop == name)
+            .map(|(_, unit)| (def, *unit))
+    })
+}
+
+/// Every broker config DescribeConfigs lists for a broker: the fixed list
+/// and the topic configs' broker synonyms, as `(name, type, default, doc)`.
+fn broker_config_list() -> Vec<(&'static str, ConfigType, Option<&'static str>, &'static str)> {
+    let mut list: Vec<_> = BROKER_CONFIGS.to_vec();
+    for def in TOPIC_CONFIGS {
+        for (i, (prop, unit)) in def.synonyms.iter().enumerate() {
+            if list.iter().any(|(n, ..)| n == prop) {
+                continue;
+            }
+            // The most specific synonym in the topic's unit carries the default.
+            let default = (i == 0 && *unit == Unit::Same).then_some(def.default);
+            let config_type = if *unit == Unit::Same {
+                def.config_type
+            } else {
+                ConfigType::Int
+            };
+            list.push((prop, config_type, default, def.doc));
+        }
+    }
+    list.sort_by_key(|(n, ..)| *n);
+    list
+}
+
+/// A resource's error as the alter responses carry it.
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ControllerError> for Failure {
+    fn from(e: ControllerError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message.unwrap_or_default(),
+        }
+    }
+}
+
+/// Which config resource a request names, or why it cannot be altered.
+fn resource(
+    resource_type: i8,
+    name: &str,
+    image: &MetadataImage,
+) -> Result<ConfigResource, Failure> {
+    match resource_type {
+        RESOURCE_TOPIC => {
+            if image.topic(name).is_some() {
+                Ok(ConfigResource::Topic(name.to_owned()))
+            } else if strom_storage::manager::is_legal_topic_name(name) {
+                Err(Failure::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("Topic {name} does not exist."),
+                ))
+            } else {
+                Err(Failure::new(
+                    ErrorCode::InvalidTopicException,
+                    format!("Topic name {name} is illegal"),
+                ))
+            }
+        }
+        RESOURCE_BROKER if name.is_empty() => Ok(ConfigResource::Broker(None)),
+        RESOURCE_BROKER => match name.parse::<i32>() {
+            Ok(id) if id >= 0 => Ok(ConfigResource::Broker(Some(id))),
+            _ => Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                format!("Invalid broker name {name}"),
+            )),
+        },
+        other => Err(Failure::new(
+            ErrorCode::InvalidRequest,
+            format!("Unsupported resource type {other}"),
+        )),
+    }
+}
+
+/// The overrides a resource has now.
+fn current(image: &MetadataImage, resource: &ConfigResource) -> BTreeMap<String, String> {
+    match resource {
+        ConfigResource::Topic(name) => image
+            .topic(name)
+            .map(|t| t.configs.clone())
+            .unwrap_or_default(),
+        ConfigResource::Broker(id) => image.broker_configs.get(id).cloned().unwrap_or_default(),
+    }
+}
+
+/// Checks the overrides a resource would have after a change.
+fn validate(
+    broker: &Broker,
+    image: &MetadataImage,
+    resource: &ConfigResource,
+    overrides: &BTreeMap<String, String>,
+) -> Result<(), Failure> {
+    let invalid = |e: crate::config::ConfigError| Failure::new(ErrorCode::InvalidConfig, e.0);
+    match resource {
+        ConfigResource::Topic(_) => {
+            for (name, value) in overrides {
+                validate_topic_config(name, value).map_err(invalid)?;
+            }
+            let value = |name: &str| {
+                topic_config_def(name)
+                    .map(|def| {
+                        broker
+                            .config
+                            .topic_config_value(def, image, overrides)
+                            .0
+                            .value
+                    })
+                    .unwrap_or_default()
+            };
+            validate_topic_configs(&value).map_err(invalid)
+        }
+        ConfigResource::Broker(_) => {
+            let mut read_only: Vec<&str> = Vec::new();
+            for (name, value) in overrides {
+                match synonym_of(name) {
+                    Some((def, Unit::Same)) => {
+                        validate_topic_config(def.name, value).map_err(|e| {
+                            invalid(crate::config::ConfigError(e.0.replace(def.name, name)))
+                        })?;
+                    }
+                    Some((_, _)) => ConfigType::Long.check(name, value).map_err(invalid)?,
+                    None => read_only.push(name),
+                }
+            }
+            if read_only.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "Cannot update these configs dynamically: {}",
+                        read_only.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Writes a resource's new overrides (unless `validate_only`) and brings the
+/// local logs in line.
+async fn commit(
+    broker: &Arc<Broker>,
+    resource: ConfigResource,
+    before: BTreeMap<String, String>,
+    after: BTreeMap<String, String>,
+    validate_only: bool,
+) -> Result<(), Failure> {
+    if validate_only {
+        return Ok(());
+    }
+    let mut changes = Vec::new();
+    for (name, value) in &after {
+        if before.get(name) != Some(value) {
+            changes.push((resource.clone(), name.clone(), Some(value.clone())));
+        }
+    }
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        changes.push((resource.clone(), name.clone(), None));
+    }
+    let broker = Arc::clone(broker);
+    super::blocking(move || {
+        broker.controller.alter_configs(changes)?;
+        if let Err(e) = broker.apply_metadata() {
+            tracing::error!(error = %e, "applying changed configs to the logs failed");
+        }
+        Ok::<_, ControllerError>(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        Err(ControllerError::new(
+            ErrorCode::UnknownServerError,
+            "the config change did not complete",
+        ))
+    })
+    .map_err(Failure::from)
+}
+
+/// Resources named twice in one request: Kafka answers each with INVALID_REQUEST.
+fn duplicates<'a>(keys: impl Iterator<Item = (i8, &'a str)>) -> HashSet<(i8, String)> {
+    let mut seen = HashSet::new();
+    let mut twice = HashSet::new();
+    for (t, n) in keys {
+        if !seen.insert((t, n.to_owned())) {
+            twice.insert((t, n.to_owned()));
+        }
+    }
+    twice
+}
+
+/// AlterConfigs: each resource's overrides become exactly the given set.
+pub async fn alter_configs(
+    broker: &Arc<Broker>,
+    request: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    let twice = duplicates(
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let outcome = async {
+            if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    "Duplicate resource in request",
+                ));
+            }
+            let image = broker.image();
+            let target = resource(r.resource_type, &r.resource_name, &image)?;
+            let mut after = BTreeMap::new();
+            for c in &r.configs {
+                let Some(value) = &c.value else {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidRequest,
+                        format!("Null value not supported for : {}", c.name),
+                    ));
+                };
+                if after
+                    .insert(c.name.to_string(), value.to_string())
+                    .is_some()
+                {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidRequest,
+                        "Error due to duplicate config keys",
+                    ));
+                }
+            }
+            validate(broker, &image, &target, &after)?;
+            let before = current(&image, &target);
+            commit(broker, target, before, after, request.validate_only).await
+        }
+        .await;
+        let (code, message) = match outcome {
+            Ok(()) => (ErrorCode::None, None),
+            Err(f) => (f.code, Some(StrBytes::from_string(f.message))),
+        };
+        responses.push(
+            alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code.code())
+                .with_error_message(message)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+/// IncrementalAlterConfigs: SET, DELETE, APPEND and SUBTRACT on the current
+/// overrides; APPEND and SUBTRACT only on list configs.
+pub async fn incremental_alter_configs(
+    broker: &Arc<Broker>,
+    request: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    let twice = duplicates(
+        request
+            .resources
+            .iter()
+            .map(|r| (r.resource_type, r.resource_name.as_str())),
+    );
+    let mut responses = Vec::with_capacity(request.resources.len());
+    for r in request.resources {
+        let outcome = async {
+            if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    "Duplicate resource in request",
+                ));
+            }
+            let image = broker.image();
+            let target = resource(r.resource_type, &r.resource_name, &image)?;
+            let mut names = HashSet::new();
+            if r.configs.iter().any(|c| !names.insert(c.name.as_str())) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    "Error due to duplicate config keys",
+                ));
+            }
+            let before = current(&image, &target);
+            let mut after = before.clone();
+            for c in &r.configs {
+                let name = c.name.to_string();
+                let is_list = match &target {
+                    ConfigResource::Topic(_) => {
+                        let def = topic_config_def(&name).ok_or_else(|| {
+                            Failure::new(
+                                ErrorCode::InvalidConfig,
+                                format!("Unknown topic config name: {name}"),
+                            )
+                        })?;
+                        def.config_type == ConfigType::List
+                    }
+                    ConfigResource::Broker(_) => synonym_of(&name)
+                        .is_some_and(|(def, _)| def.config_type == ConfigType::List),
+                };
+                let value = c.value.as_ref().map(|v| v.to_string());
+                match c.config_operation {
+                    OP_SET => {
+                        let value = value.ok_or_else(|| {
+                            Failure::new(
+                                ErrorCode::InvalidRequest,
+                                format!("Null value not supported for : {name}"),
+                            )
+                        })?;
+                        after.insert(name, value);
+                    }
+                    OP_DELETE => {
+                        after.remove(&name);
+                    }
+                    op @ (OP_APPEND | OP_SUBTRACT) => {
+                        let verb = if op == OP_APPEND {
+                            "append"
+                        } else {
+                            "subtract"
+                        };
+                        if !is_list {
+                            return Err(Failure::new(
+                                ErrorCode::InvalidConfig,
+                                format!(
+                                    "Config value {verb} is not allowed for config key: {name}"
+                                ),
+                            ));
+                        }
+                        let base = match after.get(&name) {
+                            Some(v) => v.clone(),
+                            None => effective(broker, &image, &target, &name),
+                        };
+                        let mut items: Vec<String> = base
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect();
+                        let given: Vec<String> = value
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect();
+                        if op == OP_APPEND {
+                            for g in given {
+                                if !items.contains(&g) {
+                                    items.push(g);
+                                }
+                            }
+                        } else {
+                            items.retain(|i| !given.contains(i));
+                        }
+                        after.insert(name, items.join(","));
+                    }
+                    other => {
+                        return Err(Failure::new(
+                            ErrorCode::InvalidRequest,
+                            format!("Unknown config operation {other} for {name}"),
+                        ));
+                    }
+                }
+            }
+            validate(broker, &image, &target, &after)?;
+            commit(broker, target, before, after, request.validate_only).await
+        }
+        .await;
+        let (code, message) = match outcome {
+            Ok(()) => (ErrorCode::None, None),
+            Err(f) => (f.code, Some(StrBytes::from_string(f.message))),
+        };
+        responses.push(
+            incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+                .with_error_code(code.code())
+                .with_error_message(message)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The value a config has now, before the resource's own override.
+fn effective(
+    broker: &Broker,
+    image: &MetadataImage,
+    target: &ConfigResource,
+    name: &str,
+) -> String {
+    match target {
+        ConfigResource::Topic(_) => topic_config_def(name)
+            .map(|def| {
+                broker
+                    .config
+                    .topic_config_value(def, image, &BTreeMap::new())
+                    .0
+                    .value
+            })
+            .unwrap_or_default(),
+        ConfigResource::Broker(_) => broker
+            .config
+            .broker_value(image, name)
+            .map(|v| v.value)
+            .or_else(|| {
+                broker_config_list()
+                    .into_iter()
+                    .find(|(n, ..)| *n == name)
+                    .and_then(|(_, _, d, _)| d.map(str::to_owned))
+            })
+            .unwrap_or_default(),
+    }
+}
+
+pub fn describe_configs(
+    broker: &Broker,
+    request: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
+    let image = broker.image();
+    let with_synonyms = version >= 1 && request.include_synonyms;
+    let with_docs = version >= 3 && request.include_documentation;
+    // config_type and documentation exist from v3 on.
+    let typed = version >= 3;
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            // Null or empty: every config (Kafka's ConfigHelper does the same).
+            let keys: Option<Vec<String>> = resource
+                .configuration_keys
+                .as_ref()
+                .filter(|k| !k.is_empty())
+                .map(|k| k.iter().map(|s| s.to_string()).collect());
+            let wanted = |name: &str| keys.as_ref().is_none_or(|k| k.iter().any(|n| n == name));
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            match resource.resource_type {
+                RESOURCE_TOPIC => {
+                    let name = resource.resource_name.as_str();
+                    let Some(topic) = image.topic(name) else {
+                        let code = if strom_storage::manager::is_legal_topic_name(name) {
+                            ErrorCode::UnknownTopicOrPartition
+                        } else {
+                            ErrorCode::InvalidTopicException
+                        };
+                        return result
+                            .with_error_code(code.code())
+                            .with_error_message(Some(StrBytes::from_string(format!("Topic {name} does not exist"))));
+                    };
+                    let configs = TOPIC_CONFIGS
+                        .iter()
+                        .filter(|def| wanted(def.name))
+                        .map(|def| {
+                            let (value, chain) = broker.config.topic_config_value(def, &image, &topic.configs);
+                            entry(def.name, Some(value.value), value.source, def.config_type, false, (def.doc, with_docs, typed))
+                                .with_synonyms(if with_synonyms { synonyms(&chain) } else { Vec::new() })
+                        })
+                        .collect();
+                    result.with_configs(configs)
+                }
+                RESOURCE_BROKER => {
+                    let name = resource.resource_name.as_str();
+                    if !name.is_empty() && name.parse::<i32>().ok() != Some(broker.node_id) {
+                        return result.with_error_code(ErrorCode::InvalidRequest.code()).with_error_message(Some(
+                            StrBytes::from_string(format!("Unexpected broker id, expected {} or empty string, but received {name}", broker.node_id)),
+                        ));
+                    }
+                    let cluster_defaults = image.broker_configs.get(&None);
+                    let configs = broker_config_list()
+                        .into_iter()
+                        .filter(|(n, ..)| wanted(n))
+                        .filter_map(|(n, t, default, doc)| {
+                            let read_only = synonym_of(n).is_none();
+                            if name.is_empty() {
+                                // The "" resource shows only the dynamic cluster defaults.
+                                let value = cluster_defaults?.get(n)?;
+                                let v = ConfigValue { name: n.to_owned(), value: value.clone(), source: ConfigSource::DynamicDefaultBroker };
+                                return Some(
+                                    entry(n, Some(value.clone()), v.source, t, read_only, (doc, with_docs, typed))
+                                        .with_synonyms(if with_synonyms { synonyms(&[v]) } else { Vec::new() }),
+                                );
+                            }
+                            let (value, source) = match broker.config.broker_value(&image, n) {
+                                Some(v) => (Some(v.value), v.source),
+                                None => (default.map(str::to_owned), ConfigSource::Default),
+                            };
+                            let value = match n {
+                                "node.id" => Some(broker.node_id.to_string()),
+                                "advertised.listeners" => {
+                                    Some(format!("PLAINTEXT://{}:{}", broker.advertised_host, broker.advertised_port))
+                                }
+                                _ => value,
+                            };
+                            let syns = broker_synonyms(broker, &image, n, default);
+                            Some(
+                                entry(n, value, source, t, read_only, (doc, with_docs, typed))
+                                    .with_synonyms(if with_synonyms { synonyms(&syns) } else { Vec::new() }),
+                            )
+                        })
+                        .collect();
+                    result.with_configs(configs)
+                }
+                other => result.with_error_code(ErrorCode::InvalidRequest.code()).with_error_message(Some(
+                    StrBytes::from_string(format!("Unsupported resource type {other}")),
+                )),
+            }
+        })
+        .collect();
+    DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The synonym chain of a broker config: every layer that sets it, most
+/// specific first, ending with the default.
+fn broker_synonyms(
+    broker: &Broker,
+    image: &MetadataImage,
+    name: &str,
+    default: Option<&str>,
+) -> Vec<ConfigValue> {
+    let mut chain = Vec::new();
+    let layers = [
+        (
+            image.broker_configs.get(&Some(broker.node_id)),
+            ConfigSource::DynamicBroker,
+        ),
+        (
+            image.broker_configs.get(&None),
+            ConfigSource::DynamicDefaultBroker,
+        ),
+        (Some(&broker.config.properties), ConfigSource::StaticBroker),
+    ];
+    for (props, source) in layers {
+        if let Some(value) = props.and_then(|p| p.get(name)) {
+            chain.push(ConfigValue {
+                name: name.to_owned(),
+                value: value.clone(),
+                source,
+            });
+        }
+    }
+    if let Some(d) = default {
+        chain.push(ConfigValue {
+            name: name.to_owned(),
+            value: d.to_owned(),
+            source: ConfigSource::Default,
+        });
+    }
+    chain
+}
+
+fn entry(
+    name: &str,
+    value: Option<String>,
+    source: ConfigSource,
+    config_type: ConfigType,
+    read_only: bool,
+    (doc, with_docs, typed): (&str, bool, bool),
+) -> DescribeConfigsResourceResult {
+    DescribeConfigsResourceResult::default()
+        .with_name(StrBytes::from_string(name.to_owned()))
+        .with_value(value.map(StrBytes::from_string))
+        .with_read_only(read_only)
+        .with_config_source(source.code())
+        .with_is_sensitive(config_type == ConfigType::Password)
+        .with_config_type(if typed { config_type.code() } else { 0 })
+        .with_documentation(with_docs.then(|| StrBytes::from_string(doc.to_owned())))
+}
+
+fn synonyms(chain: &[crate::config::ConfigValue]) -> Vec<DescribeConfigsSynonym> {
+    chain
+        .iter()
+        .map(|v| {
+            DescribeConfigsSynonym::default()
+                .with_name(StrBytes::from_string(v.name.clone()))
+                .with_value(Some(StrBytes::from_string(v.value.clone())))
+                .with_source(v.source.code())
+        })
+        .collect()
+}
