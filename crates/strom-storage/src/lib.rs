@@ -14,6 +14,7 @@
 //!   `.index` and `.timeindex` formats), `scan` (sequential batch reading),
 //!   `epoch_cache` (`leader-epoch-checkpoint`), `producer_state` (idempotent
 //!   producers' epochs and sequences, and their `.snapshot` files).
+//!   Retention is [`PartitionLog::delete_retained_segments`].
 //! - [`file_cache`]: the bounded cache of open file handles shared by all logs.
 //! - [`config`]: [`LogConfig`], Kafka's per-topic log settings and defaults.
 //! - [`checkpoint`]: Kafka's small checkpoint file format, written atomically.
@@ -36,6 +37,6 @@ pub use error::{AppendError, ReadError, StorageError};
 pub use file_cache::FileCache;
 pub use log::{
     AppendInfo, AppendOrigin, LoadOptions, LogRead, LogSlice, PartitionLog, ProducerStateView,
-    TimestampOffset,
+    RetentionOutcome, TimestampOffset,
 };
 pub use manager::{LogManager, LogManagerConfig, TopicPartition};

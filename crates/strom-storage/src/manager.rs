@@ -12,7 +12,8 @@
 //! At open, logs load in parallel on `recovery_threads` threads; without the
 //! clean-shutdown marker each is recovered from its recovery point. A
 //! background thread fsyncs rolled segments, honours `flush.ms`, deletes
-//! removed segments after `file.delete.delay.ms` and writes the checkpoints.
+//! removed segments after `file.delete.delay.ms`, writes the checkpoints and,
+//! every `log.retention.check.interval.ms`, deletes segments past retention.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -111,7 +112,13 @@ pub struct LogManagerConfig {
     /// Directories in the data directory that belong to someone else (the
     /// broker's metadata log): neither loaded nor warned about.
     pub ignored_dirs: Vec<String>,
+    /// `log.retention.check.interval.ms`: how often the background thread
+    /// deletes segments past retention (rounded to whole periodic rounds).
+    pub retention_check_interval_ms: u64,
 }
+
+/// Kafka's `log.retention.check.interval.ms` default: 5 minutes.
+pub const DEFAULT_RETENTION_CHECK_INTERVAL_MS: u64 = 300_000;
 
 impl LogManagerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -123,6 +130,7 @@ impl LogManagerConfig {
             periodic_interval_ms: 500,
             checkpoint_interval_ms: 60_000,
             ignored_dirs: Vec::new(),
+            retention_check_interval_ms: DEFAULT_RETENTION_CHECK_INTERVAL_MS,
         }
     }
 }
@@ -251,11 +259,14 @@ impl LogManager {
         let weak = Arc::downgrade(&manager);
         let stop = Arc::clone(&manager.stop);
         let interval = Duration::from_millis(manager.config.periodic_interval_ms.max(1));
-        let checkpoint_every =
-            manager.config.checkpoint_interval_ms / manager.config.periodic_interval_ms.max(1);
+        let periodic_ms = manager.config.periodic_interval_ms.max(1);
+        let every = Every {
+            checkpoint: (manager.config.checkpoint_interval_ms / periodic_ms).max(1),
+            retention: (manager.config.retention_check_interval_ms / periodic_ms).max(1),
+        };
         let handle = std::thread::Builder::new()
             .name("strom-log-background".to_owned())
-            .spawn(move || background_loop(&weak, &stop, interval, checkpoint_every.max(1)))
+            .spawn(move || background_loop(&weak, &stop, interval, every))
             .map_err(|e| StorageError::io(&manager.config.data_dir, e))?;
         *manager.background.lock() = Some(handle);
         Ok(manager)
@@ -435,6 +446,32 @@ impl LogManager {
             }
         }
     }
+
+    /// One round of retention (Kafka's `cleanupLogs`): every log deletes the
+    /// segments its retention settings and log start offset let go (see
+    /// [`PartitionLog::delete_retained_segments`]); after a round that
+    /// deleted any, the log start offsets are checkpointed. Returns the
+    /// number of segments deleted. The background thread runs it every
+    /// `retention_check_interval_ms`; public so tests can drive it.
+    pub fn run_retention(&self) -> usize {
+        let mut deleted = 0;
+        for (tp, log) in self.logs() {
+            if log.is_offline() {
+                continue;
+            }
+            match log.delete_retained_segments() {
+                Ok(outcome) => deleted += outcome.segments_deleted,
+                Err(StorageError::Offline) => {}
+                Err(e) => tracing::error!(log = %tp, error = %e, "retention failed"),
+            }
+        }
+        if deleted > 0
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::error!(error = %e, "writing log checkpoints after retention failed");
+        }
+        deleted
+    }
 }
 
 impl Drop for LogManager {
@@ -444,11 +481,18 @@ impl Drop for LogManager {
     }
 }
 
+/// How many periodic rounds apart the less frequent duties run.
+#[derive(Debug, Clone, Copy)]
+struct Every {
+    checkpoint: u64,
+    retention: u64,
+}
+
 fn background_loop(
     manager: &std::sync::Weak<LogManager>,
     stop: &Stop,
     interval: Duration,
-    checkpoint_every: u64,
+    every: Every,
 ) {
     let mut rounds: u64 = 0;
     loop {
@@ -466,7 +510,10 @@ fn background_loop(
         };
         manager.run_periodic();
         rounds += 1;
-        if rounds.is_multiple_of(checkpoint_every)
+        if rounds.is_multiple_of(every.retention) {
+            manager.run_retention();
+        }
+        if rounds.is_multiple_of(every.checkpoint)
             && let Err(e) = manager.checkpoint()
         {
             tracing::error!(error = %e, "writing log checkpoints failed");

@@ -64,6 +64,10 @@ pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 << 20;
 /// (1 MiB) of them; 65,536 minimal batches would be 4 MiB.
 pub const MAX_BATCHES_PER_APPEND: usize = 65_536;
 
+/// The stored high watermark before the broker sets one: the log end offset
+/// stands in for it.
+const HIGH_WATERMARK_UNSET: i64 = -1;
+
 /// Who is appending; decides which rules apply (as Kafka's `AppendOrigin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOrigin {
@@ -117,6 +121,18 @@ pub struct AppendInfo {
 pub struct TimestampOffset {
     pub timestamp: i64,
     pub offset: i64,
+}
+
+/// What one retention pass ([`PartitionLog::delete_retained_segments`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetentionOutcome {
+    /// Segments taken out of the log (their files go after
+    /// `file.delete.delay.ms`).
+    pub segments_deleted: usize,
+    /// Bytes of log data in those segments.
+    pub bytes_deleted: u64,
+    /// The log start offset after the pass.
+    pub log_start_offset: i64,
 }
 
 /// Whole stored batches to send to a reader, by reference to the segment file
@@ -226,6 +242,10 @@ pub struct PartitionLog {
     log_end_offset: AtomicI64,
     log_start_offset: AtomicI64,
     recovery_point: AtomicI64,
+    /// The broker's high watermark ([`PartitionLog::set_high_watermark`]);
+    /// [`HIGH_WATERMARK_UNSET`] until it sets one. Retention and the cleaner
+    /// never touch data at or above it.
+    high_watermark: AtomicI64,
     /// An I/O failure left the log in a state that must not take writes.
     offline: AtomicBool,
     /// Closed cleanly: no more writes.
@@ -331,6 +351,7 @@ impl PartitionLog {
             log_end_offset: AtomicI64::new(log_end_offset),
             log_start_offset: AtomicI64::new(log_start_offset),
             recovery_point: AtomicI64::new(log_end_offset),
+            high_watermark: AtomicI64::new(HIGH_WATERMARK_UNSET),
             offline: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
@@ -374,6 +395,34 @@ impl PartitionLog {
     /// Whether an I/O failure took the log offline.
     pub fn is_offline(&self) -> bool {
         self.offline.load(Ordering::Acquire)
+    }
+
+    /// Tells the log where the partition's high watermark is; the broker
+    /// calls it whenever the watermark moves. Retention and the cleaner only
+    /// touch data below it (Kafka: a segment is deleted only once the high
+    /// watermark has passed its end).
+    pub fn set_high_watermark(&self, offset: i64) {
+        self.high_watermark.store(offset.max(0), Ordering::Release);
+    }
+
+    /// The high watermark as the log uses it: the last one set, within
+    /// `[log start, log end]`, or the log end offset if none was set.
+    pub fn high_watermark(&self) -> i64 {
+        let log_end_offset = self.log_end_offset();
+        match self.high_watermark.load(Ordering::Acquire) {
+            HIGH_WATERMARK_UNSET => log_end_offset,
+            hw => hw.clamp(self.log_start_offset().min(log_end_offset), log_end_offset),
+        }
+    }
+
+    /// After a truncation to `offset`: a high watermark above it comes down
+    /// (Kafka's `truncateTo` does the same).
+    fn lower_high_watermark(&self, offset: i64) {
+        let _ = self
+            .high_watermark
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |hw| {
+                (hw != HIGH_WATERMARK_UNSET && hw > offset).then_some(offset)
+            });
     }
 
     /// Bytes of log data in all segments.
@@ -1068,6 +1117,7 @@ impl PartitionLog {
         writer.active = Arc::clone(&target);
         let log_end_offset = next.unwrap_or(target.base_offset());
         self.log_end_offset.store(log_end_offset, Ordering::Release);
+        self.lower_high_watermark(log_end_offset);
         self.recovery_point
             .fetch_min(log_end_offset, Ordering::AcqRel);
         writer
@@ -1112,6 +1162,9 @@ impl PartitionLog {
         self.log_start_offset.store(offset, Ordering::Release);
         self.log_end_offset.store(offset, Ordering::Release);
         self.recovery_point.store(offset, Ordering::Release);
+        if self.high_watermark.load(Ordering::Acquire) != HIGH_WATERMARK_UNSET {
+            self.high_watermark.store(offset, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -1135,8 +1188,6 @@ impl PartitionLog {
     }
 
     fn remove_below_log_start(&self, writer: &mut Writer, offset: i64) -> Result<(), StorageError> {
-        let io = |e| StorageError::io(&*self.dir, e);
-        writer.epochs.truncate_from_start(offset).map_err(io)?;
         let doomed: Vec<Arc<Segment>> = {
             let segments = self.segments.read();
             let bases: Vec<i64> = segments.keys().copied().collect();
@@ -1146,14 +1197,128 @@ impl PartitionLog {
                 .filter_map(|w| segments.get(&w[0]).cloned())
                 .collect()
         };
-        let due = self.clock.now_ms() + self.config().file_delete_delay_ms;
-        self.remove_segments(writer, &doomed, due).map_err(io)?;
+        self.remove_prefix(writer, &doomed, offset)
+    }
+
+    /// Removes `doomed`, the oldest segments, now that the log starts at
+    /// `offset`: the leader epoch cache forgets what lies below it, and
+    /// producer snapshots below it go.
+    fn remove_prefix(
+        &self,
+        writer: &mut Writer,
+        doomed: &[Arc<Segment>],
+        offset: i64,
+    ) -> Result<(), StorageError> {
+        let io = |e| StorageError::io(&*self.dir, e);
+        writer.epochs.truncate_from_start(offset).map_err(io)?;
+        let due = self
+            .clock
+            .now_ms()
+            .saturating_add(self.config().file_delete_delay_ms);
+        self.remove_segments(writer, doomed, due).map_err(io)?;
         // Producers stay known (KIP-360: their state outlives their data);
         // snapshots below the new start are kept only while they are the newest.
         writer
             .producers
             .delete_snapshots_below(&self.dir, offset)
             .map_err(io)
+    }
+
+    /// Deletes old segments as Kafka's `UnifiedLog.deleteOldSegments` does,
+    /// oldest first, in three passes over what is left:
+    ///
+    /// 1. segments wholly below the log start offset (every cleanup policy);
+    /// 2. with `cleanup.policy=delete`, while the log is larger than
+    ///    `retention.bytes` by at least the segment's size;
+    /// 3. with `cleanup.policy=delete`, segments whose largest timestamp (the
+    ///    file's modification time if they hold none) is more than
+    ///    `retention.ms` before now.
+    ///
+    /// Only a segment whose end (the next segment's base offset, or the log
+    /// end offset for the active one) is at or below the high watermark can
+    /// go, and an empty active segment never goes. When every segment would
+    /// go, a new empty active segment is rolled first, so the log always
+    /// keeps one. The log start offset then moves up (never down) to the
+    /// base offset of the first segment left. The removed segments' files
+    /// are renamed `*.deleted` and removed after `file.delete.delay.ms`.
+    pub fn delete_retained_segments(&self) -> Result<RetentionOutcome, StorageError> {
+        let config = self.config();
+        let mut writer = self.writer.lock();
+        self.check_online().map_err(|_| StorageError::Offline)?;
+        let now = self.clock.now_ms();
+        let log_start_offset = self.log_start_offset();
+        let log_end_offset = self.log_end_offset();
+        let bounds = RetentionBounds {
+            segments: self.segments.read().values().cloned().collect(),
+            high_watermark: self.high_watermark(),
+            log_end_offset,
+        };
+        let io = |e| StorageError::io(&*self.dir, e);
+        let mut deletable = bounds.deletable_from(0, |i| {
+            Ok(bounds
+                .segments
+                .get(i + 1)
+                .is_some_and(|next| next.base_offset() <= log_start_offset))
+        })?;
+        if config.delete && config.retention_bytes >= 0 {
+            let size: u64 = bounds.segments[deletable..].iter().map(|s| s.size()).sum();
+            let mut excess = i64::try_from(size)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(config.retention_bytes);
+            if excess >= 0 {
+                deletable = bounds.deletable_from(deletable, |i| {
+                    let size = i64::try_from(bounds.segments[i].size()).unwrap_or(i64::MAX);
+                    Ok(if excess - size >= 0 {
+                        excess -= size;
+                        true
+                    } else {
+                        false
+                    })
+                })?;
+            }
+        }
+        if config.delete && config.retention_ms >= 0 {
+            deletable = bounds.deletable_from(deletable, |i| {
+                let largest = bounds.segments[i].largest_timestamp().map_err(io)?;
+                Ok(now.saturating_sub(largest) > config.retention_ms)
+            })?;
+        }
+        let outcome = RetentionOutcome {
+            segments_deleted: deletable,
+            bytes_deleted: bounds.segments[..deletable].iter().map(|s| s.size()).sum(),
+            log_start_offset,
+        };
+        if deletable == 0 {
+            return Ok(outcome);
+        }
+        let result = (|| {
+            if deletable == bounds.segments.len() {
+                // Kafka: a log keeps at least one segment; the active one is
+                // deletable only when it holds data, so this one is new.
+                self.roll(&mut writer, log_end_offset, "retention", now)
+                    .map_err(io)?;
+            }
+            let new_start = bounds
+                .segments
+                .get(deletable)
+                .map_or(log_end_offset, |s| s.base_offset())
+                .max(log_start_offset);
+            self.log_start_offset.fetch_max(new_start, Ordering::AcqRel);
+            self.remove_prefix(&mut writer, &bounds.segments[..deletable], new_start)?;
+            Ok(new_start)
+        })();
+        let new_start = result.inspect_err(|e| self.take_offline(e))?;
+        tracing::info!(
+            log = %self.dir.display(),
+            segments = outcome.segments_deleted,
+            bytes = outcome.bytes_deleted,
+            log_start_offset = new_start,
+            "deleted segments past retention"
+        );
+        Ok(RetentionOutcome {
+            log_start_offset: self.log_start_offset(),
+            ..outcome
+        })
     }
 
     /// Takes segments out of the log and renames their files to `*.deleted`;
@@ -1427,6 +1592,37 @@ impl PartitionLog {
     #[cfg(test)]
     fn segment(&self, base_offset: i64) -> Option<Arc<Segment>> {
         self.segments.read().get(&base_offset).cloned()
+    }
+}
+
+/// The segments one retention pass looks at, and what bounds it.
+struct RetentionBounds {
+    segments: Vec<Arc<Segment>>,
+    high_watermark: i64,
+    log_end_offset: i64,
+}
+
+impl RetentionBounds {
+    /// Kafka's `LocalLog.deletableSegments` from segment `first` on: the
+    /// index after the last segment that may go, walking while `predicate`
+    /// holds, the high watermark is at or past the segment's end, and the
+    /// segment is not an empty active segment.
+    fn deletable_from(
+        &self,
+        first: usize,
+        mut predicate: impl FnMut(usize) -> Result<bool, StorageError>,
+    ) -> Result<usize, StorageError> {
+        let mut i = first;
+        while let Some(segment) = self.segments.get(i) {
+            let next = self.segments.get(i + 1);
+            let upper_bound = next.map_or(self.log_end_offset, |s| s.base_offset());
+            let last_and_empty = next.is_none() && segment.size() == 0;
+            if last_and_empty || self.high_watermark < upper_bound || !predicate(i)? {
+                break;
+            }
+            i += 1;
+        }
+        Ok(i)
     }
 }
 

@@ -13,6 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{RwLock, RwLockWriteGuard};
 use strom_protocol::record_batch::{
@@ -770,6 +771,46 @@ impl Segment {
         self.with_indexes(|ix| Ok(ix.first_batch_timestamp))
     }
 
+    /// The segment's max timestamp and its first batch's, for retention and
+    /// the cleaner, which look at every segment of every log now and then:
+    /// index state loaded only for this is dropped again, so an idle
+    /// partition keeps holding no index memory.
+    pub(crate) fn timestamps(&self) -> io::Result<SegmentTimestamps> {
+        let was_loaded = self.indexes.read().is_some();
+        let timestamps = self.with_indexes(|ix| {
+            Ok(SegmentTimestamps {
+                max_timestamp: ix.max_timestamp,
+                first_batch_timestamp: ix.first_batch_timestamp,
+            })
+        })?;
+        if !was_loaded {
+            self.unload_indexes();
+        }
+        Ok(timestamps)
+    }
+
+    /// Kafka's `LogSegment.largestTimestamp`: the largest record timestamp,
+    /// or for a segment without any, the time its log file was last modified.
+    pub(crate) fn largest_timestamp(&self) -> io::Result<i64> {
+        let max = self.timestamps()?.max_timestamp;
+        if max >= 0 {
+            return Ok(max);
+        }
+        Ok(self.last_modified_ms().unwrap_or(self.created_ms))
+    }
+
+    /// When the log file was last modified, in ms since the epoch.
+    pub(crate) fn last_modified_ms(&self) -> Option<i64> {
+        let modified = self
+            .file(FileKind::Log)
+            .ok()?
+            .metadata()
+            .ok()?
+            .modified()
+            .ok()?;
+        system_time_ms(modified)
+    }
+
     /// Offset after the last batch, if the segment holds any.
     pub(crate) fn next_offset(&self) -> io::Result<Option<i64>> {
         self.with_indexes(|ix| Ok(ix.next_offset))
@@ -948,6 +989,20 @@ impl Segment {
         let t = self.file(FileKind::TimeIndex)?;
         self.with_indexes(|ix| Ok((ix.offset.all(&o)?, ix.time.all(&t)?)))
     }
+}
+
+/// A segment's max timestamp and its first batch's max timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentTimestamps {
+    /// `NO_TIMESTAMP` when the segment holds no batch with a timestamp.
+    pub(crate) max_timestamp: i64,
+    pub(crate) first_batch_timestamp: Option<i64>,
+}
+
+/// Milliseconds since the epoch of a file time; `None` before 1970.
+pub(crate) fn system_time_ms(time: SystemTime) -> Option<i64> {
+    let since = time.duration_since(UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
 }
 
 /// The index bookkeeping of one appended batch, exactly as Kafka's
