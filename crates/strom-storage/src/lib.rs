@@ -6,15 +6,20 @@
 //!
 //! - [`manager`]: [`LogManager`], a data directory of partition logs
 //!   (`topic-N/`), the clean-shutdown marker, recovery-point and log-start
-//!   checkpoints, and the background thread that fsyncs rolled segments,
-//!   honours `flush.ms` and deletes removed segments.
+//!   checkpoints, the background thread that fsyncs rolled segments, honours
+//!   `flush.ms`, deletes removed segments and runs retention, and the log
+//!   cleaner's thread.
 //! - [`log`]: [`PartitionLog`], one partition: append (leader and follower),
 //!   read, timestamp lookup, truncation, log start offset, flush, recovery.
 //!   Inside it: `segment` (one `.log` with its indexes), `index` (the sparse
 //!   `.index` and `.timeindex` formats), `scan` (sequential batch reading),
 //!   `epoch_cache` (`leader-epoch-checkpoint`), `producer_state` (idempotent
-//!   producers' epochs and sequences, and their `.snapshot` files).
-//!   Retention is [`PartitionLog::delete_retained_segments`].
+//!   producers' epochs and sequences, and their `.snapshot` files), `cleaner`
+//!   (compacting one log: the rewrite and the crash-safe `.cleaned`/`.swap`
+//!   protocol). Retention is [`PartitionLog::delete_retained_segments`].
+//! - [`cleaner`]: the log cleaner of a data directory: choosing the filthiest
+//!   compacted log, `cleaner-offset-checkpoint`, the bounded offset map, the
+//!   I/O throttle, the hooks transactions fill ([`TxnCleanHooks`]).
 //! - [`file_cache`]: the bounded cache of open file handles shared by all logs.
 //! - [`config`]: [`LogConfig`], Kafka's per-topic log settings and defaults.
 //! - [`checkpoint`]: Kafka's small checkpoint file format, written atomically.
@@ -24,6 +29,7 @@
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
 pub mod checkpoint;
+pub mod cleaner;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -31,6 +37,9 @@ pub mod file_cache;
 pub mod log;
 pub mod manager;
 
+pub use cleaner::{
+    CleanOutcome, CleanStats, CleanerConfig, NoTxnCleanHooks, TxnCleanHooks, TxnCleanPass,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::LogConfig;
 pub use error::{AppendError, ReadError, StorageError};

@@ -6,6 +6,7 @@
 //!   .kafka_cleanshutdown               present only after a clean shutdown
 //!   recovery-point-offset-checkpoint   where each log's fsynced data ends
 //!   log-start-offset-checkpoint        each log's start offset
+//!   cleaner-offset-checkpoint          where each compacted log's dirty part starts
 //!   orders-0/  orders-1/  ...          one PartitionLog per partition
 //! ```
 //!
@@ -14,6 +15,8 @@
 //! background thread fsyncs rolled segments, honours `flush.ms`, deletes
 //! removed segments after `file.delete.delay.ms`, writes the checkpoints and,
 //! every `log.retention.check.interval.ms`, deletes segments past retention.
+//! A second thread runs the log cleaner ([`crate::cleaner`]) on compacted
+//! logs; its checkpoint is `cleaner-offset-checkpoint`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,6 +30,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::checkpoint;
+use crate::cleaner::{CleanStats, CleanerConfig, LogCleaner, TxnCleanHooks};
 use crate::clock::Clock;
 use crate::config::LogConfig;
 use crate::error::StorageError;
@@ -115,6 +119,8 @@ pub struct LogManagerConfig {
     /// `log.retention.check.interval.ms`: how often the background thread
     /// deletes segments past retention (rounded to whole periodic rounds).
     pub retention_check_interval_ms: u64,
+    /// The log cleaner for compacted topics.
+    pub cleaner: CleanerConfig,
 }
 
 /// Kafka's `log.retention.check.interval.ms` default: 5 minutes.
@@ -131,6 +137,7 @@ impl LogManagerConfig {
             checkpoint_interval_ms: 60_000,
             ignored_dirs: Vec::new(),
             retention_check_interval_ms: DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+            cleaner: CleanerConfig::default(),
         }
     }
 }
@@ -151,6 +158,8 @@ pub struct LogManager {
     logs: RwLock<HashMap<TopicPartition, Arc<PartitionLog>>>,
     stop: Arc<Stop>,
     background: Mutex<Option<JoinHandle<()>>>,
+    cleaner: Arc<LogCleaner>,
+    cleaner_thread: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
     /// Held (locked) for the life of the manager.
     _lock: File,
@@ -240,6 +249,7 @@ impl LogManager {
         checkpoint::sync_dir(&dir).map_err(io)?;
         tracing::info!(dir = %dir.display(), logs = loaded.len(), clean_shutdown, "loaded logs");
 
+        let cleaner = Arc::new(LogCleaner::new(&dir, config.cleaner.clone()));
         let manager = Arc::new(Self {
             config,
             files,
@@ -252,6 +262,8 @@ impl LogManager {
             ),
             stop: Arc::new(Stop::default()),
             background: Mutex::new(None),
+            cleaner,
+            cleaner_thread: Mutex::new(None),
             shut_down: AtomicBool::new(false),
             _lock: lock,
         });
@@ -269,11 +281,24 @@ impl LogManager {
             .spawn(move || background_loop(&weak, &stop, interval, every))
             .map_err(|e| StorageError::io(&manager.config.data_dir, e))?;
         *manager.background.lock() = Some(handle);
+        if manager.config.cleaner.enabled {
+            let weak = Arc::downgrade(&manager);
+            let cleaner = Arc::clone(&manager.cleaner);
+            let handle = std::thread::Builder::new()
+                .name("strom-log-cleaner".to_owned())
+                .spawn(move || cleaner_loop(&weak, &cleaner))
+                .map_err(|e| StorageError::io(&manager.config.data_dir, e))?;
+            *manager.cleaner_thread.lock() = Some(handle);
+        }
         Ok(manager)
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.config.data_dir
+    }
+
+    pub(crate) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     pub fn file_cache(&self) -> &Arc<FileCache> {
@@ -325,6 +350,15 @@ impl LogManager {
         let Some(log) = self.logs.write().remove(tp) else {
             return Ok(false);
         };
+        // A clean of it stops (and removes what it wrote aside) before the
+        // directory goes; then the cleaner forgets it.
+        self.cleaner.abort_and_pause(tp);
+        let deleted = self.delete_files(tp, &log);
+        self.cleaner.forget(self, tp);
+        deleted.map(|()| true)
+    }
+
+    fn delete_files(&self, tp: &TopicPartition, log: &PartitionLog) -> Result<(), StorageError> {
         let dir = log.dir().to_path_buf();
         if let Err(e) = log.close() {
             tracing::warn!(log = %tp, error = %e, "closing a deleted log failed");
@@ -337,8 +371,7 @@ impl LogManager {
         let io = |e| StorageError::io(&dir, e);
         fs::rename(&dir, &doomed).map_err(io)?;
         checkpoint::sync_dir(&self.config.data_dir).map_err(io)?;
-        fs::remove_dir_all(&doomed).map_err(io)?;
-        Ok(true)
+        fs::remove_dir_all(&doomed).map_err(io)
     }
 
     /// Every log, in no particular order.
@@ -379,7 +412,8 @@ impl LogManager {
         .map_err(|e| StorageError::io(dir, e))
     }
 
-    /// Clean shutdown: stops the background thread, closes every log (fsync,
+    /// Clean shutdown: stops the background and cleaner threads (a clean in
+    /// progress is abandoned; what it wrote aside goes), closes every log (fsync,
     /// sealed indexes), writes the checkpoints and then the clean-shutdown
     /// marker, so the next start skips recovery.
     pub fn shutdown(&self) -> Result<(), StorageError> {
@@ -414,27 +448,46 @@ impl LogManager {
     fn stop_background(&self) {
         *self.stop.stopped.lock() = true;
         self.stop.wake.notify_all();
-        let Some(handle) = self.background.lock().take() else {
-            return;
-        };
-        // The last reference can be dropped by the background thread itself
-        // (it holds one while it works): it then just ends its loop.
-        if handle.thread().id() == std::thread::current().id() {
-            return;
-        }
-        if handle.join().is_err() {
-            tracing::error!("log background thread panicked");
+        // Aborts a clean in progress, wherever it runs.
+        self.cleaner.stop();
+        for (thread, name) in [
+            (&self.background, "log background"),
+            (&self.cleaner_thread, "log cleaner"),
+        ] {
+            let Some(handle) = thread.lock().take() else {
+                continue;
+            };
+            // The last reference can be dropped by one of these threads itself
+            // (it holds one while it works): it then just ends its loop.
+            if handle.thread().id() == std::thread::current().id() {
+                continue;
+            }
+            if handle.join().is_err() {
+                tracing::error!("{name} thread panicked");
+            }
         }
     }
 
     /// Truncates the log of `tp` (replication) and checkpoints the lowered
     /// recovery point at once, as Kafka does: a stale, higher recovery point
     /// on disk would let the next recovery skip the rewritten data.
+    ///
+    /// A clean of the log in progress is aborted first and none starts until
+    /// the truncation is done; a cleaner checkpoint above the new active
+    /// segment comes down to it (Kafka's `truncateTo`).
     pub fn truncate_to(&self, tp: &TopicPartition, offset: i64) -> Result<(), StorageError> {
         let log = self
             .get(tp)
             .ok_or_else(|| StorageError::InvalidRequest(format!("no log for {tp}")))?;
-        log.truncate_to(offset)?;
+        self.cleaner.abort_and_pause(tp);
+        let truncated = log.truncate_to(offset);
+        if truncated.is_ok()
+            && let Some(active_base) = log.segment_base_offsets().last()
+        {
+            self.cleaner.truncate_checkpoint(self, tp, *active_base);
+        }
+        self.cleaner.resume(tp);
+        truncated?;
         self.checkpoint()
     }
 
@@ -471,6 +524,26 @@ impl LogManager {
             tracing::error!(error = %e, "writing log checkpoints after retention failed");
         }
         deleted
+    }
+
+    /// Cleans the compacted log that needs it most, if any does, in the
+    /// caller's thread, and returns what the clean did (see
+    /// [`crate::cleaner`]). The cleaner thread does the same in a loop; this
+    /// lets tests and benchmarks drive one clean. Cleans never overlap: this
+    /// waits for one in progress.
+    pub fn clean_once(&self) -> Option<CleanStats> {
+        self.cleaner.clean_once(self)
+    }
+
+    /// Where the cleaner will start on `tp` next time (the cleaner
+    /// checkpoint), if it has cleaned it.
+    pub fn cleaner_checkpoint(&self, tp: &TopicPartition) -> Option<i64> {
+        self.cleaner.checkpoint_of(tp)
+    }
+
+    /// Installs what transactions tell the cleaner (see [`TxnCleanHooks`]).
+    pub fn set_txn_clean_hooks(&self, hooks: Arc<dyn TxnCleanHooks>) {
+        self.cleaner.set_hooks(hooks);
     }
 }
 
@@ -521,9 +594,29 @@ fn background_loop(
     }
 }
 
+/// The cleaner thread: cleans while there is work, backs off
+/// `log.cleaner.backoff.ms` when there is none (or a clean made no
+/// progress), ends when the cleaner is stopped or the manager is gone.
+fn cleaner_loop(manager: &std::sync::Weak<LogManager>, cleaner: &LogCleaner) {
+    while !cleaner.is_stopped() {
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        let stats = manager.clean_once();
+        drop(manager);
+        let progressed = stats.is_some_and(|s| {
+            s.outcome == crate::cleaner::CleanOutcome::Completed
+                && s.end_offset > s.first_dirty_offset
+        });
+        if !progressed {
+            cleaner.backoff();
+        }
+    }
+}
+
 /// Reads a `topic partition offset` checkpoint; a missing or malformed file
 /// gives no entries (recovery then starts from the beginning: slower, safe).
-fn read_offsets(path: &Path) -> HashMap<TopicPartition, i64> {
+pub(crate) fn read_offsets(path: &Path) -> HashMap<TopicPartition, i64> {
     let parsed = checkpoint::read(path).and_then(|entries| match entries {
         Some(entries) => checkpoint::parse_partition_offsets(&entries),
         None => Ok(Vec::new()),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use common::{batch_with_timestamps, read_all};
 use strom_protocol::compression::Compression;
 use strom_storage::{
-    AppendOrigin, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig, ManualClock,
-    PartitionLog, TopicPartition,
+    AppendOrigin, CleanerConfig, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig,
+    ManualClock, PartitionLog, TopicPartition,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -273,6 +273,10 @@ fn the_manager_runs_retention_and_checkpoints_the_log_start() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let manager_config = LogManagerConfig {
+        cleaner: CleanerConfig {
+            enabled: false,
+            ..CleanerConfig::default()
+        },
         periodic_interval_ms: 3_600_000,
         ..LogManagerConfig::new(dir.path())
     };

@@ -17,6 +17,7 @@
 //! also owns the idempotent producers' state (`producer_state`), which checks
 //! client appends and is kept in step with every change of the log.
 
+pub(crate) mod cleaner;
 mod epoch_cache;
 mod index;
 mod producer_state;
@@ -30,7 +31,7 @@ use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
@@ -46,7 +47,10 @@ pub use self::producer_state::{
     MAX_PRODUCERS_PER_PARTITION, NUM_BATCHES_TO_RETAIN, ProducerStateView,
 };
 use self::scan::{BatchScanner, Scanned};
-use self::segment::{AppendFailure, AppendedBatch, DELETED_SUFFIX, ScanRules, Segment};
+use self::segment::{
+    AppendFailure, AppendedBatch, CLEANED_SUFFIX, DELETED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX,
+    SWAP_SUFFIX, ScanRules, Segment, TIME_INDEX_SUFFIX, staged_path,
+};
 use crate::checkpoint;
 use crate::clock::Clock;
 use crate::config::LogConfig;
@@ -246,6 +250,9 @@ pub struct PartitionLog {
     /// [`HIGH_WATERMARK_UNSET`] until it sets one. Retention and the cleaner
     /// never touch data at or above it.
     high_watermark: AtomicI64,
+    /// Bumped by every truncation, so that the cleaner can tell a log that
+    /// was cut back (and maybe refilled) while it worked.
+    truncations: AtomicU64,
     /// An I/O failure left the log in a state that must not take writes.
     offline: AtomicBool,
     /// Closed cleanly: no more writes.
@@ -352,6 +359,7 @@ impl PartitionLog {
             log_start_offset: AtomicI64::new(log_start_offset),
             recovery_point: AtomicI64::new(log_end_offset),
             high_watermark: AtomicI64::new(HIGH_WATERMARK_UNSET),
+            truncations: AtomicU64::new(0),
             offline: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
@@ -395,6 +403,11 @@ impl PartitionLog {
     /// Whether an I/O failure took the log offline.
     pub fn is_offline(&self) -> bool {
         self.offline.load(Ordering::Acquire)
+    }
+
+    /// Whether the log was closed (or deleted): it takes no more writes.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Tells the log where the partition's high watermark is; the broker
@@ -1116,6 +1129,7 @@ impl PartitionLog {
         writer.pending_flush.retain(|s| !Arc::ptr_eq(s, &target));
         writer.active = Arc::clone(&target);
         let log_end_offset = next.unwrap_or(target.base_offset());
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         self.log_end_offset.store(log_end_offset, Ordering::Release);
         self.lower_high_watermark(log_end_offset);
         self.recovery_point
@@ -1159,6 +1173,7 @@ impl PartitionLog {
         self.segments.write().insert(offset, Arc::clone(&segment));
         writer.active = segment;
         writer.dir_dirty = true;
+        self.truncations.fetch_add(1, Ordering::AcqRel);
         self.log_start_offset.store(offset, Ordering::Release);
         self.log_end_offset.store(offset, Ordering::Release);
         self.recovery_point.store(offset, Ordering::Release);
@@ -1718,48 +1733,149 @@ fn first_record_at_or_after(
 /// Segments as `(base offset, log size)`, and producer state snapshot offsets.
 type Listing = (Vec<(i64, u64)>, Vec<i64>);
 
+/// The base offset and the kind of a segment file name `<20 digits>.<kind>`.
+fn parse_segment_name(name: &str) -> Option<(i64, &str)> {
+    let (stem, kind) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((stem.parse().ok()?, kind))
+}
+
 /// Lists the segments in `dir` and the producer state snapshots, cleaning up
-/// what an interrupted operation left: `*.deleted` and temporary files go,
-/// index files without a log go.
+/// what an interrupted operation left: `*.deleted`, temporary and
+/// `*.cleaned` files go, an interrupted cleaner swap is completed (see
+/// [`complete_swap`]), index files without a log go.
 fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
     let io = |e| StorageError::io(dir, e);
     let mut logs = Vec::new();
     let mut snapshots = Vec::new();
     let mut indexes = Vec::new();
+    let mut swaps = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let path = entry.path();
-        if name.ends_with(DELETED_SUFFIX) || name.ends_with(".tmp") || name.ends_with(".cleaned") {
+        if name.ends_with(DELETED_SUFFIX)
+            || name.ends_with(".tmp")
+            || name.ends_with(CLEANED_SUFFIX)
+        {
             fs::remove_file(&path).map_err(io)?;
             continue;
         }
-        let Some((stem, ext)) = name.split_once('.') else {
-            continue;
-        };
-        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        if let Some(unswapped) = name.strip_suffix(SWAP_SUFFIX) {
+            match parse_segment_name(unswapped) {
+                Some((base, "log")) => swaps.push(base),
+                // Index files of a swap are rebuilt from its log, never trusted.
+                Some((_, "index" | "timeindex")) => fs::remove_file(&path).map_err(io)?,
+                _ => {}
+            }
             continue;
         }
-        let Ok(base) = stem.parse::<i64>() else {
+        let Some((base, kind)) = parse_segment_name(name) else {
             continue;
         };
-        match ext {
+        match kind {
             "log" => logs.push((base, entry.metadata().map_err(io)?.len())),
             "index" | "timeindex" => indexes.push((base, path)),
             "snapshot" => snapshots.push(base),
             _ => {}
         }
     }
+    swaps.sort_unstable();
+    for base in swaps {
+        complete_swap(dir, base, &mut logs)?;
+    }
     logs.sort_unstable();
     for (base, path) in indexes {
         if logs.binary_search_by_key(&base, |(b, _)| *b).is_err() {
             tracing::warn!(path = %path.display(), "removing an index file without a log");
-            fs::remove_file(&path).map_err(io)?;
+            match fs::remove_file(&path) {
+                // Removed already, with the segments a swap replaced.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other.map_err(io)?,
+            }
         }
     }
     debug_assert!(logs.iter().all(|(b, _)| *b >= 0));
     Ok((logs, snapshots))
+}
+
+/// Finishes a cleaner swap that a crash interrupted, as Kafka's `LogLoader`
+/// does: `<base>.log.swap` is a complete cleaned segment (it was fsynced
+/// before it got that name), holding the records it kept of the segments
+/// whose base offsets lie in `[base, its next offset)`. Those segments go,
+/// whatever step the swap had reached, and the swap becomes `<base>.log`.
+/// Its indexes are rebuilt from it when first used.
+fn complete_swap(dir: &Path, base: i64, logs: &mut Vec<(i64, u64)>) -> Result<(), StorageError> {
+    let io = |e| StorageError::io(dir, e);
+    let swap = staged_path(dir, base, LOG_SUFFIX, SWAP_SUFFIX);
+    let (valid_bytes, next_offset) = scan_swap(&swap).map_err(|e| StorageError::io(&swap, e))?;
+    let replaced: Vec<i64> = logs
+        .iter()
+        .map(|(b, _)| *b)
+        .filter(|b| *b == base || (*b > base && *b < next_offset))
+        .collect();
+    for old in &replaced {
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            match fs::remove_file(staged_path(dir, *old, suffix, "")) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
+        }
+    }
+    logs.retain(|(b, _)| !replaced.contains(b));
+    let log = staged_path(dir, base, LOG_SUFFIX, "");
+    fs::rename(&swap, &log).map_err(io)?;
+    logs.push((base, valid_bytes));
+    checkpoint::sync_dir(dir).map_err(io)?;
+    tracing::warn!(
+        log = %dir.display(),
+        segment = base,
+        next_offset,
+        replaced = ?replaced,
+        "completed a cleaner swap interrupted by a crash"
+    );
+    Ok(())
+}
+
+/// The valid bytes of a `.swap` log and the offset after its last batch
+/// (`base` when it holds none). Bytes after the first invalid batch are cut
+/// off, as recovery does (they cannot be there: the file was fsynced whole).
+fn scan_swap(path: &Path) -> io::Result<(u64, i64)> {
+    let file = File::options().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    let base = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_segment_name)
+        .map_or(0, |(b, _)| b);
+    let mut scanner = BatchScanner::new(&file, 0, len);
+    let mut next_offset = base;
+    let mut valid_bytes = 0;
+    loop {
+        match scanner.next_batch()? {
+            Scanned::Batch {
+                position,
+                header,
+                bytes,
+            } if record_batch::validate_batch(bytes).is_ok()
+                && header.base_offset >= next_offset =>
+            {
+                next_offset = header.next_offset();
+                valid_bytes = position + bytes.len() as u64;
+            }
+            Scanned::End => break,
+            _ => {
+                tracing::warn!(path = %path.display(), valid_bytes, "cutting a swap file at its first invalid batch");
+                file.set_len(valid_bytes)?;
+                file.sync_all()?;
+                break;
+            }
+        }
+    }
+    Ok((valid_bytes, next_offset))
 }
 
 /// After a clean shutdown the marker vouches for the files, but not beyond

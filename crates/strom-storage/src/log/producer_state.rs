@@ -226,6 +226,13 @@ pub struct ProducerStateView {
     pub current_txn_first_offset: Option<i64>,
 }
 
+/// What the cleaner must keep of one producer (Kafka's `LastRecord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastRecord {
+    pub(crate) last_data_offset: Option<i64>,
+    pub(crate) producer_epoch: i16,
+}
+
 /// The producer fields of one data batch, with the offsets it has (or will
 /// have) in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,6 +468,26 @@ impl ProducerStateManager {
             "too many producers in one partition; forgot those that wrote least recently"
         );
         debug_assert!(self.producers.len() <= self.max_producers);
+    }
+
+    /// Kafka's `lastRecordsOfActiveProducers`: each producer's epoch and the
+    /// last offset of its last data batch, if one is retained. The cleaner
+    /// keeps the batches these name (empty if need be), so that the state
+    /// rebuilt from a cleaned log still knows every producer's sequence.
+    pub(crate) fn last_records(&self) -> HashMap<i64, LastRecord> {
+        self.producers
+            .iter()
+            .map(|(id, e)| {
+                let last = e.last_offset();
+                (
+                    *id,
+                    LastRecord {
+                        last_data_offset: (last >= 0).then_some(last),
+                        producer_epoch: e.producer_epoch,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// Every producer, by producer id.

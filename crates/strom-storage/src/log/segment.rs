@@ -30,6 +30,12 @@ pub(crate) const INDEX_SUFFIX: &str = ".index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
 /// Appended to a segment's file names when it is scheduled for deletion.
 pub(crate) const DELETED_SUFFIX: &str = ".deleted";
+/// Appended to the files of a segment the cleaner is writing aside; such
+/// files are incomplete by definition and deleted when a log opens.
+pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
+/// Appended to the files of a complete cleaned segment that is being swapped
+/// in; a log that opens with one finishes the swap (Kafka's `.swap`).
+pub(crate) const SWAP_SUFFIX: &str = ".swap";
 
 /// Kafka's file name for a segment file: the base offset, 20 digits.
 /// `next_offset` of a segment whose indexes are not loaded yet.
@@ -811,6 +817,13 @@ impl Segment {
         system_time_ms(modified)
     }
 
+    /// Bytes of the offset and time index files on disk (sealed segments
+    /// have no pending entries), for grouping segments when cleaning.
+    pub(crate) fn index_file_bytes(&self) -> (u64, u64) {
+        let len = |kind| fs::metadata(self.path(kind)).map_or(0, |m| m.len());
+        (len(FileKind::OffsetIndex), len(FileKind::TimeIndex))
+    }
+
     /// Offset after the last batch, if the segment holds any.
     pub(crate) fn next_offset(&self) -> io::Result<Option<i64>> {
         self.with_indexes(|ix| Ok(ix.next_offset))
@@ -1003,6 +1016,167 @@ pub(crate) struct SegmentTimestamps {
 pub(crate) fn system_time_ms(time: SystemTime) -> Option<i64> {
     let since = time.duration_since(UNIX_EPOCH).ok()?;
     i64::try_from(since.as_millis()).ok()
+}
+
+/// `<dir>/<base><suffix><stage>`, e.g. `00000000000000000000.log.cleaned`.
+pub(crate) fn staged_path(dir: &Path, base_offset: i64, suffix: &str, stage: &str) -> PathBuf {
+    let mut name = file_name(base_offset, suffix);
+    name.push_str(stage);
+    dir.join(name)
+}
+
+/// Bytes of written log buffered before a write to a cleaned segment: large
+/// writes without holding more than a small, fixed amount of memory.
+const SEGMENT_WRITER_BUFFER_BYTES: usize = 1 << 20;
+
+/// A segment the cleaner writes aside: `<base>.log.cleaned` with its
+/// `.index.cleaned` and `.timeindex.cleaned`, indexed by the rules appends
+/// follow. Nothing reads it until the cleaner swaps it into the log.
+#[derive(Debug)]
+pub(crate) struct SegmentWriter {
+    base_offset: i64,
+    log: io::BufWriter<File>,
+    offset_file: File,
+    time_file: File,
+    indexes: Indexes,
+    index_interval_bytes: u64,
+    size: u64,
+}
+
+impl SegmentWriter {
+    /// Creates the three `.cleaned` files, replacing leftovers of an earlier
+    /// attempt at the same base offset.
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+    ) -> io::Result<Self> {
+        let create = |suffix: &str| -> io::Result<File> {
+            let path = staged_path(dir, base_offset, suffix, CLEANED_SUFFIX);
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            File::options()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        };
+        let log = create(LOG_SUFFIX)?;
+        let offset_file = create(INDEX_SUFFIX)?;
+        let time_file = create(TIME_INDEX_SUFFIX)?;
+        Ok(Self {
+            base_offset,
+            log: io::BufWriter::with_capacity(SEGMENT_WRITER_BUFFER_BYTES, log),
+            offset_file,
+            time_file,
+            indexes: Indexes::empty(),
+            index_interval_bytes,
+            size: 0,
+        })
+    }
+
+    /// Appends one whole batch whose header is `header`. Fails (and writes
+    /// nothing) if the segment could not index it: 32-bit relative offsets
+    /// and positions, as a segment of the log.
+    pub(crate) fn append(&mut self, batch: &[u8], header: &BatchHeader) -> io::Result<()> {
+        let fits_offsets = header.checked_last_offset().is_some_and(|last| {
+            header.base_offset >= self.base_offset && last - self.base_offset <= i64::from(i32::MAX)
+        });
+        let end = self.size + batch.len() as u64;
+        if !fits_offsets || end > i32::MAX as u64 {
+            return Err(invalid(
+                "a cleaned segment would overflow its 32-bit offsets or positions",
+            ));
+        }
+        self.log.write_all(batch)?;
+        let appended = AppendedBatch {
+            position: self.size,
+            size: batch.len() as u64,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+        };
+        self.size = end;
+        let mut offset_new = None;
+        let mut time_new = None;
+        index_batch(
+            &mut self.indexes,
+            self.base_offset,
+            self.index_interval_bytes,
+            appended,
+            &mut |e| offset_new = Some(e),
+            &mut |e| time_new = Some(e),
+        );
+        let ix = &mut self.indexes;
+        if ix.first_batch_timestamp.is_none() {
+            ix.first_batch_timestamp = Some(header.max_timestamp);
+        }
+        ix.next_offset = Some(header.next_offset());
+        if let Some(e) = offset_new
+            && ix
+                .offset
+                .last()
+                .is_none_or(|l| e.relative_offset > l.relative_offset)
+        {
+            ix.offset.push(e);
+        }
+        if let Some(e) = time_new
+            && ix.time.last().is_none_or(|l| e.timestamp > l.timestamp)
+        {
+            ix.time.push(e);
+        }
+        if ix.offset.tail_is_full() {
+            ix.offset.write_tail(&self.offset_file)?;
+        }
+        if ix.time.tail_is_full() {
+            ix.time.write_tail(&self.time_file)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered, the last time index entry (as a roll does)
+    /// and the index tails, sets the log's modification time to `modified`
+    /// (Kafka keeps the replaced segments' time, which retention may use)
+    /// and fsyncs all three files. Returns the log's size.
+    pub(crate) fn finish(mut self, modified: Option<SystemTime>) -> io::Result<u64> {
+        self.log.flush()?;
+        let ix = &mut self.indexes;
+        if ix.max_timestamp != NO_TIMESTAMP
+            && ix
+                .time
+                .last()
+                .is_none_or(|l| ix.max_timestamp > l.timestamp)
+            && let Ok(relative_offset) =
+                u32::try_from(ix.offset_of_max_timestamp - self.base_offset)
+        {
+            ix.time.push(TimeEntry {
+                timestamp: ix.max_timestamp,
+                relative_offset,
+            });
+        }
+        ix.offset.write_tail(&self.offset_file)?;
+        ix.time.write_tail(&self.time_file)?;
+        let log = self.log.get_ref();
+        if let Some(modified) = modified {
+            log.set_modified(modified)?;
+        }
+        log.sync_all()?;
+        self.offset_file.sync_all()?;
+        self.time_file.sync_all()?;
+        Ok(self.size)
+    }
+
+    /// The files this writer creates, for cleaning up after a failure.
+    pub(crate) fn remove_files(dir: &Path, base_offset: i64) -> io::Result<()> {
+        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            match fs::remove_file(staged_path(dir, base_offset, suffix, CLEANED_SUFFIX)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The index bookkeeping of one appended batch, exactly as Kafka's
