@@ -239,14 +239,6 @@ def test_topic_synonym_chains(admin, kadmin):
     assert plain["cleanup.policy"]["synonyms"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kafka names a topic config's broker-level synonyms after the broker property, default included "
-    "(ConfigHelper.configSynonyms over staticDefaultConfigs): cleanup.policy ends with log.cleanup.policy=delete "
-    "DEFAULT_CONFIG, segment.bytes with log.segment.bytes=1073741824 DEFAULT_CONFIG. Strom names the default layer "
-    "after the topic config (cleanup.policy=delete, segment.bytes=1073741824), which also makes confluent-kafka's "
-    "name-keyed synonyms dict lose the topic override of cleanup.policy.",
-)
 def test_topic_synonym_names_match_kafka(admin, kadmin):
     topic = "synonym-names"
     create_topic(admin, topic, {"cleanup.policy": "compact"})
@@ -269,11 +261,10 @@ def test_topic_synonym_names_match_kafka(admin, kadmin):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="Kafka keeps only the synonyms from the first broker synonym on (ConfigHelper.configSynonyms: "
-    "dropWhile(name != log.retention.ms)), so a retention.ms that only log.retention.hours sets is described "
-    "with source DEFAULT_CONFIG and no synonyms (value 360000000). Strom answers STATIC_BROKER_CONFIG with "
-    "synonyms [log.retention.hours=360000000 STATIC_BROKER_CONFIG, retention.ms=604800000 DEFAULT_CONFIG]; "
-    "Kafka's synonym values are never unit-converted either.",
+    reason="A deliberate difference. Kafka keeps only the synonyms from the first broker synonym on "
+    "(ConfigHelper.configSynonyms: dropWhile(name != log.retention.ms)), so a retention.ms that only "
+    "log.retention.hours sets is described as DEFAULT_CONFIG with no synonyms. Strom answers "
+    "STATIC_BROKER_CONFIG with the whole chain, which says where the value comes from.",
 )
 def test_retention_from_hours_describes_as_kafka(admin, kadmin):
     topic = "retention-hours"
@@ -334,13 +325,6 @@ def test_incremental_alter_kafka_python(admin, kadmin):
     assert modified(kadmin, topic) == {"cleanup.policy": "delete"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kafka's controller appends to (or subtracts from) the topic config's own default when the topic has "
-    "no override (ConfigurationControlManager.getParts: configSchema.getDefault), not the broker-wide value: "
-    "with log.cleanup.policy=compact on the broker, APPEND delete gives 'delete'. Strom starts from the "
-    "broker's value and gives 'compact,delete'.",
-)
 def test_append_starts_from_the_topic_default(broker_factory):
     broker = broker_factory(["log.cleanup.policy=compact"])
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
@@ -365,11 +349,6 @@ INVALID = [
         "not-a-number",
         [("retention.ms", SET, "soon")],
         "Invalid value soon for configuration retention.ms: Not a number of type LONG",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="Kafka's ConfigDef names the type in capitals ('Not a number of type LONG'); "
-            "Strom says 'Not a number of type Long'",
-        ),
         id="not-a-number",
     ),
     *[
@@ -377,14 +356,6 @@ INVALID = [
             f"{op.name.lower()}-message",
             [("retention.ms", op, "5")],
             f"Can't {op.name} to key retention.ms because its type is not LIST.",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="KRaft Kafka (every 4.x) applies topic changes in the controller "
-                "(ConfigurationControlManager.incrementalAlterConfigResource), whose message is "
-                "\"Can't APPEND to key retention.ms because its type is not LIST.\"; Strom sends ZooKeeper-era "
-                "Kafka's \"Config value append is not allowed for config key: retention.ms\" "
-                "(which KRaft Kafka still sends for broker resources)",
-            ),
             id=f"{op.name.lower()}-message",
         )
         for op in [APPEND, SUBTRACT]
@@ -435,13 +406,6 @@ def test_alter_errors_for_resources(admin, kadmin):
     assert modified(kadmin, "twice") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kafka refuses a broker resource naming another broker id (ConfigAdminManager."
-    "validateResourceNameIsCurrentNodeId: INVALID_REQUEST 'Unexpected broker id, expected 1, but received 7'); "
-    "Strom's IncrementalAlterConfigs and AlterConfigs accept broker '7' and store its configs "
-    "(its DescribeConfigs does refuse '7').",
-)
 def test_alter_configs_of_another_broker_is_refused(kadmin):
     code, message = raw_incremental(kadmin, BROKER, "7", ("log.retention.ms", SET, "1000"))
     assert code == KafkaError.INVALID_REQUEST, (code, message)
@@ -612,13 +576,6 @@ def test_read_only_broker_configs_are_refused(admin, kadmin, config):
     assert raw_describe(kadmin, BROKER, "") == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kafka reconfigures only the first broker synonym of each topic config (DynamicLogConfig's "
-    "RECONFIGURABLE_CONFIGS = TOPIC_CONFIG_SYNONYMS.values(): log.retention.ms, log.roll.ms, ...): "
-    "log.retention.hours/minutes and log.roll.hours are read-only, refused with INVALID_REQUEST "
-    "'Cannot update these configs dynamically: ...'. Strom describes them as not read-only and accepts them.",
-)
 def test_unit_synonyms_are_read_only(broker_factory):
     broker = broker_factory()
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
@@ -628,11 +585,6 @@ def test_unit_synonyms_are_read_only(broker_factory):
     assert got is not None and got[0] == KafkaError.INVALID_REQUEST, got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kafka answers an invalid broker config value with INVALID_REQUEST, not INVALID_CONFIG "
-    "(ConfigAdminManager.validateBrokerConfigChange, KAFKA-13609); Strom answers INVALID_CONFIG.",
-)
 def test_invalid_broker_config_value_is_invalid_request(broker_factory):
     broker = broker_factory()
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
@@ -640,15 +592,6 @@ def test_invalid_broker_config_value_is_invalid_request(broker_factory):
     assert got is not None and got[0] == KafkaError.INVALID_REQUEST, got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Kafka lists every layer of every broker synonym (ConfigHelper.configSynonyms), with the broker's "
-    "own values: a topic's retention.ms under dynamic log.retention.ms values reads [log.retention.ms=7000 "
-    "DYNAMIC_BROKER_CONFIG, log.retention.ms=5000 DYNAMIC_DEFAULT_BROKER_CONFIG, log.retention.hours=100 "
-    "STATIC_BROKER_CONFIG, log.retention.hours=168 DEFAULT_CONFIG], and broker 1's log.retention.ms the same. "
-    "Strom converts the static layer to ms (log.retention.hours=360000000), names the default layer "
-    "retention.ms=604800000, and lists only the log.retention.ms layers for broker 1.",
-)
 def test_dynamic_synonym_chains_match_kafka(broker_factory):
     broker = broker_factory(STATIC)
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})

@@ -287,6 +287,8 @@ fn open(
             .and_then(|v| v.parse().ok())
             .unwrap_or(2),
         ignored_dirs: vec![META_DIR.to_owned()],
+        retention_check_interval_ms: config.log_retention_check_interval_ms()?,
+        cleaner: config.cleaner_config()?,
         ..LogManagerConfig::new(&data_dir)
     };
     let logs = LogManager::open(

@@ -63,9 +63,14 @@ impl ConfigType {
         };
         if ok {
             Ok(())
+        } else if self == Self::Boolean {
+            Err(ConfigError(format!(
+                "Invalid value {value} for configuration {name}: Expected value to be either true or false"
+            )))
         } else {
             Err(ConfigError(format!(
-                "Invalid value {value} for configuration {name}: Not a number of type {self:?}"
+                "Invalid value {value} for configuration {name}: Not a number of type {}",
+                format!("{self:?}").to_uppercase()
             )))
         }
     }
@@ -554,6 +559,8 @@ impl BrokerConfig {
         config.transaction_max_timeout_ms()?;
         config.producer_id_expiration_ms()?;
         config.fetch_session_cache_slots()?;
+        config.log_retention_check_interval_ms()?;
+        config.cleaner_config()?;
         crate::group::GroupConfig::from_properties(&config.properties)?;
         for def in TOPIC_CONFIGS {
             if let Some(v) = config.static_topic_default(def) {
@@ -616,13 +623,42 @@ impl BrokerConfig {
         self.get("transaction.max.timeout.ms", 900_000)
     }
 
+    /// `log.retention.check.interval.ms`, default 5 minutes.
+    pub fn log_retention_check_interval_ms(&self) -> Result<u64, ConfigError> {
+        self.get(
+            "log.retention.check.interval.ms",
+            strom_storage::manager::DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+        )
+    }
+
+    /// The log cleaner's settings: `log.cleaner.enable` (true),
+    /// `log.cleaner.io.max.bytes.per.second` (unlimited),
+    /// `log.cleaner.dedupe.buffer.size` (128 MiB), `log.cleaner.backoff.ms`
+    /// (15 s).
+    pub fn cleaner_config(&self) -> Result<strom_storage::CleanerConfig, ConfigError> {
+        let defaults = strom_storage::CleanerConfig::default();
+        Ok(strom_storage::CleanerConfig {
+            enabled: self.get("log.cleaner.enable", defaults.enabled)?,
+            io_max_bytes_per_second: self.get(
+                "log.cleaner.io.max.bytes.per.second",
+                defaults.io_max_bytes_per_second,
+            )?,
+            dedupe_buffer_size: self.get(
+                "log.cleaner.dedupe.buffer.size",
+                defaults.dedupe_buffer_size,
+            )?,
+            backoff_ms: self.get("log.cleaner.backoff.ms", defaults.backoff_ms)?,
+        })
+    }
+
     /// `producer.id.expiration.ms`, default one day.
     pub fn producer_id_expiration_ms(&self) -> Result<i64, ConfigError> {
         self.get("producer.id.expiration.ms", 86_400_000)
     }
 
-    /// The values a broker-level layer gives topic config `def`, one per
-    /// synonym the layer sets, most specific synonym first.
+    /// The entries a broker-level layer gives topic config `def`, one per
+    /// synonym the layer sets, most specific synonym first, with the value as
+    /// written (`log.retention.hours=2`).
     fn layer_values(
         def: &TopicConfigDef,
         props: &BTreeMap<String, String>,
@@ -630,58 +666,76 @@ impl BrokerConfig {
     ) -> Vec<ConfigValue> {
         def.synonyms
             .iter()
-            .filter_map(|(prop, unit)| {
-                let raw = props.get(*prop)?;
-                let value = match unit {
-                    Unit::Same => raw.clone(),
-                    Unit::MinutesToMs => raw
-                        .trim()
-                        .parse::<i64>()
-                        .ok()?
-                        .saturating_mul(60_000)
-                        .to_string(),
-                    Unit::HoursToMs => raw
-                        .trim()
-                        .parse::<i64>()
-                        .ok()?
-                        .saturating_mul(MS_PER_HOUR)
-                        .to_string(),
-                };
+            .filter_map(|(prop, _)| {
                 Some(ConfigValue {
                     name: (*prop).to_owned(),
-                    value,
+                    value: props.get(*prop)?.clone(),
                     source,
                 })
             })
             .collect()
     }
 
-    /// The broker-wide value of a topic config, if a static property sets it
-    /// (the most specific synonym wins, as in Kafka).
-    pub fn static_topic_default(&self, def: &TopicConfigDef) -> Option<ConfigValue> {
-        Self::layer_values(def, &self.properties, ConfigSource::StaticBroker)
-            .into_iter()
-            .next()
+    /// A synonym's value in the topic config's unit.
+    fn converted(def: &TopicConfigDef, entry: &ConfigValue) -> Option<String> {
+        let unit = def
+            .synonyms
+            .iter()
+            .find(|(prop, _)| *prop == entry.name)
+            .map_or(Unit::Same, |(_, unit)| *unit);
+        let scale = match unit {
+            Unit::Same => return Some(entry.value.clone()),
+            Unit::MinutesToMs => 60_000,
+            Unit::HoursToMs => MS_PER_HOUR,
+        };
+        Some(
+            entry
+                .value
+                .trim()
+                .parse::<i64>()
+                .ok()?
+                .saturating_mul(scale)
+                .to_string(),
+        )
     }
 
-    /// The value of topic config `def` for a topic with `overrides`, and the
-    /// chain of synonyms that led to it, most specific first, as Kafka orders
-    /// them: the topic override, this broker's dynamic configs, the dynamic
-    /// cluster default, the static properties, Kafka's default.
-    pub fn topic_config_value(
-        &self,
-        def: &TopicConfigDef,
-        image: &MetadataImage,
-        overrides: &BTreeMap<String, String>,
-    ) -> (ConfigValue, Vec<ConfigValue>) {
+    /// The DEFAULT_CONFIG entry of a topic config's synonyms, named after the
+    /// broker config whose default it is (`log.retention.hours=168` for
+    /// `retention.ms`, `log.cleanup.policy=delete` for `cleanup.policy`), as
+    /// Kafka lists it; `None` for configs without a broker synonym.
+    fn default_synonym(def: &TopicConfigDef) -> Option<ConfigValue> {
+        let (name, value) = match def.synonyms.iter().find(|(_, u)| *u == Unit::HoursToMs) {
+            Some((prop, _)) => {
+                let ms = def.default.parse::<i64>().ok()?;
+                (*prop, (ms / MS_PER_HOUR).to_string())
+            }
+            None => (def.synonyms.first()?.0, def.default.to_owned()),
+        };
+        Some(ConfigValue {
+            name: name.to_owned(),
+            value,
+            source: ConfigSource::Default,
+        })
+    }
+
+    /// The broker-wide value of a topic config, if a static property sets it
+    /// (the most specific synonym wins, as in Kafka), in the topic's unit.
+    pub fn static_topic_default(&self, def: &TopicConfigDef) -> Option<ConfigValue> {
+        let entry = Self::layer_values(def, &self.properties, ConfigSource::StaticBroker)
+            .into_iter()
+            .next()?;
+        Some(ConfigValue {
+            value: Self::converted(def, &entry)?,
+            ..entry
+        })
+    }
+
+    /// The synonym chain of topic config `def` below the topic's own
+    /// override, most specific first, as Kafka orders it: this broker's
+    /// dynamic configs, the dynamic cluster default, the static properties,
+    /// the broker default. Values are as written.
+    pub fn broker_synonyms(&self, def: &TopicConfigDef, image: &MetadataImage) -> Vec<ConfigValue> {
         let mut chain = Vec::new();
-        if let Some(v) = overrides.get(def.name) {
-            chain.push(ConfigValue {
-                name: def.name.to_owned(),
-                value: v.clone(),
-                source: ConfigSource::DynamicTopic,
-            });
-        }
         let dynamic = [
             (Some(self.node_id), ConfigSource::DynamicBroker),
             (None, ConfigSource::DynamicDefaultBroker),
@@ -696,13 +750,42 @@ impl BrokerConfig {
             &self.properties,
             ConfigSource::StaticBroker,
         ));
-        chain.push(ConfigValue {
-            name: def.name.to_owned(),
-            value: def.default.to_owned(),
-            source: ConfigSource::Default,
-        });
-        let mut effective = chain[0].clone();
-        effective.name = def.name.to_owned();
+        chain.extend(Self::default_synonym(def));
+        chain
+    }
+
+    /// The value of topic config `def` for a topic with `overrides` (in the
+    /// topic's unit), and its synonym chain (most specific first): the
+    /// topic's override, then [`BrokerConfig::broker_synonyms`].
+    pub fn topic_config_value(
+        &self,
+        def: &TopicConfigDef,
+        image: &MetadataImage,
+        overrides: &BTreeMap<String, String>,
+    ) -> (ConfigValue, Vec<ConfigValue>) {
+        let mut chain = Vec::new();
+        if let Some(v) = overrides.get(def.name) {
+            chain.push(ConfigValue {
+                name: def.name.to_owned(),
+                value: v.clone(),
+                source: ConfigSource::DynamicTopic,
+            });
+        }
+        chain.extend(self.broker_synonyms(def, image));
+        let effective = chain
+            .iter()
+            .find_map(|entry| {
+                Some(ConfigValue {
+                    name: def.name.to_owned(),
+                    value: Self::converted(def, entry)?,
+                    source: entry.source,
+                })
+            })
+            .unwrap_or_else(|| ConfigValue {
+                name: def.name.to_owned(),
+                value: def.default.to_owned(),
+                source: ConfigSource::Default,
+            });
         (effective, chain)
     }
 

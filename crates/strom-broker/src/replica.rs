@@ -64,6 +64,8 @@ impl Partition {
         let previous = self
             .high_watermark
             .fetch_max(log_end_offset, Ordering::AcqRel);
+        // Retention and the cleaner never pass the high watermark.
+        self.log.set_high_watermark(previous.max(log_end_offset));
         assert!(
             previous <= log_end_offset || self.log.log_end_offset() < previous,
             "high watermark {previous} above log end offset {log_end_offset}"
@@ -211,6 +213,7 @@ impl ReplicaManager {
             source: e,
         })?;
         let high_watermark = log.log_end_offset();
+        log.set_high_watermark(high_watermark);
         Ok(Arc::new(Partition {
             topic: Arc::clone(topic),
             index,

@@ -163,7 +163,7 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
         (
             &[("retention.ms", APPEND, Some("1"))],
             ErrorCode::InvalidConfig,
-            "append is not allowed",
+            "its type is not LIST",
         ),
         (
             &[("retention.ms", SET, Some("-5"))],
@@ -288,7 +288,7 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
             ("log.retention.ms".to_owned(), 2),
             ("log.retention.ms".to_owned(), 3),
             ("log.retention.hours".to_owned(), 4),
-            ("retention.ms".to_owned(), 5),
+            ("log.retention.hours".to_owned(), 5),
         ]
     );
     assert_eq!(
@@ -323,8 +323,25 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
         &[("log.segment.bytes", SET, Some("1"))],
     )
     .await;
-    assert_eq!(code, ErrorCode::InvalidConfig.code(), "{why}");
+    assert_eq!(code, ErrorCode::InvalidRequest.code(), "{why}");
     assert!(why.contains("log.segment.bytes"), "{why}");
+    // Only the first synonym is dynamic, and only for this broker.
+    let (code, why) = alter(
+        &mut raw,
+        BROKER,
+        "1",
+        &[("log.retention.hours", SET, Some("1"))],
+    )
+    .await;
+    assert_eq!(code, ErrorCode::InvalidRequest.code(), "{why}");
+    let (code, why) = alter(
+        &mut raw,
+        BROKER,
+        "7",
+        &[("log.retention.ms", SET, Some("1"))],
+    )
+    .await;
+    assert_eq!(code, ErrorCode::InvalidRequest.code(), "{why}");
 
     // Everything is in the metadata log: a restart keeps it.
     drop(raw);

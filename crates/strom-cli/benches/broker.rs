@@ -16,6 +16,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,94 +25,11 @@ use common::BrokerProcess;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
 use strom_protocol::builder::RecordBatchBuilder;
 use strom_protocol::compression::Compression;
-
-/// Whether `value` passes the comma-separated filter in env var `name`.
-fn wanted(name: &str, value: usize) -> bool {
-    std::env::var(name).map_or(true, |list| {
-        list.split(',').any(|v| v.trim() == value.to_string())
-    })
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Delivery reports: count failures, record latencies (in µs) when timing.
-struct Reports {
-    failures: std::sync::atomic::AtomicU64,
-    latencies: std::sync::Mutex<Vec<u64>>,
-}
-
-struct Ctx(Arc<Reports>);
-impl ClientContext for Ctx {}
-impl ProducerContext for Ctx {
-    type DeliveryOpaque = Box<Option<Instant>>;
-    fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
-        if result.is_err() {
-            self.0
-                .failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        if let Some(sent) = *sent {
-            self.0
-                .latencies
-                .lock()
-                .unwrap()
-                .push(sent.elapsed().as_micros() as u64);
-        }
-    }
-}
-
-fn producer(
-    broker: &BrokerProcess,
-    acks: &str,
-    linger_ms: &str,
-) -> (ThreadedProducer<Ctx>, Arc<Reports>) {
-    let reports = Arc::new(Reports {
-        failures: Default::default(),
-        latencies: Default::default(),
-    });
-    let producer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
-        .set("acks", acks)
-        .set("linger.ms", linger_ms)
-        .set("batch.size", "1000000")
-        .set("batch.num.messages", "100000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("enable.idempotence", "false")
-        .create_with_context(Ctx(Arc::clone(&reports)))
-        .unwrap();
-    (producer, reports)
-}
-
-fn send(
-    producer: &ThreadedProducer<Ctx>,
-    topic: &str,
-    partition: i32,
-    payload: &[u8],
-    sent: Option<Instant>,
-) {
-    let mut record = BaseRecord::with_opaque_to(topic, Box::new(sent))
-        .partition(partition)
-        .payload(payload);
-    loop {
-        match producer.send::<(), [u8]>(record) {
-            Ok(()) => return,
-            Err((_, r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-    }
-}
+use support::{env_usize, produce_latency, producer, send, stats, wanted};
 
 /// MB/s and msgs/s producing `count` records of `size` bytes.
 fn produce_throughput(
@@ -179,45 +97,6 @@ fn consume_throughput(
     (bytes as f64 / secs / 1e6, n as f64 / secs)
 }
 
-/// Latency percentiles (ms) producing `size`-byte records at `mb_per_s` for `secs`.
-fn produce_latency(
-    broker: &BrokerProcess,
-    topic: &str,
-    size: usize,
-    mb_per_s: f64,
-    secs: f64,
-    acks: &str,
-) -> Vec<f64> {
-    let (producer, reports) = producer(broker, acks, "0");
-    let payload = vec![b'y'; size];
-    let per_sec = mb_per_s * 1e6 / size as f64;
-    let total = (per_sec * secs) as usize;
-    // Paced in 1 ms ticks with sleeps: a spinning pacer would take a whole
-    // core from the broker and the client on a small machine.
-    let start = Instant::now();
-    let mut sent = 0usize;
-    while sent < total {
-        let due = ((start.elapsed().as_secs_f64() + 0.001) * per_sec) as usize;
-        while sent < due.min(total) {
-            send(&producer, topic, 0, &payload, Some(Instant::now()));
-            sent += 1;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
-    let mut latencies = reports.latencies.lock().unwrap().clone();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0
-    };
-    vec![
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        *latencies.last().unwrap() as f64 / 1000.0,
-    ]
-}
-
 /// The storage engine alone: MB/s appending 1 KiB records in 64 KiB batches.
 fn raw_append(dir: &std::path::Path, total: usize) -> f64 {
     let log = strom_storage::PartitionLog::open(
@@ -240,16 +119,6 @@ fn raw_append(dir: &std::path::Path, total: usize) -> f64 {
             .unwrap();
     }
     (n * batch.len()) as f64 / start.elapsed().as_secs_f64() / 1e6
-}
-
-fn stats(mut v: Vec<f64>) -> String {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    format!(
-        "median {:>9.1}  (min {:.1}, max {:.1})",
-        v[v.len() / 2],
-        v[0],
-        v[v.len() - 1]
-    )
 }
 
 fn main() {

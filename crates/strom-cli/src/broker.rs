@@ -83,6 +83,9 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
             .await
             .context("starting the broker")?;
         let broker = &running.broker;
+        // Listen for signals before saying we are ready: a SIGTERM right
+        // after the ready line must still shut down cleanly.
+        let stop = stop_signal();
         // One line on stdout when ready: scripts and tests wait for it.
         let mut stdout = std::io::stdout();
         writeln!(
@@ -94,7 +97,7 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
             broker.config.data_dir.display()
         )?;
         stdout.flush()?;
-        wait_for_signal().await;
+        stop.await;
         tracing::info!("shutting down");
         running.shutdown().await.context("shutting down")?;
         tracing::info!("shut down cleanly");
@@ -102,18 +105,28 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that
+/// ends at the first of them.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the broker");
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut one), Err(e)) | (Err(e), Ok(mut one)) => {
+                tracing::warn!(error = %e, "cannot listen for one of SIGTERM and SIGINT");
+                one.recv().await;
+            }
+            (Err(e), Err(_)) => {
+                tracing::error!(error = %e, "cannot listen for signals; stop the broker with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
     }
 }

@@ -101,6 +101,30 @@ const BROKER_CONFIGS: &[(&str, ConfigType, Option<&str>, &str)] = &[
         "The default cleanup policy for segments beyond the retention window.",
     ),
     (
+        "log.cleaner.backoff.ms",
+        ConfigType::Long,
+        Some("15000"),
+        "The amount of time to sleep when there are no logs to clean.",
+    ),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        ConfigType::Long,
+        Some("134217728"),
+        "The total memory used for log deduplication across all cleaner threads.",
+    ),
+    (
+        "log.cleaner.enable",
+        ConfigType::Boolean,
+        Some("true"),
+        "Enable the log cleaner process to run on the server.",
+    ),
+    (
+        "log.cleaner.io.max.bytes.per.second",
+        ConfigType::Double,
+        Some("1.7976931348623157E308"),
+        "The log cleaner will be throttled so that the sum of its read and write i/o will be less than this value on average.",
+    ),
+    (
         "log.dirs",
         ConfigType::String,
         Some("./strom-data"),
@@ -153,6 +177,12 @@ const BROKER_CONFIGS: &[(&str, ConfigType, Option<&str>, &str)] = &[
         ConfigType::Long,
         None,
         "The number of milliseconds to keep a log file before deleting it.",
+    ),
+    (
+        "log.retention.check.interval.ms",
+        ConfigType::Long,
+        Some("300000"),
+        "The frequency in milliseconds that the log cleaner checks whether any log is eligible for deletion.",
     ),
     (
         "log.roll.hours",
@@ -234,14 +264,20 @@ const BROKER_CONFIGS: &[(&str, ConfigType, Option<&str>, &str)] = &[
     ),
 ];
 
-/// The topic config whose broker synonym is `name`, and the synonym's unit.
-fn synonym_of(name: &str) -> Option<(&'static TopicConfigDef, Unit)> {
-    TOPIC_CONFIGS.iter().find_map(|def| {
-        def.synonyms
-            .iter()
-            .find(|(prop, _)| *prop == name)
-            .map(|(_, unit)| (def, *unit))
-    })
+/// The topic config whose first broker synonym is `name`: the broker
+/// configs that may change at runtime (Kafka's DynamicLogConfig takes only
+/// the first synonym, `log.retention.ms` but not `log.retention.hours`).
+fn synonym_of(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|def| def.synonyms.first().is_some_and(|(prop, _)| *prop == name))
+}
+
+/// The topic config any of whose broker synonyms is `name`.
+fn any_synonym_of(name: &str) -> Option<&'static TopicConfigDef> {
+    TOPIC_CONFIGS
+        .iter()
+        .find(|def| def.synonyms.iter().any(|(prop, _)| *prop == name))
 }
 
 /// Every broker config DescribeConfigs lists for a broker: the fixed list
@@ -296,6 +332,7 @@ fn resource(
     resource_type: i8,
     name: &str,
     image: &MetadataImage,
+    node_id: i32,
 ) -> Result<ConfigResource, Failure> {
     match resource_type {
         RESOURCE_TOPIC => {
@@ -315,8 +352,12 @@ fn resource(
         }
         RESOURCE_BROKER if name.is_empty() => Ok(ConfigResource::Broker(None)),
         RESOURCE_BROKER => match name.parse::<i32>() {
-            Ok(id) if id >= 0 => Ok(ConfigResource::Broker(Some(id))),
-            _ => Err(Failure::new(
+            Ok(id) if id == node_id => Ok(ConfigResource::Broker(Some(id))),
+            Ok(id) => Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                format!("Unexpected broker id, expected {node_id}, but received {id}"),
+            )),
+            Err(_) => Err(Failure::new(
                 ErrorCode::InvalidRequest,
                 format!("Invalid broker name {name}"),
             )),
@@ -369,12 +410,11 @@ fn validate(
             let mut read_only: Vec<&str> = Vec::new();
             for (name, value) in overrides {
                 match synonym_of(name) {
-                    Some((def, Unit::Same)) => {
-                        validate_topic_config(def.name, value).map_err(|e| {
-                            invalid(crate::config::ConfigError(e.0.replace(def.name, name)))
-                        })?;
-                    }
-                    Some((_, _)) => ConfigType::Long.check(name, value).map_err(invalid)?,
+                    // Kafka answers a bad dynamic broker value with
+                    // INVALID_REQUEST (KAFKA-13609), not INVALID_CONFIG.
+                    Some(def) => validate_topic_config(def.name, value).map_err(|e| {
+                        Failure::new(ErrorCode::InvalidRequest, e.0.replace(def.name, name))
+                    })?,
                     None => read_only.push(name),
                 }
             }
@@ -465,7 +505,7 @@ pub async fn alter_configs(
                 ));
             }
             let image = broker.image();
-            let target = resource(r.resource_type, &r.resource_name, &image)?;
+            let target = resource(r.resource_type, &r.resource_name, &image, broker.node_id)?;
             let mut after = BTreeMap::new();
             for c in &r.configs {
                 let Some(value) = &c.value else {
@@ -526,7 +566,7 @@ pub async fn incremental_alter_configs(
                 ));
             }
             let image = broker.image();
-            let target = resource(r.resource_type, &r.resource_name, &image)?;
+            let target = resource(r.resource_type, &r.resource_name, &image, broker.node_id)?;
             let mut names = HashSet::new();
             if r.configs.iter().any(|c| !names.insert(c.name.as_str())) {
                 return Err(Failure::new(
@@ -548,8 +588,9 @@ pub async fn incremental_alter_configs(
                         })?;
                         def.config_type == ConfigType::List
                     }
-                    ConfigResource::Broker(_) => synonym_of(&name)
-                        .is_some_and(|(def, _)| def.config_type == ConfigType::List),
+                    ConfigResource::Broker(_) => {
+                        synonym_of(&name).is_some_and(|def| def.config_type == ConfigType::List)
+                    }
                 };
                 let value = c.value.as_ref().map(|v| v.to_string());
                 match c.config_operation {
@@ -566,22 +607,33 @@ pub async fn incremental_alter_configs(
                         after.remove(&name);
                     }
                     op @ (OP_APPEND | OP_SUBTRACT) => {
-                        let verb = if op == OP_APPEND {
-                            "append"
-                        } else {
-                            "subtract"
-                        };
                         if !is_list {
-                            return Err(Failure::new(
-                                ErrorCode::InvalidConfig,
-                                format!(
-                                    "Config value {verb} is not allowed for config key: {name}"
+                            // Kafka's controller words it so for topics; its
+                            // broker path keeps the older message.
+                            let message = match &target {
+                                ConfigResource::Topic(_) => format!(
+                                    "Can't {} to key {name} because its type is not LIST.",
+                                    if op == OP_APPEND {
+                                        "APPEND"
+                                    } else {
+                                        "SUBTRACT"
+                                    }
                                 ),
-                            ));
+                                ConfigResource::Broker(_) => format!(
+                                    "Config value {} is not allowed for config key: {name}",
+                                    if op == OP_APPEND {
+                                        "append"
+                                    } else {
+                                        "subtract"
+                                    }
+                                ),
+                            };
+                            return Err(Failure::new(ErrorCode::InvalidConfig, message));
                         }
+                        // As Kafka: the resource's own value, else its default.
                         let base = match after.get(&name) {
                             Some(v) => v.clone(),
-                            None => effective(broker, &image, &target, &name),
+                            None => default_of(&target, &name),
                         };
                         let mut items: Vec<String> = base
                             .split(',')
@@ -634,35 +686,13 @@ pub async fn incremental_alter_configs(
     IncrementalAlterConfigsResponse::default().with_responses(responses)
 }
 
-/// The value a config has now, before the resource's own override.
-fn effective(
-    broker: &Broker,
-    image: &MetadataImage,
-    target: &ConfigResource,
-    name: &str,
-) -> String {
+/// The default a config starts from when the resource does not set it.
+fn default_of(target: &ConfigResource, name: &str) -> String {
     match target {
-        ConfigResource::Topic(_) => topic_config_def(name)
-            .map(|def| {
-                broker
-                    .config
-                    .topic_config_value(def, image, &BTreeMap::new())
-                    .0
-                    .value
-            })
-            .unwrap_or_default(),
-        ConfigResource::Broker(_) => broker
-            .config
-            .broker_value(image, name)
-            .map(|v| v.value)
-            .or_else(|| {
-                broker_config_list()
-                    .into_iter()
-                    .find(|(n, ..)| *n == name)
-                    .and_then(|(_, _, d, _)| d.map(str::to_owned))
-            })
-            .unwrap_or_default(),
+        ConfigResource::Topic(_) => topic_config_def(name).map(|d| d.default.to_owned()),
+        ConfigResource::Broker(_) => synonym_of(name).map(|d| d.default.to_owned()),
     }
+    .unwrap_or_default()
 }
 
 pub fn describe_configs(
@@ -746,7 +776,10 @@ pub fn describe_configs(
                                 }
                                 _ => value,
                             };
-                            let syns = broker_synonyms(broker, &image, n, default);
+                            let syns = match any_synonym_of(n) {
+                                Some(def) => broker.config.broker_synonyms(def, &image),
+                                None => broker_synonyms(broker, &image, n, default),
+                            };
                             Some(
                                 entry(n, value, source, t, read_only, (doc, with_docs, typed))
                                     .with_synonyms(if with_synonyms { synonyms(&syns) } else { Vec::new() }),

@@ -1,0 +1,167 @@
+//! Log cleaner benchmark with librdkafka as the client, both on this
+//! machine: how fast the broker compacts a dirty log (MB of log per second,
+//! from the moment the topic becomes compacted to the cleaner's checkpoint
+//! reaching the active segment), and produce latency percentiles to another
+//! topic while that runs, against the same broker with the cleaner disabled.
+//!
+//! `cargo bench -p strom-cli --bench cleaner`. `STROM_BENCH_RUNS` (default 3)
+//! and `STROM_BENCH_CLEANER_MB` (dirty log size, default 1024) adjust it.
+#![allow(
+    clippy::print_stdout,
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_precision_loss
+)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::BrokerProcess;
+use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::producer::Producer;
+use support::{env_usize, produce_latency, producer, stats};
+
+/// Distinct keys in the dirty log: what survives compaction (10 MB of 1 KiB values).
+const KEYS: usize = 10_000;
+/// Produce rate and duration of the latency probe.
+const PROBE_MB_PER_S: f64 = 20.0;
+const PROBE_SECS: f64 = 5.0;
+
+fn create(broker: &BrokerProcess, topic: &str, configs: &[(&str, &str)]) {
+    let (admin, runtime) = broker.admin();
+    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        new = new.set(k, v);
+    }
+    let created = runtime
+        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+}
+
+/// Fills `topic` with `mb` MB of 1 KiB values over [`KEYS`] keys.
+fn fill(broker: &BrokerProcess, topic: &str, mb: usize) {
+    let (producer, reports) = producer(broker, "1", "5");
+    let payload = vec![b'd'; 1024];
+    for i in 0..(mb << 20) / 1024 {
+        let key = format!("key-{:06}", i % KEYS);
+        let mut record = rdkafka::producer::BaseRecord::with_opaque_to(topic, Box::new(None))
+            .key(&key)
+            .payload(&payload);
+        while let Err((_, r)) = producer.send(record) {
+            record = r;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    assert_eq!(
+        reports.failures.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}
+
+/// The offset the cleaner checkpointed for partition 0 of `topic`.
+fn cleaned_up_to(data: &Path, topic: &str) -> Option<i64> {
+    let text = std::fs::read_to_string(data.join("cleaner-offset-checkpoint")).ok()?;
+    text.lines().skip(2).find_map(|line| {
+        let mut parts = line.split_whitespace();
+        (parts.next()? == topic && parts.next()? == "0")
+            .then(|| parts.next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// The base offset of the active (last) segment of partition 0 of `topic`.
+fn active_base(data: &Path, topic: &str) -> i64 {
+    std::fs::read_dir(data.join(format!("{topic}-0")))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".log")?.parse::<i64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+struct Run {
+    latency: Vec<f64>,
+    /// Seconds to compact, with the cleaner on.
+    clean_secs: Option<f64>,
+}
+
+fn run(root: &Path, mb: usize, cleaner: bool) -> Run {
+    let data = root.join(if cleaner { "on" } else { "off" });
+    let enable = format!("log.cleaner.enable={cleaner}");
+    let broker = BrokerProcess::start(&data, &[&enable, "log.cleaner.backoff.ms=100"]);
+    let segment = ("segment.bytes", "67108864");
+    create(&broker, "dirty", &[segment]);
+    create(&broker, "probe", &[]);
+    fill(&broker, "dirty", mb);
+    let (admin, runtime) = broker.admin();
+    let compact = AlterConfig::new(ResourceSpecifier::Topic("dirty"))
+        .set(segment.0, segment.1)
+        .set("cleanup.policy", "compact")
+        .set("min.cleanable.dirty.ratio", "0.01");
+    let start = Instant::now();
+    runtime
+        .block_on(admin.alter_configs(&[compact], &AdminOptions::new()))
+        .unwrap();
+    let latency = produce_latency(&broker, "probe", 1024, PROBE_MB_PER_S, PROBE_SECS, "all");
+    let clean_secs = cleaner.then(|| {
+        let target = active_base(&data, "dirty");
+        while cleaned_up_to(&data, "dirty").is_none_or(|o| o < target) {
+            assert!(
+                start.elapsed() < Duration::from_secs(600),
+                "cleaning finished"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        start.elapsed().as_secs_f64()
+    });
+    broker.stop();
+    std::fs::remove_dir_all(&data).unwrap();
+    Run {
+        latency,
+        clean_secs,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs = env_usize("STROM_BENCH_RUNS", 3);
+    let mb = env_usize("STROM_BENCH_CLEANER_MB", 1024);
+    let root = tempfile::tempdir().unwrap();
+    println!(
+        "strom log cleaner benchmark: {runs} runs, {mb} MB dirty log of 1 KiB values over {KEYS} keys; \
+         probe: 1 KiB records at {PROBE_MB_PER_S} MB/s for {PROBE_SECS} s, acks=all"
+    );
+    let mut throughput = Vec::new();
+    let mut overlapped = 0;
+    let mut latencies: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..runs {
+        for (i, cleaner) in [false, true].into_iter().enumerate() {
+            let r = run(root.path(), mb, cleaner);
+            if let Some(secs) = r.clean_secs {
+                throughput.push(mb as f64 / secs);
+                if secs >= PROBE_SECS {
+                    overlapped += 1;
+                }
+            }
+            latencies[i].push(r.latency);
+        }
+    }
+    println!("cleaner throughput MB/s       {}", stats(throughput));
+    println!("runs where cleaning outlasted the probe: {overlapped} of {runs}");
+    for (i, name) in ["cleaner off", "cleaner on "].iter().enumerate() {
+        for (j, p) in ["p50", "p99", "p99.9", "max"].iter().enumerate() {
+            let v = latencies[i].iter().map(|l| l[j]).collect();
+            println!("produce latency ms {name} {p:<5} {}", stats(v));
+        }
+    }
+}
