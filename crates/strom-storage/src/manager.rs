@@ -199,6 +199,7 @@ impl LogManager {
         let clean_shutdown = marker.exists();
         let recovery_points = read_offsets(&dir.join(RECOVERY_POINT_CHECKPOINT));
         let log_starts = read_offsets(&dir.join(LOG_START_OFFSET_CHECKPOINT));
+        let cleaned = read_offsets(&dir.join(crate::cleaner::CLEANER_OFFSET_CHECKPOINT));
 
         let mut partitions = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io)? {
@@ -231,6 +232,7 @@ impl LogManager {
                 clean_shutdown,
                 recovery_point: recovery_points.get(tp).copied().unwrap_or(0),
                 log_start_offset: log_starts.get(tp).copied(),
+                offset_gaps: cleaned.contains_key(tp),
             };
             PartitionLog::open(
                 dir.join(tp.dir_name()),

@@ -915,3 +915,35 @@ fn transaction_hooks_drop_aborted_data_and_cap_the_dirty_section() {
     assert_eq!(after.len(), before.len() - 2);
     assert!(stats.end_offset <= active_base);
 }
+
+#[test]
+fn a_cleaned_log_keeps_its_gaps_through_recovery_after_a_switch_to_delete() {
+    let f = Fixture::new();
+    let log = f.log(compacted());
+    write_rounds(&log, 20, 10, 100, T0);
+    roll(&log, T0);
+    f.clean();
+    let after = contents(&log);
+    // The topic becomes `cleanup.policy=delete`, then the broker crashes
+    // with no recovery point: every segment is checked again.
+    drop(log);
+    let Fixture {
+        dir,
+        clock,
+        manager,
+    } = f;
+    drop(manager);
+    std::fs::remove_file(dir.path().join("recovery-point-offset-checkpoint")).ok();
+    let config = LogManagerConfig {
+        cleaner: CleanerConfig {
+            enabled: false,
+            ..CleanerConfig::default()
+        },
+        periodic_interval_ms: 3_600_000,
+        ..LogManagerConfig::new(dir.path())
+    };
+    let manager = LogManager::open(config, clock, &|_| LogConfig::default()).unwrap();
+    let log = manager.get(&tp()).unwrap();
+    assert!(!log.config().compact);
+    assert_eq!(contents(&log), after, "recovery kept every cleaned record");
+}

@@ -330,6 +330,7 @@ fn truncate_and_advance_log_start() {
             clean_shutdown: true,
             recovery_point: 0,
             log_start_offset: Some(30),
+            offset_gaps: false,
         },
     );
     assert_eq!(

@@ -91,6 +91,9 @@ pub struct LoadOptions {
     pub recovery_point: i64,
     /// Checkpointed log start offset, if any.
     pub log_start_offset: Option<i64>,
+    /// The cleaner has compacted this log (it has a cleaner checkpoint):
+    /// offsets may have gaps whatever its `cleanup.policy` is now.
+    pub offset_gaps: bool,
 }
 
 /// The result of an append.
@@ -299,10 +302,17 @@ impl PartitionLog {
             );
         }
 
+        // Recovery refuses offset gaps in logs that were never compacted; a
+        // log the cleaner has rewritten keeps its gaps even after its policy
+        // changed to delete.
+        let scan_config = LogConfig {
+            compact: config.compact || options.offset_gaps,
+            ..config.clone()
+        };
         if !is_new && !options.clean_shutdown {
             recover(
                 &dir,
-                &config,
+                &scan_config,
                 &mut segments,
                 &mut epochs,
                 options.recovery_point,
@@ -321,7 +331,7 @@ impl PartitionLog {
             }
         };
         if !is_new && options.clean_shutdown {
-            check_active_segment(&dir, &config, &active, &epochs)?;
+            check_active_segment(&dir, &scan_config, &active, &epochs)?;
         }
         if !epochs.is_trusted() {
             rebuild_epochs(&dir, &segments, &mut epochs)?;
