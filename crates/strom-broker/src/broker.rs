@@ -117,11 +117,6 @@ impl Broker {
         ids.next += 1;
         Ok(id)
     }
-
-    /// The effective log settings of a topic with these overrides.
-    pub fn log_config(&self, overrides: &std::collections::BTreeMap<String, String>) -> LogConfig {
-        self.config.log_config(&self.image(), overrides)
-    }
 }
 
 /// A started broker: where it listens, and how to stop it.
