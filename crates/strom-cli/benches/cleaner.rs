@@ -2,10 +2,11 @@
 //! machine: how fast the broker compacts a dirty log (MB of log per second,
 //! from the moment the topic becomes compacted to the cleaner's checkpoint
 //! reaching the active segment), and produce latency percentiles to another
-//! topic while that runs, against the same broker with the cleaner disabled.
+//! topic of the records sent while the cleaner worked, against the same span
+//! of a broker with the cleaner disabled.
 //!
 //! `cargo bench -p strom-cli --bench cleaner`. `STROM_BENCH_RUNS` (default 3)
-//! and `STROM_BENCH_CLEANER_MB` (dirty log size, default 1024) adjust it.
+//! and `STROM_BENCH_CLEANER_MB` (dirty log size, default 2048) adjust it.
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -23,11 +24,11 @@ use std::time::{Duration, Instant};
 use common::BrokerProcess;
 use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::producer::Producer;
-use support::{env_usize, produce_latency, producer, stats};
+use support::{env_usize, percentiles, produce_latency_samples, producer, stats};
 
 /// Distinct keys in the dirty log: what survives compaction (10 MB of 1 KiB values).
 const KEYS: usize = 10_000;
-/// Produce rate and duration of the latency probe.
+/// Produce rate and duration of the latency probe (longer than a clean).
 const PROBE_MB_PER_S: f64 = 20.0;
 const PROBE_SECS: f64 = 5.0;
 
@@ -88,12 +89,16 @@ fn active_base(data: &Path, topic: &str) -> i64 {
 }
 
 struct Run {
+    /// Produce latency percentiles over the span the cleaner worked.
     latency: Vec<f64>,
     /// Seconds to compact, with the cleaner on.
     clean_secs: Option<f64>,
 }
 
-fn run(root: &Path, mb: usize, cleaner: bool) -> Run {
+/// One broker, with or without the cleaner; `window` is the span (from the
+/// change to `compact`) whose produce latencies count when the cleaner is
+/// off: the time the cleaner took in the run before.
+fn run(root: &Path, mb: usize, cleaner: bool, window: Option<f64>) -> Run {
     let data = root.join(if cleaner { "on" } else { "off" });
     let enable = format!("log.cleaner.enable={cleaner}");
     let broker = BrokerProcess::start(&data, &[&enable, "log.cleaner.backoff.ms=100"]);
@@ -106,22 +111,31 @@ fn run(root: &Path, mb: usize, cleaner: bool) -> Run {
         .set(segment.0, segment.1)
         .set("cleanup.policy", "compact")
         .set("min.cleanable.dirty.ratio", "0.01");
+    let target = active_base(&data, "dirty");
     let start = Instant::now();
     runtime
         .block_on(admin.alter_configs(&[compact], &AdminOptions::new()))
         .unwrap();
-    let latency = produce_latency(&broker, "probe", 1024, PROBE_MB_PER_S, PROBE_SECS, "all");
-    let clean_secs = cleaner.then(|| {
-        let target = active_base(&data, "dirty");
-        while cleaned_up_to(&data, "dirty").is_none_or(|o| o < target) {
-            assert!(
-                start.elapsed() < Duration::from_secs(600),
-                "cleaning finished"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        start.elapsed().as_secs_f64()
+    // The cleaner's progress is watched beside the probe, from the change on.
+    let watcher = cleaner.then(|| {
+        let data = data.clone();
+        std::thread::spawn(move || {
+            while cleaned_up_to(&data, "dirty").is_none_or(|o| o < target) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(600),
+                    "cleaning finished"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            start.elapsed().as_secs_f64()
+        })
     });
+    let samples =
+        produce_latency_samples(&broker, "probe", 1024, PROBE_MB_PER_S, PROBE_SECS, "all");
+    let clean_secs = watcher.map(|w| w.join().unwrap());
+    // Only what was sent while the cleaner worked (the same span without it).
+    let window = clean_secs.or(window).unwrap_or(f64::MAX);
+    let latency = percentiles(&samples, start, window);
     broker.stop();
     std::fs::remove_dir_all(&data).unwrap();
     Run {
@@ -135,29 +149,29 @@ fn main() {
         return;
     }
     let runs = env_usize("STROM_BENCH_RUNS", 3);
-    let mb = env_usize("STROM_BENCH_CLEANER_MB", 1024);
+    let mb = env_usize("STROM_BENCH_CLEANER_MB", 2048);
     let root = tempfile::tempdir().unwrap();
     println!(
         "strom log cleaner benchmark: {runs} runs, {mb} MB dirty log of 1 KiB values over {KEYS} keys; \
          probe: 1 KiB records at {PROBE_MB_PER_S} MB/s for {PROBE_SECS} s, acks=all"
     );
     let mut throughput = Vec::new();
-    let mut overlapped = 0;
+    let mut spans = Vec::new();
     let mut latencies: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
     for _ in 0..runs {
-        for (i, cleaner) in [false, true].into_iter().enumerate() {
-            let r = run(root.path(), mb, cleaner);
-            if let Some(secs) = r.clean_secs {
-                throughput.push(mb as f64 / secs);
-                if secs >= PROBE_SECS {
-                    overlapped += 1;
-                }
-            }
-            latencies[i].push(r.latency);
-        }
+        // The cleaner first: its span is the window of the run without it.
+        let on = run(root.path(), mb, true, None);
+        let secs = on.clean_secs.unwrap();
+        throughput.push(mb as f64 / secs);
+        spans.push(secs);
+        latencies[1].push(on.latency);
+        latencies[0].push(run(root.path(), mb, false, Some(secs)).latency);
     }
     println!("cleaner throughput MB/s       {}", stats(throughput));
-    println!("runs where cleaning outlasted the probe: {overlapped} of {runs}");
+    println!(
+        "seconds the cleaner worked (the latency window) {}",
+        stats(spans)
+    );
     for (i, name) in ["cleaner off", "cleaner on "].iter().enumerate() {
         for (j, p) in ["p50", "p99", "p99.9", "max"].iter().enumerate() {
             let v = latencies[i].iter().map(|l| l[j]).collect();

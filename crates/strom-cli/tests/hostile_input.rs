@@ -187,6 +187,45 @@ fn valid_frames() -> Vec<BytesMut> {
     frames.push(encode_request(ApiKey::LeaveGroup, 4, 13, Some("fuzz"), &leave).unwrap());
     let describe = kafka::DescribeGroupsRequest::default().with_groups(vec![group()]);
     frames.push(encode_request(ApiKey::DescribeGroups, 5, 14, Some("fuzz"), &describe).unwrap());
+    // Configs and log administration, aimed at a topic that does not exist.
+    let void = || StrBytes::from_static_str("fuzz-void");
+    let alter = kafka::IncrementalAlterConfigsRequest::default().with_resources(vec![
+        kafka::incremental_alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(void())
+            .with_configs(vec![
+                kafka::incremental_alter_configs_request::AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("cleanup.policy"))
+                    .with_config_operation(2)
+                    .with_value(Some(StrBytes::from_static_str("compact"))),
+            ]),
+    ]);
+    frames.push(
+        encode_request(ApiKey::IncrementalAlterConfigs, 1, 15, Some("fuzz"), &alter).unwrap(),
+    );
+    let legacy = kafka::AlterConfigsRequest::default().with_resources(vec![
+        kafka::alter_configs_request::AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(void())
+            .with_configs(vec![
+                kafka::alter_configs_request::AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_value(Some(StrBytes::from_static_str("1000"))),
+            ]),
+    ]);
+    frames.push(encode_request(ApiKey::AlterConfigs, 2, 16, Some("fuzz"), &legacy).unwrap());
+    let delete = kafka::DeleteRecordsRequest::default().with_topics(vec![
+        kafka::delete_records_request::DeleteRecordsTopic::default()
+            .with_name(kafka::TopicName(void()))
+            .with_partitions(vec![
+                kafka::delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(5),
+            ]),
+    ]);
+    frames.push(encode_request(ApiKey::DeleteRecords, 2, 17, Some("fuzz"), &delete).unwrap());
+    let dirs = kafka::DescribeLogDirsRequest::default().with_topics(None);
+    frames.push(encode_request(ApiKey::DescribeLogDirs, 4, 18, Some("fuzz"), &dirs).unwrap());
     frames.push(
         encode_request(
             ApiKey::CreateTopics,

@@ -31,10 +31,11 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Delivery reports: count failures, record latencies (in µs) when timing.
+/// Delivery reports: count failures, record latencies when timing (when
+/// each timed record was sent, and its latency in µs).
 pub struct Reports {
     pub failures: std::sync::atomic::AtomicU64,
-    pub latencies: std::sync::Mutex<Vec<u64>>,
+    pub latencies: std::sync::Mutex<Vec<(Instant, u64)>>,
 }
 
 pub struct Ctx(pub Arc<Reports>);
@@ -52,7 +53,7 @@ impl ProducerContext for Ctx {
                 .latencies
                 .lock()
                 .unwrap()
-                .push(sent.elapsed().as_micros() as u64);
+                .push((sent, sent.elapsed().as_micros() as u64));
         }
     }
 }
@@ -110,6 +111,21 @@ pub fn produce_latency(
     secs: f64,
     acks: &str,
 ) -> Vec<f64> {
+    let start = Instant::now();
+    let samples = produce_latency_samples(broker, topic, size, mb_per_s, secs, acks);
+    percentiles(&samples, start, f64::MAX)
+}
+
+/// Produces `size`-byte records at `mb_per_s` for `secs`, and returns when
+/// each was sent and its latency in µs.
+pub fn produce_latency_samples(
+    broker: &BrokerProcess,
+    topic: &str,
+    size: usize,
+    mb_per_s: f64,
+    secs: f64,
+    acks: &str,
+) -> Vec<(Instant, u64)> {
     let (producer, reports) = producer(broker, acks, "0");
     let payload = vec![b'y'; size];
     let per_sec = mb_per_s * 1e6 / size as f64;
@@ -127,7 +143,17 @@ pub fn produce_latency(
         std::thread::sleep(Duration::from_millis(1));
     }
     producer.flush(Duration::from_secs(60)).unwrap();
-    let mut latencies = reports.latencies.lock().unwrap().clone();
+    reports.latencies.lock().unwrap().clone()
+}
+
+/// p50, p99, p99.9 and max latency (ms) of the samples sent within
+/// `window_secs` of `start`.
+pub fn percentiles(samples: &[(Instant, u64)], start: Instant, window_secs: f64) -> Vec<f64> {
+    let mut latencies: Vec<u64> = samples
+        .iter()
+        .filter(|(sent, _)| sent.saturating_duration_since(start).as_secs_f64() < window_secs)
+        .map(|(_, l)| *l)
+        .collect();
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0
