@@ -643,10 +643,13 @@ impl BrokerConfig {
                 "log.cleaner.io.max.bytes.per.second",
                 defaults.io_max_bytes_per_second,
             )?,
-            dedupe_buffer_size: self.get(
-                "log.cleaner.dedupe.buffer.size",
-                defaults.dedupe_buffer_size,
-            )?,
+            // Kafka caps the map at Int.MaxValue bytes per cleaner thread.
+            dedupe_buffer_size: self
+                .get::<u64>(
+                    "log.cleaner.dedupe.buffer.size",
+                    defaults.dedupe_buffer_size,
+                )?
+                .min(i32::MAX as u64),
             backoff_ms: self.get("log.cleaner.backoff.ms", defaults.backoff_ms)?,
         })
     }

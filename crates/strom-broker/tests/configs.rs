@@ -487,6 +487,16 @@ async fn compression_type_recompresses_and_compressed_batches_are_checked() {
         "{:?}",
         p.error_message
     );
+    // As Kafka: one batch per partition in a produce request.
+    let mut two = compressed_batch(Compression::Zstd, &values).to_vec();
+    two.extend_from_slice(&compressed_batch(Compression::Zstd, &values));
+    let p = produce(&mut raw, "keep", Bytes::from(two)).await;
+    assert_eq!(
+        p.error_code,
+        ErrorCode::InvalidRecord.code(),
+        "{:?}",
+        p.error_message
+    );
     broker.shutdown().await.unwrap();
 }
 

@@ -343,6 +343,20 @@ fn check_records(
             vec![record_error(position, message)],
         ))
     };
+    // Kafka's LogValidator: a v2 produce carries exactly one batch per
+    // partition. This also bounds what one partition makes us decompress.
+    if record_batch::batches(records)
+        .nth(1)
+        .is_some_and(|b| b.is_ok())
+    {
+        return Err((
+            ErrorCode::InvalidRecord,
+            vec![record_error(
+                0,
+                "Compressed outer record has more than one batch".to_owned(),
+            )],
+        ));
+    }
     for batch in record_batch::batches(records) {
         // Structural errors are the storage layer's to report precisely.
         let Ok(batch) = batch else { return Ok(None) };

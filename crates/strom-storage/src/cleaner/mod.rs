@@ -314,6 +314,18 @@ impl LogCleaner {
         let now = manager.clock().now_ms();
         let hooks = Arc::clone(&self.hooks.read());
         let (tp, log, section) = self.grab_filthiest(manager, hooks.as_ref(), now)?;
+        // Before the first swap can leave offset gaps in this log, its
+        // checkpoint entry must exist: recovery tolerates gaps only in logs
+        // that are compacted now or have an entry (the policy may change).
+        {
+            let mut state = self.state.lock();
+            if !state.checkpoints.contains_key(&tp) {
+                state
+                    .checkpoints
+                    .insert(tp.clone(), section.first_dirty_offset);
+                self.write_checkpoint(manager, &state);
+            }
+        }
         let started = Instant::now();
         let mut stats = CleanStats::new(tp.clone());
         stats.dirty_ratio = section.dirty_ratio();
@@ -420,7 +432,8 @@ impl LogCleaner {
             };
             let ratio = section.dirty_ratio();
             let eligible = section.dirty_bytes > 0
-                && (ratio >= config.min_cleanable_dirty_ratio
+                // Kafka's LogCleanerManager: strictly above the ratio.
+                && (ratio > config.min_cleanable_dirty_ratio
                     || section.max_compaction_delay_ms > 0);
             if eligible
                 && best

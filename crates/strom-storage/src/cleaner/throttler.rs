@@ -50,12 +50,18 @@ impl Throttler {
 
 /// The pause that brings `observed` bytes over `elapsed` down to `rate`
 /// bytes per second (Kafka: `observed / desiredRate - elapsed`).
+/// The longest single pause: an absurdly low rate (a config typo) must not
+/// put the cleaner to sleep for days, nor overflow a `Duration`.
+const MAX_PAUSE_SECS: f64 = 1.0;
+
 pub(crate) fn pause_for(observed: f64, elapsed: Duration, rate: f64) -> Option<Duration> {
     if observed <= 0.0 || rate <= 0.0 {
         return None;
     }
-    let pause = observed / rate - elapsed.as_secs_f64();
-    (pause > 0.0).then(|| Duration::from_secs_f64(pause))
+    let pause = (observed / rate - elapsed.as_secs_f64()).min(MAX_PAUSE_SECS);
+    (pause > 0.0)
+        .then(|| Duration::try_from_secs_f64(pause).ok())
+        .flatten()
 }
 
 #[cfg(test)]
