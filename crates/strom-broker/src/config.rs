@@ -662,21 +662,18 @@ impl BrokerConfig {
     /// The entries a broker-level layer gives topic config `def`, one per
     /// synonym the layer sets, most specific synonym first, with the value as
     /// written (`log.retention.hours=2`).
-    fn layer_values(
-        def: &TopicConfigDef,
-        props: &BTreeMap<String, String>,
+    fn layer_values<'a>(
+        def: &'a TopicConfigDef,
+        props: Option<&'a BTreeMap<String, String>>,
         source: ConfigSource,
-    ) -> Vec<ConfigValue> {
-        def.synonyms
-            .iter()
-            .filter_map(|(prop, _)| {
-                Some(ConfigValue {
-                    name: (*prop).to_owned(),
-                    value: props.get(*prop)?.clone(),
-                    source,
-                })
+    ) -> impl Iterator<Item = ConfigValue> + 'a {
+        def.synonyms.iter().filter_map(move |(prop, _)| {
+            Some(ConfigValue {
+                name: (*prop).to_owned(),
+                value: props?.get(*prop)?.clone(),
+                source,
             })
-            .collect()
+        })
     }
 
     /// A synonym's value in the topic config's unit.
@@ -724,63 +721,84 @@ impl BrokerConfig {
     /// The broker-wide value of a topic config, if a static property sets it
     /// (the most specific synonym wins, as in Kafka), in the topic's unit.
     pub fn static_topic_default(&self, def: &TopicConfigDef) -> Option<ConfigValue> {
-        let entry = Self::layer_values(def, &self.properties, ConfigSource::StaticBroker)
-            .into_iter()
-            .next()?;
+        let entry =
+            Self::layer_values(def, Some(&self.properties), ConfigSource::StaticBroker).next()?;
         Some(ConfigValue {
             value: Self::converted(def, &entry)?,
             ..entry
         })
     }
 
-    /// The synonym chain of topic config `def` below the topic's own
-    /// override, most specific first, as Kafka orders it: this broker's
-    /// dynamic configs, the dynamic cluster default, the static properties,
-    /// the broker default. Values are as written.
+    /// The synonym chain of topic config `def` for a topic with `overrides`
+    /// (`None`: below the topic), most specific first, as Kafka orders it:
+    /// the topic's override, this broker's dynamic configs, the dynamic
+    /// cluster default, the static properties, the broker default. Values
+    /// are as written. Lazy: the produce path takes only the first.
+    fn synonym_chain<'a>(
+        &'a self,
+        def: &'a TopicConfigDef,
+        image: &'a MetadataImage,
+        overrides: Option<&'a BTreeMap<String, String>>,
+    ) -> impl Iterator<Item = ConfigValue> + 'a {
+        let topic = overrides
+            .and_then(|o| o.get(def.name))
+            .map(|v| ConfigValue {
+                name: def.name.to_owned(),
+                value: v.clone(),
+                source: ConfigSource::DynamicTopic,
+            });
+        let layer = |props, source| Self::layer_values(def, props, source);
+        topic
+            .into_iter()
+            .chain(layer(
+                image.broker_configs.get(&Some(self.node_id)),
+                ConfigSource::DynamicBroker,
+            ))
+            .chain(layer(
+                image.broker_configs.get(&None),
+                ConfigSource::DynamicDefaultBroker,
+            ))
+            .chain(layer(Some(&self.properties), ConfigSource::StaticBroker))
+            .chain(Self::default_synonym(def))
+    }
+
+    /// The synonym chain of topic config `def` below a topic's override.
     pub fn broker_synonyms(&self, def: &TopicConfigDef, image: &MetadataImage) -> Vec<ConfigValue> {
-        let mut chain = Vec::new();
-        let dynamic = [
-            (Some(self.node_id), ConfigSource::DynamicBroker),
-            (None, ConfigSource::DynamicDefaultBroker),
-        ];
-        for (key, source) in dynamic {
-            if let Some(props) = image.broker_configs.get(&key) {
-                chain.extend(Self::layer_values(def, props, source));
-            }
-        }
-        chain.extend(Self::layer_values(
-            def,
-            &self.properties,
-            ConfigSource::StaticBroker,
-        ));
-        chain.extend(Self::default_synonym(def));
-        chain
+        self.synonym_chain(def, image, None).collect()
+    }
+
+    /// The value of topic config `def` for a topic with `overrides`, in the
+    /// topic's unit: the first of its synonym chain.
+    pub fn topic_value(
+        &self,
+        def: &TopicConfigDef,
+        image: &MetadataImage,
+        overrides: &BTreeMap<String, String>,
+    ) -> ConfigValue {
+        Self::effective(def, self.synonym_chain(def, image, Some(overrides)))
     }
 
     /// The value of topic config `def` for a topic with `overrides` (in the
-    /// topic's unit), and its synonym chain (most specific first): the
-    /// topic's override, then [`BrokerConfig::broker_synonyms`].
+    /// topic's unit), and its whole synonym chain (most specific first).
     pub fn topic_config_value(
         &self,
         def: &TopicConfigDef,
         image: &MetadataImage,
         overrides: &BTreeMap<String, String>,
     ) -> (ConfigValue, Vec<ConfigValue>) {
-        let mut chain = Vec::new();
-        if let Some(v) = overrides.get(def.name) {
-            chain.push(ConfigValue {
-                name: def.name.to_owned(),
-                value: v.clone(),
-                source: ConfigSource::DynamicTopic,
-            });
-        }
-        chain.extend(self.broker_synonyms(def, image));
-        let effective = chain
-            .iter()
+        let chain: Vec<ConfigValue> = self.synonym_chain(def, image, Some(overrides)).collect();
+        (Self::effective(def, chain.iter().cloned()), chain)
+    }
+
+    /// The first entry of a chain, converted to the topic's unit; Kafka's
+    /// default when the chain is empty.
+    fn effective(def: &TopicConfigDef, chain: impl Iterator<Item = ConfigValue>) -> ConfigValue {
+        chain
+            .into_iter()
             .find_map(|entry| {
                 Some(ConfigValue {
                     name: def.name.to_owned(),
-                    value: Self::converted(def, entry)?,
+                    value: Self::converted(def, &entry)?,
                     source: entry.source,
                 })
             })
@@ -788,8 +806,7 @@ impl BrokerConfig {
                 name: def.name.to_owned(),
                 value: def.default.to_owned(),
                 source: ConfigSource::Default,
-            });
-        (effective, chain)
+            })
     }
 
     /// The effective value of broker property `name` and where it comes
@@ -826,7 +843,7 @@ impl BrokerConfig {
     ) -> LogConfig {
         let value = |name: &str| -> String {
             topic_config_def(name).map_or_else(String::new, |def| {
-                self.topic_config_value(def, image, overrides).0.value
+                self.topic_value(def, image, overrides).value
             })
         };
         let long = |name: &str, default: i64| value(name).trim().parse::<i64>().unwrap_or(default);

@@ -66,13 +66,7 @@ pub async fn create_topics(
             let image = broker.image();
             let value = |name: &str| {
                 crate::config::topic_config_def(name)
-                    .map(|def| {
-                        broker
-                            .config
-                            .topic_config_value(def, &image, &configs)
-                            .0
-                            .value
-                    })
+                    .map(|def| broker.config.topic_value(def, &image, &configs).value)
                     .unwrap_or_default()
             };
             invalid = crate::config::validate_topic_configs(&value)
@@ -133,8 +127,7 @@ pub async fn create_topics(
                     TOPIC_CONFIGS
                         .iter()
                         .map(|def| {
-                            let (value, _) =
-                                broker.config.topic_config_value(def, &image, &overrides);
+                            let value = broker.config.topic_value(def, &image, &overrides);
                             CreatableTopicConfigs::default()
                                 .with_name(StrBytes::from_static_str(def.name))
                                 .with_value(Some(StrBytes::from_string(value.value)))

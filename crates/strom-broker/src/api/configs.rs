@@ -22,8 +22,8 @@ use strom_protocol::messages::kafka::describe_configs_response::{
 };
 use strom_protocol::messages::kafka::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, alter_configs_response,
-    incremental_alter_configs_response,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, alter_configs_request,
+    alter_configs_response, incremental_alter_configs_request, incremental_alter_configs_response,
 };
 
 use crate::broker::Broker;
@@ -395,13 +395,7 @@ fn validate(
             }
             let value = |name: &str| {
                 topic_config_def(name)
-                    .map(|def| {
-                        broker
-                            .config
-                            .topic_config_value(def, image, overrides)
-                            .0
-                            .value
-                    })
+                    .map(|def| broker.config.topic_value(def, image, overrides).value)
                     .unwrap_or_default()
             };
             validate_topic_configs(&value).map_err(invalid)
@@ -473,15 +467,58 @@ async fn commit(
 }
 
 /// Resources named twice in one request: Kafka answers each with INVALID_REQUEST.
-fn duplicates<'a>(keys: impl Iterator<Item = (i8, &'a str)>) -> HashSet<(i8, String)> {
+fn duplicates(keys: impl Iterator<Item = (i8, String)>) -> HashSet<(i8, String)> {
     let mut seen = HashSet::new();
     let mut twice = HashSet::new();
-    for (t, n) in keys {
-        if !seen.insert((t, n.to_owned())) {
-            twice.insert((t, n.to_owned()));
+    for key in keys {
+        if !seen.insert(key.clone()) {
+            twice.insert(key);
         }
     }
     twice
+}
+
+/// What both alter APIs do, one resource after another: refuse resources
+/// named twice, find the resource, work out its new overrides with
+/// `change(resource, target, current overrides)`, validate them and
+/// write them. One `(error, message)` per resource, in request order.
+async fn alter_each<R>(
+    broker: &Arc<Broker>,
+    resources: &[R],
+    key: impl Fn(&R) -> (i8, String),
+    validate_only: bool,
+    change: impl Fn(
+        &R,
+        &ConfigResource,
+        BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, Failure>,
+) -> Vec<(i16, Option<StrBytes>)> {
+    let twice = duplicates(resources.iter().map(&key));
+    let mut outcomes = Vec::with_capacity(resources.len());
+    for r in resources {
+        let (resource_type, name) = key(r);
+        let name = name.as_str();
+        let outcome = async {
+            if twice.contains(&(resource_type, name.to_owned())) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidRequest,
+                    "Duplicate resource in request",
+                ));
+            }
+            let image = broker.image();
+            let target = resource(resource_type, name, &image, broker.node_id)?;
+            let before = current(&image, &target);
+            let after = change(r, &target, before.clone())?;
+            validate(broker, &image, &target, &after)?;
+            commit(broker, target, before, after, validate_only).await
+        }
+        .await;
+        outcomes.push(match outcome {
+            Ok(()) => (ErrorCode::None.code(), None),
+            Err(f) => (f.code.code(), Some(StrBytes::from_string(f.message))),
+        });
+    }
+    outcomes
 }
 
 /// AlterConfigs: each resource's overrides become exactly the given set.
@@ -489,23 +526,15 @@ pub async fn alter_configs(
     broker: &Arc<Broker>,
     request: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
-    let twice = duplicates(
-        request
-            .resources
-            .iter()
-            .map(|r| (r.resource_type, r.resource_name.as_str())),
-    );
-    let mut responses = Vec::with_capacity(request.resources.len());
-    for r in request.resources {
-        let outcome = async {
-            if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
-                return Err(Failure::new(
-                    ErrorCode::InvalidRequest,
-                    "Duplicate resource in request",
-                ));
-            }
-            let image = broker.image();
-            let target = resource(r.resource_type, &r.resource_name, &image, broker.node_id)?;
+    let key = |r: &alter_configs_request::AlterConfigsResource| {
+        (r.resource_type, r.resource_name.to_string())
+    };
+    let outcomes = alter_each(
+        broker,
+        &request.resources,
+        key,
+        request.validate_only,
+        |r, _, _| {
             let mut after = BTreeMap::new();
             for c in &r.configs {
                 let Some(value) = &c.value else {
@@ -524,23 +553,22 @@ pub async fn alter_configs(
                     ));
                 }
             }
-            validate(broker, &image, &target, &after)?;
-            let before = current(&image, &target);
-            commit(broker, target, before, after, request.validate_only).await
-        }
-        .await;
-        let (code, message) = match outcome {
-            Ok(()) => (ErrorCode::None, None),
-            Err(f) => (f.code, Some(StrBytes::from_string(f.message))),
-        };
-        responses.push(
+            Ok(after)
+        },
+    )
+    .await;
+    let responses = request
+        .resources
+        .into_iter()
+        .zip(outcomes)
+        .map(|(r, (code, message))| {
             alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_error_code(code.code())
+                .with_error_code(code)
                 .with_error_message(message)
                 .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name),
-        );
-    }
+                .with_resource_name(r.resource_name)
+        })
+        .collect();
     AlterConfigsResponse::default().with_responses(responses)
 }
 
@@ -550,23 +578,15 @@ pub async fn incremental_alter_configs(
     broker: &Arc<Broker>,
     request: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
-    let twice = duplicates(
-        request
-            .resources
-            .iter()
-            .map(|r| (r.resource_type, r.resource_name.as_str())),
-    );
-    let mut responses = Vec::with_capacity(request.resources.len());
-    for r in request.resources {
-        let outcome = async {
-            if twice.contains(&(r.resource_type, r.resource_name.to_string())) {
-                return Err(Failure::new(
-                    ErrorCode::InvalidRequest,
-                    "Duplicate resource in request",
-                ));
-            }
-            let image = broker.image();
-            let target = resource(r.resource_type, &r.resource_name, &image, broker.node_id)?;
+    let key = |r: &incremental_alter_configs_request::AlterConfigsResource| {
+        (r.resource_type, r.resource_name.to_string())
+    };
+    let outcomes = alter_each(
+        broker,
+        &request.resources,
+        key,
+        request.validate_only,
+        |r, target, mut after| {
             let mut names = HashSet::new();
             if r.configs.iter().any(|c| !names.insert(c.name.as_str())) {
                 return Err(Failure::new(
@@ -574,116 +594,113 @@ pub async fn incremental_alter_configs(
                     "Error due to duplicate config keys",
                 ));
             }
-            let before = current(&image, &target);
-            let mut after = before.clone();
             for c in &r.configs {
-                let name = c.name.to_string();
-                let is_list = match &target {
-                    ConfigResource::Topic(_) => {
-                        let def = topic_config_def(&name).ok_or_else(|| {
-                            Failure::new(
-                                ErrorCode::InvalidConfig,
-                                format!("Unknown topic config name: {name}"),
-                            )
-                        })?;
-                        def.config_type == ConfigType::List
-                    }
-                    ConfigResource::Broker(_) => {
-                        synonym_of(&name).is_some_and(|def| def.config_type == ConfigType::List)
-                    }
-                };
-                let value = c.value.as_ref().map(|v| v.to_string());
-                match c.config_operation {
-                    OP_SET => {
-                        let value = value.ok_or_else(|| {
-                            Failure::new(
-                                ErrorCode::InvalidRequest,
-                                format!("Null value not supported for : {name}"),
-                            )
-                        })?;
-                        after.insert(name, value);
-                    }
-                    OP_DELETE => {
-                        after.remove(&name);
-                    }
-                    op @ (OP_APPEND | OP_SUBTRACT) => {
-                        if !is_list {
-                            // Kafka's controller words it so for topics; its
-                            // broker path keeps the older message.
-                            let message = match &target {
-                                ConfigResource::Topic(_) => format!(
-                                    "Can't {} to key {name} because its type is not LIST.",
-                                    if op == OP_APPEND {
-                                        "APPEND"
-                                    } else {
-                                        "SUBTRACT"
-                                    }
-                                ),
-                                ConfigResource::Broker(_) => format!(
-                                    "Config value {} is not allowed for config key: {name}",
-                                    if op == OP_APPEND {
-                                        "append"
-                                    } else {
-                                        "subtract"
-                                    }
-                                ),
-                            };
-                            return Err(Failure::new(ErrorCode::InvalidConfig, message));
-                        }
-                        // As Kafka: the resource's own value, else its default.
-                        let base = match after.get(&name) {
-                            Some(v) => v.clone(),
-                            None => default_of(&target, &name),
-                        };
-                        let mut items: Vec<String> = base
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect();
-                        let given: Vec<String> = value
-                            .unwrap_or_default()
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned)
-                            .collect();
-                        if op == OP_APPEND {
-                            for g in given {
-                                if !items.contains(&g) {
-                                    items.push(g);
-                                }
-                            }
-                        } else {
-                            items.retain(|i| !given.contains(i));
-                        }
-                        after.insert(name, items.join(","));
-                    }
-                    other => {
-                        return Err(Failure::new(
-                            ErrorCode::InvalidRequest,
-                            format!("Unknown config operation {other} for {name}"),
-                        ));
-                    }
-                }
+                apply_op(target, &mut after, c)?;
             }
-            validate(broker, &image, &target, &after)?;
-            commit(broker, target, before, after, request.validate_only).await
-        }
-        .await;
-        let (code, message) = match outcome {
-            Ok(()) => (ErrorCode::None, None),
-            Err(f) => (f.code, Some(StrBytes::from_string(f.message))),
-        };
-        responses.push(
+            Ok(after)
+        },
+    )
+    .await;
+    let responses = request
+        .resources
+        .into_iter()
+        .zip(outcomes)
+        .map(|(r, (code, message))| {
             incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-                .with_error_code(code.code())
+                .with_error_code(code)
                 .with_error_message(message)
                 .with_resource_type(r.resource_type)
-                .with_resource_name(r.resource_name),
-        );
-    }
+                .with_resource_name(r.resource_name)
+        })
+        .collect();
     IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// One IncrementalAlterConfigs operation on a resource's overrides.
+fn apply_op(
+    target: &ConfigResource,
+    after: &mut BTreeMap<String, String>,
+    c: &incremental_alter_configs_request::AlterableConfig,
+) -> Result<(), Failure> {
+    let name = c.name.to_string();
+    let is_list = match target {
+        ConfigResource::Topic(_) => {
+            let def = topic_config_def(&name).ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::InvalidConfig,
+                    format!("Unknown topic config name: {name}"),
+                )
+            })?;
+            def.config_type == ConfigType::List
+        }
+        ConfigResource::Broker(_) => {
+            synonym_of(&name).is_some_and(|def| def.config_type == ConfigType::List)
+        }
+    };
+    let value = c.value.as_ref().map(|v| v.to_string());
+    match c.config_operation {
+        OP_SET => {
+            let value = value.ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::InvalidRequest,
+                    format!("Null value not supported for : {name}"),
+                )
+            })?;
+            after.insert(name, value);
+        }
+        OP_DELETE => {
+            after.remove(&name);
+        }
+        op @ (OP_APPEND | OP_SUBTRACT) => {
+            let append = op == OP_APPEND;
+            if !is_list {
+                // Kafka's controller words it so for topics; its broker path
+                // keeps the older message.
+                let message = match target {
+                    ConfigResource::Topic(_) => format!(
+                        "Can't {} to key {name} because its type is not LIST.",
+                        if append { "APPEND" } else { "SUBTRACT" }
+                    ),
+                    ConfigResource::Broker(_) => format!(
+                        "Config value {} is not allowed for config key: {name}",
+                        if append { "append" } else { "subtract" }
+                    ),
+                };
+                return Err(Failure::new(ErrorCode::InvalidConfig, message));
+            }
+            // As Kafka: the resource's own value, else its default.
+            let base = after
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| default_of(target, &name));
+            let items = |list: &str| -> Vec<String> {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let mut current = items(&base);
+            let given = items(value.as_deref().unwrap_or_default());
+            if append {
+                for g in given {
+                    if !current.contains(&g) {
+                        current.push(g);
+                    }
+                }
+            } else {
+                current.retain(|i| !given.contains(i));
+            }
+            after.insert(name, current.join(","));
+        }
+        other => {
+            return Err(Failure::new(
+                ErrorCode::InvalidRequest,
+                format!("Unknown config operation {other} for {name}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The default a config starts from when the resource does not set it.

@@ -179,13 +179,7 @@ fn resolve(
     ))?;
     let value = |key: &str| -> String {
         crate::config::topic_config_def(key)
-            .map(|def| {
-                broker
-                    .config
-                    .topic_config_value(def, image, &topic.configs)
-                    .0
-                    .value
-            })
+            .map(|def| broker.config.topic_value(def, image, &topic.configs).value)
             .unwrap_or_default()
     };
     let log = (*partition.log.config()).clone();
