@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::BrokerProcess;
-use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::producer::Producer;
 use support::{env_usize, percentiles, produce_latency_samples, producer, stats};
 
@@ -31,18 +31,6 @@ const KEYS: usize = 10_000;
 /// Produce rate and duration of the latency probe (longer than a clean).
 const PROBE_MB_PER_S: f64 = 20.0;
 const PROBE_SECS: f64 = 5.0;
-
-fn create(broker: &BrokerProcess, topic: &str, configs: &[(&str, &str)]) {
-    let (admin, runtime) = broker.admin();
-    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let created = runtime
-        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
-}
 
 /// Fills `topic` with `mb` MB of 1 KiB values over [`KEYS`] keys.
 fn fill(broker: &BrokerProcess, topic: &str, mb: usize) {
@@ -103,8 +91,8 @@ fn run(root: &Path, mb: usize, cleaner: bool, window: Option<f64>) -> Run {
     let enable = format!("log.cleaner.enable={cleaner}");
     let broker = BrokerProcess::start(&data, &[&enable, "log.cleaner.backoff.ms=100"]);
     let segment = ("segment.bytes", "67108864");
-    create(&broker, "dirty", &[segment]);
-    create(&broker, "probe", &[]);
+    broker.create_topic_with("dirty", 1, &[segment]);
+    broker.create_topic_with("probe", 1, &[]);
     fill(&broker, "dirty", mb);
     let (admin, runtime) = broker.admin();
     let compact = AlterConfig::new(ResourceSpecifier::Topic("dirty"))

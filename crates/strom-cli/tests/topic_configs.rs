@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{BrokerProcess, assign, flush, wait_until};
-use rdkafka::admin::{AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -38,12 +38,7 @@ fn librdkafka_describes_and_alters_configs_as_kafka_answers() {
     let broker = BrokerProcess::start(&dir.path().join("data"), &["log.retention.hours=2"]);
     let (admin, runtime) = broker.admin();
     let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-    let topic =
-        NewTopic::new("configured", 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
-    let created = runtime
-        .block_on(admin.create_topics(&[topic], &options))
-        .unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
+    broker.create_topic_with("configured", 1, &[("cleanup.policy", "compact")]);
 
     assert_eq!(
         describe(&broker, "configured", "cleanup.policy"),
@@ -193,19 +188,6 @@ fn delete_records_moves_the_start_and_consumers_reset() {
     broker.stop();
 }
 
-/// Creates `topic` (one partition) with `configs`.
-fn create_with(broker: &BrokerProcess, topic: &str, configs: &[(&str, &str)]) {
-    let (admin, runtime) = broker.admin();
-    let mut new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for (k, v) in configs {
-        new = new.set(k, v);
-    }
-    let created = runtime
-        .block_on(admin.create_topics(&[new], &AdminOptions::new()))
-        .unwrap();
-    assert!(created[0].is_ok(), "{created:?}");
-}
-
 /// Every record of partition 0 from the log start to the high watermark:
 /// `(offset, key, value)`.
 fn read_all(broker: &BrokerProcess, topic: &str) -> Vec<Stored> {
@@ -244,9 +226,9 @@ fn retention_by_size_and_time_deletes_segments_and_consumers_reset() {
         &["log.retention.check.interval.ms=100"],
     );
     // About ten 1 KiB records per segment; keep about three segments.
-    create_with(
-        &broker,
+    broker.create_topic_with(
         "sized",
+        1,
         &[("segment.bytes", "10000"), ("retention.bytes", "30000")],
     );
     let producer = broker.producer(&[("linger.ms", "0"), ("batch.num.messages", "1")]);
@@ -288,9 +270,9 @@ fn retention_by_size_and_time_deletes_segments_and_consumers_reset() {
 
     // Records a day old in a topic keeping a minute go, the active segment
     // too (it is rolled first); newer records stay.
-    create_with(
-        &broker,
+    broker.create_topic_with(
         "timed",
+        1,
         &[("retention.ms", "60000"), ("segment.ms", "3600000")],
     );
     let now = std::time::SystemTime::now()
@@ -437,9 +419,9 @@ fn is_compacted(
 fn compaction_keeps_the_latest_value_of_each_key() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("data"), &["log.cleaner.backoff.ms=50"]);
-    create_with(
-        &broker,
+    broker.create_topic_with(
         "compacted",
+        1,
         &[
             ("cleanup.policy", "compact"),
             ("segment.bytes", "16384"),
@@ -480,7 +462,7 @@ fn kill_9_while_compacting_leaves_a_valid_log_that_is_then_compacted() {
         ],
     );
     // Written first, compacted after: the whole log is dirty at once.
-    create_with(&broker, "crashy", &[("segment.bytes", "1048576")]);
+    broker.create_topic_with("crashy", 1, &[("segment.bytes", "1048576")]);
     let latest = produce_compacted(&broker, "crashy", (5000, 10, 500), "none", 600_000);
     let (admin, runtime) = broker.admin();
     let compact = AlterConfig::new(ResourceSpecifier::Topic("crashy"))

@@ -158,12 +158,18 @@ impl BrokerProcess {
 
     /// Creates `topic` with `partitions` partitions (replication factor 1).
     pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// Creates `topic` with `partitions` partitions and topic `configs`.
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         let (admin, runtime) = self.admin();
+        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        for (k, v) in configs {
+            new = new.set(k, v);
+        }
         let result = runtime
-            .block_on(admin.create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            ))
+            .block_on(admin.create_topics(&[new], &AdminOptions::new()))
             .unwrap();
         assert!(result[0].is_ok(), "{result:?}");
     }
