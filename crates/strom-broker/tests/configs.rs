@@ -66,6 +66,12 @@ async fn alter(raw: &mut Raw, resource_type: i8, resource: &str, ops: &[Op<'_>])
     )
 }
 
+/// IncrementalAlterConfigs on one resource, which must succeed.
+async fn alter_ok(raw: &mut Raw, resource_type: i8, resource: &str, ops: &[Op<'_>]) {
+    let (code, message) = alter(raw, resource_type, resource, ops).await;
+    assert_eq!(code, 0, "{ops:?} on {resource:?}: {message}");
+}
+
 /// A topic config as DescribeConfigs (v4, with synonyms) reports it: value,
 /// source, and the synonym chain as `(name, source)`.
 async fn described(
@@ -108,20 +114,16 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
     assert_eq!(create_topic(&mut raw, "t", 1, &[]).await, 0);
 
     // SET, then APPEND and SUBTRACT on a list.
-    assert_eq!(
-        alter(
-            &mut raw,
-            TOPIC,
-            "t",
-            &[
-                ("retention.ms", SET, Some("1000")),
-                ("cleanup.policy", APPEND, Some("compact")),
-            ]
-        )
-        .await
-        .0,
-        0
-    );
+    alter_ok(
+        &mut raw,
+        TOPIC,
+        "t",
+        &[
+            ("retention.ms", SET, Some("1000")),
+            ("cleanup.policy", APPEND, Some("compact")),
+        ],
+    )
+    .await;
     assert_eq!(
         value_of(&mut raw, "t", "retention.ms").await,
         ("1000".to_owned(), 1)
@@ -140,17 +142,13 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
             .config()
             .compact
     );
-    assert_eq!(
-        alter(
-            &mut raw,
-            TOPIC,
-            "t",
-            &[("cleanup.policy", SUBTRACT, Some("delete"))]
-        )
-        .await
-        .0,
-        0
-    );
+    alter_ok(
+        &mut raw,
+        TOPIC,
+        "t",
+        &[("cleanup.policy", SUBTRACT, Some("delete"))],
+    )
+    .await;
     let log_config = broker.broker.replicas.get("t", 0).unwrap().log.config();
     assert!(
         log_config.compact && !log_config.delete,
@@ -239,12 +237,7 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
     assert_eq!(value_of(&mut raw, "t", "retention.ms").await.0, "1000");
 
     // DELETE falls back to the static broker property.
-    assert_eq!(
-        alter(&mut raw, TOPIC, "t", &[("retention.ms", DELETE, None)])
-            .await
-            .0,
-        0
-    );
+    alter_ok(&mut raw, TOPIC, "t", &[("retention.ms", DELETE, None)]).await;
     assert_eq!(
         value_of(&mut raw, "t", "retention.ms").await,
         ("3600000".to_owned(), 4)
@@ -252,32 +245,24 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
 
     // Dynamic broker configs: the cluster default, then this broker's, win
     // over the static property; the synonym chain shows every layer.
-    assert_eq!(
-        alter(
-            &mut raw,
-            BROKER,
-            "",
-            &[("log.retention.ms", SET, Some("5000"))]
-        )
-        .await
-        .0,
-        0
-    );
+    alter_ok(
+        &mut raw,
+        BROKER,
+        "",
+        &[("log.retention.ms", SET, Some("5000"))],
+    )
+    .await;
     assert_eq!(
         value_of(&mut raw, "t", "retention.ms").await,
         ("5000".to_owned(), 3)
     );
-    assert_eq!(
-        alter(
-            &mut raw,
-            BROKER,
-            "1",
-            &[("log.retention.ms", SET, Some("6000"))]
-        )
-        .await
-        .0,
-        0
-    );
+    alter_ok(
+        &mut raw,
+        BROKER,
+        "1",
+        &[("log.retention.ms", SET, Some("6000"))],
+    )
+    .await;
     let (value, source, chain) = described(&mut raw, TOPIC, "t", "retention.ms")
         .await
         .unwrap();
