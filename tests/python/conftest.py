@@ -19,6 +19,8 @@ import threading
 import time
 
 import pytest
+from confluent_kafka.admin import AdminClient
+from kafka.admin import KafkaAdminClient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(r"Strom broker (\d+) listening on (127\.0\.0\.1):(\d+) \(data in (.+)\)")
@@ -179,6 +181,22 @@ def module_broker(*properties):
 
 
 broker = module_broker()
+
+
+@pytest.fixture
+def admin(broker):
+    """A confluent-kafka admin client of the test's broker."""
+    return AdminClient({"bootstrap.servers": broker.bootstrap})
+
+
+@pytest.fixture
+def kadmin(broker):
+    """A kafka-python admin client of the test's broker, closed afterwards."""
+    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

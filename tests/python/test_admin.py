@@ -10,7 +10,7 @@ from confluent_kafka import KafkaError, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, NewPartitions, NewTopic
 from kafka import KafkaProducer
 from kafka.admin import ConfigResource as KConfigResource
-from kafka.admin import ConfigResourceType, KafkaAdminClient
+from kafka.admin import ConfigResourceType
 
 from clients import check, confluent_error, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
 from conftest import module_broker, wait_until
@@ -18,20 +18,6 @@ from conftest import module_broker, wait_until
 broker = module_broker("auto.create.topics.enable=false", "num.partitions=3")
 
 SEGMENT_BYTES_DEFAULT = "1073741824"
-
-
-@pytest.fixture
-def admin(broker):
-    return AdminClient({"bootstrap.servers": broker.bootstrap})
-
-
-@pytest.fixture
-def kadmin(broker):
-    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def topic_names(admin):

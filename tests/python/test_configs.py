@@ -84,20 +84,6 @@ KAFKA_TOPIC_CONFIGS = {
 }
 
 
-@pytest.fixture
-def admin(broker):
-    return AdminClient({"bootstrap.servers": broker.bootstrap})
-
-
-@pytest.fixture
-def kadmin(broker):
-    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 # ---------------------------------------------------------------- helpers
 
 

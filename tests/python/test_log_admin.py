@@ -17,24 +17,9 @@ from confluent_kafka import TopicPartition as CTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 from kafka import KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
-from kafka.admin import KafkaAdminClient
 
 from clients import DEADLINE_S, check, confluent_error, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
 from conftest import wait_until
-
-
-@pytest.fixture
-def admin(broker):
-    return AdminClient({"bootstrap.servers": broker.bootstrap})
-
-
-@pytest.fixture
-def kadmin(broker):
-    client = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def create_topic(admin, topic, partitions=1, configs=None):
