@@ -1,8 +1,25 @@
 //! Strom's Rust client for Kafka's wire protocol, usable against Strom and
-//! Apache Kafka alike.
+//! Apache Kafka alike: it uses only what the protocol defines.
 //!
-//! Built in steps; so far:
+//! # Layout
+//!
+//! - [`config`]: [`ClientConfig`], properties with Kafka's names.
+//! - [`error`]: [`Error`], Kafka's error codes and this side's failures.
+//! - [`conn`]: one connection to one broker, with pipelined requests.
+//! - `cluster`: metadata and the connection to each broker.
 //! - [`partitioner`]: the Java client's default partitioner, so that records
 //!   land on the partitions a Java producer would choose.
+//! - [`producer`]: [`Producer`], batching, compression, idempotence.
 
+pub mod config;
+pub mod conn;
+pub mod error;
 pub mod partitioner;
+pub mod producer;
+
+mod cluster;
+
+pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
+pub use config::ClientConfig;
+pub use error::{Error, ErrorCode, Result};
+pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};

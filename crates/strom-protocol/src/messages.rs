@@ -14,7 +14,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 pub use kafka_protocol::messages as kafka;
 pub use kafka_protocol::messages::ApiKey;
-pub use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, VersionRange};
+pub use kafka_protocol::protocol::{
+    Decodable, Encodable, Message, Request, StrBytes, VersionRange,
+};
 pub use uuid::Uuid;
 
 use kafka_protocol::messages::{RequestHeader, ResponseHeader};

@@ -1,0 +1,570 @@
+//! The client's picture of the cluster: which brokers exist, which topics and
+//! partitions, who leads each partition; and one connection per broker.
+//!
+//! Metadata is fetched with a Metadata request for the topics the client has
+//! used (every topic when a caller asks for all), refreshed when it is older
+//! than `metadata.max.age.ms` or when a caller learns it is stale (a
+//! NOT_LEADER_OR_FOLLOWER, a lost connection). Concurrent refreshes collapse
+//! into one: a caller that waited for a refresh in progress does not start
+//! another.
+//!
+//! Connections are keyed by [`Route`]: the bootstrap addresses, each broker,
+//! and each broker again as a group or transaction coordinator. The second
+//! connection keeps a consumer's long-polling fetches from delaying its
+//! heartbeats, as the Java client does with its `Integer.MAX_VALUE - id` node.
+//! A failed connection is opened again on next use, after
+//! `reconnect.backoff.ms` doubling per failure up to `reconnect.backoff.max.ms`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use strom_protocol::messages::kafka::{
+    BrokerId, FindCoordinatorRequest, MetadataRequest, TopicName,
+    metadata_request::MetadataRequestTopic,
+};
+use strom_protocol::messages::{Request, StrBytes, Uuid};
+
+use crate::config::NetworkConfig;
+use crate::conn::{Connection, InFlight};
+use crate::error::{Error, ErrorCode, Result};
+
+/// Newest Metadata version asked: v12 carries topic ids and is what Kafka 4
+/// clients send (v13 only adds a top-level error code).
+const METADATA_VERSION: i16 = 12;
+
+/// Newest FindCoordinator version asked: v4+ looks up several keys at once,
+/// v6 adds share groups, which this client has no use for.
+#[allow(dead_code, reason = "the consumer and admin client, next")]
+const FIND_COORDINATOR_VERSION: i16 = 5;
+
+/// FindCoordinator's key types.
+#[allow(dead_code, reason = "the consumer and admin client, next")]
+pub(crate) const GROUP_KEY: i8 = 0;
+#[allow(dead_code, reason = "transactions, next")]
+pub(crate) const TRANSACTION_KEY: i8 = 1;
+
+/// Which connection a request travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Route {
+    /// The n-th `bootstrap.servers` address.
+    Bootstrap(usize),
+    /// A broker, for produce, fetch, metadata and admin requests.
+    Node(i32),
+    /// A broker in its role as group or transaction coordinator.
+    #[allow(dead_code, reason = "the consumer, next")]
+    Coordinator(i32),
+}
+
+/// A broker as the metadata names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
+    pub rack: Option<String>,
+}
+
+impl BrokerInfo {
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// A partition as the metadata describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: i32,
+    /// -1 while the partition has no leader.
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    pub offline_replicas: Vec<i32>,
+}
+
+/// A topic as the metadata describes it; partitions in partition order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub id: Uuid,
+    pub internal: bool,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+impl TopicInfo {
+    /// The partition `partition`, if the topic has it.
+    pub fn partition(&self, partition: i32) -> Option<&PartitionInfo> {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| self.partitions.get(i))
+            .filter(|p| p.partition == partition)
+            .or_else(|| self.partitions.iter().find(|p| p.partition == partition))
+    }
+}
+
+/// The last metadata answer, merged.
+#[derive(Debug, Default)]
+struct Snapshot {
+    cluster_id: Option<String>,
+    controller: i32,
+    brokers: HashMap<i32, BrokerInfo>,
+    topics: HashMap<String, Arc<TopicInfo>>,
+    /// Topics the broker answered with an error (unknown, no leader yet).
+    topic_errors: HashMap<String, Error>,
+    /// The topics every refresh asks for: those the client has used.
+    wanted: BTreeSet<String>,
+    refreshed_at: Option<Instant>,
+    /// Counts refreshes, so a caller can tell whether one happened since it
+    /// looked.
+    generation: u64,
+    /// Set when a caller found the metadata stale; the next
+    /// [`Cluster::maybe_refresh`] refreshes.
+    stale: bool,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    conn: Option<Arc<Connection>>,
+    failures: u32,
+    last_failure: Option<Instant>,
+}
+
+/// Metadata and connections, shared by everything one client does.
+#[derive(Debug)]
+pub(crate) struct Cluster {
+    net: NetworkConfig,
+    meta: RwLock<Snapshot>,
+    refreshing: tokio::sync::Mutex<()>,
+    slots: Mutex<HashMap<Route, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+#[allow(dead_code, reason = "the consumer and admin client, next")]
+impl Cluster {
+    pub(crate) fn new(net: NetworkConfig) -> Self {
+        Self {
+            net,
+            meta: RwLock::new(Snapshot {
+                controller: -1,
+                ..Snapshot::default()
+            }),
+            refreshing: tokio::sync::Mutex::new(()),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn net(&self) -> &NetworkConfig {
+        &self.net
+    }
+
+    /// A live connection for `route`, opened (after the reconnect backoff) if
+    /// there is none.
+    pub(crate) async fn connection(&self, route: Route) -> Result<Arc<Connection>> {
+        let slot = Arc::clone(self.slots.lock().entry(route).or_default());
+        let mut slot = slot.lock().await;
+        if let Some(conn) = slot.conn.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(conn));
+        }
+        slot.conn = None;
+        if let Some(last) = slot.last_failure {
+            let wait = self.reconnect_backoff(slot.failures);
+            tokio::time::sleep_until((last + wait).into()).await;
+        }
+        let addr = self.address(route)?;
+        let net = &self.net;
+        match Connection::connect(
+            &addr,
+            &net.client_id,
+            net.connect_timeout,
+            net.request_timeout,
+        )
+        .await
+        {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                slot.conn = Some(Arc::clone(&conn));
+                slot.failures = 0;
+                slot.last_failure = None;
+                Ok(conn)
+            }
+            Err(error) => {
+                slot.failures = slot.failures.saturating_add(1);
+                slot.last_failure = Some(Instant::now());
+                tracing::debug!(%addr, %error, "connecting failed");
+                Err(error)
+            }
+        }
+    }
+
+    /// `reconnect.backoff.ms` doubled per failure after the first, at most
+    /// `reconnect.backoff.max.ms`, with the Java client's ±20 % jitter.
+    fn reconnect_backoff(&self, failures: u32) -> Duration {
+        let exp = failures.saturating_sub(1).min(16);
+        let base = self
+            .net
+            .reconnect_backoff
+            .saturating_mul(1 << exp)
+            .min(self.net.reconnect_backoff_max);
+        base.mul_f64(rand::rng().random_range(0.8..1.2))
+    }
+
+    fn address(&self, route: Route) -> Result<String> {
+        match route {
+            Route::Bootstrap(i) => self
+                .net
+                .bootstrap
+                .get(i)
+                .cloned()
+                .ok_or_else(|| Error::State(format!("no bootstrap address {i}"))),
+            Route::Node(id) | Route::Coordinator(id) => self
+                .meta
+                .read()
+                .brokers
+                .get(&id)
+                .map(BrokerInfo::addr)
+                .ok_or_else(|| {
+                    Error::kafka(
+                        ErrorCode::BrokerNotAvailable.code(),
+                        Some(&format!("broker {id} is not in the metadata")),
+                    )
+                }),
+        }
+    }
+
+    /// Sends `request` on `route`.
+    pub(crate) async fn send<R: Request>(
+        &self,
+        route: Route,
+        max: i16,
+        request: &R,
+    ) -> Result<R::Response> {
+        let conn = self.connection(route).await?;
+        let response = conn.send(max, request).await;
+        if matches!(&response, Err(e) if e.needs_metadata_refresh()) {
+            self.mark_stale();
+        }
+        response
+    }
+
+    /// Writes `request` on `route` and returns its response to wait for;
+    /// requests started one after another are written in that order.
+    pub(crate) async fn start<R: Request>(
+        &self,
+        route: Route,
+        max: i16,
+        request: &R,
+    ) -> Result<InFlight<R>> {
+        let conn = self.connection(route).await?;
+        conn.start(max, request).await
+    }
+
+    /// Sends `request` to any broker that answers: the known brokers in a
+    /// random order, then the bootstrap addresses.
+    pub(crate) async fn send_any<R: Request>(&self, max: i16, request: &R) -> Result<R::Response> {
+        let mut last_error = None;
+        for route in self.any_routes() {
+            match self.connection(route).await {
+                Ok(conn) => match conn.send(max, request).await {
+                    Err(e @ (Error::Io { .. } | Error::Timeout(_))) => last_error = Some(e),
+                    other => return other,
+                },
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or(Error::State("no broker address known".to_owned())))
+    }
+
+    fn any_routes(&self) -> Vec<Route> {
+        let mut routes: Vec<Route> = {
+            let meta = self.meta.read();
+            meta.brokers.keys().map(|&id| Route::Node(id)).collect()
+        };
+        // Prefer brokers with a live connection, then any in random order.
+        let live: Vec<Route> = {
+            let slots = self.slots.lock();
+            routes
+                .iter()
+                .copied()
+                .filter(|r| {
+                    slots.get(r).is_some_and(|s| {
+                        s.try_lock()
+                            .is_ok_and(|s| s.conn.as_ref().is_some_and(|c| !c.is_closed()))
+                    })
+                })
+                .collect()
+        };
+        let offset = rand::rng().random_range(0..routes.len().max(1));
+        let len = routes.len();
+        routes.rotate_left(offset.min(len));
+        routes.retain(|r| !live.contains(r));
+        let mut ordered = live;
+        ordered.extend(routes);
+        ordered.extend((0..self.net.bootstrap.len()).map(Route::Bootstrap));
+        ordered
+    }
+
+    /// Notes that the metadata is stale; the next [`Cluster::maybe_refresh`]
+    /// refreshes it.
+    pub(crate) fn mark_stale(&self) {
+        self.meta.write().stale = true;
+    }
+
+    /// Adds topics every later refresh asks for.
+    pub(crate) fn want(&self, topics: impl IntoIterator<Item = String>) {
+        self.meta.write().wanted.extend(topics);
+    }
+
+    /// The metadata refresh count, to pass to [`Cluster::refresh_after`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.meta.read().generation
+    }
+
+    /// Refreshes if the metadata was marked stale or is older than
+    /// `metadata.max.age.ms`.
+    pub(crate) async fn maybe_refresh(&self) -> Result<()> {
+        let due = {
+            let meta = self.meta.read();
+            meta.stale
+                || meta
+                    .refreshed_at
+                    .is_none_or(|at| at.elapsed() >= self.net.metadata_max_age)
+        };
+        if due {
+            self.refresh_after(self.generation(), false).await?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes the metadata of the wanted topics, unless a refresh finished
+    /// since `generation` was read (then that one is as good).
+    pub(crate) async fn refresh_after(&self, generation: u64, auto_create: bool) -> Result<()> {
+        let _single_flight = self.refreshing.lock().await;
+        if self.generation() != generation {
+            return Ok(());
+        }
+        let wanted: Vec<String> = self.meta.read().wanted.iter().cloned().collect();
+        self.fetch_metadata(Some(&wanted), auto_create)
+            .await
+            .map(|_| ())
+    }
+
+    /// Asks for the metadata of `topics` (all topics for `None`), merges it,
+    /// and returns the topics answered without error.
+    pub(crate) async fn fetch_metadata(
+        &self,
+        topics: Option<&[String]>,
+        auto_create: bool,
+    ) -> Result<Vec<Arc<TopicInfo>>> {
+        let request = MetadataRequest::default()
+            .with_topics(topics.map(|names| {
+                names
+                    .iter()
+                    .map(|name| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(name.clone()))))
+                    })
+                    .collect()
+            }))
+            .with_allow_auto_topic_creation(auto_create);
+        let response = self.send_any(METADATA_VERSION, &request).await?;
+        let mut answered = Vec::new();
+        let mut meta = self.meta.write();
+        meta.cluster_id = response.cluster_id.map(|c| c.to_string());
+        meta.controller = response.controller_id.0;
+        meta.brokers = response
+            .brokers
+            .into_iter()
+            .map(|b| {
+                let info = BrokerInfo {
+                    id: b.node_id.0,
+                    host: b.host.to_string(),
+                    port: b.port,
+                    rack: b.rack.map(|r| r.to_string()),
+                };
+                (info.id, info)
+            })
+            .collect();
+        if topics.is_none() {
+            meta.topics.clear();
+        }
+        for topic in response.topics {
+            let Some(name) = topic.name.map(|n| n.0.to_string()) else {
+                continue;
+            };
+            if topic.error_code != 0 {
+                meta.topics.remove(&name);
+                meta.topic_errors
+                    .insert(name, Error::kafka(topic.error_code, None));
+                continue;
+            }
+            let mut partitions: Vec<PartitionInfo> = topic
+                .partitions
+                .into_iter()
+                .map(|p| PartitionInfo {
+                    partition: p.partition_index,
+                    // A partition answered with an error has no usable leader.
+                    leader: if p.error_code == 0
+                        || p.error_code == ErrorCode::ReplicaNotAvailable.code()
+                    {
+                        p.leader_id.0
+                    } else {
+                        -1
+                    },
+                    leader_epoch: p.leader_epoch,
+                    replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                    isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+                    offline_replicas: p.offline_replicas.iter().map(|b| b.0).collect(),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            let info = Arc::new(TopicInfo {
+                name: name.clone(),
+                id: topic.topic_id,
+                internal: topic.is_internal,
+                partitions,
+            });
+            meta.topic_errors.remove(&name);
+            meta.topics.insert(name, Arc::clone(&info));
+            answered.push(info);
+        }
+        meta.refreshed_at = Some(Instant::now());
+        meta.generation += 1;
+        meta.stale = false;
+        Ok(answered)
+    }
+
+    /// The cached metadata of `topic`, or the error the broker gave for it.
+    pub(crate) fn cached_topic(&self, topic: &str) -> Option<Result<Arc<TopicInfo>>> {
+        let meta = self.meta.read();
+        meta.topics
+            .get(topic)
+            .map(|t| Ok(Arc::clone(t)))
+            .or_else(|| meta.topic_errors.get(topic).map(|e| Err(e.clone())))
+    }
+
+    /// The metadata of `topic`, fetched (and the topic auto-created, if asked
+    /// and the broker allows) when not cached; waits out retriable errors
+    /// such as LEADER_NOT_AVAILABLE of a topic just created, until `deadline`.
+    pub(crate) async fn topic(
+        &self,
+        topic: &str,
+        auto_create: bool,
+        deadline: Instant,
+    ) -> Result<Arc<TopicInfo>> {
+        if let Some(Ok(info)) = self.cached_topic(topic) {
+            return Ok(info);
+        }
+        self.want([topic.to_owned()]);
+        loop {
+            let generation = self.generation();
+            self.refresh_after(generation, auto_create).await?;
+            match self.cached_topic(topic) {
+                Some(Ok(info)) => return Ok(info),
+                Some(Err(error)) if !error.is_retriable() => return Err(error),
+                _ if Instant::now() >= deadline => {
+                    return Err(Error::Timeout(format!("metadata of topic {topic}")));
+                }
+                _ => tokio::time::sleep(self.net.retry_backoff).await,
+            }
+        }
+    }
+
+    /// The broker with `id`, if the metadata knows it.
+    pub(crate) fn broker(&self, id: i32) -> Option<BrokerInfo> {
+        self.meta.read().brokers.get(&id).cloned()
+    }
+
+    /// Every broker the metadata knows, by id.
+    pub(crate) fn brokers(&self) -> Vec<BrokerInfo> {
+        let mut brokers: Vec<BrokerInfo> = self.meta.read().brokers.values().cloned().collect();
+        brokers.sort_by_key(|b| b.id);
+        brokers
+    }
+
+    /// The cluster id and the controller's id from the last metadata.
+    pub(crate) fn cluster_id_and_controller(&self) -> (Option<String>, i32) {
+        let meta = self.meta.read();
+        (meta.cluster_id.clone(), meta.controller)
+    }
+
+    /// Finds the coordinator of `key` (a group id or transactional id) and
+    /// makes it known as a broker.
+    pub(crate) async fn find_coordinator(&self, key_type: i8, key: &str) -> Result<i32> {
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(key.to_owned()))
+            .with_key_type(key_type)
+            .with_coordinator_keys(vec![StrBytes::from_string(key.to_owned())]);
+        let response = self.send_any(FIND_COORDINATOR_VERSION, &request).await?;
+        let (node, host, port) = match response.coordinators.into_iter().next() {
+            // v4+: one answer per key.
+            Some(c) => {
+                Error::check(c.error_code, c.error_message.as_deref())?;
+                (c.node_id, c.host, c.port)
+            }
+            None => {
+                Error::check(response.error_code, response.error_message.as_deref())?;
+                (response.node_id, response.host, response.port)
+            }
+        };
+        let BrokerId(id) = node;
+        self.meta
+            .write()
+            .brokers
+            .entry(id)
+            .or_insert_with(|| BrokerInfo {
+                id,
+                host: host.to_string(),
+                port,
+                rack: None,
+            });
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientConfig;
+
+    #[test]
+    fn backoff_doubles_to_the_max_with_jitter() {
+        let config: ClientConfig = [
+            ("bootstrap.servers", "127.0.0.1:1"),
+            ("reconnect.backoff.ms", "100"),
+            ("reconnect.backoff.max.ms", "1000"),
+        ]
+        .into_iter()
+        .collect();
+        let cluster = Cluster::new(NetworkConfig::from_config(&config).unwrap());
+        for (failures, expected_ms) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 800.0), (9, 1000.0)]
+        {
+            let ms = cluster.reconnect_backoff(failures).as_secs_f64() * 1000.0;
+            assert!(
+                (expected_ms * 0.8..=expected_ms * 1.2).contains(&ms),
+                "{failures} failures: {ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_are_found_by_index_or_search() {
+        let partition = |p| PartitionInfo {
+            partition: p,
+            leader: 1,
+            leader_epoch: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            offline_replicas: vec![],
+        };
+        let topic = TopicInfo {
+            name: "t".into(),
+            id: Uuid::nil(),
+            internal: false,
+            partitions: vec![partition(0), partition(2)],
+        };
+        assert_eq!(topic.partition(2).map(|p| p.partition), Some(2));
+        assert!(topic.partition(1).is_none() && topic.partition(-1).is_none());
+    }
+}
