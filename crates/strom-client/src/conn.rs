@@ -267,6 +267,14 @@ impl<R: Request> std::fmt::Debug for InFlight<R> {
 }
 
 impl<R: Request> InFlight<R> {
+    /// Waits `timeout` instead of `request.timeout.ms` (a JoinGroup waits for
+    /// the whole rebalance).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Waits for the response, at most `request.timeout.ms`; a timeout closes
     /// the connection (a late answer would be taken for a later request's).
     pub async fn response(self) -> Result<R::Response> {

@@ -10,9 +10,12 @@
 //! - [`partitioner`]: the Java client's default partitioner, so that records
 //!   land on the partitions a Java producer would choose.
 //! - [`producer`]: [`Producer`], batching, compression, idempotence.
+//! - [`consumer`]: [`Consumer`], assignment or a classic group, fetch
+//!   pipelining, commits.
 
 pub mod config;
 pub mod conn;
+pub mod consumer;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
@@ -21,5 +24,6 @@ mod cluster;
 
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::ClientConfig;
+pub use consumer::{Consumer, ConsumerRecord, Offset, RebalanceListener, TopicPartition};
 pub use error::{Error, ErrorCode, Result};
 pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};
