@@ -41,7 +41,6 @@ const FIND_COORDINATOR_VERSION: i16 = 5;
 
 /// FindCoordinator's key types.
 pub(crate) const GROUP_KEY: i8 = 0;
-#[allow(dead_code, reason = "transactions, next")]
 pub(crate) const TRANSACTION_KEY: i8 = 1;
 
 /// Which connection a request travels on.
@@ -308,9 +307,15 @@ impl Cluster {
         self.meta.write().stale = true;
     }
 
-    /// Adds topics every later refresh asks for.
+    /// Adds topics every later refresh asks for; a topic not wanted before
+    /// makes the metadata stale, so the next refresh comes at once.
     pub(crate) fn want(&self, topics: impl IntoIterator<Item = String>) {
-        self.meta.write().wanted.extend(topics);
+        let mut meta = self.meta.write();
+        for topic in topics {
+            if meta.wanted.insert(topic) {
+                meta.stale = true;
+            }
+        }
     }
 
     /// The metadata refresh count, to pass to [`Cluster::refresh_after`].

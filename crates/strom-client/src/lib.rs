@@ -9,7 +9,8 @@
 //! - `cluster`: metadata and the connection to each broker.
 //! - [`partitioner`]: the Java client's default partitioner, so that records
 //!   land on the partitions a Java producer would choose.
-//! - [`producer`]: [`Producer`], batching, compression, idempotence.
+//! - [`producer`]: [`Producer`], batching, compression, idempotence,
+//!   transactions.
 //! - [`consumer`]: [`Consumer`], assignment or a classic group, fetch
 //!   pipelining, commits.
 
@@ -24,6 +25,8 @@ mod cluster;
 
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::ClientConfig;
-pub use consumer::{Consumer, ConsumerRecord, Offset, RebalanceListener, TopicPartition};
+pub use consumer::{
+    Consumer, ConsumerGroupMetadata, ConsumerRecord, Offset, RebalanceListener, TopicPartition,
+};
 pub use error::{Error, ErrorCode, Result};
 pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};

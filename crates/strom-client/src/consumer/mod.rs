@@ -110,6 +110,32 @@ pub struct ConsumerRecord {
     pub headers: Vec<(String, Option<Bytes>)>,
 }
 
+/// Who a consumer is in its group, for
+/// [`Producer::send_offsets_to_transaction`](crate::Producer::send_offsets_to_transaction):
+/// the group coordinator refuses offsets from a member of an older
+/// generation (KIP-447).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    pub group_id: String,
+    /// -1 and an empty member id for a consumer outside group management.
+    pub generation_id: i32,
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+}
+
+impl ConsumerGroupMetadata {
+    /// A group's metadata without a member (offsets committed by assign-mode
+    /// consumers).
+    pub fn new(group_id: &str) -> Self {
+        Self {
+            group_id: group_id.to_owned(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+        }
+    }
+}
+
 /// Where [`Consumer::seek`] moves a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offset {
@@ -264,6 +290,8 @@ struct State {
     heartbeat_error: Option<Error>,
     /// Where the next poll starts taking records, for fairness.
     cursor: usize,
+    /// The membership of the last join.
+    group_metadata: Option<ConsumerGroupMetadata>,
     closed: bool,
 }
 
@@ -404,6 +432,22 @@ impl Consumer {
     ) -> Result<()> {
         *self.shared.listener.lock() = Some(listener);
         self.subscribe(topics)
+    }
+
+    /// The consumer's group membership, for transactional offset commits:
+    /// the last join's generation and member id when subscribed, otherwise
+    /// the group alone.
+    pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        let state = self.shared.state.lock();
+        match (&state.group_metadata, &state.subscription) {
+            (Some(meta), Some(_)) => Some(meta.clone()),
+            _ => self
+                .shared
+                .settings
+                .group_id
+                .as_deref()
+                .map(ConsumerGroupMetadata::new),
+        }
     }
 
     /// The partitions currently assigned.
@@ -657,6 +701,12 @@ impl Consumer {
             let (membership, assigned) =
                 joined.map_err(|_| Error::State("the join task failed".into()))??;
             ctx.membership = membership;
+            shared.state.lock().group_metadata = Some(ConsumerGroupMetadata {
+                group_id: ctx.membership.group.clone(),
+                generation_id: ctx.membership.generation,
+                member_id: ctx.membership.member_id.clone(),
+                group_instance_id: ctx.membership.instance_id.clone(),
+            });
             {
                 let mut state = shared.state.lock();
                 for tp in &assigned {
