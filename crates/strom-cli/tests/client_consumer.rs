@@ -75,6 +75,24 @@ async fn read(consumer: &Consumer, count: usize) -> Vec<ConsumerRecord> {
     out
 }
 
+/// Polls until the position of `tp` is known (after a seek to the end or
+/// to a time) and returns it; no records may come meanwhile.
+async fn position_once_known(consumer: &Consumer, tp: &TopicPartition) -> i64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(position) = consumer.position(tp) {
+            return position;
+        }
+        assert!(Instant::now() < deadline, "no position for {tp:?}");
+        let records = consumer.poll(Duration::from_millis(100)).await.unwrap();
+        assert!(
+            records.is_empty(),
+            "{} records before the position was known",
+            records.len()
+        );
+    }
+}
+
 fn index(record: &ConsumerRecord) -> usize {
     std::str::from_utf8(record.value.as_deref().unwrap())
         .unwrap()
@@ -154,24 +172,14 @@ async fn reads_librdkafkas_records_by_assignment_in_every_codec_and_seeks() {
     consumer.seek(&tp, Offset::Beginning).unwrap();
     let all = read(&consumer, 1).await;
     assert_eq!(all[0].offset, 0);
-    let all_p0: Vec<ConsumerRecord> = {
-        consumer.seek(&tp, Offset::At(0)).unwrap();
-        let mut records = Vec::new();
-        while let Ok(batch) = tokio::time::timeout(
-            Duration::from_secs(2),
-            consumer.poll(Duration::from_millis(300)),
-        )
-        .await
-        {
-            let batch = batch.unwrap();
-            if batch.is_empty() {
-                break;
-            }
-            records.extend(batch);
-        }
-        records
-    };
-    assert!(all_p0.len() > 10);
+    // The end first, then every record up to it.
+    consumer.seek(&tp, Offset::End).unwrap();
+    let end = position_once_known(&consumer, &tp).await;
+    assert!(end > 10, "partition 0 has {end} records");
+    consumer.seek(&tp, Offset::At(0)).unwrap();
+    let all_p0 = read(&consumer, usize::try_from(end).unwrap()).await;
+    assert_eq!(all_p0.len() as i64, end);
+    assert!(all_p0.iter().enumerate().all(|(i, r)| r.offset == i as i64));
     consumer.seek(&tp, Offset::At(5)).unwrap();
     assert_eq!(read(&consumer, 1).await[0].offset, 5);
     let target = &all_p0[7];
@@ -183,18 +191,9 @@ async fn reads_librdkafkas_records_by_assignment_in_every_codec_and_seeks() {
         got[0].offset, target.offset,
         "the first record at or after the timestamp"
     );
-    consumer.seek(&tp, Offset::End).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while consumer.position(&tp).is_none() && Instant::now() < deadline {
-        assert!(
-            consumer
-                .poll(Duration::from_millis(100))
-                .await
-                .unwrap()
-                .is_empty()
-        );
-    }
-    assert_eq!(consumer.position(&tp), Some(all_p0.len() as i64));
+    // A timestamp after every record: the end.
+    consumer.seek(&tp, Offset::Timestamp(i64::MAX / 2)).unwrap();
+    assert_eq!(position_once_known(&consumer, &tp).await, end);
 
     // Paused partitions return nothing until resumed.
     consumer.seek(&tp, Offset::At(0)).unwrap();
@@ -247,6 +246,8 @@ async fn a_subscribed_consumer_commits_and_a_successor_resumes_after_the_commit(
         ("group.id", "billing"),
         ("auto.offset.reset", "earliest"),
         ("enable.auto.commit", "false"),
+        // Longer than the wait below: only leaving can empty the group.
+        ("session.timeout.ms", "60000"),
     ];
     let consumer = Consumer::new(&config(&broker, &settings)).unwrap();
     let listener = Arc::new(Recorder::default());
@@ -266,6 +267,15 @@ async fn a_subscribed_consumer_commits_and_a_successor_resumes_after_the_commit(
     let total: i64 = committed.values().map(|o| o.unwrap()).sum();
     assert_eq!(total, 600);
     consumer.close().await.unwrap();
+    // The member left (LeaveGroup), it did not wait out its session.
+    let left = tokio::task::block_in_place(|| {
+        let c: BaseConsumer = broker.group_config("billing").create().unwrap();
+        common::wait_until(Duration::from_secs(30), || {
+            c.fetch_group_list(Some("billing"), Duration::from_secs(5))
+                .is_ok_and(|list| list.groups().iter().all(|g| g.members().is_empty()))
+        })
+    });
+    assert!(left, "the closed consumer is still a member of billing");
 
     // librdkafka sees the same commits.
     let rd_committed: i64 = tokio::task::block_in_place(|| {
@@ -301,10 +311,24 @@ async fn a_subscribed_consumer_commits_and_a_successor_resumes_after_the_commit(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_our_consumers_and_librdkafkas_shares_the_partitions() {
+    mixed_group("classic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kip848_group_of_our_consumers_and_librdkafkas_shares_the_partitions() {
+    mixed_group("consumer").await;
+}
+
+/// Two of our consumers and a librdkafka consumer in one group of
+/// `protocol` share six partitions: disjoint, every record once.
+async fn mixed_group(protocol: &str) {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(
         &dir.path().join("data"),
-        &["group.initial.rebalance.delay.ms=0"],
+        &[
+            "group.initial.rebalance.delay.ms=0",
+            "group.consumer.heartbeat.interval.ms=500",
+        ],
     );
     const PARTITIONS: i32 = 6;
     tokio::task::block_in_place(|| broker.create_topic("shared", PARTITIONS));
@@ -312,6 +336,7 @@ async fn a_group_of_our_consumers_and_librdkafkas_shares_the_partitions() {
         ("group.id", "mixed"),
         ("auto.offset.reset", "earliest"),
         ("heartbeat.interval.ms", "300"),
+        ("group.protocol", protocol),
     ];
     let ours: Vec<Consumer> = (0..2)
         .map(|_| Consumer::new(&config(&broker, &settings)).unwrap())
@@ -321,7 +346,10 @@ async fn a_group_of_our_consumers_and_librdkafkas_shares_the_partitions() {
     }
     let theirs: BaseConsumer = {
         let mut config = broker.group_config("mixed");
-        config.set("heartbeat.interval.ms", "300");
+        config.set("group.protocol", protocol);
+        if protocol == "classic" {
+            config.set("heartbeat.interval.ms", "300");
+        }
         config.create().unwrap()
     };
     theirs.subscribe(&["shared"]).unwrap();

@@ -30,8 +30,9 @@ const HEARTBEAT_VERSION: i16 = 4;
 const LEAVE_GROUP_VERSION: i16 = 5;
 /// v8+ batches groups; one group per request needs no more.
 const OFFSET_FETCH_VERSION: i16 = 7;
-/// v9+ is for KIP-848 member epochs; a classic member needs v8 at most.
+/// v9+ carries KIP-848 member epochs; a classic member needs v8 at most.
 const OFFSET_COMMIT_VERSION: i16 = 8;
+const OFFSET_COMMIT_VERSION_KIP848: i16 = 9;
 
 /// The consumer protocol's metadata and assignment versions written: v0 is
 /// what every client reads.
@@ -49,6 +50,8 @@ pub(crate) struct Membership {
     pub(crate) instance_id: Option<String>,
     pub(crate) generation: i32,
     pub(crate) coordinator: Option<i32>,
+    /// A KIP-848 member: `generation` is its member epoch.
+    pub(crate) consumer_protocol: bool,
 }
 
 impl Membership {
@@ -59,6 +62,7 @@ impl Membership {
             instance_id,
             generation: -1,
             coordinator: None,
+            consumer_protocol: false,
         }
     }
 }
@@ -316,16 +320,23 @@ pub(crate) async fn leave(cluster: &Cluster, membership: &Membership) -> Result<
     if membership.instance_id.is_some() {
         return Ok(());
     }
-    let request = LeaveGroupRequest::default()
-        .with_group_id(GroupId(str_bytes(&membership.group)))
-        .with_member_id(str_bytes(&membership.member_id))
-        .with_members(vec![
+    let conn = cluster.connection(Route::Coordinator(node)).await?;
+    let version = conn.version::<LeaveGroupRequest>(LEAVE_GROUP_VERSION)?;
+    // v3+ names the leaving members in a list, older versions the one member.
+    let request = LeaveGroupRequest::default().with_group_id(GroupId(str_bytes(&membership.group)));
+    let request = if version >= 3 {
+        request.with_members(vec![
             MemberIdentity::default().with_member_id(str_bytes(&membership.member_id)),
-        ]);
-    let response = cluster
-        .send(Route::Coordinator(node), LEAVE_GROUP_VERSION, &request)
-        .await?;
-    Error::check(response.error_code, None)
+        ])
+    } else {
+        request.with_member_id(str_bytes(&membership.member_id))
+    };
+    let response = conn.send_at(version, &request).await?;
+    Error::check(response.error_code, None)?;
+    for member in &response.members {
+        Error::check(member.error_code, None)?;
+    }
+    Ok(())
 }
 
 /// Commits `offsets`; as a member of the current generation when `member`,
@@ -375,8 +386,13 @@ pub(crate) async fn commit(
                 .collect(),
         );
     let result = async {
+        let version = if membership.consumer_protocol {
+            OFFSET_COMMIT_VERSION_KIP848
+        } else {
+            OFFSET_COMMIT_VERSION
+        };
         let response = cluster
-            .send(Route::Coordinator(node), OFFSET_COMMIT_VERSION, &request)
+            .send(Route::Coordinator(node), version, &request)
             .await?;
         for topic in response.topics {
             for p in topic.partitions {

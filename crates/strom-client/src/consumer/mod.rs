@@ -23,6 +23,7 @@
 
 mod assignor;
 mod group;
+mod kip848;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -77,6 +78,7 @@ const CONSUMER: &[&str] = &[
     "heartbeat.interval.ms",
     "max.poll.interval.ms",
     "partition.assignment.strategy",
+    "group.remote.assignor",
     "check.crcs",
 ];
 
@@ -178,6 +180,9 @@ struct Settings {
     group: GroupSettings,
     heartbeat_interval: Duration,
     check_crcs: bool,
+    /// `group.protocol=consumer`: KIP-848's protocol.
+    consumer_protocol: bool,
+    remote_assignor: Option<String>,
 }
 
 impl Settings {
@@ -204,15 +209,16 @@ impl Settings {
                 ));
             }
         };
-        match config.get("group.protocol").map(str::trim) {
-            None | Some("classic") => {}
+        let consumer_protocol = match config.get("group.protocol").map(str::trim) {
+            None | Some("classic") => false,
+            Some("consumer") => true,
             Some(other) => {
                 return Err(Error::config(
                     "group.protocol",
-                    format!("{other:?}: this consumer speaks the classic protocol"),
+                    format!("{other:?} is not classic or consumer"),
                 ));
             }
-        }
+        };
         if let Some(strategies) = config.get("partition.assignment.strategy") {
             for s in strategies
                 .split(',')
@@ -249,6 +255,8 @@ impl Settings {
             },
             heartbeat_interval: config.millis("heartbeat.interval.ms", 3_000)?,
             check_crcs: config.boolean("check.crcs", true)?,
+            consumer_protocol,
+            remote_assignor: config.get("group.remote.assignor").map(str::to_owned),
         })
     }
 }
@@ -292,6 +300,8 @@ struct State {
     cursor: usize,
     /// The membership of the last join.
     group_metadata: Option<ConsumerGroupMetadata>,
+    /// The member of a KIP-848 group.
+    kip848: Option<kip848::Member>,
     closed: bool,
 }
 
@@ -323,6 +333,8 @@ struct Shared {
     data: Notify,
     /// The fetcher should look again.
     fetch_wake: Notify,
+    /// A KIP-848 member should heartbeat now (to acknowledge a reconciliation).
+    heartbeat_now: Notify,
     group: tokio::sync::Mutex<Option<GroupCtx>>,
     listener: Mutex<Option<Arc<dyn RebalanceListener>>>,
 }
@@ -377,6 +389,7 @@ impl Consumer {
             state: Mutex::new(State::default()),
             data: Notify::new(),
             fetch_wake: Notify::new(),
+            heartbeat_now: Notify::new(),
             group: tokio::sync::Mutex::new(group),
             listener: Mutex::new(None),
         });
@@ -417,7 +430,13 @@ impl Consumer {
         }
         let mut state = self.shared.state.lock();
         state.subscription = Some(topics.iter().map(|t| (*t).to_owned()).collect());
-        state.rejoin = true;
+        state.rejoin = !self.shared.settings.consumer_protocol;
+        if self.shared.settings.consumer_protocol {
+            state
+                .kip848
+                .get_or_insert_with(kip848::Member::new)
+                .subscription_changed();
+        }
         self.shared
             .cluster
             .want(topics.iter().map(|t| (*t).to_owned()));
@@ -439,6 +458,14 @@ impl Consumer {
     /// the group alone.
     pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
         let state = self.shared.state.lock();
+        if let (Some(m), Some(group)) = (&state.kip848, &self.shared.settings.group_id) {
+            return Some(ConsumerGroupMetadata {
+                group_id: group.clone(),
+                generation_id: m.epoch,
+                member_id: m.member_id.clone(),
+                group_instance_id: self.shared.settings.instance_id.clone(),
+            });
+        }
         match (&state.group_metadata, &state.subscription) {
             (Some(meta), Some(_)) => Some(meta.clone()),
             _ => self
@@ -645,6 +672,10 @@ impl Consumer {
         let Some(ctx) = group.as_mut() else {
             return Ok(true);
         };
+        if shared.settings.consumer_protocol {
+            self.maintain_kip848(ctx).await?;
+            return Ok(true);
+        }
         let (subscription, rejoin, heartbeat_error) = {
             let mut state = shared.state.lock();
             (
@@ -741,6 +772,69 @@ impl Consumer {
         Ok(true)
     }
 
+    /// KIP-848: keeps the heartbeat running and reconciles a new assignment.
+    async fn maintain_kip848(&self, ctx: &mut GroupCtx) -> Result<()> {
+        let shared = &self.shared;
+        if shared.state.lock().subscription.is_none() {
+            return Ok(());
+        }
+        if ctx.heartbeat.is_none() {
+            ctx.heartbeat = Some(kip848::spawn_heartbeat(Arc::clone(shared)));
+        }
+        self.sync_kip848_membership(ctx);
+        if let Some(change) = kip848::plan(shared).await? {
+            if !change.revoked.is_empty() {
+                if shared.settings.auto_commit {
+                    let revoked: BTreeSet<&TopicPartition> = change.revoked.iter().collect();
+                    let offsets: BTreeMap<TopicPartition, i64> = self
+                        .positions()
+                        .into_iter()
+                        .filter(|(tp, _)| revoked.contains(tp))
+                        .collect();
+                    if let Err(error) =
+                        group::commit(&shared.cluster, &mut ctx.membership, true, &offsets).await
+                    {
+                        tracing::warn!(%error, "committing revoked partitions failed");
+                    }
+                }
+                if let Some(listener) = shared.listener.lock().clone() {
+                    listener.on_partitions_revoked(&change.revoked);
+                }
+            }
+            kip848::complete(shared, &change);
+            shared
+                .cluster
+                .want(change.added.iter().map(|tp| tp.topic.clone()));
+            ctx.joined = true;
+            if !change.added.is_empty()
+                && let Some(listener) = shared.listener.lock().clone()
+            {
+                listener.on_partitions_assigned(&change.added);
+            }
+        }
+        if shared.settings.auto_commit
+            && ctx.last_auto_commit.elapsed() >= shared.settings.auto_commit_interval
+        {
+            ctx.last_auto_commit = Instant::now();
+            let offsets = self.positions();
+            if let Err(error) =
+                group::commit(&shared.cluster, &mut ctx.membership, true, &offsets).await
+            {
+                tracing::warn!(%error, "auto commit failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits of a KIP-848 member carry its id and epoch.
+    fn sync_kip848_membership(&self, ctx: &mut GroupCtx) {
+        if let Some(m) = &self.shared.state.lock().kip848 {
+            ctx.membership.member_id.clone_from(&m.member_id);
+            ctx.membership.generation = m.epoch;
+            ctx.membership.consumer_protocol = true;
+        }
+    }
+
     /// The positions of the assigned partitions that have one.
     pub fn positions(&self) -> BTreeMap<TopicPartition, i64> {
         self.shared
@@ -766,6 +860,7 @@ impl Consumer {
             .as_mut()
             .ok_or_else(|| Error::config("group.id", "committing needs a group.id"))?;
         let member = ctx.joined && self.shared.state.lock().subscription.is_some();
+        self.sync_kip848_membership(ctx);
         group::commit(&self.shared.cluster, &mut ctx.membership, member, offsets).await
     }
 
@@ -810,6 +905,7 @@ impl Consumer {
                 if let Some(joining) = ctx.joining.take() {
                     joining.abort();
                 }
+                self.sync_kip848_membership(ctx);
                 if self.shared.settings.auto_commit {
                     let offsets = self.positions();
                     result = group::commit(
@@ -820,7 +916,11 @@ impl Consumer {
                     )
                     .await;
                 }
-                if ctx.joined
+                if self.shared.settings.consumer_protocol {
+                    if let Err(error) = kip848::heartbeat_once(&self.shared, Some(())).await {
+                        tracing::debug!(%error, "leaving the group failed");
+                    }
+                } else if ctx.joined
                     && let Err(error) = group::leave(&self.shared.cluster, &ctx.membership).await
                 {
                     tracing::debug!(%error, "leaving the group failed");
