@@ -1017,7 +1017,7 @@ fn take_records(state: &mut State, max: usize) -> Vec<ConsumerRecord> {
                 break;
             };
             part.buffered_bytes = part.buffered_bytes.saturating_sub(record_bytes(&record));
-            part.position = Some(record.offset + 1);
+            part.position = Some(record.offset.saturating_add(1));
             out.push(record);
         }
         if part.buffered.is_empty() {

@@ -1056,7 +1056,7 @@ fn complete(shared: &Shared, batch: Batch, outcome: Result<(i64, i64)>) {
                 offset: if *base < 0 {
                     -1
                 } else {
-                    base + i64::try_from(i).unwrap_or(0)
+                    base.saturating_add(i64::try_from(i).unwrap_or(0))
                 },
                 timestamp: if *append_time >= 0 {
                     *append_time
