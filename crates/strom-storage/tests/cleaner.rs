@@ -917,6 +917,69 @@ fn transaction_hooks_drop_aborted_data_and_cap_the_dirty_section() {
 }
 
 #[test]
+fn the_aborted_transaction_index_survives_cleaning_and_restarts() {
+    let f = Fixture::new();
+    let log = f.log(compacted());
+    write_rounds(&log, 5, 10, 100, T0);
+    let mut aborted = RecordBatchBuilder::new(Compression::None)
+        .producer(9, 0, 0)
+        .transactional(true);
+    aborted.push(T0, Some(b"k1"), Some(b"aborted"), &[]);
+    let first = log
+        .append_as_leader(&aborted.build().unwrap(), 0, AppendOrigin::Client)
+        .unwrap()
+        .first_offset;
+    write_rounds(&log, 5, 10, 100, T0);
+    let marker = strom_protocol::builder::end_txn_marker_batch(
+        0,
+        T0,
+        0,
+        9,
+        0,
+        record::EndTxnMarker {
+            commit: false,
+            coordinator_epoch: 1,
+        },
+    );
+    let marker_offset = log
+        .append_as_leader(&marker, 0, AppendOrigin::Coordinator)
+        .unwrap()
+        .first_offset;
+    write_rounds(&log, 5, 10, 100, T0);
+    roll(&log, T0);
+    let expected = log.aborted_transactions(0, log.log_end_offset()).unwrap();
+    assert_eq!(
+        expected
+            .iter()
+            .map(|t| (t.producer_id, t.first_offset, t.last_offset))
+            .collect::<Vec<_>>(),
+        vec![(9, first, marker_offset)]
+    );
+    let stats = f.clean();
+    assert!(stats.segments_written > 0 && stats.records_kept < stats.records_read);
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        expected
+    );
+    drop(log);
+    // A crash after the clean: recovery rebuilds what it recovers, the
+    // cleaned segment keeps its index.
+    let f = f.reopen(false);
+    let log = f.log(compacted());
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        expected
+    );
+    drop(log);
+    let f = f.reopen(true);
+    let log = f.log(compacted());
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        expected
+    );
+}
+
+#[test]
 fn a_cleaned_log_keeps_its_gaps_through_recovery_after_a_switch_to_delete() {
     let f = Fixture::new();
     let log = f.log(compacted());

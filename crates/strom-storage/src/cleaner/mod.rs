@@ -84,13 +84,15 @@ impl Default for CleanerConfig {
 /// What transactions plug into the cleaner: the first unstable offset it must
 /// not pass, and which batches it may drop (Kafka's last stable offset and
 /// `CleanedTransactionMetadata`). The default keeps every transactional
-/// batch and marker and puts no cap on the dirty section beyond the high
-/// watermark.
+/// batch and marker (and their aborted-transaction index entries) and stops
+/// the dirty section at the log's first unstable offset.
 pub trait TxnCleanHooks: Send + Sync + fmt::Debug {
     /// The offset of the first record of the log's oldest open transaction;
-    /// the cleaner stops below it. `None`: no open transaction.
-    fn first_unstable_offset(&self, _log: &PartitionLog) -> Option<i64> {
-        None
+    /// the cleaner stops below it. `None`: no open transaction. The log's
+    /// own first unstable offset (open transactions and markers the high
+    /// watermark has not passed) by default.
+    fn first_unstable_offset(&self, log: &PartitionLog) -> Option<i64> {
+        log.first_unstable_offset()
     }
 
     /// A walk over `log`'s batches in offset order, covering `[from, to)`:

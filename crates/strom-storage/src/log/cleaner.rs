@@ -71,7 +71,7 @@ use super::producer_state::LastRecord;
 use super::scan::{BatchScanner, Scanned};
 use super::segment::{
     CLEANED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, Segment, SegmentWriter,
-    TIME_INDEX_SUFFIX, staged_path,
+    TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX, staged_path,
 };
 use super::{MAX_DECOMPRESSED_BATCH_BYTES, PartitionLog};
 use crate::checkpoint;
@@ -243,7 +243,7 @@ impl PartitionLog {
             return Ok(section);
         };
         let mut first_uncleanable = active.base_offset().min(self.high_watermark());
-        // The transactions work caps this at the first unstable offset.
+        // Kafka: never past the first unstable offset.
         if let Some(unstable) = hooks.first_unstable_offset(self) {
             first_uncleanable = first_uncleanable.min(unstable);
         }
@@ -497,6 +497,8 @@ impl PartitionLog {
             SegmentWriter::create(&self.dir, base, u64::from(config.index_interval_bytes))
                 .map_err(io)?;
         for segment in group {
+            // Markers are kept today, so is every entry of their index.
+            out.add_aborted_txns(segment.aborted_txn_entries().map_err(io)?);
             let size = segment.size();
             let log = segment.file(FileKind::Log).map_err(io)?;
             let mut scanner = BatchScanner::new(&log, 0, size);
@@ -588,7 +590,7 @@ impl PartitionLog {
         };
         let io = |e| CleanError::io(self, e);
         // 1. The commit point: the log's `.swap` name, after its indexes'.
-        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
             rename(suffix, CLEANED_SUFFIX, SWAP_SUFFIX).map_err(io)?;
         }
         control.crash(index, CrashPoint::IndexesSwapped)?;
@@ -609,7 +611,7 @@ impl PartitionLog {
             }
             control.crash(index, CrashPoint::OldDeleted)?;
             // 3. The swap takes its final names, the log last.
-            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
                 rename(suffix, SWAP_SUFFIX, "").map_err(io)?;
             }
             control.crash(index, CrashPoint::IndexesFinal)?;
