@@ -286,6 +286,7 @@ pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
         AppendError::OffsetOutOfOrder { .. } => ErrorCode::InvalidRecord,
         AppendError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
+        AppendError::InvalidTxnState { .. } => ErrorCode::InvalidTxnState,
         AppendError::Io(_) => ErrorCode::KafkaStorageError,
         AppendError::Offline => ErrorCode::NotLeaderOrFollower,
         _ => ErrorCode::UnknownServerError,
