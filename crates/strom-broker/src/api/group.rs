@@ -166,10 +166,18 @@ pub async fn find_coordinator(
                             "The coordinator is not available.".to_owned(),
                         ))
                     }),
-                    KEY_TYPE_TRANSACTION => Err((
-                        ErrorCode::CoordinatorNotAvailable,
-                        "Transactions are not supported by this broker yet.".to_owned(),
-                    )),
+                    KEY_TYPE_TRANSACTION => crate::txn::coordinator_for(
+                        &broker_for_task,
+                        &broker_for_task.txn.config,
+                        &key,
+                    )
+                    .map_err(|e| (e, "The coordinator is not available.".to_owned()))
+                    .and_then(|node| {
+                        endpoint(&broker_for_task, node).ok_or((
+                            ErrorCode::CoordinatorNotAvailable,
+                            "The coordinator is not available.".to_owned(),
+                        ))
+                    }),
                     other => Err((
                         ErrorCode::InvalidRequest,
                         format!("Unknown coordinator type {other}."),
@@ -1255,5 +1263,5 @@ pub async fn consumer_group_describe(
 
 /// Topics this broker refuses to take client writes for.
 pub fn is_internal(topic: &str) -> bool {
-    topic == OFFSETS_TOPIC
+    topic == crate::txn::store::TRANSACTION_STATE_TOPIC || topic == OFFSETS_TOPIC
 }
