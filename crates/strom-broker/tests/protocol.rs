@@ -1146,6 +1146,57 @@ async fn every_advertised_version_of_every_api_is_answered() {
                         "v{version}"
                     );
                 }
+                ApiKey::DescribeTransactions => {
+                    let request = DescribeTransactionsRequest::default()
+                        .with_transactional_ids(vec![txn_id("apt-v0"), txn_id("never-seen")]);
+                    let r: DescribeTransactionsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    let known = &r.transaction_states[0];
+                    assert_eq!(known.error_code, 0, "v{version}");
+                    assert_eq!(known.transaction_state.as_str(), "Ongoing", "v{version}");
+                    assert_eq!(known.topics[0].partitions, vec![0], "v{version}");
+                    assert_eq!(
+                        r.transaction_states[1].error_code,
+                        ErrorCode::TransactionalIdNotFound.code(),
+                        "v{version}"
+                    );
+                }
+                ApiKey::ListTransactions => {
+                    let request = ListTransactionsRequest::default()
+                        .with_state_filters(vec![
+                            StrBytes::from_static_str("CompleteCommit"),
+                            StrBytes::from_static_str("NoSuchState"),
+                        ])
+                        .with_duration_filter(-1);
+                    let r: ListTransactionsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert_eq!(r.unknown_state_filters.len(), 1, "v{version}");
+                    assert!(
+                        r.transaction_states
+                            .iter()
+                            .any(|t| t.transactional_id.as_str() == "end-v0"),
+                        "v{version}"
+                    );
+                    assert!(
+                        r.transaction_states
+                            .iter()
+                            .all(|t| t.transaction_state.as_str() == "CompleteCommit"),
+                        "v{version}"
+                    );
+                }
+                ApiKey::DescribeProducers => {
+                    let request = DescribeProducersRequest::default().with_topics(vec![
+                        describe_producers_request::TopicRequest::default()
+                            .with_name(name("all"))
+                            .with_partition_indexes(vec![0]),
+                    ]);
+                    let r: DescribeProducersResponse =
+                        exchange(&broker, key, version, &request).await;
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "v{version}");
+                    assert!(!p.active_producers.is_empty(), "v{version}");
+                }
                 other => panic!("no request written for {other:?}: add one when advertising it"),
             }
         }

@@ -75,6 +75,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::EndTxn, 0, 4),
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// Whether requests of `key` may wait long for something other than the
@@ -266,6 +269,17 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr
         }),
         ApiKey::TxnOffsetCommit => decode_and!(frame, kafka::TxnOffsetCommitRequest, |req| {
             respond(frame, &txn::txn_offset_commit(broker, req, version).await)
+        }),
+        ApiKey::DescribeTransactions => {
+            decode_and!(frame, kafka::DescribeTransactionsRequest, |req| {
+                respond(frame, &txn::describe_transactions(broker, req).await)
+            })
+        }
+        ApiKey::ListTransactions => decode_and!(frame, kafka::ListTransactionsRequest, |req| {
+            respond(frame, &txn::list_transactions(broker, req, version).await)
+        }),
+        ApiKey::DescribeProducers => decode_and!(frame, kafka::DescribeProducersRequest, |req| {
+            respond(frame, &txn::describe_producers(broker, req))
         }),
         other => Reply::Close(format!("no handler for {other:?}")),
     }

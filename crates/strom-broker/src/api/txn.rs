@@ -1,5 +1,6 @@
 //! The transaction APIs: AddPartitionsToTxn, AddOffsetsToTxn, EndTxn,
-//! TxnOffsetCommit and WriteTxnMarkers. InitProducerId is in
+//! TxnOffsetCommit and WriteTxnMarkers, and the admin views
+//! DescribeTransactions, ListTransactions and DescribeProducers. InitProducerId is in
 //! `init_producer_id`, FindCoordinator in `group`. The work is the
 //! transaction coordinator's ([`crate::txn`]) and, for offsets, the group
 //! coordinator's.
@@ -22,11 +23,18 @@ use strom_protocol::messages::kafka::{
         WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
     },
 };
+use strom_protocol::messages::kafka::{
+    DescribeProducersRequest, DescribeProducersResponse, DescribeTransactionsRequest,
+    DescribeTransactionsResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TransactionalId, describe_producers_response, describe_transactions_response,
+    list_transactions_response,
+};
 
 use crate::broker::Broker;
 use crate::group::store::{OFFSETS_TOPIC, OffsetValue};
+use crate::txn::fenced;
 use crate::txn::markers::{self, MarkerRequest};
-use crate::txn::{fenced, store::TRANSACTION_STATE_TOPIC};
+use crate::txn::store::{TRANSACTION_STATE_TOPIC, TxnStatus};
 
 /// Partitions with the error each gets.
 type PartitionErrors = Vec<((String, i32), ErrorCode)>;
@@ -419,4 +427,161 @@ pub async fn write_txn_markers(
         );
     }
     WriteTxnMarkersResponse::default().with_markers(results)
+}
+
+/// DescribeTransactions: the state of each transactional id this broker
+/// coordinates.
+pub async fn describe_transactions(
+    broker: &Arc<Broker>,
+    req: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    let mut states = Vec::with_capacity(req.transactional_ids.len());
+    for id in &req.transactional_ids {
+        let mut out = describe_transactions_response::TransactionState::default()
+            .with_transactional_id(id.clone())
+            .with_transaction_start_time_ms(-1)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        if let Some(e) = broker.txn.coordinator_error(broker, id.as_str()).await {
+            states.push(out.with_error_code(e.code()));
+            continue;
+        }
+        let state = broker.txn.lock().await;
+        match state.ids.get(id.as_str()) {
+            None => out = out.with_error_code(ErrorCode::TransactionalIdNotFound.code()),
+            Some(txn) => {
+                let mut topics: Vec<describe_transactions_response::TopicData> = Vec::new();
+                for (topic, partition) in &txn.partitions {
+                    match topics.last_mut() {
+                        Some(t) if t.topic.0.as_str() == topic => t.partitions.push(*partition),
+                        _ => topics.push(
+                            describe_transactions_response::TopicData::default()
+                                .with_topic(topic_name(topic))
+                                .with_partitions(vec![*partition]),
+                        ),
+                    }
+                }
+                out = out
+                    .with_transaction_state(StrBytes::from_static_str(txn.status.name()))
+                    .with_transaction_timeout_ms(txn.timeout_ms)
+                    .with_transaction_start_time_ms(txn.start_ms)
+                    .with_producer_id(ProducerId(txn.producer_id))
+                    .with_producer_epoch(txn.producer_epoch)
+                    .with_topics(topics);
+            }
+        }
+        states.push(out);
+    }
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+/// ListTransactions (v0–1): the transactional ids this broker coordinates,
+/// filtered by state names, producer ids and (v1) how long their transaction
+/// has been open. Unknown state names are returned as such, as Kafka does.
+pub async fn list_transactions(
+    broker: &Arc<Broker>,
+    req: ListTransactionsRequest,
+    version: i16,
+) -> ListTransactionsResponse {
+    const STATES: [TxnStatus; 8] = [
+        TxnStatus::Empty,
+        TxnStatus::Ongoing,
+        TxnStatus::PrepareCommit,
+        TxnStatus::PrepareAbort,
+        TxnStatus::CompleteCommit,
+        TxnStatus::CompleteAbort,
+        TxnStatus::Dead,
+        TxnStatus::PrepareEpochFence,
+    ];
+    let mut unknown = Vec::new();
+    let mut wanted = HashSet::new();
+    for name in &req.state_filters {
+        match STATES.iter().find(|s| s.name() == name.as_str()) {
+            Some(s) => {
+                wanted.insert(s.id());
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    let producers: HashSet<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
+    let now = broker.clock.now_ms();
+    let min_duration = if version >= 1 {
+        req.duration_filter
+    } else {
+        -1
+    };
+    let state = broker.txn.lock().await;
+    let mut listed: Vec<list_transactions_response::TransactionState> = state
+        .ids
+        .iter()
+        .filter(|(id, _)| broker.txn.coordinates(broker, id))
+        .filter(|(_, t)| req.state_filters.is_empty() || wanted.contains(&t.status.id()))
+        .filter(|(_, t)| producers.is_empty() || producers.contains(&t.producer_id))
+        .filter(|(_, t)| {
+            min_duration < 0
+                || (t.status == TxnStatus::Ongoing && now.saturating_sub(t.start_ms) > min_duration)
+        })
+        .map(|(id, t)| {
+            list_transactions_response::TransactionState::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(id.clone())))
+                .with_producer_id(ProducerId(t.producer_id))
+                .with_transaction_state(StrBytes::from_static_str(t.status.name()))
+        })
+        .collect();
+    listed.sort_by(|a, b| a.transactional_id.as_str().cmp(b.transactional_id.as_str()));
+    ListTransactionsResponse::default()
+        .with_unknown_state_filters(unknown)
+        .with_transaction_states(listed)
+}
+
+/// DescribeProducers: the producer state of partitions this broker leads
+/// (Kafka's view of idempotent and transactional producers per partition).
+pub fn describe_producers(
+    broker: &Broker,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let image = broker.image();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|index| {
+                    let response = describe_producers_response::PartitionResponse::default()
+                        .with_partition_index(*index);
+                    let Some(meta) = image.partition(t.name.as_str(), *index) else {
+                        return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+                    };
+                    let partition = broker.replicas.get(t.name.as_str(), *index);
+                    let Some(partition) = partition.filter(|_| meta.leader == broker.node_id)
+                    else {
+                        return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+                    };
+                    let producers = partition
+                        .log
+                        .producer_states()
+                        .into_iter()
+                        .map(|p| {
+                            describe_producers_response::ProducerState::default()
+                                .with_producer_id(ProducerId(p.producer_id))
+                                .with_producer_epoch(i32::from(p.producer_epoch))
+                                .with_last_sequence(p.last_sequence)
+                                .with_last_timestamp(p.last_timestamp)
+                                .with_coordinator_epoch(-1)
+                                .with_current_txn_start_offset(
+                                    p.current_txn_first_offset.unwrap_or(-1),
+                                )
+                        })
+                        .collect();
+                    response.with_active_producers(producers)
+                })
+                .collect();
+            describe_producers_response::TopicResponse::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
 }

@@ -296,6 +296,12 @@ impl TxnCoordinator {
         }
     }
 
+    /// Whether this broker coordinates `transactional_id` now.
+    pub fn coordinates(&self, broker: &Broker, transactional_id: &str) -> bool {
+        let image = broker.image();
+        txn_partition(&image, transactional_id).is_some_and(|(_, p)| p.leader == broker.node_id)
+    }
+
     /// Persists `value` (or the deletion) of `transactional_id`. Call with
     /// the state lock held; the state changes only once this succeeded.
     async fn persist(
