@@ -39,7 +39,8 @@ pub mod log;
 pub mod manager;
 
 pub use cleaner::{
-    CleanOutcome, CleanStats, CleanerConfig, NoTxnCleanHooks, TxnCleanHooks, TxnCleanPass,
+    CleanOutcome, CleanStats, CleanerConfig, NoTxnCleanHooks, TransactionCleanHooks, TxnCleanHooks,
+    TxnCleanPass,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::LogConfig;

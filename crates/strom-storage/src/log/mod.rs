@@ -49,6 +49,7 @@ use self::producer_state::{
 pub use self::producer_state::{
     MAX_PRODUCERS_PER_PARTITION, NUM_BATCHES_TO_RETAIN, ProducerStateView,
 };
+pub(crate) use self::producer_state::{TxnMarker, read_marker};
 use self::scan::{BatchScanner, Scanned};
 use self::segment::{
     AppendFailure, AppendedBatch, CLEANED_SUFFIX, DELETED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX,

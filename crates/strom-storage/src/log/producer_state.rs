@@ -310,7 +310,7 @@ const MAX_CONTROL_BATCH_RECORD_BYTES: usize = 4096;
 /// The marker a control batch holds; `None` for an empty control batch (the
 /// cleaner removed its record) or a control record that is not a
 /// transaction marker, which change no producer state (as in Kafka).
-fn read_marker(bytes: &[u8]) -> Option<TxnMarker> {
+pub(crate) fn read_marker(bytes: &[u8]) -> Option<TxnMarker> {
     let batch = bytes::Bytes::copy_from_slice(bytes);
     let mut records =
         strom_protocol::record::records(&batch, MAX_CONTROL_BATCH_RECORD_BYTES).ok()?;
