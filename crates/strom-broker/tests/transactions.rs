@@ -354,6 +354,20 @@ async fn the_coordinator_commits_aborts_fences_and_times_out() {
     assert_eq!(r.error_code, 0);
     assert_eq!(txn_offset_commit(&mut raw, "tx", "g", pid, 0, 42).await, 0);
     assert_eq!(fetched_committed(&mut raw, "g", "a").await, -1);
+    // A read_committed consumer asks for stable offsets: it must wait.
+    let stable = OffsetFetchRequest::default()
+        .with_group_id(group_id("g"))
+        .with_require_stable(true)
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(name("a"))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let r: OffsetFetchResponse = raw.call(ApiKey::OffsetFetch, 7, &stable).await;
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        ErrorCode::UnstableOffsetCommit.code()
+    );
     assert_eq!(latest(&mut raw, "a", 1).await, 0, "open: nothing stable");
 
     assert_eq!(end(&mut raw, "tx", pid, 0, true).await, 0);
