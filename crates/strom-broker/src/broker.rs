@@ -30,6 +30,7 @@ use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
 use crate::group::{GroupConfig, GroupCoordinator};
 use crate::replica::ReplicaManager;
+use crate::txn::{TxnConfig, TxnCoordinator};
 
 /// Directory of the metadata log inside the data directory.
 const META_DIR: &str = "meta";
@@ -80,6 +81,7 @@ pub struct Broker {
     pub replicas: ReplicaManager,
     pub fetch_sessions: Mutex<FetchSessionCache>,
     pub groups: GroupCoordinator,
+    pub txn: TxnCoordinator,
     pub clock: Arc<dyn Clock>,
     metadata_log: Arc<PartitionLog>,
     producer_ids: Mutex<ProducerIds>,
@@ -201,6 +203,9 @@ pub async fn start_with_clock(
     broker
         .tasks
         .spawn(GroupCoordinator::run_timers(Arc::clone(&broker)));
+    broker
+        .tasks
+        .spawn(TxnCoordinator::run_timers(Arc::clone(&broker)));
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -305,6 +310,7 @@ fn open(
         &replicas,
         clock.now_ms(),
     );
+    let txn = TxnCoordinator::open(TxnConfig::from_properties(&config.properties)?, &replicas);
     Ok(Broker {
         node_id: config.node_id,
         advertised_host,
@@ -314,6 +320,7 @@ fn open(
         replicas,
         fetch_sessions: Mutex::new(fetch_sessions),
         groups,
+        txn,
         clock,
         metadata_log,
         producer_ids: Mutex::new(ProducerIds::default()),

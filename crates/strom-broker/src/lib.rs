@@ -14,6 +14,8 @@
 //! - [`config`]: broker properties with Kafka's names; topic config definitions.
 //! - [`group`]: the group coordinator: consumer groups (classic and KIP-848)
 //!   and committed offsets, kept in `__consumer_offsets`.
+//! - [`txn`]: the transaction coordinator: transactional ids, their
+//!   transactions' state in `__transaction_state`, markers (WriteTxnMarkers).
 
 pub mod api;
 pub mod broker;
@@ -21,6 +23,7 @@ pub mod config;
 pub mod group;
 pub mod replica;
 pub mod server;
+pub mod txn;
 
 pub use broker::{Broker, RunningBroker, start};
 pub use config::BrokerConfig;

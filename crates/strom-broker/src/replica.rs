@@ -53,9 +53,14 @@ impl Partition {
         self.high_watermark.load(Ordering::Acquire)
     }
 
-    /// The last stable offset: the high watermark until transactions exist.
+    /// The last stable offset (KIP-98): the high watermark, or the first
+    /// offset of the oldest transaction that is open or whose marker the
+    /// high watermark has not passed, whichever is lower.
     pub fn last_stable_offset(&self) -> i64 {
-        self.high_watermark()
+        let high_watermark = self.high_watermark();
+        self.log
+            .first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
     }
 
     /// After an append: the in-sync replicas (just this broker) have the data.

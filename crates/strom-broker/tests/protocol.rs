@@ -565,6 +565,41 @@ async fn idempotent_producer_retries_are_answered_with_the_original_offsets() {
     broker.shutdown().await.unwrap();
 }
 
+fn txn_id(id: &str) -> TransactionalId {
+    TransactionalId(StrBytes::from_string(id.to_owned()))
+}
+
+/// InitProducerId for transactional id `id`: its producer id and epoch.
+async fn txn_init(broker: &RunningBroker, id: &str) -> (i64, i16) {
+    let request = InitProducerIdRequest::default()
+        .with_transactional_id(Some(txn_id(id)))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let r: InitProducerIdResponse = exchange(broker, ApiKey::InitProducerId, 4, &request).await;
+    assert_eq!(r.error_code, 0);
+    (r.producer_id.0, r.producer_epoch)
+}
+
+/// Adds partition 0 of `all` to `id`'s transaction.
+async fn txn_add(broker: &RunningBroker, id: &str, pid: i64, epoch: i16) {
+    let request = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(txn_id(id))
+        .with_v3_and_below_producer_id(ProducerId(pid))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(name("all"))
+                .with_partitions(vec![0]),
+        ]);
+    let r: AddPartitionsToTxnResponse =
+        exchange(broker, ApiKey::AddPartitionsToTxn, 3, &request).await;
+    assert_eq!(
+        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        0
+    );
+}
+
 /// Joins `group` as its only member with JoinGroup `version` (answering
 /// MEMBER_ID_REQUIRED from v4): the member id and generation.
 async fn join(broker: &RunningBroker, group: &str, version: i16) -> (String, i32) {
@@ -1003,6 +1038,164 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     assert_eq!(r.groups[0].error_code, 0, "v{version}");
                     assert_eq!(r.groups[0].members.len(), 1, "v{version}");
                     assert_eq!(r.groups[0].group_state.as_str(), "Stable", "v{version}");
+                }
+                ApiKey::AddPartitionsToTxn => {
+                    let id = format!("apt-v{version}");
+                    let (pid, epoch) = txn_init(&broker, &id).await;
+                    let topic = add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                        .with_name(name("all"))
+                        .with_partitions(vec![0]);
+                    let request = if version >= 4 {
+                        AddPartitionsToTxnRequest::default().with_transactions(vec![
+                            add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                                .with_transactional_id(txn_id(&id))
+                                .with_producer_id(ProducerId(pid))
+                                .with_producer_epoch(epoch)
+                                .with_topics(vec![topic]),
+                        ])
+                    } else {
+                        AddPartitionsToTxnRequest::default()
+                            .with_v3_and_below_transactional_id(txn_id(&id))
+                            .with_v3_and_below_producer_id(ProducerId(pid))
+                            .with_v3_and_below_producer_epoch(epoch)
+                            .with_v3_and_below_topics(vec![topic])
+                    };
+                    let r: AddPartitionsToTxnResponse =
+                        exchange(&broker, key, version, &request).await;
+                    let topics = if version >= 4 {
+                        assert_eq!(r.error_code, 0, "v{version}");
+                        r.results_by_transaction[0].topic_results.clone()
+                    } else {
+                        r.results_by_topic_v3_and_below
+                    };
+                    assert_eq!(
+                        topics[0].results_by_partition[0].partition_error_code, 0,
+                        "v{version}"
+                    );
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let id = format!("aot-v{version}");
+                    let (pid, epoch) = txn_init(&broker, &id).await;
+                    let request = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(txn_id(&id))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_group_id(GroupId(StrBytes::from_static_str("fetch")));
+                    let r: AddOffsetsToTxnResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::EndTxn => {
+                    let id = format!("end-v{version}");
+                    let (pid, epoch) = txn_init(&broker, &id).await;
+                    txn_add(&broker, &id, pid, epoch).await;
+                    let request = EndTxnRequest::default()
+                        .with_transactional_id(txn_id(&id))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_committed(true);
+                    let r: EndTxnResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                }
+                ApiKey::TxnOffsetCommit => {
+                    let id = format!("toc-v{version}");
+                    let (pid, epoch) = txn_init(&broker, &id).await;
+                    let add = AddOffsetsToTxnRequest::default()
+                        .with_transactional_id(txn_id(&id))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_group_id(GroupId(StrBytes::from_static_str("fetch")));
+                    let r: AddOffsetsToTxnResponse =
+                        exchange(&broker, ApiKey::AddOffsetsToTxn, 3, &add).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    let request = TxnOffsetCommitRequest::default()
+                        .with_transactional_id(txn_id(&id))
+                        .with_group_id(GroupId(StrBytes::from_static_str("fetch")))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_generation_id(-1)
+                        .with_topics(vec![
+                            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                                .with_name(name("all"))
+                                .with_partitions(vec![
+                                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                        .with_partition_index(0)
+                                        .with_committed_offset(1),
+                                ]),
+                        ]);
+                    let r: TxnOffsetCommitResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{version}");
+                }
+                ApiKey::WriteTxnMarkers => {
+                    let request = WriteTxnMarkersRequest::default().with_markers(vec![
+                        write_txn_markers_request::WritableTxnMarker::default()
+                            .with_producer_id(ProducerId(999_999))
+                            .with_producer_epoch(0)
+                            .with_transaction_result(false)
+                            .with_topics(vec![
+                                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                                    .with_name(name("all"))
+                                    .with_partition_indexes(vec![0]),
+                            ]),
+                    ]);
+                    let r: WriteTxnMarkersResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(
+                        r.markers[0].topics[0].partitions[0].error_code, 0,
+                        "v{version}"
+                    );
+                }
+                ApiKey::DescribeTransactions => {
+                    let request = DescribeTransactionsRequest::default()
+                        .with_transactional_ids(vec![txn_id("apt-v0"), txn_id("never-seen")]);
+                    let r: DescribeTransactionsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    let known = &r.transaction_states[0];
+                    assert_eq!(known.error_code, 0, "v{version}");
+                    assert_eq!(known.transaction_state.as_str(), "Ongoing", "v{version}");
+                    assert_eq!(known.topics[0].partitions, vec![0], "v{version}");
+                    assert_eq!(
+                        r.transaction_states[1].error_code,
+                        ErrorCode::TransactionalIdNotFound.code(),
+                        "v{version}"
+                    );
+                }
+                ApiKey::ListTransactions => {
+                    let request = ListTransactionsRequest::default()
+                        .with_state_filters(vec![
+                            StrBytes::from_static_str("CompleteCommit"),
+                            StrBytes::from_static_str("NoSuchState"),
+                        ])
+                        .with_duration_filter(-1);
+                    let r: ListTransactionsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert_eq!(r.unknown_state_filters.len(), 1, "v{version}");
+                    assert!(
+                        r.transaction_states
+                            .iter()
+                            .any(|t| t.transactional_id.as_str() == "end-v0"),
+                        "v{version}"
+                    );
+                    assert!(
+                        r.transaction_states
+                            .iter()
+                            .all(|t| t.transaction_state.as_str() == "CompleteCommit"),
+                        "v{version}"
+                    );
+                }
+                ApiKey::DescribeProducers => {
+                    let request = DescribeProducersRequest::default().with_topics(vec![
+                        describe_producers_request::TopicRequest::default()
+                            .with_name(name("all"))
+                            .with_partition_indexes(vec![0]),
+                    ]);
+                    let r: DescribeProducersResponse =
+                        exchange(&broker, key, version, &request).await;
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "v{version}");
+                    assert!(!p.active_producers.is_empty(), "v{version}");
                 }
                 other => panic!("no request written for {other:?}: add one when advertising it"),
             }

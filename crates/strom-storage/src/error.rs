@@ -57,6 +57,10 @@ pub enum AppendError {
         expected: i32,
         found: i32,
     },
+    /// A producer with an open transaction wrote a batch that is not
+    /// transactional (Kafka: INVALID_TXN_STATE).
+    #[error("producer {producer_id} has an open transaction and wrote a non-transactional batch")]
+    InvalidTxnState { producer_id: i64 },
     /// No batch in the request.
     #[error("no record batch to append")]
     Empty,

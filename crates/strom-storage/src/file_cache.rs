@@ -29,6 +29,9 @@ pub(crate) enum FileKind {
     OffsetIndex,
     /// `*.timeindex`: opened for positional reads and writes.
     TimeIndex,
+    /// `*.txnindex`: opened for positional reads and writes; exists only
+    /// once the segment holds an abort marker.
+    TxnIndex,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -114,7 +117,12 @@ impl FileCache {
     /// replaced or deleted.
     pub(crate) fn forget(&self, segment_id: u64) {
         let mut files = self.files.lock();
-        for kind in [FileKind::Log, FileKind::OffsetIndex, FileKind::TimeIndex] {
+        for kind in [
+            FileKind::Log,
+            FileKind::OffsetIndex,
+            FileKind::TimeIndex,
+            FileKind::TxnIndex,
+        ] {
             files.pop(&FileKey { segment_id, kind });
         }
     }
@@ -129,7 +137,7 @@ fn open_options(kind: FileKind) -> OpenOptions {
         FileKind::Log => options.append(true),
         // Index files take positional writes; pwrite ignores the offset on an
         // O_APPEND descriptor on Linux, so these must not use it.
-        FileKind::OffsetIndex | FileKind::TimeIndex => options.write(true),
+        FileKind::OffsetIndex | FileKind::TimeIndex | FileKind::TxnIndex => options.write(true),
     };
     options
 }

@@ -14,8 +14,9 @@
 //!   Inside it: `segment` (one `.log` with its indexes), `index` (the sparse
 //!   `.index` and `.timeindex` formats), `scan` (sequential batch reading),
 //!   `epoch_cache` (`leader-epoch-checkpoint`), `producer_state` (idempotent
-//!   producers' epochs and sequences, and their `.snapshot` files), `cleaner`
-//!   (compacting one log: the rewrite and the crash-safe `.cleaned`/`.swap`
+//!   producers' epochs and sequences, open transactions, and their
+//!   `.snapshot` files), `txn_index` (the aborted-transaction `.txnindex`),
+//!   `cleaner` (compacting one log: the rewrite and the crash-safe `.cleaned`/`.swap`
 //!   protocol). Retention is [`PartitionLog::delete_retained_segments`].
 //! - [`cleaner`]: the log cleaner of a data directory: choosing the filthiest
 //!   compacted log, `cleaner-offset-checkpoint`, the bounded offset map, the
@@ -38,7 +39,8 @@ pub mod log;
 pub mod manager;
 
 pub use cleaner::{
-    CleanOutcome, CleanStats, CleanerConfig, NoTxnCleanHooks, TxnCleanHooks, TxnCleanPass,
+    CleanOutcome, CleanStats, CleanerConfig, NoTxnCleanHooks, TransactionCleanHooks, TxnCleanHooks,
+    TxnCleanPass,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::LogConfig;

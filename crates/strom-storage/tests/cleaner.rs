@@ -917,6 +917,182 @@ fn transaction_hooks_drop_aborted_data_and_cap_the_dirty_section() {
 }
 
 #[test]
+fn the_aborted_transaction_index_survives_cleaning_and_restarts() {
+    let f = Fixture::new();
+    let log = f.log(compacted());
+    write_rounds(&log, 5, 10, 100, T0);
+    let mut aborted = RecordBatchBuilder::new(Compression::None)
+        .producer(9, 0, 0)
+        .transactional(true);
+    aborted.push(T0, Some(b"k1"), Some(b"aborted"), &[]);
+    let first = log
+        .append_as_leader(&aborted.build().unwrap(), 0, AppendOrigin::Client)
+        .unwrap()
+        .first_offset;
+    write_rounds(&log, 5, 10, 100, T0);
+    let marker = strom_protocol::builder::end_txn_marker_batch(
+        0,
+        T0,
+        0,
+        9,
+        0,
+        record::EndTxnMarker {
+            commit: false,
+            coordinator_epoch: 1,
+        },
+    );
+    let marker_offset = log
+        .append_as_leader(&marker, 0, AppendOrigin::Coordinator)
+        .unwrap()
+        .first_offset;
+    write_rounds(&log, 5, 10, 100, T0);
+    roll(&log, T0);
+    let expected = log.aborted_transactions(0, log.log_end_offset()).unwrap();
+    assert_eq!(
+        expected
+            .iter()
+            .map(|t| (t.producer_id, t.first_offset, t.last_offset))
+            .collect::<Vec<_>>(),
+        vec![(9, first, marker_offset)]
+    );
+    let stats = f.clean();
+    assert!(stats.segments_written > 0 && stats.records_kept < stats.records_read);
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        expected
+    );
+    drop(log);
+    // A crash after the clean: recovery rebuilds what it recovers, the
+    // cleaned segment keeps its index.
+    let f = f.reopen(false);
+    let log = f.log(compacted());
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        expected
+    );
+    drop(log);
+    let f = f.reopen(true);
+    let log = f.log(compacted());
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        expected
+    );
+}
+
+/// A marker ending `producer_id`'s transaction, as the coordinator writes it.
+fn marker(log: &PartitionLog, producer_id: i64, commit: bool) {
+    let batch = strom_protocol::builder::end_txn_marker_batch(
+        0,
+        T0,
+        0,
+        producer_id,
+        0,
+        record::EndTxnMarker {
+            commit,
+            coordinator_epoch: 0,
+        },
+    );
+    log.append_as_leader(&batch, 0, AppendOrigin::Coordinator)
+        .unwrap();
+}
+
+fn producer_batch(
+    producer_id: i64,
+    sequence: i32,
+    transactional: bool,
+    records: &[(&str, &str)],
+) -> Bytes {
+    let mut builder = RecordBatchBuilder::new(Compression::None)
+        .producer(producer_id, 0, sequence)
+        .transactional(transactional);
+    for (k, v) in records {
+        builder.push(T0, Some(k.as_bytes()), Some(v.as_bytes()), &[]);
+    }
+    builder.build().unwrap()
+}
+
+#[test]
+fn default_hooks_remove_aborted_data_then_obsolete_markers() {
+    let f = Fixture::new();
+    let log = f.log(compacted());
+    append(&log, &[("a", Some("plain"))], T0);
+    let append_client = |batch: Bytes| {
+        log.append_as_leader(&batch, 0, AppendOrigin::Client)
+            .unwrap();
+    };
+    // Producer 9 aborts; producer 8 commits; producer 9 then writes plainly.
+    append_client(producer_batch(
+        9,
+        0,
+        true,
+        &[("a", "aborted"), ("b", "aborted")],
+    ));
+    append_client(producer_batch(8, 0, true, &[("c", "committed")]));
+    marker(&log, 9, false);
+    marker(&log, 8, true);
+    append_client(producer_batch(9, 2, false, &[("d", "later")]));
+    roll(&log, T0);
+    let aborted = log.aborted_transactions(0, log.log_end_offset()).unwrap();
+    assert_eq!(aborted.len(), 1);
+
+    f.clean();
+    let values = |log: &PartitionLog| -> Vec<String> {
+        contents(log)
+            .values()
+            .filter_map(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    let controls = |log: &PartitionLog| -> usize {
+        batches(log)
+            .iter()
+            .filter(|b| BatchHeader::parse(b).unwrap().is_control())
+            .count()
+    };
+    let after = values(&log);
+    assert!(
+        !after.iter().any(|v| v == "aborted"),
+        "aborted data goes: {after:?}"
+    );
+    assert!(after.iter().any(|v| v == "plain") && after.iter().any(|v| v == "committed"));
+    // The abort marker stays for this clean (it still found the data), the
+    // commit marker stays while its transaction's batch is there.
+    assert_eq!(controls(&log), 2);
+    assert_eq!(
+        log.aborted_transactions(0, log.log_end_offset()).unwrap(),
+        aborted
+    );
+
+    // The next clean finds no data of the aborted transaction: its marker
+    // gets a delete horizon, and a clean after the horizon removes it and
+    // its index entry.
+    append(&log, &[("e", Some("more"))], T0);
+    roll(&log, T0);
+    f.clean();
+    assert_eq!(controls(&log), 2, "not before delete.retention.ms");
+    f.clock.advance_ms(compacted().delete_retention_ms + 1);
+    append(&log, &[("e", Some("again"))], T0);
+    roll(&log, T0);
+    f.clean();
+    assert_eq!(
+        controls(&log),
+        1,
+        "the abort marker went; the commit marker stays"
+    );
+    assert!(
+        log.aborted_transactions(0, log.log_end_offset())
+            .unwrap()
+            .is_empty()
+    );
+    assert!(values(&log).iter().any(|v| v == "committed"));
+    // The producer state rebuilt from the cleaned log has no open transaction.
+    drop(log);
+    let f = f.reopen(false);
+    let log = f.log(compacted());
+    assert_eq!(log.first_unstable_offset(), None);
+}
+
+#[test]
 fn a_cleaned_log_keeps_its_gaps_through_recovery_after_a_switch_to_delete() {
     let f = Fixture::new();
     let log = f.log(compacted());

@@ -6,6 +6,8 @@
 //! `fetch.max.bytes`), except that the first partition with data always gets
 //! at least one whole batch (Fetch v3+). When fewer than `min_bytes` are
 //! ready, the fetch waits up to `max_wait_ms` for appends to wake it.
+//! read_committed fetches also get the aborted transactions that overlap the
+//! batches they return, from the segments' aborted-transaction indexes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,9 +15,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use strom_protocol::error_code::ErrorCode;
-use strom_protocol::messages::kafka::fetch_response::{FetchableTopicResponse, PartitionData};
-use strom_protocol::messages::kafka::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use strom_protocol::messages::kafka::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use strom_protocol::messages::kafka::{
+    BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
+};
 use strom_protocol::messages::{StrBytes, Uuid};
+use strom_protocol::record_batch;
 use strom_storage::ReadError;
 use tokio::sync::Notify;
 
@@ -182,7 +189,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
             .with_high_watermark(read.high_watermark)
             .with_last_stable_offset(read.last_stable_offset)
             .with_log_start_offset(read.log_start_offset)
-            .with_aborted_transactions(read_committed.then(Vec::new))
+            .with_aborted_transactions(read_committed.then_some(read.aborted_transactions))
             .with_preferred_read_replica(BrokerId(-1))
             .with_records(Some(read.records));
         match responses.last_mut() {
@@ -239,6 +246,8 @@ struct PartitionRead {
     last_stable_offset: i64,
     log_start_offset: i64,
     records: Bytes,
+    /// read_committed: the aborted transactions overlapping `records`.
+    aborted_transactions: Vec<AbortedTransaction>,
 }
 
 impl PartitionRead {
@@ -249,6 +258,7 @@ impl PartitionRead {
             last_stable_offset: -1,
             log_start_offset: -1,
             records: Bytes::new(),
+            aborted_transactions: Vec::new(),
         }
     }
 }
@@ -329,6 +339,7 @@ fn read_partition(
         last_stable_offset,
         log_start_offset: partition.log.log_start_offset(),
         records: Bytes::new(),
+        aborted_transactions: Vec::new(),
     };
     if limit == 0 && !min_one {
         return read;
@@ -337,7 +348,19 @@ fn read_partition(
         Ok(result) => {
             read.log_start_offset = result.log_start_offset;
             match result.records.read() {
-                Ok(bytes) => read.records = bytes,
+                Ok(bytes) => {
+                    if read_committed && replica_id < 0 {
+                        match aborted_transactions(partition, fetch_offset, &bytes) {
+                            Ok(aborted) => read.aborted_transactions = aborted,
+                            Err(e) => {
+                                tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "reading the aborted-transaction index failed");
+                                read.error = ErrorCode::KafkaStorageError;
+                                return read;
+                            }
+                        }
+                    }
+                    read.records = bytes;
+                }
                 Err(e) => {
                     tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "reading stored batches failed");
                     read.error = ErrorCode::KafkaStorageError;
@@ -352,4 +375,32 @@ fn read_partition(
         }
     }
     read
+}
+
+/// The aborted transactions a read_committed consumer needs to drop the
+/// aborted records of `records`, read from `fetch_offset` (Kafka's
+/// `addAbortedTransactions`): those overlapping `[fetch_offset, the offset
+/// after the last batch returned)`.
+fn aborted_transactions(
+    partition: &Partition,
+    fetch_offset: i64,
+    records: &[u8],
+) -> Result<Vec<AbortedTransaction>, ReadError> {
+    let Some(upper_bound) = record_batch::batches(records)
+        .filter_map(Result::ok)
+        .last()
+        .map(|b| b.header.next_offset())
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(partition
+        .log
+        .aborted_transactions(fetch_offset, upper_bound)?
+        .into_iter()
+        .map(|t| {
+            AbortedTransaction::default()
+                .with_producer_id(ProducerId(t.producer_id))
+                .with_first_offset(t.first_offset)
+        })
+        .collect())
 }

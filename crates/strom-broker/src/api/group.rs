@@ -166,10 +166,18 @@ pub async fn find_coordinator(
                             "The coordinator is not available.".to_owned(),
                         ))
                     }),
-                    KEY_TYPE_TRANSACTION => Err((
-                        ErrorCode::CoordinatorNotAvailable,
-                        "Transactions are not supported by this broker yet.".to_owned(),
-                    )),
+                    KEY_TYPE_TRANSACTION => crate::txn::coordinator_for(
+                        &broker_for_task,
+                        &broker_for_task.txn.config,
+                        &key,
+                    )
+                    .map_err(|e| (e, "The coordinator is not available.".to_owned()))
+                    .and_then(|node| {
+                        endpoint(&broker_for_task, node).ok_or((
+                            ErrorCode::CoordinatorNotAvailable,
+                            "The coordinator is not available.".to_owned(),
+                        ))
+                    }),
                     other => Err((
                         ErrorCode::InvalidRequest,
                         format!("Unknown coordinator type {other}."),
@@ -737,6 +745,17 @@ fn committed(
         .collect()
 }
 
+/// Whether an open transaction has committed an offset of `group` for the
+/// partition (OffsetFetch with `require_stable` then answers
+/// UNSTABLE_OFFSET_COMMIT, which clients retry, as Kafka does).
+fn has_pending_txn_offset(state: &GroupState, group_id: &str, topic: &str, partition: i32) -> bool {
+    state.pending_txn_offsets.values().any(|groups| {
+        groups
+            .get(group_id)
+            .is_some_and(|offsets| offsets.contains_key(&(topic.to_owned(), partition)))
+    })
+}
+
 pub async fn offset_fetch(
     broker: &Arc<Broker>,
     req: OffsetFetchRequest,
@@ -780,16 +799,21 @@ pub async fn offset_fetch(
                 .collect()
         });
         let state = broker.groups.lock().await;
+        let require_stable = version >= 7 && req.require_stable;
         response.topics = committed(&state, &group_id, topics)
             .into_iter()
             .map(|(name, partitions)| {
                 let mut topic = OffsetFetchResponseTopic::default();
-                topic.name = TopicName(s(name));
                 topic.partitions = partitions
                     .into_iter()
                     .map(|(p, offset, epoch, metadata)| {
                         let mut r = OffsetFetchResponsePartition::default();
                         r.partition_index = p;
+                        if require_stable && has_pending_txn_offset(&state, &group_id, &name, p) {
+                            r.committed_offset = -1;
+                            r.error_code = ErrorCode::UnstableOffsetCommit as i16;
+                            return r;
+                        }
                         r.committed_offset = offset;
                         if version >= 5 {
                             r.committed_leader_epoch = epoch;
@@ -798,6 +822,7 @@ pub async fn offset_fetch(
                         r
                     })
                     .collect();
+                topic.name = TopicName(s(name));
                 topic
             })
             .collect();
@@ -834,18 +859,25 @@ pub async fn offset_fetch(
                 .into_iter()
                 .map(|(name, partitions)| {
                     let mut topic = OffsetFetchResponseTopics::default();
-                    topic.name = TopicName(s(name));
                     topic.partitions = partitions
                         .into_iter()
                         .map(|(p, offset, epoch, metadata)| {
                             let mut r = OffsetFetchResponsePartitions::default();
                             r.partition_index = p;
+                            if req.require_stable
+                                && has_pending_txn_offset(&state, &group_id, &name, p)
+                            {
+                                r.committed_offset = -1;
+                                r.error_code = ErrorCode::UnstableOffsetCommit as i16;
+                                return r;
+                            }
                             r.committed_offset = offset;
                             r.committed_leader_epoch = epoch;
                             r.metadata = Some(s(metadata));
                             r
                         })
                         .collect();
+                    topic.name = TopicName(s(name));
                     topic
                 })
                 .collect();
@@ -1255,5 +1287,5 @@ pub async fn consumer_group_describe(
 
 /// Topics this broker refuses to take client writes for.
 pub fn is_internal(topic: &str) -> bool {
-    topic == OFFSETS_TOPIC
+    topic == crate::txn::store::TRANSACTION_STATE_TOPIC || topic == OFFSETS_TOPIC
 }

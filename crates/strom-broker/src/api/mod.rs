@@ -17,6 +17,7 @@ pub mod logs;
 pub mod metadata;
 pub mod produce;
 pub mod sasl;
+pub mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -69,6 +70,14 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::AddPartitionsToTxn, 0, 4),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::WriteTxnMarkers, 1, 1),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// Whether requests of `key` may wait long for something other than the
@@ -182,7 +191,7 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr
             respond(frame, &logs::describe_log_dirs(broker, req, version))
         }),
         ApiKey::InitProducerId => decode_and!(frame, kafka::InitProducerIdRequest, |req| {
-            respond(frame, &init_producer_id::handle(broker, req).await)
+            respond(frame, &init_producer_id::handle(broker, req, version).await)
         }),
         ApiKey::SaslHandshake => decode_and!(frame, kafka::SaslHandshakeRequest, |req| {
             respond(frame, &sasl::handshake(req))
@@ -241,6 +250,37 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr
                 )
             })
         }
+        ApiKey::AddPartitionsToTxn => {
+            decode_and!(frame, kafka::AddPartitionsToTxnRequest, |req| {
+                respond(
+                    frame,
+                    &txn::add_partitions_to_txn(broker, req, version).await,
+                )
+            })
+        }
+        ApiKey::AddOffsetsToTxn => decode_and!(frame, kafka::AddOffsetsToTxnRequest, |req| {
+            respond(frame, &txn::add_offsets_to_txn(broker, req, version).await)
+        }),
+        ApiKey::EndTxn => decode_and!(frame, kafka::EndTxnRequest, |req| {
+            respond(frame, &txn::end_txn(broker, req, version).await)
+        }),
+        ApiKey::WriteTxnMarkers => decode_and!(frame, kafka::WriteTxnMarkersRequest, |req| {
+            respond(frame, &txn::write_txn_markers(broker, req).await)
+        }),
+        ApiKey::TxnOffsetCommit => decode_and!(frame, kafka::TxnOffsetCommitRequest, |req| {
+            respond(frame, &txn::txn_offset_commit(broker, req, version).await)
+        }),
+        ApiKey::DescribeTransactions => {
+            decode_and!(frame, kafka::DescribeTransactionsRequest, |req| {
+                respond(frame, &txn::describe_transactions(broker, req).await)
+            })
+        }
+        ApiKey::ListTransactions => decode_and!(frame, kafka::ListTransactionsRequest, |req| {
+            respond(frame, &txn::list_transactions(broker, req, version).await)
+        }),
+        ApiKey::DescribeProducers => decode_and!(frame, kafka::DescribeProducersRequest, |req| {
+            respond(frame, &txn::describe_producers(broker, req))
+        }),
         other => Reply::Close(format!("no handler for {other:?}")),
     }
 }

@@ -9,6 +9,11 @@
 //!
 //! acks=0 gets no response; if anything failed, the connection is closed so
 //! the client notices, as Kafka does.
+//!
+//! KIP-890 part 1: a transactional batch is taken only for a partition of its
+//! producer's ongoing transaction, as the transaction coordinator knows it;
+//! the coordinator's state stays locked until the appends are done, so no
+//! marker can end the transaction between the check and the append.
 
 use std::sync::Arc;
 
@@ -66,6 +71,7 @@ pub async fn handle(
     version: i16,
 ) -> Result<Option<ProduceResponse>, String> {
     let acks = request.acks;
+    let transactional_id = request.transactional_id.as_ref().map(|t| t.to_string());
     let image = broker.image();
     let mut topics = Vec::with_capacity(request.topic_data.len());
     let mut work = Vec::new();
@@ -92,8 +98,45 @@ pub async fn handle(
         }
     }
 
+    let txn_guard = if work.iter().any(
+        |w| matches!(&w.target, Ok((_, records, _)) if transactional_producer(records).is_some()),
+    ) {
+        let state = broker.txn.lock_owned().await;
+        for w in &mut work {
+            let Ok((partition, records, _)) = &w.target else {
+                continue;
+            };
+            let Some((producer_id, epoch)) = transactional_producer(records) else {
+                continue;
+            };
+            let verified = match &transactional_id {
+                Some(id) => state.verify(id, producer_id, epoch, &partition.topic, partition.index),
+                None => Err(ErrorCode::InvalidTxnState),
+            };
+            if let Err(code) = verified {
+                let code = match code {
+                    // Produce keeps the old epoch error (KIP-588).
+                    ErrorCode::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
+                    _ => ErrorCode::InvalidTxnState,
+                };
+                w.target = Err((
+                    code,
+                    Some(format!(
+                        "transactional produce to {}-{} outside the producer's ongoing transaction",
+                        partition.topic, partition.index
+                    )),
+                ));
+            }
+        }
+        Some(state)
+    } else {
+        None
+    };
+
     let broker_for_append = Arc::clone(broker);
     let results = super::blocking(move || {
+        // Held until the appends are in the log (see the module docs).
+        let _txn_guard = txn_guard;
         work.into_iter()
             .map(|w| {
                 let response = match w.target {
@@ -199,6 +242,13 @@ fn resolve(
     Ok((partition, records, checks))
 }
 
+/// The producer id and epoch of a transactional batch.
+fn transactional_producer(records: &[u8]) -> Option<(i64, i16)> {
+    let header = record_batch::BatchHeader::parse(records).ok()?;
+    (header.is_transactional() && !header.is_control())
+        .then_some((header.producer_id, header.producer_epoch))
+}
+
 /// The codec and level a topic's `compression.type` asks for, or `None` for
 /// `producer` (keep what the producer sent).
 fn target_compression(value: &dyn Fn(&str) -> String) -> Option<(Compression, Option<i32>)> {
@@ -286,6 +336,7 @@ pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
         AppendError::OffsetOutOfOrder { .. } => ErrorCode::InvalidRecord,
         AppendError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
         AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
+        AppendError::InvalidTxnState { .. } => ErrorCode::InvalidTxnState,
         AppendError::Io(_) => ErrorCode::KafkaStorageError,
         AppendError::Offline => ErrorCode::NotLeaderOrFollower,
         _ => ErrorCode::UnknownServerError,

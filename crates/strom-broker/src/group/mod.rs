@@ -273,6 +273,12 @@ pub type GroupOffsets = BTreeMap<(String, i32), OffsetValue>;
 pub struct GroupState {
     pub groups: HashMap<String, Group>,
     pub offsets: HashMap<String, GroupOffsets>,
+    /// Offsets committed in open transactions (TxnOffsetCommit), by producer
+    /// id and group: they take effect when the transaction's marker reaches
+    /// the group's partition of the offsets topic, and go when it aborts.
+    /// Bounded by the transactions' partitions (each entry was appended to
+    /// the log first, under `offsets.topic`'s size limits).
+    pub pending_txn_offsets: HashMap<i64, HashMap<String, GroupOffsets>>,
     next_expiry_check_ms: i64,
 }
 
@@ -387,23 +393,61 @@ pub struct GroupCoordinator {
 
 impl GroupCoordinator {
     /// Rebuilds the groups and offsets from the local partitions of the
-    /// offsets topic.
+    /// offsets topic. Transactional offset commits count once their commit
+    /// marker follows; those of transactions still open stay pending.
     pub fn open(config: GroupConfig, replicas: &ReplicaManager, now_ms: i64) -> Self {
         let mut state = GroupState::default();
         let mut records = 0usize;
         for (index, partition) in replicas.topic_partitions(OFFSETS_TOPIC) {
             let from = partition.log.log_start_offset();
+            // Records of open transactions in this partition, by producer.
+            let mut open_txns: HashMap<i64, Vec<Record>> = HashMap::new();
             let result = partition.log.for_each_batch_from(from, |_, header, bytes| {
                 if header.is_control() {
+                    let pending = open_txns.remove(&header.producer_id).unwrap_or_default();
+                    if store::is_commit_marker(bytes) {
+                        for record in pending {
+                            state.apply(record, &config, now_ms);
+                        }
+                    }
                     return;
                 }
-                for record in store::decode(&Bytes::copy_from_slice(bytes)) {
-                    records += 1;
+                let decoded = store::decode(&Bytes::copy_from_slice(bytes));
+                records += decoded.len();
+                if header.is_transactional() {
+                    open_txns
+                        .entry(header.producer_id)
+                        .or_default()
+                        .extend(decoded);
+                    return;
+                }
+                for record in decoded {
                     state.apply(record, &config, now_ms);
                 }
             });
             if let Err(e) = result {
                 tracing::error!(partition = index, error = %e, "reading the offsets topic failed; groups in this partition may be incomplete");
+            }
+            for (producer_id, pending) in open_txns {
+                for record in pending {
+                    if let Record::Offset(
+                        store::RecordKey::Offset {
+                            group,
+                            topic,
+                            partition,
+                        },
+                        Some(value),
+                    ) = record
+                    {
+                        state
+                            .pending_txn_offsets
+                            .entry(producer_id)
+                            .or_default()
+                            .entry(group)
+                            .or_default()
+                            .insert((topic, partition), value);
+                    }
+                }
             }
         }
         // A group known only by its offsets is an empty classic group.
@@ -558,6 +602,94 @@ impl GroupCoordinator {
             .unwrap_or(Err(ErrorCode::UnknownServerError))
     }
 
+    /// Appends offsets committed in a transaction (TxnOffsetCommit) to the
+    /// group's partition as a transactional batch of the producer, and keeps
+    /// them pending until the transaction ends. Call with the state lock held.
+    pub async fn persist_txn_offsets(
+        &self,
+        broker: &Arc<Broker>,
+        state: &mut GroupState,
+        group_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        offsets: Vec<(String, i32, OffsetValue)>,
+    ) -> Result<(), ErrorCode> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = offsets
+            .iter()
+            .map(|(t, p, v)| Record::offset(group_id, t, *p, Some(v.clone())))
+            .collect();
+        let broker_for_task = Arc::clone(broker);
+        let group = group_id.to_owned();
+        let config = self.config.clone();
+        crate::api::blocking(move || {
+            append_txn(
+                &broker_for_task,
+                &config,
+                &group,
+                &records,
+                producer_id,
+                producer_epoch,
+            )
+        })
+        .await
+        .unwrap_or(Err(ErrorCode::UnknownServerError))?;
+        let pending = state
+            .pending_txn_offsets
+            .entry(producer_id)
+            .or_default()
+            .entry(group_id.to_owned())
+            .or_default();
+        for (t, p, v) in offsets {
+            pending.insert((t, p), v);
+        }
+        Ok(())
+    }
+
+    /// A transaction marker of `producer_id` reached `partition` of the
+    /// offsets topic: the producer's pending offsets of the groups there take
+    /// effect (commit) or go (abort).
+    pub async fn complete_txn(
+        &self,
+        broker: &Broker,
+        producer_id: i64,
+        partition: i32,
+        commit: bool,
+    ) {
+        let partitions = broker
+            .image()
+            .topic(OFFSETS_TOPIC)
+            .map_or(self.config.offsets_partitions, |t| {
+                i32::try_from(t.partitions.len()).unwrap_or(i32::MAX)
+            });
+        let mut state = self.lock().await;
+        let Some(mut by_group) = state.pending_txn_offsets.remove(&producer_id) else {
+            return;
+        };
+        let now = broker.clock.now_ms();
+        let ended: Vec<String> = by_group
+            .keys()
+            .filter(|g| store::partition_for(g, partitions) == partition)
+            .cloned()
+            .collect();
+        for group in ended {
+            let Some(offsets) = by_group.remove(&group) else {
+                continue;
+            };
+            if commit {
+                if !state.groups.contains_key(&group) {
+                    state.classic_or_create(&group, now);
+                }
+                state.offsets.entry(group).or_default().extend(offsets);
+            }
+        }
+        if !by_group.is_empty() {
+            state.pending_txn_offsets.insert(producer_id, by_group);
+        }
+    }
+
     /// Why this broker cannot coordinate `group_id`, if it cannot.
     pub fn coordinator_error(&self, broker: &Broker, group_id: &str) -> Option<ErrorCode> {
         let image = broker.image();
@@ -635,6 +767,52 @@ fn ensure_offsets_topic(
         return Err(ErrorCode::CoordinatorNotAvailable);
     }
     Ok(broker.image())
+}
+
+/// Appends the transactional batch of a TxnOffsetCommit. The producer's
+/// epoch is checked by the log (an older one is fenced); sequences are not
+/// (Kafka writes these batches with sequence 0 too).
+fn append_txn(
+    broker: &Broker,
+    config: &GroupConfig,
+    group_id: &str,
+    records: &[Record],
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<(), ErrorCode> {
+    let image = ensure_offsets_topic(broker, config)?;
+    let (index, meta) =
+        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    if meta.leader != broker.node_id {
+        return Err(ErrorCode::NotCoordinator);
+    }
+    let partition = broker
+        .replicas
+        .get(OFFSETS_TOPIC, index)
+        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    let batch = store::encode_txn(records, broker.clock.now_ms(), producer_id, producer_epoch)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot encode group records");
+            ErrorCode::UnknownServerError
+        })?;
+    match partition.log.append_as_leader(
+        &batch,
+        partition.leader_epoch(),
+        AppendOrigin::Coordinator,
+    ) {
+        Ok(_) => {
+            partition.advance_high_watermark();
+            Ok(())
+        }
+        Err(AppendError::InvalidProducerEpoch { .. }) => Err(ErrorCode::InvalidProducerEpoch),
+        Err(AppendError::MessageTooLarge { .. } | AppendError::LargerThanSegment { .. }) => {
+            Err(ErrorCode::InvalidCommitOffsetSize)
+        }
+        Err(e) => {
+            tracing::error!(partition = index, error = %e, "appending to {OFFSETS_TOPIC} failed");
+            Err(ErrorCode::CoordinatorNotAvailable)
+        }
+    }
 }
 
 fn append(

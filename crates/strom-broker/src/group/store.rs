@@ -203,7 +203,18 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
 
 /// Encodes records as one uncompressed batch.
 pub fn encode(records: &[Record], timestamp_ms: i64) -> Result<Bytes, String> {
-    let mut builder = RecordBatchBuilder::new(Compression::None);
+    build(
+        RecordBatchBuilder::new(Compression::None),
+        records,
+        timestamp_ms,
+    )
+}
+
+fn build(
+    mut builder: RecordBatchBuilder,
+    records: &[Record],
+    timestamp_ms: i64,
+) -> Result<Bytes, String> {
     for r in records {
         let key = serde_json::to_vec(r.key()).map_err(|e| e.to_string())?;
         let value = match r {
@@ -214,6 +225,31 @@ pub fn encode(records: &[Record], timestamp_ms: i64) -> Result<Bytes, String> {
         builder.push(timestamp_ms, Some(&key), value.as_deref(), &[]);
     }
     builder.build().map_err(|e| e.to_string())
+}
+
+/// Encodes records as one uncompressed transactional batch of a producer
+/// (TxnOffsetCommit), with sequence 0 as Kafka writes it.
+pub fn encode_txn(
+    records: &[Record],
+    timestamp_ms: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+) -> Result<Bytes, String> {
+    let builder = RecordBatchBuilder::new(Compression::None)
+        .producer(producer_id, producer_epoch, 0)
+        .transactional(true);
+    build(builder, records, timestamp_ms)
+}
+
+/// Whether a stored control batch is a transaction's commit marker.
+pub fn is_commit_marker(batch: &[u8]) -> bool {
+    let batch = Bytes::copy_from_slice(batch);
+    record::records(&batch, MAX_REPLAY_BATCH_BYTES)
+        .ok()
+        .and_then(|mut records| records.next())
+        .and_then(Result::ok)
+        .and_then(|r| record::EndTxnMarker::from_record(&r).ok())
+        .is_some_and(|m| m.commit)
 }
 
 /// Decodes the records of one stored batch; records that are not ours (or

@@ -40,8 +40,8 @@ use strom_protocol::record_batch::BatchHeader;
 pub(crate) use self::offset_map::OffsetMap;
 pub(crate) use self::throttler::Throttler;
 use crate::checkpoint;
-use crate::log::PartitionLog;
 use crate::log::cleaner::{CleanControl, CleanError, CleanJob, CleanableSection};
+use crate::log::{AbortedTxn, PartitionLog, TxnMarker, read_marker};
 use crate::manager::{LogManager, TopicPartition, read_offsets};
 
 /// Kafka's name for the cleaner's checkpoint file in the data directory.
@@ -84,13 +84,15 @@ impl Default for CleanerConfig {
 /// What transactions plug into the cleaner: the first unstable offset it must
 /// not pass, and which batches it may drop (Kafka's last stable offset and
 /// `CleanedTransactionMetadata`). The default keeps every transactional
-/// batch and marker and puts no cap on the dirty section beyond the high
-/// watermark.
+/// batch and marker (and their aborted-transaction index entries) and stops
+/// the dirty section at the log's first unstable offset.
 pub trait TxnCleanHooks: Send + Sync + fmt::Debug {
     /// The offset of the first record of the log's oldest open transaction;
-    /// the cleaner stops below it. `None`: no open transaction.
-    fn first_unstable_offset(&self, _log: &PartitionLog) -> Option<i64> {
-        None
+    /// the cleaner stops below it. `None`: no open transaction. The log's
+    /// own first unstable offset (open transactions and markers the high
+    /// watermark has not passed) by default.
+    fn first_unstable_offset(&self, log: &PartitionLog) -> Option<i64> {
+        log.first_unstable_offset()
     }
 
     /// A walk over `log`'s batches in offset order, covering `[from, to)`:
@@ -114,11 +116,92 @@ pub trait TxnCleanPass {
     fn discard(&mut self, header: &BatchHeader, batch: &[u8]) -> bool;
 }
 
-/// The hooks used until transactions provide their own.
+/// Hooks that keep every transactional batch and marker (the dirty section
+/// still ends at the first unstable offset).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoTxnCleanHooks;
 
 impl TxnCleanHooks for NoTxnCleanHooks {}
+
+/// Kafka's transaction rules for the cleaner (`CleanedTransactionMetadata`),
+/// the default: the data batches of aborted transactions go; an abort marker
+/// stays while the clean still finds data of its transaction and may go
+/// (after `delete.retention.ms`, like a tombstone) once none is left; a
+/// commit marker may go once the clean finds no data of its transaction left
+/// either (its records are then plain records, compacted like any other).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TransactionCleanHooks;
+
+impl TxnCleanHooks for TransactionCleanHooks {
+    fn begin_pass<'a>(
+        &'a self,
+        log: &'a PartitionLog,
+        from: i64,
+        to: i64,
+    ) -> Box<dyn TxnCleanPass + 'a> {
+        let mut aborted = log.aborted_transactions(from, to).unwrap_or_else(|e| {
+            // Without the index, nothing can be known aborted: keep it all.
+            tracing::warn!(log = %log.dir().display(), error = %e, "reading the aborted-transaction index failed; this clean keeps every transaction");
+            Vec::new()
+        });
+        aborted.sort_by_key(|t| t.first_offset);
+        Box::new(TransactionPass {
+            aborted: aborted.into(),
+            ongoing_aborted: HashMap::new(),
+            ongoing_committed: HashSet::new(),
+        })
+    }
+}
+
+/// One walk of [`TransactionCleanHooks`].
+struct TransactionPass {
+    /// Aborted transactions not reached yet, by first offset.
+    aborted: std::collections::VecDeque<AbortedTxn>,
+    /// Producers inside an aborted transaction at this point of the walk,
+    /// and whether a data batch of it was seen.
+    ongoing_aborted: HashMap<i64, bool>,
+    /// Producers inside a (to be) committed transaction with data seen.
+    ongoing_committed: HashSet<i64>,
+}
+
+impl TxnCleanPass for TransactionPass {
+    fn discard(&mut self, header: &BatchHeader, batch: &[u8]) -> bool {
+        while self
+            .aborted
+            .front()
+            .is_some_and(|t| t.first_offset <= header.last_offset())
+        {
+            if let Some(t) = self.aborted.pop_front() {
+                self.ongoing_aborted.insert(t.producer_id, false);
+            }
+        }
+        let producer_id = header.producer_id;
+        if header.is_control() {
+            return match read_marker(batch) {
+                // Kept while data of the transaction was still found.
+                Some(TxnMarker::Abort) => {
+                    !self.ongoing_aborted.remove(&producer_id).unwrap_or(false)
+                }
+                Some(TxnMarker::Commit) => !self.ongoing_committed.remove(&producer_id),
+                // An empty control batch was cleaned already.
+                None => true,
+            };
+        }
+        if !header.is_transactional() {
+            return false;
+        }
+        match self.ongoing_aborted.get_mut(&producer_id) {
+            Some(seen) => {
+                *seen = true;
+                true
+            }
+            None => {
+                self.ongoing_committed.insert(producer_id);
+                false
+            }
+        }
+    }
+}
 
 struct KeepTransactions;
 
@@ -258,7 +341,7 @@ impl LogCleaner {
             changed: Condvar::new(),
             abort: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
-            hooks: RwLock::new(Arc::new(NoTxnCleanHooks)),
+            hooks: RwLock::new(Arc::new(TransactionCleanHooks)),
         }
     }
 

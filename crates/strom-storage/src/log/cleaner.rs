@@ -26,10 +26,13 @@
 //! those stay as header-only batches, so producer state and the end of the
 //! cleaned range survive.
 //!
-//! Transactions: control batches are kept, and every batch is shown to a
-//! [`TxnCleanPass`] that may discard aborted data and, once its delete
-//! horizon has passed, a marker with no data left (Kafka's
-//! `CleanedTransactionMetadata`). The default pass discards nothing.
+//! Transactions: every batch is shown to a [`TxnCleanPass`] that may discard
+//! aborted data and mark a marker with no data left, which then gets a
+//! delete horizon and goes once it has passed (Kafka's
+//! `CleanedTransactionMetadata`; the log manager's default is
+//! [`crate::cleaner::TransactionCleanHooks`]). The aborted-transaction index
+//! entries of the markers a group keeps go into its cleaned segment's
+//! `.txnindex`.
 //!
 //! # Crash safety (Kafka's `.cleaned` and `.swap` files)
 //!
@@ -71,7 +74,7 @@ use super::producer_state::LastRecord;
 use super::scan::{BatchScanner, Scanned};
 use super::segment::{
     CLEANED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX, SWAP_SUFFIX, Segment, SegmentWriter,
-    TIME_INDEX_SUFFIX, staged_path,
+    TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX, staged_path,
 };
 use super::{MAX_DECOMPRESSED_BATCH_BYTES, PartitionLog};
 use crate::checkpoint;
@@ -243,7 +246,7 @@ impl PartitionLog {
             return Ok(section);
         };
         let mut first_uncleanable = active.base_offset().min(self.high_watermark());
-        // The transactions work caps this at the first unstable offset.
+        // Kafka: never past the first unstable offset.
         if let Some(unstable) = hooks.first_unstable_offset(self) {
             first_uncleanable = first_uncleanable.min(unstable);
         }
@@ -496,7 +499,11 @@ impl PartitionLog {
         let mut out =
             SegmentWriter::create(&self.dir, base, u64::from(config.index_interval_bytes))
                 .map_err(io)?;
+        // Aborted-transaction entries stay with the markers they name.
+        let mut aborted = Vec::new();
+        let mut kept_markers = std::collections::HashSet::new();
         for segment in group {
+            aborted.extend(segment.aborted_txn_entries().map_err(io)?);
             let size = segment.size();
             let log = segment.file(FileKind::Log).map_err(io)?;
             let mut scanner = BatchScanner::new(&log, 0, size);
@@ -515,7 +522,11 @@ impl PartitionLog {
                 control.control.check()?;
                 control.control.throttle(bytes.len() as u64);
                 control.stats.bytes_read += bytes.len() as u64;
-                let written = match filter.filter(&header, bytes, pass, control.stats)? {
+                let filtered = filter.filter(&header, bytes, pass, control.stats)?;
+                if header.is_control() && !matches!(filtered, Filtered::Drop) {
+                    kept_markers.insert(header.last_offset());
+                }
+                let written = match filtered {
                     Filtered::Keep => {
                         out.append(bytes, &header).map_err(io)?;
                         bytes.len()
@@ -532,6 +543,12 @@ impl PartitionLog {
             }
             control.crash(index, CrashPoint::WritingCleaned)?;
         }
+        out.add_aborted_txns(
+            aborted
+                .into_iter()
+                .filter(|t| kept_markers.contains(&t.last_offset))
+                .collect(),
+        );
         control.stats.segments_read += group.len();
         let modified = group
             .last()
@@ -588,7 +605,7 @@ impl PartitionLog {
         };
         let io = |e| CleanError::io(self, e);
         // 1. The commit point: the log's `.swap` name, after its indexes'.
-        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
             rename(suffix, CLEANED_SUFFIX, SWAP_SUFFIX).map_err(io)?;
         }
         control.crash(index, CrashPoint::IndexesSwapped)?;
@@ -609,7 +626,7 @@ impl PartitionLog {
             }
             control.crash(index, CrashPoint::OldDeleted)?;
             // 3. The swap takes its final names, the log last.
-            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+            for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
                 rename(suffix, SWAP_SUFFIX, "").map_err(io)?;
             }
             control.crash(index, CrashPoint::IndexesFinal)?;

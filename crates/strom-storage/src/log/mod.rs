@@ -23,8 +23,9 @@ mod index;
 mod producer_state;
 mod scan;
 mod segment;
+mod txn_index;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, IoSlice};
 use std::ops::Bound;
@@ -42,15 +43,19 @@ use strom_protocol::record_batch::{
 
 pub use self::epoch_cache::EpochEntry;
 use self::epoch_cache::LeaderEpochCache;
-use self::producer_state::{Checked, ProducerBatch, ProducerStateManager, ProducerUpdate};
+use self::producer_state::{
+    Checked, CompletedTxn, ProducerBatch, ProducerStateManager, ProducerUpdate,
+};
 pub use self::producer_state::{
     MAX_PRODUCERS_PER_PARTITION, NUM_BATCHES_TO_RETAIN, ProducerStateView,
 };
+pub(crate) use self::producer_state::{TxnMarker, read_marker};
 use self::scan::{BatchScanner, Scanned};
 use self::segment::{
     AppendFailure, AppendedBatch, CLEANED_SUFFIX, DELETED_SUFFIX, INDEX_SUFFIX, LOG_SUFFIX,
-    SWAP_SUFFIX, ScanRules, Segment, TIME_INDEX_SUFFIX, staged_path,
+    SWAP_SUFFIX, ScanRules, Segment, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX, staged_path,
 };
+pub use self::txn_index::AbortedTxn;
 use crate::checkpoint;
 use crate::clock::Clock;
 use crate::config::LogConfig;
@@ -71,6 +76,16 @@ pub const MAX_BATCHES_PER_APPEND: usize = 65_536;
 /// The stored high watermark before the broker sets one: the log end offset
 /// stands in for it.
 const HIGH_WATERMARK_UNSET: i64 = -1;
+
+/// `first_ongoing_offset` when no transaction is open.
+const NO_OPEN_TXN: i64 = i64::MAX;
+
+/// Bound on transactions ended by markers the high watermark has not passed
+/// yet. On a leader the watermark passes them as soon as the followers fetch;
+/// a follower far behind its leader's watermark could collect more. Past the
+/// bound the oldest are forgotten, which can only move the last stable offset
+/// up early for them (a marker already written, so their outcome is known).
+const MAX_UNREPLICATED_TXNS: usize = MAX_PRODUCERS_PER_PARTITION;
 
 /// Who is appending; decides which rules apply (as Kafka's `AppendOrigin`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +271,13 @@ pub struct PartitionLog {
     /// Bumped by every truncation, so that the cleaner can tell a log that
     /// was cut back (and maybe refilled) while it worked.
     truncations: AtomicU64,
+    /// First offset of the oldest open transaction ([`NO_OPEN_TXN`] if none),
+    /// published by the writer after every change of the producer state.
+    first_ongoing_offset: AtomicI64,
+    /// `(first offset, marker offset)` of transactions ended by a marker at
+    /// or above the high watermark, in marker order (Kafka's
+    /// `unreplicatedTxns`): still unstable until the watermark passes them.
+    unreplicated_txns: Mutex<VecDeque<(i64, i64)>>,
     /// An I/O failure left the log in a state that must not take writes.
     offline: AtomicBool,
     /// Closed cleanly: no more writes.
@@ -309,8 +331,11 @@ impl PartitionLog {
             compact: config.compact || options.offset_gaps,
             ..config.clone()
         };
+        // Recovered segments have their transaction indexes emptied; the
+        // producer state replay writes them again.
+        let mut rebuild_txn_index_from = None;
         if !is_new && !options.clean_shutdown {
-            recover(
+            rebuild_txn_index_from = recover(
                 &dir,
                 &scan_config,
                 &mut segments,
@@ -331,7 +356,7 @@ impl PartitionLog {
             }
         };
         if !is_new && options.clean_shutdown {
-            check_active_segment(&dir, &scan_config, &active, &epochs)?;
+            rebuild_txn_index_from = check_active_segment(&dir, &scan_config, &active, &epochs)?;
         }
         if !epochs.is_trusted() {
             rebuild_epochs(&dir, &segments, &mut epochs)?;
@@ -370,12 +395,14 @@ impl PartitionLog {
             recovery_point: AtomicI64::new(log_end_offset),
             high_watermark: AtomicI64::new(HIGH_WATERMARK_UNSET),
             truncations: AtomicU64::new(0),
+            first_ongoing_offset: AtomicI64::new(NO_OPEN_TXN),
+            unreplicated_txns: Mutex::new(VecDeque::new()),
             offline: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
         {
             let mut writer = log.writer.lock();
-            log.load_producer_state(&mut writer)?;
+            log.load_producer_state(&mut writer, rebuild_txn_index_from)?;
         }
         Ok(log)
     }
@@ -542,7 +569,7 @@ impl PartitionLog {
                 header.max_timestamp
             };
             max_timestamps.push(max_timestamp);
-            producer_batches.extend(ProducerBatch::of(header, next, max_timestamp));
+            producer_batches.extend(ProducerBatch::of(header, bytes, next, max_timestamp));
             headers.push(copy);
             next = next
                 .checked_add(i64::from(header.last_offset_delta) + 1)
@@ -587,7 +614,9 @@ impl PartitionLog {
                     Checked::Append(update) => update,
                 }
             }
-            AppendOrigin::Coordinator => writer.producers.prepare_unchecked(&producer_batches),
+            AppendOrigin::Coordinator => writer
+                .producers
+                .check_coordinator_append(&producer_batches)?,
         };
         self.maybe_roll(
             &mut writer,
@@ -746,7 +775,7 @@ impl PartitionLog {
         }
         let producer_batches: Vec<ProducerBatch> = batches
             .iter()
-            .filter_map(|(h, _)| ProducerBatch::of(h, h.base_offset, h.max_timestamp))
+            .filter_map(|(h, b)| ProducerBatch::of(h, b, h.base_offset, h.max_timestamp))
             .collect();
         let producer_update = writer.producers.prepare_unchecked(&producer_batches);
         let mut slices: Vec<IoSlice<'_>> = batches.iter().map(|(_, b)| IoSlice::new(b)).collect();
@@ -797,7 +826,13 @@ impl PartitionLog {
         self.log_end_offset.store(next_offset, Ordering::Release);
         // The batches are in the log now, even if the fsync below fails: the
         // state must know them, or a retry would be written twice.
-        writer.producers.apply(producer_update);
+        let completed = writer.producers.apply(producer_update);
+        if !completed.is_empty() {
+            let active = Arc::clone(&writer.active);
+            self.complete_txns(writer, &active, &completed)
+                .map_err(|e| self.fail(e))?;
+        }
+        self.publish_ongoing(writer);
         if let Some(flush_messages) = config.flush_messages {
             let unflushed = u64::try_from(next_offset - self.recovery_point()).unwrap_or(0);
             if unflushed >= flush_messages {
@@ -805,6 +840,103 @@ impl PartitionLog {
             }
         }
         Ok(())
+    }
+
+    /// Records transactions that markers in `segment` ended: an aborted one
+    /// goes into the segment's transaction index with the last stable offset
+    /// after it (Kafka's `ProducerStateManager.lastStableOffset`: the first
+    /// offset of the oldest transaction still open before the marker, else
+    /// the offset after the marker); each stays unstable until the high
+    /// watermark passes its marker.
+    fn complete_txns(
+        &self,
+        writer: &Writer,
+        segment: &Segment,
+        completed: &[CompletedTxn],
+    ) -> io::Result<()> {
+        let ongoing = writer.producers.first_ongoing_offset();
+        for txn in completed {
+            if txn.aborted {
+                let last_stable_offset = ongoing
+                    .filter(|first| *first < txn.last_offset)
+                    .unwrap_or(txn.last_offset + 1);
+                segment.append_aborted_txn(&AbortedTxn {
+                    producer_id: txn.producer_id,
+                    first_offset: txn.first_offset,
+                    last_offset: txn.last_offset,
+                    last_stable_offset,
+                })?;
+            }
+        }
+        let mut unreplicated = self.unreplicated_txns.lock();
+        unreplicated.extend(completed.iter().map(|t| (t.first_offset, t.last_offset)));
+        while unreplicated.len() > MAX_UNREPLICATED_TXNS {
+            unreplicated.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Publishes the first offset of the oldest open transaction for readers.
+    fn publish_ongoing(&self, writer: &Writer) {
+        self.first_ongoing_offset.store(
+            writer
+                .producers
+                .first_ongoing_offset()
+                .unwrap_or(NO_OPEN_TXN),
+            Ordering::Release,
+        );
+    }
+
+    /// The partition's first unstable offset (Kafka's): the first offset of
+    /// the oldest transaction that is open, or ended by a marker the high
+    /// watermark has not passed yet; never below the log start offset.
+    /// `None` when there is no such transaction.
+    pub fn first_unstable_offset(&self) -> Option<i64> {
+        let high_watermark = self.high_watermark();
+        let mut first = self.first_ongoing_offset.load(Ordering::Acquire);
+        {
+            let mut unreplicated = self.unreplicated_txns.lock();
+            while unreplicated
+                .front()
+                .is_some_and(|(_, last)| *last < high_watermark)
+            {
+                unreplicated.pop_front();
+            }
+            for (txn_first, _) in unreplicated.iter() {
+                first = first.min(*txn_first);
+            }
+        }
+        (first != NO_OPEN_TXN).then(|| first.max(self.log_start_offset()))
+    }
+
+    /// The last stable offset (KIP-98): the high watermark, or the first
+    /// unstable offset when that is lower. read_committed consumers read
+    /// below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// The aborted transactions that overlap `[fetch_offset, upper_bound)`,
+    /// in the order their markers were written (Kafka's
+    /// `collectAbortedTransactions`): the indexes of the segment holding
+    /// `fetch_offset` and of later ones, until an entry shows that every
+    /// transaction overlapping the range had ended.
+    pub fn aborted_transactions(
+        &self,
+        fetch_offset: i64,
+        upper_bound: i64,
+    ) -> Result<Vec<AbortedTxn>, ReadError> {
+        let mut aborted = Vec::new();
+        for segment in self.segments_from(fetch_offset) {
+            let found = segment.aborted_txns(fetch_offset, upper_bound)?;
+            aborted.extend(found.aborted);
+            if found.complete {
+                break;
+            }
+        }
+        Ok(aborted)
     }
 
     /// Rolls to a new segment if the next append would not fit the active
@@ -1150,7 +1282,13 @@ impl PartitionLog {
             .map_err(io)?;
         // Kafka's truncateAndReload: the state must forget the batches cut
         // away, or their retries would be taken for duplicates.
-        self.load_producer_state(writer)
+        // The transaction indexes lost their entries at and above the new
+        // end with the segments (`Segment::truncate_to`); the marker-ended
+        // transactions there are gone too.
+        self.unreplicated_txns
+            .lock()
+            .retain(|(_, last)| *last < log_end_offset);
+        self.load_producer_state(writer, None)
     }
 
     fn truncate_fully_and_start_at(
@@ -1514,8 +1652,25 @@ impl PartitionLog {
     /// `truncateAndReload` and `rebuildProducerState`): deletes the snapshots
     /// above the log end offset, loads the newest valid one at or below it and
     /// replays the batch headers after it, or from the log start offset when
-    /// there is none.
-    fn load_producer_state(&self, writer: &mut Writer) -> Result<(), StorageError> {
+    /// there is none. With `rebuild_txn_index_from`, the replay starts at or
+    /// below that offset and writes the transaction index entries of the
+    /// abort markers from there on (segments whose index recovery emptied).
+    fn load_producer_state(
+        &self,
+        writer: &mut Writer,
+        rebuild_txn_index_from: Option<i64>,
+    ) -> Result<(), StorageError> {
+        let result = self.replay_producer_state(writer, rebuild_txn_index_from);
+        // Whatever the replay reached, readers see the state it left.
+        self.publish_ongoing(writer);
+        result
+    }
+
+    fn replay_producer_state(
+        &self,
+        writer: &mut Writer,
+        rebuild_txn_index_from: Option<i64>,
+    ) -> Result<(), StorageError> {
         let io = |e| StorageError::io(&*self.dir, e);
         let log_end_offset = self.log_end_offset();
         // Deleted durably: they describe batches that are gone, and once
@@ -1529,7 +1684,7 @@ impl PartitionLog {
         }
         let snapshot = writer.producers.load_latest_snapshot(
             &self.dir,
-            log_end_offset,
+            rebuild_txn_index_from.map_or(log_end_offset, |from| from.min(log_end_offset)),
             self.clock.now_ms(),
             self.config().producer_id_expiration_ms,
         );
@@ -1539,16 +1694,43 @@ impl PartitionLog {
         }
         let producers = &mut writer.producers;
         let mut replayed = 0u64;
-        self.for_each_batch_from(from, |_, header, _| {
+        let mut rebuilt: Vec<AbortedTxn> = Vec::new();
+        self.for_each_batch_from(from, |_, header, bytes| {
             if header.last_offset() >= from
                 && header.base_offset < log_end_offset
                 && let Some(batch) =
-                    ProducerBatch::of(header, header.base_offset, header.max_timestamp)
+                    ProducerBatch::of(header, bytes, header.base_offset, header.max_timestamp)
             {
-                producers.replay(&batch);
+                if let Some(txn) = producers.replay(&batch)
+                    && txn.aborted
+                    && rebuild_txn_index_from.is_some_and(|start| txn.last_offset >= start)
+                {
+                    // The last stable offset after it: the oldest transaction
+                    // still open at this point of the replay.
+                    rebuilt.push(AbortedTxn {
+                        producer_id: txn.producer_id,
+                        first_offset: txn.first_offset,
+                        last_offset: txn.last_offset,
+                        last_stable_offset: producers
+                            .first_ongoing_offset()
+                            .filter(|first| *first < txn.last_offset)
+                            .unwrap_or(txn.last_offset + 1),
+                    });
+                }
                 replayed += 1;
             }
         })?;
+        for entry in &rebuilt {
+            let Some(segment) = self.floor_segment(entry.last_offset) else {
+                continue;
+            };
+            segment
+                .append_aborted_txn(entry)
+                .map_err(|e| StorageError::io(segment.path(FileKind::TxnIndex), e))?;
+        }
+        if !rebuilt.is_empty() {
+            tracing::info!(log = %self.dir.display(), entries = rebuilt.len(), "rebuilt aborted-transaction index entries");
+        }
         tracing::debug!(
             log = %self.dir.display(),
             snapshot = ?snapshot,
@@ -1762,6 +1944,7 @@ fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
     let mut snapshots = Vec::new();
     let mut indexes = Vec::new();
     let mut swaps = Vec::new();
+    let mut txn_swaps = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
@@ -1779,6 +1962,9 @@ fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
                 Some((base, "log")) => swaps.push(base),
                 // Index files of a swap are rebuilt from its log, never trusted.
                 Some((_, "index" | "timeindex")) => fs::remove_file(&path).map_err(io)?,
+                // The transaction index cannot be rebuilt from the segment
+                // alone: `complete_swap` puts it in place.
+                Some((base, "txnindex")) => txn_swaps.push((base, path)),
                 _ => {}
             }
             continue;
@@ -1788,14 +1974,21 @@ fn list_segments(dir: &Path) -> Result<Listing, StorageError> {
         };
         match kind {
             "log" => logs.push((base, entry.metadata().map_err(io)?.len())),
-            "index" | "timeindex" => indexes.push((base, path)),
+            "index" | "timeindex" | "txnindex" => indexes.push((base, path)),
             "snapshot" => snapshots.push(base),
             _ => {}
         }
     }
     swaps.sort_unstable();
-    for base in swaps {
-        complete_swap(dir, base, &mut logs)?;
+    for base in &swaps {
+        complete_swap(dir, *base, &mut logs)?;
+    }
+    // A transaction index staged for a swap that never reached its commit
+    // point.
+    for (base, path) in txn_swaps {
+        if swaps.binary_search(&base).is_err() {
+            fs::remove_file(&path).map_err(io)?;
+        }
     }
     logs.sort_unstable();
     for (base, path) in indexes {
@@ -1828,12 +2021,33 @@ fn complete_swap(dir: &Path, base: i64, logs: &mut Vec<(i64, u64)>) -> Result<()
         .filter(|b| *b == base || (*b > base && *b < next_offset))
         .collect();
     for old in &replaced {
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
+            // At the swap's own base offset, a final `.txnindex` without a
+            // `.txnindex.swap` is the cleaned one: the swap renames the old
+            // one away before it gives the new one its final name.
+            if suffix == TXN_INDEX_SUFFIX
+                && *old == base
+                && !staged_path(dir, base, suffix, SWAP_SUFFIX).exists()
+            {
+                continue;
+            }
             match fs::remove_file(staged_path(dir, *old, suffix, "")) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io(e)),
                 _ => {}
             }
         }
+    }
+    match fs::rename(
+        staged_path(dir, base, TXN_INDEX_SUFFIX, SWAP_SUFFIX),
+        staged_path(dir, base, TXN_INDEX_SUFFIX, ""),
+    ) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
     }
     logs.retain(|(b, _)| !replaced.contains(b));
     let log = staged_path(dir, base, LOG_SUFFIX, "");
@@ -1892,13 +2106,14 @@ fn scan_swap(path: &Path) -> io::Result<(u64, i64)> {
 /// what the indexes show: an active segment whose file holds bytes after its
 /// last valid batch (a torn append the marker did not know about) is
 /// recovered, so that appends never land after garbage (they go to the end
-/// of the file, O_APPEND).
+/// of the file, O_APPEND). Returns the base offset of the active segment when
+/// it was recovered (its transaction index is then to be rebuilt).
 fn check_active_segment(
     dir: &Path,
     config: &LogConfig,
     active: &Segment,
     epochs: &LeaderEpochCache,
-) -> Result<(), StorageError> {
+) -> Result<Option<i64>, StorageError> {
     let io = |e| StorageError::io(active.path(FileKind::Log), e);
     // Loading checks the indexes and, if they are wrong, rebuilds them and
     // shrinks the readable size to the valid batches.
@@ -1909,7 +2124,7 @@ fn check_active_segment(
         .map_err(io)?
         .len();
     if file_len == active.size() {
-        return Ok(());
+        return Ok(None);
     }
     tracing::warn!(
         log = %dir.display(),
@@ -1924,7 +2139,11 @@ fn check_active_segment(
         index_interval_bytes: u64::from(config.index_interval_bytes),
     };
     active.recover(&rules).map_err(io)?;
-    active.flush().map_err(io)
+    active
+        .truncate_txn_index(active.base_offset())
+        .map_err(io)?;
+    active.flush().map_err(io)?;
+    Ok(Some(active.base_offset()))
 }
 
 /// Rebuilds a missing or unreadable leader epoch cache from the batch headers
@@ -1948,14 +2167,16 @@ fn rebuild_epochs(
     epochs.mark_trusted().map_err(io)
 }
 
-/// Recovery after an unclean shutdown (see [`PartitionLog::open`]).
+/// Recovery after an unclean shutdown (see [`PartitionLog::open`]). Returns
+/// the base offset of the first recovered segment: the transaction indexes
+/// of the recovered segments are emptied, to be rebuilt from the log.
 fn recover(
     dir: &Path,
     config: &LogConfig,
     segments: &mut BTreeMap<i64, Arc<Segment>>,
     epochs: &mut LeaderEpochCache,
     recovery_point: i64,
-) -> Result<(), StorageError> {
+) -> Result<Option<i64>, StorageError> {
     let start = segments
         .range(..=recovery_point)
         .next_back()
@@ -1986,6 +2207,9 @@ fn recover(
         let outcome = segment
             .recover(&rules)
             .map_err(|e| StorageError::io(segment.path(FileKind::Log), e))?;
+        segment
+            .truncate_txn_index(segment.base_offset())
+            .map_err(|e| StorageError::io(segment.path(FileKind::TxnIndex), e))?;
         if outcome.invalid_bytes > 0 {
             tracing::warn!(
                 log = %dir.display(),
@@ -2019,7 +2243,8 @@ fn recover(
                 .map_err(|e| StorageError::io(dir, e))?;
         }
     }
-    checkpoint::sync_dir(dir).map_err(|e| StorageError::io(dir, e))
+    checkpoint::sync_dir(dir).map_err(|e| StorageError::io(dir, e))?;
+    Ok(segments.range(start..).next().map(|(base, _)| *base))
 }
 
 #[cfg(test)]

@@ -206,6 +206,41 @@ impl ProducerStateEntry {
         debug_assert!(usize::from(self.batch_count) <= NUM_BATCHES_TO_RETAIN);
     }
 
+    /// Ends the producer's transaction with a marker (Kafka's
+    /// `ProducerAppendInfo.appendEndTxnMarker`): a newer epoch replaces the
+    /// old one and its batches, the open transaction closes. A marker with no
+    /// open transaction completes an empty one at the marker's offset, as in
+    /// Kafka.
+    fn end_txn(&mut self, batch: &ProducerBatch, commit: bool) -> CompletedTxn {
+        if batch.producer_epoch != self.producer_epoch {
+            self.producer_epoch = batch.producer_epoch;
+            self.batch_count = 0;
+        }
+        self.last_timestamp = batch.max_timestamp;
+        let first_offset = self
+            .current_txn_first_offset
+            .take()
+            .unwrap_or(batch.first_offset);
+        CompletedTxn {
+            producer_id: batch.producer_id,
+            first_offset,
+            last_offset: batch.last_offset,
+            aborted: !commit,
+        }
+    }
+
+    /// Applies a data batch or a marker; a marker returns the transaction it
+    /// ended.
+    fn apply_batch(&mut self, batch: &ProducerBatch) -> Option<CompletedTxn> {
+        match batch.marker {
+            Some(marker) => Some(self.end_txn(batch, marker == TxnMarker::Commit)),
+            None => {
+                self.add_batch(batch);
+                None
+            }
+        }
+    }
+
     fn is_expired(&self, now_ms: i64, expiration_ms: i64) -> bool {
         // Kafka never expires a producer with an open transaction.
         self.current_txn_first_offset.is_none()
@@ -245,17 +280,70 @@ pub(crate) struct ProducerBatch {
     pub(crate) last_offset: i64,
     pub(crate) max_timestamp: i64,
     pub(crate) transactional: bool,
+    /// A control batch ending the producer's transaction.
+    pub(crate) marker: Option<TxnMarker>,
+}
+
+/// Which way a transaction marker ends a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TxnMarker {
+    Commit,
+    Abort,
+}
+
+/// A transaction a marker ended in this partition (Kafka's `CompletedTxn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CompletedTxn {
+    pub(crate) producer_id: i64,
+    /// Offset of the transaction's first batch here (the marker's offset for
+    /// a transaction that wrote nothing here).
+    pub(crate) first_offset: i64,
+    /// Offset of the marker.
+    pub(crate) last_offset: i64,
+    pub(crate) aborted: bool,
+}
+
+/// Bound on the decompressed records of a control batch looked into: a
+/// marker is one record of about 20 bytes; anything larger is not a marker.
+const MAX_CONTROL_BATCH_RECORD_BYTES: usize = 4096;
+
+/// The marker a control batch holds; `None` for an empty control batch (the
+/// cleaner removed its record) or a control record that is not a
+/// transaction marker, which change no producer state (as in Kafka).
+pub(crate) fn read_marker(bytes: &[u8]) -> Option<TxnMarker> {
+    let batch = bytes::Bytes::copy_from_slice(bytes);
+    let mut records =
+        strom_protocol::record::records(&batch, MAX_CONTROL_BATCH_RECORD_BYTES).ok()?;
+    let record = records.next()?.ok()?;
+    match strom_protocol::record::EndTxnMarker::from_record(&record) {
+        Ok(marker) if marker.commit => Some(TxnMarker::Commit),
+        Ok(_) => Some(TxnMarker::Abort),
+        Err(e) => {
+            tracing::debug!(error = %e, "control batch without a transaction marker");
+            None
+        }
+    }
 }
 
 impl ProducerBatch {
-    /// The batch `header` stored at `first_offset` with `max_timestamp` (as
-    /// stored: the append time for `LogAppendTime` topics). `None` for batches
-    /// without a producer id, and for control batches: transaction markers
-    /// are the transaction coordinator's part of producer state.
-    pub(crate) fn of(header: &BatchHeader, first_offset: i64, max_timestamp: i64) -> Option<Self> {
-        if !header.has_producer_id() || header.is_control() {
+    /// The batch `header` (whole bytes `batch`) stored at `first_offset` with
+    /// `max_timestamp` (as stored: the append time for `LogAppendTime`
+    /// topics). `None` for batches without a producer id and for control
+    /// batches that hold no transaction marker.
+    pub(crate) fn of(
+        header: &BatchHeader,
+        batch: &[u8],
+        first_offset: i64,
+        max_timestamp: i64,
+    ) -> Option<Self> {
+        if !header.has_producer_id() {
             return None;
         }
+        let marker = if header.is_control() {
+            Some(read_marker(batch)?)
+        } else {
+            None
+        };
         Some(Self {
             producer_id: header.producer_id,
             producer_epoch: header.producer_epoch,
@@ -265,6 +353,7 @@ impl ProducerBatch {
             last_offset: first_offset + i64::from(header.last_offset_delta),
             max_timestamp,
             transactional: header.is_transactional(),
+            marker,
         })
     }
 }
@@ -284,6 +373,8 @@ pub(crate) enum Checked {
 #[derive(Debug, Default)]
 pub(crate) struct ProducerUpdate {
     entries: HashMap<i64, ProducerStateEntry>,
+    /// Transactions the append's markers end, in offset order.
+    completed: Vec<CompletedTxn>,
 }
 
 impl ProducerUpdate {
@@ -307,6 +398,10 @@ impl ProducerUpdate {
 #[derive(Debug)]
 pub(crate) struct ProducerStateManager {
     producers: HashMap<i64, ProducerStateEntry>,
+    /// `(first offset, producer id)` of every open transaction: the first is
+    /// the partition's first unstable offset (Kafka's `ongoingTxns`). Kept in
+    /// step with `producers`; as large as it at most.
+    ongoing: BTreeSet<(i64, i64)>,
     /// Offsets of the snapshot files in the partition directory.
     snapshots: BTreeSet<i64>,
     max_producers: usize,
@@ -319,6 +414,7 @@ impl ProducerStateManager {
         assert!(max_producers > 0, "a partition must remember some producer");
         Self {
             producers: HashMap::new(),
+            ongoing: BTreeSet::new(),
             snapshots: snapshots.into_iter().collect(),
             max_producers,
         }
@@ -367,6 +463,15 @@ impl ProducerStateManager {
                     current_epoch: entry.producer_epoch,
                 });
             }
+            // Kafka: a producer inside a transaction writes transactionally.
+            if !batch.transactional
+                && batch.producer_epoch == entry.producer_epoch
+                && entry.current_txn_first_offset.is_some()
+            {
+                return Err(AppendError::InvalidTxnState {
+                    producer_id: batch.producer_id,
+                });
+            }
             if batch.producer_epoch != entry.producer_epoch {
                 if batch.first_seq != 0 && entry.producer_epoch != NO_PRODUCER_EPOCH {
                     return Err(AppendError::OutOfOrderSequence {
@@ -398,39 +503,104 @@ impl ProducerStateManager {
         Ok(Checked::Append(update))
     }
 
-    /// The state after `batches` without any check: replication and the
-    /// broker's coordinators (Kafka's replication path).
+    /// The state after `batches` without any check: replication (Kafka's
+    /// replication path).
     pub(crate) fn prepare_unchecked(&self, batches: &[ProducerBatch]) -> ProducerUpdate {
         let mut update = ProducerUpdate::default();
         for batch in batches {
-            update
+            let completed = update
                 .entry(&self.producers, batch.producer_id)
-                .add_batch(batch);
+                .apply_batch(batch);
+            update.completed.extend(completed);
         }
         update
     }
 
-    /// Puts the entries of a written append in place.
-    pub(crate) fn apply(&mut self, update: ProducerUpdate) {
-        if update.entries.is_empty() {
-            return;
+    /// The state after a coordinator's batches (transaction markers, the
+    /// coordinators' own records): as [`Self::prepare_unchecked`], except
+    /// that a marker with an epoch older than the producer's is refused, as
+    /// Kafka's `appendEndTxnMarker` does (a stale coordinator or request).
+    pub(crate) fn check_coordinator_append(
+        &self,
+        batches: &[ProducerBatch],
+    ) -> Result<ProducerUpdate, AppendError> {
+        let mut update = ProducerUpdate::default();
+        for batch in batches {
+            let entry = update.entry(&self.producers, batch.producer_id);
+            if batch.marker.is_some() && batch.producer_epoch < entry.producer_epoch {
+                return Err(AppendError::InvalidProducerEpoch {
+                    producer_id: batch.producer_id,
+                    epoch: batch.producer_epoch,
+                    current_epoch: entry.producer_epoch,
+                });
+            }
+            let completed = entry.apply_batch(batch);
+            update.completed.extend(completed);
         }
-        self.producers.extend(update.entries);
-        self.enforce_max_producers();
+        Ok(update)
     }
 
-    /// Applies one batch read back from the log (rebuild).
-    pub(crate) fn replay(&mut self, batch: &ProducerBatch) {
-        self.producers
-            .entry(batch.producer_id)
-            .or_insert_with(ProducerStateEntry::unknown)
-            .add_batch(batch);
+    /// Puts the entries of a written append in place; returns the
+    /// transactions its markers ended.
+    pub(crate) fn apply(&mut self, update: ProducerUpdate) -> Vec<CompletedTxn> {
+        for (id, entry) in update.entries {
+            let before = self
+                .producers
+                .get(&id)
+                .and_then(|e| e.current_txn_first_offset);
+            self.track_ongoing(id, before, entry.current_txn_first_offset);
+            self.producers.insert(id, entry);
+        }
         self.enforce_max_producers();
+        update.completed
+    }
+
+    /// Applies one batch read back from the log (rebuild); returns the
+    /// transaction it ended if it is a marker.
+    pub(crate) fn replay(&mut self, batch: &ProducerBatch) -> Option<CompletedTxn> {
+        let entry = self
+            .producers
+            .entry(batch.producer_id)
+            .or_insert_with(ProducerStateEntry::unknown);
+        let before = entry.current_txn_first_offset;
+        let completed = entry.apply_batch(batch);
+        let after = entry.current_txn_first_offset;
+        self.track_ongoing(batch.producer_id, before, after);
+        self.enforce_max_producers();
+        completed
+    }
+
+    fn track_ongoing(&mut self, producer_id: i64, before: Option<i64>, after: Option<i64>) {
+        if before == after {
+            return;
+        }
+        if let Some(first) = before {
+            self.ongoing.remove(&(first, producer_id));
+        }
+        if let Some(first) = after {
+            self.ongoing.insert((first, producer_id));
+        }
+    }
+
+    /// Rebuilds `ongoing` from the producers (after bulk changes).
+    fn rebuild_ongoing(&mut self) {
+        self.ongoing = self
+            .producers
+            .iter()
+            .filter_map(|(id, e)| e.current_txn_first_offset.map(|first| (first, *id)))
+            .collect();
+    }
+
+    /// The first offset of the oldest open transaction (Kafka's
+    /// `firstUndecidedOffset`), `None` when none is open.
+    pub(crate) fn first_ongoing_offset(&self) -> Option<i64> {
+        self.ongoing.first().map(|(first, _)| *first)
     }
 
     /// Forgets every producer (the snapshot files stay).
     pub(crate) fn clear(&mut self) {
         self.producers.clear();
+        self.ongoing.clear();
     }
 
     /// Removes producers whose last batch is at least `expiration_ms` older
@@ -462,6 +632,7 @@ impl ProducerStateManager {
         for (_, _, id) in &order[..excess] {
             self.producers.remove(id);
         }
+        self.rebuild_ongoing();
         tracing::warn!(
             evicted = excess,
             max_producers = self.max_producers,
@@ -586,7 +757,7 @@ impl ProducerStateManager {
         now_ms: i64,
         expiration_ms: i64,
     ) -> Option<i64> {
-        self.producers.clear();
+        self.clear();
         while let Some(offset) = self.snapshots.range(..=max_offset).next_back().copied() {
             let path = snapshot_path(dir, offset);
             match read_snapshot(&path, offset) {
@@ -595,6 +766,7 @@ impl ProducerStateManager {
                         .into_iter()
                         .filter(|(_, e)| !e.is_expired(now_ms, expiration_ms))
                         .collect();
+                    self.rebuild_ongoing();
                     self.enforce_max_producers();
                     return Some(offset);
                 }

@@ -23,11 +23,13 @@ use strom_protocol::record_batch::{
 use super::epoch_cache::LeaderEpochCache;
 use super::index::{IndexFile, OffsetEntry, TimeEntry, invalid};
 use super::scan::{BatchScanner, Scanned};
+use super::txn_index::{self, AbortedTxn, TxnSearch};
 use crate::file_cache::{FileCache, FileKind};
 
 pub(crate) const LOG_SUFFIX: &str = ".log";
 pub(crate) const INDEX_SUFFIX: &str = ".index";
 pub(crate) const TIME_INDEX_SUFFIX: &str = ".timeindex";
+pub(crate) const TXN_INDEX_SUFFIX: &str = ".txnindex";
 /// Appended to a segment's file names when it is scheduled for deletion.
 pub(crate) const DELETED_SUFFIX: &str = ".deleted";
 /// Appended to the files of a segment the cleaner is writing aside; such
@@ -36,6 +38,14 @@ pub(crate) const CLEANED_SUFFIX: &str = ".cleaned";
 /// Appended to the files of a complete cleaned segment that is being swapped
 /// in; a log that opens with one finishes the swap (Kafka's `.swap`).
 pub(crate) const SWAP_SUFFIX: &str = ".swap";
+
+/// Every file a segment may have.
+const ALL_KINDS: [FileKind; 4] = [
+    FileKind::Log,
+    FileKind::OffsetIndex,
+    FileKind::TimeIndex,
+    FileKind::TxnIndex,
+];
 
 /// Kafka's file name for a segment file: the base offset, 20 digits.
 /// `next_offset` of a segment whose indexes are not loaded yet.
@@ -177,7 +187,7 @@ impl Segment {
         now_ms: i64,
     ) -> io::Result<Self> {
         let segment = Self::existing(dir, base_offset, files, 0, now_ms);
-        for kind in [FileKind::Log, FileKind::OffsetIndex, FileKind::TimeIndex] {
+        for kind in ALL_KINDS {
             let path = segment.path(kind);
             match fs::remove_file(&path) {
                 Ok(()) => {
@@ -186,7 +196,10 @@ impl Segment {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            segment.files.create(segment.id, kind, &path)?;
+            // The transaction index is created with its first entry.
+            if kind != FileKind::TxnIndex {
+                segment.files.create(segment.id, kind, &path)?;
+            }
         }
         *segment.indexes.write() = Some(Indexes::empty());
         Ok(segment)
@@ -210,6 +223,7 @@ impl Segment {
             FileKind::Log => LOG_SUFFIX,
             FileKind::OffsetIndex => INDEX_SUFFIX,
             FileKind::TimeIndex => TIME_INDEX_SUFFIX,
+            FileKind::TxnIndex => TXN_INDEX_SUFFIX,
         };
         let mut name = file_name(self.base_offset, suffix);
         if self.deleted.load(Ordering::Acquire) {
@@ -851,6 +865,7 @@ impl Segment {
         self.size.store(position, Ordering::Release);
         log.set_len(position)?;
         let base = self.base_offset;
+        self.truncate_txn_index(offset)?;
         let offset_file = self.file(FileKind::OffsetIndex)?;
         let time_file = self.file(FileKind::TimeIndex)?;
         self.with_indexes_mut(|ix| {
@@ -922,7 +937,54 @@ impl Segment {
         }
         self.file(FileKind::OffsetIndex)?.sync_data()?;
         self.file(FileKind::TimeIndex)?.sync_data()?;
+        if let Some(txn) = self.txn_index_file()? {
+            txn.sync_data()?;
+        }
         self.file(FileKind::Log)?.sync_data()
+    }
+
+    /// The transaction index file, `None` when the segment has none.
+    fn txn_index_file(&self) -> io::Result<Option<Arc<File>>> {
+        match self.file(FileKind::TxnIndex) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Adds an aborted transaction whose marker is in this segment.
+    pub(crate) fn append_aborted_txn(&self, entry: &AbortedTxn) -> io::Result<()> {
+        txn_index::append(&*self.file_or_create(FileKind::TxnIndex)?, entry)
+    }
+
+    /// The aborted transactions of this segment's index that overlap
+    /// `[fetch_offset, upper_bound)`.
+    pub(crate) fn aborted_txns(
+        &self,
+        fetch_offset: i64,
+        upper_bound: i64,
+    ) -> io::Result<TxnSearch> {
+        match self.txn_index_file()? {
+            Some(file) => txn_index::search(&file, fetch_offset, upper_bound),
+            None => Ok(TxnSearch::default()),
+        }
+    }
+
+    /// Every entry of the transaction index.
+    pub(crate) fn aborted_txn_entries(&self) -> io::Result<Vec<AbortedTxn>> {
+        match self.txn_index_file()? {
+            Some(file) => txn_index::entries(&file),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Drops the transaction index entries whose marker is at or above
+    /// `offset`; with `offset` at the base, empties it (before a rebuild).
+    pub(crate) fn truncate_txn_index(&self, offset: i64) -> io::Result<()> {
+        match self.txn_index_file()? {
+            Some(file) => txn_index::truncate_to(&file, offset),
+            None => Ok(()),
+        }
     }
 
     /// Only the log data, for `flush.messages` and `flush.ms`: indexes of the
@@ -938,7 +1000,7 @@ impl Segment {
             return Ok(());
         }
         self.files.forget(self.id);
-        for kind in [FileKind::Log, FileKind::OffsetIndex, FileKind::TimeIndex] {
+        for kind in ALL_KINDS {
             let from = self.path(kind);
             let mut to = from.clone().into_os_string();
             to.push(self.deleted_suffix());
@@ -955,7 +1017,7 @@ impl Segment {
     /// Removes the files (after [`Self::mark_deleted`]).
     pub(crate) fn delete_files(&self) -> io::Result<()> {
         self.files.forget(self.id);
-        for kind in [FileKind::Log, FileKind::OffsetIndex, FileKind::TimeIndex] {
+        for kind in ALL_KINDS {
             match fs::remove_file(self.path(kind)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -1038,6 +1100,11 @@ pub(crate) struct SegmentWriter {
     log: io::BufWriter<File>,
     offset_file: File,
     time_file: File,
+    /// Always written, even empty: a swap that a crash interrupts is
+    /// completed with it (see `complete_swap`), so an old segment's index
+    /// of the same base offset must never stand in for it.
+    txn_file: File,
+    aborted: Vec<AbortedTxn>,
     indexes: Indexes,
     index_interval_bytes: u64,
     size: u64,
@@ -1066,15 +1133,23 @@ impl SegmentWriter {
         let log = create(LOG_SUFFIX)?;
         let offset_file = create(INDEX_SUFFIX)?;
         let time_file = create(TIME_INDEX_SUFFIX)?;
+        let txn_file = create(TXN_INDEX_SUFFIX)?;
         Ok(Self {
             base_offset,
             log: io::BufWriter::with_capacity(SEGMENT_WRITER_BUFFER_BYTES, log),
             offset_file,
             time_file,
+            txn_file,
+            aborted: Vec::new(),
             indexes: Indexes::empty(),
             index_interval_bytes,
             size: 0,
         })
+    }
+
+    /// Aborted transactions whose markers the cleaned segment keeps.
+    pub(crate) fn add_aborted_txns(&mut self, entries: Vec<AbortedTxn>) {
+        self.aborted.extend(entries);
     }
 
     /// Appends one whole batch whose header is `header`. Fails (and writes
@@ -1161,15 +1236,26 @@ impl SegmentWriter {
         if let Some(modified) = modified {
             log.set_modified(modified)?;
         }
+        let mut txn = Vec::with_capacity(self.aborted.len() * txn_index::ENTRY_BYTES);
+        for entry in &self.aborted {
+            txn.extend_from_slice(&entry.encode());
+        }
+        self.txn_file.write_all_at(&txn, 0)?;
         log.sync_all()?;
         self.offset_file.sync_all()?;
         self.time_file.sync_all()?;
+        self.txn_file.sync_all()?;
         Ok(self.size)
     }
 
     /// The files this writer creates, for cleaning up after a failure.
     pub(crate) fn remove_files(dir: &Path, base_offset: i64) -> io::Result<()> {
-        for suffix in [LOG_SUFFIX, INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        for suffix in [
+            LOG_SUFFIX,
+            INDEX_SUFFIX,
+            TIME_INDEX_SUFFIX,
+            TXN_INDEX_SUFFIX,
+        ] {
             match fs::remove_file(staged_path(dir, base_offset, suffix, CLEANED_SUFFIX)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                 _ => {}

@@ -309,3 +309,105 @@ fn a_clean_raced_by_a_log_start_move_is_abandoned_without_leftovers() {
         before.range(3..).map(|(o, r)| (*o, r.clone())).collect()
     );
 }
+
+/// Keyed data with aborted transactions of producer 9 spread over the
+/// segments (each transaction's batch and marker a few batches apart).
+fn fill_with_aborts(log: &PartitionLog) {
+    let mut sequence = 0;
+    for batch in 0..60i64 {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        let key = format!("key-{}", batch % 10);
+        builder.push(
+            NOW_MS - 1000 + batch,
+            Some(key.as_bytes()),
+            Some(&[b'x'; 40]),
+            &[],
+        );
+        log.append_as_leader(&builder.build().unwrap(), 0, AppendOrigin::Client)
+            .unwrap();
+        if batch % 9 == 0 {
+            let mut txn = RecordBatchBuilder::new(Compression::None)
+                .producer(9, 0, sequence)
+                .transactional(true);
+            sequence += 1;
+            txn.push(NOW_MS, Some(b"txn"), Some(b"aborted"), &[]);
+            log.append_as_leader(&txn.build().unwrap(), 0, AppendOrigin::Client)
+                .unwrap();
+        }
+        if batch % 9 == 4 {
+            let marker = strom_protocol::builder::end_txn_marker_batch(
+                0,
+                NOW_MS,
+                0,
+                9,
+                0,
+                record::EndTxnMarker {
+                    commit: false,
+                    coordinator_epoch: 0,
+                },
+            );
+            log.append_as_leader(&marker, 0, AppendOrigin::Coordinator)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_of_the_swap_keeps_the_aborted_transaction_index() {
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let (expected, log_end) = {
+        let log = open(&pristine, true);
+        fill_with_aborts(&log);
+        log.set_config(LogConfig {
+            segment_bytes: 3_500,
+            ..config()
+        });
+        let expected = log.aborted_transactions(0, log.log_end_offset()).unwrap();
+        assert!(expected.len() >= 5, "{expected:?}");
+        log.close().unwrap();
+        (expected, log.log_end_offset())
+    };
+    let groups = {
+        let dir = root.path().join("reference");
+        copy_dir(&pristine, &dir);
+        let log = open(&dir, true);
+        let (result, stats) = run_clean(&log, None);
+        result.unwrap();
+        assert_eq!(log.aborted_transactions(0, log_end).unwrap(), expected);
+        stats.segments_written
+    };
+    for group in 0..groups.min(2) {
+        for point in CrashPoint::ALL {
+            let what = format!("crash at {point:?} of group {group}");
+            let dir = root.path().join(format!("crash-{group}-{point:?}"));
+            copy_dir(&pristine, &dir);
+            {
+                let log = open(&dir, true);
+                let (result, _) = run_clean(&log, Some((group, point)));
+                assert!(matches!(result, Err(CleanError::Crashed)), "{what}");
+            }
+            // Everything but the active segment was flushed before the
+            // clean: recovery starts there, so the swapped segments keep
+            // the indexes the swap left.
+            let log = PartitionLog::open(
+                &dir,
+                config(),
+                Arc::new(FileCache::default()),
+                Arc::new(ManualClock::new(NOW_MS)),
+                LoadOptions {
+                    clean_shutdown: false,
+                    recovery_point: log_end,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap();
+            assert!(leftovers(&dir).is_empty(), "{what}: {:?}", leftovers(&dir));
+            assert_eq!(
+                log.aborted_transactions(0, log_end).unwrap(),
+                expected,
+                "{what}"
+            );
+        }
+    }
+}

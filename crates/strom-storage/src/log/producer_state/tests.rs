@@ -19,12 +19,15 @@ fn batch(
         last_offset: first_offset + i64::from(records) - 1,
         max_timestamp: 1_000 + first_offset,
         transactional: false,
+        marker: None,
     }
 }
 
 fn applied(manager: &mut ProducerStateManager, batches: &[ProducerBatch]) {
     match manager.check_client_append(batches).unwrap() {
-        Checked::Append(update) => manager.apply(update),
+        Checked::Append(update) => {
+            manager.apply(update);
+        }
         Checked::Duplicate(d) => panic!("unexpected duplicate {d:?}"),
     }
 }

@@ -1,0 +1,587 @@
+//! The transaction APIs: AddPartitionsToTxn, AddOffsetsToTxn, EndTxn,
+//! TxnOffsetCommit and WriteTxnMarkers, and the admin views
+//! DescribeTransactions, ListTransactions and DescribeProducers. InitProducerId is in
+//! `init_producer_id`, FindCoordinator in `group`. The work is the
+//! transaction coordinator's ([`crate::txn`]) and, for offsets, the group
+//! coordinator's.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::StrBytes;
+use strom_protocol::messages::kafka::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TopicName, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
+    add_partitions_to_txn_request::AddPartitionsToTxnTopic,
+    add_partitions_to_txn_response::{
+        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
+    },
+    txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic},
+    write_txn_markers_response::{
+        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    },
+};
+use strom_protocol::messages::kafka::{
+    DescribeProducersRequest, DescribeProducersResponse, DescribeTransactionsRequest,
+    DescribeTransactionsResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
+    TransactionalId, describe_producers_response, describe_transactions_response,
+    list_transactions_response,
+};
+
+use crate::broker::Broker;
+use crate::group::store::{OFFSETS_TOPIC, OffsetValue};
+use crate::txn::fenced;
+use crate::txn::markers::{self, MarkerRequest};
+use crate::txn::store::{TRANSACTION_STATE_TOPIC, TxnStatus};
+
+/// Partitions with the error each gets.
+type PartitionErrors = Vec<((String, i32), ErrorCode)>;
+
+fn topic_name(name: &str) -> TopicName {
+    TopicName(StrBytes::from_string(name.to_owned()))
+}
+
+/// The partitions a request names, with the error of each that cannot be in
+/// a transaction (unknown, internal): Kafka then answers those with their
+/// error and the others with OPERATION_NOT_ATTEMPTED.
+fn check_partitions(
+    broker: &Broker,
+    topics: &[AddPartitionsToTxnTopic],
+) -> (Vec<(String, i32)>, PartitionErrors) {
+    let image = broker.image();
+    let mut partitions = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for topic in topics {
+        let name = topic.name.to_string();
+        for p in &topic.partitions {
+            if !seen.insert((name.clone(), *p)) {
+                continue;
+            }
+            let error = if name == TRANSACTION_STATE_TOPIC {
+                Some(ErrorCode::TopicAuthorizationFailed)
+            } else if image.partition(&name, *p).is_none() {
+                Some(ErrorCode::UnknownTopicOrPartition)
+            } else {
+                None
+            };
+            match error {
+                Some(e) => errors.push(((name.clone(), *p), e)),
+                None => partitions.push((name.clone(), *p)),
+            }
+        }
+    }
+    (partitions, errors)
+}
+
+fn topic_results(results: PartitionErrors) -> Vec<AddPartitionsToTxnTopicResult> {
+    let mut out: Vec<AddPartitionsToTxnTopicResult> = Vec::new();
+    for ((topic, partition), code) in results {
+        let result = AddPartitionsToTxnPartitionResult::default()
+            .with_partition_index(partition)
+            .with_partition_error_code(code.code());
+        match out.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.results_by_partition.push(result),
+            None => out.push(
+                AddPartitionsToTxnTopicResult::default()
+                    .with_name(topic_name(&topic))
+                    .with_results_by_partition(vec![result]),
+            ),
+        }
+    }
+    out
+}
+
+/// One transaction of an AddPartitionsToTxn request.
+async fn add_partitions_one(
+    broker: &Arc<Broker>,
+    transactional_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    verify_only: bool,
+    topics: &[AddPartitionsToTxnTopic],
+    version: i16,
+) -> Vec<AddPartitionsToTxnTopicResult> {
+    let (partitions, errors) = check_partitions(broker, topics);
+    if !errors.is_empty() {
+        let mut results = errors;
+        results.extend(
+            partitions
+                .into_iter()
+                .map(|p| (p, ErrorCode::OperationNotAttempted)),
+        );
+        return topic_results(results);
+    }
+    if verify_only {
+        let codes = broker
+            .txn
+            .verify_partitions(transactional_id, producer_id, epoch, &partitions)
+            .await;
+        return topic_results(partitions.into_iter().zip(codes).collect());
+    }
+    let code = match broker
+        .txn
+        .add_partitions(
+            broker,
+            transactional_id,
+            producer_id,
+            epoch,
+            &partitions,
+            fenced(2, version),
+        )
+        .await
+    {
+        Ok(()) => ErrorCode::None,
+        Err(e) => e,
+    };
+    topic_results(partitions.into_iter().map(|p| (p, code)).collect())
+}
+
+pub async fn add_partitions_to_txn(
+    broker: &Arc<Broker>,
+    req: AddPartitionsToTxnRequest,
+    version: i16,
+) -> AddPartitionsToTxnResponse {
+    if version < 4 {
+        let results = add_partitions_one(
+            broker,
+            req.v3_and_below_transactional_id.as_str(),
+            req.v3_and_below_producer_id.0,
+            req.v3_and_below_producer_epoch,
+            false,
+            &req.v3_and_below_topics,
+            version,
+        )
+        .await;
+        return AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results);
+    }
+    // v4+: batched, from brokers (KIP-890); verify_only checks membership.
+    let mut results = Vec::with_capacity(req.transactions.len());
+    for txn in &req.transactions {
+        let topic_results = add_partitions_one(
+            broker,
+            txn.transactional_id.as_str(),
+            txn.producer_id.0,
+            txn.producer_epoch,
+            txn.verify_only,
+            &txn.topics,
+            version,
+        )
+        .await;
+        results.push(
+            AddPartitionsToTxnResult::default()
+                .with_transactional_id(txn.transactional_id.clone())
+                .with_topic_results(topic_results),
+        );
+    }
+    AddPartitionsToTxnResponse::default().with_results_by_transaction(results)
+}
+
+pub async fn add_offsets_to_txn(
+    broker: &Arc<Broker>,
+    req: AddOffsetsToTxnRequest,
+    version: i16,
+) -> AddOffsetsToTxnResponse {
+    let group_id = req.group_id.to_string();
+    let broker_for_task = Arc::clone(broker);
+    let group_for_task = group_id.clone();
+    // The group's partition of the offsets topic joins the transaction (the
+    // topic is created if need be).
+    let partition = crate::api::blocking(move || {
+        crate::group::coordinator_for(
+            &broker_for_task,
+            &broker_for_task.groups.config,
+            &group_for_task,
+        )
+        .map(|_| {
+            let image = broker_for_task.image();
+            let count = image
+                .topic(OFFSETS_TOPIC)
+                .map_or(1, |t| i32::try_from(t.partitions.len()).unwrap_or(i32::MAX));
+            crate::group::store::partition_for(&group_for_task, count)
+        })
+    })
+    .await
+    .unwrap_or(Err(ErrorCode::UnknownServerError));
+    let code = match partition {
+        Err(e) => e,
+        Ok(index) => match broker
+            .txn
+            .add_partitions(
+                broker,
+                req.transactional_id.as_str(),
+                req.producer_id.0,
+                req.producer_epoch,
+                &[(OFFSETS_TOPIC.to_owned(), index)],
+                fenced(2, version),
+            )
+            .await
+        {
+            Ok(()) => ErrorCode::None,
+            Err(e) => e,
+        },
+    };
+    AddOffsetsToTxnResponse::default().with_error_code(code.code())
+}
+
+pub async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
+    let code = match broker
+        .txn
+        .end_txn(
+            broker,
+            req.transactional_id.as_str(),
+            req.producer_id.0,
+            req.producer_epoch,
+            req.committed,
+            fenced(2, version),
+        )
+        .await
+    {
+        Ok(()) => ErrorCode::None,
+        Err(e) => e,
+    };
+    EndTxnResponse::default().with_error_code(code.code())
+}
+
+pub async fn txn_offset_commit(
+    broker: &Arc<Broker>,
+    req: TxnOffsetCommitRequest,
+    version: i16,
+) -> TxnOffsetCommitResponse {
+    let group_id = req.group_id.to_string();
+    let respond = |code: ErrorCode| {
+        TxnOffsetCommitResponse::default().with_topics(
+            req.topics
+                .iter()
+                .map(|t| {
+                    TxnOffsetCommitResponseTopic::default()
+                        .with_name(t.name.clone())
+                        .with_partitions(
+                            t.partitions
+                                .iter()
+                                .map(|p| {
+                                    TxnOffsetCommitResponsePartition::default()
+                                        .with_partition_index(p.partition_index)
+                                        .with_error_code(code.code())
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        )
+    };
+    if group_id.is_empty() {
+        return respond(ErrorCode::InvalidGroupId);
+    }
+    if let Some(e) = broker.groups.coordinator_error(broker, &group_id) {
+        return respond(e);
+    }
+    let image = broker.image();
+    let offsets_partition = {
+        let count = image
+            .topic(OFFSETS_TOPIC)
+            .map_or(1, |t| i32::try_from(t.partitions.len()).unwrap_or(i32::MAX));
+        crate::group::store::partition_for(&group_id, count)
+    };
+    // KIP-890: the group's partition must be in the ongoing transaction
+    // (AddOffsetsToTxn came first). The verification holds the transaction
+    // state until the offsets are in the log, so no marker comes between.
+    let txn_state = broker.txn.lock_owned().await;
+    if let Err(e) = txn_state.verify(
+        req.transactional_id.as_str(),
+        req.producer_id.0,
+        req.producer_epoch,
+        OFFSETS_TOPIC,
+        offsets_partition,
+    ) {
+        let code = match e {
+            ErrorCode::InvalidProducerEpoch => fenced(3, version),
+            other => other,
+        };
+        return respond(code);
+    }
+    let mut state = broker.groups.lock().await;
+    // v3+ carries the member; a member that is not the group's is refused
+    // as OffsetCommit would (a standalone producer sends generation -1).
+    if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
+        let valid = match state.groups.get(&group_id) {
+            Some(crate::group::Group::Classic(g)) => g.validate_commit(
+                req.member_id.as_str(),
+                req.group_instance_id.as_ref().map(|s| s.as_str()),
+                req.generation_id,
+            ),
+            Some(crate::group::Group::Consumer(g)) => g.validate_commit(
+                req.member_id.as_str(),
+                req.generation_id,
+                ErrorCode::IllegalGeneration,
+            ),
+            None => Err(ErrorCode::IllegalGeneration),
+        };
+        if let Err(e) = valid {
+            return respond(e);
+        }
+    }
+    let now = broker.clock.now_ms();
+    let max_metadata = broker.groups.config.offset_metadata_max_bytes;
+    let mut offsets = Vec::new();
+    let mut codes: Vec<Vec<ErrorCode>> = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let mut topic_codes = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let metadata = p.committed_metadata.as_ref().map(|m| m.to_string());
+            if metadata.as_ref().is_some_and(|m| m.len() > max_metadata) {
+                topic_codes.push(ErrorCode::OffsetMetadataTooLarge);
+                continue;
+            }
+            if image
+                .partition(t.name.as_str(), p.partition_index)
+                .is_none()
+            {
+                topic_codes.push(ErrorCode::UnknownTopicOrPartition);
+                continue;
+            }
+            offsets.push((
+                t.name.to_string(),
+                p.partition_index,
+                OffsetValue {
+                    offset: p.committed_offset,
+                    leader_epoch: p.committed_leader_epoch,
+                    metadata,
+                    commit_timestamp_ms: now,
+                },
+            ));
+            topic_codes.push(ErrorCode::None);
+        }
+        codes.push(topic_codes);
+    }
+    let written = broker
+        .groups
+        .persist_txn_offsets(
+            broker,
+            &mut state,
+            &group_id,
+            req.producer_id.0,
+            req.producer_epoch,
+            offsets,
+        )
+        .await;
+    drop(state);
+    drop(txn_state);
+    let failure = match written {
+        Ok(()) => None,
+        Err(ErrorCode::InvalidProducerEpoch) => Some(fenced(3, version)),
+        Err(e) => Some(e),
+    };
+    let mut response = respond(ErrorCode::None);
+    for (topic, topic_codes) in response.topics.iter_mut().zip(codes) {
+        for (partition, code) in topic.partitions.iter_mut().zip(topic_codes) {
+            partition.error_code = match (code, failure) {
+                (ErrorCode::None, Some(e)) => e.code(),
+                (code, _) => code.code(),
+            };
+        }
+    }
+    response
+}
+
+/// WriteTxnMarkers: another broker's transaction coordinator asks this one
+/// to write markers to the partitions it leads.
+pub async fn write_txn_markers(
+    broker: &Arc<Broker>,
+    req: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let mut results = Vec::with_capacity(req.markers.len());
+    for marker in &req.markers {
+        let request = MarkerRequest {
+            producer_id: marker.producer_id.0,
+            producer_epoch: marker.producer_epoch,
+            commit: marker.transaction_result,
+            coordinator_epoch: marker.coordinator_epoch,
+            partitions: marker
+                .topics
+                .iter()
+                .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
+                .collect(),
+        };
+        let written = markers::write_local(broker, &request).await;
+        let mut topics: Vec<WritableTxnMarkerTopicResult> = Vec::new();
+        for ((topic, partition), code) in written {
+            let result = WritableTxnMarkerPartitionResult::default()
+                .with_partition_index(partition)
+                .with_error_code(code.code());
+            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+                Some(t) => t.partitions.push(result),
+                None => topics.push(
+                    WritableTxnMarkerTopicResult::default()
+                        .with_name(topic_name(&topic))
+                        .with_partitions(vec![result]),
+                ),
+            }
+        }
+        results.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(marker.producer_id)
+                .with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(results)
+}
+
+/// DescribeTransactions: the state of each transactional id this broker
+/// coordinates.
+pub async fn describe_transactions(
+    broker: &Arc<Broker>,
+    req: DescribeTransactionsRequest,
+) -> DescribeTransactionsResponse {
+    let mut states = Vec::with_capacity(req.transactional_ids.len());
+    for id in &req.transactional_ids {
+        let mut out = describe_transactions_response::TransactionState::default()
+            .with_transactional_id(id.clone())
+            .with_transaction_start_time_ms(-1)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        if let Some(e) = broker.txn.coordinator_error(broker, id.as_str()).await {
+            states.push(out.with_error_code(e.code()));
+            continue;
+        }
+        let state = broker.txn.lock().await;
+        match state.ids.get(id.as_str()) {
+            None => out = out.with_error_code(ErrorCode::TransactionalIdNotFound.code()),
+            Some(txn) => {
+                let mut topics: Vec<describe_transactions_response::TopicData> = Vec::new();
+                for (topic, partition) in &txn.partitions {
+                    match topics.last_mut() {
+                        Some(t) if t.topic.0.as_str() == topic => t.partitions.push(*partition),
+                        _ => topics.push(
+                            describe_transactions_response::TopicData::default()
+                                .with_topic(topic_name(topic))
+                                .with_partitions(vec![*partition]),
+                        ),
+                    }
+                }
+                out = out
+                    .with_transaction_state(StrBytes::from_static_str(txn.status.name()))
+                    .with_transaction_timeout_ms(txn.timeout_ms)
+                    .with_transaction_start_time_ms(txn.start_ms)
+                    .with_producer_id(ProducerId(txn.producer_id))
+                    .with_producer_epoch(txn.producer_epoch)
+                    .with_topics(topics);
+            }
+        }
+        states.push(out);
+    }
+    DescribeTransactionsResponse::default().with_transaction_states(states)
+}
+
+/// ListTransactions (v0–1): the transactional ids this broker coordinates,
+/// filtered by state names, producer ids and (v1) how long their transaction
+/// has been open. Unknown state names are returned as such, as Kafka does.
+pub async fn list_transactions(
+    broker: &Arc<Broker>,
+    req: ListTransactionsRequest,
+    version: i16,
+) -> ListTransactionsResponse {
+    const STATES: [TxnStatus; 8] = [
+        TxnStatus::Empty,
+        TxnStatus::Ongoing,
+        TxnStatus::PrepareCommit,
+        TxnStatus::PrepareAbort,
+        TxnStatus::CompleteCommit,
+        TxnStatus::CompleteAbort,
+        TxnStatus::Dead,
+        TxnStatus::PrepareEpochFence,
+    ];
+    let mut unknown = Vec::new();
+    let mut wanted = HashSet::new();
+    for name in &req.state_filters {
+        match STATES.iter().find(|s| s.name() == name.as_str()) {
+            Some(s) => {
+                wanted.insert(s.id());
+            }
+            None => unknown.push(name.clone()),
+        }
+    }
+    let producers: HashSet<i64> = req.producer_id_filters.iter().map(|p| p.0).collect();
+    let now = broker.clock.now_ms();
+    let min_duration = if version >= 1 {
+        req.duration_filter
+    } else {
+        -1
+    };
+    let state = broker.txn.lock().await;
+    let mut listed: Vec<list_transactions_response::TransactionState> = state
+        .ids
+        .iter()
+        .filter(|(id, _)| broker.txn.coordinates(broker, id))
+        .filter(|(_, t)| req.state_filters.is_empty() || wanted.contains(&t.status.id()))
+        .filter(|(_, t)| producers.is_empty() || producers.contains(&t.producer_id))
+        .filter(|(_, t)| {
+            min_duration < 0
+                || (t.status == TxnStatus::Ongoing && now.saturating_sub(t.start_ms) > min_duration)
+        })
+        .map(|(id, t)| {
+            list_transactions_response::TransactionState::default()
+                .with_transactional_id(TransactionalId(StrBytes::from_string(id.clone())))
+                .with_producer_id(ProducerId(t.producer_id))
+                .with_transaction_state(StrBytes::from_static_str(t.status.name()))
+        })
+        .collect();
+    listed.sort_by(|a, b| a.transactional_id.as_str().cmp(b.transactional_id.as_str()));
+    ListTransactionsResponse::default()
+        .with_unknown_state_filters(unknown)
+        .with_transaction_states(listed)
+}
+
+/// DescribeProducers: the producer state of partitions this broker leads
+/// (Kafka's view of idempotent and transactional producers per partition).
+pub fn describe_producers(
+    broker: &Broker,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let image = broker.image();
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partition_indexes
+                .iter()
+                .map(|index| {
+                    let response = describe_producers_response::PartitionResponse::default()
+                        .with_partition_index(*index);
+                    let Some(meta) = image.partition(t.name.as_str(), *index) else {
+                        return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+                    };
+                    let partition = broker.replicas.get(t.name.as_str(), *index);
+                    let Some(partition) = partition.filter(|_| meta.leader == broker.node_id)
+                    else {
+                        return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+                    };
+                    let producers = partition
+                        .log
+                        .producer_states()
+                        .into_iter()
+                        .map(|p| {
+                            describe_producers_response::ProducerState::default()
+                                .with_producer_id(ProducerId(p.producer_id))
+                                .with_producer_epoch(i32::from(p.producer_epoch))
+                                .with_last_sequence(p.last_sequence)
+                                .with_last_timestamp(p.last_timestamp)
+                                .with_coordinator_epoch(-1)
+                                .with_current_txn_start_offset(
+                                    p.current_txn_first_offset.unwrap_or(-1),
+                                )
+                        })
+                        .collect();
+                    response.with_active_producers(producers)
+                })
+                .collect();
+            describe_producers_response::TopicResponse::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
+}
