@@ -10,7 +10,9 @@
 //! - [`partitioner`]: the Java client's default partitioner, so that records
 //!   land on the partitions a Java producer would choose.
 //! - [`producer`]: [`Producer`], batching, compression, idempotence.
+//! - [`admin`]: [`Admin`], topics, configs, groups and offsets.
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod producer;
 
 mod cluster;
 
+pub use admin::Admin;
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::ClientConfig;
 pub use error::{Error, ErrorCode, Result};
