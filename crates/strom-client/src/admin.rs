@@ -41,9 +41,10 @@ use bytes::Bytes;
 use strom_protocol::messages::kafka::{
     BrokerId, ConsumerGroupDescribeRequest, ConsumerProtocolAssignment, CreatePartitionsRequest,
     CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, GroupId,
-    IncrementalAlterConfigsRequest, ListGroupsRequest, ListOffsetsRequest, OffsetCommitRequest,
-    OffsetDeleteRequest, OffsetFetchRequest, TopicName, consumer_group_describe_response,
+    DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FindCoordinatorRequest,
+    GroupId, IncrementalAlterConfigsRequest, ListGroupsRequest, ListOffsetsRequest,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, TopicName,
+    consumer_group_describe_response,
     create_partitions_request::CreatePartitionsTopic,
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
     create_topics_response::{CreatableTopicConfigs, CreatableTopicResult},
@@ -92,6 +93,8 @@ const OFFSET_FETCH_VERSION: i16 = 9;
 const OFFSET_COMMIT_VERSION: i16 = 9;
 const OFFSET_DELETE_VERSION: i16 = 0;
 const DESCRIBE_CLUSTER_VERSION: i16 = 2;
+/// v4+ looks up several keys at once; v6 adds share groups.
+const FIND_COORDINATOR_VERSION: i16 = 5;
 const DELETE_RECORDS_VERSION: i16 = 2;
 /// v7 adds MAX_TIMESTAMP, v10 the timeout.
 const LIST_OFFSETS_VERSION: i16 = 10;
@@ -918,7 +921,7 @@ impl Admin {
         // the broker) only for the groups described.
         for (group, result) in &mut described {
             if let Ok(description) = result
-                && let Ok(id) = self.cluster.find_coordinator(GROUP_KEY, group).await
+                && let Ok(id) = self.find_coordinator(group).await
             {
                 description.coordinator = id;
             }
@@ -1491,10 +1494,7 @@ impl Admin {
             let topics: Vec<String> = leader_topics.into_iter().collect();
             self.cluster.fetch_metadata(Some(&topics), false).await?;
         }
-        if dests
-            .iter()
-            .any(|(_, d)| matches!(d, Dest::Any | Dest::Controller | Dest::Node(_)))
-        {
+        if dests.iter().any(|(_, d)| !matches!(d, Dest::Leader(_))) {
             self.cluster.maybe_refresh().await?;
         }
         let mut batches: HashMap<Route, Vec<K>> = HashMap::new();
@@ -1511,11 +1511,9 @@ impl Admin {
                     })
                 }
                 Dest::Node(id) => Ok(Route::Node(id)),
-                Dest::Coordinator(group) => self
-                    .cluster
-                    .find_coordinator(GROUP_KEY, &group)
-                    .await
-                    .map(Route::Coordinator),
+                Dest::Coordinator(group) => {
+                    self.find_coordinator(&group).await.map(Route::Coordinator)
+                }
                 Dest::Leader(tp) => self.leader_route(&tp),
             };
             match route {
@@ -1524,6 +1522,46 @@ impl Admin {
             }
         }
         Ok((batches, failed))
+    }
+
+    /// The coordinator of `group`, a broker the metadata knows.
+    ///
+    /// FindCoordinator is built here for the version it goes out in:
+    /// v4+ takes a list of keys and refuses the single `key` of older
+    /// versions.
+    async fn find_coordinator(&self, group: &str) -> Result<i32> {
+        let (_, response) = self
+            .cluster
+            .send_built(self.any_route(), FIND_COORDINATOR_VERSION, |version| {
+                let request = FindCoordinatorRequest::default().with_key_type(GROUP_KEY);
+                if version >= 4 {
+                    request.with_coordinator_keys(vec![str_bytes(group)])
+                } else {
+                    request.with_key(str_bytes(group))
+                }
+            })
+            .await?;
+        let id = match response.coordinators.into_iter().next() {
+            Some(c) => {
+                Error::check(c.error_code, c.error_message.as_deref())?;
+                c.node_id.0
+            }
+            None => {
+                Error::check(response.error_code, response.error_message.as_deref())?;
+                response.node_id.0
+            }
+        };
+        if self.cluster.broker(id).is_none() {
+            // A broker newer than the metadata: learn its address.
+            self.cluster.fetch_metadata(Some(&[]), false).await?;
+            if self.cluster.broker(id).is_none() {
+                return Err(Error::kafka(
+                    ErrorCode::CoordinatorNotAvailable.code(),
+                    Some(&format!("coordinator {id} is not in the metadata")),
+                ));
+            }
+        }
+        Ok(id)
     }
 
     /// A broker for requests any broker answers: the first the metadata
