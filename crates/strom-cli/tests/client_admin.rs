@@ -701,3 +701,52 @@ async fn a_librdkafka_group_is_listed_described_and_its_offsets_managed() {
         Some(ErrorCode::GroupIdNotFound)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kip_848_group_is_described_through_consumer_group_describe() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(&dir, &["group.consumer.heartbeat.interval.ms=500"]);
+    let admin = admin(&broker);
+    broker_create(&broker, "next-gen", 3).await;
+    let consumer: BaseConsumer = broker
+        .group_config("kip848")
+        .set("group.protocol", "consumer")
+        .set("client.id", "rd-next-gen")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["next-gen"]).unwrap();
+    let poller = Poller::spawn(consumer, |_, _| {});
+
+    eventually("the member to own every partition", || async {
+        admin.describe_groups(&["kip848"]).await["kip848"]
+            .as_ref()
+            .is_ok_and(|g| {
+                g.members.len() == 1
+                    && g.members[0].assignment
+                        == BTreeMap::from([("next-gen".to_owned(), vec![0, 1, 2])])
+            })
+    })
+    .await;
+    let described = admin.describe_groups(&["kip848"]).await;
+    let group = described["kip848"].as_ref().unwrap();
+    assert_eq!(
+        (group.group_type.as_str(), group.protocol_type.as_str()),
+        ("consumer", "consumer")
+    );
+    assert_eq!(group.state, "Stable");
+    assert!(!group.protocol.is_empty(), "the server-side assignor");
+    assert_eq!(group.members[0].client_id, "rd-next-gen");
+    let listed = admin.list_groups().await.unwrap();
+    let listing = listed.iter().find(|g| g.group_id == "kip848").unwrap();
+    assert_eq!(listing.group_type.as_deref(), Some("consumer"));
+
+    tokio::task::block_in_place(|| poller.close());
+    eventually("the member to leave", || async {
+        admin.describe_groups(&["kip848"]).await["kip848"]
+            .as_ref()
+            .is_ok_and(|g| g.members.is_empty())
+    })
+    .await;
+    let deleted = admin.delete_groups(&["kip848"]).await;
+    assert!(deleted["kip848"].is_ok(), "{deleted:?}");
+}
