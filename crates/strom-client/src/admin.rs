@@ -579,7 +579,7 @@ impl Admin {
                     .with_timeout_ms(timeout_ms)
                     .with_validate_only(validate_only)
             },
-            |_, _, response| {
+            |_, response| {
                 response
                     .topics
                     .into_iter()
@@ -611,7 +611,7 @@ impl Admin {
                     request.with_topic_names(names.iter().map(|n| topic_name(n)).collect())
                 }
             },
-            |_, _, response| {
+            |_, response| {
                 response
                     .responses
                     .into_iter()
@@ -707,7 +707,7 @@ impl Admin {
                     .with_timeout_ms(timeout_ms)
                     .with_validate_only(validate_only)
             },
-            |_, _, response| {
+            |_, response| {
                 response
                     .results
                     .into_iter()
@@ -750,7 +750,7 @@ impl Admin {
                     )
                     .with_include_synonyms(include_synonyms)
             },
-            |_, keys, response| {
+            |Sent { keys, .. }, response| {
                 response
                     .results
                     .into_iter()
@@ -803,7 +803,7 @@ impl Admin {
                     )
                     .with_validate_only(validate_only)
             },
-            |_, keys, response| {
+            |Sent { keys, .. }, response| {
                 response
                     .responses
                     .into_iter()
@@ -831,7 +831,7 @@ impl Admin {
                 LIST_GROUPS_VERSION,
                 |&id| Dest::Node(id),
                 |_, _| ListGroupsRequest::default(),
-                |version, keys, response| {
+                |Sent { version, keys, .. }, response| {
                     let listings = Error::check(response.error_code, None).map(|()| {
                         response
                             .groups
@@ -874,11 +874,11 @@ impl Admin {
                     DescribeGroupsRequest::default()
                         .with_groups(keys.iter().map(|g| GroupId(str_bytes(g))).collect())
                 },
-                |_, _, response| {
+                |sent, response| {
                     response
                         .groups
                         .into_iter()
-                        .map(|g| (g.group_id.0.to_string(), classic_group(g)))
+                        .map(|g| (g.group_id.0.to_string(), classic_group(g, sent.node)))
                         .collect()
                 },
             )
@@ -901,11 +901,11 @@ impl Admin {
                         ConsumerGroupDescribeRequest::default()
                             .with_group_ids(keys.iter().map(|g| GroupId(str_bytes(g))).collect())
                     },
-                    |_, _, response| {
+                    |sent, response| {
                         response
                             .groups
                             .into_iter()
-                            .map(|g| (g.group_id.0.to_string(), consumer_group(g)))
+                            .map(|g| (g.group_id.0.to_string(), consumer_group(g, sent.node)))
                             .collect()
                     },
                 )
@@ -915,15 +915,6 @@ impl Admin {
                 if result.is_ok() {
                     described.insert(group, result);
                 }
-            }
-        }
-        // The coordinator that answered; looked up again (cheap, cached by
-        // the broker) only for the groups described.
-        for (group, result) in &mut described {
-            if let Ok(description) = result
-                && let Ok(id) = self.find_coordinator(group).await
-            {
-                description.coordinator = id;
             }
         }
         described
@@ -940,7 +931,7 @@ impl Admin {
                 DeleteGroupsRequest::default()
                     .with_groups_names(keys.iter().map(|g| GroupId(str_bytes(g))).collect())
             },
-            |_, _, response| {
+            |_, response| {
                 response
                     .results
                     .into_iter()
@@ -966,7 +957,7 @@ impl Admin {
                 OFFSET_FETCH_VERSION,
                 |g| Dest::Coordinator(g.clone()),
                 |version, keys| offset_fetch_request(version, keys, topics.as_ref()),
-                |version, keys, response| {
+                |Sent { version, keys, .. }, response| {
                     if version >= 8 {
                         response
                             .groups
@@ -1075,7 +1066,7 @@ impl Admin {
                                 .collect(),
                         )
                 },
-                |_, groups, response| {
+                |Sent { keys: groups, .. }, response| {
                     let partitions = response.topics.into_iter().flat_map(|t| {
                         let topic = t.name.0.to_string();
                         t.partitions.into_iter().map(move |p| {
@@ -1137,7 +1128,7 @@ impl Admin {
                                 .collect(),
                         )
                 },
-                |_, groups, response| {
+                |Sent { keys: groups, .. }, response| {
                     let result = Error::check(response.error_code, None).and_then(|()| {
                         partition_results(response.topics.into_iter().flat_map(|t| {
                             let topic = t.name.0.to_string();
@@ -1173,7 +1164,7 @@ impl Admin {
                 DESCRIBE_CLUSTER_VERSION,
                 |()| Dest::Any,
                 |_, _| DescribeClusterRequest::default().with_endpoint_type(ENDPOINT_BROKERS),
-                |_, _, response| {
+                |_, response| {
                     let result =
                         Error::check(response.error_code, response.error_message.as_deref()).map(
                             |()| {
@@ -1255,7 +1246,7 @@ impl Admin {
                     )
                     .with_timeout_ms(timeout_ms)
             },
-            |_, _, response| {
+            |_, response| {
                 response
                     .topics
                     .into_iter()
@@ -1325,7 +1316,7 @@ impl Admin {
                     _ => request,
                 }
             },
-            |version, _, response| {
+            |Sent { version, .. }, response| {
                 response
                     .topics
                     .into_iter()
@@ -1406,7 +1397,8 @@ impl Admin {
     /// Asks about each of `keys` with requests made by `build` (one per
     /// destination broker, all at once), settles each key's answer from
     /// `parse`, and asks again about those with retriable errors until the
-    /// API timeout. `build` and `parse` get the request version and the keys
+    /// API timeout. `build` gets the request version and the keys of that
+    /// request, `parse` those and the broker that answered.
     /// of that request.
     async fn each<K, T, R>(
         &self,
@@ -1414,7 +1406,7 @@ impl Admin {
         max: i16,
         dest: impl Fn(&K) -> Dest,
         build: impl Fn(i16, &[K]) -> R,
-        parse: impl Fn(i16, &[K], R::Response) -> Vec<(K, Result<T>)>,
+        parse: impl Fn(Sent<'_, K>, R::Response) -> Vec<(K, Result<T>)>,
     ) -> BTreeMap<K, Result<T>>
     where
         K: Ord + Clone + Debug,
@@ -1424,7 +1416,7 @@ impl Admin {
         let mut round = Round::new(keys);
         let what = api_name::<R>();
         while !round.pending.is_empty() {
-            let batches = match self.routes(&round.pending, &dest).await {
+            let batches = match self.routes(&round.pending, &dest, deadline).await {
                 Ok((batches, failed)) => {
                     for (key, error) in failed {
                         round.settle(&self.cluster, key, Err(error));
@@ -1442,16 +1434,24 @@ impl Admin {
                 futures::future::join_all(batches.into_iter().map(|(route, keys)| async move {
                     let answer = self
                         .cluster
-                        .send_built(route, max, |version| build(version, &keys))
+                        .send_built(route, max, deadline, |version| build(version, &keys))
                         .await;
-                    (keys, answer)
+                    (route, keys, answer)
                 }))
                 .await;
-            for (keys, answer) in answers {
+            for (route, keys, answer) in answers {
                 match answer {
                     Ok((version, response)) => {
                         let mut unanswered: BTreeSet<K> = keys.iter().cloned().collect();
-                        for (key, result) in parse(version, &keys, response) {
+                        let sent = Sent {
+                            version,
+                            keys: &keys,
+                            node: match route {
+                                Route::Node(id) | Route::Coordinator(id) => id,
+                                Route::Bootstrap(_) => -1,
+                            },
+                        };
+                        for (key, result) in parse(sent, response) {
                             // Answers for something not asked are ignored.
                             if unanswered.remove(&key) {
                                 round.settle(&self.cluster, key, result);
@@ -1481,6 +1481,7 @@ impl Admin {
         &self,
         keys: &BTreeSet<K>,
         dest: &impl Fn(&K) -> Dest,
+        deadline: Instant,
     ) -> Result<(HashMap<Route, Vec<K>>, Vec<(K, Error)>)> {
         let dests: Vec<(K, Dest)> = keys.iter().map(|k| (k.clone(), dest(k))).collect();
         let leader_topics: BTreeSet<String> = dests
@@ -1497,6 +1498,18 @@ impl Admin {
         if dests.iter().any(|(_, d)| !matches!(d, Dest::Leader(_))) {
             self.cluster.maybe_refresh().await?;
         }
+        let groups: BTreeSet<String> = dests
+            .iter()
+            .filter_map(|(_, d)| match d {
+                Dest::Coordinator(group) => Some(group.clone()),
+                _ => None,
+            })
+            .collect();
+        let coordinators = if groups.is_empty() {
+            Ok(BTreeMap::new())
+        } else {
+            self.find_coordinators(&groups, deadline).await
+        };
         let mut batches: HashMap<Route, Vec<K>> = HashMap::new();
         let mut failed = Vec::new();
         for (key, dest) in dests {
@@ -1511,9 +1524,14 @@ impl Admin {
                     })
                 }
                 Dest::Node(id) => Ok(Route::Node(id)),
-                Dest::Coordinator(group) => {
-                    self.find_coordinator(&group).await.map(Route::Coordinator)
-                }
+                Dest::Coordinator(group) => match &coordinators {
+                    Ok(found) => found
+                        .get(&group)
+                        .cloned()
+                        .unwrap_or_else(|| Err(no_answer(&format!("group {group}"))))
+                        .map(Route::Coordinator),
+                    Err(e) => Err(e.clone()),
+                },
                 Dest::Leader(tp) => self.leader_route(&tp),
             };
             match route {
@@ -1524,44 +1542,73 @@ impl Admin {
         Ok((batches, failed))
     }
 
-    /// The coordinator of `group`, a broker the metadata knows.
+    /// The coordinator of each of `groups`, each a broker the metadata
+    /// knows: one FindCoordinator for all (v4+), one per group before.
     ///
-    /// FindCoordinator is built here for the version it goes out in:
-    /// v4+ takes a list of keys and refuses the single `key` of older
-    /// versions.
-    async fn find_coordinator(&self, group: &str) -> Result<i32> {
-        let (_, response) = self
-            .cluster
-            .send_built(self.any_route(), FIND_COORDINATOR_VERSION, |version| {
-                let request = FindCoordinatorRequest::default().with_key_type(GROUP_KEY);
-                if version >= 4 {
-                    request.with_coordinator_keys(vec![str_bytes(group)])
-                } else {
-                    request.with_key(str_bytes(group))
+    /// FindCoordinator is built here for the version it goes out in: v4+
+    /// takes a list of keys and refuses the single `key` of older versions.
+    async fn find_coordinators(
+        &self,
+        groups: &BTreeSet<String>,
+        deadline: Instant,
+    ) -> Result<BTreeMap<String, Result<i32>>> {
+        let groups: Vec<&String> = groups.iter().collect();
+        let mut found = BTreeMap::new();
+        let mut rest = groups.as_slice();
+        while let Some(&first) = rest.first() {
+            let (version, response) = self
+                .cluster
+                .send_built(
+                    self.any_route(),
+                    FIND_COORDINATOR_VERSION,
+                    deadline,
+                    |version| {
+                        let request = FindCoordinatorRequest::default().with_key_type(GROUP_KEY);
+                        if version >= 4 {
+                            request
+                                .with_coordinator_keys(rest.iter().map(|g| str_bytes(g)).collect())
+                        } else {
+                            request.with_key(str_bytes(first))
+                        }
+                    },
+                )
+                .await?;
+            if version >= 4 {
+                for c in response.coordinators {
+                    let result = Error::check(c.error_code, c.error_message.as_deref())
+                        .map(|()| c.node_id.0);
+                    if rest.iter().any(|g| g.as_str() == c.key.as_str()) {
+                        found.insert(c.key.to_string(), result);
+                    }
                 }
-            })
-            .await?;
-        let id = match response.coordinators.into_iter().next() {
-            Some(c) => {
-                Error::check(c.error_code, c.error_message.as_deref())?;
-                c.node_id.0
-            }
-            None => {
-                Error::check(response.error_code, response.error_message.as_deref())?;
-                response.node_id.0
-            }
-        };
-        if self.cluster.broker(id).is_none() {
-            // A broker newer than the metadata: learn its address.
-            self.cluster.fetch_metadata(Some(&[]), false).await?;
-            if self.cluster.broker(id).is_none() {
-                return Err(Error::kafka(
-                    ErrorCode::CoordinatorNotAvailable.code(),
-                    Some(&format!("coordinator {id} is not in the metadata")),
-                ));
+                rest = &[];
+            } else {
+                let result = Error::check(response.error_code, response.error_message.as_deref())
+                    .map(|()| response.node_id.0);
+                found.insert(first.clone(), result);
+                rest = rest.get(1..).unwrap_or_default();
             }
         }
-        Ok(id)
+        // A coordinator newer than the metadata: learn its address.
+        let unknown = |found: &BTreeMap<String, Result<i32>>| {
+            found
+                .values()
+                .any(|r| matches!(r, Ok(id) if self.cluster.broker(*id).is_none()))
+        };
+        if unknown(&found) {
+            self.cluster.fetch_metadata(Some(&[]), false).await?;
+            for result in found.values_mut() {
+                if let Ok(id) = *result
+                    && self.cluster.broker(id).is_none()
+                {
+                    *result = Err(Error::kafka(
+                        ErrorCode::CoordinatorNotAvailable.code(),
+                        Some(&format!("coordinator {id} is not in the metadata")),
+                    ));
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// A broker for requests any broker answers: the first the metadata
@@ -1593,6 +1640,15 @@ impl Admin {
         }
         Ok(Route::Node(partition.leader))
     }
+}
+
+/// What a request carried, for the parser of its answer.
+#[derive(Debug, Clone, Copy)]
+struct Sent<'a, K> {
+    version: i16,
+    keys: &'a [K],
+    /// The broker that answered (-1 for a bootstrap address).
+    node: i32,
 }
 
 /// The keys of one admin call still to be answered, those answered, and the
@@ -1636,7 +1692,11 @@ impl<K: Ord + Clone + Debug, T> Round<K, T> {
     /// retriable, each key's answer otherwise.
     fn request_failed(&mut self, error: Error, keys: Vec<K>) {
         if error.is_retriable() {
-            self.last = Some(error);
+            // A request cut short at the deadline says less than the
+            // broker's last answer.
+            if !(matches!(error, Error::Timeout(_)) && self.last.is_some()) {
+                self.last = Some(error);
+            }
         } else {
             for key in keys {
                 self.finish(key, Err(error.clone()));
@@ -1656,15 +1716,33 @@ impl Cluster {
     /// Sends the request `build` makes for the newest version both sides
     /// support up to `max` (requests whose fields differ by version are built
     /// for the version they go out in) on `route`; the version and answer.
+    ///
+    /// The answer is awaited until `deadline` at most (and
+    /// `request.timeout.ms`): an admin call ends at its API timeout even when
+    /// that is shorter. Only the wait is cut short, never the write, so the
+    /// connection stays usable; a late answer is dropped by its reader.
     async fn send_built<R: Request>(
         &self,
         route: Route,
         max: i16,
+        deadline: Instant,
         build: impl FnOnce(i16) -> R,
     ) -> Result<(i16, R::Response)> {
-        let conn = self.connection(route).await?;
+        let conn = tokio::time::timeout_at(deadline.into(), self.connection(route))
+            .await
+            .map_err(|_| Error::Timeout(format!("connecting for {}", api_name::<R>())))??;
         let version = conn.version::<R>(max)?;
-        let response = conn.send_at::<R>(version, &build(version)).await;
+        // `start` at the version chosen, which it keeps (it is the cap).
+        let in_flight = conn.start::<R>(version, &build(version)).await?;
+        let response = tokio::time::timeout_at(deadline.into(), in_flight.response())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Timeout(format!(
+                    "{} to {} at the API timeout",
+                    api_name::<R>(),
+                    conn.addr()
+                )))
+            });
         if matches!(&response, Err(e) if e.needs_metadata_refresh()) {
             self.mark_stale();
         }
@@ -1905,7 +1983,7 @@ fn partition_results(
 
 /// A classic group from DescribeGroups. A "Dead" group (how versions before
 /// v6 say "no such group") is GROUP_ID_NOT_FOUND.
-fn classic_group(g: DescribedGroup) -> Result<GroupDescription> {
+fn classic_group(g: DescribedGroup, coordinator: i32) -> Result<GroupDescription> {
     let group_id = g.group_id.0.to_string();
     Error::check(g.error_code, g.error_message.as_deref())?;
     if g.group_state.as_str() == "Dead" {
@@ -1940,12 +2018,15 @@ fn classic_group(g: DescribedGroup) -> Result<GroupDescription> {
         protocol_type: g.protocol_type.to_string(),
         protocol: g.protocol_data.to_string(),
         members,
-        coordinator: -1,
+        coordinator,
     })
 }
 
 /// A KIP-848 consumer group from ConsumerGroupDescribe.
-fn consumer_group(g: consumer_group_describe_response::DescribedGroup) -> Result<GroupDescription> {
+fn consumer_group(
+    g: consumer_group_describe_response::DescribedGroup,
+    coordinator: i32,
+) -> Result<GroupDescription> {
     Error::check(g.error_code, g.error_message.as_deref())?;
     let members = g
         .members
@@ -1973,7 +2054,7 @@ fn consumer_group(g: consumer_group_describe_response::DescribedGroup) -> Result
         protocol_type: "consumer".to_owned(),
         protocol: g.assignor_name.to_string(),
         members,
-        coordinator: -1,
+        coordinator,
     })
 }
 
