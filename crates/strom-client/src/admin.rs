@@ -1399,7 +1399,6 @@ impl Admin {
     /// `parse`, and asks again about those with retriable errors until the
     /// API timeout. `build` gets the request version and the keys of that
     /// request, `parse` those and the broker that answered.
-    /// of that request.
     async fn each<K, T, R>(
         &self,
         keys: impl IntoIterator<Item = K>,

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -45,6 +45,8 @@ struct Script {
     /// COORDINATOR_LOAD_IN_PROGRESS, this many times each.
     not_coordinator: AtomicUsize,
     loading: AtomicUsize,
+    /// CreateTopics goes unanswered.
+    silent: AtomicBool,
 }
 
 /// Takes one from `counter` if it is above zero.
@@ -78,6 +80,11 @@ async fn scripted_broker(script: Arc<Script>) -> String {
                         return;
                     }
                     let request = parse_request(frame.freeze()).unwrap();
+                    if request.api_key == ApiKey::CreateTopics
+                        && script.silent.load(Ordering::SeqCst)
+                    {
+                        continue;
+                    }
                     let answer = answer(&script, &request, port);
                     if socket.write_all(&answer).await.is_err() {
                         return;
@@ -314,4 +321,31 @@ async fn a_broker_without_describe_cluster_is_described_from_metadata() {
         format!("{}:{}", cluster.brokers[0].host, cluster.brokers[0].port),
         bootstrap
     );
+}
+
+#[tokio::test]
+async fn a_request_never_answered_is_given_up_at_the_api_timeout() {
+    let script = Arc::new(Script::default());
+    script.silent.store(true, Ordering::SeqCst);
+    // request.timeout.ms (30 s by default) is far beyond the API timeout.
+    let admin = admin(&scripted_broker(Arc::clone(&script)).await, 300);
+    let started = Instant::now();
+    let created = admin
+        .create_topics(&[NewTopic::new("t", 1, 1)], false)
+        .await;
+    assert!(
+        matches!(&created["t"], Err(Error::Timeout(_))),
+        "{created:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection still serves the next call.
+    script.silent.store(false, Ordering::SeqCst);
+    let created = admin
+        .create_topics(&[NewTopic::new("t", 1, 1)], false)
+        .await;
+    assert!(created["t"].is_ok(), "{created:?}");
 }
