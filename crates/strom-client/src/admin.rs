@@ -43,7 +43,7 @@ use strom_protocol::messages::kafka::{
     CreateTopicsRequest, DeleteGroupsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
     DescribeClusterRequest, DescribeConfigsRequest, DescribeGroupsRequest, FindCoordinatorRequest,
     GroupId, IncrementalAlterConfigsRequest, ListGroupsRequest, ListOffsetsRequest,
-    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, TopicName,
+    OffsetCommitRequest, OffsetDeleteRequest, OffsetFetchRequest, OffsetFetchResponse, TopicName,
     consumer_group_describe_response,
     create_partitions_request::CreatePartitionsTopic,
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
@@ -957,59 +957,7 @@ impl Admin {
                 OFFSET_FETCH_VERSION,
                 |g| Dest::Coordinator(g.clone()),
                 |version, keys| offset_fetch_request(version, keys, topics.as_ref()),
-                |Sent { version, keys, .. }, response| {
-                    if version >= 8 {
-                        response
-                            .groups
-                            .into_iter()
-                            .map(|g| {
-                                let partitions = g.topics.into_iter().flat_map(|t| {
-                                    let topic = t.name.0.to_string();
-                                    t.partitions.into_iter().map(move |p| {
-                                        let offset = CommittedOffset {
-                                            offset: p.committed_offset,
-                                            leader_epoch: epoch(p.committed_leader_epoch),
-                                            metadata: p
-                                                .metadata
-                                                .map(|m| m.to_string())
-                                                .unwrap_or_default(),
-                                        };
-                                        (
-                                            TopicPartition::new(topic.clone(), p.partition_index),
-                                            p.error_code,
-                                            offset,
-                                        )
-                                    })
-                                });
-                                let result = Error::check(g.error_code, None)
-                                    .and_then(|()| committed_offsets(partitions));
-                                (g.group_id.0.to_string(), result)
-                            })
-                            .collect()
-                    } else {
-                        let partitions = response.topics.into_iter().flat_map(|t| {
-                            let topic = t.name.0.to_string();
-                            t.partitions.into_iter().map(move |p| {
-                                let offset = CommittedOffset {
-                                    offset: p.committed_offset,
-                                    leader_epoch: epoch(p.committed_leader_epoch),
-                                    metadata: p.metadata.map(|m| m.to_string()).unwrap_or_default(),
-                                };
-                                (
-                                    TopicPartition::new(topic.clone(), p.partition_index),
-                                    p.error_code,
-                                    offset,
-                                )
-                            })
-                        });
-                        let result = Error::check(response.error_code, None)
-                            .and_then(|()| committed_offsets(partitions));
-                        keys.first()
-                            .map(|g| (g.clone(), result))
-                            .into_iter()
-                            .collect()
-                    }
-                },
+                |Sent { version, keys, .. }, response| offset_fetch_answer(version, keys, response),
             )
             .await;
         answers
@@ -1944,6 +1892,59 @@ fn offset_fetch_request(
                     })
                     .collect()
             }))
+    }
+}
+
+/// A group's committed offsets; `None` for a partition without a commit.
+type GroupOffsets = BTreeMap<TopicPartition, Option<CommittedOffset>>;
+
+/// Each group's committed offsets from an OffsetFetch answer: v8+ answers
+/// per group, older versions for the one group asked.
+fn offset_fetch_answer(
+    version: i16,
+    groups: &[String],
+    response: OffsetFetchResponse,
+) -> Vec<(String, Result<GroupOffsets>)> {
+    let committed = |offset, leader_epoch, metadata: Option<StrBytes>| CommittedOffset {
+        offset,
+        leader_epoch: epoch(leader_epoch),
+        metadata: metadata.map(|m| m.to_string()).unwrap_or_default(),
+    };
+    if version >= 8 {
+        response
+            .groups
+            .into_iter()
+            .map(|g| {
+                let partitions = g.topics.into_iter().flat_map(|t| {
+                    let topic = t.name.0.to_string();
+                    t.partitions.into_iter().map(move |p| {
+                        let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                        let offset =
+                            committed(p.committed_offset, p.committed_leader_epoch, p.metadata);
+                        (tp, p.error_code, offset)
+                    })
+                });
+                let result =
+                    Error::check(g.error_code, None).and_then(|()| committed_offsets(partitions));
+                (g.group_id.0.to_string(), result)
+            })
+            .collect()
+    } else {
+        let partitions = response.topics.into_iter().flat_map(|t| {
+            let topic = t.name.0.to_string();
+            t.partitions.into_iter().map(move |p| {
+                let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                let offset = committed(p.committed_offset, p.committed_leader_epoch, p.metadata);
+                (tp, p.error_code, offset)
+            })
+        });
+        let result =
+            Error::check(response.error_code, None).and_then(|()| committed_offsets(partitions));
+        groups
+            .first()
+            .map(|g| (g.clone(), result))
+            .into_iter()
+            .collect()
     }
 }
 
