@@ -582,6 +582,40 @@ async fn a_librdkafka_group_is_listed_described_and_its_offsets_managed() {
     assert_eq!(g1.state.as_deref(), Some("Stable"));
     assert_eq!(g1.group_type.as_deref(), Some("classic"));
 
+    let ids = |listings: Vec<strom_client::admin::GroupListing>| -> Vec<String> {
+        listings.into_iter().map(|g| g.group_id).collect()
+    };
+    let stable = admin.list_groups_matching(&["stable"], &[]).await.unwrap();
+    assert_eq!(ids(stable), ["g1"]);
+    let classic = admin.list_groups_matching(&[], &["classic"]).await.unwrap();
+    assert_eq!(ids(classic), ["g1"]);
+    assert!(
+        admin
+            .list_groups_matching(&["Empty"], &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        admin
+            .list_groups_matching(&[], &["consumer"])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The committed offsets live in Kafka's internal topic, listed only
+    // when asked for.
+    let topics = admin.list_topics(true).await.unwrap();
+    assert!(
+        topics
+            .iter()
+            .any(|t| t.name == "__consumer_offsets" && t.internal),
+        "{topics:?}"
+    );
+    let topics = admin.list_topics(false).await.unwrap();
+    assert!(topics.iter().all(|t| !t.internal), "{topics:?}");
+
     let described = admin.describe_groups(&["g1", "nope"]).await;
     let g1 = described["g1"].as_ref().unwrap();
     assert_eq!(
@@ -739,6 +773,12 @@ async fn a_kip_848_group_is_described_through_consumer_group_describe() {
     let listed = admin.list_groups().await.unwrap();
     let listing = listed.iter().find(|g| g.group_id == "kip848").unwrap();
     assert_eq!(listing.group_type.as_deref(), Some("consumer"));
+    let consumer = admin
+        .list_groups_matching(&[], &["consumer"])
+        .await
+        .unwrap();
+    assert_eq!(consumer.len(), 1);
+    assert_eq!(consumer[0].group_id, "kip848");
 
     tokio::task::block_in_place(|| poller.close());
     eventually("the member to leave", || async {

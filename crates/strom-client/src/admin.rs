@@ -822,6 +822,19 @@ impl Admin {
     /// Every group of every broker, by id (ListGroups to each broker).
     /// Fails if a broker could not be asked within the timeout.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        self.list_groups_matching(&[], &[]).await
+    }
+
+    /// The groups in one of `states` ("Stable", "Empty", ...) and of one of
+    /// `types` ("classic", "consumer"), either filter off when empty, as the
+    /// brokers filter them (case-insensitively). [`Error::Unsupported`]
+    /// from a broker too old to filter (ListGroups v4 for states, v5 for
+    /// types).
+    pub async fn list_groups_matching(
+        &self,
+        states: &[&str],
+        types: &[&str],
+    ) -> Result<Vec<GroupListing>> {
         self.retrying("listing groups", || self.cluster.maybe_refresh())
             .await?;
         let brokers: Vec<i32> = self.cluster.brokers().iter().map(|b| b.id).collect();
@@ -830,20 +843,42 @@ impl Admin {
                 brokers,
                 LIST_GROUPS_VERSION,
                 |&id| Dest::Node(id),
-                |_, _| ListGroupsRequest::default(),
+                |version, _| {
+                    let request = ListGroupsRequest::default();
+                    // The filters only where the version has them; the
+                    // answer is refused below otherwise.
+                    let request = if version >= 4 {
+                        request.with_states_filter(states.iter().map(|s| str_bytes(s)).collect())
+                    } else {
+                        request
+                    };
+                    if version >= 5 {
+                        request.with_types_filter(types.iter().map(|t| str_bytes(t)).collect())
+                    } else {
+                        request
+                    }
+                },
                 |Sent { version, keys, .. }, response| {
-                    let listings = Error::check(response.error_code, None).map(|()| {
-                        response
-                            .groups
-                            .into_iter()
-                            .map(|g| GroupListing {
-                                group_id: g.group_id.0.to_string(),
-                                protocol_type: g.protocol_type.to_string(),
-                                state: (version >= 4).then(|| g.group_state.to_string()),
-                                group_type: (version >= 5).then(|| g.group_type.to_string()),
-                            })
-                            .collect::<Vec<_>>()
-                    });
+                    let listings = if (version < 4 && !states.is_empty())
+                        || (version < 5 && !types.is_empty())
+                    {
+                        Err(Error::Unsupported(format!(
+                            "ListGroups filters (the broker has v{version})"
+                        )))
+                    } else {
+                        Error::check(response.error_code, None).map(|()| {
+                            response
+                                .groups
+                                .into_iter()
+                                .map(|g| GroupListing {
+                                    group_id: g.group_id.0.to_string(),
+                                    protocol_type: g.protocol_type.to_string(),
+                                    state: (version >= 4).then(|| g.group_state.to_string()),
+                                    group_type: (version >= 5).then(|| g.group_type.to_string()),
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    };
                     keys.iter().map(|&k| (k, listings.clone())).collect()
                 },
             )
@@ -2172,6 +2207,7 @@ mod tests {
         send(admin.describe_configs(&[], false));
         send(admin.incremental_alter_configs(&BTreeMap::new(), false));
         send(admin.list_groups());
+        send(admin.list_groups_matching(&["Stable"], &["classic"]));
         send(admin.describe_groups(&[]));
         send(admin.delete_groups(&[]));
         send(admin.list_group_offsets("g", None));
