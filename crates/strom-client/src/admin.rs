@@ -516,6 +516,28 @@ enum Dest {
 ///
 /// Cheap to share by reference; each call works on its own and calls may
 /// run concurrently. Needs a tokio runtime.
+///
+/// ```no_run
+/// # async fn example() -> strom_client::Result<()> {
+/// use strom_client::admin::{ConfigResource, NewTopic};
+/// use strom_client::{Admin, ClientConfig, ErrorCode};
+///
+/// let mut config = ClientConfig::new();
+/// config.set("bootstrap.servers", "127.0.0.1:9092");
+/// let admin = Admin::new(&config)?;
+/// let topic = NewTopic::new("orders", 3, 1).config("retention.ms", "86400000");
+/// match &admin.create_topics(&[topic], false).await["orders"] {
+///     Ok(created) => println!("created {}", created.topic_id),
+///     Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+///     Err(e) => return Err(e.clone()),
+/// }
+/// let orders = ConfigResource::topic("orders");
+/// for entry in admin.describe_configs(&[orders.clone()], false).await[&orders].clone()? {
+///     println!("{} = {:?} ({:?})", entry.name, entry.value, entry.source);
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Admin {
     cluster: Cluster,
