@@ -566,6 +566,11 @@ impl Admin {
         })
     }
 
+    /// When a call begun now gives up: `default.api.timeout.ms` from now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.api_timeout
+    }
+
     /// `default.api.timeout.ms` as a request's `timeout_ms`.
     fn timeout_ms(&self) -> i32 {
         i32::try_from(self.api_timeout.as_millis()).unwrap_or(i32::MAX)
@@ -582,10 +587,12 @@ impl Admin {
         topics: &[NewTopic],
         validate_only: bool,
     ) -> BTreeMap<String, Result<CreatedTopic>> {
+        let deadline = self.deadline();
         let by_name: BTreeMap<&str, &NewTopic> =
             topics.iter().map(|t| (t.name.as_str(), t)).collect();
         let timeout_ms = self.timeout_ms();
         self.each(
+            deadline,
             by_name.keys().map(|&n| n.to_owned()),
             CREATE_TOPICS_VERSION,
             |_| Dest::Controller,
@@ -615,8 +622,10 @@ impl Admin {
     /// Deletes `topics`; UNKNOWN_TOPIC_OR_PARTITION for one that does not
     /// exist.
     pub async fn delete_topics(&self, topics: &[&str]) -> BTreeMap<String, Result<()>> {
+        let deadline = self.deadline();
         let timeout_ms = self.timeout_ms();
         self.each(
+            deadline,
             topics.iter().map(|&t| t.to_owned()),
             DELETE_TOPICS_VERSION,
             |_| Dest::Controller,
@@ -650,8 +659,9 @@ impl Admin {
     /// The topics of the cluster, by name; Kafka's internal topics only with
     /// `include_internal`.
     pub async fn list_topics(&self, include_internal: bool) -> Result<Vec<TopicListing>> {
+        let deadline = self.deadline();
         let topics = self
-            .retrying("listing topics", || {
+            .retrying(deadline, "listing topics", || {
                 self.cluster.fetch_metadata(None, false)
             })
             .await?;
@@ -673,7 +683,7 @@ impl Admin {
     /// does not exist; a topic whose leaders are still being elected is
     /// waited for.
     pub async fn describe_topics(&self, topics: &[&str]) -> BTreeMap<String, Result<TopicInfo>> {
-        let deadline = Instant::now() + self.api_timeout;
+        let deadline = self.deadline();
         let mut round = Round::new(topics.iter().map(|&t| t.to_owned()));
         while !round.pending.is_empty() {
             let names: Vec<String> = round.pending.iter().cloned().collect();
@@ -708,8 +718,10 @@ impl Admin {
         counts: &BTreeMap<String, i32>,
         validate_only: bool,
     ) -> BTreeMap<String, Result<()>> {
+        let deadline = self.deadline();
         let timeout_ms = self.timeout_ms();
         self.each(
+            deadline,
             counts.keys().cloned(),
             CREATE_PARTITIONS_VERSION,
             |_| Dest::Controller,
@@ -752,7 +764,9 @@ impl Admin {
         resources: &[ConfigResource],
         include_synonyms: bool,
     ) -> BTreeMap<ConfigResource, Result<Vec<ConfigEntry>>> {
+        let deadline = self.deadline();
         self.each(
+            deadline,
             resources.iter().cloned(),
             DESCRIBE_CONFIGS_VERSION,
             config_dest,
@@ -797,7 +811,9 @@ impl Admin {
         changes: &BTreeMap<ConfigResource, Vec<AlterConfigOp>>,
         validate_only: bool,
     ) -> BTreeMap<ConfigResource, Result<()>> {
+        let deadline = self.deadline();
         self.each(
+            deadline,
             changes.keys().cloned(),
             INCREMENTAL_ALTER_CONFIGS_VERSION,
             config_dest,
@@ -857,11 +873,13 @@ impl Admin {
         states: &[&str],
         types: &[&str],
     ) -> Result<Vec<GroupListing>> {
-        self.retrying("listing groups", || self.cluster.maybe_refresh())
+        let deadline = self.deadline();
+        self.retrying(deadline, "listing groups", || self.cluster.maybe_refresh())
             .await?;
         let brokers: Vec<i32> = self.cluster.brokers().iter().map(|b| b.id).collect();
         let answers = self
             .each(
+                deadline,
                 brokers,
                 LIST_GROUPS_VERSION,
                 |&id| Dest::Node(id),
@@ -922,8 +940,10 @@ impl Admin {
         &self,
         groups: &[&str],
     ) -> BTreeMap<String, Result<GroupDescription>> {
+        let deadline = self.deadline();
         let mut described = self
             .each(
+                deadline,
                 groups.iter().map(|&g| g.to_owned()),
                 DESCRIBE_GROUPS_VERSION,
                 |g| Dest::Coordinator(g.clone()),
@@ -951,6 +971,7 @@ impl Admin {
         if !not_classic.is_empty() {
             let consumer = self
                 .each(
+                    deadline,
                     not_classic,
                     CONSUMER_GROUP_DESCRIBE_VERSION,
                     |g| Dest::Coordinator(g.clone()),
@@ -980,7 +1001,9 @@ impl Admin {
     /// Deletes `groups` with their committed offsets. NON_EMPTY_GROUP while a
     /// group has members, GROUP_ID_NOT_FOUND for one that does not exist.
     pub async fn delete_groups(&self, groups: &[&str]) -> BTreeMap<String, Result<()>> {
+        let deadline = self.deadline();
         self.each(
+            deadline,
             groups.iter().map(|&g| g.to_owned()),
             DELETE_GROUPS_VERSION,
             |g| Dest::Coordinator(g.clone()),
@@ -1006,10 +1029,12 @@ impl Admin {
         group: &str,
         partitions: Option<&[TopicPartition]>,
     ) -> Result<BTreeMap<TopicPartition, Option<CommittedOffset>>> {
+        let deadline = self.deadline();
         let topics: Option<BTreeMap<&str, Vec<i32>>> =
             partitions.map(|ps| by_topic(ps, |p| p.partition));
         let mut answers = self
             .each(
+                deadline,
                 [group.to_owned()],
                 OFFSET_FETCH_VERSION,
                 |g| Dest::Coordinator(g.clone()),
@@ -1030,10 +1055,12 @@ impl Admin {
         group: &str,
         offsets: &BTreeMap<TopicPartition, CommittedOffset>,
     ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
+        let deadline = self.deadline();
         let keys: Vec<TopicPartition> = offsets.keys().cloned().collect();
         let topics = by_topic(&keys, |tp| tp);
         let mut answers = self
             .each(
+                deadline,
                 [group.to_owned()],
                 OFFSET_COMMIT_VERSION,
                 |g| Dest::Coordinator(g.clone()),
@@ -1103,9 +1130,11 @@ impl Admin {
         group: &str,
         partitions: &[TopicPartition],
     ) -> Result<BTreeMap<TopicPartition, Result<()>>> {
+        let deadline = self.deadline();
         let topics = by_topic(partitions, |tp| tp.partition);
         let mut answers = self
             .each(
+                deadline,
                 [group.to_owned()],
                 OFFSET_DELETE_VERSION,
                 |g| Dest::Coordinator(g.clone()),
@@ -1163,8 +1192,10 @@ impl Admin {
     /// The cluster id, the controller and the brokers: DescribeCluster where
     /// the broker supports it, Metadata otherwise.
     pub async fn describe_cluster(&self) -> Result<ClusterDescription> {
+        let deadline = self.deadline();
         let mut answers = self
             .each(
+                deadline,
                 [()],
                 DESCRIBE_CLUSTER_VERSION,
                 |()| Dest::Any,
@@ -1198,7 +1229,7 @@ impl Admin {
             .await;
         match answers.remove(&()) {
             Some(Err(Error::Unsupported(_))) => {
-                self.retrying("describing the cluster", || {
+                self.retrying(deadline, "describing the cluster", || {
                     self.cluster.fetch_metadata(Some(&[]), false)
                 })
                 .await?;
@@ -1221,8 +1252,10 @@ impl Admin {
         &self,
         before: &BTreeMap<TopicPartition, i64>,
     ) -> BTreeMap<TopicPartition, Result<i64>> {
+        let deadline = self.deadline();
         let timeout_ms = self.timeout_ms();
         self.each(
+            deadline,
             before.keys().cloned(),
             DELETE_RECORDS_VERSION,
             |tp| Dest::Leader(tp.clone()),
@@ -1280,8 +1313,10 @@ impl Admin {
         specs: &BTreeMap<TopicPartition, OffsetSpec>,
         isolation: IsolationLevel,
     ) -> BTreeMap<TopicPartition, Result<ListedOffset>> {
+        let deadline = self.deadline();
         let timeout_ms = self.timeout_ms();
         self.each(
+            deadline,
             specs.keys().cloned(),
             LIST_OFFSETS_VERSION,
             |tp| Dest::Leader(tp.clone()),
@@ -1357,14 +1392,13 @@ impl Admin {
 
     // ---- the retry engine ----
 
-    /// Runs `attempt` until it succeeds, fails for good, or the API timeout
+    /// Runs `attempt` until it succeeds, fails for good, or `deadline`
     /// passes.
-    async fn retrying<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    async fn retrying<T, F, Fut>(&self, deadline: Instant, what: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let deadline = Instant::now() + self.api_timeout;
         loop {
             match attempt().await {
                 Err(e) if e.is_retriable() => {
@@ -1406,6 +1440,7 @@ impl Admin {
     /// request, `parse` those and the broker that answered.
     async fn each<K, T, R>(
         &self,
+        deadline: Instant,
         keys: impl IntoIterator<Item = K>,
         max: i16,
         dest: impl Fn(&K) -> Dest,
@@ -1416,7 +1451,6 @@ impl Admin {
         K: Ord + Clone + Debug,
         R: Request,
     {
-        let deadline = Instant::now() + self.api_timeout;
         let mut round = Round::new(keys);
         let what = api_name::<R>();
         while !round.pending.is_empty() {
