@@ -687,7 +687,7 @@ impl Admin {
         let mut round = Round::new(topics.iter().map(|&t| t.to_owned()));
         while !round.pending.is_empty() {
             let names: Vec<String> = round.pending.iter().cloned().collect();
-            match self.cluster.fetch_metadata(Some(&names), false).await {
+            match within(deadline, self.cluster.fetch_metadata(Some(&names), false)).await {
                 Ok(_) => {
                     for name in names {
                         let result = match self.cluster.cached_topic(&name) {
@@ -1400,7 +1400,7 @@ impl Admin {
         Fut: Future<Output = Result<T>>,
     {
         loop {
-            match attempt().await {
+            match within(deadline, attempt()).await {
                 Err(e) if e.is_retriable() => {
                     let now = Instant::now();
                     if now >= deadline {
@@ -1531,10 +1531,10 @@ impl Admin {
             .collect();
         if !leader_topics.is_empty() {
             let topics: Vec<String> = leader_topics.into_iter().collect();
-            self.cluster.fetch_metadata(Some(&topics), false).await?;
+            within(deadline, self.cluster.fetch_metadata(Some(&topics), false)).await?;
         }
         if dests.iter().any(|(_, d)| !matches!(d, Dest::Leader(_))) {
-            self.cluster.maybe_refresh().await?;
+            within(deadline, self.cluster.maybe_refresh()).await?;
         }
         let groups: BTreeSet<String> = dests
             .iter()
@@ -1634,7 +1634,7 @@ impl Admin {
                 .any(|r| matches!(r, Ok(id) if self.cluster.broker(*id).is_none()))
         };
         if unknown(&found) {
-            self.cluster.fetch_metadata(Some(&[]), false).await?;
+            within(deadline, self.cluster.fetch_metadata(Some(&[]), false)).await?;
             for result in found.values_mut() {
                 if let Ok(id) = *result
                     && self.cluster.broker(id).is_none()
@@ -1786,6 +1786,17 @@ impl Cluster {
         }
         response.map(|r| (version, r))
     }
+}
+
+/// `step` (metadata through [`Cluster`]) cut short at `deadline`, so that a
+/// call ends at its API timeout even when `request.timeout.ms` is longer.
+/// Metadata requests are small enough to be written whole at once, so the
+/// cut falls while waiting for the answer, which the connection drops when
+/// it comes.
+async fn within<T>(deadline: Instant, step: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout_at(deadline.into(), step)
+        .await
+        .unwrap_or_else(|_| Err(Error::Timeout("metadata at the API timeout".to_owned())))
 }
 
 /// Whether an item's error is worth another attempt: Kafka's retriable

@@ -47,6 +47,8 @@ struct Script {
     loading: AtomicUsize,
     /// CreateTopics goes unanswered.
     silent: AtomicBool,
+    /// Metadata goes unanswered.
+    silent_metadata: AtomicBool,
 }
 
 /// Takes one from `counter` if it is above zero.
@@ -80,9 +82,12 @@ async fn scripted_broker(script: Arc<Script>) -> String {
                         return;
                     }
                     let request = parse_request(frame.freeze()).unwrap();
-                    if request.api_key == ApiKey::CreateTopics
-                        && script.silent.load(Ordering::SeqCst)
-                    {
+                    let silent = match request.api_key {
+                        ApiKey::CreateTopics => &script.silent,
+                        ApiKey::Metadata => &script.silent_metadata,
+                        _ => &AtomicBool::new(false),
+                    };
+                    if silent.load(Ordering::SeqCst) {
                         continue;
                     }
                     let answer = answer(&script, &request, port);
@@ -348,4 +353,28 @@ async fn a_request_never_answered_is_given_up_at_the_api_timeout() {
         .create_topics(&[NewTopic::new("t", 1, 1)], false)
         .await;
     assert!(created["t"].is_ok(), "{created:?}");
+}
+
+#[tokio::test]
+async fn metadata_never_answered_is_given_up_at_the_api_timeout() {
+    let script = Arc::new(Script::default());
+    script.silent_metadata.store(true, Ordering::SeqCst);
+    let admin = admin(&scripted_broker(Arc::clone(&script)).await, 300);
+    let started = Instant::now();
+    assert!(matches!(
+        admin.list_topics(false).await,
+        Err(Error::Timeout(_))
+    ));
+    let created = admin
+        .create_topics(&[NewTopic::new("t", 1, 1)], false)
+        .await;
+    assert!(
+        matches!(&created["t"], Err(Error::Timeout(_))),
+        "{created:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
