@@ -387,6 +387,59 @@ async fn configs_are_described_and_altered_incrementally() {
         code(&described[&nope]),
         Some(ErrorCode::UnknownTopicOrPartition)
     );
+    // Dynamic broker configs: the cluster default, then this broker's own,
+    // each taking over the topic's value in turn; librdkafka sees the
+    // broker's.
+    let topic_retention = || async {
+        let described = admin
+            .describe_configs(std::slice::from_ref(&conf), false)
+            .await;
+        let entry = described[&conf]
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "retention.ms")
+            .unwrap()
+            .clone();
+        (entry.value, entry.source)
+    };
+    let defaults = ConfigResource::broker_defaults();
+    let set_retention = |resource: &ConfigResource, ms: &str| {
+        BTreeMap::from([(
+            resource.clone(),
+            vec![AlterConfigOp::set("log.retention.ms", ms)],
+        )])
+    };
+    let result = admin
+        .incremental_alter_configs(&set_retention(&defaults, "7200000"), false)
+        .await;
+    assert!(result[&defaults].is_ok(), "{result:?}");
+    assert_eq!(
+        topic_retention().await,
+        (
+            Some("7200000".to_owned()),
+            ConfigSource::DynamicDefaultBroker
+        )
+    );
+    let result = admin
+        .incremental_alter_configs(&set_retention(&me, "3600000"), false)
+        .await;
+    assert!(result[&me].is_ok(), "{result:?}");
+    assert_eq!(
+        topic_retention().await,
+        (Some("3600000".to_owned()), ConfigSource::DynamicBroker)
+    );
+    let rd_broker = rd_admin(&broker)
+        .describe_configs(
+            &[ResourceSpecifier::Broker(cluster.brokers[0].id)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let resource = rd_broker.into_iter().next().unwrap().unwrap();
+    let entry = resource.get("log.retention.ms").unwrap();
+    assert_eq!(entry.value.as_deref(), Some("3600000"));
+    assert_eq!(entry.source, RdConfigSource::DynamicBroker);
 }
 
 /// Creates `topic` with librdkafka.
