@@ -255,3 +255,48 @@ async fn explicit_partitions_are_checked_and_unknown_topics_refused_without_auto
     );
     broker.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstraps_past_a_dead_address_and_delivers_across_a_broker_restart_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &[]);
+    tokio::task::block_in_place(|| broker.create_topic("restart", 1));
+    // A port nothing listens on: bound, then closed.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = config(
+        &broker,
+        &[("linger.ms", "0"), ("reconnect.backoff.max.ms", "200")],
+    );
+    config.set("bootstrap.servers", format!("{dead},{}", broker.bootstrap));
+    let producer = Producer::new(&config).unwrap();
+    let first = producer
+        .send(ProducerRecord::new("restart").value("before"))
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap().offset, 0);
+    // Records sent while the broker is down are retried until it is back.
+    let listen = broker.bootstrap.clone();
+    broker.kill9();
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        pending.push(
+            producer
+                .send(ProducerRecord::new("restart").value(format!("during-{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let broker = tokio::task::block_in_place(|| BrokerProcess::start_at(&data, &listen, &[]));
+    let mut offsets = Vec::new();
+    for p in pending {
+        offsets.push(p.await.unwrap().offset);
+    }
+    assert_eq!(offsets, (1..=50).collect::<Vec<i64>>());
+    let read = tokio::task::block_in_place(|| read_partition(&broker, "restart", 0, 51));
+    assert_eq!(read.len(), 51, "each record exactly once");
+    broker.stop();
+}

@@ -65,6 +65,8 @@ use strom_protocol::messages::{Decodable, Request, StrBytes, Uuid};
 
 use crate::cluster::{BrokerInfo, Cluster, GROUP_KEY, Route, TopicInfo};
 use crate::config::{COMMON, ClientConfig, NetworkConfig};
+/// The consumer's partition type, here too.
+pub use crate::consumer::TopicPartition;
 use crate::error::{Error, ErrorCode, Result};
 
 /// The properties the admin client reads, besides [`COMMON`].
@@ -108,23 +110,6 @@ const LATEST_TIMESTAMP: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
 /// The first ListOffsets version that knows [`MAX_TIMESTAMP`].
 const MAX_TIMESTAMP_MIN_VERSION: i16 = 7;
-
-/// A partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct TopicPartition {
-    pub topic: String,
-    pub partition: i32,
-}
-
-impl TopicPartition {
-    /// Partition `partition` of `topic`.
-    pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
 
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1102,10 +1087,7 @@ impl Admin {
                     let partitions = response.topics.into_iter().flat_map(|t| {
                         let topic = t.name.0.to_string();
                         t.partitions.into_iter().map(move |p| {
-                            (
-                                TopicPartition::new(topic.clone(), p.partition_index),
-                                p.error_code,
-                            )
+                            (TopicPartition::new(&topic, p.partition_index), p.error_code)
                         })
                     });
                     let result = partition_results(partitions);
@@ -1167,10 +1149,7 @@ impl Admin {
                         partition_results(response.topics.into_iter().flat_map(|t| {
                             let topic = t.name.0.to_string();
                             t.partitions.into_iter().map(move |p| {
-                                (
-                                    TopicPartition::new(topic.clone(), p.partition_index),
-                                    p.error_code,
-                                )
+                                (TopicPartition::new(&topic, p.partition_index), p.error_code)
                             })
                         }))
                     });
@@ -1291,7 +1270,7 @@ impl Admin {
                     .flat_map(|t| {
                         let topic = t.name.0.to_string();
                         t.partitions.into_iter().map(move |p| {
-                            let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                            let tp = TopicPartition::new(&topic, p.partition_index);
                             (
                                 tp,
                                 Error::check(p.error_code, None).map(|()| p.low_watermark),
@@ -1363,7 +1342,7 @@ impl Admin {
                     .flat_map(|t| {
                         let topic = t.name.0.to_string();
                         t.partitions.into_iter().map(move |p| {
-                            let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                            let tp = TopicPartition::new(&topic, p.partition_index);
                             (tp, p.error_code, p.offset, p.timestamp, p.leader_epoch)
                         })
                     })
@@ -2020,7 +1999,7 @@ fn offset_fetch_answer(
                 let partitions = g.topics.into_iter().flat_map(|t| {
                     let topic = t.name.0.to_string();
                     t.partitions.into_iter().map(move |p| {
-                        let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                        let tp = TopicPartition::new(&topic, p.partition_index);
                         let offset =
                             committed(p.committed_offset, p.committed_leader_epoch, p.metadata);
                         (tp, p.error_code, offset)
@@ -2035,7 +2014,7 @@ fn offset_fetch_answer(
         let partitions = response.topics.into_iter().flat_map(|t| {
             let topic = t.name.0.to_string();
             t.partitions.into_iter().map(move |p| {
-                let tp = TopicPartition::new(topic.clone(), p.partition_index);
+                let tp = TopicPartition::new(&topic, p.partition_index);
                 let offset = committed(p.committed_offset, p.committed_leader_epoch, p.metadata);
                 (tp, p.error_code, offset)
             })

@@ -37,13 +37,10 @@ const METADATA_VERSION: i16 = 12;
 
 /// Newest FindCoordinator version asked: v4+ looks up several keys at once,
 /// v6 adds share groups, which this client has no use for.
-#[allow(dead_code, reason = "the consumer and admin client, next")]
 const FIND_COORDINATOR_VERSION: i16 = 5;
 
 /// FindCoordinator's key types.
-#[allow(dead_code, reason = "the consumer and admin client, next")]
 pub(crate) const GROUP_KEY: i8 = 0;
-#[allow(dead_code, reason = "transactions, next")]
 pub(crate) const TRANSACTION_KEY: i8 = 1;
 
 /// Which connection a request travels on.
@@ -54,7 +51,6 @@ pub(crate) enum Route {
     /// A broker, for produce, fetch, metadata and admin requests.
     Node(i32),
     /// A broker in its role as group or transaction coordinator.
-    #[allow(dead_code, reason = "the consumer, next")]
     Coordinator(i32),
 }
 
@@ -311,9 +307,15 @@ impl Cluster {
         self.meta.write().stale = true;
     }
 
-    /// Adds topics every later refresh asks for.
+    /// Adds topics every later refresh asks for; a topic not wanted before
+    /// makes the metadata stale, so the next refresh comes at once.
     pub(crate) fn want(&self, topics: impl IntoIterator<Item = String>) {
-        self.meta.write().wanted.extend(topics);
+        let mut meta = self.meta.write();
+        for topic in topics {
+            if meta.wanted.insert(topic) {
+                meta.stale = true;
+            }
+        }
     }
 
     /// The metadata refresh count, to pass to [`Cluster::refresh_after`].
@@ -492,11 +494,36 @@ impl Cluster {
     /// Finds the coordinator of `key` (a group id or transactional id) and
     /// makes it known as a broker.
     pub(crate) async fn find_coordinator(&self, key_type: i8, key: &str) -> Result<i32> {
-        let request = FindCoordinatorRequest::default()
-            .with_key(StrBytes::from_string(key.to_owned()))
-            .with_key_type(key_type)
-            .with_coordinator_keys(vec![StrBytes::from_string(key.to_owned())]);
-        let response = self.send_any(FIND_COORDINATOR_VERSION, &request).await?;
+        let mut response = None;
+        let mut last_error = None;
+        for route in self.any_routes() {
+            let conn = match self.connection(route).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            // v4+ asks by a list of keys, older versions by one key.
+            let version = conn.version::<FindCoordinatorRequest>(FIND_COORDINATOR_VERSION)?;
+            let key = StrBytes::from_string(key.to_owned());
+            let request = if version >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![key])
+            } else {
+                FindCoordinatorRequest::default().with_key(key)
+            }
+            .with_key_type(key_type);
+            match conn.send_at(version, &request).await {
+                Err(e @ (Error::Io { .. } | Error::Timeout(_))) => last_error = Some(e),
+                other => {
+                    response = Some(other?);
+                    break;
+                }
+            }
+        }
+        let response = response.ok_or_else(|| {
+            last_error.unwrap_or(Error::State("no broker address known".to_owned()))
+        })?;
         let (node, host, port) = match response.coordinators.into_iter().next() {
             // v4+: one answer per key.
             Some(c) => {

@@ -267,6 +267,14 @@ impl<R: Request> std::fmt::Debug for InFlight<R> {
 }
 
 impl<R: Request> InFlight<R> {
+    /// Waits `timeout` instead of `request.timeout.ms` (a JoinGroup waits for
+    /// the whole rebalance).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
     /// Waits for the response, at most `request.timeout.ms`; a timeout closes
     /// the connection (a late answer would be taken for a later request's).
     pub async fn response(self) -> Result<R::Response> {
@@ -365,4 +373,55 @@ fn api_key(key: i16) -> Result<ApiKey> {
 
 fn api_name(key: i16) -> String {
     ApiKey::try_from(key).map_or_else(|()| format!("API {key}"), |k| format!("{k:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A "broker" that reads one request and answers with `reply`.
+    async fn fake_broker(reply: Vec<u8>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut size = [0u8; 4];
+            socket.read_exact(&mut size).await.unwrap();
+            let mut request = vec![0u8; usize::try_from(i32::from_be_bytes(size)).unwrap()];
+            socket.read_exact(&mut request).await.unwrap();
+            socket.write_all(&reply).await.unwrap();
+            // Hold the socket open: the client must not wait for EOF.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        addr
+    }
+
+    async fn connect(addr: &str) -> Result<Connection> {
+        Connection::connect(addr, "test", Duration::from_secs(5), Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn hostile_answers_are_errors_not_panics_or_allocations() {
+        // A frame claiming 2 GiB - 1 bytes.
+        let addr = fake_broker(vec![0x7f, 0xff, 0xff, 0xff]).await;
+        assert!(matches!(connect(&addr).await, Err(Error::Protocol(_))));
+        // A negative frame size.
+        let addr = fake_broker(vec![0xff, 0xff, 0xff, 0xfe]).await;
+        assert!(matches!(connect(&addr).await, Err(Error::Protocol(_))));
+        // An answer to a correlation id never sent.
+        let addr = fake_broker(vec![0, 0, 0, 4, 0, 0, 0, 99]).await;
+        assert!(matches!(connect(&addr).await, Err(Error::Protocol(_))));
+        // The right correlation id with a body that is not an ApiVersions response.
+        let addr = fake_broker(vec![0, 0, 0, 6, 0, 0, 0, 0, 0xff, 0xff]).await;
+        assert!(connect(&addr).await.is_err());
+        // Nothing listening.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        assert!(matches!(connect(&closed).await, Err(Error::Io { .. })));
+    }
 }

@@ -9,12 +9,16 @@
 //! - `cluster`: metadata and the connection to each broker.
 //! - [`partitioner`]: the Java client's default partitioner, so that records
 //!   land on the partitions a Java producer would choose.
-//! - [`producer`]: [`Producer`], batching, compression, idempotence.
+//! - [`producer`]: [`Producer`], batching, compression, idempotence,
+//!   transactions.
+//! - [`consumer`]: [`Consumer`], assignment or a classic group, fetch
+//!   pipelining, commits.
 //! - [`admin`]: [`Admin`], topics, configs, groups and offsets.
 
 pub mod admin;
 pub mod config;
 pub mod conn;
+pub mod consumer;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
@@ -24,5 +28,8 @@ mod cluster;
 pub use admin::Admin;
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::ClientConfig;
+pub use consumer::{
+    Consumer, ConsumerGroupMetadata, ConsumerRecord, Offset, RebalanceListener, TopicPartition,
+};
 pub use error::{Error, ErrorCode, Result};
 pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};

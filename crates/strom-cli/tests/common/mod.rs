@@ -36,11 +36,21 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker with its data in `data_dir` and extra `--set` properties.
     pub fn start(data_dir: &Path, properties: &[&str]) -> Self {
+        Self::start_at(data_dir, "127.0.0.1:0", properties)
+    }
+
+    /// Starts a broker listening on `listen` (a restart on the address an
+    /// earlier broker had, for clients that reconnect).
+    pub fn start_at(data_dir: &Path, listen: &str, properties: &[&str]) -> Self {
         let stderr_path = data_dir.with_extension("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_strom"));
         command
-            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["broker", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(stderr)

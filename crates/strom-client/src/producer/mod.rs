@@ -49,11 +49,13 @@ use crate::config::{COMMON, ClientConfig, NetworkConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::partitioner::DefaultPartitioner;
 
+mod txn;
+
 /// Newest Produce version sent: v12 names topics (v13 switches to topic ids).
 const PRODUCE_VERSION: i16 = 12;
 
 /// Newest InitProducerId version sent.
-const INIT_PRODUCER_ID_VERSION: i16 = 5;
+pub(crate) const INIT_PRODUCER_ID_VERSION: i16 = 5;
 
 /// The most `max.in.flight.requests.per.connection` may be with idempotence:
 /// the broker remembers the last five batches per producer and partition
@@ -75,6 +77,8 @@ const PRODUCER: &[&str] = &[
     "partitioner.ignore.keys",
     "retries",
     "allow.auto.create.topics",
+    "transactional.id",
+    "transaction.timeout.ms",
 ];
 
 /// The producer's settings, Kafka's defaults where unset.
@@ -93,6 +97,8 @@ struct Settings {
     ignore_keys: bool,
     retries: u32,
     auto_create: bool,
+    transactional_id: Option<String>,
+    transaction_timeout: Duration,
 }
 
 impl Settings {
@@ -120,7 +126,25 @@ impl Settings {
         let mut idempotent = config.boolean("enable.idempotence", true)?;
         // As the Java client: idempotence is a default that yields to
         // settings it cannot work with, but an explicit request refuses them.
+        let transactional_id = config
+            .get("transactional.id")
+            .map(str::to_owned)
+            .filter(|t| !t.is_empty());
+        if transactional_id.is_some() && explicit_idempotence && !idempotent {
+            return Err(Error::config(
+                "enable.idempotence",
+                "a transactional producer is idempotent",
+            ));
+        }
         if acks != -1 || max_in_flight > MAX_IN_FLIGHT_IDEMPOTENT {
+            if transactional_id.is_some() {
+                return Err(Error::config(
+                    "transactional.id",
+                    format!(
+                        "needs acks=all and max.in.flight.requests.per.connection <= {MAX_IN_FLIGHT_IDEMPOTENT}"
+                    ),
+                ));
+            }
             if explicit_idempotence && idempotent {
                 return Err(Error::config(
                     "enable.idempotence",
@@ -146,6 +170,8 @@ impl Settings {
             ignore_keys: config.boolean("partitioner.ignore.keys", false)?,
             retries: config.number("retries", u32::try_from(i32::MAX).unwrap_or(u32::MAX))?,
             auto_create: config.boolean("allow.auto.create.topics", true)?,
+            transactional_id,
+            transaction_timeout: config.millis("transaction.timeout.ms", 60_000)?,
         };
         if settings.buffer_memory == 0 || settings.buffer_memory > Semaphore::MAX_PERMITS {
             return Err(Error::config("buffer.memory", "must be positive"));
@@ -306,6 +332,8 @@ struct State {
     closing: bool,
     /// An error that ends the producer (fenced, unsupported, out of ids).
     fatal: Option<Error>,
+    /// A transactional producer's transaction.
+    txn: Option<txn::TxnState>,
 }
 
 #[derive(Debug)]
@@ -346,6 +374,7 @@ impl Producer {
     pub fn new(config: &ClientConfig) -> Result<Self> {
         let settings = Settings::from_config(config)?;
         let cluster = Arc::new(Cluster::new(NetworkConfig::from_config(config)?));
+        let settings_txn = settings.transactional_id.is_some();
         let shared = Arc::new(Shared {
             cluster,
             memory: Semaphore::new(settings.buffer_memory),
@@ -362,6 +391,7 @@ impl Producer {
                 flush_upto: None,
                 closing: false,
                 fatal: None,
+                txn: settings_txn.then(txn::TxnState::default),
             }),
             wake: Notify::new(),
             progress: Notify::new(),
@@ -438,6 +468,14 @@ impl Producer {
         if let Some(error) = state.fatal.clone() {
             shared.memory.add_permits(size);
             return Err(error);
+        }
+        if let Some(txn) = &state.txn
+            && !txn.in_transaction
+        {
+            shared.memory.add_permits(size);
+            return Err(Error::State(
+                "no transaction in progress: call begin_transaction first".into(),
+            ));
         }
         let partition = match record.partition {
             Some(p) if p >= 0 && u32::try_from(p).is_ok_and(|p| p < partition_count) => p,
@@ -599,6 +637,9 @@ async fn run_sender(shared: Arc<Shared>) {
             }
             continue;
         }
+        if shared.settings.transactional_id.is_some() {
+            txn::add_partitions(&shared).await;
+        }
         let (drained, next_wake, done) = drain(&shared, Instant::now());
         // Written here, in drain order, so that a partition's batches reach
         // its leader in sequence order; only the answers are awaited apart.
@@ -619,7 +660,8 @@ async fn run_sender(shared: Arc<Shared>) {
 }
 
 fn needs_producer_id(shared: &Shared) -> bool {
-    if !shared.settings.idempotent {
+    // A transactional producer takes its id in init_transactions.
+    if !shared.settings.idempotent || shared.settings.transactional_id.is_some() {
         return false;
     }
     let state = shared.state.lock();
@@ -696,6 +738,7 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
         closing,
         fatal,
         incomplete,
+        txn,
         ..
     } = &mut *state;
     if *closing && incomplete.is_empty() {
@@ -717,6 +760,12 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
             continue;
         };
         if fatal.is_some() || waiting_for_id {
+            continue;
+        }
+        // A transactional batch waits until its partition joined the transaction.
+        if let Some(txn) = txn.as_ref()
+            && !txn.added.contains(&(Arc::clone(topic), *partition))
+        {
             continue;
         }
         let linger_done = front.created + settings.linger;
@@ -762,7 +811,9 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
                 let sequence = queue.next_sequence;
                 queue.next_sequence = sequence.wrapping_add(batch.count()) & i32::MAX;
                 batch.sequence = Some(sequence);
-                builder.producer(*producer_id, *producer_epoch, sequence)
+                builder
+                    .producer(*producer_id, *producer_epoch, sequence)
+                    .transactional(txn.is_some())
             } else {
                 builder
             };
@@ -989,6 +1040,9 @@ fn retry_or_fail(
             _ => state.reset_producer_id = true,
         }
     }
+    if let Some(txn) = state.txn.as_mut() {
+        txn.error.get_or_insert_with(|| error.clone());
+    }
     Some(batch)
 }
 
@@ -1002,7 +1056,7 @@ fn complete(shared: &Shared, batch: Batch, outcome: Result<(i64, i64)>) {
                 offset: if *base < 0 {
                     -1
                 } else {
-                    base + i64::try_from(i).unwrap_or(0)
+                    base.saturating_add(i64::try_from(i).unwrap_or(0))
                 },
                 timestamp: if *append_time >= 0 {
                     *append_time
