@@ -1562,8 +1562,9 @@ impl Admin {
     /// The coordinator of each of `groups`, each a broker the metadata
     /// knows: one FindCoordinator for all (v4+), one per group before.
     ///
-    /// FindCoordinator is built here for the version it goes out in: v4+
-    /// takes a list of keys and refuses the single `key` of older versions.
+    /// Not [`Cluster::find_coordinator`], which asks for one key: a call on
+    /// many groups looks them all up in one request, and within the call's
+    /// deadline.
     async fn find_coordinators(
         &self,
         groups: &BTreeSet<String>,
