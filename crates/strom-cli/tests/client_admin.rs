@@ -843,3 +843,41 @@ async fn a_kip_848_group_is_described_through_consumer_group_describe() {
     let deleted = admin.delete_groups(&["kip848"]).await;
     assert!(deleted["kip848"].is_ok(), "{deleted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_while_the_broker_is_down_complete_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("broker");
+    let broker = start(&dir, &[]);
+    let listen = broker.bootstrap.clone();
+    let admin = std::sync::Arc::new(admin(&broker));
+    let created = admin
+        .create_topics(&[NewTopic::new("kept", 2, 1)], false)
+        .await;
+    assert!(created["kept"].is_ok(), "{created:?}");
+    // A group that only commits (no members), created by the commit.
+    let altered = admin
+        .alter_group_offsets(
+            "keeper",
+            &BTreeMap::from([(tp("kept", 1), CommittedOffset::new(0))]),
+        )
+        .await
+        .unwrap();
+    assert!(altered.values().all(Result::is_ok), "{altered:?}");
+    tokio::task::block_in_place(|| broker.stop());
+
+    // Asked while nothing listens: the calls retry lost connections.
+    let offsets = tokio::spawn({
+        let admin = std::sync::Arc::clone(&admin);
+        async move { admin.list_group_offsets("keeper", None).await }
+    });
+    let described = tokio::spawn({
+        let admin = std::sync::Arc::clone(&admin);
+        async move { admin.describe_topics(&["kept"]).await }
+    });
+    let _broker = tokio::task::block_in_place(|| BrokerProcess::start_at(&data, &listen, &[]));
+    let offsets = offsets.await.unwrap().unwrap();
+    assert_eq!(offsets[&tp("kept", 1)].as_ref().map(|o| o.offset), Some(0));
+    let described = described.await.unwrap();
+    assert_eq!(described["kept"].as_ref().unwrap().partitions.len(), 2);
+}
