@@ -17,8 +17,9 @@
 //! NOT_COORDINATOR and COORDINATOR_NOT_AVAILABLE after looking the coordinator
 //! up again, COORDINATOR_LOAD_IN_PROGRESS by waiting, NOT_LEADER_OR_FOLLOWER
 //! after a metadata refresh, lost connections and request timeouts by sending
-//! again. An unknown topic is not retried (the Java client reports it at
-//! once too). An item still failing at the deadline gets an
+//! again. A topic the metadata does not know is reported at once (the Java
+//! client does too); a leader that does not know a partition the metadata
+//! sent it is asked again. An item still failing at the deadline gets an
 //! [`Error::Timeout`] that names its last error.
 //!
 //! # Routing
@@ -1470,7 +1471,12 @@ impl Admin {
                         };
                         for (key, result) in parse(sent, response) {
                             // Answers for something not asked are ignored.
-                            if unanswered.remove(&key) {
+                            if !unanswered.remove(&key) {
+                                continue;
+                            }
+                            if matches!(dest(&key), Dest::Leader(_)) {
+                                round.settle_from_leader(&self.cluster, key, result);
+                            } else {
                                 round.settle(&self.cluster, key, result);
                             }
                         }
@@ -1695,8 +1701,27 @@ impl<K: Ord + Clone + Debug, T> Round<K, T> {
     /// Records `key`'s answer, or keeps it pending when the error is worth
     /// another attempt (marking the metadata stale if the error says it is).
     fn settle(&mut self, cluster: &Cluster, key: K, result: Result<T>) {
+        self.settle_as(cluster, key, result, worth_retrying);
+    }
+
+    /// [`Round::settle`] for an answer from a partition's leader: there an
+    /// unknown topic or partition is retried too, as the Java client does,
+    /// since the leader may not have caught up with the metadata that sent
+    /// the request to it; the next round's metadata says whether the topic
+    /// exists.
+    fn settle_from_leader(&mut self, cluster: &Cluster, key: K, result: Result<T>) {
+        self.settle_as(cluster, key, result, Error::is_retriable);
+    }
+
+    fn settle_as(
+        &mut self,
+        cluster: &Cluster,
+        key: K,
+        result: Result<T>,
+        retry: impl Fn(&Error) -> bool,
+    ) {
         match result {
-            Err(e) if worth_retrying(&e) => {
+            Err(e) if retry(&e) => {
                 if e.needs_metadata_refresh() || e.code() == Some(ErrorCode::NotController) {
                     cluster.mark_stale();
                 }
@@ -2222,6 +2247,23 @@ mod tests {
             partition_results(moved.into_iter()).unwrap_err().code(),
             Some(ErrorCode::NotCoordinator)
         );
+    }
+
+    #[test]
+    fn a_leader_not_knowing_a_topic_is_asked_again() {
+        let config: ClientConfig = [("bootstrap.servers", "127.0.0.1:1")].into_iter().collect();
+        let cluster = Cluster::new(NetworkConfig::from_config(&config).unwrap());
+        let mut round: Round<i32, ()> = Round::new([1, 2, 3]);
+        round.settle_from_leader(&cluster, 1, Err(unknown_topic("t")));
+        round.settle(&cluster, 2, Err(unknown_topic("t")));
+        round.settle(&cluster, 3, Ok(()));
+        assert_eq!(round.pending, BTreeSet::from([1]));
+        assert_eq!(
+            round.done[&2].as_ref().unwrap_err().code(),
+            Some(ErrorCode::UnknownTopicOrPartition)
+        );
+        round.time_out("ListOffsets", Duration::from_millis(5));
+        assert!(matches!(&round.done[&1], Err(Error::Timeout(m)) if m.contains("unknown topic t")));
     }
 
     #[test]
