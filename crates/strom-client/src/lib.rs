@@ -13,7 +13,9 @@
 //!   transactions.
 //! - [`consumer`]: [`Consumer`], assignment or a classic group, fetch
 //!   pipelining, commits.
+//! - [`admin`]: [`Admin`], topics, configs, groups and offsets.
 
+pub mod admin;
 pub mod config;
 pub mod conn;
 pub mod consumer;
@@ -23,6 +25,7 @@ pub mod producer;
 
 mod cluster;
 
+pub use admin::Admin;
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::ClientConfig;
 pub use consumer::{
