@@ -137,7 +137,6 @@ pub(crate) struct Cluster {
     slots: Mutex<HashMap<Route, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
-#[allow(dead_code, reason = "the consumer and admin client, next")]
 impl Cluster {
     pub(crate) fn new(net: NetworkConfig) -> Self {
         Self {

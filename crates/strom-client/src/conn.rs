@@ -5,8 +5,8 @@
 //! broker answers them in that order (Kafka's rule per connection), so many
 //! requests can be in flight at once. A reader task hands each response to
 //! its waiting caller by correlation id. When the socket fails, every waiting
-//! caller gets the error and the connection is dead; the [`Cluster`]
-//! (crate::cluster) opens a new one on next use.
+//! caller gets the error and the connection is dead; the cluster layer
+//! (`cluster`) opens a new one on next use.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;

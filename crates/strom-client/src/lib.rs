@@ -11,7 +11,7 @@
 //!   land on the partitions a Java producer would choose.
 //! - [`producer`]: [`Producer`], batching, compression, idempotence,
 //!   transactions.
-//! - [`consumer`]: [`Consumer`], assignment or a classic group, fetch
+//! - [`consumer`]: [`Consumer`], assignment or a group (classic or KIP-848), fetch
 //!   pipelining, commits.
 //! - [`admin`]: [`Admin`], topics, configs, groups and offsets.
 

@@ -37,7 +37,7 @@ use strom_protocol::builder::RecordBatchBuilder;
 use strom_protocol::compression::Compression;
 use strom_protocol::messages::StrBytes;
 use strom_protocol::messages::kafka::{
-    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName, TransactionalId,
     produce_request::{PartitionProduceData, TopicProduceData},
 };
 use strom_protocol::record::encoded_record_len;
@@ -877,6 +877,12 @@ async fn send_request(shared: &Arc<Shared>, request: Drained) {
     let timeout_ms =
         i32::try_from(shared.cluster.net().request_timeout.as_millis()).unwrap_or(i32::MAX);
     let produce = ProduceRequest::default()
+        .with_transactional_id(
+            settings
+                .transactional_id
+                .as_deref()
+                .map(|id| TransactionalId(StrBytes::from_string(id.to_owned()))),
+        )
         .with_acks(settings.acks)
         .with_timeout_ms(timeout_ms)
         .with_topic_data(topics);
