@@ -472,3 +472,45 @@ async fn the_coordinator_commits_aborts_fences_and_times_out() {
     assert_eq!(fetched_committed(&mut raw, "g", "a").await, 42);
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_survives_a_restart_and_commits_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "a", 1, &[]).await, 0);
+    let init_response = init(&mut raw, "restart", 60_000).await;
+    let pid = init_response.producer_id.0;
+    assert_eq!(
+        add_partitions(&mut raw, "restart", pid, 0, &["a"]).await,
+        vec![0]
+    );
+    assert_eq!(
+        produce_txn(&mut raw, "restart", "a", txn_batch_epoch(pid, 0, 0, b"x")).await,
+        0
+    );
+    let add_offsets = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(tid("restart"))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(0)
+        .with_group_id(group_id("rg"));
+    let r: AddOffsetsToTxnResponse = raw.call(ApiKey::AddOffsetsToTxn, 3, &add_offsets).await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(
+        txn_offset_commit(&mut raw, "restart", "rg", pid, 0, 11).await,
+        0
+    );
+    drop(raw);
+    broker.shutdown().await.unwrap();
+
+    // Coordinator state, the partition's open transaction and the pending
+    // offsets all come back.
+    let broker = self::broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(latest(&mut raw, "a", 1).await, 0, "still open");
+    assert_eq!(fetched_committed(&mut raw, "rg", "a").await, -1);
+    assert_eq!(end(&mut raw, "restart", pid, 0, true).await, 0);
+    assert_eq!(latest(&mut raw, "a", 1).await, 2);
+    assert_eq!(fetched_committed(&mut raw, "rg", "a").await, 11);
+    broker.shutdown().await.unwrap();
+}
