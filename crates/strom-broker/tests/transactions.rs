@@ -514,3 +514,40 @@ async fn an_open_transaction_survives_a_restart_and_commits_after_it() {
     assert_eq!(fetched_committed(&mut raw, "rg", "a").await, 11);
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let props = [
+        (
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "50",
+        ),
+        ("transactional.id.expiration.ms", "200"),
+    ];
+    let broker = broker(dir.path(), &props).await;
+    let mut raw = Raw::connect(&broker).await;
+    let first = init(&mut raw, "fleeting", 60_000).await;
+    assert_eq!(first.error_code, 0);
+    let describe =
+        DescribeTransactionsRequest::default().with_transactional_ids(vec![tid("fleeting")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r: DescribeTransactionsResponse =
+            raw.call(ApiKey::DescribeTransactions, 0, &describe).await;
+        if r.transaction_states[0].error_code == ErrorCode::TransactionalIdNotFound.code() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the id expires");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(raw);
+    broker.shutdown().await.unwrap();
+    // Gone for good: the tombstone is replayed; a new init starts afresh.
+    let broker = self::broker(dir.path(), &props).await;
+    let mut raw = Raw::connect(&broker).await;
+    let again = init(&mut raw, "fleeting", 60_000).await;
+    assert_eq!(again.producer_epoch, 0);
+    assert_ne!(again.producer_id, first.producer_id);
+    broker.shutdown().await.unwrap();
+}
