@@ -123,7 +123,10 @@ def test_txn_kafka_python_producer(broker):
 
 def test_txn_offsets_visible_only_on_commit(broker):
     create_topics(broker.bootstrap, ["txn-in", "txn-out"])
-    group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "py-eos", "enable.auto.commit": False})
+    # read_uncommitted: OffsetFetch without require_stable, so the committed
+    # offset can be read while a transaction holds a new one (a read_committed
+    # consumer waits on UNSTABLE_OFFSET_COMMIT until the transaction ends).
+    group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "py-eos", "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
     try:
         metadata = group.consumer_group_metadata()
         producer = txn_producer(broker.bootstrap, "py-eos")

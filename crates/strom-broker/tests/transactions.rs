@@ -472,3 +472,158 @@ async fn the_coordinator_commits_aborts_fences_and_times_out() {
     assert_eq!(fetched_committed(&mut raw, "g", "a").await, 42);
     broker.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_transaction_survives_a_restart_and_commits_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "a", 1, &[]).await, 0);
+    let init_response = init(&mut raw, "restart", 60_000).await;
+    let pid = init_response.producer_id.0;
+    assert_eq!(
+        add_partitions(&mut raw, "restart", pid, 0, &["a"]).await,
+        vec![0]
+    );
+    assert_eq!(
+        produce_txn(&mut raw, "restart", "a", txn_batch_epoch(pid, 0, 0, b"x")).await,
+        0
+    );
+    let add_offsets = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(tid("restart"))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(0)
+        .with_group_id(group_id("rg"));
+    let r: AddOffsetsToTxnResponse = raw.call(ApiKey::AddOffsetsToTxn, 3, &add_offsets).await;
+    assert_eq!(r.error_code, 0);
+    assert_eq!(
+        txn_offset_commit(&mut raw, "restart", "rg", pid, 0, 11).await,
+        0
+    );
+    drop(raw);
+    broker.shutdown().await.unwrap();
+
+    // Coordinator state, the partition's open transaction and the pending
+    // offsets all come back.
+    let broker = self::broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(latest(&mut raw, "a", 1).await, 0, "still open");
+    assert_eq!(fetched_committed(&mut raw, "rg", "a").await, -1);
+    assert_eq!(end(&mut raw, "restart", pid, 0, true).await, 0);
+    assert_eq!(latest(&mut raw, "a", 1).await, 2);
+    assert_eq!(fetched_committed(&mut raw, "rg", "a").await, 11);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_transactional_ids_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let props = [
+        (
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+            "50",
+        ),
+        ("transactional.id.expiration.ms", "200"),
+    ];
+    let broker = broker(dir.path(), &props).await;
+    let mut raw = Raw::connect(&broker).await;
+    let first = init(&mut raw, "fleeting", 60_000).await;
+    assert_eq!(first.error_code, 0);
+    let describe =
+        DescribeTransactionsRequest::default().with_transactional_ids(vec![tid("fleeting")]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r: DescribeTransactionsResponse =
+            raw.call(ApiKey::DescribeTransactions, 0, &describe).await;
+        if r.transaction_states[0].error_code == ErrorCode::TransactionalIdNotFound.code() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the id expires");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(raw);
+    broker.shutdown().await.unwrap();
+    // Gone for good: the tombstone is replayed; a new init starts afresh.
+    let broker = self::broker(dir.path(), &props).await;
+    let mut raw = Raw::connect(&broker).await;
+    let again = init(&mut raw, "fleeting", 60_000).await;
+    assert_eq!(again.producer_epoch, 0);
+    assert_ne!(again.producer_id, first.producer_id);
+    broker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decided_transaction_is_completed_at_start() {
+    use strom_broker::txn::store::{self, TRANSACTION_STATE_TOPIC, TxnRecord, TxnStatus, TxnValue};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "a", 1, &[]).await, 0);
+    let pid = init(&mut raw, "decided", 60_000).await.producer_id.0;
+    assert_eq!(
+        add_partitions(&mut raw, "decided", pid, 0, &["a"]).await,
+        vec![0]
+    );
+    assert_eq!(
+        produce_txn(&mut raw, "decided", "a", txn_batch_epoch(pid, 0, 0, b"x")).await,
+        0
+    );
+    // A crash right after EndTxn(commit) was persisted, before any marker:
+    // the PrepareCommit record is the last word in __transaction_state.
+    let image = broker.broker.image();
+    let partitions = image
+        .topic(TRANSACTION_STATE_TOPIC)
+        .unwrap()
+        .partitions
+        .len();
+    let index = store::partition_for("decided", i32::try_from(partitions).unwrap());
+    let partition = broker
+        .broker
+        .replicas
+        .get(TRANSACTION_STATE_TOPIC, index)
+        .unwrap();
+    let record = TxnRecord {
+        transactional_id: "decided".into(),
+        value: Some(TxnValue {
+            producer_id: pid,
+            producer_epoch: 0,
+            timeout_ms: 60_000,
+            status: TxnStatus::PrepareCommit,
+            partitions: [("a".to_owned(), 0)].into_iter().collect(),
+            last_update_ms: now_ms(),
+            start_ms: now_ms(),
+        }),
+    };
+    partition
+        .log
+        .append_as_leader(
+            &store::encode(&[record], now_ms()).unwrap(),
+            partition.leader_epoch(),
+            AppendOrigin::Coordinator,
+        )
+        .unwrap();
+    drop(raw);
+    broker.shutdown().await.unwrap();
+
+    // At start the coordinator writes the markers and completes it.
+    let broker = self::broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while latest(&mut raw, "a", 1).await != 2 {
+        assert!(std::time::Instant::now() < deadline, "the commit completes");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let data = fetch(&mut raw, "a", 0, 1).await;
+    assert_eq!(last_offset(&data), 1);
+    assert!(data.aborted_transactions.unwrap().is_empty());
+    let describe =
+        DescribeTransactionsRequest::default().with_transactional_ids(vec![tid("decided")]);
+    let r: DescribeTransactionsResponse =
+        raw.call(ApiKey::DescribeTransactions, 0, &describe).await;
+    assert_eq!(
+        r.transaction_states[0].transaction_state.as_str(),
+        "CompleteCommit"
+    );
+    broker.shutdown().await.unwrap();
+}

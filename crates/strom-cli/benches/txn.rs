@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p strom-cli --bench txn`. `STROM_BENCH_RUNS` (default 3)
 //! runs per scenario, `STROM_BENCH_RECORDS` (default 200,000) records per
-//! run. Client and broker share the machine's cores: compare ratios.
+//! run, `STROM_BENCH_LINGER_MS` (default 5) the producer's `linger.ms`.
+//! Client and broker share the machine's cores: compare ratios.
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -30,6 +31,12 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `STROM_BENCH_LINGER_MS`, default 5 (the producer's batching delay; a
+/// transaction of few records waits it out once per partition).
+fn linger_ms() -> usize {
+    env_usize("STROM_BENCH_LINGER_MS", 5)
 }
 
 fn send(producer: &BaseProducer, topic: &str, payload: &[u8]) {
@@ -65,7 +72,7 @@ fn run(broker: &BrokerProcess, topic: &str, records: usize, per_txn: Option<usiz
         .set("bootstrap.servers", &broker.bootstrap)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms().to_string())
         .set("queue.buffering.max.messages", "1000000");
     if per_txn.is_some() {
         config.set("transactional.id", format!("bench-{topic}"));
@@ -128,7 +135,8 @@ fn main() {
         ("transactions of 10,000", Some(10_000)),
     ];
     println!(
-        "{records} records of {RECORD_BYTES} B per run, acks=all, one partition, {runs} runs per scenario"
+        "{records} records of {RECORD_BYTES} B per run, acks=all, linger.ms={}, one partition, {runs} runs per scenario",
+        linger_ms()
     );
     let mut medians = Vec::new();
     for (index, (name, per_txn)) in scenarios.iter().enumerate() {

@@ -150,7 +150,14 @@ fn offsets_sent_to_a_transaction_count_only_on_commit() {
     let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
     broker.create_topic("input", 1);
     broker.create_topic("output", 1);
-    let group: BaseConsumer = broker.group_config("eos-group").create().unwrap();
+    // read_uncommitted: OffsetFetch without require_stable, so the committed
+    // offset can be looked at while a transaction holds a new one (a
+    // read_committed consumer waits: UNSTABLE_OFFSET_COMMIT, checked below).
+    let group: BaseConsumer = broker
+        .group_config("eos-group")
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .unwrap();
     let metadata = group.group_metadata().expect("group metadata");
     let producer = txn_producer(&broker, "eos", "60000");
     let committed = |group: &BaseConsumer| -> Offset {
@@ -188,7 +195,17 @@ fn offsets_sent_to_a_transaction_count_only_on_commit() {
         .send_offsets_to_transaction(&offsets(7), &metadata, TIMEOUT)
         .unwrap();
     assert_eq!(committed(&group), Offset::Invalid, "not before the commit");
+    let stable: BaseConsumer = broker.group_config("eos-group").create().unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition("input", 0);
+    assert!(
+        stable
+            .committed_offsets(list, Duration::from_secs(2))
+            .is_err(),
+        "a read_committed consumer waits for the transaction"
+    );
     producer.commit_transaction(TIMEOUT).unwrap();
+    assert_eq!(committed(&stable), Offset::Offset(7));
     assert_eq!(committed(&group), Offset::Offset(7));
     let out = read_all(&broker, "read_committed", &["output"]);
     assert_eq!(out["output"], expected("committed", 3));

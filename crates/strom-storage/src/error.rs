@@ -57,6 +57,16 @@ pub enum AppendError {
         expected: i32,
         found: i32,
     },
+    /// A transaction marker from a coordinator older than the one that wrote
+    /// the producer's last marker (Kafka: TRANSACTION_COORDINATOR_FENCED).
+    #[error(
+        "marker for producer {producer_id} from coordinator epoch {coordinator_epoch}, older than {current}"
+    )]
+    TransactionCoordinatorFenced {
+        producer_id: i64,
+        coordinator_epoch: i32,
+        current: i32,
+    },
     /// A producer with an open transaction wrote a batch that is not
     /// transactional (Kafka: INVALID_TXN_STATE).
     #[error("producer {producer_id} has an open transaction and wrote a non-transactional batch")]

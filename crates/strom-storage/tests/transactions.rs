@@ -264,3 +264,17 @@ fn recovery_rebuilds_the_aborted_transaction_index() {
     end_txn(&log, 3, 0, true).unwrap();
     assert_eq!(log.first_unstable_offset(), Some(abort_of_4.first_offset));
 }
+
+#[test]
+fn a_full_truncation_forgets_open_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_clean(dir.path(), config());
+    produce(&log, &txn_batch(1, 0, 0, 2)).unwrap();
+    assert_eq!(log.first_unstable_offset(), Some(0));
+    // Below the log start: the log restarts empty at the offset.
+    log.advance_log_start_offset(2).unwrap();
+    log.truncate_to(1).unwrap();
+    assert_eq!(log.log_end_offset(), 1);
+    assert_eq!(log.first_unstable_offset(), None);
+    assert_eq!(log.last_stable_offset(), 1);
+}

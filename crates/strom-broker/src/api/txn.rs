@@ -569,7 +569,7 @@ pub fn describe_producers(
                                 .with_producer_epoch(i32::from(p.producer_epoch))
                                 .with_last_sequence(p.last_sequence)
                                 .with_last_timestamp(p.last_timestamp)
-                                .with_coordinator_epoch(-1)
+                                .with_coordinator_epoch(p.coordinator_epoch)
                                 .with_current_txn_start_offset(
                                     p.current_txn_first_offset.unwrap_or(-1),
                                 )

@@ -140,6 +140,9 @@ fn append_marker(broker: &Broker, request: &MarkerRequest, topic: &str, index: i
             ErrorCode::None
         }
         Err(AppendError::InvalidProducerEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        Err(AppendError::TransactionCoordinatorFenced { .. }) => {
+            ErrorCode::TransactionCoordinatorFenced
+        }
         Err(e) => {
             tracing::warn!(topic, partition = index, producer_id = request.producer_id, error = %e, "writing a transaction marker failed");
             ErrorCode::KafkaStorageError

@@ -74,6 +74,10 @@ pub struct TxnConfig {
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`,
     /// default 10 s: how often timed-out transactions are looked for.
     pub abort_timed_out_interval_ms: i64,
+    /// `transactional.id.expiration.ms`, default 7 days: a transactional id
+    /// with no transaction open and no change for this long is forgotten
+    /// (what bounds the coordinator's memory, as in Kafka).
+    pub id_expiration_ms: i64,
 }
 
 impl TxnConfig {
@@ -114,6 +118,10 @@ impl TxnConfig {
                 )?,
             )?
             .min(MAX_TIMER_MS),
+            id_expiration_ms: positive(
+                "transactional.id.expiration.ms",
+                prop(props, "transactional.id.expiration.ms", 604_800_000)?,
+            )?,
         })
     }
 }
@@ -260,6 +268,12 @@ impl TxnCoordinator {
                     tracing::info!(transactional_id = %id, producer_id = txn.producer_id, "aborting a transaction past its timeout");
                     self.fence_and_abort(broker, &mut state, &id).await
                 }
+                TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
+                    if now.saturating_sub(txn.last_update_ms) > self.config.id_expiration_ms =>
+                {
+                    tracing::info!(transactional_id = %id, producer_id = txn.producer_id, "forgetting an expired transactional id");
+                    self.forget(broker, &mut state, &id).await
+                }
                 _ => Ok(()),
             };
             if let Err(e) = result {
@@ -321,6 +335,26 @@ impl TxnCoordinator {
             .await
             .unwrap_or(Err(ErrorCode::UnknownServerError))?;
         state.ids.insert(transactional_id.to_owned(), value);
+        Ok(())
+    }
+
+    /// Deletes `transactional_id` (a tombstone in `__transaction_state`).
+    async fn forget(
+        &self,
+        broker: &Arc<Broker>,
+        state: &mut TxnState,
+        transactional_id: &str,
+    ) -> Result<(), ErrorCode> {
+        let broker_for_task = Arc::clone(broker);
+        let config = self.config.clone();
+        let record = TxnRecord {
+            transactional_id: transactional_id.to_owned(),
+            value: None,
+        };
+        crate::api::blocking(move || append(&broker_for_task, &config, &record))
+            .await
+            .unwrap_or(Err(ErrorCode::UnknownServerError))?;
+        state.ids.remove(transactional_id);
         Ok(())
     }
 

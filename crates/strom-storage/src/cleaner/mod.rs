@@ -177,7 +177,7 @@ impl TxnCleanPass for TransactionPass {
         }
         let producer_id = header.producer_id;
         if header.is_control() {
-            return match read_marker(batch) {
+            return match read_marker(batch).map(|m| m.kind) {
                 // Kept while data of the transaction was still found.
                 Some(TxnMarker::Abort) => {
                     !self.ongoing_aborted.remove(&producer_id).unwrap_or(false)

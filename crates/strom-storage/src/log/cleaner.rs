@@ -700,7 +700,7 @@ impl Control<'_> {
 /// Removes what a clean that did not commit left of the group at `base`.
 fn remove_aside_files(dir: &std::path::Path, base: i64) {
     let mut result = SegmentWriter::remove_files(dir, base);
-    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+    for suffix in [INDEX_SUFFIX, TIME_INDEX_SUFFIX, TXN_INDEX_SUFFIX] {
         match fs::remove_file(staged_path(dir, base, suffix, SWAP_SUFFIX)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => result = Err(e),
             _ => {}

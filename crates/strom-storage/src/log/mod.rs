@@ -1307,6 +1307,8 @@ impl PartitionLog {
         // truncateFullyAndStartAt). Deleted durably: a snapshot that came back
         // after a crash would look valid once the new log passed its offset.
         writer.producers.clear();
+        self.unreplicated_txns.lock().clear();
+        self.publish_ongoing(writer);
         if writer
             .producers
             .delete_all_snapshots(&self.dir)

@@ -16,21 +16,22 @@
 //! (at the log end offset); opening a log loads the newest valid one at or
 //! below the log end and replays the batch headers after it.
 //!
-//! # Snapshot format (version 1)
+//! # Snapshot format (version 2)
 //!
 //! Integers are big-endian, as everywhere in Kafka's formats.
 //!
 //! ```text
 //! header (18 bytes)
-//!   version                     u16   1
+//!   version                     u16   2
 //!   crc                         u32   CRC32C of every byte after this field
 //!   offset                      i64   the snapshot's offset, as in the file name
 //!   producer_count              u32   entries that follow
-//! entry (27 bytes + 28 per batch), producer_count times
+//! entry (31 bytes + 28 per batch), producer_count times
 //!   producer_id                 i64   >= 0, each id once
 //!   producer_epoch              i16
 //!   last_timestamp              i64   max timestamp of the producer's last batch
 //!   current_txn_first_offset    i64   -1 when no transaction is open
+//!   coordinator_epoch           i32   of the producer's last marker, -1 if none
 //!   batch_count                 u8    0..=5
 //!   batch, batch_count times, oldest first
 //!     first_sequence            i32
@@ -39,6 +40,9 @@
 //!     offset_delta              i32   last_offset - first offset, >= 0
 //!     max_timestamp             i64
 //! ```
+//!
+//! Version 1 is the same without `coordinator_epoch` (27-byte entries); it
+//! is still read (the coordinator epoch is then unknown, -1).
 //!
 //! Files are written to `<name>.tmp`, fsynced and renamed. A snapshot is never
 //! trusted on its name alone: a wrong version, CRC, offset, length or field
@@ -83,7 +87,9 @@ pub(crate) const SNAPSHOTS_KEPT: usize = 3;
 /// File name suffix of snapshots.
 const SNAPSHOT_SUFFIX: &str = ".snapshot";
 
-const SNAPSHOT_VERSION: u16 = 1;
+const SNAPSHOT_VERSION: u16 = 2;
+/// The version before `coordinator_epoch`.
+const SNAPSHOT_VERSION_1: u16 = 1;
 
 // The header, as chained offsets.
 const VERSION_OFFSET: usize = 0;
@@ -93,13 +99,18 @@ const PRODUCER_COUNT_OFFSET: usize = SNAPSHOT_OFFSET_OFFSET + size_of::<i64>();
 const HEADER_BYTES: usize = PRODUCER_COUNT_OFFSET + size_of::<u32>();
 const _: () = assert!(HEADER_BYTES == 18);
 
-/// Fixed part of an entry: id, epoch, last timestamp, txn first offset, batch count.
-const ENTRY_FIXED_BYTES: usize =
-    size_of::<i64>() + size_of::<i16>() + size_of::<i64>() + size_of::<i64>() + size_of::<u8>();
+/// Fixed part of an entry: id, epoch, last timestamp, txn first offset,
+/// coordinator epoch, batch count.
+const ENTRY_FIXED_BYTES: usize = size_of::<i64>()
+    + size_of::<i16>()
+    + size_of::<i64>()
+    + size_of::<i64>()
+    + size_of::<i32>()
+    + size_of::<u8>();
 /// One retained batch: first and last sequence, last offset, offset delta, max timestamp.
 const BATCH_BYTES: usize =
     size_of::<i32>() + size_of::<i32>() + size_of::<i64>() + size_of::<i32>() + size_of::<i64>();
-const _: () = assert!(ENTRY_FIXED_BYTES == 27 && BATCH_BYTES == 28);
+const _: () = assert!(ENTRY_FIXED_BYTES == 31 && BATCH_BYTES == 28);
 
 /// The largest snapshot a valid state can produce: nothing larger is read.
 const MAX_SNAPSHOT_BYTES: usize = HEADER_BYTES
@@ -137,6 +148,9 @@ pub(crate) struct ProducerStateEntry {
     /// transactional batch starts one; ending it (markers) belongs to the
     /// transaction coordinator's work.
     current_txn_first_offset: Option<i64>,
+    /// Epoch of the transaction coordinator that wrote the producer's last
+    /// marker (-1 if none): a marker from an older coordinator is fenced.
+    coordinator_epoch: i32,
 }
 
 impl ProducerStateEntry {
@@ -148,6 +162,7 @@ impl ProducerStateEntry {
             batch_count: 0,
             last_timestamp: strom_protocol::record_batch::NO_TIMESTAMP,
             current_txn_first_offset: None,
+            coordinator_epoch: -1,
         }
     }
 
@@ -211,12 +226,14 @@ impl ProducerStateEntry {
     /// old one and its batches, the open transaction closes. A marker with no
     /// open transaction completes an empty one at the marker's offset, as in
     /// Kafka.
-    fn end_txn(&mut self, batch: &ProducerBatch, commit: bool) -> CompletedTxn {
+    fn end_txn(&mut self, batch: &ProducerBatch, marker: EndMarker) -> CompletedTxn {
         if batch.producer_epoch != self.producer_epoch {
             self.producer_epoch = batch.producer_epoch;
             self.batch_count = 0;
         }
         self.last_timestamp = batch.max_timestamp;
+        self.coordinator_epoch = marker.coordinator_epoch;
+        let commit = marker.kind == TxnMarker::Commit;
         let first_offset = self
             .current_txn_first_offset
             .take()
@@ -233,7 +250,7 @@ impl ProducerStateEntry {
     /// ended.
     fn apply_batch(&mut self, batch: &ProducerBatch) -> Option<CompletedTxn> {
         match batch.marker {
-            Some(marker) => Some(self.end_txn(batch, marker == TxnMarker::Commit)),
+            Some(marker) => Some(self.end_txn(batch, marker)),
             None => {
                 self.add_batch(batch);
                 None
@@ -259,6 +276,8 @@ pub struct ProducerStateView {
     pub last_timestamp: i64,
     /// First offset of the producer's open transaction.
     pub current_txn_first_offset: Option<i64>,
+    /// Coordinator epoch of the producer's last marker, -1 if none.
+    pub coordinator_epoch: i32,
 }
 
 /// What the cleaner must keep of one producer (Kafka's `LastRecord`).
@@ -281,7 +300,14 @@ pub(crate) struct ProducerBatch {
     pub(crate) max_timestamp: i64,
     pub(crate) transactional: bool,
     /// A control batch ending the producer's transaction.
-    pub(crate) marker: Option<TxnMarker>,
+    pub(crate) marker: Option<EndMarker>,
+}
+
+/// What a transaction marker says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EndMarker {
+    pub(crate) kind: TxnMarker,
+    pub(crate) coordinator_epoch: i32,
 }
 
 /// Which way a transaction marker ends a transaction.
@@ -310,14 +336,20 @@ const MAX_CONTROL_BATCH_RECORD_BYTES: usize = 4096;
 /// The marker a control batch holds; `None` for an empty control batch (the
 /// cleaner removed its record) or a control record that is not a
 /// transaction marker, which change no producer state (as in Kafka).
-pub(crate) fn read_marker(bytes: &[u8]) -> Option<TxnMarker> {
+pub(crate) fn read_marker(bytes: &[u8]) -> Option<EndMarker> {
     let batch = bytes::Bytes::copy_from_slice(bytes);
     let mut records =
         strom_protocol::record::records(&batch, MAX_CONTROL_BATCH_RECORD_BYTES).ok()?;
     let record = records.next()?.ok()?;
     match strom_protocol::record::EndTxnMarker::from_record(&record) {
-        Ok(marker) if marker.commit => Some(TxnMarker::Commit),
-        Ok(_) => Some(TxnMarker::Abort),
+        Ok(marker) => Some(EndMarker {
+            kind: if marker.commit {
+                TxnMarker::Commit
+            } else {
+                TxnMarker::Abort
+            },
+            coordinator_epoch: marker.coordinator_epoch,
+        }),
         Err(e) => {
             tracing::debug!(error = %e, "control batch without a transaction marker");
             None
@@ -518,8 +550,10 @@ impl ProducerStateManager {
 
     /// The state after a coordinator's batches (transaction markers, the
     /// coordinators' own records): as [`Self::prepare_unchecked`], except
-    /// that a marker with an epoch older than the producer's is refused, as
-    /// Kafka's `appendEndTxnMarker` does (a stale coordinator or request).
+    /// that a marker is refused, as Kafka's `appendEndTxnMarker` does, when
+    /// its coordinator epoch is older than that of the producer's last marker
+    /// (a coordinator that lost its partition) or its producer epoch is
+    /// older than the producer's (a stale request).
     pub(crate) fn check_coordinator_append(
         &self,
         batches: &[ProducerBatch],
@@ -527,6 +561,15 @@ impl ProducerStateManager {
         let mut update = ProducerUpdate::default();
         for batch in batches {
             let entry = update.entry(&self.producers, batch.producer_id);
+            if let Some(marker) = batch.marker
+                && marker.coordinator_epoch < entry.coordinator_epoch
+            {
+                return Err(AppendError::TransactionCoordinatorFenced {
+                    producer_id: batch.producer_id,
+                    coordinator_epoch: marker.coordinator_epoch,
+                    current: entry.coordinator_epoch,
+                });
+            }
             if batch.marker.is_some() && batch.producer_epoch < entry.producer_epoch {
                 return Err(AppendError::InvalidProducerEpoch {
                     producer_id: batch.producer_id,
@@ -672,6 +715,7 @@ impl ProducerStateManager {
                 last_sequence: e.last_seq(),
                 last_timestamp: e.last_timestamp,
                 current_txn_first_offset: e.current_txn_first_offset,
+                coordinator_epoch: e.coordinator_epoch,
             })
             .collect();
         views.sort_unstable_by_key(|v| v.producer_id);
@@ -817,6 +861,7 @@ fn encode_snapshot(offset: i64, producers: &HashMap<i64, ProducerStateEntry>) ->
         buf.extend_from_slice(&entry.producer_epoch.to_be_bytes());
         buf.extend_from_slice(&entry.last_timestamp.to_be_bytes());
         buf.extend_from_slice(&entry.current_txn_first_offset.unwrap_or(-1).to_be_bytes());
+        buf.extend_from_slice(&entry.coordinator_epoch.to_be_bytes());
         buf.push(entry.batch_count);
         for batch in entry.retained() {
             buf.extend_from_slice(&batch.first_seq.to_be_bytes());
@@ -864,7 +909,7 @@ fn decode_snapshot(bytes: &[u8], offset: i64) -> io::Result<Vec<(i64, ProducerSt
         pos: VERSION_OFFSET,
     };
     let version = r.u16()?;
-    if version != SNAPSHOT_VERSION {
+    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_1 {
         return Err(corrupt(format!("unknown snapshot version {version}")));
     }
     let stored_crc = r.u32()?;
@@ -901,6 +946,12 @@ fn decode_snapshot(bytes: &[u8], offset: i64) -> io::Result<Vec<(i64, ProducerSt
             txn if (0..offset).contains(&txn) => Some(txn),
             txn => return Err(corrupt(format!("transaction first offset {txn}"))),
         };
+        if version >= SNAPSHOT_VERSION {
+            entry.coordinator_epoch = match r.i32()? {
+                epoch if epoch >= -1 => epoch,
+                epoch => return Err(corrupt(format!("coordinator epoch {epoch}"))),
+            };
+        }
         let batch_count = r.u8()?;
         if usize::from(batch_count) > NUM_BATCHES_TO_RETAIN {
             return Err(corrupt(format!("{batch_count} batches for one producer")));

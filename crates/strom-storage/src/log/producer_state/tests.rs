@@ -227,3 +227,65 @@ fn expiry_spares_open_transactions() {
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].current_txn_first_offset, Some(1));
 }
+
+#[test]
+fn version_1_snapshots_are_read_with_an_unknown_coordinator_epoch() {
+    let mut m = ProducerStateManager::new([], MAX_PRODUCERS_PER_PARTITION);
+    let mut b = batch(7, 3, 0, 2, 10);
+    b.transactional = true;
+    m.replay(&b);
+    let v2 = encode_snapshot(100, &m.producers);
+    // Version 1: the same entry without the coordinator epoch.
+    let epoch_at = HEADER_BYTES + ENTRY_FIXED_BYTES - 1 - size_of::<i32>();
+    let mut v1 = v2[..epoch_at].to_vec();
+    v1.extend_from_slice(&v2[epoch_at + size_of::<i32>()..]);
+    v1[VERSION_OFFSET..CRC_OFFSET].copy_from_slice(&SNAPSHOT_VERSION_1.to_be_bytes());
+    let crc = crc32c::crc32c(&v1[SNAPSHOT_OFFSET_OFFSET..]);
+    v1[CRC_OFFSET..SNAPSHOT_OFFSET_OFFSET].copy_from_slice(&crc.to_be_bytes());
+    let entries = decode_snapshot(&v1, 100).unwrap();
+    assert_eq!(entries.len(), 1);
+    let (id, entry) = &entries[0];
+    assert_eq!(*id, 7);
+    assert_eq!(entry.coordinator_epoch, -1);
+    assert_eq!(entry.current_txn_first_offset, Some(10));
+    assert_eq!(entry, &m.producers[&7]);
+}
+
+#[test]
+fn markers_from_an_older_coordinator_are_fenced() {
+    let mut m = ProducerStateManager::new([], MAX_PRODUCERS_PER_PARTITION);
+    let mut data = batch(7, 0, 0, 1, 0);
+    data.transactional = true;
+    let marker = |offset: i64, coordinator_epoch: i32| ProducerBatch {
+        producer_id: 7,
+        producer_epoch: 0,
+        first_seq: -1,
+        last_seq: -1,
+        first_offset: offset,
+        last_offset: offset,
+        max_timestamp: 0,
+        transactional: true,
+        marker: Some(EndMarker {
+            kind: TxnMarker::Commit,
+            coordinator_epoch,
+        }),
+    };
+    m.apply(m.check_coordinator_append(&[data]).unwrap());
+    let completed = m.apply(m.check_coordinator_append(&[marker(1, 5)]).unwrap());
+    assert_eq!(completed.len(), 1);
+    assert!(matches!(
+        m.check_coordinator_append(&[marker(2, 4)]),
+        Err(AppendError::TransactionCoordinatorFenced {
+            coordinator_epoch: 4,
+            current: 5,
+            ..
+        })
+    ));
+    assert!(m.check_coordinator_append(&[marker(2, 5)]).is_ok());
+    // The epoch is kept in snapshots.
+    let bytes = encode_snapshot(10, &m.producers);
+    assert_eq!(
+        decode_snapshot(&bytes, 10).unwrap()[0].1.coordinator_epoch,
+        5
+    );
+}
