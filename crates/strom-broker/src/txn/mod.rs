@@ -26,7 +26,7 @@
 //! markers are written with the new epoch (Kafka's behaviour).
 //!
 //! KIP-890 part 1: a transactional produce is checked against the ongoing
-//! transaction ([`TxnCoordinator::verify`]); the produce path holds the
+//! transaction ([`TxnState::verify`]); the produce path holds the
 //! coordinator lock from the check until its append is in the log, so a
 //! marker cannot slip in between (on one node this replaces Kafka's
 //! verification guards).
