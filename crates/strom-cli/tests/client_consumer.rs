@@ -424,3 +424,80 @@ async fn mixed_group(protocol: &str) {
     }
     broker.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_yields_records_in_order_and_auto_and_async_commits_reach_the_group() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["group.initial.rebalance.delay.ms=0"],
+    );
+    tokio::task::block_in_place(|| {
+        broker.create_topic("streamed", 1);
+        produce(&broker, "streamed", 200, "gzip");
+    });
+    let tp = TopicPartition::new("streamed", 0);
+    let consumer = Consumer::new(&config(
+        &broker,
+        &[
+            ("group.id", "streamers"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.auto.commit", "true"),
+            ("auto.commit.interval.ms", "100"),
+        ],
+    ))
+    .unwrap();
+    consumer.subscribe(&["streamed"]).unwrap();
+    // Take 150 records from the stream: in offset order, and the position
+    // is after the last one yielded, not after what was fetched.
+    let taken: Vec<ConsumerRecord> = consumer
+        .stream()
+        .take(150)
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    assert!(taken.iter().enumerate().all(|(i, r)| r.offset == i as i64));
+    assert_eq!(consumer.position(&tp), Some(150));
+    // Auto commit, driven by polls, commits the position.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        assert!(
+            consumer
+                .poll(Duration::from_millis(50))
+                .await
+                .unwrap()
+                .len()
+                <= 50
+        );
+        let committed = consumer.committed(std::slice::from_ref(&tp)).await.unwrap()[&tp];
+        if committed == consumer.position(&tp) && committed >= Some(150) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "auto commit reached {committed:?}"
+        );
+    }
+    // An asynchronous commit of a position moved by a seek.
+    consumer.seek(&tp, Offset::At(42)).unwrap();
+    let records = read(&consumer, 1).await;
+    assert_eq!(records[0].offset, 42);
+    let assign_only = Consumer::new(&config(&broker, &[("group.id", "streamers")])).unwrap();
+    consumer.commit_async();
+    let deadline = Instant::now() + DEADLINE;
+    while assign_only
+        .committed(std::slice::from_ref(&tp))
+        .await
+        .unwrap()[&tp]
+        != consumer.position(&tp)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the asynchronous commit never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    consumer.close().await.unwrap();
+    broker.stop();
+}
