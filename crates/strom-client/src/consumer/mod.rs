@@ -51,6 +51,15 @@ use group::{GroupSettings, Membership};
 const FETCH_VERSION: i16 = 12;
 const LIST_OFFSETS_VERSION: i16 = 8;
 
+/// How many fetch answers (`max.partition.fetch.bytes` each) a partition may
+/// hold buffered before it is fetched again: the depth of fetch pipelining.
+const PREFETCH_FETCHES: usize = 3;
+
+/// How long a partition that had nothing new waits before it is fetched
+/// again while other partitions keep the consumer busy (fetches then do not
+/// long-poll): the most extra latency its next record can see then.
+const IDLE_FETCH_BACKOFF: Duration = Duration::from_millis(10);
+
 /// ListOffsets' special timestamps.
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
@@ -1078,10 +1087,10 @@ async fn run_fetcher(shared: Arc<Shared>) {
                         shared.cluster.net().request_timeout + shared.settings.fetch_max_wait;
                     tokio::spawn(async move {
                         let result = in_flight.with_timeout(timeout).response().await;
-                        handle_fetch(&shared, node, request.1, result);
+                        handle_fetch(&shared, node, request.1, request.2, result);
                     });
                 }
-                Err(error) => handle_fetch(&shared, node, request.1, Err(error)),
+                Err(error) => handle_fetch(&shared, node, request.1, request.2, Err(error)),
             }
         }
         for (node, parts) in resets {
@@ -1098,8 +1107,12 @@ async fn run_fetcher(shared: Arc<Shared>) {
 /// What one fetch asked for: partition, offset and epoch.
 type Asked = Vec<(TopicPartition, i64, u64)>;
 
+/// A fetch to send: the request, what it asks for, and whether it may wait
+/// (long-poll) for data.
+type FetchPlan = (FetchRequest, Asked, bool);
+
 type Plan = (
-    Vec<(i32, (FetchRequest, Asked))>,
+    Vec<(i32, FetchPlan)>,
     Vec<(i32, Vec<(TopicPartition, i64, u64)>)>,
 );
 
@@ -1112,7 +1125,13 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
     } = &mut *state;
     let mut fetch: HashMap<i32, Asked> = HashMap::new();
     let mut resets: HashMap<i32, Vec<(TopicPartition, i64, u64)>> = HashMap::new();
-    let limit = usize::try_from(settings.max_partition_fetch_bytes).unwrap_or(usize::MAX);
+    // Prefetch: a partition is fetched again while it holds less than
+    // PREFETCH_FETCHES answers' worth, and all partitions together less than
+    // `fetch.max.bytes` (the buffer's bound).
+    let per_fetch = usize::try_from(settings.max_partition_fetch_bytes).unwrap_or(usize::MAX);
+    let limit = per_fetch.saturating_mul(PREFETCH_FETCHES);
+    let total_limit = usize::try_from(settings.fetch_max_bytes).unwrap_or(usize::MAX);
+    let mut total: usize = parts.values().map(|p| p.buffered_bytes).sum();
     for (tp, part) in parts.iter_mut() {
         if part.in_flight
             || part.paused
@@ -1122,7 +1141,9 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
             continue;
         }
         let wants_reset = part.reset.is_some() && !part.needs_committed;
-        let wants_fetch = part.fetch_position.is_some() && part.buffered_bytes < limit;
+        let wants_fetch = part.fetch_position.is_some()
+            && part.buffered_bytes < limit
+            && total.saturating_add(per_fetch) <= total_limit.max(per_fetch);
         if !wants_reset && !wants_fetch {
             continue;
         }
@@ -1141,12 +1162,23 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
                 .or_default()
                 .push((tp.clone(), timestamp, part.epoch));
         } else if let Some(offset) = part.fetch_position.filter(|_| !fetching.contains(&leader)) {
+            total = total.saturating_add(per_fetch);
             fetch
                 .entry(leader)
                 .or_default()
                 .push((tp.clone(), offset, part.epoch));
         }
     }
+    // While the application has records to work through, a fetch must not
+    // park at the broker for `fetch.max.wait.ms`: the broker answers a
+    // connection's requests in order, so a parked fetch for idle partitions
+    // would hold back the next fetch of the busy ones.
+    let busy = parts.values().any(|p| !p.paused && !p.buffered.is_empty());
+    let max_wait = if busy {
+        0
+    } else {
+        i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX)
+    };
     let mut requests = Vec::new();
     for (node, asked) in fetch {
         fetching.insert(node);
@@ -1173,43 +1205,76 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
         }
         let request = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(
-                i32::try_from(settings.fetch_max_wait.as_millis()).unwrap_or(i32::MAX),
-            )
+            .with_max_wait_ms(max_wait)
             .with_min_bytes(settings.fetch_min_bytes)
             .with_max_bytes(settings.fetch_max_bytes)
             .with_isolation_level(i8::from(settings.read_committed))
             .with_session_id(0)
             .with_session_epoch(-1)
             .with_topics(topics);
-        requests.push((node, (request, asked)));
+        requests.push((node, (request, asked, !busy)));
     }
     (requests, resets.into_iter().collect())
 }
 
 /// Applies a fetch answer: buffers the records, advances fetch positions,
 /// and handles partition errors.
-fn handle_fetch(shared: &Shared, node: i32, asked: Asked, result: Result<FetchResponse>) {
+fn handle_fetch(
+    shared: &Shared,
+    node: i32,
+    asked: Asked,
+    waited: bool,
+    result: Result<FetchResponse>,
+) {
     let settings = &shared.settings;
-    let mut state = shared.state.lock();
-    state.fetching.remove(&node);
-    let backoff = Instant::now() + shared.cluster.net().retry_backoff;
-    let mut answers: HashMap<
-        (String, i32),
-        strom_protocol::messages::kafka::fetch_response::PartitionData,
-    > = HashMap::new();
+    // Records are decoded before the state is locked, so poll keeps handing
+    // out what is buffered meanwhile.
+    let offsets: HashMap<(&str, i32), i64> = asked
+        .iter()
+        .map(|(tp, offset, _)| ((tp.topic.as_str(), tp.partition), *offset))
+        .collect();
+    let mut answers: HashMap<(String, i32), Answer> = HashMap::new();
     let request_error = match result {
         Ok(response) if response.error_code != 0 => Some(Error::kafka(response.error_code, None)),
         Ok(response) => {
             for topic in response.responses {
                 for p in topic.partitions {
-                    answers.insert((topic.topic.0.to_string(), p.partition_index), p);
+                    let key = (topic.topic.0.to_string(), p.partition_index);
+                    let Some(&offset) = offsets.get(&(key.0.as_str(), key.1)) else {
+                        continue;
+                    };
+                    let answer = if p.error_code == 0 {
+                        let aborted: Vec<(i64, i64)> = p
+                            .aborted_transactions
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|a| (a.producer_id.0, a.first_offset))
+                            .collect();
+                        let tp = TopicPartition::new(&key.0, key.1);
+                        Answer::Data {
+                            high_watermark: p.high_watermark,
+                            decoded: decode_fetched(
+                                &tp,
+                                offset,
+                                p.records.unwrap_or_default(),
+                                settings,
+                                aborted,
+                            ),
+                        }
+                    } else {
+                        Answer::Error(p.error_code)
+                    };
+                    answers.insert(key, answer);
                 }
             }
             None
         }
         Err(error) => Some(error),
     };
+    let mut state = shared.state.lock();
+    state.fetching.remove(&node);
+    let now = Instant::now();
+    let backoff = now + shared.cluster.net().retry_backoff;
     if request_error
         .as_ref()
         .is_some_and(Error::needs_metadata_refresh)
@@ -1229,19 +1294,22 @@ fn handle_fetch(shared: &Shared, node: i32, asked: Asked, result: Result<FetchRe
             part.not_before = Some(backoff);
             continue;
         }
-        let Some(data) = answers.remove(&(tp.topic.clone(), tp.partition)) else {
+        let Some(answer) = answers.remove(&(tp.topic.clone(), tp.partition)) else {
             continue;
         };
-        match ErrorCode::from_code(data.error_code) {
-            Some(ErrorCode::None) => {}
-            Some(ErrorCode::OffsetOutOfRange) => {
+        let (high_watermark, decoded) = match answer {
+            Answer::Data {
+                high_watermark,
+                decoded,
+            } => (high_watermark, decoded),
+            Answer::Error(code) if code == ErrorCode::OffsetOutOfRange.code() => {
                 tracing::info!(topic = %tp.topic, partition = tp.partition, offset, "offset out of range; resetting");
                 apply_auto_reset(part, settings.auto_reset, &tp);
                 got_data |= part.error.is_some();
                 continue;
             }
-            _ => {
-                let error = Error::kafka(data.error_code, None);
+            Answer::Error(code) => {
+                let error = Error::kafka(code, None);
                 if error.is_retriable() || error.needs_metadata_refresh() {
                     shared.cluster.mark_stale();
                     part.not_before = Some(backoff);
@@ -1251,26 +1319,19 @@ fn handle_fetch(shared: &Shared, node: i32, asked: Asked, result: Result<FetchRe
                 }
                 continue;
             }
-        }
-        part.high_watermark = data.high_watermark;
-        let aborted: Vec<(i64, i64)> = data
-            .aborted_transactions
-            .unwrap_or_default()
-            .iter()
-            .map(|a| (a.producer_id.0, a.first_offset))
-            .collect();
-        match decode_fetched(
-            &tp,
-            offset,
-            data.records.unwrap_or_default(),
-            settings,
-            aborted,
-        ) {
+        };
+        part.high_watermark = high_watermark;
+        match decoded {
             Ok((records, next)) => {
                 for record in records {
                     part.buffered_bytes += record_bytes(&record);
                     part.buffered.push_back(record);
                     got_data = true;
+                }
+                // An idle partition asked without waiting is asked again
+                // a little later, not in a tight loop.
+                if !waited && next == offset {
+                    part.not_before = Some(now + IDLE_FETCH_BACKOFF);
                 }
                 part.fetch_position = Some(next);
                 if part.buffered.is_empty() {
@@ -1288,6 +1349,15 @@ fn handle_fetch(shared: &Shared, node: i32, asked: Asked, result: Result<FetchRe
         shared.data.notify_waiters();
     }
     shared.fetch_wake.notify_one();
+}
+
+/// One partition's part of a fetch answer, decoded.
+enum Answer {
+    Error(i16),
+    Data {
+        high_watermark: i64,
+        decoded: Result<(Vec<ConsumerRecord>, i64)>,
+    },
 }
 
 /// The records at or after `offset` in fetched `bytes`, and the offset to
