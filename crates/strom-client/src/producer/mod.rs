@@ -319,7 +319,9 @@ struct PartitionQueue {
 #[derive(Debug)]
 struct State {
     partitions: HashMap<TopicPartition, PartitionQueue>,
-    partitioners: HashMap<String, DefaultPartitioner>,
+    /// Per topic: its name shared by its partitions' keys, and the
+    /// partitioner of its keyless records.
+    topics: HashMap<String, (Arc<str>, DefaultPartitioner)>,
     producer_id: i64,
     producer_epoch: i16,
     /// Set when the producer must take a new id before sending more.
@@ -381,7 +383,7 @@ impl Producer {
             settings,
             state: Mutex::new(State {
                 partitions: HashMap::new(),
-                partitioners: HashMap::new(),
+                topics: HashMap::new(),
                 producer_id: -1,
                 producer_epoch: -1,
                 reset_producer_id: false,
@@ -492,20 +494,19 @@ impl Producer {
                 } else {
                     record.key.as_deref()
                 };
-                let partitioner = state
-                    .partitioners
-                    .entry(record.topic.clone())
-                    .or_insert_with(|| DefaultPartitioner::new(settings.batch_size));
+                let partitioner = &mut topic_entry(&mut state.topics, &record.topic, settings).1;
                 i32::try_from(partitioner.partition(key, size, partition_count)).unwrap_or(0)
             }
         };
+        // The topic's shared name: no allocation per record.
+        let topic_name = Arc::clone(&topic_entry(&mut state.topics, &record.topic, settings).0);
         let State {
             partitions,
             next_batch_id,
             incomplete,
             ..
         } = &mut *state;
-        let tp: TopicPartition = (Arc::from(record.topic.as_str()), partition);
+        let tp: TopicPartition = (topic_name, partition);
         let queue = partitions.entry(tp.clone()).or_default();
         let fits = queue.queue.back().is_some_and(|b| {
             b.builder.as_ref().is_some_and(|builder| {
@@ -594,6 +595,22 @@ impl Producer {
             .partitions
             .clone())
     }
+}
+
+/// The topic's entry in `topics`, made on first use.
+fn topic_entry<'a>(
+    topics: &'a mut HashMap<String, (Arc<str>, DefaultPartitioner)>,
+    topic: &str,
+    settings: &Settings,
+) -> &'a mut (Arc<str>, DefaultPartitioner) {
+    if !topics.contains_key(topic) {
+        let entry = (
+            Arc::from(topic),
+            DefaultPartitioner::new(settings.batch_size),
+        );
+        topics.insert(topic.to_owned(), entry);
+    }
+    topics.get_mut(topic).expect("the topic was just inserted")
 }
 
 fn record_too_large(size: usize, settings: &Settings) -> Error {
