@@ -4,8 +4,17 @@
 //!
 //! - `main.rs`: argument parsing and the subcommands.
 //! - [`broker`]: `strom broker`, a single-node Kafka-compatible broker.
+//! - [`topic`], [`group`], [`produce`], [`consume`], [`cluster`]: the client
+//!   tools, on strom-client; [`tool`] is what they share (bootstrap,
+//!   `-X` properties, table or JSON output).
 
 mod broker;
+mod cluster;
+mod consume;
+mod group;
+mod produce;
+mod tool;
+mod topic;
 
 use clap::{Parser, Subcommand};
 
@@ -15,18 +24,38 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    common: tool::Common,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker. With no flags: node 1 on 127.0.0.1:9092, data in ./strom-data.
     Broker(broker::BrokerArgs),
+    /// Create, list, describe, delete and configure topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Write lines from stdin (or a file) as records.
+    Produce(produce::ProduceArgs),
+    /// Print records.
+    Consume(consume::ConsumeArgs),
+    /// List, describe (with lag), delete groups and reset their offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// The cluster: its id, controller and brokers.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Broker(args) => broker::run(args),
+        Command::Topic(command) => topic::run(command, &cli.common),
+        Command::Produce(args) => produce::run(args, &cli.common),
+        Command::Consume(args) => consume::run(args, &cli.common),
+        Command::Group(command) => group::run(command, &cli.common),
+        Command::Cluster(command) => cluster::run(command, &cli.common),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
