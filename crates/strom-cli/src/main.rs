@@ -4,12 +4,14 @@
 //!
 //! - `main.rs`: argument parsing and the subcommands.
 //! - [`broker`]: `strom broker`, a single-node Kafka-compatible broker.
-//! - [`topic`], [`group`], [`produce`], [`consume`], [`cluster`]: the client
+//! - [`topic`], [`group`], [`produce`], [`consume`], [`cluster`],
+//!   [`config_cmd`]: the client
 //!   tools, on strom-client; [`tool`] is what they share (bootstrap,
 //!   `-X` properties, table or JSON output).
 
 mod broker;
 mod cluster;
+mod config_cmd;
 mod consume;
 mod group;
 mod produce;
@@ -42,6 +44,9 @@ enum Command {
     /// List, describe (with lag), delete groups and reset their offsets.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Describe and alter topic and broker configs.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// The cluster: its id, controller and brokers.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -56,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Consume(args) => consume::run(args, &cli.common),
         Command::Group(command) => group::run(command, &cli.common),
         Command::Cluster(command) => cluster::run(command, &cli.common),
+        Command::Config(command) => config_cmd::run(command, &cli.common),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

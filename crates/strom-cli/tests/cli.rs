@@ -253,6 +253,67 @@ fn keys_headers_json_and_offsets() {
         serde_json::from_str(&ok(&strom(b, &["topic", "list", "--output", "json"], None))).unwrap();
     assert_eq!(topics[0]["topic"], "kv");
 
+    // Configs: the topic's override with its source, then altered away.
+    let configs = ok(&strom(b, &["config", "describe", "--topic", "kv"], None));
+    assert!(
+        configs
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["retention.ms", "86400000", "DYNAMIC_TOPIC_CONFIG"]),
+        "{configs}"
+    );
+    ok(&strom(
+        b,
+        &[
+            "config",
+            "alter",
+            "--topic",
+            "kv",
+            "--delete",
+            "retention.ms",
+            "--set",
+            "cleanup.policy=compact",
+        ],
+        None,
+    ));
+    let configs: serde_json::Value = serde_json::from_str(&ok(&strom(
+        b,
+        &[
+            "config", "describe", "--topic", "kv", "--all", "--output", "json",
+        ],
+        None,
+    )))
+    .unwrap();
+    let entry = |name: &str| {
+        configs
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(entry("retention.ms")["source"], "DEFAULT_CONFIG");
+    assert_eq!(entry("cleanup.policy")["value"], "compact");
+    let bad = strom(
+        b,
+        &[
+            "config",
+            "alter",
+            "--topic",
+            "kv",
+            "--set",
+            "retention.ms=soon",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("INVALID_CONFIG"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
     // Auto-create is off: producing to a missing topic fails in one line.
     let out = strom(b, &["produce", "nowhere"], Some("x\n"));
     assert!(!out.status.success());
