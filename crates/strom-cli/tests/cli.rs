@@ -314,6 +314,52 @@ fn keys_headers_json_and_offsets() {
         String::from_utf8_lossy(&bad.stderr)
     );
 
+    // The load generators: every record delivered and read, JSON summaries.
+    ok(&strom(
+        b,
+        &["topic", "create", "load", "--partitions", "2"],
+        None,
+    ));
+    let produced: serde_json::Value = serde_json::from_str(&ok(&strom(
+        b,
+        &[
+            "perf",
+            "produce",
+            "--topic",
+            "load",
+            "--num-records",
+            "5000",
+            "--record-size",
+            "100",
+            "--output",
+            "json",
+        ],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(produced["records"], 5000);
+    assert!(
+        produced["latency_ms"]["p99"].as_f64().unwrap()
+            <= produced["latency_ms"]["max"].as_f64().unwrap()
+    );
+    let consumed: serde_json::Value = serde_json::from_str(&ok(&strom(
+        b,
+        &[
+            "perf",
+            "consume",
+            "--topic",
+            "load",
+            "--messages",
+            "5000",
+            "--output",
+            "json",
+        ],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(consumed["records"], 5000);
+    assert_eq!(consumed["bytes"], 500_000);
+
     // Auto-create is off: producing to a missing topic fails in one line.
     let out = strom(b, &["produce", "nowhere"], Some("x\n"));
     assert!(!out.status.success());
