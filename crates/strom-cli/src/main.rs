@@ -5,7 +5,7 @@
 //! - `main.rs`: argument parsing and the subcommands.
 //! - [`broker`]: `strom broker`, a single-node Kafka-compatible broker.
 //! - [`topic`], [`group`], [`produce`], [`consume`], [`cluster`],
-//!   [`config_cmd`], [`perf`]: the client
+//!   [`config_cmd`], [`perf`], [`logdump`]: the client
 //!   tools, on strom-client; [`tool`] is what they share (bootstrap,
 //!   `-X` properties, table or JSON output).
 
@@ -14,6 +14,7 @@ mod cluster;
 mod config_cmd;
 mod consume;
 mod group;
+mod logdump;
 mod perf;
 mod produce;
 mod tool;
@@ -48,6 +49,9 @@ enum Command {
     /// Load generators: produce or consume and report throughput and latency.
     #[command(subcommand)]
     Perf(perf::PerfCommand),
+    /// Inspect segment files.
+    #[command(subcommand)]
+    Log(logdump::LogCommand),
     /// Describe and alter topic and broker configs.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -67,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Cluster(command) => cluster::run(command, &cli.common),
         Command::Config(command) => config_cmd::run(command, &cli.common),
         Command::Perf(command) => perf::run(command, &cli.common),
+        Command::Log(command) => logdump::run(command, &cli.common),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -366,6 +366,42 @@ fn keys_headers_json_and_offsets() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nowhere"));
     broker.stop();
 
+    // The segment as written: batches, records, indexes; a flipped byte is
+    // reported, not a panic.
+    let segment = dir.path().join("data/kv-0/00000000000000000000.log");
+    let dump = ok(&strom(
+        "unused:1",
+        &[
+            "log",
+            "dump",
+            segment.to_str().unwrap(),
+            "--print-records",
+            "--check-index",
+        ],
+        None,
+    ));
+    assert!(
+        dump.contains("key: b value: 2 headers: [source=cli]"),
+        "{dump}"
+    );
+    assert!(
+        dump.contains("codec: zstd") && dump.contains("crcValid: true"),
+        "{dump}"
+    );
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    let broken = dir.path().join("00000000000000000000.log");
+    std::fs::write(&broken, bytes).unwrap();
+    let out = strom("unused:1", &["log", "dump", broken.to_str().unwrap()], None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad CRC") || stderr.contains("at byte"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // Nothing listening: a bounded wait, then a non-zero exit.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
