@@ -24,6 +24,8 @@ from kafka.admin import KafkaAdminClient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(r"Strom broker (\d+) listening on (127\.0\.0\.1):(\d+) \(data in (.+)\)")
+# The line after it: where GET /metrics is served.
+METRICS_LINE = re.compile(r"Strom broker \d+ metrics on (http://127\.0\.0\.1:\d+/metrics)")
 READY_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
 LOG_TAIL_LINES = 200
@@ -47,6 +49,7 @@ class Broker:
         self.pid = None
         self.port = None
         self.bootstrap = None
+        self.metrics_url = None
         self.returncode = None
 
     def start(self):
@@ -91,6 +94,13 @@ class Broker:
         self.port = int(port)
         assert self.port != 0, line
         self.bootstrap = f"{host}:{self.port}"
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+        except queue.Empty:
+            line = None
+        match = METRICS_LINE.fullmatch(line or "")
+        assert match, f"expected the metrics line after the ready line, got {line!r}"
+        self.metrics_url = match.group(1)
         return self
 
     def running(self):

@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
 use crate::group::{GroupConfig, GroupCoordinator};
+use crate::metrics::{Metrics, MetricsServer};
 use crate::replica::ReplicaManager;
 use crate::txn::{TxnConfig, TxnCoordinator};
 
@@ -45,6 +46,13 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen for metrics on {addr}: {source} (set metrics.listener to another HOST:PORT, or to nothing for no metrics endpoint)"
+    )]
+    MetricsListen {
         addr: SocketAddr,
         source: std::io::Error,
     },
@@ -83,6 +91,7 @@ pub struct Broker {
     pub groups: GroupCoordinator,
     pub txn: TxnCoordinator,
     pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
     metadata_log: Arc<PartitionLog>,
     producer_ids: Mutex<ProducerIds>,
     /// Cancelled when the broker shuts down.
@@ -126,7 +135,10 @@ impl Broker {
 pub struct RunningBroker {
     pub broker: Arc<Broker>,
     pub local_addr: SocketAddr,
+    /// Where `GET /metrics` is served, if anywhere (`metrics.listener`).
+    pub metrics_addr: Option<SocketAddr>,
     serve: tokio::task::JoinHandle<()>,
+    metrics_serve: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningBroker {
@@ -137,6 +149,11 @@ impl RunningBroker {
         broker.shutdown.cancel();
         if let Err(e) = self.serve.await {
             tracing::error!(error = %e, "accept loop ended abnormally");
+        }
+        if let Some(metrics) = self.metrics_serve
+            && let Err(e) = metrics.await
+        {
+            tracing::error!(error = %e, "metrics listener ended abnormally");
         }
         broker.tasks.close();
         broker.tasks.wait().await;
@@ -177,6 +194,15 @@ pub async fn start_with_clock(
         addr: config.listen,
         source,
     })?;
+    let metrics_server = match config.metrics_listen {
+        Some(addr) => Some(
+            MetricsServer::bind(addr)
+                .await
+                .map_err(|source| StartError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
     let advertised_port = if config.advertise_port == 0 {
         local_addr.port()
     } else {
@@ -200,6 +226,7 @@ pub async fn start_with_clock(
     })??;
     let broker = Arc::new(broker);
     let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
+    let metrics_serve = metrics_server.map(|m| m.spawn(Arc::clone(&broker)));
     broker
         .tasks
         .spawn(GroupCoordinator::run_timers(Arc::clone(&broker)));
@@ -211,12 +238,15 @@ pub async fn start_with_clock(
         addr = %local_addr,
         advertised = %format!("{}:{}", broker.advertised_host, broker.advertised_port),
         data_dir = %broker.config.data_dir.display(),
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
         "broker started"
     );
     Ok(RunningBroker {
         broker,
         local_addr,
+        metrics_addr,
         serve,
+        metrics_serve,
     })
 }
 
@@ -322,6 +352,7 @@ fn open(
         groups,
         txn,
         clock,
+        metrics: Metrics::new(&crate::api::answered_apis(), config.node_id),
         metadata_log,
         producer_ids: Mutex::new(ProducerIds::default()),
         shutdown: CancellationToken::new(),

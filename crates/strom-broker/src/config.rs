@@ -500,6 +500,9 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// `broker.rack`.
     pub rack: Option<String>,
+    /// Where the HTTP metrics endpoint listens (`metrics.listener`, a Strom
+    /// property); `None` when set to an empty value (no endpoint).
+    pub metrics_listen: Option<SocketAddr>,
     /// Every property given in the file or on the command line.
     pub properties: BTreeMap<String, String>,
 }
@@ -539,9 +542,11 @@ impl BrokerConfig {
                 || PathBuf::from(DEFAULT_DATA_DIR),
                 |d| PathBuf::from(d.split(',').next().unwrap_or(d).trim()),
             );
+        let metrics_listen = metrics_listen(&properties, listen)?;
         let config = Self {
             node_id,
             listen,
+            metrics_listen,
             advertise_host,
             advertise_port,
             data_dir,
@@ -922,6 +927,35 @@ pub(crate) fn parse_prop<T: std::str::FromStr>(
 }
 
 /// `PLAINTEXT://host:port` (the first listener) to `host:port`.
+/// `metrics.listener`: `HOST:PORT`, or empty for none. The default is the
+/// Kafka listener's address with port 9644; a Kafka listener on port 0 (tests,
+/// scripts running several brokers) gets port 0 too, so that brokers started
+/// side by side never fight over one metrics port.
+fn metrics_listen(
+    properties: &BTreeMap<String, String>,
+    listen: SocketAddr,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    match properties.get("metrics.listener").map(|v| v.trim()) {
+        Some("") => Ok(None),
+        Some(text) => {
+            let text = text.strip_prefix("http://").unwrap_or(text);
+            text.parse().map(Some).map_err(|_| {
+                ConfigError(format!(
+                    "metrics.listener: cannot parse {text:?} as host:port (an IP address), or empty for no metrics endpoint"
+                ))
+            })
+        }
+        None => {
+            let port = if listen.port() == 0 {
+                0
+            } else {
+                crate::metrics::DEFAULT_METRICS_PORT
+            };
+            Ok(Some(SocketAddr::new(listen.ip(), port)))
+        }
+    }
+}
+
 fn strip_listener(listeners: &str) -> String {
     let first = listeners.split(',').next().unwrap_or("").trim();
     first

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use strom_protocol::messages::{self, FRAME_SIZE_PREFIX, RequestFrame};
@@ -57,6 +57,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                broker.metrics.connections_accepted.inc();
                 let broker_for_task = Arc::clone(&broker);
                 broker.tasks.spawn(async move {
                     serve_connection(broker_for_task, stream, peer).await;
@@ -71,6 +72,23 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
+/// Counts a connection in `strom_connections_active` while it is open.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(broker: &Broker) -> Self {
+        let gauge = broker.metrics.connections_active.clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// What the reader hands the processor.
 enum Incoming {
     Request(Box<RequestFrame>),
@@ -82,6 +100,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    let _open = OpenConnection::new(&broker);
     let (read, mut write) = stream.into_split();
     let (queue, mut requests) = mpsc::channel(MAX_QUEUED_REQUESTS);
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -114,6 +133,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         // (an acks=0 produce from a client that closes right after sending it
         // still appends; shutdown waits for them).
         let parks = api::may_park(frame.api_key);
+        let started = Instant::now();
         let handling = api::handle(&broker, &frame, peer);
         tokio::pin!(handling);
         let mut client_gone = None;
@@ -137,6 +157,9 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             break client_gone.unwrap_or_else(|| "broker shutting down".to_owned());
         };
         in_flight.fetch_sub(1, Ordering::AcqRel);
+        broker
+            .metrics
+            .record_request(frame.api_key, started.elapsed());
         match reply {
             Reply::Frame(bytes) => {
                 if let Err(e) = write_reply(&mut write, &bytes).await {

@@ -19,6 +19,10 @@ pub(crate) struct BrokerArgs {
     /// the listen address.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// Address of the HTTP metrics endpoint (`metrics.listener`); defaults to
+    /// the listen host with port 9644 (port 0 when listening on port 0).
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<String>,
     /// Data directory (`log.dirs`).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -52,6 +56,9 @@ impl BrokerArgs {
         }
         if let Some(listen) = &self.listen {
             props.insert("listeners".to_owned(), format!("PLAINTEXT://{listen}"));
+        }
+        if let Some(metrics) = &self.metrics {
+            props.insert("metrics.listener".to_owned(), metrics.clone());
         }
         if let Some(advertise) = &self.advertise {
             props.insert(
@@ -96,6 +103,15 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
             broker.advertised_port,
             broker.config.data_dir.display()
         )?;
+        // The second line says where the metrics are (scripts scrape them).
+        match running.metrics_addr {
+            Some(addr) => writeln!(
+                stdout,
+                "Strom broker {} metrics on http://{addr}/metrics",
+                broker.node_id
+            )?,
+            None => writeln!(stdout, "Strom broker {} metrics off", broker.node_id)?,
+        }
         stdout.flush()?;
         stop.await;
         tracing::info!("shutting down");

@@ -218,6 +218,7 @@ pub async fn delete_topics(
     .await
     .unwrap_or_default()
     .into_iter();
+    let mut deleted_names = std::collections::BTreeSet::new();
     let responses: Vec<DeletableTopicResult> = targets
         .into_iter()
         .map(|(name, requested_id)| match name {
@@ -231,6 +232,10 @@ pub async fn delete_topics(
                         "deletion did not run",
                     ))
                 });
+                if result.is_ok() {
+                    broker.metrics.forget_topic(&name);
+                    deleted_names.insert(name.clone());
+                }
                 let base = DeletableTopicResult::default()
                     .with_name(Some(TopicName(StrBytes::from_string(name))));
                 match result {
@@ -243,6 +248,10 @@ pub async fn delete_topics(
             }
         })
         .collect();
+    broker
+        .groups
+        .on_topics_deleted(broker, &deleted_names)
+        .await;
     let responses = responses
         .into_iter()
         .map(|mut r: DeletableTopicResult| {

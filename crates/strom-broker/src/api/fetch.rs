@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 use super::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
 use crate::broker::Broker;
+use crate::metrics::Purgatory;
 use crate::replica::Partition;
 
 /// Longest wait a fetch may ask for; clients use 500 ms (librdkafka) to a few
@@ -153,6 +154,7 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
         }
         // Woken by an append or at the deadline, read again (at the deadline
         // the next pass answers with whatever is there).
+        let _parked = broker.metrics.enter_purgatory(Purgatory::Fetch);
         tokio::select! {
             () = waiter.notified() => {}
             () = tokio::time::sleep_until(deadline.into()) => {}
@@ -182,6 +184,18 @@ pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -
     for ((((topic, index), params), read), include) in to_fetch.iter().zip(reads).zip(include) {
         if !include {
             continue;
+        }
+        if replica_id < 0 && !read.records.is_empty() {
+            let records: u64 = record_batch::batches(&read.records)
+                .map_while(Result::ok)
+                .filter(|b| !b.header.attributes.is_control())
+                .map(|b| u64::try_from(b.header.record_count).unwrap_or(0))
+                .sum();
+            broker.metrics.record_out(
+                topic,
+                u64::try_from(read.records.len()).unwrap_or(u64::MAX),
+                records,
+            );
         }
         let data = PartitionData::default()
             .with_partition_index(*index)

@@ -57,6 +57,7 @@ use crate::group::classic::{JoinRequest, JoinResult, Outbox, Reply, SyncResult};
 use crate::group::consumer::{self, Partitions};
 use crate::group::store::{OFFSETS_TOPIC, OffsetValue, Record};
 use crate::group::{Group, GroupCoordinator, GroupState};
+use crate::metrics::Purgatory;
 
 /// FindCoordinator key types.
 const KEY_TYPE_GROUP: i8 = 0;
@@ -84,11 +85,15 @@ fn client_id(client: Option<&StrBytes>) -> String {
     client.map(|c| c.to_string()).unwrap_or_default()
 }
 
-/// Waits for a parked reply; a dropped sender means the group went away.
-async fn wait<T>(reply: Reply<T>, gone: T) -> T {
+/// Waits for a parked reply (counted in the rebalance purgatory); a dropped
+/// sender means the group went away.
+async fn wait<T>(broker: &Broker, reply: Reply<T>, gone: T) -> T {
     match reply {
         Reply::Now(r) => r,
-        Reply::Later(rx) => rx.await.unwrap_or(gone),
+        Reply::Later(rx) => {
+            let _parked = broker.metrics.enter_purgatory(Purgatory::Rebalance);
+            rx.await.unwrap_or(gone)
+        }
     }
 }
 
@@ -377,6 +382,7 @@ pub async fn join_group(
         &member_id,
     )));
     let result = wait(
+        broker,
         reply,
         JoinResult::error(ErrorCode::UnknownMemberId, &member_id),
     )
@@ -452,7 +458,7 @@ pub async fn sync_group(
         ErrorCode::CoordinatorNotAvailable,
     )));
     sync_response(
-        wait(reply, SyncResult::error(ErrorCode::UnknownMemberId)).await,
+        wait(broker, reply, SyncResult::error(ErrorCode::UnknownMemberId)).await,
         version,
     )
 }

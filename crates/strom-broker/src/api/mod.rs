@@ -87,6 +87,11 @@ pub fn may_park(key: ApiKey) -> bool {
     matches!(key, ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Fetch)
 }
 
+/// Every API this broker answers.
+pub fn answered_apis() -> Vec<ApiKey> {
+    SUPPORTED_APIS.iter().map(|(key, _, _)| *key).collect()
+}
+
 /// The advertised version range of `key`.
 pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
     SUPPORTED_APIS

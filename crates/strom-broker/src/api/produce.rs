@@ -302,6 +302,9 @@ fn append(
     {
         Ok(info) => {
             partition.advance_high_watermark();
+            broker
+                .metrics
+                .record_in(&partition.topic, info.bytes, info.record_count);
             PartitionProduceResponse::default()
                 .with_index(index)
                 .with_base_offset(info.first_offset)

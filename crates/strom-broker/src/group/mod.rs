@@ -583,6 +583,46 @@ impl GroupCoordinator {
         }
     }
 
+    /// After topics are deleted: their committed offsets go (tombstones in
+    /// the offsets topic), and so do empty groups left with no offsets, as
+    /// Kafka's `onPartitionsDeleted` does, so that a topic created again
+    /// under the name does not inherit old positions.
+    pub async fn on_topics_deleted(&self, broker: &Arc<Broker>, topics: &BTreeSet<String>) {
+        if topics.is_empty() {
+            return;
+        }
+        let mut state = self.lock().await;
+        let mut per_group: Vec<(String, Vec<Record>)> = Vec::new();
+        let group_ids: Vec<String> = state.offsets.keys().cloned().collect();
+        for id in group_ids {
+            let mut records = Vec::new();
+            if let Some(offsets) = state.offsets.get_mut(&id) {
+                offsets.retain(|(topic, partition), _| {
+                    let deleted = topics.contains(topic);
+                    if deleted {
+                        records.push(Record::offset(&id, topic, *partition, None));
+                    }
+                    !deleted
+                });
+                if offsets.is_empty() {
+                    state.offsets.remove(&id);
+                    if state.groups.get(&id).is_some_and(Group::is_empty) {
+                        state.groups.remove(&id);
+                        records.push(Record::group(&id, None));
+                    }
+                }
+            }
+            if !records.is_empty() {
+                per_group.push((id, records));
+            }
+        }
+        for (id, records) in per_group {
+            if let Err(e) = self.persist(broker, &id, records).await {
+                tracing::warn!(group = %id, error = ?e, "could not remove the offsets of deleted topics");
+            }
+        }
+    }
+
     /// Appends `records` to the group's partition of the offsets topic
     /// (creating the topic on first use). Call with the state lock held.
     pub async fn persist(

@@ -29,6 +29,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct BrokerProcess {
     child: Option<Child>,
     pub bootstrap: String,
+    /// `http://HOST:PORT/metrics`, from the broker's second stdout line.
+    pub metrics_url: String,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -50,7 +52,16 @@ impl BrokerProcess {
             .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_strom"));
         command
-            .args(["broker", "--listen", listen, "--data-dir"])
+            // A free metrics port too: a restart on a fixed Kafka port
+            // would otherwise take the default 9644, shared by parallel tests.
+            .args([
+                "broker",
+                "--listen",
+                listen,
+                "--metrics",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -63,8 +74,11 @@ impl BrokerProcess {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            // The ready line, then the metrics line.
+            for _ in 0..2 {
+                if let Some(Ok(line)) = lines.next() {
+                    let _ = tx.send(line);
+                }
             }
             // Keep draining so the broker never blocks on a full pipe.
             for _ in lines {}
@@ -86,9 +100,18 @@ impl BrokerProcess {
             .and_then(|rest| rest.split_whitespace().next())
             .unwrap_or_else(|| panic!("unexpected ready line {line:?}"))
             .to_owned();
+        let metrics_line = rx
+            .recv_timeout(READY_TIMEOUT)
+            .unwrap_or_else(|_| panic!("no metrics line after the ready line"));
+        let metrics_url = metrics_line
+            .split("metrics on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("unexpected metrics line {metrics_line:?}"))
+            .to_owned();
         Self {
             child: Some(child),
             bootstrap: addr,
+            metrics_url,
             data_dir: data_dir.to_path_buf(),
             stderr_path,
         }

@@ -1,0 +1,728 @@
+//! The broker's metrics, served in Prometheus' text format (OpenMetrics) on
+//! an HTTP listener of their own (`metrics.listener`, `GET /metrics`).
+//!
+//! Two kinds:
+//!
+//! - **Recorded** as things happen: requests and their latency per API,
+//!   bytes and records in and out per topic, connections, requests waiting
+//!   in purgatory. These live in [`Metrics`] and cost an atomic add each.
+//! - **Read at scrape time** from the broker's state: partitions, their log
+//!   size, offsets and high watermark, consumer group committed offsets and
+//!   lag, under-replicated partitions. Nothing is kept between scrapes, so
+//!   a deleted topic or group disappears from the next scrape.
+//!
+//! Names follow Prometheus' conventions (`strom_` prefix, base units,
+//! `_total` for counters) and say which Kafka MBean they stand for in their
+//! help text, so that dashboards built for Kafka translate one to one.
+//! docs/broker.md lists them.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use strom_protocol::messages::ApiKey;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+
+use crate::broker::Broker;
+
+/// Request latency buckets: 0.5 ms doubling to 32 s, which covers a
+/// metadata request on a idle broker up to a long-poll fetch or a JoinGroup
+/// waiting out a rebalance (17 buckets).
+const LATENCY_BUCKET_START_S: f64 = 0.0005;
+const LATENCY_BUCKET_COUNT: u16 = 17;
+/// Committed-offset series (group, topic, partition) in one scrape. Group ids
+/// come from clients and are unbounded; past this a scrape reports the
+/// number left out instead of growing without limit (20 000 series are
+/// about 3 MB of text).
+pub const MAX_GROUP_OFFSET_SERIES: usize = 20_000;
+/// Default port of the metrics listener (Redpanda's admin port, which
+/// serves its metrics too).
+pub const DEFAULT_METRICS_PORT: u16 = 9644;
+/// How long shutdown waits for scrapes in progress before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Open connections to the metrics listener. A Prometheus server keeps one;
+/// beyond this, new connections wait in the backlog, so clients that connect
+/// and idle cannot exhaust the broker's descriptors.
+const MAX_METRICS_CONNECTIONS: usize = 64;
+/// A metrics connection is closed this long after it was accepted, in the
+/// middle of reading or writing if need be: a client trickling bytes (or
+/// reading none) holds a slot no longer. Prometheus reconnects for its next
+/// scrape; its default scrape timeout is 10 s.
+const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// A label value from outside (a topic, a group id): escaped as the text
+/// format requires, since prometheus-client writes label values verbatim
+/// and a group id may hold a quote or a newline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Text(Arc<str>);
+
+impl Text {
+    pub fn new(value: &str) -> Self {
+        if !value.contains(['\\', '"', '\n']) {
+            return Self(Arc::from(value));
+        }
+        let mut escaped = String::with_capacity(value.len() + 8);
+        for c in value.chars() {
+            match c {
+                '\\' => escaped.push_str("\\\\"),
+                '"' => escaped.push_str("\\\""),
+                '\n' => escaped.push_str("\\n"),
+                c => escaped.push(c),
+            }
+        }
+        Self(Arc::from(escaped))
+    }
+}
+
+impl From<&Arc<str>> for Text {
+    /// Shares the string when it needs no escaping (every legal topic name).
+    fn from(value: &Arc<str>) -> Self {
+        if value.contains(['\\', '"', '\n']) {
+            Self::new(value)
+        } else {
+            Self(Arc::clone(value))
+        }
+    }
+}
+
+impl EncodeLabelValue for Text {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: Text,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: Text,
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupPartitionLabels {
+    group: Text,
+    topic: Text,
+    partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+/// What waits in purgatory (Kafka's `DelayedOperationPurgatory` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purgatory {
+    /// Fetches long-polling for `fetch.min.bytes`.
+    Fetch,
+    /// acks=all produces waiting for followers (none until replication).
+    Produce,
+    /// JoinGroup and SyncGroup waiting for their rebalance.
+    Rebalance,
+}
+
+impl Purgatory {
+    const ALL: [Self; 3] = [Self::Fetch, Self::Produce, Self::Rebalance];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fetch => "Fetch",
+            Self::Produce => "Produce",
+            Self::Rebalance => "Rebalance",
+        }
+    }
+}
+
+/// Counts one request in purgatory while it lives.
+#[derive(Debug)]
+pub struct PurgatoryGuard(Gauge);
+
+impl Drop for PurgatoryGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// One API's request count and latency, looked up by API key.
+#[derive(Debug, Clone)]
+struct ApiMetrics {
+    key: ApiKey,
+    requests: Counter,
+    latency: Histogram,
+}
+
+/// The recorded metrics, and the registry they are served from.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    apis: Vec<ApiMetrics>,
+    bytes_in: Family<TopicLabels, Counter>,
+    bytes_out: Family<TopicLabels, Counter>,
+    messages_in: Family<TopicLabels, Counter>,
+    messages_out: Family<TopicLabels, Counter>,
+    pub connections_active: Gauge,
+    pub connections_accepted: Counter,
+    purgatory: Family<OperationLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Registers every recorded metric; `apis` are the API keys answered.
+    pub fn new(apis: &[ApiKey], node_id: i32) -> Self {
+        let mut registry = Registry::with_prefix("strom");
+        registry.register(
+            "build",
+            "The broker's version and node id",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("node_id", node_id.to_string()),
+            ]),
+        );
+        let requests: Family<ApiLabels, Counter> = Family::default();
+        let latency: Family<ApiLabels, Histogram> = Family::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(
+                LATENCY_BUCKET_START_S,
+                2.0,
+                LATENCY_BUCKET_COUNT,
+            ))
+        });
+        let apis = apis
+            .iter()
+            .map(|&key| {
+                let labels = ApiLabels {
+                    api: format!("{key:?}"),
+                };
+                ApiMetrics {
+                    key,
+                    requests: requests.get_or_create_owned(&labels),
+                    latency: latency.get_or_create_owned(&labels),
+                }
+            })
+            .collect();
+        registry.register(
+            "requests",
+            "Requests answered, per API (Kafka: RequestMetrics RequestsPerSec)",
+            requests,
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival at the handler to its answer, per API, including time parked (Kafka: RequestMetrics TotalTimeMs)",
+            Unit::Seconds,
+            latency,
+        );
+        let bytes_in = Family::<TopicLabels, Counter>::default();
+        let bytes_out = Family::<TopicLabels, Counter>::default();
+        let messages_in = Family::<TopicLabels, Counter>::default();
+        let messages_out = Family::<TopicLabels, Counter>::default();
+        registry.register_with_unit(
+            "topic_in",
+            "Record batch bytes appended by producers, per topic (Kafka: BrokerTopicMetrics BytesInPerSec)",
+            Unit::Bytes,
+            bytes_in.clone(),
+        );
+        registry.register_with_unit(
+            "topic_out",
+            "Record batch bytes sent to consumers, per topic (Kafka: BrokerTopicMetrics BytesOutPerSec)",
+            Unit::Bytes,
+            bytes_out.clone(),
+        );
+        registry.register(
+            "topic_in_messages",
+            "Records appended by producers, per topic (Kafka: BrokerTopicMetrics MessagesInPerSec)",
+            messages_in.clone(),
+        );
+        registry.register(
+            "topic_out_messages",
+            "Records sent to consumers (whole batches, as the batch headers count them), per topic",
+            messages_out.clone(),
+        );
+        let connections_active = Gauge::default();
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_active",
+            "Open client connections (Kafka: socket-server-metrics connection-count)",
+            connections_active.clone(),
+        );
+        registry.register(
+            "connections_accepted",
+            "Client connections accepted since start (Kafka: connection-creation-total)",
+            connections_accepted.clone(),
+        );
+        let purgatory = Family::<OperationLabels, Gauge>::default();
+        for p in Purgatory::ALL {
+            drop(purgatory.get_or_create(&OperationLabels {
+                operation: p.name(),
+            }));
+        }
+        registry.register(
+            "purgatory_size",
+            "Requests waiting in purgatory, per operation (Kafka: DelayedOperationPurgatory PurgatorySize)",
+            purgatory.clone(),
+        );
+        Self {
+            registry,
+            apis,
+            bytes_in,
+            bytes_out,
+            messages_in,
+            messages_out,
+            connections_active,
+            connections_accepted,
+            purgatory,
+        }
+    }
+
+    /// One request of `key` answered after `elapsed`.
+    pub fn record_request(&self, key: ApiKey, elapsed: Duration) {
+        if let Some(api) = self.apis.iter().find(|a| a.key == key) {
+            api.requests.inc();
+            api.latency.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// A producer's records appended to `topic`.
+    pub fn record_in(&self, topic: &Arc<str>, bytes: u64, records: u64) {
+        let labels = TopicLabels {
+            topic: Text::from(topic),
+        };
+        self.bytes_in.get_or_create(&labels).inc_by(bytes);
+        self.messages_in.get_or_create(&labels).inc_by(records);
+    }
+
+    /// Records of `topic` sent to a consumer.
+    pub fn record_out(&self, topic: &Arc<str>, bytes: u64, records: u64) {
+        let labels = TopicLabels {
+            topic: Text::from(topic),
+        };
+        self.bytes_out.get_or_create(&labels).inc_by(bytes);
+        self.messages_out.get_or_create(&labels).inc_by(records);
+    }
+
+    /// Drops a deleted topic's counters (a topic created again under the
+    /// name starts from zero, as a new counter should).
+    pub fn forget_topic(&self, topic: &str) {
+        let labels = TopicLabels {
+            topic: Text::new(topic),
+        };
+        for family in [
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.messages_in,
+            &self.messages_out,
+        ] {
+            family.remove(&labels);
+        }
+    }
+
+    /// Counts a request in `purgatory` until the guard drops.
+    pub fn enter_purgatory(&self, purgatory: Purgatory) -> PurgatoryGuard {
+        let gauge = self.purgatory.get_or_create_owned(&OperationLabels {
+            operation: purgatory.name(),
+        });
+        gauge.inc();
+        PurgatoryGuard(gauge)
+    }
+}
+
+/// Reads the scrape-time metrics from the broker into a registry of their own.
+async fn scrape_state(broker: &Broker) -> Registry {
+    let mut registry = Registry::with_prefix("strom");
+    let partitions = broker.replicas.partitions();
+    let log_size = Family::<PartitionLabels, Gauge>::default();
+    let log_end_offset = Family::<PartitionLabels, Gauge>::default();
+    let log_start_offset = Family::<PartitionLabels, Gauge>::default();
+    let high_watermark = Family::<PartitionLabels, Gauge>::default();
+    let segments = Family::<PartitionLabels, Gauge>::default();
+    let mut offline = 0i64;
+    let mut high_watermarks = std::collections::HashMap::with_capacity(partitions.len());
+    for p in &partitions {
+        let labels = PartitionLabels {
+            topic: Text::from(&p.topic),
+            partition: p.index,
+        };
+        let size = i64::try_from(p.log.size_bytes()).unwrap_or(i64::MAX);
+        log_size.get_or_create(&labels).set(size);
+        log_end_offset
+            .get_or_create(&labels)
+            .set(p.log.log_end_offset());
+        log_start_offset
+            .get_or_create(&labels)
+            .set(p.log.log_start_offset());
+        high_watermark
+            .get_or_create(&labels)
+            .set(p.high_watermark());
+        segments
+            .get_or_create(&labels)
+            .set(i64::try_from(p.log.segment_count()).unwrap_or(i64::MAX));
+        if p.log.is_offline() {
+            offline += 1;
+        }
+        high_watermarks.insert((Arc::clone(&p.topic), p.index), p.high_watermark());
+    }
+    let gauge = |value: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(value);
+        g
+    };
+    registry.register(
+        "partitions",
+        "Partitions this broker holds (Kafka: ReplicaManager PartitionCount)",
+        gauge(i64::try_from(partitions.len()).unwrap_or(i64::MAX)),
+    );
+    registry.register(
+        "under_replicated_partitions",
+        "Partitions whose in-sync replicas are fewer than their replicas (Kafka: ReplicaManager UnderReplicatedPartitions); 0 on a single node",
+        gauge(0),
+    );
+    registry.register(
+        "offline_partitions",
+        "Partitions whose log an I/O error took offline (Kafka: OfflinePartitionsCount)",
+        gauge(offline),
+    );
+    registry.register_with_unit(
+        "log_size",
+        "Bytes of log data in a partition's segments (Kafka: Log Size)",
+        Unit::Bytes,
+        log_size,
+    );
+    registry.register(
+        "log_end_offset",
+        "Offset the next record appended to the partition gets (Kafka: Log LogEndOffset)",
+        log_end_offset,
+    );
+    registry.register(
+        "log_start_offset",
+        "First offset a consumer can read (Kafka: Log LogStartOffset)",
+        log_start_offset,
+    );
+    registry.register(
+        "high_watermark",
+        "Offset up to which all in-sync replicas have the partition's records; consumers read below it",
+        high_watermark,
+    );
+    registry.register(
+        "log_segments",
+        "Segments in a partition's log (Kafka: Log NumLogSegments)",
+        segments,
+    );
+
+    let committed = Family::<GroupPartitionLabels, Gauge>::default();
+    let lag = Family::<GroupPartitionLabels, Gauge>::default();
+    let mut left_out = 0usize;
+    {
+        let state = broker.groups.lock().await;
+        let mut series = 0usize;
+        for (group, offsets) in &state.offsets {
+            let group_label = Text::new(group);
+            for ((topic, partition), value) in offsets {
+                if series >= MAX_GROUP_OFFSET_SERIES {
+                    left_out += 1;
+                    continue;
+                }
+                series += 1;
+                let labels = GroupPartitionLabels {
+                    group: group_label.clone(),
+                    topic: Text::new(topic),
+                    partition: *partition,
+                };
+                committed.get_or_create(&labels).set(value.offset);
+                let key: (Arc<str>, i32) = (Arc::from(topic.as_str()), *partition);
+                if let Some(hw) = high_watermarks.get(&key) {
+                    lag.get_or_create(&labels)
+                        .set(hw.saturating_sub(value.offset).max(0));
+                }
+            }
+        }
+    }
+    registry.register(
+        "group_committed_offset",
+        "A consumer group's committed offset of a partition",
+        committed,
+    );
+    registry.register(
+        "group_lag",
+        "Records a consumer group has yet to consume: high watermark minus committed offset, never below 0 (kafka-consumer-groups' LAG)",
+        lag,
+    );
+    registry.register(
+        "group_offset_series_left_out",
+        "Committed offsets left out of this scrape past its bound of series",
+        gauge(i64::try_from(left_out).unwrap_or(i64::MAX)),
+    );
+    registry
+}
+
+/// The whole exposition: recorded metrics, then those read now.
+pub async fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
+    let state = scrape_state(broker).await;
+    let mut text = String::with_capacity(64 * 1024);
+    encode_registry(&mut text, &broker.metrics.registry)?;
+    encode_registry(&mut text, &state)?;
+    encode_eof(&mut text)?;
+    Ok(text)
+}
+
+/// OpenMetrics' content type, which Prometheus asks for and understands.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn metrics_handler(State(broker): State<Arc<Broker>>) -> Response {
+    match render(&broker).await {
+        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding the metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the metrics failed\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn index_handler() -> &'static str {
+    "Strom broker. Metrics: GET /metrics\n"
+}
+
+/// The bound metrics listener, ready to serve.
+#[derive(Debug)]
+pub struct MetricsServer {
+    listener: TcpListener,
+    pub local_addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Serves `/metrics` until the broker shuts down.
+    pub fn spawn(self, broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
+        let shutdown = broker.shutdown.clone();
+        let router = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/", get(index_handler))
+            .with_state(broker);
+        let listener = BoundedListener {
+            listener: self.listener,
+            slots: Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS)),
+        };
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future();
+            tokio::pin!(serve);
+            tokio::select! {
+                result = &mut serve => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "metrics listener failed");
+                    }
+                }
+                // A scrape that hangs (a client that never reads) must not
+                // hold up shutdown.
+                () = async {
+                    shutdown.cancelled().await;
+                    tokio::time::sleep(SHUTDOWN_GRACE).await;
+                } => {}
+            }
+        })
+    }
+}
+
+/// The metrics listener with its bounds: at most
+/// [`MAX_METRICS_CONNECTIONS`] open, each for at most
+/// [`METRICS_CONNECTION_LIFETIME`].
+#[derive(Debug)]
+struct BoundedListener {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for BoundedListener {
+    type Io = BoundedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
+            // The semaphore is never closed; wait for shutdown instead.
+            return std::future::pending().await;
+        };
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    let stream = BoundedStream {
+                        stream,
+                        deadline: Box::pin(tokio::time::sleep(METRICS_CONNECTION_LIFETIME)),
+                        _permit: permit,
+                    };
+                    return (stream, peer);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A metrics connection: its slot, and the time it must be done by.
+#[derive(Debug)]
+struct BoundedStream {
+    stream: TcpStream,
+    deadline: Pin<Box<Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BoundedStream {
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "metrics connection open too long",
+    )
+}
+
+impl AsyncRead for BoundedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BoundedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return Poll::Ready(Err(lifetime_over()));
+        }
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_from_clients_are_escaped() {
+        assert_eq!(&*Text::new("orders").0, "orders");
+        assert_eq!(&*Text::new("a\"b\\c\nd").0, "a\\\"b\\\\c\\nd");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_connections_are_bounded_in_number_and_lifetime() {
+        use axum::serve::Listener;
+        use tokio::io::AsyncReadExt;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut bounded = BoundedListener {
+            listener,
+            slots: Arc::new(Semaphore::new(1)),
+        };
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        let (mut stream, _) = bounded.accept().await;
+        // One slot: the second connection waits while the first is open.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), bounded.accept())
+                .await
+                .is_err()
+        );
+        // A client that sends nothing is cut at the end of the lifetime.
+        let mut buf = [0u8; 8];
+        let err = tokio::time::timeout(2 * METRICS_CONNECTION_LIFETIME, stream.read(&mut buf))
+            .await
+            .expect("cut by its own deadline")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        drop(stream);
+        let (_stream, _) = tokio::time::timeout(Duration::from_secs(1), bounded.accept())
+            .await
+            .expect("the freed slot takes the waiting connection");
+    }
+
+    #[test]
+    fn every_purgatory_shows_even_when_empty() {
+        let metrics = Metrics::new(&[ApiKey::Produce], 1);
+        let guard = metrics.enter_purgatory(Purgatory::Fetch);
+        let mut text = String::new();
+        encode_registry(&mut text, &metrics.registry).unwrap();
+        assert!(
+            text.contains("strom_purgatory_size{operation=\"Fetch\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("strom_purgatory_size{operation=\"Rebalance\"} 0"),
+            "{text}"
+        );
+        drop(guard);
+        text.clear();
+        encode_registry(&mut text, &metrics.registry).unwrap();
+        assert!(
+            text.contains("strom_purgatory_size{operation=\"Fetch\"} 0"),
+            "{text}"
+        );
+    }
+}
