@@ -181,17 +181,19 @@ def test_a_deleted_topic_leaves_no_series_and_no_offsets(broker, admin):
     assert committed.offset < 0, committed
 
 
-def test_connections_are_counted_while_open(broker):
-    baseline = value(scrape(broker), "strom_connections_active")
+def test_connections_are_counted_while_open(broker_factory):
+    broker = broker_factory()  # its own: no other test's clients connected
+    assert value(scrape(broker), "strom_connections_active") == 0
     consumers = [KafkaConsumer(bootstrap_servers=broker.bootstrap) for _ in range(3)]
     for consumer in consumers:
         consumer.topics()  # connects
-    # At least one connection each (clients of earlier tests may be closing,
-    # so the count is not compared with the baseline here).
     assert value(scrape(broker), "strom_connections_active") >= 3
+    accepted = value(scrape(broker), "strom_connections_accepted_total")
+    assert accepted >= 3
     for consumer in consumers:
         consumer.close()
-    assert wait_until(lambda: value(scrape(broker), "strom_connections_active") <= baseline, DEADLINE_S)
+    assert wait_until(lambda: value(scrape(broker), "strom_connections_active") == 0, DEADLINE_S)
+    assert value(scrape(broker), "strom_connections_accepted_total") == accepted
 
 
 def test_unknown_paths_are_not_found(broker):

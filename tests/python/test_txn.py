@@ -175,3 +175,41 @@ def test_txn_kill_9_mid_transaction(broker_factory):
         assert read_kafka_python(broker.bootstrap, topic, "read_committed") == expected("done", 10) + expected("next", 10)
         assert len(read_confluent(broker.bootstrap, topic, "read_uncommitted")) == 30
     broker.stop()
+
+
+def test_offsets_sent_to_a_transaction_go_with_their_deleted_topic(broker_factory):
+    """TxnOffsetCommit, then the topic is deleted, then the transaction commits:
+    as in Kafka, the deleted topic's offsets are gone (a topic created again
+    under the name starts without them), and stay gone after a restart, which
+    replays the transaction from the offsets topic."""
+    broker = broker_factory()
+    create_topics(broker.bootstrap, ["txn-doomed", "txn-kept", "txn-sink"])
+    group = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "py-doomed", "enable.auto.commit": False})
+    metadata = group.consumer_group_metadata()
+    group.close()
+    producer = txn_producer(broker.bootstrap, "py-doomed")
+    producer.begin_transaction()
+    send_all(producer, ["txn-sink"], "out", 1)
+    producer.send_offsets_to_transaction([CTopicPartition("txn-doomed", 0, 7), CTopicPartition("txn-kept", 0, 3)], metadata, 30)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    (future,) = admin.delete_topics(["txn-doomed"]).values()
+    future.result(30)
+    producer.commit_transaction(30)
+    create_topics(broker.bootstrap, ["txn-doomed"])
+
+    def committed(bootstrap):
+        reader = Consumer({"bootstrap.servers": bootstrap, "group.id": "py-doomed"})
+        try:
+            tps = reader.committed([CTopicPartition("txn-doomed", 0), CTopicPartition("txn-kept", 0)], timeout=DEADLINE_S)
+            return [tp.offset for tp in tps]
+        finally:
+            reader.close()
+
+    doomed, kept = committed(broker.bootstrap)
+    assert doomed < 0, "the recreated topic inherited an offset committed for the deleted one"
+    assert kept == 3
+    broker.stop()
+    broker = broker_factory()
+    doomed, kept = committed(broker.bootstrap)
+    assert doomed < 0, "the restart brought back an offset of the deleted topic"
+    assert kept == 3

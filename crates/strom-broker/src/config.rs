@@ -926,7 +926,6 @@ pub(crate) fn parse_prop<T: std::str::FromStr>(
     }
 }
 
-/// `PLAINTEXT://host:port` (the first listener) to `host:port`.
 /// `metrics.listener`: `HOST:PORT`, or empty for none. The default is the
 /// Kafka listener's address with port 9644; a Kafka listener on port 0 (tests,
 /// scripts running several brokers) gets port 0 too, so that brokers started
@@ -956,6 +955,7 @@ fn metrics_listen(
     }
 }
 
+/// `PLAINTEXT://host:port` (the first listener) to `host:port`.
 fn strip_listener(listeners: &str) -> String {
     let first = listeners.split(',').next().unwrap_or("").trim();
     first

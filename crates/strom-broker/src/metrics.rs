@@ -438,8 +438,12 @@ async fn scrape_state(broker: &Broker) -> Registry {
     let mut left_out = 0usize;
     {
         let state = broker.groups.lock().await;
+        // In group order, so that past the bound the same series are left
+        // out from one scrape to the next.
+        let mut groups: Vec<_> = state.offsets.iter().collect();
+        groups.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut series = 0usize;
-        for (group, offsets) in &state.offsets {
+        for (group, offsets) in groups {
             let group_label = Text::new(group);
             for ((topic, partition), value) in offsets {
                 if series >= MAX_GROUP_OFFSET_SERIES {

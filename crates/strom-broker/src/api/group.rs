@@ -613,7 +613,6 @@ pub async fn offset_commit(
 ) -> OffsetCommitResponse {
     let group_id = req.group_id.to_string();
     let coordinator = &broker.groups;
-    let image = broker.image();
     let respond = |f: &dyn Fn(&str, i32) -> ErrorCode| {
         let mut response = OffsetCommitResponse::default();
         response.topics = req
@@ -641,6 +640,10 @@ pub async fn offset_commit(
         return respond(&|_, _| code);
     }
     let mut state = coordinator.lock().await;
+    // The image is read under the lock: a topic deleted before it was taken
+    // is seen as gone, so no offset of it is written after the deletion
+    // removed the group's offsets of it.
+    let image = broker.image();
     let now = broker.clock.now_ms();
     let instance_id = if version >= 7 {
         opt(req.group_instance_id.as_ref())
@@ -942,6 +945,7 @@ pub async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> Of
         response.error_code = code as i16;
         return response;
     }
+    state.forget_pending_offsets(&records);
     if let Some(offsets) = state.offsets.get_mut(&group_id) {
         for r in &records {
             if let crate::group::store::RecordKey::Offset {
@@ -1086,8 +1090,9 @@ pub async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> De
                         .map(|(topic, partition)| Record::offset(&id, topic, *partition, None))
                         .collect();
                     records.push(Record::group(&id, None));
-                    match coordinator.persist(broker, &id, records).await {
+                    match coordinator.persist(broker, &id, records.clone()).await {
                         Ok(()) => {
+                            state.forget_pending_offsets(&records);
                             state.groups.remove(&id);
                             state.offsets.remove(&id);
                             ErrorCode::None

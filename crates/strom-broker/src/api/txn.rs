@@ -303,6 +303,9 @@ pub async fn txn_offset_commit(
         return respond(code);
     }
     let mut state = broker.groups.lock().await;
+    // Partitions are checked against the image as it is under the lock (see
+    // offset_commit).
+    let image = broker.image();
     // v3+ carries the member; a member that is not the group's is refused
     // as OffsetCommit would (a standalone producer sends generation -1).
     if version >= 3 && (req.generation_id >= 0 || !req.member_id.is_empty()) {

@@ -44,6 +44,10 @@ use store::{GroupValue, OFFSETS_TOPIC, OffsetValue, Record};
 
 /// How often timers run (session expiry, rebalance and join timeouts).
 const TICK: Duration = Duration::from_millis(100);
+/// Offset tombstones in one append to the offsets topic: a tombstone's key
+/// (group id, topic, partition) is at most about 540 bytes, so 1000 of them
+/// stay within the topic's default `max.message.bytes` of 1 MiB.
+const MAX_TOMBSTONES_PER_BATCH: usize = 1000;
 /// Bound on timer settings, so deadlines computed from them cannot overflow
 /// (Kafka's are ints: about 24 days).
 const MAX_TIMER_MS: i64 = i32::MAX as i64;
@@ -283,6 +287,32 @@ pub struct GroupState {
 }
 
 impl GroupState {
+    /// After offset tombstones are in the log: offsets of the same
+    /// partitions pending in open transactions go too, so that a later
+    /// commit does not bring them back (Kafka's replay of a tombstone does
+    /// the same; [`GroupCoordinator::open`] mirrors it).
+    pub fn forget_pending_offsets(&mut self, tombstones: &[Record]) {
+        for (group, topic, partition) in tombstones.iter().filter_map(Record::offset_tombstone) {
+            let key = (topic.to_owned(), partition);
+            self.pending_txn_offsets.retain(|_, groups| {
+                if let Some(offsets) = groups.get_mut(group) {
+                    offsets.remove(&key);
+                    if offsets.is_empty() {
+                        groups.remove(group);
+                    }
+                }
+                !groups.is_empty()
+            });
+        }
+    }
+
+    /// Whether an open transaction holds offsets of `group`.
+    pub fn has_pending_offsets(&self, group: &str) -> bool {
+        self.pending_txn_offsets
+            .values()
+            .any(|groups| groups.contains_key(group))
+    }
+
     /// The group's record, as it is now (a tombstone once it is gone).
     pub fn group_record(&self, group_id: &str, config: &GroupConfig) -> Record {
         Record::group(
@@ -422,6 +452,11 @@ impl GroupCoordinator {
                     return;
                 }
                 for record in decoded {
+                    if let Some((group, topic, partition)) = record.offset_tombstone() {
+                        for pending in open_txns.values_mut() {
+                            pending.retain(|r| !r.is_offset_of(group, topic, partition));
+                        }
+                    }
                     state.apply(record, &config, now_ms);
                 }
             });
@@ -480,6 +515,7 @@ impl GroupCoordinator {
 
     /// Runs timers until the broker shuts down.
     pub async fn run_timers(broker: Arc<Broker>) {
+        broker.groups.drop_offsets_of_missing_topics(&broker).await;
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -577,49 +613,92 @@ impl GroupCoordinator {
         }
         for (id, records) in per_group {
             tracing::info!(group = %id, records = records.len(), "expired offsets or group");
+            state.forget_pending_offsets(&records);
             if let Err(e) = self.persist(broker, &id, records).await {
                 tracing::warn!(group = %id, error = ?e, "could not persist expired offsets");
             }
         }
     }
 
-    /// After topics are deleted: their committed offsets go (tombstones in
-    /// the offsets topic), and so do empty groups left with no offsets, as
-    /// Kafka's `onPartitionsDeleted` does, so that a topic created again
-    /// under the name does not inherit old positions.
+    /// After topics are deleted: every group's offsets of them go, committed
+    /// ones and those pending in open transactions (tombstones in the offsets
+    /// topic), and so do empty groups left with no offsets, as Kafka's
+    /// `onPartitionsDeleted` does, so that a topic created again under the
+    /// name does not inherit old positions.
     pub async fn on_topics_deleted(&self, broker: &Arc<Broker>, topics: &BTreeSet<String>) {
         if topics.is_empty() {
             return;
         }
         let mut state = self.lock().await;
-        let mut per_group: Vec<(String, Vec<Record>)> = Vec::new();
-        let group_ids: Vec<String> = state.offsets.keys().cloned().collect();
-        for id in group_ids {
-            let mut records = Vec::new();
-            if let Some(offsets) = state.offsets.get_mut(&id) {
-                offsets.retain(|(topic, partition), _| {
-                    let deleted = topics.contains(topic);
-                    if deleted {
-                        records.push(Record::offset(&id, topic, *partition, None));
-                    }
-                    !deleted
-                });
-                if offsets.is_empty() {
-                    state.offsets.remove(&id);
-                    if state.groups.get(&id).is_some_and(Group::is_empty) {
-                        state.groups.remove(&id);
-                        records.push(Record::group(&id, None));
-                    }
-                }
-            }
-            if !records.is_empty() {
-                per_group.push((id, records));
+        // Per group, the partitions of deleted topics it has offsets of.
+        let mut doomed: BTreeMap<String, BTreeSet<(String, i32)>> = BTreeMap::new();
+        for (group, offsets) in &state.offsets {
+            for key in offsets.keys().filter(|(topic, _)| topics.contains(topic)) {
+                doomed.entry(group.clone()).or_default().insert(key.clone());
             }
         }
-        for (id, records) in per_group {
-            if let Err(e) = self.persist(broker, &id, records).await {
-                tracing::warn!(group = %id, error = ?e, "could not remove the offsets of deleted topics");
+        for groups in state.pending_txn_offsets.values() {
+            for (group, offsets) in groups {
+                for key in offsets.keys().filter(|(topic, _)| topics.contains(topic)) {
+                    doomed.entry(group.clone()).or_default().insert(key.clone());
+                }
             }
+        }
+        for (id, keys) in doomed {
+            let mut records: Vec<Record> = keys
+                .iter()
+                .map(|(topic, partition)| Record::offset(&id, topic, *partition, None))
+                .collect();
+            state.forget_pending_offsets(&records);
+            if let Some(offsets) = state.offsets.get_mut(&id) {
+                offsets.retain(|key, _| !keys.contains(key));
+                if offsets.is_empty() {
+                    state.offsets.remove(&id);
+                }
+            }
+            if !state.offsets.contains_key(&id)
+                && !state.has_pending_offsets(&id)
+                && state.groups.get(&id).is_some_and(Group::is_empty)
+            {
+                state.groups.remove(&id);
+                records.push(Record::group(&id, None));
+            }
+            // In batches the offsets topic takes (its max.message.bytes).
+            while !records.is_empty() {
+                let rest = records.split_off(records.len().min(MAX_TOMBSTONES_PER_BATCH));
+                if let Err(e) = self.persist(broker, &id, records).await {
+                    // The next start drops them again (offsets of topics
+                    // that no longer exist), and writes the tombstones.
+                    tracing::warn!(group = %id, error = ?e, "could not remove the offsets of deleted topics");
+                }
+                records = rest;
+            }
+        }
+    }
+
+    /// At start: offsets of topics that no longer exist (their deletion's
+    /// tombstones were not written before a crash) go as if the topics were
+    /// deleted now.
+    async fn drop_offsets_of_missing_topics(&self, broker: &Arc<Broker>) {
+        let image = broker.image();
+        let missing: BTreeSet<String> = {
+            let state = self.lock().await;
+            let pending = state
+                .pending_txn_offsets
+                .values()
+                .flat_map(|groups| groups.values());
+            state
+                .offsets
+                .values()
+                .chain(pending)
+                .flat_map(|offsets| offsets.keys())
+                .filter(|(topic, _)| image.topic(topic).is_none())
+                .map(|(topic, _)| topic.clone())
+                .collect()
+        };
+        if !missing.is_empty() {
+            tracing::info!(topics = ?missing, "dropping committed offsets of deleted topics");
+            self.on_topics_deleted(broker, &missing).await;
         }
     }
 

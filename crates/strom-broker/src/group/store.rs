@@ -170,6 +170,31 @@ impl Record {
         }
     }
 
+    /// The group, topic and partition of an offset tombstone.
+    pub fn offset_tombstone(&self) -> Option<(&str, &str, i32)> {
+        match self {
+            Self::Offset(
+                RecordKey::Offset {
+                    group,
+                    topic,
+                    partition,
+                },
+                None,
+            ) => Some((group, topic, *partition)),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an offset (committed or a tombstone) of `group`,
+    /// `topic`, `partition`.
+    pub fn is_offset_of(&self, group: &str, topic: &str, partition: i32) -> bool {
+        matches!(
+            self,
+            Self::Offset(RecordKey::Offset { group: g, topic: t, partition: p }, _)
+                if g == group && t == topic && *p == partition
+        )
+    }
+
     pub fn offset(group: &str, topic: &str, partition: i32, value: Option<OffsetValue>) -> Self {
         Self::Offset(
             RecordKey::Offset {
