@@ -28,7 +28,7 @@ READY_TIMEOUT_S = 60
 
 
 class Broker:
-    def __init__(self, binary, data_dir, properties=()):
+    def __init__(self, binary, data_dir, properties=(), want_metrics=False):
         args = [binary, "broker", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
         for p in properties:
             args += ["--set", p]
@@ -36,7 +36,8 @@ class Broker:
         self.bootstrap = None
         self.metrics_url = None
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline and (self.bootstrap is None or self.metrics_url is None):
+        # A binary from before the metrics prints only the ready line.
+        while time.monotonic() < deadline and (self.bootstrap is None or (want_metrics and self.metrics_url is None)):
             line = self.process.stdout.readline()
             if not line:
                 break
@@ -63,7 +64,8 @@ def tool(binary, bootstrap, *args):
 
 
 def produce_rate(binary, tool_binary, workdir, run, records, size, extra):
-    broker = Broker(binary, workdir / f"produce-{run}-{Path(binary).parent.name}")
+    data_dir = Path(tempfile.mkdtemp(prefix=f"produce-{run}-", dir=workdir))
+    broker = Broker(binary, data_dir)
     try:
         tool(tool_binary, broker.bootstrap, "topic", "create", "bench", "--partitions", "4")
         out = tool(
@@ -111,7 +113,7 @@ def main():
             print(f"{label}: baseline {spread(base)} records/s; candidate {spread(cand)} records/s;"
                   f" ratio median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
 
-        broker = Broker(args.candidate, workdir / "scrape")
+        broker = Broker(args.candidate, workdir / "scrape", want_metrics=True)
         try:
             topics = max(1, args.partitions // 100)
             for t in range(topics):
