@@ -75,9 +75,12 @@ const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Text(Arc<str>);
 
+/// The characters the text format escapes in a label value.
+const ESCAPED: [char; 3] = ['\\', '"', '\n'];
+
 impl Text {
     pub fn new(value: &str) -> Self {
-        if !value.contains(['\\', '"', '\n']) {
+        if !value.contains(ESCAPED) {
             return Self(Arc::from(value));
         }
         let mut escaped = String::with_capacity(value.len() + 8);
@@ -96,7 +99,7 @@ impl Text {
 impl From<&Arc<str>> for Text {
     /// Shares the string when it needs no escaping (every legal topic name).
     fn from(value: &Arc<str>) -> Self {
-        if value.contains(['\\', '"', '\n']) {
+        if value.contains(ESCAPED) {
             Self::new(value)
         } else {
             Self(Arc::clone(value))
@@ -150,6 +153,7 @@ pub enum Purgatory {
 }
 
 impl Purgatory {
+    /// In the order of their discriminants (they index [`Metrics::purgatory`]).
     const ALL: [Self; 3] = [Self::Fetch, Self::Produce, Self::Rebalance];
 
     fn name(self) -> &'static str {
@@ -161,20 +165,27 @@ impl Purgatory {
     }
 }
 
-/// Counts one request in purgatory while it lives.
+/// Counts one thing (an open connection, a parked request) in a gauge
+/// while it lives, however it ends (a cancelled future drops it too).
 #[derive(Debug)]
-pub struct PurgatoryGuard(Gauge);
+pub struct GaugeGuard(Gauge);
 
-impl Drop for PurgatoryGuard {
+impl GaugeGuard {
+    fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
 }
 
-/// One API's request count and latency, looked up by API key.
+/// One API's request count and latency.
 #[derive(Debug, Clone)]
 struct ApiMetrics {
-    key: ApiKey,
     requests: Counter,
     latency: Histogram,
 }
@@ -183,14 +194,16 @@ struct ApiMetrics {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    apis: Vec<ApiMetrics>,
+    /// By API key.
+    apis: Vec<Option<ApiMetrics>>,
     bytes_in: Family<TopicLabels, Counter>,
     bytes_out: Family<TopicLabels, Counter>,
     messages_in: Family<TopicLabels, Counter>,
     messages_out: Family<TopicLabels, Counter>,
-    pub connections_active: Gauge,
-    pub connections_accepted: Counter,
-    purgatory: Family<OperationLabels, Gauge>,
+    connections_active: Gauge,
+    connections_accepted: Counter,
+    /// By [`Purgatory`] discriminant.
+    purgatory: [Gauge; 3],
 }
 
 impl Metrics {
@@ -213,19 +226,20 @@ impl Metrics {
                 LATENCY_BUCKET_COUNT,
             ))
         });
-        let apis = apis
-            .iter()
-            .map(|&key| {
-                let labels = ApiLabels {
-                    api: format!("{key:?}"),
-                };
-                ApiMetrics {
-                    key,
-                    requests: requests.get_or_create_owned(&labels),
-                    latency: latency.get_or_create_owned(&labels),
-                }
-            })
-            .collect();
+        let mut by_key: Vec<Option<ApiMetrics>> = Vec::new();
+        for &key in apis {
+            let index = api_index(key);
+            if by_key.len() <= index {
+                by_key.resize(index + 1, None);
+            }
+            let labels = ApiLabels {
+                api: format!("{key:?}"),
+            };
+            by_key[index] = Some(ApiMetrics {
+                requests: requests.get_or_create_owned(&labels),
+                latency: latency.get_or_create_owned(&labels),
+            });
+        }
         registry.register(
             "requests",
             "Requests answered, per API (Kafka: RequestMetrics RequestsPerSec)",
@@ -275,20 +289,20 @@ impl Metrics {
             "Client connections accepted since start (Kafka: connection-creation-total)",
             connections_accepted.clone(),
         );
-        let purgatory = Family::<OperationLabels, Gauge>::default();
-        for p in Purgatory::ALL {
-            drop(purgatory.get_or_create(&OperationLabels {
+        let purgatory_family = Family::<OperationLabels, Gauge>::default();
+        let purgatory = Purgatory::ALL.map(|p| {
+            purgatory_family.get_or_create_owned(&OperationLabels {
                 operation: p.name(),
-            }));
-        }
+            })
+        });
         registry.register(
             "purgatory_size",
             "Requests waiting in purgatory, per operation (Kafka: DelayedOperationPurgatory PurgatorySize)",
-            purgatory.clone(),
+            purgatory_family,
         );
         Self {
             registry,
-            apis,
+            apis: by_key,
             bytes_in,
             bytes_out,
             messages_in,
@@ -301,7 +315,7 @@ impl Metrics {
 
     /// One request of `key` answered after `elapsed`.
     pub fn record_request(&self, key: ApiKey, elapsed: Duration) {
-        if let Some(api) = self.apis.iter().find(|a| a.key == key) {
+        if let Some(Some(api)) = self.apis.get(api_index(key)) {
             api.requests.inc();
             api.latency.observe(elapsed.as_secs_f64());
         }
@@ -342,13 +356,21 @@ impl Metrics {
     }
 
     /// Counts a request in `purgatory` until the guard drops.
-    pub fn enter_purgatory(&self, purgatory: Purgatory) -> PurgatoryGuard {
-        let gauge = self.purgatory.get_or_create_owned(&OperationLabels {
-            operation: purgatory.name(),
-        });
-        gauge.inc();
-        PurgatoryGuard(gauge)
+    pub fn enter_purgatory(&self, purgatory: Purgatory) -> GaugeGuard {
+        GaugeGuard::new(&self.purgatory[purgatory as usize])
     }
+
+    /// Counts an accepted connection, and holds it in the open
+    /// connections until the guard drops.
+    pub fn open_connection(&self) -> GaugeGuard {
+        self.connections_accepted.inc();
+        GaugeGuard::new(&self.connections_active)
+    }
+}
+
+/// Where an API's metrics are in [`Metrics::apis`]: its key.
+fn api_index(key: ApiKey) -> usize {
+    usize::try_from(key as i16).unwrap_or(0)
 }
 
 /// Reads the scrape-time metrics from the broker into a registry of their own.

@@ -57,7 +57,6 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                broker.metrics.connections_accepted.inc();
                 let broker_for_task = Arc::clone(&broker);
                 broker.tasks.spawn(async move {
                     serve_connection(broker_for_task, stream, peer).await;
@@ -72,23 +71,6 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
-/// Counts a connection in `strom_connections_active` while it is open.
-struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
-
-impl OpenConnection {
-    fn new(broker: &Broker) -> Self {
-        let gauge = broker.metrics.connections_active.clone();
-        gauge.inc();
-        Self(gauge)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 /// What the reader hands the processor.
 enum Incoming {
     Request(Box<RequestFrame>),
@@ -100,7 +82,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
-    let _open = OpenConnection::new(&broker);
+    let _open = broker.metrics.open_connection();
     let (read, mut write) = stream.into_split();
     let (queue, mut requests) = mpsc::channel(MAX_QUEUED_REQUESTS);
     let in_flight = Arc::new(AtomicUsize::new(0));
