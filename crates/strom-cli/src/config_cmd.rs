@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::json;
+use strom_client::Admin;
 use strom_client::admin::{AlterConfigOp, ConfigResource, ConfigSource, ResourceType};
 
-use crate::tool::{Common, Output, print_json, print_table, runtime};
-use crate::topic::key_value;
+use crate::tool::{Common, Output, key_value, print_json, print_table, runtime};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("resource").required(true).args(["topic", "broker", "broker_defaults"])))]
@@ -133,26 +133,45 @@ pub(crate) fn run(command: ConfigCommand, common: &Common) -> anyhow::Result<()>
             resource,
             set,
             delete,
-        } => {
-            if set.is_empty() && delete.is_empty() {
-                bail!("nothing to alter: give --set KEY=VALUE or --delete KEY");
-            }
-            let mut ops = Vec::new();
-            for kv in &set {
-                let (k, v) = key_value(kv)?;
-                ops.push(AlterConfigOp::set(k, v));
-            }
-            ops.extend(delete.iter().map(AlterConfigOp::delete));
-            let resource = resource.resource();
-            let changes = BTreeMap::from([(resource.clone(), ops)]);
-            rt.block_on(admin.incremental_alter_configs(&changes, false))
-                .remove(&resource)
-                .context("no answer")?
-                .with_context(|| describe(&resource))?;
-            if common.output == Output::Table {
-                println!("altered configs of {}", describe(&resource));
-            }
-        }
+        } => alter(
+            &rt,
+            &admin,
+            resource.resource(),
+            &set,
+            &delete,
+            common.output,
+        )?,
+    }
+    Ok(())
+}
+
+/// Sets (`KEY=VALUE`) and deletes configs of `resource` in one
+/// IncrementalAlterConfigs (also `strom topic alter-config`).
+#[allow(clippy::print_stdout, reason = "the tool's output")]
+pub(crate) fn alter(
+    rt: &tokio::runtime::Runtime,
+    admin: &Admin,
+    resource: ConfigResource,
+    set: &[String],
+    delete: &[String],
+    output: Output,
+) -> anyhow::Result<()> {
+    if set.is_empty() && delete.is_empty() {
+        bail!("nothing to alter: give --set KEY=VALUE or --delete KEY");
+    }
+    let mut ops = Vec::new();
+    for kv in set {
+        let (k, v) = key_value(kv)?;
+        ops.push(AlterConfigOp::set(k, v));
+    }
+    ops.extend(delete.iter().map(AlterConfigOp::delete));
+    let changes = BTreeMap::from([(resource.clone(), ops)]);
+    rt.block_on(admin.incremental_alter_configs(&changes, false))
+        .remove(&resource)
+        .context("no answer")?
+        .with_context(|| describe(&resource))?;
+    if output == Output::Table {
+        println!("altered configs of {}", describe(&resource));
     }
     Ok(())
 }

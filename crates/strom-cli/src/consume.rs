@@ -13,7 +13,7 @@ use strom_client::admin::{IsolationLevel, OffsetSpec};
 use strom_client::{Consumer, ConsumerRecord, Offset, TopicPartition};
 
 use crate::group::parse_time;
-use crate::tool::{Common, Output, runtime};
+use crate::tool::{Common, Output, partitions_of, runtime};
 
 /// How often `--exit-at-end` checks positions while no record comes.
 const END_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -128,17 +128,7 @@ pub(crate) fn run(args: ConsumeArgs, common: &Common) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let admin = common.admin()?;
-        let info = admin
-            .describe_topics(&[args.topic.as_str()])
-            .await
-            .remove(&args.topic)
-            .context("no answer")?
-            .with_context(|| format!("topic {}", args.topic))?;
-        let mut partitions: Vec<TopicPartition> = info
-            .partitions
-            .iter()
-            .map(|p| TopicPartition::new(&args.topic, p.partition))
-            .collect();
+        let mut partitions = partitions_of(&admin, &args.topic).await?;
         if !args.partitions.is_empty() {
             for p in &args.partitions {
                 if !partitions.iter().any(|tp| tp.partition == *p) {

@@ -8,10 +8,10 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use serde_json::json;
-use strom_client::{Consumer, DeliveryFuture, Offset, Producer, ProducerRecord, TopicPartition};
+use strom_client::{Consumer, DeliveryFuture, Offset, Producer, ProducerRecord};
 use tokio::sync::mpsc;
 
-use crate::tool::{Common, Output, print_json, runtime};
+use crate::tool::{Common, Output, partitions_of, print_json, runtime};
 
 /// Deliveries in flight between the sender and the latency collector: the
 /// producer's own `buffer.memory` bounds the records, this bounds the queue.
@@ -162,17 +162,7 @@ pub(crate) fn run(command: PerfCommand, common: &Common) -> anyhow::Result<()> {
             let config = common.config(&[("auto.offset.reset", "earliest")])?;
             let (count, bytes, secs) = rt.block_on(async {
                 let admin = common.admin()?;
-                let info = admin
-                    .describe_topics(&[args.topic.as_str()])
-                    .await
-                    .remove(&args.topic)
-                    .context("no answer")?
-                    .with_context(|| format!("topic {}", args.topic))?;
-                let partitions: Vec<TopicPartition> = info
-                    .partitions
-                    .iter()
-                    .map(|p| TopicPartition::new(&args.topic, p.partition))
-                    .collect();
+                let partitions = partitions_of(&admin, &args.topic).await?;
                 let consumer = Consumer::new(&config)?;
                 consumer.assign(&partitions);
                 for tp in &partitions {

@@ -11,8 +11,7 @@ use bytes::Bytes;
 use clap::Args;
 use strom_client::{DeliveryFuture, Producer, ProducerRecord};
 
-use crate::tool::{Common, runtime};
-use crate::topic::key_value;
+use crate::tool::{Common, key_value, runtime};
 
 /// Deliveries awaited at once: enough to keep batches full, bounded so a
 /// long input does not hold every pending record's future.

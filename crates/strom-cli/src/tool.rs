@@ -1,8 +1,9 @@
 //! What the client subcommands share: where the cluster is, client
 //! properties, the output format, and a runtime for strom-client.
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
-use strom_client::ClientConfig;
+use strom_client::{Admin, ClientConfig, TopicPartition};
 
 /// How long an admin call keeps retrying when `-X default.api.timeout.ms` is
 /// not given: a tool should fail in seconds, not Kafka's minute.
@@ -44,10 +45,8 @@ impl Common {
             config.set(*k, *v);
         }
         for kv in &self.properties {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("-X {kv:?} is not KEY=VALUE"))?;
-            config.set(k.trim(), v.trim());
+            let (k, v) = key_value(kv).context("-X")?;
+            config.set(&k, &v);
         }
         Ok(config)
     }
@@ -57,6 +56,32 @@ impl Common {
         let config = self.config(&[("default.api.timeout.ms", TOOL_API_TIMEOUT_MS)])?;
         Ok(strom_client::Admin::new(&config)?)
     }
+}
+
+/// `KEY=VALUE`, both trimmed.
+pub(crate) fn key_value(kv: &str) -> anyhow::Result<(String, String)> {
+    let (k, v) = kv
+        .split_once('=')
+        .with_context(|| format!("{kv:?} is not KEY=VALUE"))?;
+    Ok((k.trim().to_owned(), v.trim().to_owned()))
+}
+
+/// Every partition of `topic`, as the cluster describes it.
+pub(crate) async fn partitions_of(
+    admin: &Admin,
+    topic: &str,
+) -> anyhow::Result<Vec<TopicPartition>> {
+    let info = admin
+        .describe_topics(&[topic])
+        .await
+        .remove(topic)
+        .context("no answer")?
+        .with_context(|| format!("topic {topic}"))?;
+    Ok(info
+        .partitions
+        .iter()
+        .map(|p| TopicPartition::new(topic, p.partition))
+        .collect())
 }
 
 /// A runtime for one subcommand.

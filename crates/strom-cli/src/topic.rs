@@ -1,12 +1,13 @@
 //! `strom topic create|list|describe|delete|alter-config|add-partitions`, as
 //! Kafka's kafka-topics.sh and kafka-configs.sh for topics.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
-use strom_client::admin::{AlterConfigOp, ConfigResource, NewTopic};
+use strom_client::admin::{ConfigResource, NewTopic};
 
-use crate::tool::{Common, Output, print_json, print_table, runtime};
+use crate::config_cmd;
+use crate::tool::{Common, Output, key_value, print_json, print_table, runtime};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TopicCommand {
@@ -56,13 +57,6 @@ pub(crate) enum TopicCommand {
         #[arg(long)]
         total: i32,
     },
-}
-
-pub(crate) fn key_value(kv: &str) -> anyhow::Result<(String, String)> {
-    let (k, v) = kv
-        .split_once('=')
-        .with_context(|| format!("{kv:?} is not KEY=VALUE"))?;
-    Ok((k.trim().to_owned(), v.trim().to_owned()))
 }
 
 #[allow(clippy::print_stdout, reason = "the tool's output")]
@@ -164,27 +158,14 @@ pub(crate) fn run(command: TopicCommand, common: &Common) -> anyhow::Result<()> 
                 }
             }
         }
-        TopicCommand::AlterConfig { topic, set, delete } => {
-            if set.is_empty() && delete.is_empty() {
-                bail!("nothing to alter: give --set KEY=VALUE or --delete KEY");
-            }
-            let mut ops = Vec::new();
-            for kv in &set {
-                let (k, v) = key_value(kv)?;
-                ops.push(AlterConfigOp::set(k, v));
-            }
-            ops.extend(delete.iter().map(AlterConfigOp::delete));
-            let resource = ConfigResource::topic(&topic);
-            let changes = std::collections::BTreeMap::from([(resource.clone(), ops)]);
-            let mut results = rt.block_on(admin.incremental_alter_configs(&changes, false));
-            results
-                .remove(&resource)
-                .context("no answer")?
-                .with_context(|| format!("topic {topic}"))?;
-            if common.output == Output::Table {
-                println!("altered configs of topic {topic}");
-            }
-        }
+        TopicCommand::AlterConfig { topic, set, delete } => config_cmd::alter(
+            &rt,
+            &admin,
+            ConfigResource::topic(&topic),
+            &set,
+            &delete,
+            common.output,
+        )?,
         TopicCommand::AddPartitions { topic, total } => {
             let counts = std::collections::BTreeMap::from([(topic.clone(), total)]);
             let mut results = rt.block_on(admin.create_partitions(&counts, false));
