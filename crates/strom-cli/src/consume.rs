@@ -9,10 +9,10 @@ use anyhow::{Context, bail};
 use clap::Args;
 use futures::StreamExt;
 use serde_json::json;
-use strom_client::admin::{IsolationLevel, OffsetSpec};
+use strom_client::admin::OffsetSpec;
 use strom_client::{Consumer, ConsumerRecord, Offset, TopicPartition};
 
-use crate::group::parse_time;
+use crate::group::{end_offsets, parse_time};
 use crate::tool::{Common, Output, partitions_of, runtime};
 
 /// How often `--exit-at-end` checks positions while no record comes.
@@ -138,18 +138,7 @@ pub(crate) fn run(args: ConsumeArgs, common: &Common) -> anyhow::Result<()> {
             partitions.retain(|tp| args.partitions.contains(&tp.partition));
         }
         let ends: BTreeMap<TopicPartition, i64> = if args.exit_at_end {
-            let specs = partitions
-                .iter()
-                .map(|tp| (tp.clone(), OffsetSpec::Latest))
-                .collect();
-            let mut ends = BTreeMap::new();
-            for (tp, result) in admin
-                .list_offsets(&specs, IsolationLevel::ReadUncommitted)
-                .await
-            {
-                ends.insert(tp, result?.offset);
-            }
-            ends
+            end_offsets(&admin, partitions.iter().cloned(), OffsetSpec::Latest).await?
         } else {
             BTreeMap::new()
         };

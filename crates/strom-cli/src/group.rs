@@ -102,7 +102,7 @@ pub(crate) fn run(command: GroupCommand, common: &Common) -> anyhow::Result<()> 
 }
 
 /// The log end offsets of `partitions`.
-async fn end_offsets(
+pub(crate) async fn end_offsets(
     admin: &Admin,
     partitions: impl IntoIterator<Item = TopicPartition>,
     spec: OffsetSpec,
@@ -156,10 +156,10 @@ async fn describe(admin: &Admin, group: &str, output: Output) -> anyhow::Result<
         let current = committed.get(tp).cloned().flatten().map(|c| c.offset);
         let end = ends.get(tp).copied();
         let lag = match (current, end) {
-            (Some(c), Some(e)) => Some((e - c).max(0)),
+            (Some(c), Some(e)) => Some(e.saturating_sub(c).max(0)),
             _ => None,
         };
-        total_lag += lag.unwrap_or(0);
+        total_lag = total_lag.saturating_add(lag.unwrap_or(0));
         let owner = owners.get(tp);
         let show = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         rows.push(vec![
@@ -250,7 +250,14 @@ pub(crate) fn parse_time(text: &str) -> anyhow::Result<i64> {
     let (&[y, m, day], &[hh, mm, ss]) = (d.as_slice(), t.as_slice()) else {
         return Err(bad());
     };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+    // Years past 9999 would overflow the arithmetic below.
+    if !(0..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || !(0..=23).contains(&hh)
+        || !(0..=59).contains(&mm)
+        || !(0..=60).contains(&ss)
+    {
         return Err(bad());
     }
     // Days from the civil date (Howard Hinnant's algorithm).
@@ -294,7 +301,12 @@ async fn reset(admin: &Admin, args: &ResetArgs, output: Output) -> anyhow::Resul
     };
     let mut plan: BTreeMap<TopicPartition, CommittedOffset> = BTreeMap::new();
     for tp in &partitions {
-        let (low, high) = (earliest[tp], latest[tp]);
+        let offset_of = |offsets: &BTreeMap<TopicPartition, i64>| {
+            offsets.get(tp).copied().with_context(|| {
+                format!("no offsets of {}-{} in the answer", tp.topic, tp.partition)
+            })
+        };
+        let (low, high) = (offset_of(&earliest)?, offset_of(&latest)?);
         let current = committed.get(tp).cloned().flatten().map(|c| c.offset);
         let target = if args.to_earliest {
             low
@@ -302,7 +314,7 @@ async fn reset(admin: &Admin, args: &ResetArgs, output: Output) -> anyhow::Resul
             high
         } else if let Some(times) = &at_time {
             // No record at or after the time: the end.
-            Some(times[tp]).filter(|&o| o >= 0).unwrap_or(high)
+            Some(offset_of(times)?).filter(|&o| o >= 0).unwrap_or(high)
         } else if let Some(offset) = args.to_offset {
             offset
         } else {
@@ -310,8 +322,9 @@ async fn reset(admin: &Admin, args: &ResetArgs, output: Output) -> anyhow::Resul
                 .unwrap_or(low)
                 .saturating_add(args.shift_by.unwrap_or(0))
         };
-        // Kafka's tool keeps new offsets inside the log.
-        plan.insert(tp.clone(), CommittedOffset::new(target.clamp(low, high)));
+        // Kafka's tool keeps new offsets inside the log (max then min: no
+        // panic should a broker answer a start past the end).
+        plan.insert(tp.clone(), CommittedOffset::new(target.max(low).min(high)));
     }
     if args.execute {
         let results = admin
@@ -376,5 +389,6 @@ mod tests {
         );
         assert!(parse_time("2023-13-01T00:00:00").is_err());
         assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("99999999999999-01-01T00:00:00").is_err());
     }
 }

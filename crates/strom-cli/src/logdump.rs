@@ -169,7 +169,8 @@ fn check_indexes(log: &Path, positions: &BTreeMap<u32, (i64, i64, i64)>) -> anyh
     for (i, entry) in index.chunks_exact(8).enumerate() {
         let relative = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
         let position = u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]);
-        let offset = base + i64::from(relative);
+        // Saturating: the base offset comes from a file name.
+        let offset = base.saturating_add(i64::from(relative));
         match positions.get(&position) {
             Some(&(_, last, _)) if last == offset => {}
             Some(&(first, last, _)) => bail!(
@@ -194,10 +195,8 @@ fn check_indexes(log: &Path, positions: &BTreeMap<u32, (i64, i64, i64)>) -> anyh
         let mut ts = [0u8; 8];
         ts.copy_from_slice(&entry[..8]);
         let timestamp = i64::from_be_bytes(ts);
-        let offset = base
-            + i64::from(u32::from_be_bytes([
-                entry[8], entry[9], entry[10], entry[11],
-            ]));
+        let relative = u32::from_be_bytes([entry[8], entry[9], entry[10], entry[11]]);
+        let offset = base.saturating_add(i64::from(relative));
         if !last_offsets.contains_key(&offset) {
             bail!("time index entry {i}: offset {offset} is not a batch's last offset");
         }

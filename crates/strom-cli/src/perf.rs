@@ -17,6 +17,11 @@ use crate::tool::{Common, Output, partitions_of, print_json, runtime};
 /// producer's own `buffer.memory` bounds the records, this bounds the queue.
 const MAX_TRACKED_DELIVERIES: usize = 100_000;
 
+/// Latencies kept for the percentiles (8 MB): past this many records, every
+/// n-th record's is kept, as Kafka's producer-perf-test samples; the maximum
+/// is exact.
+const MAX_LATENCY_SAMPLES: u64 = 1_000_000;
+
 /// How often the progress line is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -64,20 +69,15 @@ fn progress(label: &str, count: u64, total: u64, bytes: u64, start: Instant) {
     );
 }
 
-/// p50, p99, p99.9 and max of `micros`, in ms.
-fn percentiles(micros: &mut [u64]) -> [f64; 4] {
+/// p50, p99, p99.9 of the sampled `micros` and the exact `max_micros`, in ms.
+fn percentiles(micros: &mut [u64], max_micros: u64) -> [f64; 4] {
     micros.sort_unstable();
     let at = |permille: usize| {
         micros
             .get((micros.len() * permille / 1000).min(micros.len().saturating_sub(1)))
             .map_or(0.0, |&v| v as f64 / 1000.0)
     };
-    [
-        at(500),
-        at(990),
-        at(999),
-        micros.last().map_or(0.0, |&v| v as f64 / 1000.0),
-    ]
+    [at(500), at(990), at(999), max_micros as f64 / 1000.0]
 }
 
 #[allow(clippy::print_stdout, reason = "the tool's output")]
@@ -90,18 +90,26 @@ pub(crate) fn run(command: PerfCommand, common: &Common) -> anyhow::Result<()> {
                 let producer = Producer::new(&config)?;
                 let (tx, mut rx) =
                     mpsc::channel::<(Instant, DeliveryFuture)>(MAX_TRACKED_DELIVERIES);
+                let sample_every = args.num_records.div_ceil(MAX_LATENCY_SAMPLES).max(1);
                 let collector = tokio::spawn(async move {
                     let mut micros = Vec::new();
+                    let (mut delivered, mut max_micros) = (0u64, 0u64);
                     let mut failure = None;
                     while let Some((sent, delivery)) = rx.recv().await {
                         match delivery.await {
-                            Ok(_) => micros.push(
-                                u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX),
-                            ),
+                            Ok(_) => {
+                                let latency =
+                                    u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                                max_micros = max_micros.max(latency);
+                                if delivered % sample_every == 0 {
+                                    micros.push(latency);
+                                }
+                                delivered += 1;
+                            }
                             Err(e) => failure = failure.or(Some(e)),
                         }
                     }
-                    (micros, failure)
+                    (micros, max_micros, failure)
                 });
                 let payload = Bytes::from(vec![b'x'; args.record_size]);
                 let start = Instant::now();
@@ -134,7 +142,7 @@ pub(crate) fn run(command: PerfCommand, common: &Common) -> anyhow::Result<()> {
                 }
                 producer.flush().await?;
                 drop(tx);
-                let (mut micros, failure) = collector.await?;
+                let (mut micros, max_micros, failure) = collector.await?;
                 let secs = start.elapsed().as_secs_f64();
                 if let Some(error) = failure {
                     return Err(anyhow::Error::from(error).context("a record was not delivered"));
@@ -142,7 +150,12 @@ pub(crate) fn run(command: PerfCommand, common: &Common) -> anyhow::Result<()> {
                 let bytes = args.num_records * args.record_size as u64;
                 progress("produced", args.num_records, args.num_records, bytes, start);
                 eprintln!();
-                anyhow::Ok((args.num_records, bytes, secs, percentiles(&mut micros)))
+                anyhow::Ok((
+                    args.num_records,
+                    bytes,
+                    secs,
+                    percentiles(&mut micros, max_micros),
+                ))
             })?;
             let [p50, p99, p999, max] = latency;
             match common.output {

@@ -16,6 +16,32 @@ use crate::tool::{Common, key_value, runtime};
 /// Deliveries awaited at once: enough to keep batches full, bounded so a
 /// long input does not hold every pending record's future.
 const MAX_PENDING: usize = 10_000;
+/// The longest input line read: a record this large is beyond any broker's
+/// `message.max.bytes` already, and a file without newlines must not be read
+/// into memory whole.
+const MAX_LINE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The next line of `input` without its line end, or `None` at the end.
+fn next_line(input: &mut dyn BufRead, number: u64) -> anyhow::Result<Option<String>> {
+    let mut line = Vec::new();
+    let read = std::io::Read::take(input, MAX_LINE_BYTES + 1)
+        .read_until(b'\n', &mut line)
+        .context("reading input")?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    } else if u64::try_from(line.len()).unwrap_or(u64::MAX) > MAX_LINE_BYTES {
+        anyhow::bail!("line {number} is longer than {MAX_LINE_BYTES} bytes");
+    }
+    String::from_utf8(line)
+        .map(Some)
+        .with_context(|| format!("line {number} is not UTF-8"))
+}
 
 #[derive(Debug, Args)]
 pub(crate) struct ProduceArgs {
@@ -56,7 +82,7 @@ pub(crate) fn run(args: ProduceArgs, common: &Common) -> anyhow::Result<()> {
         .iter()
         .map(|kv| key_value(kv).map(|(k, v)| (k, Some(Bytes::from(v)))))
         .collect::<anyhow::Result<_>>()?;
-    let input: Box<dyn BufRead> = match &args.file {
+    let mut input: Box<dyn BufRead> = match &args.file {
         Some(path) => Box::new(std::io::BufReader::new(
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
         )),
@@ -68,8 +94,7 @@ pub(crate) fn run(args: ProduceArgs, common: &Common) -> anyhow::Result<()> {
         let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
         let start = Instant::now();
         let mut count = 0u64;
-        for line in input.lines() {
-            let line = line.context("reading input")?;
+        while let Some(line) = next_line(&mut input, count + 1)? {
             let mut record = ProducerRecord::new(&args.topic);
             record.headers.clone_from(&headers);
             record.partition = args.partition;
@@ -114,4 +139,21 @@ pub(crate) fn run(args: ProduceArgs, common: &Common) -> anyhow::Result<()> {
     })?;
     eprintln!("produced {count} records");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_end_at_newlines_with_or_without_a_carriage_return() {
+        let mut input = std::io::Cursor::new(b"a\r\nb\n\nc".to_vec());
+        let mut lines = Vec::new();
+        while let Some(line) = next_line(&mut input, 0).unwrap() {
+            lines.push(line);
+        }
+        assert_eq!(lines, ["a", "b", "", "c"]);
+        let mut invalid = std::io::Cursor::new(vec![0xff, b'\n']);
+        assert!(next_line(&mut invalid, 1).is_err());
+    }
 }
