@@ -383,8 +383,10 @@ async fn scrape_state(broker: &Broker) -> Registry {
     let high_watermark = Family::<PartitionLabels, Gauge>::default();
     let segments = Family::<PartitionLabels, Gauge>::default();
     let mut offline = 0i64;
-    let mut high_watermarks = std::collections::HashMap::with_capacity(partitions.len());
+    let mut high_watermarks: std::collections::HashMap<(&str, i32), i64> =
+        std::collections::HashMap::with_capacity(partitions.len());
     for p in &partitions {
+        let hw = p.high_watermark();
         let labels = PartitionLabels {
             topic: Text::from(&p.topic),
             partition: p.index,
@@ -397,16 +399,14 @@ async fn scrape_state(broker: &Broker) -> Registry {
         log_start_offset
             .get_or_create(&labels)
             .set(p.log.log_start_offset());
-        high_watermark
-            .get_or_create(&labels)
-            .set(p.high_watermark());
+        high_watermark.get_or_create(&labels).set(hw);
         segments
             .get_or_create(&labels)
             .set(i64::try_from(p.log.segment_count()).unwrap_or(i64::MAX));
         if p.log.is_offline() {
             offline += 1;
         }
-        high_watermarks.insert((Arc::clone(&p.topic), p.index), p.high_watermark());
+        high_watermarks.insert((&p.topic, p.index), hw);
     }
     let gauge = |value: i64| {
         let g: Gauge = Gauge::default();
@@ -479,8 +479,7 @@ async fn scrape_state(broker: &Broker) -> Registry {
                     partition: *partition,
                 };
                 committed.get_or_create(&labels).set(value.offset);
-                let key: (Arc<str>, i32) = (Arc::from(topic.as_str()), *partition);
-                if let Some(hw) = high_watermarks.get(&key) {
+                if let Some(hw) = high_watermarks.get(&(topic.as_str(), *partition)) {
                     lag.get_or_create(&labels)
                         .set(hw.saturating_sub(value.offset).max(0));
                 }
