@@ -245,14 +245,11 @@ def test_topic_synonym_names_match_kafka(admin, kadmin):
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="A deliberate difference. Kafka keeps only the synonyms from the first broker synonym on "
-    "(ConfigHelper.configSynonyms: dropWhile(name != log.retention.ms)), so a retention.ms that only "
-    "log.retention.hours sets is described as DEFAULT_CONFIG with no synonyms. Strom answers "
-    "STATIC_BROKER_CONFIG with the whole chain, which says where the value comes from.",
-)
 def test_retention_from_hours_describes_as_kafka(admin, kadmin):
+    """Kafka keeps only the synonyms from the first broker synonym on
+    (ConfigHelper.configSynonyms: dropWhile(name != log.retention.ms)), so a
+    retention.ms that only log.retention.hours sets is DEFAULT_CONFIG with no
+    synonyms, while log.retention.hours itself is STATIC_BROKER_CONFIG."""
     topic = "retention-hours"
     create_topic(admin, topic)
     entry = describe(admin, "topic", topic)["retention.ms"]

@@ -241,6 +241,7 @@ pub async fn start_with_clock(
         metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
         "broker started"
     );
+    log_property_report(&broker.config.properties);
     Ok(RunningBroker {
         broker,
         local_addr,
@@ -360,4 +361,29 @@ fn open(
         config,
         _meta_lock: meta_lock,
     })
+}
+
+/// Warns about every property the broker does not know, as Kafka does
+/// ("supplied but isn't a known config"), with the likely intended name, and
+/// lists Kafka's properties that have no effect in Strom.
+fn log_property_report(properties: &std::collections::BTreeMap<String, String>) {
+    let report = crate::config::properties::report(properties);
+    for unknown in &report.unknown {
+        match &unknown.hint {
+            Some(hint) => tracing::warn!(
+                "the configuration '{}' was supplied but isn't a known config ({hint})",
+                unknown.name
+            ),
+            None => tracing::warn!(
+                "the configuration '{}' was supplied but isn't a known config",
+                unknown.name
+            ),
+        }
+    }
+    if !report.without_effect.is_empty() {
+        tracing::info!(
+            "these Kafka properties have no effect in Strom: {}",
+            report.without_effect.join(", ")
+        );
+    }
 }

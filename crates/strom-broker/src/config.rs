@@ -6,6 +6,8 @@
 //! value from the broker's properties (file or flags) is STATIC_BROKER_CONFIG;
 //! otherwise DEFAULT_CONFIG.
 
+pub mod properties;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -522,6 +524,7 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     /// Builds the config from Kafka-named properties, checking every value.
     pub fn from_properties(properties: BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        properties::refuse_unsupported_security(&properties)?;
         let node_id = parse_prop(&properties, "node.id", 1)?;
         let listen_text = properties
             .get("listeners")
@@ -767,9 +770,21 @@ impl BrokerConfig {
             .chain(Self::default_synonym(def))
     }
 
-    /// The synonym chain of topic config `def` below a topic's override.
-    pub fn broker_synonyms(&self, def: &TopicConfigDef, image: &MetadataImage) -> Vec<ConfigValue> {
-        self.synonym_chain(def, image, None).collect()
+    /// The synonyms DescribeConfigs lists for broker config `name`, one of
+    /// topic config `def`'s broker synonyms: the chain below a topic's
+    /// override, from the first entry named `name` on. Kafka's
+    /// ConfigHelper.configSynonyms drops the entries before it
+    /// (`dropWhile(name != ...)`), so `log.retention.ms` set only through
+    /// `log.retention.hours` has no synonyms and is DEFAULT_CONFIG.
+    pub fn broker_synonyms(
+        &self,
+        def: &TopicConfigDef,
+        image: &MetadataImage,
+        name: &str,
+    ) -> Vec<ConfigValue> {
+        self.synonym_chain(def, image, None)
+            .skip_while(|v| v.name != name)
+            .collect()
     }
 
     /// The value of topic config `def` for a topic with `overrides`, in the
@@ -784,15 +799,33 @@ impl BrokerConfig {
     }
 
     /// The value of topic config `def` for a topic with `overrides` (in the
-    /// topic's unit), and its whole synonym chain (most specific first).
+    /// topic's unit) and its synonyms (most specific first), as Kafka's
+    /// DescribeConfigs reports them: the topic's override, then the broker
+    /// layers from the first entry named after the most specific broker
+    /// synonym on (ConfigHelper drops those before it). The source is that
+    /// of the first synonym listed, DEFAULT_CONFIG when none is: a
+    /// `retention.ms` that only `log.retention.hours` sets has the hours'
+    /// value, no synonyms and DEFAULT_CONFIG, as in Kafka.
     pub fn topic_config_value(
         &self,
         def: &TopicConfigDef,
         image: &MetadataImage,
         overrides: &BTreeMap<String, String>,
     ) -> (ConfigValue, Vec<ConfigValue>) {
-        let chain: Vec<ConfigValue> = self.synonym_chain(def, image, Some(overrides)).collect();
-        (Self::effective(def, chain.iter().cloned()), chain)
+        let value = self.topic_value(def, image, overrides);
+        let topic = overrides.get(def.name).map(|v| ConfigValue {
+            name: def.name.to_owned(),
+            value: v.clone(),
+            source: ConfigSource::DynamicTopic,
+        });
+        let broker = def
+            .synonyms
+            .first()
+            .map(|(first, _)| self.broker_synonyms(def, image, first))
+            .unwrap_or_default();
+        let chain: Vec<ConfigValue> = topic.into_iter().chain(broker).collect();
+        let source = chain.first().map_or(ConfigSource::Default, |v| v.source);
+        (ConfigValue { source, ..value }, chain)
     }
 
     /// The first entry of a chain, converted to the topic's unit; Kafka's
@@ -1066,16 +1099,38 @@ mod tests {
         let def = topic_config_def("retention.ms").unwrap();
         let (value, chain) =
             config.topic_config_value(def, &MetadataImage::default(), &BTreeMap::new());
+        // Kafka describes a value that only log.retention.hours sets as
+        // DEFAULT_CONFIG with no synonyms (ConfigHelper's dropWhile).
         assert_eq!(
             (value.value.as_str(), value.source),
-            ("3600000", ConfigSource::StaticBroker)
+            ("3600000", ConfigSource::Default)
         );
-        assert_eq!(chain.len(), 2);
+        assert!(chain.is_empty(), "{chain:?}");
         let overrides = BTreeMap::from([("retention.ms".to_owned(), "5".to_owned())]);
         let (value, chain) = config.topic_config_value(def, &MetadataImage::default(), &overrides);
         assert_eq!(
             (value.value.as_str(), value.source, chain.len()),
-            ("5", ConfigSource::DynamicTopic, 3)
+            ("5", ConfigSource::DynamicTopic, 1)
+        );
+        // log.retention.ms itself keeps the whole chain below it.
+        let mut props = BTreeMap::new();
+        props.insert("log.retention.ms".to_owned(), "7".to_owned());
+        props.insert("log.retention.hours".to_owned(), "1".to_owned());
+        let config = BrokerConfig::from_properties(props).unwrap();
+        let (value, chain) =
+            config.topic_config_value(def, &MetadataImage::default(), &BTreeMap::new());
+        assert_eq!(
+            (value.value.as_str(), value.source),
+            ("7", ConfigSource::StaticBroker)
+        );
+        let names: Vec<&str> = chain.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "log.retention.ms",
+                "log.retention.hours",
+                "log.retention.hours"
+            ]
         );
         assert!(validate_topic_config("retention.ms", "abc").is_err());
         assert!(validate_topic_config("no.such.config", "1").is_err());

@@ -241,7 +241,10 @@ async fn topics_created_here_are_seen_by_librdkafka_and_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configs_are_described_and_altered_incrementally() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(&dir, &["log.retention.hours=100"]);
+    let broker = start(
+        &dir,
+        &["log.retention.hours=100", "log.segment.bytes=536870912"],
+    );
     let admin = admin(&broker);
     broker_create(&broker, "conf", 1).await;
     let conf = ConfigResource::topic("conf");
@@ -294,26 +297,35 @@ async fn configs_are_described_and_altered_incrementally() {
     );
 
     // Described here: the deleted setting falls back to the broker's
-    // log.retention.hours, which the synonyms show.
+    // log.retention.hours. Kafka describes a value that only
+    // log.retention.hours sets as DEFAULT_CONFIG with no synonyms (its
+    // synonyms start at log.retention.ms); segment.bytes, which the broker's
+    // log.segment.bytes sets, is STATIC_BROKER_CONFIG with its chain.
     let described = admin
         .describe_configs(std::slice::from_ref(&conf), true)
         .await;
     let entries = described[&conf].as_ref().unwrap();
     let retention = entries.iter().find(|e| e.name == "retention.ms").unwrap();
     assert_eq!(retention.value.as_deref(), Some("360000000"));
-    assert_eq!(retention.source, ConfigSource::StaticBroker);
-    assert!(!retention.is_default && !retention.read_only && !retention.sensitive);
+    assert_eq!(retention.source, ConfigSource::Default);
+    assert!(retention.synonyms.is_empty(), "{retention:?}");
+    assert!(!retention.read_only && !retention.sensitive);
+    let segment = entries.iter().find(|e| e.name == "segment.bytes").unwrap();
+    assert_eq!(
+        (segment.value.as_deref(), segment.source),
+        (Some("536870912"), ConfigSource::StaticBroker)
+    );
     assert!(
-        retention
+        segment
             .synonyms
             .iter()
-            .any(|s| s.name == "log.retention.hours" && s.value.as_deref() == Some("100")),
-        "{retention:?}"
+            .any(|s| s.name == "log.segment.bytes" && s.value.as_deref() == Some("536870912")),
+        "{segment:?}"
     );
     let policy = entries.iter().find(|e| e.name == "cleanup.policy").unwrap();
     assert_eq!(policy.source, ConfigSource::DynamicTopic);
-    let segment = entries.iter().find(|e| e.name == "segment.bytes").unwrap();
-    assert!(segment.is_default && segment.source == ConfigSource::Default);
+    let segment_ms = entries.iter().find(|e| e.name == "segment.ms").unwrap();
+    assert!(segment_ms.is_default && segment_ms.source == ConfigSource::Default);
     // Without synonyms, none are sent.
     let plain = admin
         .describe_configs(std::slice::from_ref(&conf), false)

@@ -46,8 +46,8 @@ fn librdkafka_describes_and_alters_configs_as_kafka_answers() {
     );
     assert_eq!(
         describe(&broker, "configured", "retention.ms"),
-        (Some("7200000".to_owned()), "StaticBroker".to_owned()),
-        "log.retention.hours in ms"
+        (Some("7200000".to_owned()), "Default".to_owned()),
+        "log.retention.hours in ms; Kafka's source for a value only log.retention.hours sets"
     );
     assert_eq!(
         describe(&broker, "configured", "segment.bytes"),

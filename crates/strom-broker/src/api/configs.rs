@@ -794,7 +794,7 @@ pub fn describe_configs(
                                 _ => value,
                             };
                             let syns = match any_synonym_of(n) {
-                                Some(def) => broker.config.broker_synonyms(def, &image),
+                                Some(def) => broker.config.broker_synonyms(def, &image, n),
                                 None => broker_synonyms(broker, &image, n, default),
                             };
                             Some(
