@@ -110,3 +110,36 @@ fn unknown_properties_are_warned_about_with_the_likely_name() {
     );
     broker.stop();
 }
+
+#[test]
+fn the_example_server_properties_starts_a_broker_without_warnings() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/server.properties"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // The flags take precedence over the file's fixed port and directory.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(["broker", "--config", example, "--listen", "127.0.0.1:0"])
+        .args(["--metrics", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    // read_line returns at the ready line, or at EOF if the broker exits.
+    std::io::BufRead::read_line(&mut stdout, &mut ready).unwrap();
+    let stopped = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(ready.contains("listening on 127.0.0.1:"), "{ready}{stderr}");
+    assert!(stopped.success() && output.status.success(), "{stderr}");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert!(!stderr.contains("isn't a known config"), "{stderr}");
+}
