@@ -529,14 +529,16 @@ impl BrokerConfig {
         let listen_text = properties
             .get("listeners")
             .map_or(DEFAULT_LISTEN.to_owned(), |l| strip_listener(l));
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError(format!(
-                "listeners: cannot parse {listen_text:?} as host:port (an IP address)"
-            ))
-        })?;
+        let listen = resolve_listen(&listen_text)?;
         let (advertise_host, advertise_port) = match properties.get("advertised.listeners") {
             Some(a) => split_host_port(&strip_listener(a))?,
-            None => (listen.ip().to_string(), listen.port()),
+            // A host name given to listen on is what clients are told.
+            None => match split_host_port(&listen_text) {
+                Ok((host, _)) if !host.is_empty() && host.parse::<std::net::IpAddr>().is_err() => {
+                    (host, listen.port())
+                }
+                _ => (listen.ip().to_string(), listen.port()),
+            },
         };
         let data_dir = properties
             .get("log.dirs")
@@ -988,6 +990,31 @@ fn metrics_listen(
     }
 }
 
+/// The address to bind for listener `host:port`: an IP address, a host name
+/// (resolved once at start, IPv4 first), or an empty host for every
+/// interface (`PLAINTEXT://:9092`, as in Kafka's sample server.properties).
+fn resolve_listen(text: &str) -> Result<SocketAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = split_host_port(text)
+        .map_err(|_| ConfigError(format!("listeners: cannot parse {text:?} as host:port")))?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError(format!("listeners: cannot resolve host {host:?}: {e}")))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| ConfigError(format!("listeners: host {host:?} has no address")))
+}
+
 /// `PLAINTEXT://host:port` (the first listener) to `host:port`.
 fn strip_listener(listeners: &str) -> String {
     let first = listeners.split(',').next().unwrap_or("").trim();
@@ -1157,5 +1184,22 @@ mod tests {
         assert!(BrokerConfig::from_properties(props).is_err());
         let props = BTreeMap::from([("listeners".to_owned(), "nonsense".to_owned())]);
         assert!(BrokerConfig::from_properties(props).is_err());
+    }
+
+    #[test]
+    fn listeners_take_host_names_and_an_empty_host_as_kafka_does() {
+        let listen = |value: &str| {
+            let props = BTreeMap::from([("listeners".to_owned(), value.to_owned())]);
+            BrokerConfig::from_properties(props).map(|c| c.listen)
+        };
+        assert_eq!(
+            listen("PLAINTEXT://:9092"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9092)))
+        );
+        assert_eq!(
+            listen("PLAINTEXT://localhost:19092").map(|a| (a.ip().is_loopback(), a.port())),
+            Ok((true, 19092))
+        );
+        assert!(listen("PLAINTEXT://localhost:notaport").is_err());
     }
 }
