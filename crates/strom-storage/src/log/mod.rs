@@ -1647,7 +1647,30 @@ impl PartitionLog {
         for (_, segment) in pending {
             segment.delete_files()?;
         }
+        self.release_files_locked(writer);
         Ok(())
+    }
+
+    /// Closes every cached handle of this log's files (they open again on
+    /// demand while the log is in use). A deleted log calls it after its
+    /// directory is renamed, so no read can open them again: the disk space
+    /// of deleted files comes back only once their last handle is closed.
+    pub fn release_files(&self) {
+        let writer = self.writer.lock();
+        self.release_files_locked(&writer);
+    }
+
+    fn release_files_locked(&self, writer: &Writer) {
+        for segment in self.segments.read().values() {
+            segment.release_files();
+        }
+        writer.active.release_files();
+        for segment in &writer.pending_flush {
+            segment.release_files();
+        }
+        for (_, segment) in &writer.pending_delete {
+            segment.release_files();
+        }
     }
 
     /// Rebuilds the producer state for the log as it is now (Kafka's
