@@ -287,13 +287,13 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let status = Command::new("umount").arg(self.dir.path()).status();
-        if !status.is_ok_and(|s| s.success()) {
-            // Something still holds a file there: detach it anyway.
+        let unmounted = Command::new("umount").arg(self.dir.path()).output();
+        if !unmounted.is_ok_and(|o| o.status.success()) {
+            // A failed test left its broker holding files there: detach it.
             let _ = Command::new("umount")
                 .arg("-l")
                 .arg(self.dir.path())
-                .status();
+                .output();
         }
     }
 }
@@ -416,6 +416,101 @@ async fn creating_topics_on_a_full_disk_fails_and_recovers() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    drop(raw);
+    broker.shutdown().await.unwrap();
+}
+
+/// A disk filled by producers: appends fail with KAFKA_STORAGE_ERROR, and
+/// deleting the topic that filled it lets the others take records again,
+/// without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producers_recover_when_a_deleted_topic_frees_a_full_disk() {
+    let Some(tmpfs) = Tmpfs::mount("size=16m") else {
+        return;
+    };
+    let data = tmpfs.path().join("data");
+    let broker = broker(&data, &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    let small = [("segment.bytes", "65536")];
+    assert_eq!(
+        create_topics(&mut raw, "small", 1, &small).await.error_code,
+        0
+    );
+    let r = produce_to(&mut raw, "small", 0, records(&values(5, 1000))).await;
+    assert_eq!(r.error_code, 0);
+    let big = [("segment.bytes", "1048576")];
+    assert_eq!(create_topics(&mut raw, "big", 1, &big).await.error_code, 0);
+    let mut filled = false;
+    for _ in 0..100 {
+        let r = produce_to(&mut raw, "big", 0, records(&values(25, 10_000))).await;
+        if r.error_code != 0 {
+            assert_eq!(r.error_code, ErrorCode::KafkaStorageError.code());
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "16 MiB fill up");
+    // The small topic cannot take a segment's worth either.
+    let mut small_failed = false;
+    for _ in 0..20 {
+        let r = produce_to(&mut raw, "small", 0, records(&values(20, 1000))).await;
+        if r.error_code != 0 {
+            assert_eq!(r.error_code, ErrorCode::KafkaStorageError.code());
+            small_failed = true;
+            break;
+        }
+    }
+    assert!(small_failed, "the full disk refuses the small topic too");
+    assert_eq!(delete_topic(&mut raw, "big").await, 0);
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        let r = produce_to(&mut raw, "small", 0, records(&values(20, 1000))).await;
+        if r.error_code == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the small topic takes records again (error {})",
+            r.error_code
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(raw);
+    broker.shutdown().await.unwrap();
+}
+
+/// The first records of a topic created before the disk filled: refused with
+/// KAFKA_STORAGE_ERROR while it is full, taken once space is back (the log
+/// does not go offline for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_topic_takes_records_once_a_full_disk_has_space() {
+    let Some(tmpfs) = Tmpfs::mount("size=16m") else {
+        return;
+    };
+    let data = tmpfs.path().join("data");
+    let broker = broker(&data, &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topics(&mut raw, "fresh", 1, &[]).await.error_code, 0);
+    let filler = tmpfs.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        loop {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+    }
+    let r = produce_to(&mut raw, "fresh", 0, records(&values(10, 1000))).await;
+    assert_eq!(r.error_code, ErrorCode::KafkaStorageError.code());
+    std::fs::remove_file(&filler).unwrap();
+    let r = produce_to(&mut raw, "fresh", 0, records(&values(10, 1000))).await;
+    assert_eq!(r.error_code, 0, "the log takes records once space is back");
+    assert_eq!(latest_offset(&mut raw, "fresh", 0).await, (0, 10));
     drop(raw);
     broker.shutdown().await.unwrap();
 }

@@ -627,10 +627,12 @@ impl PartitionLog {
             first_max_timestamp,
             now,
         )?;
+        // Nothing is written yet and a failed assign leaves the epochs as they
+        // were: the log stays usable (a full disk refuses this append only).
         writer
             .epochs
             .assign(leader_epoch, first_offset)
-            .map_err(|e| self.fail(e))?;
+            .map_err(AppendError::Io)?;
 
         let mut slices = Vec::with_capacity(batches.len() * 2);
         let mut appended = Vec::with_capacity(batches.len());
