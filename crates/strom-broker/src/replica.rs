@@ -450,6 +450,7 @@ impl Failure {
 #[derive(Debug, thiserror::Error)]
 #[error("{} partition(s) failed: {}", failed.len(), summary(failed))]
 pub struct ApplyError {
+    /// Each failed partition and its storage error.
     pub failed: Vec<(TopicPartition, String)>,
 }
 
