@@ -108,7 +108,9 @@ impl Broker {
     }
 
     /// Brings the local partitions in line with the latest image.
-    pub fn apply_metadata(&self) -> Result<(), strom_storage::StorageError> {
+    /// Partitions that fail are logged, remembered and retried (see
+    /// [`ReplicaManager::apply_image`]).
+    pub fn apply_metadata(&self) -> Result<(), crate::replica::ApplyError> {
         self.replicas.apply_image(&self.image(), &self.config)
     }
 
@@ -233,6 +235,9 @@ pub async fn start_with_clock(
     broker
         .tasks
         .spawn(TxnCoordinator::run_timers(Arc::clone(&broker)));
+    broker
+        .tasks
+        .spawn(ReplicaManager::retry_storage_errors(Arc::clone(&broker)));
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -334,7 +339,12 @@ fn open(
         },
     )?;
     let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs));
-    replicas.apply_image(&image, &config)?;
+    // A partition whose log cannot be opened (a full disk, a directory the
+    // file system refuses) must not keep the others offline: it is logged,
+    // answered as KAFKA_STORAGE_ERROR and retried while the broker runs.
+    if let Err(e) = replicas.apply_image(&image, &config) {
+        tracing::error!(error = %e, "some partitions could not be opened at start; retrying");
+    }
     let fetch_sessions = FetchSessionCache::new(config.fetch_session_cache_slots()?);
     let groups = GroupCoordinator::open(
         GroupConfig::from_properties(&config.properties)?,

@@ -4,13 +4,21 @@
 //! A partition directory carries Kafka's `partition.metadata` file naming its
 //! topic id, so a log left over from a deleted topic (a crash between the
 //! metadata change and the deletion of the files) is never served as part of
-//! a new topic of the same name.
+//! a new topic of the same name. Only a file naming another topic id
+//! condemns a log: a missing, empty or unreadable one is rewritten from the
+//! metadata image and the data kept.
+//!
+//! A partition whose log cannot be created or deleted (a full disk, an I/O
+//! error) does not hold up the others: the failure is remembered, answered
+//! to clients as `KAFKA_STORAGE_ERROR`, and the image is applied again on
+//! the next change and every [`STORAGE_RETRY_INTERVAL`] until it succeeds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use strom_controller::{METADATA_TOPIC, MetadataImage};
@@ -25,6 +33,10 @@ const PARTITION_METADATA_FILE: &str = "partition.metadata";
 /// Bound on long-poll fetches waiting on one partition; beyond it the oldest
 /// waiters are dropped (they time out and answer with what they have).
 const MAX_WAITERS_PER_PARTITION: usize = 10_000;
+/// How often partitions whose log could not be created or deleted are tried
+/// again: often enough that a freed disk brings them back within seconds,
+/// rare enough that a failing disk is not hammered.
+pub const STORAGE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A partition by topic name and index.
 type PartitionKey = (Arc<str>, i32);
@@ -102,6 +114,10 @@ pub struct ReplicaManager {
     node_id: i32,
     logs: Arc<LogManager>,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
+    /// Partitions the last applied image could not bring in line (their log
+    /// could not be created, opened or deleted), with the storage error:
+    /// answered to clients, and retried.
+    failed: RwLock<HashMap<PartitionKey, Failure>>,
     /// Serialises applying images (creating and deleting logs).
     apply: Mutex<()>,
 }
@@ -112,6 +128,7 @@ impl ReplicaManager {
             node_id,
             logs,
             partitions: RwLock::new(HashMap::new()),
+            failed: RwLock::new(HashMap::new()),
             apply: Mutex::new(()),
         }
     }
@@ -130,12 +147,17 @@ impl ReplicaManager {
     /// Makes the local partitions match `image`: creates the logs of new
     /// partitions this broker replicates, updates configs and leader epochs,
     /// and deletes logs of topics that are gone (or were recreated).
+    ///
+    /// A partition that fails does not stop the others; the failures are
+    /// remembered (see [`Self::storage_error`]) and returned, and
+    /// [`Self::has_storage_errors`] tells the broker to apply again later.
     pub fn apply_image(
         &self,
         image: &MetadataImage,
         config: &BrokerConfig,
-    ) -> Result<(), StorageError> {
+    ) -> Result<(), ApplyError> {
         let _guard = self.apply.lock();
+        let mut failed: HashMap<PartitionKey, Failure> = HashMap::new();
         let mut wanted: HashSet<PartitionKey> = HashSet::new();
         for topic in image.topics() {
             let name: Arc<str> = Arc::from(topic.name.as_str());
@@ -157,17 +179,23 @@ impl ReplicaManager {
                         }
                     }
                     stale => {
-                        if stale.is_some() {
-                            self.remove(&key)?;
+                        let opened = stale.map_or(Ok(()), |_| self.remove(&key)).and_then(|()| {
+                            self.open_partition(
+                                &name,
+                                p.partition,
+                                topic.id,
+                                p.leader_epoch,
+                                &log_config,
+                            )
+                        });
+                        match opened {
+                            Ok(partition) => {
+                                self.partitions.write().insert(key, partition);
+                            }
+                            Err(e) => {
+                                failed.insert(key, Failure::new("opening or creating", &e));
+                            }
                         }
-                        let partition = self.open_partition(
-                            &name,
-                            p.partition,
-                            topic.id,
-                            p.leader_epoch,
-                            &log_config,
-                        )?;
-                        self.partitions.write().insert(key, partition);
                     }
                 }
             }
@@ -180,18 +208,77 @@ impl ReplicaManager {
             .cloned()
             .collect();
         for key in gone {
-            self.remove(&key)?;
+            if let Err(e) = self.remove(&key) {
+                failed.insert(key, Failure::new("deleting", &e));
+            }
         }
         // Logs on disk that no partition owns: left by a crash mid-deletion.
         for (tp, _) in self.logs.logs() {
-            if tp.topic != METADATA_TOPIC
-                && !wanted.contains(&(Arc::from(tp.topic.as_str()), tp.partition))
-            {
+            let key: PartitionKey = (Arc::from(tp.topic.as_str()), tp.partition);
+            if tp.topic != METADATA_TOPIC && !wanted.contains(&key) {
                 tracing::info!(partition = %tp, "deleting a log whose topic no longer exists");
-                self.logs.delete(&tp)?;
+                if let Err(e) = self.logs.delete(&tp) {
+                    failed.insert(key, Failure::new("deleting", &e));
+                }
             }
         }
-        Ok(())
+        let result = if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError {
+                failed: failed
+                    .iter()
+                    .map(|((topic, partition), f)| {
+                        (
+                            TopicPartition::new(topic.as_ref(), *partition),
+                            f.error.clone(),
+                        )
+                    })
+                    .collect(),
+            })
+        };
+        // Retries run every few seconds: a failure is an ERROR line when it
+        // appears or changes, not on every retry.
+        for (key, failure) in &failed {
+            let (topic, partition) = (&key.0, key.1);
+            if self.failed.read().get(key) == Some(failure) {
+                tracing::debug!(%topic, partition, action = failure.action, error = %failure.error, "the partition's log still fails");
+            } else {
+                tracing::error!(%topic, partition, action = failure.action, error = %failure.error, "the partition's log failed; retrying every {} s", STORAGE_RETRY_INTERVAL.as_secs());
+            }
+        }
+        let previous = std::mem::replace(&mut *self.failed.write(), failed);
+        for key in previous.keys() {
+            if !self.failed.read().contains_key(key) {
+                tracing::info!(topic = %key.0, partition = key.1, "the partition's storage error is resolved");
+            }
+        }
+        result
+    }
+
+    /// Whether the last applied image left partitions with a storage error
+    /// (the broker then applies it again every [`STORAGE_RETRY_INTERVAL`]).
+    pub fn has_storage_errors(&self) -> bool {
+        !self.failed.read().is_empty()
+    }
+
+    /// The storage error that keeps `topic`'s partition `partition` from
+    /// being served here, if any.
+    pub fn storage_error(&self, topic: &str, partition: i32) -> Option<String> {
+        self.failed
+            .read()
+            .get(&(Arc::from(topic), partition))
+            .map(|f| f.error.clone())
+    }
+
+    /// The first storage error among `topic`'s partitions, if any.
+    pub fn topic_storage_error(&self, topic: &str) -> Option<(i32, String)> {
+        self.failed
+            .read()
+            .iter()
+            .filter(|((t, _), _)| t.as_ref() == topic)
+            .map(|((_, p), f)| (*p, f.error.clone()))
+            .min_by_key(|(p, _)| *p)
     }
 
     fn open_partition(
@@ -203,11 +290,23 @@ impl ReplicaManager {
         log_config: &strom_storage::LogConfig,
     ) -> Result<Arc<Partition>, StorageError> {
         let tp = TopicPartition::new(topic.as_ref(), index);
-        if let Some(existing) = self.logs.get(&tp)
-            && read_topic_id(existing.dir()) != Some(topic_id)
-        {
-            tracing::info!(partition = %tp, "deleting a log of an earlier topic of the same name");
-            self.logs.delete(&tp)?;
+        if let Some(existing) = self.logs.get(&tp) {
+            match read_topic_id(existing.dir()) {
+                StoredTopicId::Id(id) if id == topic_id => {}
+                StoredTopicId::Id(_) => {
+                    tracing::warn!(partition = %tp, "deleting a log of an earlier topic of the same name");
+                    self.logs.delete(&tp)?;
+                }
+                // Never delete data for want of this file: it is written
+                // before the first append, so the log belongs to the topic
+                // of this name unless it names another.
+                StoredTopicId::Missing => {
+                    tracing::error!(partition = %tp, file = PARTITION_METADATA_FILE, "the partition's metadata file is missing; keeping the log and rewriting the file with the topic id from the metadata image");
+                }
+                StoredTopicId::Unreadable(why) => {
+                    tracing::error!(partition = %tp, file = PARTITION_METADATA_FILE, error = %why, "the partition's metadata file is unreadable; keeping the log and rewriting the file with the topic id from the metadata image");
+                }
+            }
         }
         let log = self.logs.get_or_create(&tp, log_config.clone())?;
         if *log.config() != *log_config {
@@ -237,6 +336,33 @@ impl ReplicaManager {
         self.logs
             .delete(&TopicPartition::new(key.0.as_ref(), key.1))?;
         Ok(())
+    }
+
+    /// Applies the image again every [`STORAGE_RETRY_INTERVAL`] while some
+    /// partitions have a storage error, so they come online once the disk
+    /// allows it (space freed, a directory removed) without a new metadata
+    /// change or a restart. Ends when the broker shuts down.
+    pub async fn retry_storage_errors(broker: Arc<crate::broker::Broker>) {
+        let mut interval = tokio::time::interval(STORAGE_RETRY_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = broker.shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            if !broker.replicas.has_storage_errors() {
+                continue;
+            }
+            let for_task = Arc::clone(&broker);
+            let applied = tokio::task::spawn_blocking(move || for_task.apply_metadata()).await;
+            match applied {
+                // Each failure and each recovery is logged by apply_image.
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "retrying partitions with storage errors failed")
+                }
+            }
+        }
     }
 
     /// Every partition, for metrics and tests.
@@ -276,11 +402,69 @@ fn write_topic_id(dir: &Path, topic_id: Uuid) -> std::io::Result<()> {
     strom_storage::checkpoint::sync_dir(dir)
 }
 
-fn read_topic_id(dir: &Path) -> Option<Uuid> {
-    let text = fs::read_to_string(dir.join(PARTITION_METADATA_FILE)).ok()?;
+/// What a partition directory's `partition.metadata` says.
+#[derive(Debug, PartialEq, Eq)]
+enum StoredTopicId {
+    Id(Uuid),
+    Missing,
+    /// Present but empty, garbled or unreadable: why.
+    Unreadable(String),
+}
+
+fn read_topic_id(dir: &Path) -> StoredTopicId {
+    let text = match fs::read(dir.join(PARTITION_METADATA_FILE)) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return StoredTopicId::Missing,
+        Err(e) => return StoredTopicId::Unreadable(e.to_string()),
+    };
     let id = text
         .lines()
-        .find_map(|l| l.strip_prefix("topic_id:"))?
-        .trim();
-    strom_controller::controller::parse_kafka_uuid(id)
+        .find_map(|l| l.strip_prefix("topic_id:"))
+        .map(str::trim);
+    match id.and_then(strom_controller::controller::parse_kafka_uuid) {
+        Some(id) => StoredTopicId::Id(id),
+        None if text.is_empty() => StoredTopicId::Unreadable("the file is empty".to_owned()),
+        None => StoredTopicId::Unreadable("no valid topic_id line".to_owned()),
+    }
+}
+
+/// Why a partition's log could not be brought in line with the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    /// What was tried, for the log line.
+    action: &'static str,
+    /// The storage error, as clients are told it.
+    error: String,
+}
+
+impl Failure {
+    fn new(action: &'static str, error: &StorageError) -> Self {
+        Self {
+            action,
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Partitions an image could not be applied to, with their storage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{} partition(s) failed: {}", failed.len(), summary(failed))]
+pub struct ApplyError {
+    /// Each failed partition and its storage error.
+    pub failed: Vec<(TopicPartition, String)>,
+}
+
+/// The first few failures, for a log line of bounded length.
+fn summary(failed: &[(TopicPartition, String)]) -> String {
+    /// Failures named in one message; the rest are counted.
+    const NAMED_MAX: usize = 3;
+    let mut named: Vec<String> = failed
+        .iter()
+        .take(NAMED_MAX)
+        .map(|(tp, e)| format!("{tp}: {e}"))
+        .collect();
+    if failed.len() > NAMED_MAX {
+        named.push(format!("and {} more", failed.len() - NAMED_MAX));
+    }
+    named.join("; ")
 }

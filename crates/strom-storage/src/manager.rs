@@ -23,7 +23,7 @@ use std::fmt;
 use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +46,9 @@ const LOCK_FILE: &str = ".lock";
 const DELETE_DIR_SUFFIX: &str = "-delete";
 /// Kafka's longest legal topic name.
 const TOPIC_NAME_MAX_LEN: usize = 249;
+/// Longest file name most Linux file systems take (ext4, xfs, tmpfs): the
+/// directory of a deleted partition must fit it, whatever the topic name.
+const FILE_NAME_MAX_BYTES: usize = 255;
 
 /// A topic name and a partition number.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,6 +86,24 @@ impl fmt::Display for TopicPartition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.topic, self.partition)
     }
+}
+
+/// The name a partition directory takes while it is deleted, as Kafka's
+/// `UnifiedLog.logDeleteDirName`: `<topic>-<partition>.<unique>-delete`, with
+/// the topic cut short so the whole name fits [`FILE_NAME_MAX_BYTES`] (a
+/// 249-character topic would otherwise give a name the file system refuses).
+/// `unique` tells apart successive deletions of the same partition.
+pub fn delete_dir_name(tp: &TopicPartition, unique: &str) -> String {
+    let suffix = format!("-{}.{unique}{DELETE_DIR_SUFFIX}", tp.partition);
+    let mut keep = tp
+        .topic
+        .len()
+        .min(FILE_NAME_MAX_BYTES.saturating_sub(suffix.len()));
+    // Legal topic names are ASCII; stay on a character boundary regardless.
+    while !tp.topic.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &tp.topic[..keep])
 }
 
 /// Kafka's rule: 1 to 249 characters of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -161,6 +182,12 @@ pub struct LogManager {
     cleaner: Arc<LogCleaner>,
     cleaner_thread: Mutex<Option<JoinHandle<()>>>,
     shut_down: AtomicBool,
+    /// Renamed directories of deleted logs whose removal failed (a disk
+    /// error, or left by an earlier run): the background thread retries them
+    /// every round, so their space comes back once the disk allows it.
+    pending_deletes: Mutex<Vec<PathBuf>>,
+    /// Makes each delete directory name unique, with the time.
+    delete_seq: AtomicU64,
     /// Held (locked) for the life of the manager.
     _lock: File,
 }
@@ -202,6 +229,7 @@ impl LogManager {
         let cleaned = read_offsets(&dir.join(crate::cleaner::CLEANER_OFFSET_CHECKPOINT));
 
         let mut partitions = Vec::new();
+        let mut pending_deletes = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io)? {
             let entry = entry.map_err(io)?;
             if !entry.file_type().map_err(io)?.is_dir() {
@@ -213,8 +241,12 @@ impl LogManager {
                 continue;
             }
             if name.ends_with(DELETE_DIR_SUFFIX) {
-                // A deletion interrupted by a crash: finish it.
-                fs::remove_dir_all(entry.path()).map_err(io)?;
+                // A deletion interrupted by a crash: finish it. A failure
+                // must not stop the broker: the background thread retries.
+                if let Err(e) = fs::remove_dir_all(entry.path()) {
+                    tracing::error!(dir = %entry.path().display(), error = %e, "removing the directory of a deleted log failed; retrying in the background");
+                    pending_deletes.push(entry.path());
+                }
                 continue;
             }
             match TopicPartition::from_dir_name(name) {
@@ -267,6 +299,8 @@ impl LogManager {
             cleaner,
             cleaner_thread: Mutex::new(None),
             shut_down: AtomicBool::new(false),
+            pending_deletes: Mutex::new(pending_deletes),
+            delete_seq: AtomicU64::new(0),
             _lock: lock,
         });
         manager.checkpoint()?;
@@ -345,9 +379,13 @@ impl LogManager {
         Ok(log)
     }
 
-    /// Deletes the log of `tp`: closes it, renames its directory to
-    /// `topic-N.<id>-delete` (so a crash cannot bring it back) and removes it.
-    /// Returns whether it existed.
+    /// Deletes the log of `tp`: closes it and every handle of its files,
+    /// renames its directory to [`delete_dir_name`] (so a crash cannot bring
+    /// it back) and removes it. Returns whether it existed.
+    ///
+    /// If the rename fails the log stays known (closed) and the error is
+    /// returned: the caller retries. If only the removal fails, the log is
+    /// gone for every purpose and the background thread retries the removal.
     pub fn delete(&self, tp: &TopicPartition) -> Result<bool, StorageError> {
         let Some(log) = self.logs.write().remove(tp) else {
             return Ok(false);
@@ -356,6 +394,11 @@ impl LogManager {
         // directory goes; then the cleaner forgets it.
         self.cleaner.abort_and_pause(tp);
         let deleted = self.delete_files(tp, &log);
+        if deleted.is_err() {
+            // Still on disk under its own name: keep it known so a retry (or
+            // a new topic of the same name) finds it rather than its data.
+            self.logs.write().entry(tp.clone()).or_insert(log);
+        }
         self.cleaner.forget(self, tp);
         deleted.map(|()| true)
     }
@@ -365,15 +408,44 @@ impl LogManager {
         if let Err(e) = log.close() {
             tracing::warn!(log = %tp, error = %e, "closing a deleted log failed");
         }
-        let doomed = self.config.data_dir.join(format!(
-            "{}.{}{DELETE_DIR_SUFFIX}",
-            tp.dir_name(),
-            self.clock.now_ms()
-        ));
+        let unique = format!(
+            "{:x}{:04x}",
+            self.clock.now_ms(),
+            self.delete_seq.fetch_add(1, Ordering::Relaxed)
+        );
+        let doomed = self.config.data_dir.join(delete_dir_name(tp, &unique));
         let io = |e| StorageError::io(&dir, e);
         fs::rename(&dir, &doomed).map_err(io)?;
-        checkpoint::sync_dir(&self.config.data_dir).map_err(io)?;
-        fs::remove_dir_all(&doomed).map_err(io)
+        // Handles a reader opened since the close go too; after the rename
+        // nothing can open the files again.
+        log.release_files();
+        if let Err(e) = checkpoint::sync_dir(&self.config.data_dir) {
+            tracing::warn!(dir = %self.config.data_dir.display(), error = %e, "fsync of the data directory failed after renaming a deleted log");
+        }
+        if let Err(e) = fs::remove_dir_all(&doomed) {
+            tracing::error!(dir = %doomed.display(), error = %e, "removing the directory of a deleted log failed; retrying in the background");
+            self.pending_deletes.lock().push(doomed);
+        }
+        Ok(())
+    }
+
+    /// Retries removing the directories of deleted logs that could not be
+    /// removed before; returns how many remain. The background thread runs
+    /// it every round; public so tests can drive it.
+    pub fn retry_pending_deletes(&self) -> usize {
+        let mut pending = self.pending_deletes.lock();
+        pending.retain(|dir| match fs::remove_dir_all(dir) {
+            Ok(()) => {
+                tracing::info!(dir = %dir.display(), "removed the directory of a deleted log");
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "removing the directory of a deleted log failed again");
+                true
+            }
+        });
+        pending.len()
     }
 
     /// Every log, in no particular order.
@@ -584,6 +656,7 @@ fn background_loop(
             return;
         };
         manager.run_periodic();
+        manager.retry_pending_deletes();
         rounds += 1;
         if rounds.is_multiple_of(every.retention) {
             manager.run_retention();
@@ -676,5 +749,20 @@ mod tests {
         assert_eq!(TopicPartition::from_dir_name("bad topic-0"), None);
         assert!(!is_legal_topic_name(".."));
         assert!(!is_legal_topic_name(&"a".repeat(250)));
+    }
+
+    #[test]
+    fn delete_dir_names_fit_the_file_system() {
+        let unique = "0123456789abcdef0123456789abcdef";
+        let short = TopicPartition::new("orders", 3);
+        assert_eq!(
+            delete_dir_name(&short, unique),
+            format!("orders-3.{unique}-delete")
+        );
+        let long = TopicPartition::new("t".repeat(TOPIC_NAME_MAX_LEN), i32::MAX);
+        let name = delete_dir_name(&long, unique);
+        assert_eq!(name.len(), FILE_NAME_MAX_BYTES);
+        assert!(name.ends_with(&format!("-{}.{unique}-delete", i32::MAX)));
+        assert_eq!(TopicPartition::from_dir_name(&name), None);
     }
 }

@@ -119,3 +119,51 @@ fn background_flushes_rolled_segments() {
         std::fs::read_to_string(dir.path().join("recovery-point-offset-checkpoint")).unwrap();
     assert!(text.contains(&format!("t 0 {active_base}")), "{text}");
 }
+
+/// Deleting a log closes every handle of its files (the space of a deleted
+/// file comes back only with its last handle), even of segments a reader
+/// opened again after the log was written; the longest legal topic names
+/// delete too (their delete directory name is cut to fit the file system).
+#[test]
+fn deletion_closes_every_file_and_fits_long_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = open(dir.path(), 64);
+    let long = TopicPartition::new("t".repeat(249), 99_999);
+    let short = TopicPartition::new("kept", 0);
+    let config = LogConfig {
+        segment_bytes: 1024,
+        ..LogConfig::default()
+    };
+    for tp in [&long, &short] {
+        let log = manager.get_or_create(tp, config.clone()).unwrap();
+        for i in 0..10 {
+            log.append_as_leader(
+                &batch(1, 300, i, Compression::None),
+                0,
+                AppendOrigin::Client,
+            )
+            .unwrap();
+        }
+        assert!(log.segment_base_offsets().len() > 2);
+    }
+    // Every segment of the long one opened by a read.
+    assert_eq!(read_all(&manager.get(&long).unwrap()).len(), 10);
+    let open_before = manager.file_cache().open_files();
+    assert!(manager.delete(&long).unwrap());
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().len() > 200)
+            .count(),
+        0,
+        "no directory of the deleted log remains"
+    );
+    let open_after = manager.file_cache().open_files();
+    assert!(open_after < open_before);
+    // What stays open belongs to the log that was not deleted.
+    let short_log = manager.get(&short).unwrap();
+    short_log.release_files();
+    assert_eq!(manager.file_cache().open_files(), 0);
+    assert_eq!(read_all(&short_log).len(), 10, "released files open again");
+    manager.shutdown().unwrap();
+}

@@ -316,10 +316,19 @@ fn f11_shutdown_with_an_offline_log_writes_no_clean_marker() {
         .unwrap();
     // Make the next epoch checkpoint write fail (EISDIR on the temp file).
     fs::create_dir(log.dir().join("leader-epoch-checkpoint.tmp")).unwrap();
+    // As leader nothing is written before the epoch: only that append fails.
     assert!(
         log.append_as_leader(&one(1), 1, AppendOrigin::Client)
             .is_err()
     );
+    assert!(!log.is_offline());
+    // As follower, batches of several epochs go in one write: a failure
+    // after some epochs were recorded leaves the log in doubt.
+    let mut follower = RecordBatchBuilder::new(Compression::None)
+        .base_offset(1)
+        .partition_leader_epoch(2);
+    follower.push(0, None, Some(b"x"), &[]);
+    assert!(log.append_as_follower(&follower.build().unwrap()).is_err());
     assert!(log.is_offline());
     let r = manager.shutdown();
     assert!(

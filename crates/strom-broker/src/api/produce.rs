@@ -212,10 +212,19 @@ fn resolve(
     if meta.leader != broker.node_id {
         return Err((ErrorCode::NotLeaderOrFollower, None));
     }
-    let partition = broker
-        .replicas
-        .get(name, index)
-        .ok_or((ErrorCode::NotLeaderOrFollower, None))?;
+    let partition = broker.replicas.get(name, index).ok_or_else(|| {
+        // Kafka answers KAFKA_STORAGE_ERROR for a partition whose log
+        // directory failed: the client learns why, not a leadership change.
+        match broker.replicas.storage_error(name, index) {
+            Some(e) => (
+                ErrorCode::KafkaStorageError,
+                Some(format!(
+                    "The partition's log is unavailable on this broker: {e}"
+                )),
+            ),
+            None => (ErrorCode::NotLeaderOrFollower, None),
+        }
+    })?;
     let records = records.ok_or((
         ErrorCode::CorruptMessage,
         Some("Produce request without records".to_owned()),

@@ -881,8 +881,11 @@ fn ensure_offsets_topic(
         }
         None => return Err(ErrorCode::CoordinatorNotAvailable),
     }
-    if let Err(e) = broker.apply_metadata() {
-        tracing::error!(error = %e, "cannot open the partitions of {OFFSETS_TOPIC}");
+    // Failures elsewhere are logged and retried by the replica manager;
+    // only this topic's matter here.
+    let _ = broker.apply_metadata();
+    if let Some((partition, e)) = broker.replicas.topic_storage_error(OFFSETS_TOPIC) {
+        tracing::error!(partition, error = %e, "cannot open the partitions of {OFFSETS_TOPIC}");
         return Err(ErrorCode::CoordinatorNotAvailable);
     }
     Ok(broker.image())

@@ -114,7 +114,8 @@ impl LeaderEpochCache {
 
     /// Records that `epoch` starts at `start_offset`, if it is newer than the
     /// latest epoch. Persists before returning, so that the batch that follows
-    /// never reaches disk ahead of its epoch. Returns whether anything changed.
+    /// never reaches disk ahead of its epoch. Returns whether anything changed;
+    /// after an error nothing changed.
     pub(crate) fn assign(&mut self, epoch: i32, start_offset: i64) -> io::Result<bool> {
         if epoch == NO_PARTITION_LEADER_EPOCH || epoch < 0 {
             return Ok(false);
@@ -124,6 +125,8 @@ impl LeaderEpochCache {
         {
             return Ok(false);
         }
+        // A new epoch is rare (a leader change): the copy is cheap.
+        let before = self.entries.clone();
         self.entries.push(EpochEntry {
             epoch,
             start_offset,
@@ -131,7 +134,12 @@ impl LeaderEpochCache {
         if self.entries.len() > MAX_EPOCH_ENTRIES {
             self.entries.remove(0);
         }
-        self.persist()?;
+        if let Err(e) = self.persist() {
+            // The file is replaced atomically, so it still holds `before`:
+            // keep memory in line, and the caller may retry (a full disk).
+            self.entries = before;
+            return Err(e);
+        }
         Ok(true)
     }
 

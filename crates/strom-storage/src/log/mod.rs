@@ -627,10 +627,12 @@ impl PartitionLog {
             first_max_timestamp,
             now,
         )?;
+        // Nothing is written yet and a failed assign leaves the epochs as they
+        // were: the log stays usable (a full disk refuses this append only).
         writer
             .epochs
             .assign(leader_epoch, first_offset)
-            .map_err(|e| self.fail(e))?;
+            .map_err(AppendError::Io)?;
 
         let mut slices = Vec::with_capacity(batches.len() * 2);
         let mut appended = Vec::with_capacity(batches.len());
@@ -1647,7 +1649,30 @@ impl PartitionLog {
         for (_, segment) in pending {
             segment.delete_files()?;
         }
+        self.release_files_locked(writer);
         Ok(())
+    }
+
+    /// Closes every cached handle of this log's files (they open again on
+    /// demand while the log is in use). A deleted log calls it after its
+    /// directory is renamed, so no read can open them again: the disk space
+    /// of deleted files comes back only once their last handle is closed.
+    pub fn release_files(&self) {
+        let writer = self.writer.lock();
+        self.release_files_locked(&writer);
+    }
+
+    fn release_files_locked(&self, writer: &Writer) {
+        for segment in self.segments.read().values() {
+            segment.release_files();
+        }
+        writer.active.release_files();
+        for segment in &writer.pending_flush {
+            segment.release_files();
+        }
+        for (_, segment) in &writer.pending_delete {
+            segment.release_files();
+        }
     }
 
     /// Rebuilds the producer state for the log as it is now (Kafka's

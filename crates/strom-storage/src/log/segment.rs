@@ -1014,6 +1014,13 @@ impl Segment {
         Ok(())
     }
 
+    /// Closes the cached handles of this segment's files (they open again
+    /// on demand). A deleted file's space is freed only once its last handle
+    /// is closed.
+    pub(crate) fn release_files(&self) {
+        self.files.forget(self.id);
+    }
+
     /// Removes the files (after [`Self::mark_deleted`]).
     pub(crate) fn delete_files(&self) -> io::Result<()> {
         self.files.forget(self.id);
