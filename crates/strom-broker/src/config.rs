@@ -631,16 +631,22 @@ impl BrokerConfig {
     /// compressed produce batches may take at once (see [`crate::memory`]).
     /// `None` means unbounded (Kafka's -1, and any value up to 0).
     ///
-    /// Kafka's default is -1; ours is [`DEFAULT_QUEUED_MAX_REQUEST_BYTES`].
-    /// As in Kafka, a bound must be at least `socket.request.max.bytes`, so
-    /// that the largest request can always be read.
+    /// Kafka's default is -1; ours is [`DEFAULT_QUEUED_MAX_REQUEST_BYTES`],
+    /// or `socket.request.max.bytes` if that is larger. As in Kafka, a value
+    /// set must be at least `socket.request.max.bytes`, so that the largest
+    /// request can always be read.
     pub fn queued_max_request_bytes(&self) -> Result<Option<usize>, ConfigError> {
         let name = "queued.max.request.bytes";
-        let value: i64 = self.get(name, DEFAULT_QUEUED_MAX_REQUEST_BYTES as i64)?;
+        let request_max = self.socket_request_max_bytes()?;
+        if !self.properties.contains_key(name) {
+            // The default grows with socket.request.max.bytes, so raising
+            // that alone never stops the broker.
+            return Ok(Some(DEFAULT_QUEUED_MAX_REQUEST_BYTES.max(request_max)));
+        }
+        let value: i64 = self.get(name, -1)?;
         if value <= 0 {
             return Ok(None);
         }
-        let request_max = self.socket_request_max_bytes()?;
         let value = usize::try_from(value).unwrap_or(usize::MAX);
         if value < request_max {
             return Err(ConfigError(format!(

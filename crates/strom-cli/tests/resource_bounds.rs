@@ -283,17 +283,23 @@ fn bad_bounds_stop_the_broker_at_start() {
         ],
         "queued.max.request.bytes",
     );
-    // Good values start.
-    let dir = tempfile::tempdir().unwrap();
-    let broker = BrokerProcess::start(
-        &dir.path().join("data"),
-        &[
+    // Good values start: no bound, and a request bound above the default
+    // budget, which the budget then follows.
+    for good in [
+        [
             "socket.listen.backlog.size=64",
             "queued.max.request.bytes=-1",
         ],
-    );
-    broker.create_topic("started", 1);
-    broker.stop();
+        [
+            "socket.listen.backlog.size=4096",
+            "socket.request.max.bytes=314572800",
+        ],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = BrokerProcess::start(&dir.path().join("data"), &good);
+        broker.create_topic("started", 1);
+        broker.stop();
+    }
 }
 
 #[test]
