@@ -40,8 +40,8 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Binds a listener on `addr` with an accept queue of `backlog` connections
 /// (the kernel caps it at `net.core.somaxconn`). `SO_REUSEADDR` is set, as
-/// Kafka and tokio's own `bind` set it, so a restarted broker can take its
-/// port back at once.
+/// tokio's own `bind` sets it, so a restarted broker can take its port back
+/// at once.
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
