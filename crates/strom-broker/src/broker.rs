@@ -22,13 +22,13 @@ use strom_storage::{
     Clock, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig, PartitionLog,
     SystemClock, TopicPartition,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
 use crate::group::{GroupConfig, GroupCoordinator};
+use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::replica::ReplicaManager;
 use crate::txn::{TxnConfig, TxnCoordinator};
@@ -92,6 +92,10 @@ pub struct Broker {
     pub txn: TxnCoordinator,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// Request bytes read and not yet answered (`queued.max.request.bytes`).
+    pub request_budget: RequestBudget,
+    /// Memory for decompressing produced batches (the same size).
+    pub decompression_budget: DecompressionBudget,
     metadata_log: Arc<PartitionLog>,
     producer_ids: Mutex<ProducerIds>,
     /// Cancelled when the broker shuts down.
@@ -186,8 +190,7 @@ pub async fn start_with_clock(
     config: BrokerConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningBroker, StartError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = crate::server::bind(config.listen, config.socket_listen_backlog_size()?)
         .map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
@@ -352,8 +355,11 @@ fn open(
         clock.now_ms(),
     );
     let txn = TxnCoordinator::open(TxnConfig::from_properties(&config.properties)?, &replicas);
+    let queued_max_request_bytes = config.queued_max_request_bytes()?;
     Ok(Broker {
         node_id: config.node_id,
+        request_budget: RequestBudget::new(queued_max_request_bytes),
+        decompression_budget: DecompressionBudget::new(queued_max_request_bytes),
         advertised_host,
         advertised_port,
         controller,

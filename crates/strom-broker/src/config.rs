@@ -511,6 +511,16 @@ pub struct BrokerConfig {
 
 /// Default listener: Kafka's 9092 on loopback.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// `queued.max.request.bytes` default: 256 MiB. Kafka's -1 (unbounded)
+/// lets a burst of large or decompression-bomb requests take all memory;
+/// 256 MiB holds two requests of the default `socket.request.max.bytes`
+/// (100 MiB) and thousands of ordinary ones, and fits a small machine.
+pub const DEFAULT_QUEUED_MAX_REQUEST_BYTES: usize = 256 << 20;
+/// `socket.listen.backlog.size` default: 1024 rather than Kafka's 50. A
+/// burst of clients connecting at once (a consumer group starting, clients
+/// reconnecting after a restart) overflows a short queue, and an overflowed
+/// SYN waits a full retransmit (1 s, then 3 s) before it is tried again.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 /// Default data directory, relative to where the broker starts.
 pub const DEFAULT_DATA_DIR: &str = "./strom-data";
 
@@ -565,6 +575,8 @@ impl BrokerConfig {
         config.socket_request_max_bytes()?;
         config.connections_max_idle_ms()?;
         config.max_connections()?;
+        config.queued_max_request_bytes()?;
+        config.socket_listen_backlog_size()?;
         config.fetch_max_bytes()?;
         config.transaction_max_timeout_ms()?;
         config.producer_id_expiration_ms()?;
@@ -616,6 +628,53 @@ impl BrokerConfig {
     /// fits a default file descriptor limit raised for a broker.
     pub fn max_connections(&self) -> Result<usize, ConfigError> {
         self.get("max.connections", 10_000)
+    }
+
+    /// `queued.max.request.bytes`: request bytes read but not yet answered,
+    /// across all connections; past it no more requests are read until
+    /// answers free some. The same amount bounds the memory that checking
+    /// compressed produce batches may take at once (see [`crate::memory`]).
+    /// `None` means unbounded (Kafka's -1, and any value up to 0).
+    ///
+    /// Kafka's default is -1; ours is [`DEFAULT_QUEUED_MAX_REQUEST_BYTES`],
+    /// or `socket.request.max.bytes` if that is larger. As in Kafka, a value
+    /// set must be at least `socket.request.max.bytes`, so that the largest
+    /// request can always be read.
+    pub fn queued_max_request_bytes(&self) -> Result<Option<usize>, ConfigError> {
+        let name = "queued.max.request.bytes";
+        let request_max = self.socket_request_max_bytes()?;
+        if !self.properties.contains_key(name) {
+            // The default grows with socket.request.max.bytes, so raising
+            // that alone never stops the broker.
+            return Ok(Some(DEFAULT_QUEUED_MAX_REQUEST_BYTES.max(request_max)));
+        }
+        let value: i64 = self.get(name, -1)?;
+        if value <= 0 {
+            return Ok(None);
+        }
+        let value = usize::try_from(value).unwrap_or(usize::MAX);
+        if value < request_max {
+            return Err(ConfigError(format!(
+                "{name} ({value}) must be at least socket.request.max.bytes ({request_max}), or -1 for no bound"
+            )));
+        }
+        Ok(Some(value))
+    }
+
+    /// `socket.listen.backlog.size`: the accept queue of the Kafka listener
+    /// (Kafka's default 50; ours [`DEFAULT_LISTEN_BACKLOG`]). At least 1;
+    /// the kernel caps it at `net.core.somaxconn`.
+    pub fn socket_listen_backlog_size(&self) -> Result<u32, ConfigError> {
+        let name = "socket.listen.backlog.size";
+        let value: i64 = self.get(name, i64::from(DEFAULT_LISTEN_BACKLOG))?;
+        u32::try_from(value)
+            .ok()
+            .filter(|v| (1..=i32::MAX as u32).contains(v))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "Invalid value {value} for configuration {name}: Value must be at least 1"
+                ))
+            })
     }
 
     /// `fetch.max.bytes`: the most a fetch response carries, default 55 MiB.

@@ -14,6 +14,8 @@
 //! - [`config`]: broker properties with Kafka's names; topic config definitions.
 //! - [`group`]: the group coordinator: consumer groups (classic and KIP-848)
 //!   and committed offsets, kept in `__consumer_offsets`.
+//! - [`memory`]: broker-wide memory budgets: request bytes in flight
+//!   (`queued.max.request.bytes`) and decompression of produced batches.
 //! - [`metrics`]: Prometheus metrics, recorded and read at scrape time, and
 //!   the HTTP listener that serves them.
 //! - [`txn`]: the transaction coordinator: transactional ids, their
@@ -23,6 +25,7 @@ pub mod api;
 pub mod broker;
 pub mod config;
 pub mod group;
+pub mod memory;
 pub mod metrics;
 pub mod replica;
 pub mod server;

@@ -16,10 +16,12 @@
 //! help text, so that dashboards built for Kafka translate one to one.
 //! docs/broker.md lists them.
 
+use std::collections::VecDeque;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -41,6 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::broker::Broker;
 
@@ -60,14 +63,24 @@ pub const DEFAULT_METRICS_PORT: u16 = 9644;
 /// How long shutdown waits for scrapes in progress before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Open connections to the metrics listener. A Prometheus server keeps one;
-/// beyond this, new connections wait in the backlog, so clients that connect
-/// and idle cannot exhaust the broker's descriptors.
+/// beyond this, a new connection takes the slot of the oldest idle one, or
+/// waits in the backlog while all are busy, so clients that connect and
+/// idle cannot exhaust the broker's descriptors nor keep scrapers out.
 const MAX_METRICS_CONNECTIONS: usize = 64;
 /// A metrics connection is closed this long after it was accepted, in the
 /// middle of reading or writing if need be: a client trickling bytes (or
 /// reading none) holds a slot no longer. Prometheus reconnects for its next
 /// scrape; its default scrape timeout is 10 s.
 const METRICS_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// A metrics connection must send a whole request header this soon after it
+/// connects, and after each answer: a scraper sends its request at once,
+/// and a socket that sends nothing gives its slot back within seconds, not
+/// at the end of its lifetime. Prometheus, whose connections idle between
+/// scrapes, reconnects.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Accept queue of the metrics listener: connections wait here while every
+/// slot is busy; a few scrapers and health checks need far fewer.
+const METRICS_LISTEN_BACKLOG: u32 = 128;
 
 /// A label value from outside (a topic, a group id): escaped as the text
 /// format requires, since prometheus-client writes label values verbatim
@@ -545,7 +558,7 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = crate::server::bind(addr, METRICS_LISTEN_BACKLOG)?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             listener,
@@ -560,10 +573,7 @@ impl MetricsServer {
             .route("/metrics", get(metrics_handler))
             .route("/", get(index_handler))
             .with_state(broker);
-        let listener = BoundedListener {
-            listener: self.listener,
-            slots: Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS)),
-        };
+        let listener = BoundedListener::new(self.listener, MAX_METRICS_CONNECTIONS);
         tokio::spawn(async move {
             let serve = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -588,11 +598,44 @@ impl MetricsServer {
 
 /// The metrics listener with its bounds: at most
 /// [`MAX_METRICS_CONNECTIONS`] open, each for at most
-/// [`METRICS_CONNECTION_LIFETIME`].
+/// [`METRICS_CONNECTION_LIFETIME`], each given [`METRICS_HEADER_TIMEOUT`] to
+/// send a whole request header (after it connects, and again after each
+/// answer); and when every slot is taken, a new connection takes the slot
+/// of the oldest one still waiting for its request, so that idle sockets
+/// cannot keep a scraper out.
 #[derive(Debug)]
 struct BoundedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    /// The open connections, oldest first (pruned as they close).
+    open: VecDeque<Arc<ConnectionState>>,
+}
+
+impl BoundedListener {
+    fn new(listener: TcpListener, max_connections: usize) -> Self {
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(max_connections)),
+            open: VecDeque::new(),
+        }
+    }
+
+    /// Closes the oldest connection that is waiting for a request; `false`
+    /// if every open connection is busy with one.
+    fn evict_idle(&mut self) -> bool {
+        self.open.retain(|c| !c.closed.load(Ordering::Acquire));
+        let Some(at) = self
+            .open
+            .iter()
+            .position(|c| c.awaiting_header.load(Ordering::Acquire))
+        else {
+            return false;
+        };
+        if let Some(idle) = self.open.remove(at) {
+            idle.evict.cancel();
+        }
+        true
+    }
 }
 
 impl axum::serve::Listener for BoundedListener {
@@ -600,25 +643,46 @@ impl axum::serve::Listener for BoundedListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
-            // The semaphore is never closed; wait for shutdown instead.
-            return std::future::pending().await;
-        };
         loop {
-            match self.listener.accept().await {
-                Ok((stream, peer)) => {
-                    let stream = BoundedStream {
-                        stream,
-                        deadline: Box::pin(tokio::time::sleep(METRICS_CONNECTION_LIFETIME)),
-                        _permit: permit,
-                    };
-                    return (stream, peer);
-                }
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics listener: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    if !self.evict_idle() {
+                        tracing::debug!(%peer, "metrics listener: every connection busy, waiting for a slot");
+                    }
+                    // The evicted connection's slot comes back as it closes;
+                    // otherwise the first to finish frees one.
+                    let Ok(permit) = Arc::clone(&self.slots).acquire_owned().await else {
+                        // The semaphore is never closed; wait for shutdown instead.
+                        return std::future::pending().await;
+                    };
+                    permit
+                }
+            };
+            let state = Arc::new(ConnectionState {
+                awaiting_header: AtomicBool::new(true),
+                closed: AtomicBool::new(false),
+                evict: CancellationToken::new(),
+            });
+            self.open.push_back(Arc::clone(&state));
+            let stream = BoundedStream {
+                stream,
+                deadline: Box::pin(tokio::time::sleep(METRICS_CONNECTION_LIFETIME)),
+                header_deadline: Some(Box::pin(tokio::time::sleep(METRICS_HEADER_TIMEOUT))),
+                header_tail: [0; 3],
+                evicted: Box::pin(state.evict.clone().cancelled_owned()),
+                state,
+                _permit: permit,
+            };
+            return (stream, peer);
         }
     }
 
@@ -627,25 +691,95 @@ impl axum::serve::Listener for BoundedListener {
     }
 }
 
-/// A metrics connection: its slot, and the time it must be done by.
+/// What the listener knows of an open connection.
 #[derive(Debug)]
+struct ConnectionState {
+    /// No whole request header has come since it connected or was last
+    /// answered: it may be closed to make room.
+    awaiting_header: AtomicBool,
+    /// The connection is gone (its stream dropped).
+    closed: AtomicBool,
+    /// Cancelled to close the connection for a newer one.
+    evict: CancellationToken,
+}
+
+/// A metrics connection: its slot, and the times it must be done by.
 struct BoundedStream {
     stream: TcpStream,
     deadline: Pin<Box<Sleep>>,
+    /// Running while a request header is awaited: set on accept, cleared
+    /// when the header's blank line arrives, started again by the first
+    /// read after an answer was written.
+    header_deadline: Option<Pin<Box<Sleep>>>,
+    /// The last bytes read, to see a header's `\r\n\r\n` split across reads.
+    header_tail: [u8; 3],
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
+    state: Arc<ConnectionState>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl BoundedStream {
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+impl std::fmt::Debug for BoundedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundedStream")
+            .field("stream", &self.stream)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
     }
 }
 
-fn lifetime_over() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        "metrics connection open too long",
-    )
+impl BoundedStream {
+    /// Why the connection must close now, if it must.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        let timed_out =
+            |why: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, why.to_owned());
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Some(timed_out("metrics connection open too long"));
+        }
+        if self
+            .header_deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready())
+        {
+            return Some(timed_out("no whole request header in time"));
+        }
+        if self.evicted.as_mut().poll(cx).is_ready() {
+            return Some(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "idle metrics connection closed for a new one",
+            ));
+        }
+        None
+    }
+
+    /// Notes bytes read while a header is awaited; the header is whole at
+    /// its blank line (requests here have no body: only GET is served).
+    fn saw(&mut self, bytes: &[u8]) {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        if self.header_deadline.is_none() || bytes.is_empty() {
+            return;
+        }
+        // The blank line may straddle the previous read and this one.
+        let mut seam = [0u8; 6];
+        seam[..3].copy_from_slice(&self.header_tail);
+        let head = bytes.len().min(3);
+        seam[3..3 + head].copy_from_slice(&bytes[..head]);
+        let whole =
+            seam[..3 + head].windows(4).any(|w| w == END) || bytes.windows(4).any(|w| w == END);
+        if whole {
+            self.header_deadline = None;
+            self.state.awaiting_header.store(false, Ordering::Release);
+        }
+        // Keep the last three bytes seen.
+        let keep = bytes.len().min(3);
+        self.header_tail.rotate_left(keep);
+        self.header_tail[3 - keep..].copy_from_slice(&bytes[bytes.len() - keep..]);
+    }
+}
+
+impl Drop for BoundedStream {
+    fn drop(&mut self) {
+        self.state.closed.store(true, Ordering::Release);
+    }
 }
 
 impl AsyncRead for BoundedStream {
@@ -654,10 +788,20 @@ impl AsyncRead for BoundedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
+        if self.header_deadline.is_none() && self.state.awaiting_header.load(Ordering::Acquire) {
+            // An answer was written: the next header is awaited from now.
+            self.header_deadline = Some(Box::pin(tokio::time::sleep(METRICS_HEADER_TIMEOUT)));
+            self.header_tail = [0; 3];
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            self.saw(&buf.filled()[before..]);
+        }
+        result
     }
 }
 
@@ -667,15 +811,18 @@ impl AsyncWrite for BoundedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
         }
+        // Answering: once this is written, the connection waits for its
+        // next request.
+        self.state.awaiting_header.store(true, Ordering::Release);
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if self.expired(cx) {
-            return Poll::Ready(Err(lifetime_over()));
+        if let Some(e) = self.expired(cx) {
+            return Poll::Ready(Err(e));
         }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
@@ -698,31 +845,69 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn metrics_connections_are_bounded_in_number_and_lifetime() {
         use axum::serve::Listener;
-        use tokio::io::AsyncReadExt;
+        use std::io::ErrorKind;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut bounded = BoundedListener {
-            listener,
-            slots: Arc::new(Semaphore::new(1)),
-        };
-        let _first = TcpStream::connect(addr).await.unwrap();
-        let _second = TcpStream::connect(addr).await.unwrap();
+        let mut bounded = BoundedListener::new(listener, 1);
+        let mut buf = [0u8; 64];
+
+        // A client that sends nothing is cut once the header timeout has
+        // passed, long before the connection's lifetime.
+        let _silent = TcpStream::connect(addr).await.unwrap();
         let (mut stream, _) = bounded.accept().await;
-        // One slot: the second connection waits while the first is open.
+        let err = tokio::time::timeout(METRICS_CONNECTION_LIFETIME / 2, stream.read(&mut buf))
+            .await
+            .expect("cut by the header timeout")
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        drop(stream);
+
+        // One slot, held by a connection waiting for its request: a newer
+        // connection takes it.
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        let (mut idle, _) = bounded.accept().await;
+        let reading = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            idle.read(&mut buf).await.map_err(|e| e.kind())
+        });
+        let mut scraper = TcpStream::connect(addr).await.unwrap();
+        let (mut busy, _) = tokio::time::timeout(Duration::from_secs(1), bounded.accept())
+            .await
+            .expect("the idle connection makes room");
+        assert_eq!(
+            reading.await.unwrap().unwrap_err(),
+            ErrorKind::ConnectionAborted
+        );
+
+        // A connection whose request is being answered keeps its slot: the
+        // next one waits.
+        scraper
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut request = Vec::new();
+        while !request.ends_with(b"\r\n\r\n") {
+            let n = busy.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+        }
+        let _waiting = TcpStream::connect(addr).await.unwrap();
         assert!(
             tokio::time::timeout(Duration::from_secs(1), bounded.accept())
                 .await
                 .is_err()
         );
-        // A client that sends nothing is cut at the end of the lifetime.
-        let mut buf = [0u8; 8];
-        let err = tokio::time::timeout(2 * METRICS_CONNECTION_LIFETIME, stream.read(&mut buf))
+        // Once answered, it may wait for its next request only as long as
+        // for its first.
+        busy.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let err = tokio::time::timeout(METRICS_CONNECTION_LIFETIME / 2, busy.read(&mut buf))
             .await
-            .expect("cut by its own deadline")
+            .expect("cut by the header timeout")
             .unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        drop(stream);
+        assert_eq!(err.kind(), ErrorKind::TimedOut);
+        drop(busy);
+        let _next = TcpStream::connect(addr).await.unwrap();
         let (_stream, _) = tokio::time::timeout(Duration::from_secs(1), bounded.accept())
             .await
             .expect("the freed slot takes the waiting connection");

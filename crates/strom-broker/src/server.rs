@@ -19,11 +19,12 @@ use bytes::BytesMut;
 use strom_protocol::messages::{self, FRAME_SIZE_PREFIX, RequestFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::api::{self, Reply};
 use crate::broker::Broker;
+use crate::memory::RequestLease;
 
 /// Requests read ahead of the one being answered. Clients keep at most 5
 /// produce requests in flight; 16 lets metadata and heartbeats queue beside
@@ -36,6 +37,22 @@ const MAX_QUEUED_REQUESTS: usize = 16;
 const INITIAL_FRAME_BUFFER: usize = 64 * 1024;
 /// Pause after a failed accept (out of descriptors, say) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds a listener on `addr` with an accept queue of `backlog` connections
+/// (the kernel caps it at `net.core.somaxconn`). `SO_REUSEADDR` is set, as
+/// tokio's own `bind` sets it, so a restarted broker can take its port back
+/// at once.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// Accepts connections until the broker shuts down, at most `max.connections`
 /// at a time (beyond that, new connections wait in the listen backlog, as
@@ -73,7 +90,9 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
 
 /// What the reader hands the processor.
 enum Incoming {
-    Request(Box<RequestFrame>),
+    /// A request, and its bytes' share of `queued.max.request.bytes`, held
+    /// until it has been answered.
+    Request(Box<RequestFrame>, RequestLease),
     /// The connection must close: why, for the log.
     Close(String),
 }
@@ -102,10 +121,10 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                 incoming = requests.recv() => incoming,
             },
         };
-        let frame = match incoming {
+        let (frame, _lease) = match incoming {
             None => break "client closed the connection".to_owned(),
             Some(Incoming::Close(reason)) => break reason,
-            Some(Incoming::Request(frame)) => frame,
+            Some(Incoming::Request(frame, lease)) => (frame, lease),
         };
         // A parked request (a JoinGroup waiting for its rebalance, a long
         // poll) must not hold up shutdown, nor outlive its client: a client
@@ -125,7 +144,7 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                 () = broker.shutdown.cancelled(), if parks => break None,
                 next = requests.recv(), if parks && client_gone.is_none() && backlog.len() < MAX_QUEUED_REQUESTS => {
                     match next {
-                        Some(Incoming::Request(frame)) => backlog.push_back(Incoming::Request(frame)),
+                        Some(Incoming::Request(frame, lease)) => backlog.push_back(Incoming::Request(frame, lease)),
                         Some(Incoming::Close(reason)) => client_gone = Some(reason),
                         None => client_gone = Some("client closed the connection".to_owned()),
                     }
@@ -214,6 +233,12 @@ async fn read_requests(
                 .await;
             return;
         }
+        // The frame's bytes come out of the broker-wide budget before they
+        // are read; with it spent, the bytes wait in the socket.
+        let lease = tokio::select! {
+            lease = broker.request_budget.acquire(size) => lease,
+            () = queue.closed() => return,
+        };
         let mut frame = BytesMut::with_capacity(size.min(INITIAL_FRAME_BUFFER));
         while frame.len() < size {
             let want = size - frame.len();
@@ -229,7 +254,7 @@ async fn read_requests(
         let item = match messages::parse_request(frame.freeze()) {
             Ok(request) => {
                 in_flight.fetch_add(1, Ordering::AcqRel);
-                Incoming::Request(Box::new(request))
+                Incoming::Request(Box::new(request), lease)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "unparseable request header; closing the connection");

@@ -14,7 +14,9 @@
 //!
 //! Decompression is bounded: it fails with [`CompressionError::TooLarge`] as
 //! soon as the output would pass the caller's limit, and never allocates from a
-//! size the input declares beyond that limit.
+//! size the input declares beyond that limit. [`decompress_budgeted`] also
+//! asks the caller before the output takes more memory, a chunk at a time, so
+//! that a broker can bound what all decompressions together take.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -108,6 +110,19 @@ const SNAPPY_XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 /// a lower limit would refuse their batches. The window buffer is allocated
 /// but only touched as far as output is produced, and output is bounded.
 const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+/// Output is produced (and memory asked for) this much at a time: small
+/// next to any budget, large enough that asking costs nothing measurable.
+const OUTPUT_CHUNK: usize = 256 * 1024;
+/// Output past this size is large: its buffer is taken at
+/// [`LARGE_OUTPUT_CAPACITY`] at once. Batches of well-behaved producers
+/// stay below it and keep the allocator's usual growth.
+const LARGE_OUTPUT_THRESHOLD: usize = 1 << 20;
+/// The capacity a large output buffer starts with: above glibc's largest
+/// mmap threshold (32 MiB), so the buffer is mapped on its own and unmapped
+/// when freed. Otherwise, after a burst of large batches decompressed on
+/// many threads, each thread's malloc arena keeps what its last batch took.
+/// Capacity never written costs address space, not memory.
+const LARGE_OUTPUT_CAPACITY: usize = 33 << 20;
 
 /// Why (de)compression failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +132,10 @@ pub enum CompressionError {
     /// decompressing, or the 2 GiB a batch length can express when building.
     #[error("output exceeds {max} bytes")]
     TooLarge { max: usize },
+    /// The caller's memory budget refused more output
+    /// ([`decompress_budgeted`]); the data may be fine.
+    #[error("decompression memory budget exhausted")]
+    OverBudget,
     /// The compressed data is not valid for its codec.
     #[error("corrupt {codec} data: {reason}")]
     Corrupt {
@@ -227,6 +246,21 @@ pub fn decompress(
     max_output: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), CompressionError> {
+    decompress_budgeted(codec, input, max_output, out, &mut |_| true)
+}
+
+/// [`decompress`], asking `grow(n)` before the output takes `n` more bytes
+/// (in chunks of [`OUTPUT_CHUNK`], or a snappy block's declared length);
+/// when `grow` answers `false` it stops with
+/// [`CompressionError::OverBudget`]. The bytes asked for add up to at most
+/// `max_output` plus one chunk. `None` copies nothing new and asks nothing.
+pub fn decompress_budgeted(
+    codec: Compression,
+    input: &[u8],
+    max_output: usize,
+    out: &mut Vec<u8>,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<(), CompressionError> {
     let start = out.len();
     if input.is_empty() && codec != Compression::None {
         // Every codec's framing has at least a header; Java's decoders fail too.
@@ -246,8 +280,9 @@ pub fn decompress(
             flate2::read::MultiGzDecoder::new(input),
             max_output,
             out,
+            grow,
         ),
-        Compression::Snappy => decompress_snappy(input, max_output, out),
+        Compression::Snappy => decompress_snappy(input, max_output, out, grow),
         Compression::Lz4 => check_lz4_frames(input)
             .map_err(|reason| corrupt(codec, reason))
             .and_then(|()| {
@@ -256,6 +291,7 @@ pub fn decompress(
                     lz4_flex::frame::FrameDecoder::new(input),
                     max_output,
                     out,
+                    grow,
                 )
             }),
         Compression::Zstd => zstd::stream::read::Decoder::new(input)
@@ -264,7 +300,7 @@ pub fn decompress(
                 Ok(decoder)
             })
             .map_err(|e| corrupt_io(codec, &e))
-            .and_then(|decoder| read_bounded(codec, decoder, max_output, out)),
+            .and_then(|decoder| read_bounded(codec, decoder, max_output, out, grow)),
     };
     if result.is_err() {
         out.truncate(start);
@@ -273,25 +309,57 @@ pub fn decompress(
 }
 
 /// Reads all of `reader` into `out`, failing once more than `max_output`
-/// bytes come out. Reads at most one byte past the bound.
+/// bytes come out. Reads at most one byte past the bound, a chunk at a time,
+/// each asked of `grow` first.
 fn read_bounded(
     codec: Compression,
-    reader: impl Read,
+    mut reader: impl Read,
     max_output: usize,
     out: &mut Vec<u8>,
+    grow: &mut dyn FnMut(usize) -> bool,
 ) -> Result<(), CompressionError> {
     let start = out.len();
-    let limit = u64::try_from(max_output)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    reader
-        .take(limit)
-        .read_to_end(out)
-        .map_err(|e| corrupt_io(codec, &e))?;
+    loop {
+        let produced = out.len() - start;
+        if produced > max_output {
+            return Err(CompressionError::TooLarge { max: max_output });
+        }
+        let want = OUTPUT_CHUNK.min(max_output - produced + 1);
+        if !grow(want) {
+            return Err(CompressionError::OverBudget);
+        }
+        reserve_output(out, want);
+        let at = out.len();
+        out.resize(at + want, 0);
+        let mut filled = 0;
+        while filled < want {
+            match reader.read(&mut out[at + filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(corrupt_io(codec, &e)),
+            }
+        }
+        out.truncate(at + filled);
+        if filled < want {
+            break;
+        }
+    }
     if out.len() - start > max_output {
         return Err(CompressionError::TooLarge { max: max_output });
     }
     Ok(())
+}
+
+/// Makes room for `additional` more bytes of output; see
+/// [`LARGE_OUTPUT_CAPACITY`] for why a large output jumps to it.
+fn reserve_output(out: &mut Vec<u8>, additional: usize) {
+    let needed = out.len().saturating_add(additional);
+    if needed > LARGE_OUTPUT_THRESHOLD && out.capacity() < LARGE_OUTPUT_CAPACITY {
+        out.reserve_exact(needed.max(LARGE_OUTPUT_CAPACITY) - out.len());
+    } else {
+        out.reserve(additional);
+    }
 }
 
 /// Walks the LZ4 frames in `input` from block header to block header and
@@ -370,6 +438,7 @@ fn decompress_snappy(
     input: &[u8],
     max_output: usize,
     out: &mut Vec<u8>,
+    grow: &mut dyn FnMut(usize) -> bool,
 ) -> Result<(), CompressionError> {
     let codec = Compression::Snappy;
     let start = out.len();
@@ -381,6 +450,10 @@ fn decompress_snappy(
         if len > max_output - (out.len() - start) {
             return Err(CompressionError::TooLarge { max: max_output });
         }
+        if !grow(len) {
+            return Err(CompressionError::OverBudget);
+        }
+        reserve_output(out, len);
         let at = out.len();
         out.resize(at + len, 0);
         let n = decoder
@@ -639,8 +712,11 @@ mod tests {
                 matches!(result, Err(CompressionError::TooLarge { max: 1_048_576 })),
                 "{name}: {result:?}"
             );
+            // Never a size the input declares: at most the fixed
+            // reservation of a large output (address space; only what is
+            // written takes memory).
             assert!(
-                out.capacity() < 4 << 20,
+                out.capacity() <= LARGE_OUTPUT_CAPACITY,
                 "{name} allocated {}",
                 out.capacity()
             );
@@ -649,6 +725,39 @@ mod tests {
                 "{name} took {:?}",
                 started.elapsed()
             );
+        }
+    }
+
+    #[test]
+    fn the_budget_is_asked_before_output_grows() {
+        let input = sample(3 * OUTPUT_CHUNK + 10);
+        for codec in Compression::ALL.into_iter().skip(1) {
+            let compressed = compressed(codec, &input);
+            // Enough budget: everything asked for adds up to the output and
+            // at most one chunk more.
+            let mut asked = 0;
+            let mut out = Vec::new();
+            decompress_budgeted(codec, &compressed, 1 << 30, &mut out, &mut |n| {
+                asked += n;
+                true
+            })
+            .unwrap();
+            assert_eq!(out, input, "{codec}");
+            assert!(
+                asked >= input.len() && asked <= input.len() + OUTPUT_CHUNK + 1,
+                "{codec} asked {asked}"
+            );
+            // A budget of one chunk: refused part-way, `out` left alone.
+            let mut left = OUTPUT_CHUNK;
+            let mut out = vec![7];
+            let result = decompress_budgeted(codec, &compressed, 1 << 30, &mut out, &mut |n| {
+                left.checked_sub(n).map(|l| left = l).is_some()
+            });
+            assert!(
+                matches!(result, Err(CompressionError::OverBudget)),
+                "{codec}: {result:?}"
+            );
+            assert_eq!(out, [7], "{codec}");
         }
     }
 

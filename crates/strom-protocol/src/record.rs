@@ -171,6 +171,17 @@ impl From<CompressionError> for RecordError {
 /// iterator yields each record, then an error if the records section does not
 /// hold exactly `record_count` records, and stops after its first error.
 pub fn records(batch: &Bytes, max_decompressed_bytes: usize) -> Result<RecordIter, RecordError> {
+    records_budgeted(batch, max_decompressed_bytes, &mut |_| true)
+}
+
+/// [`records`], asking `grow` before the decompressed records take more
+/// memory, as [`compression::decompress_budgeted`] does; a refusal is
+/// `RecordError::Codec(CompressionError::OverBudget)`.
+pub fn records_budgeted(
+    batch: &Bytes,
+    max_decompressed_bytes: usize,
+    grow: &mut dyn FnMut(usize) -> bool,
+) -> Result<RecordIter, RecordError> {
     let header = BatchHeader::parse(batch)?;
     if header.batch_length < MIN_BATCH_LENGTH {
         return Err(BatchError::InvalidLength(header.batch_length).into());
@@ -206,7 +217,13 @@ pub fn records(batch: &Bytes, max_decompressed_bytes: usize) -> Result<RecordIte
         _ if section.is_empty() && header.record_count == 0 => section,
         codec => {
             let mut out = Vec::new();
-            compression::decompress(codec, &section, max_decompressed_bytes, &mut out)?;
+            compression::decompress_budgeted(
+                codec,
+                &section,
+                max_decompressed_bytes,
+                &mut out,
+                grow,
+            )?;
             Bytes::from(out)
         }
     };

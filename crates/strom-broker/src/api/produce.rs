@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use strom_controller::MetadataImage;
 use strom_protocol::builder::RecordBatchBuilder;
-use strom_protocol::compression::Compression;
+use strom_protocol::compression::{Compression, CompressionError};
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::StrBytes;
 use strom_protocol::messages::kafka::produce_response::{
@@ -34,10 +34,25 @@ use strom_storage::{AppendError, AppendOrigin, LogConfig};
 use crate::broker::Broker;
 use crate::replica::Partition;
 
-/// Bound on the decompressed size of a produced batch when its records must
-/// be checked: a crafted batch must not exhaust memory, and 256 MiB is beyond
-/// what a producer's `batch.size` and compression ratio give.
-const MAX_DECOMPRESSED_PRODUCE_BYTES: usize = 256 << 20;
+/// How many times its topic's `max.message.bytes` a produced batch may
+/// hold once decompressed. Kafka has no such bound (it reads a compressed
+/// batch a record at a time); we inflate a batch whole to check it, so a
+/// bomb (a few KiB of zstd that inflate to gigabytes) must stop somewhere.
+/// Producers close batches far earlier: librdkafka at `batch.size` (1 MB
+/// uncompressed), Java at `batch.size` compressed (16 KiB by default,
+/// estimated from the ratio so far), so 64 times 1 MiB leaves room for
+/// highly compressible records. A batch past it gets MESSAGE_TOO_LARGE,
+/// as a batch past `max.message.bytes` does: Java producers then split the
+/// batch and send the halves, and nothing retries it unchanged (a bomb is
+/// not retried either; CORRUPT_MESSAGE would be, being retriable).
+const MAX_DECOMPRESSION_RATIO: usize = 64;
+/// Memory taken per byte of decompressed output, as counted against the
+/// broker's decompression budget: the output, the codec's own window (zstd
+/// keeps up to as much again) and the copy a growing buffer makes.
+const DECOMPRESSION_MEMORY_FACTOR: usize = 3;
+/// One more output's worth when the batch is recompressed to the topic's
+/// `compression.type`: the builder holds the records uncompressed.
+const RECOMPRESSION_MEMORY_FACTOR: usize = DECOMPRESSION_MEMORY_FACTOR + 1;
 /// Record errors reported per partition, as a bound on the response size.
 const MAX_RECORD_ERRORS: usize = 100;
 
@@ -435,11 +450,47 @@ fn check_records(
                 .transactional(header.is_transactional())
                 .timestamp_type(header.timestamp_type())
         });
-        let iter = match record::records(
-            &records.slice_ref(batch.bytes),
-            MAX_DECOMPRESSED_PRODUCE_BYTES,
-        ) {
+        let factor = if builder.is_some() {
+            RECOMPRESSION_MEMORY_FACTOR
+        } else {
+            DECOMPRESSION_MEMORY_FACTOR
+        };
+        let budget = &broker.decompression_budget;
+        // The batch may decompress to this much, and no more than its share
+        // of the whole budget.
+        let bound = usize::try_from(checks.log.max_message_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(MAX_DECOMPRESSION_RATIO)
+            .min(budget.total() / factor);
+        let batch_bytes = records.slice_ref(batch.bytes);
+        // Memory is taken as the records come out; when the budget runs out
+        // part-way, this batch gives back what it holds and waits for its
+        // whole bound (held by nobody else while waiting, so no deadlock).
+        let mut lease = budget.lease();
+        let first = record::records_budgeted(&batch_bytes, bound, &mut |n| {
+            lease.try_grow(n.saturating_mul(factor))
+        });
+        let (_lease, decoded) = match first {
+            Err(record::RecordError::Codec(CompressionError::OverBudget)) => {
+                drop(lease);
+                let whole = budget.wait_for(bound.saturating_mul(factor));
+                (whole, record::records(&batch_bytes, bound))
+            }
+            other => (lease, other),
+        };
+        let iter = match decoded {
             Ok(iter) => iter,
+            Err(record::RecordError::TooLarge { max }) => {
+                return Err((
+                    ErrorCode::MessageTooLarge,
+                    vec![record_error(
+                        0,
+                        format!(
+                            "The batch decompresses to more than {max} bytes ({MAX_DECOMPRESSION_RATIO} times max.message.bytes, within the broker's decompression budget)"
+                        ),
+                    )],
+                ));
+            }
             Err(e) => return corrupt(0, format!("Records do not decode: {e}")),
         };
         for (i, r) in iter.enumerate() {
