@@ -52,6 +52,8 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "offsets.topic.num.partitions",
     "offsets.topic.replication.factor",
     "producer.id.expiration.ms",
+    "queued.max.request.bytes",
+    "socket.listen.backlog.size",
     "socket.request.max.bytes",
     "transaction.abort.timed.out.transaction.cleanup.interval.ms",
     "transaction.max.timeout.ms",
