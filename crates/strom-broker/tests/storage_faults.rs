@@ -399,6 +399,11 @@ async fn creating_topics_on_a_full_disk_fails_and_recovers() {
         ErrorCode::KafkaStorageError.code(),
         "produce names the storage error, not leadership"
     );
+    assert_eq!(
+        latest_offset(&mut raw, "on-full-disk", 0).await.0,
+        ErrorCode::KafkaStorageError.code(),
+        "so does ListOffsets"
+    );
 
     std::fs::remove_dir_all(&filler).unwrap();
     for partition in 0..2 {

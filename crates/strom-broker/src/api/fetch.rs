@@ -303,7 +303,7 @@ fn read_all(
                 return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
             }
             let Some(partition) = broker.replicas.get(topic, *index) else {
-                return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+                return PartitionRead::error(super::missing_partition_error(broker, topic, *index));
             };
             if let Some(code) =
                 check_leader_epoch(params.current_leader_epoch, partition.leader_epoch())

@@ -64,7 +64,9 @@ fn answer(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOff
                         return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
                     }
                     let Some(partition) = broker.replicas.get(&name, p.partition_index) else {
-                        return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+                        return response.with_error_code(
+                            super::missing_partition_error(broker, &name, p.partition_index).code(),
+                        );
                     };
                     if let Some(code) =
                         check_leader_epoch(p.current_leader_epoch, partition.leader_epoch())

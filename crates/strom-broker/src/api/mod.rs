@@ -290,6 +290,24 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr
     }
 }
 
+/// The error for a partition this broker leads in the image but does not
+/// hold: KAFKA_STORAGE_ERROR while its log cannot be created or opened (a
+/// full or failing disk; retried in the background), as Kafka answers a
+/// partition on an offline log directory; NOT_LEADER_OR_FOLLOWER otherwise
+/// (the image and the local partitions are between two updates).
+pub(crate) fn missing_partition_error(
+    broker: &Broker,
+    topic: &str,
+    partition: i32,
+) -> strom_protocol::error_code::ErrorCode {
+    use strom_protocol::error_code::ErrorCode;
+    if broker.replicas.storage_error(topic, partition).is_some() {
+        ErrorCode::KafkaStorageError
+    } else {
+        ErrorCode::NotLeaderOrFollower
+    }
+}
+
 /// Runs blocking storage or controller work off the async threads.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,

@@ -365,7 +365,9 @@ pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
         AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
         AppendError::InvalidTxnState { .. } => ErrorCode::InvalidTxnState,
         AppendError::Io(_) => ErrorCode::KafkaStorageError,
-        AppendError::Offline => ErrorCode::NotLeaderOrFollower,
+        // Kafka answers a partition on a failed log directory with
+        // KAFKA_STORAGE_ERROR (ReplicaManager's HostedPartition.Offline).
+        AppendError::Offline => ErrorCode::KafkaStorageError,
         _ => ErrorCode::UnknownServerError,
     };
     (code, e.to_string())
@@ -598,4 +600,17 @@ fn record_error(index: i32, message: String) -> BatchIndexAndErrorMessage {
     BatchIndexAndErrorMessage::default()
         .with_batch_index(index)
         .with_batch_index_error_message(Some(StrBytes::from_string(message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offline_log_is_a_storage_error_as_in_kafka() {
+        assert_eq!(
+            append_error(&AppendError::Offline).0,
+            ErrorCode::KafkaStorageError
+        );
+    }
 }
