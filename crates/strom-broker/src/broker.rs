@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use strom_controller::controller::ControllerConfig;
 use strom_controller::{
     Controller, ControllerError, METADATA_TOPIC, MetadataImage, ProducerIdBlock,
+    metadata_log_config,
 };
 use strom_storage::{
     Clock, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig, PartitionLog,
@@ -287,7 +288,7 @@ fn open(
     // what every other log is.
     let metadata_log = Arc::new(PartitionLog::open(
         meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
-        LogConfig::default(),
+        metadata_log_config(),
         Arc::new(FileCache::new(META_OPEN_FILES)),
         Arc::clone(&clock),
         LoadOptions::default(),
