@@ -20,8 +20,8 @@ use strom_controller::{
     metadata_log_config,
 };
 use strom_storage::{
-    Clock, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig, PartitionLog,
-    SystemClock, TopicPartition,
+    Clock, FileCache, LoadOptions, LogManager, LogManagerConfig, PartitionLog, SystemClock,
+    TopicPartition,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

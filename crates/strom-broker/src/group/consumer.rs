@@ -1289,4 +1289,111 @@ mod tests {
         assert_eq!(restored.to_value(&config), value);
         assert_eq!(restored.state_name(), g.state_name());
     }
+
+    /// Adds topic `name` with id `id` and `partitions` partitions to `image`.
+    fn add_topic(image: &mut MetadataImage, name: &str, id: Uuid, partitions: i32) {
+        let offset = image.offset;
+        image.apply(
+            &MetadataRecord::Topic {
+                name: name.into(),
+                topic_id: id,
+            },
+            offset,
+        );
+        for p in 0..partitions {
+            image.apply(
+                &MetadataRecord::Partition {
+                    topic_id: id,
+                    partition: p,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    leader: 1,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                },
+                offset + 1,
+            );
+        }
+    }
+
+    #[test]
+    fn a_regex_subscription_matches_whole_names_and_follows_new_topics() {
+        let config = config();
+        let mut image = image(1);
+        let orders_eu = Uuid::from_u128(11);
+        add_topic(&mut image, "orders-eu", orders_eu, 2);
+        add_topic(&mut image, "my-orders-x", Uuid::from_u128(12), 1);
+        let mut g = ConsumerGroup::new("g", 0);
+
+        // An invalid expression is refused with Kafka's error and a reason.
+        let bad = Heartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some("orders-(".into()),
+            ..join("a")
+        };
+        let (r, _) = g.heartbeat(bad, 0, &image, &config);
+        assert_eq!(r.error, ErrorCode::InvalidRegularExpression);
+        assert!(r.message.unwrap().contains("orders-("));
+        let long = Heartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some("a".repeat(MAX_SUBSCRIBED_REGEX_BYTES + 1)),
+            ..join("a")
+        };
+        assert_eq!(
+            g.heartbeat(long, 0, &image, &config).0.error,
+            ErrorCode::InvalidRegularExpression
+        );
+
+        // `orders-.*` matches the whole of "orders-eu", not "my-orders-x".
+        let regex = Heartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some("orders-.*".into()),
+            ..join("a")
+        };
+        let (a, _) = g.heartbeat(regex, 0, &image, &config);
+        assert_eq!(a.error, ErrorCode::None);
+        let assigned = a.assignment.unwrap();
+        assert_eq!(
+            assigned.keys().copied().collect::<Vec<_>>(),
+            vec![orders_eu]
+        );
+        assert_eq!(
+            g.describe_members()[0].subscribed_topic_regex.as_deref(),
+            Some("orders-.*")
+        );
+
+        // A matching topic created later joins at the next heartbeat.
+        let orders_us = Uuid::from_u128(13);
+        add_topic(&mut image, "orders-us", orders_us, 1);
+        let (a, _) = g.heartbeat(beat("a", a.member_epoch, &assigned), 1, &image, &config);
+        let assigned = a.assignment.unwrap();
+        assert_eq!(
+            assigned.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([orders_eu, orders_us])
+        );
+
+        // The regex survives a restart of the coordinator.
+        let value = g.to_value(&config);
+        let mut restored = ConsumerGroup::from_value("g", value, 2, &config).unwrap();
+        assert_eq!(
+            restored.subscribed_topics(),
+            BTreeSet::new(),
+            "not matched yet"
+        );
+        let (a, _) = restored.heartbeat(beat("a", a.member_epoch, &assigned), 3, &image, &config);
+        assert_eq!(a.error, ErrorCode::None);
+        assert_eq!(
+            restored.subscribed_topics(),
+            BTreeSet::from(["orders-eu".to_owned(), "orders-us".to_owned()])
+        );
+
+        // An empty regex ends the subscription.
+        let clear = Heartbeat {
+            subscribed_topic_regex: Some(String::new()),
+            ..beat("a", a.member_epoch, &assigned)
+        };
+        let (a, _) = restored.heartbeat(clear, 4, &image, &config);
+        assert_eq!(a.error, ErrorCode::None);
+        assert!(restored.subscribed_topics().is_empty());
+    }
 }
