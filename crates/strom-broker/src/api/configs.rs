@@ -1,5 +1,5 @@
 //! Configs: DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for
-//! topics and brokers.
+//! topics and brokers, and ListConfigResources.
 //!
 //! Topic overrides and dynamic broker configs (one broker's, or the cluster
 //! default under the broker name `""`) are records of the metadata log, so

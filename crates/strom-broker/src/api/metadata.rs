@@ -1,5 +1,6 @@
 //! Metadata: brokers, the cluster id, the controller, and topics with their
-//! partitions, leaders, replicas, in-sync replicas and leader epochs.
+//! partitions, leaders, replicas, in-sync replicas and leader epochs; and
+//! DescribeTopicPartitions, the same topic view paged by a cursor (KIP-966).
 //!
 //! Asking for a topic that does not exist creates it (with `num.partitions`
 //! and `default.replication.factor`) when `auto.create.topics.enable` is on
