@@ -390,10 +390,13 @@ impl ConsumerGroup {
                 ),
             ));
         }
+        // A regex the group already uses is known to compile; a new one is
+        // compiled here (under the coordinator's lock, hence its size bounds).
         if let Some(r) = request
             .subscribed_topic_regex
             .as_deref()
             .filter(|r| !r.is_empty())
+            && !self.resolved_regexes.contains_key(r)
             && let Err(message) = compile_topic_regex(r)
         {
             return Err(fail(ErrorCode::InvalidRegularExpression, &message));
