@@ -269,3 +269,34 @@ def test_describe_broker_configs(admin):
     assert entries["auto.create.topics.enable"].source == ConfigSource.STATIC_BROKER_CONFIG.value
     assert entries["log.segment.bytes"].value == SEGMENT_BYTES_DEFAULT
     assert entries["log.segment.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+
+
+def test_kafka_python_describe_topic_partitions_pages_with_a_cursor(kadmin):
+    """KIP-966's DescribeTopicPartitions (API 75), as kafka-python's admin calls it."""
+    kadmin.create_topics({"dtp-a": {"num_partitions": 3, "replication_factor": 1}})
+    kadmin.create_topics({"dtp-b": {"num_partitions": 2, "replication_factor": 1}})
+    topics = ["dtp-b", "dtp-a", "dtp-missing"]
+    seen = []
+    first = kadmin.describe_topic_partitions(topics, response_partition_limit=4)
+    # Sorted by name; the page ends inside dtp-b and the cursor says where.
+    assert [t["name"] for t in first["topics"]] == ["dtp-a", "dtp-b"]
+    assert first["next_cursor"] == {"topic_name": "dtp-b", "partition_index": 1}
+    seen += [(t["name"], p["partition_index"]) for t in first["topics"] for p in t["partitions"]]
+    rest = kadmin.describe_topic_partitions(topics, response_partition_limit=4, cursor=first["next_cursor"])
+    assert rest["next_cursor"] is None
+    seen += [(t["name"], p["partition_index"]) for t in rest["topics"] for p in t["partitions"]]
+    assert seen == [("dtp-a", 0), ("dtp-a", 1), ("dtp-a", 2), ("dtp-b", 0), ("dtp-b", 1)]
+    missing = [t for t in rest["topics"] if t["name"] == "dtp-missing"]
+    assert [t["error_code"] for t in missing] == [kerr.UnknownTopicOrPartitionError.errno]
+    described = {t["name"]: t for t in first["topics"]}
+    assert all(p["leader_id"] == 1 and p["isr_nodes"] == [1] for p in described["dtp-a"]["partitions"])
+    assert str(described["dtp-a"]["topic_id"]) != "00000000-0000-0000-0000-000000000000"
+
+
+def test_kafka_python_list_config_resources(kadmin):
+    """ListConfigResources (API 74, v1 in Kafka 4.1): topics and brokers by type."""
+    kadmin.create_topics({"lcr-topic": {"num_partitions": 1, "replication_factor": 1}})
+    listed = kadmin.list_config_resources()
+    assert "lcr-topic" in listed["topic"]
+    assert listed["broker"] == ["1"]
+    assert set(kadmin.list_config_resources(["BROKER"])) == {"broker"}

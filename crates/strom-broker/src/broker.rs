@@ -17,10 +17,11 @@ use parking_lot::Mutex;
 use strom_controller::controller::ControllerConfig;
 use strom_controller::{
     Controller, ControllerError, METADATA_TOPIC, MetadataImage, ProducerIdBlock,
+    metadata_log_config,
 };
 use strom_storage::{
-    Clock, FileCache, LoadOptions, LogConfig, LogManager, LogManagerConfig, PartitionLog,
-    SystemClock, TopicPartition,
+    Clock, FileCache, LoadOptions, LogManager, LogManagerConfig, PartitionLog, SystemClock,
+    TopicPartition,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -296,7 +297,7 @@ fn open(
     // what every other log is.
     let metadata_log = Arc::new(PartitionLog::open(
         meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
-        LogConfig::default(),
+        metadata_log_config(),
         Arc::new(FileCache::new(META_OPEN_FILES)),
         Arc::clone(&clock),
         LoadOptions::default(),

@@ -573,6 +573,7 @@ impl BrokerConfig {
         config.default_replication_factor()?;
         config.auto_create_topics_enable()?;
         config.socket_request_max_bytes()?;
+        config.max_request_partition_size_limit()?;
         config.connections_max_idle_ms()?;
         config.max_connections()?;
         config.queued_max_request_bytes()?;
@@ -609,6 +610,19 @@ impl BrokerConfig {
     /// `auto.create.topics.enable`, default true.
     pub fn auto_create_topics_enable(&self) -> Result<bool, ConfigError> {
         self.get("auto.create.topics.enable", true)
+    }
+
+    /// `max.request.partition.size.limit`, default 2000 (Kafka's): the most
+    /// partitions one DescribeTopicPartitions answer carries; a client asking
+    /// for more gets a cursor to continue from.
+    pub fn max_request_partition_size_limit(&self) -> Result<i32, ConfigError> {
+        let limit: i32 = self.get("max.request.partition.size.limit", 2000)?;
+        if limit < 1 {
+            return Err(ConfigError(format!(
+                "Invalid value {limit} for configuration max.request.partition.size.limit: Value must be at least 1"
+            )));
+        }
+        Ok(limit)
     }
 
     /// `socket.request.max.bytes`, default 100 MiB.

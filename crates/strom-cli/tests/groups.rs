@@ -1,7 +1,9 @@
 //! Consumer groups against the real broker binary with librdkafka (the
 //! `rdkafka` crate's bundled build): partitions split across members and
 //! taken over when one leaves, committed offsets surviving kill -9, static
-//! membership without rebalance, cooperative-sticky, and KIP-848.
+//! membership without rebalance, cooperative-sticky, and KIP-848 (with
+//! regex subscriptions, and commits of consumers that assign partitions
+//! themselves).
 #![allow(clippy::unwrap_used, clippy::cast_possible_truncation)]
 
 mod common;
@@ -412,5 +414,115 @@ fn kip_848_group_consumes_everything_and_rebalances_when_a_member_joins() {
         "the new member read only new records of its partitions"
     );
     drop((first, second));
+    broker.stop();
+}
+
+#[test]
+fn kip_848_consumer_that_assigns_commits_to_a_new_group_and_the_next_one_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(&dir, &[]);
+    broker.create_topic("manual", 1);
+    produce(&broker, "manual", 1, 0, 10);
+    let consumer = |group: &str| -> BaseConsumer {
+        let mut config = broker.group_config(group);
+        config.set("group.protocol", "consumer");
+        config.create().expect("consumer")
+    };
+    let assign = |c: &BaseConsumer, offset: Offset| {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset("manual", 0, offset).unwrap();
+        c.assign(&list).unwrap();
+    };
+
+    // No group membership (assign, not subscribe) and a group that does not
+    // exist yet: Kafka creates a simple group and keeps the commit.
+    let first = consumer("assigning");
+    assign(&first, Offset::Beginning);
+    let mut read = Vec::new();
+    assert!(wait_until(SETTLE, || {
+        if let Some(Ok(m)) = first.poll(Duration::from_millis(50)) {
+            read.push(m.offset());
+        }
+        read.len() == 6
+    }));
+    let mut commit = TopicPartitionList::new();
+    commit
+        .add_partition_offset("manual", 0, Offset::Offset(6))
+        .unwrap();
+    first
+        .commit(&commit, CommitMode::Sync)
+        .expect("the commit to a new group is accepted");
+    drop(first);
+
+    // The next consumer of the group starts where the first one committed.
+    let second = consumer("assigning");
+    assign(&second, Offset::Stored);
+    let mut next = None;
+    assert!(wait_until(SETTLE, || {
+        if let Some(Ok(m)) = second.poll(Duration::from_millis(50)) {
+            next = Some(m.offset());
+        }
+        next.is_some()
+    }));
+    assert_eq!(next, Some(6), "the second consumer resumes from the commit");
+    drop(second);
+    broker.stop();
+}
+
+#[test]
+fn kip_848_regex_subscription_reads_matching_topics_including_ones_created_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(&dir, &["group.consumer.heartbeat.interval.ms=500"]);
+    broker.create_topic("orders-eu", 2);
+    broker.create_topic("orders-us", 1);
+    broker.create_topic("other", 1);
+    // Matching is on the whole name: these do not match `^orders-.*`.
+    broker.create_topic("my-orders-x", 1);
+    produce(&broker, "orders-eu", 2, 0, 20);
+    produce(&broker, "orders-us", 1, 0, 10);
+    produce(&broker, "other", 1, 0, 10);
+    produce(&broker, "my-orders-x", 1, 0, 10);
+
+    let mut config = broker.group_config("regex");
+    config.set("group.protocol", "consumer");
+    let consumer: BaseConsumer = config.create().expect("consumer");
+    consumer.subscribe(&["^orders-.*"]).unwrap();
+    let topics: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let poller = {
+        let topics = Arc::clone(&topics);
+        Poller::spawn(consumer, move |_, m| {
+            *topics
+                .lock()
+                .unwrap()
+                .entry(m.topic().to_owned())
+                .or_default() += 1;
+        })
+    };
+    let count = |topic: &str| topics.lock().unwrap().get(topic).copied().unwrap_or(0);
+    assert!(
+        wait_until(SETTLE, || count("orders-eu") == 20
+            && count("orders-us") == 10),
+        "read {:?}",
+        topics.lock().unwrap()
+    );
+
+    // A matching topic created while the consumer runs joins its subscription.
+    broker.create_topic("orders-new", 1);
+    produce(&broker, "orders-new", 1, 0, 5);
+    assert!(
+        wait_until(SETTLE, || count("orders-new") == 5),
+        "read {:?}",
+        topics.lock().unwrap()
+    );
+    poller.close();
+    let read = topics.lock().unwrap().clone();
+    assert_eq!(
+        read,
+        BTreeMap::from([
+            ("orders-eu".to_owned(), 20),
+            ("orders-new".to_owned(), 5),
+            ("orders-us".to_owned(), 10),
+        ])
+    );
     broker.stop();
 }

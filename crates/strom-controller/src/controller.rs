@@ -24,6 +24,28 @@ pub const MAX_METADATA_BATCH_BYTES: usize = 256 << 20;
 /// far beyond what a topic needs, it stops one request from asking for
 /// millions of logs.
 pub const MAX_PARTITIONS_PER_TOPIC: i32 = 100_000;
+/// Bound on the metadata records of one user operation (a CreateTopics or
+/// CreatePartitions request, a config change), Kafka's controller's
+/// `MAX_RECORDS_PER_USER_OP`: an operation is one metadata batch, written and
+/// replayed whole. Beyond it the request is refused with POLICY_VIOLATION, as
+/// Kafka does. A topic of n partitions takes n + 1 records.
+pub const MAX_RECORDS_PER_USER_OP: usize = 10_000;
+/// Bound on one metadata batch's size on disk, Kafka's KRaft batch limit
+/// (8 MiB): the metadata log's `max.message.bytes`. 10,000 partition records
+/// take about 2 MiB; only huge config values come near it, and they are
+/// refused with POLICY_VIOLATION rather than failing in the log.
+pub const METADATA_BATCH_BYTES_MAX: u32 = 8 << 20;
+/// The metadata log's settings: the defaults, with room for the largest
+/// batch one operation may write.
+pub fn metadata_log_config() -> strom_storage::LogConfig {
+    strom_storage::LogConfig {
+        max_message_bytes: METADATA_BATCH_BYTES_MAX,
+        ..strom_storage::LogConfig::default()
+    }
+}
+
+/// Kafka's answer when one operation needs more records than it may write.
+const TOO_LARGE_OPERATION: &str = "Unable to perform excessively large batch operation.";
 /// Producer ids handed to a broker at a time, as Kafka's controller does.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
@@ -210,6 +232,20 @@ impl Controller {
         validate_only: bool,
     ) -> Vec<Result<CreatedTopic, ControllerError>> {
         let _guard = self.write.lock();
+        // Kafka writes one request's topics as one operation, bounded by
+        // MAX_RECORDS_PER_USER_OP: over it, no topic of the request is created.
+        let image = self.image();
+        let planned: usize = requests
+            .iter()
+            .filter_map(|r| self.plan_topic(&image, r).ok())
+            .map(|(records, _)| records.len())
+            .sum();
+        if planned > MAX_RECORDS_PER_USER_OP {
+            return requests
+                .iter()
+                .map(|_| Err(too_large_operation(planned)))
+                .collect();
+        }
         let mut seen = BTreeSet::new();
         requests
             .into_iter()
@@ -373,6 +409,20 @@ impl Controller {
         validate_only: bool,
     ) -> Vec<Result<(), ControllerError>> {
         let _guard = self.write.lock();
+        let image = self.image();
+        let added: usize = requests
+            .iter()
+            .filter_map(|r| {
+                let current = image.topic(&r.name)?.partitions.len();
+                usize::try_from(r.count).ok()?.checked_sub(current)
+            })
+            .sum();
+        if added > MAX_RECORDS_PER_USER_OP {
+            return requests
+                .iter()
+                .map(|_| Err(too_large_operation(added)))
+                .collect();
+        }
         requests
             .into_iter()
             .map(|request| {
@@ -499,7 +549,19 @@ impl Controller {
         let storage = |e: String| {
             ControllerError::new(ErrorCode::KafkaStorageError, format!("metadata log: {e}"))
         };
+        if records.len() > MAX_RECORDS_PER_USER_OP {
+            return Err(too_large_operation(records.len()));
+        }
         let batch = encode_batch(&records, self.clock.now_ms()).map_err(storage)?;
+        if batch.len() > METADATA_BATCH_BYTES_MAX as usize {
+            return Err(ControllerError::new(
+                ErrorCode::PolicyViolation,
+                format!(
+                    "{TOO_LARGE_OPERATION} The change takes {} bytes of metadata, above the limit of {METADATA_BATCH_BYTES_MAX}.",
+                    batch.len()
+                ),
+            ));
+        }
         let info = self
             .log
             .append_as_leader(&batch, 0, AppendOrigin::Coordinator)
@@ -513,6 +575,16 @@ impl Controller {
         self.image.send_replace(Arc::clone(&image));
         Ok(image)
     }
+}
+
+/// POLICY_VIOLATION for an operation of `records` metadata records.
+fn too_large_operation(records: usize) -> ControllerError {
+    ControllerError::new(
+        ErrorCode::PolicyViolation,
+        format!(
+            "{TOO_LARGE_OPERATION} The request needs {records} metadata records, above the limit of {MAX_RECORDS_PER_USER_OP} per operation (a topic takes one record plus one per partition)."
+        ),
+    )
 }
 
 /// Kafka's topic name rules for new topics.
@@ -671,14 +743,14 @@ pub fn parse_kafka_uuid(s: &str) -> Option<Uuid> {
 
 #[cfg(test)]
 mod tests {
-    use strom_storage::{FileCache, LoadOptions, LogConfig, SystemClock};
+    use strom_storage::{FileCache, LoadOptions, SystemClock};
 
     use super::*;
 
     fn open(dir: &std::path::Path) -> Controller {
         let log = PartitionLog::open(
             dir,
-            LogConfig::default(),
+            metadata_log_config(),
             Arc::new(FileCache::default()),
             Arc::new(SystemClock),
             LoadOptions::default(),
@@ -806,5 +878,94 @@ mod tests {
             assert_eq!(parse_kafka_uuid(&kafka_uuid_string(&id)), Some(id));
         }
         assert_eq!(parse_kafka_uuid("not a uuid"), None);
+    }
+}
+
+#[cfg(test)]
+mod operation_bound_tests {
+    use strom_storage::{FileCache, LoadOptions, SystemClock};
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Controller {
+        let log = PartitionLog::open(
+            dir,
+            metadata_log_config(),
+            Arc::new(FileCache::default()),
+            Arc::new(SystemClock),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        let controller = Controller::open(
+            1,
+            ControllerConfig::default(),
+            Arc::new(log),
+            Arc::new(SystemClock),
+        )
+        .unwrap();
+        controller
+            .register_broker(1, "127.0.0.1", 9092, None)
+            .unwrap();
+        controller
+    }
+
+    fn topic(name: &str, partitions: i32) -> CreateTopicRequest {
+        CreateTopicRequest {
+            name: name.to_owned(),
+            num_partitions: partitions,
+            replication_factor: 1,
+            assignments: vec![],
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn one_operation_takes_up_to_max_records_per_user_op_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let controller = open(dir.path());
+        // 10,000 partitions: 10,001 records, one too many.
+        let refused = controller.create_topics(vec![topic("huge", 10_000)], false);
+        let e = refused[0].clone().unwrap_err();
+        assert_eq!(e.code, ErrorCode::PolicyViolation);
+        assert!(e.message.unwrap().contains("10001"));
+        // Over the request: each topic fits, both together do not.
+        let refused =
+            controller.create_topics(vec![topic("half-1", 6_000), topic("half-2", 6_000)], false);
+        assert!(
+            refused
+                .iter()
+                .all(|r| r.as_ref().unwrap_err().code == ErrorCode::PolicyViolation)
+        );
+        assert_eq!(controller.image().topic_count(), 0);
+        // Exactly the bound: one batch of 10,000 records, replayed whole.
+        let created = controller.create_topics(vec![topic("big", 9_999)], false);
+        assert_eq!(created[0].as_ref().unwrap().num_partitions, 9_999);
+        let refused = controller.create_partitions(
+            vec![CreatePartitionsRequest {
+                name: "big".to_owned(),
+                count: 9_999 + 10_001,
+                assignments: None,
+            }],
+            false,
+        );
+        assert_eq!(
+            refused[0].clone().unwrap_err().code,
+            ErrorCode::PolicyViolation
+        );
+        // A config value too big for one metadata batch.
+        let huge = "x".repeat(METADATA_BATCH_BYTES_MAX as usize);
+        let e = controller
+            .alter_configs(vec![(
+                ConfigResource::Topic("big".to_owned()),
+                "retention.ms".to_owned(),
+                Some(huge),
+            )])
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::PolicyViolation);
+        drop(controller);
+        let reopened = open(dir.path());
+        let image = reopened.image();
+        assert_eq!(image.topic_count(), 1);
+        assert_eq!(image.topic("big").unwrap().partitions.len(), 9_999);
     }
 }

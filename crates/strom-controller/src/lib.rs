@@ -21,7 +21,8 @@ pub mod records;
 
 pub use controller::{
     Controller, ControllerConfig, ControllerError, CreatePartitionsRequest, CreateTopicRequest,
-    CreatedTopic, METADATA_TOPIC, ProducerIdBlock,
+    CreatedTopic, MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC,
+    ProducerIdBlock, metadata_log_config,
 };
 pub use image::{BrokerInfo, ConfigResource, MetadataImage, PartitionImage, TopicImage};
 pub use records::MetadataRecord;

@@ -137,6 +137,7 @@ pub enum ErrorCode {
     InvalidVoterKey = 125,
     DuplicateVoter = 126,
     VoterNotFound = 127,
+    InvalidRegularExpression = 128,
 }
 
 impl ErrorCode {
@@ -277,6 +278,7 @@ impl ErrorCode {
             125 => Self::InvalidVoterKey,
             126 => Self::DuplicateVoter,
             127 => Self::VoterNotFound,
+            128 => Self::InvalidRegularExpression,
             _ => return None,
         })
     }
@@ -413,6 +415,7 @@ impl ErrorCode {
             Self::InvalidVoterKey => "INVALID_VOTER_KEY",
             Self::DuplicateVoter => "DUPLICATE_VOTER",
             Self::VoterNotFound => "VOTER_NOT_FOUND",
+            Self::InvalidRegularExpression => "INVALID_REGULAR_EXPRESSION",
         }
     }
 
@@ -474,7 +477,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip_and_match_kafka() {
-        for code in -1..=127 {
+        for code in -1..=128 {
             let e = ErrorCode::from_code(code).unwrap();
             assert_eq!(e.code(), code);
         }

@@ -1,5 +1,5 @@
 //! Configs: DescribeConfigs, AlterConfigs and IncrementalAlterConfigs for
-//! topics and brokers.
+//! topics and brokers, and ListConfigResources.
 //!
 //! Topic overrides and dynamic broker configs (one broker's, or the cluster
 //! default under the broker name `""`) are records of the metadata log, so
@@ -11,7 +11,7 @@
 //! configs (Kafka's DynamicLogConfig: `log.retention.ms`, `log.cleanup.policy`,
 //! `compression.type`, ...); others are read-only, as Kafka answers for them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use strom_controller::{ConfigResource, ControllerError, MetadataImage};
@@ -22,8 +22,10 @@ use strom_protocol::messages::kafka::describe_configs_response::{
 };
 use strom_protocol::messages::kafka::{
     AlterConfigsRequest, AlterConfigsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, alter_configs_request,
-    alter_configs_response, incremental_alter_configs_request, incremental_alter_configs_response,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, ListConfigResourcesRequest,
+    ListConfigResourcesResponse, alter_configs_request, alter_configs_response,
+    incremental_alter_configs_request, incremental_alter_configs_response,
+    list_config_resources_response,
 };
 
 use crate::broker::Broker;
@@ -35,6 +37,16 @@ use crate::config::{
 /// Config resource types (Kafka's ConfigResource.Type).
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
+const RESOURCE_CLIENT_METRICS: i8 = 16;
+const RESOURCE_GROUP: i8 = 32;
+/// The types ListConfigResources lists (Kafka 4.1's), and lists all of when
+/// the request names none.
+const LISTED_RESOURCE_TYPES: [i8; 4] = [
+    RESOURCE_TOPIC,
+    RESOURCE_BROKER,
+    RESOURCE_CLIENT_METRICS,
+    RESOURCE_GROUP,
+];
 
 /// IncrementalAlterConfigs operations (Kafka's AlterConfigOp.OpType).
 const OP_SET: i8 = 0;
@@ -880,4 +892,56 @@ fn synonyms(chain: &[crate::config::ConfigValue]) -> Vec<DescribeConfigsSynonym>
                 .with_source(v.source.code())
         })
         .collect()
+}
+
+/// ListConfigResources (v0 was ListClientMetricsResources): the resources
+/// that have configs, of the requested types (all four Kafka 4.1 lists when
+/// none is named). Topics are every topic and brokers every registered
+/// broker, as Kafka lists them; this broker keeps no group or client-metrics
+/// configs, so those lists are empty. A type Kafka does not list answers
+/// UNSUPPORTED_VERSION.
+pub fn list_config_resources(
+    broker: &Arc<Broker>,
+    request: ListConfigResourcesRequest,
+    version: i16,
+) -> ListConfigResourcesResponse {
+    let types: BTreeSet<i8> = if version == 0 {
+        // v0 lists client metrics resources only.
+        BTreeSet::from([RESOURCE_CLIENT_METRICS])
+    } else if request.resource_types.is_empty() {
+        LISTED_RESOURCE_TYPES.iter().copied().collect()
+    } else {
+        request.resource_types.iter().copied().collect()
+    };
+    if let Some(t) = types.iter().find(|t| !LISTED_RESOURCE_TYPES.contains(t)) {
+        tracing::debug!(
+            resource_type = t,
+            "ListConfigResources for a type Kafka does not list"
+        );
+        return ListConfigResourcesResponse::default()
+            .with_error_code(ErrorCode::UnsupportedVersion.code());
+    }
+    let image = broker.image();
+    let listed = |name: String, resource_type: i8| {
+        list_config_resources_response::ConfigResource::default()
+            .with_resource_name(StrBytes::from_string(name))
+            .with_resource_type(if version >= 1 { resource_type } else { 0 })
+    };
+    let mut resources = Vec::new();
+    if types.contains(&RESOURCE_TOPIC) {
+        resources.extend(
+            image
+                .topics()
+                .map(|t| listed(t.name.clone(), RESOURCE_TOPIC)),
+        );
+    }
+    if types.contains(&RESOURCE_BROKER) {
+        resources.extend(
+            image
+                .brokers
+                .keys()
+                .map(|id| listed(id.to_string(), RESOURCE_BROKER)),
+        );
+    }
+    ListConfigResourcesResponse::default().with_config_resources(resources)
 }

@@ -582,7 +582,11 @@ fn validate_commit(
     now: i64,
 ) -> Result<(), ErrorCode> {
     match state.groups.get(group_id) {
-        None if generation < 0 && member_id.is_empty() => {
+        // Kafka: a commit with no generation (-1) comes from an admin or a
+        // consumer that assigns its partitions itself, whatever member id it
+        // sends (librdkafka's KIP-848 consumers send theirs): it creates a
+        // simple group. Only commits that claim a membership need the group.
+        None if generation < 0 => {
             state.classic_or_create(group_id, now);
             Ok(())
         }
@@ -595,6 +599,8 @@ fn validate_commit(
         Some(Group::Consumer(_)) if version < 9 && !member_id.is_empty() => {
             Err(ErrorCode::UnsupportedVersion)
         }
+        // As Kafka's ConsumerGroup: epoch -1 commits while nobody is in the group.
+        Some(Group::Consumer(g)) if generation < 0 && g.is_empty() => Ok(()),
         Some(Group::Consumer(g)) => {
             let stale = if version >= 9 {
                 ErrorCode::StaleMemberEpoch
@@ -1268,6 +1274,7 @@ pub async fn consumer_group_describe(
                                 .into_iter()
                                 .map(|n| TopicName(s(n)))
                                 .collect();
+                            member.subscribed_topic_regex = m.subscribed_topic_regex.map(s);
                             member.assignment = named(&m.assignment);
                             member.target_assignment = named(&m.target);
                             if version >= 1 {

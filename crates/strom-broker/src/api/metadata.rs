@@ -1,20 +1,27 @@
 //! Metadata: brokers, the cluster id, the controller, and topics with their
-//! partitions, leaders, replicas, in-sync replicas and leader epochs.
+//! partitions, leaders, replicas, in-sync replicas and leader epochs; and
+//! DescribeTopicPartitions, the same topic view paged by a cursor (KIP-966).
 //!
 //! Asking for a topic that does not exist creates it (with `num.partitions`
 //! and `default.replication.factor`) when `auto.create.topics.enable` is on
 //! and the request allows it, as Kafka does. Creation is synchronous here, so
 //! the answer already carries the new topic's partitions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use strom_controller::{CreateTopicRequest, MetadataImage, TopicImage};
 use strom_protocol::error_code::ErrorCode;
+use strom_protocol::messages::kafka::describe_topic_partitions_response::{
+    self, DescribeTopicPartitionsResponsePartition, DescribeTopicPartitionsResponseTopic,
+};
 use strom_protocol::messages::kafka::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
-use strom_protocol::messages::kafka::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use strom_protocol::messages::kafka::{
+    BrokerId, DescribeTopicPartitionsRequest, DescribeTopicPartitionsResponse, MetadataRequest,
+    MetadataResponse, TopicName,
+};
 use strom_protocol::messages::{StrBytes, Uuid};
 use strom_storage::manager::is_legal_topic_name;
 
@@ -37,6 +44,9 @@ pub const CLUSTER_OPERATIONS: i32 = (1 << 5)
     | (1 << 12)
     | (1 << 13)
     | (1 << 14);
+/// `max.request.partition.size.limit`'s default, should the (validated at
+/// start) property fail to parse later.
+const DEFAULT_PARTITION_SIZE_LIMIT: i32 = 2000;
 /// The schema default meaning "not requested".
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
@@ -194,4 +204,137 @@ fn describe_topic(topic: &TopicImage, topic_ops: i32, version: i16) -> MetadataR
         .with_is_internal(version >= 1 && topic.is_internal())
         .with_partitions(partitions)
         .with_topic_authorized_operations(topic_ops)
+}
+
+/// DescribeTopicPartitions (KIP-966): topics and their partitions, at most
+/// `min(ResponsePartitionLimit, max.request.partition.size.limit)` partitions
+/// per answer, sorted by topic name; when more remain, `NextCursor` names the
+/// topic and partition to ask for next.
+///
+/// As Kafka: an empty topic list means every topic (and unknown names cannot
+/// occur); named topics that do not exist come back with
+/// UNKNOWN_TOPIC_OR_PARTITION (INVALID_TOPIC_EXCEPTION for illegal names); a
+/// cursor must name one of the requested topics and a partition >= 0, else
+/// every requested topic gets INVALID_REQUEST.
+pub fn describe_topic_partitions(
+    broker: &Arc<Broker>,
+    request: DescribeTopicPartitionsRequest,
+) -> DescribeTopicPartitionsResponse {
+    let image = broker.image();
+    let fetch_all = request.topics.is_empty();
+    let cursor_topic = request
+        .cursor
+        .as_ref()
+        .map_or("", |c| c.topic_name.0.as_str());
+    let topics: BTreeSet<&str> = if fetch_all {
+        image
+            .topics()
+            .map(|t| t.name.as_str())
+            .filter(|n| *n >= cursor_topic)
+            .collect()
+    } else {
+        request
+            .topics
+            .iter()
+            .map(|t| t.name.0.as_str())
+            .filter(|n| *n >= cursor_topic)
+            .collect()
+    };
+    let invalid = |message: &str| {
+        tracing::debug!("DescribeTopicPartitions refused: {message}");
+        DescribeTopicPartitionsResponse::default().with_topics(
+            request
+                .topics
+                .iter()
+                .map(|t| {
+                    DescribeTopicPartitionsResponseTopic::default()
+                        .with_name(Some(t.name.clone()))
+                        .with_error_code(ErrorCode::InvalidRequest.code())
+                })
+                .collect(),
+        )
+    };
+    if let Some(cursor) = &request.cursor {
+        if !fetch_all && !topics.contains(cursor_topic) {
+            return invalid("the topic list does not contain the cursor topic");
+        }
+        if cursor.partition_index < 0 {
+            return invalid("the cursor partition is negative");
+        }
+    }
+    let configured = broker
+        .config
+        .max_request_partition_size_limit()
+        .unwrap_or(DEFAULT_PARTITION_SIZE_LIMIT);
+    let mut remaining = request.response_partition_limit.min(configured).max(1);
+    let mut response = DescribeTopicPartitionsResponse::default();
+    for name in topics {
+        if remaining == 0 {
+            // The next answer starts at this topic's first partition.
+            response.next_cursor = Some(
+                describe_topic_partitions_response::Cursor::default()
+                    .with_topic_name(TopicName(StrBytes::from_string(name.to_owned())))
+                    .with_partition_index(0),
+            );
+            break;
+        }
+        let Some(topic) = image.topic(name) else {
+            if !fetch_all {
+                let code = if is_legal_topic_name(name) {
+                    ErrorCode::UnknownTopicOrPartition
+                } else {
+                    ErrorCode::InvalidTopicException
+                };
+                response.topics.push(
+                    DescribeTopicPartitionsResponseTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(name.to_owned()))))
+                        .with_error_code(code.code())
+                        .with_is_internal(super::group::is_internal(name))
+                        .with_topic_authorized_operations(TOPIC_OPERATIONS),
+                );
+            }
+            continue;
+        };
+        let start = if name == cursor_topic {
+            request.cursor.as_ref().map_or(0, |c| c.partition_index)
+        } else {
+            0
+        };
+        let count = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+        let end = count.min(start.saturating_add(remaining));
+        let partitions: Vec<DescribeTopicPartitionsResponsePartition> = topic
+            .partitions
+            .iter()
+            .filter(|p| p.partition >= start && p.partition < end)
+            .map(|p| {
+                DescribeTopicPartitionsResponsePartition::default()
+                    .with_partition_index(p.partition)
+                    .with_leader_id(BrokerId(p.leader))
+                    .with_leader_epoch(p.leader_epoch)
+                    .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
+                    .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect())
+                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_last_known_elr(Some(Vec::new()))
+                    .with_offline_replicas(Vec::new())
+            })
+            .collect();
+        remaining -= i32::try_from(partitions.len()).unwrap_or(remaining);
+        response.topics.push(
+            DescribeTopicPartitionsResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(topic.name.clone()))))
+                .with_topic_id(topic.id)
+                .with_is_internal(topic.is_internal())
+                .with_partitions(partitions)
+                .with_topic_authorized_operations(TOPIC_OPERATIONS),
+        );
+        if end < count {
+            response.next_cursor = Some(
+                describe_topic_partitions_response::Cursor::default()
+                    .with_topic_name(TopicName(StrBytes::from_string(topic.name.clone())))
+                    .with_partition_index(end),
+            );
+            break;
+        }
+    }
+    response
 }

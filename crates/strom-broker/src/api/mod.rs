@@ -78,6 +78,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::ListConfigResources, 0, 1),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
 ];
 
 /// Whether requests of `key` may wait long for something other than the
@@ -286,6 +288,16 @@ pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr
         ApiKey::DescribeProducers => decode_and!(frame, kafka::DescribeProducersRequest, |req| {
             respond(frame, &txn::describe_producers(broker, req))
         }),
+        ApiKey::ListConfigResources => {
+            decode_and!(frame, kafka::ListConfigResourcesRequest, |req| {
+                respond(frame, &configs::list_config_resources(broker, req, version))
+            })
+        }
+        ApiKey::DescribeTopicPartitions => {
+            decode_and!(frame, kafka::DescribeTopicPartitionsRequest, |req| {
+                respond(frame, &metadata::describe_topic_partitions(broker, req))
+            })
+        }
         other => Reply::Close(format!("no handler for {other:?}")),
     }
 }

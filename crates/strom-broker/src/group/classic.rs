@@ -260,13 +260,13 @@ impl ClassicGroup {
         instance_id: Option<&str>,
         generation: i32,
     ) -> Result<(), ErrorCode> {
+        if generation < 0 && self.members.is_empty() {
+            // An admin or a standalone consumer (with or without a member
+            // id): only while nobody is in the group, as Kafka's ClassicGroup.
+            return Ok(());
+        }
         if generation < 0 && member_id.is_empty() {
-            // An admin or a standalone consumer: only while nobody is in the group.
-            return if self.members.is_empty() {
-                Ok(())
-            } else {
-                Err(ErrorCode::UnknownMemberId)
-            };
+            return Err(ErrorCode::UnknownMemberId);
         }
         if self.fenced(member_id, instance_id) {
             return Err(ErrorCode::FencedInstanceId);

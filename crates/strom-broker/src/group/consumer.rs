@@ -20,6 +20,13 @@
 //! it assigned or still has to confirm its revocation), so no partition is
 //! ever consumed by two members at once.
 //!
+//! A member subscribes to topic names, to a regular expression
+//! (`SubscribedTopicRegex`), or both. As Kafka 4, the broker evaluates the
+//! expression with RE2 syntax against every topic name, matching whole names
+//! (`orders-.*` matches `orders-eu`, not `my-orders-eu`), and evaluates it
+//! again whenever the metadata image changed, so topics created or deleted
+//! later join or leave the subscription at the next heartbeat.
+//!
 //! The group is pure state, as [`super::classic`]: the coordinator persists
 //! it and answers.
 
@@ -32,6 +39,35 @@ use strom_protocol::messages::Uuid;
 use super::assignor::{Assignor, MemberSpec, TopicMetadata};
 use super::store::{ConsumerMemberValue, GroupValue};
 use super::{GroupConfig, remove_if_held};
+
+/// Bound on a `SubscribedTopicRegex`'s length: an expression is a handful
+/// of topic patterns (librdkafka joins a subscription's patterns into one),
+/// never megabytes; a longer one is refused before it is parsed.
+pub const MAX_SUBSCRIBED_REGEX_BYTES: usize = 32 * 1024;
+/// Bound on the compiled size of one expression (the `regex` crate's
+/// `size_limit`): matching stays linear in the topic name, and this caps the
+/// memory a hostile expression like `(a{1000}){1000}` can take.
+const SUBSCRIBED_REGEX_COMPILED_BYTES_MAX: usize = 1 << 20;
+
+/// Compiles a `SubscribedTopicRegex` to match whole topic names (Kafka's
+/// RE2/J `matches()`), or says why it is not a valid expression.
+pub fn compile_topic_regex(regex: &str) -> Result<regex::Regex, String> {
+    if regex.len() > MAX_SUBSCRIBED_REGEX_BYTES {
+        return Err(format!(
+            "SubscribedTopicRegex is {} bytes long, above the limit of {MAX_SUBSCRIBED_REGEX_BYTES}.",
+            regex.len()
+        ));
+    }
+    regex::RegexBuilder::new(&format!("^(?:{regex})$"))
+        .size_limit(SUBSCRIBED_REGEX_COMPILED_BYTES_MAX)
+        .build()
+        .map_err(|e| {
+            format!(
+                "SubscribedTopicRegex `{regex}` is not a valid regular expression: {}.",
+                e.to_string().lines().last().unwrap_or_default().trim()
+            )
+        })
+}
 
 /// Partitions by topic id.
 pub type Partitions = BTreeMap<Uuid, BTreeSet<i32>>;
@@ -63,6 +99,7 @@ pub struct Heartbeat {
     pub rebalance_timeout_ms: i32,
     /// `None`: unchanged.
     pub subscribed_topic_names: Option<Vec<String>>,
+    /// `None`: unchanged; `Some("")`: no regex any more.
     pub subscribed_topic_regex: Option<String>,
     pub server_assignor: Option<String>,
     /// What the client owns now; `None`: unchanged.
@@ -104,7 +141,11 @@ struct Member {
     client_id: String,
     client_host: String,
     rebalance_timeout_ms: i32,
+    /// Topics subscribed to by name.
     subscribed: BTreeSet<String>,
+    /// The regular expression subscribed to, if any (its matches are in
+    /// [`ConsumerGroup::resolved_regexes`]).
+    subscribed_regex: Option<String>,
     server_assignor: Option<String>,
     epoch: i32,
     previous_epoch: i32,
@@ -135,6 +176,12 @@ pub struct ConsumerGroup {
     /// The subscribed topics (id -> partition count) the target was
     /// computed for: a change bumps the group epoch.
     subscribed_metadata: BTreeMap<Uuid, i32>,
+    /// Every regex a member subscribes to, compiled, with the topics it
+    /// matches in the image at `regexes_resolved_at`. Bounded by the members
+    /// (`group.consumer.max.size`) and each regex's compiled size.
+    resolved_regexes: BTreeMap<String, (regex::Regex, BTreeSet<String>)>,
+    /// The metadata image offset the regexes were last matched against.
+    regexes_resolved_at: i64,
     /// When the group last became empty (offset expiry counts from here).
     pub empty_since_ms: i64,
 }
@@ -166,6 +213,8 @@ impl ConsumerGroup {
             target: BTreeMap::new(),
             owners: HashMap::new(),
             subscribed_metadata: BTreeMap::new(),
+            resolved_regexes: BTreeMap::new(),
+            regexes_resolved_at: -1,
             empty_since_ms: now_ms,
         }
     }
@@ -208,12 +257,74 @@ impl ConsumerGroup {
             .unwrap_or(Assignor::DEFAULT)
     }
 
-    /// Topics any member subscribes to.
+    /// Topics any member subscribes to, by name or by regex.
     pub fn subscribed_topics(&self) -> BTreeSet<String> {
         self.members
             .values()
-            .flat_map(|m| m.subscribed.iter().cloned())
+            .flat_map(|m| self.member_topics(m))
             .collect()
+    }
+
+    /// The topics a member subscribes to: its names and its regex's matches.
+    fn member_topics(&self, m: &Member) -> BTreeSet<String> {
+        let mut topics = m.subscribed.clone();
+        if let Some((_, matched)) = m
+            .subscribed_regex
+            .as_ref()
+            .and_then(|r| self.resolved_regexes.get(r))
+        {
+            topics.extend(matched.iter().cloned());
+        }
+        topics
+    }
+
+    /// Brings the regexes' matches up to date: compiles new ones, forgets
+    /// unused ones, and matches them against every topic when the image
+    /// changed since the last look. Returns whether any match changed (the
+    /// caller bumps the group epoch).
+    fn refresh_regexes(&mut self, image: &MetadataImage) -> bool {
+        let in_use: BTreeSet<&String> = self
+            .members
+            .values()
+            .filter_map(|m| m.subscribed_regex.as_ref())
+            .collect();
+        let before = self.resolved_regexes.len();
+        self.resolved_regexes.retain(|r, _| in_use.contains(r));
+        let mut changed = self.resolved_regexes.len() != before;
+        let mut added = false;
+        for r in in_use {
+            if self.resolved_regexes.contains_key(r) {
+                continue;
+            }
+            match compile_topic_regex(r) {
+                Ok(compiled) => {
+                    self.resolved_regexes
+                        .insert(r.clone(), (compiled, BTreeSet::new()));
+                    added = true;
+                }
+                // Checked when the member sent it; a persisted one that no
+                // longer compiles matches nothing.
+                Err(e) => {
+                    tracing::warn!(group = %self.id, error = %e, "ignoring a subscribed regex")
+                }
+            }
+        }
+        if !added && self.regexes_resolved_at == image.offset {
+            return changed;
+        }
+        self.regexes_resolved_at = image.offset;
+        for (compiled, matched) in self.resolved_regexes.values_mut() {
+            let now: BTreeSet<String> = image
+                .topics()
+                .filter(|t| compiled.is_match(&t.name))
+                .map(|t| t.name.clone())
+                .collect();
+            if now != *matched {
+                *matched = now;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Validates an offset commit or a fetch with a member epoch.
@@ -279,15 +390,16 @@ impl ConsumerGroup {
                 ),
             ));
         }
-        if request
+        // A regex the group already uses is known to compile; a new one is
+        // compiled here (under the coordinator's lock, hence its size bounds).
+        if let Some(r) = request
             .subscribed_topic_regex
             .as_deref()
-            .is_some_and(|r| !r.is_empty())
+            .filter(|r| !r.is_empty())
+            && !self.resolved_regexes.contains_key(r)
+            && let Err(message) = compile_topic_regex(r)
         {
-            return Err(fail(
-                ErrorCode::InvalidRequest,
-                "SubscribedTopicRegex is not supported by this broker.",
-            ));
+            return Err(fail(ErrorCode::InvalidRegularExpression, &message));
         }
         if request.member_epoch == LEAVE_EPOCH || request.member_epoch == LEAVE_STATIC_EPOCH {
             return self.leave(&request, now_ms, image, config, persist);
@@ -339,6 +451,14 @@ impl ConsumerGroup {
                 bump = true;
             }
         }
+        if let Some(r) = &request.subscribed_topic_regex {
+            let regex = Some(r.clone()).filter(|r| !r.is_empty());
+            if regex != member.subscribed_regex {
+                member.subscribed_regex = regex;
+                bump = true;
+            }
+        }
+        bump |= self.refresh_regexes(image);
         bump |= self.refresh_metadata(image);
         if bump {
             self.group_epoch += 1;
@@ -380,10 +500,10 @@ impl ConsumerGroup {
     ) -> Result<String, (ErrorCode, String, String)> {
         let fail =
             |code: ErrorCode, message: &str| (code, message.to_owned(), request.member_id.clone());
-        if request.subscribed_topic_names.is_none() {
+        if request.subscribed_topic_names.is_none() && request.subscribed_topic_regex.is_none() {
             return Err(fail(
                 ErrorCode::InvalidRequest,
-                "SubscribedTopicNames must be set in first request.",
+                "SubscribedTopicNames or SubscribedTopicRegex must be set in first request.",
             ));
         }
         if request.rebalance_timeout_ms < 0 {
@@ -485,6 +605,7 @@ impl ConsumerGroup {
                 client_host: request.client_host.clone(),
                 rebalance_timeout_ms: request.rebalance_timeout_ms,
                 subscribed: BTreeSet::new(),
+                subscribed_regex: None,
                 server_assignor: None,
                 epoch: 0,
                 previous_epoch: 0,
@@ -589,6 +710,7 @@ impl ConsumerGroup {
             *persist = true;
         } else {
             self.remove(&member_id, now_ms);
+            self.refresh_regexes(image);
             self.refresh_metadata(image);
             self.compute_target(image, config);
             *persist = true;
@@ -641,8 +763,8 @@ impl ConsumerGroup {
             .members
             .values()
             .map(|m| {
-                let subscribed: BTreeSet<Uuid> = m
-                    .subscribed
+                let subscribed: BTreeSet<Uuid> = self
+                    .member_topics(m)
                     .iter()
                     .filter_map(|name| image.topic(name))
                     .map(|t| {
@@ -782,6 +904,7 @@ impl ConsumerGroup {
             tracing::info!(group = %self.id, member = %id, "consumer group member removed: {why}");
             self.remove(id, now_ms);
         }
+        self.refresh_regexes(image);
         self.refresh_metadata(image);
         self.compute_target(image, config);
         true
@@ -799,6 +922,7 @@ impl ConsumerGroup {
                 client_id: m.client_id.clone(),
                 client_host: m.client_host.clone(),
                 subscribed_topic_names: m.subscribed.iter().cloned().collect(),
+                subscribed_topic_regex: m.subscribed_regex.clone(),
                 assignment: m.assigned.clone(),
                 target: self.target.get(&m.id).cloned().unwrap_or_default(),
             })
@@ -827,6 +951,7 @@ impl ConsumerGroup {
                     client_host: m.client_host.clone(),
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     subscribed_topic_names: m.subscribed.iter().cloned().collect(),
+                    subscribed_topic_regex: m.subscribed_regex.clone(),
                     server_assignor: m.server_assignor.clone(),
                     member_epoch: m.epoch,
                     previous_member_epoch: m.previous_epoch,
@@ -898,6 +1023,7 @@ impl ConsumerGroup {
                     client_host: v.client_host,
                     rebalance_timeout_ms: v.rebalance_timeout_ms,
                     subscribed: v.subscribed_topic_names.into_iter().collect(),
+                    subscribed_regex: v.subscribed_topic_regex,
                     server_assignor: v.server_assignor,
                     epoch: v.member_epoch,
                     previous_epoch: v.previous_member_epoch,
@@ -925,6 +1051,7 @@ pub struct DescribedMember {
     pub client_id: String,
     pub client_host: String,
     pub subscribed_topic_names: Vec<String>,
+    pub subscribed_topic_regex: Option<String>,
     pub assignment: Partitions,
     pub target: Partitions,
 }
@@ -1164,5 +1291,112 @@ mod tests {
         let restored = ConsumerGroup::from_value("g", value.clone(), 5, &config).unwrap();
         assert_eq!(restored.to_value(&config), value);
         assert_eq!(restored.state_name(), g.state_name());
+    }
+
+    /// Adds topic `name` with id `id` and `partitions` partitions to `image`.
+    fn add_topic(image: &mut MetadataImage, name: &str, id: Uuid, partitions: i32) {
+        let offset = image.offset;
+        image.apply(
+            &MetadataRecord::Topic {
+                name: name.into(),
+                topic_id: id,
+            },
+            offset,
+        );
+        for p in 0..partitions {
+            image.apply(
+                &MetadataRecord::Partition {
+                    topic_id: id,
+                    partition: p,
+                    replicas: vec![1],
+                    isr: vec![1],
+                    leader: 1,
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                },
+                offset + 1,
+            );
+        }
+    }
+
+    #[test]
+    fn a_regex_subscription_matches_whole_names_and_follows_new_topics() {
+        let config = config();
+        let mut image = image(1);
+        let orders_eu = Uuid::from_u128(11);
+        add_topic(&mut image, "orders-eu", orders_eu, 2);
+        add_topic(&mut image, "my-orders-x", Uuid::from_u128(12), 1);
+        let mut g = ConsumerGroup::new("g", 0);
+
+        // An invalid expression is refused with Kafka's error and a reason.
+        let bad = Heartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some("orders-(".into()),
+            ..join("a")
+        };
+        let (r, _) = g.heartbeat(bad, 0, &image, &config);
+        assert_eq!(r.error, ErrorCode::InvalidRegularExpression);
+        assert!(r.message.unwrap().contains("orders-("));
+        let long = Heartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some("a".repeat(MAX_SUBSCRIBED_REGEX_BYTES + 1)),
+            ..join("a")
+        };
+        assert_eq!(
+            g.heartbeat(long, 0, &image, &config).0.error,
+            ErrorCode::InvalidRegularExpression
+        );
+
+        // `orders-.*` matches the whole of "orders-eu", not "my-orders-x".
+        let regex = Heartbeat {
+            subscribed_topic_names: None,
+            subscribed_topic_regex: Some("orders-.*".into()),
+            ..join("a")
+        };
+        let (a, _) = g.heartbeat(regex, 0, &image, &config);
+        assert_eq!(a.error, ErrorCode::None);
+        let assigned = a.assignment.unwrap();
+        assert_eq!(
+            assigned.keys().copied().collect::<Vec<_>>(),
+            vec![orders_eu]
+        );
+        assert_eq!(
+            g.describe_members()[0].subscribed_topic_regex.as_deref(),
+            Some("orders-.*")
+        );
+
+        // A matching topic created later joins at the next heartbeat.
+        let orders_us = Uuid::from_u128(13);
+        add_topic(&mut image, "orders-us", orders_us, 1);
+        let (a, _) = g.heartbeat(beat("a", a.member_epoch, &assigned), 1, &image, &config);
+        let assigned = a.assignment.unwrap();
+        assert_eq!(
+            assigned.keys().copied().collect::<BTreeSet<_>>(),
+            BTreeSet::from([orders_eu, orders_us])
+        );
+
+        // The regex survives a restart of the coordinator.
+        let value = g.to_value(&config);
+        let mut restored = ConsumerGroup::from_value("g", value, 2, &config).unwrap();
+        assert_eq!(
+            restored.subscribed_topics(),
+            BTreeSet::new(),
+            "not matched yet"
+        );
+        let (a, _) = restored.heartbeat(beat("a", a.member_epoch, &assigned), 3, &image, &config);
+        assert_eq!(a.error, ErrorCode::None);
+        assert_eq!(
+            restored.subscribed_topics(),
+            BTreeSet::from(["orders-eu".to_owned(), "orders-us".to_owned()])
+        );
+
+        // An empty regex ends the subscription.
+        let clear = Heartbeat {
+            subscribed_topic_regex: Some(String::new()),
+            ..beat("a", a.member_epoch, &assigned)
+        };
+        let (a, _) = restored.heartbeat(clear, 4, &image, &config);
+        assert_eq!(a.error, ErrorCode::None);
+        assert!(restored.subscribed_topics().is_empty());
     }
 }

@@ -118,6 +118,9 @@ pub struct ConsumerMemberValue {
     pub client_host: String,
     pub rebalance_timeout_ms: i32,
     pub subscribed_topic_names: Vec<String>,
+    /// KIP-848 regex subscription (absent in records written before it).
+    #[serde(default)]
+    pub subscribed_topic_regex: Option<String>,
     pub server_assignor: Option<String>,
     pub member_epoch: i32,
     pub previous_member_epoch: i32,
