@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use strom_broker::BrokerConfig;
+use strom_broker::broker::StartError;
 use strom_broker::config::parse_properties;
 
 #[derive(Debug, Args)]
@@ -86,9 +87,7 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let running = strom_broker::start(config)
-            .await
-            .context("starting the broker")?;
+        let running = strom_broker::start(config).await.map_err(start_error)?;
         let broker = &running.broker;
         // Listen for signals before saying we are ready: a SIGTERM right
         // after the ready line must still shut down cleanly.
@@ -147,12 +146,77 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Why the broker did not start; a port in use names the flag and the
+/// property that choose another.
+fn start_error(error: StartError) -> anyhow::Error {
+    match error {
+        StartError::Listen { addr, source } => anyhow::anyhow!(
+            "cannot listen on {addr}: {source}; choose another HOST:PORT with --listen (property listeners)"
+        ),
+        StartError::MetricsListen { addr, source } => anyhow::anyhow!(
+            "cannot listen for metrics on {addr}: {source}; choose another HOST:PORT with --metrics (property metrics.listener), or turn the endpoint off with --metrics ''"
+        ),
+        other => anyhow::Error::new(other).context("starting the broker"),
+    }
+}
+
+/// Logs to stderr; colours only when stderr is a terminal, so that a log
+/// file or a pipe gets plain text.
 fn init_logging() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STROM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(std::io::stderr()))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
+}
+
+/// Writes each log event as exactly one line. The formatter hands over one
+/// event per write, ending in its line break; a line break inside it (in a
+/// client's SASL mechanism name or group id, in an error's text) is written
+/// as `\n`, so that one line is one event: no blank lines, no forged lines.
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, &b"\n"[..]),
+            None => (buf, &b""[..]),
+        };
+        let mut line = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                _ => line.push(b),
+            }
+        }
+        line.extend_from_slice(end);
+        self.0.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_event_is_one_line_whatever_its_fields_hold() {
+        let mut out = OneLine(Vec::new());
+        out.write_all(b"INFO refused mechanism=PLAIN\n\n\n")
+            .unwrap();
+        out.write_all(b"INFO a\r\nb c=d\n").unwrap();
+        assert_eq!(
+            String::from_utf8(out.0).unwrap(),
+            "INFO refused mechanism=PLAIN\\n\\n\nINFO a\\r\\nb c=d\n"
+        );
+    }
 }

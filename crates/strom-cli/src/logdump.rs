@@ -13,7 +13,7 @@ use serde_json::json;
 use strom_protocol::record::records;
 use strom_protocol::record_batch::{batches, validate_batch};
 
-use crate::tool::{Common, Output};
+use crate::tool::Output;
 
 /// The most a batch may decompress to when records are printed; a corrupt
 /// or hostile file cannot make the tool allocate more.
@@ -59,7 +59,7 @@ fn base_offset(path: &Path) -> anyhow::Result<i64> {
         .with_context(|| format!("{} is not named after its base offset", path.display()))
 }
 
-pub(crate) fn run(command: LogCommand, common: &Common) -> anyhow::Result<()> {
+pub(crate) fn run(command: LogCommand, output: Output) -> anyhow::Result<()> {
     let LogCommand::Dump(args) = command;
     let data = Bytes::from(read_limited(&args.path)?);
     let mut out = std::io::stdout().lock();
@@ -81,7 +81,7 @@ pub(crate) fn run(command: LogCommand, common: &Common) -> anyhow::Result<()> {
         let position = u32::try_from(raw.position).unwrap_or(u32::MAX);
         positions.insert(position, (h.base_offset, h.last_offset(), h.max_timestamp));
         let codec = h.compression().map_or("unknown", |c| c.name());
-        match common.output {
+        match output {
             Output::Json => writeln!(
                 out,
                 "{}",

@@ -89,55 +89,109 @@ pub(crate) fn run(args: ProduceArgs, common: &Common) -> anyhow::Result<()> {
         None => Box::new(std::io::stdin().lock()),
     };
     let rt = runtime()?;
-    let count = rt.block_on(async {
+    let written = rt.block_on(async {
         let producer = Producer::new(&config)?;
-        let mut pending: VecDeque<DeliveryFuture> = VecDeque::new();
-        let start = Instant::now();
-        let mut count = 0u64;
-        while let Some(line) = next_line(&mut input, count + 1)? {
-            let mut record = ProducerRecord::new(&args.topic);
-            record.headers.clone_from(&headers);
-            record.partition = args.partition;
-            match args
-                .key_separator
-                .as_deref()
-                .and_then(|sep| line.split_once(sep))
-            {
-                Some((key, value)) => {
-                    record.key = Some(Bytes::from(key.to_owned()));
-                    record.value = Some(Bytes::from(value.to_owned()));
-                }
-                None => record.value = Some(Bytes::from(line)),
-            }
-            if let Some(rate) = args.rate.filter(|&r| r > 0) {
-                // Pacing, not synchronisation: the record's due time.
-                let due = start + Duration::from_secs_f64(count as f64 / f64::from(rate));
-                tokio::time::sleep_until(due.into()).await;
-            }
-            pending.push_back(
-                producer
-                    .send(record)
-                    .await
-                    .with_context(|| format!("topic {}", args.topic))?,
-            );
-            count += 1;
-            while pending.len() > MAX_PENDING {
-                if let Some(delivery) = pending.pop_front() {
-                    delivery
-                        .await
-                        .with_context(|| format!("topic {}", args.topic))?;
-                }
+        let mut tally = Tally::default();
+        let failure = send_lines(&args, &headers, &mut input, &producer, &mut tally)
+            .await
+            .err();
+        // Whatever was sent before a failure still completes: count it, so
+        // that the user knows what the topic holds.
+        let flushed = producer.flush().await;
+        for delivery in std::mem::take(&mut tally.pending) {
+            tally.settle(delivery.await);
+        }
+        let failure = failure
+            .or_else(|| flushed.err().map(anyhow::Error::from))
+            .or_else(|| tally.failure.take());
+        match failure {
+            None => anyhow::Ok(tally.written),
+            Some(e) => {
+                let written = if args.acks == "0" {
+                    "sent (acks=0, not acknowledged)"
+                } else {
+                    "written (acknowledged)"
+                };
+                let lost = match tally.sent - tally.written {
+                    0 => String::new(),
+                    n => format!(", {n} more sent but not written"),
+                };
+                Err(e.context(format!(
+                    "topic {}: {} records {written} before the failure{lost}",
+                    args.topic, tally.written
+                )))
             }
         }
-        producer.flush().await?;
-        for delivery in pending {
-            delivery
-                .await
-                .with_context(|| format!("topic {}", args.topic))?;
-        }
-        anyhow::Ok(count)
     })?;
-    eprintln!("produced {count} records");
+    eprintln!("produced {written} records");
+    Ok(())
+}
+
+/// What happened to the records handed to the producer.
+#[derive(Default)]
+struct Tally {
+    /// Records handed to the producer.
+    sent: u64,
+    /// Records the broker acknowledged (sent, for acks=0).
+    written: u64,
+    /// Deliveries not yet awaited, oldest first.
+    pending: VecDeque<DeliveryFuture>,
+    /// The first delivery that failed.
+    failure: Option<anyhow::Error>,
+}
+
+impl Tally {
+    fn settle(&mut self, delivery: strom_client::Result<strom_client::RecordMetadata>) {
+        match delivery {
+            Ok(_) => self.written += 1,
+            Err(e) => {
+                self.failure.get_or_insert_with(|| e.into());
+            }
+        }
+    }
+}
+
+/// Sends a record per input line until the input ends or something fails
+/// (a record refused at once, a delivery failed, unreadable input).
+async fn send_lines(
+    args: &ProduceArgs,
+    headers: &[(String, Option<Bytes>)],
+    input: &mut dyn BufRead,
+    producer: &Producer,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while let Some(line) = next_line(input, tally.sent + 1)? {
+        let mut record = ProducerRecord::new(&args.topic);
+        record.headers = headers.to_vec();
+        record.partition = args.partition;
+        match args
+            .key_separator
+            .as_deref()
+            .and_then(|sep| line.split_once(sep))
+        {
+            Some((key, value)) => {
+                record.key = Some(Bytes::from(key.to_owned()));
+                record.value = Some(Bytes::from(value.to_owned()));
+            }
+            None => record.value = Some(Bytes::from(line)),
+        }
+        if let Some(rate) = args.rate.filter(|&r| r > 0) {
+            // Pacing, not synchronisation: the record's due time.
+            let due = start + Duration::from_secs_f64(tally.sent as f64 / f64::from(rate));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        tally.pending.push_back(producer.send(record).await?);
+        tally.sent += 1;
+        while tally.pending.len() > MAX_PENDING {
+            if let Some(delivery) = tally.pending.pop_front() {
+                tally.settle(delivery.await);
+            }
+        }
+        if let Some(e) = tally.failure.take() {
+            return Err(e);
+        }
+    }
     Ok(())
 }
 

@@ -17,25 +17,143 @@ pub(crate) enum Output {
     Json,
 }
 
-#[derive(Debug, Args)]
-pub(crate) struct Common {
-    /// A broker to start from (several: comma-separated).
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:9092",
-        value_name = "HOST:PORT"
-    )]
-    pub(crate) bootstrap: String,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value = "table")]
-    pub(crate) output: Output,
+/// How long the reachability check waits for the bootstrap addresses to
+/// accept or refuse a connection: a refusal comes back within a round trip,
+/// and an address silent for longer is left to the client's own retries.
+const REACHABLE_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Where the cluster is when `--bootstrap` is not given.
+const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+
+/// The options every client subcommand takes, after its name
+/// (`strom topic list --bootstrap H:P`); global within that subcommand, so
+/// they may follow a nested subcommand too. `strom broker` does not take
+/// them.
+#[derive(Debug, Default, Args)]
+pub(crate) struct ClientArgs {
+    /// A broker to start from (several: comma-separated) [default: 127.0.0.1:9092].
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    /// Output format [default: table].
+    #[arg(long, global = true, value_enum)]
+    output: Option<Output>,
     /// Any client property with Kafka's name (`-X linger.ms=10`); repeatable.
     #[arg(short = 'X', global = true, value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+}
+
+/// The same options before the subcommand (`strom --bootstrap H:P topic
+/// list`), as scripts written for earlier versions give them; hidden from
+/// the help, which shows them under each client subcommand.
+#[derive(Debug, Default, Args)]
+pub(crate) struct LeadingClientArgs {
+    #[arg(long, hide = true, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    #[arg(long, hide = true, value_enum)]
+    output: Option<Output>,
+    #[arg(short = 'X', hide = true, value_name = "KEY=VALUE")]
+    properties: Vec<String>,
+}
+
+impl LeadingClientArgs {
+    /// `--output`, if given before the subcommand.
+    pub(crate) fn output(&self) -> Option<Output> {
+        self.output
+    }
+
+    /// The flags given, by name, for a subcommand that takes none of them.
+    pub(crate) fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if self.bootstrap.is_some() {
+            given.push("--bootstrap");
+        }
+        if self.output.is_some() {
+            given.push("--output");
+        }
+        if !self.properties.is_empty() {
+            given.push("-X");
+        }
+        given
+    }
+}
+
+/// The client options in effect: those after the subcommand win over those
+/// before it; `-X` properties from both, in the order typed.
+#[derive(Debug)]
+pub(crate) struct Common {
+    pub(crate) bootstrap: String,
+    pub(crate) output: Output,
     pub(crate) properties: Vec<String>,
 }
 
 impl Common {
+    pub(crate) fn new(leading: LeadingClientArgs, args: ClientArgs) -> Self {
+        let mut properties = leading.properties;
+        properties.extend(args.properties);
+        Self {
+            bootstrap: args
+                .bootstrap
+                .or(leading.bootstrap)
+                .unwrap_or_else(|| DEFAULT_BOOTSTRAP.to_owned()),
+            output: args.output.or(leading.output).unwrap_or(Output::Table),
+            properties,
+        }
+    }
+
+    /// Fails at once when every bootstrap address refuses connections (or
+    /// does not resolve, which the Java client also refuses at once): no
+    /// retry can help then, and waiting out the API timeout only to say
+    /// "timed out" hides the cause. An address that neither accepts nor
+    /// refuses in time is left to the client, which retries it until the
+    /// API timeout.
+    pub(crate) fn check_reachable(&self) -> anyhow::Result<()> {
+        let addrs: Vec<String> = self
+            .bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if addrs.is_empty() {
+            return Ok(()); // the client's config check says why
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let refusals = rt.block_on(async {
+            let mut probes = tokio::task::JoinSet::new();
+            for (i, addr) in addrs.iter().enumerate() {
+                let addr = addr.clone();
+                probes.spawn(async move { (i, refusal(&addr).await) });
+            }
+            let mut reasons: Vec<String> = vec![String::new(); addrs.len()];
+            let deadline = tokio::time::sleep(REACHABLE_CHECK);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    next = probes.join_next() => match next {
+                        None => break Some(reasons),
+                        Some(Ok((i, Some(reason)))) => reasons[i] = reason,
+                        // One answered: the client takes it from here.
+                        Some(_) => break None,
+                    },
+                    () = &mut deadline => break None,
+                }
+            }
+        });
+        match refusals {
+            None => Ok(()),
+            Some(reasons) => {
+                let each: Vec<String> = addrs
+                    .iter()
+                    .zip(&reasons)
+                    .map(|(addr, why)| format!("{addr} ({why})"))
+                    .collect();
+                anyhow::bail!("cannot connect to {}", each.join(", "))
+            }
+        }
+    }
+
     /// The client config: bootstrap, the tool's defaults, then `-X`.
     pub(crate) fn config(&self, defaults: &[(&str, &str)]) -> anyhow::Result<ClientConfig> {
         let mut config = ClientConfig::new();
@@ -56,6 +174,26 @@ impl Common {
         let config = self.config(&[("default.api.timeout.ms", TOOL_API_TIMEOUT_MS)])?;
         Ok(strom_client::Admin::new(&config)?)
     }
+}
+
+/// Why `addr` can never be connected to, or `None` when it accepted a
+/// connection or may yet (a timeout, an unreachable network that may come
+/// back).
+async fn refusal(addr: &str) -> Option<String> {
+    let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(addr).await {
+        Ok(resolved) => resolved.collect(),
+        Err(e) => return Some(format!("cannot resolve it: {e}")),
+    };
+    if resolved.is_empty() {
+        return Some("it resolves to no address".to_owned());
+    }
+    for socket_addr in resolved {
+        match tokio::net::TcpStream::connect(socket_addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => return None,
+        }
+    }
+    Some("connection refused".to_owned())
 }
 
 /// `KEY=VALUE`, both trimmed.

@@ -6,10 +6,68 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use common::BrokerProcess;
+use common::{BrokerProcess, wait_until};
+
+/// How long a command that must fail at once may run before the test calls
+/// it stuck: well under the API timeout the commands are given
+/// (`STUCK_API_TIMEOUT_MS`), so that waiting out that timeout fails the test.
+const FAIL_FAST_BOUND: Duration = Duration::from_secs(20);
+/// The API timeout (and `max.block.ms`) given to commands that must not
+/// wait for it.
+const STUCK_API_TIMEOUT_MS: &str = "60000";
+
+/// Runs `strom` with `args` (no `--bootstrap` added) and `stdin`, killing it
+/// and failing the test if it runs longer than `bound`.
+fn strom_bounded(args: &[&str], stdin: &[u8], bound: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    // A command that fails before reading its input closes the pipe.
+    let _ = input.write_all(stdin);
+    drop(input);
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "strom {args:?} still running after {bound:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A failed command's stderr.
+fn failed(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "expected a failure; stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    stderr
+}
+
+/// A local port nothing listens on: bound, then released.
+fn refusing_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 fn strom(broker: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
@@ -421,4 +479,209 @@ fn keys_headers_json_and_offsets() {
             .count(),
         1
     );
+}
+
+#[test]
+fn an_unreachable_bootstrap_fails_at_once_saying_connection_refused() {
+    let addr = format!("127.0.0.1:{}", refusing_port());
+    let timeout = format!("default.api.timeout.ms={STUCK_API_TIMEOUT_MS}");
+    let block = format!("max.block.ms={STUCK_API_TIMEOUT_MS}");
+    let expected = format!("strom: cannot connect to {addr} (connection refused)");
+    // Each tool with the property that bounds its wait raised above the
+    // test's bound (the consumer has none; its admin calls wait 15 s).
+    for (args, stdin) in [
+        (vec!["topic", "list", "-X", &timeout], &b""[..]),
+        (vec!["group", "list", "-X", &timeout], &b""[..]),
+        (vec!["cluster", "describe", "-X", &timeout], &b""[..]),
+        (vec!["produce", "t", "-X", &block], &b"a\nb\n"[..]),
+        (vec!["consume", "t", "--count", "1"], &b""[..]),
+    ] {
+        let mut args = args;
+        args.extend(["--bootstrap", &addr]);
+        let stderr = failed(&strom_bounded(&args, stdin, FAIL_FAST_BOUND));
+        assert_eq!(stderr.trim(), expected, "strom {args:?}");
+    }
+}
+
+#[test]
+fn an_illegal_topic_name_is_explained_by_the_rule_it_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let b = broker.bootstrap.as_str();
+    let character =
+        "is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'";
+    let long = "a".repeat(250);
+    for (args, stdin, rule) in [
+        (vec!["topic", "create", "a b"], None, character),
+        (vec!["produce", "a b"], Some("x\n"), character),
+        (vec!["topic", "describe", "a/b"], None, character),
+        (
+            vec!["topic", "create", ".."],
+            None,
+            "cannot be \".\" or \"..\"",
+        ),
+        (
+            vec!["topic", "create", ""],
+            None,
+            "is illegal, it can't be empty",
+        ),
+        (
+            vec!["topic", "create", &long],
+            None,
+            "is illegal, it can't be longer than 249 characters",
+        ),
+    ] {
+        let stderr = failed(&strom(b, &args, stdin));
+        assert!(
+            stderr.contains("INVALID_TOPIC_EXCEPTION") && stderr.contains(rule),
+            "strom {args:?}: {stderr}"
+        );
+    }
+    broker.stop();
+}
+
+#[test]
+fn a_produce_failing_part_way_says_how_many_records_were_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let b = broker.bootstrap.as_str();
+    ok(&strom(b, &["topic", "create", "part"], None));
+    // The fourth line is over max.request.size, so the producer refuses it.
+    let input = format!("1\n2\n3\n{}\n5\n", "x".repeat(2000));
+    let stderr = failed(&strom(
+        b,
+        &["produce", "part", "-X", "max.request.size=1000"],
+        Some(&input),
+    ));
+    assert!(
+        stderr.contains("topic part: 3 records written (acknowledged) before the failure")
+            && stderr.contains("MESSAGE_TOO_LARGE"),
+        "{stderr}"
+    );
+    let consumed = ok(&strom(
+        b,
+        &["consume", "part", "--from-beginning", "--exit-at-end"],
+        None,
+    ));
+    assert_eq!(consumed, "1\n2\n3\n");
+    broker.stop();
+}
+
+#[test]
+fn client_options_belong_to_the_client_subcommands_not_the_broker() {
+    let help = ok(&strom_bounded(&["broker", "--help"], b"", FAIL_FAST_BOUND));
+    for client_only in ["--bootstrap", "--output", "-X"] {
+        assert!(!help.contains(client_only), "{client_only} in: {help}");
+    }
+    assert!(help.contains("--listen"), "{help}");
+    for args in [["topic", "list", "--help"], ["produce", "t", "--help"]] {
+        let help = ok(&strom_bounded(&args, b"", FAIL_FAST_BOUND));
+        assert!(
+            help.contains("--bootstrap") && help.contains("-X"),
+            "{help}"
+        );
+    }
+    // Given to the broker anyway, they are refused, not ignored.
+    let stderr = failed(&strom_bounded(
+        &["broker", "--bootstrap", "127.0.0.1:1"],
+        b"",
+        FAIL_FAST_BOUND,
+    ));
+    assert!(stderr.contains("--bootstrap"), "{stderr}");
+    let stderr = failed(&strom_bounded(
+        &["--bootstrap", "127.0.0.1:1", "broker"],
+        b"",
+        FAIL_FAST_BOUND,
+    ));
+    assert!(
+        stderr.contains("strom broker takes no client options (--bootstrap)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_taken_port_names_the_flag_and_the_property_to_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("data"), &[]);
+    let metrics = broker
+        .metrics_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+    let second = dir.path().join("second");
+    let second = second.to_str().unwrap();
+    for (listen, metrics, flag, property) in [
+        (
+            broker.bootstrap.as_str(),
+            "127.0.0.1:0",
+            "--listen",
+            "listeners",
+        ),
+        (
+            "127.0.0.1:0",
+            metrics.as_str(),
+            "--metrics",
+            "metrics.listener",
+        ),
+    ] {
+        let stderr = failed(&strom_bounded(
+            &[
+                "broker",
+                "--listen",
+                listen,
+                "--metrics",
+                metrics,
+                "--data-dir",
+                second,
+            ],
+            b"",
+            FAIL_FAST_BOUND,
+        ));
+        let line = stderr.trim();
+        assert!(
+            line.contains(flag) && line.contains(property) && !line.contains('\n'),
+            "{line}"
+        );
+        // The OS's reason once, not once per layer of the error.
+        assert_eq!(line.matches("(os error").count(), 1, "{line}");
+    }
+    broker.stop();
+}
+
+#[test]
+fn a_broker_log_in_a_file_is_plain_text_one_line_per_event() {
+    use strom_protocol::messages::kafka::SaslHandshakeRequest;
+    use strom_protocol::messages::{ApiKey, StrBytes, encode_request};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::start(&data, &[]);
+    // A client's SASL mechanism name ends up in an INFO line; line breaks in
+    // it must not break the log's lines.
+    let request = SaslHandshakeRequest::default()
+        .with_mechanism(StrBytes::from_static_str("PLAIN\n\n\nforged line"));
+    let frame = encode_request(ApiKey::SaslHandshake, 1, 1, Some("t"), &request).unwrap();
+    let mut socket = std::net::TcpStream::connect(&broker.bootstrap).unwrap();
+    socket.write_all(&frame).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut size = [0u8; 4];
+    socket.read_exact(&mut size).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || broker
+            .stderr()
+            .contains("SASL handshake refused")),
+        "{}",
+        broker.stderr()
+    );
+    broker.stop();
+    let log = std::fs::read(data.with_extension("stderr.log")).unwrap();
+    assert!(!log.contains(&0x1b), "ANSI escapes in a log file");
+    let log = String::from_utf8(log).unwrap();
+    assert!(log.ends_with('\n'), "{log:?}");
+    for line in log.lines() {
+        assert!(!line.trim().is_empty(), "a blank line in: {log:?}");
+        assert!(!line.starts_with("forged"), "a forged line in: {log:?}");
+    }
+    assert!(log.contains("shut down cleanly"), "{log}");
 }

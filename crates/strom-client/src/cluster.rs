@@ -26,6 +26,7 @@ use strom_protocol::messages::kafka::{
     metadata_request::MetadataRequestTopic,
 };
 use strom_protocol::messages::{Request, StrBytes, Uuid};
+use strom_protocol::topic::illegal_topic_name;
 
 use crate::config::NetworkConfig;
 use crate::conn::{Connection, InFlight};
@@ -396,8 +397,13 @@ impl Cluster {
             };
             if topic.error_code != 0 {
                 meta.topics.remove(&name);
+                // Metadata carries no message; say which rule an illegal
+                // name breaks, in the words CreateTopics would use.
+                let why = (topic.error_code == ErrorCode::InvalidTopicException.code())
+                    .then(|| illegal_topic_name(&name))
+                    .flatten();
                 meta.topic_errors
-                    .insert(name, Error::kafka(topic.error_code, None));
+                    .insert(name, Error::kafka(topic.error_code, why.as_deref()));
                 continue;
             }
             let mut partitions: Vec<PartitionInfo> = topic

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use strom_protocol::error_code::ErrorCode;
-use strom_storage::manager::is_legal_topic_name;
+use strom_protocol::topic::illegal_topic_name;
 use strom_storage::{AppendOrigin, Clock, PartitionLog};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -589,20 +589,7 @@ fn too_large_operation(records: usize) -> ControllerError {
 
 /// Kafka's topic name rules for new topics.
 fn validate_new_topic_name(image: &MetadataImage, name: &str) -> Result<(), ControllerError> {
-    if !is_legal_topic_name(name) {
-        let why = if name.is_empty() {
-            "Topic name is illegal, it can't be empty".to_owned()
-        } else if name == "." || name == ".." {
-            "Topic name cannot be \".\" or \"..\"".to_owned()
-        } else if name.len() > 249 {
-            format!(
-                "Topic name is illegal, it can't be longer than 249 characters, topic name: {name}"
-            )
-        } else {
-            format!(
-                "Topic name \"{name}\" is illegal, it contains a character other than ASCII alphanumerics, '.', '_' and '-'"
-            )
-        };
+    if let Some(why) = illegal_topic_name(name) {
         return Err(ControllerError::new(ErrorCode::InvalidTopicException, why));
     }
     if name == METADATA_TOPIC {

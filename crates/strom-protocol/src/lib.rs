@@ -13,6 +13,7 @@
 //! - [`messages`]: Kafka's request and response messages (from the
 //!   `kafka-protocol` crate, behind this module) and request/response framing.
 //! - [`error_code`]: Kafka's error codes as one enum.
+//! - [`topic`]: Kafka's topic name rules, with its messages.
 
 #![cfg_attr(test, allow(clippy::cast_possible_truncation))]
 
@@ -22,4 +23,5 @@ pub mod error_code;
 pub mod messages;
 pub mod record;
 pub mod record_batch;
+pub mod topic;
 pub mod varint;

@@ -350,15 +350,12 @@ fn resource(
         RESOURCE_TOPIC => {
             if image.topic(name).is_some() {
                 Ok(ConfigResource::Topic(name.to_owned()))
-            } else if strom_storage::manager::is_legal_topic_name(name) {
+            } else if let Some(why) = strom_protocol::topic::illegal_topic_name(name) {
+                Err(Failure::new(ErrorCode::InvalidTopicException, why))
+            } else {
                 Err(Failure::new(
                     ErrorCode::UnknownTopicOrPartition,
                     format!("Topic {name} does not exist."),
-                ))
-            } else {
-                Err(Failure::new(
-                    ErrorCode::InvalidTopicException,
-                    format!("Topic name {name} is illegal"),
                 ))
             }
         }
@@ -751,14 +748,13 @@ pub fn describe_configs(
                 RESOURCE_TOPIC => {
                     let name = resource.resource_name.as_str();
                     let Some(topic) = image.topic(name) else {
-                        let code = if strom_storage::manager::is_legal_topic_name(name) {
-                            ErrorCode::UnknownTopicOrPartition
-                        } else {
-                            ErrorCode::InvalidTopicException
+                        let (code, message) = match strom_protocol::topic::illegal_topic_name(name) {
+                            Some(why) => (ErrorCode::InvalidTopicException, why),
+                            None => (ErrorCode::UnknownTopicOrPartition, format!("Topic {name} does not exist")),
                         };
                         return result
                             .with_error_code(code.code())
-                            .with_error_message(Some(StrBytes::from_string(format!("Topic {name} does not exist"))));
+                            .with_error_message(Some(StrBytes::from_string(message)));
                     };
                     let configs = TOPIC_CONFIGS
                         .iter()
