@@ -599,12 +599,26 @@ impl BrokerConfig {
 
     /// `num.partitions`, default 1.
     pub fn num_partitions(&self) -> Result<i32, ConfigError> {
-        self.get("num.partitions", 1)
+        self.at_least_one("num.partitions", 1)
+    }
+
+    /// A property that Kafka's validator requires to be at least 1.
+    fn at_least_one<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display + Copy,
+    {
+        let value = self.get(name, default)?;
+        if value < T::from(1) {
+            return Err(ConfigError(format!(
+                "Invalid value {value} for configuration {name}: Value must be at least 1"
+            )));
+        }
+        Ok(value)
     }
 
     /// `default.replication.factor`, default 1.
     pub fn default_replication_factor(&self) -> Result<i16, ConfigError> {
-        self.get("default.replication.factor", 1)
+        self.at_least_one("default.replication.factor", 1)
     }
 
     /// `auto.create.topics.enable`, default true.
@@ -1255,6 +1269,11 @@ mod tests {
     fn bad_values_fail_at_startup() {
         let props = BTreeMap::from([("num.partitions".to_owned(), "many".to_owned())]);
         assert!(BrokerConfig::from_properties(props).is_err());
+        for zero in ["num.partitions", "default.replication.factor"] {
+            let props = BTreeMap::from([(zero.to_owned(), "0".to_owned())]);
+            let err = BrokerConfig::from_properties(props).expect_err(zero).0;
+            assert!(err.contains("at least 1"), "{err}");
+        }
         let props = BTreeMap::from([("listeners".to_owned(), "nonsense".to_owned())]);
         assert!(BrokerConfig::from_properties(props).is_err());
     }

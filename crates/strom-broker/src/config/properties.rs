@@ -42,6 +42,7 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "log.retention.check.interval.ms",
     "max.connections",
     "max.incremental.fetch.session.cache.slots",
+    "max.request.partition.size.limit",
     "metrics.listener",
     "node.id",
     "num.partitions",
