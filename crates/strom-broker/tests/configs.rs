@@ -236,11 +236,13 @@ async fn incremental_alter_configs_follow_kafkas_rules_and_survive_restart() {
     assert_eq!(r.responses[0].error_code, 0);
     assert_eq!(value_of(&mut raw, "t", "retention.ms").await.0, "1000");
 
-    // DELETE falls back to the static broker property.
+    // DELETE falls back to the static broker property. Kafka describes a
+    // value that only log.retention.hours sets as DEFAULT_CONFIG (5): its
+    // synonyms start at log.retention.ms.
     alter_ok(&mut raw, TOPIC, "t", &[("retention.ms", DELETE, None)]).await;
     assert_eq!(
         value_of(&mut raw, "t", "retention.ms").await,
-        ("3600000".to_owned(), 4)
+        ("3600000".to_owned(), 5)
     );
 
     // Dynamic broker configs: the cluster default, then this broker's, win

@@ -15,8 +15,7 @@ use uuid::Uuid;
 use crate::image::{ConfigResource, MetadataImage};
 use crate::records::{MetadataRecord, decode_batch, encode_batch};
 
-/// Kafka's name for the metadata log's topic; never visible to clients.
-pub const METADATA_TOPIC: &str = "__cluster_metadata";
+pub use strom_protocol::topic::METADATA_TOPIC;
 /// Bound on one decoded metadata batch: a controller operation writes one
 /// batch, and even 100,000 partition records are far below this.
 pub const MAX_METADATA_BATCH_BYTES: usize = 256 << 20;
@@ -734,7 +733,7 @@ mod tests {
 
     use super::*;
 
-    fn open(dir: &std::path::Path) -> Controller {
+    pub(super) fn open(dir: &std::path::Path) -> Controller {
         let log = PartitionLog::open(
             dir,
             metadata_log_config(),
@@ -756,7 +755,7 @@ mod tests {
         controller
     }
 
-    fn topic(name: &str, partitions: i32, rf: i16) -> CreateTopicRequest {
+    pub(super) fn topic(name: &str, partitions: i32, rf: i16) -> CreateTopicRequest {
         CreateTopicRequest {
             name: name.to_owned(),
             num_partitions: partitions,
@@ -870,54 +869,23 @@ mod tests {
 
 #[cfg(test)]
 mod operation_bound_tests {
-    use strom_storage::{FileCache, LoadOptions, SystemClock};
-
+    use super::tests::{open, topic};
     use super::*;
-
-    fn open(dir: &std::path::Path) -> Controller {
-        let log = PartitionLog::open(
-            dir,
-            metadata_log_config(),
-            Arc::new(FileCache::default()),
-            Arc::new(SystemClock),
-            LoadOptions::default(),
-        )
-        .unwrap();
-        let controller = Controller::open(
-            1,
-            ControllerConfig::default(),
-            Arc::new(log),
-            Arc::new(SystemClock),
-        )
-        .unwrap();
-        controller
-            .register_broker(1, "127.0.0.1", 9092, None)
-            .unwrap();
-        controller
-    }
-
-    fn topic(name: &str, partitions: i32) -> CreateTopicRequest {
-        CreateTopicRequest {
-            name: name.to_owned(),
-            num_partitions: partitions,
-            replication_factor: 1,
-            assignments: vec![],
-            configs: BTreeMap::new(),
-        }
-    }
 
     #[test]
     fn one_operation_takes_up_to_max_records_per_user_op_and_no_more() {
         let dir = tempfile::tempdir().unwrap();
         let controller = open(dir.path());
         // 10,000 partitions: 10,001 records, one too many.
-        let refused = controller.create_topics(vec![topic("huge", 10_000)], false);
+        let refused = controller.create_topics(vec![topic("huge", 10_000, 1)], false);
         let e = refused[0].clone().unwrap_err();
         assert_eq!(e.code, ErrorCode::PolicyViolation);
         assert!(e.message.unwrap().contains("10001"));
         // Over the request: each topic fits, both together do not.
-        let refused =
-            controller.create_topics(vec![topic("half-1", 6_000), topic("half-2", 6_000)], false);
+        let refused = controller.create_topics(
+            vec![topic("half-1", 6_000, 1), topic("half-2", 6_000, 1)],
+            false,
+        );
         assert!(
             refused
                 .iter()
@@ -925,7 +893,7 @@ mod operation_bound_tests {
         );
         assert_eq!(controller.image().topic_count(), 0);
         // Exactly the bound: one batch of 10,000 records, replayed whole.
-        let created = controller.create_topics(vec![topic("big", 9_999)], false);
+        let created = controller.create_topics(vec![topic("big", 9_999, 1)], false);
         assert_eq!(created[0].as_ref().unwrap().num_partitions, 9_999);
         let refused = controller.create_partitions(
             vec![CreatePartitionsRequest {

@@ -53,7 +53,7 @@ pub struct TopicImage {
 impl TopicImage {
     /// Kafka's internal topics (`__consumer_offsets`, `__transaction_state`).
     pub fn is_internal(&self) -> bool {
-        self.name == "__consumer_offsets" || self.name == "__transaction_state"
+        strom_protocol::topic::is_internal_topic(&self.name)
     }
 }
 

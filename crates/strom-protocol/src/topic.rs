@@ -2,6 +2,21 @@
 //! with Kafka's messages, so that the broker can answer and a client can
 //! explain an INVALID_TOPIC_EXCEPTION in the same words.
 
+/// Kafka's internal topics, named in one place. The offsets topic holds
+/// consumer groups and their committed offsets (the group coordinator's log).
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+/// The transaction coordinator's log: each transactional id's state.
+pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+/// The cluster metadata log (KRaft's); never visible to clients.
+pub const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// Whether `name` is one of the internal topics clients see
+/// (`__consumer_offsets`, `__transaction_state`): Metadata marks them
+/// internal and Kafka refuses to let users create them.
+pub fn is_internal_topic(name: &str) -> bool {
+    name == OFFSETS_TOPIC || name == TRANSACTION_STATE_TOPIC
+}
+
 /// The longest topic name: the partition directory `<name>-<partition>`
 /// must fit in a 255-byte file name with room for the partition number and
 /// the `.<suffix>-delete` Kafka renames deleted logs to.

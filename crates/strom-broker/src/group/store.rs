@@ -15,8 +15,7 @@ use strom_protocol::compression::Compression;
 use strom_protocol::messages::Uuid;
 use strom_protocol::record;
 
-/// Kafka's name for the offsets topic.
-pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+pub use strom_protocol::topic::OFFSETS_TOPIC;
 /// Bound on one decoded record batch of the offsets topic when replaying.
 const MAX_REPLAY_BATCH_BYTES: usize = 256 << 20;
 

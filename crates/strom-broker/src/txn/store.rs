@@ -28,8 +28,7 @@ use strom_protocol::builder::RecordBatchBuilder;
 use strom_protocol::compression::Compression;
 use strom_protocol::record;
 
-/// Kafka's name for the transaction state topic.
-pub const TRANSACTION_STATE_TOPIC: &str = "__transaction_state";
+pub use strom_protocol::topic::TRANSACTION_STATE_TOPIC;
 /// Bound on one decoded record batch of the topic when replaying.
 const MAX_REPLAY_BATCH_BYTES: usize = 64 << 20;
 /// The key and value versions this code writes (and the only ones it reads).
