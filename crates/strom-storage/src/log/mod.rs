@@ -33,14 +33,14 @@
 //!   recovering segments after an unclean shutdown), truncation, rebuilding
 //!   the producer state.
 //! - `flush`: fsyncs and the recovery point, the periodic duties, close.
-//! - `cleaner`: the cleaner's work on one log (compaction).
+//! - `compaction`: compacting one log, the cleaner's work on it.
 //!
 //! Below them: `segment` (one `.log` with its indexes), `index` (the sparse
 //! index formats), `scan` (sequential batch reading), `epoch_cache`,
 //! `producer_state`, `txn_index`.
 
 mod append;
-pub(crate) mod cleaner;
+pub(crate) mod compaction;
 mod epoch_cache;
 mod flush;
 mod index;
