@@ -2,7 +2,7 @@
 //! `LogCleanerManager`: which compacted log to clean next, the
 //! `cleaner-offset-checkpoint` file, the offset map's memory, the I/O
 //! throttle, and coordination with topic deletion and truncation. The work
-//! on one log (what is kept, the crash-safe swap) is in `log::cleaner`.
+//! on one log (what is kept, the crash-safe swap) is in `log::compaction`.
 //!
 //! # Choosing a log
 //!
@@ -40,7 +40,7 @@ use strom_protocol::record_batch::BatchHeader;
 pub(crate) use self::offset_map::OffsetMap;
 pub(crate) use self::throttler::Throttler;
 use crate::checkpoint;
-use crate::log::cleaner::{CleanControl, CleanError, CleanJob, CleanableSection};
+use crate::log::compaction::{CleanControl, CleanError, CleanJob, CleanableSection};
 use crate::log::{AbortedTxn, PartitionLog, TxnMarker, read_marker};
 use crate::manager::{LogManager, TopicPartition, read_offsets};
 

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use strom_protocol::builder::RecordBatchBuilder;
 use strom_protocol::compression::Compression;
 

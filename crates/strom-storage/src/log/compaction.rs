@@ -50,7 +50,7 @@
 //!    fsynced.
 //!
 //! Opening a log deletes `.cleaned` files and completes every `<base>.log.swap`
-//! (see `complete_swap` in the log module): the segments it replaces go, it
+//! (see `complete_swap` in `log::recovery`): the segments it replaces go, it
 //! becomes `<base>.log`, its indexes are rebuilt. A crash at any point thus
 //! leaves either the old segments or the cleaned one, both holding every
 //! record's latest value at its offset.
