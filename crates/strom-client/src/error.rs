@@ -67,13 +67,6 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(addr: &str, source: std::io::Error) -> Self {
-        Self::Io {
-            addr: addr.to_owned(),
-            source: Arc::new(source),
-        }
-    }
-
     pub(crate) fn config(name: &str, reason: impl Into<String>) -> Self {
         Self::Config {
             name: name.to_owned(),

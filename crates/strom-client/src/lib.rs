@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: [`ClientConfig`], properties with Kafka's names.
 //! - [`error`]: [`Error`], Kafka's error codes and this side's failures.
-//! - [`conn`]: one connection to one broker, with pipelined requests.
+//! - [`conn`]: one connection to one broker, with pipelined requests:
+//!   `strom_net`'s connection over TCP, with this client's errors.
 //! - `cluster`: metadata and the connection to each broker.
 //! - [`partitioner`]: the Java client's default partitioner, so that records
 //!   land on the partitions a Java producer would choose.
@@ -13,7 +14,8 @@
 //!   transactions.
 //! - [`consumer`]: [`Consumer`], assignment or a group (classic or KIP-848), fetch
 //!   pipelining, commits.
-//! - [`admin`]: [`Admin`], topics, configs, groups and offsets.
+//! - [`admin`]: [`Admin`], topics, configs, groups and offsets, one module
+//!   per API family.
 
 pub mod admin;
 pub mod config;
