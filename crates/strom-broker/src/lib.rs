@@ -8,7 +8,8 @@
 //!   metadata log, the controller, the logs, then serving.
 //! - [`server`]: the accept loop and one task per connection: bounded frames,
 //!   requests answered in order while the next ones are read, idle timeout.
-//! - [`api`]: one module per API family, and the dispatch by API key.
+//! - [`api`]: one module per API family, and the one table of APIs (versions,
+//!   parking, handler) that ApiVersions, the dispatch and the metrics use.
 //! - [`replica`]: the partitions this broker holds, their high watermarks and
 //!   the fetches waiting on them.
 //! - [`config`]: broker properties with Kafka's names; topic config definitions.

@@ -220,7 +220,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every recorded metric; `apis` are the API keys answered.
+    /// Registers every recorded metric; `apis` are the API keys answered
+    /// (the broker passes the rows of the API table, `api::SUPPORTED_APIS`),
+    /// each registered up front so that every API shows from the start.
     pub fn new(apis: &[ApiKey], node_id: i32) -> Self {
         let mut registry = Registry::with_prefix("strom");
         registry.register(

@@ -25,6 +25,7 @@ use strom_protocol::messages::kafka::{
 };
 use strom_protocol::messages::{StrBytes, Uuid};
 
+use super::RequestContext;
 use super::metadata::CLUSTER_OPERATIONS;
 use crate::broker::Broker;
 use crate::config::{TOPIC_CONFIGS, validate_topic_config};
@@ -39,8 +40,9 @@ fn message(e: &ControllerError) -> Option<StrBytes> {
 pub async fn create_topics(
     broker: &Arc<Broker>,
     request: CreateTopicsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> CreateTopicsResponse {
+    let version = ctx.api_version();
     let mut results: Vec<Option<CreatableTopicResult>> = Vec::new();
     let mut requests = Vec::new();
     let mut positions = Vec::new();
@@ -205,8 +207,9 @@ fn failed_topic(name: TopicName, code: ErrorCode, message: Option<String>) -> Cr
 pub async fn delete_topics(
     broker: &Arc<Broker>,
     request: DeleteTopicsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> DeleteTopicsResponse {
+    let version = ctx.api_version();
     let image = broker.image();
     // v6 names topics by name or id; older versions by name only.
     let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
@@ -294,6 +297,7 @@ pub async fn delete_topics(
 pub async fn create_partitions(
     broker: &Arc<Broker>,
     request: CreatePartitionsRequest,
+    _ctx: &RequestContext<'_>,
 ) -> CreatePartitionsResponse {
     let names: Vec<TopicName> = request.topics.iter().map(|t| t.name.clone()).collect();
     let requests = request
@@ -354,6 +358,7 @@ pub async fn create_partitions(
 pub fn describe_cluster(
     broker: &Broker,
     request: DescribeClusterRequest,
+    _ctx: &RequestContext<'_>,
 ) -> DescribeClusterResponse {
     let image = broker.image();
     let response = DescribeClusterResponse::default()

@@ -6,7 +6,7 @@ use strom_protocol::messages::kafka::{
 };
 use strom_protocol::messages::{ApiKey, RequestFrame};
 
-use super::{Reply, SUPPORTED_APIS, respond};
+use super::{Reply, RequestContext, SUPPORTED_APIS, respond};
 
 /// The advertised APIs, as the response lists them.
 fn api_keys() -> Vec<ApiVersion> {
@@ -32,7 +32,10 @@ fn valid_software_field(s: &str) -> bool {
     }
 }
 
-pub fn handle(frame: &RequestFrame) -> Reply {
+/// Answers ApiVersions, at any version: it runs before the version check,
+/// as a client may ask in a version from the future.
+pub fn handle(ctx: &RequestContext<'_>) -> Reply {
+    let frame = ctx.header();
     let (min, max) = super::supported_versions(ApiKey::ApiVersions).unwrap_or((0, 0));
     if frame.api_version < min || frame.api_version > max {
         // Kafka answers a version it does not know with a v0 response naming

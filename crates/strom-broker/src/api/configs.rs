@@ -28,6 +28,7 @@ use strom_protocol::messages::kafka::{
     list_config_resources_response,
 };
 
+use super::RequestContext;
 use crate::broker::Broker;
 use crate::config::{
     ConfigSource, ConfigType, ConfigValue, TOPIC_CONFIGS, TopicConfigDef, Unit, topic_config_def,
@@ -533,6 +534,7 @@ async fn alter_each<R>(
 pub async fn alter_configs(
     broker: &Arc<Broker>,
     request: AlterConfigsRequest,
+    _ctx: &RequestContext<'_>,
 ) -> AlterConfigsResponse {
     let key = |r: &alter_configs_request::AlterConfigsResource| {
         (r.resource_type, r.resource_name.to_string())
@@ -585,6 +587,7 @@ pub async fn alter_configs(
 pub async fn incremental_alter_configs(
     broker: &Arc<Broker>,
     request: IncrementalAlterConfigsRequest,
+    _ctx: &RequestContext<'_>,
 ) -> IncrementalAlterConfigsResponse {
     let key = |r: &incremental_alter_configs_request::AlterConfigsResource| {
         (r.resource_type, r.resource_name.to_string())
@@ -723,8 +726,9 @@ fn default_of(target: &ConfigResource, name: &str) -> String {
 pub fn describe_configs(
     broker: &Broker,
     request: DescribeConfigsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> DescribeConfigsResponse {
+    let version = ctx.api_version();
     let image = broker.image();
     let with_synonyms = version >= 1 && request.include_synonyms;
     let with_docs = version >= 3 && request.include_documentation;
@@ -899,8 +903,9 @@ fn synonyms(chain: &[crate::config::ConfigValue]) -> Vec<DescribeConfigsSynonym>
 pub fn list_config_resources(
     broker: &Arc<Broker>,
     request: ListConfigResourcesRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> ListConfigResourcesResponse {
+    let version = ctx.api_version();
     let types: BTreeSet<i8> = if version == 0 {
         // v0 lists client metrics resources only.
         BTreeSet::from([RESOURCE_CLIENT_METRICS])

@@ -26,6 +26,7 @@ use strom_protocol::record_batch;
 use strom_storage::ReadError;
 use tokio::sync::Notify;
 
+use super::RequestContext;
 use super::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
 use crate::broker::Broker;
@@ -42,7 +43,12 @@ struct Unresolved {
     partition: i32,
 }
 
-pub async fn handle(broker: &Arc<Broker>, request: FetchRequest, version: i16) -> FetchResponse {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    request: FetchRequest,
+    ctx: &RequestContext<'_>,
+) -> FetchResponse {
+    let version = ctx.api_version();
     let image = broker.image();
     let max_bytes = request
         .max_bytes

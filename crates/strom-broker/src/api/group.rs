@@ -52,6 +52,7 @@ use strom_protocol::messages::kafka::{
     sync_group_response::SyncGroupResponse,
 };
 
+use super::RequestContext;
 use crate::broker::Broker;
 use crate::group::classic::{JoinRequest, JoinResult, Outbox, Reply, SyncResult};
 use crate::group::consumer::{self, Partitions};
@@ -146,8 +147,9 @@ async fn finish(
 pub async fn find_coordinator(
     broker: &Arc<Broker>,
     req: FindCoordinatorRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> FindCoordinatorResponse {
+    let version = ctx.api_version();
     let keys: Vec<String> = if version >= 4 {
         req.coordinator_keys.iter().map(|k| k.to_string()).collect()
     } else {
@@ -307,10 +309,9 @@ fn join_response(result: JoinResult, version: i16) -> JoinGroupResponse {
 pub async fn join_group(
     broker: &Arc<Broker>,
     req: JoinGroupRequest,
-    version: i16,
-    client: Option<&StrBytes>,
-    peer: SocketAddr,
+    ctx: &RequestContext<'_>,
 ) -> JoinGroupResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
     let fail = |code: ErrorCode| join_response(JoinResult::error(code, &member_id), version);
@@ -334,8 +335,8 @@ pub async fn join_group(
         } else {
             None
         },
-        client_id: client_id(client),
-        client_host: client_host(peer),
+        client_id: client_id(ctx.client_id()),
+        client_host: client_host(ctx.peer()),
         session_timeout_ms: req.session_timeout_ms,
         // Version 0 has no rebalance timeout: the session timeout is it.
         rebalance_timeout_ms: if version >= 1 {
@@ -404,8 +405,9 @@ fn sync_response(result: SyncResult, version: i16) -> SyncGroupResponse {
 pub async fn sync_group(
     broker: &Arc<Broker>,
     req: SyncGroupRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> SyncGroupResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     if let Err(code) = check_group(broker, &group_id) {
         return sync_response(SyncResult::error(code), version);
@@ -466,8 +468,9 @@ pub async fn sync_group(
 pub async fn heartbeat(
     broker: &Arc<Broker>,
     req: HeartbeatRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> HeartbeatResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let mut response = HeartbeatResponse::default();
     if let Err(code) = check_group(broker, &group_id) {
@@ -497,8 +500,9 @@ pub async fn heartbeat(
 pub async fn leave_group(
     broker: &Arc<Broker>,
     req: LeaveGroupRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> LeaveGroupResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let mut response = LeaveGroupResponse::default();
     if let Err(code) = check_group(broker, &group_id) {
@@ -615,8 +619,9 @@ fn validate_commit(
 pub async fn offset_commit(
     broker: &Arc<Broker>,
     req: OffsetCommitRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> OffsetCommitResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let coordinator = &broker.groups;
     let respond = |f: &dyn Fn(&str, i32) -> ErrorCode| {
@@ -774,8 +779,9 @@ fn has_pending_txn_offset(state: &GroupState, group_id: &str, topic: &str, parti
 pub async fn offset_fetch(
     broker: &Arc<Broker>,
     req: OffsetFetchRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> OffsetFetchResponse {
+    let version = ctx.api_version();
     let mut response = OffsetFetchResponse::default();
     if version < 8 {
         let group_id = req.group_id.to_string();
@@ -902,7 +908,11 @@ pub async fn offset_fetch(
     response
 }
 
-pub async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub async fn offset_delete(
+    broker: &Arc<Broker>,
+    req: OffsetDeleteRequest,
+    _ctx: &RequestContext<'_>,
+) -> OffsetDeleteResponse {
     let group_id = req.group_id.to_string();
     let mut response = OffsetDeleteResponse::default();
     if let Err(code) = check_group(broker, &group_id) {
@@ -971,8 +981,9 @@ pub async fn offset_delete(broker: &Arc<Broker>, req: OffsetDeleteRequest) -> Of
 pub async fn describe_groups(
     broker: &Arc<Broker>,
     req: DescribeGroupsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> DescribeGroupsResponse {
+    let version = ctx.api_version();
     let mut response = DescribeGroupsResponse::default();
     let state = broker.groups.lock().await;
     response.groups = req
@@ -1037,8 +1048,9 @@ pub async fn describe_groups(
 pub async fn list_groups(
     broker: &Arc<Broker>,
     req: ListGroupsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> ListGroupsResponse {
+    let version = ctx.api_version();
     let states: BTreeSet<String> = req
         .states_filter
         .iter()
@@ -1076,7 +1088,11 @@ pub async fn list_groups(
     response
 }
 
-pub async fn delete_groups(broker: &Arc<Broker>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete_groups(
+    broker: &Arc<Broker>,
+    req: DeleteGroupsRequest,
+    _ctx: &RequestContext<'_>,
+) -> DeleteGroupsResponse {
     let coordinator = &broker.groups;
     let mut response = DeleteGroupsResponse::default();
     let mut state = coordinator.lock().await;
@@ -1132,10 +1148,9 @@ fn topic_partitions(p: &Partitions) -> Vec<cgh::TopicPartitions> {
 pub async fn consumer_group_heartbeat(
     broker: &Arc<Broker>,
     req: ConsumerGroupHeartbeatRequest,
-    version: i16,
-    client: Option<&StrBytes>,
-    peer: SocketAddr,
+    ctx: &RequestContext<'_>,
 ) -> ConsumerGroupHeartbeatResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let mut response = ConsumerGroupHeartbeatResponse::default();
     let fail = |mut response: ConsumerGroupHeartbeatResponse, code: ErrorCode, message: String| {
@@ -1174,8 +1189,8 @@ pub async fn consumer_group_heartbeat(
                 .map(|tp| (tp.topic_id, tp.partitions.clone()))
                 .collect()
         }),
-        client_id: client_id(client),
-        client_host: client_host(peer),
+        client_id: client_id(ctx.client_id()),
+        client_host: client_host(ctx.peer()),
     };
     let coordinator = &broker.groups;
     let image = broker.image();
@@ -1219,8 +1234,9 @@ pub async fn consumer_group_heartbeat(
 pub async fn consumer_group_describe(
     broker: &Arc<Broker>,
     req: ConsumerGroupDescribeRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> ConsumerGroupDescribeResponse {
+    let version = ctx.api_version();
     let image = broker.image();
     let named = |p: &Partitions| -> cgd::Assignment {
         let mut a = cgd::Assignment::default();

@@ -12,13 +12,15 @@ use std::sync::Arc;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::kafka::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 
+use super::RequestContext;
 use crate::broker::Broker;
 
 pub async fn handle(
     broker: &Arc<Broker>,
     request: InitProducerIdRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> InitProducerIdResponse {
+    let version = ctx.api_version();
     let failed = |code: ErrorCode| {
         InitProducerIdResponse::default()
             .with_error_code(code.code())

@@ -11,6 +11,7 @@ use strom_protocol::messages::kafka::list_offsets_response::{
 };
 use strom_protocol::messages::kafka::{ListOffsetsRequest, ListOffsetsResponse};
 
+use super::RequestContext;
 use crate::broker::Broker;
 use crate::replica::Partition;
 
@@ -27,8 +28,9 @@ pub const READ_COMMITTED: i8 = 1;
 pub async fn handle(
     broker: &Arc<Broker>,
     request: ListOffsetsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> ListOffsetsResponse {
+    let version = ctx.api_version();
     let broker = Arc::clone(broker);
     super::blocking(move || answer(&broker, request, version))
         .await

@@ -17,6 +17,7 @@ use strom_protocol::messages::kafka::{
     TopicName,
 };
 
+use super::RequestContext;
 use crate::broker::Broker;
 
 /// DeleteRecords' "up to the high watermark".
@@ -30,6 +31,7 @@ const HIGH_WATERMARK: i64 = -1;
 pub async fn delete_records(
     broker: &Arc<Broker>,
     request: DeleteRecordsRequest,
+    _ctx: &RequestContext<'_>,
 ) -> DeleteRecordsResponse {
     let image = broker.image();
     let mut work = Vec::new();
@@ -124,8 +126,9 @@ fn delete_below(
 pub fn describe_log_dirs(
     broker: &Broker,
     request: DescribeLogDirsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> DescribeLogDirsResponse {
+    let version = ctx.api_version();
     let wanted: Option<BTreeMap<String, Vec<i32>>> = request.topics.map(|topics| {
         topics
             .into_iter()

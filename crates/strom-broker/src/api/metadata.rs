@@ -25,6 +25,7 @@ use strom_protocol::messages::kafka::{
 use strom_protocol::messages::{StrBytes, Uuid};
 use strom_storage::manager::is_legal_topic_name;
 
+use super::RequestContext;
 use crate::broker::Broker;
 
 /// Kafka's AclOperation codes that apply to topics: READ, WRITE, CREATE,
@@ -53,8 +54,9 @@ const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 pub async fn handle(
     broker: &Arc<Broker>,
     request: MetadataRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> MetadataResponse {
+    let version = ctx.api_version();
     // v0 has no null: an empty list means all topics. v1+: null means all.
     let all_topics = match &request.topics {
         None => true,
@@ -219,6 +221,7 @@ fn describe_topic(topic: &TopicImage, topic_ops: i32, version: i16) -> MetadataR
 pub fn describe_topic_partitions(
     broker: &Arc<Broker>,
     request: DescribeTopicPartitionsRequest,
+    _ctx: &RequestContext<'_>,
 ) -> DescribeTopicPartitionsResponse {
     let image = broker.image();
     let fetch_all = request.topics.is_empty();

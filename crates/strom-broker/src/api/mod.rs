@@ -1,5 +1,6 @@
-//! The Kafka APIs this broker answers: one module per API family, and the
-//! dispatch by API key.
+//! The Kafka APIs this broker answers: one module per API family, and one
+//! table of APIs (`api_table!` below) from which ApiVersions, the dispatch by
+//! API key and the per-API metrics are made.
 //!
 //! ApiVersions advertises exactly [`SUPPORTED_APIS`]; every version in it is
 //! handled. A request for an API or version outside it, or whose body does
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use strom_protocol::messages::{self, ApiKey, Encodable, RequestFrame};
+use strom_protocol::messages::{self, ApiKey, Decodable, Encodable, RequestFrame, StrBytes, kafka};
 
 use crate::broker::Broker;
 
@@ -38,55 +39,180 @@ pub enum Reply {
     Close(String),
 }
 
-/// The APIs and version ranges this broker implements, as ApiVersions
-/// advertises them. The lower bounds are what Kafka 4.x still accepts.
-pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 13),
-    (ApiKey::Fetch, 4, 17),
-    (ApiKey::ListOffsets, 1, 10),
-    (ApiKey::Metadata, 0, 13),
-    (ApiKey::SaslHandshake, 0, 1),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::InitProducerId, 0, 5),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::DescribeLogDirs, 1, 4),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::DescribeCluster, 0, 2),
-    (ApiKey::FindCoordinator, 0, 6),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
-    (ApiKey::DescribeGroups, 0, 6),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
-    (ApiKey::ConsumerGroupDescribe, 0, 1),
-    (ApiKey::AddPartitionsToTxn, 0, 4),
-    (ApiKey::AddOffsetsToTxn, 0, 4),
-    (ApiKey::EndTxn, 0, 4),
-    (ApiKey::WriteTxnMarkers, 1, 1),
-    (ApiKey::TxnOffsetCommit, 0, 4),
-    (ApiKey::DescribeTransactions, 0, 0),
-    (ApiKey::ListTransactions, 0, 1),
-    (ApiKey::DescribeProducers, 0, 0),
-    (ApiKey::ListConfigResources, 0, 1),
-    (ApiKey::DescribeTopicPartitions, 0, 0),
-];
+/// What a handler knows of its request besides the body: the header and the
+/// connection it came on (Kafka's `RequestContext`). Built on the stack for
+/// each request; nothing is copied out of the frame.
+///
+/// The authenticated principal goes here with SASL (Kafka's
+/// `RequestContext.principal`); until then every client is anonymous.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// The request as read: its header fields (the body is already decoded
+    /// into the handler's request).
+    header: &'a RequestFrame,
+    /// The client's address, as Kafka reports it for group members.
+    peer: SocketAddr,
+}
 
-/// Whether requests of `key` may wait long for something other than the
-/// broker's own work (a rebalance, new data): the connection stops waiting
-/// for them when the client goes away or the broker stops.
-pub fn may_park(key: ApiKey) -> bool {
-    matches!(key, ApiKey::JoinGroup | ApiKey::SyncGroup | ApiKey::Fetch)
+impl<'a> RequestContext<'a> {
+    pub fn new(header: &'a RequestFrame, peer: SocketAddr) -> Self {
+        Self { header, peer }
+    }
+
+    pub fn api_key(&self) -> ApiKey {
+        self.header.api_key
+    }
+
+    pub fn api_version(&self) -> i16 {
+        self.header.api_version
+    }
+
+    pub fn correlation_id(&self) -> i32 {
+        self.header.correlation_id
+    }
+
+    /// The header's client id (`client.id`), when the client sent one.
+    pub fn client_id(&self) -> Option<&'a StrBytes> {
+        self.header.client_id.as_ref()
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The whole request header, as the response is framed from it.
+    pub fn header(&self) -> &'a RequestFrame {
+        self.header
+    }
+}
+
+/// What a handler returns, made into a [`Reply`]: a response message is
+/// encoded as the answer to the request; a handler that decides itself
+/// (produce with acks=0, ApiVersions' fallback) returns the `Reply`.
+pub trait IntoReply {
+    fn into_reply(self, ctx: &RequestContext<'_>) -> Reply;
+}
+
+impl<T: Encodable> IntoReply for T {
+    fn into_reply(self, ctx: &RequestContext<'_>) -> Reply {
+        respond(ctx.header, &self)
+    }
+}
+
+impl IntoReply for Reply {
+    fn into_reply(self, _: &RequestContext<'_>) -> Reply {
+        self
+    }
+}
+
+/// Generates everything that depends on the list of APIs from the one table
+/// below: [`SUPPORTED_APIS`] (what ApiVersions advertises and the metrics
+/// register), [`may_park`] and the dispatch in [`handle`]. An API is answered
+/// exactly when it has a row, at exactly the versions of its row.
+///
+/// A row: the `ApiKey` variant, the version range, whether it may park (see
+/// [`may_park`]), then how the handler is called:
+/// - `async Request => path`: decode the body as `kafka::Request`, then
+///   `path(broker, request, &ctx).await`;
+/// - `sync Request => path`: the same, for a handler that never waits;
+/// - `raw => path`: `path(&ctx)` before any version check or decoding (only
+///   ApiVersions, which must answer versions it does not know).
+///
+/// Handlers return a response message or a [`Reply`] ([`IntoReply`]).
+macro_rules! api_table {
+    ($($key:ident $min:literal ..= $max:literal $park:literal $kind:tt $($request:ident)? => $($handler:ident)::+;)+) => {
+        /// The APIs and version ranges this broker implements, in table order,
+        /// as ApiVersions advertises them.
+        pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[$((ApiKey::$key, $min, $max)),+];
+
+        /// Whether requests of `key` may wait long for something other than
+        /// the broker's own work (a rebalance, new data): the connection stops
+        /// waiting for them when the client goes away or the broker stops.
+        pub fn may_park(key: ApiKey) -> bool {
+            match key {
+                $(ApiKey::$key => $park,)+
+                _ => false,
+            }
+        }
+
+        /// Answers one request: checks the version against the table, decodes
+        /// the body and runs the API's handler. A request for an API or
+        /// version outside the table, or whose body does not decode, closes
+        /// the connection with a log line, as Kafka does.
+        pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr) -> Reply {
+            let ctx = RequestContext::new(frame, peer);
+            match frame.api_key {
+                $(ApiKey::$key => api_table!(@row broker, ctx, $min, $max, $kind $($request)? => $($handler)::+),)+
+                key => {
+                    tracing::warn!(api = ?key, version = frame.api_version, "request for an API this broker does not implement; closing the connection");
+                    Reply::Close(format!("unsupported API {key:?}"))
+                }
+            }
+        }
+    };
+    (@row $broker:ident, $ctx:ident, $min:literal, $max:literal, raw => $($handler:ident)::+) => {
+        $($handler)::+(&$ctx)
+    };
+    (@row $broker:ident, $ctx:ident, $min:literal, $max:literal, async $request:ident => $($handler:ident)::+) => {
+        match decode::<kafka::$request>(&$ctx, $min, $max) {
+            Ok(request) => $($handler)::+($broker, request, &$ctx).await.into_reply(&$ctx),
+            Err(reply) => reply,
+        }
+    };
+    (@row $broker:ident, $ctx:ident, $min:literal, $max:literal, sync $request:ident => $($handler:ident)::+) => {
+        match decode::<kafka::$request>(&$ctx, $min, $max) {
+            Ok(request) => $($handler)::+($broker, request, &$ctx).into_reply(&$ctx),
+            Err(reply) => reply,
+        }
+    };
+}
+
+// The one list of APIs (see `api_table!` for the columns). The lower version
+// bounds are what Kafka 4.x still accepts. May park: JoinGroup and SyncGroup
+// wait for their rebalance, Fetch long-polls for `fetch.min.bytes`; no other
+// handler waits on other clients yet (acks=all produces will, with
+// replication).
+api_table! {
+    // API                   versions  may park  call  request => handler
+    Produce                  3..=13    false     async ProduceRequest => produce::handle;
+    Fetch                    4..=17    true      async FetchRequest => fetch::handle;
+    ListOffsets              1..=10    false     async ListOffsetsRequest => list_offsets::handle;
+    Metadata                 0..=13    false     async MetadataRequest => metadata::handle;
+    SaslHandshake            0..=1     false     sync  SaslHandshakeRequest => sasl::handshake;
+    ApiVersions              0..=4     false     raw   => api_versions::handle;
+    CreateTopics             2..=7     false     async CreateTopicsRequest => admin::create_topics;
+    DeleteTopics             1..=6     false     async DeleteTopicsRequest => admin::delete_topics;
+    InitProducerId           0..=5     false     async InitProducerIdRequest => init_producer_id::handle;
+    DescribeConfigs          1..=4     false     sync  DescribeConfigsRequest => configs::describe_configs;
+    AlterConfigs             0..=2     false     async AlterConfigsRequest => configs::alter_configs;
+    IncrementalAlterConfigs  0..=1     false     async IncrementalAlterConfigsRequest => configs::incremental_alter_configs;
+    DeleteRecords            0..=2     false     async DeleteRecordsRequest => logs::delete_records;
+    DescribeLogDirs          1..=4     false     sync  DescribeLogDirsRequest => logs::describe_log_dirs;
+    CreatePartitions         0..=3     false     async CreatePartitionsRequest => admin::create_partitions;
+    DescribeCluster          0..=2     false     sync  DescribeClusterRequest => admin::describe_cluster;
+    FindCoordinator          0..=6     false     async FindCoordinatorRequest => group::find_coordinator;
+    JoinGroup                0..=9     true      async JoinGroupRequest => group::join_group;
+    SyncGroup                0..=5     true      async SyncGroupRequest => group::sync_group;
+    Heartbeat                0..=4     false     async HeartbeatRequest => group::heartbeat;
+    LeaveGroup               0..=5     false     async LeaveGroupRequest => group::leave_group;
+    OffsetCommit             2..=9     false     async OffsetCommitRequest => group::offset_commit;
+    OffsetFetch              1..=9     false     async OffsetFetchRequest => group::offset_fetch;
+    DescribeGroups           0..=6     false     async DescribeGroupsRequest => group::describe_groups;
+    ListGroups               0..=5     false     async ListGroupsRequest => group::list_groups;
+    DeleteGroups             0..=2     false     async DeleteGroupsRequest => group::delete_groups;
+    OffsetDelete             0..=0     false     async OffsetDeleteRequest => group::offset_delete;
+    ConsumerGroupHeartbeat   0..=1     false     async ConsumerGroupHeartbeatRequest => group::consumer_group_heartbeat;
+    ConsumerGroupDescribe    0..=1     false     async ConsumerGroupDescribeRequest => group::consumer_group_describe;
+    AddPartitionsToTxn       0..=4     false     async AddPartitionsToTxnRequest => txn::add_partitions_to_txn;
+    AddOffsetsToTxn          0..=4     false     async AddOffsetsToTxnRequest => txn::add_offsets_to_txn;
+    EndTxn                   0..=4     false     async EndTxnRequest => txn::end_txn;
+    WriteTxnMarkers          1..=1     false     async WriteTxnMarkersRequest => txn::write_txn_markers;
+    TxnOffsetCommit          0..=4     false     async TxnOffsetCommitRequest => txn::txn_offset_commit;
+    DescribeTransactions     0..=0     false     async DescribeTransactionsRequest => txn::describe_transactions;
+    ListTransactions         0..=1     false     async ListTransactionsRequest => txn::list_transactions;
+    DescribeProducers        0..=0     false     sync  DescribeProducersRequest => txn::describe_producers;
+    ListConfigResources      0..=1     false     sync  ListConfigResourcesRequest => configs::list_config_resources;
+    DescribeTopicPartitions  0..=0     false     sync  DescribeTopicPartitionsRequest => metadata::describe_topic_partitions;
 }
 
 /// Every API this broker answers.
@@ -118,188 +244,20 @@ pub fn respond<T: Encodable>(frame: &RequestFrame, response: &T) -> Reply {
     }
 }
 
-/// Decodes the body as `$request` and runs `$handler` on it; a body that does
-/// not decode closes the connection.
-macro_rules! decode_and {
-    ($frame:expr, $request:ty, |$req:ident| $body:expr) => {
-        match $frame.decode::<$request>() {
-            Ok($req) => $body,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed request; closing the connection");
-                Reply::Close(e.to_string())
-            }
-        }
-    };
-}
-
-/// Answers one request.
-pub async fn handle(broker: &Arc<Broker>, frame: &RequestFrame, peer: SocketAddr) -> Reply {
-    use strom_protocol::messages::kafka;
-    let key = frame.api_key;
-    if key == ApiKey::ApiVersions {
-        return api_versions::handle(frame);
+/// The request's body as `R`, if its version is in `min..=max` and the body
+/// decodes; otherwise the connection closes, with a log line saying why.
+fn decode<R: Decodable>(ctx: &RequestContext<'_>, min: i16, max: i16) -> Result<R, Reply> {
+    let (key, version) = (ctx.api_key(), ctx.api_version());
+    if version < min || version > max {
+        tracing::warn!(api = ?key, version, "request for an unsupported version; closing the connection");
+        return Err(Reply::Close(format!(
+            "unsupported {key:?} version {version}"
+        )));
     }
-    let Some((min, max)) = supported_versions(key) else {
-        tracing::warn!(api = ?key, version = frame.api_version, "request for an API this broker does not implement; closing the connection");
-        return Reply::Close(format!("unsupported API {key:?}"));
-    };
-    if frame.api_version < min || frame.api_version > max {
-        tracing::warn!(api = ?key, version = frame.api_version, "request for an unsupported version; closing the connection");
-        return Reply::Close(format!("unsupported {key:?} version {}", frame.api_version));
-    }
-    let version = frame.api_version;
-    match key {
-        ApiKey::Metadata => decode_and!(frame, kafka::MetadataRequest, |req| {
-            respond(frame, &metadata::handle(broker, req, version).await)
-        }),
-        ApiKey::Produce => decode_and!(frame, kafka::ProduceRequest, |req| {
-            match produce::handle(broker, req, version).await {
-                Ok(Some(response)) => respond(frame, &response),
-                Ok(None) => Reply::None,
-                Err(reason) => Reply::Close(reason),
-            }
-        }),
-        ApiKey::Fetch => decode_and!(frame, kafka::FetchRequest, |req| {
-            respond(frame, &fetch::handle(broker, req, version).await)
-        }),
-        ApiKey::ListOffsets => decode_and!(frame, kafka::ListOffsetsRequest, |req| {
-            respond(frame, &list_offsets::handle(broker, req, version).await)
-        }),
-        ApiKey::CreateTopics => decode_and!(frame, kafka::CreateTopicsRequest, |req| {
-            respond(frame, &admin::create_topics(broker, req, version).await)
-        }),
-        ApiKey::DeleteTopics => decode_and!(frame, kafka::DeleteTopicsRequest, |req| {
-            respond(frame, &admin::delete_topics(broker, req, version).await)
-        }),
-        ApiKey::CreatePartitions => decode_and!(frame, kafka::CreatePartitionsRequest, |req| {
-            respond(frame, &admin::create_partitions(broker, req).await)
-        }),
-        ApiKey::DescribeCluster => decode_and!(frame, kafka::DescribeClusterRequest, |req| {
-            respond(frame, &admin::describe_cluster(broker, req))
-        }),
-        ApiKey::DescribeConfigs => decode_and!(frame, kafka::DescribeConfigsRequest, |req| {
-            respond(frame, &configs::describe_configs(broker, req, version))
-        }),
-        ApiKey::AlterConfigs => decode_and!(frame, kafka::AlterConfigsRequest, |req| {
-            respond(frame, &configs::alter_configs(broker, req).await)
-        }),
-        ApiKey::IncrementalAlterConfigs => {
-            decode_and!(frame, kafka::IncrementalAlterConfigsRequest, |req| {
-                respond(
-                    frame,
-                    &configs::incremental_alter_configs(broker, req).await,
-                )
-            })
-        }
-        ApiKey::DeleteRecords => decode_and!(frame, kafka::DeleteRecordsRequest, |req| {
-            respond(frame, &logs::delete_records(broker, req).await)
-        }),
-        ApiKey::DescribeLogDirs => decode_and!(frame, kafka::DescribeLogDirsRequest, |req| {
-            respond(frame, &logs::describe_log_dirs(broker, req, version))
-        }),
-        ApiKey::InitProducerId => decode_and!(frame, kafka::InitProducerIdRequest, |req| {
-            respond(frame, &init_producer_id::handle(broker, req, version).await)
-        }),
-        ApiKey::SaslHandshake => decode_and!(frame, kafka::SaslHandshakeRequest, |req| {
-            respond(frame, &sasl::handshake(req))
-        }),
-        ApiKey::FindCoordinator => decode_and!(frame, kafka::FindCoordinatorRequest, |req| {
-            respond(frame, &group::find_coordinator(broker, req, version).await)
-        }),
-        ApiKey::JoinGroup => decode_and!(frame, kafka::JoinGroupRequest, |req| {
-            let client = frame.client_id.as_ref();
-            respond(
-                frame,
-                &group::join_group(broker, req, version, client, peer).await,
-            )
-        }),
-        ApiKey::SyncGroup => decode_and!(frame, kafka::SyncGroupRequest, |req| {
-            respond(frame, &group::sync_group(broker, req, version).await)
-        }),
-        ApiKey::Heartbeat => decode_and!(frame, kafka::HeartbeatRequest, |req| {
-            respond(frame, &group::heartbeat(broker, req, version).await)
-        }),
-        ApiKey::LeaveGroup => decode_and!(frame, kafka::LeaveGroupRequest, |req| {
-            respond(frame, &group::leave_group(broker, req, version).await)
-        }),
-        ApiKey::OffsetCommit => decode_and!(frame, kafka::OffsetCommitRequest, |req| {
-            respond(frame, &group::offset_commit(broker, req, version).await)
-        }),
-        ApiKey::OffsetFetch => decode_and!(frame, kafka::OffsetFetchRequest, |req| {
-            respond(frame, &group::offset_fetch(broker, req, version).await)
-        }),
-        ApiKey::OffsetDelete => decode_and!(frame, kafka::OffsetDeleteRequest, |req| {
-            respond(frame, &group::offset_delete(broker, req).await)
-        }),
-        ApiKey::DescribeGroups => decode_and!(frame, kafka::DescribeGroupsRequest, |req| {
-            respond(frame, &group::describe_groups(broker, req, version).await)
-        }),
-        ApiKey::ListGroups => decode_and!(frame, kafka::ListGroupsRequest, |req| {
-            respond(frame, &group::list_groups(broker, req, version).await)
-        }),
-        ApiKey::DeleteGroups => decode_and!(frame, kafka::DeleteGroupsRequest, |req| {
-            respond(frame, &group::delete_groups(broker, req).await)
-        }),
-        ApiKey::ConsumerGroupHeartbeat => {
-            decode_and!(frame, kafka::ConsumerGroupHeartbeatRequest, |req| {
-                let client = frame.client_id.as_ref();
-                respond(
-                    frame,
-                    &group::consumer_group_heartbeat(broker, req, version, client, peer).await,
-                )
-            })
-        }
-        ApiKey::ConsumerGroupDescribe => {
-            decode_and!(frame, kafka::ConsumerGroupDescribeRequest, |req| {
-                respond(
-                    frame,
-                    &group::consumer_group_describe(broker, req, version).await,
-                )
-            })
-        }
-        ApiKey::AddPartitionsToTxn => {
-            decode_and!(frame, kafka::AddPartitionsToTxnRequest, |req| {
-                respond(
-                    frame,
-                    &txn::add_partitions_to_txn(broker, req, version).await,
-                )
-            })
-        }
-        ApiKey::AddOffsetsToTxn => decode_and!(frame, kafka::AddOffsetsToTxnRequest, |req| {
-            respond(frame, &txn::add_offsets_to_txn(broker, req, version).await)
-        }),
-        ApiKey::EndTxn => decode_and!(frame, kafka::EndTxnRequest, |req| {
-            respond(frame, &txn::end_txn(broker, req, version).await)
-        }),
-        ApiKey::WriteTxnMarkers => decode_and!(frame, kafka::WriteTxnMarkersRequest, |req| {
-            respond(frame, &txn::write_txn_markers(broker, req).await)
-        }),
-        ApiKey::TxnOffsetCommit => decode_and!(frame, kafka::TxnOffsetCommitRequest, |req| {
-            respond(frame, &txn::txn_offset_commit(broker, req, version).await)
-        }),
-        ApiKey::DescribeTransactions => {
-            decode_and!(frame, kafka::DescribeTransactionsRequest, |req| {
-                respond(frame, &txn::describe_transactions(broker, req).await)
-            })
-        }
-        ApiKey::ListTransactions => decode_and!(frame, kafka::ListTransactionsRequest, |req| {
-            respond(frame, &txn::list_transactions(broker, req, version).await)
-        }),
-        ApiKey::DescribeProducers => decode_and!(frame, kafka::DescribeProducersRequest, |req| {
-            respond(frame, &txn::describe_producers(broker, req))
-        }),
-        ApiKey::ListConfigResources => {
-            decode_and!(frame, kafka::ListConfigResourcesRequest, |req| {
-                respond(frame, &configs::list_config_resources(broker, req, version))
-            })
-        }
-        ApiKey::DescribeTopicPartitions => {
-            decode_and!(frame, kafka::DescribeTopicPartitionsRequest, |req| {
-                respond(frame, &metadata::describe_topic_partitions(broker, req))
-            })
-        }
-        other => Reply::Close(format!("no handler for {other:?}")),
-    }
+    ctx.header.decode::<R>().map_err(|e| {
+        tracing::warn!(error = %e, "malformed request; closing the connection");
+        Reply::Close(e.to_string())
+    })
 }
 
 /// The error for a partition this broker leads in the image but does not
@@ -330,5 +288,61 @@ pub(crate) async fn blocking<T: Send + 'static>(
             tracing::error!(error = %e, "a blocking task failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_api_has_one_row_within_the_codecs_versions() {
+        let mut seen = std::collections::HashSet::new();
+        for &(key, min, max) in SUPPORTED_APIS {
+            assert!(seen.insert(key), "{key:?} has two rows");
+            let codec = key.valid_versions();
+            assert!(
+                codec.min <= min && min <= max && max <= codec.max,
+                "{key:?} {min}..={max} outside the codec's {}..={}",
+                codec.min,
+                codec.max
+            );
+            assert_eq!(supported_versions(key), Some((min, max)));
+        }
+        assert_eq!(answered_apis().len(), SUPPORTED_APIS.len());
+    }
+
+    #[test]
+    fn only_rebalances_and_long_polls_park() {
+        let parking: Vec<ApiKey> = answered_apis()
+            .into_iter()
+            .filter(|k| may_park(*k))
+            .collect();
+        assert_eq!(
+            parking,
+            [ApiKey::Fetch, ApiKey::JoinGroup, ApiKey::SyncGroup]
+        );
+        // An API without a row is not answered, so never parks.
+        assert_eq!(supported_versions(ApiKey::Vote), None);
+        assert!(!may_park(ApiKey::Vote));
+    }
+
+    #[test]
+    fn the_context_reads_the_header() {
+        let frame = RequestFrame {
+            api_key: ApiKey::JoinGroup,
+            api_version: 9,
+            correlation_id: 42,
+            client_id: Some(StrBytes::from_static_str("app")),
+            body: bytes::Bytes::new(),
+        };
+        let peer: SocketAddr = ([10, 0, 0, 7], 5555).into();
+        let ctx = RequestContext::new(&frame, peer);
+        assert_eq!(
+            (ctx.api_key(), ctx.api_version(), ctx.correlation_id()),
+            (ApiKey::JoinGroup, 9, 42)
+        );
+        assert_eq!(ctx.client_id().map(|c| c.as_str()), Some("app"));
+        assert_eq!(ctx.peer(), peer);
     }
 }

@@ -31,6 +31,7 @@ use strom_protocol::record;
 use strom_protocol::record_batch::{self, TimestampType};
 use strom_storage::{AppendError, AppendOrigin, LogConfig};
 
+use super::{Reply, RequestContext, respond};
 use crate::broker::Broker;
 use crate::replica::Partition;
 
@@ -79,8 +80,23 @@ struct PartitionChecks {
     recompress: Option<(Compression, Option<i32>)>,
 }
 
-/// Answers a produce request; `Err` closes the connection (acks=0 errors).
+/// Answers a produce request: no answer for acks=0, and a failed acks=0
+/// produce closes the connection so the client notices.
 pub async fn handle(
+    broker: &Arc<Broker>,
+    request: ProduceRequest,
+    ctx: &RequestContext<'_>,
+) -> Reply {
+    match produce(broker, request, ctx.api_version()).await {
+        Ok(Some(response)) => respond(ctx.header(), &response),
+        Ok(None) => Reply::None,
+        Err(reason) => Reply::Close(reason),
+    }
+}
+
+/// Appends a produce request's batches; `Err` closes the connection (acks=0
+/// errors).
+async fn produce(
     broker: &Arc<Broker>,
     request: ProduceRequest,
     version: i16,

@@ -5,7 +5,14 @@
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::kafka::{SaslHandshakeRequest, SaslHandshakeResponse};
 
-pub fn handshake(request: SaslHandshakeRequest) -> SaslHandshakeResponse {
+use super::RequestContext;
+use crate::broker::Broker;
+
+pub fn handshake(
+    _broker: &Broker,
+    request: SaslHandshakeRequest,
+    _ctx: &RequestContext<'_>,
+) -> SaslHandshakeResponse {
     tracing::info!(mechanism = %request.mechanism.as_str(), "SASL handshake refused: no mechanism is enabled");
     SaslHandshakeResponse::default()
         .with_error_code(ErrorCode::UnsupportedSaslMechanism.code())

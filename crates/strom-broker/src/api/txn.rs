@@ -30,6 +30,7 @@ use strom_protocol::messages::kafka::{
     list_transactions_response,
 };
 
+use super::RequestContext;
 use crate::broker::Broker;
 use crate::group::store::{OFFSETS_TOPIC, OffsetValue};
 use crate::txn::fenced;
@@ -142,8 +143,9 @@ async fn add_partitions_one(
 pub async fn add_partitions_to_txn(
     broker: &Arc<Broker>,
     req: AddPartitionsToTxnRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> AddPartitionsToTxnResponse {
+    let version = ctx.api_version();
     if version < 4 {
         let results = add_partitions_one(
             broker,
@@ -182,8 +184,9 @@ pub async fn add_partitions_to_txn(
 pub async fn add_offsets_to_txn(
     broker: &Arc<Broker>,
     req: AddOffsetsToTxnRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> AddOffsetsToTxnResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let broker_for_task = Arc::clone(broker);
     let group_for_task = group_id.clone();
@@ -226,7 +229,12 @@ pub async fn add_offsets_to_txn(
     AddOffsetsToTxnResponse::default().with_error_code(code.code())
 }
 
-pub async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i16) -> EndTxnResponse {
+pub async fn end_txn(
+    broker: &Arc<Broker>,
+    req: EndTxnRequest,
+    ctx: &RequestContext<'_>,
+) -> EndTxnResponse {
+    let version = ctx.api_version();
     let code = match broker
         .txn
         .end_txn(
@@ -248,8 +256,9 @@ pub async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest, version: i16) -> 
 pub async fn txn_offset_commit(
     broker: &Arc<Broker>,
     req: TxnOffsetCommitRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> TxnOffsetCommitResponse {
+    let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let respond = |code: ErrorCode| {
         TxnOffsetCommitResponse::default().with_topics(
@@ -394,6 +403,7 @@ pub async fn txn_offset_commit(
 pub async fn write_txn_markers(
     broker: &Arc<Broker>,
     req: WriteTxnMarkersRequest,
+    _ctx: &RequestContext<'_>,
 ) -> WriteTxnMarkersResponse {
     let mut results = Vec::with_capacity(req.markers.len());
     for marker in &req.markers {
@@ -437,6 +447,7 @@ pub async fn write_txn_markers(
 pub async fn describe_transactions(
     broker: &Arc<Broker>,
     req: DescribeTransactionsRequest,
+    _ctx: &RequestContext<'_>,
 ) -> DescribeTransactionsResponse {
     let mut states = Vec::with_capacity(req.transactional_ids.len());
     for id in &req.transactional_ids {
@@ -484,8 +495,9 @@ pub async fn describe_transactions(
 pub async fn list_transactions(
     broker: &Arc<Broker>,
     req: ListTransactionsRequest,
-    version: i16,
+    ctx: &RequestContext<'_>,
 ) -> ListTransactionsResponse {
+    let version = ctx.api_version();
     const STATES: [TxnStatus; 8] = [
         TxnStatus::Empty,
         TxnStatus::Ongoing,
@@ -542,6 +554,7 @@ pub async fn list_transactions(
 pub fn describe_producers(
     broker: &Broker,
     req: DescribeProducersRequest,
+    _ctx: &RequestContext<'_>,
 ) -> DescribeProducersResponse {
     let image = broker.image();
     let topics = req
