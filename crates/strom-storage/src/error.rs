@@ -4,6 +4,7 @@
 
 use std::io;
 
+use strom_protocol::error_code::ErrorCode;
 use strom_protocol::record_batch::BatchError;
 
 /// Why an append was refused. Nothing was written when one is returned.
@@ -79,9 +80,38 @@ pub enum AppendError {
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
     /// The log was taken offline after an I/O error or closed (Kafka:
-    /// KAFKA_STORAGE_ERROR / NOT_LEADER_OR_FOLLOWER).
+    /// KAFKA_STORAGE_ERROR).
     #[error("log is offline")]
     Offline,
+}
+
+impl AppendError {
+    /// The Kafka error code a produce request gets for this refusal: the one
+    /// mapping from append errors to codes. Exhaustive here, in the crate
+    /// that defines the variants, so a new variant cannot go unmapped.
+    /// Coordinators translate some codes further, as Kafka's do (a too-large
+    /// offset commit is INVALID_COMMIT_OFFSET_SIZE).
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::Corrupt(_) => ErrorCode::CorruptMessage,
+            // Magic 0 and 1 in a v3+ produce request are INVALID_RECORD in
+            // Kafka; magic values that do not exist are corrupt data.
+            Self::UnsupportedMagic(0 | 1) => ErrorCode::InvalidRecord,
+            Self::UnsupportedMagic(_) => ErrorCode::CorruptMessage,
+            Self::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            Self::LargerThanSegment { .. } => ErrorCode::RecordListTooLarge,
+            Self::InvalidRecord(_) | Self::Empty | Self::OffsetOutOfOrder { .. } => {
+                ErrorCode::InvalidRecord
+            }
+            Self::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+            Self::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
+            Self::TransactionCoordinatorFenced { .. } => ErrorCode::TransactionCoordinatorFenced,
+            Self::InvalidTxnState { .. } => ErrorCode::InvalidTxnState,
+            // Kafka answers a partition on a failed log directory with
+            // KAFKA_STORAGE_ERROR (ReplicaManager's HostedPartition.Offline).
+            Self::Io(_) | Self::Offline => ErrorCode::KafkaStorageError,
+        }
+    }
 }
 
 /// Why a read failed.

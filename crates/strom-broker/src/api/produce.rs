@@ -365,28 +365,29 @@ fn append(
     }
 }
 
-/// The Kafka error for a refused append.
+/// The Kafka error for a refused append, with its message.
 pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
-    let code = match e {
-        AppendError::Corrupt(_) => ErrorCode::CorruptMessage,
-        // Magic 0 and 1 in a v3+ produce request are INVALID_RECORD in Kafka;
-        // magic values that do not exist are corrupt data.
-        AppendError::UnsupportedMagic(0 | 1) => ErrorCode::InvalidRecord,
-        AppendError::UnsupportedMagic(_) => ErrorCode::CorruptMessage,
-        AppendError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
-        AppendError::LargerThanSegment { .. } => ErrorCode::RecordListTooLarge,
-        AppendError::InvalidRecord(_) | AppendError::Empty => ErrorCode::InvalidRecord,
-        AppendError::OffsetOutOfOrder { .. } => ErrorCode::InvalidRecord,
-        AppendError::InvalidProducerEpoch { .. } => ErrorCode::InvalidProducerEpoch,
-        AppendError::OutOfOrderSequence { .. } => ErrorCode::OutOfOrderSequenceNumber,
-        AppendError::InvalidTxnState { .. } => ErrorCode::InvalidTxnState,
-        AppendError::Io(_) => ErrorCode::KafkaStorageError,
-        // Kafka answers a partition on a failed log directory with
-        // KAFKA_STORAGE_ERROR (ReplicaManager's HostedPartition.Offline).
-        AppendError::Offline => ErrorCode::KafkaStorageError,
-        _ => ErrorCode::UnknownServerError,
-    };
-    (code, e.to_string())
+    (e.error_code(), e.to_string())
+}
+
+/// The error a coordinator answers when appending its own records (group
+/// state, offset commits, transaction state, markers) fails: the append's
+/// code ([`AppendError::error_code`]) when the caller's client can act on it
+/// (`passed`), `too_large` for a batch over `max.message.bytes` or the
+/// segment (Kafka's coordinators answer INVALID_COMMIT_OFFSET_SIZE for a
+/// too-large commit), and `otherwise` for the rest (the coordinator cannot
+/// write: the client retries or looks it up again).
+pub(crate) fn coordinator_append_error(
+    e: &AppendError,
+    passed: &[ErrorCode],
+    too_large: ErrorCode,
+    otherwise: ErrorCode,
+) -> ErrorCode {
+    match e.error_code() {
+        code if passed.contains(&code) => code,
+        ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => too_large,
+        _ => otherwise,
+    }
 }
 
 fn error_response(
@@ -621,6 +622,29 @@ fn record_error(index: i32, message: String) -> BatchIndexAndErrorMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinators_translate_append_errors_as_kafkas_do() {
+        let too_large = AppendError::MessageTooLarge { size: 2, max: 1 };
+        let fenced = AppendError::InvalidProducerEpoch {
+            producer_id: 1,
+            epoch: 0,
+            current_epoch: 1,
+        };
+        let io = AppendError::Io(std::io::Error::other("disk"));
+        let translate = |e: &AppendError| {
+            coordinator_append_error(
+                e,
+                &[ErrorCode::InvalidProducerEpoch],
+                ErrorCode::InvalidCommitOffsetSize,
+                ErrorCode::CoordinatorNotAvailable,
+            )
+        };
+        assert_eq!(translate(&too_large), ErrorCode::InvalidCommitOffsetSize);
+        assert_eq!(translate(&fenced), ErrorCode::InvalidProducerEpoch);
+        assert_eq!(translate(&io), ErrorCode::CoordinatorNotAvailable);
+        assert_eq!(append_error(&too_large).0, ErrorCode::MessageTooLarge);
+    }
 
     #[test]
     fn an_offline_log_is_a_storage_error_as_in_kafka() {

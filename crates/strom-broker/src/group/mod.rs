@@ -926,14 +926,11 @@ fn append_txn(
             partition.advance_high_watermark();
             Ok(())
         }
-        Err(AppendError::InvalidProducerEpoch { .. }) => Err(ErrorCode::InvalidProducerEpoch),
-        Err(AppendError::MessageTooLarge { .. } | AppendError::LargerThanSegment { .. }) => {
-            Err(ErrorCode::InvalidCommitOffsetSize)
-        }
-        Err(e) => {
-            tracing::error!(partition = index, error = %e, "appending to {OFFSETS_TOPIC} failed");
-            Err(ErrorCode::CoordinatorNotAvailable)
-        }
+        Err(e) => Err(offsets_append_error(
+            &e,
+            index,
+            &[ErrorCode::InvalidProducerEpoch],
+        )),
     }
 }
 
@@ -966,12 +963,23 @@ fn append(
             partition.advance_high_watermark();
             Ok(())
         }
-        Err(AppendError::MessageTooLarge { .. } | AppendError::LargerThanSegment { .. }) => {
-            Err(ErrorCode::InvalidCommitOffsetSize)
-        }
-        Err(e) => {
-            tracing::error!(partition = index, error = %e, "appending to {OFFSETS_TOPIC} failed");
-            Err(ErrorCode::CoordinatorNotAvailable)
-        }
+        Err(e) => Err(offsets_append_error(&e, index, &[])),
     }
+}
+
+/// The group coordinator's answer when appending to its partition `index`
+/// of the offsets topic fails: a too-large batch is
+/// INVALID_COMMIT_OFFSET_SIZE, as in Kafka; what the coordinator cannot
+/// write is logged and COORDINATOR_NOT_AVAILABLE.
+fn offsets_append_error(e: &AppendError, index: i32, passed: &[ErrorCode]) -> ErrorCode {
+    let code = crate::api::produce::coordinator_append_error(
+        e,
+        passed,
+        ErrorCode::InvalidCommitOffsetSize,
+        ErrorCode::CoordinatorNotAvailable,
+    );
+    if code == ErrorCode::CoordinatorNotAvailable {
+        tracing::error!(partition = index, error = %e, "appending to {OFFSETS_TOPIC} failed");
+    }
+    code
 }

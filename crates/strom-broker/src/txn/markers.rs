@@ -17,8 +17,9 @@ use std::sync::Arc;
 use strom_protocol::builder::end_txn_marker_batch;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::record::EndTxnMarker;
-use strom_storage::{AppendError, AppendOrigin};
+use strom_storage::AppendOrigin;
 
+use crate::api::produce::coordinator_append_error;
 use crate::broker::Broker;
 use crate::group::store::OFFSETS_TOPIC;
 
@@ -139,13 +140,20 @@ fn append_marker(broker: &Broker, request: &MarkerRequest, topic: &str, index: i
             partition.advance_high_watermark();
             ErrorCode::None
         }
-        Err(AppendError::InvalidProducerEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
-        Err(AppendError::TransactionCoordinatorFenced { .. }) => {
-            ErrorCode::TransactionCoordinatorFenced
-        }
         Err(e) => {
-            tracing::warn!(topic, partition = index, producer_id = request.producer_id, error = %e, "writing a transaction marker failed");
-            ErrorCode::KafkaStorageError
+            let code = coordinator_append_error(
+                &e,
+                &[
+                    ErrorCode::InvalidProducerEpoch,
+                    ErrorCode::TransactionCoordinatorFenced,
+                ],
+                ErrorCode::KafkaStorageError,
+                ErrorCode::KafkaStorageError,
+            );
+            if code == ErrorCode::KafkaStorageError {
+                tracing::warn!(topic, partition = index, producer_id = request.producer_id, error = %e, "writing a transaction marker failed");
+            }
+            code
         }
     }
 }

@@ -42,9 +42,10 @@ use bytes::Bytes;
 use strom_controller::controller::CreateTopicRequest;
 use strom_controller::{MetadataImage, PartitionImage};
 use strom_protocol::error_code::ErrorCode;
-use strom_storage::{AppendError, AppendOrigin};
+use strom_storage::AppendOrigin;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+use crate::api::produce::coordinator_append_error;
 use crate::broker::Broker;
 use crate::config::{ConfigError, parse_prop as prop};
 use crate::replica::ReplicaManager;
@@ -758,12 +759,17 @@ fn append(broker: &Broker, config: &TxnConfig, record: &TxnRecord) -> Result<(),
             partition.advance_high_watermark();
             Ok(())
         }
-        Err(AppendError::MessageTooLarge { .. } | AppendError::LargerThanSegment { .. }) => {
-            Err(ErrorCode::InvalidRequest)
-        }
         Err(e) => {
-            tracing::error!(partition = index, error = %e, "appending to {TRANSACTION_STATE_TOPIC} failed");
-            Err(ErrorCode::CoordinatorNotAvailable)
+            let code = coordinator_append_error(
+                &e,
+                &[],
+                ErrorCode::InvalidRequest,
+                ErrorCode::CoordinatorNotAvailable,
+            );
+            if code == ErrorCode::CoordinatorNotAvailable {
+                tracing::error!(partition = index, error = %e, "appending to {TRANSACTION_STATE_TOPIC} failed");
+            }
+            Err(code)
         }
     }
 }
