@@ -28,11 +28,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
-use crate::group::{GroupConfig, GroupCoordinator};
+use crate::group::GroupCoordinator;
 use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::replica::ReplicaManager;
-use crate::txn::{TxnConfig, TxnCoordinator};
+use crate::txn::TxnCoordinator;
 
 /// Directory of the metadata log inside the data directory.
 const META_DIR: &str = "meta";
@@ -191,11 +191,11 @@ pub async fn start_with_clock(
     config: BrokerConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<RunningBroker, StartError> {
-    let listener = crate::server::bind(config.listen, config.socket_listen_backlog_size()?)
+    let listener = crate::server::bind(config.listen, config.settings.socket_listen_backlog_size)
         .map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        addr: config.listen,
+        source,
+    })?;
     let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -303,8 +303,8 @@ fn open(
         LoadOptions::default(),
     )?);
     let controller_config = ControllerConfig {
-        num_partitions: config.num_partitions()?,
-        default_replication_factor: config.default_replication_factor()?,
+        num_partitions: config.settings.num_partitions,
+        default_replication_factor: config.settings.default_replication_factor,
     };
     let controller = Arc::new(Controller::open(
         config.node_id,
@@ -321,14 +321,10 @@ fn open(
 
     let image = controller.image();
     let log_manager_config = LogManagerConfig {
-        recovery_threads: config
-            .properties
-            .get("num.recovery.threads.per.data.dir")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2),
+        recovery_threads: config.settings.recovery_threads,
         ignored_dirs: vec![META_DIR.to_owned()],
-        retention_check_interval_ms: config.log_retention_check_interval_ms()?,
-        cleaner: config.cleaner_config()?,
+        retention_check_interval_ms: config.settings.log_retention_check_interval_ms,
+        cleaner: config.settings.cleaner.clone(),
         ..LogManagerConfig::new(&data_dir)
     };
     let logs = LogManager::open(
@@ -349,14 +345,10 @@ fn open(
     if let Err(e) = replicas.apply_image(&image, &config) {
         tracing::error!(error = %e, "some partitions could not be opened at start; retrying");
     }
-    let fetch_sessions = FetchSessionCache::new(config.fetch_session_cache_slots()?);
-    let groups = GroupCoordinator::open(
-        GroupConfig::from_properties(&config.properties)?,
-        &replicas,
-        clock.now_ms(),
-    );
-    let txn = TxnCoordinator::open(TxnConfig::from_properties(&config.properties)?, &replicas);
-    let queued_max_request_bytes = config.queued_max_request_bytes()?;
+    let fetch_sessions = FetchSessionCache::new(config.settings.fetch_session_cache_slots);
+    let groups = GroupCoordinator::open(config.settings.group.clone(), &replicas, clock.now_ms());
+    let txn = TxnCoordinator::open(config.settings.txn.clone(), &replicas);
+    let queued_max_request_bytes = config.settings.queued_max_request_bytes;
     Ok(Broker {
         node_id: config.node_id,
         request_budget: RequestBudget::new(queued_max_request_bytes),

@@ -507,6 +507,8 @@ pub struct BrokerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Every property given in the file or on the command line.
     pub properties: BTreeMap<String, String>,
+    /// The typed settings, parsed once from `properties`.
+    pub settings: Settings,
 }
 
 /// Default listener: Kafka's 9092 on loopback.
@@ -558,6 +560,7 @@ impl BrokerConfig {
                 |d| PathBuf::from(d.split(',').next().unwrap_or(d).trim()),
             );
         let metrics_listen = metrics_listen(&properties, listen)?;
+        let settings = Settings::parse(&properties)?;
         let config = Self {
             node_id,
             listen,
@@ -567,193 +570,14 @@ impl BrokerConfig {
             data_dir,
             rack: properties.get("broker.rack").cloned(),
             properties,
+            settings,
         };
-        // Parse every typed property once now, so errors show at startup.
-        config.num_partitions()?;
-        config.default_replication_factor()?;
-        config.auto_create_topics_enable()?;
-        config.socket_request_max_bytes()?;
-        config.max_request_partition_size_limit()?;
-        config.connections_max_idle_ms()?;
-        config.max_connections()?;
-        config.queued_max_request_bytes()?;
-        config.socket_listen_backlog_size()?;
-        config.fetch_max_bytes()?;
-        config.transaction_max_timeout_ms()?;
-        config.producer_id_expiration_ms()?;
-        config.fetch_session_cache_slots()?;
-        config.log_retention_check_interval_ms()?;
-        config.cleaner_config()?;
-        crate::group::GroupConfig::from_properties(&config.properties)?;
         for def in TOPIC_CONFIGS {
             if let Some(v) = config.static_topic_default(def) {
                 def.config_type.check(def.name, &v.value)?;
             }
         }
         Ok(config)
-    }
-
-    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError> {
-        parse_prop(&self.properties, name, default)
-    }
-
-    /// `num.partitions`, default 1.
-    pub fn num_partitions(&self) -> Result<i32, ConfigError> {
-        self.at_least_one("num.partitions", 1)
-    }
-
-    /// A property that Kafka's validator requires to be at least 1.
-    fn at_least_one<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
-    where
-        T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display + Copy,
-    {
-        let value = self.get(name, default)?;
-        if value < T::from(1) {
-            return Err(ConfigError(format!(
-                "Invalid value {value} for configuration {name}: Value must be at least 1"
-            )));
-        }
-        Ok(value)
-    }
-
-    /// `default.replication.factor`, default 1.
-    pub fn default_replication_factor(&self) -> Result<i16, ConfigError> {
-        self.at_least_one("default.replication.factor", 1)
-    }
-
-    /// `auto.create.topics.enable`, default true.
-    pub fn auto_create_topics_enable(&self) -> Result<bool, ConfigError> {
-        self.get("auto.create.topics.enable", true)
-    }
-
-    /// `max.request.partition.size.limit`, default 2000 (Kafka's): the most
-    /// partitions one DescribeTopicPartitions answer carries; a client asking
-    /// for more gets a cursor to continue from.
-    pub fn max_request_partition_size_limit(&self) -> Result<i32, ConfigError> {
-        let limit: i32 = self.get("max.request.partition.size.limit", 2000)?;
-        if limit < 1 {
-            return Err(ConfigError(format!(
-                "Invalid value {limit} for configuration max.request.partition.size.limit: Value must be at least 1"
-            )));
-        }
-        Ok(limit)
-    }
-
-    /// `socket.request.max.bytes`, default 100 MiB.
-    pub fn socket_request_max_bytes(&self) -> Result<usize, ConfigError> {
-        self.get(
-            "socket.request.max.bytes",
-            strom_protocol::messages::DEFAULT_MAX_REQUEST_BYTES,
-        )
-    }
-
-    /// `connections.max.idle.ms`, default 10 minutes.
-    pub fn connections_max_idle_ms(&self) -> Result<u64, ConfigError> {
-        self.get("connections.max.idle.ms", 600_000)
-    }
-
-    /// `max.connections`. Kafka's default is unbounded; ours is a bound that
-    /// fits a default file descriptor limit raised for a broker.
-    pub fn max_connections(&self) -> Result<usize, ConfigError> {
-        self.get("max.connections", 10_000)
-    }
-
-    /// `queued.max.request.bytes`: request bytes read but not yet answered,
-    /// across all connections; past it no more requests are read until
-    /// answers free some. The same amount bounds the memory that checking
-    /// compressed produce batches may take at once (see [`crate::memory`]).
-    /// `None` means unbounded (Kafka's -1, and any value up to 0).
-    ///
-    /// Kafka's default is -1; ours is [`DEFAULT_QUEUED_MAX_REQUEST_BYTES`],
-    /// or `socket.request.max.bytes` if that is larger. As in Kafka, a value
-    /// set must be at least `socket.request.max.bytes`, so that the largest
-    /// request can always be read.
-    pub fn queued_max_request_bytes(&self) -> Result<Option<usize>, ConfigError> {
-        let name = "queued.max.request.bytes";
-        let request_max = self.socket_request_max_bytes()?;
-        if !self.properties.contains_key(name) {
-            // The default grows with socket.request.max.bytes, so raising
-            // that alone never stops the broker.
-            return Ok(Some(DEFAULT_QUEUED_MAX_REQUEST_BYTES.max(request_max)));
-        }
-        let value: i64 = self.get(name, -1)?;
-        if value <= 0 {
-            return Ok(None);
-        }
-        let value = usize::try_from(value).unwrap_or(usize::MAX);
-        if value < request_max {
-            return Err(ConfigError(format!(
-                "{name} ({value}) must be at least socket.request.max.bytes ({request_max}), or -1 for no bound"
-            )));
-        }
-        Ok(Some(value))
-    }
-
-    /// `socket.listen.backlog.size`: the accept queue of the Kafka listener
-    /// (Kafka's default 50; ours [`DEFAULT_LISTEN_BACKLOG`]). At least 1;
-    /// the kernel caps it at `net.core.somaxconn`.
-    pub fn socket_listen_backlog_size(&self) -> Result<u32, ConfigError> {
-        let name = "socket.listen.backlog.size";
-        let value: i64 = self.get(name, i64::from(DEFAULT_LISTEN_BACKLOG))?;
-        u32::try_from(value)
-            .ok()
-            .filter(|v| (1..=i32::MAX as u32).contains(v))
-            .ok_or_else(|| {
-                ConfigError(format!(
-                    "Invalid value {value} for configuration {name}: Value must be at least 1"
-                ))
-            })
-    }
-
-    /// `fetch.max.bytes`: the most a fetch response carries, default 55 MiB.
-    pub fn fetch_max_bytes(&self) -> Result<i32, ConfigError> {
-        self.get("fetch.max.bytes", 57_671_680)
-    }
-
-    /// `max.incremental.fetch.session.cache.slots`, default 1000.
-    pub fn fetch_session_cache_slots(&self) -> Result<usize, ConfigError> {
-        self.get("max.incremental.fetch.session.cache.slots", 1000)
-    }
-
-    /// `transaction.max.timeout.ms`, default 15 minutes.
-    pub fn transaction_max_timeout_ms(&self) -> Result<i32, ConfigError> {
-        self.get("transaction.max.timeout.ms", 900_000)
-    }
-
-    /// `log.retention.check.interval.ms`, default 5 minutes.
-    pub fn log_retention_check_interval_ms(&self) -> Result<u64, ConfigError> {
-        self.get(
-            "log.retention.check.interval.ms",
-            strom_storage::manager::DEFAULT_RETENTION_CHECK_INTERVAL_MS,
-        )
-    }
-
-    /// The log cleaner's settings: `log.cleaner.enable` (true),
-    /// `log.cleaner.io.max.bytes.per.second` (unlimited),
-    /// `log.cleaner.dedupe.buffer.size` (128 MiB), `log.cleaner.backoff.ms`
-    /// (15 s).
-    pub fn cleaner_config(&self) -> Result<strom_storage::CleanerConfig, ConfigError> {
-        let defaults = strom_storage::CleanerConfig::default();
-        Ok(strom_storage::CleanerConfig {
-            enabled: self.get("log.cleaner.enable", defaults.enabled)?,
-            io_max_bytes_per_second: self.get(
-                "log.cleaner.io.max.bytes.per.second",
-                defaults.io_max_bytes_per_second,
-            )?,
-            // Kafka caps the map at Int.MaxValue bytes per cleaner thread.
-            dedupe_buffer_size: self
-                .get::<u64>(
-                    "log.cleaner.dedupe.buffer.size",
-                    defaults.dedupe_buffer_size,
-                )?
-                .min(i32::MAX as u64),
-            backoff_ms: self.get("log.cleaner.backoff.ms", defaults.backoff_ms)?,
-        })
-    }
-
-    /// `producer.id.expiration.ms`, default one day.
-    pub fn producer_id_expiration_ms(&self) -> Result<i64, ConfigError> {
-        self.get("producer.id.expiration.ms", 86_400_000)
     }
 
     /// The entries a broker-level layer gives topic config `def`, one per
@@ -1030,6 +854,229 @@ impl BrokerConfig {
             ),
             ..LogConfig::default()
         }
+    }
+}
+
+/// The broker's own settings, parsed once at start from the properties
+/// (which [`BrokerConfig::properties`] keeps as given, for DescribeConfigs):
+/// each value is read and checked here, with its default in one place.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `num.partitions`, default 1, at least 1.
+    pub num_partitions: i32,
+    /// `default.replication.factor`, default 1, at least 1.
+    pub default_replication_factor: i16,
+    /// `auto.create.topics.enable`, default true.
+    pub auto_create_topics_enable: bool,
+    /// `socket.request.max.bytes`, default 100 MiB.
+    pub socket_request_max_bytes: usize,
+    /// `max.request.partition.size.limit`, default 2000: the most partitions
+    /// one DescribeTopicPartitions answer carries.
+    pub max_request_partition_size_limit: i32,
+    /// `connections.max.idle.ms`, default 10 minutes.
+    pub connections_max_idle_ms: u64,
+    /// `max.connections`, default 10,000.
+    pub max_connections: usize,
+    /// `queued.max.request.bytes`; `None` is unbounded.
+    pub queued_max_request_bytes: Option<usize>,
+    /// `socket.listen.backlog.size`, default [`DEFAULT_LISTEN_BACKLOG`].
+    pub socket_listen_backlog_size: u32,
+    /// `fetch.max.bytes`, default 55 MiB.
+    pub fetch_max_bytes: i32,
+    /// `max.incremental.fetch.session.cache.slots`, default 1000.
+    pub fetch_session_cache_slots: usize,
+    /// `num.recovery.threads.per.data.dir`, default 2.
+    pub recovery_threads: usize,
+    /// `log.retention.check.interval.ms`, default 5 minutes.
+    pub log_retention_check_interval_ms: u64,
+    /// The log cleaner's settings.
+    pub cleaner: strom_storage::CleanerConfig,
+    /// The group coordinator's settings.
+    pub group: crate::group::GroupConfig,
+    /// The transaction coordinator's settings.
+    pub txn: crate::txn::TxnConfig,
+}
+
+impl Settings {
+    /// Parses and checks every setting the broker reads.
+    pub fn parse(properties: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let p = Props(properties);
+        Ok(Self {
+            num_partitions: p.num_partitions()?,
+            default_replication_factor: p.default_replication_factor()?,
+            auto_create_topics_enable: p.auto_create_topics_enable()?,
+            socket_request_max_bytes: p.socket_request_max_bytes()?,
+            max_request_partition_size_limit: p.max_request_partition_size_limit()?,
+            connections_max_idle_ms: p.connections_max_idle_ms()?,
+            max_connections: p.max_connections()?,
+            queued_max_request_bytes: p.queued_max_request_bytes()?,
+            socket_listen_backlog_size: p.socket_listen_backlog_size()?,
+            fetch_max_bytes: p.fetch_max_bytes()?,
+            fetch_session_cache_slots: p.fetch_session_cache_slots()?,
+            recovery_threads: p.at_least_one("num.recovery.threads.per.data.dir", 2)?,
+            log_retention_check_interval_ms: p.log_retention_check_interval_ms()?,
+            cleaner: p.cleaner_config()?,
+            group: crate::group::GroupConfig::from_properties(properties)?,
+            txn: crate::txn::TxnConfig::from_properties(properties)?,
+        })
+    }
+}
+
+/// The properties, read one typed value at a time.
+struct Props<'a>(&'a BTreeMap<String, String>);
+
+impl Props<'_> {
+    fn get<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, ConfigError> {
+        parse_prop(self.0, name, default)
+    }
+
+    /// `num.partitions`, default 1.
+    fn num_partitions(&self) -> Result<i32, ConfigError> {
+        self.at_least_one("num.partitions", 1)
+    }
+
+    /// A property that Kafka's validator requires to be at least 1.
+    fn at_least_one<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display + Copy,
+    {
+        let value = self.get(name, default)?;
+        if value < T::from(1) {
+            return Err(ConfigError(format!(
+                "Invalid value {value} for configuration {name}: Value must be at least 1"
+            )));
+        }
+        Ok(value)
+    }
+
+    /// `default.replication.factor`, default 1.
+    fn default_replication_factor(&self) -> Result<i16, ConfigError> {
+        self.at_least_one("default.replication.factor", 1)
+    }
+
+    /// `auto.create.topics.enable`, default true.
+    fn auto_create_topics_enable(&self) -> Result<bool, ConfigError> {
+        self.get("auto.create.topics.enable", true)
+    }
+
+    /// `max.request.partition.size.limit`, default 2000 (Kafka's): the most
+    /// partitions one DescribeTopicPartitions answer carries; a client asking
+    /// for more gets a cursor to continue from.
+    fn max_request_partition_size_limit(&self) -> Result<i32, ConfigError> {
+        let limit: i32 = self.get("max.request.partition.size.limit", 2000)?;
+        if limit < 1 {
+            return Err(ConfigError(format!(
+                "Invalid value {limit} for configuration max.request.partition.size.limit: Value must be at least 1"
+            )));
+        }
+        Ok(limit)
+    }
+
+    /// `socket.request.max.bytes`, default 100 MiB.
+    fn socket_request_max_bytes(&self) -> Result<usize, ConfigError> {
+        self.get(
+            "socket.request.max.bytes",
+            strom_protocol::messages::DEFAULT_MAX_REQUEST_BYTES,
+        )
+    }
+
+    /// `connections.max.idle.ms`, default 10 minutes.
+    fn connections_max_idle_ms(&self) -> Result<u64, ConfigError> {
+        self.get("connections.max.idle.ms", 600_000)
+    }
+
+    /// `max.connections`. Kafka's default is unbounded; ours is a bound that
+    /// fits a default file descriptor limit raised for a broker.
+    fn max_connections(&self) -> Result<usize, ConfigError> {
+        self.get("max.connections", 10_000)
+    }
+
+    /// `queued.max.request.bytes`: request bytes read but not yet answered,
+    /// across all connections; past it no more requests are read until
+    /// answers free some. The same amount bounds the memory that checking
+    /// compressed produce batches may take at once (see [`crate::memory`]).
+    /// `None` means unbounded (Kafka's -1, and any value up to 0).
+    ///
+    /// Kafka's default is -1; ours is [`DEFAULT_QUEUED_MAX_REQUEST_BYTES`],
+    /// or `socket.request.max.bytes` if that is larger. As in Kafka, a value
+    /// set must be at least `socket.request.max.bytes`, so that the largest
+    /// request can always be read.
+    fn queued_max_request_bytes(&self) -> Result<Option<usize>, ConfigError> {
+        let name = "queued.max.request.bytes";
+        let request_max = self.socket_request_max_bytes()?;
+        if !self.0.contains_key(name) {
+            // The default grows with socket.request.max.bytes, so raising
+            // that alone never stops the broker.
+            return Ok(Some(DEFAULT_QUEUED_MAX_REQUEST_BYTES.max(request_max)));
+        }
+        let value: i64 = self.get(name, -1)?;
+        if value <= 0 {
+            return Ok(None);
+        }
+        let value = usize::try_from(value).unwrap_or(usize::MAX);
+        if value < request_max {
+            return Err(ConfigError(format!(
+                "{name} ({value}) must be at least socket.request.max.bytes ({request_max}), or -1 for no bound"
+            )));
+        }
+        Ok(Some(value))
+    }
+
+    /// `socket.listen.backlog.size`: the accept queue of the Kafka listener
+    /// (Kafka's default 50; ours [`DEFAULT_LISTEN_BACKLOG`]). At least 1;
+    /// the kernel caps it at `net.core.somaxconn`.
+    fn socket_listen_backlog_size(&self) -> Result<u32, ConfigError> {
+        let name = "socket.listen.backlog.size";
+        let value: i64 = self.get(name, i64::from(DEFAULT_LISTEN_BACKLOG))?;
+        u32::try_from(value)
+            .ok()
+            .filter(|v| (1..=i32::MAX as u32).contains(v))
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "Invalid value {value} for configuration {name}: Value must be at least 1"
+                ))
+            })
+    }
+
+    /// `fetch.max.bytes`: the most a fetch response carries, default 55 MiB.
+    fn fetch_max_bytes(&self) -> Result<i32, ConfigError> {
+        self.get("fetch.max.bytes", 57_671_680)
+    }
+
+    /// `max.incremental.fetch.session.cache.slots`, default 1000.
+    fn fetch_session_cache_slots(&self) -> Result<usize, ConfigError> {
+        self.get("max.incremental.fetch.session.cache.slots", 1000)
+    }
+
+    /// `log.retention.check.interval.ms`, default 5 minutes.
+    fn log_retention_check_interval_ms(&self) -> Result<u64, ConfigError> {
+        self.get(
+            "log.retention.check.interval.ms",
+            strom_storage::manager::DEFAULT_RETENTION_CHECK_INTERVAL_MS,
+        )
+    }
+
+    /// The log cleaner's settings: `log.cleaner.enable` (true),
+    /// `log.cleaner.io.max.bytes.per.second` (unlimited),
+    /// `log.cleaner.dedupe.buffer.size` (128 MiB), `log.cleaner.backoff.ms`
+    /// (15 s).
+    fn cleaner_config(&self) -> Result<strom_storage::CleanerConfig, ConfigError> {
+        let defaults = strom_storage::CleanerConfig::default();
+        Ok(strom_storage::CleanerConfig {
+            enabled: self.get("log.cleaner.enable", defaults.enabled)?,
+            io_max_bytes_per_second: self.get(
+                "log.cleaner.io.max.bytes.per.second",
+                defaults.io_max_bytes_per_second,
+            )?,
+            // Kafka caps the map at Int.MaxValue bytes per cleaner thread.
+            dedupe_buffer_size: self
+                .get::<u64>(
+                    "log.cleaner.dedupe.buffer.size",
+                    defaults.dedupe_buffer_size,
+                )?
+                .min(i32::MAX as u64),
+            backoff_ms: self.get("log.cleaner.backoff.ms", defaults.backoff_ms)?,
+        })
     }
 }
 

@@ -12,7 +12,9 @@
 //!   parking, handler) that ApiVersions, the dispatch and the metrics use.
 //! - [`replica`]: the partitions this broker holds, their high watermarks and
 //!   the fetches waiting on them.
-//! - [`config`]: broker properties with Kafka's names; topic config definitions.
+//! - [`config`]: broker properties with Kafka's names, parsed once at start
+//!   into typed [`config::Settings`]; which properties are known or refused
+//!   (`config::properties`); topic config definitions.
 //! - [`group`]: the group coordinator: consumer groups (classic and KIP-848)
 //!   and committed offsets, kept in `__consumer_offsets`.
 //! - [`memory`]: broker-wide memory budgets: request bytes in flight

@@ -58,7 +58,7 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 /// at a time (beyond that, new connections wait in the listen backlog, as
 /// with Kafka).
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
-    let max_connections = broker.config.max_connections().unwrap_or(10_000);
+    let max_connections = broker.config.settings.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let permit = tokio::select! {
@@ -187,11 +187,8 @@ async fn read_requests(
     queue: mpsc::Sender<Incoming>,
     in_flight: Arc<AtomicUsize>,
 ) {
-    let max_frame = broker
-        .config
-        .socket_request_max_bytes()
-        .unwrap_or(messages::DEFAULT_MAX_REQUEST_BYTES);
-    let idle = Duration::from_millis(broker.config.connections_max_idle_ms().unwrap_or(600_000));
+    let max_frame = broker.config.settings.socket_request_max_bytes;
+    let idle = Duration::from_millis(broker.config.settings.connections_max_idle_ms);
     loop {
         let mut size_buf = [0u8; FRAME_SIZE_PREFIX];
         // Idle: no request for connections.max.idle.ms while none is being

@@ -52,7 +52,7 @@ pub async fn handle(
     let image = broker.image();
     let max_bytes = request
         .max_bytes
-        .clamp(0, broker.config.fetch_max_bytes().unwrap_or(57_671_680));
+        .clamp(0, broker.config.settings.fetch_max_bytes);
     let read_committed = version >= 4 && request.isolation_level == READ_COMMITTED;
     let replica_id = if version >= 15 {
         request.replica_state.replica_id.0

@@ -45,9 +45,6 @@ pub const CLUSTER_OPERATIONS: i32 = (1 << 5)
     | (1 << 12)
     | (1 << 13)
     | (1 << 14);
-/// `max.request.partition.size.limit`'s default, should the (validated at
-/// start) property fail to parse later.
-const DEFAULT_PARTITION_SIZE_LIMIT: i32 = 2000;
 /// The schema default meaning "not requested".
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
@@ -63,7 +60,7 @@ pub async fn handle(
         Some(t) => t.is_empty() && version == 0,
     };
     let allow_auto_create = (version < 4 || request.allow_auto_topic_creation)
-        && broker.config.auto_create_topics_enable().unwrap_or(true);
+        && broker.config.settings.auto_create_topics_enable;
 
     let mut image = broker.image();
     if !all_topics && allow_auto_create {
@@ -265,10 +262,7 @@ pub fn describe_topic_partitions(
             return invalid("the cursor partition is negative");
         }
     }
-    let configured = broker
-        .config
-        .max_request_partition_size_limit()
-        .unwrap_or(DEFAULT_PARTITION_SIZE_LIMIT);
+    let configured = broker.config.settings.max_request_partition_size_limit;
     let mut remaining = request.response_partition_limit.min(configured).max(1);
     let mut response = DescribeTopicPartitionsResponse::default();
     for name in topics {
