@@ -10,6 +10,9 @@
 //!   requests answered in order while the next ones are read, idle timeout.
 //! - [`api`]: one module per API family, and the one table of APIs (versions,
 //!   parking, handler) that ApiVersions, the dispatch and the metrics use.
+//! - [`partition`]: one partition on this broker ([`partition::Partition`]):
+//!   its log, leader epoch, high watermark (Kafka's rule as a pure function)
+//!   and waiting fetches.
 //! - [`replica`]: the partitions this broker holds, their high watermarks and
 //!   the fetches waiting on them.
 //! - [`config`]: broker properties with Kafka's names, parsed once at start
@@ -30,6 +33,7 @@ pub mod config;
 pub mod group;
 pub mod memory;
 pub mod metrics;
+pub mod partition;
 pub mod replica;
 pub mod server;
 pub mod txn;

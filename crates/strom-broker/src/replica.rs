@@ -16,23 +16,19 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use strom_controller::{METADATA_TOPIC, MetadataImage};
 use strom_protocol::messages::Uuid;
-use strom_storage::{LogManager, PartitionLog, StorageError, TopicPartition};
-use tokio::sync::Notify;
+use strom_storage::{LogManager, StorageError, TopicPartition};
 
 use crate::config::BrokerConfig;
+pub use crate::partition::Partition;
 
 /// Kafka's per-partition file holding the topic id.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
-/// Bound on long-poll fetches waiting on one partition; beyond it the oldest
-/// waiters are dropped (they time out and answer with what they have).
-const MAX_WAITERS_PER_PARTITION: usize = 10_000;
 /// How often partitions whose log could not be created or deleted are tried
 /// again: often enough that a freed disk brings them back within seconds,
 /// rare enough that a failing disk is not hammered.
@@ -40,73 +36,6 @@ pub const STORAGE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A partition by topic name and index.
 type PartitionKey = (Arc<str>, i32);
-
-/// One partition held by this broker.
-#[derive(Debug)]
-pub struct Partition {
-    pub topic: Arc<str>,
-    pub index: i32,
-    pub topic_id: Uuid,
-    pub log: Arc<PartitionLog>,
-    leader_epoch: AtomicI32,
-    /// Offset below which every in-sync replica has the data. On a single
-    /// node the in-sync replica set is the leader alone: the log end offset.
-    high_watermark: AtomicI64,
-    /// Fetches waiting for data on this partition.
-    waiters: Mutex<Vec<Weak<Notify>>>,
-}
-
-impl Partition {
-    pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.load(Ordering::Acquire)
-    }
-
-    pub fn high_watermark(&self) -> i64 {
-        self.high_watermark.load(Ordering::Acquire)
-    }
-
-    /// The last stable offset (KIP-98): the high watermark, or the first
-    /// offset of the oldest transaction that is open or whose marker the
-    /// high watermark has not passed, whichever is lower.
-    pub fn last_stable_offset(&self) -> i64 {
-        let high_watermark = self.high_watermark();
-        self.log
-            .first_unstable_offset()
-            .map_or(high_watermark, |first| first.min(high_watermark))
-    }
-
-    /// After an append: the in-sync replicas (just this broker) have the data.
-    pub fn advance_high_watermark(&self) {
-        let log_end_offset = self.log.log_end_offset();
-        let previous = self
-            .high_watermark
-            .fetch_max(log_end_offset, Ordering::AcqRel);
-        // Retention and the cleaner never pass the high watermark.
-        self.log.set_high_watermark(previous.max(log_end_offset));
-        assert!(
-            previous <= log_end_offset || self.log.log_end_offset() < previous,
-            "high watermark {previous} above log end offset {log_end_offset}"
-        );
-        self.wake_waiters();
-    }
-
-    /// Registers a fetch to be woken when data arrives.
-    pub fn add_waiter(&self, waiter: &Arc<Notify>) {
-        let mut waiters = self.waiters.lock();
-        waiters.retain(|w| w.strong_count() > 0);
-        if waiters.len() >= MAX_WAITERS_PER_PARTITION {
-            waiters.remove(0);
-        }
-        waiters.push(Arc::downgrade(waiter));
-    }
-
-    fn wake_waiters(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.lock());
-        for waiter in waiters.iter().filter_map(Weak::upgrade) {
-            waiter.notify_one();
-        }
-    }
-}
 
 /// The set of partitions on this broker.
 #[derive(Debug)]
@@ -171,9 +100,7 @@ impl ReplicaManager {
                 let existing = self.partitions.read().get(&key).cloned();
                 match existing {
                     Some(partition) if partition.topic_id == topic.id => {
-                        partition
-                            .leader_epoch
-                            .store(p.leader_epoch, Ordering::Release);
+                        partition.set_leader_epoch(p.leader_epoch);
                         if *partition.log.config() != log_config {
                             partition.log.set_config(log_config.clone());
                         }
@@ -316,17 +243,13 @@ impl ReplicaManager {
             path: log.dir().display().to_string(),
             source: e,
         })?;
-        let high_watermark = log.log_end_offset();
-        log.set_high_watermark(high_watermark);
-        Ok(Arc::new(Partition {
-            topic: Arc::clone(topic),
+        Ok(Arc::new(Partition::new(
+            Arc::clone(topic),
             index,
             topic_id,
             log,
-            leader_epoch: AtomicI32::new(leader_epoch),
-            high_watermark: AtomicI64::new(high_watermark),
-            waiters: Mutex::new(Vec::new()),
-        }))
+            leader_epoch,
+        )))
     }
 
     fn remove(&self, key: &PartitionKey) -> Result<(), StorageError> {

@@ -1,0 +1,130 @@
+//! One partition on this broker: the object request handlers talk to.
+//!
+//! # Layout
+//!
+//! - [`Partition`] (this file): the log, the leader epoch, the one high
+//!   watermark, the last stable offset and the fetches waiting for data.
+//! - [`high_watermark`]: Kafka's high-watermark rule as a pure function of
+//!   the replicas' states, tested from a table of cases
+//!   (`testdata/high_watermark.txt`).
+//!
+//! Still to come here (issue "Reshape the broker for the cluster"): the role
+//! (leader with per-follower [`high_watermark::ReplicaState`], or follower
+//! of a given leader and epoch), record validation and the topic's typed
+//! configs, so that every append goes through this object.
+
+pub mod high_watermark;
+
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use strom_protocol::messages::Uuid;
+use strom_storage::PartitionLog;
+use tokio::sync::Notify;
+
+use high_watermark::{HighWatermarkInputs, next_high_watermark};
+
+/// Bound on long-poll fetches waiting on one partition; beyond it the oldest
+/// waiters are dropped (they time out and answer with what they have).
+const MAX_WAITERS_PER_PARTITION: usize = 10_000;
+
+/// One partition held by this broker.
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub index: i32,
+    pub topic_id: Uuid,
+    pub log: Arc<PartitionLog>,
+    leader_epoch: AtomicI32,
+    /// Offset below which every in-sync replica has the data. On a single
+    /// node the in-sync replica set is the leader alone: the log end offset.
+    high_watermark: AtomicI64,
+    /// Fetches waiting for data on this partition.
+    waiters: Mutex<Vec<Weak<Notify>>>,
+}
+
+impl Partition {
+    /// A partition over `log`, at `leader_epoch`, with the high watermark at
+    /// the log end offset (a single node's in-sync replicas are itself).
+    pub(crate) fn new(
+        topic: Arc<str>,
+        index: i32,
+        topic_id: Uuid,
+        log: Arc<PartitionLog>,
+        leader_epoch: i32,
+    ) -> Self {
+        let high_watermark = log.log_end_offset();
+        log.set_high_watermark(high_watermark);
+        Self {
+            topic,
+            index,
+            topic_id,
+            log,
+            leader_epoch: AtomicI32::new(leader_epoch),
+            high_watermark: AtomicI64::new(high_watermark),
+            waiters: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The leader epoch the metadata image gives this partition now.
+    pub(crate) fn set_leader_epoch(&self, leader_epoch: i32) {
+        self.leader_epoch.store(leader_epoch, Ordering::Release);
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    /// The last stable offset (KIP-98): the high watermark, or the first
+    /// offset of the oldest transaction that is open or whose marker the
+    /// high watermark has not passed, whichever is lower.
+    pub fn last_stable_offset(&self) -> i64 {
+        let high_watermark = self.high_watermark();
+        self.log
+            .first_unstable_offset()
+            .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// After an append: the in-sync replicas (just this broker) have the data.
+    pub fn advance_high_watermark(&self) {
+        let log_end_offset = self.log.log_end_offset();
+        // Kafka's rule with the leader as the only replica (no followers,
+        // the in-sync replicas are the leader): the log end offset.
+        let target = next_high_watermark(&HighWatermarkInputs {
+            leader_log_end_offset: log_end_offset,
+            current: self.high_watermark(),
+            ..HighWatermarkInputs::single_replica()
+        });
+        let previous = self.high_watermark.fetch_max(target, Ordering::AcqRel);
+        // Retention and the cleaner never pass the high watermark.
+        self.log.set_high_watermark(previous.max(target));
+        assert!(
+            previous <= log_end_offset || self.log.log_end_offset() < previous,
+            "high watermark {previous} above log end offset {log_end_offset}"
+        );
+        self.wake_waiters();
+    }
+
+    /// Registers a fetch to be woken when data arrives.
+    pub fn add_waiter(&self, waiter: &Arc<Notify>) {
+        let mut waiters = self.waiters.lock();
+        waiters.retain(|w| w.strong_count() > 0);
+        if waiters.len() >= MAX_WAITERS_PER_PARTITION {
+            waiters.remove(0);
+        }
+        waiters.push(Arc::downgrade(waiter));
+    }
+
+    /// Wakes every waiting fetch (new data, or the partition is going away).
+    pub(crate) fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock());
+        for waiter in waiters.iter().filter_map(Weak::upgrade) {
+            waiter.notify_one();
+        }
+    }
+}
