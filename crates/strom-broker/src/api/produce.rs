@@ -336,12 +336,8 @@ fn append(
         }
     };
     let records = recompressed.as_ref().unwrap_or(records);
-    match partition
-        .log
-        .append_as_leader(records, partition.leader_epoch(), AppendOrigin::Client)
-    {
+    match partition.append_as_leader(records, AppendOrigin::Client) {
         Ok(info) => {
-            partition.advance_high_watermark();
             broker
                 .metrics
                 .record_in(&partition.topic, info.bytes, info.record_count);

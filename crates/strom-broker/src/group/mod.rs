@@ -917,15 +917,8 @@ fn append_txn(
             tracing::error!(error = %e, "cannot encode group records");
             ErrorCode::UnknownServerError
         })?;
-    match partition.log.append_as_leader(
-        &batch,
-        partition.leader_epoch(),
-        AppendOrigin::Coordinator,
-    ) {
-        Ok(_) => {
-            partition.advance_high_watermark();
-            Ok(())
-        }
+    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
+        Ok(_) => Ok(()),
         Err(e) => Err(offsets_append_error(
             &e,
             index,
@@ -954,15 +947,8 @@ fn append(
         tracing::error!(error = %e, "cannot encode group records");
         ErrorCode::UnknownServerError
     })?;
-    match partition.log.append_as_leader(
-        &batch,
-        partition.leader_epoch(),
-        AppendOrigin::Coordinator,
-    ) {
-        Ok(_) => {
-            partition.advance_high_watermark();
-            Ok(())
-        }
+    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
+        Ok(_) => Ok(()),
         Err(e) => Err(offsets_append_error(&e, index, &[])),
     }
 }

@@ -20,7 +20,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 use strom_protocol::messages::Uuid;
-use strom_storage::PartitionLog;
+use strom_storage::{AppendError, AppendInfo, AppendOrigin, PartitionLog};
 use tokio::sync::Notify;
 
 use high_watermark::{HighWatermarkInputs, next_high_watermark};
@@ -88,6 +88,21 @@ impl Partition {
         self.log
             .first_unstable_offset()
             .map_or(high_watermark, |first| first.min(high_watermark))
+    }
+
+    /// Appends `records` as this partition's leader, at its leader epoch,
+    /// and moves the high watermark: the one way records enter a partition
+    /// here (clients, coordinators, transaction markers).
+    pub fn append_as_leader(
+        &self,
+        records: &[u8],
+        origin: AppendOrigin,
+    ) -> Result<AppendInfo, AppendError> {
+        let info = self
+            .log
+            .append_as_leader(records, self.leader_epoch(), origin)?;
+        self.advance_high_watermark();
+        Ok(info)
     }
 
     /// After an append: the in-sync replicas (just this broker) have the data.

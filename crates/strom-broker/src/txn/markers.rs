@@ -131,15 +131,8 @@ fn append_marker(broker: &Broker, request: &MarkerRequest, topic: &str, index: i
             coordinator_epoch: request.coordinator_epoch,
         },
     );
-    match partition.log.append_as_leader(
-        &batch,
-        partition.leader_epoch(),
-        AppendOrigin::Coordinator,
-    ) {
-        Ok(_) => {
-            partition.advance_high_watermark();
-            ErrorCode::None
-        }
+    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
+        Ok(_) => ErrorCode::None,
         Err(e) => {
             let code = coordinator_append_error(
                 &e,

@@ -750,15 +750,8 @@ fn append(broker: &Broker, config: &TxnConfig, record: &TxnRecord) -> Result<(),
             tracing::error!(error = %e, "cannot encode a transaction state record");
             ErrorCode::UnknownServerError
         })?;
-    match partition.log.append_as_leader(
-        &batch,
-        partition.leader_epoch(),
-        AppendOrigin::Coordinator,
-    ) {
-        Ok(_) => {
-            partition.advance_high_watermark();
-            Ok(())
-        }
+    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
+        Ok(_) => Ok(()),
         Err(e) => {
             let code = coordinator_append_error(
                 &e,
