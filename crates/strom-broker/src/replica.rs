@@ -100,7 +100,7 @@ impl ReplicaManager {
                 let existing = self.partitions.read().get(&key).cloned();
                 match existing {
                     Some(partition) if partition.topic_id == topic.id => {
-                        partition.set_leader_epoch(p.leader_epoch);
+                        partition.set_leadership(p.leader_epoch, p.leader);
                         if *partition.log.config() != log_config {
                             partition.log.set_config(log_config.clone());
                         }
@@ -111,7 +111,7 @@ impl ReplicaManager {
                                 &name,
                                 p.partition,
                                 topic.id,
-                                p.leader_epoch,
+                                (p.leader_epoch, p.leader),
                                 &log_config,
                             )
                         });
@@ -213,7 +213,7 @@ impl ReplicaManager {
         topic: &Arc<str>,
         index: i32,
         topic_id: Uuid,
-        leader_epoch: i32,
+        (leader_epoch, leader): (i32, i32),
         log_config: &strom_storage::LogConfig,
     ) -> Result<Arc<Partition>, StorageError> {
         let tp = TopicPartition::new(topic.as_ref(), index);
@@ -248,7 +248,8 @@ impl ReplicaManager {
             index,
             topic_id,
             log,
-            leader_epoch,
+            self.node_id,
+            (leader_epoch, leader),
         )))
     }
 

@@ -303,14 +303,15 @@ fn read_all(
             let Some(meta) = image.partition(topic, *index) else {
                 return PartitionRead::error(ErrorCode::UnknownTopicOrPartition);
             };
-            if meta.leader != broker.node_id
-                || (replica_id >= 0 && !meta.replicas.contains(&replica_id))
-            {
+            if replica_id >= 0 && !meta.replicas.contains(&replica_id) {
                 return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
             }
             let Some(partition) = broker.replicas.get(topic, *index) else {
                 return PartitionRead::error(super::missing_partition_error(broker, topic, *index));
             };
+            if !partition.is_leader() {
+                return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+            }
             if let Some(code) =
                 check_leader_epoch(params.current_leader_epoch, partition.leader_epoch())
             {

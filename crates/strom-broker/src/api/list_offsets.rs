@@ -58,18 +58,17 @@ fn answer(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOff
                     if !seen.insert((name.clone(), p.partition_index)) {
                         return response.with_error_code(ErrorCode::InvalidRequest.code());
                     }
-                    let meta = image.partition(&name, p.partition_index);
-                    let Some(meta) = meta else {
+                    if image.partition(&name, p.partition_index).is_none() {
                         return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
-                    };
-                    if meta.leader != broker.node_id {
-                        return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
                     }
                     let Some(partition) = broker.replicas.get(&name, p.partition_index) else {
                         return response.with_error_code(
                             super::missing_partition_error(broker, &name, p.partition_index).code(),
                         );
                     };
+                    if !partition.is_leader() {
+                        return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
+                    }
                     if let Some(code) =
                         check_leader_epoch(p.current_leader_epoch, partition.leader_epoch())
                     {

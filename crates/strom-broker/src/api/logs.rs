@@ -92,11 +92,11 @@ fn delete_below(
     index: i32,
     offset: i64,
 ) -> (i64, ErrorCode) {
-    let Some(meta) = image.partition(topic, index) else {
+    if image.partition(topic, index).is_none() {
         return (-1, ErrorCode::UnknownTopicOrPartition);
-    };
+    }
     let partition = match broker.replicas.get(topic, index) {
-        Some(p) if meta.leader == broker.node_id => p,
+        Some(p) if p.is_leader() => p,
         _ => return (-1, ErrorCode::NotLeaderOrFollower),
     };
     let log = &partition.log;

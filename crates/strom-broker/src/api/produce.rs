@@ -240,9 +240,6 @@ fn resolve(
     let meta = image
         .partition(name, index)
         .ok_or((ErrorCode::UnknownTopicOrPartition, None))?;
-    if meta.leader != broker.node_id {
-        return Err((ErrorCode::NotLeaderOrFollower, None));
-    }
     let partition = broker.replicas.get(name, index).ok_or_else(|| {
         // Kafka answers KAFKA_STORAGE_ERROR for a partition whose log
         // directory failed: the client learns why, not a leadership change.
@@ -256,6 +253,9 @@ fn resolve(
             None => (ErrorCode::NotLeaderOrFollower, None),
         }
     })?;
+    if !partition.is_leader() {
+        return Err((ErrorCode::NotLeaderOrFollower, None));
+    }
     let records = records.ok_or((
         ErrorCode::CorruptMessage,
         Some("Produce request without records".to_owned()),

@@ -567,12 +567,11 @@ pub fn describe_producers(
                 .map(|index| {
                     let response = describe_producers_response::PartitionResponse::default()
                         .with_partition_index(*index);
-                    let Some(meta) = image.partition(t.name.as_str(), *index) else {
+                    if image.partition(t.name.as_str(), *index).is_none() {
                         return response.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
-                    };
+                    }
                     let partition = broker.replicas.get(t.name.as_str(), *index);
-                    let Some(partition) = partition.filter(|_| meta.leader == broker.node_id)
-                    else {
+                    let Some(partition) = partition.filter(|p| p.is_leader()) else {
                         return response.with_error_code(ErrorCode::NotLeaderOrFollower.code());
                     };
                     let producers = partition

@@ -15,7 +15,7 @@
 
 pub mod high_watermark;
 
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -36,7 +36,12 @@ pub struct Partition {
     pub index: i32,
     pub topic_id: Uuid,
     pub log: Arc<PartitionLog>,
-    leader_epoch: AtomicI32,
+    /// This broker's id: the partition leads when the leader is this id.
+    local_id: i32,
+    /// The leader epoch (high 32 bits) and the leader's broker id (low 32
+    /// bits), as the metadata image gives them: one atomic, so that no
+    /// reader sees a new epoch with the old leader.
+    leadership: AtomicI64,
     /// Offset below which every in-sync replica has the data. On a single
     /// node the in-sync replica set is the leader alone: the log end offset.
     high_watermark: AtomicI64,
@@ -52,7 +57,8 @@ impl Partition {
         index: i32,
         topic_id: Uuid,
         log: Arc<PartitionLog>,
-        leader_epoch: i32,
+        local_id: i32,
+        (leader_epoch, leader): (i32, i32),
     ) -> Self {
         let high_watermark = log.log_end_offset();
         log.set_high_watermark(high_watermark);
@@ -61,19 +67,29 @@ impl Partition {
             index,
             topic_id,
             log,
-            leader_epoch: AtomicI32::new(leader_epoch),
+            local_id,
+            leadership: AtomicI64::new(pack(leader_epoch, leader)),
             high_watermark: AtomicI64::new(high_watermark),
             waiters: Mutex::new(Vec::new()),
         }
     }
 
-    /// The leader epoch the metadata image gives this partition now.
-    pub(crate) fn set_leader_epoch(&self, leader_epoch: i32) {
-        self.leader_epoch.store(leader_epoch, Ordering::Release);
+    /// The leader epoch and leader the metadata image gives this partition
+    /// now.
+    pub(crate) fn set_leadership(&self, leader_epoch: i32, leader: i32) {
+        self.leadership
+            .store(pack(leader_epoch, leader), Ordering::Release);
     }
 
     pub fn leader_epoch(&self) -> i32 {
-        self.leader_epoch.load(Ordering::Acquire)
+        unpack(self.leadership.load(Ordering::Acquire)).0
+    }
+
+    /// Whether this broker leads the partition: decided here, from the
+    /// partition's own leadership, not by comparing an image with the node
+    /// id in each handler.
+    pub fn is_leader(&self) -> bool {
+        unpack(self.leadership.load(Ordering::Acquire)).1 == self.local_id
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -140,6 +156,29 @@ impl Partition {
         let waiters = std::mem::take(&mut *self.waiters.lock());
         for waiter in waiters.iter().filter_map(Weak::upgrade) {
             waiter.notify_one();
+        }
+    }
+}
+
+/// Leader epoch and leader id in one `i64` (epoch high, leader low).
+fn pack(leader_epoch: i32, leader: i32) -> i64 {
+    (i64::from(leader_epoch) << 32) | i64::from(leader.cast_unsigned())
+}
+
+/// The inverse of [`pack`].
+#[allow(clippy::cast_possible_truncation)] // each half is 32 bits by construction
+fn unpack(packed: i64) -> (i32, i32) {
+    ((packed >> 32) as i32, (packed as u64 as u32).cast_signed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leadership_packs_both_halves_exactly() {
+        for (epoch, leader) in [(0, 1), (-1, -1), (i32::MAX, i32::MIN), (7, -1), (-5, 3)] {
+            assert_eq!(unpack(pack(epoch, leader)), (epoch, leader));
         }
     }
 }

@@ -112,12 +112,10 @@ pub async fn write_local(broker: &Arc<Broker>, request: &MarkerRequest) -> Marke
 
 fn append_marker(broker: &Broker, request: &MarkerRequest, topic: &str, index: i32) -> ErrorCode {
     let image = broker.image();
-    match image.partition(topic, index) {
-        None => return ErrorCode::UnknownTopicOrPartition,
-        Some(meta) if meta.leader != broker.node_id => return ErrorCode::NotLeaderOrFollower,
-        Some(_) => {}
+    if image.partition(topic, index).is_none() {
+        return ErrorCode::UnknownTopicOrPartition;
     }
-    let Some(partition) = broker.replicas.get(topic, index) else {
+    let Some(partition) = broker.replicas.get(topic, index).filter(|p| p.is_leader()) else {
         return ErrorCode::NotLeaderOrFollower;
     };
     let batch = end_txn_marker_batch(
