@@ -728,3 +728,290 @@ mod operation_bound_tests {
         assert_eq!(image.topic("big").unwrap().partitions.len(), 9_999);
     }
 }
+
+#[cfg(test)]
+mod seam_tests {
+    use strom_storage::SystemClock;
+
+    use super::tests::topic;
+    use super::*;
+    use crate::metadata_log::MemoryMetadataLog;
+
+    fn open_on(log: &Arc<MemoryMetadataLog>) -> Controller {
+        let log: Arc<dyn MetadataLog> = Arc::clone(log) as Arc<dyn MetadataLog>;
+        Controller::open_with(
+            1,
+            ControllerConfig::default(),
+            log,
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_operation_is_one_committed_batch_and_replays_to_the_same_image() {
+        let log = Arc::new(MemoryMetadataLog::new());
+        let controller = open_on(&log);
+        controller
+            .register_broker(1, "localhost", 9092, None)
+            .unwrap();
+        // Cluster id, broker.
+        assert_eq!(log.batch_count(), 2);
+        let results = controller.create_topics(vec![topic("a", 2, 1), topic("b", 1, 1)], false);
+        assert!(results.iter().all(Result::is_ok));
+        // One batch per topic, each checked against the image after the one before.
+        assert_eq!(log.batch_count(), 4);
+        assert_eq!(
+            controller.create_topics(vec![topic("a", 1, 1)], false)[0]
+                .clone()
+                .unwrap_err()
+                .code,
+            ErrorCode::TopicAlreadyExists
+        );
+        // A validation-only request and a refused one commit nothing.
+        controller.create_topics(vec![topic("dry", 1, 1)], true);
+        assert_eq!(log.batch_count(), 4);
+        controller
+            .alter_configs(vec![(
+                ConfigResource::Topic("a".to_owned()),
+                "retention.ms".to_owned(),
+                Some("1".to_owned()),
+            )])
+            .unwrap();
+        assert_eq!(controller.image().offset, log.log_end_offset());
+        let again = open_on(&log);
+        assert_eq!(*again.image(), *controller.image());
+        assert_eq!(again.load_stats().snapshot_offset, None);
+        assert_eq!(
+            again.load_stats().replayed_records,
+            u64::try_from(log.log_end_offset()).unwrap()
+        );
+    }
+
+    #[test]
+    fn concurrent_operations_are_committed_one_at_a_time_in_order() {
+        let log = Arc::new(MemoryMetadataLog::new());
+        let controller = Arc::new(open_on(&log));
+        controller
+            .register_broker(1, "localhost", 9092, None)
+            .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let controller = Arc::clone(&controller);
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        // Every thread also races for the same name: one wins.
+                        controller.create_topics(vec![topic(&format!("t{t}-{i}"), 1, 1)], false);
+                        controller.create_topics(vec![topic(&format!("shared-{i}"), 1, 1)], false);
+                        controller.allocate_producer_ids(1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let image = controller.image();
+        assert_eq!(image.topic_count(), 40 + 10);
+        assert_eq!(image.next_producer_id_block, 40 * PRODUCER_ID_BLOCK_SIZE);
+        assert_eq!(image.offset, log.log_end_offset());
+        assert_eq!(*open_on(&log).image(), *image);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_restart_tests {
+    use std::path::Path;
+
+    use strom_storage::{FileCache, LoadOptions, SystemClock};
+
+    use super::tests::topic;
+    use super::*;
+    use crate::snapshot::{SnapshotStore, snapshot_file_name};
+
+    /// Small enough that the operations below take several snapshots.
+    const TEST_SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 10;
+
+    fn partition_log(dir: &Path) -> Arc<PartitionLog> {
+        Arc::new(
+            PartitionLog::open(
+                dir,
+                metadata_log_config(),
+                Arc::new(FileCache::default()),
+                Arc::new(SystemClock),
+                LoadOptions::default(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn config() -> ControllerConfig {
+        ControllerConfig {
+            snapshot_interval_bytes: TEST_SNAPSHOT_INTERVAL_BYTES,
+            ..ControllerConfig::default()
+        }
+    }
+
+    /// Opens with snapshots, as a broker does.
+    fn open(dir: &Path) -> Controller {
+        Controller::open(1, config(), partition_log(dir), Arc::new(SystemClock)).unwrap()
+    }
+
+    /// The image a replay of the whole log gives (snapshots not read).
+    fn full_replay(dir: &Path) -> Controller {
+        Controller::open_with(
+            1,
+            config(),
+            Arc::new(LocalMetadataLog::new(partition_log(dir))),
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    /// Many operations of every kind; returns the records committed.
+    fn many_operations(c: &Controller) -> u64 {
+        c.register_broker(1, "localhost", 9092, Some("r1".to_owned()))
+            .unwrap();
+        for i in 0..150 {
+            let name = format!("topic-{i}");
+            assert!(c.create_topics(vec![topic(&name, 3, 1)], false)[0].is_ok());
+            c.alter_configs(vec![
+                (
+                    ConfigResource::Topic(name.clone()),
+                    "retention.ms".to_owned(),
+                    Some(i.to_string()),
+                ),
+                (
+                    ConfigResource::Broker(Some(1)),
+                    "log.retention.ms".to_owned(),
+                    Some(i.to_string()),
+                ),
+            ])
+            .unwrap();
+            if i % 3 == 0 {
+                assert!(c.delete_topics(&[name.clone()])[0].is_ok());
+            }
+            if i % 5 == 0 && i > 0 {
+                assert!(
+                    c.create_partitions(
+                        vec![CreatePartitionsRequest {
+                            name: "topic-1".to_owned(),
+                            count: 3 + i / 5,
+                            assignments: None,
+                        }],
+                        false
+                    )[0]
+                    .is_ok()
+                );
+                c.allocate_producer_ids(1).unwrap();
+            }
+        }
+        c.alter_configs(vec![(
+            ConfigResource::Broker(None),
+            "log.retention.ms".to_owned(),
+            Some("7".to_owned()),
+        )])
+        .unwrap();
+        u64::try_from(c.image().offset).unwrap()
+    }
+
+    #[test]
+    fn a_restart_replays_only_the_records_after_the_newest_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = {
+            let c = open(dir.path());
+            many_operations(&c)
+            // Dropped without a shutdown snapshot, as in a crash.
+        };
+        let snapshots = SnapshotStore::new(dir.path()).list().unwrap();
+        assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+        let newest = snapshots[1].0;
+        let reopened = open(dir.path());
+        let stats = reopened.load_stats();
+        assert_eq!(stats.snapshot_offset, Some(newest));
+        assert_eq!(
+            stats.replayed_records,
+            records - u64::try_from(newest).unwrap()
+        );
+        assert!(
+            stats.replayed_records < records / 4,
+            "{stats:?} of {records}"
+        );
+        let image = reopened.image();
+        drop(reopened);
+        let full = full_replay(dir.path());
+        assert_eq!(full.load_stats().replayed_records, records);
+        assert_eq!(*full.image(), *image);
+        assert!(image.topic("topic-1").is_some() && image.topic("topic-0").is_none());
+        drop(full);
+
+        // After a clean shutdown nothing is replayed, and the image is the same.
+        let c = open(dir.path());
+        assert!(c.create_topics(vec![topic("after", 1, 1)], false)[0].is_ok());
+        c.snapshot_on_shutdown();
+        let before = c.image();
+        drop(c);
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, Some(before.offset));
+        assert_eq!(c.load_stats().replayed_records, 0);
+        assert_eq!(*c.image(), *before);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_ignored_and_the_log_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = {
+            let c = open(dir.path());
+            let records = many_operations(&c);
+            c.snapshot_on_shutdown();
+            records
+        };
+        let expected = full_replay(dir.path()).image();
+        let store = SnapshotStore::new(dir.path());
+        let snapshots = store.list().unwrap();
+        let (newest, older) = (&snapshots[1], &snapshots[0]);
+        assert_eq!(newest.0, i64::try_from(records).unwrap());
+
+        // Bytes flipped in the newest: the older one is used.
+        let mut bytes = std::fs::read(&newest.1).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&newest.1, &bytes).unwrap();
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, Some(older.0));
+        assert_eq!(*c.image(), *expected);
+        drop(c);
+
+        // The older one truncated too: the whole log is replayed.
+        let len = std::fs::metadata(&older.1).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&older.1)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, None);
+        assert_eq!(c.load_stats().replayed_records, records);
+        assert_eq!(*c.image(), *expected);
+
+        // It replayed more than the snapshot interval: it wrote one at once.
+        drop(c);
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, Some(newest.0));
+        assert_eq!(c.load_stats().replayed_records, 0);
+        drop(c);
+
+        // Garbage under the newest snapshot's name, and an empty file under
+        // another: not trusted either.
+        std::fs::write(&newest.1, b"{}").unwrap();
+        std::fs::write(dir.path().join(snapshot_file_name(2, 0)), b"").unwrap();
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, None);
+        assert_eq!(*c.image(), *expected);
+        drop(c);
+        assert_eq!(open(dir.path()).load_stats().replayed_records, 0);
+    }
+}
