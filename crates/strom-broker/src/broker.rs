@@ -298,7 +298,8 @@ fn open(
     }
 
     // The metadata log is small and is always recovered in full: it decides
-    // what every other log is.
+    // what every other log is. The controller then loads its newest image
+    // snapshot and replays the records after it.
     let metadata_log = Arc::new(PartitionLog::open(
         meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
         metadata_log_config(),
