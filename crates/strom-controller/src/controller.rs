@@ -891,7 +891,7 @@ mod snapshot_restart_tests {
             ])
             .unwrap();
             if i % 3 == 0 {
-                assert!(c.delete_topics(&[name.clone()])[0].is_ok());
+                assert!(c.delete_topics(std::slice::from_ref(&name))[0].is_ok());
             }
             if i % 5 == 0 && i > 0 {
                 assert!(
