@@ -150,7 +150,8 @@ pub struct RunningBroker {
 
 impl RunningBroker {
     /// Clean shutdown: stop accepting, close connections, flush and close
-    /// every log, write the clean-shutdown marker.
+    /// every log, write the clean-shutdown marker and a metadata image
+    /// snapshot.
     pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
         let broker = self.broker;
         broker.shutdown.cancel();
@@ -166,8 +167,11 @@ impl RunningBroker {
         broker.tasks.wait().await;
         let logs = Arc::clone(&broker.logs);
         let metadata_log = Arc::clone(&broker.metadata_log);
+        let controller = Arc::clone(&broker.controller);
         tokio::task::spawn_blocking(move || {
             let result = logs.shutdown();
+            // The next start loads this image and replays nothing.
+            controller.snapshot_on_shutdown();
             if let Err(e) = metadata_log.close() {
                 tracing::error!(error = %e, "closing the metadata log failed");
             }
@@ -294,7 +298,8 @@ fn open(
     }
 
     // The metadata log is small and is always recovered in full: it decides
-    // what every other log is.
+    // what every other log is. The controller then loads its newest image
+    // snapshot and replays the records after it.
     let metadata_log = Arc::new(PartitionLog::open(
         meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
         metadata_log_config(),
@@ -305,6 +310,7 @@ fn open(
     let controller_config = ControllerConfig {
         num_partitions: config.settings.num_partitions,
         default_replication_factor: config.settings.default_replication_factor,
+        ..ControllerConfig::default()
     };
     let controller = Arc::new(Controller::open(
         config.node_id,

@@ -1,19 +1,27 @@
-//! The controller: validates metadata changes by Kafka's rules, makes them
-//! durable in the metadata log and publishes the new image.
+//! The controller: the single writer of the cluster metadata. Each change
+//! goes through three steps: **propose** (check it against the latest image
+//! and produce its records, [`crate::propose`], pure), **commit** (make the
+//! records durable as one batch through the [`MetadataLog`] seam) and
+//! **apply** (replay the committed records into a new image,
+//! [`MetadataImage::apply_batch`], and publish it). Every so often, and at
+//! clean shutdown, the image is written as a snapshot
+//! ([`crate::snapshot`]) so a restart replays only the log after it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use strom_protocol::error_code::ErrorCode;
-use strom_protocol::topic::illegal_topic_name;
-use strom_storage::{AppendOrigin, Clock, PartitionLog};
+use strom_storage::{Clock, PartitionLog};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::image::{ConfigResource, MetadataImage};
-use crate::records::{MetadataRecord, decode_batch, encode_batch};
+use crate::metadata_log::{LocalMetadataLog, MetadataLog, MetadataLogError};
+use crate::propose::{self, Proposal};
+use crate::records::{MetadataRecord, decode_batch};
+use crate::snapshot::SnapshotStore;
 
 pub use strom_protocol::topic::METADATA_TOPIC;
 /// Bound on one decoded metadata batch: a controller operation writes one
@@ -43,8 +51,6 @@ pub fn metadata_log_config() -> strom_storage::LogConfig {
     }
 }
 
-/// Kafka's answer when one operation needs more records than it may write.
-const TOO_LARGE_OPERATION: &str = "Unable to perform excessively large batch operation.";
 /// Producer ids handed to a broker at a time, as Kafka's controller does.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
@@ -100,6 +106,13 @@ pub struct ProducerIdBlock {
     pub len: i64,
 }
 
+/// Metadata log bytes committed between two image snapshots: Kafka's
+/// default for `metadata.log.max.record.bytes.between.snapshots` (20 MiB).
+/// A restart replays at most about this much of the log (twice it if the
+/// newest snapshot is unreadable); writing the whole image this rarely costs
+/// little next to the commits that led to it.
+pub const SNAPSHOT_INTERVAL_BYTES: u64 = 20 << 20;
+
 /// Defaults the controller applies (broker configs of the same names).
 #[derive(Debug, Clone, Copy)]
 pub struct ControllerConfig {
@@ -107,6 +120,9 @@ pub struct ControllerConfig {
     pub num_partitions: i32,
     /// `default.replication.factor`.
     pub default_replication_factor: i16,
+    /// Metadata log bytes committed between two snapshots
+    /// ([`SNAPSHOT_INTERVAL_BYTES`]; tests use less).
+    pub snapshot_interval_bytes: u64,
 }
 
 impl Default for ControllerConfig {
@@ -114,8 +130,21 @@ impl Default for ControllerConfig {
         Self {
             num_partitions: 1,
             default_replication_factor: 1,
+            snapshot_interval_bytes: SNAPSHOT_INTERVAL_BYTES,
         }
     }
+}
+
+/// How the image was rebuilt at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadStats {
+    /// The offset of the snapshot the image started from; `None`: the whole
+    /// log was replayed.
+    pub snapshot_offset: Option<i64>,
+    /// Metadata log batches replayed after the snapshot (or from the start).
+    pub replayed_batches: u64,
+    /// Metadata records replayed after the snapshot (or from the start).
+    pub replayed_records: u64,
 }
 
 /// The single controller of this node's cluster.
@@ -123,68 +152,135 @@ impl Default for ControllerConfig {
 pub struct Controller {
     node_id: i32,
     config: ControllerConfig,
-    log: Arc<PartitionLog>,
+    log: Arc<dyn MetadataLog>,
+    /// Where image snapshots go; `None`: never snapshotted (a log in memory).
+    snapshots: Option<SnapshotStore>,
     clock: Arc<dyn Clock>,
-    /// Serialises changes: validate against the latest image, then commit.
-    write: Mutex<()>,
+    /// The single writer: held from proposing a change against the latest
+    /// image until its image is published, so changes are checked against
+    /// every change before them and committed in order.
+    write: Mutex<WriterState>,
     image: watch::Sender<Arc<MetadataImage>>,
+    load_stats: LoadStats,
 }
 
+/// What the writer keeps between commits: when to snapshot next.
+#[derive(Debug)]
+struct WriterState {
+    /// Batch bytes committed (or replayed at start) since the last snapshot.
+    bytes_since_snapshot: u64,
+    /// The offset of the newest snapshot written or loaded.
+    snapshot_offset: Option<i64>,
+}
+
+type Writer<'a> = MutexGuard<'a, WriterState>;
+
 impl Controller {
-    /// Opens the controller on its metadata log: replays every record into the
-    /// image, and on a new log writes the cluster id.
+    /// Opens the controller on this node's metadata log, with its image
+    /// snapshots in the log's directory: loads the newest valid snapshot,
+    /// replays the records after it, and on a new log writes the cluster id.
     pub fn open(
         node_id: i32,
         config: ControllerConfig,
         log: Arc<PartitionLog>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ControllerError> {
-        let mut image = MetadataImage::default();
+        let snapshots = SnapshotStore::new(log.dir());
+        Self::open_with(
+            node_id,
+            config,
+            Arc::new(LocalMetadataLog::new(log)),
+            Some(snapshots),
+            clock,
+        )
+    }
+
+    /// Opens the controller on any metadata log (see [`Controller::open`]).
+    pub fn open_with(
+        node_id: i32,
+        config: ControllerConfig,
+        log: Arc<dyn MetadataLog>,
+        snapshots: Option<SnapshotStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ControllerError> {
+        let log_start_offset = log.log_start_offset();
+        let snapshot = snapshots
+            .as_ref()
+            .and_then(|s| s.load_newest(log_start_offset, log.log_end_offset()));
+        let mut stats = LoadStats {
+            snapshot_offset: snapshot.as_ref().map(|image| image.offset),
+            ..LoadStats::default()
+        };
+        let mut image = snapshot.unwrap_or_default();
         image.controller_id = node_id;
+        let mut replayed_bytes = 0u64;
         let mut failure = None;
-        log.for_each_batch_from(log.log_start_offset(), |_, header, bytes| {
-            if failure.is_some() {
-                return;
-            }
-            match decode_batch(&Bytes::copy_from_slice(bytes)) {
-                Ok(records) => {
-                    for (i, r) in records.iter().enumerate() {
-                        image.apply(r, header.base_offset + i as i64);
+        log.replay(
+            image.offset.max(log_start_offset),
+            &mut |base_offset, bytes| {
+                if failure.is_some() {
+                    return;
+                }
+                match decode_batch(&Bytes::copy_from_slice(bytes)) {
+                    Ok(records) => {
+                        // The batch holding the snapshot's offset is replayed
+                        // from it: records below are in the image already.
+                        let skip = usize::try_from(image.offset - base_offset).unwrap_or(0);
+                        let tail = records.get(skip..).unwrap_or_default();
+                        image.apply_batch(base_offset + skip as i64, tail);
+                        stats.replayed_batches += 1;
+                        stats.replayed_records += tail.len() as u64;
+                        replayed_bytes += bytes.len() as u64;
+                    }
+                    Err(e) => {
+                        failure = Some(format!("metadata batch at offset {base_offset}: {e}"))
                     }
                 }
-                Err(e) => {
-                    failure = Some(format!(
-                        "metadata batch at offset {}: {e}",
-                        header.base_offset
-                    ))
-                }
-            }
-        })
+            },
+        )
         .map_err(|e| ControllerError::new(ErrorCode::KafkaStorageError, e.to_string()))?;
         if let Some(reason) = failure {
             // The log passed CRC checks, so this is a record we cannot read:
             // refuse to start rather than serve a wrong image.
             return Err(ControllerError::new(ErrorCode::UnknownServerError, reason));
         }
+        tracing::info!(
+            offset = image.offset,
+            snapshot = ?stats.snapshot_offset,
+            replayed_records = stats.replayed_records,
+            "metadata image loaded"
+        );
         let (image_tx, _) = watch::channel(Arc::new(image));
         let controller = Self {
             node_id,
             config,
             log,
+            snapshots,
             clock,
-            write: Mutex::new(()),
+            write: Mutex::new(WriterState {
+                bytes_since_snapshot: replayed_bytes,
+                snapshot_offset: stats.snapshot_offset,
+            }),
             image: image_tx,
+            load_stats: stats,
         };
+        let mut writer = controller.write.lock();
         if controller.image().cluster_id.is_empty() {
-            let _guard = controller.write.lock();
-            let cluster_id = kafka_uuid_string(&random_kafka_uuid());
-            controller.commit(vec![MetadataRecord::ClusterId { cluster_id }])?;
+            controller.commit(&mut writer, propose::cluster_id())?;
+        } else {
+            controller.maybe_snapshot(&mut writer);
         }
+        drop(writer);
         Ok(controller)
     }
 
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// How the image was rebuilt at start.
+    pub fn load_stats(&self) -> LoadStats {
+        self.load_stats
     }
 
     /// The current image.
@@ -205,22 +301,11 @@ impl Controller {
         port: u16,
         rack: Option<String>,
     ) -> Result<(), ControllerError> {
-        let _guard = self.write.lock();
-        let image = self.image();
-        if let Some(b) = image.brokers.get(&broker_id)
-            && b.host == host
-            && b.port == port
-            && b.rack == rack
-        {
-            return Ok(());
+        let mut writer = self.write.lock();
+        match propose::register_broker(&self.image(), broker_id, host, port, rack) {
+            Some(records) => self.commit(&mut writer, records).map(|_| ()),
+            None => Ok(()),
         }
-        self.commit(vec![MetadataRecord::RegisterBroker {
-            broker_id,
-            host: host.to_owned(),
-            port,
-            rack,
-        }])
-        .map(|_| ())
     }
 
     /// Creates topics, each on its own (one failing does not stop the others).
@@ -230,20 +315,9 @@ impl Controller {
         requests: Vec<CreateTopicRequest>,
         validate_only: bool,
     ) -> Vec<Result<CreatedTopic, ControllerError>> {
-        let _guard = self.write.lock();
-        // Kafka writes one request's topics as one operation, bounded by
-        // MAX_RECORDS_PER_USER_OP: over it, no topic of the request is created.
-        let image = self.image();
-        let planned: usize = requests
-            .iter()
-            .filter_map(|r| self.plan_topic(&image, r).ok())
-            .map(|(records, _)| records.len())
-            .sum();
-        if planned > MAX_RECORDS_PER_USER_OP {
-            return requests
-                .iter()
-                .map(|_| Err(too_large_operation(planned)))
-                .collect();
+        let mut writer = self.write.lock();
+        if let Err(e) = propose::create_topics_bound(&self.image(), &self.config, &requests) {
+            return requests.iter().map(|_| Err(e.clone())).collect();
         }
         let mut seen = BTreeSet::new();
         requests
@@ -258,10 +332,10 @@ impl Controller {
                         ),
                     ));
                 }
-                let image = self.image();
-                let (records, created) = self.plan_topic(&image, &request)?;
+                let (records, created) =
+                    propose::create_topic(&self.image(), &self.config, &request)?;
                 if !validate_only {
-                    self.commit(records)?;
+                    self.commit(&mut writer, records)?;
                     return Ok(created);
                 }
                 Ok(CreatedTopic {
@@ -272,130 +346,14 @@ impl Controller {
             .collect()
     }
 
-    fn plan_topic(
-        &self,
-        image: &MetadataImage,
-        request: &CreateTopicRequest,
-    ) -> Result<(Vec<MetadataRecord>, CreatedTopic), ControllerError> {
-        let name = &request.name;
-        validate_new_topic_name(image, name)?;
-        let brokers: Vec<i32> = image.brokers.keys().copied().collect();
-        let assignments: Vec<Vec<i32>> = if request.assignments.is_empty() {
-            let partitions = match request.num_partitions {
-                -1 => self.config.num_partitions,
-                n if n <= 0 => {
-                    return Err(ControllerError::new(
-                        ErrorCode::InvalidPartitions,
-                        "Number of partitions was set to an invalid non-positive value.",
-                    ));
-                }
-                n => n,
-            };
-            if partitions > MAX_PARTITIONS_PER_TOPIC {
-                return Err(ControllerError::new(
-                    ErrorCode::InvalidPartitions,
-                    format!(
-                        "Number of partitions {partitions} is above the limit of {MAX_PARTITIONS_PER_TOPIC}."
-                    ),
-                ));
-            }
-            let replication_factor = match request.replication_factor {
-                -1 => self.config.default_replication_factor,
-                n if n <= 0 => {
-                    return Err(ControllerError::new(
-                        ErrorCode::InvalidReplicationFactor,
-                        "Replication factor must be larger than 0, or -1 to use the default value.",
-                    ));
-                }
-                n => n,
-            };
-            let rf = usize::try_from(replication_factor).unwrap_or(0);
-            if rf > brokers.len() {
-                return Err(ControllerError::new(
-                    ErrorCode::InvalidReplicationFactor,
-                    format!(
-                        "Unable to replicate the partition {replication_factor} time(s): The target replication factor of {replication_factor} cannot be reached because only {} broker(s) are registered.",
-                        brokers.len()
-                    ),
-                ));
-            }
-            assign_replicas(&brokers, partitions, rf)
-        } else {
-            if request.num_partitions != -1 || request.replication_factor != -1 {
-                return Err(ControllerError::new(
-                    ErrorCode::InvalidRequest,
-                    "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.",
-                ));
-            }
-            let mut by_partition = request.assignments.clone();
-            by_partition.sort_by_key(|(p, _)| *p);
-            let count = i32::try_from(by_partition.len()).unwrap_or(i32::MAX);
-            if count > MAX_PARTITIONS_PER_TOPIC {
-                return Err(ControllerError::new(
-                    ErrorCode::InvalidPartitions,
-                    "Too many partitions.",
-                ));
-            }
-            for (i, (p, _)) in by_partition.iter().enumerate() {
-                if usize::try_from(*p).ok() != Some(i) {
-                    return Err(ControllerError::new(
-                        ErrorCode::InvalidReplicaAssignment,
-                        "Partitions should be a consecutive 0-based integer sequence",
-                    ));
-                }
-            }
-            let assignments: Vec<Vec<i32>> = by_partition.into_iter().map(|(_, r)| r).collect();
-            validate_assignments(image, &assignments)?;
-            assignments
-        };
-        let topic_id = random_kafka_uuid();
-        let mut records = vec![MetadataRecord::Topic {
-            name: name.clone(),
-            topic_id,
-        }];
-        for (p, replicas) in assignments.iter().enumerate() {
-            records.push(MetadataRecord::Partition {
-                topic_id,
-                partition: i32::try_from(p).unwrap_or(i32::MAX),
-                replicas: replicas.clone(),
-                isr: replicas.clone(),
-                leader: replicas.first().copied().unwrap_or(-1),
-                leader_epoch: 0,
-                partition_epoch: 0,
-            });
-        }
-        for (key, value) in &request.configs {
-            records.push(MetadataRecord::Config {
-                resource: ConfigResource::Topic(name.clone()),
-                name: key.clone(),
-                value: Some(value.clone()),
-            });
-        }
-        let created = CreatedTopic {
-            topic_id,
-            num_partitions: i32::try_from(assignments.len()).unwrap_or(i32::MAX),
-            replication_factor: assignments
-                .first()
-                .map_or(0, |r| i16::try_from(r.len()).unwrap_or(i16::MAX)),
-        };
-        Ok((records, created))
-    }
-
     /// Deletes topics by name; each answer is the deleted topic's id.
     pub fn delete_topics(&self, names: &[String]) -> Vec<Result<Uuid, ControllerError>> {
-        let _guard = self.write.lock();
+        let mut writer = self.write.lock();
         names
             .iter()
             .map(|name| {
-                let image = self.image();
-                let topic = image.topic(name).ok_or_else(|| {
-                    ControllerError::new(
-                        ErrorCode::UnknownTopicOrPartition,
-                        "This server does not host this topic-partition.",
-                    )
-                })?;
-                let topic_id = topic.id;
-                self.commit(vec![MetadataRecord::RemoveTopic { topic_id }])?;
+                let (records, topic_id) = propose::delete_topic(&self.image(), name)?;
+                self.commit(&mut writer, records)?;
                 Ok(topic_id)
             })
             .collect()
@@ -407,89 +365,18 @@ impl Controller {
         requests: Vec<CreatePartitionsRequest>,
         validate_only: bool,
     ) -> Vec<Result<(), ControllerError>> {
-        let _guard = self.write.lock();
-        let image = self.image();
-        let added: usize = requests
-            .iter()
-            .filter_map(|r| {
-                let current = image.topic(&r.name)?.partitions.len();
-                usize::try_from(r.count).ok()?.checked_sub(current)
-            })
-            .sum();
-        if added > MAX_RECORDS_PER_USER_OP {
-            return requests
-                .iter()
-                .map(|_| Err(too_large_operation(added)))
-                .collect();
+        let mut writer = self.write.lock();
+        if let Err(e) = propose::create_partitions_bound(&self.image(), &requests) {
+            return requests.iter().map(|_| Err(e.clone())).collect();
         }
         requests
             .into_iter()
             .map(|request| {
-                let image = self.image();
-                let topic = image.topic(&request.name).ok_or_else(|| {
-                    ControllerError::new(
-                        ErrorCode::UnknownTopicOrPartition,
-                        "This server does not host this topic-partition.",
-                    )
-                })?;
-                let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
-                if request.count < current {
-                    return Err(ControllerError::new(
-                        ErrorCode::InvalidPartitions,
-                        format!("Topic currently has {current} partitions, which is higher than the requested {}.", request.count),
-                    ));
-                }
-                if request.count == current {
-                    return Err(ControllerError::new(
-                        ErrorCode::InvalidPartitions,
-                        format!("Topic already has {current} partitions."),
-                    ));
-                }
-                if request.count > MAX_PARTITIONS_PER_TOPIC {
-                    return Err(ControllerError::new(ErrorCode::InvalidPartitions, "Too many partitions."));
-                }
-                let added = usize::try_from(request.count - current).unwrap_or(0);
-                let assignments = match request.assignments {
-                    Some(a) => {
-                        if a.len() != added {
-                            return Err(ControllerError::new(
-                                ErrorCode::InvalidReplicaAssignment,
-                                format!("Increasing the number of partitions by {added} but {} assignments provided.", a.len()),
-                            ));
-                        }
-                        validate_assignments(&image, &a)?;
-                        a
-                    }
-                    None => {
-                        let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
-                        let brokers: Vec<i32> = image.brokers.keys().copied().collect();
-                        if rf > brokers.len() {
-                            return Err(ControllerError::new(
-                                ErrorCode::InvalidReplicationFactor,
-                                "Not enough brokers for the topic's replication factor.",
-                            ));
-                        }
-                        let all = assign_replicas(&brokers, request.count, rf);
-                        all.into_iter().skip(topic.partitions.len()).collect()
-                    }
-                };
+                let records = propose::create_partitions(&self.image(), request)?;
                 if validate_only {
                     return Ok(());
                 }
-                let records = assignments
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, replicas)| MetadataRecord::Partition {
-                        topic_id: topic.id,
-                        partition: current + i32::try_from(i).unwrap_or(0),
-                        isr: replicas.clone(),
-                        leader: replicas.first().copied().unwrap_or(-1),
-                        replicas,
-                        leader_epoch: 0,
-                        partition_epoch: 0,
-                    })
-                    .collect();
-                self.commit(records).map(|_| ())
+                self.commit(&mut writer, records).map(|_| ())
             })
             .collect()
     }
@@ -499,30 +386,12 @@ impl Controller {
         &self,
         changes: Vec<(ConfigResource, String, Option<String>)>,
     ) -> Result<(), ControllerError> {
-        let _guard = self.write.lock();
-        let image = self.image();
-        for (resource, _, _) in &changes {
-            if let ConfigResource::Topic(name) = resource
-                && image.topic(name).is_none()
-            {
-                return Err(ControllerError::new(
-                    ErrorCode::UnknownTopicOrPartition,
-                    format!("Topic {name} does not exist."),
-                ));
-            }
-        }
-        let records = changes
-            .into_iter()
-            .map(|(resource, name, value)| MetadataRecord::Config {
-                resource,
-                name,
-                value,
-            })
-            .collect::<Vec<_>>();
+        let mut writer = self.write.lock();
+        let records = propose::alter_configs(&self.image(), changes)?;
         if records.is_empty() {
             return Ok(());
         }
-        self.commit(records).map(|_| ())
+        self.commit(&mut writer, records).map(|_| ())
     }
 
     /// Hands broker `broker_id` the next block of producer ids.
@@ -530,139 +399,74 @@ impl Controller {
         &self,
         broker_id: i32,
     ) -> Result<ProducerIdBlock, ControllerError> {
-        let _guard = self.write.lock();
-        let start = self.image().next_producer_id_block;
-        self.commit(vec![MetadataRecord::ProducerIds {
-            broker_id,
-            next_block_start: start + PRODUCER_ID_BLOCK_SIZE,
-        }])?;
-        Ok(ProducerIdBlock {
-            start,
-            len: PRODUCER_ID_BLOCK_SIZE,
-        })
+        let mut writer = self.write.lock();
+        let (records, block) = propose::allocate_producer_ids(&self.image(), broker_id);
+        self.commit(&mut writer, records)?;
+        Ok(block)
     }
 
-    /// Appends `records` as one batch, fsyncs it and publishes the new image.
-    /// The caller holds the write lock.
-    fn commit(&self, records: Vec<MetadataRecord>) -> Result<Arc<MetadataImage>, ControllerError> {
-        let storage = |e: String| {
-            ControllerError::new(ErrorCode::KafkaStorageError, format!("metadata log: {e}"))
-        };
-        if records.len() > MAX_RECORDS_PER_USER_OP {
-            return Err(too_large_operation(records.len()));
+    /// Writes a snapshot of the current image if it is newer than the
+    /// newest snapshot, so the next start replays nothing (clean shutdown).
+    /// A failure is logged: the next start replays more, nothing is lost.
+    pub fn snapshot_on_shutdown(&self) {
+        let mut writer = self.write.lock();
+        if writer.snapshot_offset != Some(self.image().offset) {
+            self.write_snapshot(&mut writer);
         }
-        let batch = encode_batch(&records, self.clock.now_ms()).map_err(storage)?;
-        if batch.len() > METADATA_BATCH_BYTES_MAX as usize {
-            return Err(ControllerError::new(
-                ErrorCode::PolicyViolation,
-                format!(
-                    "{TOO_LARGE_OPERATION} The change takes {} bytes of metadata, above the limit of {METADATA_BATCH_BYTES_MAX}.",
-                    batch.len()
-                ),
-            ));
-        }
-        let info = self
-            .log
-            .append_as_leader(&batch, 0, AppendOrigin::Coordinator)
-            .map_err(|e| storage(e.to_string()))?;
-        self.log.flush().map_err(|e| storage(e.to_string()))?;
-        let mut image = (*self.image()).clone();
-        for (i, r) in records.iter().enumerate() {
-            image.apply(r, info.first_offset + i as i64);
-        }
+    }
+
+    /// Commits one operation's records and applies them: the records,
+    /// proposed against the latest image (the caller holds the writer), are
+    /// sealed into one batch, made durable by the metadata log, replayed into
+    /// a new image, and that image is published.
+    fn commit(
+        &self,
+        writer: &mut Writer<'_>,
+        records: Vec<MetadataRecord>,
+    ) -> Result<Arc<MetadataImage>, ControllerError> {
+        let current = self.image();
+        let proposal = Proposal::new(records, &current, self.clock.now_ms())?;
+        // Single writer: nothing was committed since the records were
+        // proposed, and the log ends where the image does.
+        debug_assert_eq!(proposal.based_on(), current.offset);
+        debug_assert_eq!(self.log.log_end_offset(), current.offset);
+        let base_offset = self.log.commit(proposal.batch()).map_err(storage_error)?;
+        let mut image = (*current).clone();
+        image.apply_batch(base_offset, proposal.records());
         let image = Arc::new(image);
         self.image.send_replace(Arc::clone(&image));
+        writer.bytes_since_snapshot += proposal.batch().len() as u64;
+        self.maybe_snapshot(writer);
         Ok(image)
     }
-}
 
-/// POLICY_VIOLATION for an operation of `records` metadata records.
-fn too_large_operation(records: usize) -> ControllerError {
-    ControllerError::new(
-        ErrorCode::PolicyViolation,
-        format!(
-            "{TOO_LARGE_OPERATION} The request needs {records} metadata records, above the limit of {MAX_RECORDS_PER_USER_OP} per operation (a topic takes one record plus one per partition)."
-        ),
-    )
-}
-
-/// Kafka's topic name rules for new topics.
-fn validate_new_topic_name(image: &MetadataImage, name: &str) -> Result<(), ControllerError> {
-    if let Some(why) = illegal_topic_name(name) {
-        return Err(ControllerError::new(ErrorCode::InvalidTopicException, why));
-    }
-    if name == METADATA_TOPIC {
-        return Err(ControllerError::new(
-            ErrorCode::InvalidTopicException,
-            format!("Topic name {name} is reserved for the cluster metadata."),
-        ));
-    }
-    if image.topic(name).is_some() {
-        return Err(ControllerError::new(
-            ErrorCode::TopicAlreadyExists,
-            format!("Topic '{name}' already exists."),
-        ));
-    }
-    // Kafka: '.' and '_' collide in metric names, so topics differing only in
-    // them cannot coexist.
-    let normalized = name.replace('.', "_");
-    if let Some(other) = image
-        .topics()
-        .find(|t| t.name.replace('.', "_") == normalized)
-    {
-        return Err(ControllerError::new(
-            ErrorCode::InvalidTopicException,
-            format!(
-                "Topic '{name}' collides with existing topic: {}",
-                other.name
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_assignments(
-    image: &MetadataImage,
-    assignments: &[Vec<i32>],
-) -> Result<(), ControllerError> {
-    let mut rf = None;
-    for replicas in assignments {
-        if replicas.is_empty() {
-            return Err(ControllerError::new(
-                ErrorCode::InvalidReplicaAssignment,
-                "Empty replica assignment.",
-            ));
-        }
-        let unique: BTreeSet<_> = replicas.iter().collect();
-        if unique.len() != replicas.len() {
-            return Err(ControllerError::new(
-                ErrorCode::InvalidReplicaAssignment,
-                "Duplicate brokers in a replica assignment.",
-            ));
-        }
-        if let Some(b) = replicas.iter().find(|b| !image.brokers.contains_key(b)) {
-            return Err(ControllerError::new(
-                ErrorCode::InvalidReplicaAssignment,
-                format!("Replica assignment names broker {b}, which is not registered."),
-            ));
-        }
-        if *rf.get_or_insert(replicas.len()) != replicas.len() {
-            return Err(ControllerError::new(
-                ErrorCode::InvalidReplicaAssignment,
-                "All partitions should have the same number of replicas.",
-            ));
+    /// Snapshots the image once enough has been committed since the last one.
+    fn maybe_snapshot(&self, writer: &mut Writer<'_>) {
+        if writer.bytes_since_snapshot >= self.config.snapshot_interval_bytes {
+            self.write_snapshot(writer);
         }
     }
-    Ok(())
+
+    fn write_snapshot(&self, writer: &mut Writer<'_>) {
+        let Some(store) = &self.snapshots else { return };
+        let image = self.image();
+        match store.write(&image) {
+            Ok(path) => {
+                tracing::debug!(path = %path.display(), offset = image.offset, "metadata snapshot written");
+                writer.bytes_since_snapshot = 0;
+                writer.snapshot_offset = Some(image.offset);
+            }
+            // Not fatal: the log has every record; the next start replays more.
+            Err(e) => {
+                tracing::warn!(error = %e, offset = image.offset, "writing a metadata snapshot failed")
+            }
+        }
+    }
 }
 
-/// Spreads `partitions` partitions of `rf` replicas round-robin over
-/// `brokers`, each partition led by a different broker in turn.
-fn assign_replicas(brokers: &[i32], partitions: i32, rf: usize) -> Vec<Vec<i32>> {
-    let n = brokers.len().max(1);
-    (0..usize::try_from(partitions).unwrap_or(0))
-        .map(|p| (0..rf).map(|j| brokers[(p + j) % n]).collect())
-        .collect()
+/// KAFKA_STORAGE_ERROR for a metadata log that failed.
+fn storage_error(e: MetadataLogError) -> ControllerError {
+    ControllerError::new(ErrorCode::KafkaStorageError, format!("metadata log: {e}"))
 }
 
 /// A random UUID as Kafka makes them: never the nil UUID, never the metadata
@@ -922,5 +726,292 @@ mod operation_bound_tests {
         let image = reopened.image();
         assert_eq!(image.topic_count(), 1);
         assert_eq!(image.topic("big").unwrap().partitions.len(), 9_999);
+    }
+}
+
+#[cfg(test)]
+mod seam_tests {
+    use strom_storage::SystemClock;
+
+    use super::tests::topic;
+    use super::*;
+    use crate::metadata_log::MemoryMetadataLog;
+
+    fn open_on(log: &Arc<MemoryMetadataLog>) -> Controller {
+        let log: Arc<dyn MetadataLog> = Arc::clone(log) as Arc<dyn MetadataLog>;
+        Controller::open_with(
+            1,
+            ControllerConfig::default(),
+            log,
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_operation_is_one_committed_batch_and_replays_to_the_same_image() {
+        let log = Arc::new(MemoryMetadataLog::new());
+        let controller = open_on(&log);
+        controller
+            .register_broker(1, "localhost", 9092, None)
+            .unwrap();
+        // Cluster id, broker.
+        assert_eq!(log.batch_count(), 2);
+        let results = controller.create_topics(vec![topic("a", 2, 1), topic("b", 1, 1)], false);
+        assert!(results.iter().all(Result::is_ok));
+        // One batch per topic, each checked against the image after the one before.
+        assert_eq!(log.batch_count(), 4);
+        assert_eq!(
+            controller.create_topics(vec![topic("a", 1, 1)], false)[0]
+                .clone()
+                .unwrap_err()
+                .code,
+            ErrorCode::TopicAlreadyExists
+        );
+        // A validation-only request and a refused one commit nothing.
+        controller.create_topics(vec![topic("dry", 1, 1)], true);
+        assert_eq!(log.batch_count(), 4);
+        controller
+            .alter_configs(vec![(
+                ConfigResource::Topic("a".to_owned()),
+                "retention.ms".to_owned(),
+                Some("1".to_owned()),
+            )])
+            .unwrap();
+        assert_eq!(controller.image().offset, log.log_end_offset());
+        let again = open_on(&log);
+        assert_eq!(*again.image(), *controller.image());
+        assert_eq!(again.load_stats().snapshot_offset, None);
+        assert_eq!(
+            again.load_stats().replayed_records,
+            u64::try_from(log.log_end_offset()).unwrap()
+        );
+    }
+
+    #[test]
+    fn concurrent_operations_are_committed_one_at_a_time_in_order() {
+        let log = Arc::new(MemoryMetadataLog::new());
+        let controller = Arc::new(open_on(&log));
+        controller
+            .register_broker(1, "localhost", 9092, None)
+            .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let controller = Arc::clone(&controller);
+                std::thread::spawn(move || {
+                    for i in 0..10 {
+                        // Every thread also races for the same name: one wins.
+                        controller.create_topics(vec![topic(&format!("t{t}-{i}"), 1, 1)], false);
+                        controller.create_topics(vec![topic(&format!("shared-{i}"), 1, 1)], false);
+                        controller.allocate_producer_ids(1).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let image = controller.image();
+        assert_eq!(image.topic_count(), 40 + 10);
+        assert_eq!(image.next_producer_id_block, 40 * PRODUCER_ID_BLOCK_SIZE);
+        assert_eq!(image.offset, log.log_end_offset());
+        assert_eq!(*open_on(&log).image(), *image);
+    }
+}
+
+#[cfg(test)]
+mod snapshot_restart_tests {
+    use std::path::Path;
+
+    use strom_storage::{FileCache, LoadOptions, SystemClock};
+
+    use super::tests::topic;
+    use super::*;
+    use crate::snapshot::{SnapshotStore, snapshot_file_name};
+
+    /// Small enough that the operations below take several snapshots.
+    const TEST_SNAPSHOT_INTERVAL_BYTES: u64 = 16 << 10;
+
+    fn partition_log(dir: &Path) -> Arc<PartitionLog> {
+        Arc::new(
+            PartitionLog::open(
+                dir,
+                metadata_log_config(),
+                Arc::new(FileCache::default()),
+                Arc::new(SystemClock),
+                LoadOptions::default(),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn config() -> ControllerConfig {
+        ControllerConfig {
+            snapshot_interval_bytes: TEST_SNAPSHOT_INTERVAL_BYTES,
+            ..ControllerConfig::default()
+        }
+    }
+
+    /// Opens with snapshots, as a broker does.
+    fn open(dir: &Path) -> Controller {
+        Controller::open(1, config(), partition_log(dir), Arc::new(SystemClock)).unwrap()
+    }
+
+    /// The image a replay of the whole log gives (snapshots not read).
+    fn full_replay(dir: &Path) -> Controller {
+        Controller::open_with(
+            1,
+            config(),
+            Arc::new(LocalMetadataLog::new(partition_log(dir))),
+            None,
+            Arc::new(SystemClock),
+        )
+        .unwrap()
+    }
+
+    /// Many operations of every kind; returns the records committed.
+    fn many_operations(c: &Controller) -> u64 {
+        c.register_broker(1, "localhost", 9092, Some("r1".to_owned()))
+            .unwrap();
+        for i in 0..150 {
+            let name = format!("topic-{i}");
+            assert!(c.create_topics(vec![topic(&name, 3, 1)], false)[0].is_ok());
+            c.alter_configs(vec![
+                (
+                    ConfigResource::Topic(name.clone()),
+                    "retention.ms".to_owned(),
+                    Some(i.to_string()),
+                ),
+                (
+                    ConfigResource::Broker(Some(1)),
+                    "log.retention.ms".to_owned(),
+                    Some(i.to_string()),
+                ),
+            ])
+            .unwrap();
+            if i % 3 == 0 {
+                assert!(c.delete_topics(std::slice::from_ref(&name))[0].is_ok());
+            }
+            if i % 5 == 0 && i > 0 {
+                assert!(
+                    c.create_partitions(
+                        vec![CreatePartitionsRequest {
+                            name: "topic-1".to_owned(),
+                            count: 3 + i / 5,
+                            assignments: None,
+                        }],
+                        false
+                    )[0]
+                    .is_ok()
+                );
+                c.allocate_producer_ids(1).unwrap();
+            }
+        }
+        c.alter_configs(vec![(
+            ConfigResource::Broker(None),
+            "log.retention.ms".to_owned(),
+            Some("7".to_owned()),
+        )])
+        .unwrap();
+        u64::try_from(c.image().offset).unwrap()
+    }
+
+    #[test]
+    fn a_restart_replays_only_the_records_after_the_newest_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = {
+            let c = open(dir.path());
+            many_operations(&c)
+            // Dropped without a shutdown snapshot, as in a crash.
+        };
+        let snapshots = SnapshotStore::new(dir.path()).list().unwrap();
+        assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+        let newest = snapshots[1].0;
+        let reopened = open(dir.path());
+        let stats = reopened.load_stats();
+        assert_eq!(stats.snapshot_offset, Some(newest));
+        assert_eq!(
+            stats.replayed_records,
+            records - u64::try_from(newest).unwrap()
+        );
+        assert!(
+            stats.replayed_records < records / 4,
+            "{stats:?} of {records}"
+        );
+        let image = reopened.image();
+        drop(reopened);
+        let full = full_replay(dir.path());
+        assert_eq!(full.load_stats().replayed_records, records);
+        assert_eq!(*full.image(), *image);
+        assert!(image.topic("topic-1").is_some() && image.topic("topic-0").is_none());
+        drop(full);
+
+        // After a clean shutdown nothing is replayed, and the image is the same.
+        let c = open(dir.path());
+        assert!(c.create_topics(vec![topic("after", 1, 1)], false)[0].is_ok());
+        c.snapshot_on_shutdown();
+        let before = c.image();
+        drop(c);
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, Some(before.offset));
+        assert_eq!(c.load_stats().replayed_records, 0);
+        assert_eq!(*c.image(), *before);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_ignored_and_the_log_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let records = {
+            let c = open(dir.path());
+            let records = many_operations(&c);
+            c.snapshot_on_shutdown();
+            records
+        };
+        let expected = full_replay(dir.path()).image();
+        let store = SnapshotStore::new(dir.path());
+        let snapshots = store.list().unwrap();
+        let (newest, older) = (&snapshots[1], &snapshots[0]);
+        assert_eq!(newest.0, i64::try_from(records).unwrap());
+
+        // Bytes flipped in the newest: the older one is used.
+        let mut bytes = std::fs::read(&newest.1).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&newest.1, &bytes).unwrap();
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, Some(older.0));
+        assert_eq!(*c.image(), *expected);
+        drop(c);
+
+        // The older one truncated too: the whole log is replayed.
+        let len = std::fs::metadata(&older.1).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&older.1)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, None);
+        assert_eq!(c.load_stats().replayed_records, records);
+        assert_eq!(*c.image(), *expected);
+
+        // It replayed more than the snapshot interval: it wrote one at once.
+        drop(c);
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, Some(newest.0));
+        assert_eq!(c.load_stats().replayed_records, 0);
+        drop(c);
+
+        // Garbage under the newest snapshot's name, and an empty file under
+        // another: not trusted either.
+        std::fs::write(&newest.1, b"{}").unwrap();
+        std::fs::write(dir.path().join(snapshot_file_name(2, 0)), b"").unwrap();
+        let c = open(dir.path());
+        assert_eq!(c.load_stats().snapshot_offset, None);
+        assert_eq!(*c.image(), *expected);
+        drop(c);
+        assert_eq!(open(dir.path()).load_stats().replayed_records, 0);
     }
 }

@@ -58,7 +58,7 @@ impl TopicImage {
 }
 
 /// The cluster metadata at `offset` of the metadata log.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetadataImage {
     /// Offset after the last applied metadata record.
     pub offset: i64,
@@ -97,6 +97,79 @@ impl MetadataImage {
         self.topic(topic)?
             .partitions
             .get(usize::try_from(partition).ok()?)
+    }
+
+    /// The apply step: replays one committed batch, whose first record is at
+    /// metadata log offset `base_offset`. Deterministic: the same records
+    /// on the same image give the same image, at start (replay) as after a
+    /// commit.
+    pub fn apply_batch(&mut self, base_offset: i64, records: &[MetadataRecord]) {
+        for (i, record) in records.iter().enumerate() {
+            self.apply(record, base_offset + i as i64);
+        }
+    }
+
+    /// The records that rebuild this image on an empty one (what a snapshot
+    /// stores, as Kafka's KRaft snapshots do): the cluster id, the brokers,
+    /// each topic with its partitions in order and its configs, the broker
+    /// configs and the producer id block. The offset and the controller id
+    /// are not records: the snapshot and the node give them.
+    pub fn to_records(&self) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        if !self.cluster_id.is_empty() {
+            records.push(MetadataRecord::ClusterId {
+                cluster_id: self.cluster_id.clone(),
+            });
+        }
+        for b in self.brokers.values() {
+            records.push(MetadataRecord::RegisterBroker {
+                broker_id: b.id,
+                host: b.host.clone(),
+                port: b.port,
+                rack: b.rack.clone(),
+            });
+        }
+        for t in self.topics.values() {
+            records.push(MetadataRecord::Topic {
+                name: t.name.clone(),
+                topic_id: t.id,
+            });
+            for p in &t.partitions {
+                records.push(MetadataRecord::Partition {
+                    topic_id: t.id,
+                    partition: p.partition,
+                    replicas: p.replicas.clone(),
+                    isr: p.isr.clone(),
+                    leader: p.leader,
+                    leader_epoch: p.leader_epoch,
+                    partition_epoch: p.partition_epoch,
+                });
+            }
+            for (name, value) in &t.configs {
+                records.push(MetadataRecord::Config {
+                    resource: ConfigResource::Topic(t.name.clone()),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        for (broker, configs) in &self.broker_configs {
+            for (name, value) in configs {
+                records.push(MetadataRecord::Config {
+                    resource: ConfigResource::Broker(*broker),
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                });
+            }
+        }
+        if self.next_producer_id_block != 0 {
+            records.push(MetadataRecord::ProducerIds {
+                // Which broker took the last block is not part of the image.
+                broker_id: -1,
+                next_block_start: self.next_producer_id_block,
+            });
+        }
+        records
     }
 
     /// Applies one record, as of metadata log offset `offset`. Records that
@@ -179,6 +252,13 @@ impl MetadataImage {
                     Some(v) => configs.insert(name.clone(), v.clone()),
                     None => configs.remove(name),
                 };
+                // One form for "no overrides" (absent, never an empty map),
+                // so an image rebuilt from a snapshot equals the replayed one.
+                if let ConfigResource::Broker(id) = resource
+                    && self.broker_configs.get(id).is_some_and(BTreeMap::is_empty)
+                {
+                    self.broker_configs.remove(id);
+                }
             }
             MetadataRecord::RemoveTopic { topic_id } => {
                 if let Some(name) = self.topic_names_by_id.remove(topic_id) {
@@ -196,5 +276,82 @@ impl MetadataImage {
     fn topic_mut_by_id(&mut self, id: &Uuid) -> Option<&mut TopicImage> {
         let name = self.topic_names_by_id.get(id)?;
         self.topics.get_mut(name).map(Arc::make_mut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replay(batches: &[(i64, Vec<MetadataRecord>)]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        for (base, records) in batches {
+            image.apply_batch(*base, records);
+        }
+        image
+    }
+
+    #[test]
+    fn committed_records_in_give_the_image_out() {
+        let id = Uuid::from_u128(42);
+        let batches = vec![
+            (
+                0,
+                vec![MetadataRecord::ClusterId {
+                    cluster_id: "c".to_owned(),
+                }],
+            ),
+            (
+                1,
+                vec![
+                    MetadataRecord::Topic {
+                        name: "orders".to_owned(),
+                        topic_id: id,
+                    },
+                    MetadataRecord::Partition {
+                        topic_id: id,
+                        partition: 0,
+                        replicas: vec![1],
+                        isr: vec![1],
+                        leader: 1,
+                        leader_epoch: 0,
+                        partition_epoch: 0,
+                    },
+                ],
+            ),
+            (
+                3,
+                vec![
+                    MetadataRecord::Config {
+                        resource: ConfigResource::Broker(Some(1)),
+                        name: "log.retention.ms".to_owned(),
+                        value: Some("1".to_owned()),
+                    },
+                    MetadataRecord::Config {
+                        resource: ConfigResource::Broker(Some(1)),
+                        name: "log.retention.ms".to_owned(),
+                        value: None,
+                    },
+                ],
+            ),
+        ];
+        let image = replay(&batches);
+        assert_eq!(image.offset, 5);
+        assert_eq!(image.cluster_id, "c");
+        assert_eq!(image.topic_by_id(&id).unwrap().name, "orders");
+        assert_eq!(image.partition("orders", 0).unwrap().leader, 1);
+        // Removing the last override leaves no entry behind.
+        assert!(image.broker_configs.is_empty());
+        // Deterministic: the same records give the same image.
+        assert_eq!(replay(&batches), image);
+        // The records of an image rebuild it.
+        let mut rebuilt = MetadataImage::default();
+        rebuilt.apply_batch(0, &image.to_records());
+        rebuilt.offset = image.offset;
+        assert_eq!(rebuilt, image);
+        let mut removed = image.clone();
+        removed.apply_batch(5, &[MetadataRecord::RemoveTopic { topic_id: id }]);
+        assert!(removed.topic("orders").is_none() && removed.topic_by_id(&id).is_none());
+        assert_eq!(removed.offset, 6);
     }
 }

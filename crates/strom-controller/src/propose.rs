@@ -1,0 +1,636 @@
+//! The propose step: checks one metadata change against the current image,
+//! as Kafka's controller does, and produces the records of that operation.
+//! Pure: no I/O, no locks; the same image and request give the same answer
+//! and the same records (apart from the random ids of new topics). The
+//! controller commits the records (see [`crate::metadata_log`]) and applies
+//! them to the image (see [`MetadataImage::apply_batch`]).
+
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use strom_protocol::error_code::ErrorCode;
+use strom_protocol::topic::illegal_topic_name;
+use uuid::Uuid;
+
+use crate::controller::{
+    ControllerConfig, ControllerError, CreatePartitionsRequest, CreateTopicRequest, CreatedTopic,
+    MAX_PARTITIONS_PER_TOPIC, MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC,
+    PRODUCER_ID_BLOCK_SIZE, ProducerIdBlock, kafka_uuid_string, random_kafka_uuid,
+};
+use crate::image::{ConfigResource, MetadataImage};
+use crate::records::{MetadataRecord, encode_batch};
+
+/// Kafka's answer when one operation needs more records than it may write.
+const TOO_LARGE_OPERATION: &str = "Unable to perform excessively large batch operation.";
+
+/// The records of one operation, encoded as the one batch the commit step
+/// makes durable, with the image offset they were checked against.
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    records: Vec<MetadataRecord>,
+    batch: Bytes,
+    /// The offset of the image the records were proposed against. Single
+    /// writer: the proposal is committed only while that image is the
+    /// latest, so the records' checks still hold when they are applied.
+    based_on: i64,
+}
+
+impl Proposal {
+    /// Encodes one operation's records as a batch, refusing an operation
+    /// that is too large for one batch (POLICY_VIOLATION, as Kafka does).
+    pub fn new(
+        records: Vec<MetadataRecord>,
+        image: &MetadataImage,
+        timestamp_ms: i64,
+    ) -> Result<Self, ControllerError> {
+        if records.len() > MAX_RECORDS_PER_USER_OP {
+            return Err(too_large_operation(records.len()));
+        }
+        let batch = encode_batch(&records, timestamp_ms).map_err(|e| {
+            ControllerError::new(ErrorCode::KafkaStorageError, format!("metadata log: {e}"))
+        })?;
+        if batch.len() > METADATA_BATCH_BYTES_MAX as usize {
+            return Err(ControllerError::new(
+                ErrorCode::PolicyViolation,
+                format!(
+                    "{TOO_LARGE_OPERATION} The change takes {} bytes of metadata, above the limit of {METADATA_BATCH_BYTES_MAX}.",
+                    batch.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            records,
+            batch,
+            based_on: image.offset,
+        })
+    }
+
+    pub fn records(&self) -> &[MetadataRecord] {
+        &self.records
+    }
+
+    /// The batch to commit.
+    pub fn batch(&self) -> &Bytes {
+        &self.batch
+    }
+
+    /// The offset of the image the records were checked against.
+    pub fn based_on(&self) -> i64 {
+        self.based_on
+    }
+}
+
+/// A new cluster's id, written once when the metadata log is created.
+pub fn cluster_id() -> Vec<MetadataRecord> {
+    vec![MetadataRecord::ClusterId {
+        cluster_id: kafka_uuid_string(&random_kafka_uuid()),
+    }]
+}
+
+/// Records where broker `broker_id` is reached; `None` if the image says so
+/// already.
+pub fn register_broker(
+    image: &MetadataImage,
+    broker_id: i32,
+    host: &str,
+    port: u16,
+    rack: Option<String>,
+) -> Option<Vec<MetadataRecord>> {
+    if let Some(b) = image.brokers.get(&broker_id)
+        && b.host == host
+        && b.port == port
+        && b.rack == rack
+    {
+        return None;
+    }
+    Some(vec![MetadataRecord::RegisterBroker {
+        broker_id,
+        host: host.to_owned(),
+        port,
+        rack,
+    }])
+}
+
+/// Kafka writes one CreateTopics request's topics as one operation, bounded
+/// by MAX_RECORDS_PER_USER_OP: over it, no topic of the request is created.
+pub fn create_topics_bound(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    requests: &[CreateTopicRequest],
+) -> Result<(), ControllerError> {
+    let planned: usize = requests
+        .iter()
+        .filter_map(|r| create_topic(image, config, r).ok())
+        .map(|(records, _)| records.len())
+        .sum();
+    if planned > MAX_RECORDS_PER_USER_OP {
+        return Err(too_large_operation(planned));
+    }
+    Ok(())
+}
+
+/// A new topic: its record, one record per partition (round-robin
+/// placement unless the request assigns replicas), and its configs.
+pub fn create_topic(
+    image: &MetadataImage,
+    config: &ControllerConfig,
+    request: &CreateTopicRequest,
+) -> Result<(Vec<MetadataRecord>, CreatedTopic), ControllerError> {
+    let name = &request.name;
+    validate_new_topic_name(image, name)?;
+    let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+    let assignments: Vec<Vec<i32>> = if request.assignments.is_empty() {
+        let partitions = match request.num_partitions {
+            -1 => config.num_partitions,
+            n if n <= 0 => {
+                return Err(ControllerError::new(
+                    ErrorCode::InvalidPartitions,
+                    "Number of partitions was set to an invalid non-positive value.",
+                ));
+            }
+            n => n,
+        };
+        if partitions > MAX_PARTITIONS_PER_TOPIC {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "Number of partitions {partitions} is above the limit of {MAX_PARTITIONS_PER_TOPIC}."
+                ),
+            ));
+        }
+        let replication_factor = match request.replication_factor {
+            -1 => config.default_replication_factor,
+            n if n <= 0 => {
+                return Err(ControllerError::new(
+                    ErrorCode::InvalidReplicationFactor,
+                    "Replication factor must be larger than 0, or -1 to use the default value.",
+                ));
+            }
+            n => n,
+        };
+        let rf = usize::try_from(replication_factor).unwrap_or(0);
+        if rf > brokers.len() {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "Unable to replicate the partition {replication_factor} time(s): The target replication factor of {replication_factor} cannot be reached because only {} broker(s) are registered.",
+                    brokers.len()
+                ),
+            ));
+        }
+        assign_replicas(&brokers, partitions, rf)
+    } else {
+        if request.num_partitions != -1 || request.replication_factor != -1 {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidRequest,
+                "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.",
+            ));
+        }
+        let mut by_partition = request.assignments.clone();
+        by_partition.sort_by_key(|(p, _)| *p);
+        let count = i32::try_from(by_partition.len()).unwrap_or(i32::MAX);
+        if count > MAX_PARTITIONS_PER_TOPIC {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidPartitions,
+                "Too many partitions.",
+            ));
+        }
+        for (i, (p, _)) in by_partition.iter().enumerate() {
+            if usize::try_from(*p).ok() != Some(i) {
+                return Err(ControllerError::new(
+                    ErrorCode::InvalidReplicaAssignment,
+                    "Partitions should be a consecutive 0-based integer sequence",
+                ));
+            }
+        }
+        let assignments: Vec<Vec<i32>> = by_partition.into_iter().map(|(_, r)| r).collect();
+        validate_assignments(image, &assignments)?;
+        assignments
+    };
+    let topic_id = random_kafka_uuid();
+    let mut records = vec![MetadataRecord::Topic {
+        name: name.clone(),
+        topic_id,
+    }];
+    for (p, replicas) in assignments.iter().enumerate() {
+        records.push(MetadataRecord::Partition {
+            topic_id,
+            partition: i32::try_from(p).unwrap_or(i32::MAX),
+            replicas: replicas.clone(),
+            isr: replicas.clone(),
+            leader: replicas.first().copied().unwrap_or(-1),
+            leader_epoch: 0,
+            partition_epoch: 0,
+        });
+    }
+    for (key, value) in &request.configs {
+        records.push(MetadataRecord::Config {
+            resource: ConfigResource::Topic(name.clone()),
+            name: key.clone(),
+            value: Some(value.clone()),
+        });
+    }
+    let created = CreatedTopic {
+        topic_id,
+        num_partitions: i32::try_from(assignments.len()).unwrap_or(i32::MAX),
+        replication_factor: assignments
+            .first()
+            .map_or(0, |r| i16::try_from(r.len()).unwrap_or(i16::MAX)),
+    };
+    Ok((records, created))
+}
+
+/// Deletes topic `name`: its record and the deleted topic's id.
+pub fn delete_topic(
+    image: &MetadataImage,
+    name: &str,
+) -> Result<(Vec<MetadataRecord>, Uuid), ControllerError> {
+    let topic = image.topic(name).ok_or_else(|| {
+        ControllerError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            "This server does not host this topic-partition.",
+        )
+    })?;
+    let topic_id = topic.id;
+    Ok((vec![MetadataRecord::RemoveTopic { topic_id }], topic_id))
+}
+
+/// The bound on one CreatePartitions request: the partitions it adds over
+/// all its topics (see [`MAX_RECORDS_PER_USER_OP`]).
+pub fn create_partitions_bound(
+    image: &MetadataImage,
+    requests: &[CreatePartitionsRequest],
+) -> Result<(), ControllerError> {
+    let added: usize = requests
+        .iter()
+        .filter_map(|r| {
+            let current = image.topic(&r.name)?.partitions.len();
+            usize::try_from(r.count).ok()?.checked_sub(current)
+        })
+        .sum();
+    if added > MAX_RECORDS_PER_USER_OP {
+        return Err(too_large_operation(added));
+    }
+    Ok(())
+}
+
+/// Grows one topic to the requested partition count: one record per new
+/// partition.
+pub fn create_partitions(
+    image: &MetadataImage,
+    request: CreatePartitionsRequest,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    let topic = image.topic(&request.name).ok_or_else(|| {
+        ControllerError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            "This server does not host this topic-partition.",
+        )
+    })?;
+    let current = i32::try_from(topic.partitions.len()).unwrap_or(i32::MAX);
+    if request.count < current {
+        return Err(ControllerError::new(
+            ErrorCode::InvalidPartitions,
+            format!(
+                "Topic currently has {current} partitions, which is higher than the requested {}.",
+                request.count
+            ),
+        ));
+    }
+    if request.count == current {
+        return Err(ControllerError::new(
+            ErrorCode::InvalidPartitions,
+            format!("Topic already has {current} partitions."),
+        ));
+    }
+    if request.count > MAX_PARTITIONS_PER_TOPIC {
+        return Err(ControllerError::new(
+            ErrorCode::InvalidPartitions,
+            "Too many partitions.",
+        ));
+    }
+    let added = usize::try_from(request.count - current).unwrap_or(0);
+    let assignments = match request.assignments {
+        Some(a) => {
+            if a.len() != added {
+                return Err(ControllerError::new(
+                    ErrorCode::InvalidReplicaAssignment,
+                    format!(
+                        "Increasing the number of partitions by {added} but {} assignments provided.",
+                        a.len()
+                    ),
+                ));
+            }
+            validate_assignments(image, &a)?;
+            a
+        }
+        None => {
+            let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
+            let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+            if rf > brokers.len() {
+                return Err(ControllerError::new(
+                    ErrorCode::InvalidReplicationFactor,
+                    "Not enough brokers for the topic's replication factor.",
+                ));
+            }
+            let all = assign_replicas(&brokers, request.count, rf);
+            all.into_iter().skip(topic.partitions.len()).collect()
+        }
+    };
+    Ok(assignments
+        .into_iter()
+        .enumerate()
+        .map(|(i, replicas)| MetadataRecord::Partition {
+            topic_id: topic.id,
+            partition: current + i32::try_from(i).unwrap_or(0),
+            isr: replicas.clone(),
+            leader: replicas.first().copied().unwrap_or(-1),
+            replicas,
+            leader_epoch: 0,
+            partition_epoch: 0,
+        })
+        .collect())
+}
+
+/// Sets (`Some`) or removes (`None`) config values, all or nothing: one
+/// record per change, none if a topic does not exist. The values were
+/// checked by the caller (the broker knows the config definitions).
+pub fn alter_configs(
+    image: &MetadataImage,
+    changes: Vec<(ConfigResource, String, Option<String>)>,
+) -> Result<Vec<MetadataRecord>, ControllerError> {
+    for (resource, _, _) in &changes {
+        if let ConfigResource::Topic(name) = resource
+            && image.topic(name).is_none()
+        {
+            return Err(ControllerError::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("Topic {name} does not exist."),
+            ));
+        }
+    }
+    Ok(changes
+        .into_iter()
+        .map(|(resource, name, value)| MetadataRecord::Config {
+            resource,
+            name,
+            value,
+        })
+        .collect())
+}
+
+/// Hands broker `broker_id` the next block of producer ids.
+pub fn allocate_producer_ids(
+    image: &MetadataImage,
+    broker_id: i32,
+) -> (Vec<MetadataRecord>, ProducerIdBlock) {
+    let start = image.next_producer_id_block;
+    (
+        vec![MetadataRecord::ProducerIds {
+            broker_id,
+            next_block_start: start + PRODUCER_ID_BLOCK_SIZE,
+        }],
+        ProducerIdBlock {
+            start,
+            len: PRODUCER_ID_BLOCK_SIZE,
+        },
+    )
+}
+
+/// POLICY_VIOLATION for an operation of `records` metadata records.
+pub(crate) fn too_large_operation(records: usize) -> ControllerError {
+    ControllerError::new(
+        ErrorCode::PolicyViolation,
+        format!(
+            "{TOO_LARGE_OPERATION} The request needs {records} metadata records, above the limit of {MAX_RECORDS_PER_USER_OP} per operation (a topic takes one record plus one per partition)."
+        ),
+    )
+}
+
+/// Kafka's topic name rules for new topics.
+fn validate_new_topic_name(image: &MetadataImage, name: &str) -> Result<(), ControllerError> {
+    if let Some(why) = illegal_topic_name(name) {
+        return Err(ControllerError::new(ErrorCode::InvalidTopicException, why));
+    }
+    if name == METADATA_TOPIC {
+        return Err(ControllerError::new(
+            ErrorCode::InvalidTopicException,
+            format!("Topic name {name} is reserved for the cluster metadata."),
+        ));
+    }
+    if image.topic(name).is_some() {
+        return Err(ControllerError::new(
+            ErrorCode::TopicAlreadyExists,
+            format!("Topic '{name}' already exists."),
+        ));
+    }
+    // Kafka: '.' and '_' collide in metric names, so topics differing only in
+    // them cannot coexist.
+    let normalized = name.replace('.', "_");
+    if let Some(other) = image
+        .topics()
+        .find(|t| t.name.replace('.', "_") == normalized)
+    {
+        return Err(ControllerError::new(
+            ErrorCode::InvalidTopicException,
+            format!(
+                "Topic '{name}' collides with existing topic: {}",
+                other.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_assignments(
+    image: &MetadataImage,
+    assignments: &[Vec<i32>],
+) -> Result<(), ControllerError> {
+    let mut rf = None;
+    for replicas in assignments {
+        if replicas.is_empty() {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidReplicaAssignment,
+                "Empty replica assignment.",
+            ));
+        }
+        let unique: BTreeSet<_> = replicas.iter().collect();
+        if unique.len() != replicas.len() {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidReplicaAssignment,
+                "Duplicate brokers in a replica assignment.",
+            ));
+        }
+        if let Some(b) = replicas.iter().find(|b| !image.brokers.contains_key(b)) {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidReplicaAssignment,
+                format!("Replica assignment names broker {b}, which is not registered."),
+            ));
+        }
+        if *rf.get_or_insert(replicas.len()) != replicas.len() {
+            return Err(ControllerError::new(
+                ErrorCode::InvalidReplicaAssignment,
+                "All partitions should have the same number of replicas.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Spreads `partitions` partitions of `rf` replicas round-robin over
+/// `brokers`, each partition led by a different broker in turn.
+fn assign_replicas(brokers: &[i32], partitions: i32, rf: usize) -> Vec<Vec<i32>> {
+    let n = brokers.len().max(1);
+    (0..usize::try_from(partitions).unwrap_or(0))
+        .map(|p| (0..rf).map(|j| brokers[(p + j) % n]).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// An image of two brokers and topic "orders" (2 partitions), built by
+    /// applying records: no files, no controller.
+    fn image() -> MetadataImage {
+        let mut image = MetadataImage::default();
+        let mut records = Vec::new();
+        for id in [1, 2] {
+            records.push(MetadataRecord::RegisterBroker {
+                broker_id: id,
+                host: "localhost".to_owned(),
+                port: 9000 + u16::try_from(id).unwrap(),
+                rack: None,
+            });
+        }
+        image.apply_batch(0, &records);
+        let (topic, _) = create_topic(
+            &image,
+            &ControllerConfig::default(),
+            &request("orders", 2, 2),
+        )
+        .unwrap();
+        image.apply_batch(2, &topic);
+        image
+    }
+
+    fn request(name: &str, partitions: i32, rf: i16) -> CreateTopicRequest {
+        CreateTopicRequest {
+            name: name.to_owned(),
+            num_partitions: partitions,
+            replication_factor: rf,
+            assignments: vec![],
+            configs: BTreeMap::from([("retention.ms".to_owned(), "1000".to_owned())]),
+        }
+    }
+
+    #[test]
+    fn a_new_topic_is_its_record_its_partitions_round_robin_and_its_configs() {
+        let image = image();
+        let (records, created) = create_topic(
+            &image,
+            &ControllerConfig::default(),
+            &request("events", 3, 2),
+        )
+        .unwrap();
+        assert_eq!((created.num_partitions, created.replication_factor), (3, 2));
+        assert!(
+            matches!(&records[0], MetadataRecord::Topic { name, topic_id } if name == "events" && *topic_id == created.topic_id)
+        );
+        let placements: Vec<(Vec<i32>, i32)> = records[1..4]
+            .iter()
+            .map(|r| match r {
+                MetadataRecord::Partition {
+                    replicas, leader, ..
+                } => (replicas.clone(), *leader),
+                other => panic!("expected a partition record, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            placements,
+            vec![(vec![1, 2], 1), (vec![2, 1], 2), (vec![1, 2], 1)]
+        );
+        assert!(
+            matches!(&records[4], MetadataRecord::Config { name, .. } if name == "retention.ms")
+        );
+        assert_eq!(records.len(), 5);
+        // The image is not changed by proposing.
+        assert!(image.topic("events").is_none());
+    }
+
+    #[test]
+    fn proposals_are_checked_against_the_image() {
+        let image = image();
+        let config = ControllerConfig::default();
+        fn code<T>(r: Result<T, ControllerError>) -> ErrorCode {
+            r.map(|_| ()).unwrap_err().code
+        }
+        assert_eq!(
+            code(create_topic(&image, &config, &request("orders", 1, 1))),
+            ErrorCode::TopicAlreadyExists
+        );
+        assert_eq!(
+            code(create_topic(&image, &config, &request("wide", 1, 3))),
+            ErrorCode::InvalidReplicationFactor
+        );
+        assert_eq!(
+            code(delete_topic(&image, "missing")),
+            ErrorCode::UnknownTopicOrPartition
+        );
+        let grow = |count| CreatePartitionsRequest {
+            name: "orders".to_owned(),
+            count,
+            assignments: None,
+        };
+        assert_eq!(
+            code(create_partitions(&image, grow(2))),
+            ErrorCode::InvalidPartitions
+        );
+        let added = create_partitions(&image, grow(4)).unwrap();
+        assert!(matches!(
+            added.as_slice(),
+            [
+                MetadataRecord::Partition { partition: 2, .. },
+                MetadataRecord::Partition { partition: 3, .. }
+            ]
+        ));
+        assert_eq!(
+            code(alter_configs(
+                &image,
+                vec![(
+                    ConfigResource::Topic("missing".to_owned()),
+                    "retention.ms".to_owned(),
+                    None
+                )]
+            )),
+            ErrorCode::UnknownTopicOrPartition
+        );
+        // Registering a broker as the image has it already is no change.
+        assert!(register_broker(&image, 1, "localhost", 9001, None).is_none());
+        assert!(register_broker(&image, 1, "elsewhere", 9001, None).is_some());
+        let (_, block) = allocate_producer_ids(&image, 1);
+        assert_eq!(block.start, image.next_producer_id_block);
+    }
+
+    #[test]
+    fn a_proposal_is_one_batch_within_kafkas_bounds() {
+        let image = image();
+        let proposal = Proposal::new(cluster_id(), &image, 1).unwrap();
+        assert_eq!(proposal.based_on(), image.offset);
+        assert_eq!(
+            crate::records::decode_batch(proposal.batch()).unwrap(),
+            proposal.records()
+        );
+        let too_many = vec![
+            MetadataRecord::RemoveTopic {
+                topic_id: Uuid::nil()
+            };
+            MAX_RECORDS_PER_USER_OP + 1
+        ];
+        assert_eq!(
+            Proposal::new(too_many, &image, 1).unwrap_err().code,
+            ErrorCode::PolicyViolation
+        );
+    }
+}
