@@ -79,30 +79,7 @@ async fn create_topics(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> create_topics_response::CreatableTopicResult {
-    let request = CreateTopicsRequest::default()
-        .with_timeout_ms(5000)
-        .with_topics(vec![
-            create_topics_request::CreatableTopic::default()
-                .with_name(name(topic))
-                .with_num_partitions(partitions)
-                .with_replication_factor(1)
-                .with_configs(
-                    configs
-                        .iter()
-                        .map(|(k, v)| {
-                            create_topics_request::CreatableTopicConfig::default()
-                                .with_name(strom_protocol::messages::StrBytes::from_string(
-                                    (*k).to_owned(),
-                                ))
-                                .with_value(Some(strom_protocol::messages::StrBytes::from_string(
-                                    (*v).to_owned(),
-                                )))
-                        })
-                        .collect(),
-                ),
-        ]);
-    let response: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &request).await;
-    response.topics[0].clone()
+    create_topic_result(raw, topic, partitions, configs).await
 }
 
 async fn delete_topic(raw: &mut Raw, topic: &str) -> i16 {

@@ -151,6 +151,18 @@ pub async fn create_topic(
     partitions: i32,
     configs: &[(&str, &str)],
 ) -> i16 {
+    create_topic_result(raw, topic, partitions, configs)
+        .await
+        .error_code
+}
+
+/// CreateTopics for one topic: its whole result (code and message).
+pub async fn create_topic_result(
+    raw: &mut Raw,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> create_topics_response::CreatableTopicResult {
     let request = CreateTopicsRequest::default()
         .with_timeout_ms(5000)
         .with_topics(vec![
@@ -170,7 +182,7 @@ pub async fn create_topic(
                 ),
         ]);
     let response: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 7, &request).await;
-    response.topics[0].error_code
+    response.topics[0].clone()
 }
 
 pub fn fetch_request(
