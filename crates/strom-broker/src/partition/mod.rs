@@ -7,13 +7,19 @@
 //! - [`high_watermark`]: Kafka's high-watermark rule as a pure function of
 //!   the replicas' states, tested from a table of cases
 //!   (`testdata/high_watermark.txt`).
+//! - [`validation`]: Kafka's LogValidator checks of produced records (and
+//!   recompression to the topic's `compression.type`), within the broker's
+//!   decompression budget.
 //!
-//! Still to come here (issue "Reshape the broker for the cluster"): the role
+//! Every leader append goes through [`Partition::append_as_leader`], and the
+//! partition decides its leadership itself ([`Partition::is_leader`]). Still
+//! to come here (issue "Reshape the broker for the cluster"): the role
 //! (leader with per-follower [`high_watermark::ReplicaState`], or follower
-//! of a given leader and epoch), record validation and the topic's typed
-//! configs, so that every append goes through this object.
+//! of a given leader and epoch) and the topic's typed configs, resolved when
+//! the image changes rather than per request.
 
 pub mod high_watermark;
+pub mod validation;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
