@@ -138,7 +138,8 @@ impl DecompressionLease<'_> {
     }
 
     /// The bytes this lease holds.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         self.bytes
     }
 }

@@ -329,18 +329,11 @@ fn read_bounded(
             return Err(CompressionError::OverBudget);
         }
         reserve_output(out, want);
-        let at = out.len();
-        out.resize(at + want, 0);
-        let mut filled = 0;
-        while filled < want {
-            match reader.read(&mut out[at + filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(corrupt_io(codec, &e)),
-            }
-        }
-        out.truncate(at + filled);
+        // Into the reserved capacity, without zero-filling it first.
+        let filled = (&mut reader)
+            .take(u64::try_from(want).unwrap_or(u64::MAX))
+            .read_to_end(out)
+            .map_err(|e| corrupt_io(codec, &e))?;
         if filled < want {
             break;
         }

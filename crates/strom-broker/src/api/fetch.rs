@@ -307,7 +307,7 @@ fn read_all(
                 return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
             }
             let Some(partition) = broker.replicas.get(topic, *index) else {
-                return PartitionRead::error(super::missing_partition_error(broker, topic, *index));
+                return PartitionRead::error(super::missing_partition(broker, topic, *index).0);
             };
             if !partition.is_leader() {
                 return PartitionRead::error(ErrorCode::NotLeaderOrFollower);

@@ -63,7 +63,9 @@ fn answer(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOff
                     }
                     let Some(partition) = broker.replicas.get(&name, p.partition_index) else {
                         return response.with_error_code(
-                            super::missing_partition_error(broker, &name, p.partition_index).code(),
+                            super::missing_partition(broker, &name, p.partition_index)
+                                .0
+                                .code(),
                         );
                     };
                     if !partition.is_leader() {

@@ -260,21 +260,25 @@ fn decode<R: Decodable>(ctx: &RequestContext<'_>, min: i16, max: i16) -> Result<
     })
 }
 
-/// The error for a partition this broker leads in the image but does not
-/// hold: KAFKA_STORAGE_ERROR while its log cannot be created or opened (a
-/// full or failing disk; retried in the background), as Kafka answers a
-/// partition on an offline log directory; NOT_LEADER_OR_FOLLOWER otherwise
-/// (the image and the local partitions are between two updates).
-pub(crate) fn missing_partition_error(
+/// The answer for a partition the image has but this broker does not hold:
+/// KAFKA_STORAGE_ERROR, saying why, while its log cannot be created or
+/// opened (a full or failing disk; retried in the background), as Kafka
+/// answers a partition on an offline log directory; NOT_LEADER_OR_FOLLOWER
+/// otherwise (the image and the local partitions are between two updates).
+pub(crate) fn missing_partition(
     broker: &Broker,
     topic: &str,
     partition: i32,
-) -> strom_protocol::error_code::ErrorCode {
+) -> (strom_protocol::error_code::ErrorCode, Option<String>) {
     use strom_protocol::error_code::ErrorCode;
-    if broker.replicas.storage_error(topic, partition).is_some() {
-        ErrorCode::KafkaStorageError
-    } else {
-        ErrorCode::NotLeaderOrFollower
+    match broker.replicas.storage_error(topic, partition) {
+        Some(e) => (
+            ErrorCode::KafkaStorageError,
+            Some(format!(
+                "The partition's log is unavailable on this broker: {e}"
+            )),
+        ),
+        None => (ErrorCode::NotLeaderOrFollower, None),
     }
 }
 

@@ -204,19 +204,10 @@ fn resolve(
     let meta = image
         .partition(name, index)
         .ok_or((ErrorCode::UnknownTopicOrPartition, None))?;
-    let partition = broker.replicas.get(name, index).ok_or_else(|| {
-        // Kafka answers KAFKA_STORAGE_ERROR for a partition whose log
-        // directory failed: the client learns why, not a leadership change.
-        match broker.replicas.storage_error(name, index) {
-            Some(e) => (
-                ErrorCode::KafkaStorageError,
-                Some(format!(
-                    "The partition's log is unavailable on this broker: {e}"
-                )),
-            ),
-            None => (ErrorCode::NotLeaderOrFollower, None),
-        }
-    })?;
+    let partition = broker
+        .replicas
+        .get(name, index)
+        .ok_or_else(|| super::missing_partition(broker, name, index))?;
     if !partition.is_leader() {
         return Err((ErrorCode::NotLeaderOrFollower, None));
     }
