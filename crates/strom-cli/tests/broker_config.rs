@@ -6,9 +6,9 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BrokerProcess, wait_until};
+use common::{BrokerProcess, wait_for_exit, wait_until};
 
 /// How long a broker refusing its configuration may take to exit (debug
 /// build); it exits before opening any file or port.
@@ -18,7 +18,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// the deadline (a broker that started would otherwise run forever).
 fn broker_exit(args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+    let child = Command::new(env!("CARGO_BIN_EXE_strom"))
         .args(["broker", "--metrics", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(args)
@@ -27,15 +27,7 @@ fn broker_exit(args: &[&str]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + EXIT_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    wait_for_exit(child, EXIT_TIMEOUT).unwrap_or_else(|killed| killed)
 }
 
 #[test]

@@ -8,9 +8,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{BrokerProcess, wait_until};
+use common::{BrokerProcess, wait_for_exit, wait_until};
 
 /// How long a command that must fail at once may run before the test calls
 /// it stuck: well under the API timeout the commands are given
@@ -34,19 +34,12 @@ fn strom_bounded(args: &[&str], stdin: &[u8], bound: Duration) -> Output {
     // A command that fails before reading its input closes the pipe.
     let _ = input.write_all(stdin);
     drop(input);
-    let deadline = Instant::now() + bound;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "strom {args:?} still running after {bound:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    wait_for_exit(child, bound).unwrap_or_else(|output| {
+        panic!(
+            "strom {args:?} still running after {bound:?}; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 /// A failed command's stderr.

@@ -10,10 +10,10 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BrokerProcess, assign, flush, wait_until};
+use common::{BrokerProcess, assign, flush, wait_for_exit, wait_until};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use rdkafka::producer::BaseRecord;
@@ -239,27 +239,10 @@ fn refused_at_start(properties: &[&str], name: &str) {
     for p in properties {
         command.args(["--set", p]);
     }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the broker started with {properties:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(!status.success(), "{properties:?}: {stderr}");
+    let output = wait_for_exit(command.spawn().unwrap(), DEADLINE)
+        .unwrap_or_else(|_| panic!("the broker started with {properties:?}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{properties:?}: {stderr}");
     assert!(stderr.contains(name), "{properties:?}: {stderr}");
 }
 

@@ -312,6 +312,21 @@ pub fn assign(consumer: &BaseConsumer, topic: &str, partition: i32, offset: i64)
     consumer.assign(&list).unwrap();
 }
 
+/// Waits up to `timeout` for `child` to exit and collects its output:
+/// `Ok` if it exited, `Err` with what it wrote if it was still running at
+/// the deadline and was killed.
+pub fn wait_for_exit(
+    mut child: Child,
+    timeout: Duration,
+) -> Result<std::process::Output, std::process::Output> {
+    let exited = wait_until(timeout, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    if exited { Ok(output) } else { Err(output) }
+}
+
 /// Waits up to `timeout` for `condition`.
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
