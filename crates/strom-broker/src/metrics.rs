@@ -674,6 +674,9 @@ impl axum::serve::Listener for BoundedListener {
                 closed: AtomicBool::new(false),
                 evict: CancellationToken::new(),
             });
+            // Forget connections that have closed, so that the list holds at
+            // most the open ones (max connections) however many come and go.
+            self.open.retain(|c| !c.closed.load(Ordering::Acquire));
             self.open.push_back(Arc::clone(&state));
             let stream = BoundedStream {
                 stream,
