@@ -18,6 +18,9 @@
 //! - [`config`]: broker properties with Kafka's names, parsed once at start
 //!   into typed [`config::Settings`]; which properties are known or refused
 //!   (`config::properties`); topic config definitions.
+//! - [`coordinator`]: the ports the coordinators are built on (their
+//!   internal partition, the clock) and their shards, one per internal
+//!   partition this broker leads, loaded and unloaded as leadership moves.
 //! - [`group`]: the group coordinator: consumer groups (classic and KIP-848)
 //!   and committed offsets, kept in `__consumer_offsets`.
 //! - [`memory`]: broker-wide memory budgets: request bytes in flight
@@ -30,6 +33,7 @@
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod coordinator;
 pub mod group;
 pub mod memory;
 pub mod metrics;
