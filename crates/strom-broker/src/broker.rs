@@ -344,7 +344,7 @@ fn open(
             config.log_config(&image, &overrides)
         },
     )?;
-    let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs));
+    let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs), Arc::clone(&clock));
     // A partition whose log cannot be opened (a full disk, a directory the
     // file system refuses) must not keep the others offline: it is logged,
     // answered as KAFKA_STORAGE_ERROR and retried while the broker runs.

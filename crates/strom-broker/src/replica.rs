@@ -20,12 +20,39 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use strom_controller::{METADATA_TOPIC, MetadataImage};
+use strom_controller::{METADATA_TOPIC, MetadataImage, PartitionImage};
 use strom_protocol::messages::Uuid;
-use strom_storage::{LogManager, StorageError, TopicPartition};
+use strom_storage::{Clock, LogConfig, LogManager, StorageError, TopicPartition};
 
 use crate::config::BrokerConfig;
 pub use crate::partition::Partition;
+use crate::partition::PartitionState;
+use crate::partition::validation::ProduceChecks;
+
+/// The state of partition `p` that this broker acts on.
+fn partition_state(p: &PartitionImage) -> PartitionState {
+    PartitionState {
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        replicas: p.replicas.clone(),
+        isr: p.isr.clone(),
+    }
+}
+
+/// The produce checks of a topic with `overrides`, resolved once per image.
+fn produce_checks(
+    config: &BrokerConfig,
+    image: &MetadataImage,
+    overrides: &BTreeMap<String, String>,
+    log_config: &LogConfig,
+) -> ProduceChecks {
+    let value = |key: &str| -> String {
+        crate::config::topic_config_def(key)
+            .map(|def| config.topic_value(def, image, overrides).value)
+            .unwrap_or_default()
+    };
+    ProduceChecks::resolve(log_config.clone(), &value)
+}
 
 /// Kafka's per-partition file holding the topic id.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
@@ -49,16 +76,19 @@ pub struct ReplicaManager {
     failed: RwLock<HashMap<PartitionKey, Failure>>,
     /// Serialises applying images (creating and deleting logs).
     apply: Mutex<()>,
+    /// For the followers' caught-up times when a role changes.
+    clock: Arc<dyn Clock>,
 }
 
 impl ReplicaManager {
-    pub fn new(node_id: i32, logs: Arc<LogManager>) -> Self {
+    pub fn new(node_id: i32, logs: Arc<LogManager>, clock: Arc<dyn Clock>) -> Self {
         Self {
             node_id,
             logs,
             partitions: RwLock::new(HashMap::new()),
             failed: RwLock::new(HashMap::new()),
             apply: Mutex::new(()),
+            clock,
         }
     }
 
@@ -86,11 +116,13 @@ impl ReplicaManager {
         config: &BrokerConfig,
     ) -> Result<(), ApplyError> {
         let _guard = self.apply.lock();
+        let now_ms = self.clock.now_ms();
         let mut failed: HashMap<PartitionKey, Failure> = HashMap::new();
         let mut wanted: HashSet<PartitionKey> = HashSet::new();
         for topic in image.topics() {
             let name: Arc<str> = Arc::from(topic.name.as_str());
             let log_config = config.log_config(image, &topic.configs);
+            let mut checks = None;
             for p in &topic.partitions {
                 if !p.replicas.contains(&self.node_id) {
                     continue;
@@ -100,10 +132,14 @@ impl ReplicaManager {
                 let existing = self.partitions.read().get(&key).cloned();
                 match existing {
                     Some(partition) if partition.topic_id == topic.id => {
-                        partition.set_leadership(p.leader_epoch, p.leader);
+                        partition.apply_state(&partition_state(p), now_ms);
                         if *partition.log.config() != log_config {
                             partition.log.set_config(log_config.clone());
                         }
+                        let checks = checks.get_or_insert_with(|| {
+                            produce_checks(config, image, &topic.configs, &log_config)
+                        });
+                        partition.set_produce_checks(checks.clone());
                     }
                     stale => {
                         let opened = stale.map_or(Ok(()), |_| self.remove(&key)).and_then(|()| {
@@ -117,6 +153,11 @@ impl ReplicaManager {
                         });
                         match opened {
                             Ok(partition) => {
+                                partition.apply_state(&partition_state(p), now_ms);
+                                let checks = checks.get_or_insert_with(|| {
+                                    produce_checks(config, image, &topic.configs, &log_config)
+                                });
+                                partition.set_produce_checks(checks.clone());
                                 self.partitions.write().insert(key, partition);
                             }
                             Err(e) => {

@@ -1,22 +1,30 @@
 //! The accept loop and the connections.
 //!
 //! Each connection has a reader task and a processor: the reader reads frames
-//! ahead (clients pipeline requests) into a bounded queue; the processor
-//! answers them one at a time, in order, as Kafka does, so that produce
+//! ahead (clients pipeline requests) into a bounded queue; the processor runs
+//! each request's first phase one at a time, in order, so that produce
 //! requests from one connection are appended in the order they were sent.
+//! A request with a second phase ([`Reply::Later`]: a produce with acks=all
+//! waiting for replication) goes on concurrently while the next requests'
+//! first phases run; answers are written in request order, as the protocol
+//! requires, at most [`MAX_PENDING_ANSWERS`] of them waiting.
 //!
 //! Bad input never panics and never wedges the broker: a frame size out of
 //! bounds, a malformed header, an unknown API key or a body that does not
 //! decode closes that connection with a log line.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use strom_protocol::messages::{self, FRAME_SIZE_PREFIX, RequestFrame};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use strom_protocol::messages::{self, ApiKey, FRAME_SIZE_PREFIX, RequestFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -32,6 +40,11 @@ use crate::memory::RequestLease;
 /// request (JoinGroup, SyncGroup, a long-poll Fetch) waits, as many again
 /// are read on to notice a client going away.
 const MAX_QUEUED_REQUESTS: usize = 16;
+/// Answers a connection holds unwritten (second phases running, and the
+/// answers queued behind them): as many as requests read ahead, so a client
+/// that pipelines acks=all produces is bounded as before; beyond it, no more
+/// requests are read until answers go out.
+const MAX_PENDING_ANSWERS: usize = MAX_QUEUED_REQUESTS;
 /// A frame's buffer grows as its bytes arrive, starting at this much, so a
 /// client that announces 100 MiB and sends nothing costs 64 KiB, not 100 MiB.
 const INITIAL_FRAME_BUFFER: usize = 64 * 1024;
@@ -113,15 +126,24 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     ));
     // Requests read while a parked one was being answered.
     let mut backlog: VecDeque<Incoming> = VecDeque::new();
+    // Answers not yet written, in request order: second phases still
+    // running, and the answers that came after them (each waits its turn).
+    let mut pending: FuturesOrdered<PendingAnswer> = FuturesOrdered::new();
     let reason = loop {
         let incoming = match backlog.pop_front() {
             Some(next) => Some(next),
             None => tokio::select! {
                 () = broker.shutdown.cancelled() => break "broker shutting down".to_owned(),
-                incoming = requests.recv() => incoming,
+                incoming = requests.recv(), if pending.len() < MAX_PENDING_ANSWERS => incoming,
+                Some(answered) = pending.next(), if !pending.is_empty() => {
+                    match write_answer(&broker, &mut write, &in_flight, answered).await {
+                        Ok(()) => continue,
+                        Err(reason) => break reason,
+                    }
+                }
             },
         };
-        let (frame, _lease) = match incoming {
+        let (frame, lease) = match incoming {
             None => break "client closed the connection".to_owned(),
             Some(Incoming::Close(reason)) => break reason,
             Some(Incoming::Request(frame, lease)) => (frame, lease),
@@ -135,9 +157,11 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         // still appends; shutdown waits for them).
         let parks = api::may_park(frame.api_key);
         let started = Instant::now();
+        let api_key = frame.api_key;
         let handling = api::handle(&broker, &frame, peer);
         tokio::pin!(handling);
         let mut client_gone = None;
+        let mut write_failed = None;
         let reply = loop {
             tokio::select! {
                 reply = &mut handling => break Some(reply),
@@ -152,23 +176,43 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                         break None;
                     }
                 }
+                // Earlier requests' second phases finish while this one runs.
+                Some(answered) = pending.next(), if !pending.is_empty() && write_failed.is_none() => {
+                    if let Err(reason) = write_answer(&broker, &mut write, &in_flight, answered).await {
+                        write_failed = Some(reason);
+                    }
+                }
             }
         };
         let Some(reply) = reply else {
             break client_gone.unwrap_or_else(|| "broker shutting down".to_owned());
         };
-        in_flight.fetch_sub(1, Ordering::AcqRel);
-        broker
-            .metrics
-            .record_request(frame.api_key, started.elapsed());
-        match reply {
-            Reply::Frame(bytes) => {
-                if let Err(e) = write_reply(&mut write, &bytes).await {
-                    break format!("write failed: {e}");
+        if let Some(reason) = write_failed {
+            break reason;
+        }
+        let answered = Answered {
+            reply,
+            api_key,
+            started,
+            _lease: lease,
+        };
+        match answered.reply {
+            // The second phase runs while the next requests' first phases do.
+            Reply::Later(second_phase) => {
+                pending.push_back(Box::pin(async move {
+                    Answered {
+                        reply: second_phase.await,
+                        ..answered
+                    }
+                }));
+            }
+            _ if pending.is_empty() => {
+                if let Err(reason) = write_answer(&broker, &mut write, &in_flight, answered).await {
+                    break reason;
                 }
             }
-            Reply::None => {}
-            Reply::Close(reason) => break reason,
+            // Behind a second phase still running: it waits its turn.
+            _ => pending.push_back(Box::pin(std::future::ready(answered))),
         }
     };
     reader.abort();
@@ -176,8 +220,44 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     tracing::debug!(%peer, %reason, "connection closed");
 }
 
-async fn write_reply(write: &mut OwnedWriteHalf, bytes: &BytesMut) -> std::io::Result<()> {
-    write.write_all(bytes).await
+/// A request's answer, with what is recorded when it is written.
+struct Answered {
+    reply: Reply,
+    api_key: ApiKey,
+    started: Instant,
+    /// The request's share of `queued.max.request.bytes`, returned once
+    /// it is answered.
+    _lease: RequestLease,
+}
+
+/// An answer in the connection's queue: ready, or a second phase running.
+type PendingAnswer = Pin<Box<dyn Future<Output = Answered> + Send>>;
+
+/// Writes one answer, in its turn: `Err` with the reason when the
+/// connection must close.
+async fn write_answer(
+    broker: &Broker,
+    write: &mut OwnedWriteHalf,
+    in_flight: &AtomicUsize,
+    answered: Answered,
+) -> Result<(), String> {
+    in_flight.fetch_sub(1, Ordering::AcqRel);
+    broker
+        .metrics
+        .record_request(answered.api_key, answered.started.elapsed());
+    match answered.reply {
+        Reply::Frame(bytes) => write
+            .write_all(&bytes)
+            .await
+            .map_err(|e| format!("write failed: {e}")),
+        Reply::None => Ok(()),
+        Reply::Close(reason) => Err(reason),
+        Reply::Later(_) => {
+            // A second phase resolves to an answer, never to another phase.
+            tracing::error!(api = ?answered.api_key, "a second phase asked for a third; closing the connection");
+            Err("internal error: nested second phase".to_owned())
+        }
+    }
 }
 
 /// Reads frames until the connection ends or misbehaves.

@@ -407,6 +407,130 @@ async fn pipelined_requests_are_answered_in_order() {
     broker.shutdown().await.unwrap();
 }
 
+/// Polls `condition` until it holds, or fails the test after `ANSWER_TIMEOUT`.
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The produce pipeline's two phases: a produce with acks=all waits for the
+/// high watermark (held back here by a second in-sync replica that has not
+/// fetched, the single-node stand-in for a slow follower) while the produces
+/// pipelined behind it on the same connection are appended; the answers still
+/// come in request order, once the follower catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_stay_in_order() {
+    use strom_broker::partition::PartitionState;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "held", 1, &[]).await, 0);
+    let node = broker.broker.node_id;
+    let partition = broker.broker.replicas.get("held", 0).unwrap();
+    let epoch = partition.leader_epoch();
+    let follower = node + 1;
+    // The ISR gains a follower whose position is unknown: the high
+    // watermark cannot pass what it has.
+    partition.apply_state(
+        &PartitionState {
+            leader: node,
+            leader_epoch: epoch,
+            replicas: vec![node, follower],
+            isr: vec![node, follower],
+        },
+        now_ms(),
+    );
+
+    let first = raw
+        .send(
+            ApiKey::Produce,
+            9,
+            &produce_request("held", 0, -1, batch(&[Some(b"waits")], true, now_ms())),
+        )
+        .await;
+    let mut behind = Vec::new();
+    for i in 0..3u8 {
+        let correlation = raw
+            .send(
+                ApiKey::Produce,
+                9,
+                &produce_request("held", 0, 1, batch(&[Some(&[i])], true, now_ms())),
+            )
+            .await;
+        behind.push(correlation);
+    }
+    // All four are in the log while the first is still unanswered...
+    wait_until("the pipelined produces are appended", || {
+        partition.log.log_end_offset() == 4
+    })
+    .await;
+    assert_eq!(partition.high_watermark(), 0, "the follower holds it back");
+    // ...and nothing has been answered: the first answer is owed first.
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(raw.stream.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no answer may come before the acks=all produce's"
+    );
+
+    // The follower fetches up to the end: the high watermark moves, the
+    // first produce is answered, then the others, in request order.
+    partition.update_follower(follower, 4, now_ms()).unwrap();
+    assert_eq!(partition.high_watermark(), 4);
+    let response: ProduceResponse = raw.recv(ApiKey::Produce, 9, first).await;
+    let answer = &response.responses[0].partition_responses[0];
+    assert_eq!((answer.error_code, answer.base_offset), (0, 0));
+    for (i, correlation) in behind.into_iter().enumerate() {
+        let response: ProduceResponse = raw.recv(ApiKey::Produce, 9, correlation).await;
+        let answer = &response.responses[0].partition_responses[0];
+        assert_eq!((answer.error_code, answer.base_offset), (0, i as i64 + 1));
+    }
+
+    // An acks=all produce the follower never confirms times out as Kafka's
+    // does (REQUEST_TIMED_OUT), though its records are in the leader's log;
+    // one whose leadership moves away is NOT_LEADER_OR_FOLLOWER.
+    let mut request = produce_request("held", 0, -1, batch(&[Some(b"late")], true, now_ms()));
+    request.timeout_ms = 100;
+    let response: ProduceResponse = raw.call(ApiKey::Produce, 9, &request).await;
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        ErrorCode::RequestTimedOut.code()
+    );
+    assert_eq!(partition.log.log_end_offset(), 5);
+    let moved = raw
+        .send(
+            ApiKey::Produce,
+            9,
+            &produce_request("held", 0, -1, batch(&[Some(b"moved")], true, now_ms())),
+        )
+        .await;
+    wait_until("the produce is appended", || {
+        partition.log.log_end_offset() == 6
+    })
+    .await;
+    partition.apply_state(
+        &PartitionState {
+            leader: follower,
+            leader_epoch: epoch + 1,
+            replicas: vec![node, follower],
+            isr: vec![follower],
+        },
+        now_ms(),
+    );
+    let response: ProduceResponse = raw.recv(ApiKey::Produce, 9, moved).await;
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        ErrorCode::NotLeaderOrFollower.code()
+    );
+    broker.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_offsets_and_configs() {
     let dir = tempfile::tempdir().unwrap();

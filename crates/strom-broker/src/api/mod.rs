@@ -29,7 +29,6 @@ use strom_protocol::messages::{self, ApiKey, Decodable, Encodable, RequestFrame,
 use crate::broker::Broker;
 
 /// What to send back for a request.
-#[derive(Debug)]
 pub enum Reply {
     /// A whole response frame.
     Frame(BytesMut),
@@ -37,6 +36,22 @@ pub enum Reply {
     None,
     /// Close the connection; the reason goes to the log.
     Close(String),
+    /// The request's first phase is done (a produce's appends are in the
+    /// log); its answer comes when this resolves (the second phase: waiting
+    /// for replication). The connection goes on with the requests behind it
+    /// meanwhile, and still writes the answers in request order.
+    Later(std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Frame(bytes) => f.debug_tuple("Frame").field(&bytes.len()).finish(),
+            Self::None => f.write_str("None"),
+            Self::Close(reason) => f.debug_tuple("Close").field(reason).finish(),
+            Self::Later(_) => f.write_str("Later"),
+        }
+    }
 }
 
 /// What a handler knows of its request besides the body: the header and the
@@ -230,15 +245,26 @@ pub fn supported_versions(key: ApiKey) -> Option<(i16, i16)> {
 
 /// Encodes `response` as the answer to `frame`.
 pub fn respond<T: Encodable>(frame: &RequestFrame, response: &T) -> Reply {
-    match messages::encode_response(
+    encode(
         frame.api_key,
         frame.api_version,
         frame.correlation_id,
         response,
-    ) {
+    )
+}
+
+/// [`respond`] from the header's fields, for an answer made after the
+/// request frame is gone (a [`Reply::Later`]).
+pub fn encode<T: Encodable>(
+    api_key: ApiKey,
+    api_version: i16,
+    correlation_id: i32,
+    response: &T,
+) -> Reply {
+    match messages::encode_response(api_key, api_version, correlation_id, response) {
         Ok(bytes) => Reply::Frame(bytes),
         Err(e) => {
-            tracing::error!(api = ?frame.api_key, version = frame.api_version, error = %e, "cannot encode a response");
+            tracing::error!(api = ?api_key, version = api_version, error = %e, "cannot encode a response");
             Reply::Close(format!("response encoding failed: {e}"))
         }
     }

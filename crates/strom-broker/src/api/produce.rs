@@ -16,10 +16,10 @@
 //! marker can end the transaction between the check and the append.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use strom_controller::MetadataImage;
-use strom_protocol::compression::Compression;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::StrBytes;
 use strom_protocol::messages::kafka::produce_response::{
@@ -35,7 +35,7 @@ use crate::partition::validation::ProduceChecks;
 use crate::replica::Partition;
 
 /// Where to append and what to check, or the error code and message why not.
-type Target = Result<(Arc<Partition>, Bytes, ProduceChecks), (ErrorCode, Option<String>)>;
+type Target = Result<(Arc<Partition>, Bytes, Arc<ProduceChecks>), (ErrorCode, Option<String>)>;
 
 /// One partition's work.
 struct Work {
@@ -44,27 +44,70 @@ struct Work {
     target: Target,
 }
 
-/// Answers a produce request: no answer for acks=0, and a failed acks=0
-/// produce closes the connection so the client notices.
+/// A produce with acks=all waits for the high watermark of each partition
+/// it appended to: which partition, the response entry to fail if the wait
+/// fails, and the offset and leader epoch to wait for.
+struct Replication {
+    response: usize,
+    partition: Arc<Partition>,
+    /// The last appended offset + 1.
+    offset: i64,
+    leader_epoch: i32,
+}
+
+/// Answers a produce request in two phases. The first, here, in request
+/// order on the connection: validate and append. The second, for acks=all
+/// while the high watermark has not reached the appended records, is the
+/// [`Reply::Later`] that waits for it, concurrently with the requests behind
+/// (their appends are not held up), answered in request order. No answer
+/// for acks=0, and a failed acks=0 produce closes the connection so the
+/// client notices.
 pub async fn handle(
     broker: &Arc<Broker>,
     request: ProduceRequest,
     ctx: &RequestContext<'_>,
 ) -> Reply {
-    match produce(broker, request, ctx.api_version()).await {
-        Ok(Some(response)) => respond(ctx.header(), &response),
-        Ok(None) => Reply::None,
-        Err(reason) => Reply::Close(reason),
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
+    let header = ctx.header();
+    let (response, waits) = match produce(broker, request, ctx.api_version()).await {
+        Ok(Some(appended)) => appended,
+        Ok(None) => return Reply::None,
+        Err(reason) => return Reply::Close(reason),
+    };
+    if waits.is_empty() {
+        return respond(header, &response);
     }
+    let (api_key, api_version, correlation_id) =
+        (header.api_key, header.api_version, header.correlation_id);
+    Reply::Later(Box::pin(async move {
+        let mut response = response;
+        let outcomes = futures::future::join_all(waits.iter().map(|w| {
+            w.partition
+                .wait_for_high_watermark(w.offset, w.leader_epoch, timeout)
+        }))
+        .await;
+        let mut entries: Vec<&mut PartitionProduceResponse> = response
+            .responses
+            .iter_mut()
+            .flat_map(|t| t.partition_responses.iter_mut())
+            .collect();
+        for (wait, outcome) in waits.iter().zip(outcomes) {
+            if let (Err(code), Some(entry)) = (outcome, entries.get_mut(wait.response)) {
+                **entry = error_response(entry.index, code, None);
+            }
+        }
+        super::encode(api_key, api_version, correlation_id, &response)
+    }))
 }
 
-/// Appends a produce request's batches; `Err` closes the connection (acks=0
-/// errors).
+/// Appends a produce request's batches: the response, and for acks=all the
+/// partitions whose high watermark must yet pass the appended records.
+/// `Ok(None)` for acks=0; `Err` closes the connection (acks=0 errors).
 async fn produce(
     broker: &Arc<Broker>,
     request: ProduceRequest,
     version: i16,
-) -> Result<Option<ProduceResponse>, String> {
+) -> Result<Option<(ProduceResponse, Vec<Replication>)>, String> {
     let acks = request.acks;
     let transactional_id = request.transactional_id.as_ref().map(|t| t.to_string());
     let image = broker.image();
@@ -133,14 +176,13 @@ async fn produce(
         // Held until the appends are in the log (see the module docs).
         let _txn_guard = txn_guard;
         work.into_iter()
-            .map(|w| {
-                let response = match w.target {
-                    Err((code, message)) => error_response(w.index, code, message),
-                    Ok((partition, records, checks)) => {
-                        append(&broker_for_append, &partition, &records, &checks, acks)
-                    }
-                };
-                (w.topic, response)
+            .map(|w| match w.target {
+                Err((code, message)) => (w.topic, error_response(w.index, code, message), None),
+                Ok((partition, records, checks)) => {
+                    let (response, appended) =
+                        append(&broker_for_append, &partition, &records, &checks, acks);
+                    (w.topic, response, appended.map(|a| (partition, a)))
+                }
             })
             .collect::<Vec<_>>()
     })
@@ -148,7 +190,7 @@ async fn produce(
     .ok_or("produce task failed")?;
 
     if acks == 0 {
-        if let Some((_, failed)) = results.iter().find(|(_, r)| r.error_code != 0) {
+        if let Some((_, failed, _)) = results.iter().find(|(_, r, _)| r.error_code != 0) {
             return Err(format!(
                 "produce with acks=0 failed with error {}",
                 ErrorCode::from_code(failed.error_code)
@@ -165,19 +207,49 @@ async fn produce(
                 .with_topic_id(topic_id)
         })
         .collect();
-    for (t, mut partition) in results {
-        // Fields a version does not carry stay at their defaults.
-        if version < 5 {
-            partition.log_start_offset = -1;
-        }
-        if version < 8 {
-            partition.record_errors = Vec::new();
-            partition.error_message = None;
-        }
-        responses[t].partition_responses.push(partition);
+    // Responses are laid out topic by topic, in request order: the waits
+    // name their entry by its position in that layout.
+    let mut by_topic: Vec<Vec<(PartitionProduceResponse, Option<Appended>)>> =
+        responses.iter().map(|_| Vec::new()).collect();
+    for (t, partition, appended) in results {
+        by_topic[t].push((partition, appended));
     }
-    Ok(Some(ProduceResponse::default().with_responses(responses)))
+    let mut waits = Vec::new();
+    let mut position = 0;
+    for (t, entries) in by_topic.into_iter().enumerate() {
+        for (mut partition, appended) in entries {
+            // Fields a version does not carry stay at their defaults.
+            if version < 5 {
+                partition.log_start_offset = -1;
+            }
+            if version < 8 {
+                partition.record_errors = Vec::new();
+                partition.error_message = None;
+            }
+            if acks == -1
+                && let Some((replica, (offset, leader_epoch))) = appended
+                && replica.high_watermark() < offset
+            {
+                waits.push(Replication {
+                    response: position,
+                    partition: replica,
+                    offset,
+                    leader_epoch,
+                });
+            }
+            responses[t].partition_responses.push(partition);
+            position += 1;
+        }
+    }
+    Ok(Some((
+        ProduceResponse::default().with_responses(responses),
+        waits,
+    )))
 }
+
+/// What an append leaves a produce with acks=all to wait for: its partition,
+/// and the last appended offset + 1 with the leader epoch it was appended at.
+type Appended = (Arc<Partition>, (i64, i32));
 
 fn resolve(
     broker: &Broker,
@@ -193,7 +265,7 @@ fn resolve(
         ErrorCode::UnknownTopicOrPartition
     };
     let name = name.ok_or((unknown, None))?;
-    let topic = image.topic(name).ok_or((unknown, None))?;
+    image.topic(name).ok_or((unknown, None))?;
     if super::group::is_internal(name) {
         // Only the coordinators write there (Kafka: internal topics refuse clients).
         return Err((
@@ -201,7 +273,7 @@ fn resolve(
             Some(format!("Cannot append to internal topic {name}")),
         ));
     }
-    let meta = image
+    image
         .partition(name, index)
         .ok_or((ErrorCode::UnknownTopicOrPartition, None))?;
     let partition = broker
@@ -215,25 +287,7 @@ fn resolve(
         ErrorCode::CorruptMessage,
         Some("Produce request without records".to_owned()),
     ))?;
-    let value = |key: &str| -> String {
-        crate::config::topic_config_def(key)
-            .map(|def| broker.config.topic_value(def, image, &topic.configs).value)
-            .unwrap_or_default()
-    };
-    let log = (*partition.log.config()).clone();
-    let checks = ProduceChecks {
-        compact: log.compact,
-        log,
-        before_max_ms: value("message.timestamp.before.max.ms")
-            .parse()
-            .unwrap_or(i64::MAX),
-        after_max_ms: value("message.timestamp.after.max.ms")
-            .parse()
-            .unwrap_or(i64::MAX),
-        min_insync_replicas: value("min.insync.replicas").parse().unwrap_or(1),
-        isr: meta.isr.len(),
-        recompress: target_compression(&value),
-    };
+    let checks = partition.produce_checks();
     Ok((partition, records, checks))
 }
 
@@ -244,42 +298,27 @@ fn transactional_producer(records: &[u8]) -> Option<(i64, i16)> {
         .then_some((header.producer_id, header.producer_epoch))
 }
 
-/// The codec and level a topic's `compression.type` asks for, or `None` for
-/// `producer` (keep what the producer sent).
-fn target_compression(value: &dyn Fn(&str) -> String) -> Option<(Compression, Option<i32>)> {
-    let codec = match value("compression.type").as_str() {
-        "uncompressed" => Compression::None,
-        name => Compression::from_name(name)?,
-    };
-    let level = match codec {
-        Compression::Gzip => value("compression.gzip.level")
-            .parse()
-            .ok()
-            .filter(|l| *l != -1),
-        Compression::Lz4 => value("compression.lz4.level").parse().ok(),
-        Compression::Zstd => value("compression.zstd.level").parse().ok(),
-        Compression::None | Compression::Snappy => None,
-    };
-    Some((codec, level))
-}
-
+/// Appends to one partition: its response entry, and when the records went
+/// in, the last offset + 1 and the leader epoch they were appended at.
 fn append(
     broker: &Broker,
     partition: &Partition,
     records: &Bytes,
     checks: &ProduceChecks,
     acks: i16,
-) -> PartitionProduceResponse {
+) -> (PartitionProduceResponse, Option<(i64, i32)>) {
     let index = partition.index;
-    if acks == -1 && checks.isr < checks.min_insync_replicas {
-        return error_response(
+    let isr = partition.isr_size();
+    if acks == -1 && isr < checks.min_insync_replicas {
+        let response = error_response(
             index,
             ErrorCode::NotEnoughReplicas,
             Some(format!(
-                "The size of the current ISR {} is insufficient to satisfy the min.isr requirement of {}",
-                checks.isr, checks.min_insync_replicas
+                "The size of the current ISR {isr} is insufficient to satisfy the min.isr requirement of {}",
+                checks.min_insync_replicas
             )),
         );
+        return (response, None);
     }
     let recompressed = match partition.validate_records(
         records,
@@ -292,16 +331,18 @@ fn append(
             let message = errors
                 .first()
                 .and_then(|e| e.batch_index_error_message.as_ref().map(|m| m.to_string()));
-            return error_response(index, code, message).with_record_errors(errors);
+            let response = error_response(index, code, message).with_record_errors(errors);
+            return (response, None);
         }
     };
     let records = recompressed.as_ref().unwrap_or(records);
+    let leader_epoch = partition.leader_epoch();
     match partition.append_as_leader(records, AppendOrigin::Client) {
         Ok(info) => {
             broker
                 .metrics
                 .record_in(&partition.topic, info.bytes, info.record_count);
-            PartitionProduceResponse::default()
+            let response = PartitionProduceResponse::default()
                 .with_index(index)
                 .with_base_offset(info.first_offset)
                 .with_log_append_time_ms(if info.timestamp_type == TimestampType::LogAppendTime {
@@ -309,14 +350,15 @@ fn append(
                 } else {
                     -1
                 })
-                .with_log_start_offset(info.log_start_offset)
+                .with_log_start_offset(info.log_start_offset);
+            (response, Some((info.last_offset + 1, leader_epoch)))
         }
         Err(e) => {
             let (code, message) = append_error(&e);
             if code == ErrorCode::KafkaStorageError {
                 tracing::error!(topic = %partition.topic, partition = index, error = %e, "append failed");
             }
-            error_response(index, code, Some(message))
+            (error_response(index, code, Some(message)), None)
         }
     }
 }

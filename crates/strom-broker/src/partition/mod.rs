@@ -12,28 +12,85 @@
 //!   decompression budget.
 //!
 //! Every leader append goes through [`Partition::append_as_leader`], and the
-//! partition decides its leadership itself ([`Partition::is_leader`]). Still
-//! to come here (issue "Reshape the broker for the cluster"): the role
-//! (leader with per-follower [`high_watermark::ReplicaState`], or follower
-//! of a given leader and epoch) and the topic's typed configs, resolved when
-//! the image changes rather than per request.
+//! partition decides its leadership itself ([`Partition::is_leader`]) from
+//! the state the metadata gives it ([`PartitionState`], applied by
+//! [`Partition::apply_state`]): its [`Role`] is leader, with what it knows of
+//! each follower ([`high_watermark::ReplicaState`], moved by
+//! [`Partition::update_follower`]), or follower of a given leader and epoch.
+//! The high watermark moves only by Kafka's rule over those states, and a
+//! produce with acks=all waits for it ([`Partition::wait_for_high_watermark`]).
+//! The topic's configs that produce checks need are resolved into typed
+//! [`validation::ProduceChecks`] when the metadata changes, not per request.
 
 pub mod high_watermark;
 pub mod validation;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::Uuid;
 use strom_storage::{AppendError, AppendInfo, AppendOrigin, PartitionLog};
 use tokio::sync::Notify;
 
-use high_watermark::{HighWatermarkInputs, next_high_watermark};
+use high_watermark::{
+    DEFAULT_REPLICA_LAG_TIME_MAX_MS, HighWatermarkInputs, ReplicaState, next_high_watermark,
+};
+use validation::ProduceChecks;
 
 /// Bound on long-poll fetches waiting on one partition; beyond it the oldest
 /// waiters are dropped (they time out and answer with what they have).
 const MAX_WAITERS_PER_PARTITION: usize = 10_000;
+
+/// The partition as the metadata image gives it (Kafka's
+/// `PartitionRegistration`, the part a replica acts on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    /// Every replica, in preference order.
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas, the leader included.
+    pub isr: Vec<i32>,
+}
+
+impl PartitionState {
+    /// A partition whose only replica is `leader`.
+    pub fn single(leader: i32, leader_epoch: i32) -> Self {
+        Self {
+            leader,
+            leader_epoch,
+            replicas: vec![leader],
+            isr: vec![leader],
+        }
+    }
+}
+
+/// What this broker is for the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// It leads: the ISR, and what it knows of each follower (plain data,
+    /// moved by their fetches).
+    Leader {
+        leader_epoch: i32,
+        isr: Vec<i32>,
+        replication_factor: usize,
+        followers: Vec<ReplicaState>,
+    },
+    /// It follows `leader` (-1: none) at `leader_epoch`.
+    Follower { leader: i32, leader_epoch: i32 },
+}
+
+/// Why a follower's fetch position was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FollowerError {
+    #[error("this broker does not lead the partition")]
+    NotLeader,
+    #[error("broker {0} is not a replica of the partition")]
+    UnknownReplica(i32),
+}
 
 /// One partition held by this broker.
 #[derive(Debug)]
@@ -48,11 +105,21 @@ pub struct Partition {
     /// bits), as the metadata image gives them: one atomic, so that no
     /// reader sees a new epoch with the old leader.
     leadership: AtomicI64,
-    /// Offset below which every in-sync replica has the data. On a single
-    /// node the in-sync replica set is the leader alone: the log end offset.
+    /// The role, with the followers' states: changed by the metadata and by
+    /// followers' fetches, read to move the high watermark. A lock, not an
+    /// atomic: the high watermark is computed from the whole of it.
+    role: Mutex<Role>,
+    /// Offset below which every in-sync replica has the data (on a single
+    /// node, where the leader is the ISR, the log end offset).
     high_watermark: AtomicI64,
+    /// The topic's configs as produce checks them, resolved when the
+    /// metadata changes (shared by every request until the next change).
+    checks: RwLock<Arc<ProduceChecks>>,
     /// Fetches waiting for data on this partition.
     waiters: Mutex<Vec<Weak<Notify>>>,
+    /// Produces with acks=all waiting for the high watermark to pass their
+    /// records (or for the leadership to change).
+    high_watermark_moved: Notify,
 }
 
 impl Partition {
@@ -68,23 +135,135 @@ impl Partition {
     ) -> Self {
         let high_watermark = log.log_end_offset();
         log.set_high_watermark(high_watermark);
-        Self {
+        let checks = Arc::new(ProduceChecks::from_log_config((*log.config()).clone()));
+        let state = PartitionState::single(leader, leader_epoch);
+        let partition = Self {
             topic,
             index,
             topic_id,
             log,
             local_id,
             leadership: AtomicI64::new(pack(leader_epoch, leader)),
+            role: Mutex::new(Role::Follower {
+                leader,
+                leader_epoch,
+            }),
             high_watermark: AtomicI64::new(high_watermark),
+            checks: RwLock::new(checks),
             waiters: Mutex::new(Vec::new()),
+            high_watermark_moved: Notify::new(),
+        };
+        partition.apply_state(&state, 0);
+        partition
+    }
+
+    /// Takes the partition's state from the metadata: becomes leader (at a
+    /// new epoch: with every follower's position unknown until it fetches,
+    /// as Kafka's `makeLeader`), stays leader with a new ISR, or becomes a
+    /// follower. Produces waiting for the high watermark are woken (a lost
+    /// leadership answers them NOT_LEADER_OR_FOLLOWER).
+    pub fn apply_state(&self, state: &PartitionState, now_ms: i64) {
+        {
+            let mut role = self.role.lock();
+            let next = if state.leader == self.local_id {
+                let followers = state
+                    .replicas
+                    .iter()
+                    .filter(|id| **id != self.local_id)
+                    .map(|id| {
+                        let known = match &*role {
+                            Role::Leader {
+                                leader_epoch,
+                                followers,
+                                ..
+                            } if *leader_epoch == state.leader_epoch => {
+                                followers.iter().find(|f| f.broker_id == *id).copied()
+                            }
+                            _ => None,
+                        };
+                        known.unwrap_or(ReplicaState {
+                            broker_id: *id,
+                            log_end_offset: -1,
+                            // In-sync followers count as caught up now, so the
+                            // ISR does not shrink before they can fetch.
+                            last_caught_up_time_ms: if state.isr.contains(id) { now_ms } else { 0 },
+                            isr_eligible: true,
+                        })
+                    })
+                    .collect();
+                Role::Leader {
+                    leader_epoch: state.leader_epoch,
+                    isr: state.isr.clone(),
+                    replication_factor: state.replicas.len().max(1),
+                    followers,
+                }
+            } else {
+                Role::Follower {
+                    leader: state.leader,
+                    leader_epoch: state.leader_epoch,
+                }
+            };
+            *role = next;
+            // Under the role's lock, so that leadership and role agree for
+            // anyone who takes it.
+            self.leadership
+                .store(pack(state.leader_epoch, state.leader), Ordering::Release);
+        }
+        self.advance_high_watermark_at(now_ms);
+        self.high_watermark_moved.notify_waiters();
+    }
+
+    /// The role now (a copy).
+    pub fn role(&self) -> Role {
+        self.role.lock().clone()
+    }
+
+    /// The size of the in-sync replica set, as this broker knows it: 0 when
+    /// it does not lead.
+    pub fn isr_size(&self) -> usize {
+        match &*self.role.lock() {
+            Role::Leader { isr, .. } => isr.len(),
+            Role::Follower { .. } => 0,
         }
     }
 
-    /// The leader epoch and leader the metadata image gives this partition
-    /// now.
-    pub(crate) fn set_leadership(&self, leader_epoch: i32, leader: i32) {
-        self.leadership
-            .store(pack(leader_epoch, leader), Ordering::Release);
+    /// A follower fetched: its log end offset is `log_end_offset` (Kafka's
+    /// `updateFollowerFetchState`). It counts as caught up when that reaches
+    /// the leader's log end offset; the high watermark moves if it can.
+    pub fn update_follower(
+        &self,
+        broker_id: i32,
+        log_end_offset: i64,
+        now_ms: i64,
+    ) -> Result<(), FollowerError> {
+        {
+            let mut role = self.role.lock();
+            let Role::Leader { followers, .. } = &mut *role else {
+                return Err(FollowerError::NotLeader);
+            };
+            let follower = followers
+                .iter_mut()
+                .find(|f| f.broker_id == broker_id)
+                .ok_or(FollowerError::UnknownReplica(broker_id))?;
+            follower.log_end_offset = log_end_offset;
+            if log_end_offset >= self.log.log_end_offset() {
+                follower.last_caught_up_time_ms = now_ms;
+            }
+        }
+        self.advance_high_watermark_at(now_ms);
+        Ok(())
+    }
+
+    /// The topic's configs as produce checks them.
+    pub(crate) fn produce_checks(&self) -> Arc<ProduceChecks> {
+        Arc::clone(&self.checks.read())
+    }
+
+    /// The topic's configs changed (or were resolved for the first time).
+    pub(crate) fn set_produce_checks(&self, checks: ProduceChecks) {
+        if **self.checks.read() != checks {
+            *self.checks.write() = Arc::new(checks);
+        }
     }
 
     pub fn leader_epoch(&self) -> i32 {
@@ -127,16 +306,51 @@ impl Partition {
         Ok(info)
     }
 
-    /// After an append: the in-sync replicas (just this broker) have the data.
+    /// After an append: the high watermark moves as far as the in-sync
+    /// replicas allow (on a single node, to the log end offset).
     pub fn advance_high_watermark(&self) {
+        // Only the followers' lag time reads the clock, and a single
+        // replica has no followers: no clock read on that path.
+        self.advance_high_watermark_at(0);
+    }
+
+    /// Kafka's rule over the leader's view of its replicas, at `now_ms`.
+    /// A follower leaves its high watermark where it is (the leader's
+    /// fetch responses move it, with replication).
+    fn advance_high_watermark_at(&self, now_ms: i64) {
         let log_end_offset = self.log.log_end_offset();
-        // Kafka's rule with the leader as the only replica (no followers,
-        // the in-sync replicas are the leader): the log end offset.
-        let target = next_high_watermark(&HighWatermarkInputs {
-            leader_log_end_offset: log_end_offset,
-            current: self.high_watermark(),
-            ..HighWatermarkInputs::single_replica()
-        });
+        let current = self.high_watermark();
+        let target = {
+            let role = self.role.lock();
+            let Role::Leader {
+                isr,
+                replication_factor,
+                followers,
+                ..
+            } = &*role
+            else {
+                return;
+            };
+            let maximal_isr: Vec<i32> = isr
+                .iter()
+                .copied()
+                .filter(|id| *id != self.local_id)
+                .collect();
+            next_high_watermark(&HighWatermarkInputs {
+                leader_log_end_offset: log_end_offset,
+                current,
+                followers,
+                isr_size: isr.len(),
+                maximal_isr_followers: &maximal_isr,
+                replication_factor: *replication_factor,
+                min_insync_replicas: self.checks.read().min_insync_replicas,
+                now_ms,
+                replica_lag_time_max_ms: DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+            })
+        };
+        if target <= current {
+            return;
+        }
         let previous = self.high_watermark.fetch_max(target, Ordering::AcqRel);
         // Retention and the cleaner never pass the high watermark.
         self.log.set_high_watermark(previous.max(target));
@@ -145,6 +359,38 @@ impl Partition {
             "high watermark {previous} above log end offset {log_end_offset}"
         );
         self.wake_waiters();
+        self.high_watermark_moved.notify_waiters();
+    }
+
+    /// Waits until the high watermark reaches `offset` (a produce with
+    /// acks=all waits for its last offset + 1): `Ok` then;
+    /// NOT_LEADER_OR_FOLLOWER if this broker stops leading at the epoch it
+    /// appended at; REQUEST_TIMED_OUT after `timeout` (Kafka's
+    /// DelayedProduce).
+    pub async fn wait_for_high_watermark(
+        &self,
+        offset: i64,
+        leader_epoch: i32,
+        timeout: Duration,
+    ) -> Result<(), ErrorCode> {
+        let wait = async {
+            loop {
+                let moved = self.high_watermark_moved.notified();
+                tokio::pin!(moved);
+                // Registered before the checks, so no change slips between.
+                moved.as_mut().enable();
+                if !self.is_leader() || self.leader_epoch() != leader_epoch {
+                    return Err(ErrorCode::NotLeaderOrFollower);
+                }
+                if self.high_watermark() >= offset {
+                    return Ok(());
+                }
+                moved.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or(Err(ErrorCode::RequestTimedOut))
     }
 
     /// Registers a fetch to be woken when data arrives.
@@ -179,7 +425,145 @@ fn unpack(packed: i64) -> (i32, i32) {
 
 #[cfg(test)]
 mod tests {
+    use strom_protocol::builder::RecordBatchBuilder;
+    use strom_protocol::compression::Compression;
+    use strom_storage::{FileCache, LoadOptions, LogConfig, SystemClock};
+
     use super::*;
+
+    const LOCAL: i32 = 1;
+
+    fn partition(dir: &std::path::Path) -> Partition {
+        let log = PartitionLog::open(
+            dir.join("t-0"),
+            LogConfig::default(),
+            Arc::new(FileCache::default()),
+            Arc::new(SystemClock),
+            LoadOptions::default(),
+        )
+        .unwrap();
+        Partition::new(
+            Arc::from("t"),
+            0,
+            Uuid::nil(),
+            Arc::new(log),
+            LOCAL,
+            (0, LOCAL),
+        )
+    }
+
+    fn append(partition: &Partition) {
+        let mut builder = RecordBatchBuilder::new(Compression::None);
+        builder.push(0, Some(b"k"), Some(b"v"), &[]);
+        let batch = builder.build().unwrap();
+        partition
+            .append_as_leader(&batch, AppendOrigin::Client)
+            .unwrap();
+    }
+
+    fn state(leader: i32, leader_epoch: i32, replicas: &[i32], isr: &[i32]) -> PartitionState {
+        PartitionState {
+            leader,
+            leader_epoch,
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_single_replica_leader_commits_what_it_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        assert!(p.is_leader());
+        append(&p);
+        append(&p);
+        assert_eq!(p.high_watermark(), 2);
+        assert_eq!(p.isr_size(), 1);
+    }
+
+    #[test]
+    fn the_high_watermark_waits_for_every_in_sync_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(LOCAL, 0, &[LOCAL, 2, 3], &[LOCAL, 2, 3]), 1_000);
+        append(&p);
+        append(&p);
+        assert_eq!(p.high_watermark(), 0, "no follower has fetched");
+        p.update_follower(2, 2, 1_001).unwrap();
+        assert_eq!(p.high_watermark(), 0, "follower 3 has not fetched");
+        p.update_follower(3, 1, 1_002).unwrap();
+        assert_eq!(p.high_watermark(), 1);
+        p.update_follower(3, 2, 1_003).unwrap();
+        assert_eq!(p.high_watermark(), 2);
+        // The ISR shrinks to the leader and follower 2 (positions known at
+        // this epoch are kept). Follower 3 still counts while it is caught
+        // up (within replica.lag.time.max.ms), as in Kafka, and no longer
+        // once it lags longer.
+        p.apply_state(&state(LOCAL, 0, &[LOCAL, 2, 3], &[LOCAL, 2]), 1_004);
+        append(&p);
+        p.update_follower(2, 3, 1_005).unwrap();
+        assert_eq!(p.high_watermark(), 2, "follower 3 is caught up");
+        p.update_follower(2, 3, 1_003 + DEFAULT_REPLICA_LAG_TIME_MAX_MS + 1)
+            .unwrap();
+        assert_eq!(p.high_watermark(), 3);
+        assert_eq!(
+            p.update_follower(9, 3, 1_006),
+            Err(FollowerError::UnknownReplica(9))
+        );
+    }
+
+    #[test]
+    fn a_follower_neither_leads_nor_takes_follower_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        append(&p);
+        p.apply_state(&state(2, 1, &[LOCAL, 2], &[LOCAL, 2]), 0);
+        assert!(!p.is_leader());
+        assert_eq!(p.leader_epoch(), 1);
+        assert_eq!(
+            p.role(),
+            Role::Follower {
+                leader: 2,
+                leader_epoch: 1
+            }
+        );
+        assert_eq!(p.update_follower(2, 1, 0), Err(FollowerError::NotLeader));
+        assert_eq!(p.isr_size(), 0);
+        assert_eq!(p.high_watermark(), 1, "a new role never moves it back");
+    }
+
+    #[tokio::test]
+    async fn an_acks_all_wait_ends_when_committed_on_leadership_loss_or_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Arc::new(partition(dir.path()));
+        p.apply_state(&state(LOCAL, 0, &[LOCAL, 2], &[LOCAL, 2]), 0);
+        append(&p);
+        let waiting = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                p.wait_for_high_watermark(1, 0, Duration::from_secs(60))
+                    .await
+            })
+        };
+        p.update_follower(2, 1, 0).unwrap();
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+
+        append(&p);
+        assert_eq!(
+            p.wait_for_high_watermark(2, 0, Duration::from_millis(10))
+                .await,
+            Err(ErrorCode::RequestTimedOut)
+        );
+        let waiting = {
+            let p = Arc::clone(&p);
+            tokio::spawn(async move {
+                p.wait_for_high_watermark(2, 0, Duration::from_secs(60))
+                    .await
+            })
+        };
+        p.apply_state(&state(2, 1, &[LOCAL, 2], &[2]), 0);
+        assert_eq!(waiting.await.unwrap(), Err(ErrorCode::NotLeaderOrFollower));
+    }
 
     #[test]
     fn leadership_packs_both_halves_exactly() {

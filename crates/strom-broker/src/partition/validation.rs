@@ -37,17 +37,73 @@ const RECOMPRESSION_MEMORY_FACTOR: usize = DECOMPRESSION_MEMORY_FACTOR + 1;
 /// Record errors reported per partition, as a bound on the response size.
 const MAX_RECORD_ERRORS: usize = 100;
 
-/// What the record checks of one partition need to know.
-#[derive(Clone)]
+/// What the record checks of one partition need to know: the topic's
+/// configs, typed, resolved when the metadata changes
+/// ([`ProduceChecks::resolve`]) and kept by the partition.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ProduceChecks {
     pub(crate) log: LogConfig,
     pub(crate) compact: bool,
+    /// `message.timestamp.before.max.ms`.
     pub(crate) before_max_ms: i64,
+    /// `message.timestamp.after.max.ms`.
     pub(crate) after_max_ms: i64,
+    /// `min.insync.replicas`.
     pub(crate) min_insync_replicas: usize,
-    pub(crate) isr: usize,
     /// The topic's `compression.type` codec and level, unless `producer`.
     pub(crate) recompress: Option<(Compression, Option<i32>)>,
+}
+
+impl ProduceChecks {
+    /// Kafka's defaults over the storage settings `log` (before the
+    /// metadata has been applied).
+    pub(crate) fn from_log_config(log: LogConfig) -> Self {
+        Self {
+            compact: log.compact,
+            log,
+            before_max_ms: i64::MAX,
+            after_max_ms: i64::MAX,
+            min_insync_replicas: 1,
+            recompress: None,
+        }
+    }
+
+    /// The checks for a topic whose configs (its overrides, the broker's,
+    /// the defaults, in Kafka's synonym order) `value` gives, over its
+    /// storage settings `log`.
+    pub(crate) fn resolve(log: LogConfig, value: &dyn Fn(&str) -> String) -> Self {
+        Self {
+            compact: log.compact,
+            log,
+            before_max_ms: value("message.timestamp.before.max.ms")
+                .parse()
+                .unwrap_or(i64::MAX),
+            after_max_ms: value("message.timestamp.after.max.ms")
+                .parse()
+                .unwrap_or(i64::MAX),
+            min_insync_replicas: value("min.insync.replicas").parse().unwrap_or(1),
+            recompress: target_compression(value),
+        }
+    }
+}
+
+/// The codec and level a topic's `compression.type` asks for, or `None` for
+/// `producer` (keep what the producer sent).
+fn target_compression(value: &dyn Fn(&str) -> String) -> Option<(Compression, Option<i32>)> {
+    let codec = match value("compression.type").as_str() {
+        "uncompressed" => Compression::None,
+        name => Compression::from_name(name)?,
+    };
+    let level = match codec {
+        Compression::Gzip => value("compression.gzip.level")
+            .parse()
+            .ok()
+            .filter(|l| *l != -1),
+        Compression::Lz4 => value("compression.lz4.level").parse().ok(),
+        Compression::Zstd => value("compression.zstd.level").parse().ok(),
+        Compression::None | Compression::Snappy => None,
+    };
+    Some((codec, level))
 }
 
 impl Partition {
