@@ -31,6 +31,7 @@ use crate::config::BrokerConfig;
 use crate::group::GroupCoordinator;
 use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
+use crate::publisher::Publisher;
 use crate::replica::ReplicaManager;
 use crate::txn::TxnCoordinator;
 
@@ -93,6 +94,8 @@ pub struct Broker {
     pub txn: TxnCoordinator,
     pub clock: Arc<dyn Clock>,
     pub metrics: Metrics,
+    /// Applies each new metadata image to the partitions and coordinators.
+    pub publisher: Publisher,
     /// Request bytes read and not yet answered (`queued.max.request.bytes`).
     pub request_budget: RequestBudget,
     /// Memory for decompressing produced batches (the same size).
@@ -117,6 +120,13 @@ impl Broker {
     /// [`ReplicaManager::apply_image`]).
     pub fn apply_metadata(&self) -> Result<(), crate::replica::ApplyError> {
         self.replicas.apply_image(&self.image(), &self.config)
+    }
+
+    /// Waits until the metadata publisher has applied the current image
+    /// (a handler that changed the metadata waits for its change to be
+    /// the broker's state before answering).
+    pub async fn await_metadata(&self) {
+        self.publisher.wait_applied(self.image().offset).await;
     }
 
     /// A new producer id, from this broker's block (taking a new block from
@@ -243,9 +253,7 @@ pub async fn start_with_clock(
     broker
         .tasks
         .spawn(TxnCoordinator::run_timers(Arc::clone(&broker)));
-    broker
-        .tasks
-        .spawn(ReplicaManager::retry_storage_errors(Arc::clone(&broker)));
+    broker.tasks.spawn(Publisher::run(Arc::clone(&broker)));
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -369,6 +377,7 @@ fn open(
         txn,
         clock,
         metrics: Metrics::new(&crate::api::answered_apis(), config.node_id),
+        publisher: Publisher::new(image.offset),
         metadata_log,
         producer_ids: Mutex::new(ProducerIds::default()),
         shutdown: CancellationToken::new(),

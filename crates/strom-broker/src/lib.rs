@@ -13,6 +13,9 @@
 //! - [`partition`]: one partition on this broker ([`partition::Partition`]):
 //!   its log, leader epoch, high watermark (Kafka's rule as a pure function)
 //!   and waiting fetches.
+//! - [`publisher`]: the metadata publisher: applies each new image (the
+//!   delta from the last) to the partitions and coordinators; handlers that
+//!   change metadata wait for it.
 //! - [`replica`]: the partitions this broker holds, their high watermarks and
 //!   the fetches waiting on them.
 //! - [`config`]: broker properties with Kafka's names, parsed once at start
@@ -38,6 +41,7 @@ pub mod group;
 pub mod memory;
 pub mod metrics;
 pub mod partition;
+pub mod publisher;
 pub mod replica;
 pub mod server;
 pub mod txn;

@@ -10,8 +10,9 @@
 //!
 //! A partition whose log cannot be created or deleted (a full disk, an I/O
 //! error) does not hold up the others: the failure is remembered, answered
-//! to clients as `KAFKA_STORAGE_ERROR`, and the image is applied again on
-//! the next change and every [`STORAGE_RETRY_INTERVAL`] until it succeeds.
+//! to clients as `KAFKA_STORAGE_ERROR`, and the metadata publisher applies
+//! the image again on the next change and every [`STORAGE_RETRY_INTERVAL`]
+//! until it succeeds.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -301,33 +302,6 @@ impl ReplicaManager {
         self.logs
             .delete(&TopicPartition::new(key.0.as_ref(), key.1))?;
         Ok(())
-    }
-
-    /// Applies the image again every [`STORAGE_RETRY_INTERVAL`] while some
-    /// partitions have a storage error, so they come online once the disk
-    /// allows it (space freed, a directory removed) without a new metadata
-    /// change or a restart. Ends when the broker shuts down.
-    pub async fn retry_storage_errors(broker: Arc<crate::broker::Broker>) {
-        let mut interval = tokio::time::interval(STORAGE_RETRY_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = broker.shutdown.cancelled() => return,
-                _ = interval.tick() => {}
-            }
-            if !broker.replicas.has_storage_errors() {
-                continue;
-            }
-            let for_task = Arc::clone(&broker);
-            let applied = tokio::task::spawn_blocking(move || for_task.apply_metadata()).await;
-            match applied {
-                // Each failure and each recovery is logged by apply_image.
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "retrying partitions with storage errors failed")
-                }
-            }
-        }
     }
 
     /// Every partition, for metrics and tests.

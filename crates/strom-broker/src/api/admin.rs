@@ -106,17 +106,15 @@ pub async fn create_topics(
     let validate_only = request.validate_only;
     let broker_for_task = Arc::clone(broker);
     let created = super::blocking(move || {
-        let results = broker_for_task
+        broker_for_task
             .controller
-            .create_topics(requests, validate_only);
-        // A partition that fails is logged and retried by the replica manager.
-        if !validate_only {
-            let _ = broker_for_task.apply_metadata();
-        }
-        results
+            .create_topics(requests, validate_only)
     })
     .await
     .unwrap_or_default();
+    // The partitions exist once the publisher has applied the change (one
+    // that fails is logged and retried by it).
+    broker.await_metadata().await;
     let image = broker.image();
     for ((position, name), result) in positions.into_iter().zip(names).zip(created) {
         let topic_name = TopicName(StrBytes::from_string(name.clone()));
@@ -235,15 +233,11 @@ pub async fn delete_topics(
     };
     let names: Vec<String> = targets.iter().filter_map(|(n, _)| n.clone()).collect();
     let broker_for_task = Arc::clone(broker);
-    let mut deleted = super::blocking(move || {
-        let results = broker_for_task.controller.delete_topics(&names);
-        // A partition that fails is logged and retried by the replica manager.
-        let _ = broker_for_task.apply_metadata();
-        results
-    })
-    .await
-    .unwrap_or_default()
-    .into_iter();
+    let mut deleted = super::blocking(move || broker_for_task.controller.delete_topics(&names))
+        .await
+        .unwrap_or_default()
+        .into_iter();
+    broker.await_metadata().await;
     let mut deleted_names = std::collections::BTreeSet::new();
     let responses: Vec<DeletableTopicResult> = targets
         .into_iter()
@@ -316,17 +310,13 @@ pub async fn create_partitions(
     let validate_only = request.validate_only;
     let broker_for_task = Arc::clone(broker);
     let results = super::blocking(move || {
-        let results = broker_for_task
+        broker_for_task
             .controller
-            .create_partitions(requests, validate_only);
-        // A partition that fails is logged and retried by the replica manager.
-        if !validate_only {
-            let _ = broker_for_task.apply_metadata();
-        }
-        results
+            .create_partitions(requests, validate_only)
     })
     .await
     .unwrap_or_default();
+    broker.await_metadata().await;
     let results = names
         .into_iter()
         .zip(results)

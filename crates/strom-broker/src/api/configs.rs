@@ -458,21 +458,22 @@ async fn commit(
     for name in before.keys().filter(|n| !after.contains_key(*n)) {
         changes.push((resource.clone(), name.clone(), None));
     }
-    let broker = Arc::clone(broker);
-    super::blocking(move || {
-        broker.controller.alter_configs(changes)?;
-        // A partition that fails is logged and retried by the replica manager.
-        let _ = broker.apply_metadata();
+    let broker_for_task = Arc::clone(broker);
+    let altered = super::blocking(move || {
+        broker_for_task.controller.alter_configs(changes)?;
         Ok::<_, ControllerError>(())
     })
-    .await
-    .unwrap_or_else(|| {
-        Err(ControllerError::new(
-            ErrorCode::UnknownServerError,
-            "the config change did not complete",
-        ))
-    })
-    .map_err(Failure::from)
+    .await;
+    // The partitions take the new configs when the publisher applies them.
+    broker.await_metadata().await;
+    altered
+        .unwrap_or_else(|| {
+            Err(ControllerError::new(
+                ErrorCode::UnknownServerError,
+                "the config change did not complete",
+            ))
+        })
+        .map_err(Failure::from)
 }
 
 /// Resources named twice in one request: Kafka answers each with INVALID_REQUEST.

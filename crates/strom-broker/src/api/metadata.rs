@@ -137,9 +137,9 @@ pub async fn handle(
 /// Creates the missing topics with the broker defaults; failures (a race
 /// with another creator, say) just leave the topic out.
 async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataImage> {
-    let broker = Arc::clone(broker);
-    let fallback = broker.image();
+    let broker_for_task = Arc::clone(broker);
     super::blocking(move || {
+        let broker = broker_for_task;
         let requests = names
             .into_iter()
             .map(|name| CreateTopicRequest {
@@ -157,12 +157,11 @@ async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataIm
                 tracing::info!(error = %e, "auto topic creation failed");
             }
         }
-        // A partition that fails is logged and retried by the replica manager.
-        let _ = broker.apply_metadata();
-        broker.image()
     })
-    .await
-    .unwrap_or(fallback)
+    .await;
+    // The new partitions exist once the publisher has applied the change.
+    broker.await_metadata().await;
+    broker.image()
 }
 
 pub fn brokers(image: &MetadataImage, version: i16) -> Vec<MetadataResponseBroker> {

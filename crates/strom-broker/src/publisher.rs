@@ -1,0 +1,243 @@
+//! The metadata publisher: the one place where metadata images become the
+//! broker's state (Kafka's `BrokerMetadataPublisher`).
+//!
+//! ```text
+//! controller ──image──> publisher ──delta──> partitions: create, delete, role, configs
+//!                                       └──> coordinators: load, unload; offsets of deleted topics
+//!                                       └──> applied offset ──> handlers waiting for their change
+//! ```
+//!
+//! Request handlers never apply metadata themselves: one that changes it
+//! (CreateTopics, DeleteTopics, IncrementalAlterConfigs, ...) commits through
+//! the controller, then waits until the publisher has applied an image at
+//! least that new ([`Publisher::wait_applied`]). In a cluster the images come
+//! from the replicated metadata log; the publisher does not change.
+//!
+//! A partition whose log could not be created or deleted (a full disk) is
+//! retried every [`STORAGE_RETRY_INTERVAL`] by applying the image again, until
+//! it succeeds.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use strom_controller::MetadataImage;
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::replica::STORAGE_RETRY_INTERVAL;
+
+/// What changed between two images, as far as this broker acts on it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MetadataDelta {
+    /// Topics in the new image that are new or differ (partitions, leaders,
+    /// ISR, configs).
+    pub changed_topics: BTreeSet<String>,
+    /// Topics gone (or recreated with a new id: they are in both sets).
+    pub deleted_topics: BTreeSet<String>,
+    /// Dynamic broker configs changed: every topic's effective configs may
+    /// have.
+    pub broker_configs_changed: bool,
+}
+
+impl MetadataDelta {
+    /// The delta from `previous` to `next`.
+    pub fn between(previous: &MetadataImage, next: &MetadataImage) -> Self {
+        let mut delta = Self {
+            broker_configs_changed: previous.broker_configs != next.broker_configs,
+            ..Self::default()
+        };
+        for topic in next.topics() {
+            match previous.topic(&topic.name) {
+                Some(old) if Arc::ptr_eq(old, topic) || **old == **topic => {}
+                Some(old) => {
+                    if old.id != topic.id {
+                        delta.deleted_topics.insert(topic.name.clone());
+                    }
+                    delta.changed_topics.insert(topic.name.clone());
+                }
+                None => {
+                    delta.changed_topics.insert(topic.name.clone());
+                }
+            }
+        }
+        for topic in previous.topics() {
+            if next.topic(&topic.name).is_none() {
+                delta.deleted_topics.insert(topic.name.clone());
+            }
+        }
+        delta
+    }
+
+    /// Whether the broker has anything to do for it.
+    pub fn is_empty(&self) -> bool {
+        self.changed_topics.is_empty()
+            && self.deleted_topics.is_empty()
+            && !self.broker_configs_changed
+    }
+}
+
+/// The offset of the newest image applied, for handlers to wait on.
+#[derive(Debug)]
+pub struct Publisher {
+    applied: watch::Sender<i64>,
+}
+
+impl Publisher {
+    /// A publisher whose image at `offset` was applied at start.
+    pub fn new(offset: i64) -> Self {
+        Self {
+            applied: watch::Sender::new(offset),
+        }
+    }
+
+    /// Waits until an image at `offset` or later has been applied (or the
+    /// publisher has stopped: the broker is shutting down).
+    pub async fn wait_applied(&self, offset: i64) {
+        let mut applied = self.applied.subscribe();
+        let _ = applied.wait_for(|applied| *applied >= offset).await;
+    }
+
+    /// Receives every image until the broker shuts down, and applies each:
+    /// partitions first (their logs, roles and configs), then what depends
+    /// on them.
+    pub async fn run(broker: Arc<Broker>) {
+        let mut images = broker.controller.subscribe();
+        let mut previous = images.borrow_and_update().clone();
+        let mut retry = tokio::time::interval(STORAGE_RETRY_INTERVAL);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let retrying = tokio::select! {
+                () = broker.shutdown.cancelled() => return,
+                changed = images.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    false
+                }
+                _ = retry.tick() => true,
+            };
+            if retrying && !broker.replicas.has_storage_errors() {
+                continue;
+            }
+            let image = images.borrow_and_update().clone();
+            let delta = MetadataDelta::between(&previous, &image);
+            if delta.is_empty() && !retrying {
+                broker.publisher.applied.send_replace(image.offset);
+                previous = image;
+                continue;
+            }
+            publish(&broker, &image, &delta).await;
+            broker.publisher.applied.send_replace(image.offset);
+            previous = image;
+        }
+    }
+}
+
+/// Applies one image.
+async fn publish(broker: &Arc<Broker>, image: &Arc<MetadataImage>, delta: &MetadataDelta) {
+    let for_task = Arc::clone(broker);
+    let image_for_task = Arc::clone(image);
+    let applied = tokio::task::spawn_blocking(move || {
+        // Partitions that fail are logged here and retried.
+        let _ = for_task
+            .replicas
+            .apply_image(&image_for_task, &for_task.config);
+    })
+    .await;
+    if let Err(e) = applied {
+        tracing::error!(error = %e, offset = image.offset, "applying the metadata image failed");
+    }
+    if !delta.deleted_topics.is_empty() {
+        tracing::debug!(topics = ?delta.deleted_topics, "topics deleted");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use strom_controller::{ConfigResource, MetadataRecord};
+    use strom_protocol::messages::Uuid;
+
+    use super::*;
+
+    fn topic(name: &str, id: u128) -> MetadataRecord {
+        MetadataRecord::Topic {
+            name: name.to_owned(),
+            topic_id: Uuid::from_u128(id),
+        }
+    }
+
+    fn partition(id: u128, leader_epoch: i32, isr: &[i32]) -> MetadataRecord {
+        MetadataRecord::Partition {
+            topic_id: Uuid::from_u128(id),
+            partition: 0,
+            replicas: vec![1, 2],
+            isr: isr.to_vec(),
+            leader: 1,
+            leader_epoch,
+            partition_epoch: leader_epoch,
+        }
+    }
+
+    fn after(image: &MetadataImage, records: &[MetadataRecord]) -> MetadataImage {
+        let mut next = image.clone();
+        next.apply_batch(image.offset, records);
+        next
+    }
+
+    fn names(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_delta_names_what_changed_and_nothing_else() {
+        let empty = MetadataImage::default();
+        let one = after(
+            &empty,
+            &[
+                topic("a", 1),
+                partition(1, 0, &[1, 2]),
+                topic("b", 2),
+                partition(2, 0, &[1]),
+            ],
+        );
+        let delta = MetadataDelta::between(&empty, &one);
+        assert_eq!(delta.changed_topics, names(&["a", "b"]));
+        assert!(delta.deleted_topics.is_empty());
+        assert!(MetadataDelta::between(&one, &one).is_empty());
+
+        // The ISR of a shrinks: only a changed.
+        let shrunk = after(&one, &[partition(1, 0, &[1])]);
+        let delta = MetadataDelta::between(&one, &shrunk);
+        assert_eq!(delta.changed_topics, names(&["a"]));
+
+        // b is deleted; a is recreated with a new id (deleted and changed).
+        let recreated = after(
+            &shrunk,
+            &[
+                MetadataRecord::RemoveTopic {
+                    topic_id: Uuid::from_u128(2),
+                },
+                MetadataRecord::RemoveTopic {
+                    topic_id: Uuid::from_u128(1),
+                },
+                topic("a", 3),
+                partition(3, 0, &[1]),
+            ],
+        );
+        let delta = MetadataDelta::between(&shrunk, &recreated);
+        assert_eq!(delta.deleted_topics, names(&["a", "b"]));
+        assert_eq!(delta.changed_topics, names(&["a"]));
+
+        // A dynamic broker config changes every topic's effective configs.
+        let configured = after(
+            &recreated,
+            &[MetadataRecord::Config {
+                resource: ConfigResource::Broker(None),
+                name: "log.retention.ms".to_owned(),
+                value: Some("1000".to_owned()),
+            }],
+        );
+        let delta = MetadataDelta::between(&recreated, &configured);
+        assert!(delta.broker_configs_changed && delta.changed_topics.is_empty());
+    }
+}
