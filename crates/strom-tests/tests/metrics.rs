@@ -425,7 +425,7 @@ fn the_listener_answers_only_its_paths_and_can_be_turned_off() {
     broker.stop();
 
     // metrics.listener set to nothing: no endpoint, said on the second line.
-    let off = std::process::Command::new(env!("CARGO_BIN_EXE_strom"))
+    let off = std::process::Command::new(env!("CARGO_BIN_EXE_strom-e2e"))
         .args([
             "broker",
             "--listen",

@@ -5,7 +5,7 @@
 //! clients one after the other on fresh topics, and reports our rate over
 //! theirs for that run, so machine noise hits both sides alike.
 //!
-//! `cargo bench -p strom-cli --bench client`. `STROM_BENCH_RUNS` (default 3),
+//! `cargo bench -p strom-tests --bench client`. `STROM_BENCH_RUNS` (default 3),
 //! `STROM_BENCH_MB` (data per measurement, default 128) and
 //! `STROM_BENCH_SIZES` (e.g. `100`) adjust it.
 #![allow(

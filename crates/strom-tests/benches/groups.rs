@@ -13,7 +13,7 @@
 //! for classic clients and 5 s for KIP-848 groups; both protocols need
 //! heartbeats to learn of a rebalance, so the figures scale with them).
 //!
-//! `cargo bench -p strom-cli --bench groups`. `STROM_BENCH_RUNS` (default
+//! `cargo bench -p strom-tests --bench groups`. `STROM_BENCH_RUNS` (default
 //! 3) joins per scenario; `STROM_BENCH_MEMBERS` (e.g. `10`) and
 //! `STROM_BENCH_PROTOCOLS` (`classic`, `consumer`) restrict the scenarios.
 #![allow(

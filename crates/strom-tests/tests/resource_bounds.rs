@@ -229,7 +229,7 @@ fn a_burst_of_connections_waits_in_the_listen_backlog() {
 /// with an error naming `name`; kills it if it starts instead.
 fn refused_at_start(properties: &[&str], name: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_strom"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strom-e2e"));
     command
         .args(["broker", "--listen", "127.0.0.1:0", "--metrics", ""])
         .arg("--data-dir")

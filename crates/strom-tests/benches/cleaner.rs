@@ -5,7 +5,7 @@
 //! topic of the records sent while the cleaner worked, against the same span
 //! of a broker with the cleaner disabled.
 //!
-//! `cargo bench -p strom-cli --bench cleaner`. `STROM_BENCH_RUNS` (default 3)
+//! `cargo bench -p strom-tests --bench cleaner`. `STROM_BENCH_RUNS` (default 3)
 //! and `STROM_BENCH_CLEANER_MB` (dirty log size, default 2048) adjust it.
 #![allow(
     clippy::print_stdout,

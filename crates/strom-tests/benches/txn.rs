@@ -3,7 +3,7 @@
 //! versus transactions of 100 and of 10,000 records (each transaction:
 //! AddPartitionsToTxn, the records, EndTxn with its marker).
 //!
-//! `cargo bench -p strom-cli --bench txn`. `STROM_BENCH_RUNS` (default 3)
+//! `cargo bench -p strom-tests --bench txn`. `STROM_BENCH_RUNS` (default 3)
 //! runs per scenario, `STROM_BENCH_RECORDS` (default 200,000) records per
 //! run, `STROM_BENCH_LINGER_MS` (default 5) the producer's `linger.ms`.
 //! Client and broker share the machine's cores: compare ratios.

@@ -3,7 +3,7 @@
 //! partitions), consume throughput, produce latency percentiles at a fixed
 //! 50 MB/s, and the storage engine's raw append rate in the same run.
 //!
-//! `cargo bench -p strom-cli --bench broker`. `STROM_BENCH_RUNS` (default 3)
+//! `cargo bench -p strom-tests --bench broker`. `STROM_BENCH_RUNS` (default 3)
 //! and `STROM_BENCH_MB` (data per throughput run, default 512) adjust it;
 //! `STROM_BENCH_PARTITIONS` (e.g. `16`) and `STROM_BENCH_SIZES` (e.g.
 //! `1024`) restrict the scenarios, `STROM_BENCH_LATENCY=0` skips latency.

@@ -50,7 +50,7 @@ impl BrokerProcess {
             .append(true)
             .open(&stderr_path)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strom"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strom-e2e"));
         command
             // A free metrics port too: a restart on a fixed Kafka port
             // would otherwise take the default 9644, shared by parallel tests.

@@ -23,7 +23,7 @@ const STUCK_API_TIMEOUT_MS: &str = "60000";
 /// Runs `strom` with `args` (no `--bootstrap` added) and `stdin`, killing it
 /// and failing the test if it runs longer than `bound`.
 fn strom_bounded(args: &[&str], stdin: &[u8], bound: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom-e2e"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -63,7 +63,7 @@ fn refusing_port() -> u16 {
 }
 
 fn strom(broker: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom-e2e"))
         .arg("--bootstrap")
         .arg(broker)
         .args(args)

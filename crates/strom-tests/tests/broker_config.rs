@@ -18,7 +18,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// the deadline (a broker that started would otherwise run forever).
 fn broker_exit(args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_strom"))
+    let child = Command::new(env!("CARGO_BIN_EXE_strom-e2e"))
         .args(["broker", "--metrics", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(args)
@@ -111,7 +111,7 @@ fn the_example_server_properties_starts_a_broker_without_warnings() {
     );
     let dir = tempfile::tempdir().unwrap();
     // The flags take precedence over the file's fixed port and directory.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strom"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strom-e2e"))
         .args(["broker", "--config", example, "--listen", "127.0.0.1:0"])
         .args(["--metrics", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
