@@ -7,6 +7,12 @@
 //! and `STROM_BENCH_MB` (data per throughput run, default 512) adjust it;
 //! `STROM_BENCH_PARTITIONS` (e.g. `16`) and `STROM_BENCH_SIZES` (e.g.
 //! `1024`) restrict the scenarios, `STROM_BENCH_LATENCY=0` skips latency.
+//!
+//! `STROM_BENCH_BASELINE=OLD/strom` compares instead: in each run, the
+//! baseline binary and this build serve the same throughput scenarios in
+//! turn (which goes first alternates between runs), and the report gives
+//! both medians and the per-run ratio this build / baseline, so that a
+//! change is judged on figures taken side by side on a noisy machine.
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -121,6 +127,89 @@ fn raw_append(dir: &std::path::Path, total: usize) -> f64 {
     (n * batch.len()) as f64 / start.elapsed().as_secs_f64() / 1e6
 }
 
+/// One throughput figure of a run: scenario name, MB/s, msgs/s.
+type Figure = (String, f64, f64);
+
+/// Every produce and consume throughput scenario on `broker`.
+fn throughput(broker: &BrokerProcess, mb: usize) -> Vec<Figure> {
+    let mut figures = Vec::new();
+    for acks in ["1", "all"] {
+        for size in [100usize, 1024]
+            .into_iter()
+            .filter(|s| wanted("STROM_BENCH_SIZES", *s))
+        {
+            for partitions in [1i32, 16]
+                .into_iter()
+                .filter(|p| wanted("STROM_BENCH_PARTITIONS", *p as usize))
+            {
+                let topic = format!("t-{acks}-{size}-{partitions}");
+                broker.create_topic(&topic, partitions);
+                let count = (mb << 20) / size / if size == 100 { 4 } else { 1 };
+                let (mbs, msgs) =
+                    produce_throughput(broker, &topic, partitions, size, count, acks);
+                figures.push((
+                    format!("produce acks={acks:<3} {size:>4} B {partitions:>2} partitions"),
+                    mbs,
+                    msgs,
+                ));
+                if acks == "1" {
+                    let (mbs, msgs) = consume_throughput(broker, &topic, partitions, count);
+                    figures.push((
+                        format!("consume          {size:>4} B {partitions:>2} partitions"),
+                        mbs,
+                        msgs,
+                    ));
+                }
+            }
+        }
+    }
+    figures
+}
+
+/// `STROM_BENCH_BASELINE`: this build against a baseline binary, in turn.
+fn compare(baseline: &std::path::Path, runs: usize, mb: usize, root: &std::path::Path) {
+    println!(
+        "strom broker comparison (librdkafka client, same machine): this build vs {}, {runs} runs, {mb} MB per throughput run",
+        baseline.display()
+    );
+    /// One scenario: name, baseline MB/s, candidate MB/s, their ratios.
+    type Compared = (String, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut table: Vec<Compared> = Vec::new();
+    for run in 0..runs {
+        let mut figures: [Vec<Figure>; 2] = [Vec::new(), Vec::new()];
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let dir = root.join(format!("{}-{run}", ["baseline", "candidate"][which]));
+            let binary = if which == 0 {
+                baseline.to_path_buf()
+            } else {
+                std::path::PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e"))
+            };
+            let broker = BrokerProcess::start_binary(&binary, &dir, "127.0.0.1:0", &[]);
+            figures[which] = throughput(&broker, mb);
+            broker.stop();
+            std::fs::remove_dir_all(&dir).ok();
+        }
+        for (i, ((name, base, _), (_, candidate, _))) in
+            figures[0].iter().zip(&figures[1]).enumerate()
+        {
+            if run == 0 {
+                table.push((name.clone(), vec![], vec![], vec![]));
+            }
+            table[i].1.push(*base);
+            table[i].2.push(*candidate);
+            table[i].3.push(candidate / base);
+        }
+        println!("run {run} done");
+    }
+    println!();
+    for (name, base, candidate, ratios) in table {
+        println!("{name:<44} baseline  {} MB/s", stats(base));
+        println!("{:<44} this      {} MB/s", "", stats(candidate));
+        println!("{:<44} ratio     {}", "", stats(ratios));
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -128,6 +217,10 @@ fn main() {
     let runs = env_usize("STROM_BENCH_RUNS", 3);
     let mb = env_usize("STROM_BENCH_MB", 512);
     let root = tempfile::tempdir().unwrap();
+    if let Some(baseline) = std::env::var_os("STROM_BENCH_BASELINE") {
+        compare(std::path::Path::new(&baseline), runs, mb, root.path());
+        return;
+    }
     println!(
         "strom broker benchmark (librdkafka client, same machine): {runs} runs, {mb} MB per throughput run"
     );
@@ -142,48 +235,18 @@ fn main() {
             mb << 20,
         ));
         let broker = BrokerProcess::start(&root.path().join(format!("broker-{run}")), &[]);
-        let mut row = 0;
-        let mut crow = 0;
-        for acks in ["1", "all"] {
-            for size in [100usize, 1024]
-                .into_iter()
-                .filter(|s| wanted("STROM_BENCH_SIZES", *s))
-            {
-                for partitions in [1i32, 16]
-                    .into_iter()
-                    .filter(|p| wanted("STROM_BENCH_PARTITIONS", *p as usize))
-                {
-                    let topic = format!("t-{acks}-{size}-{partitions}");
-                    broker.create_topic(&topic, partitions);
-                    let count = (mb << 20) / size / if size == 100 { 4 } else { 1 };
-                    let (mbs, msgs) =
-                        produce_throughput(&broker, &topic, partitions, size, count, acks);
-                    if run == 0 {
-                        rows.push((
-                            format!(
-                                "produce acks={acks:<3} {size:>4} B {partitions:>2} partitions"
-                            ),
-                            vec![],
-                            vec![],
-                        ));
-                    }
-                    rows[row].1.push(mbs);
-                    rows[row].2.push(msgs);
-                    row += 1;
-                    if acks == "1" {
-                        let (mbs, msgs) = consume_throughput(&broker, &topic, partitions, count);
-                        if run == 0 {
-                            consume_rows.push((
-                                format!("consume          {size:>4} B {partitions:>2} partitions"),
-                                vec![],
-                                vec![],
-                            ));
-                        }
-                        consume_rows[crow].1.push(mbs);
-                        consume_rows[crow].2.push(msgs);
-                        crow += 1;
-                    }
+        for (name, mbs, msgs) in throughput(&broker, mb) {
+            let rows = if name.starts_with("consume") {
+                &mut consume_rows
+            } else {
+                &mut rows
+            };
+            match rows.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(row) => {
+                    row.1.push(mbs);
+                    row.2.push(msgs);
                 }
+                None => rows.push((name, vec![mbs], vec![msgs])),
             }
         }
         let latency = std::env::var("STROM_BENCH_LATENCY").map_or(true, |v| v != "0");

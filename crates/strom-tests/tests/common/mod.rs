@@ -44,13 +44,23 @@ impl BrokerProcess {
     /// Starts a broker listening on `listen` (a restart on the address an
     /// earlier broker had, for clients that reconnect).
     pub fn start_at(data_dir: &Path, listen: &str, properties: &[&str]) -> Self {
+        Self::start_binary(
+            Path::new(env!("CARGO_BIN_EXE_strom-e2e")),
+            data_dir,
+            listen,
+            properties,
+        )
+    }
+
+    /// Starts another `strom` binary (a benchmark's baseline build).
+    pub fn start_binary(binary: &Path, data_dir: &Path, listen: &str, properties: &[&str]) -> Self {
         let stderr_path = data_dir.with_extension("stderr.log");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr_path)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strom-e2e"));
+        let mut command = Command::new(binary);
         command
             // A free metrics port too: a restart on a fixed Kafka port
             // would otherwise take the default 9644, shared by parallel tests.
