@@ -5,7 +5,8 @@
 //! each request's first phase one at a time, in order, so that produce
 //! requests from one connection are appended in the order they were sent.
 //! A request with a second phase ([`Reply::Later`]: a produce with acks=all
-//! waiting for replication) goes on concurrently while the next requests'
+//! waiting for replication, a fetch long-polling for data) goes on
+//! concurrently while the next requests'
 //! first phases run; answers are written in request order, as the protocol
 //! requires, at most [`MAX_PENDING_ANSWERS`] of them waiting.
 //!
@@ -37,8 +38,9 @@ use crate::memory::RequestLease;
 /// Requests read ahead of the one being answered. Clients keep at most 5
 /// produce requests in flight; 16 lets metadata and heartbeats queue beside
 /// them without letting one connection buffer without limit. While a parked
-/// request (JoinGroup, SyncGroup, a long-poll Fetch) waits, as many again
-/// are read on to notice a client going away.
+/// request (JoinGroup, SyncGroup) waits, as many again are read on to notice
+/// a client going away; while second phases (an acks=all produce, a long-poll
+/// Fetch) wait, reading goes on as usual.
 const MAX_QUEUED_REQUESTS: usize = 16;
 /// Answers a connection holds unwritten (second phases running, and the
 /// answers queued behind them): as many as requests read ahead, so a client

@@ -531,6 +531,37 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
     broker.shutdown().await.unwrap();
 }
 
+/// A long-poll fetch waits in its second phase: a produce pipelined behind it
+/// on the same connection is appended meanwhile and wakes it, and the fetch,
+/// sent first, is answered first, with that record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_does_not_hold_up_the_produce_behind_it_on_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "polled", 1, &[]).await, 0);
+    // Longer than the test could wait: only the produce behind can end it.
+    let fetch = raw
+        .send(ApiKey::Fetch, 12, &fetch_request("polled", 0, 300_000, 0, -1))
+        .await;
+    let produce = raw
+        .send(
+            ApiKey::Produce,
+            9,
+            &produce_request("polled", 0, 1, batch(&[Some(b"wakes")], true, now_ms())),
+        )
+        .await;
+    let fetched: FetchResponse = raw.recv(ApiKey::Fetch, 12, fetch).await;
+    let partition = &fetched.responses[0].partitions[0];
+    assert_eq!(partition.error_code, 0);
+    assert_eq!(partition.high_watermark, 1);
+    let records = partition.records.clone().unwrap_or_default();
+    assert!(!records.is_empty(), "the fetch returns the produced record");
+    let produced: ProduceResponse = raw.recv(ApiKey::Produce, 9, produce).await;
+    assert_eq!(produced.responses[0].partition_responses[0].base_offset, 0);
+    broker.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_offsets_and_configs() {
     let dir = tempfile::tempdir().unwrap();

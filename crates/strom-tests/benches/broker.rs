@@ -145,8 +145,7 @@ fn throughput(broker: &BrokerProcess, mb: usize) -> Vec<Figure> {
                 let topic = format!("t-{acks}-{size}-{partitions}");
                 broker.create_topic(&topic, partitions);
                 let count = (mb << 20) / size / if size == 100 { 4 } else { 1 };
-                let (mbs, msgs) =
-                    produce_throughput(broker, &topic, partitions, size, count, acks);
+                let (mbs, msgs) = produce_throughput(broker, &topic, partitions, size, count, acks);
                 figures.push((
                     format!("produce acks={acks:<3} {size:>4} B {partitions:>2} partitions"),
                     mbs,

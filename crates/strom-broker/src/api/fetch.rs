@@ -26,9 +26,11 @@ use strom_protocol::record_batch;
 use strom_storage::ReadError;
 use tokio::sync::Notify;
 
-use super::RequestContext;
+use strom_protocol::messages::RequestFrame;
+
 use super::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
+use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::metrics::Purgatory;
 use crate::replica::Partition;
@@ -43,11 +45,13 @@ struct Unresolved {
     partition: i32,
 }
 
+/// Answers a fetch: at once when the data is there (or on an error), or
+/// as a second phase ([`Reply::Later`]) that long-polls for it.
 pub async fn handle(
     broker: &Arc<Broker>,
     request: FetchRequest,
     ctx: &RequestContext<'_>,
-) -> FetchResponse {
+) -> Reply {
     let version = ctx.api_version();
     let image = broker.image();
     let max_bytes = request
@@ -122,9 +126,10 @@ pub async fn handle(
     let (context, to_fetch) = match begun {
         Ok(v) => v,
         Err(code) => {
-            return FetchResponse::default()
+            let response = FetchResponse::default()
                 .with_error_code(code.code())
                 .with_session_id(0);
+            return super::respond(ctx.header(), &response);
         }
     };
 
@@ -132,131 +137,217 @@ pub async fn handle(
         + Duration::from_millis(
             u64::try_from(request.max_wait_ms.clamp(0, MAX_WAIT_MS_LIMIT)).unwrap_or(0),
         );
-    let min_bytes = usize::try_from(request.min_bytes.max(0)).unwrap_or(0);
-    let to_fetch = Arc::new(to_fetch);
-    let reads = loop {
+    let fetch = Pending {
+        to_fetch: Arc::new(to_fetch),
+        min_bytes: usize::try_from(request.min_bytes.max(0)).unwrap_or(0),
+        max_bytes: usize::try_from(max_bytes).unwrap_or(0),
+        deadline,
+        read_committed,
+        replica_id,
+        context,
+        unresolved,
+        version,
+    };
+    // First phase: one read. Enough data (or an error, or no wait asked
+    // for) answers now; otherwise the long poll is the second phase, which
+    // runs while the connection goes on with the requests behind it.
+    let waiter = fetch.register_waiter(broker);
+    let Some(reads) = fetch.read(broker).await else {
+        return fetch.answer(broker, Vec::new(), ctx.header());
+    };
+    if fetch.satisfied(&reads) {
+        return fetch.answer(broker, reads, ctx.header());
+    }
+    let broker = Arc::clone(broker);
+    let header = ctx.header();
+    let (api_key, api_version, correlation_id) =
+        (header.api_key, header.api_version, header.correlation_id);
+    Reply::Later(Box::pin(async move {
+        let reads = fetch.long_poll(&broker, waiter, reads).await;
+        let response = fetch.response(&broker, reads);
+        super::encode(api_key, api_version, correlation_id, &response)
+    }))
+}
+
+/// A fetch past its session check: what to read, and how to answer.
+struct Pending {
+    to_fetch: Arc<Vec<(PartitionKey, FetchParams)>>,
+    min_bytes: usize,
+    max_bytes: usize,
+    deadline: Instant,
+    read_committed: bool,
+    replica_id: i32,
+    context: SessionContext,
+    unresolved: Vec<Unresolved>,
+    version: i16,
+}
+
+impl Pending {
+    /// A waiter registered on every partition read, before reading, so an
+    /// append between a read and the wait still wakes it (Notify keeps the
+    /// permit).
+    fn register_waiter(&self, broker: &Broker) -> Arc<Notify> {
         let waiter = Arc::new(Notify::new());
-        // Register before reading, so an append between the read and the
-        // wait still wakes us (Notify keeps the permit).
-        for ((topic, index), _) in to_fetch.iter() {
+        for ((topic, index), _) in self.to_fetch.iter() {
             if let Some(p) = broker.replicas.get(topic, *index) {
                 p.add_waiter(&waiter);
             }
         }
+        waiter
+    }
+
+    /// Reads every partition once (on a blocking thread).
+    async fn read(&self, broker: &Arc<Broker>) -> Option<Vec<PartitionRead>> {
         let broker_for_read = Arc::clone(broker);
-        let list = Arc::clone(&to_fetch);
-        let max = usize::try_from(max_bytes).unwrap_or(0);
-        let Some(reads) = super::blocking(move || {
-            read_all(&broker_for_read, &list, max, read_committed, replica_id)
-        })
-        .await
-        else {
-            break Vec::new();
-        };
+        let list = Arc::clone(&self.to_fetch);
+        let (max, read_committed, replica_id) =
+            (self.max_bytes, self.read_committed, self.replica_id);
+        super::blocking(move || read_all(&broker_for_read, &list, max, read_committed, replica_id))
+            .await
+    }
+
+    /// Whether `reads` answer the fetch: `min_bytes` reached, an error, or
+    /// the wait is over.
+    fn satisfied(&self, reads: &[PartitionRead]) -> bool {
         let bytes: usize = reads.iter().map(|r| r.records.len()).sum();
         let any_error = reads.iter().any(|r| r.error != ErrorCode::None);
-        if bytes >= min_bytes || any_error || Instant::now() >= deadline {
-            break reads;
-        }
-        // Woken by an append or at the deadline, read again (at the deadline
-        // the next pass answers with whatever is there).
-        let _parked = broker.metrics.enter_purgatory(Purgatory::Fetch);
-        tokio::select! {
-            () = waiter.notified() => {}
-            () = tokio::time::sleep_until(deadline.into()) => {}
-            () = broker.shutdown.cancelled() => break reads,
-        }
-    };
-
-    let outcomes: Vec<(PartitionKey, PartitionOutcome)> = to_fetch
-        .iter()
-        .zip(&reads)
-        .map(|((key, _), r)| {
-            (
-                key.clone(),
-                PartitionOutcome {
-                    error: r.error != ErrorCode::None,
-                    has_records: !r.records.is_empty(),
-                    high_watermark: r.high_watermark,
-                    last_stable_offset: r.last_stable_offset,
-                    log_start_offset: r.log_start_offset,
-                },
-            )
-        })
-        .collect();
-    let include = broker.fetch_sessions.lock().finish(&context, &outcomes);
-
-    let mut responses: Vec<FetchableTopicResponse> = Vec::new();
-    for ((((topic, index), params), read), include) in to_fetch.iter().zip(reads).zip(include) {
-        if !include {
-            continue;
-        }
-        if replica_id < 0 && !read.records.is_empty() {
-            let records: u64 = record_batch::batches(&read.records)
-                .map_while(Result::ok)
-                .filter(|b| !b.header.attributes.is_control())
-                .map(|b| u64::try_from(b.header.record_count).unwrap_or(0))
-                .sum();
-            broker.metrics.record_out(
-                topic,
-                u64::try_from(read.records.len()).unwrap_or(u64::MAX),
-                records,
-            );
-        }
-        let data = PartitionData::default()
-            .with_partition_index(*index)
-            .with_error_code(read.error.code())
-            .with_high_watermark(read.high_watermark)
-            .with_last_stable_offset(read.last_stable_offset)
-            .with_log_start_offset(read.log_start_offset)
-            .with_aborted_transactions(read_committed.then_some(read.aborted_transactions))
-            .with_preferred_read_replica(BrokerId(-1))
-            .with_records(Some(read.records));
-        match responses.last_mut() {
-            Some(last) if last.topic.0.as_str() == topic.as_ref() => last.partitions.push(data),
-            _ => responses.push(
-                FetchableTopicResponse::default()
-                    .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                    .with_topic_id(params.topic_id)
-                    .with_partitions(vec![data]),
-            ),
-        }
+        bytes >= self.min_bytes || any_error || Instant::now() >= self.deadline
     }
-    for u in unresolved {
-        responses.push(
-            FetchableTopicResponse::default()
-                .with_topic_id(u.topic_id)
-                .with_partitions(vec![
-                    PartitionData::default()
-                        .with_partition_index(u.partition)
-                        .with_error_code(ErrorCode::UnknownTopicId.code())
-                        .with_high_watermark(-1)
-                        .with_last_stable_offset(-1)
-                        .with_log_start_offset(-1)
-                        .with_records(Some(Bytes::new())),
-                ]),
-        );
-    }
-    let session_id = match context {
-        SessionContext::Sessionless => 0,
-        SessionContext::Full { id } | SessionContext::Incremental { id } => id,
-    };
-    // Fields a version does not carry stay at their defaults.
-    for topic in &mut responses {
-        if version >= 13 {
-            topic.topic = TopicName::default();
-        } else {
-            topic.topic_id = Uuid::nil();
-        }
-        if version < 5 {
-            for p in &mut topic.partitions {
-                p.log_start_offset = -1;
+
+    /// Waits for appends (or the deadline) and reads again until satisfied;
+    /// at the deadline the last pass answers with whatever is there.
+    async fn long_poll(
+        &self,
+        broker: &Arc<Broker>,
+        mut waiter: Arc<Notify>,
+        mut reads: Vec<PartitionRead>,
+    ) -> Vec<PartitionRead> {
+        loop {
+            {
+                let _parked = broker.metrics.enter_purgatory(Purgatory::Fetch);
+                tokio::select! {
+                    () = waiter.notified() => {}
+                    () = tokio::time::sleep_until(self.deadline.into()) => {}
+                    () = broker.shutdown.cancelled() => return reads,
+                }
+            }
+            waiter = self.register_waiter(broker);
+            let Some(next) = self.read(broker).await else {
+                return Vec::new();
+            };
+            reads = next;
+            if self.satisfied(&reads) {
+                return reads;
             }
         }
     }
-    FetchResponse::default()
-        .with_session_id(if version >= 7 { session_id } else { 0 })
-        .with_responses(responses)
+
+    /// The answer, now.
+    fn answer(self, broker: &Broker, reads: Vec<PartitionRead>, header: &RequestFrame) -> Reply {
+        super::respond(header, &self.response(broker, reads))
+    }
+
+    /// The response for `reads`, after the session takes in what they found.
+    fn response(self, broker: &Broker, reads: Vec<PartitionRead>) -> FetchResponse {
+        let Self {
+            to_fetch,
+            read_committed,
+            replica_id,
+            context,
+            unresolved,
+            version,
+            ..
+        } = self;
+        let outcomes: Vec<(PartitionKey, PartitionOutcome)> = to_fetch
+            .iter()
+            .zip(&reads)
+            .map(|((key, _), r)| {
+                (
+                    key.clone(),
+                    PartitionOutcome {
+                        error: r.error != ErrorCode::None,
+                        has_records: !r.records.is_empty(),
+                        high_watermark: r.high_watermark,
+                        last_stable_offset: r.last_stable_offset,
+                        log_start_offset: r.log_start_offset,
+                    },
+                )
+            })
+            .collect();
+        let include = broker.fetch_sessions.lock().finish(&context, &outcomes);
+
+        let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+        for ((((topic, index), params), read), include) in to_fetch.iter().zip(reads).zip(include) {
+            if !include {
+                continue;
+            }
+            if replica_id < 0 && !read.records.is_empty() {
+                let records: u64 = record_batch::batches(&read.records)
+                    .map_while(Result::ok)
+                    .filter(|b| !b.header.attributes.is_control())
+                    .map(|b| u64::try_from(b.header.record_count).unwrap_or(0))
+                    .sum();
+                broker.metrics.record_out(
+                    topic,
+                    u64::try_from(read.records.len()).unwrap_or(u64::MAX),
+                    records,
+                );
+            }
+            let data = PartitionData::default()
+                .with_partition_index(*index)
+                .with_error_code(read.error.code())
+                .with_high_watermark(read.high_watermark)
+                .with_last_stable_offset(read.last_stable_offset)
+                .with_log_start_offset(read.log_start_offset)
+                .with_aborted_transactions(read_committed.then_some(read.aborted_transactions))
+                .with_preferred_read_replica(BrokerId(-1))
+                .with_records(Some(read.records));
+            match responses.last_mut() {
+                Some(last) if last.topic.0.as_str() == topic.as_ref() => last.partitions.push(data),
+                _ => responses.push(
+                    FetchableTopicResponse::default()
+                        .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                        .with_topic_id(params.topic_id)
+                        .with_partitions(vec![data]),
+                ),
+            }
+        }
+        for u in unresolved {
+            responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic_id(u.topic_id)
+                    .with_partitions(vec![
+                        PartitionData::default()
+                            .with_partition_index(u.partition)
+                            .with_error_code(ErrorCode::UnknownTopicId.code())
+                            .with_high_watermark(-1)
+                            .with_last_stable_offset(-1)
+                            .with_log_start_offset(-1)
+                            .with_records(Some(Bytes::new())),
+                    ]),
+            );
+        }
+        let session_id = match context {
+            SessionContext::Sessionless => 0,
+            SessionContext::Full { id } | SessionContext::Incremental { id } => id,
+        };
+        // Fields a version does not carry stay at their defaults.
+        for topic in &mut responses {
+            if version >= 13 {
+                topic.topic = TopicName::default();
+            } else {
+                topic.topic_id = Uuid::nil();
+            }
+            if version < 5 {
+                for p in &mut topic.partitions {
+                    p.log_start_offset = -1;
+                }
+            }
+        }
+        FetchResponse::default()
+            .with_session_id(if version >= 7 { session_id } else { 0 })
+            .with_responses(responses)
+    }
 }
 
 /// One partition's read.

@@ -184,13 +184,14 @@ macro_rules! api_table {
 
 // The one list of APIs (see `api_table!` for the columns). The lower version
 // bounds are what Kafka 4.x still accepts. May park: JoinGroup and SyncGroup
-// wait for their rebalance, Fetch long-polls for `fetch.min.bytes`; no other
-// handler waits on other clients yet (acks=all produces will, with
-// replication).
+// wait for their rebalance in their first phase (it changes the group, so the
+// requests behind it wait). Produce (acks=all, for the high watermark) and
+// Fetch (the long poll for `fetch.min.bytes`) wait in a second phase instead
+// (`Reply::Later`), which does not hold up the requests behind them.
 api_table! {
     // API                   versions  may park  call  request => handler
     Produce                  3..=13    false     async ProduceRequest => produce::handle;
-    Fetch                    4..=17    true      async FetchRequest => fetch::handle;
+    Fetch                    4..=17    false     async FetchRequest => fetch::handle;
     ListOffsets              1..=10    false     async ListOffsetsRequest => list_offsets::handle;
     Metadata                 0..=13    false     async MetadataRequest => metadata::handle;
     SaslHandshake            0..=1     false     sync  SaslHandshakeRequest => sasl::handshake;
@@ -343,15 +344,12 @@ mod tests {
     }
 
     #[test]
-    fn only_rebalances_and_long_polls_park() {
+    fn only_rebalances_park() {
         let parking: Vec<ApiKey> = answered_apis()
             .into_iter()
             .filter(|k| may_park(*k))
             .collect();
-        assert_eq!(
-            parking,
-            [ApiKey::Fetch, ApiKey::JoinGroup, ApiKey::SyncGroup]
-        );
+        assert_eq!(parking, [ApiKey::JoinGroup, ApiKey::SyncGroup]);
         // An API without a row is not answered, so never parks.
         assert_eq!(supported_versions(ApiKey::Vote), None);
         assert!(!may_park(ApiKey::Vote));
