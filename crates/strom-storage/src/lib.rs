@@ -56,6 +56,6 @@ pub use error::{AppendError, ReadError, StorageError};
 pub use file_cache::FileCache;
 pub use log::{
     AppendInfo, AppendOrigin, LoadOptions, LogRead, LogSlice, PartitionLog, ProducerStateView,
-    RetentionOutcome, TimestampOffset,
+    RetentionOutcome, TimestampOffset, TxnVerification, VerificationGuard,
 };
 pub use manager::{LogManager, LogManagerConfig, TopicPartition};

@@ -66,7 +66,8 @@ pub use self::epoch_cache::EpochEntry;
 use self::epoch_cache::LeaderEpochCache;
 use self::producer_state::ProducerStateManager;
 pub use self::producer_state::{
-    MAX_PRODUCERS_PER_PARTITION, NUM_BATCHES_TO_RETAIN, ProducerStateView,
+    MAX_PRODUCERS_PER_PARTITION, MAX_VERIFICATIONS_PER_PARTITION, NUM_BATCHES_TO_RETAIN,
+    ProducerStateView, TxnVerification, VerificationGuard,
 };
 pub(crate) use self::producer_state::{TxnMarker, read_marker};
 pub use self::read::{LogRead, LogSlice, TimestampOffset};
