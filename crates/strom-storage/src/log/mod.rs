@@ -15,7 +15,8 @@
 //! flushes); any number of readers beside it. Readers see only whole batches:
 //! a segment publishes its new size after the bytes are written. The writer
 //! also owns the idempotent producers' state (`producer_state`), which checks
-//! client appends and is kept in step with every change of the log.
+//! client appends (sequences, epochs, and KIP-890's verification guards for
+//! transactional ones) and is kept in step with every change of the log.
 //!
 //! # Layout
 //!

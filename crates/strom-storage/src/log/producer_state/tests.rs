@@ -332,7 +332,9 @@ fn a_transaction_starts_only_with_the_current_verification_guard() {
         m.check_verification(&[first], TxnVerification::Unchecked)
             .is_ok()
     );
-    let guard = m.maybe_start_verification(7, 0).expect("no transaction yet");
+    let guard = m
+        .maybe_start_verification(7, 0)
+        .expect("no transaction yet");
     assert_eq!(
         m.maybe_start_verification(7, 0),
         Some(guard),
