@@ -11,9 +11,12 @@
 //! the client notices, as Kafka does.
 //!
 //! KIP-890 part 1: a transactional batch is taken only for a partition of its
-//! producer's ongoing transaction, as the transaction coordinator knows it;
-//! the coordinator's state stays locked until the appends are done, so no
-//! marker can end the transaction between the check and the append.
+//! producer's ongoing transaction. The partition's producer state knows when
+//! the transaction is ongoing there already; otherwise the transaction
+//! coordinator is asked ([`TxnVerifier`]) and its yes becomes the
+//! partition's verification guard, which the append checks and the
+//! transaction's marker removes: no marker can end the transaction between
+//! the check and the append, and no coordinator lock is held.
 
 use std::sync::Arc;
 
@@ -27,12 +30,13 @@ use strom_protocol::messages::kafka::produce_response::{
 };
 use strom_protocol::messages::kafka::{ProduceRequest, ProduceResponse};
 use strom_protocol::record_batch::{self, TimestampType};
-use strom_storage::{AppendError, AppendOrigin};
+use strom_storage::{AppendError, AppendOrigin, TxnVerification};
 
 use super::{Reply, RequestContext, respond};
 use crate::broker::Broker;
 use crate::partition::validation::ProduceChecks;
 use crate::replica::Partition;
+use crate::txn::TxnVerifier;
 
 /// Where to append and what to check, or the error code and message why not.
 type Target = Result<(Arc<Partition>, Bytes, ProduceChecks), (ErrorCode, Option<String>)>;
@@ -93,22 +97,42 @@ async fn produce(
         }
     }
 
-    let txn_guard = if work.iter().any(
-        |w| matches!(&w.target, Ok((_, records, _)) if transactional_producer(records).is_some()),
-    ) {
-        let state = broker.txn.lock_owned().await;
-        for w in &mut work {
-            let Ok((partition, records, _)) = &w.target else {
-                continue;
-            };
-            let Some((producer_id, epoch)) = transactional_producer(records) else {
-                continue;
-            };
-            let verified = match &transactional_id {
-                Some(id) => state.verify(id, producer_id, epoch, &partition.topic, partition.index),
-                None => Err(ErrorCode::InvalidTxnState),
-            };
-            if let Err(code) = verified {
+    // KIP-890 part 1: a transactional batch goes only to a partition of its
+    // producer's ongoing transaction. The partition's producer state answers
+    // when the transaction is already ongoing there; otherwise the
+    // coordinator is asked, and its yes is a verification guard the append
+    // needs (a marker in between removes it: see the module docs).
+    for w in &mut work {
+        let Ok((partition, records, checks)) = &mut w.target else {
+            continue;
+        };
+        let Some((producer_id, epoch)) = transactional_producer(records) else {
+            continue;
+        };
+        let verified = match &transactional_id {
+            None => Err(ErrorCode::InvalidTxnState),
+            Some(id) => match partition
+                .log
+                .maybe_start_txn_verification(producer_id, epoch)
+            {
+                None => Ok(None),
+                Some(guard) => {
+                    let asked = [(partition.topic.to_string(), partition.index)];
+                    let codes = broker
+                        .txn
+                        .verify_txn(&image, id, producer_id, epoch, &asked)
+                        .await;
+                    match codes.first() {
+                        Some(ErrorCode::None) => Ok(Some(guard)),
+                        Some(code) => Err(*code),
+                        None => Err(ErrorCode::InvalidTxnState),
+                    }
+                }
+            },
+        };
+        match verified {
+            Ok(guard) => checks.txn_verification = TxnVerification::Checked(guard),
+            Err(code) => {
                 let code = match code {
                     // Produce keeps the old epoch error (KIP-588).
                     ErrorCode::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
@@ -123,15 +147,10 @@ async fn produce(
                 ));
             }
         }
-        Some(state)
-    } else {
-        None
-    };
+    }
 
     let broker_for_append = Arc::clone(broker);
     let results = super::blocking(move || {
-        // Held until the appends are in the log (see the module docs).
-        let _txn_guard = txn_guard;
         work.into_iter()
             .map(|w| {
                 let response = match w.target {
@@ -233,6 +252,7 @@ fn resolve(
         min_insync_replicas: value("min.insync.replicas").parse().unwrap_or(1),
         isr: meta.isr.len(),
         recompress: target_compression(&value),
+        txn_verification: TxnVerification::Unchecked,
     };
     Ok((partition, records, checks))
 }
@@ -296,7 +316,11 @@ fn append(
         }
     };
     let records = recompressed.as_ref().unwrap_or(records);
-    match partition.append_as_leader(records, AppendOrigin::Client) {
+    match partition.append_as_leader_verified(
+        records,
+        AppendOrigin::Client,
+        checks.txn_verification,
+    ) {
         Ok(info) => {
             broker
                 .metrics

@@ -10,7 +10,7 @@ use strom_protocol::messages::StrBytes;
 use strom_protocol::messages::kafka::produce_response::BatchIndexAndErrorMessage;
 use strom_protocol::record;
 use strom_protocol::record_batch::{self, TimestampType};
-use strom_storage::LogConfig;
+use strom_storage::{LogConfig, TxnVerification};
 
 use super::Partition;
 use crate::memory::DecompressionBudget;
@@ -48,6 +48,9 @@ pub(crate) struct ProduceChecks {
     pub(crate) isr: usize,
     /// The topic's `compression.type` codec and level, unless `producer`.
     pub(crate) recompress: Option<(Compression, Option<i32>)>,
+    /// KIP-890 part 1: how the append checks the producer's transactional
+    /// batches (set by the produce path's verification).
+    pub(crate) txn_verification: TxnVerification,
 }
 
 impl Partition {
