@@ -278,7 +278,18 @@ impl ReplicaManager {
                 continue;
             }
             let for_task = Arc::clone(&broker);
-            let applied = tokio::task::spawn_blocking(move || for_task.apply_metadata()).await;
+            let applied = tokio::task::spawn_blocking(move || {
+                let applied = for_task.apply_metadata();
+                // A partition of __transaction_state that comes online is
+                // loaded by the transaction coordinator.
+                for_task.txn.sync(
+                    &for_task
+                        .replicas
+                        .topic_partitions(crate::txn::store::TRANSACTION_STATE_TOPIC),
+                );
+                applied
+            })
+            .await;
             match applied {
                 // Each failure and each recovery is logged by apply_image.
                 Ok(_) => {}
