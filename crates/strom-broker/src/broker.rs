@@ -83,7 +83,9 @@ struct ProducerIds {
 /// transactional id, and the transaction coordinator's port.
 #[derive(Debug)]
 pub struct ProducerIdManager {
+    /// The broker a block is asked for (the controller records the owner).
     node_id: i32,
+    /// Allocates the blocks (Kafka's AllocateProducerIds).
     controller: Arc<Controller>,
     /// The current block and the next id in it: one lock, so no id is handed
     /// out twice.

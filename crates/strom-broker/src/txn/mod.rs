@@ -232,6 +232,7 @@ pub trait TxnVerifier: Send + Sync {
 /// The transaction coordinator of this broker: one shard per partition of
 /// `__transaction_state` it leads.
 pub struct TxnCoordinator {
+    /// The settings: timeouts, expiry, the topic's partition count.
     pub config: TxnConfig,
     /// The time of transactions' starts and updates, and of timeouts.
     clock: Arc<dyn Clock>,
@@ -280,8 +281,8 @@ impl TxnCoordinator {
             return false;
         }
         match TxnShard::load(index, epoch, log) {
-            Ok(shard) => {
-                let ids = shard.len();
+            Ok(mut shard) => {
+                let ids = shard.ids_loaded();
                 if !self.shards.loaded(index, epoch, shard) {
                     return false;
                 }

@@ -71,6 +71,11 @@ impl TxnShard {
         })
     }
 
+    /// The ids a load found (its log line): the shard is not shared yet.
+    pub(crate) fn ids_loaded(&mut self) -> usize {
+        self.state.get_mut().ids.len()
+    }
+
     /// The partition's index in `__transaction_state`.
     pub fn index(&self) -> i32 {
         self.index
@@ -79,11 +84,6 @@ impl TxnShard {
     /// The coordinator epoch markers are sent with.
     pub fn coordinator_epoch(&self) -> i32 {
         self.coordinator_epoch
-    }
-
-    /// Transactional ids known (a load's log line).
-    pub(crate) fn len(&self) -> usize {
-        self.state.try_lock().map_or(0, |s| s.ids.len())
     }
 
     /// The ids' state, locked.
