@@ -33,7 +33,8 @@ use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::publisher::Publisher;
 use crate::replica::ReplicaManager;
-use crate::txn::TxnCoordinator;
+use crate::txn::store::TRANSACTION_STATE_TOPIC;
+use crate::txn::{ProducerIdSource, TxnCoordinator};
 
 /// Directory of the metadata log inside the data directory.
 const META_DIR: &str = "meta";
@@ -78,6 +79,56 @@ struct ProducerIds {
     next: i64,
 }
 
+/// Hands out producer ids from blocks the controller allocates to this
+/// broker (Kafka's `ProducerIdManager`): InitProducerId without a
+/// transactional id, and the transaction coordinator's port.
+#[derive(Debug)]
+pub struct ProducerIdManager {
+    /// The broker a block is asked for (the controller records the owner).
+    node_id: i32,
+    /// Allocates the blocks (Kafka's AllocateProducerIds).
+    controller: Arc<Controller>,
+    /// The current block and the next id in it: one lock, so no id is handed
+    /// out twice.
+    ids: Mutex<ProducerIds>,
+}
+
+impl ProducerIdManager {
+    pub fn new(node_id: i32, controller: Arc<Controller>) -> Self {
+        Self {
+            node_id,
+            controller,
+            ids: Mutex::new(ProducerIds::default()),
+        }
+    }
+
+    /// A new producer id, from this broker's block (taking a new block from
+    /// the controller when it runs out). Blocking.
+    pub fn next(&self) -> Result<i64, ControllerError> {
+        let mut ids = self.ids.lock();
+        match ids.block {
+            Some(block) if ids.next < block.start + block.len => {}
+            _ => {
+                let block = self.controller.allocate_producer_ids(self.node_id)?;
+                ids.block = Some(block);
+                ids.next = block.start;
+            }
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+}
+
+impl ProducerIdSource for ProducerIdManager {
+    fn next_producer_id(&self) -> Result<i64, strom_protocol::error_code::ErrorCode> {
+        self.next().map_err(|e| {
+            tracing::error!(error = %e, "allocating a producer id failed");
+            strom_protocol::error_code::ErrorCode::CoordinatorNotAvailable
+        })
+    }
+}
+
 /// Everything request handlers share.
 #[derive(Debug)]
 pub struct Broker {
@@ -101,7 +152,7 @@ pub struct Broker {
     /// Memory for decompressing produced batches (the same size).
     pub decompression_budget: DecompressionBudget,
     metadata_log: Arc<PartitionLog>,
-    producer_ids: Mutex<ProducerIds>,
+    producer_ids: Arc<ProducerIdManager>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Every connection task.
@@ -129,21 +180,16 @@ impl Broker {
         self.publisher.wait_applied(self.image().offset).await;
     }
 
+    /// [`Self::await_metadata`] from a blocking thread (code running in
+    /// [`crate::api::blocking`]).
+    pub fn await_metadata_blocking(&self) {
+        tokio::runtime::Handle::current().block_on(self.await_metadata());
+    }
+
     /// A new producer id, from this broker's block (taking a new block from
     /// the controller when it runs out).
     pub fn next_producer_id(&self) -> Result<i64, ControllerError> {
-        let mut ids = self.producer_ids.lock();
-        match ids.block {
-            Some(block) if ids.next < block.start + block.len => {}
-            _ => {
-                let block = self.controller.allocate_producer_ids(self.node_id)?;
-                ids.block = Some(block);
-                ids.next = block.start;
-            }
-        }
-        let id = ids.next;
-        ids.next += 1;
-        Ok(id)
+        self.producer_ids.next()
     }
 }
 
@@ -250,9 +296,14 @@ pub async fn start_with_clock(
     broker
         .tasks
         .spawn(GroupCoordinator::run_timers(Arc::clone(&broker)));
-    broker
-        .tasks
-        .spawn(TxnCoordinator::run_timers(Arc::clone(&broker)));
+    let for_timers = Arc::clone(&broker);
+    broker.tasks.spawn(async move {
+        let markers = crate::api::txn::LocalMarkerSender::new(&for_timers);
+        for_timers
+            .txn
+            .run_timers(&markers, for_timers.shutdown.clone())
+            .await;
+    });
     broker.tasks.spawn(Publisher::run(Arc::clone(&broker)));
     tracing::info!(
         node_id = broker.node_id,
@@ -361,7 +412,17 @@ fn open(
     }
     let fetch_sessions = FetchSessionCache::new(config.settings.fetch_session_cache_slots);
     let groups = GroupCoordinator::open(config.settings.group.clone(), &replicas, clock.now_ms());
-    let txn = TxnCoordinator::open(config.settings.txn.clone(), &replicas);
+    let producer_ids = Arc::new(ProducerIdManager::new(
+        config.node_id,
+        Arc::clone(&controller),
+    ));
+    let txn = TxnCoordinator::new(
+        config.settings.txn.clone(),
+        Arc::clone(&clock),
+        Arc::clone(&producer_ids) as Arc<dyn ProducerIdSource>,
+    );
+    // The metadata publisher does so on every change after this.
+    txn.sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
     let queued_max_request_bytes = config.settings.queued_max_request_bytes;
     Ok(Broker {
         node_id: config.node_id,
@@ -379,7 +440,7 @@ fn open(
         metrics: Metrics::new(&crate::api::answered_apis(), config.node_id),
         publisher: Publisher::new(image.offset),
         metadata_log,
-        producer_ids: Mutex::new(ProducerIds::default()),
+        producer_ids,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         config,

@@ -210,6 +210,12 @@ impl<S> Shards<S> {
             .collect()
     }
 
+    /// The index of every slot, loading or loaded: what a sync compares with
+    /// the partitions this broker leads, to resign the others.
+    pub fn indexes(&self) -> Vec<i32> {
+        self.slots.read().keys().copied().collect()
+    }
+
     /// The epoch partition `index` is loading or loaded at.
     pub fn epoch(&self, index: i32) -> Option<i32> {
         match self.slots.read().get(&index)? {
@@ -255,6 +261,7 @@ mod tests {
         assert!(shards.resigned(0, Some(1)).is_none(), "older resignation");
         assert_eq!(shards.get(0).ok().as_deref(), Some(&20));
         assert_eq!(shards.epoch(0), Some(2));
+        assert_eq!(shards.indexes(), vec![0]);
     }
 
     #[test]

@@ -31,7 +31,10 @@
 //! - [`metrics`]: Prometheus metrics, recorded and read at scrape time, and
 //!   the HTTP listener that serves them.
 //! - [`txn`]: the transaction coordinator: transactional ids, their
-//!   transactions' state in `__transaction_state`, markers (WriteTxnMarkers).
+//!   transactions' state, one shard per partition of `__transaction_state`
+//!   this broker leads; its ports for producer ids, markers
+//!   (WriteTxnMarkers) and produce-time verification (KIP-890). It knows no
+//!   [`Broker`]: the broker and the API layer implement its ports.
 
 pub mod api;
 pub mod broker;

@@ -142,6 +142,13 @@ async fn publish(broker: &Arc<Broker>, image: &Arc<MetadataImage>, delta: &Metad
         let _ = for_task
             .replicas
             .apply_image(&image_for_task, &for_task.config);
+        // Then the coordinators follow the partitions they shard by: a
+        // partition led here is loaded, one no longer led is unloaded.
+        for_task.txn.sync(
+            &for_task
+                .replicas
+                .topic_partitions(crate::txn::store::TRANSACTION_STATE_TOPIC),
+        );
     })
     .await;
     if let Err(e) = applied {

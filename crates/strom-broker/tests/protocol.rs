@@ -542,7 +542,11 @@ async fn a_long_poll_does_not_hold_up_the_produce_behind_it_on_its_connection() 
     assert_eq!(create_topic(&mut raw, "polled", 1, &[]).await, 0);
     // Longer than the test could wait: only the produce behind can end it.
     let fetch = raw
-        .send(ApiKey::Fetch, 12, &fetch_request("polled", 0, 300_000, 0, -1))
+        .send(
+            ApiKey::Fetch,
+            12,
+            &fetch_request("polled", 0, 300_000, 0, -1),
+        )
         .await;
     let produce = raw
         .send(

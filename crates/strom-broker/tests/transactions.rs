@@ -473,6 +473,47 @@ async fn the_coordinator_commits_aborts_fences_and_times_out() {
     broker.shutdown().await.unwrap();
 }
 
+/// KIP-890 part 1 through Produce: once a transaction is ongoing in a
+/// partition the producer's batches go in; after EndTxn's marker the next
+/// batch is a new transaction there, which the coordinator must know of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_its_marker_a_partition_takes_transactional_batches_only_once_added_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "a", 1, &[]).await, 0);
+    let pid = init(&mut raw, "again", 60_000).await.producer_id.0;
+    assert_eq!(
+        add_partitions(&mut raw, "again", pid, 0, &["a"]).await,
+        vec![0]
+    );
+    for sequence in 0..2 {
+        let batch = txn_batch_epoch(pid, 0, sequence, b"in");
+        assert_eq!(produce_txn(&mut raw, "again", "a", batch).await, 0);
+    }
+    assert_eq!(end(&mut raw, "again", pid, 0, true).await, 0);
+    let after = txn_batch_epoch(pid, 0, 2, b"after");
+    assert_eq!(
+        produce_txn(&mut raw, "again", "a", after.clone()).await,
+        ErrorCode::InvalidTxnState.code()
+    );
+    assert_eq!(
+        add_partitions(&mut raw, "again", pid, 0, &["a"]).await,
+        vec![0]
+    );
+    assert_eq!(produce_txn(&mut raw, "again", "a", after).await, 0);
+    assert_eq!(end(&mut raw, "again", pid, 0, false).await, 0);
+    let data = fetch(&mut raw, "a", 0, 1).await;
+    assert_eq!(data.last_stable_offset, data.high_watermark);
+    assert_eq!(
+        data.aborted_transactions.unwrap().len(),
+        1,
+        "the second transaction, aborted"
+    );
+    drop(raw);
+    broker.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_transaction_survives_a_restart_and_commits_after_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,8 +22,8 @@
 //!   them: `segment` (one `.log` with its indexes), `index` (the sparse
 //!   `.index` and `.timeindex` formats), `scan` (sequential batch reading),
 //!   `epoch_cache` (`leader-epoch-checkpoint`), `producer_state` (idempotent
-//!   producers' epochs and sequences, open transactions, and their
-//!   `.snapshot` files), `txn_index` (the aborted-transaction `.txnindex`).
+//!   producers' epochs and sequences, open transactions, KIP-890
+//!   verification guards, and their `.snapshot` files), `txn_index` (the aborted-transaction `.txnindex`).
 //! - [`cleaner`]: the log cleaner of a data directory ([`manager`]'s cleaner
 //!   thread runs it): choosing the filthiest compacted log,
 //!   `cleaner-offset-checkpoint`, the bounded offset map, the I/O throttle,
@@ -56,6 +56,6 @@ pub use error::{AppendError, ReadError, StorageError};
 pub use file_cache::FileCache;
 pub use log::{
     AppendInfo, AppendOrigin, LoadOptions, LogRead, LogSlice, PartitionLog, ProducerStateView,
-    RetentionOutcome, TimestampOffset,
+    RetentionOutcome, TimestampOffset, TxnVerification, VerificationGuard,
 };
 pub use manager::{LogManager, LogManagerConfig, TopicPartition};

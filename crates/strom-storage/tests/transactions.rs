@@ -278,3 +278,45 @@ fn a_full_truncation_forgets_open_transactions() {
     assert_eq!(log.first_unstable_offset(), None);
     assert_eq!(log.last_stable_offset(), 1);
 }
+
+/// KIP-890 part 1 through the log's API: the produce path asks the log
+/// before asking the coordinator, and appends with what it got.
+#[test]
+fn a_produce_verified_before_a_marker_is_refused_after_it() {
+    use strom_storage::TxnVerification;
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_clean(dir.path(), config());
+    let verified_append = |batch: &[u8], verification| {
+        log.append_as_leader_verified(batch, LEADER_EPOCH, AppendOrigin::Client, verification)
+    };
+    // Transaction 1: verified, started, then a second produce finds it
+    // ongoing and needs no coordinator.
+    let guard = log.maybe_start_txn_verification(5, 0).unwrap();
+    verified_append(
+        &txn_batch(5, 0, 0, 1),
+        TxnVerification::Checked(Some(guard)),
+    )
+    .unwrap();
+    assert_eq!(log.maybe_start_txn_verification(5, 0), None);
+    // EndTxn's marker lands between that produce's look and its append.
+    end_txn(&log, 5, 0, true).unwrap();
+    assert!(matches!(
+        verified_append(&txn_batch(5, 0, 1, 1), TxnVerification::Checked(None)),
+        Err(AppendError::InvalidTxnState { producer_id: 5 })
+    ));
+    // Transaction 2: a produce is verified (the coordinator said yes), then
+    // the transaction ends before the produce appends.
+    let guard = log.maybe_start_txn_verification(5, 0).unwrap();
+    end_txn(&log, 5, 0, false).unwrap();
+    assert!(matches!(
+        verified_append(
+            &txn_batch(5, 0, 1, 1),
+            TxnVerification::Checked(Some(guard))
+        ),
+        Err(AppendError::InvalidTxnState { producer_id: 5 })
+    ));
+    assert_eq!(log.first_unstable_offset(), None, "nothing was left open");
+    // Without a check (coordinators, replication) nothing changes.
+    produce(&log, &txn_batch(5, 0, 1, 1)).unwrap();
+}

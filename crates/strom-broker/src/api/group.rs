@@ -173,18 +173,14 @@ pub async fn find_coordinator(
                             "The coordinator is not available.".to_owned(),
                         ))
                     }),
-                    KEY_TYPE_TRANSACTION => crate::txn::coordinator_for(
-                        &broker_for_task,
-                        &broker_for_task.txn.config,
-                        &key,
-                    )
-                    .map_err(|e| (e, "The coordinator is not available.".to_owned()))
-                    .and_then(|node| {
-                        endpoint(&broker_for_task, node).ok_or((
-                            ErrorCode::CoordinatorNotAvailable,
-                            "The coordinator is not available.".to_owned(),
-                        ))
-                    }),
+                    KEY_TYPE_TRANSACTION => super::txn::coordinator_for(&broker_for_task, &key)
+                        .map_err(|e| (e, "The coordinator is not available.".to_owned()))
+                        .and_then(|node| {
+                            endpoint(&broker_for_task, node).ok_or((
+                                ErrorCode::CoordinatorNotAvailable,
+                                "The coordinator is not available.".to_owned(),
+                            ))
+                        }),
                     other => Err((
                         ErrorCode::InvalidRequest,
                         format!("Unknown coordinator type {other}."),

@@ -39,10 +39,15 @@ pub async fn handle(
         // bump of exactly that epoch.
         let expected = (version >= 3 && request.producer_id.0 >= 0)
             .then_some((request.producer_id.0, request.producer_epoch));
+        let image = match super::txn::txn_image(broker).await {
+            Ok(image) => image,
+            Err(code) => return failed(code),
+        };
         return match broker
             .txn
             .init_producer_id(
-                broker,
+                &image,
+                &super::txn::LocalMarkerSender::new(broker),
                 transactional_id.as_str(),
                 request.transaction_timeout_ms,
                 expected,

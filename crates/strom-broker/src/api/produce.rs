@@ -11,9 +11,12 @@
 //! the client notices, as Kafka does.
 //!
 //! KIP-890 part 1: a transactional batch is taken only for a partition of its
-//! producer's ongoing transaction, as the transaction coordinator knows it;
-//! the coordinator's state stays locked until the appends are done, so no
-//! marker can end the transaction between the check and the append.
+//! producer's ongoing transaction. The partition's producer state knows when
+//! the transaction is ongoing there already; otherwise the transaction
+//! coordinator is asked ([`TxnVerifier`]) and its yes becomes the
+//! partition's verification guard, which the append checks and the
+//! transaction's marker removes: no marker can end the transaction between
+//! the check and the append, and no coordinator lock is held.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +30,13 @@ use strom_protocol::messages::kafka::produce_response::{
 };
 use strom_protocol::messages::kafka::{ProduceRequest, ProduceResponse};
 use strom_protocol::record_batch::{self, TimestampType};
-use strom_storage::{AppendError, AppendOrigin};
+use strom_storage::{AppendError, AppendOrigin, TxnVerification};
 
 use super::{Reply, RequestContext, respond};
 use crate::broker::Broker;
 use crate::partition::validation::ProduceChecks;
 use crate::replica::Partition;
+use crate::txn::TxnVerifier;
 
 /// Where to append and what to check, or the error code and message why not.
 type Target = Result<(Arc<Partition>, Bytes, Arc<ProduceChecks>), (ErrorCode, Option<String>)>;
@@ -42,6 +46,9 @@ struct Work {
     topic: usize,
     index: i32,
     target: Target,
+    /// KIP-890 part 1: how the append checks the producer's transactional
+    /// batches (set by the verification below).
+    verification: TxnVerification,
 }
 
 /// A produce with acks=all waits for the high watermark of each partition
@@ -132,26 +139,47 @@ async fn produce(
                 topic: t,
                 index: p.index,
                 target,
+                verification: TxnVerification::Unchecked,
             });
         }
     }
 
-    let txn_guard = if work.iter().any(
-        |w| matches!(&w.target, Ok((_, records, _)) if transactional_producer(records).is_some()),
-    ) {
-        let state = broker.txn.lock_owned().await;
-        for w in &mut work {
-            let Ok((partition, records, _)) = &w.target else {
-                continue;
-            };
-            let Some((producer_id, epoch)) = transactional_producer(records) else {
-                continue;
-            };
-            let verified = match &transactional_id {
-                Some(id) => state.verify(id, producer_id, epoch, &partition.topic, partition.index),
-                None => Err(ErrorCode::InvalidTxnState),
-            };
-            if let Err(code) = verified {
+    // KIP-890 part 1: a transactional batch goes only to a partition of its
+    // producer's ongoing transaction. The partition's producer state answers
+    // when the transaction is already ongoing there; otherwise the
+    // coordinator is asked, and its yes is a verification guard the append
+    // needs (a marker in between removes it: see the module docs).
+    for w in &mut work {
+        let Ok((partition, records, _)) = &w.target else {
+            continue;
+        };
+        let Some((producer_id, epoch)) = transactional_producer(records) else {
+            continue;
+        };
+        let verified = match &transactional_id {
+            None => Err(ErrorCode::InvalidTxnState),
+            Some(id) => match partition
+                .log
+                .maybe_start_txn_verification(producer_id, epoch)
+            {
+                None => Ok(None),
+                Some(guard) => {
+                    let asked = [(partition.topic.to_string(), partition.index)];
+                    let codes = broker
+                        .txn
+                        .verify_txn(&image, id, producer_id, epoch, &asked)
+                        .await;
+                    match codes.first() {
+                        Some(ErrorCode::None) => Ok(Some(guard)),
+                        Some(code) => Err(*code),
+                        None => Err(ErrorCode::InvalidTxnState),
+                    }
+                }
+            },
+        };
+        match verified {
+            Ok(guard) => w.verification = TxnVerification::Checked(guard),
+            Err(code) => {
                 let code = match code {
                     // Produce keeps the old epoch error (KIP-588).
                     ErrorCode::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
@@ -166,21 +194,22 @@ async fn produce(
                 ));
             }
         }
-        Some(state)
-    } else {
-        None
-    };
+    }
 
     let broker_for_append = Arc::clone(broker);
     let results = super::blocking(move || {
-        // Held until the appends are in the log (see the module docs).
-        let _txn_guard = txn_guard;
         work.into_iter()
             .map(|w| match w.target {
                 Err((code, message)) => (w.topic, error_response(w.index, code, message), None),
                 Ok((partition, records, checks)) => {
-                    let (response, appended) =
-                        append(&broker_for_append, &partition, &records, &checks, acks);
+                    let (response, appended) = append(
+                        &broker_for_append,
+                        &partition,
+                        &records,
+                        &checks,
+                        w.verification,
+                        acks,
+                    );
                     (w.topic, response, appended.map(|a| (partition, a)))
                 }
             })
@@ -305,6 +334,7 @@ fn append(
     partition: &Partition,
     records: &Bytes,
     checks: &ProduceChecks,
+    verification: TxnVerification,
     acks: i16,
 ) -> (PartitionProduceResponse, Option<(i64, i32)>) {
     let index = partition.index;
@@ -337,7 +367,7 @@ fn append(
     };
     let records = recompressed.as_ref().unwrap_or(records);
     let leader_epoch = partition.leader_epoch();
-    match partition.append_as_leader(records, AppendOrigin::Client) {
+    match partition.append_as_leader_verified(records, AppendOrigin::Client, verification) {
         Ok(info) => {
             broker
                 .metrics

@@ -4,9 +4,21 @@
 //! `init_producer_id`, FindCoordinator in `group`. The work is the
 //! transaction coordinator's ([`crate::txn`]) and, for offsets, the group
 //! coordinator's.
+//!
+//! Here too, because the coordinator does not know the broker: creating
+//! `__transaction_state` on first use (as Kafka's request handlers do) and
+//! loading its shards then ([`txn_image`]), the leader of an id's partition
+//! for FindCoordinator ([`coordinator_for`]), and the local
+//! [`MarkerSender`] ([`LocalMarkerSender`]), which appends markers to this
+//! broker's partitions and tells the group coordinator about those in
+//! `__consumer_offsets`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use strom_controller::MetadataImage;
+use strom_controller::controller::CreateTopicRequest;
 
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::StrBytes;
@@ -33,9 +45,166 @@ use strom_protocol::messages::kafka::{
 use super::RequestContext;
 use crate::broker::Broker;
 use crate::group::store::{OFFSETS_TOPIC, OffsetValue};
-use crate::txn::fenced;
-use crate::txn::markers::{self, MarkerRequest};
-use crate::txn::store::{TRANSACTION_STATE_TOPIC, TxnStatus};
+use crate::txn::markers::{self, MarkerRequest, MarkerResults, MarkerSender};
+use crate::txn::store::{self, TRANSACTION_STATE_TOPIC, TxnStatus};
+use crate::txn::{TxnConfig, fenced};
+
+/// Kafka's `transaction.state.log.segment.bytes` default.
+const TXN_STATE_SEGMENT_BYTES: &str = "104857600";
+
+/// The image with `__transaction_state` in it: the topic is created first
+/// when it does not exist yet (Kafka creates it on first use), and its
+/// partitions' shards are loaded.
+pub(crate) async fn txn_image(broker: &Arc<Broker>) -> Result<Arc<MetadataImage>, ErrorCode> {
+    let image = broker.image();
+    if image.topic(TRANSACTION_STATE_TOPIC).is_some() {
+        return Ok(image);
+    }
+    let for_task = Arc::clone(broker);
+    super::blocking(move || ensure_topic(&for_task, &for_task.txn.config))
+        .await
+        .unwrap_or(Err(ErrorCode::CoordinatorNotAvailable))
+}
+
+/// The leader of `transactional_id`'s partition of `__transaction_state`
+/// (FindCoordinator), creating the topic when it does not exist yet.
+/// Blocking.
+pub fn coordinator_for(broker: &Broker, transactional_id: &str) -> Result<i32, ErrorCode> {
+    let image = ensure_topic(broker, &broker.txn.config)?;
+    let count = image
+        .topic(TRANSACTION_STATE_TOPIC)
+        .map_or(0, |t| t.partitions.len());
+    let count = i32::try_from(count).map_err(|_| ErrorCode::CoordinatorNotAvailable)?;
+    let partition = image
+        .partition(
+            TRANSACTION_STATE_TOPIC,
+            store::partition_for(transactional_id, count.max(1)),
+        )
+        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    if partition.leader < 0 {
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(partition.leader)
+}
+
+/// Creates `__transaction_state` if it is missing, opens its partitions and
+/// loads the transaction coordinator's shards of those this broker leads;
+/// returns the image that has the topic. Blocking.
+fn ensure_topic(broker: &Broker, config: &TxnConfig) -> Result<Arc<MetadataImage>, ErrorCode> {
+    let image = broker.image();
+    if image.topic(TRANSACTION_STATE_TOPIC).is_some() {
+        return Ok(image);
+    }
+    let brokers = i16::try_from(image.brokers.len())
+        .unwrap_or(i16::MAX)
+        .max(1);
+    let request = CreateTopicRequest {
+        name: TRANSACTION_STATE_TOPIC.to_owned(),
+        num_partitions: config.partitions,
+        replication_factor: config.replication_factor.min(brokers),
+        assignments: Vec::new(),
+        configs: BTreeMap::from([
+            ("cleanup.policy".to_owned(), "compact".to_owned()),
+            ("compression.type".to_owned(), "uncompressed".to_owned()),
+            (
+                "segment.bytes".to_owned(),
+                TXN_STATE_SEGMENT_BYTES.to_owned(),
+            ),
+            ("min.insync.replicas".to_owned(), "1".to_owned()),
+        ]),
+    };
+    let created = broker.controller.create_topics(vec![request], false);
+    match created.into_iter().next() {
+        Some(Ok(_)) => tracing::info!("created {TRANSACTION_STATE_TOPIC}"),
+        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot create {TRANSACTION_STATE_TOPIC}");
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+        None => return Err(ErrorCode::CoordinatorNotAvailable),
+    }
+    // The publisher opens the partitions and loads their shards; failures
+    // elsewhere are its to retry, only this topic's matter here.
+    broker.await_metadata_blocking();
+    if let Some((partition, e)) = broker.replicas.topic_storage_error(TRANSACTION_STATE_TOPIC) {
+        tracing::error!(partition, error = %e, "cannot open the partitions of {TRANSACTION_STATE_TOPIC}");
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(broker.image())
+}
+
+/// The local [`MarkerSender`]: appends each marker to the partition if this
+/// broker leads it (NOT_LEADER_OR_FOLLOWER otherwise, UNKNOWN_TOPIC_OR_PARTITION
+/// for a partition the image does not have), then, for the partitions of
+/// `__consumer_offsets`, tells the group coordinator that the producer's
+/// offsets there take effect or go. Also the WriteTxnMarkers handler's work.
+#[derive(Debug)]
+pub struct LocalMarkerSender<'a> {
+    broker: &'a Arc<Broker>,
+}
+
+impl<'a> LocalMarkerSender<'a> {
+    pub fn new(broker: &'a Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    /// Writes the markers of `request` to the partitions this broker leads.
+    pub async fn write_local(&self, request: &MarkerRequest) -> MarkerResults {
+        let broker = self.broker;
+        let broker_for_task = Arc::clone(broker);
+        let request_for_task = request.clone();
+        let results = super::blocking(move || {
+            let image = broker_for_task.image();
+            let now = broker_for_task.clock.now_ms();
+            request_for_task
+                .partitions
+                .iter()
+                .map(|(topic, index)| {
+                    let code = if image.partition(topic, *index).is_none() {
+                        ErrorCode::UnknownTopicOrPartition
+                    } else {
+                        match broker_for_task
+                            .replicas
+                            .get(topic, *index)
+                            .filter(|p| p.is_leader())
+                        {
+                            Some(partition) => {
+                                markers::append_marker(&partition, &request_for_task, now)
+                            }
+                            None => ErrorCode::NotLeaderOrFollower,
+                        }
+                    };
+                    ((topic.clone(), *index), code)
+                })
+                .collect::<MarkerResults>()
+        })
+        .await
+        .unwrap_or_else(|| {
+            request
+                .partitions
+                .iter()
+                .map(|p| (p.clone(), ErrorCode::UnknownServerError))
+                .collect()
+        });
+        // Offsets committed in the transaction become visible (or go) with the
+        // marker in their partition of the offsets topic.
+        for ((topic, partition), code) in &results {
+            if topic == OFFSETS_TOPIC && *code == ErrorCode::None {
+                broker
+                    .groups
+                    .complete_txn(broker, request.producer_id, *partition, request.commit)
+                    .await;
+            }
+        }
+        results
+    }
+}
+
+impl MarkerSender for LocalMarkerSender<'_> {
+    fn send<'b>(&'b self, request: &'b MarkerRequest) -> BoxFuture<'b, MarkerResults> {
+        Box::pin(self.write_local(request))
+    }
+}
 
 /// Partitions with the error each gets.
 type PartitionErrors = Vec<((String, i32), ErrorCode)>;
@@ -118,14 +287,24 @@ async fn add_partitions_one(
     if verify_only {
         let codes = broker
             .txn
-            .verify_partitions(transactional_id, producer_id, epoch, &partitions)
+            .verify_partitions(
+                &broker.image(),
+                transactional_id,
+                producer_id,
+                epoch,
+                &partitions,
+            )
             .await;
         return topic_results(partitions.into_iter().zip(codes).collect());
     }
+    let image = match txn_image(broker).await {
+        Ok(image) => image,
+        Err(e) => return topic_results(partitions.into_iter().map(|p| (p, e)).collect()),
+    };
     let code = match broker
         .txn
         .add_partitions(
-            broker,
+            &image,
             transactional_id,
             producer_id,
             epoch,
@@ -208,24 +387,26 @@ pub async fn add_offsets_to_txn(
     })
     .await
     .unwrap_or(Err(ErrorCode::UnknownServerError));
-    let code = match partition {
-        Err(e) => e,
-        Ok(index) => match broker
-            .txn
-            .add_partitions(
-                broker,
-                req.transactional_id.as_str(),
-                req.producer_id.0,
-                req.producer_epoch,
-                &[(OFFSETS_TOPIC.to_owned(), index)],
-                fenced(2, version),
-            )
-            .await
-        {
-            Ok(()) => ErrorCode::None,
-            Err(e) => e,
+    let added = match partition {
+        Err(e) => Err(e),
+        Ok(index) => match txn_image(broker).await {
+            Err(e) => Err(e),
+            Ok(image) => {
+                broker
+                    .txn
+                    .add_partitions(
+                        &image,
+                        req.transactional_id.as_str(),
+                        req.producer_id.0,
+                        req.producer_epoch,
+                        &[(OFFSETS_TOPIC.to_owned(), index)],
+                        fenced(2, version),
+                    )
+                    .await
+            }
         },
     };
+    let code = added.err().unwrap_or(ErrorCode::None);
     AddOffsetsToTxnResponse::default().with_error_code(code.code())
 }
 
@@ -235,10 +416,15 @@ pub async fn end_txn(
     ctx: &RequestContext<'_>,
 ) -> EndTxnResponse {
     let version = ctx.api_version();
+    let image = match txn_image(broker).await {
+        Ok(image) => image,
+        Err(e) => return EndTxnResponse::default().with_error_code(e.code()),
+    };
     let code = match broker
         .txn
         .end_txn(
-            broker,
+            &image,
+            &LocalMarkerSender::new(broker),
             req.transactional_id.as_str(),
             req.producer_id.0,
             req.producer_epoch,
@@ -295,9 +481,19 @@ pub async fn txn_offset_commit(
         crate::group::store::partition_for(&group_id, count)
     };
     // KIP-890: the group's partition must be in the ongoing transaction
-    // (AddOffsetsToTxn came first). The verification holds the transaction
-    // state until the offsets are in the log, so no marker comes between.
-    let txn_state = broker.txn.lock_owned().await;
+    // (AddOffsetsToTxn came first). The verification holds the transactional
+    // id's shard until the offsets are in the log, so no marker comes
+    // between (coordinator to coordinator on this broker; a cluster would
+    // verify through the offsets partition's guard as Produce does).
+    let txn_shard = match broker.txn.shard(&image, req.transactional_id.as_str()) {
+        Ok(shard) => shard,
+        // No `__transaction_state`: no transactional id is known.
+        Err(_) if image.topic(TRANSACTION_STATE_TOPIC).is_none() => {
+            return respond(ErrorCode::InvalidProducerIdMapping);
+        }
+        Err(e) => return respond(e),
+    };
+    let txn_state = txn_shard.lock().await;
     if let Err(e) = txn_state.verify(
         req.transactional_id.as_str(),
         req.producer_id.0,
@@ -418,7 +614,7 @@ pub async fn write_txn_markers(
                 .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.to_string(), *p)))
                 .collect(),
         };
-        let written = markers::write_local(broker, &request).await;
+        let written = LocalMarkerSender::new(broker).write_local(&request).await;
         let mut topics: Vec<WritableTxnMarkerTopicResult> = Vec::new();
         for ((topic, partition), code) in written {
             let result = WritableTxnMarkerPartitionResult::default()
@@ -456,11 +652,17 @@ pub async fn describe_transactions(
             .with_transaction_start_time_ms(-1)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
-        if let Some(e) = broker.txn.coordinator_error(broker, id.as_str()).await {
-            states.push(out.with_error_code(e.code()));
-            continue;
-        }
-        let state = broker.txn.lock().await;
+        let shard = match txn_image(broker)
+            .await
+            .and_then(|image| broker.txn.shard(&image, id.as_str()))
+        {
+            Ok(shard) => shard,
+            Err(e) => {
+                states.push(out.with_error_code(e.code()));
+                continue;
+            }
+        };
+        let state = shard.lock().await;
         match state.ids.get(id.as_str()) {
             None => out = out.with_error_code(ErrorCode::TransactionalIdNotFound.code()),
             Some(txn) => {
@@ -525,24 +727,29 @@ pub async fn list_transactions(
     } else {
         -1
     };
-    let state = broker.txn.lock().await;
-    let mut listed: Vec<list_transactions_response::TransactionState> = state
-        .ids
-        .iter()
-        .filter(|(id, _)| broker.txn.coordinates(broker, id))
-        .filter(|(_, t)| req.state_filters.is_empty() || wanted.contains(&t.status.id()))
-        .filter(|(_, t)| producers.is_empty() || producers.contains(&t.producer_id))
-        .filter(|(_, t)| {
-            min_duration < 0
-                || (t.status == TxnStatus::Ongoing && now.saturating_sub(t.start_ms) > min_duration)
-        })
-        .map(|(id, t)| {
-            list_transactions_response::TransactionState::default()
-                .with_transactional_id(TransactionalId(StrBytes::from_string(id.clone())))
-                .with_producer_id(ProducerId(t.producer_id))
-                .with_transaction_state(StrBytes::from_static_str(t.status.name()))
-        })
-        .collect();
+    // Every shard: the ids of the partitions this broker leads.
+    let mut listed: Vec<list_transactions_response::TransactionState> = Vec::new();
+    for shard in broker.txn.shards() {
+        let state = shard.lock().await;
+        listed.extend(
+            state
+                .ids
+                .iter()
+                .filter(|(_, t)| req.state_filters.is_empty() || wanted.contains(&t.status.id()))
+                .filter(|(_, t)| producers.is_empty() || producers.contains(&t.producer_id))
+                .filter(|(_, t)| {
+                    min_duration < 0
+                        || (t.status == TxnStatus::Ongoing
+                            && now.saturating_sub(t.start_ms) > min_duration)
+                })
+                .map(|(id, t)| {
+                    list_transactions_response::TransactionState::default()
+                        .with_transactional_id(TransactionalId(StrBytes::from_string(id.clone())))
+                        .with_producer_id(ProducerId(t.producer_id))
+                        .with_transaction_state(StrBytes::from_static_str(t.status.name()))
+                }),
+        );
+    }
     listed.sort_by(|a, b| a.transactional_id.as_str().cmp(b.transactional_id.as_str()));
     ListTransactionsResponse::default()
         .with_unknown_state_filters(unknown)

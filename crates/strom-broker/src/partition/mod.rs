@@ -32,7 +32,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::Uuid;
-use strom_storage::{AppendError, AppendInfo, AppendOrigin, PartitionLog};
+use strom_storage::{AppendError, AppendInfo, AppendOrigin, PartitionLog, TxnVerification};
 use tokio::sync::Notify;
 
 use high_watermark::{
@@ -299,9 +299,24 @@ impl Partition {
         records: &[u8],
         origin: AppendOrigin,
     ) -> Result<AppendInfo, AppendError> {
-        let info = self
-            .log
-            .append_as_leader(records, self.leader_epoch(), origin)?;
+        self.append_as_leader_verified(records, origin, TxnVerification::Unchecked)
+    }
+
+    /// [`Self::append_as_leader`] with KIP-890's check of a producer's
+    /// transactional batches against the partition's verification guard
+    /// (see [`PartitionLog::append_as_leader_verified`]): the produce path.
+    pub fn append_as_leader_verified(
+        &self,
+        records: &[u8],
+        origin: AppendOrigin,
+        verification: TxnVerification,
+    ) -> Result<AppendInfo, AppendError> {
+        let info = self.log.append_as_leader_verified(
+            records,
+            self.leader_epoch(),
+            origin,
+            verification,
+        )?;
         self.advance_high_watermark();
         Ok(info)
     }

@@ -1,27 +1,25 @@
-//! Writing transaction markers: Kafka's WriteTxnMarkers, as the coordinator's
-//! internal path and as the API another broker's coordinator would call.
+//! Transaction markers: the port the coordinator sends them through
+//! ([`MarkerSender`], Kafka's `TransactionMarkerChannelManager` and its
+//! WriteTxnMarkers requests) and the append of one marker to a partition this
+//! broker leads ([`append_marker`], the work of the WriteTxnMarkers handler).
 //!
-//! A marker request names a producer, its epoch, the outcome and the
-//! partitions of the transaction. Each partition's leader appends a control
-//! batch holding the end-transaction marker; a marker in `__consumer_offsets`
-//! also makes the group coordinator commit (or drop) the offsets the producer
-//! committed in the transaction. The coordinator groups the partitions by
-//! leader: those led here are written directly; a partition led elsewhere
-//! needs a WriteTxnMarkers request to that broker, which a cluster of one
-//! never has (such partitions get NOT_LEADER_OR_FOLLOWER and stay pending, so
-//! the coordinator retries them).
+//! A marker request names a producer, its epoch, the outcome, the
+//! coordinator epoch and the partitions of the transaction. Each partition's
+//! leader appends a control batch holding the end-transaction marker; a
+//! marker in `__consumer_offsets` also makes the group coordinator commit (or
+//! drop) the offsets the producer committed in the transaction. The local
+//! sender (`api::txn::LocalMarkerSender`) does that for the partitions this
+//! broker leads and answers NOT_LEADER_OR_FOLLOWER for the others, which stay
+//! pending (the coordinator retries them); a cluster's sender groups the
+//! partitions by leader and sends WriteTxnMarkers to each.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
+use futures::future::BoxFuture;
 use strom_protocol::builder::end_txn_marker_batch;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::record::EndTxnMarker;
 use strom_storage::AppendOrigin;
 
-use crate::api::produce::coordinator_append_error;
-use crate::broker::Broker;
-use crate::group::store::OFFSETS_TOPIC;
+use crate::partition::Partition;
 
 /// One transaction's markers (a `WritableTxnMarker`).
 #[derive(Debug, Clone)]
@@ -36,91 +34,24 @@ pub struct MarkerRequest {
 /// The outcome per partition.
 pub type MarkerResults = Vec<((String, i32), ErrorCode)>;
 
-/// Writes the markers of `request`: the partitions this broker leads are
-/// appended here; the others answer NOT_LEADER_OR_FOLLOWER (a cluster would
-/// send them to their leaders).
-pub async fn write(broker: &Arc<Broker>, request: &MarkerRequest) -> MarkerResults {
-    let image = broker.image();
-    let mut by_leader: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
-    let mut results = Vec::new();
-    for (topic, partition) in &request.partitions {
-        match image.partition(topic, *partition) {
-            // A deleted topic's partitions have nothing to end.
-            None => results.push((
-                (topic.clone(), *partition),
-                ErrorCode::UnknownTopicOrPartition,
-            )),
-            Some(meta) => by_leader
-                .entry(meta.leader)
-                .or_default()
-                .push((topic.clone(), *partition)),
-        }
-    }
-    for (leader, partitions) in by_leader {
-        if leader == broker.node_id {
-            let local = MarkerRequest {
-                partitions,
-                ..request.clone()
-            };
-            results.extend(write_local(broker, &local).await);
-        } else {
-            results.extend(
-                partitions
-                    .into_iter()
-                    .map(|p| (p, ErrorCode::NotLeaderOrFollower)),
-            );
-        }
-    }
-    results
+/// Where the coordinator's markers go.
+pub trait MarkerSender: Send + Sync {
+    /// Writes the markers of one transaction's end to each of its data
+    /// partitions; answers each partition's outcome (NONE once its marker is
+    /// in its log). A partition missing from the answer counts as not
+    /// written.
+    fn send<'a>(&'a self, request: &'a MarkerRequest) -> BoxFuture<'a, MarkerResults>;
 }
 
-/// Appends the markers of `request` to the partitions this broker leads
-/// (the WriteTxnMarkers handler's work).
-pub async fn write_local(broker: &Arc<Broker>, request: &MarkerRequest) -> MarkerResults {
-    let broker_for_task = Arc::clone(broker);
-    let request_for_task = request.clone();
-    let results = crate::api::blocking(move || {
-        request_for_task
-            .partitions
-            .iter()
-            .map(|(topic, partition)| {
-                let code = append_marker(&broker_for_task, &request_for_task, topic, *partition);
-                ((topic.clone(), *partition), code)
-            })
-            .collect::<MarkerResults>()
-    })
-    .await
-    .unwrap_or_else(|| {
-        request
-            .partitions
-            .iter()
-            .map(|p| (p.clone(), ErrorCode::UnknownServerError))
-            .collect()
-    });
-    // Offsets committed in the transaction become visible (or go) with the
-    // marker in their partition of the offsets topic.
-    for ((topic, partition), code) in &results {
-        if topic == OFFSETS_TOPIC && *code == ErrorCode::None {
-            broker
-                .groups
-                .complete_txn(broker, request.producer_id, *partition, request.commit)
-                .await;
-        }
-    }
-    results
-}
-
-fn append_marker(broker: &Broker, request: &MarkerRequest, topic: &str, index: i32) -> ErrorCode {
-    let image = broker.image();
-    if image.partition(topic, index).is_none() {
-        return ErrorCode::UnknownTopicOrPartition;
-    }
-    let Some(partition) = broker.replicas.get(topic, index).filter(|p| p.is_leader()) else {
-        return ErrorCode::NotLeaderOrFollower;
-    };
+/// Appends the marker of `request` to `partition`, which this broker leads.
+/// Blocking (a disk write). A stale producer epoch
+/// (INVALID_PRODUCER_EPOCH) or coordinator epoch
+/// (TRANSACTION_COORDINATOR_FENCED) is answered as such; any other failure
+/// is KAFKA_STORAGE_ERROR (the coordinator retries).
+pub fn append_marker(partition: &Partition, request: &MarkerRequest, now_ms: i64) -> ErrorCode {
     let batch = end_txn_marker_batch(
         0,
-        broker.clock.now_ms(),
+        now_ms,
         partition.leader_epoch(),
         request.producer_id,
         request.producer_epoch,
@@ -131,20 +62,14 @@ fn append_marker(broker: &Broker, request: &MarkerRequest, topic: &str, index: i
     );
     match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
         Ok(_) => ErrorCode::None,
-        Err(e) => {
-            let code = coordinator_append_error(
-                &e,
-                &[
-                    ErrorCode::InvalidProducerEpoch,
-                    ErrorCode::TransactionCoordinatorFenced,
-                ],
-                ErrorCode::KafkaStorageError,
-                ErrorCode::KafkaStorageError,
-            );
-            if code == ErrorCode::KafkaStorageError {
-                tracing::warn!(topic, partition = index, producer_id = request.producer_id, error = %e, "writing a transaction marker failed");
+        Err(e) => match e.error_code() {
+            code @ (ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced) => {
+                code
             }
-            code
-        }
+            _ => {
+                tracing::warn!(topic = %partition.topic, partition = partition.index, producer_id = request.producer_id, error = %e, "writing a transaction marker failed");
+                ErrorCode::KafkaStorageError
+            }
+        },
     }
 }

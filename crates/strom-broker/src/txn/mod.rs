@@ -9,51 +9,80 @@
 //!              CompleteCommit/Abort <── markers written ── PrepareCommit/Abort
 //! ```
 //!
-//! Every change is appended to the transactional id's partition of the
-//! internal compacted topic `__transaction_state` (see [`store`]) before the
-//! client is answered, under the coordinator lock, so the log order is the
-//! order of the changes. At start the coordinator replays those partitions;
-//! transactions found in a Prepare state get their markers written again
-//! (markers are idempotent for the partitions: a second one ends nothing).
+//! # Layout
 //!
-//! Markers go through [`markers`], the WriteTxnMarkers path. They are written
-//! before EndTxn is answered; a partition whose marker cannot be written
-//! leaves the transaction in its Prepare state, and the timer retries it
-//! (clients meanwhile get CONCURRENT_TRANSACTIONS, which they retry).
+//! - this file: [`TxnCoordinator`], its settings ([`TxnConfig`]), its ports
+//!   ([`ProducerIdSource`], [`TxnVerifier`]) and the transactions' state
+//!   machine;
+//! - [`shard`]: [`TxnShard`], the transactional ids of one partition of
+//!   `__transaction_state`, loaded from and written to that partition;
+//! - [`markers`]: the [`MarkerSender`](markers::MarkerSender) port (Kafka's
+//!   WriteTxnMarkers) and the append of one marker to a local partition;
+//! - [`store`]: the records of `__transaction_state` (Kafka's schema).
+//!
+//! The coordinator is sharded by the partitions of `__transaction_state`
+//! (Kafka's `TransactionStateManager`, with [`crate::coordinator::Shards`]):
+//! a transactional id belongs to the partition its hash names, and the shard
+//! of that partition exists while this broker leads it. [`TxnCoordinator::sync`]
+//! elects the local partitions this broker leads (each is replayed: its
+//! shard loads) and resigns the others; a shard's coordinator epoch is the
+//! partition's leader epoch, sent with its markers. Requests for an id whose
+//! shard is loading get COORDINATOR_LOAD_IN_PROGRESS; for one this broker
+//! does not lead, NOT_COORDINATOR.
+//!
+//! Every change is appended to the shard's partition (see [`store`]) before
+//! the client is answered, under the shard's lock, so the log order is the
+//! order of the changes. Transactions a load finds in a Prepare state get
+//! their markers written again by the timer, woken by the load (markers are
+//! idempotent for the partitions: a second one ends nothing).
+//!
+//! Markers go through a [`MarkerSender`](markers::MarkerSender) the caller
+//! hands in (the local one appends to this broker's partitions; a cluster's
+//! sends WriteTxnMarkers). They are written before EndTxn is answered; a
+//! partition whose marker cannot be written leaves the transaction in its
+//! Prepare state, and the timer retries it (clients meanwhile get
+//! CONCURRENT_TRANSACTIONS, which they retry).
 //!
 //! The timer also aborts transactions open longer than their timeout: the
 //! producer's epoch is bumped first, so the producer is fenced, then the abort
 //! markers are written with the new epoch (Kafka's behaviour).
 //!
-//! KIP-890 part 1: a transactional produce is checked against the ongoing
-//! transaction ([`TxnState::verify`]); the produce path holds the
-//! coordinator lock from the check until its append is in the log, so a
-//! marker cannot slip in between (on one node this replaces Kafka's
-//! verification guards).
+//! KIP-890 part 1: a transactional produce asks the data partition's
+//! producer state first, and asks this coordinator ([`TxnVerifier`]) only
+//! when the producer has no transaction ongoing there; the partition then
+//! needs the verification guard it handed out for the append, and the
+//! transaction's marker removes the guard (see `strom_storage`'s producer
+//! state). A produce never takes a coordinator lock.
+//!
+//! Nothing here knows the broker: the metadata image comes as an argument,
+//! producer ids from a [`ProducerIdSource`], markers go through a
+//! [`MarkerSender`](markers::MarkerSender), and each shard writes to its
+//! [`CoordinatorLog`]. Creating `__transaction_state` is the API layer's
+//! (`api::txn`), as in Kafka's request handlers.
 
 pub mod markers;
+pub mod shard;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use strom_controller::controller::CreateTopicRequest;
-use strom_controller::{MetadataImage, PartitionImage};
+use futures::future::BoxFuture;
+use strom_controller::MetadataImage;
 use strom_protocol::error_code::ErrorCode;
-use strom_storage::AppendOrigin;
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use strom_storage::Clock;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::api::produce::coordinator_append_error;
-use crate::broker::Broker;
 use crate::config::{ConfigError, parse_prop as prop};
-use crate::replica::ReplicaManager;
-use markers::MarkerRequest;
-use store::{TRANSACTION_STATE_TOPIC, TxnRecord, TxnStatus, TxnValue};
+use crate::coordinator::{CoordinatorLog, Shards};
+use crate::partition::Partition;
+use markers::{MarkerRequest, MarkerSender};
+pub use shard::TxnShard;
+use store::{TRANSACTION_STATE_TOPIC, TxnStatus, TxnValue};
 
-/// Kafka's `transaction.state.log.segment.bytes` default.
-const TXN_STATE_SEGMENT_BYTES: &str = "104857600";
 /// Bound on timer settings (Kafka's are ints).
 const MAX_TIMER_MS: i64 = i32::MAX as i64;
 /// Kafka's limit on partitions a transaction may hold is none; a request adds
@@ -127,7 +156,8 @@ impl TxnConfig {
     }
 }
 
-/// Everything the coordinator knows: the state of each transactional id.
+/// What one shard knows: the state of each transactional id hashed to its
+/// partition.
 #[derive(Debug, Default)]
 pub struct TxnState {
     pub ids: HashMap<String, TxnValue>,
@@ -174,86 +204,192 @@ pub fn fenced(fenced_from_version: i16, version: i16) -> ErrorCode {
     }
 }
 
-/// The transaction coordinator of this broker.
-#[derive(Debug)]
+/// Where new producer ids come from (Kafka's `ProducerIdManager`: blocks of
+/// ids from the controller). Blocking: the coordinator calls it off the
+/// async threads.
+pub trait ProducerIdSource: Send + Sync + fmt::Debug {
+    /// A producer id no producer had; COORDINATOR_NOT_AVAILABLE (or another
+    /// retriable code) when none can be had now.
+    fn next_producer_id(&self) -> Result<i64, ErrorCode>;
+}
+
+/// KIP-890 part 1, as a partition leader asks it before a transactional
+/// produce: whether `producer_id` at `epoch`, as `transactional_id`, has an
+/// ongoing transaction holding each of `partitions` (NONE), or why not. The
+/// local coordinator answers directly; in a cluster this is
+/// AddPartitionsToTxn with `verify_only` to the id's coordinator.
+pub trait TxnVerifier: Send + Sync {
+    fn verify_txn<'a>(
+        &'a self,
+        image: &'a MetadataImage,
+        transactional_id: &'a str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &'a [(String, i32)],
+    ) -> BoxFuture<'a, Vec<ErrorCode>>;
+}
+
+/// The transaction coordinator of this broker: one shard per partition of
+/// `__transaction_state` it leads.
 pub struct TxnCoordinator {
+    /// The settings: timeouts, expiry, the topic's partition count.
     pub config: TxnConfig,
-    state: Arc<Mutex<TxnState>>,
+    /// The time of transactions' starts and updates, and of timeouts.
+    clock: Arc<dyn Clock>,
+    /// Fresh producer ids for new transactional ids and exhausted epochs.
+    producer_ids: Arc<dyn ProducerIdSource>,
+    /// The loaded partitions. Its lock is only held to find a shard; each
+    /// shard locks its own ids.
+    shards: Shards<TxnShard>,
+    /// Woken when a shard loads, so the timer completes the transactions
+    /// the load found in a Prepare state without waiting a period.
+    loaded: Notify,
+}
+
+impl fmt::Debug for TxnCoordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TxnCoordinator")
+            .field("config", &self.config)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TxnCoordinator {
-    /// Rebuilds the state from the local partitions of `__transaction_state`.
-    pub fn open(config: TxnConfig, replicas: &ReplicaManager) -> Self {
-        let mut state = TxnState::default();
-        let mut records = 0usize;
-        for (index, partition) in replicas.topic_partitions(TRANSACTION_STATE_TOPIC) {
-            let from = partition.log.log_start_offset();
-            let result = partition.log.for_each_batch_from(from, |_, header, bytes| {
-                if header.is_control() {
-                    return;
-                }
-                for r in store::decode(&Bytes::copy_from_slice(bytes)) {
-                    records += 1;
-                    match r.value {
-                        Some(v) => {
-                            state.ids.insert(r.transactional_id, v);
-                        }
-                        None => {
-                            state.ids.remove(&r.transactional_id);
-                        }
-                    }
-                }
-            });
-            if let Err(e) = result {
-                tracing::error!(partition = index, error = %e, "reading {TRANSACTION_STATE_TOPIC} failed; transactional ids in this partition may be incomplete");
-            }
-        }
-        if records > 0 {
-            tracing::info!(
-                transactional_ids = state.ids.len(),
-                records,
-                "transaction coordinator loaded {TRANSACTION_STATE_TOPIC}"
-            );
-        }
+    /// A coordinator with no shard yet: [`Self::sync`] loads them.
+    pub fn new(
+        config: TxnConfig,
+        clock: Arc<dyn Clock>,
+        producer_ids: Arc<dyn ProducerIdSource>,
+    ) -> Self {
         Self {
             config,
-            state: Arc::new(Mutex::new(state)),
+            clock,
+            producer_ids,
+            shards: Shards::default(),
+            loaded: Notify::new(),
         }
     }
 
-    /// The state, locked.
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, TxnState> {
-        self.state.lock().await
+    /// This broker became the leader of partition `index` at `epoch`:
+    /// replays `log` into the partition's shard (Kafka's `onElection`).
+    /// Blocking. Returns whether a shard was loaded (false when the
+    /// partition is already loaded at this epoch or a newer one, or the
+    /// load failed or was overtaken).
+    pub fn on_elected(&self, index: i32, epoch: i32, log: Arc<dyn CoordinatorLog>) -> bool {
+        if !self.shards.elected(index, epoch) {
+            return false;
+        }
+        match TxnShard::load(index, epoch, log) {
+            Ok(mut shard) => {
+                let ids = shard.ids_loaded();
+                if !self.shards.loaded(index, epoch, shard) {
+                    return false;
+                }
+                tracing::info!(
+                    partition = index,
+                    coordinator_epoch = epoch,
+                    transactional_ids = ids,
+                    "transaction coordinator loaded a partition of {TRANSACTION_STATE_TOPIC}"
+                );
+                self.loaded.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!(partition = index, error = %e, "cannot load a partition of {TRANSACTION_STATE_TOPIC}; its transactional ids get NOT_COORDINATOR");
+                self.shards.load_failed(index, epoch);
+                false
+            }
+        }
     }
 
-    /// The state, locked, with a guard that may move into blocking work
-    /// (the produce path holds it across its appends).
-    pub async fn lock_owned(&self) -> OwnedMutexGuard<TxnState> {
-        Arc::clone(&self.state).lock_owned().await
+    /// This broker stopped leading partition `index` (`epoch`: the newer
+    /// leader epoch, `None` when the partition is gone): its shard is
+    /// dropped (Kafka's `onResignation`). Work holding the shard finishes
+    /// against a log it no longer leads, which refuses it.
+    pub fn on_resigned(&self, index: i32, epoch: Option<i32>) {
+        if self.shards.resigned(index, epoch).is_some() {
+            tracing::info!(
+                partition = index,
+                "transaction coordinator resigned a partition of {TRANSACTION_STATE_TOPIC}"
+            );
+        }
     }
 
-    /// Runs the timer until the broker shuts down: first completes the
-    /// transactions a restart found in a Prepare state, then every
-    /// `abort_timed_out_interval_ms` retries pending markers and aborts
-    /// transactions past their timeout.
-    pub async fn run_timers(broker: Arc<Broker>) {
-        broker.txn.tick(&broker).await;
+    /// Brings the shards in line with the local partitions of
+    /// `__transaction_state` (by index): elects those this broker leads,
+    /// at their leader epoch, and resigns the rest. Idempotent; blocking (a
+    /// load replays a partition). The metadata publisher calls it on every
+    /// change.
+    pub fn sync(&self, partitions: &BTreeMap<i32, Arc<Partition>>) {
+        for (index, partition) in partitions {
+            if partition.is_leader() {
+                let log: Arc<dyn CoordinatorLog> = Arc::clone(partition) as _;
+                self.on_elected(*index, partition.leader_epoch(), log);
+            }
+        }
+        for index in self.shards.indexes() {
+            match partitions.get(&index) {
+                Some(p) if p.is_leader() => {}
+                Some(p) => self.on_resigned(index, Some(p.leader_epoch())),
+                None => self.on_resigned(index, None),
+            }
+        }
+    }
+
+    /// The shard of `transactional_id`, by the partition count of
+    /// `__transaction_state` in `image`.
+    pub fn shard(
+        &self,
+        image: &MetadataImage,
+        transactional_id: &str,
+    ) -> Result<Arc<TxnShard>, ErrorCode> {
+        let count = image
+            .topic(TRANSACTION_STATE_TOPIC)
+            .ok_or(ErrorCode::CoordinatorNotAvailable)?
+            .partitions
+            .len();
+        let count = i32::try_from(count).map_err(|_| ErrorCode::CoordinatorNotAvailable)?;
+        self.shards
+            .get(store::partition_for(transactional_id, count))
+    }
+
+    /// Every loaded shard (ListTransactions).
+    pub fn shards(&self) -> Vec<Arc<TxnShard>> {
+        self.shards.active().into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Runs the timer until `shutdown`: first completes the transactions the
+    /// loads found in a Prepare state, then every
+    /// `abort_timed_out_interval_ms` (and after each load) retries pending
+    /// markers, aborts transactions past their timeout and forgets expired
+    /// ids.
+    pub async fn run_timers(&self, markers: &dyn MarkerSender, shutdown: CancellationToken) {
+        self.tick(markers).await;
         let period = Duration::from_millis(
-            u64::try_from(broker.txn.config.abort_timed_out_interval_ms).unwrap_or(10_000),
+            u64::try_from(self.config.abort_timed_out_interval_ms).unwrap_or(10_000),
         );
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = broker.shutdown.cancelled() => return,
-                _ = interval.tick() => broker.txn.tick(&broker).await,
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => self.tick(markers).await,
+                () = self.loaded.notified() => self.tick(markers).await,
             }
         }
     }
 
-    async fn tick(&self, broker: &Arc<Broker>) {
-        let mut state = self.lock().await;
-        let now = broker.clock.now_ms();
+    /// One round of the timer over every loaded shard.
+    pub async fn tick(&self, markers: &dyn MarkerSender) {
+        for shard in self.shards() {
+            self.tick_shard(&shard, markers).await;
+        }
+    }
+
+    async fn tick_shard(&self, shard: &TxnShard, markers: &dyn MarkerSender) {
+        let mut state = shard.lock().await;
+        let now = self.clock.now_ms();
         let ids: Vec<String> = state.ids.keys().cloned().collect();
         for id in ids {
             let Some(txn) = state.ids.get(&id).cloned() else {
@@ -261,19 +397,19 @@ impl TxnCoordinator {
             };
             let result = match txn.status {
                 TxnStatus::PrepareCommit | TxnStatus::PrepareAbort => {
-                    self.complete(broker, &mut state, &id).await
+                    self.complete(shard, &mut state, &id, markers).await
                 }
                 TxnStatus::Ongoing
                     if now.saturating_sub(txn.start_ms) > i64::from(txn.timeout_ms) =>
                 {
                     tracing::info!(transactional_id = %id, producer_id = txn.producer_id, "aborting a transaction past its timeout");
-                    self.fence_and_abort(broker, &mut state, &id).await
+                    self.fence_and_abort(shard, &mut state, &id, markers).await
                 }
                 TxnStatus::Empty | TxnStatus::CompleteCommit | TxnStatus::CompleteAbort
                     if now.saturating_sub(txn.last_update_ms) > self.config.id_expiration_ms =>
                 {
                     tracing::info!(transactional_id = %id, producer_id = txn.producer_id, "forgetting an expired transactional id");
-                    self.forget(broker, &mut state, &id).await
+                    shard.persist(&mut state, &id, None, now).await
                 }
                 _ => Ok(()),
             };
@@ -283,80 +419,12 @@ impl TxnCoordinator {
         }
     }
 
-    /// Why this broker cannot coordinate `transactional_id`, if it cannot
-    /// (the topic is created first if it does not exist yet).
-    pub async fn coordinator_error(
-        &self,
-        broker: &Arc<Broker>,
-        transactional_id: &str,
-    ) -> Option<ErrorCode> {
-        let image = broker.image();
-        if let Some((_, p)) = txn_partition(&image, transactional_id) {
-            return match p.leader {
-                node if node == broker.node_id => None,
-                node if node < 0 => Some(ErrorCode::CoordinatorNotAvailable),
-                _ => Some(ErrorCode::NotCoordinator),
-            };
-        }
-        let broker_for_task = Arc::clone(broker);
-        let config = self.config.clone();
-        let id = transactional_id.to_owned();
-        let leader = crate::api::blocking(move || coordinator_for(&broker_for_task, &config, &id))
+    /// A fresh producer id from the [`ProducerIdSource`].
+    async fn new_producer_id(&self) -> Result<i64, ErrorCode> {
+        let ids = Arc::clone(&self.producer_ids);
+        tokio::task::spawn_blocking(move || ids.next_producer_id())
             .await
-            .unwrap_or(Err(ErrorCode::CoordinatorNotAvailable));
-        match leader {
-            Ok(node) if node == broker.node_id => None,
-            Ok(_) => Some(ErrorCode::NotCoordinator),
-            Err(e) => Some(e),
-        }
-    }
-
-    /// Whether this broker coordinates `transactional_id` now.
-    pub fn coordinates(&self, broker: &Broker, transactional_id: &str) -> bool {
-        let image = broker.image();
-        txn_partition(&image, transactional_id).is_some_and(|(_, p)| p.leader == broker.node_id)
-    }
-
-    /// Persists `value` (or the deletion) of `transactional_id`. Call with
-    /// the state lock held; the state changes only once this succeeded.
-    async fn persist(
-        &self,
-        broker: &Arc<Broker>,
-        state: &mut TxnState,
-        transactional_id: &str,
-        value: TxnValue,
-    ) -> Result<(), ErrorCode> {
-        let broker_for_task = Arc::clone(broker);
-        let config = self.config.clone();
-        let record = TxnRecord {
-            transactional_id: transactional_id.to_owned(),
-            value: Some(value.clone()),
-        };
-        crate::api::blocking(move || append(&broker_for_task, &config, &record))
-            .await
-            .unwrap_or(Err(ErrorCode::UnknownServerError))?;
-        state.ids.insert(transactional_id.to_owned(), value);
-        Ok(())
-    }
-
-    /// Deletes `transactional_id` (a tombstone in `__transaction_state`).
-    async fn forget(
-        &self,
-        broker: &Arc<Broker>,
-        state: &mut TxnState,
-        transactional_id: &str,
-    ) -> Result<(), ErrorCode> {
-        let broker_for_task = Arc::clone(broker);
-        let config = self.config.clone();
-        let record = TxnRecord {
-            transactional_id: transactional_id.to_owned(),
-            value: None,
-        };
-        crate::api::blocking(move || append(&broker_for_task, &config, &record))
-            .await
-            .unwrap_or(Err(ErrorCode::UnknownServerError))?;
-        state.ids.remove(transactional_id);
-        Ok(())
+            .unwrap_or(Err(ErrorCode::CoordinatorNotAvailable))
     }
 
     /// InitProducerId with a transactional id: the id's producer id with a
@@ -367,19 +435,18 @@ impl TxnCoordinator {
     /// previous epoch for a retried bump.
     pub async fn init_producer_id(
         &self,
-        broker: &Arc<Broker>,
+        image: &MetadataImage,
+        markers: &dyn MarkerSender,
         transactional_id: &str,
         timeout_ms: i32,
         expected: Option<(i64, i16)>,
         version: i16,
     ) -> Result<(i64, i16), ErrorCode> {
-        if let Some(e) = self.coordinator_error(broker, transactional_id).await {
-            return Err(e);
-        }
-        let mut state = self.lock().await;
-        let now = broker.clock.now_ms();
+        let shard = self.shard(image, transactional_id)?;
+        let mut state = shard.lock().await;
+        let now = self.clock.now_ms();
         let Some(current) = state.ids.get(transactional_id).cloned() else {
-            let producer_id = new_producer_id(broker).await?;
+            let producer_id = self.new_producer_id().await?;
             let value = TxnValue {
                 producer_id,
                 producer_epoch: 0,
@@ -389,7 +456,8 @@ impl TxnCoordinator {
                 last_update_ms: now,
                 start_ms: -1,
             };
-            self.persist(broker, &mut state, transactional_id, value)
+            shard
+                .persist(&mut state, transactional_id, Some(value), now)
                 .await?;
             return Ok((producer_id, 0));
         };
@@ -406,7 +474,7 @@ impl TxnCoordinator {
             TxnStatus::Ongoing => {
                 // The previous instance's transaction goes, and it is fenced.
                 if let Err(e) = self
-                    .fence_and_abort(broker, &mut state, transactional_id)
+                    .fence_and_abort(&shard, &mut state, transactional_id, markers)
                     .await
                 {
                     tracing::warn!(transactional_id, error = ?e, "could not abort the open transaction of a re-initialised producer");
@@ -420,7 +488,7 @@ impl TxnCoordinator {
         };
         let (producer_id, producer_epoch) = if current.producer_epoch >= i16::MAX - 1 {
             // The epoch is exhausted: a new producer id starts at 0.
-            (new_producer_id(broker).await?, 0)
+            (self.new_producer_id().await?, 0)
         } else {
             (current.producer_id, current.producer_epoch + 1)
         };
@@ -433,7 +501,8 @@ impl TxnCoordinator {
             last_update_ms: now,
             start_ms: -1,
         };
-        self.persist(broker, &mut state, transactional_id, value)
+        shard
+            .persist(&mut state, transactional_id, Some(value), now)
             .await?;
         Ok((producer_id, producer_epoch))
     }
@@ -463,17 +532,15 @@ impl TxnCoordinator {
     /// transaction, which becomes (or stays) ongoing.
     pub async fn add_partitions(
         &self,
-        broker: &Arc<Broker>,
+        image: &MetadataImage,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         partitions: &[(String, i32)],
         fenced_error: ErrorCode,
     ) -> Result<(), ErrorCode> {
-        if let Some(e) = self.coordinator_error(broker, transactional_id).await {
-            return Err(e);
-        }
-        let mut state = self.lock().await;
+        let shard = self.shard(image, transactional_id)?;
+        let mut state = shard.lock().await;
         let mut txn =
             Self::check_producer(&state, transactional_id, producer_id, epoch, fenced_error)?;
         match txn.status {
@@ -486,7 +553,7 @@ impl TxnCoordinator {
             }
             _ => {}
         }
-        let now = broker.clock.now_ms();
+        let now = self.clock.now_ms();
         if txn.status != TxnStatus::Ongoing {
             txn.status = TxnStatus::Ongoing;
             txn.partitions.clear();
@@ -497,20 +564,35 @@ impl TxnCoordinator {
             return Err(ErrorCode::InvalidRequest);
         }
         txn.last_update_ms = now;
-        self.persist(broker, &mut state, transactional_id, txn)
+        shard
+            .persist(&mut state, transactional_id, Some(txn), now)
             .await
     }
 
     /// AddPartitionsToTxn with verify_only (v4+, KIP-890): whether each
-    /// partition is in the ongoing transaction.
+    /// partition is in the ongoing transaction. An id whose shard is not
+    /// here gets the shard's error (INVALID_PRODUCER_ID_MAPPING when there
+    /// is no `__transaction_state` at all: no id is known).
     pub async fn verify_partitions(
         &self,
+        image: &MetadataImage,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         partitions: &[(String, i32)],
     ) -> Vec<ErrorCode> {
-        let state = self.lock().await;
+        let shard = match self.shard(image, transactional_id) {
+            Ok(shard) => shard,
+            Err(e) => {
+                let e = if image.topic(TRANSACTION_STATE_TOPIC).is_none() {
+                    ErrorCode::InvalidProducerIdMapping
+                } else {
+                    e
+                };
+                return vec![e; partitions.len()];
+            }
+        };
+        let state = shard.lock().await;
         partitions
             .iter()
             .map(
@@ -525,19 +607,19 @@ impl TxnCoordinator {
     /// EndTxn: commits or aborts the ongoing transaction. The outcome is
     /// persisted (Prepare) before the markers are written, and the
     /// transaction completes once every partition has its marker.
+    #[allow(clippy::too_many_arguments)] // the request's fields and the two ports
     pub async fn end_txn(
         &self,
-        broker: &Arc<Broker>,
+        image: &MetadataImage,
+        markers: &dyn MarkerSender,
         transactional_id: &str,
         producer_id: i64,
         epoch: i16,
         commit: bool,
         fenced_error: ErrorCode,
     ) -> Result<(), ErrorCode> {
-        if let Some(e) = self.coordinator_error(broker, transactional_id).await {
-            return Err(e);
-        }
-        let mut state = self.lock().await;
+        let shard = self.shard(image, transactional_id)?;
+        let mut state = shard.lock().await;
         let mut txn =
             Self::check_producer(&state, transactional_id, producer_id, epoch, fenced_error)?;
         match (txn.status, commit) {
@@ -557,11 +639,16 @@ impl TxnCoordinator {
         } else {
             TxnStatus::PrepareAbort
         };
-        txn.last_update_ms = broker.clock.now_ms();
-        self.persist(broker, &mut state, transactional_id, txn)
+        let now = self.clock.now_ms();
+        txn.last_update_ms = now;
+        shard
+            .persist(&mut state, transactional_id, Some(txn), now)
             .await?;
         // The outcome is decided; markers that fail are retried by the timer.
-        if let Err(e) = self.complete(broker, &mut state, transactional_id).await {
+        if let Err(e) = self
+            .complete(&shard, &mut state, transactional_id, markers)
+            .await
+        {
             tracing::warn!(transactional_id, error = ?e, "markers not written yet; the timer retries");
         }
         Ok(())
@@ -571,9 +658,10 @@ impl TxnCoordinator {
     /// ongoing transaction: a timeout, or a new instance of the producer.
     async fn fence_and_abort(
         &self,
-        broker: &Arc<Broker>,
+        shard: &TxnShard,
         state: &mut TxnState,
         transactional_id: &str,
+        markers: &dyn MarkerSender,
     ) -> Result<(), ErrorCode> {
         let Some(mut txn) = state.ids.get(transactional_id).cloned() else {
             return Ok(());
@@ -585,18 +673,22 @@ impl TxnCoordinator {
             txn.producer_epoch += 1;
         }
         txn.status = TxnStatus::PrepareAbort;
-        txn.last_update_ms = broker.clock.now_ms();
-        self.persist(broker, state, transactional_id, txn).await?;
-        self.complete(broker, state, transactional_id).await
+        let now = self.clock.now_ms();
+        txn.last_update_ms = now;
+        shard
+            .persist(state, transactional_id, Some(txn), now)
+            .await?;
+        self.complete(shard, state, transactional_id, markers).await
     }
 
     /// Writes the markers of a transaction in a Prepare state and completes
     /// it once every partition has one.
     async fn complete(
         &self,
-        broker: &Arc<Broker>,
+        shard: &TxnShard,
         state: &mut TxnState,
         transactional_id: &str,
+        markers: &dyn MarkerSender,
     ) -> Result<(), ErrorCode> {
         let Some(mut txn) = state.ids.get(transactional_id).cloned() else {
             return Ok(());
@@ -606,18 +698,14 @@ impl TxnCoordinator {
             TxnStatus::PrepareAbort => false,
             _ => return Ok(()),
         };
-        let coordinator_epoch = {
-            let image = broker.image();
-            txn_partition(&image, transactional_id).map_or(0, |(_, p)| p.leader_epoch)
-        };
         let request = MarkerRequest {
             producer_id: txn.producer_id,
             producer_epoch: txn.producer_epoch,
             commit,
-            coordinator_epoch,
+            coordinator_epoch: shard.coordinator_epoch(),
             partitions: txn.partitions.iter().cloned().collect(),
         };
-        let results = markers::write(broker, &request).await;
+        let results = markers.send(&request).await;
         let mut pending = BTreeSet::new();
         for ((topic, partition), code) in results {
             match code {
@@ -632,11 +720,14 @@ impl TxnCoordinator {
                 }
             }
         }
+        let now = self.clock.now_ms();
         if !pending.is_empty() {
             // Only the partitions still without a marker are retried.
             if pending != txn.partitions {
                 txn.partitions = pending;
-                self.persist(broker, state, transactional_id, txn).await?;
+                shard
+                    .persist(state, transactional_id, Some(txn), now)
+                    .await?;
             }
             return Err(ErrorCode::ConcurrentTransactions);
         }
@@ -646,123 +737,23 @@ impl TxnCoordinator {
             TxnStatus::CompleteAbort
         };
         txn.partitions.clear();
-        txn.last_update_ms = broker.clock.now_ms();
-        self.persist(broker, state, transactional_id, txn).await
+        txn.last_update_ms = now;
+        shard.persist(state, transactional_id, Some(txn), now).await
     }
 }
 
-/// A fresh producer id from this broker's block.
-async fn new_producer_id(broker: &Arc<Broker>) -> Result<i64, ErrorCode> {
-    let broker = Arc::clone(broker);
-    match crate::api::blocking(move || broker.next_producer_id()).await {
-        Some(Ok(id)) => Ok(id),
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "allocating a producer id failed");
-            Err(ErrorCode::CoordinatorNotAvailable)
-        }
-        None => Err(ErrorCode::CoordinatorNotAvailable),
+impl TxnVerifier for TxnCoordinator {
+    fn verify_txn<'a>(
+        &'a self,
+        image: &'a MetadataImage,
+        transactional_id: &'a str,
+        producer_id: i64,
+        epoch: i16,
+        partitions: &'a [(String, i32)],
+    ) -> BoxFuture<'a, Vec<ErrorCode>> {
+        Box::pin(self.verify_partitions(image, transactional_id, producer_id, epoch, partitions))
     }
 }
 
-/// The leader of `transactional_id`'s partition of `__transaction_state`,
-/// creating the topic when it does not exist yet.
-pub fn coordinator_for(
-    broker: &Broker,
-    config: &TxnConfig,
-    transactional_id: &str,
-) -> Result<i32, ErrorCode> {
-    let image = ensure_topic(broker, config)?;
-    let (_, partition) =
-        txn_partition(&image, transactional_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    if partition.leader < 0 {
-        return Err(ErrorCode::CoordinatorNotAvailable);
-    }
-    Ok(partition.leader)
-}
-
-fn txn_partition<'a>(
-    image: &'a MetadataImage,
-    transactional_id: &str,
-) -> Option<(i32, &'a PartitionImage)> {
-    let count = image.topic(TRANSACTION_STATE_TOPIC)?.partitions.len();
-    let index = store::partition_for(transactional_id, i32::try_from(count).ok()?);
-    Some((index, image.partition(TRANSACTION_STATE_TOPIC, index)?))
-}
-
-/// Creates `__transaction_state` if it is missing (Kafka does so on the first
-/// FindCoordinator for a transactional id), and returns the image that has it.
-fn ensure_topic(broker: &Broker, config: &TxnConfig) -> Result<Arc<MetadataImage>, ErrorCode> {
-    let image = broker.image();
-    if image.topic(TRANSACTION_STATE_TOPIC).is_some() {
-        return Ok(image);
-    }
-    let brokers = i16::try_from(image.brokers.len())
-        .unwrap_or(i16::MAX)
-        .max(1);
-    let request = CreateTopicRequest {
-        name: TRANSACTION_STATE_TOPIC.to_owned(),
-        num_partitions: config.partitions,
-        replication_factor: config.replication_factor.min(brokers),
-        assignments: Vec::new(),
-        configs: BTreeMap::from([
-            ("cleanup.policy".to_owned(), "compact".to_owned()),
-            ("compression.type".to_owned(), "uncompressed".to_owned()),
-            (
-                "segment.bytes".to_owned(),
-                TXN_STATE_SEGMENT_BYTES.to_owned(),
-            ),
-            ("min.insync.replicas".to_owned(), "1".to_owned()),
-        ]),
-    };
-    let created = broker.controller.create_topics(vec![request], false);
-    match created.into_iter().next() {
-        Some(Ok(_)) => tracing::info!("created {TRANSACTION_STATE_TOPIC}"),
-        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot create {TRANSACTION_STATE_TOPIC}");
-            return Err(ErrorCode::CoordinatorNotAvailable);
-        }
-        None => return Err(ErrorCode::CoordinatorNotAvailable),
-    }
-    // Failures elsewhere are logged and retried by the replica manager;
-    // only this topic's matter here.
-    let _ = broker.apply_metadata();
-    if let Some((partition, e)) = broker.replicas.topic_storage_error(TRANSACTION_STATE_TOPIC) {
-        tracing::error!(partition, error = %e, "cannot open the partitions of {TRANSACTION_STATE_TOPIC}");
-        return Err(ErrorCode::CoordinatorNotAvailable);
-    }
-    Ok(broker.image())
-}
-
-fn append(broker: &Broker, config: &TxnConfig, record: &TxnRecord) -> Result<(), ErrorCode> {
-    let image = ensure_topic(broker, config)?;
-    let (index, meta) = txn_partition(&image, &record.transactional_id)
-        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    if meta.leader != broker.node_id {
-        return Err(ErrorCode::NotCoordinator);
-    }
-    let partition = broker
-        .replicas
-        .get(TRANSACTION_STATE_TOPIC, index)
-        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    let batch =
-        store::encode(std::slice::from_ref(record), broker.clock.now_ms()).map_err(|e| {
-            tracing::error!(error = %e, "cannot encode a transaction state record");
-            ErrorCode::UnknownServerError
-        })?;
-    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let code = coordinator_append_error(
-                &e,
-                &[],
-                ErrorCode::InvalidRequest,
-                ErrorCode::CoordinatorNotAvailable,
-            );
-            if code == ErrorCode::CoordinatorNotAvailable {
-                tracing::error!(partition = index, error = %e, "appending to {TRANSACTION_STATE_TOPIC} failed");
-            }
-            Err(code)
-        }
-    }
-}
+#[cfg(test)]
+mod tests;

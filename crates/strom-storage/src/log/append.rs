@@ -11,7 +11,9 @@ use strom_protocol::record_batch::{
     self, BatchError, BatchHeader, MAGIC_V2, RECORD_BATCH_OVERHEAD, TimestampType,
 };
 
-use super::producer_state::{Checked, CompletedTxn, ProducerBatch, ProducerUpdate};
+use super::producer_state::{
+    Checked, CompletedTxn, ProducerBatch, ProducerUpdate, TxnVerification, VerificationGuard,
+};
 use super::segment::{AppendFailure, AppendedBatch, Segment};
 use super::{AbortedTxn, MAX_UNREPLICATED_TXNS, NO_OPEN_TXN, PartitionLog, Writer};
 use crate::config::LogConfig;
@@ -80,6 +82,38 @@ impl PartitionLog {
         records: &[u8],
         leader_epoch: i32,
         origin: AppendOrigin,
+    ) -> Result<AppendInfo, AppendError> {
+        self.append_as_leader_verified(records, leader_epoch, origin, TxnVerification::Unchecked)
+    }
+
+    /// KIP-890 part 1, before a transactional produce asks the transaction
+    /// coordinator whether `producer_id` may write here: `None` when its
+    /// transaction is already ongoing in this partition at `producer_epoch`
+    /// (nothing to ask), otherwise the guard to pass to
+    /// [`Self::append_as_leader_verified`] once the coordinator said yes.
+    pub fn maybe_start_txn_verification(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Option<VerificationGuard> {
+        self.writer
+            .lock()
+            .producers
+            .maybe_start_verification(producer_id, producer_epoch)
+    }
+
+    /// [`Self::append_as_leader`] with the KIP-890 check of `verification`:
+    /// a client's transactional batch that would start its producer's
+    /// transaction here is refused ([`AppendError::InvalidTxnState`]) unless
+    /// it carries the producer's current guard. The check and the append are
+    /// one step under the log's write lock, and a marker removes the guard,
+    /// so a batch verified before a marker cannot land after it.
+    pub fn append_as_leader_verified(
+        &self,
+        records: &[u8],
+        leader_epoch: i32,
+        origin: AppendOrigin,
+        verification: TxnVerification,
     ) -> Result<AppendInfo, AppendError> {
         let config = self.config();
         let batches = validate_batches(records, &config, Some(origin))?;
@@ -152,7 +186,12 @@ impl PartitionLog {
                             duplicate: true,
                         });
                     }
-                    Checked::Append(update) => update,
+                    Checked::Append(update) => {
+                        writer
+                            .producers
+                            .check_verification(&producer_batches, verification)?;
+                        update
+                    }
                 }
             }
             AppendOrigin::Coordinator => writer

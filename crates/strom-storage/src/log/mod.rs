@@ -15,7 +15,8 @@
 //! flushes); any number of readers beside it. Readers see only whole batches:
 //! a segment publishes its new size after the bytes are written. The writer
 //! also owns the idempotent producers' state (`producer_state`), which checks
-//! client appends and is kept in step with every change of the log.
+//! client appends (sequences, epochs, and KIP-890's verification guards for
+//! transactional ones) and is kept in step with every change of the log.
 //!
 //! # Layout
 //!
@@ -66,7 +67,8 @@ pub use self::epoch_cache::EpochEntry;
 use self::epoch_cache::LeaderEpochCache;
 use self::producer_state::ProducerStateManager;
 pub use self::producer_state::{
-    MAX_PRODUCERS_PER_PARTITION, NUM_BATCHES_TO_RETAIN, ProducerStateView,
+    MAX_PRODUCERS_PER_PARTITION, MAX_VERIFICATIONS_PER_PARTITION, NUM_BATCHES_TO_RETAIN,
+    ProducerStateView, TxnVerification, VerificationGuard,
 };
 pub(crate) use self::producer_state::{TxnMarker, read_marker};
 pub use self::read::{LogRead, LogSlice, TimestampOffset};

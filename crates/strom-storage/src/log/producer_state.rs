@@ -9,6 +9,14 @@
 //! continue the last one is refused. Replicated and coordinator appends update
 //! the state without those checks, as in Kafka.
 //!
+//! KIP-890 part 1 lives here too, as in Kafka: a transactional produce asks
+//! the partition first whether its producer's transaction is ongoing here;
+//! when it is not, the partition hands out a [`VerificationGuard`] and the
+//! produce asks the transaction coordinator. The append then needs that guard
+//! to start the transaction ([`TxnVerification`]), and the producer's next
+//! transactional batch or marker removes it, so a produce verified before
+//! EndTxn's marker cannot land after it. Verifications live in memory only.
+//!
 //! The state is derived from the log, so it can always be rebuilt by reading
 //! batch headers. Snapshots make that cheap: `<offset>.snapshot` holds the
 //! state of every producer after all batches below `offset`. They are written
@@ -77,6 +85,16 @@ pub const NUM_BATCHES_TO_RETAIN: usize = 5;
 /// (they are then unknown, and Kafka accepts any sequence from an unknown
 /// producer).
 pub const MAX_PRODUCERS_PER_PARTITION: usize = 100_000;
+
+/// Bound on the KIP-890 verifications one partition keeps open. An entry
+/// lives from the moment a transactional produce asks whether its producer
+/// may start a transaction here until the producer's next transactional
+/// batch or marker in the partition: one per transactional producer between
+/// its first produce to the partition and that produce's append, so far
+/// fewer than the producers a partition remembers. Past the bound the oldest
+/// entry goes (the produce it belonged to, if it still runs, is refused with
+/// INVALID_TXN_STATE rather than the partition growing without limit).
+pub const MAX_VERIFICATIONS_PER_PARTITION: usize = 10_000;
 
 /// Snapshot files kept. Kafka keeps one per segment; three cover the last two
 /// segment rolls and the last clean close, which is what a truncation after
@@ -390,6 +408,38 @@ impl ProducerBatch {
     }
 }
 
+/// KIP-890 part 1: proof that the transaction coordinator confirmed, after
+/// this guard was handed out, that a producer's transaction is ongoing and
+/// holds the partition (Kafka's `VerificationGuard`). A transactional batch
+/// that starts the producer's transaction in the partition is taken only
+/// with the guard the partition still holds for that producer; the
+/// producer's next transactional batch or marker removes it, so a produce
+/// verified before a marker cannot append after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VerificationGuard(u64);
+
+/// How a leader append treats transactional batches (KIP-890 part 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxnVerification {
+    /// No check: coordinators' appends, and callers that verify otherwise.
+    #[default]
+    Unchecked,
+    /// A producer's transactional batch that would start its transaction
+    /// here (none ongoing at the batch's epoch) needs this guard to be the
+    /// producer's current one. `None`: the produce found the transaction
+    /// ongoing when it looked and holds no guard, so if a marker ended the
+    /// transaction since, the batch is refused.
+    Checked(Option<VerificationGuard>),
+}
+
+/// An open verification of one producer (Kafka's `VerificationStateEntry`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VerificationEntry {
+    guard: VerificationGuard,
+    /// The producer epoch the verification was asked for.
+    producer_epoch: i16,
+}
+
 /// The outcome of checking a client append.
 #[derive(Debug)]
 pub(crate) enum Checked {
@@ -407,6 +457,9 @@ pub(crate) struct ProducerUpdate {
     entries: HashMap<i64, ProducerStateEntry>,
     /// Transactions the append's markers end, in offset order.
     completed: Vec<CompletedTxn>,
+    /// Producers with a transactional batch or marker in the append: their
+    /// verification is over (the transaction started, or ended).
+    verified: Vec<i64>,
 }
 
 impl ProducerUpdate {
@@ -437,6 +490,13 @@ pub(crate) struct ProducerStateManager {
     /// Offsets of the snapshot files in the partition directory.
     snapshots: BTreeSet<i64>,
     max_producers: usize,
+    /// Open KIP-890 verifications by producer id, at most
+    /// [`MAX_VERIFICATIONS_PER_PARTITION`]. Not persisted: a restart fails
+    /// the produces in flight, which clients retry.
+    verifications: HashMap<i64, VerificationEntry>,
+    /// The next guard handed out: guards are unique per partition and grow,
+    /// so the smallest is the oldest.
+    next_guard: u64,
 }
 
 impl ProducerStateManager {
@@ -449,17 +509,107 @@ impl ProducerStateManager {
             ongoing: BTreeSet::new(),
             snapshots: snapshots.into_iter().collect(),
             max_producers,
+            verifications: HashMap::new(),
+            next_guard: 1,
         }
+    }
+
+    /// Whether `producer_id` has a transaction open here at `producer_epoch`
+    /// (Kafka's `hasOngoingTransaction`).
+    pub(crate) fn has_ongoing_txn(&self, producer_id: i64, producer_epoch: i16) -> bool {
+        self.producers.get(&producer_id).is_some_and(|e| {
+            e.producer_epoch == producer_epoch && e.current_txn_first_offset.is_some()
+        })
+    }
+
+    /// KIP-890 part 1, before a transactional produce asks the coordinator:
+    /// `None` when the producer's transaction is already ongoing here (no
+    /// question to ask), otherwise the guard to append with once the
+    /// coordinator said yes (Kafka's `maybeStartTransactionVerification`).
+    /// An open verification of the producer is shared.
+    pub(crate) fn maybe_start_verification(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Option<VerificationGuard> {
+        if self.has_ongoing_txn(producer_id, producer_epoch) {
+            return None;
+        }
+        if let Some(entry) = self.verifications.get_mut(&producer_id) {
+            entry.producer_epoch = entry.producer_epoch.max(producer_epoch);
+            return Some(entry.guard);
+        }
+        if self.verifications.len() >= MAX_VERIFICATIONS_PER_PARTITION
+            && let Some(oldest) = self
+                .verifications
+                .iter()
+                .min_by_key(|(_, e)| e.guard.0)
+                .map(|(id, _)| *id)
+        {
+            self.verifications.remove(&oldest);
+        }
+        let guard = VerificationGuard(self.next_guard);
+        self.next_guard += 1;
+        self.verifications.insert(
+            producer_id,
+            VerificationEntry {
+                guard,
+                producer_epoch,
+            },
+        );
+        Some(guard)
+    }
+
+    /// The KIP-890 check of a leader append's transactional batches (see
+    /// [`TxnVerification`]), against the state before the append: a batch
+    /// that starts its producer's transaction needs the producer's current
+    /// guard; later batches of the same transaction in the append follow it.
+    pub(crate) fn check_verification(
+        &self,
+        batches: &[ProducerBatch],
+        verification: TxnVerification,
+    ) -> Result<(), AppendError> {
+        let TxnVerification::Checked(guard) = verification else {
+            return Ok(());
+        };
+        let mut started: Vec<(i64, i16)> = Vec::new();
+        for batch in batches
+            .iter()
+            .filter(|b| b.transactional && b.marker.is_none())
+        {
+            let key = (batch.producer_id, batch.producer_epoch);
+            if self.has_ongoing_txn(batch.producer_id, batch.producer_epoch)
+                || started.contains(&key)
+            {
+                continue;
+            }
+            let current = self.verifications.get(&batch.producer_id).map(|e| e.guard);
+            if guard.is_none() || current != guard {
+                return Err(AppendError::InvalidTxnState {
+                    producer_id: batch.producer_id,
+                });
+            }
+            started.push(key);
+        }
+        Ok(())
+    }
+
+    /// The open verification of `producer_id` (tests).
+    #[cfg(test)]
+    pub(crate) fn verification(&self, producer_id: i64) -> Option<VerificationGuard> {
+        self.verifications.get(&producer_id).map(|e| e.guard)
     }
 
     pub(crate) fn len(&self) -> usize {
         self.producers.len()
     }
 
-    /// Heap bytes held: the producer map (a `HashMap` slot is its entry and
-    /// one control byte) and the set of snapshot offsets.
+    /// Heap bytes held: the producer and verification maps (a `HashMap`
+    /// slot is its entry and one control byte) and the set of snapshot
+    /// offsets.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.producers.capacity() * (size_of::<(i64, ProducerStateEntry)>() + 1)
+            + self.verifications.capacity() * (size_of::<(i64, VerificationEntry)>() + 1)
             + self.snapshots.len() * 2 * size_of::<i64>()
     }
 
@@ -531,6 +681,9 @@ impl ProducerStateManager {
                 }
             }
             entry.add_batch(batch);
+            if batch.transactional {
+                update.verified.push(batch.producer_id);
+            }
         }
         Ok(Checked::Append(update))
     }
@@ -544,6 +697,9 @@ impl ProducerStateManager {
                 .entry(&self.producers, batch.producer_id)
                 .apply_batch(batch);
             update.completed.extend(completed);
+            if batch.transactional {
+                update.verified.push(batch.producer_id);
+            }
         }
         update
     }
@@ -579,6 +735,9 @@ impl ProducerStateManager {
             }
             let completed = entry.apply_batch(batch);
             update.completed.extend(completed);
+            if batch.transactional {
+                update.verified.push(batch.producer_id);
+            }
         }
         Ok(update)
     }
@@ -586,6 +745,12 @@ impl ProducerStateManager {
     /// Puts the entries of a written append in place; returns the
     /// transactions its markers ended.
     pub(crate) fn apply(&mut self, update: ProducerUpdate) -> Vec<CompletedTxn> {
+        // Kafka's `updateProducers`: a transactional batch starts the
+        // transaction (no more verifying) and a marker ends it (what was
+        // verified before is over).
+        for id in &update.verified {
+            self.verifications.remove(id);
+        }
         for (id, entry) in update.entries {
             let before = self
                 .producers
@@ -607,6 +772,9 @@ impl ProducerStateManager {
             .or_insert_with(ProducerStateEntry::unknown);
         let before = entry.current_txn_first_offset;
         let completed = entry.apply_batch(batch);
+        if batch.transactional {
+            self.verifications.remove(&batch.producer_id);
+        }
         let after = entry.current_txn_first_offset;
         self.track_ongoing(batch.producer_id, before, after);
         self.enforce_max_producers();
@@ -644,6 +812,7 @@ impl ProducerStateManager {
     pub(crate) fn clear(&mut self) {
         self.producers.clear();
         self.ongoing.clear();
+        self.verifications.clear();
     }
 
     /// Removes producers whose last batch is at least `expiration_ms` older

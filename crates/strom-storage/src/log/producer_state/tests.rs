@@ -289,3 +289,114 @@ fn markers_from_an_older_coordinator_are_fenced() {
         5
     );
 }
+
+fn txn_batch(producer_id: i64, epoch: i16, first_seq: i32, first_offset: i64) -> ProducerBatch {
+    ProducerBatch {
+        transactional: true,
+        ..batch(producer_id, epoch, first_seq, 1, first_offset)
+    }
+}
+
+fn commit_marker(producer_id: i64, epoch: i16, offset: i64) -> ProducerBatch {
+    ProducerBatch {
+        producer_id,
+        producer_epoch: epoch,
+        first_seq: -1,
+        last_seq: -1,
+        first_offset: offset,
+        last_offset: offset,
+        max_timestamp: 0,
+        transactional: true,
+        marker: Some(EndMarker {
+            kind: TxnMarker::Commit,
+            coordinator_epoch: 0,
+        }),
+    }
+}
+
+#[test]
+fn a_transaction_starts_only_with_the_current_verification_guard() {
+    let mut m = ProducerStateManager::new([], MAX_PRODUCERS_PER_PARTITION);
+    let first = txn_batch(7, 0, 0, 0);
+    // Without a guard, or with a guard never handed out, nothing starts.
+    for verification in [
+        TxnVerification::Checked(None),
+        TxnVerification::Checked(Some(VerificationGuard(999))),
+    ] {
+        assert!(matches!(
+            m.check_verification(&[first], verification),
+            Err(AppendError::InvalidTxnState { producer_id: 7 })
+        ));
+    }
+    assert!(
+        m.check_verification(&[first], TxnVerification::Unchecked)
+            .is_ok()
+    );
+    let guard = m
+        .maybe_start_verification(7, 0)
+        .expect("no transaction yet");
+    assert_eq!(
+        m.maybe_start_verification(7, 0),
+        Some(guard),
+        "a second produce shares the open verification"
+    );
+    let verified = TxnVerification::Checked(Some(guard));
+    assert!(m.check_verification(&[first], verified).is_ok());
+    applied(&mut m, &[first]);
+    // The transaction is ongoing: no more verification, and its guard went.
+    assert_eq!(m.verification(7), None);
+    assert_eq!(m.maybe_start_verification(7, 0), None);
+    let second = txn_batch(7, 0, 1, 1);
+    assert!(
+        m.check_verification(&[second], TxnVerification::Checked(None))
+            .is_ok()
+    );
+    // A newer epoch is a new transaction: it is verified again.
+    assert!(m.maybe_start_verification(7, 1).is_some());
+}
+
+#[test]
+fn a_produce_verified_before_a_marker_cannot_append_after_it() {
+    let mut m = ProducerStateManager::new([], MAX_PRODUCERS_PER_PARTITION);
+    // Transaction 1 is ongoing; a produce looks and finds it ongoing.
+    let guard = m.maybe_start_verification(3, 0).unwrap();
+    applied(&mut m, &[txn_batch(3, 0, 0, 0)]);
+    assert_eq!(m.maybe_start_verification(3, 0), None);
+    // EndTxn writes the transaction's marker before that produce appends.
+    m.apply(
+        m.check_coordinator_append(&[commit_marker(3, 0, 1)])
+            .unwrap(),
+    );
+    // The produce that saw the transaction ongoing holds no guard: refused.
+    assert!(matches!(
+        m.check_verification(&[txn_batch(3, 0, 1, 2)], TxnVerification::Checked(None)),
+        Err(AppendError::InvalidTxnState { producer_id: 3 })
+    ));
+    // A produce verified (guard handed out, coordinator said yes) before the
+    // marker of the transaction it verified for: the marker took the guard.
+    let verified = m.maybe_start_verification(3, 0).unwrap();
+    assert_ne!(verified, guard, "guards are never reused");
+    m.apply(
+        m.check_coordinator_append(&[commit_marker(3, 0, 2)])
+            .unwrap(),
+    );
+    assert!(matches!(
+        m.check_verification(
+            &[txn_batch(3, 0, 1, 3)],
+            TxnVerification::Checked(Some(verified))
+        ),
+        Err(AppendError::InvalidTxnState { producer_id: 3 })
+    ));
+}
+
+#[test]
+fn open_verifications_are_bounded() {
+    let mut m = ProducerStateManager::new([], MAX_PRODUCERS_PER_PARTITION);
+    let oldest = m.maybe_start_verification(0, 0).unwrap();
+    for producer_id in 1..=i64::try_from(MAX_VERIFICATIONS_PER_PARTITION).unwrap() {
+        m.maybe_start_verification(producer_id, 0).unwrap();
+    }
+    assert_eq!(m.verifications.len(), MAX_VERIFICATIONS_PER_PARTITION);
+    assert!(m.verification(1).is_some());
+    assert_ne!(m.verification(0), Some(oldest), "the oldest went first");
+}
