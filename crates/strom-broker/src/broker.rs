@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
 use crate::group::GroupCoordinator;
+use crate::group::store::OFFSETS_TOPIC;
 use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::replica::ReplicaManager;
@@ -237,9 +238,14 @@ pub async fn start_with_clock(
     let broker = Arc::new(broker);
     let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
     let metrics_serve = metrics_server.map(|m| m.spawn(Arc::clone(&broker)));
-    broker
-        .tasks
-        .spawn(GroupCoordinator::run_timers(Arc::clone(&broker)));
+    let timers = Arc::clone(&broker);
+    broker.tasks.spawn(async move {
+        let images = Arc::clone(&timers);
+        timers
+            .groups
+            .run_timers(move || images.image(), timers.shutdown.clone())
+            .await;
+    });
     broker
         .tasks
         .spawn(TxnCoordinator::run_timers(Arc::clone(&broker)));
@@ -352,7 +358,10 @@ fn open(
         tracing::error!(error = %e, "some partitions could not be opened at start; retrying");
     }
     let fetch_sessions = FetchSessionCache::new(config.settings.fetch_session_cache_slots);
-    let groups = GroupCoordinator::open(config.settings.group.clone(), &replicas, clock.now_ms());
+    let groups = GroupCoordinator::new(config.settings.group.clone(), Arc::clone(&clock));
+    // The metadata publisher will do this on every change; for now, at
+    // start and when the offsets topic is created (api::group).
+    groups.sync(&replicas.topic_partitions(OFFSETS_TOPIC));
     let txn = TxnCoordinator::open(config.settings.txn.clone(), &replicas);
     let queued_max_request_bytes = config.settings.queued_max_request_bytes;
     Ok(Broker {

@@ -210,6 +210,12 @@ impl<S> Shards<S> {
             .collect()
     }
 
+    /// Every partition index with a slot, loading or loaded (whoever
+    /// brings the shards in line with the partitions resigns those gone).
+    pub fn indexes(&self) -> Vec<i32> {
+        self.slots.read().keys().copied().collect()
+    }
+
     /// The epoch partition `index` is loading or loaded at.
     pub fn epoch(&self, index: i32) -> Option<i32> {
         match self.slots.read().get(&index)? {

@@ -274,10 +274,7 @@ pub async fn delete_topics(
             }
         })
         .collect();
-    broker
-        .groups
-        .on_topics_deleted(broker, &deleted_names)
-        .await;
+    broker.groups.on_topics_deleted(&deleted_names).await;
     let responses = responses
         .into_iter()
         .map(|mut r: DeletableTopicResult| {

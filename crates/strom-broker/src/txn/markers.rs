@@ -103,7 +103,7 @@ pub async fn write_local(broker: &Arc<Broker>, request: &MarkerRequest) -> Marke
         if topic == OFFSETS_TOPIC && *code == ErrorCode::None {
             broker
                 .groups
-                .complete_txn(broker, request.producer_id, *partition, request.commit)
+                .complete_txn(request.producer_id, *partition, request.commit)
                 .await;
         }
     }
