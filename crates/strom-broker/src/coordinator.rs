@@ -264,6 +264,17 @@ mod tests {
     }
 
     #[test]
+    fn indexes_name_loading_and_loaded_slots_until_resigned() {
+        let shards: Shards<u32> = Shards::default();
+        assert!(shards.elected(4, 1));
+        assert!(shards.elected(2, 1));
+        assert!(shards.loaded(2, 1, 0));
+        assert_eq!(shards.indexes(), vec![2, 4]);
+        assert!(shards.resigned(2, None).is_some());
+        assert_eq!(shards.indexes(), vec![4]);
+    }
+
+    #[test]
     fn a_failed_load_leaves_no_coordinator_and_a_late_load_is_dropped() {
         let shards: Shards<u32> = Shards::default();
         assert!(shards.elected(1, 1));
