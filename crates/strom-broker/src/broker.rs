@@ -29,6 +29,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
 use crate::group::GroupCoordinator;
+use crate::group::store::OFFSETS_TOPIC;
 use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::publisher::Publisher;
@@ -166,13 +167,6 @@ impl Broker {
         self.controller.image()
     }
 
-    /// Brings the local partitions in line with the latest image.
-    /// Partitions that fail are logged, remembered and retried (see
-    /// [`ReplicaManager::apply_image`]).
-    pub fn apply_metadata(&self) -> Result<(), crate::replica::ApplyError> {
-        self.replicas.apply_image(&self.image(), &self.config)
-    }
-
     /// Waits until the metadata publisher has applied the current image
     /// (a handler that changed the metadata waits for its change to be
     /// the broker's state before answering).
@@ -293,9 +287,14 @@ pub async fn start_with_clock(
     let broker = Arc::new(broker);
     let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
     let metrics_serve = metrics_server.map(|m| m.spawn(Arc::clone(&broker)));
-    broker
-        .tasks
-        .spawn(GroupCoordinator::run_timers(Arc::clone(&broker)));
+    let timers = Arc::clone(&broker);
+    broker.tasks.spawn(async move {
+        let images = Arc::clone(&timers);
+        timers
+            .groups
+            .run_timers(move || images.image(), timers.shutdown.clone())
+            .await;
+    });
     let for_timers = Arc::clone(&broker);
     broker.tasks.spawn(async move {
         let markers = crate::api::txn::LocalMarkerSender::new(&for_timers);
@@ -411,7 +410,7 @@ fn open(
         tracing::error!(error = %e, "some partitions could not be opened at start; retrying");
     }
     let fetch_sessions = FetchSessionCache::new(config.settings.fetch_session_cache_slots);
-    let groups = GroupCoordinator::open(config.settings.group.clone(), &replicas, clock.now_ms());
+    let groups = GroupCoordinator::new(config.settings.group.clone(), Arc::clone(&clock));
     let producer_ids = Arc::new(ProducerIdManager::new(
         config.node_id,
         Arc::clone(&controller),
@@ -422,6 +421,7 @@ fn open(
         Arc::clone(&producer_ids) as Arc<dyn ProducerIdSource>,
     );
     // The metadata publisher does so on every change after this.
+    groups.sync(&replicas.topic_partitions(OFFSETS_TOPIC));
     txn.sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
     let queued_max_request_bytes = config.settings.queued_max_request_bytes;
     Ok(Broker {

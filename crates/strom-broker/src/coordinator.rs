@@ -76,6 +76,26 @@ impl CoordinatorLog for Partition {
     }
 }
 
+/// The error a coordinator answers when appending its own records (group
+/// state, offset commits, transaction state, markers) fails: the append's
+/// code ([`AppendError::error_code`]) when the caller's client can act on it
+/// (`passed`), `too_large` for a batch over `max.message.bytes` or the
+/// segment (Kafka's coordinators answer INVALID_COMMIT_OFFSET_SIZE for a
+/// too-large commit), and `otherwise` for the rest (the coordinator cannot
+/// write: the client retries or looks it up again).
+pub fn append_error_code(
+    e: &AppendError,
+    passed: &[ErrorCode],
+    too_large: ErrorCode,
+    otherwise: ErrorCode,
+) -> ErrorCode {
+    match e.error_code() {
+        code if passed.contains(&code) => code,
+        ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => too_large,
+        _ => otherwise,
+    }
+}
+
 /// Where one shard is in its life (Kafka's `CoordinatorState`, less the
 /// failed state: a load that fails leaves the slot empty and logged).
 #[derive(Debug)]
@@ -229,6 +249,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn coordinators_translate_append_errors_as_kafkas_do() {
+        let too_large = AppendError::MessageTooLarge { size: 2, max: 1 };
+        let fenced = AppendError::InvalidProducerEpoch {
+            producer_id: 1,
+            epoch: 0,
+            current_epoch: 1,
+        };
+        let io = AppendError::Io(std::io::Error::other("disk"));
+        let translate = |e: &AppendError| {
+            append_error_code(
+                e,
+                &[ErrorCode::InvalidProducerEpoch],
+                ErrorCode::InvalidCommitOffsetSize,
+                ErrorCode::CoordinatorNotAvailable,
+            )
+        };
+        assert_eq!(translate(&too_large), ErrorCode::InvalidCommitOffsetSize);
+        assert_eq!(translate(&fenced), ErrorCode::InvalidProducerEpoch);
+        assert_eq!(translate(&io), ErrorCode::CoordinatorNotAvailable);
+    }
+
+    #[test]
     fn a_shard_answers_only_once_loaded_and_until_resigned() {
         let shards: Shards<&str> = Shards::default();
         assert_eq!(shards.get(3).err(), Some(ErrorCode::NotCoordinator));
@@ -262,6 +304,17 @@ mod tests {
         assert_eq!(shards.get(0).ok().as_deref(), Some(&20));
         assert_eq!(shards.epoch(0), Some(2));
         assert_eq!(shards.indexes(), vec![0]);
+    }
+
+    #[test]
+    fn indexes_name_loading_and_loaded_slots_until_resigned() {
+        let shards: Shards<u32> = Shards::default();
+        assert!(shards.elected(4, 1));
+        assert!(shards.elected(2, 1));
+        assert!(shards.loaded(2, 1, 0));
+        assert_eq!(shards.indexes(), vec![2, 4]);
+        assert!(shards.resigned(2, None).is_some());
+        assert_eq!(shards.indexes(), vec![4]);
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //!   internal partition, the clock) and their shards, one per internal
 //!   partition this broker leads, loaded and unloaded as leadership moves.
 //! - [`group`]: the group coordinator: consumer groups (classic and KIP-848)
-//!   and committed offsets, kept in `__consumer_offsets`.
+//!   and committed offsets, kept in `__consumer_offsets` and sharded by its
+//!   partitions (one [`group::GroupShard`] per partition this broker leads).
 //! - [`memory`]: broker-wide memory budgets: request bytes in flight
 //!   (`queued.max.request.bytes`) and decompression of produced batches.
 //! - [`metrics`]: Prometheus metrics, recorded and read at scrape time, and

@@ -474,10 +474,16 @@ async fn scrape_state(broker: &Broker) -> Registry {
     let lag = Family::<GroupPartitionLabels, Gauge>::default();
     let mut left_out = 0usize;
     {
-        let state = broker.groups.lock().await;
+        // Every shard's lock, taken in partition order (nothing else takes
+        // two), so the scrape sees each shard's offsets at one moment.
+        let shards = broker.groups.active_shards();
+        let mut states = Vec::with_capacity(shards.len());
+        for shard in &shards {
+            states.push(shard.lock().await);
+        }
         // In group order, so that past the bound the same series are left
         // out from one scrape to the next.
-        let mut groups: Vec<_> = state.offsets.iter().collect();
+        let mut groups: Vec<_> = states.iter().flat_map(|s| s.offsets.iter()).collect();
         groups.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut series = 0usize;
         for (group, offsets) in groups {

@@ -144,19 +144,21 @@ async fn publish(broker: &Arc<Broker>, image: &Arc<MetadataImage>, delta: &Metad
             .apply_image(&image_for_task, &for_task.config);
         // Then the coordinators follow the partitions they shard by: a
         // partition led here is loaded, one no longer led is unloaded.
-        for_task.txn.sync(
-            &for_task
-                .replicas
-                .topic_partitions(crate::txn::store::TRANSACTION_STATE_TOPIC),
-        );
+        let replicas = &for_task.replicas;
+        for_task
+            .groups
+            .sync(&replicas.topic_partitions(crate::group::store::OFFSETS_TOPIC));
+        for_task
+            .txn
+            .sync(&replicas.topic_partitions(crate::txn::store::TRANSACTION_STATE_TOPIC));
     })
     .await;
     if let Err(e) = applied {
         tracing::error!(error = %e, offset = image.offset, "applying the metadata image failed");
     }
-    if !delta.deleted_topics.is_empty() {
-        tracing::debug!(topics = ?delta.deleted_topics, "topics deleted");
-    }
+    // Committed offsets of deleted topics go (Kafka's
+    // `onPartitionsDeleted`), before anyone waiting for this image is told.
+    broker.groups.on_topics_deleted(&delta.deleted_topics).await;
 }
 
 #[cfg(test)]

@@ -238,7 +238,6 @@ pub async fn delete_topics(
         .unwrap_or_default()
         .into_iter();
     broker.await_metadata().await;
-    let mut deleted_names = std::collections::BTreeSet::new();
     let responses: Vec<DeletableTopicResult> = targets
         .into_iter()
         .map(|(name, requested_id)| match name {
@@ -254,7 +253,6 @@ pub async fn delete_topics(
                 });
                 if result.is_ok() {
                     broker.metrics.forget_topic(&name);
-                    deleted_names.insert(name.clone());
                 }
                 let base = DeletableTopicResult::default()
                     .with_name(Some(TopicName(StrBytes::from_string(name))));
@@ -268,10 +266,6 @@ pub async fn delete_topics(
             }
         })
         .collect();
-    broker
-        .groups
-        .on_topics_deleted(broker, &deleted_names)
-        .await;
     let responses = responses
         .into_iter()
         .map(|mut r: DeletableTopicResult| {

@@ -4,15 +4,22 @@
 //! OffsetDelete) and group administration (DescribeGroups, ListGroups,
 //! DeleteGroups).
 //!
-//! Each handler checks what the request says, lets the coordinator's state
-//! machine decide, and maps its answer onto the version asked for (fields a
-//! version does not have stay at their defaults).
+//! Each handler checks what the request says, finds the group's shard (the
+//! coordinator's state of the group's partition of `__consumer_offsets`),
+//! lets its state machine decide, and maps its answer onto the version asked
+//! for (fields a version does not have stay at their defaults).
+//!
+//! Creating `__consumer_offsets` lives here, not in the coordinator: it
+//! needs the controller and the replica manager (the broker), and the
+//! coordinator only ever sees the partitions it is handed
+//! ([`GroupCoordinator::sync`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use strom_controller::MetadataImage;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::StrBytes;
 use strom_protocol::messages::kafka::{BrokerId, GroupId, TopicName};
@@ -43,7 +50,7 @@ use strom_protocol::messages::kafka::{
     offset_delete_response::{
         OffsetDeleteResponse, OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
     },
-    offset_fetch_request::OffsetFetchRequest,
+    offset_fetch_request::{OffsetFetchRequest, OffsetFetchRequestGroup},
     offset_fetch_response::{
         OffsetFetchResponse, OffsetFetchResponseGroup, OffsetFetchResponsePartition,
         OffsetFetchResponsePartitions, OffsetFetchResponseTopic, OffsetFetchResponseTopics,
@@ -57,7 +64,7 @@ use crate::broker::Broker;
 use crate::group::classic::{JoinRequest, JoinResult, Outbox, Reply, SyncResult};
 use crate::group::consumer::{self, Partitions};
 use crate::group::store::{OFFSETS_TOPIC, OffsetValue, Record};
-use crate::group::{Group, GroupCoordinator, GroupState};
+use crate::group::{Group, GroupShard, GroupState, offsets_partition};
 use crate::metrics::Purgatory;
 
 /// FindCoordinator key types.
@@ -86,16 +93,127 @@ fn client_id(client: Option<&StrBytes>) -> String {
     client.map(|c| c.to_string()).unwrap_or_default()
 }
 
-/// Waits for a parked reply (counted in the rebalance purgatory); a dropped
-/// sender means the group went away.
-async fn wait<T>(broker: &Broker, reply: Reply<T>, gone: T) -> T {
+/// Waits for a parked reply (counted in the rebalance purgatory): `gone`
+/// when the group dropped it, `unloaded` when the shard was unloaded (this
+/// broker no longer coordinates the group).
+async fn wait<T>(broker: &Broker, shard: &GroupShard, reply: Reply<T>, gone: T, unloaded: T) -> T {
     match reply {
         Reply::Now(r) => r,
         Reply::Later(rx) => {
             let _parked = broker.metrics.enter_purgatory(Purgatory::Rebalance);
-            rx.await.unwrap_or(gone)
+            shard.wait(rx, gone, unloaded).await
         }
     }
+}
+
+/// The shard of `group_id` for a request that writes: `__consumer_offsets`
+/// is created first when it does not exist yet.
+pub(crate) async fn group_shard(
+    broker: &Arc<Broker>,
+    group_id: &str,
+) -> Result<Arc<GroupShard>, ErrorCode> {
+    if group_id.is_empty() {
+        return Err(ErrorCode::InvalidGroupId);
+    }
+    if broker.image().topic(OFFSETS_TOPIC).is_none() {
+        let broker_for_task = Arc::clone(broker);
+        super::blocking(move || ensure_offsets_topic(&broker_for_task))
+            .await
+            .unwrap_or(Err(ErrorCode::UnknownServerError))?;
+    }
+    route(broker, group_id).await
+}
+
+/// The shard of `group_id` for a request that only reads, or `None` while
+/// `__consumer_offsets` does not exist (no group has anything stored: the
+/// request is answered as for an unknown group).
+async fn find_shard(
+    broker: &Arc<Broker>,
+    group_id: &str,
+) -> Result<Option<Arc<GroupShard>>, ErrorCode> {
+    if group_id.is_empty() {
+        return Err(ErrorCode::InvalidGroupId);
+    }
+    if broker.image().topic(OFFSETS_TOPIC).is_none() {
+        return Ok(None);
+    }
+    route(broker, group_id).await.map(Some)
+}
+
+/// The coordinator's shard of `group_id`. Until the metadata publisher
+/// brings the shards in line with every change, a partition this broker
+/// leads with no shard yet (the topic was just created by a request still
+/// loading it) is synced here, so the request does not bounce.
+async fn route(broker: &Arc<Broker>, group_id: &str) -> Result<Arc<GroupShard>, ErrorCode> {
+    let image = broker.image();
+    match broker.groups.shard_for(&image, group_id) {
+        Err(ErrorCode::NotCoordinator) if leads_partition_of(broker, &image, group_id) => {
+            let broker_for_task = Arc::clone(broker);
+            super::blocking(move || {
+                let partitions = broker_for_task.replicas.topic_partitions(OFFSETS_TOPIC);
+                broker_for_task.groups.sync(&partitions);
+            })
+            .await;
+            broker.groups.shard_for(&broker.image(), group_id)
+        }
+        other => other,
+    }
+}
+
+/// Whether this broker holds and leads `group_id`'s offsets partition.
+fn leads_partition_of(broker: &Broker, image: &MetadataImage, group_id: &str) -> bool {
+    offsets_partition(image, group_id).is_some_and(|(index, _)| {
+        broker
+            .replicas
+            .get(OFFSETS_TOPIC, index)
+            .is_some_and(|p| p.is_leader())
+    })
+}
+
+/// Creates `__consumer_offsets` if it is missing (Kafka does so on the first
+/// FindCoordinator or commit), opens its local partitions and loads the
+/// coordinator's shards of those this broker leads; returns the image that
+/// has the topic. Blocking.
+fn ensure_offsets_topic(broker: &Broker) -> Result<Arc<MetadataImage>, ErrorCode> {
+    let image = broker.image();
+    if image.topic(OFFSETS_TOPIC).is_some() {
+        return Ok(image);
+    }
+    let request = broker
+        .groups
+        .config
+        .offsets_topic_request(image.brokers.len());
+    let created = broker.controller.create_topics(vec![request], false);
+    match created.into_iter().next() {
+        Some(Ok(_)) => tracing::info!("created {OFFSETS_TOPIC}"),
+        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}");
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+        None => return Err(ErrorCode::CoordinatorNotAvailable),
+    }
+    // The publisher opens the partitions and loads their shards; failures
+    // elsewhere are its to retry, only this topic's matter here.
+    broker.await_metadata_blocking();
+    if let Some((partition, e)) = broker.replicas.topic_storage_error(OFFSETS_TOPIC) {
+        tracing::error!(partition, error = %e, "cannot open the partitions of {OFFSETS_TOPIC}");
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(broker.image())
+}
+
+/// The leader of `group_id`'s partition of the offsets topic, creating the
+/// topic when it does not exist yet (FindCoordinator, AddOffsetsToTxn).
+/// Blocking.
+pub(crate) fn coordinator_for(broker: &Broker, group_id: &str) -> Result<i32, ErrorCode> {
+    let image = ensure_offsets_topic(broker)?;
+    let (_, partition) =
+        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
+    if partition.leader < 0 {
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(partition.leader)
 }
 
 /// Runs a group change (lock, state machine, append, replies) in a tracked
@@ -119,15 +237,16 @@ async fn critical<T: Send + 'static>(
 /// handed out is not: its members get the error and rebalance again, as in
 /// Kafka.
 async fn finish(
-    coordinator: &GroupCoordinator,
-    broker: &Arc<Broker>,
+    broker: &Broker,
+    shard: &GroupShard,
     state: &mut GroupState,
     group_id: &str,
     mut out: Outbox,
 ) {
+    let coordinator = &broker.groups;
     if out.persist {
         let record = state.group_record(group_id, &coordinator.config);
-        if let Err(e) = coordinator.persist(broker, group_id, vec![record]).await {
+        if let Err(e) = shard.persist(vec![record]).await {
             tracing::warn!(group = %group_id, error = ?e, "could not persist a group change; rebalancing");
             out.fail_syncs(ErrorCode::CoordinatorNotAvailable);
             if let Some(Group::Classic(group)) = state.groups.get_mut(group_id) {
@@ -160,32 +279,22 @@ pub async fn find_coordinator(
     let found: Vec<(String, Lookup)> = super::blocking(move || {
         keys.into_iter()
             .map(|key| {
-                let answer = match key_type {
-                    KEY_TYPE_GROUP => crate::group::coordinator_for(
-                        &broker_for_task,
-                        &broker_for_task.groups.config,
-                        &key,
-                    )
-                    .map_err(|e| (e, "The coordinator is not available.".to_owned()))
-                    .and_then(|node| {
-                        endpoint(&broker_for_task, node).ok_or((
-                            ErrorCode::CoordinatorNotAvailable,
-                            "The coordinator is not available.".to_owned(),
-                        ))
-                    }),
-                    KEY_TYPE_TRANSACTION => super::txn::coordinator_for(&broker_for_task, &key)
-                        .map_err(|e| (e, "The coordinator is not available.".to_owned()))
-                        .and_then(|node| {
-                            endpoint(&broker_for_task, node).ok_or((
-                                ErrorCode::CoordinatorNotAvailable,
-                                "The coordinator is not available.".to_owned(),
-                            ))
-                        }),
+                let found = match key_type {
+                    KEY_TYPE_GROUP => Ok(coordinator_for(&broker_for_task, &key)),
+                    KEY_TYPE_TRANSACTION => Ok(super::txn::coordinator_for(&broker_for_task, &key)),
                     other => Err((
                         ErrorCode::InvalidRequest,
                         format!("Unknown coordinator type {other}."),
                     )),
                 };
+                let unavailable = "The coordinator is not available.";
+                let answer = found.and_then(|node| {
+                    node.map_err(|e| (e, unavailable.to_owned()))
+                        .and_then(|node| {
+                            endpoint(&broker_for_task, node)
+                                .ok_or((ErrorCode::CoordinatorNotAvailable, unavailable.to_owned()))
+                        })
+                });
                 (key, answer)
             })
             .collect()
@@ -258,17 +367,6 @@ fn endpoint(broker: &Broker, node: i32) -> Option<(i32, String, i32)> {
 
 // ---------------------------------------------------------------- classic protocol
 
-/// Checks every group request makes first.
-fn check_group(broker: &Broker, group_id: &str) -> Result<(), ErrorCode> {
-    if group_id.is_empty() {
-        return Err(ErrorCode::InvalidGroupId);
-    }
-    match broker.groups.coordinator_error(broker, group_id) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
 fn join_response(result: JoinResult, version: i16) -> JoinGroupResponse {
     let mut r = JoinGroupResponse::default();
     r.error_code = result.error as i16;
@@ -311,11 +409,11 @@ pub async fn join_group(
     let group_id = req.group_id.to_string();
     let member_id = req.member_id.to_string();
     let fail = |code: ErrorCode| join_response(JoinResult::error(code, &member_id), version);
-    if let Err(code) = check_group(broker, &group_id) {
-        return fail(code);
-    }
-    let coordinator = &broker.groups;
-    let config = &coordinator.config;
+    let shard = match group_shard(broker, &group_id).await {
+        Ok(shard) => shard,
+        Err(code) => return fail(code),
+    };
+    let config = &broker.groups.config;
     if req.session_timeout_ms < config.min_session_timeout_ms
         || req.session_timeout_ms > config.max_session_timeout_ms
     {
@@ -349,11 +447,12 @@ pub async fn join_group(
         require_known_member_id: version >= 4,
     };
     let broker_for_task = Arc::clone(broker);
+    let shard_for_task = Arc::clone(&shard);
     let reply = critical(broker, async move {
         let broker = &broker_for_task;
-        let coordinator = &broker.groups;
-        let config = &coordinator.config;
-        let mut state = coordinator.lock().await;
+        let shard = &shard_for_task;
+        let config = &broker.groups.config;
+        let mut state = shard.lock().await;
         let now = broker.clock.now_ms();
         let existed = state.groups.contains_key(&group_id);
         let Some(group) = state.classic_or_create(&group_id, now) else {
@@ -370,7 +469,7 @@ pub async fn join_group(
         if unused && !state.offsets.contains_key(&group_id) {
             state.groups.remove(&group_id);
         }
-        finish(coordinator, broker, &mut state, &group_id, out).await;
+        finish(broker, shard, &mut state, &group_id, out).await;
         reply
     })
     .await
@@ -380,8 +479,10 @@ pub async fn join_group(
     )));
     let result = wait(
         broker,
+        &shard,
         reply,
         JoinResult::error(ErrorCode::UnknownMemberId, &member_id),
+        JoinResult::error(ErrorCode::NotCoordinator, &member_id),
     )
     .await;
     join_response(result, version)
@@ -405,9 +506,12 @@ pub async fn sync_group(
 ) -> SyncGroupResponse {
     let version = ctx.api_version();
     let group_id = req.group_id.to_string();
-    if let Err(code) = check_group(broker, &group_id) {
-        return sync_response(SyncResult::error(code), version);
-    }
+    let shard = match find_shard(broker, &group_id).await {
+        Ok(Some(shard)) => shard,
+        // No offsets topic: no group, so no member.
+        Ok(None) => return sync_response(SyncResult::error(ErrorCode::UnknownMemberId), version),
+        Err(code) => return sync_response(SyncResult::error(code), version),
+    };
     let member_id = req.member_id.to_string();
     let instance_id = if version >= 3 {
         opt(req.group_instance_id.as_ref())
@@ -429,10 +533,11 @@ pub async fn sync_group(
         .map(|a| (a.member_id.to_string(), a.assignment.clone()))
         .collect();
     let broker_for_task = Arc::clone(broker);
+    let shard_for_task = Arc::clone(&shard);
     let reply = critical(broker, async move {
         let broker = &broker_for_task;
-        let coordinator = &broker.groups;
-        let mut state = coordinator.lock().await;
+        let shard = &shard_for_task;
+        let mut state = shard.lock().await;
         let now = broker.clock.now_ms();
         let Some(Group::Classic(group)) = state.groups.get_mut(&group_id) else {
             return Reply::Now(SyncResult::error(ErrorCode::UnknownMemberId));
@@ -448,7 +553,7 @@ pub async fn sync_group(
             now,
             &mut out,
         );
-        finish(coordinator, broker, &mut state, &group_id, out).await;
+        finish(broker, shard, &mut state, &group_id, out).await;
         reply
     })
     .await
@@ -456,7 +561,14 @@ pub async fn sync_group(
         ErrorCode::CoordinatorNotAvailable,
     )));
     sync_response(
-        wait(broker, reply, SyncResult::error(ErrorCode::UnknownMemberId)).await,
+        wait(
+            broker,
+            &shard,
+            reply,
+            SyncResult::error(ErrorCode::UnknownMemberId),
+            SyncResult::error(ErrorCode::NotCoordinator),
+        )
+        .await,
         version,
     )
 }
@@ -469,16 +581,23 @@ pub async fn heartbeat(
     let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let mut response = HeartbeatResponse::default();
-    if let Err(code) = check_group(broker, &group_id) {
-        response.error_code = code as i16;
-        return response;
-    }
+    let shard = match find_shard(broker, &group_id).await {
+        Ok(Some(shard)) => shard,
+        Ok(None) => {
+            response.error_code = ErrorCode::UnknownMemberId as i16;
+            return response;
+        }
+        Err(code) => {
+            response.error_code = code as i16;
+            return response;
+        }
+    };
     let instance_id = if version >= 3 {
         opt(req.group_instance_id.as_ref())
     } else {
         None
     };
-    let mut state = broker.groups.lock().await;
+    let mut state = shard.lock().await;
     let now = broker.clock.now_ms();
     let code = match state.groups.get_mut(&group_id) {
         Some(Group::Classic(group)) => group.heartbeat(
@@ -501,10 +620,13 @@ pub async fn leave_group(
     let version = ctx.api_version();
     let group_id = req.group_id.to_string();
     let mut response = LeaveGroupResponse::default();
-    if let Err(code) = check_group(broker, &group_id) {
-        response.error_code = code as i16;
-        return response;
-    }
+    let shard = match find_shard(broker, &group_id).await {
+        Ok(shard) => shard,
+        Err(code) => {
+            response.error_code = code as i16;
+            return response;
+        }
+    };
     let leaving: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
             .iter()
@@ -514,25 +636,13 @@ pub async fn leave_group(
         vec![(req.member_id.to_string(), None)]
     };
     let coordinator = &broker.groups;
-    let mut state = coordinator.lock().await;
+    let Some(shard) = shard else {
+        return unknown_leavers(response, leaving, version);
+    };
+    let mut state = shard.lock().await;
     let now = broker.clock.now_ms();
     let Some(Group::Classic(group)) = state.groups.get_mut(&group_id) else {
-        // Kafka: v3+ answers each member; older versions have one code.
-        if version >= 3 {
-            response.members = leaving
-                .into_iter()
-                .map(|(member, instance)| {
-                    let mut m = MemberResponse::default();
-                    m.member_id = s(member);
-                    m.group_instance_id = instance.map(s);
-                    m.error_code = ErrorCode::UnknownMemberId as i16;
-                    m
-                })
-                .collect();
-        } else {
-            response.error_code = ErrorCode::UnknownMemberId as i16;
-        }
-        return response;
+        return unknown_leavers(response, leaving, version);
     };
     let mut out = Outbox::default();
     let results: Vec<(String, Option<String>, ErrorCode)> = leaving
@@ -550,7 +660,7 @@ pub async fn leave_group(
         .collect();
     // A leave that removed nobody changes nothing to write.
     out.persist |= results.iter().any(|(_, _, code)| *code == ErrorCode::None);
-    finish(coordinator, broker, &mut state, &group_id, out).await;
+    finish(broker, &shard, &mut state, &group_id, out).await;
     if version >= 3 {
         response.members = results
             .into_iter()
@@ -564,6 +674,30 @@ pub async fn leave_group(
             .collect();
     } else if let Some((_, _, code)) = results.first() {
         response.error_code = *code as i16;
+    }
+    response
+}
+
+/// LeaveGroup's answer when the group does not exist: Kafka's v3+ answers
+/// each member; older versions have one code.
+fn unknown_leavers(
+    mut response: LeaveGroupResponse,
+    leaving: Vec<(String, Option<String>)>,
+    version: i16,
+) -> LeaveGroupResponse {
+    if version >= 3 {
+        response.members = leaving
+            .into_iter()
+            .map(|(member, instance)| {
+                let mut m = MemberResponse::default();
+                m.member_id = s(member);
+                m.group_instance_id = instance.map(s);
+                m.error_code = ErrorCode::UnknownMemberId as i16;
+                m
+            })
+            .collect();
+    } else {
+        response.error_code = ErrorCode::UnknownMemberId as i16;
     }
     response
 }
@@ -643,10 +777,11 @@ pub async fn offset_commit(
             .collect();
         response
     };
-    if let Err(code) = check_group(broker, &group_id) {
-        return respond(&|_, _| code);
-    }
-    let mut state = coordinator.lock().await;
+    let shard = match group_shard(broker, &group_id).await {
+        Ok(shard) => shard,
+        Err(code) => return respond(&|_, _| code),
+    };
+    let mut state = shard.lock().await;
     // The image is read under the lock: a topic deleted before it was taken
     // is seen as gone, so no offset of it is written after the deletion
     // removed the group's offsets of it.
@@ -669,7 +804,6 @@ pub async fn offset_commit(
         return respond(&|_, _| code);
     }
     let mut errors: BTreeMap<(String, i32), ErrorCode> = BTreeMap::new();
-    let mut records = Vec::new();
     let mut accepted = Vec::new();
     for t in &req.topics {
         for p in &t.partitions {
@@ -693,25 +827,17 @@ pub async fn offset_commit(
                     metadata,
                     commit_timestamp_ms: now,
                 };
-                records.push(Record::offset(
-                    &group_id,
-                    &key.0,
-                    key.1,
-                    Some(value.clone()),
-                ));
                 accepted.push((key.clone(), value));
                 ErrorCode::None
             };
             errors.insert(key, code);
         }
     }
-    if let Err(code) = coordinator.persist(broker, &group_id, records).await {
-        for (key, _) in &accepted {
-            errors.insert(key.clone(), code);
+    let keys: Vec<(String, i32)> = accepted.iter().map(|(key, _)| key.clone()).collect();
+    if let Err(code) = shard.commit_offsets(&mut state, &group_id, accepted).await {
+        for key in keys {
+            errors.insert(key, code);
         }
-    } else if !accepted.is_empty() {
-        let offsets = state.offsets.entry(group_id.clone()).or_default();
-        offsets.extend(accepted);
     }
     drop(state);
     respond(&|topic, partition| {
@@ -781,43 +907,26 @@ pub async fn offset_fetch(
     let mut response = OffsetFetchResponse::default();
     if version < 8 {
         let group_id = req.group_id.to_string();
-        if let Err(code) = check_group(broker, &group_id) {
-            if version >= 2 {
-                response.error_code = code as i16;
-            } else {
-                // Version 1 has only per-partition errors.
-                response.topics = req
-                    .topics
-                    .iter()
-                    .flatten()
-                    .map(|t| {
-                        let mut topic = OffsetFetchResponseTopic::default();
-                        topic.name = t.name.clone();
-                        topic.partitions = t
-                            .partition_indexes
-                            .iter()
-                            .map(|p| {
-                                let mut r = OffsetFetchResponsePartition::default();
-                                r.partition_index = *p;
-                                r.committed_offset = -1;
-                                r.error_code = code as i16;
-                                r
-                            })
-                            .collect();
-                        topic
-                    })
-                    .collect();
+        let shard = match find_shard(broker, &group_id).await {
+            Ok(shard) => shard,
+            Err(code) => {
+                offset_fetch_v1_error(&mut response, &req, code, version);
+                return response;
             }
-            return response;
-        }
+        };
         let topics = req.topics.map(|ts| {
             ts.into_iter()
                 .map(|t| (t.name.to_string(), t.partition_indexes))
                 .collect()
         });
-        let state = broker.groups.lock().await;
+        let empty = GroupState::default();
+        let guard = match &shard {
+            Some(shard) => Some(shard.lock().await),
+            None => None,
+        };
+        let state = guard.as_deref().unwrap_or(&empty);
         let require_stable = version >= 7 && req.require_stable;
-        response.topics = committed(&state, &group_id, topics)
+        response.topics = committed(state, &group_id, topics)
             .into_iter()
             .map(|(name, partitions)| {
                 let mut topic = OffsetFetchResponseTopic::default();
@@ -826,7 +935,7 @@ pub async fn offset_fetch(
                     .map(|(p, offset, epoch, metadata)| {
                         let mut r = OffsetFetchResponsePartition::default();
                         r.partition_index = p;
-                        if require_stable && has_pending_txn_offset(&state, &group_id, &name, p) {
+                        if require_stable && has_pending_txn_offset(state, &group_id, &name, p) {
                             r.committed_offset = -1;
                             r.error_code = ErrorCode::UnstableOffsetCommit as i16;
                             return r;
@@ -845,63 +954,116 @@ pub async fn offset_fetch(
             .collect();
         return response;
     }
-    let state = broker.groups.lock().await;
-    response.groups = req
-        .groups
+    let empty = GroupState::default();
+    for g in req.groups {
+        let group_id = g.group_id.to_string();
+        let mut out = OffsetFetchResponseGroup::default();
+        out.group_id = g.group_id.clone();
+        let shard = match find_shard(broker, &group_id).await {
+            Ok(shard) => shard,
+            Err(code) => {
+                out.error_code = code as i16;
+                response.groups.push(out);
+                continue;
+            }
+        };
+        let guard = match &shard {
+            Some(shard) => Some(shard.lock().await),
+            None => None,
+        };
+        let state = guard.as_deref().unwrap_or(&empty);
+        response
+            .groups
+            .push(fetch_group(state, g, version, req.require_stable));
+    }
+    response
+}
+
+/// One group's answer to OffsetFetch v8+, from its shard's state.
+fn fetch_group(
+    state: &GroupState,
+    g: OffsetFetchRequestGroup,
+    version: i16,
+    require_stable: bool,
+) -> OffsetFetchResponseGroup {
+    let group_id = g.group_id.to_string();
+    let mut out = OffsetFetchResponseGroup::default();
+    out.group_id = g.group_id.clone();
+    // Version 9: a KIP-848 member fetching must be current.
+    if version >= 9
+        && let Some(member) = g.member_id.as_ref().filter(|m| !m.is_empty())
+        && let Some(Group::Consumer(cg)) = state.groups.get(&group_id)
+        && let Err(code) = cg.validate_commit(member, g.member_epoch, ErrorCode::StaleMemberEpoch)
+    {
+        out.error_code = code as i16;
+        return out;
+    }
+    let topics = g.topics.map(|ts| {
+        ts.into_iter()
+            .map(|t| (t.name.to_string(), t.partition_indexes))
+            .collect()
+    });
+    out.topics = committed(state, &group_id, topics)
         .into_iter()
-        .map(|g| {
-            let group_id = g.group_id.to_string();
-            let mut out = OffsetFetchResponseGroup::default();
-            out.group_id = g.group_id.clone();
-            if let Err(code) = check_group(broker, &group_id) {
-                out.error_code = code as i16;
-                return out;
-            }
-            // Version 9: a KIP-848 member fetching must be current.
-            if version >= 9
-                && let Some(member) = g.member_id.as_ref().filter(|m| !m.is_empty())
-                && let Some(Group::Consumer(cg)) = state.groups.get(&group_id)
-                && let Err(code) =
-                    cg.validate_commit(member, g.member_epoch, ErrorCode::StaleMemberEpoch)
-            {
-                out.error_code = code as i16;
-                return out;
-            }
-            let topics = g.topics.map(|ts| {
-                ts.into_iter()
-                    .map(|t| (t.name.to_string(), t.partition_indexes))
-                    .collect()
-            });
-            out.topics = committed(&state, &group_id, topics)
+        .map(|(name, partitions)| {
+            let mut topic = OffsetFetchResponseTopics::default();
+            topic.partitions = partitions
                 .into_iter()
-                .map(|(name, partitions)| {
-                    let mut topic = OffsetFetchResponseTopics::default();
-                    topic.partitions = partitions
-                        .into_iter()
-                        .map(|(p, offset, epoch, metadata)| {
-                            let mut r = OffsetFetchResponsePartitions::default();
-                            r.partition_index = p;
-                            if req.require_stable
-                                && has_pending_txn_offset(&state, &group_id, &name, p)
-                            {
-                                r.committed_offset = -1;
-                                r.error_code = ErrorCode::UnstableOffsetCommit as i16;
-                                return r;
-                            }
-                            r.committed_offset = offset;
-                            r.committed_leader_epoch = epoch;
-                            r.metadata = Some(s(metadata));
-                            r
-                        })
-                        .collect();
-                    topic.name = TopicName(s(name));
-                    topic
+                .map(|(p, offset, epoch, metadata)| {
+                    let mut r = OffsetFetchResponsePartitions::default();
+                    r.partition_index = p;
+                    if require_stable && has_pending_txn_offset(state, &group_id, &name, p) {
+                        r.committed_offset = -1;
+                        r.error_code = ErrorCode::UnstableOffsetCommit as i16;
+                        return r;
+                    }
+                    r.committed_offset = offset;
+                    r.committed_leader_epoch = epoch;
+                    r.metadata = Some(s(metadata));
+                    r
                 })
                 .collect();
-            out
+            topic.name = TopicName(s(name));
+            topic
         })
         .collect();
-    response
+    out
+}
+
+/// OffsetFetch before v8 when the group cannot be served here: version 1
+/// has only per-partition errors.
+fn offset_fetch_v1_error(
+    response: &mut OffsetFetchResponse,
+    req: &OffsetFetchRequest,
+    code: ErrorCode,
+    version: i16,
+) {
+    if version >= 2 {
+        response.error_code = code as i16;
+    } else {
+        // Version 1 has only per-partition errors.
+        response.topics = req
+            .topics
+            .iter()
+            .flatten()
+            .map(|t| {
+                let mut topic = OffsetFetchResponseTopic::default();
+                topic.name = t.name.clone();
+                topic.partitions = t
+                    .partition_indexes
+                    .iter()
+                    .map(|p| {
+                        let mut r = OffsetFetchResponsePartition::default();
+                        r.partition_index = *p;
+                        r.committed_offset = -1;
+                        r.error_code = code as i16;
+                        r
+                    })
+                    .collect();
+                topic
+            })
+            .collect();
+    }
 }
 
 pub async fn offset_delete(
@@ -911,12 +1073,18 @@ pub async fn offset_delete(
 ) -> OffsetDeleteResponse {
     let group_id = req.group_id.to_string();
     let mut response = OffsetDeleteResponse::default();
-    if let Err(code) = check_group(broker, &group_id) {
-        response.error_code = code as i16;
-        return response;
-    }
-    let coordinator = &broker.groups;
-    let mut state = coordinator.lock().await;
+    let shard = match find_shard(broker, &group_id).await {
+        Ok(Some(shard)) => shard,
+        Ok(None) => {
+            response.error_code = ErrorCode::GroupIdNotFound as i16;
+            return response;
+        }
+        Err(code) => {
+            response.error_code = code as i16;
+            return response;
+        }
+    };
+    let mut state = shard.lock().await;
     let Some(group) = state.groups.get(&group_id) else {
         response.error_code = ErrorCode::GroupIdNotFound as i16;
         return response;
@@ -950,10 +1118,7 @@ pub async fn offset_delete(
         }
         results.push(topic);
     }
-    if let Err(code) = coordinator
-        .persist(broker, &group_id, records.clone())
-        .await
-    {
+    if let Err(code) = shard.persist(records.clone()).await {
         response.error_code = code as i16;
         return response;
     }
@@ -981,18 +1146,35 @@ pub async fn describe_groups(
 ) -> DescribeGroupsResponse {
     let version = ctx.api_version();
     let mut response = DescribeGroupsResponse::default();
-    let state = broker.groups.lock().await;
-    response.groups = req
-        .groups
-        .iter()
-        .map(|group_id| {
-            let mut d = DescribedGroup::default();
-            d.group_id = group_id.clone();
-            if let Err(code) = check_group(broker, group_id) {
+    for group_id in &req.groups {
+        let mut d = DescribedGroup::default();
+        d.group_id = group_id.clone();
+        let shard = match find_shard(broker, group_id).await {
+            Ok(shard) => shard,
+            Err(code) => {
                 d.error_code = code as i16;
-                return d;
+                response.groups.push(d);
+                continue;
             }
-            match state.groups.get(group_id.as_str()) {
+        };
+        let guard = match &shard {
+            Some(shard) => Some(shard.lock().await),
+            None => None,
+        };
+        let group = guard
+            .as_ref()
+            .and_then(|state| state.groups.get(group_id.as_str()));
+        response.groups.push(describe_group(d, group, version));
+    }
+    response
+}
+
+/// One group's answer to DescribeGroups (`group` is `None` when unknown).
+fn describe_group(mut d: DescribedGroup, group: Option<&Group>, version: i16) -> DescribedGroup {
+    let group_id = d.group_id.clone();
+    {
+        {
+            match group {
                 Some(Group::Classic(g)) => {
                     d.group_state = s(g.state.name());
                     d.protocol_type = s(g.protocol_type.clone().unwrap_or_default());
@@ -1026,7 +1208,7 @@ pub async fn describe_groups(
                     d.group_state = s("Dead");
                     if version >= 6 {
                         d.error_code = ErrorCode::GroupIdNotFound as i16;
-                        d.error_message = Some(s(match state.groups.get(group_id.as_str()) {
+                        d.error_message = Some(s(match group {
                             Some(_) => {
                                 format!("Group {} is not a classic group.", group_id.as_str())
                             }
@@ -1035,10 +1217,9 @@ pub async fn describe_groups(
                     }
                 }
             }
-            d
-        })
-        .collect();
-    response
+        }
+    }
+    d
 }
 
 pub async fn list_groups(
@@ -1057,30 +1238,35 @@ pub async fn list_groups(
         .iter()
         .map(|s| s.to_ascii_lowercase())
         .collect();
-    let state = broker.groups.lock().await;
-    let mut groups: Vec<(&String, &Group)> = state
-        .groups
-        .iter()
-        .filter(|(_, g)| states.is_empty() || states.contains(&g.state_name().to_ascii_lowercase()))
-        .filter(|(_, g)| types.is_empty() || types.contains(g.group_type()))
-        .collect();
-    groups.sort_by_key(|(id, _)| *id);
+    // Every active shard's groups, one shard locked at a time.
+    let mut groups: Vec<ListedGroup> = Vec::new();
+    for shard in broker.groups.active_shards() {
+        let state = shard.lock().await;
+        groups.extend(
+            state
+                .groups
+                .iter()
+                .filter(|(_, g)| {
+                    states.is_empty() || states.contains(&g.state_name().to_ascii_lowercase())
+                })
+                .filter(|(_, g)| types.is_empty() || types.contains(g.group_type()))
+                .map(|(id, g)| {
+                    let mut l = ListedGroup::default();
+                    l.group_id = GroupId(s(id.clone()));
+                    l.protocol_type = s(g.protocol_type());
+                    if version >= 4 {
+                        l.group_state = s(g.state_name());
+                    }
+                    if version >= 5 {
+                        l.group_type = s(g.group_type());
+                    }
+                    l
+                }),
+        );
+    }
+    groups.sort_by(|a, b| a.group_id.0.cmp(&b.group_id.0));
     let mut response = ListGroupsResponse::default();
-    response.groups = groups
-        .into_iter()
-        .map(|(id, g)| {
-            let mut l = ListedGroup::default();
-            l.group_id = GroupId(s(id.clone()));
-            l.protocol_type = s(g.protocol_type());
-            if version >= 4 {
-                l.group_state = s(g.state_name());
-            }
-            if version >= 5 {
-                l.group_type = s(g.group_type());
-            }
-            l
-        })
-        .collect();
+    response.groups = groups;
     response
 }
 
@@ -1089,36 +1275,13 @@ pub async fn delete_groups(
     req: DeleteGroupsRequest,
     _ctx: &RequestContext<'_>,
 ) -> DeleteGroupsResponse {
-    let coordinator = &broker.groups;
     let mut response = DeleteGroupsResponse::default();
-    let mut state = coordinator.lock().await;
     for group_id in &req.groups_names {
         let id = group_id.to_string();
-        let code = match check_group(broker, &id) {
+        let code = match find_shard(broker, &id).await {
             Err(code) => code,
-            Ok(()) => match state.groups.get(&id) {
-                None => ErrorCode::GroupIdNotFound,
-                Some(g) if !g.is_empty() => ErrorCode::NonEmptyGroup,
-                Some(_) => {
-                    let mut records: Vec<Record> = state
-                        .offsets
-                        .get(&id)
-                        .into_iter()
-                        .flat_map(|o| o.keys())
-                        .map(|(topic, partition)| Record::offset(&id, topic, *partition, None))
-                        .collect();
-                    records.push(Record::group(&id, None));
-                    match coordinator.persist(broker, &id, records.clone()).await {
-                        Ok(()) => {
-                            state.forget_pending_offsets(&records);
-                            state.groups.remove(&id);
-                            state.offsets.remove(&id);
-                            ErrorCode::None
-                        }
-                        Err(code) => code,
-                    }
-                }
-            },
+            Ok(None) => ErrorCode::GroupIdNotFound,
+            Ok(Some(shard)) => delete_group(&shard, &id).await,
         };
         let mut r = DeletableGroupResult::default();
         r.group_id = group_id.clone();
@@ -1126,6 +1289,34 @@ pub async fn delete_groups(
         response.results.push(r);
     }
     response
+}
+
+/// Deletes `id` and its offsets if it is empty (DeleteGroups).
+async fn delete_group(shard: &GroupShard, id: &str) -> ErrorCode {
+    let mut state = shard.lock().await;
+    match state.groups.get(id) {
+        None => ErrorCode::GroupIdNotFound,
+        Some(g) if !g.is_empty() => ErrorCode::NonEmptyGroup,
+        Some(_) => {
+            let mut records: Vec<Record> = state
+                .offsets
+                .get(id)
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .map(|(topic, partition)| Record::offset(id, topic, *partition, None))
+                .collect();
+            records.push(Record::group(id, None));
+            match shard.persist(records.clone()).await {
+                Ok(()) => {
+                    state.forget_pending_offsets(&records);
+                    state.groups.remove(id);
+                    state.offsets.remove(id);
+                    ErrorCode::None
+                }
+                Err(code) => code,
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- KIP-848
@@ -1154,13 +1345,16 @@ pub async fn consumer_group_heartbeat(
         response.error_message = Some(s(message));
         response
     };
-    if let Err(code) = check_group(broker, &group_id) {
-        return fail(
-            response,
-            code,
-            format!("The group coordinator for {group_id} is not available here."),
-        );
-    }
+    let shard = match group_shard(broker, &group_id).await {
+        Ok(shard) => shard,
+        Err(code) => {
+            return fail(
+                response,
+                code,
+                format!("The group coordinator for {group_id} is not available here."),
+            );
+        }
+    };
     if version >= 1 && req.member_epoch == 0 && req.member_id.is_empty() {
         return fail(
             response,
@@ -1190,7 +1384,7 @@ pub async fn consumer_group_heartbeat(
     };
     let coordinator = &broker.groups;
     let image = broker.image();
-    let mut state = coordinator.lock().await;
+    let mut state = shard.lock().await;
     let now = broker.clock.now_ms();
     let Some(group) = state.consumer_or_create(&group_id, now) else {
         return fail(
@@ -1202,7 +1396,7 @@ pub async fn consumer_group_heartbeat(
     let (result, persist) = group.heartbeat(request, now, &image, &coordinator.config);
     if persist {
         let record = state.group_record(&group_id, &coordinator.config);
-        if let Err(e) = coordinator.persist(broker, &group_id, vec![record]).await {
+        if let Err(e) = shard.persist(vec![record]).await {
             tracing::warn!(group = %group_id, error = ?e, "could not persist a consumer group change");
         }
     }
@@ -1251,20 +1445,28 @@ pub async fn consumer_group_describe(
             .collect();
         a
     };
-    let state = broker.groups.lock().await;
     let config = &broker.groups.config;
     let mut response = ConsumerGroupDescribeResponse::default();
-    response.groups = req
-        .group_ids
-        .iter()
-        .map(|group_id| {
-            let mut d = cgd::DescribedGroup::default();
-            d.group_id = group_id.clone();
-            if let Err(code) = check_group(broker, group_id) {
+    for group_id in &req.group_ids {
+        let mut d = cgd::DescribedGroup::default();
+        d.group_id = group_id.clone();
+        let shard = match find_shard(broker, group_id).await {
+            Ok(shard) => shard,
+            Err(code) => {
                 d.error_code = code as i16;
-                return d;
+                response.groups.push(d);
+                continue;
             }
-            match state.groups.get(group_id.as_str()) {
+        };
+        let guard = match &shard {
+            Some(shard) => Some(shard.lock().await),
+            None => None,
+        };
+        let group = guard
+            .as_ref()
+            .and_then(|state| state.groups.get(group_id.as_str()));
+        {
+            match group {
                 Some(Group::Consumer(g)) => {
                     d.group_state = s(g.state_name());
                     d.group_epoch = g.group_epoch;
@@ -1309,9 +1511,9 @@ pub async fn consumer_group_describe(
                     d.error_message = Some(s(format!("Group {} not found.", group_id.as_str())));
                 }
             }
-            d
-        })
-        .collect();
+        }
+        response.groups.push(d);
+    }
     response
 }
 

@@ -398,26 +398,6 @@ pub fn append_error(e: &AppendError) -> (ErrorCode, String) {
     (e.error_code(), e.to_string())
 }
 
-/// The error a coordinator answers when appending its own records (group
-/// state, offset commits, transaction state, markers) fails: the append's
-/// code ([`AppendError::error_code`]) when the caller's client can act on it
-/// (`passed`), `too_large` for a batch over `max.message.bytes` or the
-/// segment (Kafka's coordinators answer INVALID_COMMIT_OFFSET_SIZE for a
-/// too-large commit), and `otherwise` for the rest (the coordinator cannot
-/// write: the client retries or looks it up again).
-pub(crate) fn coordinator_append_error(
-    e: &AppendError,
-    passed: &[ErrorCode],
-    too_large: ErrorCode,
-    otherwise: ErrorCode,
-) -> ErrorCode {
-    match e.error_code() {
-        code if passed.contains(&code) => code,
-        ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => too_large,
-        _ => otherwise,
-    }
-}
-
 fn error_response(
     index: i32,
     code: ErrorCode,
@@ -437,25 +417,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coordinators_translate_append_errors_as_kafkas_do() {
+    fn a_too_large_append_is_message_too_large() {
         let too_large = AppendError::MessageTooLarge { size: 2, max: 1 };
-        let fenced = AppendError::InvalidProducerEpoch {
-            producer_id: 1,
-            epoch: 0,
-            current_epoch: 1,
-        };
-        let io = AppendError::Io(std::io::Error::other("disk"));
-        let translate = |e: &AppendError| {
-            coordinator_append_error(
-                e,
-                &[ErrorCode::InvalidProducerEpoch],
-                ErrorCode::InvalidCommitOffsetSize,
-                ErrorCode::CoordinatorNotAvailable,
-            )
-        };
-        assert_eq!(translate(&too_large), ErrorCode::InvalidCommitOffsetSize);
-        assert_eq!(translate(&fenced), ErrorCode::InvalidProducerEpoch);
-        assert_eq!(translate(&io), ErrorCode::CoordinatorNotAvailable);
         assert_eq!(append_error(&too_large).0, ErrorCode::MessageTooLarge);
     }
 

@@ -192,7 +192,7 @@ impl<'a> LocalMarkerSender<'a> {
             if topic == OFFSETS_TOPIC && *code == ErrorCode::None {
                 broker
                     .groups
-                    .complete_txn(broker, request.producer_id, *partition, request.commit)
+                    .complete_txn(request.producer_id, *partition, request.commit)
                     .await;
             }
         }
@@ -372,12 +372,7 @@ pub async fn add_offsets_to_txn(
     // The group's partition of the offsets topic joins the transaction (the
     // topic is created if need be).
     let partition = crate::api::blocking(move || {
-        crate::group::coordinator_for(
-            &broker_for_task,
-            &broker_for_task.groups.config,
-            &group_for_task,
-        )
-        .map(|_| {
+        super::group::coordinator_for(&broker_for_task, &group_for_task).map(|_| {
             let image = broker_for_task.image();
             let count = image
                 .topic(OFFSETS_TOPIC)
@@ -470,9 +465,10 @@ pub async fn txn_offset_commit(
     if group_id.is_empty() {
         return respond(ErrorCode::InvalidGroupId);
     }
-    if let Some(e) = broker.groups.coordinator_error(broker, &group_id) {
-        return respond(e);
-    }
+    let shard = match super::group::group_shard(broker, &group_id).await {
+        Ok(shard) => shard,
+        Err(e) => return respond(e),
+    };
     let image = broker.image();
     let offsets_partition = {
         let count = image
@@ -507,7 +503,7 @@ pub async fn txn_offset_commit(
         };
         return respond(code);
     }
-    let mut state = broker.groups.lock().await;
+    let mut state = shard.lock().await;
     // Partitions are checked against the image as it is under the lock (see
     // offset_commit).
     let image = broker.image();
@@ -564,10 +560,8 @@ pub async fn txn_offset_commit(
         }
         codes.push(topic_codes);
     }
-    let written = broker
-        .groups
+    let written = shard
         .persist_txn_offsets(
-            broker,
             &mut state,
             &group_id,
             req.producer_id.0,

@@ -1,45 +1,71 @@
 //! The group coordinator: consumer groups (classic and KIP-848) and their
-//! committed offsets.
+//! committed offsets, sharded by the partitions of `__consumer_offsets`.
 //!
 //! ```text
-//! request ──> lock the coordinator ──> group state machine ──> records
-//!                                                              │
-//!             answer <── deliver parked replies <── append to __consumer_offsets
+//! request ──> shard of the group's partition ──> lock the shard ──> group state machine ──> records
+//!                                                                                            │
+//!             answer <── deliver parked replies <── append to the shard's partition <───────┘
 //! ```
+//!
+//! # Layout
+//!
+//! - this file: [`GroupConfig`], [`Group`], [`GroupState`] (what one shard
+//!   knows) and [`GroupCoordinator`]: routing a group to its shard, loading
+//!   and unloading shards as this broker gains and loses the leadership of
+//!   offsets partitions (`on_elected`, `on_resigned`, `sync`), and the timers.
+//! - [`shard`]: [`GroupShard`], one partition's groups behind their own lock,
+//!   its appends, timers and expiry, and the replay that loads it.
+//! - [`classic`], [`consumer`], [`assignor`]: the group state machines
+//!   (classic protocol, KIP-848, server-side assignors). They never do I/O.
+//! - [`store`]: the records kept in `__consumer_offsets` and the partition
+//!   of a group (Kafka's hash).
 //!
 //! Every change that must survive a restart (a committed offset, a group's
 //! members and assignment) is appended to the group's partition of the
 //! internal compacted topic `__consumer_offsets` before anyone is answered,
-//! while the coordinator lock is held, so the log order is the order of the
-//! changes. At start the coordinator replays those partitions.
+//! while the lock of that partition's shard is held, so the log order is the
+//! order of the changes. When this broker becomes the leader of a partition
+//! the shard is loaded by replaying it (Kafka's `CoordinatorRuntime`); while
+//! it loads its groups answer COORDINATOR_LOAD_IN_PROGRESS, and once this
+//! broker no longer leads it, NOT_COORDINATOR.
 //!
-//! One lock for all groups keeps this simple and correct; appends are
-//! page-cache writes of a few hundred bytes, so the lock is held for
-//! microseconds. Long waits (a JoinGroup parked until the rebalance ends)
-//! never hold it: they wait on a channel the group answers later.
+//! One lock per shard: a group's changes are serialised with those of the
+//! other groups of its partition only, and groups of other partitions never
+//! wait for it. Appends are page-cache writes of a few hundred bytes, so a
+//! shard's lock is held for microseconds. Long waits (a JoinGroup parked
+//! until the rebalance ends) never hold it: they wait on a channel the group
+//! answers later, or the shard's unloading.
+//!
+//! Nothing here sees the broker: the coordinator is handed the partitions
+//! ([`crate::coordinator::CoordinatorLog`]), the clock and the metadata
+//! image. Creating `__consumer_offsets` (the controller) is the API layer's
+//! (`api::group`); [`GroupConfig::offsets_topic_request`] says what to create.
 
 pub mod assignor;
 pub mod classic;
 pub mod consumer;
+pub mod shard;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use strom_controller::controller::CreateTopicRequest;
 use strom_controller::{MetadataImage, PartitionImage};
 use strom_protocol::error_code::ErrorCode;
-use strom_storage::{AppendError, AppendOrigin};
-use tokio::sync::Mutex;
+use strom_storage::Clock;
+use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
 use crate::config::{ConfigError, parse_prop as prop};
-use crate::replica::ReplicaManager;
+use crate::coordinator::{CoordinatorLog, Shards};
+use crate::partition::Partition;
 use assignor::Assignor;
-use classic::{ClassicGroup, Outbox};
+use classic::ClassicGroup;
 use consumer::ConsumerGroup;
+pub use shard::GroupShard;
 use store::{GroupValue, OFFSETS_TOPIC, OffsetValue, Record};
 
 /// How often timers run (session expiry, rebalance and join timeouts).
@@ -47,7 +73,7 @@ const TICK: Duration = Duration::from_millis(100);
 /// Offset tombstones in one append to the offsets topic: a tombstone's key
 /// (group id, topic, partition) is at most about 540 bytes, so 1000 of them
 /// stay within the topic's default `max.message.bytes` of 1 MiB.
-const MAX_TOMBSTONES_PER_BATCH: usize = 1000;
+pub(crate) const MAX_TOMBSTONES_PER_BATCH: usize = 1000;
 /// Bound on timer settings, so deadlines computed from them cannot overflow
 /// (Kafka's are ints: about 24 days).
 const MAX_TIMER_MS: i64 = i32::MAX as i64;
@@ -205,6 +231,25 @@ impl GroupConfig {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// How `__consumer_offsets` is created (Kafka does so on the first
+    /// FindCoordinator or commit), when `brokers` brokers are registered:
+    /// compacted, with Kafka's segment size, replicated at most on every
+    /// broker there is.
+    pub fn offsets_topic_request(&self, brokers: usize) -> CreateTopicRequest {
+        let brokers = i16::try_from(brokers).unwrap_or(i16::MAX).max(1);
+        CreateTopicRequest {
+            name: OFFSETS_TOPIC.to_owned(),
+            num_partitions: self.offsets_partitions,
+            replication_factor: self.offsets_replication_factor.min(brokers),
+            assignments: Vec::new(),
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "compact".to_owned()),
+                ("compression.type".to_owned(), "producer".to_owned()),
+                ("segment.bytes".to_owned(), OFFSETS_SEGMENT_BYTES.to_owned()),
+            ]),
+        }
+    }
 }
 
 /// A group of either protocol.
@@ -290,7 +335,7 @@ impl GroupState {
     /// After offset tombstones are in the log: offsets of the same
     /// partitions pending in open transactions go too, so that a later
     /// commit does not bring them back (Kafka's replay of a tombstone does
-    /// the same; [`GroupCoordinator::open`] mirrors it).
+    /// the same; the replay in [`shard`] mirrors it).
     pub fn forget_pending_offsets(&mut self, tombstones: &[Record]) {
         for (group, topic, partition) in tombstones.iter().filter_map(Record::offset_tombstone) {
             let key = (topic.to_owned(), partition);
@@ -414,558 +459,192 @@ impl GroupState {
     }
 }
 
-/// The group coordinator of this broker.
+/// The group coordinator of this broker: one shard per partition of
+/// `__consumer_offsets` this broker leads.
 #[derive(Debug)]
 pub struct GroupCoordinator {
+    /// The group and offset settings, read once at start.
     pub config: GroupConfig,
-    state: Mutex<GroupState>,
+    /// The time of every deadline, commit and expiry (a seam for tests);
+    /// each shard gets a clone for the timestamps of its records.
+    clock: Arc<dyn Clock>,
+    /// The shards by partition index: a partition's groups are served only
+    /// while its shard is active (this broker leads it and has replayed it).
+    shards: Shards<GroupShard>,
 }
 
 impl GroupCoordinator {
-    /// Rebuilds the groups and offsets from the local partitions of the
-    /// offsets topic. Transactional offset commits count once their commit
-    /// marker follows; those of transactions still open stay pending.
-    pub fn open(config: GroupConfig, replicas: &ReplicaManager, now_ms: i64) -> Self {
-        let mut state = GroupState::default();
-        let mut records = 0usize;
-        for (index, partition) in replicas.topic_partitions(OFFSETS_TOPIC) {
-            let from = partition.log.log_start_offset();
-            // Records of open transactions in this partition, by producer.
-            let mut open_txns: HashMap<i64, Vec<Record>> = HashMap::new();
-            let result = partition.log.for_each_batch_from(from, |_, header, bytes| {
-                if header.is_control() {
-                    let pending = open_txns.remove(&header.producer_id).unwrap_or_default();
-                    if store::is_commit_marker(bytes) {
-                        for record in pending {
-                            state.apply(record, &config, now_ms);
-                        }
-                    }
-                    return;
-                }
-                let decoded = store::decode(&Bytes::copy_from_slice(bytes));
-                records += decoded.len();
-                if header.is_transactional() {
-                    open_txns
-                        .entry(header.producer_id)
-                        .or_default()
-                        .extend(decoded);
-                    return;
-                }
-                for record in decoded {
-                    if let Some((group, topic, partition)) = record.offset_tombstone() {
-                        for pending in open_txns.values_mut() {
-                            pending.retain(|r| !r.is_offset_of(group, topic, partition));
-                        }
-                    }
-                    state.apply(record, &config, now_ms);
-                }
-            });
-            if let Err(e) = result {
-                tracing::error!(partition = index, error = %e, "reading the offsets topic failed; groups in this partition may be incomplete");
-            }
-            for (producer_id, pending) in open_txns {
-                for record in pending {
-                    if let Record::Offset(
-                        store::RecordKey::Offset {
-                            group,
-                            topic,
-                            partition,
-                        },
-                        Some(value),
-                    ) = record
-                    {
-                        state
-                            .pending_txn_offsets
-                            .entry(producer_id)
-                            .or_default()
-                            .entry(group)
-                            .or_default()
-                            .insert((topic, partition), value);
-                    }
-                }
-            }
-        }
-        // A group known only by its offsets is an empty classic group.
-        let offset_groups: Vec<String> = state.offsets.keys().cloned().collect();
-        for group in offset_groups {
-            state
-                .groups
-                .entry(group.clone())
-                .or_insert_with(|| Group::Classic(ClassicGroup::new(&group, now_ms)));
-        }
-        if records > 0 {
-            tracing::info!(
-                groups = state.groups.len(),
-                records,
-                "group coordinator loaded {OFFSETS_TOPIC}"
-            );
-        }
-        state.next_expiry_check_ms = now_ms + config.offsets_retention_check_interval_ms;
+    /// A coordinator with no shard: nothing is served until partitions are
+    /// elected ([`Self::sync`], [`Self::on_elected`]).
+    pub fn new(config: GroupConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             config,
-            state: Mutex::new(state),
+            clock,
+            shards: Shards::default(),
         }
     }
 
-    /// The coordinator state, locked. Keep the guard while persisting the
-    /// changes made under it ([`GroupCoordinator::persist`]).
-    pub async fn lock(&self) -> tokio::sync::MutexGuard<'_, GroupState> {
-        self.state.lock().await
+    /// The shard of offsets partition `index`: NOT_COORDINATOR when this
+    /// broker does not lead it, COORDINATOR_LOAD_IN_PROGRESS while it loads.
+    pub fn shard(&self, index: i32) -> Result<Arc<GroupShard>, ErrorCode> {
+        self.shards.get(index)
     }
 
-    /// Runs timers until the broker shuts down.
-    pub async fn run_timers(broker: Arc<Broker>) {
-        broker.groups.drop_offsets_of_missing_topics(&broker).await;
+    /// The shard of `group_id` when `__consumer_offsets` has
+    /// `partition_count` partitions.
+    pub fn shard_of(
+        &self,
+        group_id: &str,
+        partition_count: i32,
+    ) -> Result<Arc<GroupShard>, ErrorCode> {
+        self.shards
+            .get(store::partition_for(group_id, partition_count))
+    }
+
+    /// The shard of `group_id` as `image` places it: COORDINATOR_NOT_AVAILABLE
+    /// when the offsets topic is missing or the partition has no leader (as
+    /// before the coordinator was sharded), else [`Self::shard`]'s answer.
+    pub fn shard_for(
+        &self,
+        image: &MetadataImage,
+        group_id: &str,
+    ) -> Result<Arc<GroupShard>, ErrorCode> {
+        let (index, partition) =
+            offsets_partition(image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
+        match self.shards.get(index) {
+            Err(ErrorCode::NotCoordinator) if partition.leader < 0 => {
+                Err(ErrorCode::CoordinatorNotAvailable)
+            }
+            other => other,
+        }
+    }
+
+    /// Every loaded shard, in partition order (listing groups, metrics).
+    pub fn active_shards(&self) -> Vec<Arc<GroupShard>> {
+        self.shards
+            .active()
+            .into_iter()
+            .map(|(_, shard)| shard)
+            .collect()
+    }
+
+    /// This broker became the leader of offsets partition `index` at
+    /// `epoch`: replays `log` into a fresh shard and makes it active (Kafka's
+    /// `onElection`). Blocking (reads the partition). Returns whether a
+    /// shard was loaded: not when the partition is already loading or
+    /// loaded at this epoch or a newer one, nor when it was resigned while
+    /// loading.
+    pub fn on_elected(&self, index: i32, epoch: i32, log: Arc<dyn CoordinatorLog>) -> bool {
+        if !self.shards.elected(index, epoch) {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        let state = shard::load(log.as_ref(), &self.config, now);
+        let shard = GroupShard::new(log, Arc::clone(&self.clock), state);
+        let loaded = self.shards.loaded(index, epoch, shard);
+        if loaded {
+            tracing::debug!(partition = index, epoch, "group coordinator shard active");
+        }
+        loaded
+    }
+
+    /// This broker no longer leads offsets partition `index` (`epoch` is the
+    /// newer leader epoch, `None` when the partition went): its shard is
+    /// dropped (Kafka's `onResignation`). JoinGroup and SyncGroup requests
+    /// parked in its groups are answered NOT_COORDINATOR, and a change in
+    /// flight is not appended; clients look the coordinator up again.
+    pub fn on_resigned(&self, index: i32, epoch: Option<i32>) {
+        if let Some(shard) = self.shards.resigned(index, epoch) {
+            shard.unload();
+            tracing::debug!(
+                partition = index,
+                ?epoch,
+                "group coordinator shard unloaded"
+            );
+        }
+    }
+
+    /// Brings the shards in line with the local partitions of
+    /// `__consumer_offsets` (by index): elects those this broker leads, at
+    /// their leader epoch, and resigns the rest and those gone. Idempotent;
+    /// blocking (loads replay partitions): call it off the async threads.
+    pub fn sync(&self, partitions: &BTreeMap<i32, Arc<Partition>>) {
+        for index in self.shards.indexes() {
+            if !partitions.contains_key(&index) {
+                self.on_resigned(index, None);
+            }
+        }
+        for (&index, partition) in partitions {
+            // A partition deleted and created again is another log: the
+            // shard over the old one goes first.
+            if let Ok(shard) = self.shards.get(index)
+                && !shard.is_over(partition)
+            {
+                self.on_resigned(index, None);
+            }
+            if partition.is_leader() {
+                let log: Arc<dyn CoordinatorLog> = Arc::clone(partition) as _;
+                self.on_elected(index, partition.leader_epoch(), log);
+            } else {
+                self.on_resigned(index, Some(partition.leader_epoch()));
+            }
+        }
+    }
+
+    /// Runs the timers of every active shard (session expiry, rebalance and
+    /// join timeouts, offset expiry) until `shutdown`, with the metadata
+    /// image `image` gives at each tick.
+    pub async fn run_timers(
+        &self,
+        image: impl Fn() -> Arc<MetadataImage>,
+        shutdown: CancellationToken,
+    ) {
         let mut interval = tokio::time::interval(TICK);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = broker.shutdown.cancelled() => return,
-                _ = interval.tick() => broker.groups.tick(&broker).await,
+                () = shutdown.cancelled() => return,
+                _ = interval.tick() => self.tick(&image()).await,
             }
         }
     }
 
-    async fn tick(&self, broker: &Arc<Broker>) {
-        let mut state = self.lock().await;
-        let now = broker.clock.now_ms();
-        let image = broker.image();
-        let mut outbox = Vec::new();
-        let mut changed = Vec::new();
-        for (id, group) in &mut state.groups {
-            let persist = match group {
-                Group::Classic(g) => {
-                    let mut out = Outbox::default();
-                    g.tick(now, &self.config, &mut out);
-                    let persist = out.persist;
-                    outbox.push(out);
-                    persist
-                }
-                Group::Consumer(g) => g.tick(now, &image, &self.config),
-            };
-            if persist {
-                changed.push(id.clone());
-            }
-        }
-        for id in changed {
-            let record = state.group_record(&id, &self.config);
-            if let Err(e) = self.persist(broker, &id, vec![record]).await {
-                tracing::warn!(group = %id, error = ?e, "could not persist a group change");
-            }
-        }
-        for out in outbox {
-            out.deliver();
-        }
-        if now >= state.next_expiry_check_ms {
-            state.next_expiry_check_ms = now + self.config.offsets_retention_check_interval_ms;
-            self.expire(broker, &mut state, now).await;
+    /// One round of timers over the active shards, one shard at a time.
+    pub async fn tick(&self, image: &MetadataImage) {
+        for shard in self.active_shards() {
+            shard.tick(image, &self.config).await;
         }
     }
 
-    /// Offsets past `offsets.retention.minutes` go; so do empty groups with
-    /// no offsets left (Kafka's rules: an empty group's offsets count from
-    /// when it became empty, a standalone consumer's from the commit, and
-    /// offsets of topics a live group subscribes to never expire).
-    async fn expire(&self, broker: &Arc<Broker>, state: &mut GroupState, now: i64) {
-        let retention = self.config.offsets_retention_ms;
-        let mut per_group: Vec<(String, Vec<Record>)> = Vec::new();
-        let group_ids: BTreeSet<String> = state
-            .groups
-            .keys()
-            .chain(state.offsets.keys())
-            .cloned()
-            .collect();
-        for id in group_ids {
-            let group = state.groups.get(&id);
-            let mut records = Vec::new();
-            if let Some(offsets) = state.offsets.get_mut(&id) {
-                let expired: Vec<(String, i32)> = offsets
-                    .iter()
-                    .filter(|((topic, _), v)| {
-                        let base = match group {
-                            Some(Group::Classic(g)) if g.protocol_type.is_none() => {
-                                v.commit_timestamp_ms
-                            }
-                            Some(g) if g.is_empty() => g.empty_since_ms(),
-                            Some(g) if g.subscribes_to(topic) => return false,
-                            Some(_) | None => v.commit_timestamp_ms,
-                        };
-                        now.saturating_sub(base) >= retention
-                    })
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for (topic, partition) in expired {
-                    offsets.remove(&(topic.clone(), partition));
-                    records.push(Record::offset(&id, &topic, partition, None));
-                }
-            }
-            let no_offsets = state.offsets.get(&id).is_none_or(BTreeMap::is_empty);
-            if no_offsets {
-                state.offsets.remove(&id);
-                if state.groups.get(&id).is_some_and(Group::is_empty) {
-                    state.groups.remove(&id);
-                    records.push(Record::group(&id, None));
-                }
-            }
-            if !records.is_empty() {
-                per_group.push((id, records));
-            }
-        }
-        for (id, records) in per_group {
-            tracing::info!(group = %id, records = records.len(), "expired offsets or group");
-            state.forget_pending_offsets(&records);
-            if let Err(e) = self.persist(broker, &id, records).await {
-                tracing::warn!(group = %id, error = ?e, "could not persist expired offsets");
-            }
-        }
-    }
-
-    /// After topics are deleted: every group's offsets of them go, committed
-    /// ones and those pending in open transactions (tombstones in the offsets
-    /// topic), and so do empty groups left with no offsets, as Kafka's
-    /// `onPartitionsDeleted` does, so that a topic created again under the
-    /// name does not inherit old positions.
-    pub async fn on_topics_deleted(&self, broker: &Arc<Broker>, topics: &BTreeSet<String>) {
+    /// After topics are deleted: every group's offsets of them go, in every
+    /// active shard (see [`GroupShard::on_topics_deleted`]).
+    pub async fn on_topics_deleted(&self, topics: &BTreeSet<String>) {
         if topics.is_empty() {
             return;
         }
-        let mut state = self.lock().await;
-        // Per group, the partitions of deleted topics it has offsets of.
-        let mut doomed: BTreeMap<String, BTreeSet<(String, i32)>> = BTreeMap::new();
-        for (group, offsets) in &state.offsets {
-            for key in offsets.keys().filter(|(topic, _)| topics.contains(topic)) {
-                doomed.entry(group.clone()).or_default().insert(key.clone());
-            }
+        for shard in self.active_shards() {
+            shard.on_topics_deleted(topics).await;
         }
-        for groups in state.pending_txn_offsets.values() {
-            for (group, offsets) in groups {
-                for key in offsets.keys().filter(|(topic, _)| topics.contains(topic)) {
-                    doomed.entry(group.clone()).or_default().insert(key.clone());
-                }
-            }
-        }
-        for (id, keys) in doomed {
-            let mut records: Vec<Record> = keys
-                .iter()
-                .map(|(topic, partition)| Record::offset(&id, topic, *partition, None))
-                .collect();
-            state.forget_pending_offsets(&records);
-            if let Some(offsets) = state.offsets.get_mut(&id) {
-                offsets.retain(|key, _| !keys.contains(key));
-                if offsets.is_empty() {
-                    state.offsets.remove(&id);
-                }
-            }
-            if !state.offsets.contains_key(&id)
-                && !state.has_pending_offsets(&id)
-                && state.groups.get(&id).is_some_and(Group::is_empty)
-            {
-                state.groups.remove(&id);
-                records.push(Record::group(&id, None));
-            }
-            // In batches the offsets topic takes (its max.message.bytes).
-            while !records.is_empty() {
-                let rest = records.split_off(records.len().min(MAX_TOMBSTONES_PER_BATCH));
-                if let Err(e) = self.persist(broker, &id, records).await {
-                    // The next start drops them again (offsets of topics
-                    // that no longer exist), and writes the tombstones.
-                    tracing::warn!(group = %id, error = ?e, "could not remove the offsets of deleted topics");
-                }
-                records = rest;
-            }
-        }
-    }
-
-    /// At start: offsets of topics that no longer exist (their deletion's
-    /// tombstones were not written before a crash) go as if the topics were
-    /// deleted now.
-    async fn drop_offsets_of_missing_topics(&self, broker: &Arc<Broker>) {
-        let image = broker.image();
-        let missing: BTreeSet<String> = {
-            let state = self.lock().await;
-            let pending = state
-                .pending_txn_offsets
-                .values()
-                .flat_map(|groups| groups.values());
-            state
-                .offsets
-                .values()
-                .chain(pending)
-                .flat_map(|offsets| offsets.keys())
-                .filter(|(topic, _)| image.topic(topic).is_none())
-                .map(|(topic, _)| topic.clone())
-                .collect()
-        };
-        if !missing.is_empty() {
-            tracing::info!(topics = ?missing, "dropping committed offsets of deleted topics");
-            self.on_topics_deleted(broker, &missing).await;
-        }
-    }
-
-    /// Appends `records` to the group's partition of the offsets topic
-    /// (creating the topic on first use). Call with the state lock held.
-    pub async fn persist(
-        &self,
-        broker: &Arc<Broker>,
-        group_id: &str,
-        records: Vec<Record>,
-    ) -> Result<(), ErrorCode> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        let broker_for_task = Arc::clone(broker);
-        let group = group_id.to_owned();
-        let config = self.config.clone();
-        crate::api::blocking(move || append(&broker_for_task, &config, &group, &records))
-            .await
-            .unwrap_or(Err(ErrorCode::UnknownServerError))
-    }
-
-    /// Appends offsets committed in a transaction (TxnOffsetCommit) to the
-    /// group's partition as a transactional batch of the producer, and keeps
-    /// them pending until the transaction ends. Call with the state lock held.
-    pub async fn persist_txn_offsets(
-        &self,
-        broker: &Arc<Broker>,
-        state: &mut GroupState,
-        group_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
-        offsets: Vec<(String, i32, OffsetValue)>,
-    ) -> Result<(), ErrorCode> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let records: Vec<Record> = offsets
-            .iter()
-            .map(|(t, p, v)| Record::offset(group_id, t, *p, Some(v.clone())))
-            .collect();
-        let broker_for_task = Arc::clone(broker);
-        let group = group_id.to_owned();
-        let config = self.config.clone();
-        crate::api::blocking(move || {
-            append_txn(
-                &broker_for_task,
-                &config,
-                &group,
-                &records,
-                producer_id,
-                producer_epoch,
-            )
-        })
-        .await
-        .unwrap_or(Err(ErrorCode::UnknownServerError))?;
-        let pending = state
-            .pending_txn_offsets
-            .entry(producer_id)
-            .or_default()
-            .entry(group_id.to_owned())
-            .or_default();
-        for (t, p, v) in offsets {
-            pending.insert((t, p), v);
-        }
-        Ok(())
     }
 
     /// A transaction marker of `producer_id` reached `partition` of the
     /// offsets topic: the producer's pending offsets of the groups there take
-    /// effect (commit) or go (abort).
-    pub async fn complete_txn(
-        &self,
-        broker: &Broker,
-        producer_id: i64,
-        partition: i32,
-        commit: bool,
-    ) {
-        let partitions = broker
-            .image()
-            .topic(OFFSETS_TOPIC)
-            .map_or(self.config.offsets_partitions, |t| {
-                i32::try_from(t.partitions.len()).unwrap_or(i32::MAX)
-            });
-        let mut state = self.lock().await;
-        let Some(mut by_group) = state.pending_txn_offsets.remove(&producer_id) else {
-            return;
-        };
-        let now = broker.clock.now_ms();
-        let ended: Vec<String> = by_group
-            .keys()
-            .filter(|g| store::partition_for(g, partitions) == partition)
-            .cloned()
-            .collect();
-        for group in ended {
-            let Some(offsets) = by_group.remove(&group) else {
-                continue;
-            };
-            if commit {
-                if !state.groups.contains_key(&group) {
-                    state.classic_or_create(&group, now);
-                }
-                state.offsets.entry(group).or_default().extend(offsets);
-            }
-        }
-        if !by_group.is_empty() {
-            state.pending_txn_offsets.insert(producer_id, by_group);
-        }
-    }
-
-    /// Why this broker cannot coordinate `group_id`, if it cannot.
-    pub fn coordinator_error(&self, broker: &Broker, group_id: &str) -> Option<ErrorCode> {
-        let image = broker.image();
-        let partitions = image.topic(OFFSETS_TOPIC).map(|t| t.partitions.len())?;
-        let index = store::partition_for(group_id, i32::try_from(partitions).unwrap_or(i32::MAX));
-        match image.partition(OFFSETS_TOPIC, index) {
-            Some(p) if p.leader == broker.node_id => None,
-            Some(p) if p.leader < 0 => Some(ErrorCode::CoordinatorNotAvailable),
-            _ => Some(ErrorCode::NotCoordinator),
+    /// effect (commit) or go (abort). Nothing to do when this broker does
+    /// not coordinate the partition: its next load replays the marker.
+    pub async fn complete_txn(&self, producer_id: i64, partition: i32, commit: bool) {
+        if let Ok(shard) = self.shards.get(partition) {
+            shard.complete_txn(producer_id, commit).await;
         }
     }
 }
 
-/// The leader of `group_id`'s partition of the offsets topic, creating the
-/// topic when it does not exist yet.
-pub fn coordinator_for(
-    broker: &Broker,
-    config: &GroupConfig,
-    group_id: &str,
-) -> Result<i32, ErrorCode> {
-    let image = ensure_offsets_topic(broker, config)?;
-    let (_, partition) =
-        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    if partition.leader < 0 {
-        return Err(ErrorCode::CoordinatorNotAvailable);
-    }
-    Ok(partition.leader)
-}
-
-fn offsets_partition<'a>(
+/// The partition of `__consumer_offsets` holding `group_id`, by index, as
+/// `image` has it.
+pub fn offsets_partition<'a>(
     image: &'a MetadataImage,
     group_id: &str,
 ) -> Option<(i32, &'a PartitionImage)> {
     let count = image.topic(OFFSETS_TOPIC)?.partitions.len();
     let index = store::partition_for(group_id, i32::try_from(count).ok()?);
     Some((index, image.partition(OFFSETS_TOPIC, index)?))
-}
-
-/// Creates `__consumer_offsets` if it is missing (Kafka does so on the first
-/// FindCoordinator or commit), and returns the image that has it.
-fn ensure_offsets_topic(
-    broker: &Broker,
-    config: &GroupConfig,
-) -> Result<Arc<MetadataImage>, ErrorCode> {
-    let image = broker.image();
-    if image.topic(OFFSETS_TOPIC).is_some() {
-        return Ok(image);
-    }
-    let brokers = i16::try_from(image.brokers.len())
-        .unwrap_or(i16::MAX)
-        .max(1);
-    let request = CreateTopicRequest {
-        name: OFFSETS_TOPIC.to_owned(),
-        num_partitions: config.offsets_partitions,
-        replication_factor: config.offsets_replication_factor.min(brokers),
-        assignments: Vec::new(),
-        configs: BTreeMap::from([
-            ("cleanup.policy".to_owned(), "compact".to_owned()),
-            ("compression.type".to_owned(), "producer".to_owned()),
-            ("segment.bytes".to_owned(), OFFSETS_SEGMENT_BYTES.to_owned()),
-        ]),
-    };
-    let created = broker.controller.create_topics(vec![request], false);
-    match created.into_iter().next() {
-        Some(Ok(_)) => tracing::info!("created {OFFSETS_TOPIC}"),
-        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}");
-            return Err(ErrorCode::CoordinatorNotAvailable);
-        }
-        None => return Err(ErrorCode::CoordinatorNotAvailable),
-    }
-    // Failures elsewhere are logged and retried by the replica manager;
-    // only this topic's matter here.
-    let _ = broker.apply_metadata();
-    if let Some((partition, e)) = broker.replicas.topic_storage_error(OFFSETS_TOPIC) {
-        tracing::error!(partition, error = %e, "cannot open the partitions of {OFFSETS_TOPIC}");
-        return Err(ErrorCode::CoordinatorNotAvailable);
-    }
-    Ok(broker.image())
-}
-
-/// Appends the transactional batch of a TxnOffsetCommit. The producer's
-/// epoch is checked by the log (an older one is fenced); sequences are not
-/// (Kafka writes these batches with sequence 0 too).
-fn append_txn(
-    broker: &Broker,
-    config: &GroupConfig,
-    group_id: &str,
-    records: &[Record],
-    producer_id: i64,
-    producer_epoch: i16,
-) -> Result<(), ErrorCode> {
-    let image = ensure_offsets_topic(broker, config)?;
-    let (index, meta) =
-        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    if meta.leader != broker.node_id {
-        return Err(ErrorCode::NotCoordinator);
-    }
-    let partition = broker
-        .replicas
-        .get(OFFSETS_TOPIC, index)
-        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    let batch = store::encode_txn(records, broker.clock.now_ms(), producer_id, producer_epoch)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot encode group records");
-            ErrorCode::UnknownServerError
-        })?;
-    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(offsets_append_error(
-            &e,
-            index,
-            &[ErrorCode::InvalidProducerEpoch],
-        )),
-    }
-}
-
-fn append(
-    broker: &Broker,
-    config: &GroupConfig,
-    group_id: &str,
-    records: &[Record],
-) -> Result<(), ErrorCode> {
-    let image = ensure_offsets_topic(broker, config)?;
-    let (index, meta) =
-        offsets_partition(&image, group_id).ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    if meta.leader != broker.node_id {
-        return Err(ErrorCode::NotCoordinator);
-    }
-    let partition = broker
-        .replicas
-        .get(OFFSETS_TOPIC, index)
-        .ok_or(ErrorCode::CoordinatorNotAvailable)?;
-    let batch = store::encode(records, broker.clock.now_ms()).map_err(|e| {
-        tracing::error!(error = %e, "cannot encode group records");
-        ErrorCode::UnknownServerError
-    })?;
-    match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(offsets_append_error(&e, index, &[])),
-    }
-}
-
-/// The group coordinator's answer when appending to its partition `index`
-/// of the offsets topic fails: a too-large batch is
-/// INVALID_COMMIT_OFFSET_SIZE, as in Kafka; what the coordinator cannot
-/// write is logged and COORDINATOR_NOT_AVAILABLE.
-fn offsets_append_error(e: &AppendError, index: i32, passed: &[ErrorCode]) -> ErrorCode {
-    let code = crate::api::produce::coordinator_append_error(
-        e,
-        passed,
-        ErrorCode::InvalidCommitOffsetSize,
-        ErrorCode::CoordinatorNotAvailable,
-    );
-    if code == ErrorCode::CoordinatorNotAvailable {
-        tracing::error!(partition = index, error = %e, "appending to {OFFSETS_TOPIC} failed");
-    }
-    code
 }

@@ -141,11 +141,14 @@ impl TxnShard {
 /// anything else means this coordinator cannot write now
 /// (COORDINATOR_NOT_AVAILABLE: the client looks it up again and retries).
 fn append_error(index: i32, e: &AppendError) -> ErrorCode {
-    match e.error_code() {
-        ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => ErrorCode::InvalidRequest,
-        _ => {
-            tracing::error!(partition = index, error = %e, "appending to {TRANSACTION_STATE_TOPIC} failed");
-            ErrorCode::CoordinatorNotAvailable
-        }
+    let code = crate::coordinator::append_error_code(
+        e,
+        &[],
+        ErrorCode::InvalidRequest,
+        ErrorCode::CoordinatorNotAvailable,
+    );
+    if code == ErrorCode::CoordinatorNotAvailable {
+        tracing::error!(partition = index, error = %e, "appending to {TRANSACTION_STATE_TOPIC} failed");
     }
+    code
 }
