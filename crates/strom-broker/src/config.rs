@@ -6,6 +6,7 @@
 //! value from the broker's properties (file or flags) is STATIC_BROKER_CONFIG;
 //! otherwise DEFAULT_CONFIG.
 
+pub mod coordinators;
 pub mod properties;
 
 use std::collections::BTreeMap;
@@ -15,6 +16,12 @@ use std::path::PathBuf;
 use strom_controller::MetadataImage;
 use strom_protocol::record_batch::TimestampType;
 use strom_storage::LogConfig;
+
+pub use coordinators::{Assignor, GroupConfig, TxnConfig};
+
+/// Default port of the metrics listener, on the listen host (Redpanda's
+/// admin port, which serves its metrics too).
+pub const DEFAULT_METRICS_PORT: u16 = 9644;
 
 /// A bad property value or an unknown topic config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -892,9 +899,9 @@ pub struct Settings {
     /// The log cleaner's settings.
     pub cleaner: strom_storage::CleanerConfig,
     /// The group coordinator's settings.
-    pub group: crate::group::GroupConfig,
+    pub group: GroupConfig,
     /// The transaction coordinator's settings.
-    pub txn: crate::txn::TxnConfig,
+    pub txn: TxnConfig,
 }
 
 impl Settings {
@@ -916,8 +923,8 @@ impl Settings {
             recovery_threads: p.at_least_one("num.recovery.threads.per.data.dir", 2)?,
             log_retention_check_interval_ms: p.log_retention_check_interval_ms()?,
             cleaner: p.cleaner_config()?,
-            group: crate::group::GroupConfig::from_properties(properties)?,
-            txn: crate::txn::TxnConfig::from_properties(properties)?,
+            group: GroupConfig::from_properties(properties)?,
+            txn: TxnConfig::from_properties(properties)?,
         })
     }
 }
@@ -1117,7 +1124,7 @@ fn metrics_listen(
             let port = if listen.port() == 0 {
                 0
             } else {
-                crate::metrics::DEFAULT_METRICS_PORT
+                DEFAULT_METRICS_PORT
             };
             Ok(Some(SocketAddr::new(listen.ip(), port)))
         }

@@ -57,9 +57,7 @@ const LATENCY_BUCKET_COUNT: u16 = 17;
 /// number left out instead of growing without limit (20 000 series are
 /// about 3 MB of text).
 pub const MAX_GROUP_OFFSET_SERIES: usize = 20_000;
-/// Default port of the metrics listener (Redpanda's admin port, which
-/// serves its metrics too).
-pub const DEFAULT_METRICS_PORT: u16 = 9644;
+pub use crate::config::DEFAULT_METRICS_PORT;
 /// How long shutdown waits for scrapes in progress before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Open connections to the metrics listener. A Prometheus server keeps one;

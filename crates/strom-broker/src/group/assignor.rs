@@ -103,39 +103,9 @@ pub struct MemberSpec {
 /// The target assignment: every member's partitions, by topic id.
 pub type Assignment = BTreeMap<MemberId, BTreeMap<Uuid, BTreeSet<i32>>>;
 
-/// The server-side assignors, named as Kafka names them in
-/// `ConsumerGroupHeartbeat`'s `ServerAssignor` field.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Assignor {
-    /// `uniform`: balanced, then sticky.
-    Uniform,
-    /// `range`: contiguous ranges per topic, sticky, co-partitioned.
-    Range,
-}
+pub use crate::config::Assignor;
 
 impl Assignor {
-    /// The assignor of a group whose members name none: `uniform`, the first
-    /// of Kafka's default `group.consumer.assignors`.
-    pub const DEFAULT: Assignor = Assignor::Uniform;
-
-    /// The assignor with Kafka's name `name`, or `None` if we have none by
-    /// that name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "uniform" => Some(Self::Uniform),
-            "range" => Some(Self::Range),
-            _ => None,
-        }
-    }
-
-    /// Kafka's name for this assignor.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Uniform => "uniform",
-            Self::Range => "range",
-        }
-    }
-
     /// Computes the target assignment of `members` over `topics`: see the
     /// module documentation for what each assignor promises.
     pub fn assign(

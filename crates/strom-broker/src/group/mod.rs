@@ -59,10 +59,9 @@ use strom_protocol::error_code::ErrorCode;
 use strom_storage::Clock;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, parse_prop as prop};
+pub use crate::config::GroupConfig;
 use crate::coordinator::{CoordinatorLog, Shards};
 use crate::partition::Partition;
-use assignor::Assignor;
 use classic::ClassicGroup;
 use consumer::ConsumerGroup;
 pub use shard::GroupShard;
@@ -74,9 +73,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// (group id, topic, partition) is at most about 540 bytes, so 1000 of them
 /// stay within the topic's default `max.message.bytes` of 1 MiB.
 pub(crate) const MAX_TOMBSTONES_PER_BATCH: usize = 1000;
-/// Bound on timer settings, so deadlines computed from them cannot overflow
-/// (Kafka's are ints: about 24 days).
-const MAX_TIMER_MS: i64 = i32::MAX as i64;
 /// Kafka's `offsets.topic.segment.bytes` default.
 const OFFSETS_SEGMENT_BYTES: &str = "104857600";
 
@@ -88,150 +84,7 @@ fn remove_if_held<K: std::hash::Hash + Eq>(map: &mut HashMap<K, String>, key: &K
     }
 }
 
-/// The coordinator's settings, from broker properties with Kafka's names.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    /// `group.min.session.timeout.ms`, default 6 s.
-    pub min_session_timeout_ms: i32,
-    /// `group.max.session.timeout.ms`, default 30 minutes.
-    pub max_session_timeout_ms: i32,
-    /// `group.initial.rebalance.delay.ms`, default 3 s.
-    pub initial_rebalance_delay_ms: i64,
-    /// `group.max.size` (classic), default unbounded.
-    pub max_size: Option<usize>,
-    /// `offsets.topic.num.partitions`, default 50.
-    pub offsets_partitions: i32,
-    /// `offsets.topic.replication.factor`, default 3 (capped by the brokers
-    /// there are when the topic is created).
-    pub offsets_replication_factor: i16,
-    /// `offsets.retention.minutes`, default 7 days, in ms.
-    pub offsets_retention_ms: i64,
-    /// `offsets.retention.check.interval.ms`, default 10 minutes.
-    pub offsets_retention_check_interval_ms: i64,
-    /// `offset.metadata.max.bytes`, default 4096.
-    pub offset_metadata_max_bytes: usize,
-    /// `group.consumer.heartbeat.interval.ms`, default 5 s.
-    pub consumer_heartbeat_interval_ms: i32,
-    /// `group.consumer.session.timeout.ms`, default 45 s.
-    pub consumer_session_timeout_ms: i32,
-    /// `group.consumer.max.size`, default unbounded.
-    pub consumer_max_size: Option<usize>,
-    /// `group.consumer.assignors`, default `uniform,range`; the first is
-    /// the default.
-    pub consumer_assignors: Vec<Assignor>,
-}
-
-fn positive<T: PartialOrd + Default + std::fmt::Display>(
-    name: &str,
-    v: T,
-) -> Result<T, ConfigError> {
-    if v > T::default() {
-        Ok(v)
-    } else {
-        Err(ConfigError(format!("{name}: must be positive, got {v}")))
-    }
-}
-
 impl GroupConfig {
-    /// Reads and checks the group properties.
-    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let max_size = |name: &str| -> Result<Option<usize>, ConfigError> {
-            let v: i64 = prop(props, name, i64::from(i32::MAX))?;
-            let v = positive(name, v)?;
-            Ok(usize::try_from(v).ok().filter(|v| *v < i32::MAX as usize))
-        };
-        let assignors = props
-            .get("group.consumer.assignors")
-            .map_or("uniform,range", String::as_str)
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|name| {
-                // Kafka also accepts the class names.
-                let short = name
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(name)
-                    .trim_end_matches("Assignor")
-                    .to_ascii_lowercase();
-                Assignor::from_name(&short).ok_or_else(|| {
-                    ConfigError(format!(
-                        "group.consumer.assignors: unknown assignor {name:?} (uniform and range exist)"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if assignors.is_empty() {
-            return Err(ConfigError(
-                "group.consumer.assignors: must name at least one assignor".into(),
-            ));
-        }
-        let mut config = Self {
-            min_session_timeout_ms: positive(
-                "group.min.session.timeout.ms",
-                prop(props, "group.min.session.timeout.ms", 6_000)?,
-            )?,
-            max_session_timeout_ms: positive(
-                "group.max.session.timeout.ms",
-                prop(props, "group.max.session.timeout.ms", 1_800_000)?,
-            )?,
-            initial_rebalance_delay_ms: prop::<i64>(
-                props,
-                "group.initial.rebalance.delay.ms",
-                3_000,
-            )?
-            .max(0),
-            max_size: max_size("group.max.size")?,
-            offsets_partitions: positive(
-                "offsets.topic.num.partitions",
-                prop(props, "offsets.topic.num.partitions", 50)?,
-            )?,
-            offsets_replication_factor: positive(
-                "offsets.topic.replication.factor",
-                prop(props, "offsets.topic.replication.factor", 3)?,
-            )?,
-            offsets_retention_ms: positive(
-                "offsets.retention.minutes",
-                prop::<i64>(props, "offsets.retention.minutes", 10_080)?,
-            )?
-            .saturating_mul(60_000),
-            offsets_retention_check_interval_ms: positive(
-                "offsets.retention.check.interval.ms",
-                prop(props, "offsets.retention.check.interval.ms", 600_000)?,
-            )?,
-            offset_metadata_max_bytes: prop(props, "offset.metadata.max.bytes", 4096)?,
-            consumer_heartbeat_interval_ms: positive(
-                "group.consumer.heartbeat.interval.ms",
-                prop(props, "group.consumer.heartbeat.interval.ms", 5_000)?,
-            )?,
-            consumer_session_timeout_ms: positive(
-                "group.consumer.session.timeout.ms",
-                prop(props, "group.consumer.session.timeout.ms", 45_000)?,
-            )?,
-            consumer_max_size: max_size("group.consumer.max.size")?,
-            consumer_assignors: assignors,
-        };
-        config.initial_rebalance_delay_ms =
-            config.initial_rebalance_delay_ms.clamp(0, MAX_TIMER_MS);
-        config.offsets_retention_check_interval_ms =
-            config.offsets_retention_check_interval_ms.min(MAX_TIMER_MS);
-        if config.min_session_timeout_ms > config.max_session_timeout_ms {
-            return Err(ConfigError(
-                "group.min.session.timeout.ms must not exceed group.max.session.timeout.ms".into(),
-            ));
-        }
-        Ok(config)
-    }
-
-    /// `uniform, range`, for error messages.
-    pub fn assignor_names(&self) -> String {
-        self.consumer_assignors
-            .iter()
-            .map(|a| a.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
     /// How `__consumer_offsets` is created (Kafka does so on the first
     /// FindCoordinator or commit), when `brokers` brokers are registered:
     /// compacted, with Kafka's segment size, replicated at most on every

@@ -76,85 +76,18 @@ use strom_storage::Clock;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, parse_prop as prop};
+pub use crate::config::TxnConfig;
 use crate::coordinator::{CoordinatorLog, Shards};
 use crate::partition::Partition;
 use markers::{MarkerRequest, MarkerSender};
 pub use shard::TxnShard;
 use store::{TRANSACTION_STATE_TOPIC, TxnStatus, TxnValue};
 
-/// Bound on timer settings (Kafka's are ints).
-const MAX_TIMER_MS: i64 = i32::MAX as i64;
 /// Kafka's limit on partitions a transaction may hold is none; a request adds
 /// what fits a frame. Bound the set per transaction so a client cannot grow
 /// the coordinator's memory without limit: far above what Kafka Streams
 /// applications use (hundreds).
 pub const MAX_PARTITIONS_PER_TXN: usize = 100_000;
-
-/// The coordinator's settings, from broker properties with Kafka's names.
-#[derive(Debug, Clone)]
-pub struct TxnConfig {
-    /// `transaction.state.log.num.partitions`, default 50.
-    pub partitions: i32,
-    /// `transaction.state.log.replication.factor`, default 3 (capped by the
-    /// brokers there are when the topic is created).
-    pub replication_factor: i16,
-    /// `transaction.max.timeout.ms`, default 15 minutes.
-    pub max_timeout_ms: i32,
-    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`,
-    /// default 10 s: how often timed-out transactions are looked for.
-    pub abort_timed_out_interval_ms: i64,
-    /// `transactional.id.expiration.ms`, default 7 days: a transactional id
-    /// with no transaction open and no change for this long is forgotten
-    /// (what bounds the coordinator's memory, as in Kafka).
-    pub id_expiration_ms: i64,
-}
-
-impl TxnConfig {
-    pub fn from_properties(props: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
-        let positive = |name: &str, v: i64| -> Result<i64, ConfigError> {
-            if v > 0 {
-                Ok(v)
-            } else {
-                Err(ConfigError(format!("{name}: must be positive, got {v}")))
-            }
-        };
-        let partitions = positive(
-            "transaction.state.log.num.partitions",
-            prop(props, "transaction.state.log.num.partitions", 50)?,
-        )?;
-        let replication = positive(
-            "transaction.state.log.replication.factor",
-            prop(props, "transaction.state.log.replication.factor", 3)?,
-        )?;
-        Ok(Self {
-            partitions: i32::try_from(partitions).map_err(|_| {
-                ConfigError("transaction.state.log.num.partitions: too large".into())
-            })?,
-            replication_factor: i16::try_from(replication).map_err(|_| {
-                ConfigError("transaction.state.log.replication.factor: too large".into())
-            })?,
-            max_timeout_ms: i32::try_from(positive(
-                "transaction.max.timeout.ms",
-                prop(props, "transaction.max.timeout.ms", 900_000)?,
-            )?)
-            .map_err(|_| ConfigError("transaction.max.timeout.ms: too large".into()))?,
-            abort_timed_out_interval_ms: positive(
-                "transaction.abort.timed.out.transaction.cleanup.interval.ms",
-                prop(
-                    props,
-                    "transaction.abort.timed.out.transaction.cleanup.interval.ms",
-                    10_000,
-                )?,
-            )?
-            .min(MAX_TIMER_MS),
-            id_expiration_ms: positive(
-                "transactional.id.expiration.ms",
-                prop(props, "transactional.id.expiration.ms", 604_800_000)?,
-            )?,
-        })
-    }
-}
 
 /// What one shard knows: the state of each transactional id hashed to its
 /// partition.
