@@ -1,77 +1,24 @@
-//! The broker's shared state, startup and clean shutdown.
-//!
-//! ```text
-//! strom-data/
-//!   meta/__cluster_metadata-0/   the metadata log (Kafka's KRaft topic), read first
-//!   meta/.lock                   held while a broker uses the directory
-//!   orders-0/ ...                partition logs, opened after the metadata says
-//!                                which topics exist and with which configs
-//! ```
+//! The broker's shared state: the components every request handler, the
+//! metadata publisher and the connections use, owned in one place
+//! ([`Broker`]). Starting and stopping it is `start`'s.
 
-use std::fs::{self, File, TryLockError};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::fs::File;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use strom_controller::controller::ControllerConfig;
-use strom_controller::{
-    Controller, ControllerError, METADATA_TOPIC, MetadataImage, ProducerIdBlock,
-    metadata_log_config,
-};
-use strom_storage::{
-    Clock, FileCache, LoadOptions, LogManager, LogManagerConfig, PartitionLog, SystemClock,
-    TopicPartition,
-};
+use strom_controller::{Controller, ControllerError, MetadataImage, ProducerIdBlock};
+use strom_storage::{Clock, LogManager, PartitionLog};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::fetch_session::FetchSessionCache;
 use crate::config::BrokerConfig;
+use crate::fetch_session::FetchSessionCache;
 use crate::group::GroupCoordinator;
-use crate::group::store::OFFSETS_TOPIC;
 use crate::memory::{DecompressionBudget, RequestBudget};
-use crate::metrics::{Metrics, MetricsServer};
+use crate::metrics::Metrics;
 use crate::publisher::Publisher;
 use crate::replica::ReplicaManager;
-use crate::txn::store::TRANSACTION_STATE_TOPIC;
 use crate::txn::{ProducerIdSource, TxnCoordinator};
-
-/// Directory of the metadata log inside the data directory.
-const META_DIR: &str = "meta";
-/// Open files for the metadata log: it has one active segment.
-const META_OPEN_FILES: usize = 8;
-
-/// Why the broker could not start.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StartError {
-    #[error("configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error(
-        "cannot listen for metrics on {addr}: {source} (set metrics.listener to another HOST:PORT, or to nothing for no metrics endpoint)"
-    )]
-    MetricsListen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("storage: {0}")]
-    Storage(#[from] strom_storage::StorageError),
-    #[error("metadata: {0}")]
-    Controller(#[from] ControllerError),
-    #[error("data directory {0} is in use by another broker")]
-    Locked(PathBuf),
-    #[error("I/O on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
 
 /// Producer ids from the block the controller handed this broker.
 #[derive(Debug, Default)]
@@ -140,28 +87,37 @@ pub struct Broker {
     pub advertised_port: u16,
     pub controller: Arc<Controller>,
     pub logs: Arc<LogManager>,
-    pub replicas: ReplicaManager,
+    pub replicas: Arc<ReplicaManager>,
     pub fetch_sessions: Mutex<FetchSessionCache>,
-    pub groups: GroupCoordinator,
-    pub txn: TxnCoordinator,
+    pub groups: Arc<GroupCoordinator>,
+    pub txn: Arc<TxnCoordinator>,
     pub clock: Arc<dyn Clock>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Applies each new metadata image to the partitions and coordinators.
-    pub publisher: Publisher,
+    pub publisher: Arc<Publisher>,
     /// Request bytes read and not yet answered (`queued.max.request.bytes`).
     pub request_budget: RequestBudget,
     /// Memory for decompressing produced batches (the same size).
     pub decompression_budget: DecompressionBudget,
-    metadata_log: Arc<PartitionLog>,
-    producer_ids: Arc<ProducerIdManager>,
+    pub(crate) metadata_log: Arc<PartitionLog>,
+    pub(crate) producer_ids: Arc<ProducerIdManager>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Every connection task.
     pub tasks: TaskTracker,
-    _meta_lock: File,
+    pub(crate) _meta_lock: File,
 }
 
 impl Broker {
+    /// What the metrics listener reads.
+    pub fn scrape(&self) -> crate::metrics::Scrape {
+        crate::metrics::Scrape {
+            recorded: Arc::clone(&self.metrics),
+            replicas: Arc::clone(&self.replicas),
+            groups: Arc::clone(&self.groups),
+        }
+    }
+
     /// The current metadata image.
     pub fn image(&self) -> Arc<MetadataImage> {
         self.controller.image()
@@ -175,7 +131,7 @@ impl Broker {
     }
 
     /// [`Self::await_metadata`] from a blocking thread (code running in
-    /// [`crate::api::blocking`]).
+    /// `api::blocking`).
     pub fn await_metadata_blocking(&self) {
         tokio::runtime::Handle::current().block_on(self.await_metadata());
     }
@@ -184,291 +140,5 @@ impl Broker {
     /// the controller when it runs out).
     pub fn next_producer_id(&self) -> Result<i64, ControllerError> {
         self.producer_ids.next()
-    }
-}
-
-/// A started broker: where it listens, and how to stop it.
-#[derive(Debug)]
-pub struct RunningBroker {
-    pub broker: Arc<Broker>,
-    pub local_addr: SocketAddr,
-    /// Where `GET /metrics` is served, if anywhere (`metrics.listener`).
-    pub metrics_addr: Option<SocketAddr>,
-    serve: tokio::task::JoinHandle<()>,
-    metrics_serve: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl RunningBroker {
-    /// Clean shutdown: stop accepting, close connections, flush and close
-    /// every log, write the clean-shutdown marker and a metadata image
-    /// snapshot.
-    pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
-        let broker = self.broker;
-        broker.shutdown.cancel();
-        if let Err(e) = self.serve.await {
-            tracing::error!(error = %e, "accept loop ended abnormally");
-        }
-        if let Some(metrics) = self.metrics_serve
-            && let Err(e) = metrics.await
-        {
-            tracing::error!(error = %e, "metrics listener ended abnormally");
-        }
-        broker.tasks.close();
-        broker.tasks.wait().await;
-        let logs = Arc::clone(&broker.logs);
-        let metadata_log = Arc::clone(&broker.metadata_log);
-        let controller = Arc::clone(&broker.controller);
-        tokio::task::spawn_blocking(move || {
-            let result = logs.shutdown();
-            // The next start loads this image and replays nothing.
-            controller.snapshot_on_shutdown();
-            if let Err(e) = metadata_log.close() {
-                tracing::error!(error = %e, "closing the metadata log failed");
-            }
-            result
-        })
-        .await
-        .map_err(|e| {
-            strom_storage::StorageError::InvalidRequest(format!("shutdown task failed: {e}"))
-        })?
-    }
-}
-
-/// Starts a broker: binds the listener, opens the metadata log and the
-/// controller, registers this broker, opens the partition logs, and serves.
-pub async fn start(config: BrokerConfig) -> Result<RunningBroker, StartError> {
-    start_with_clock(config, Arc::new(SystemClock)).await
-}
-
-/// [`start`] with a given clock (tests).
-pub async fn start_with_clock(
-    config: BrokerConfig,
-    clock: Arc<dyn Clock>,
-) -> Result<RunningBroker, StartError> {
-    let listener = crate::server::bind(config.listen, config.settings.socket_listen_backlog_size)
-        .map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    let metrics_server = match config.metrics_listen {
-        Some(addr) => Some(
-            MetricsServer::bind(addr)
-                .await
-                .map_err(|source| StartError::MetricsListen { addr, source })?,
-        ),
-        None => None,
-    };
-    let metrics_addr = metrics_server.as_ref().map(|m| m.local_addr);
-    let advertised_port = if config.advertise_port == 0 {
-        local_addr.port()
-    } else {
-        config.advertise_port
-    };
-    let advertised_host = if config.advertise_host == "0.0.0.0" || config.advertise_host == "::" {
-        "127.0.0.1".to_owned()
-    } else {
-        config.advertise_host.clone()
-    };
-    let config_for_open = config.clone();
-    let clock_for_open = Arc::clone(&clock);
-    let host = advertised_host.clone();
-    let broker = tokio::task::spawn_blocking(move || {
-        open(config_for_open, clock_for_open, host, advertised_port)
-    })
-    .await
-    .map_err(|e| StartError::Io {
-        path: PathBuf::new(),
-        source: std::io::Error::other(e.to_string()),
-    })??;
-    let broker = Arc::new(broker);
-    let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
-    let metrics_serve = metrics_server.map(|m| m.spawn(Arc::clone(&broker)));
-    let timers = Arc::clone(&broker);
-    broker.tasks.spawn(async move {
-        let images = Arc::clone(&timers);
-        timers
-            .groups
-            .run_timers(move || images.image(), timers.shutdown.clone())
-            .await;
-    });
-    let for_timers = Arc::clone(&broker);
-    broker.tasks.spawn(async move {
-        let markers = crate::api::txn::LocalMarkerSender::new(&for_timers);
-        for_timers
-            .txn
-            .run_timers(&markers, for_timers.shutdown.clone())
-            .await;
-    });
-    broker.tasks.spawn(Publisher::run(Arc::clone(&broker)));
-    tracing::info!(
-        node_id = broker.node_id,
-        addr = %local_addr,
-        advertised = %format!("{}:{}", broker.advertised_host, broker.advertised_port),
-        data_dir = %broker.config.data_dir.display(),
-        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
-        "broker started"
-    );
-    log_property_report(&broker.config.properties);
-    Ok(RunningBroker {
-        broker,
-        local_addr,
-        metrics_addr,
-        serve,
-        metrics_serve,
-    })
-}
-
-/// The blocking part of startup.
-fn open(
-    config: BrokerConfig,
-    clock: Arc<dyn Clock>,
-    advertised_host: String,
-    advertised_port: u16,
-) -> Result<Broker, StartError> {
-    let data_dir = config.data_dir.clone();
-    let meta_dir = data_dir.join(META_DIR);
-    fs::create_dir_all(&meta_dir).map_err(|source| StartError::Io {
-        path: meta_dir.clone(),
-        source,
-    })?;
-    let meta_lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(meta_dir.join(".lock"))
-        .map_err(|source| StartError::Io {
-            path: meta_dir.clone(),
-            source,
-        })?;
-    match meta_lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Err(StartError::Locked(data_dir)),
-        Err(TryLockError::Error(source)) => {
-            return Err(StartError::Io {
-                path: meta_dir,
-                source,
-            });
-        }
-    }
-
-    // The metadata log is small and is always recovered in full: it decides
-    // what every other log is. The controller then loads its newest image
-    // snapshot and replays the records after it.
-    let metadata_log = Arc::new(PartitionLog::open(
-        meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
-        metadata_log_config(),
-        Arc::new(FileCache::new(META_OPEN_FILES)),
-        Arc::clone(&clock),
-        LoadOptions::default(),
-    )?);
-    let controller_config = ControllerConfig {
-        num_partitions: config.settings.num_partitions,
-        default_replication_factor: config.settings.default_replication_factor,
-        ..ControllerConfig::default()
-    };
-    let controller = Arc::new(Controller::open(
-        config.node_id,
-        controller_config,
-        Arc::clone(&metadata_log),
-        Arc::clone(&clock),
-    )?);
-    controller.register_broker(
-        config.node_id,
-        &advertised_host,
-        advertised_port,
-        config.rack.clone(),
-    )?;
-
-    let image = controller.image();
-    let log_manager_config = LogManagerConfig {
-        recovery_threads: config.settings.recovery_threads,
-        ignored_dirs: vec![META_DIR.to_owned()],
-        retention_check_interval_ms: config.settings.log_retention_check_interval_ms,
-        cleaner: config.settings.cleaner.clone(),
-        ..LogManagerConfig::new(&data_dir)
-    };
-    let logs = LogManager::open(
-        log_manager_config,
-        Arc::clone(&clock),
-        &|tp: &TopicPartition| {
-            let overrides = image
-                .topic(&tp.topic)
-                .map(|t| t.configs.clone())
-                .unwrap_or_default();
-            config.log_config(&image, &overrides)
-        },
-    )?;
-    let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs), Arc::clone(&clock));
-    // A partition whose log cannot be opened (a full disk, a directory the
-    // file system refuses) must not keep the others offline: it is logged,
-    // answered as KAFKA_STORAGE_ERROR and retried while the broker runs.
-    if let Err(e) = replicas.apply_image(&image, &config) {
-        tracing::error!(error = %e, "some partitions could not be opened at start; retrying");
-    }
-    let fetch_sessions = FetchSessionCache::new(config.settings.fetch_session_cache_slots);
-    let groups = GroupCoordinator::new(config.settings.group.clone(), Arc::clone(&clock));
-    let producer_ids = Arc::new(ProducerIdManager::new(
-        config.node_id,
-        Arc::clone(&controller),
-    ));
-    let txn = TxnCoordinator::new(
-        config.settings.txn.clone(),
-        Arc::clone(&clock),
-        Arc::clone(&producer_ids) as Arc<dyn ProducerIdSource>,
-    );
-    // The metadata publisher does so on every change after this.
-    groups.sync(&replicas.topic_partitions(OFFSETS_TOPIC));
-    txn.sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
-    let queued_max_request_bytes = config.settings.queued_max_request_bytes;
-    Ok(Broker {
-        node_id: config.node_id,
-        request_budget: RequestBudget::new(queued_max_request_bytes),
-        decompression_budget: DecompressionBudget::new(queued_max_request_bytes),
-        advertised_host,
-        advertised_port,
-        controller,
-        logs,
-        replicas,
-        fetch_sessions: Mutex::new(fetch_sessions),
-        groups,
-        txn,
-        clock,
-        metrics: Metrics::new(&crate::api::answered_apis(), config.node_id),
-        publisher: Publisher::new(image.offset),
-        metadata_log,
-        producer_ids,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        config,
-        _meta_lock: meta_lock,
-    })
-}
-
-/// Warns about every property the broker does not know, as Kafka does
-/// ("supplied but isn't a known config"), with the likely intended name, and
-/// lists Kafka's properties that have no effect in Strom.
-fn log_property_report(properties: &std::collections::BTreeMap<String, String>) {
-    let report = crate::config::properties::report(properties);
-    for unknown in &report.unknown {
-        match &unknown.hint {
-            Some(hint) => tracing::warn!(
-                "the configuration '{}' was supplied but isn't a known config ({hint})",
-                unknown.name
-            ),
-            None => tracing::warn!(
-                "the configuration '{}' was supplied but isn't a known config",
-                unknown.name
-            ),
-        }
-    }
-    if !report.without_effect.is_empty() {
-        tracing::info!(
-            "these Kafka properties have no effect in Strom: {}",
-            report.without_effect.join(", ")
-        );
     }
 }

@@ -18,7 +18,7 @@
 //! The ports:
 //! - [`CoordinatorLog`]: the internal partition a shard appends to and
 //!   replays (a [`Partition`] here; its appends complete when committed);
-//! - [`Clock`] (from storage): the time, so tests drive it;
+//! - `Clock` (from storage): the time, so tests drive it;
 //! - the metadata image, handed in by whoever calls (the publisher, a
 //!   handler), never read from a broker.
 

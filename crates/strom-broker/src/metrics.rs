@@ -45,7 +45,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::broker::Broker;
+use crate::group::GroupCoordinator;
+use crate::replica::ReplicaManager;
 
 /// Request latency buckets: 0.5 ms doubling to 32 s, which covers a
 /// metadata request on a idle broker up to a long-poll fetch or a JoinGroup
@@ -386,10 +387,20 @@ fn api_index(key: ApiKey) -> usize {
     usize::try_from(key as i16).unwrap_or(0)
 }
 
-/// Reads the scrape-time metrics from the broker into a registry of their own.
-async fn scrape_state(broker: &Broker) -> Registry {
+/// What a scrape reads: the metrics recorded as requests go, and the state
+/// read at scrape time (the partitions, the groups' committed offsets). The
+/// broker hands these to the listener; nothing else of it.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub recorded: Arc<Metrics>,
+    pub replicas: Arc<ReplicaManager>,
+    pub groups: Arc<GroupCoordinator>,
+}
+
+/// Reads the scrape-time metrics into a registry of their own.
+async fn scrape_state(scrape: &Scrape) -> Registry {
     let mut registry = Registry::with_prefix("strom");
-    let partitions = broker.replicas.partitions();
+    let partitions = scrape.replicas.partitions();
     let log_size = Family::<PartitionLabels, Gauge>::default();
     let log_end_offset = Family::<PartitionLabels, Gauge>::default();
     let log_start_offset = Family::<PartitionLabels, Gauge>::default();
@@ -474,7 +485,7 @@ async fn scrape_state(broker: &Broker) -> Registry {
     {
         // Every shard's lock, taken in partition order (nothing else takes
         // two), so the scrape sees each shard's offsets at one moment.
-        let shards = broker.groups.active_shards();
+        let shards = scrape.groups.active_shards();
         let mut states = Vec::with_capacity(shards.len());
         for shard in &shards {
             states.push(shard.lock().await);
@@ -524,10 +535,10 @@ async fn scrape_state(broker: &Broker) -> Registry {
 }
 
 /// The whole exposition: recorded metrics, then those read now.
-pub async fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
-    let state = scrape_state(broker).await;
+pub async fn render(scrape: &Scrape) -> Result<String, std::fmt::Error> {
+    let state = scrape_state(scrape).await;
     let mut text = String::with_capacity(64 * 1024);
-    encode_registry(&mut text, &broker.metrics.registry)?;
+    encode_registry(&mut text, &scrape.recorded.registry)?;
     encode_registry(&mut text, &state)?;
     encode_eof(&mut text)?;
     Ok(text)
@@ -536,8 +547,8 @@ pub async fn render(broker: &Broker) -> Result<String, std::fmt::Error> {
 /// OpenMetrics' content type, which Prometheus asks for and understands.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-async fn metrics_handler(State(broker): State<Arc<Broker>>) -> Response {
-    match render(&broker).await {
+async fn metrics_handler(State(scrape): State<Scrape>) -> Response {
+    match render(&scrape).await {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "encoding the metrics failed");
@@ -564,7 +575,7 @@ pub struct MetricsServer {
 impl MetricsServer {
     /// Binds `addr` (port 0 picks a free port).
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = crate::server::bind(addr, METRICS_LISTEN_BACKLOG)?;
+        let listener = crate::listener::bind(addr, METRICS_LISTEN_BACKLOG)?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             listener,
@@ -573,12 +584,11 @@ impl MetricsServer {
     }
 
     /// Serves `/metrics` until the broker shuts down.
-    pub fn spawn(self, broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
-        let shutdown = broker.shutdown.clone();
+    pub fn spawn(self, scrape: Scrape, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         let router = Router::new()
             .route("/metrics", get(metrics_handler))
             .route("/", get(index_handler))
-            .with_state(broker);
+            .with_state(scrape);
         let listener = BoundedListener::new(self.listener, MAX_METRICS_CONNECTIONS);
         tokio::spawn(async move {
             let serve = axum::serve(listener, router)

@@ -23,8 +23,14 @@ use std::sync::Arc;
 use strom_controller::MetadataImage;
 use tokio::sync::watch;
 
-use crate::broker::Broker;
-use crate::replica::STORAGE_RETRY_INTERVAL;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerConfig;
+use crate::group::GroupCoordinator;
+use crate::group::store::OFFSETS_TOPIC;
+use crate::replica::{ReplicaManager, STORAGE_RETRY_INTERVAL};
+use crate::txn::TxnCoordinator;
+use crate::txn::store::TRANSACTION_STATE_TOPIC;
 
 /// What changed between two images, as far as this broker acts on it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -97,17 +103,22 @@ impl Publisher {
         let _ = applied.wait_for(|applied| *applied >= offset).await;
     }
 
-    /// Receives every image until the broker shuts down, and applies each:
-    /// partitions first (their logs, roles and configs), then what depends
-    /// on them.
-    pub async fn run(broker: Arc<Broker>) {
-        let mut images = broker.controller.subscribe();
+    /// Receives every image from `images` until `shutdown`, and applies
+    /// each to `targets`: partitions first (their logs, roles and configs),
+    /// then what depends on them.
+    pub async fn run(
+        self: Arc<Self>,
+        mut images: watch::Receiver<Arc<MetadataImage>>,
+        targets: Targets,
+        shutdown: CancellationToken,
+    ) {
+        let targets = Arc::new(targets);
         let mut previous = images.borrow_and_update().clone();
         let mut retry = tokio::time::interval(STORAGE_RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retrying = tokio::select! {
-                () = broker.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 changed = images.changed() => {
                     if changed.is_err() {
                         return;
@@ -116,26 +127,34 @@ impl Publisher {
                 }
                 _ = retry.tick() => true,
             };
-            if retrying && !broker.replicas.has_storage_errors() {
+            if retrying && !targets.replicas.has_storage_errors() {
                 continue;
             }
             let image = images.borrow_and_update().clone();
             let delta = MetadataDelta::between(&previous, &image);
-            if delta.is_empty() && !retrying {
-                broker.publisher.applied.send_replace(image.offset);
-                previous = image;
-                continue;
+            if !delta.is_empty() || retrying {
+                publish(&targets, &image, &delta).await;
             }
-            publish(&broker, &image, &delta).await;
-            broker.publisher.applied.send_replace(image.offset);
+            self.applied.send_replace(image.offset);
             previous = image;
         }
     }
 }
 
+/// What the publisher drives: the partitions, then the coordinators that
+/// shard by them.
+#[derive(Debug)]
+pub struct Targets {
+    /// For each topic's effective configs.
+    pub config: BrokerConfig,
+    pub replicas: Arc<ReplicaManager>,
+    pub groups: Arc<GroupCoordinator>,
+    pub txn: Arc<TxnCoordinator>,
+}
+
 /// Applies one image.
-async fn publish(broker: &Arc<Broker>, image: &Arc<MetadataImage>, delta: &MetadataDelta) {
-    let for_task = Arc::clone(broker);
+async fn publish(targets: &Arc<Targets>, image: &Arc<MetadataImage>, delta: &MetadataDelta) {
+    let for_task = Arc::clone(targets);
     let image_for_task = Arc::clone(image);
     let applied = tokio::task::spawn_blocking(move || {
         // Partitions that fail are logged here and retried.
@@ -147,10 +166,10 @@ async fn publish(broker: &Arc<Broker>, image: &Arc<MetadataImage>, delta: &Metad
         let replicas = &for_task.replicas;
         for_task
             .groups
-            .sync(&replicas.topic_partitions(crate::group::store::OFFSETS_TOPIC));
+            .sync(&replicas.topic_partitions(OFFSETS_TOPIC));
         for_task
             .txn
-            .sync(&replicas.topic_partitions(crate::txn::store::TRANSACTION_STATE_TOPIC));
+            .sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
     })
     .await;
     if let Err(e) = applied {
@@ -158,7 +177,10 @@ async fn publish(broker: &Arc<Broker>, image: &Arc<MetadataImage>, delta: &Metad
     }
     // Committed offsets of deleted topics go (Kafka's
     // `onPartitionsDeleted`), before anyone waiting for this image is told.
-    broker.groups.on_topics_deleted(&delta.deleted_topics).await;
+    targets
+        .groups
+        .on_topics_deleted(&delta.deleted_topics)
+        .await;
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! waiting for replication, a fetch long-polling for data) goes on
 //! concurrently while the next requests'
 //! first phases run; answers are written in request order, as the protocol
-//! requires, at most [`MAX_PENDING_ANSWERS`] of them waiting.
+//! requires, at most `MAX_PENDING_ANSWERS` of them waiting.
 //!
 //! Bad input never panics and never wedges the broker: a frame size out of
 //! bounds, a malformed header, an unknown API key or a body that does not
@@ -28,7 +28,7 @@ use futures::stream::FuturesOrdered;
 use strom_protocol::messages::{self, ApiKey, FRAME_SIZE_PREFIX, RequestFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::api::{self, Reply};
@@ -52,22 +52,6 @@ const MAX_PENDING_ANSWERS: usize = MAX_QUEUED_REQUESTS;
 const INITIAL_FRAME_BUFFER: usize = 64 * 1024;
 /// Pause after a failed accept (out of descriptors, say) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Binds a listener on `addr` with an accept queue of `backlog` connections
-/// (the kernel caps it at `net.core.somaxconn`). `SO_REUSEADDR` is set, as
-/// tokio's own `bind` sets it, so a restarted broker can take its port back
-/// at once.
-pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    #[cfg(unix)]
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
-}
 
 /// Accepts connections until the broker shuts down, at most `max.connections`
 /// at a time (beyond that, new connections wait in the listen backlog, as

@@ -1506,7 +1506,7 @@ async fn offsets_and_empty_groups_expire_after_the_retention() {
             "100".to_owned(),
         ),
     ]);
-    let broker = strom_broker::broker::start_with_clock(
+    let broker = strom_broker::start::start_with_clock(
         BrokerConfig::from_properties(props).unwrap(),
         clock.clone(),
     )

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use strom_broker::BrokerConfig;
-use strom_broker::broker::StartError;
 use strom_broker::config::parse_properties;
+use strom_broker::start::StartError;
 
 #[derive(Debug, Args)]
 pub(crate) struct BrokerArgs {

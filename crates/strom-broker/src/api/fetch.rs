@@ -28,10 +28,10 @@ use tokio::sync::Notify;
 
 use strom_protocol::messages::RequestFrame;
 
-use super::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
+use crate::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
 use crate::metrics::Purgatory;
 use crate::replica::Partition;
 

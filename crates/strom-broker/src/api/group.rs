@@ -10,9 +10,8 @@
 //! for (fields a version does not have stay at their defaults).
 //!
 //! Creating `__consumer_offsets` lives here, not in the coordinator: it
-//! needs the controller and the replica manager (the broker), and the
-//! coordinator only ever sees the partitions it is handed
-//! ([`GroupCoordinator::sync`]).
+//! needs the controller, and the coordinator only ever sees the partitions
+//! the metadata publisher hands it ([`crate::group::GroupCoordinator::sync`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

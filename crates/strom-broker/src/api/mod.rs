@@ -10,7 +10,6 @@ pub mod admin;
 pub mod api_versions;
 pub mod configs;
 pub mod fetch;
-pub mod fetch_session;
 pub mod group;
 pub mod init_producer_id;
 pub mod list_offsets;

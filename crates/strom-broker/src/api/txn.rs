@@ -6,8 +6,8 @@
 //! coordinator's.
 //!
 //! Here too, because the coordinator does not know the broker: creating
-//! `__transaction_state` on first use (as Kafka's request handlers do) and
-//! loading its shards then ([`txn_image`]), the leader of an id's partition
+//! `__transaction_state` on first use (as Kafka's request handlers do; the
+//! publisher then loads its shards), the leader of an id's partition
 //! for FindCoordinator ([`coordinator_for`]), and the local
 //! [`MarkerSender`] ([`LocalMarkerSender`]), which appends markers to this
 //! broker's partitions and tells the group coordinator about those in

@@ -20,7 +20,7 @@
 //! The high watermark moves only by Kafka's rule over those states, and a
 //! produce with acks=all waits for it ([`Partition::wait_for_high_watermark`]).
 //! The topic's configs that produce checks need are resolved into typed
-//! [`validation::ProduceChecks`] when the metadata changes, not per request.
+//! `validation::ProduceChecks` when the metadata changes, not per request.
 
 pub mod high_watermark;
 pub mod validation;

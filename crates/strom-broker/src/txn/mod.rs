@@ -16,7 +16,7 @@
 //!   machine;
 //! - [`shard`]: [`TxnShard`], the transactional ids of one partition of
 //!   `__transaction_state`, loaded from and written to that partition;
-//! - [`markers`]: the [`MarkerSender`](markers::MarkerSender) port (Kafka's
+//! - [`markers`]: the [`MarkerSender`] port (Kafka's
 //!   WriteTxnMarkers) and the append of one marker to a local partition;
 //! - [`store`]: the records of `__transaction_state` (Kafka's schema).
 //!
@@ -36,7 +36,7 @@
 //! their markers written again by the timer, woken by the load (markers are
 //! idempotent for the partitions: a second one ends nothing).
 //!
-//! Markers go through a [`MarkerSender`](markers::MarkerSender) the caller
+//! Markers go through a [`MarkerSender`] the caller
 //! hands in (the local one appends to this broker's partitions; a cluster's
 //! sends WriteTxnMarkers). They are written before EndTxn is answered; a
 //! partition whose marker cannot be written leaves the transaction in its
@@ -56,7 +56,7 @@
 //!
 //! Nothing here knows the broker: the metadata image comes as an argument,
 //! producer ids from a [`ProducerIdSource`], markers go through a
-//! [`MarkerSender`](markers::MarkerSender), and each shard writes to its
+//! [`MarkerSender`], and each shard writes to its
 //! [`CoordinatorLog`]. Creating `__transaction_state` is the API layer's
 //! (`api::txn`), as in Kafka's request handlers.
 
