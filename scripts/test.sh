@@ -10,6 +10,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "strom-broker's modules form layers (no import cycle)"
+python3 scripts/module_graph.py crates/strom-broker/src
+
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
