@@ -139,34 +139,19 @@ async fn find_shard(
     route(broker, group_id).await.map(Some)
 }
 
-/// The coordinator's shard of `group_id`. Until the metadata publisher
-/// brings the shards in line with every change, a partition this broker
-/// leads with no shard yet (the topic was just created by a request still
-/// loading it) is synced here, so the request does not bounce.
+/// The coordinator's shard of `group_id`. A request can come between a
+/// change of the offsets topic (another request just created it) and the
+/// publisher's loading of the shards; rather than bounce it with an error
+/// the coordinator would not give a moment later, it waits for the
+/// publisher to have applied the current image, and is routed again.
 async fn route(broker: &Arc<Broker>, group_id: &str) -> Result<Arc<GroupShard>, ErrorCode> {
-    let image = broker.image();
-    match broker.groups.shard_for(&image, group_id) {
-        Err(ErrorCode::NotCoordinator) if leads_partition_of(broker, &image, group_id) => {
-            let broker_for_task = Arc::clone(broker);
-            super::blocking(move || {
-                let partitions = broker_for_task.replicas.topic_partitions(OFFSETS_TOPIC);
-                broker_for_task.groups.sync(&partitions);
-            })
-            .await;
+    match broker.groups.shard_for(&broker.image(), group_id) {
+        Err(ErrorCode::NotCoordinator | ErrorCode::CoordinatorLoadInProgress) => {
+            broker.await_metadata().await;
             broker.groups.shard_for(&broker.image(), group_id)
         }
         other => other,
     }
-}
-
-/// Whether this broker holds and leads `group_id`'s offsets partition.
-fn leads_partition_of(broker: &Broker, image: &MetadataImage, group_id: &str) -> bool {
-    offsets_partition(image, group_id).is_some_and(|(index, _)| {
-        broker
-            .replicas
-            .get(OFFSETS_TOPIC, index)
-            .is_some_and(|p| p.is_leader())
-    })
 }
 
 /// Creates `__consumer_offsets` if it is missing (Kafka does so on the first
@@ -176,6 +161,9 @@ fn leads_partition_of(broker: &Broker, image: &MetadataImage, group_id: &str) ->
 fn ensure_offsets_topic(broker: &Broker) -> Result<Arc<MetadataImage>, ErrorCode> {
     let image = broker.image();
     if image.topic(OFFSETS_TOPIC).is_some() {
+        // It may have been created a moment ago: its shards are loaded
+        // once the publisher has applied the image.
+        broker.await_metadata_blocking();
         return Ok(image);
     }
     let request = broker

@@ -58,6 +58,9 @@ const TXN_STATE_SEGMENT_BYTES: &str = "104857600";
 pub(crate) async fn txn_image(broker: &Arc<Broker>) -> Result<Arc<MetadataImage>, ErrorCode> {
     let image = broker.image();
     if image.topic(TRANSACTION_STATE_TOPIC).is_some() {
+        // It may have been created a moment ago: its shards are loaded
+        // once the publisher has applied the image.
+        broker.await_metadata().await;
         return Ok(image);
     }
     let for_task = Arc::clone(broker);
@@ -93,6 +96,9 @@ pub fn coordinator_for(broker: &Broker, transactional_id: &str) -> Result<i32, E
 fn ensure_topic(broker: &Broker, config: &TxnConfig) -> Result<Arc<MetadataImage>, ErrorCode> {
     let image = broker.image();
     if image.topic(TRANSACTION_STATE_TOPIC).is_some() {
+        // It may have been created a moment ago: its shards are loaded
+        // once the publisher has applied the image.
+        broker.await_metadata_blocking();
         return Ok(image);
     }
     let brokers = i16::try_from(image.brokers.len())
