@@ -13,6 +13,8 @@
 //! turn (which goes first alternates between runs), and the report gives
 //! both medians and the per-run ratio this build / baseline, so that a
 //! change is judged on figures taken side by side on a noisy machine.
+//! `STROM_BENCH_CANDIDATE=OTHER/strom` replaces this build (the baseline
+//! itself gives an A/A run: the spread of the ratios is the noise).
 #![allow(
     clippy::print_stdout,
     clippy::unwrap_used,
@@ -182,7 +184,12 @@ fn compare(baseline: &std::path::Path, runs: usize, mb: usize, root: &std::path:
             let binary = if which == 0 {
                 baseline.to_path_buf()
             } else {
-                std::path::PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e"))
+                // `STROM_BENCH_CANDIDATE` (the baseline again, say, for an
+                // A/A run that shows the noise) instead of this build.
+                std::env::var_os("STROM_BENCH_CANDIDATE").map_or_else(
+                    || std::path::PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
+                    std::path::PathBuf::from,
+                )
             };
             let broker = BrokerProcess::start_binary(&binary, &dir, "127.0.0.1:0", &[]);
             figures[which] = throughput(&broker, mb);
@@ -192,6 +199,7 @@ fn compare(baseline: &std::path::Path, runs: usize, mb: usize, root: &std::path:
         for (i, ((name, base, _), (_, candidate, _))) in
             figures[0].iter().zip(&figures[1]).enumerate()
         {
+            println!("  run {run} {name}: ratio {:.3}", candidate / base);
             if run == 0 {
                 table.push((name.clone(), vec![], vec![], vec![]));
             }
@@ -205,7 +213,15 @@ fn compare(baseline: &std::path::Path, runs: usize, mb: usize, root: &std::path:
     for (name, base, candidate, ratios) in table {
         println!("{name:<44} baseline  {} MB/s", stats(base));
         println!("{:<44} this      {} MB/s", "", stats(candidate));
-        println!("{:<44} ratio     {}", "", stats(ratios));
+        let mut sorted = ratios.clone();
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{:<44} ratio     median {:>9.3}  (min {:.3}, max {:.3})",
+            "",
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1]
+        );
     }
 }
 
