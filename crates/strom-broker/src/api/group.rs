@@ -159,35 +159,9 @@ async fn route(broker: &Arc<Broker>, group_id: &str) -> Result<Arc<GroupShard>, 
 /// coordinator's shards of those this broker leads; returns the image that
 /// has the topic. Blocking.
 fn ensure_offsets_topic(broker: &Broker) -> Result<Arc<MetadataImage>, ErrorCode> {
-    let image = broker.image();
-    if image.topic(OFFSETS_TOPIC).is_some() {
-        // It may have been created a moment ago: its shards are loaded
-        // once the publisher has applied the image.
-        broker.await_metadata_blocking();
-        return Ok(image);
-    }
-    let request = broker
-        .groups
-        .config
-        .offsets_topic_request(image.brokers.len());
-    let created = broker.controller.create_topics(vec![request], false);
-    match created.into_iter().next() {
-        Some(Ok(_)) => tracing::info!("created {OFFSETS_TOPIC}"),
-        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot create {OFFSETS_TOPIC}");
-            return Err(ErrorCode::CoordinatorNotAvailable);
-        }
-        None => return Err(ErrorCode::CoordinatorNotAvailable),
-    }
-    // The publisher opens the partitions and loads their shards; failures
-    // elsewhere are its to retry, only this topic's matter here.
-    broker.await_metadata_blocking();
-    if let Some((partition, e)) = broker.replicas.topic_storage_error(OFFSETS_TOPIC) {
-        tracing::error!(partition, error = %e, "cannot open the partitions of {OFFSETS_TOPIC}");
-        return Err(ErrorCode::CoordinatorNotAvailable);
-    }
-    Ok(broker.image())
+    super::ensure_internal_topic(broker, OFFSETS_TOPIC, |brokers| {
+        broker.groups.config.offsets_topic_request(brokers)
+    })
 }
 
 /// The leader of `group_id`'s partition of the offsets topic, creating the

@@ -27,6 +27,48 @@ use strom_protocol::messages::{self, ApiKey, Decodable, Encodable, RequestFrame,
 
 use crate::broker::Broker;
 
+/// Creates internal topic `name` as `request` describes (given the number
+/// of brokers) if it is missing (Kafka's
+/// request handlers do so on first use: FindCoordinator, a commit,
+/// InitProducerId), and returns the image that has it once the metadata
+/// publisher has opened its partitions and loaded the coordinator's shards
+/// of those this broker leads. COORDINATOR_NOT_AVAILABLE when it cannot be
+/// created or its partitions cannot be opened. Blocking.
+pub(crate) fn ensure_internal_topic(
+    broker: &Broker,
+    name: &str,
+    request: impl FnOnce(usize) -> strom_controller::controller::CreateTopicRequest,
+) -> Result<Arc<strom_controller::MetadataImage>, strom_protocol::error_code::ErrorCode> {
+    use strom_protocol::error_code::ErrorCode;
+    let image = broker.image();
+    if image.topic(name).is_some() {
+        // It may have been created a moment ago: its shards are loaded once
+        // the publisher has applied the image.
+        broker.await_metadata_blocking();
+        return Ok(image);
+    }
+    let created = broker
+        .controller
+        .create_topics(vec![request(image.brokers.len())], false);
+    match created.into_iter().next() {
+        Some(Ok(_)) => tracing::info!("created {name}"),
+        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "cannot create {name}");
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
+        None => return Err(ErrorCode::CoordinatorNotAvailable),
+    }
+    // The publisher opens the partitions and loads their shards; failures
+    // elsewhere are its to retry, only this topic's matter here.
+    broker.await_metadata_blocking();
+    if let Some((partition, e)) = broker.replicas.topic_storage_error(name) {
+        tracing::error!(partition, error = %e, "cannot open the partitions of {name}");
+        return Err(ErrorCode::CoordinatorNotAvailable);
+    }
+    Ok(broker.image())
+}
+
 /// What to send back for a request.
 pub enum Reply {
     /// A whole response frame.

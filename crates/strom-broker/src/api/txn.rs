@@ -94,49 +94,24 @@ pub fn coordinator_for(broker: &Broker, transactional_id: &str) -> Result<i32, E
 /// loads the transaction coordinator's shards of those this broker leads;
 /// returns the image that has the topic. Blocking.
 fn ensure_topic(broker: &Broker, config: &TxnConfig) -> Result<Arc<MetadataImage>, ErrorCode> {
-    let image = broker.image();
-    if image.topic(TRANSACTION_STATE_TOPIC).is_some() {
-        // It may have been created a moment ago: its shards are loaded
-        // once the publisher has applied the image.
-        broker.await_metadata_blocking();
-        return Ok(image);
-    }
-    let brokers = i16::try_from(image.brokers.len())
-        .unwrap_or(i16::MAX)
-        .max(1);
-    let request = CreateTopicRequest {
-        name: TRANSACTION_STATE_TOPIC.to_owned(),
-        num_partitions: config.partitions,
-        replication_factor: config.replication_factor.min(brokers),
-        assignments: Vec::new(),
-        configs: BTreeMap::from([
-            ("cleanup.policy".to_owned(), "compact".to_owned()),
-            ("compression.type".to_owned(), "uncompressed".to_owned()),
-            (
-                "segment.bytes".to_owned(),
-                TXN_STATE_SEGMENT_BYTES.to_owned(),
-            ),
-            ("min.insync.replicas".to_owned(), "1".to_owned()),
-        ]),
-    };
-    let created = broker.controller.create_topics(vec![request], false);
-    match created.into_iter().next() {
-        Some(Ok(_)) => tracing::info!("created {TRANSACTION_STATE_TOPIC}"),
-        Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "cannot create {TRANSACTION_STATE_TOPIC}");
-            return Err(ErrorCode::CoordinatorNotAvailable);
+    super::ensure_internal_topic(broker, TRANSACTION_STATE_TOPIC, |brokers| {
+        let brokers = i16::try_from(brokers).unwrap_or(i16::MAX).max(1);
+        CreateTopicRequest {
+            name: TRANSACTION_STATE_TOPIC.to_owned(),
+            num_partitions: config.partitions,
+            replication_factor: config.replication_factor.min(brokers),
+            assignments: Vec::new(),
+            configs: BTreeMap::from([
+                ("cleanup.policy".to_owned(), "compact".to_owned()),
+                ("compression.type".to_owned(), "uncompressed".to_owned()),
+                (
+                    "segment.bytes".to_owned(),
+                    TXN_STATE_SEGMENT_BYTES.to_owned(),
+                ),
+                ("min.insync.replicas".to_owned(), "1".to_owned()),
+            ]),
         }
-        None => return Err(ErrorCode::CoordinatorNotAvailable),
-    }
-    // The publisher opens the partitions and loads their shards; failures
-    // elsewhere are its to retry, only this topic's matter here.
-    broker.await_metadata_blocking();
-    if let Some((partition, e)) = broker.replicas.topic_storage_error(TRANSACTION_STATE_TOPIC) {
-        tracing::error!(partition, error = %e, "cannot open the partitions of {TRANSACTION_STATE_TOPIC}");
-        return Err(ErrorCode::CoordinatorNotAvailable);
-    }
-    Ok(broker.image())
+    })
 }
 
 /// The local [`MarkerSender`]: appends each marker to the partition if this
