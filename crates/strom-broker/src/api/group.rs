@@ -139,6 +139,23 @@ async fn find_shard(
     route(broker, group_id).await.map(Some)
 }
 
+/// Reads group `group_id` under its shard's lock: `read` gets the group, or
+/// `None` when there is none (or no offsets topic yet).
+async fn read_group<R>(
+    broker: &Arc<Broker>,
+    group_id: &str,
+    read: impl FnOnce(Option<&Group>) -> R,
+) -> Result<R, ErrorCode> {
+    let shard = find_shard(broker, group_id).await?;
+    let state = match &shard {
+        Some(shard) => Some(shard.lock().await),
+        None => None,
+    };
+    Ok(read(
+        state.as_ref().and_then(|state| state.groups.get(group_id)),
+    ))
+}
+
 /// The coordinator's shard of `group_id`. A request can come between a
 /// change of the offsets topic (another request just created it) and the
 /// publisher's loading of the shards; rather than bounce it with an error
@@ -1108,24 +1125,20 @@ pub async fn describe_groups(
     let version = ctx.api_version();
     let mut response = DescribeGroupsResponse::default();
     for group_id in &req.groups {
-        let mut d = DescribedGroup::default();
-        d.group_id = group_id.clone();
-        let shard = match find_shard(broker, group_id).await {
-            Ok(shard) => shard,
-            Err(code) => {
-                d.error_code = code as i16;
-                response.groups.push(d);
-                continue;
-            }
+        let unanswered = || {
+            let mut d = DescribedGroup::default();
+            d.group_id = group_id.clone();
+            d
         };
-        let guard = match &shard {
-            Some(shard) => Some(shard.lock().await),
-            None => None,
-        };
-        let group = guard
-            .as_ref()
-            .and_then(|state| state.groups.get(group_id.as_str()));
-        response.groups.push(describe_group(d, group, version));
+        let described = read_group(broker, group_id, |group| {
+            describe_group(unanswered(), group, version)
+        })
+        .await;
+        response.groups.push(described.unwrap_or_else(|code| {
+            let mut d = unanswered();
+            d.error_code = code as i16;
+            d
+        }));
     }
     response
 }
@@ -1409,24 +1422,13 @@ pub async fn consumer_group_describe(
     let config = &broker.groups.config;
     let mut response = ConsumerGroupDescribeResponse::default();
     for group_id in &req.group_ids {
-        let mut d = cgd::DescribedGroup::default();
-        d.group_id = group_id.clone();
-        let shard = match find_shard(broker, group_id).await {
-            Ok(shard) => shard,
-            Err(code) => {
-                d.error_code = code as i16;
-                response.groups.push(d);
-                continue;
-            }
+        let unanswered = || {
+            let mut d = cgd::DescribedGroup::default();
+            d.group_id = group_id.clone();
+            d
         };
-        let guard = match &shard {
-            Some(shard) => Some(shard.lock().await),
-            None => None,
-        };
-        let group = guard
-            .as_ref()
-            .and_then(|state| state.groups.get(group_id.as_str()));
-        {
+        let described = read_group(broker, group_id, |group| {
+            let mut d = unanswered();
             match group {
                 Some(Group::Consumer(g)) => {
                     d.group_state = s(g.state_name());
@@ -1472,8 +1474,14 @@ pub async fn consumer_group_describe(
                     d.error_message = Some(s(format!("Group {} not found.", group_id.as_str())));
                 }
             }
-        }
-        response.groups.push(d);
+            d
+        })
+        .await;
+        response.groups.push(described.unwrap_or_else(|code| {
+            let mut d = unanswered();
+            d.error_code = code as i16;
+            d
+        }));
     }
     response
 }

@@ -236,49 +236,36 @@ async fn produce(
                 .with_topic_id(topic_id)
         })
         .collect();
-    // Responses are laid out topic by topic, in request order: the waits
-    // name their entry by its position in that layout.
-    let mut by_topic: Vec<Vec<(PartitionProduceResponse, Option<Appended>)>> =
-        responses.iter().map(|_| Vec::new()).collect();
-    for (t, partition, appended) in results {
-        by_topic[t].push((partition, appended));
-    }
+    // The work, and so the results, run topic by topic in request order:
+    // a wait names its entry by its position among all partitions' entries.
     let mut waits = Vec::new();
-    let mut position = 0;
-    for (t, entries) in by_topic.into_iter().enumerate() {
-        for (mut partition, appended) in entries {
-            // Fields a version does not carry stay at their defaults.
-            if version < 5 {
-                partition.log_start_offset = -1;
-            }
-            if version < 8 {
-                partition.record_errors = Vec::new();
-                partition.error_message = None;
-            }
-            if acks == -1
-                && let Some((replica, (offset, leader_epoch))) = appended
-                && replica.high_watermark() < offset
-            {
-                waits.push(Replication {
-                    response: position,
-                    partition: replica,
-                    offset,
-                    leader_epoch,
-                });
-            }
-            responses[t].partition_responses.push(partition);
-            position += 1;
+    for (position, (t, mut partition, appended)) in results.into_iter().enumerate() {
+        // Fields a version does not carry stay at their defaults.
+        if version < 5 {
+            partition.log_start_offset = -1;
         }
+        if version < 8 {
+            partition.record_errors = Vec::new();
+            partition.error_message = None;
+        }
+        if acks == -1
+            && let Some((replica, (offset, leader_epoch))) = appended
+            && replica.high_watermark() < offset
+        {
+            waits.push(Replication {
+                response: position,
+                partition: replica,
+                offset,
+                leader_epoch,
+            });
+        }
+        responses[t].partition_responses.push(partition);
     }
     Ok(Some((
         ProduceResponse::default().with_responses(responses),
         waits,
     )))
 }
-
-/// What an append leaves a produce with acks=all to wait for: its partition,
-/// and the last appended offset + 1 with the leader epoch it was appended at.
-type Appended = (Arc<Partition>, (i64, i32));
 
 fn resolve(
     broker: &Broker,
