@@ -176,29 +176,45 @@ async fn serve_connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         if let Some(reason) = write_failed {
             break reason;
         }
-        let answered = Answered {
-            reply,
-            api_key,
-            started,
-            _lease: lease,
-        };
-        match answered.reply {
-            // The second phase runs while the next requests' first phases do.
+        match reply {
+            // The second phase runs while the next requests' first phases
+            // do. It needs nothing of the request's bytes any more: their
+            // share of the budget goes back now, not when it is answered.
             Reply::Later(second_phase) => {
+                drop(lease);
                 pending.push_back(Box::pin(async move {
                     Answered {
                         reply: second_phase.await,
-                        ..answered
+                        api_key,
+                        started,
+                        _lease: None,
                     }
                 }));
             }
-            _ if pending.is_empty() => {
-                if let Err(reason) = write_answer(&broker, &mut write, &in_flight, answered).await {
-                    break reason;
+            reply => {
+                let closes = matches!(reply, Reply::Close(_));
+                let answered = Answered {
+                    reply,
+                    api_key,
+                    started,
+                    _lease: Some(lease),
+                };
+                if pending.is_empty() {
+                    if let Err(reason) =
+                        write_answer(&broker, &mut write, &in_flight, answered).await
+                    {
+                        break reason;
+                    }
+                    continue;
+                }
+                // Behind a second phase still running: it waits its turn.
+                pending.push_back(Box::pin(std::future::ready(answered)));
+                if closes {
+                    // Nothing behind a closing request runs: the answers
+                    // owed before it go out, then the connection closes.
+                    break drain(&broker, &mut write, &in_flight, &mut pending).await;
                 }
             }
-            // Behind a second phase still running: it waits its turn.
-            _ => pending.push_back(Box::pin(std::future::ready(answered))),
         }
     };
     reader.abort();
@@ -212,8 +228,30 @@ struct Answered {
     api_key: ApiKey,
     started: Instant,
     /// The request's share of `queued.max.request.bytes`, returned once
-    /// it is answered.
-    _lease: RequestLease,
+    /// it is answered (or, for a second phase, once its first is done).
+    _lease: Option<RequestLease>,
+}
+
+/// Writes the queued answers in order until one closes the connection (or
+/// a write fails): the reason to close.
+async fn drain(
+    broker: &Broker,
+    write: &mut OwnedWriteHalf,
+    in_flight: &AtomicUsize,
+    pending: &mut FuturesOrdered<PendingAnswer>,
+) -> String {
+    loop {
+        let answered = tokio::select! {
+            () = broker.shutdown.cancelled() => return "broker shutting down".to_owned(),
+            answered = pending.next() => answered,
+        };
+        let Some(answered) = answered else {
+            return "closing after the answers owed".to_owned();
+        };
+        if let Err(reason) = write_answer(broker, write, in_flight, answered).await {
+            return reason;
+        }
+    }
 }
 
 /// An answer in the connection's queue: ready, or a second phase running.

@@ -11,6 +11,10 @@ use strom_protocol::record_batch::BatchError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AppendError {
+    /// The broker no longer leads the partition it was asked to append to as
+    /// leader (Kafka: NOT_LEADER_OR_FOLLOWER).
+    #[error("this broker is not the partition's leader")]
+    NotLeader,
     /// Length or CRC32C of a batch is wrong (Kafka: CORRUPT_MESSAGE).
     #[error("corrupt record batch: {0}")]
     Corrupt(BatchError),
@@ -93,6 +97,7 @@ impl AppendError {
     /// offset commit is INVALID_COMMIT_OFFSET_SIZE).
     pub fn error_code(&self) -> ErrorCode {
         match self {
+            Self::NotLeader => ErrorCode::NotLeaderOrFollower,
             Self::Corrupt(_) => ErrorCode::CorruptMessage,
             // Magic 0 and 1 in a v3+ produce request are INVALID_RECORD in
             // Kafka; magic values that do not exist are corrupt data.

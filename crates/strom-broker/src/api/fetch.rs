@@ -151,13 +151,18 @@ pub async fn handle(
     // First phase: one read. Enough data (or an error, or no wait asked
     // for) answers now; otherwise the long poll is the second phase, which
     // runs while the connection goes on with the requests behind it.
-    let waiter = fetch.register_waiter(broker);
+    // A fetch that cannot wait (no min_bytes, no max_wait) registers no
+    // waiter: nothing would ever wait on it.
+    let waiter = fetch.may_wait().then(|| fetch.register_waiter(broker));
     let Some(reads) = fetch.read(broker).await else {
         return fetch.answer(broker, Vec::new(), ctx.header());
     };
     if fetch.satisfied(&reads) {
         return fetch.answer(broker, reads, ctx.header());
     }
+    let Some(waiter) = waiter else {
+        return fetch.answer(broker, reads, ctx.header());
+    };
     let broker = Arc::clone(broker);
     let header = ctx.header();
     let (api_key, api_version, correlation_id) =
@@ -194,6 +199,11 @@ impl Pending {
             }
         }
         waiter
+    }
+
+    /// Whether the fetch may wait at all: it wants bytes and gives time.
+    fn may_wait(&self) -> bool {
+        self.min_bytes > 0 && Instant::now() < self.deadline
     }
 
     /// Reads every partition once (on a blocking thread).

@@ -60,23 +60,6 @@ pub struct HighWatermarkInputs<'a> {
 /// Kafka's default `replica.lag.time.max.ms`.
 pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: i64 = 30_000;
 
-impl HighWatermarkInputs<'_> {
-    /// A partition with one replica, the leader: its ISR is itself.
-    pub fn single_replica() -> Self {
-        Self {
-            leader_log_end_offset: 0,
-            current: 0,
-            followers: &[],
-            isr_size: 1,
-            maximal_isr_followers: &[],
-            replication_factor: 1,
-            min_insync_replicas: 1,
-            now_ms: 0,
-            replica_lag_time_max_ms: DEFAULT_REPLICA_LAG_TIME_MAX_MS,
-        }
-    }
-}
-
 /// The high watermark the leader may move to (never below `current`).
 pub fn next_high_watermark(inputs: &HighWatermarkInputs<'_>) -> i64 {
     let effective_min_isr = inputs

@@ -311,12 +311,15 @@ impl Partition {
         origin: AppendOrigin,
         verification: TxnVerification,
     ) -> Result<AppendInfo, AppendError> {
-        let info = self.log.append_as_leader_verified(
-            records,
-            self.leader_epoch(),
-            origin,
-            verification,
-        )?;
+        // One load: the leadership checked is the one whose epoch is stamped
+        // (a handler's earlier check may be stale by now).
+        let (leader_epoch, leader) = unpack(self.leadership.load(Ordering::Acquire));
+        if leader != self.local_id {
+            return Err(AppendError::NotLeader);
+        }
+        let info =
+            self.log
+                .append_as_leader_verified(records, leader_epoch, origin, verification)?;
         self.advance_high_watermark();
         Ok(info)
     }
@@ -324,9 +327,12 @@ impl Partition {
     /// After an append: the high watermark moves as far as the in-sync
     /// replicas allow (on a single node, to the log end offset).
     pub fn advance_high_watermark(&self) {
-        // Only the followers' lag time reads the clock, and a single
-        // replica has no followers: no clock read on that path.
-        self.advance_high_watermark_at(0);
+        // The clock only matters for followers' lag (a single replica reads
+        // none): wall-clock time, as their fetches record it.
+        let has_followers =
+            matches!(&*self.role.lock(), Role::Leader { followers, .. } if !followers.is_empty());
+        let now_ms = if has_followers { wall_clock_ms() } else { 0 };
+        self.advance_high_watermark_at(now_ms);
     }
 
     /// Kafka's rule over the leader's view of its replicas, at `now_ms`.
@@ -366,13 +372,14 @@ impl Partition {
         if target <= current {
             return;
         }
+        // Two appends may advance at once: the larger target wins here, and
+        // neither may pass the log end (which only grows).
         let previous = self.high_watermark.fetch_max(target, Ordering::AcqRel);
-        // Retention and the cleaner never pass the high watermark.
-        self.log.set_high_watermark(previous.max(target));
-        assert!(
-            previous <= log_end_offset || self.log.log_end_offset() < previous,
-            "high watermark {previous} above log end offset {log_end_offset}"
-        );
+        let high_watermark = previous.max(target);
+        debug_assert!(high_watermark <= self.log.log_end_offset());
+        // Retention and the cleaner never pass the high watermark (a racing
+        // store may leave the log's copy a moment behind, never ahead).
+        self.log.set_high_watermark(high_watermark);
         self.wake_waiters();
         self.high_watermark_moved.notify_waiters();
     }
@@ -425,6 +432,13 @@ impl Partition {
             waiter.notify_one();
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Leader epoch and leader id in one `i64` (epoch high, leader low).
