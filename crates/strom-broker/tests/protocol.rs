@@ -407,18 +407,6 @@ async fn pipelined_requests_are_answered_in_order() {
     broker.shutdown().await.unwrap();
 }
 
-/// Polls `condition` until it holds, or fails the test after `ANSWER_TIMEOUT`.
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// The produce pipeline's two phases: a produce with acks=all waits for the
 /// high watermark (held back here by a second in-sync replica that has not
 /// fetched, the single-node stand-in for a slow follower) while the produces
@@ -467,10 +455,13 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
         behind.push(correlation);
     }
     // All four are in the log while the first is still unanswered...
-    wait_until("the pipelined produces are appended", || {
-        partition.log.log_end_offset() == 4
-    })
-    .await;
+    assert!(
+        eventually(ANSWER_TIMEOUT, || std::future::ready(
+            partition.log.log_end_offset() == 4
+        ))
+        .await,
+        "the pipelined produces are appended"
+    );
     assert_eq!(partition.high_watermark(), 0, "the follower holds it back");
     // ...and nothing has been answered: the first answer is owed first.
     let mut byte = [0u8; 1];
@@ -510,10 +501,13 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
             &produce_request("held", 0, -1, batch(&[Some(b"moved")], true, now_ms())),
         )
         .await;
-    wait_until("the produce is appended", || {
-        partition.log.log_end_offset() == 6
-    })
-    .await;
+    assert!(
+        eventually(ANSWER_TIMEOUT, || std::future::ready(
+            partition.log.log_end_offset() == 6
+        ))
+        .await,
+        "the produce is appended"
+    );
     partition.apply_state(
         &PartitionState {
             leader: follower,

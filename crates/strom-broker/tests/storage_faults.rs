@@ -21,24 +21,6 @@ use common::*;
 /// How long a condition that needs the broker's background work may take.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Polls `condition` (async) until it holds or the deadline passes.
-async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn produce_to(
     raw: &mut Raw,
     topic: &str,

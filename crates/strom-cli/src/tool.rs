@@ -107,8 +107,11 @@ impl Common {
     /// refuses in time is left to the client, which retries it until the
     /// API timeout.
     pub(crate) fn check_reachable(&self) -> anyhow::Result<()> {
-        let addrs: Vec<String> = self
-            .bootstrap
+        // The addresses the client will use: `-X bootstrap.servers` wins.
+        let config = self.config(&[])?;
+        let addrs: Vec<String> = config
+            .get("bootstrap.servers")
+            .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|a| !a.is_empty())

@@ -16,22 +16,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use common::BrokerProcess;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use support::env_usize;
 
 const RECORD_BYTES: usize = 100;
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `STROM_BENCH_LINGER_MS`, default 5 (the producer's batching delay; a
 /// transaction of few records waits it out once per partition).

@@ -494,6 +494,12 @@ fn an_unreachable_bootstrap_fails_at_once_saying_connection_refused() {
         let stderr = failed(&strom_bounded(&args, stdin, FAIL_FAST_BOUND));
         assert_eq!(stderr.trim(), expected, "strom {args:?}");
     }
+    // `-X bootstrap.servers` is what the client uses, so it is what is
+    // checked (not the default address).
+    let bootstrap = format!("bootstrap.servers={addr}");
+    let args = ["topic", "list", "-X", &timeout, "-X", &bootstrap];
+    let stderr = failed(&strom_bounded(&args, b"", FAIL_FAST_BOUND));
+    assert_eq!(stderr.trim(), expected, "strom {args:?}");
 }
 
 #[test]

@@ -230,3 +230,21 @@ pub async fn exchange<T: Encodable, R: Decodable>(
     assert_eq!(got, correlation);
     response
 }
+
+/// Polls `condition` (async) until it holds or the deadline passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -147,7 +147,10 @@ pub(crate) struct BatchMetadata {
 
 impl BatchMetadata {
     pub(crate) fn first_offset(&self) -> i64 {
-        self.last_offset - i64::from(self.offset_delta)
+        // Saturating: a snapshot read from disk may hold any values (it is
+        // checked after this is computed, and refused if out of range).
+        self.last_offset
+            .saturating_sub(i64::from(self.offset_delta))
     }
 }
 
