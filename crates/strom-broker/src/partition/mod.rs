@@ -209,7 +209,7 @@ impl Partition {
             self.leadership
                 .store(pack(state.leader_epoch, state.leader), Ordering::Release);
         }
-        self.advance_high_watermark_at(now_ms);
+        self.advance_high_watermark_at(Some(now_ms));
         self.high_watermark_moved.notify_waiters();
     }
 
@@ -250,7 +250,7 @@ impl Partition {
                 follower.last_caught_up_time_ms = now_ms;
             }
         }
-        self.advance_high_watermark_at(now_ms);
+        self.advance_high_watermark_at(Some(now_ms));
         Ok(())
     }
 
@@ -327,18 +327,15 @@ impl Partition {
     /// After an append: the high watermark moves as far as the in-sync
     /// replicas allow (on a single node, to the log end offset).
     pub fn advance_high_watermark(&self) {
-        // The clock only matters for followers' lag (a single replica reads
-        // none): wall-clock time, as their fetches record it.
-        let has_followers =
-            matches!(&*self.role.lock(), Role::Leader { followers, .. } if !followers.is_empty());
-        let now_ms = if has_followers { wall_clock_ms() } else { 0 };
-        self.advance_high_watermark_at(now_ms);
+        self.advance_high_watermark_at(None);
     }
 
     /// Kafka's rule over the leader's view of its replicas, at `now_ms`.
     /// A follower leaves its high watermark where it is (the leader's
     /// fetch responses move it, with replication).
-    fn advance_high_watermark_at(&self, now_ms: i64) {
+    /// `now_ms` `None`: read the wall clock, and only when followers' lag
+    /// matters (a single replica reads none).
+    fn advance_high_watermark_at(&self, now_ms: Option<i64>) {
         let log_end_offset = self.log.log_end_offset();
         let current = self.high_watermark();
         let target = {
@@ -351,6 +348,11 @@ impl Partition {
             } = &*role
             else {
                 return;
+            };
+            let now_ms = match now_ms {
+                Some(now_ms) => now_ms,
+                None if followers.is_empty() => 0,
+                None => wall_clock_ms(),
             };
             let maximal_isr: Vec<i32> = isr
                 .iter()
