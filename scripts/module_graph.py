@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Which top-level modules of a crate use which (`crate::x` paths, and
-`super::` from a nested module), and the cycles among them.
+"""Which top-level modules of a crate use which (`crate::x` paths and
+`use crate::{x, y::z}` groups; `super::` stays inside a module, so it is not
+an edge), and the cycles among them.
 
     scripts/module_graph.py crates/strom-broker/src
 
@@ -22,6 +23,9 @@ def top_module(src: Path, file: Path) -> str:
     return parts[0]
 
 
+MODULES: set = set()
+
+
 def uses(src: Path, file: Path, text: str) -> set:
     me = top_module(src, file)
     found = set()
@@ -35,12 +39,12 @@ def uses(src: Path, file: Path, text: str) -> set:
             name = item.strip().split("::")[0].strip()
             if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
                 found.add(name)
-    modules = {p.stem if p.is_file() else p.name for p in src.iterdir()} - {"lib", "main"}
-    return {m for m in found if m in modules and m != me}
+    return {m for m in found if m in MODULES and m != me}
 
 
 def main() -> None:
     src = Path(sys.argv[1] if len(sys.argv) > 1 else "crates/strom-broker/src")
+    MODULES.update({p.stem if p.is_file() else p.name for p in src.iterdir()} - {"lib", "main"})
     graph = {}
     for file in sorted(src.rglob("*.rs")):
         me = top_module(src, file)

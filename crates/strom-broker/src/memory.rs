@@ -3,7 +3,9 @@
 //!
 //! - Request bytes in flight (`queued.max.request.bytes`): a connection's
 //!   reader takes a frame's size from [`RequestBudget`] before reading the
-//!   frame, and gives it back once the request has been answered. With the
+//!   frame, and gives it back once the request has been answered (a request
+//!   with a second phase, once its first phase is done: the frame is no
+//!   longer needed while it waits for replication or data). With the
 //!   budget spent, readers wait (the client's bytes stay in the socket), as
 //!   Kafka stops reading from sockets when its memory pool is empty.
 //! - Decompression ([`DecompressionBudget`], the same size): checking a
