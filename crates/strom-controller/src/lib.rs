@@ -31,6 +31,7 @@ pub mod controller;
 pub mod image;
 pub mod metadata_log;
 pub mod propose;
+pub mod quorum;
 pub mod records;
 pub mod snapshot;
 

@@ -72,6 +72,11 @@ struct SnapshotBody {
     epoch: i32,
     /// The records that rebuild the image on an empty one.
     records: Vec<MetadataRecord>,
+    /// Where the image stands in the controller quorum's Raft log (the last
+    /// entry applied and the membership), opaque here: `None` in snapshots
+    /// written before the quorum, whose image is the quorum's starting point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quorum: Option<serde_json::Value>,
 }
 
 /// The file name of the snapshot covering records below `offset`.
@@ -92,10 +97,21 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<i64> {
 
 /// Encodes `image` as a snapshot file's bytes.
 pub fn encode(image: &MetadataImage) -> Result<Vec<u8>, SnapshotError> {
+    encode_with(image, 0, None)
+}
+
+/// Encodes `image` with the quorum epoch of its last record and its
+/// position in the quorum's log ([`decode_with`] gives them back).
+pub fn encode_with(
+    image: &MetadataImage,
+    epoch: i32,
+    quorum: Option<&serde_json::Value>,
+) -> Result<Vec<u8>, SnapshotError> {
     let body = SnapshotBody {
         offset: image.offset,
-        epoch: 0,
+        epoch,
         records: image.to_records(),
+        quorum: quorum.cloned(),
     };
     let body = serde_json::to_vec(&body).map_err(|e| SnapshotError::Encode(e.to_string()))?;
     let body_len = u32::try_from(body.len())
@@ -120,6 +136,14 @@ pub fn encode(image: &MetadataImage) -> Result<Vec<u8>, SnapshotError> {
 /// Decodes a snapshot file's bytes into the image it holds (with
 /// `controller_id` left at its default: the node sets it).
 pub fn decode(bytes: &[u8]) -> Result<MetadataImage, SnapshotError> {
+    decode_with(bytes).map(|(image, _)| image)
+}
+
+/// Decodes a snapshot file's bytes into its image and its quorum position
+/// (`None` in a snapshot written before the quorum).
+pub fn decode_with(
+    bytes: &[u8],
+) -> Result<(MetadataImage, Option<serde_json::Value>), SnapshotError> {
     let corrupt = |why: String| SnapshotError::Corrupt(why);
     let header = bytes
         .get(..SNAPSHOT_HEADER_BYTES)
@@ -155,7 +179,7 @@ pub fn decode(bytes: &[u8]) -> Result<MetadataImage, SnapshotError> {
     let mut image = MetadataImage::default();
     image.apply_batch(0, &body.records);
     image.offset = body.offset;
-    Ok(image)
+    Ok((image, body.quorum))
 }
 
 /// The snapshots of one metadata log, in a directory (the log's own).
@@ -195,8 +219,18 @@ impl SnapshotStore {
     /// the others (older ones, and any beyond it: those were not trusted at
     /// start, or the image would be there). Returns the snapshot's path.
     pub fn write(&self, image: &MetadataImage) -> Result<PathBuf, SnapshotError> {
-        let bytes = encode(image)?;
-        let name = snapshot_file_name(image.offset, 0);
+        self.write_bytes(image.offset, 0, &encode(image)?)
+    }
+
+    /// Writes snapshot bytes made by [`encode_with`] for `offset` and
+    /// `epoch`, as [`SnapshotStore::write`] does.
+    pub fn write_bytes(
+        &self,
+        offset: i64,
+        epoch: i32,
+        bytes: &[u8],
+    ) -> Result<PathBuf, SnapshotError> {
+        let name = snapshot_file_name(offset, epoch);
         let path = self.dir.join(&name);
         // A temporary file a crash leaves behind is removed when the metadata
         // log is opened (it removes `*.tmp` in its directory) and is never
@@ -204,12 +238,12 @@ impl SnapshotStore {
         let tmp = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
         {
             let mut file = File::create(&tmp)?;
-            file.write_all(&bytes)?;
+            file.write_all(bytes)?;
             file.sync_all()?;
         }
         fs::rename(&tmp, &path)?;
         strom_storage::checkpoint::sync_dir(&self.dir)?;
-        self.retain(image.offset)?;
+        self.retain(offset)?;
         Ok(path)
     }
 
@@ -239,6 +273,17 @@ impl SnapshotStore {
     /// leave a gap). Invalid snapshots are logged and skipped; `None` when
     /// there is none to use, and the whole log is replayed.
     pub fn load_newest(&self, log_start_offset: i64, log_end_offset: i64) -> Option<MetadataImage> {
+        self.load_newest_with(log_start_offset, log_end_offset)
+            .map(|(image, _, _)| image)
+    }
+
+    /// [`SnapshotStore::load_newest`] with the snapshot's quorum position
+    /// and its bytes.
+    pub fn load_newest_with(
+        &self,
+        log_start_offset: i64,
+        log_end_offset: i64,
+    ) -> Option<(MetadataImage, Option<serde_json::Value>, Vec<u8>)> {
         let snapshots = match self.list() {
             Ok(snapshots) => snapshots,
             Err(e) => {
@@ -248,7 +293,7 @@ impl SnapshotStore {
         };
         for (offset, path) in snapshots.into_iter().rev() {
             match load(&path, offset, log_start_offset, log_end_offset) {
-                Ok(image) => return Some(image),
+                Ok(found) => return Some(found),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring a metadata snapshot")
                 }
@@ -264,7 +309,7 @@ fn load(
     offset: i64,
     log_start_offset: i64,
     log_end_offset: i64,
-) -> Result<MetadataImage, SnapshotError> {
+) -> Result<(MetadataImage, Option<serde_json::Value>, Vec<u8>), SnapshotError> {
     if offset > log_end_offset || offset < log_start_offset {
         return Err(SnapshotError::Corrupt(format!(
             "covers offsets below {offset}, outside the metadata log [{log_start_offset}, {log_end_offset}]"
@@ -276,14 +321,15 @@ fn load(
             "{len} bytes, above the limit of {SNAPSHOT_BYTES_MAX}"
         )));
     }
-    let image = decode(&fs::read(path)?)?;
+    let bytes = fs::read(path)?;
+    let (image, quorum) = decode_with(&bytes)?;
     if image.offset != offset {
         return Err(SnapshotError::Corrupt(format!(
             "holds offset {}, its name says {offset}",
             image.offset
         )));
     }
-    Ok(image)
+    Ok((image, quorum, bytes))
 }
 
 #[cfg(test)]

@@ -1,0 +1,523 @@
+//! The quorum's network: Raft RPCs and the controller's own requests between
+//! nodes, on the controller listener.
+//!
+//! A connection carries frames of a 4-byte big-endian length and a JSON
+//! body, one request then its response, in turn. Every request names the
+//! sender's cluster id when it knows one; a node refuses requests from
+//! another cluster (a data directory of another cluster must never vote or
+//! replicate here). Frames are bounded by [`MAX_PEER_FRAME_BYTES`].
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft, RaftNetworkV2};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::state_machine::StateMachine;
+use super::{Snap, TypeConfig, Vote};
+use crate::image::MetadataImage;
+use crate::snapshot::SNAPSHOT_BYTES_MAX;
+
+/// Bound on one frame: the largest snapshot (an image of a million
+/// partitions) with room for its JSON envelope. Anything larger is not from
+/// a Strom node, and the connection is closed.
+pub const MAX_PEER_FRAME_BYTES: u64 = SNAPSHOT_BYTES_MAX + (16 << 20);
+/// Bound on connections the controller listener serves at once: the voters
+/// and brokers of a cluster, with room; more are refused (closed at once).
+pub(crate) const MAX_PEER_CONNECTIONS: usize = 1024;
+
+/// Answers the controller's own requests (forwarded metadata writes,
+/// broker registration and heartbeats): bytes in, bytes out; the
+/// controller layer owns their format.
+pub trait AppHandler: Send + Sync + std::fmt::Debug {
+    fn handle(&self, from: u64, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>>;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// The sender's cluster id, when it knows one.
+    cluster_id: Option<String>,
+    from: u64,
+    request: PeerRequest,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+enum PeerRequest {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<TypeConfig>),
+    PreVote(VoteRequest<TypeConfig>),
+    Snapshot {
+        vote: Vote,
+        meta: super::SnapMeta,
+        data: Vec<u8>,
+    },
+    App(Vec<u8>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+enum PeerResponse {
+    Append(AppendEntriesResponse<TypeConfig>),
+    Vote(VoteResponse<TypeConfig>),
+    Snapshot(SnapshotResponse<TypeConfig>),
+    App(Vec<u8>),
+    /// The request was refused: the node is stopping, or another error.
+    Error(String),
+    /// The receiver belongs to another cluster (its id).
+    WrongCluster(String),
+}
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach node {node} at {addr}: {source}")]
+    Unreachable {
+        node: u64,
+        addr: String,
+        source: io::Error,
+    },
+    #[error("node {node} timed out")]
+    Timeout { node: u64 },
+    #[error("node {node} refused: {reason}")]
+    Refused { node: u64, reason: String },
+    #[error("node {node} belongs to cluster {theirs}, not {ours}")]
+    WrongCluster {
+        node: u64,
+        theirs: String,
+        ours: String,
+    },
+}
+
+async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, body: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| u64::from(*l) <= MAX_PEER_FRAME_BYTES)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(body).await?;
+    w.flush().await
+}
+
+async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len);
+    if u64::from(len) > MAX_PEER_FRAME_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes, above the limit of {MAX_PEER_FRAME_BYTES}"),
+        ));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+type Conn = (
+    BufReader<tokio::net::tcp::OwnedReadHalf>,
+    BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+);
+
+/// One node's way to another: a connection opened on first use and again
+/// after a failure; one request at a time.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    node: u64,
+    addr: String,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl Peer {
+    pub(crate) fn new(node: u64, addr: String) -> Self {
+        Self {
+            node,
+            addr,
+            conn: Mutex::new(None),
+        }
+    }
+
+    async fn call(
+        &self,
+        from: u64,
+        cluster_id: Option<String>,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        let ours = cluster_id.clone();
+        let envelope = Envelope {
+            cluster_id,
+            from,
+            request,
+        };
+        let body = serde_json::to_vec(&envelope).map_err(|e| CallError::Refused {
+            node: self.node,
+            reason: e.to_string(),
+        })?;
+        let unreachable = |source: io::Error| CallError::Unreachable {
+            node: self.node,
+            addr: self.addr.clone(),
+            source,
+        };
+        let exchange = async {
+            let mut conn = self.conn.lock().await;
+            if conn.is_none() {
+                let stream = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                *conn = Some((BufReader::new(r), BufWriter::new(w)));
+            }
+            let Some((r, w)) = conn.as_mut() else {
+                unreachable!("connected above")
+            };
+            let result = async {
+                write_frame(w, &body).await?;
+                read_frame(r).await
+            }
+            .await;
+            match result {
+                Ok(bytes) => Ok(bytes),
+                Err(e) => {
+                    // The connection is in an unknown state: drop it.
+                    *conn = None;
+                    Err(unreachable(e))
+                }
+            }
+        };
+        let bytes = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                // A response may still come on this connection: drop it.
+                if let Ok(mut conn) = self.conn.try_lock() {
+                    *conn = None;
+                }
+                return Err(CallError::Timeout { node: self.node });
+            }
+        };
+        let response: PeerResponse =
+            serde_json::from_slice(&bytes).map_err(|e| CallError::Refused {
+                node: self.node,
+                reason: format!("undecodable response: {e}"),
+            })?;
+        match response {
+            PeerResponse::Error(reason) => Err(CallError::Refused {
+                node: self.node,
+                reason,
+            }),
+            PeerResponse::WrongCluster(theirs) => Err(CallError::WrongCluster {
+                node: self.node,
+                theirs,
+                ours: ours.unwrap_or_default(),
+            }),
+            other => Ok(other),
+        }
+    }
+}
+
+/// What every connection of this node shares: its id, its cluster id (from
+/// the newest image) and the peers.
+#[derive(Debug, Clone)]
+pub(crate) struct Network {
+    pub(crate) node: u64,
+    pub(crate) images: watch::Receiver<Arc<MetadataImage>>,
+    pub(crate) peers: Arc<std::collections::BTreeMap<u64, Arc<Peer>>>,
+}
+
+impl Network {
+    fn cluster_id(&self) -> Option<String> {
+        let id = &self.images.borrow().cluster_id;
+        (!id.is_empty()).then(|| id.clone())
+    }
+
+    fn peer(&self, node: u64, addr: &str) -> Arc<Peer> {
+        match self.peers.get(&node) {
+            Some(p) => Arc::clone(p),
+            None => Arc::new(Peer::new(node, addr.to_owned())),
+        }
+    }
+
+    /// Calls the controller layer of node `node`.
+    pub(crate) async fn call_app(
+        &self,
+        node: u64,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let peer = self.peers.get(&node).cloned().ok_or(CallError::Refused {
+            node,
+            reason: "not a voter of this quorum".to_owned(),
+        })?;
+        match peer
+            .call(
+                self.node,
+                self.cluster_id(),
+                PeerRequest::App(request),
+                timeout,
+            )
+            .await?
+        {
+            PeerResponse::App(bytes) => Ok(bytes),
+            other => Err(CallError::Refused {
+                node,
+                reason: format!("unexpected response {other:?}"),
+            }),
+        }
+    }
+}
+
+/// openraft's client to one target.
+pub(crate) struct RaftClient {
+    net: Network,
+    peer: Arc<Peer>,
+}
+
+fn rpc_error(e: CallError) -> RPCError<TypeConfig> {
+    match e {
+        CallError::Unreachable { .. } | CallError::WrongCluster { .. } => {
+            RPCError::Unreachable(Unreachable::from_string(e.to_string()))
+        }
+        CallError::Timeout { .. } | CallError::Refused { .. } => {
+            RPCError::Network(NetworkError::from_string(e.to_string()))
+        }
+    }
+}
+
+impl RaftClient {
+    async fn call(
+        &self,
+        request: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, CallError> {
+        self.peer
+            .call(
+                self.net.node,
+                self.net.cluster_id(),
+                request,
+                option.soft_ttl(),
+            )
+            .await
+            .inspect_err(|e| {
+                if let CallError::WrongCluster { .. } = e {
+                    tracing::error!(error = %e, "a voter belongs to another cluster");
+                }
+            })
+    }
+}
+
+fn unexpected(r: PeerResponse) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::from_string(format!(
+        "unexpected response {r:?}"
+    )))
+}
+
+impl RaftNetworkV2<TypeConfig> for RaftClient {
+    type SnapshotData = std::io::Cursor<Vec<u8>>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(PeerRequest::Append(rpc), &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            PeerResponse::Append(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(PeerRequest::Vote(rpc), &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            PeerResponse::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self
+            .call(PeerRequest::PreVote(rpc), &option)
+            .await
+            .map_err(rpc_error)?
+        {
+            PeerResponse::Vote(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snap,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let request = PeerRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        // A snapshot can be large: give it the hard deadline, not the soft.
+        let option = RPCOption::new(option.hard_ttl());
+        match self.call(request, &option).await {
+            Ok(PeerResponse::Snapshot(r)) => Ok(r),
+            Ok(other) => Err(StreamingError::Network(NetworkError::from_string(format!(
+                "unexpected response {other:?}"
+            )))),
+            Err(e) => Err(StreamingError::Unreachable(Unreachable::from_string(
+                e.to_string(),
+            ))),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = RaftClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        RaftClient {
+            net: self.clone(),
+            peer: self.peer(target, &node.addr),
+        }
+    }
+}
+
+/// Serves the controller listener until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig, StateMachine>,
+    images: watch::Receiver<Arc<MetadataImage>>,
+    app: Arc<OnceLock<Arc<dyn AppHandler>>>,
+    shutdown: CancellationToken,
+) {
+    let tasks = TaskTracker::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "controller listener accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(%addr, "too many controller connections; closing");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let raft = raft.clone();
+        let images = images.clone();
+        let app = Arc::clone(&app);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                result = serve_connection(stream, raft, images, app) => {
+                    if let Err(e) = result && e.kind() != io::ErrorKind::UnexpectedEof {
+                        tracing::debug!(%addr, error = %e, "controller connection closed");
+                    }
+                }
+            }
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    raft: Raft<TypeConfig, StateMachine>,
+    images: watch::Receiver<Arc<MetadataImage>>,
+    app: Arc<OnceLock<Arc<dyn AppHandler>>>,
+) -> io::Result<()> {
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::new(w);
+    loop {
+        let body = read_frame(&mut r).await?;
+        let envelope: Envelope = serde_json::from_slice(&body).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("undecodable request: {e}"),
+            )
+        })?;
+        let ours = images.borrow().cluster_id.clone();
+        let response = match &envelope.cluster_id {
+            Some(theirs) if !ours.is_empty() && *theirs != ours => {
+                tracing::error!(from = envelope.from, theirs = %theirs, ours = %ours, "refused a request from a node of another cluster");
+                PeerResponse::WrongCluster(ours)
+            }
+            _ => dispatch(&raft, &app, envelope).await,
+        };
+        let bytes = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        write_frame(&mut w, &bytes).await?;
+    }
+}
+
+async fn dispatch(
+    raft: &Raft<TypeConfig, StateMachine>,
+    app: &OnceLock<Arc<dyn AppHandler>>,
+    envelope: Envelope,
+) -> PeerResponse {
+    let refused = |e: &dyn std::fmt::Display| PeerResponse::Error(e.to_string());
+    match envelope.request {
+        PeerRequest::Append(rpc) => match raft.append_entries(rpc).await {
+            Ok(r) => PeerResponse::Append(r),
+            Err(e) => refused(&e),
+        },
+        PeerRequest::Vote(rpc) => match raft.vote(rpc).await {
+            Ok(r) => PeerResponse::Vote(r),
+            Err(e) => refused(&e),
+        },
+        PeerRequest::PreVote(rpc) => match raft.pre_vote(rpc).await {
+            Ok(r) => PeerResponse::Vote(r),
+            Err(e) => refused(&e),
+        },
+        PeerRequest::Snapshot { vote, meta, data } => {
+            let snapshot = Snap {
+                meta,
+                snapshot: std::io::Cursor::new(data),
+            };
+            match raft.install_full_snapshot(vote, snapshot).await {
+                Ok(r) => PeerResponse::Snapshot(r),
+                Err(e) => refused(&e),
+            }
+        }
+        PeerRequest::App(request) => match app.get() {
+            Some(handler) => PeerResponse::App(handler.handle(envelope.from, request).await),
+            None => PeerResponse::Error("the controller is starting".to_owned()),
+        },
+    }
+}

@@ -1,0 +1,256 @@
+//! The controller quorum with real nodes: three quorums in one process, each
+//! with its own metadata log on disk, talking over TCP on loopback.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strom_controller::quorum::{Quorum, QuorumConfig, WriteError};
+use strom_controller::{MetadataImage, MetadataRecord, metadata_log_config};
+use strom_storage::{FileCache, LoadOptions, PartitionLog, SystemClock};
+use tokio::net::TcpListener;
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn open_log(dir: &Path) -> Arc<PartitionLog> {
+    Arc::new(
+        PartitionLog::open(
+            dir.join("__cluster_metadata-0"),
+            metadata_log_config(),
+            Arc::new(FileCache::new(8)),
+            Arc::new(SystemClock),
+            LoadOptions::default(),
+        )
+        .expect("open the metadata log"),
+    )
+}
+
+struct Node {
+    id: i32,
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    quorum: Option<Quorum>,
+}
+
+async fn start(
+    id: i32,
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    voters: &BTreeMap<i32, String>,
+) -> Quorum {
+    let listener = TcpListener::bind(addr)
+        .await
+        .expect("bind the controller listener");
+    Quorum::start(
+        QuorumConfig {
+            node_id: id,
+            voters: voters.clone(),
+            election_timeout_ms: 300,
+            request_timeout_ms: 1000,
+        },
+        open_log(dir),
+        MetadataImage::default(),
+        Some(listener),
+    )
+    .await
+    .expect("start the quorum")
+}
+
+async fn cluster(n: i32) -> (Vec<Node>, BTreeMap<i32, String>) {
+    let mut nodes = Vec::new();
+    for id in 1..=n {
+        // Take a free port, then give it to the quorum.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        nodes.push(Node {
+            id,
+            dir: tempfile::tempdir().unwrap(),
+            addr,
+            quorum: None,
+        });
+    }
+    let voters: BTreeMap<i32, String> = nodes.iter().map(|n| (n.id, n.addr.to_string())).collect();
+    for node in &mut nodes {
+        node.quorum = Some(start(node.id, node.dir.path(), node.addr, &voters).await);
+    }
+    (nodes, voters)
+}
+
+/// Waits until the running nodes agree on one leader among them.
+async fn await_leader(nodes: &[Node]) -> i32 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let running: Vec<&Quorum> = nodes.iter().filter_map(|n| n.quorum.as_ref()).collect();
+        let leaders: Vec<i32> = running
+            .iter()
+            .filter(|q| q.is_leader())
+            .map(|q| q.node_id())
+            .collect();
+        if let [leader] = leaders[..]
+            && running.iter().all(|q| q.leader() == Some(leader))
+        {
+            return leader;
+        }
+        assert!(Instant::now() < deadline, "no single leader: {leaders:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn topic(name: &str) -> Vec<MetadataRecord> {
+    vec![MetadataRecord::Topic {
+        name: name.to_owned(),
+        topic_id: uuid::Uuid::new_v4(),
+    }]
+}
+
+async fn write_on_leader(nodes: &[Node], records: Vec<MetadataRecord>) -> i64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let leader = await_leader(nodes).await;
+        let q = nodes
+            .iter()
+            .find(|n| n.id == leader)
+            .and_then(|n| n.quorum.as_ref())
+            .unwrap();
+        match q.write(records.clone(), WRITE_TIMEOUT).await {
+            Ok(offset) => return offset,
+            Err(e @ (WriteError::NotLeader { .. } | WriteError::Timeout(_))) => {
+                assert!(Instant::now() < deadline, "write never committed: {e}");
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+}
+
+async fn await_topic(q: &Quorum, name: &str) {
+    let mut images = q.subscribe();
+    tokio::time::timeout(DEADLINE, images.wait_for(|i| i.topic(name).is_some()))
+        .await
+        .unwrap_or_else(|_| panic!("node {} never applied topic {name}", q.node_id()))
+        .unwrap();
+}
+
+/// The committed entries every node holds, compared on the shortest log.
+fn assert_same_logs(nodes: &[Node]) {
+    let logs: Vec<_> = nodes
+        .iter()
+        .filter_map(|n| n.quorum.as_ref())
+        .map(|q| q.log_entries())
+        .collect();
+    let shortest = logs.iter().map(Vec::len).min().unwrap();
+    for log in &logs[1..] {
+        assert_eq!(&log[..shortest], &logs[0][..shortest], "the logs diverge");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_elect_one_leader_replicate_and_survive_the_loss_of_the_leader() {
+    let (mut nodes, voters) = cluster(3).await;
+    write_on_leader(&nodes, topic("a")).await;
+    for n in &nodes {
+        await_topic(n.quorum.as_ref().unwrap(), "a").await;
+    }
+    // Stop the leader: the other two elect a new one and keep writing.
+    let old = await_leader(&nodes).await;
+    let node = nodes.iter_mut().find(|n| n.id == old).unwrap();
+    node.quorum.take().unwrap().shutdown().await;
+    let new = await_leader(&nodes).await;
+    assert_ne!(new, old);
+    write_on_leader(&nodes, topic("b")).await;
+    // The old leader comes back with its log and catches up.
+    let node = nodes.iter_mut().find(|n| n.id == old).unwrap();
+    node.quorum = Some(start(node.id, node.dir.path(), node.addr, &voters).await);
+    for n in &nodes {
+        await_topic(n.quorum.as_ref().unwrap(), "b").await;
+    }
+    assert_same_logs(&nodes);
+    for n in &mut nodes {
+        n.quorum.take().unwrap().shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_majority_nothing_commits_and_with_it_back_writes_resume() {
+    let (mut nodes, voters) = cluster(3).await;
+    write_on_leader(&nodes, topic("a")).await;
+    let leader = await_leader(&nodes).await;
+    // Stop both followers: the leader alone must not commit.
+    for n in nodes.iter_mut().filter(|n| n.id != leader) {
+        n.quorum.take().unwrap().shutdown().await;
+    }
+    let q = nodes
+        .iter()
+        .find(|n| n.id == leader)
+        .unwrap()
+        .quorum
+        .as_ref()
+        .unwrap();
+    let result = q.write(topic("lost"), Duration::from_secs(2)).await;
+    assert!(
+        matches!(
+            result,
+            Err(WriteError::Timeout(_) | WriteError::NotLeader { .. })
+        ),
+        "a write without a majority: {result:?}"
+    );
+    assert!(q.image().topic("lost").is_none());
+    // One follower returns: a majority again.
+    let back = nodes
+        .iter_mut()
+        .find(|n| n.id != leader && n.quorum.is_none())
+        .unwrap();
+    back.quorum = Some(start(back.id, back.dir.path(), back.addr, &voters).await);
+    write_on_leader(&nodes, topic("c")).await;
+    assert_same_logs(&nodes);
+    for n in &mut nodes {
+        if let Some(q) = n.quorum.take() {
+            q.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_standalone_node_elects_itself_and_keeps_its_image_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = QuorumConfig {
+        node_id: 1,
+        voters: BTreeMap::new(),
+        election_timeout_ms: 100,
+        request_timeout_ms: 1000,
+    };
+    let q = Quorum::start(
+        config.clone(),
+        open_log(dir.path()),
+        MetadataImage::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let nodes = [Node {
+        id: 1,
+        dir: tempfile::tempdir().unwrap(),
+        addr: "127.0.0.1:1".parse().unwrap(),
+        quorum: Some(q),
+    }];
+    write_on_leader(&nodes, topic("kept")).await;
+    let [
+        Node {
+            quorum: Some(q), ..
+        },
+    ] = nodes
+    else {
+        unreachable!()
+    };
+    q.shutdown().await;
+    drop(q);
+    let q = Quorum::start(config, open_log(dir.path()), MetadataImage::default(), None)
+        .await
+        .unwrap();
+    await_topic(&q, "kept").await;
+    q.shutdown().await;
+}
