@@ -7,19 +7,24 @@
 //! clean shutdown, the image is written as a snapshot
 //! ([`crate::snapshot`]) so a restart replays only the log after it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, MutexGuard};
+use serde::{Deserialize, Serialize};
 use strom_protocol::error_code::ErrorCode;
 use strom_storage::{Clock, PartitionLog};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::image::{ConfigResource, MetadataImage};
 use crate::metadata_log::{LocalMetadataLog, MetadataLog, MetadataLogError};
-use crate::propose::{self, Proposal};
+use crate::propose::{self, BrokerRegistration, Proposal};
+use crate::quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, WriteError};
 use crate::records::{MetadataRecord, decode_batch};
 use crate::snapshot::SnapshotStore;
 
@@ -51,13 +56,29 @@ pub fn metadata_log_config() -> strom_storage::LogConfig {
     }
 }
 
+/// An error code on the wire between nodes: its Kafka number.
+mod error_code_number {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use strom_protocol::error_code::ErrorCode;
+
+    pub(super) fn serialize<S: Serializer>(code: &ErrorCode, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i16(code.code())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ErrorCode, D::Error> {
+        let code = i16::deserialize(d)?;
+        Ok(ErrorCode::from_code(code).unwrap_or(ErrorCode::UnknownServerError))
+    }
+}
+
 /// Producer ids handed to a broker at a time, as Kafka's controller does.
 pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
 
 /// A refused metadata change: the Kafka error code and a message for the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[error("{code}: {}", message.as_deref().unwrap_or(""))]
 pub struct ControllerError {
+    #[serde(with = "error_code_number")]
     pub code: ErrorCode,
     pub message: Option<String>,
 }
@@ -73,7 +94,7 @@ impl ControllerError {
 
 /// A CreateTopics entry. `num_partitions` and `replication_factor` of -1 mean
 /// the broker defaults; `assignments` (partition -> replicas) replaces both.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateTopicRequest {
     pub name: String,
     pub num_partitions: i32,
@@ -84,7 +105,7 @@ pub struct CreateTopicRequest {
 }
 
 /// What a created (or validated) topic looks like.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedTopic {
     pub topic_id: Uuid,
     pub num_partitions: i32,
@@ -92,7 +113,7 @@ pub struct CreatedTopic {
 }
 
 /// A CreatePartitions entry: grow `name` to `count` partitions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatePartitionsRequest {
     pub name: String,
     pub count: i32,
@@ -100,7 +121,7 @@ pub struct CreatePartitionsRequest {
 }
 
 /// A block of producer ids `[start, start + len)` for one broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerIdBlock {
     pub start: i64,
     pub len: i64,
@@ -123,7 +144,19 @@ pub struct ControllerConfig {
     /// Metadata log bytes committed between two snapshots
     /// ([`SNAPSHOT_INTERVAL_BYTES`]; tests use less).
     pub snapshot_interval_bytes: u64,
+    /// `broker.session.timeout.ms`: a broker not heard from for this long
+    /// is fenced.
+    pub broker_session_timeout_ms: u64,
+    /// How long a metadata write (or its forwarding to the active
+    /// controller) may take before it fails with REQUEST_TIMED_OUT.
+    pub write_timeout_ms: u64,
 }
+
+/// [`ControllerConfig::write_timeout_ms`] by default: long enough for an
+/// election (two election timeouts) and a commit on a loaded host, short
+/// enough that an admin call without a quorum fails before the client's
+/// own 30 s request timeout.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 15_000;
 
 impl Default for ControllerConfig {
     fn default() -> Self {
@@ -131,6 +164,8 @@ impl Default for ControllerConfig {
             num_partitions: 1,
             default_replication_factor: 1,
             snapshot_interval_bytes: SNAPSHOT_INTERVAL_BYTES,
+            broker_session_timeout_ms: 9_000,
+            write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
         }
     }
 }
@@ -147,21 +182,39 @@ pub struct LoadStats {
     pub replayed_records: u64,
 }
 
-/// The single controller of this node's cluster.
+/// The controller of this node: proposes changes against the newest image
+/// and commits them, one at a time, through its backend: the controller
+/// quorum (a cluster, or one node alone) or a plain metadata log (tests, and
+/// reading a data directory from before the quorum). On a node that is not
+/// the active controller, every operation is forwarded to the one that is.
 #[derive(Debug)]
 pub struct Controller {
     node_id: i32,
     config: ControllerConfig,
-    log: Arc<dyn MetadataLog>,
-    /// Where image snapshots go; `None`: never snapshotted (a log in memory).
-    snapshots: Option<SnapshotStore>,
+    backend: Backend,
     clock: Arc<dyn Clock>,
     /// The single writer: held from proposing a change against the latest
     /// image until its image is published, so changes are checked against
     /// every change before them and committed in order.
-    write: Mutex<WriterState>,
-    image: watch::Sender<Arc<MetadataImage>>,
+    write: tokio::sync::Mutex<WriterState>,
+    /// When each broker was last heard from, on the active controller only
+    /// (Kafka's BrokerHeartbeatManager keeps it in memory too): a new
+    /// active controller gives every broker a full session.
+    sessions: parking_lot::Mutex<HashMap<i32, Instant>>,
     load_stats: LoadStats,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug)]
+enum Backend {
+    /// One metadata log written by this node alone.
+    Log {
+        log: Arc<dyn MetadataLog>,
+        /// Where image snapshots go; `None`: never snapshotted.
+        snapshots: Option<SnapshotStore>,
+        image: watch::Sender<Arc<MetadataImage>>,
+    },
+    Quorum(Arc<Quorum>),
 }
 
 /// What the writer keeps between commits: when to snapshot next.
@@ -173,12 +226,77 @@ struct WriterState {
     snapshot_offset: Option<i64>,
 }
 
-type Writer<'a> = MutexGuard<'a, WriterState>;
+type Writer<'a> = tokio::sync::MutexGuard<'a, WriterState>;
+
+/// A broker's heartbeat (Kafka's BrokerHeartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerHeartbeat {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    /// The offset after the last metadata record the broker applied.
+    pub metadata_offset: i64,
+    /// The broker asks to be fenced (it cannot serve).
+    pub want_fence: bool,
+    /// The broker is stopping (controlled shutdown).
+    pub want_shutdown: bool,
+}
+
+/// The controller's answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub is_caught_up: bool,
+    pub is_fenced: bool,
+    pub should_shutdown: bool,
+}
+
+/// One controller operation, as forwarded to the active controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Op {
+    CreateTopics {
+        requests: Vec<CreateTopicRequest>,
+        validate_only: bool,
+    },
+    DeleteTopics {
+        names: Vec<String>,
+    },
+    CreatePartitions {
+        requests: Vec<CreatePartitionsRequest>,
+        validate_only: bool,
+    },
+    AlterConfigs {
+        changes: Vec<(ConfigResource, String, Option<String>)>,
+    },
+    AllocateProducerIds {
+        broker_id: i32,
+    },
+    RegisterBroker(BrokerRegistration),
+    Heartbeat(BrokerHeartbeat),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Reply {
+    CreateTopics(Vec<Result<CreatedTopic, ControllerError>>),
+    DeleteTopics(Vec<Result<Uuid, ControllerError>>),
+    CreatePartitions(Vec<Result<(), ControllerError>>),
+    AlterConfigs(Result<(), ControllerError>),
+    ProducerIds(Result<ProducerIdBlock, ControllerError>),
+    Registered(Result<i64, ControllerError>),
+    Heartbeat(Result<HeartbeatReply, ControllerError>),
+    /// This node is not the active controller (the one it knows, if any).
+    NotController { leader: Option<i32> },
+    /// The operation failed as a whole (no commit in time, a bad request).
+    Failed(ControllerError),
+}
+
+/// How often the active controller looks for brokers past their session,
+/// and a forwarding node retries while there is no known active controller.
+const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Controller {
     /// Opens the controller on this node's metadata log, with its image
-    /// snapshots in the log's directory: loads the newest valid snapshot,
-    /// replays the records after it, and on a new log writes the cluster id.
+    /// snapshots in the log's directory, without a quorum: loads the newest
+    /// valid snapshot, replays the records after it, and on a new log
+    /// writes the cluster id.
     pub fn open(
         node_id: i32,
         config: ControllerConfig,
@@ -203,74 +321,105 @@ impl Controller {
         snapshots: Option<SnapshotStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ControllerError> {
-        let log_start_offset = log.log_start_offset();
-        let snapshot = snapshots
-            .as_ref()
-            .and_then(|s| s.load_newest(log_start_offset, log.log_end_offset()));
-        let mut stats = LoadStats {
-            snapshot_offset: snapshot.as_ref().map(|image| image.offset),
-            ..LoadStats::default()
-        };
-        let mut image = snapshot.unwrap_or_default();
-        image.controller_id = node_id;
-        let mut replayed_bytes = 0u64;
-        let mut failure = None;
-        log.replay(
-            image.offset.max(log_start_offset),
-            &mut |base_offset, bytes| {
-                if failure.is_some() {
-                    return;
-                }
-                match decode_batch(&Bytes::copy_from_slice(bytes)) {
-                    Ok(records) => {
-                        // The batch holding the snapshot's offset is replayed
-                        // from it: records below are in the image already.
-                        let skip = usize::try_from(image.offset - base_offset).unwrap_or(0);
-                        let tail = records.get(skip..).unwrap_or_default();
-                        image.apply_batch(base_offset + skip as i64, tail);
-                        stats.replayed_batches += 1;
-                        stats.replayed_records += tail.len() as u64;
-                        replayed_bytes += bytes.len() as u64;
-                    }
-                    Err(e) => {
-                        failure = Some(format!("metadata batch at offset {base_offset}: {e}"))
-                    }
-                }
-            },
-        )
-        .map_err(|e| ControllerError::new(ErrorCode::KafkaStorageError, e.to_string()))?;
-        if let Some(reason) = failure {
-            // The log passed CRC checks, so this is a record we cannot read:
-            // refuse to start rather than serve a wrong image.
-            return Err(ControllerError::new(ErrorCode::UnknownServerError, reason));
-        }
-        tracing::info!(
-            offset = image.offset,
-            snapshot = ?stats.snapshot_offset,
-            replayed_records = stats.replayed_records,
-            "metadata image loaded"
-        );
+        let (image, stats, replayed_bytes) = replay(&*log, snapshots.as_ref())?;
         let (image_tx, _) = watch::channel(Arc::new(image));
         let controller = Self {
             node_id,
             config,
-            log,
-            snapshots,
+            backend: Backend::Log {
+                log,
+                snapshots,
+                image: image_tx,
+            },
             clock,
-            write: Mutex::new(WriterState {
+            write: tokio::sync::Mutex::new(WriterState {
                 bytes_since_snapshot: replayed_bytes,
                 snapshot_offset: stats.snapshot_offset,
             }),
-            image: image_tx,
+            sessions: parking_lot::Mutex::new(HashMap::new()),
             load_stats: stats,
+            shutdown: CancellationToken::new(),
         };
-        let mut writer = controller.write.lock();
+        let mut writer = controller
+            .write
+            .try_lock()
+            .map_err(|_| ControllerError::new(ErrorCode::UnknownServerError, "writer busy"))?;
         if controller.image().cluster_id.is_empty() {
-            controller.commit(&mut writer, propose::cluster_id())?;
+            controller.commit_to_log(&mut writer, propose::cluster_id())?;
         } else {
             controller.maybe_snapshot(&mut writer);
         }
         drop(writer);
+        Ok(controller)
+    }
+
+    /// Starts the controller on the controller quorum, with the metadata
+    /// log in `log_dir` (opened by `open_log`). A data directory from
+    /// before the quorum (a metadata log without `quorum-state`) is read
+    /// once, moved aside to `<dir>.pre-quorum`, and its image becomes the
+    /// quorum's starting point; that is allowed only for a standalone node,
+    /// since other voters would start from another image.
+    pub async fn start(
+        node_id: i32,
+        config: ControllerConfig,
+        quorum_config: QuorumConfig,
+        log_dir: &Path,
+        open_log: &(dyn Fn(&Path) -> Result<Arc<PartitionLog>, strom_storage::StorageError> + Sync),
+        clock: Arc<dyn Clock>,
+        listener: Option<TcpListener>,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let storage = |e: &dyn std::fmt::Display| {
+            ControllerError::new(ErrorCode::KafkaStorageError, e.to_string())
+        };
+        let mut log = open_log(log_dir).map_err(|e| storage(&e))?;
+        let mut base = MetadataImage::default();
+        let mut stats = LoadStats::default();
+        if !crate::quorum::has_quorum_state(log_dir) && log.log_end_offset() > 0 {
+            if !quorum_config.voters.is_empty() {
+                return Err(ControllerError::new(
+                    ErrorCode::InconsistentClusterId,
+                    format!(
+                        "{} holds the metadata of a single-node Strom from before the controller quorum; start it alone (without controller.quorum.voters) once, or give this node an empty data directory",
+                        log_dir.display()
+                    ),
+                ));
+            }
+            let snapshots = SnapshotStore::new(log_dir);
+            let (image, legacy_stats, _) =
+                replay(&LocalMetadataLog::new(Arc::clone(&log)), Some(&snapshots))?;
+            base = image;
+            stats = legacy_stats;
+            log.close().map_err(|e| storage(&e))?;
+            drop(log);
+            let aside = log_dir.with_extension("pre-quorum");
+            std::fs::rename(log_dir, &aside).map_err(|e| storage(&e))?;
+            tracing::info!(from = %aside.display(), offset = base.offset, "the metadata of this data directory now starts the controller quorum");
+            log = open_log(log_dir).map_err(|e| storage(&e))?;
+        }
+        let quorum = Quorum::start(quorum_config, log, base, listener)
+            .await
+            .map_err(|e| match e {
+                QuorumError::NotAVoter { .. } => {
+                    ControllerError::new(ErrorCode::InvalidRequest, e.to_string())
+                }
+                _ => storage(&e),
+            })?;
+        let quorum = Arc::new(quorum);
+        let controller = Arc::new(Self {
+            node_id,
+            config,
+            backend: Backend::Quorum(Arc::clone(&quorum)),
+            clock,
+            write: tokio::sync::Mutex::new(WriterState {
+                bytes_since_snapshot: 0,
+                snapshot_offset: None,
+            }),
+            sessions: parking_lot::Mutex::new(HashMap::new()),
+            load_stats: stats,
+            shutdown: CancellationToken::new(),
+        });
+        quorum.set_app_handler(Arc::new(Forwarded(Arc::downgrade(&controller))));
+        tokio::spawn(Arc::clone(&controller).run_active_duties());
         Ok(controller)
     }
 
@@ -283,158 +432,514 @@ impl Controller {
         self.load_stats
     }
 
+    /// The controller quorum, when there is one.
+    pub fn quorum(&self) -> Option<&Arc<Quorum>> {
+        match &self.backend {
+            Backend::Quorum(q) => Some(q),
+            Backend::Log { .. } => None,
+        }
+    }
+
+    /// The active controller as this node knows it.
+    pub fn active_controller(&self) -> Option<i32> {
+        match &self.backend {
+            Backend::Quorum(q) => q.leader(),
+            Backend::Log { .. } => Some(self.node_id),
+        }
+    }
+
     /// The current image.
     pub fn image(&self) -> Arc<MetadataImage> {
-        Arc::clone(&self.image.borrow())
+        match &self.backend {
+            Backend::Log { image, .. } => Arc::clone(&image.borrow()),
+            Backend::Quorum(q) => q.image(),
+        }
     }
 
     /// Receives every new image.
     pub fn subscribe(&self) -> watch::Receiver<Arc<MetadataImage>> {
-        self.image.subscribe()
+        match &self.backend {
+            Backend::Log { image, .. } => image.subscribe(),
+            Backend::Quorum(q) => q.subscribe(),
+        }
     }
 
-    /// Records where broker `broker_id` is reached, if that changed.
-    pub fn register_broker(
+    /// Registers a broker process (BrokerRegistration); returns its broker
+    /// epoch. A new registration starts fenced.
+    pub async fn register_broker(
         &self,
-        broker_id: i32,
-        host: &str,
-        port: u16,
-        rack: Option<String>,
-    ) -> Result<(), ControllerError> {
-        let mut writer = self.write.lock();
-        match propose::register_broker(&self.image(), broker_id, host, port, rack) {
-            Some(records) => self.commit(&mut writer, records).map(|_| ()),
-            None => Ok(()),
+        registration: BrokerRegistration,
+    ) -> Result<i64, ControllerError> {
+        match self.route(Op::RegisterBroker(registration)).await? {
+            Reply::Registered(r) => r,
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A broker's heartbeat (BrokerHeartbeat).
+    pub async fn heartbeat(
+        &self,
+        heartbeat: BrokerHeartbeat,
+    ) -> Result<HeartbeatReply, ControllerError> {
+        match self.route(Op::Heartbeat(heartbeat)).await? {
+            Reply::Heartbeat(r) => r,
+            other => Err(unexpected(&other)),
         }
     }
 
     /// Creates topics, each on its own (one failing does not stop the others).
     /// With `validate_only` nothing changes, but the answers are the same.
-    pub fn create_topics(
+    pub async fn create_topics(
         &self,
         requests: Vec<CreateTopicRequest>,
         validate_only: bool,
     ) -> Vec<Result<CreatedTopic, ControllerError>> {
-        let mut writer = self.write.lock();
-        if let Err(e) = propose::create_topics_bound(&self.image(), &self.config, &requests) {
-            return requests.iter().map(|_| Err(e.clone())).collect();
-        }
-        let mut seen = BTreeSet::new();
-        requests
-            .into_iter()
-            .map(|request| {
-                if !seen.insert(request.name.clone()) {
-                    return Err(ControllerError::new(
-                        ErrorCode::InvalidRequest,
-                        format!(
-                            "Topic {} appears more than once in the request",
-                            request.name
-                        ),
-                    ));
-                }
-                let (records, created) =
-                    propose::create_topic(&self.image(), &self.config, &request)?;
-                if !validate_only {
-                    self.commit(&mut writer, records)?;
-                    return Ok(created);
-                }
-                Ok(CreatedTopic {
-                    topic_id: Uuid::nil(),
-                    ..created
-                })
+        let n = requests.len();
+        match self
+            .route(Op::CreateTopics {
+                requests,
+                validate_only,
             })
-            .collect()
+            .await
+        {
+            Ok(Reply::CreateTopics(r)) => r,
+            Ok(other) => vec![Err(unexpected(&other)); n],
+            Err(e) => vec![Err(e); n],
+        }
     }
 
     /// Deletes topics by name; each answer is the deleted topic's id.
-    pub fn delete_topics(&self, names: &[String]) -> Vec<Result<Uuid, ControllerError>> {
-        let mut writer = self.write.lock();
-        names
-            .iter()
-            .map(|name| {
-                let (records, topic_id) = propose::delete_topic(&self.image(), name)?;
-                self.commit(&mut writer, records)?;
-                Ok(topic_id)
+    pub async fn delete_topics(&self, names: &[String]) -> Vec<Result<Uuid, ControllerError>> {
+        let n = names.len();
+        match self
+            .route(Op::DeleteTopics {
+                names: names.to_vec(),
             })
-            .collect()
+            .await
+        {
+            Ok(Reply::DeleteTopics(r)) => r,
+            Ok(other) => vec![Err(unexpected(&other)); n],
+            Err(e) => vec![Err(e); n],
+        }
     }
 
     /// Grows topics to the requested partition counts.
-    pub fn create_partitions(
+    pub async fn create_partitions(
         &self,
         requests: Vec<CreatePartitionsRequest>,
         validate_only: bool,
     ) -> Vec<Result<(), ControllerError>> {
-        let mut writer = self.write.lock();
-        if let Err(e) = propose::create_partitions_bound(&self.image(), &requests) {
-            return requests.iter().map(|_| Err(e.clone())).collect();
-        }
-        requests
-            .into_iter()
-            .map(|request| {
-                let records = propose::create_partitions(&self.image(), request)?;
-                if validate_only {
-                    return Ok(());
-                }
-                self.commit(&mut writer, records).map(|_| ())
+        let n = requests.len();
+        match self
+            .route(Op::CreatePartitions {
+                requests,
+                validate_only,
             })
-            .collect()
+            .await
+        {
+            Ok(Reply::CreatePartitions(r)) => r,
+            Ok(other) => vec![Err(unexpected(&other)); n],
+            Err(e) => vec![Err(e); n],
+        }
     }
 
     /// Sets (`Some`) or removes (`None`) config values, all or nothing.
-    pub fn alter_configs(
+    pub async fn alter_configs(
         &self,
         changes: Vec<(ConfigResource, String, Option<String>)>,
     ) -> Result<(), ControllerError> {
-        let mut writer = self.write.lock();
-        let records = propose::alter_configs(&self.image(), changes)?;
-        if records.is_empty() {
-            return Ok(());
+        match self.route(Op::AlterConfigs { changes }).await? {
+            Reply::AlterConfigs(r) => r,
+            other => Err(unexpected(&other)),
         }
-        self.commit(&mut writer, records).map(|_| ())
     }
 
-    /// Hands broker `broker_id` the next block of producer ids.
-    pub fn allocate_producer_ids(
+    /// Hands broker `broker_id` the next block of producer ids
+    /// (AllocateProducerIds).
+    pub async fn allocate_producer_ids(
         &self,
         broker_id: i32,
     ) -> Result<ProducerIdBlock, ControllerError> {
-        let mut writer = self.write.lock();
-        let (records, block) = propose::allocate_producer_ids(&self.image(), broker_id);
-        self.commit(&mut writer, records)?;
-        Ok(block)
+        match self.route(Op::AllocateProducerIds { broker_id }).await? {
+            Reply::ProducerIds(r) => r,
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Writes a snapshot of the current image if it is newer than the
     /// newest snapshot, so the next start replays nothing (clean shutdown).
     /// A failure is logged: the next start replays more, nothing is lost.
-    pub fn snapshot_on_shutdown(&self) {
-        let mut writer = self.write.lock();
-        if writer.snapshot_offset != Some(self.image().offset) {
+    /// The quorum snapshots by itself.
+    pub async fn snapshot_on_shutdown(&self) {
+        let mut writer = self.write.lock().await;
+        if let Backend::Log { .. } = self.backend
+            && writer.snapshot_offset != Some(self.image().offset)
+        {
             self.write_snapshot(&mut writer);
+        }
+    }
+
+    /// Stops the controller's tasks and its quorum.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Backend::Quorum(q) = &self.backend {
+            q.shutdown().await;
+        }
+    }
+
+    /// Runs `op` on the active controller: here when this node is it,
+    /// otherwise forwarded to it, retrying while there is none (an
+    /// election) until the write timeout.
+    async fn route(&self, op: Op) -> Result<Reply, ControllerError> {
+        let timeout = Duration::from_millis(self.config.write_timeout_ms);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Backend::Quorum(quorum) = &self.backend else {
+            return match self.execute(op).await {
+                Reply::Failed(e) => Err(e),
+                reply => Ok(reply),
+            };
+        };
+        let mut last = String::from("no active controller is known");
+        loop {
+            let reply = match quorum.leader() {
+                Some(leader) if leader == self.node_id => Some(self.execute(op.clone()).await),
+                Some(leader) => match self.forward(quorum, leader, &op, deadline).await {
+                    Ok(reply) => Some(reply),
+                    Err(e) => {
+                        last = e;
+                        None
+                    }
+                },
+                None => None,
+            };
+            match reply {
+                Some(Reply::NotController { leader }) => {
+                    last = format!("the controller moved (to {leader:?})");
+                }
+                Some(Reply::Failed(e)) => return Err(e),
+                Some(reply) => return Ok(reply),
+                None => {}
+            }
+            if tokio::time::Instant::now() + LIVENESS_CHECK_INTERVAL >= deadline {
+                return Err(ControllerError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!("the metadata change did not commit within {timeout:?}: {last}"),
+                ));
+            }
+            tokio::time::sleep(LIVENESS_CHECK_INTERVAL).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        quorum: &Quorum,
+        leader: i32,
+        op: &Op,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reply, String> {
+        let request = serde_json::to_vec(op).map_err(|e| e.to_string())?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let bytes = quorum
+            .call(leader, request, left)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("an undecodable reply: {e}"))
+    }
+
+    /// Runs `op` here, as the active controller.
+    async fn execute(&self, op: Op) -> Reply {
+        let mut writer = self.write.lock().await;
+        if let Backend::Quorum(q) = &self.backend {
+            let timeout = Duration::from_millis(self.config.write_timeout_ms);
+            match q.await_leader_caught_up(timeout).await {
+                Ok(()) => {}
+                Err(WriteError::NotLeader { leader }) => return Reply::NotController { leader },
+                Err(e) => return Reply::Failed(ControllerError::new(ErrorCode::RequestTimedOut, e.to_string())),
+            }
+        }
+        match op {
+            Op::CreateTopics {
+                requests,
+                validate_only,
+            } => Reply::CreateTopics(self.do_create_topics(&mut writer, requests, validate_only).await),
+            Op::DeleteTopics { names } => {
+                let mut results = Vec::with_capacity(names.len());
+                for name in &names {
+                    let result = match propose::delete_topic(&self.image(), name) {
+                        Ok((records, topic_id)) => {
+                            self.commit(&mut writer, records).await.map(|_| topic_id)
+                        }
+                        Err(e) => Err(e),
+                    };
+                    results.push(result);
+                }
+                Reply::DeleteTopics(results)
+            }
+            Op::CreatePartitions {
+                requests,
+                validate_only,
+            } => {
+                if let Err(e) = propose::create_partitions_bound(&self.image(), &requests) {
+                    return Reply::CreatePartitions(requests.iter().map(|_| Err(e.clone())).collect());
+                }
+                let mut results = Vec::with_capacity(requests.len());
+                for request in requests {
+                    let result = match propose::create_partitions(&self.image(), request) {
+                        Ok(_) if validate_only => Ok(()),
+                        Ok(records) => self.commit(&mut writer, records).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    results.push(result);
+                }
+                Reply::CreatePartitions(results)
+            }
+            Op::AlterConfigs { changes } => Reply::AlterConfigs(
+                match propose::alter_configs(&self.image(), changes) {
+                    Ok(records) if records.is_empty() => Ok(()),
+                    Ok(records) => self.commit(&mut writer, records).await.map(|_| ()),
+                    Err(e) => Err(e),
+                },
+            ),
+            Op::AllocateProducerIds { broker_id } => {
+                let (records, block) = propose::allocate_producer_ids(&self.image(), broker_id);
+                Reply::ProducerIds(self.commit(&mut writer, records).await.map(|_| block))
+            }
+            Op::RegisterBroker(registration) => {
+                Reply::Registered(self.do_register(&mut writer, registration).await)
+            }
+            Op::Heartbeat(heartbeat) => {
+                Reply::Heartbeat(self.do_heartbeat(&mut writer, heartbeat).await)
+            }
+        }
+    }
+
+    async fn do_create_topics(
+        &self,
+        writer: &mut Writer<'_>,
+        requests: Vec<CreateTopicRequest>,
+        validate_only: bool,
+    ) -> Vec<Result<CreatedTopic, ControllerError>> {
+        if let Err(e) = propose::create_topics_bound(&self.image(), &self.config, &requests) {
+            return requests.iter().map(|_| Err(e.clone())).collect();
+        }
+        let mut seen = BTreeSet::new();
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            if !seen.insert(request.name.clone()) {
+                results.push(Err(ControllerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "Topic {} appears more than once in the request",
+                        request.name
+                    ),
+                )));
+                continue;
+            }
+            let result = match propose::create_topic(&self.image(), &self.config, &request) {
+                Ok((_, created)) if validate_only => Ok(CreatedTopic {
+                    topic_id: Uuid::nil(),
+                    ..created
+                }),
+                Ok((records, created)) => self.commit(writer, records).await.map(|_| created),
+                Err(e) => Err(e),
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    async fn do_register(
+        &self,
+        writer: &mut Writer<'_>,
+        registration: BrokerRegistration,
+    ) -> Result<i64, ControllerError> {
+        let image = self.image();
+        let session = Duration::from_millis(self.config.broker_session_timeout_ms);
+        if let Some(b) = image.brokers.get(&registration.broker_id)
+            && b.incarnation_id.is_some()
+            && b.incarnation_id != Some(registration.incarnation_id)
+            && !b.fenced
+            && self
+                .sessions
+                .lock()
+                .get(&b.id)
+                .is_some_and(|last| last.elapsed() < session)
+        {
+            return Err(ControllerError::new(
+                ErrorCode::DuplicateBrokerRegistration,
+                format!(
+                    "another process is registered as broker {} and its session is alive",
+                    b.id
+                ),
+            ));
+        }
+        let image = match propose::register_broker(&image, &registration) {
+            Some(records) => self.commit(writer, records).await?,
+            None => image,
+        };
+        self.sessions
+            .lock()
+            .insert(registration.broker_id, Instant::now());
+        image
+            .brokers
+            .get(&registration.broker_id)
+            .map(|b| b.epoch)
+            .ok_or_else(|| ControllerError::new(ErrorCode::UnknownServerError, "registration lost"))
+    }
+
+    async fn do_heartbeat(
+        &self,
+        writer: &mut Writer<'_>,
+        heartbeat: BrokerHeartbeat,
+    ) -> Result<HeartbeatReply, ControllerError> {
+        let image = self.image();
+        let Some(broker) = image
+            .brokers
+            .get(&heartbeat.broker_id)
+            .filter(|b| b.epoch == heartbeat.broker_epoch)
+        else {
+            return Err(ControllerError::new(
+                ErrorCode::StaleBrokerEpoch,
+                format!(
+                    "broker {} epoch {} is not registered",
+                    heartbeat.broker_id, heartbeat.broker_epoch
+                ),
+            ));
+        };
+        self.sessions.lock().insert(broker.id, Instant::now());
+        // Caught up: the broker has applied its own registration.
+        let is_caught_up = heartbeat.metadata_offset > broker.epoch;
+        let mut fenced = broker.fenced;
+        if heartbeat.want_shutdown || heartbeat.want_fence {
+            if let Some(records) = propose::fence_broker(&image, broker.id) {
+                self.commit(writer, records).await?;
+            }
+            fenced = true;
+        } else if fenced
+            && is_caught_up
+            && let Some(records) = propose::unfence_broker(&image, broker.id)
+        {
+            self.commit(writer, records).await?;
+            fenced = false;
+        }
+        Ok(HeartbeatReply {
+            is_caught_up,
+            is_fenced: fenced,
+            should_shutdown: heartbeat.want_shutdown,
+        })
+    }
+
+    /// The active controller's own work, while this node is it: write the
+    /// cluster id into a new cluster, and fence brokers whose session
+    /// expired (`broker.session.timeout.ms` without a heartbeat).
+    async fn run_active_duties(self: Arc<Self>) {
+        let Some(quorum) = self.quorum().cloned() else { return };
+        let session = Duration::from_millis(self.config.broker_session_timeout_ms);
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(LIVENESS_CHECK_INTERVAL) => {}
+            }
+            let leader = quorum.is_leader();
+            if leader && !was_leader {
+                // A new active controller: every broker gets a full session.
+                self.sessions.lock().clear();
+            }
+            was_leader = leader;
+            if !leader {
+                continue;
+            }
+            if self.image().cluster_id.is_empty() {
+                let mut writer = self.write.lock().await;
+                if quorum.await_leader_caught_up(session).await.is_ok()
+                    && self.image().cluster_id.is_empty()
+                    && let Err(e) = self.commit(&mut writer, propose::cluster_id()).await
+                {
+                    tracing::warn!(error = %e, "writing the cluster id failed; retrying");
+                }
+                continue;
+            }
+            let expired: Vec<i32> = {
+                let image = self.image();
+                let mut sessions = self.sessions.lock();
+                image
+                    .live_brokers()
+                    .filter(|b| {
+                        sessions
+                            .entry(b.id)
+                            .or_insert_with(Instant::now)
+                            .elapsed()
+                            > session
+                    })
+                    .map(|b| b.id)
+                    .collect()
+            };
+            for broker_id in expired {
+                let mut writer = self.write.lock().await;
+                if quorum.await_leader_caught_up(session).await.is_err() {
+                    break;
+                }
+                if let Some(records) = propose::fence_broker(&self.image(), broker_id) {
+                    tracing::warn!(broker_id, ?session, "fencing a broker that missed its session");
+                    if let Err(e) = self.commit(&mut writer, records).await {
+                        tracing::warn!(broker_id, error = %e, "fencing failed; retrying");
+                    }
+                }
+            }
         }
     }
 
     /// Commits one operation's records and applies them: the records,
     /// proposed against the latest image (the caller holds the writer), are
-    /// sealed into one batch, made durable by the metadata log, replayed into
-    /// a new image, and that image is published.
-    fn commit(
+    /// made durable (by the quorum, or the metadata log) and replayed into
+    /// a new image, which is published.
+    async fn commit(
         &self,
         writer: &mut Writer<'_>,
         records: Vec<MetadataRecord>,
     ) -> Result<Arc<MetadataImage>, ControllerError> {
+        match &self.backend {
+            Backend::Log { .. } => self.commit_to_log(writer, records),
+            Backend::Quorum(q) => {
+                // Checks the batch bound as the log would.
+                let current = self.image();
+                Proposal::new(records.clone(), &current, self.clock.now_ms())?;
+                let timeout = Duration::from_millis(self.config.write_timeout_ms);
+                match q.write(records, timeout).await {
+                    Ok(_) => Ok(q.image()),
+                    Err(WriteError::NotLeader { leader }) => Err(ControllerError::new(
+                        ErrorCode::NotController,
+                        format!("this node is no longer the active controller (now {leader:?})"),
+                    )),
+                    Err(e) => Err(ControllerError::new(ErrorCode::RequestTimedOut, e.to_string())),
+                }
+            }
+        }
+    }
+
+    fn commit_to_log(
+        &self,
+        writer: &mut Writer<'_>,
+        records: Vec<MetadataRecord>,
+    ) -> Result<Arc<MetadataImage>, ControllerError> {
+        let Backend::Log {
+            log, image: images, ..
+        } = &self.backend
+        else {
+            unreachable!("only the log backend commits to the log")
+        };
         let current = self.image();
         let proposal = Proposal::new(records, &current, self.clock.now_ms())?;
         // Single writer: nothing was committed since the records were
         // proposed, and the log ends where the image does.
         debug_assert_eq!(proposal.based_on(), current.offset);
-        debug_assert_eq!(self.log.log_end_offset(), current.offset);
-        let base_offset = self.log.commit(proposal.batch()).map_err(storage_error)?;
+        debug_assert_eq!(log.log_end_offset(), current.offset);
+        let base_offset = log.commit(proposal.batch()).map_err(storage_error)?;
         let mut image = (*current).clone();
         image.apply_batch(base_offset, proposal.records());
         let image = Arc::new(image);
-        self.image.send_replace(Arc::clone(&image));
+        images.send_replace(Arc::clone(&image));
         writer.bytes_since_snapshot += proposal.batch().len() as u64;
         self.maybe_snapshot(writer);
         Ok(image)
@@ -448,7 +953,13 @@ impl Controller {
     }
 
     fn write_snapshot(&self, writer: &mut Writer<'_>) {
-        let Some(store) = &self.snapshots else { return };
+        let Backend::Log {
+            snapshots: Some(store),
+            ..
+        } = &self.backend
+        else {
+            return;
+        };
         let image = self.image();
         match store.write(&image) {
             Ok(path) => {
@@ -464,6 +975,92 @@ impl Controller {
     }
 }
 
+fn unexpected(reply: &Reply) -> ControllerError {
+    ControllerError::new(
+        ErrorCode::UnknownServerError,
+        format!("an unexpected controller reply: {reply:?}"),
+    )
+}
+
+/// Loads the image of a metadata log without a quorum: the newest valid
+/// snapshot and the records after it.
+fn replay(
+    log: &dyn MetadataLog,
+    snapshots: Option<&SnapshotStore>,
+) -> Result<(MetadataImage, LoadStats, u64), ControllerError> {
+    let log_start_offset = log.log_start_offset();
+    let snapshot = snapshots.and_then(|s| s.load_newest(log_start_offset, log.log_end_offset()));
+    let mut stats = LoadStats {
+        snapshot_offset: snapshot.as_ref().map(|image| image.offset),
+        ..LoadStats::default()
+    };
+    let mut image = snapshot.unwrap_or_default();
+    let mut replayed_bytes = 0u64;
+    let mut failure = None;
+    log.replay(
+        image.offset.max(log_start_offset),
+        &mut |base_offset, bytes| {
+            if failure.is_some() {
+                return;
+            }
+            match decode_batch(&Bytes::copy_from_slice(bytes)) {
+                Ok(records) => {
+                    // The batch holding the snapshot's offset is replayed
+                    // from it: records below are in the image already.
+                    let skip = usize::try_from(image.offset - base_offset).unwrap_or(0);
+                    let tail = records.get(skip..).unwrap_or_default();
+                    image.apply_batch(base_offset + skip as i64, tail);
+                    stats.replayed_batches += 1;
+                    stats.replayed_records += tail.len() as u64;
+                    replayed_bytes += bytes.len() as u64;
+                }
+                Err(e) => failure = Some(format!("metadata batch at offset {base_offset}: {e}")),
+            }
+        },
+    )
+    .map_err(|e| ControllerError::new(ErrorCode::KafkaStorageError, e.to_string()))?;
+    if let Some(reason) = failure {
+        // The log passed CRC checks, so this is a record we cannot read:
+        // refuse to start rather than serve a wrong image.
+        return Err(ControllerError::new(ErrorCode::UnknownServerError, reason));
+    }
+    tracing::info!(
+        offset = image.offset,
+        snapshot = ?stats.snapshot_offset,
+        replayed_records = stats.replayed_records,
+        "metadata image loaded"
+    );
+    Ok((image, stats, replayed_bytes))
+}
+
+/// Answers operations forwarded from other nodes.
+#[derive(Debug)]
+struct Forwarded(std::sync::Weak<Controller>);
+
+impl AppHandler for Forwarded {
+    fn handle(&self, _from: u64, request: Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>> {
+        let controller = self.0.upgrade();
+        Box::pin(async move {
+            let reply = match (controller, serde_json::from_slice::<Op>(&request)) {
+                (Some(c), Ok(op)) => {
+                    if c.quorum().is_some_and(|q| q.is_leader()) {
+                        c.execute(op).await
+                    } else {
+                        Reply::NotController {
+                            leader: c.active_controller(),
+                        }
+                    }
+                }
+                (None, _) => Reply::NotController { leader: None },
+                (Some(_), Err(e)) => Reply::Failed(ControllerError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("an undecodable controller request: {e}"),
+                )),
+            };
+            serde_json::to_vec(&reply).unwrap_or_default()
+        })
+    }
+}
 /// KAFKA_STORAGE_ERROR for a metadata log that failed.
 fn storage_error(e: MetadataLogError) -> ControllerError {
     ControllerError::new(ErrorCode::KafkaStorageError, format!("metadata log: {e}"))
@@ -537,7 +1134,7 @@ mod tests {
 
     use super::*;
 
-    pub(super) fn open(dir: &std::path::Path) -> Controller {
+    pub(super) async fn open(dir: &std::path::Path) -> Controller {
         let log = PartitionLog::open(
             dir,
             metadata_log_config(),
@@ -553,10 +1150,34 @@ mod tests {
             Arc::new(SystemClock),
         )
         .unwrap();
+        join(&controller, None).await;
         controller
-            .register_broker(1, "127.0.0.1", 9092, None)
+    }
+
+    /// Registers broker 1 and heartbeats it, unfenced.
+    pub(super) async fn join(c: &Controller, rack: Option<String>) {
+        let epoch = c.register_broker(registration(rack)).await.unwrap();
+        let reply = c
+            .heartbeat(BrokerHeartbeat {
+                broker_id: 1,
+                broker_epoch: epoch,
+                metadata_offset: c.image().offset,
+                want_fence: false,
+                want_shutdown: false,
+            })
+            .await
             .unwrap();
-        controller
+        assert!(!reply.is_fenced);
+    }
+
+    pub(super) fn registration(rack: Option<String>) -> BrokerRegistration {
+        BrokerRegistration {
+            broker_id: 1,
+            incarnation_id: Uuid::from_u128(1),
+            host: "localhost".to_owned(),
+            port: 9092,
+            rack,
+        }
     }
 
     pub(super) fn topic(name: &str, partitions: i32, rf: i16) -> CreateTopicRequest {
@@ -569,13 +1190,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn topics_follow_kafkas_rules_and_survive_restart() {
+    #[tokio::test]
+    async fn topics_follow_kafkas_rules_and_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
         let cluster_id;
         let orders_id;
         {
-            let c = open(dir.path());
+            let c = open(dir.path()).await;
             cluster_id = c.image().cluster_id.clone();
             assert_eq!(cluster_id.len(), 22);
             let results = c.create_topics(
@@ -588,7 +1209,7 @@ mod tests {
                     topic(METADATA_TOPIC, 1, 1),
                 ],
                 false,
-            );
+            ).await;
             orders_id = results[0].as_ref().unwrap().topic_id;
             assert_eq!(
                 results[1].as_ref().unwrap_err().code,
@@ -607,18 +1228,18 @@ mod tests {
                 results[5].as_ref().unwrap_err().code,
                 ErrorCode::InvalidTopicException
             );
-            let again = c.create_topics(vec![topic("orders", 1, 1), topic("orders_", 1, 1)], false);
+            let again = c.create_topics(vec![topic("orders", 1, 1), topic("orders_", 1, 1)], false).await;
             assert_eq!(
                 again[0].as_ref().unwrap_err().code,
                 ErrorCode::TopicAlreadyExists
             );
             assert!(again[1].is_ok());
-            let collides = c.create_topics(vec![topic("orders.", 1, 1)], false);
+            let collides = c.create_topics(vec![topic("orders.", 1, 1)], false).await;
             assert_eq!(
                 collides[0].as_ref().unwrap_err().code,
                 ErrorCode::InvalidTopicException
             );
-            let validated = c.create_topics(vec![topic("dry", 2, 1)], true);
+            let validated = c.create_topics(vec![topic("dry", 2, 1)], true).await;
             assert!(validated[0].is_ok());
             assert!(c.image().topic("dry").is_none());
             assert!(
@@ -629,20 +1250,20 @@ mod tests {
                         assignments: None
                     }],
                     false
-                )[0]
+                ).await[0]
                 .is_ok()
             );
             assert_eq!(
-                c.delete_topics(&["defaults".to_owned()])[0]
+                c.delete_topics(&["defaults".to_owned()]).await[0]
                     .as_ref()
                     .map(|_| ()),
                 Ok(())
             );
-            let first = c.allocate_producer_ids(1).unwrap();
-            let second = c.allocate_producer_ids(1).unwrap();
+            let first = c.allocate_producer_ids(1).await.unwrap();
+            let second = c.allocate_producer_ids(1).await.unwrap();
             assert_eq!(second.start, first.start + PRODUCER_ID_BLOCK_SIZE);
         }
-        let c = open(dir.path());
+        let c = open(dir.path()).await;
         let image = c.image();
         assert_eq!(image.cluster_id, cluster_id);
         let orders = image.topic("orders").unwrap();
@@ -652,13 +1273,13 @@ mod tests {
         assert!(image.topic("defaults").is_none());
         assert!(image.topic_by_id(&orders_id).is_some());
         assert_eq!(
-            c.allocate_producer_ids(1).unwrap().start,
+            c.allocate_producer_ids(1).await.unwrap().start,
             2 * PRODUCER_ID_BLOCK_SIZE
         );
     }
 
-    #[test]
-    fn uuid_strings_are_kafkas() {
+    #[tokio::test]
+    async fn uuid_strings_are_kafkas() {
         let id = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
         // Kafka's Uuid.toString(): URL-safe base64 of the 16 bytes, no padding.
         assert_eq!(kafka_uuid_string(&id), "ASNFZ4mrze8BI0VniavN7w");
@@ -676,12 +1297,12 @@ mod operation_bound_tests {
     use super::tests::{open, topic};
     use super::*;
 
-    #[test]
-    fn one_operation_takes_up_to_max_records_per_user_op_and_no_more() {
+    #[tokio::test]
+    async fn one_operation_takes_up_to_max_records_per_user_op_and_no_more() {
         let dir = tempfile::tempdir().unwrap();
-        let controller = open(dir.path());
+        let controller = open(dir.path()).await;
         // 10,000 partitions: 10,001 records, one too many.
-        let refused = controller.create_topics(vec![topic("huge", 10_000, 1)], false);
+        let refused = controller.create_topics(vec![topic("huge", 10_000, 1)], false).await;
         let e = refused[0].clone().unwrap_err();
         assert_eq!(e.code, ErrorCode::PolicyViolation);
         assert!(e.message.unwrap().contains("10001"));
@@ -689,7 +1310,7 @@ mod operation_bound_tests {
         let refused = controller.create_topics(
             vec![topic("half-1", 6_000, 1), topic("half-2", 6_000, 1)],
             false,
-        );
+        ).await;
         assert!(
             refused
                 .iter()
@@ -697,7 +1318,7 @@ mod operation_bound_tests {
         );
         assert_eq!(controller.image().topic_count(), 0);
         // Exactly the bound: one batch of 10,000 records, replayed whole.
-        let created = controller.create_topics(vec![topic("big", 9_999, 1)], false);
+        let created = controller.create_topics(vec![topic("big", 9_999, 1)], false).await;
         assert_eq!(created[0].as_ref().unwrap().num_partitions, 9_999);
         let refused = controller.create_partitions(
             vec![CreatePartitionsRequest {
@@ -706,7 +1327,7 @@ mod operation_bound_tests {
                 assignments: None,
             }],
             false,
-        );
+        ).await;
         assert_eq!(
             refused[0].clone().unwrap_err().code,
             ErrorCode::PolicyViolation
@@ -718,11 +1339,11 @@ mod operation_bound_tests {
                 ConfigResource::Topic("big".to_owned()),
                 "retention.ms".to_owned(),
                 Some(huge),
-            )])
+            )]).await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::PolicyViolation);
         drop(controller);
-        let reopened = open(dir.path());
+        let reopened = open(dir.path()).await;
         let image = reopened.image();
         assert_eq!(image.topic_count(), 1);
         assert_eq!(image.topic("big").unwrap().partitions.len(), 9_999);
@@ -733,7 +1354,7 @@ mod operation_bound_tests {
 mod seam_tests {
     use strom_storage::SystemClock;
 
-    use super::tests::topic;
+    use super::tests::{join, topic};
     use super::*;
     use crate::metadata_log::MemoryMetadataLog;
 
@@ -749,35 +1370,33 @@ mod seam_tests {
         .unwrap()
     }
 
-    #[test]
-    fn each_operation_is_one_committed_batch_and_replays_to_the_same_image() {
+    #[tokio::test]
+    async fn each_operation_is_one_committed_batch_and_replays_to_the_same_image() {
         let log = Arc::new(MemoryMetadataLog::new());
         let controller = open_on(&log);
-        controller
-            .register_broker(1, "localhost", 9092, None)
-            .unwrap();
-        // Cluster id, broker.
-        assert_eq!(log.batch_count(), 2);
-        let results = controller.create_topics(vec![topic("a", 2, 1), topic("b", 1, 1)], false);
+        join(&controller, None).await;
+        // Cluster id, the broker registered, the broker unfenced.
+        assert_eq!(log.batch_count(), 3);
+        let results = controller.create_topics(vec![topic("a", 2, 1), topic("b", 1, 1)], false).await;
         assert!(results.iter().all(Result::is_ok));
         // One batch per topic, each checked against the image after the one before.
-        assert_eq!(log.batch_count(), 4);
+        assert_eq!(log.batch_count(), 5);
         assert_eq!(
-            controller.create_topics(vec![topic("a", 1, 1)], false)[0]
+            controller.create_topics(vec![topic("a", 1, 1)], false).await[0]
                 .clone()
                 .unwrap_err()
                 .code,
             ErrorCode::TopicAlreadyExists
         );
         // A validation-only request and a refused one commit nothing.
-        controller.create_topics(vec![topic("dry", 1, 1)], true);
-        assert_eq!(log.batch_count(), 4);
+        controller.create_topics(vec![topic("dry", 1, 1)], true).await;
+        assert_eq!(log.batch_count(), 5);
         controller
             .alter_configs(vec![(
                 ConfigResource::Topic("a".to_owned()),
                 "retention.ms".to_owned(),
                 Some("1".to_owned()),
-            )])
+            )]).await
             .unwrap();
         assert_eq!(controller.image().offset, log.log_end_offset());
         let again = open_on(&log);
@@ -789,28 +1408,26 @@ mod seam_tests {
         );
     }
 
-    #[test]
-    fn concurrent_operations_are_committed_one_at_a_time_in_order() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_operations_are_committed_one_at_a_time_in_order() {
         let log = Arc::new(MemoryMetadataLog::new());
         let controller = Arc::new(open_on(&log));
-        controller
-            .register_broker(1, "localhost", 9092, None)
-            .unwrap();
+        join(&controller, None).await;
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let controller = Arc::clone(&controller);
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     for i in 0..10 {
-                        // Every thread also races for the same name: one wins.
-                        controller.create_topics(vec![topic(&format!("t{t}-{i}"), 1, 1)], false);
-                        controller.create_topics(vec![topic(&format!("shared-{i}"), 1, 1)], false);
-                        controller.allocate_producer_ids(1).unwrap();
+                        // Every task also races for the same name: one wins.
+                        controller.create_topics(vec![topic(&format!("t{t}-{i}"), 1, 1)], false).await;
+                        controller.create_topics(vec![topic(&format!("shared-{i}"), 1, 1)], false).await;
+                        controller.allocate_producer_ids(1).await.unwrap();
                     }
                 })
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.await.unwrap();
         }
         let image = controller.image();
         assert_eq!(image.topic_count(), 40 + 10);
@@ -826,7 +1443,7 @@ mod snapshot_restart_tests {
 
     use strom_storage::{FileCache, LoadOptions, SystemClock};
 
-    use super::tests::topic;
+    use super::tests::{join, topic};
     use super::*;
     use crate::snapshot::{SnapshotStore, snapshot_file_name};
 
@@ -871,12 +1488,11 @@ mod snapshot_restart_tests {
     }
 
     /// Many operations of every kind; returns the records committed.
-    fn many_operations(c: &Controller) -> u64 {
-        c.register_broker(1, "localhost", 9092, Some("r1".to_owned()))
-            .unwrap();
+    async fn many_operations(c: &Controller) -> u64 {
+        join(c, Some("r1".to_owned())).await;
         for i in 0..150 {
             let name = format!("topic-{i}");
-            assert!(c.create_topics(vec![topic(&name, 3, 1)], false)[0].is_ok());
+            assert!(c.create_topics(vec![topic(&name, 3, 1)], false).await[0].is_ok());
             c.alter_configs(vec![
                 (
                     ConfigResource::Topic(name.clone()),
@@ -888,10 +1504,10 @@ mod snapshot_restart_tests {
                     "log.retention.ms".to_owned(),
                     Some(i.to_string()),
                 ),
-            ])
+            ]).await
             .unwrap();
             if i % 3 == 0 {
-                assert!(c.delete_topics(std::slice::from_ref(&name))[0].is_ok());
+                assert!(c.delete_topics(std::slice::from_ref(&name)).await[0].is_ok());
             }
             if i % 5 == 0 && i > 0 {
                 assert!(
@@ -902,27 +1518,27 @@ mod snapshot_restart_tests {
                             assignments: None,
                         }],
                         false
-                    )[0]
+                    ).await[0]
                     .is_ok()
                 );
-                c.allocate_producer_ids(1).unwrap();
+                c.allocate_producer_ids(1).await.unwrap();
             }
         }
         c.alter_configs(vec![(
             ConfigResource::Broker(None),
             "log.retention.ms".to_owned(),
             Some("7".to_owned()),
-        )])
+        )]).await
         .unwrap();
         u64::try_from(c.image().offset).unwrap()
     }
 
-    #[test]
-    fn a_restart_replays_only_the_records_after_the_newest_snapshot() {
+    #[tokio::test]
+    async fn a_restart_replays_only_the_records_after_the_newest_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let records = {
             let c = open(dir.path());
-            many_operations(&c)
+            many_operations(&c).await
             // Dropped without a shutdown snapshot, as in a crash.
         };
         let snapshots = SnapshotStore::new(dir.path()).list().unwrap();
@@ -949,8 +1565,8 @@ mod snapshot_restart_tests {
 
         // After a clean shutdown nothing is replayed, and the image is the same.
         let c = open(dir.path());
-        assert!(c.create_topics(vec![topic("after", 1, 1)], false)[0].is_ok());
-        c.snapshot_on_shutdown();
+        assert!(c.create_topics(vec![topic("after", 1, 1)], false).await[0].is_ok());
+        c.snapshot_on_shutdown().await;
         let before = c.image();
         drop(c);
         let c = open(dir.path());
@@ -959,13 +1575,13 @@ mod snapshot_restart_tests {
         assert_eq!(*c.image(), *before);
     }
 
-    #[test]
-    fn a_damaged_snapshot_is_ignored_and_the_log_replayed() {
+    #[tokio::test]
+    async fn a_damaged_snapshot_is_ignored_and_the_log_replayed() {
         let dir = tempfile::tempdir().unwrap();
         let records = {
             let c = open(dir.path());
-            let records = many_operations(&c);
-            c.snapshot_on_shutdown();
+            let records = many_operations(&c).await;
+            c.snapshot_on_shutdown().await;
             records
         };
         let expected = full_replay(dir.path()).image();

@@ -26,6 +26,13 @@ pub struct BrokerInfo {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// The offset of its registration: a broker's requests to the
+    /// controller name it, and a stale one is refused.
+    pub epoch: i64,
+    /// Fenced brokers are not offered to clients and lead nothing new.
+    pub fenced: bool,
+    /// The process that registered (a restart registers anew).
+    pub incarnation_id: Option<Uuid>,
 }
 
 /// One partition of a topic.
@@ -74,6 +81,16 @@ pub struct MetadataImage {
 }
 
 impl MetadataImage {
+    /// The brokers clients may use: registered and not fenced.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerInfo> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    /// Whether broker `id` is registered and not fenced.
+    pub fn is_live(&self, id: i32) -> bool {
+        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+
     pub fn topic(&self, name: &str) -> Option<&Arc<TopicImage>> {
         self.topics.get(name)
     }
@@ -127,6 +144,9 @@ impl MetadataImage {
                 host: b.host.clone(),
                 port: b.port,
                 rack: b.rack.clone(),
+                fenced: b.fenced,
+                incarnation_id: b.incarnation_id,
+                epoch: Some(b.epoch),
             });
         }
         for t in self.topics.values() {
@@ -184,6 +204,9 @@ impl MetadataImage {
                 host,
                 port,
                 rack,
+                fenced,
+                incarnation_id,
+                epoch,
             } => {
                 self.brokers.insert(
                     *broker_id,
@@ -192,8 +215,19 @@ impl MetadataImage {
                         host: host.clone(),
                         port: *port,
                         rack: rack.clone(),
+                        epoch: epoch.unwrap_or(offset),
+                        fenced: *fenced,
+                        incarnation_id: *incarnation_id,
                     },
                 );
+            }
+            MetadataRecord::FenceBroker { broker_id, epoch }
+            | MetadataRecord::UnfenceBroker { broker_id, epoch } => {
+                let fenced = matches!(record, MetadataRecord::FenceBroker { .. });
+                match self.brokers.get_mut(broker_id) {
+                    Some(b) if b.epoch == *epoch => b.fenced = fenced,
+                    _ => tracing::warn!(broker_id, epoch, "fencing record for an unknown broker epoch"),
+                }
             }
             MetadataRecord::Topic { name, topic_id } => {
                 self.topic_names_by_id.insert(*topic_id, name.clone());

@@ -5,7 +5,7 @@
 //! controller commits the records (see [`crate::metadata_log`]) and applies
 //! them to the image (see [`MetadataImage::apply_batch`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use strom_protocol::error_code::ErrorCode;
@@ -87,28 +87,122 @@ pub fn cluster_id() -> Vec<MetadataRecord> {
     }]
 }
 
-/// Records where broker `broker_id` is reached; `None` if the image says so
-/// already.
+/// A broker process asking to join (Kafka's BrokerRegistration).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrokerRegistration {
+    pub broker_id: i32,
+    /// New at every process start: a retry of the same registration is
+    /// recognised, a second process with the same node id is not.
+    pub incarnation_id: Uuid,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// The records of a registration: a new registration starts fenced (Kafka
+/// unfences a broker once it has caught up with the metadata). `None` when
+/// this incarnation is registered already (a retried request).
 pub fn register_broker(
     image: &MetadataImage,
-    broker_id: i32,
-    host: &str,
-    port: u16,
-    rack: Option<String>,
+    registration: &BrokerRegistration,
 ) -> Option<Vec<MetadataRecord>> {
-    if let Some(b) = image.brokers.get(&broker_id)
-        && b.host == host
-        && b.port == port
-        && b.rack == rack
+    if let Some(b) = image.brokers.get(&registration.broker_id)
+        && b.incarnation_id == Some(registration.incarnation_id)
     {
         return None;
     }
     Some(vec![MetadataRecord::RegisterBroker {
-        broker_id,
-        host: host.to_owned(),
-        port,
-        rack,
+        broker_id: registration.broker_id,
+        host: registration.host.clone(),
+        port: registration.port,
+        rack: registration.rack.clone(),
+        fenced: true,
+        incarnation_id: Some(registration.incarnation_id),
+        epoch: None,
     }])
+}
+
+/// The first replica in assignment order that is in `isr` and live: Kafka's
+/// clean leader election (`PartitionChangeBuilder`).
+fn elect(replicas: &[i32], isr: &[i32], live: &dyn Fn(i32) -> bool) -> i32 {
+    replicas
+        .iter()
+        .copied()
+        .find(|r| isr.contains(r) && live(*r))
+        .unwrap_or(-1)
+}
+
+/// Fences broker `broker_id` (a missed session, or a controlled shutdown):
+/// the fence record, then for every partition it led a new leader from the
+/// rest of the ISR (leader -1 when none is live, keeping the broker as the
+/// last ISR member, as Kafka does, so it can lead again when it returns),
+/// and it leaves every other ISR. `None` when it is not registered or
+/// already fenced.
+pub fn fence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<MetadataRecord>> {
+    let broker = image.brokers.get(&broker_id).filter(|b| !b.fenced)?;
+    let mut records = vec![MetadataRecord::FenceBroker {
+        broker_id,
+        epoch: broker.epoch,
+    }];
+    let live = |id: i32| id != broker_id && image.is_live(id);
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            if !p.isr.contains(&broker_id) && p.leader != broker_id {
+                continue;
+            }
+            let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
+            let isr = if shrunk.is_empty() { p.isr.clone() } else { shrunk };
+            let (leader, leader_epoch) = if p.leader == broker_id {
+                (elect(&p.replicas, &isr, &live), p.leader_epoch + 1)
+            } else {
+                (p.leader, p.leader_epoch)
+            };
+            if isr == p.isr && leader == p.leader {
+                continue;
+            }
+            records.push(partition_change(topic.id, p, isr, leader, leader_epoch));
+        }
+    }
+    Some(records)
+}
+
+/// Unfences broker `broker_id` and elects it for the partitions that have
+/// no leader and keep it in their ISR. `None` when it is not registered or
+/// not fenced.
+pub fn unfence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<MetadataRecord>> {
+    let broker = image.brokers.get(&broker_id).filter(|b| b.fenced)?;
+    let mut records = vec![MetadataRecord::UnfenceBroker {
+        broker_id,
+        epoch: broker.epoch,
+    }];
+    let live = |id: i32| id == broker_id || image.is_live(id);
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            if p.leader == -1 && p.isr.contains(&broker_id) {
+                let leader = elect(&p.replicas, &p.isr, &live);
+                records.push(partition_change(topic.id, p, p.isr.clone(), leader, p.leader_epoch + 1));
+            }
+        }
+    }
+    Some(records)
+}
+
+fn partition_change(
+    topic_id: Uuid,
+    p: &crate::image::PartitionImage,
+    isr: Vec<i32>,
+    leader: i32,
+    leader_epoch: i32,
+) -> MetadataRecord {
+    MetadataRecord::Partition {
+        topic_id,
+        partition: p.partition,
+        replicas: p.replicas.clone(),
+        isr,
+        leader,
+        leader_epoch,
+        partition_epoch: p.partition_epoch + 1,
+    }
 }
 
 /// Kafka writes one CreateTopics request's topics as one operation, bounded
@@ -138,7 +232,7 @@ pub fn create_topic(
 ) -> Result<(Vec<MetadataRecord>, CreatedTopic), ControllerError> {
     let name = &request.name;
     validate_new_topic_name(image, name)?;
-    let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+    let brokers = placement_order(image);
     let assignments: Vec<Vec<i32>> = if request.assignments.is_empty() {
         let partitions = match request.num_partitions {
             -1 => config.num_partitions,
@@ -325,7 +419,7 @@ pub fn create_partitions(
         }
         None => {
             let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
-            let brokers: Vec<i32> = image.brokers.keys().copied().collect();
+            let brokers = placement_order(image);
             if rf > brokers.len() {
                 return Err(ControllerError::new(
                     ErrorCode::InvalidReplicationFactor,
@@ -485,6 +579,35 @@ fn assign_replicas(brokers: &[i32], partitions: i32, rf: usize) -> Vec<Vec<i32>>
         .collect()
 }
 
+/// The brokers new replicas go to, in placement order: the live
+/// (unfenced) ones, alternating between racks as Kafka's rack-aware
+/// assignment does (`r1 b1, r2 b3, r1 b2, r2 b4`), so consecutive replicas
+/// of a partition land on different racks; and rotated by the number of
+/// partitions already placed, so the leaders of successive topics do not
+/// all land on the first broker.
+fn placement_order(image: &MetadataImage) -> Vec<i32> {
+    let mut by_rack: BTreeMap<Option<&str>, Vec<i32>> = BTreeMap::new();
+    for b in image.live_brokers() {
+        by_rack.entry(b.rack.as_deref()).or_default().push(b.id);
+    }
+    let mut racks: Vec<std::collections::VecDeque<i32>> =
+        by_rack.into_values().map(Into::into).collect();
+    let mut order = Vec::new();
+    while racks.iter().any(|r| !r.is_empty()) {
+        for rack in &mut racks {
+            if let Some(id) = rack.pop_front() {
+                order.push(id);
+            }
+        }
+    }
+    let placed: usize = image.topics().map(|t| t.partitions.len()).sum();
+    if !order.is_empty() {
+        let shift = placed % order.len();
+        order.rotate_left(shift);
+    }
+    order
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -502,6 +625,9 @@ mod tests {
                 host: "localhost".to_owned(),
                 port: 9000 + u16::try_from(id).unwrap(),
                 rack: None,
+                fenced: false,
+                incarnation_id: Some(Uuid::from_u128(id as u128)),
+                epoch: None,
             });
         }
         image.apply_batch(0, &records);
@@ -606,9 +732,19 @@ mod tests {
             )),
             ErrorCode::UnknownTopicOrPartition
         );
-        // Registering a broker as the image has it already is no change.
-        assert!(register_broker(&image, 1, "localhost", 9001, None).is_none());
-        assert!(register_broker(&image, 1, "elsewhere", 9001, None).is_some());
+        // A retried registration of the same process is no change; a new
+        // process registers anew, fenced.
+        let mut registration = BrokerRegistration {
+            broker_id: 1,
+            incarnation_id: Uuid::from_u128(1),
+            host: "localhost".to_owned(),
+            port: 9001,
+            rack: None,
+        };
+        assert!(register_broker(&image, &registration).is_none());
+        registration.incarnation_id = Uuid::from_u128(9);
+        let records = register_broker(&image, &registration).unwrap();
+        assert!(matches!(records[..], [MetadataRecord::RegisterBroker { fenced: true, .. }]));
         let (_, block) = allocate_producer_ids(&image, 1);
         assert_eq!(block.start, image.next_producer_id_block);
     }

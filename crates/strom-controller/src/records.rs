@@ -18,13 +18,31 @@ use crate::image::ConfigResource;
 pub enum MetadataRecord {
     /// The cluster's id, written once when the metadata log is created.
     ClusterId { cluster_id: String },
-    /// A broker and where clients reach it.
+    /// A broker and where clients reach it (BrokerRegistration). A new
+    /// registration starts fenced; its broker epoch is the record's offset.
     RegisterBroker {
         broker_id: i32,
         host: String,
         port: u16,
         rack: Option<String>,
+        /// Whether clients are kept away from it (absent in records from
+        /// before the quorum: unfenced).
+        #[serde(default)]
+        fenced: bool,
+        /// The broker process's id, new at every start.
+        #[serde(default)]
+        incarnation_id: Option<Uuid>,
+        /// The broker epoch, given only when an image is rebuilt from a
+        /// snapshot (otherwise the record's offset is the epoch).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<i64>,
     },
+    /// A broker missed its session or asked to be fenced: clients no longer
+    /// see it (Kafka's FenceBrokerRecord).
+    FenceBroker { broker_id: i32, epoch: i64 },
+    /// A registered broker caught up with the metadata and heartbeats: it
+    /// serves clients (Kafka's UnfenceBrokerRecord).
+    UnfenceBroker { broker_id: i32, epoch: i64 },
     /// A topic exists (its partitions follow as `Partition` records).
     Topic { name: String, topic_id: Uuid },
     /// A partition's replica set and leadership.

@@ -351,6 +351,9 @@ mod tests {
                     host: "localhost".to_owned(),
                     port: 9092,
                     rack: Some("r1".to_owned()),
+                    fenced: false,
+                    incarnation_id: None,
+                    epoch: None,
                 },
                 MetadataRecord::Topic {
                     name: "orders".to_owned(),

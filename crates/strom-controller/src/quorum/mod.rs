@@ -476,8 +476,8 @@ impl Quorum {
     }
 }
 
-/// Reads the image a data directory held before the quorum (its metadata
-/// log and snapshots), for the quorum to start from.
-pub fn legacy_dir_has_quorum_state(dir: &Path) -> bool {
+/// Whether the metadata log in `dir` belongs to the quorum (it has the
+/// quorum's state file); a written log without it is from before the quorum.
+pub fn has_quorum_state(dir: &Path) -> bool {
     dir.join(log_store::QUORUM_STATE_FILE).exists()
 }
