@@ -159,7 +159,7 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
 /// Registers for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that
 /// ends at the first of them.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let interrupt = signal(SignalKind::interrupt());
