@@ -6,6 +6,7 @@
 //! value from the broker's properties (file or flags) is STATIC_BROKER_CONFIG;
 //! otherwise DEFAULT_CONFIG.
 
+pub mod cluster;
 pub mod coordinators;
 pub mod properties;
 
@@ -17,11 +18,17 @@ use strom_controller::MetadataImage;
 use strom_protocol::record_batch::TimestampType;
 use strom_storage::LogConfig;
 
+pub use cluster::{ClusterSettings, ProcessRoles, Voter};
 pub use coordinators::{Assignor, GroupConfig, TxnConfig};
 
-/// Default port of the metrics listener, on the listen host (Redpanda's
-/// admin port, which serves its metrics too).
+/// Default port of the metrics listener for the default listener 9092
+/// (Redpanda's admin port, which serves its metrics too).
 pub const DEFAULT_METRICS_PORT: u16 = 9644;
+
+/// The default metrics port is the listen port plus this (9092 → 9644, as
+/// before), so that several nodes on one host, each on its own listen port,
+/// never clash on their metrics ports: 9192 → 9744, 9292 → 9844.
+pub const METRICS_PORT_OFFSET: u16 = DEFAULT_METRICS_PORT - 9092;
 
 /// A bad property value or an unknown topic config.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -512,6 +519,16 @@ pub struct BrokerConfig {
     /// Where the HTTP metrics endpoint listens (`metrics.listener`, a Strom
     /// property); `None` when set to an empty value (no endpoint).
     pub metrics_listen: Option<SocketAddr>,
+    /// `process.roles`, default `broker,controller` (combined mode).
+    pub process_roles: ProcessRoles,
+    /// The controller listener's bind address (the `listeners` entry named by
+    /// `controller.listener.names`, default name CONTROLLER); `None` when none
+    /// is configured.
+    pub controller_listen: Option<SocketAddr>,
+    /// `controller.quorum.voters`. Empty = standalone: this node is the only
+    /// voter and the quorum needs no network (the zero-config single node;
+    /// valid only when `process.roles` includes controller).
+    pub voters: Vec<Voter>,
     /// Every property given in the file or on the command line.
     pub properties: BTreeMap<String, String>,
     /// The typed settings, parsed once from `properties`.
@@ -545,12 +562,75 @@ impl BrokerConfig {
     pub fn from_properties(properties: BTreeMap<String, String>) -> Result<Self, ConfigError> {
         properties::refuse_unsupported_security(&properties)?;
         let node_id = parse_prop(&properties, "node.id", 1)?;
-        let listen_text = properties
-            .get("listeners")
-            .map_or(DEFAULT_LISTEN.to_owned(), |l| strip_listener(l));
+        let process_roles = match properties.get("process.roles") {
+            Some(roles) => ProcessRoles::parse(roles)?,
+            None => ProcessRoles::default(),
+        };
+        let voters = match properties.get("controller.quorum.voters") {
+            Some(v) => cluster::parse_voters(v)?,
+            None => Vec::new(),
+        };
+        let controller_names = cluster::controller_listener_names(&properties);
+        let listeners = match properties.get("listeners") {
+            Some(l) => cluster::parse_listeners("listeners", l)?,
+            None => Vec::new(),
+        };
+        let controller_listener = listeners
+            .iter()
+            .find(|l| controller_names.contains(&l.name));
+        let client_listener = listeners
+            .iter()
+            .find(|l| !controller_names.contains(&l.name));
+        let controller_listen = controller_listener
+            .map(|l| resolve_listen(&l.address))
+            .transpose()?;
+        cluster::validate(
+            node_id,
+            process_roles,
+            &voters,
+            controller_listener
+                .zip(controller_listen)
+                .map(|(l, addr)| (l.name.as_str(), addr)),
+            client_listener.is_some(),
+            &properties,
+        )?;
+        if process_roles.broker && client_listener.is_none() && !listeners.is_empty() {
+            return Err(ConfigError(format!(
+                "listeners: a node with the broker role needs a listener for clients besides the controller listener ({}), e.g. PLAINTEXT://127.0.0.1:9092",
+                controller_names.join(",")
+            )));
+        }
+        // The address `listen` names: the client listener; for a
+        // controller-only node, which has none, the controller listener.
+        let listen_text = match (client_listener, controller_listener) {
+            (Some(client), _) => client.address.clone(),
+            (None, Some(controller)) if !process_roles.broker => controller.address.clone(),
+            _ => DEFAULT_LISTEN.to_owned(),
+        };
         let listen = resolve_listen(&listen_text)?;
+        if let (Some(controller), Some(_)) = (controller_listen, client_listener)
+            && controller.port() != 0
+            && controller.port() == listen.port()
+        {
+            return Err(ConfigError(format!(
+                "listeners: Each listener must have a different port, listeners: {}",
+                properties.get("listeners").map_or("", String::as_str)
+            )));
+        }
+        let client_name = client_listener.map_or("PLAINTEXT", |l| l.name.as_str());
         let (advertise_host, advertise_port) = match properties.get("advertised.listeners") {
-            Some(a) => split_host_port(&strip_listener(a))?,
+            Some(a) => {
+                let advertised = cluster::parse_listeners("advertised.listeners", a)?;
+                let entry = advertised
+                    .iter()
+                    .find(|l| l.name == client_name)
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "advertised.listeners={a} has no entry for the client listener {client_name}"
+                        ))
+                    })?;
+                split_host_port(&entry.address)?
+            }
             // A host name given to listen on is what clients are told.
             None => match split_host_port(&listen_text) {
                 Ok((host, _)) if !host.is_empty() && host.parse::<std::net::IpAddr>().is_err() => {
@@ -576,6 +656,9 @@ impl BrokerConfig {
             advertise_port,
             data_dir,
             rack: properties.get("broker.rack").cloned(),
+            process_roles,
+            controller_listen,
+            voters,
             properties,
             settings,
         };
@@ -902,6 +985,8 @@ pub struct Settings {
     pub group: GroupConfig,
     /// The transaction coordinator's settings.
     pub txn: TxnConfig,
+    /// The controller quorum's and the broker lifecycle's timers.
+    pub cluster: ClusterSettings,
 }
 
 impl Settings {
@@ -925,6 +1010,7 @@ impl Settings {
             cleaner: p.cleaner_config()?,
             group: GroupConfig::from_properties(properties)?,
             txn: TxnConfig::from_properties(properties)?,
+            cluster: ClusterSettings::parse(properties)?,
         })
     }
 }
@@ -1103,9 +1189,11 @@ pub(crate) fn parse_prop<T: std::str::FromStr>(
 }
 
 /// `metrics.listener`: `HOST:PORT`, or empty for none. The default is the
-/// Kafka listener's address with port 9644; a Kafka listener on port 0 (tests,
-/// scripts running several brokers) gets port 0 too, so that brokers started
-/// side by side never fight over one metrics port.
+/// listen host with the listen port + [`METRICS_PORT_OFFSET`] (9092 → 9644),
+/// so that nodes side by side on one host, each with its own listen port, get
+/// their own metrics ports too; a listener on port 0 (tests, scripts running
+/// several brokers) gets port 0. A listen port whose sum is past 65535 has
+/// no default: the error asks for `metrics.listener`.
 fn metrics_listen(
     properties: &BTreeMap<String, String>,
     listen: SocketAddr,
@@ -1124,7 +1212,12 @@ fn metrics_listen(
             let port = if listen.port() == 0 {
                 0
             } else {
-                DEFAULT_METRICS_PORT
+                listen.port().checked_add(METRICS_PORT_OFFSET).ok_or_else(|| {
+                    ConfigError(format!(
+                        "metrics.listener: the default metrics port is the listen port + {METRICS_PORT_OFFSET}, and {} + {METRICS_PORT_OFFSET} is past 65535; set metrics.listener (--metrics HOST:PORT), or set it empty for no metrics endpoint",
+                        listen.port()
+                    ))
+                })?
             };
             Ok(Some(SocketAddr::new(listen.ip(), port)))
         }
@@ -1154,15 +1247,6 @@ fn resolve_listen(text: &str) -> Result<SocketAddr, ConfigError> {
         .or_else(|| addrs.first())
         .copied()
         .ok_or_else(|| ConfigError(format!("listeners: host {host:?} has no address")))
-}
-
-/// `PLAINTEXT://host:port` (the first listener) to `host:port`.
-fn strip_listener(listeners: &str) -> String {
-    let first = listeners.split(',').next().unwrap_or("").trim();
-    first
-        .split_once("://")
-        .map_or(first, |(_, rest)| rest)
-        .to_owned()
 }
 
 /// Splits `host:port` (also `[v6]:port`).

@@ -15,6 +15,7 @@
 //! replica, coordinator      the partitions held here; the coordinators' ports
 //! partition, fetch_session  one partition; incremental fetch sessions
 //! config, memory, listener  typed settings; memory budgets; socket binding
+//! meta_properties           a data directory's identity (node, cluster)
 //! ```
 //!
 //! - [`start`]: [`start()`] opens the data directory, the metadata log, the
@@ -55,6 +56,8 @@
 //! - [`memory`]: broker-wide memory budgets: request bytes in flight
 //!   (`queued.max.request.bytes`) and decompression of produced batches.
 //! - [`listener`]: binding the listening sockets.
+//! - [`meta_properties`]: `meta.properties` at the root of the data
+//!   directory (Kafka's format): which node and cluster its data belongs to.
 
 pub mod api;
 pub mod broker;
@@ -64,6 +67,7 @@ pub mod fetch_session;
 pub mod group;
 pub mod listener;
 pub mod memory;
+pub mod meta_properties;
 pub mod metrics;
 pub mod partition;
 pub mod publisher;

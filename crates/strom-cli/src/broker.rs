@@ -20,8 +20,18 @@ pub(crate) struct BrokerArgs {
     /// the listen address.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: Option<String>,
+    /// Address of the controller listener (a `CONTROLLER://HOST:PORT` entry
+    /// added to `listeners`, with `controller.listener.names=CONTROLLER`
+    /// unless that is set); its port must be this node's port in `--voters`.
+    #[arg(long, value_name = "HOST:PORT")]
+    controller_listen: Option<String>,
+    /// The controller quorum, `ID@HOST:PORT,...` (`controller.quorum.voters`);
+    /// without it the node is a single-node cluster, its own only voter.
+    #[arg(long, value_name = "LIST")]
+    voters: Option<String>,
     /// Address of the HTTP metrics endpoint (`metrics.listener`); defaults to
-    /// the listen host with port 9644 (port 0 when listening on port 0).
+    /// the listen host with the listen port + 552 (9092 → 9644; port 0 when
+    /// listening on port 0).
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<String>,
     /// Data directory (`log.dirs`).
@@ -57,6 +67,33 @@ impl BrokerArgs {
         }
         if let Some(listen) = &self.listen {
             props.insert("listeners".to_owned(), format!("PLAINTEXT://{listen}"));
+        }
+        if let Some(controller) = &self.controller_listen {
+            // The controller listener takes the first controller listener
+            // name; the default name is set explicitly, as Kafka requires it.
+            let name = props
+                .get("controller.listener.names")
+                .and_then(|names| names.split(',').map(str::trim).find(|n| !n.is_empty()))
+                .map_or_else(|| "CONTROLLER".to_owned(), str::to_owned);
+            props
+                .entry("controller.listener.names".to_owned())
+                .or_insert_with(|| name.clone());
+            // Without `listeners`, the client listener is the default one.
+            let listeners = props.get("listeners").map_or_else(
+                || format!("PLAINTEXT://{}", strom_broker::config::DEFAULT_LISTEN),
+                Clone::clone,
+            );
+            let mut entries: Vec<String> = listeners
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty() && !e.starts_with(&format!("{name}://")))
+                .map(str::to_owned)
+                .collect();
+            entries.push(format!("{name}://{controller}"));
+            props.insert("listeners".to_owned(), entries.join(","));
+        }
+        if let Some(voters) = &self.voters {
+            props.insert("controller.quorum.voters".to_owned(), voters.clone());
         }
         if let Some(metrics) = &self.metrics {
             props.insert("metrics.listener".to_owned(), metrics.clone());
@@ -122,7 +159,7 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
 
 /// Registers for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that
 /// ends at the first of them.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let interrupt = signal(SignalKind::interrupt());
@@ -207,6 +244,118 @@ impl<W: std::io::Write> std::io::Write for OneLine<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+    use strom_broker::config::{ProcessRoles, Voter};
+
+    /// `strom broker ARGS` as the command line parses it.
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: BrokerArgs,
+    }
+
+    fn config(args: &[&str]) -> anyhow::Result<BrokerConfig> {
+        let cmd = Cmd::try_parse_from(std::iter::once("broker").chain(args.iter().copied()))?;
+        Ok(BrokerConfig::from_properties(cmd.args.properties()?)?)
+    }
+
+    #[test]
+    fn the_issues_three_node_command_is_a_valid_config() {
+        let c = config(&[
+            "--node-id",
+            "1",
+            "--listen",
+            "127.0.0.1:9092",
+            "--controller-listen",
+            "127.0.0.1:9093",
+            "--voters",
+            "1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293",
+            "--data-dir",
+            "./n1",
+        ])
+        .unwrap();
+        assert_eq!(c.node_id, 1);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(
+            c.controller_listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:9093")
+        );
+        assert_eq!(c.voters.len(), 3);
+        assert_eq!(
+            c.voters[1],
+            Voter {
+                id: 2,
+                host: "127.0.0.1".to_owned(),
+                port: 9193
+            }
+        );
+        assert_eq!(c.process_roles, ProcessRoles::default());
+        assert_eq!(c.data_dir, PathBuf::from("./n1"));
+        assert_eq!(
+            c.properties
+                .get("controller.listener.names")
+                .map(String::as_str),
+            Some("CONTROLLER")
+        );
+        // The controller listener's port must be this node's voter port.
+        let err = config(&[
+            "--node-id",
+            "2",
+            "--listen",
+            "127.0.0.1:9192",
+            "--controller-listen",
+            "127.0.0.1:9093",
+            "--voters",
+            "1@127.0.0.1:9093,2@127.0.0.1:9193,3@127.0.0.1:9293",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("controller.quorum.voters"), "{err}");
+    }
+
+    #[test]
+    fn a_broker_only_node_and_the_zero_config_node() {
+        let c = config(&[
+            "--node-id",
+            "4",
+            "--listen",
+            "127.0.0.1:9392",
+            "--voters",
+            "1@127.0.0.1:9093",
+            "--set",
+            "process.roles=broker",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.process_roles,
+            ProcessRoles {
+                broker: true,
+                controller: false
+            }
+        );
+        assert_eq!(c.controller_listen, None);
+        let c = config(&[]).unwrap();
+        assert_eq!(c.process_roles, ProcessRoles::default());
+        assert!(c.voters.is_empty());
+        assert_eq!(c.controller_listen, None);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        // --controller-listen alone keeps the default client listener, and
+        // takes the controller listener name already set.
+        let c = config(&[
+            "--controller-listen",
+            "127.0.0.1:9093",
+            "--set",
+            "controller.listener.names=QUORUM",
+            "--set",
+            "listener.security.protocol.map=QUORUM:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9092");
+        assert_eq!(
+            c.properties.get("listeners").map(String::as_str),
+            Some("PLAINTEXT://127.0.0.1:9092,QUORUM://127.0.0.1:9093")
+        );
+    }
 
     #[test]
     fn a_log_event_is_one_line_whatever_its_fields_hold() {

@@ -5,7 +5,9 @@
 //! # Layout
 //!
 //! - `lib.rs`: argument parsing and the subcommands ([`main`]).
-//! - [`broker`]: `strom broker`, a single-node Kafka-compatible broker.
+//! - [`broker`]: `strom broker`, a Kafka-compatible broker (and controller).
+//! - [`cluster`]: `strom cluster describe`, and `strom cluster local`, a
+//!   local cluster of child processes (strom-testkit).
 //! - [`topic`], [`group`], [`produce`], [`consume`], [`cluster`],
 //!   [`config_cmd`], [`perf`], [`logdump`]: the client
 //!   tools, on strom-client; [`tool`] is what they share (bootstrap,
@@ -80,7 +82,7 @@ enum Command {
     Log(LogArgs),
     /// Describe and alter topic and broker configs.
     Config(Nested<config_cmd::ConfigCommand>),
-    /// The cluster: its id, controller and brokers.
+    /// The cluster: its id, controller and brokers; or a local cluster.
     Cluster(Nested<cluster::ClusterCommand>),
 }
 
@@ -119,6 +121,22 @@ pub fn main() -> std::process::ExitCode {
         }
         Command::Group(c) => {
             client(leading, c.client).and_then(|common| group::run(c.command, &common))
+        }
+        // A local cluster is started here, not reached: no client options.
+        Command::Cluster(Nested {
+            command: cluster::ClusterCommand::Local(args),
+            client: extra,
+        }) => {
+            let mut given = leading.given();
+            given.extend(extra.given());
+            if given.is_empty() {
+                cluster::run_local(args)
+            } else {
+                Err(anyhow::anyhow!(
+                    "strom cluster local takes no client options ({})",
+                    given.join(", ")
+                ))
+            }
         }
         Command::Cluster(c) => {
             client(leading, c.client).and_then(|common| cluster::run(c.command, &common))

@@ -55,6 +55,23 @@ pub(crate) struct LeadingClientArgs {
     properties: Vec<String>,
 }
 
+impl ClientArgs {
+    /// The options given, by flag (for commands that take none).
+    pub(crate) fn given(&self) -> Vec<&'static str> {
+        let mut given = Vec::new();
+        if self.bootstrap.is_some() {
+            given.push("--bootstrap");
+        }
+        if self.output.is_some() {
+            given.push("--output");
+        }
+        if !self.properties.is_empty() {
+            given.push("-X");
+        }
+        given
+    }
+}
+
 impl LeadingClientArgs {
     /// `--output`, if given before the subcommand.
     pub(crate) fn output(&self) -> Option<Output> {

@@ -19,8 +19,16 @@ use super::{ConfigError, TOPIC_CONFIGS};
 pub const STROM_PROPERTIES: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
+    "broker.heartbeat.interval.ms",
     "broker.rack",
+    "broker.session.timeout.ms",
     "connections.max.idle.ms",
+    "controlled.shutdown.enable",
+    "controller.listener.names",
+    "controller.quorum.election.timeout.ms",
+    "controller.quorum.fetch.timeout.ms",
+    "controller.quorum.request.timeout.ms",
+    "controller.quorum.voters",
     "default.replication.factor",
     "fetch.max.bytes",
     "group.consumer.assignors",
@@ -43,6 +51,7 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "max.connections",
     "max.incremental.fetch.session.cache.slots",
     "max.request.partition.size.limit",
+    "metadata.max.idle.interval.ms",
     "metrics.listener",
     "node.id",
     "num.partitions",
@@ -52,6 +61,7 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "offsets.retention.minutes",
     "offsets.topic.num.partitions",
     "offsets.topic.replication.factor",
+    "process.roles",
     "producer.id.expiration.ms",
     "queued.max.request.bytes",
     "socket.listen.backlog.size",
@@ -65,17 +75,14 @@ pub const STROM_PROPERTIES: &[&str] = &[
 
 /// Kafka broker properties that a copied `server.properties` commonly holds
 /// and that have no effect in Strom (threads it does not have, the
-/// controller quorum and replication still to come, ZooKeeper). They are
+/// replication still to come, ZooKeeper). They are
 /// accepted, and listed once at start so that nobody relies on them.
 pub const KAFKA_PROPERTIES_WITHOUT_EFFECT: &[&str] = &[
     "auto.leader.rebalance.enable",
     "background.threads",
     "broker.id",
     "compression.type",
-    "controlled.shutdown.enable",
-    "controller.listener.names",
     "controller.quorum.bootstrap.servers",
-    "controller.quorum.voters",
     "delete.topic.enable",
     "group.coordinator.rebalance.protocols",
     "inter.broker.listener.name",
@@ -93,7 +100,6 @@ pub const KAFKA_PROPERTIES_WITHOUT_EFFECT: &[&str] = &[
     "offsets.commit.timeout.ms",
     "offsets.load.buffer.size",
     "offsets.topic.segment.bytes",
-    "process.roles",
     "queued.max.requests",
     "replica.fetch.max.bytes",
     "replica.lag.time.max.ms",
@@ -190,10 +196,18 @@ pub fn refuse_unsupported_security(props: &BTreeMap<String, String>) -> Result<(
     Ok(())
 }
 
-/// `listener.security.protocol.map`: `NAME:PROTOCOL,...`.
+/// `listener.security.protocol.map`: `NAME:PROTOCOL,...`. When it is not
+/// set, the controller listeners (`controller.listener.names`, default
+/// CONTROLLER) are PLAINTEXT, as Kafka maps them in KRaft mode, so that
+/// `listeners=PLAINTEXT://...,CONTROLLER://...` needs no map.
 fn protocol_map(props: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, ConfigError> {
     let mut map = BTreeMap::new();
     let Some(value) = props.get("listener.security.protocol.map") else {
+        for name in super::cluster::controller_listener_names(props) {
+            if !SECURITY_PROTOCOLS.contains(&name.as_str()) {
+                map.insert(name, "PLAINTEXT".to_owned());
+            }
+        }
         return Ok(map);
     };
     for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
