@@ -41,6 +41,16 @@ pub struct ProducerIdManager {
     ids: Mutex<ProducerIds>,
 }
 
+/// Runs `future` to completion from blocking code (a `spawn_blocking`
+/// task, or a thread outside the runtime), as the controller's operations
+/// are asynchronous.
+pub(crate) fn wait_for<F: std::future::Future>(future: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(future)),
+        Err(_) => futures::executor::block_on(future),
+    }
+}
+
 impl ProducerIdManager {
     pub fn new(node_id: i32, controller: Arc<Controller>) -> Self {
         Self {
@@ -57,7 +67,7 @@ impl ProducerIdManager {
         match ids.block {
             Some(block) if ids.next < block.start + block.len => {}
             _ => {
-                let block = self.controller.allocate_producer_ids(self.node_id)?;
+                let block = wait_for(self.controller.allocate_producer_ids(self.node_id))?;
                 ids.block = Some(block);
                 ids.next = block.start;
             }
@@ -109,6 +119,18 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// The controller id clients are told (Metadata, DescribeCluster): in
+    /// KRaft, a live broker, since clients send admin requests there and
+    /// any broker forwards them to the active controller. The active
+    /// controller when it is a live broker (so every node answers the same),
+    /// otherwise the lowest live broker; -1 when no broker is live.
+    pub fn controller_id_for_clients(&self, image: &MetadataImage) -> i32 {
+        match self.controller.active_controller() {
+            Some(id) if image.is_live(id) => id,
+            _ => image.live_brokers().map(|b| b.id).next().unwrap_or(-1),
+        }
+    }
+
     /// What the metrics listener reads.
     pub fn scrape(&self) -> crate::metrics::Scrape {
         crate::metrics::Scrape {

@@ -65,6 +65,7 @@ pub mod config;
 pub mod coordinator;
 pub mod fetch_session;
 pub mod group;
+pub mod lifecycle;
 pub mod listener;
 pub mod memory;
 pub mod meta_properties;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use strom_controller::controller::ControllerConfig;
+use strom_controller::quorum::QuorumConfig;
 use strom_controller::{Controller, ControllerError, METADATA_TOPIC, metadata_log_config};
 use strom_storage::{
     Clock, FileCache, LoadOptions, LogManager, LogManagerConfig, PartitionLog, SystemClock,
@@ -65,6 +66,15 @@ pub enum StartError {
     Controller(#[from] ControllerError),
     #[error("data directory {0} is in use by another broker")]
     Locked(PathBuf),
+    #[error("{0}")]
+    MetaProperties(#[from] crate::meta_properties::MetaPropertiesError),
+    #[error("cannot listen for the controller quorum on {addr}: {source}")]
+    ControllerListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -100,13 +110,12 @@ impl RunningBroker {
         }
         broker.tasks.close();
         broker.tasks.wait().await;
+        broker.controller.snapshot_on_shutdown().await;
+        broker.controller.shutdown().await;
         let logs = Arc::clone(&broker.logs);
         let metadata_log = Arc::clone(&broker.metadata_log);
-        let controller = Arc::clone(&broker.controller);
         tokio::task::spawn_blocking(move || {
             let result = logs.shutdown();
-            // The next start loads this image and replays nothing.
-            controller.snapshot_on_shutdown();
             if let Err(e) = metadata_log.close() {
                 tracing::error!(error = %e, "closing the metadata log failed");
             }
@@ -158,17 +167,54 @@ pub async fn start_with_clock(
     } else {
         config.advertise_host.clone()
     };
+    let controller_listener = match config.controller_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::ControllerListen { addr, source })?,
+        ),
+        None => None,
+    };
+    if !config.process_roles.broker {
+        return Err(StartError::Unsupported(
+            "process.roles=controller (a controller-only node) is not supported yet; use broker,controller".to_owned(),
+        ));
+    }
+    if !config.process_roles.controller {
+        return Err(StartError::Unsupported(
+            "process.roles=broker (a broker-only node) is not supported yet; use broker,controller".to_owned(),
+        ));
+    }
+    let data_dir = config.data_dir.clone();
+    let node_id = config.node_id;
+    let (meta_lock, meta_properties) =
+        run_blocking(move || lock_data_dir(&data_dir, node_id)).await??;
+    let controller = start_controller(&config, Arc::clone(&clock), controller_listener).await?;
+    // The quorum decides the cluster id once; a node only knows it once it
+    // has caught up with the quorum's log, so a node of a cluster that has
+    // no quorum yet waits here (and says so).
+    let image = await_cluster_id(&controller).await;
+    let meta_dir = config.data_dir.join(META_DIR);
+    let data_dir = config.data_dir.clone();
+    let cluster_id = image.cluster_id.clone();
+    let properties = meta_properties.clone();
+    run_blocking(move || check_cluster(&data_dir, node_id, properties, &cluster_id)).await??;
+    let _ = meta_dir;
     let config_for_open = config.clone();
     let clock_for_open = Arc::clone(&clock);
     let host = advertised_host.clone();
-    let broker = tokio::task::spawn_blocking(move || {
-        open(config_for_open, clock_for_open, host, advertised_port)
+    let controller_for_open = Arc::clone(&controller);
+    let broker = run_blocking(move || {
+        open(
+            config_for_open,
+            clock_for_open,
+            host,
+            advertised_port,
+            controller_for_open,
+            meta_lock,
+        )
     })
-    .await
-    .map_err(|e| StartError::Io {
-        path: PathBuf::new(),
-        source: std::io::Error::other(e.to_string()),
-    })??;
+    .await??;
     let broker = Arc::new(broker);
     let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
     let metrics_serve = metrics_server.map(|m| m.spawn(broker.scrape(), broker.shutdown.clone()));
@@ -199,6 +245,17 @@ pub async fn start_with_clock(
         targets,
         broker.shutdown.clone(),
     ));
+    let registration = strom_controller::propose::BrokerRegistration {
+        broker_id: broker.node_id,
+        incarnation_id: uuid::Uuid::new_v4(),
+        host: broker.advertised_host.clone(),
+        port: broker.advertised_port,
+        rack: broker.config.rack.clone(),
+    };
+    broker
+        .tasks
+        .spawn(crate::lifecycle::run(Arc::clone(&broker), registration));
+    crate::lifecycle::await_unfenced(&broker).await;
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -223,61 +280,10 @@ fn open(
     clock: Arc<dyn Clock>,
     advertised_host: String,
     advertised_port: u16,
+    controller: Arc<Controller>,
+    meta_lock: File,
 ) -> Result<Broker, StartError> {
     let data_dir = config.data_dir.clone();
-    let meta_dir = data_dir.join(META_DIR);
-    fs::create_dir_all(&meta_dir).map_err(|source| StartError::Io {
-        path: meta_dir.clone(),
-        source,
-    })?;
-    let meta_lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(meta_dir.join(".lock"))
-        .map_err(|source| StartError::Io {
-            path: meta_dir.clone(),
-            source,
-        })?;
-    match meta_lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Err(StartError::Locked(data_dir)),
-        Err(TryLockError::Error(source)) => {
-            return Err(StartError::Io {
-                path: meta_dir,
-                source,
-            });
-        }
-    }
-
-    // The metadata log is small and is always recovered in full: it decides
-    // what every other log is. The controller then loads its newest image
-    // snapshot and replays the records after it.
-    let metadata_log = Arc::new(PartitionLog::open(
-        meta_dir.join(TopicPartition::new(METADATA_TOPIC, 0).dir_name()),
-        metadata_log_config(),
-        Arc::new(FileCache::new(META_OPEN_FILES)),
-        Arc::clone(&clock),
-        LoadOptions::default(),
-    )?);
-    let controller_config = ControllerConfig {
-        num_partitions: config.settings.num_partitions,
-        default_replication_factor: config.settings.default_replication_factor,
-        ..ControllerConfig::default()
-    };
-    let controller = Arc::new(Controller::open(
-        config.node_id,
-        controller_config,
-        Arc::clone(&metadata_log),
-        Arc::clone(&clock),
-    )?);
-    controller.register_broker(
-        config.node_id,
-        &advertised_host,
-        advertised_port,
-        config.rack.clone(),
-    )?;
-
     let image = controller.image();
     let log_manager_config = LogManagerConfig {
         recovery_threads: config.settings.recovery_threads,
@@ -319,6 +325,10 @@ fn open(
     groups.sync(&replicas.topic_partitions(OFFSETS_TOPIC));
     txn.sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
     let queued_max_request_bytes = config.settings.queued_max_request_bytes;
+    let metadata_log = controller
+        .quorum()
+        .map(|q| Arc::clone(q.metadata_log()))
+        .ok_or_else(|| StartError::Unsupported("a controller without a quorum".to_owned()))?;
     Ok(Broker {
         node_id: config.node_id,
         request_budget: RequestBudget::new(queued_max_request_bytes),
@@ -341,6 +351,165 @@ fn open(
         config,
         _meta_lock: meta_lock,
     })
+}
+
+/// Runs blocking start-up work off the runtime's threads.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StartError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
+/// Creates the data directory, takes its lock (one broker per directory),
+/// and checks `meta.properties` names this node.
+fn lock_data_dir(
+    data_dir: &std::path::Path,
+    node_id: i32,
+) -> Result<(File, Option<crate::meta_properties::MetaProperties>), StartError> {
+    let meta_dir = data_dir.join(META_DIR);
+    fs::create_dir_all(&meta_dir).map_err(|source| StartError::Io {
+        path: meta_dir.clone(),
+        source,
+    })?;
+    let meta_lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(meta_dir.join(".lock"))
+        .map_err(|source| StartError::Io {
+            path: meta_dir.clone(),
+            source,
+        })?;
+    match meta_lock.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Err(StartError::Locked(data_dir.to_path_buf())),
+        Err(TryLockError::Error(source)) => {
+            return Err(StartError::Io {
+                path: meta_dir,
+                source,
+            });
+        }
+    }
+    let found = crate::meta_properties::read(data_dir)?;
+    if let Some(found) = &found {
+        crate::meta_properties::check_node(found, node_id).map_err(|e| e.in_dir(data_dir))?;
+    }
+    Ok((meta_lock, found))
+}
+
+/// Checks the data directory belongs to the cluster the quorum names, and
+/// records it in `meta.properties` the first time.
+fn check_cluster(
+    data_dir: &std::path::Path,
+    node_id: i32,
+    found: Option<crate::meta_properties::MetaProperties>,
+    cluster_id: &str,
+) -> Result<(), StartError> {
+    match found {
+        Some(found) if found.cluster_id.is_some() => {
+            crate::meta_properties::check_cluster(&found, cluster_id)
+                .map_err(|e| e.in_dir(data_dir))?;
+        }
+        found => {
+            let mut properties = found.unwrap_or_else(|| {
+                crate::meta_properties::MetaProperties::new(node_id, None)
+            });
+            properties.cluster_id = Some(cluster_id.to_owned());
+            crate::meta_properties::write(data_dir, &properties)?;
+        }
+    }
+    Ok(())
+}
+
+/// The metadata log directory.
+fn metadata_log_dir(config: &BrokerConfig) -> PathBuf {
+    config
+        .data_dir
+        .join(META_DIR)
+        .join(TopicPartition::new(METADATA_TOPIC, 0).dir_name())
+}
+
+/// Opens the metadata log (always recovered in full: it decides what every
+/// other log is).
+fn open_metadata_log(
+    dir: &std::path::Path,
+    clock: &Arc<dyn Clock>,
+) -> Result<Arc<PartitionLog>, strom_storage::StorageError> {
+    Ok(Arc::new(PartitionLog::open(
+        dir.to_path_buf(),
+        metadata_log_config(),
+        Arc::new(FileCache::new(META_OPEN_FILES)),
+        Arc::clone(clock),
+        LoadOptions::default(),
+    )?))
+}
+
+/// Starts the controller on the quorum of `controller.quorum.voters` (or
+/// alone, standalone).
+async fn start_controller(
+    config: &BrokerConfig,
+    clock: Arc<dyn Clock>,
+    listener: Option<tokio::net::TcpListener>,
+) -> Result<Arc<Controller>, StartError> {
+    let cluster = &config.settings.cluster;
+    let controller_config = ControllerConfig {
+        num_partitions: config.settings.num_partitions,
+        default_replication_factor: config.settings.default_replication_factor,
+        broker_session_timeout_ms: cluster.broker_session_timeout_ms,
+        ..ControllerConfig::default()
+    };
+    let quorum_config = QuorumConfig {
+        node_id: config.node_id,
+        voters: config
+            .voters
+            .iter()
+            .map(|v| (v.id, format!("{}:{}", v.host, v.port)))
+            .collect(),
+        election_timeout_ms: cluster.controller_quorum_election_timeout_ms,
+        request_timeout_ms: cluster.controller_quorum_request_timeout_ms,
+    };
+    let dir = metadata_log_dir(config);
+    let open_clock = Arc::clone(&clock);
+    let open_log = move |dir: &std::path::Path| open_metadata_log(dir, &open_clock);
+    Ok(Controller::start(
+        config.node_id,
+        controller_config,
+        quorum_config,
+        &dir,
+        &open_log,
+        clock,
+        listener,
+    )
+    .await?)
+}
+
+/// How often a node waiting for the quorum says so.
+const WAITING_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until the image has a cluster id: the quorum exists and this node
+/// has caught up with it.
+async fn await_cluster_id(controller: &Controller) -> Arc<strom_controller::MetadataImage> {
+    let mut images = controller.subscribe();
+    loop {
+        let waited = tokio::time::timeout(
+            WAITING_LOG_INTERVAL,
+            images.wait_for(|i| !i.cluster_id.is_empty()),
+        )
+        .await;
+        match waited {
+            Ok(Ok(image)) => return Arc::clone(&image),
+            Ok(Err(_)) => return controller.image(),
+            Err(_) => tracing::info!(
+                voters = ?controller.quorum().map(|q| q.voter_ids()),
+                "waiting for the controller quorum (a majority of the voters must be up)"
+            ),
+        }
+    }
 }
 
 /// Warns about every property the broker does not know, as Kafka does

@@ -104,14 +104,10 @@ pub async fn create_topics(
     }
     let names: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
     let validate_only = request.validate_only;
-    let broker_for_task = Arc::clone(broker);
-    let created = super::blocking(move || {
-        broker_for_task
-            .controller
-            .create_topics(requests, validate_only)
-    })
-    .await
-    .unwrap_or_default();
+    let created = broker
+        .controller
+        .create_topics(requests, validate_only)
+        .await;
     // The partitions exist once the publisher has applied the change (one
     // that fails is logged and retried by it).
     broker.await_metadata().await;
@@ -232,11 +228,7 @@ pub async fn delete_topics(
             .collect()
     };
     let names: Vec<String> = targets.iter().filter_map(|(n, _)| n.clone()).collect();
-    let broker_for_task = Arc::clone(broker);
-    let mut deleted = super::blocking(move || broker_for_task.controller.delete_topics(&names))
-        .await
-        .unwrap_or_default()
-        .into_iter();
+    let mut deleted = broker.controller.delete_topics(&names).await.into_iter();
     broker.await_metadata().await;
     let responses: Vec<DeletableTopicResult> = targets
         .into_iter()
@@ -302,14 +294,10 @@ pub async fn create_partitions(
         })
         .collect();
     let validate_only = request.validate_only;
-    let broker_for_task = Arc::clone(broker);
-    let results = super::blocking(move || {
-        broker_for_task
-            .controller
-            .create_partitions(requests, validate_only)
-    })
-    .await
-    .unwrap_or_default();
+    let results = broker
+        .controller
+        .create_partitions(requests, validate_only)
+        .await;
     broker.await_metadata().await;
     let results = names
         .into_iter()
@@ -348,7 +336,7 @@ pub fn describe_cluster(
     let response = DescribeClusterResponse::default()
         .with_endpoint_type(ENDPOINT_BROKER)
         .with_cluster_id(StrBytes::from_string(image.cluster_id.clone()))
-        .with_controller_id(BrokerId(image.controller_id))
+        .with_controller_id(BrokerId(broker.controller_id_for_clients(&image)))
         .with_cluster_authorized_operations(if request.include_cluster_authorized_operations {
             CLUSTER_OPERATIONS
         } else {
@@ -363,8 +351,7 @@ pub fn describe_cluster(
     }
     response.with_brokers(
         image
-            .brokers
-            .values()
+            .live_brokers()
             .map(|b| {
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.id))

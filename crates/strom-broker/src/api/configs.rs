@@ -458,12 +458,7 @@ async fn commit(
     for name in before.keys().filter(|n| !after.contains_key(*n)) {
         changes.push((resource.clone(), name.clone(), None));
     }
-    let broker_for_task = Arc::clone(broker);
-    let altered = super::blocking(move || {
-        broker_for_task.controller.alter_configs(changes)?;
-        Ok::<_, ControllerError>(())
-    })
-    .await;
+    let altered = Some(broker.controller.alter_configs(changes).await);
     // The partitions take the new configs when the publisher applies them.
     broker.await_metadata().await;
     altered

@@ -122,7 +122,7 @@ pub async fn handle(
         .with_brokers(brokers(&image, version))
         .with_cluster_id((version >= 2).then(|| StrBytes::from_string(image.cluster_id.clone())))
         .with_controller_id(BrokerId(if version >= 1 {
-            image.controller_id
+            broker.controller_id_for_clients(&image)
         } else {
             -1
         }))
@@ -137,9 +137,7 @@ pub async fn handle(
 /// Creates the missing topics with the broker defaults; failures (a race
 /// with another creator, say) just leave the topic out.
 async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataImage> {
-    let broker_for_task = Arc::clone(broker);
-    super::blocking(move || {
-        let broker = broker_for_task;
+    {
         let requests = names
             .into_iter()
             .map(|name| CreateTopicRequest {
@@ -150,24 +148,23 @@ async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataIm
                 configs: BTreeMap::new(),
             })
             .collect();
-        for result in broker.controller.create_topics(requests, false) {
+        for result in broker.controller.create_topics(requests, false).await {
             if let Err(e) = result
                 && e.code != ErrorCode::TopicAlreadyExists
             {
                 tracing::info!(error = %e, "auto topic creation failed");
             }
         }
-    })
-    .await;
+    }
     // The new partitions exist once the publisher has applied the change.
     broker.await_metadata().await;
     broker.image()
 }
 
+/// The brokers clients are offered: registered and not fenced.
 pub fn brokers(image: &MetadataImage, version: i16) -> Vec<MetadataResponseBroker> {
     image
-        .brokers
-        .values()
+        .live_brokers()
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.id))

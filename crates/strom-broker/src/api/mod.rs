@@ -47,9 +47,12 @@ pub(crate) fn ensure_internal_topic(
         broker.await_metadata_blocking();
         return Ok(image);
     }
-    let created = broker
-        .controller
-        .create_topics(vec![request(image.brokers.len())], false);
+    let live = image.live_brokers().count();
+    let created = crate::broker::wait_for(
+        broker
+            .controller
+            .create_topics(vec![request(live)], false),
+    );
     match created.into_iter().next() {
         Some(Ok(_)) => tracing::info!("created {name}"),
         Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}

@@ -158,6 +158,8 @@ pub struct Quorum {
     images: watch::Receiver<Arc<MetadataImage>>,
     network: network::Network,
     log: log_store::LogStore,
+    /// The partition log under the Raft log (closed by its owner at shutdown).
+    metadata_log: Arc<PartitionLog>,
     app: Arc<OnceLock<Arc<dyn AppHandler>>>,
     config: QuorumConfig,
     shutdown: CancellationToken,
@@ -212,6 +214,7 @@ impl Quorum {
             });
         }
         let dir = log.dir().to_path_buf();
+        let metadata_log = Arc::clone(&log);
         let log_store = log_store::LogStore::open(log, &dir)?;
         let fresh = log_store.is_empty();
         let state_machine = StateMachine::open(SnapshotStore::new(&dir), base);
@@ -278,6 +281,7 @@ impl Quorum {
             images,
             network,
             log: log_store,
+            metadata_log,
             app,
             config,
             shutdown,
@@ -287,6 +291,11 @@ impl Quorum {
 
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// The partition log holding the Raft log.
+    pub fn metadata_log(&self) -> &Arc<PartitionLog> {
+        &self.metadata_log
     }
 
     /// Whether this node runs without voters elsewhere.
