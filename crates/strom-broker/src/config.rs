@@ -617,7 +617,11 @@ impl BrokerConfig {
                 properties.get("listeners").map_or("", String::as_str)
             )));
         }
-        let client_name = client_listener.map_or("PLAINTEXT", |l| l.name.as_str());
+        // The listener whose advertised entry clients (or, on a
+        // controller-only node, brokers) are told.
+        let listen_listener =
+            client_listener.or(controller_listener.filter(|_| !process_roles.broker));
+        let client_name = listen_listener.map_or("PLAINTEXT", |l| l.name.as_str());
         let (advertise_host, advertise_port) = match properties.get("advertised.listeners") {
             Some(a) => {
                 let advertised = cluster::parse_listeners("advertised.listeners", a)?;

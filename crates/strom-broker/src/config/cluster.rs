@@ -515,6 +515,21 @@ mod tests {
         assert_eq!(controller.listen, addr("127.0.0.1:9293"));
         assert_eq!(controller.controller_listen, Some(addr("127.0.0.1:9293")));
         assert_eq!(controller.metrics_listen, Some(addr("127.0.0.1:9845")));
+        let advertised = config(&[
+            ("node.id", "3"),
+            ("process.roles", "controller"),
+            ("listeners", "CONTROLLER://:9293"),
+            ("advertised.listeners", "CONTROLLER://ctl3.example:9293"),
+            ("controller.quorum.voters", VOTERS),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                advertised.advertise_host.as_str(),
+                advertised.advertise_port
+            ),
+            ("ctl3.example", 9293)
+        );
     }
 
     #[test]
