@@ -122,11 +122,14 @@ impl Broker {
     /// The controller id clients are told (Metadata, DescribeCluster): in
     /// KRaft, a live broker, since clients send admin requests there and
     /// any broker forwards them to the active controller. The active
-    /// controller when it is a live broker (so every node answers the same),
-    /// otherwise the lowest live broker; -1 when no broker is live.
+    /// controller when it is a live broker (so every node answers the
+    /// same); during an election this broker itself (the old controller may
+    /// be dead but not yet fenced, and clients would wait on it); -1 when
+    /// no broker is live.
     pub fn controller_id_for_clients(&self, image: &MetadataImage) -> i32 {
         match self.controller.active_controller() {
             Some(id) if image.is_live(id) => id,
+            _ if image.is_live(self.node_id) => self.node_id,
             _ => image.live_brokers().map(|b| b.id).next().unwrap_or(-1),
         }
     }

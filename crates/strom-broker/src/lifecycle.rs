@@ -25,7 +25,8 @@ const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Registers and heartbeats until the broker shuts down.
 pub(crate) async fn run(broker: Arc<Broker>, registration: BrokerRegistration) {
-    let interval = Duration::from_millis(broker.config.settings.cluster.broker_heartbeat_interval_ms);
+    let interval =
+        Duration::from_millis(broker.config.settings.cluster.broker_heartbeat_interval_ms);
     let shutdown = broker.shutdown.clone();
     'register: loop {
         let epoch = loop {
@@ -73,15 +74,24 @@ pub(crate) async fn run(broker: Arc<Broker>, registration: BrokerRegistration) {
     }
 }
 
-/// Waits until the metadata shows this broker unfenced (registered, caught
-/// up, and heard from): from then on clients are offered it.
-pub(crate) async fn await_unfenced(broker: &Broker) {
+/// Waits until the metadata shows this process's registration unfenced
+/// (registered, caught up, and heard from; an earlier process's
+/// registration does not count): from then on clients are offered it.
+pub(crate) async fn await_unfenced(broker: &Broker, incarnation_id: uuid::Uuid) {
     let mut images = broker.controller.subscribe();
     let id = broker.node_id;
+    let unfenced = |i: &std::sync::Arc<strom_controller::MetadataImage>| {
+        i.brokers
+            .get(&id)
+            .is_some_and(|b| !b.fenced && b.incarnation_id == Some(incarnation_id))
+    };
     loop {
-        match tokio::time::timeout(WAITING_LOG_INTERVAL, images.wait_for(|i| i.is_live(id))).await {
+        match tokio::time::timeout(WAITING_LOG_INTERVAL, images.wait_for(unfenced)).await {
             Ok(_) => return,
-            Err(_) => tracing::info!(node_id = id, "waiting to be unfenced by the active controller"),
+            Err(_) => tracing::info!(
+                node_id = id,
+                "waiting to be unfenced by the active controller"
+            ),
         }
     }
 }

@@ -182,7 +182,8 @@ pub async fn start_with_clock(
     }
     if !config.process_roles.controller {
         return Err(StartError::Unsupported(
-            "process.roles=broker (a broker-only node) is not supported yet; use broker,controller".to_owned(),
+            "process.roles=broker (a broker-only node) is not supported yet; use broker,controller"
+                .to_owned(),
         ));
     }
     let data_dir = config.data_dir.clone();
@@ -245,9 +246,10 @@ pub async fn start_with_clock(
         targets,
         broker.shutdown.clone(),
     ));
+    let incarnation_id = uuid::Uuid::new_v4();
     let registration = strom_controller::propose::BrokerRegistration {
         broker_id: broker.node_id,
-        incarnation_id: uuid::Uuid::new_v4(),
+        incarnation_id,
         host: broker.advertised_host.clone(),
         port: broker.advertised_port,
         rack: broker.config.rack.clone(),
@@ -255,7 +257,10 @@ pub async fn start_with_clock(
     broker
         .tasks
         .spawn(crate::lifecycle::run(Arc::clone(&broker), registration));
-    crate::lifecycle::await_unfenced(&broker).await;
+    crate::lifecycle::await_unfenced(&broker, incarnation_id).await;
+    // Unfenced means caught up past this process's registration: every
+    // topic from before is in the image; serve once its logs are open.
+    broker.await_metadata().await;
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -416,9 +421,8 @@ fn check_cluster(
                 .map_err(|e| e.in_dir(data_dir))?;
         }
         found => {
-            let mut properties = found.unwrap_or_else(|| {
-                crate::meta_properties::MetaProperties::new(node_id, None)
-            });
+            let mut properties =
+                found.unwrap_or_else(|| crate::meta_properties::MetaProperties::new(node_id, None));
             properties.cluster_id = Some(cluster_id.to_owned());
             crate::meta_properties::write(data_dir, &properties)?;
         }

@@ -283,7 +283,9 @@ enum Reply {
     Registered(Result<i64, ControllerError>),
     Heartbeat(Result<HeartbeatReply, ControllerError>),
     /// This node is not the active controller (the one it knows, if any).
-    NotController { leader: Option<i32> },
+    NotController {
+        leader: Option<i32>,
+    },
     /// The operation failed as a whole (no commit in time, a bad request).
     Failed(ControllerError),
 }
@@ -654,14 +656,22 @@ impl Controller {
             match q.await_leader_caught_up(timeout).await {
                 Ok(()) => {}
                 Err(WriteError::NotLeader { leader }) => return Reply::NotController { leader },
-                Err(e) => return Reply::Failed(ControllerError::new(ErrorCode::RequestTimedOut, e.to_string())),
+                Err(e) => {
+                    return Reply::Failed(ControllerError::new(
+                        ErrorCode::RequestTimedOut,
+                        e.to_string(),
+                    ));
+                }
             }
         }
         match op {
             Op::CreateTopics {
                 requests,
                 validate_only,
-            } => Reply::CreateTopics(self.do_create_topics(&mut writer, requests, validate_only).await),
+            } => Reply::CreateTopics(
+                self.do_create_topics(&mut writer, requests, validate_only)
+                    .await,
+            ),
             Op::DeleteTopics { names } => {
                 let mut results = Vec::with_capacity(names.len());
                 for name in &names {
@@ -680,7 +690,9 @@ impl Controller {
                 validate_only,
             } => {
                 if let Err(e) = propose::create_partitions_bound(&self.image(), &requests) {
-                    return Reply::CreatePartitions(requests.iter().map(|_| Err(e.clone())).collect());
+                    return Reply::CreatePartitions(
+                        requests.iter().map(|_| Err(e.clone())).collect(),
+                    );
                 }
                 let mut results = Vec::with_capacity(requests.len());
                 for request in requests {
@@ -693,13 +705,13 @@ impl Controller {
                 }
                 Reply::CreatePartitions(results)
             }
-            Op::AlterConfigs { changes } => Reply::AlterConfigs(
-                match propose::alter_configs(&self.image(), changes) {
+            Op::AlterConfigs { changes } => {
+                Reply::AlterConfigs(match propose::alter_configs(&self.image(), changes) {
                     Ok(records) if records.is_empty() => Ok(()),
                     Ok(records) => self.commit(&mut writer, records).await.map(|_| ()),
                     Err(e) => Err(e),
-                },
-            ),
+                })
+            }
             Op::AllocateProducerIds { broker_id } => {
                 let (records, block) = propose::allocate_producer_ids(&self.image(), broker_id);
                 Reply::ProducerIds(self.commit(&mut writer, records).await.map(|_| block))
@@ -833,7 +845,9 @@ impl Controller {
     /// cluster id into a new cluster, and fence brokers whose session
     /// expired (`broker.session.timeout.ms` without a heartbeat).
     async fn run_active_duties(self: Arc<Self>) {
-        let Some(quorum) = self.quorum().cloned() else { return };
+        let Some(quorum) = self.quorum().cloned() else {
+            return;
+        };
         let session = Duration::from_millis(self.config.broker_session_timeout_ms);
         let mut was_leader = false;
         loop {
@@ -866,11 +880,7 @@ impl Controller {
                 image
                     .live_brokers()
                     .filter(|b| {
-                        sessions
-                            .entry(b.id)
-                            .or_insert_with(Instant::now)
-                            .elapsed()
-                            > session
+                        sessions.entry(b.id).or_insert_with(Instant::now).elapsed() > session
                     })
                     .map(|b| b.id)
                     .collect()
@@ -881,7 +891,11 @@ impl Controller {
                     break;
                 }
                 if let Some(records) = propose::fence_broker(&self.image(), broker_id) {
-                    tracing::warn!(broker_id, ?session, "fencing a broker that missed its session");
+                    tracing::warn!(
+                        broker_id,
+                        ?session,
+                        "fencing a broker that missed its session"
+                    );
                     if let Err(e) = self.commit(&mut writer, records).await {
                         tracing::warn!(broker_id, error = %e, "fencing failed; retrying");
                     }
@@ -912,7 +926,14 @@ impl Controller {
                         ErrorCode::NotController,
                         format!("this node is no longer the active controller (now {leader:?})"),
                     )),
-                    Err(e) => Err(ControllerError::new(ErrorCode::RequestTimedOut, e.to_string())),
+                    Err(WriteError::Storage(e)) => Err(ControllerError::new(
+                        ErrorCode::KafkaStorageError,
+                        format!("metadata log: {e}"),
+                    )),
+                    Err(e) => Err(ControllerError::new(
+                        ErrorCode::RequestTimedOut,
+                        e.to_string(),
+                    )),
                 }
             }
         }
@@ -1199,17 +1220,19 @@ mod tests {
             let c = open(dir.path()).await;
             cluster_id = c.image().cluster_id.clone();
             assert_eq!(cluster_id.len(), 22);
-            let results = c.create_topics(
-                vec![
-                    topic("orders", 3, 1),
-                    topic("bad name", 1, 1),
-                    topic("replicated", 1, 3),
-                    topic("zero", 0, 1),
-                    topic("defaults", -1, -1),
-                    topic(METADATA_TOPIC, 1, 1),
-                ],
-                false,
-            ).await;
+            let results = c
+                .create_topics(
+                    vec![
+                        topic("orders", 3, 1),
+                        topic("bad name", 1, 1),
+                        topic("replicated", 1, 3),
+                        topic("zero", 0, 1),
+                        topic("defaults", -1, -1),
+                        topic(METADATA_TOPIC, 1, 1),
+                    ],
+                    false,
+                )
+                .await;
             orders_id = results[0].as_ref().unwrap().topic_id;
             assert_eq!(
                 results[1].as_ref().unwrap_err().code,
@@ -1228,7 +1251,9 @@ mod tests {
                 results[5].as_ref().unwrap_err().code,
                 ErrorCode::InvalidTopicException
             );
-            let again = c.create_topics(vec![topic("orders", 1, 1), topic("orders_", 1, 1)], false).await;
+            let again = c
+                .create_topics(vec![topic("orders", 1, 1), topic("orders_", 1, 1)], false)
+                .await;
             assert_eq!(
                 again[0].as_ref().unwrap_err().code,
                 ErrorCode::TopicAlreadyExists
@@ -1250,8 +1275,9 @@ mod tests {
                         assignments: None
                     }],
                     false
-                ).await[0]
-                .is_ok()
+                )
+                .await[0]
+                    .is_ok()
             );
             assert_eq!(
                 c.delete_topics(&["defaults".to_owned()]).await[0]
@@ -1302,15 +1328,19 @@ mod operation_bound_tests {
         let dir = tempfile::tempdir().unwrap();
         let controller = open(dir.path()).await;
         // 10,000 partitions: 10,001 records, one too many.
-        let refused = controller.create_topics(vec![topic("huge", 10_000, 1)], false).await;
+        let refused = controller
+            .create_topics(vec![topic("huge", 10_000, 1)], false)
+            .await;
         let e = refused[0].clone().unwrap_err();
         assert_eq!(e.code, ErrorCode::PolicyViolation);
         assert!(e.message.unwrap().contains("10001"));
         // Over the request: each topic fits, both together do not.
-        let refused = controller.create_topics(
-            vec![topic("half-1", 6_000, 1), topic("half-2", 6_000, 1)],
-            false,
-        ).await;
+        let refused = controller
+            .create_topics(
+                vec![topic("half-1", 6_000, 1), topic("half-2", 6_000, 1)],
+                false,
+            )
+            .await;
         assert!(
             refused
                 .iter()
@@ -1318,16 +1348,20 @@ mod operation_bound_tests {
         );
         assert_eq!(controller.image().topic_count(), 0);
         // Exactly the bound: one batch of 10,000 records, replayed whole.
-        let created = controller.create_topics(vec![topic("big", 9_999, 1)], false).await;
+        let created = controller
+            .create_topics(vec![topic("big", 9_999, 1)], false)
+            .await;
         assert_eq!(created[0].as_ref().unwrap().num_partitions, 9_999);
-        let refused = controller.create_partitions(
-            vec![CreatePartitionsRequest {
-                name: "big".to_owned(),
-                count: 9_999 + 10_001,
-                assignments: None,
-            }],
-            false,
-        ).await;
+        let refused = controller
+            .create_partitions(
+                vec![CreatePartitionsRequest {
+                    name: "big".to_owned(),
+                    count: 9_999 + 10_001,
+                    assignments: None,
+                }],
+                false,
+            )
+            .await;
         assert_eq!(
             refused[0].clone().unwrap_err().code,
             ErrorCode::PolicyViolation
@@ -1339,7 +1373,8 @@ mod operation_bound_tests {
                 ConfigResource::Topic("big".to_owned()),
                 "retention.ms".to_owned(),
                 Some(huge),
-            )]).await
+            )])
+            .await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::PolicyViolation);
         drop(controller);
@@ -1377,26 +1412,33 @@ mod seam_tests {
         join(&controller, None).await;
         // Cluster id, the broker registered, the broker unfenced.
         assert_eq!(log.batch_count(), 3);
-        let results = controller.create_topics(vec![topic("a", 2, 1), topic("b", 1, 1)], false).await;
+        let results = controller
+            .create_topics(vec![topic("a", 2, 1), topic("b", 1, 1)], false)
+            .await;
         assert!(results.iter().all(Result::is_ok));
         // One batch per topic, each checked against the image after the one before.
         assert_eq!(log.batch_count(), 5);
         assert_eq!(
-            controller.create_topics(vec![topic("a", 1, 1)], false).await[0]
+            controller
+                .create_topics(vec![topic("a", 1, 1)], false)
+                .await[0]
                 .clone()
                 .unwrap_err()
                 .code,
             ErrorCode::TopicAlreadyExists
         );
         // A validation-only request and a refused one commit nothing.
-        controller.create_topics(vec![topic("dry", 1, 1)], true).await;
+        controller
+            .create_topics(vec![topic("dry", 1, 1)], true)
+            .await;
         assert_eq!(log.batch_count(), 5);
         controller
             .alter_configs(vec![(
                 ConfigResource::Topic("a".to_owned()),
                 "retention.ms".to_owned(),
                 Some("1".to_owned()),
-            )]).await
+            )])
+            .await
             .unwrap();
         assert_eq!(controller.image().offset, log.log_end_offset());
         let again = open_on(&log);
@@ -1419,8 +1461,12 @@ mod seam_tests {
                 tokio::spawn(async move {
                     for i in 0..10 {
                         // Every task also races for the same name: one wins.
-                        controller.create_topics(vec![topic(&format!("t{t}-{i}"), 1, 1)], false).await;
-                        controller.create_topics(vec![topic(&format!("shared-{i}"), 1, 1)], false).await;
+                        controller
+                            .create_topics(vec![topic(&format!("t{t}-{i}"), 1, 1)], false)
+                            .await;
+                        controller
+                            .create_topics(vec![topic(&format!("shared-{i}"), 1, 1)], false)
+                            .await;
                         controller.allocate_producer_ids(1).await.unwrap();
                     }
                 })
@@ -1504,7 +1550,8 @@ mod snapshot_restart_tests {
                     "log.retention.ms".to_owned(),
                     Some(i.to_string()),
                 ),
-            ]).await
+            ])
+            .await
             .unwrap();
             if i % 3 == 0 {
                 assert!(c.delete_topics(std::slice::from_ref(&name)).await[0].is_ok());
@@ -1518,8 +1565,9 @@ mod snapshot_restart_tests {
                             assignments: None,
                         }],
                         false
-                    ).await[0]
-                    .is_ok()
+                    )
+                    .await[0]
+                        .is_ok()
                 );
                 c.allocate_producer_ids(1).await.unwrap();
             }
@@ -1528,7 +1576,8 @@ mod snapshot_restart_tests {
             ConfigResource::Broker(None),
             "log.retention.ms".to_owned(),
             Some("7".to_owned()),
-        )]).await
+        )])
+        .await
         .unwrap();
         u64::try_from(c.image().offset).unwrap()
     }

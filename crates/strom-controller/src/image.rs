@@ -226,7 +226,11 @@ impl MetadataImage {
                 let fenced = matches!(record, MetadataRecord::FenceBroker { .. });
                 match self.brokers.get_mut(broker_id) {
                     Some(b) if b.epoch == *epoch => b.fenced = fenced,
-                    _ => tracing::warn!(broker_id, epoch, "fencing record for an unknown broker epoch"),
+                    _ => tracing::warn!(
+                        broker_id,
+                        epoch,
+                        "fencing record for an unknown broker epoch"
+                    ),
                 }
             }
             MetadataRecord::Topic { name, topic_id } => {

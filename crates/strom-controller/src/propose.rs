@@ -151,7 +151,11 @@ pub fn fence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<Metadat
                 continue;
             }
             let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
-            let isr = if shrunk.is_empty() { p.isr.clone() } else { shrunk };
+            let isr = if shrunk.is_empty() {
+                p.isr.clone()
+            } else {
+                shrunk
+            };
             let (leader, leader_epoch) = if p.leader == broker_id {
                 (elect(&p.replicas, &isr, &live), p.leader_epoch + 1)
             } else {
@@ -180,7 +184,13 @@ pub fn unfence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<Metad
         for p in &topic.partitions {
             if p.leader == -1 && p.isr.contains(&broker_id) {
                 let leader = elect(&p.replicas, &p.isr, &live);
-                records.push(partition_change(topic.id, p, p.isr.clone(), leader, p.leader_epoch + 1));
+                records.push(partition_change(
+                    topic.id,
+                    p,
+                    p.isr.clone(),
+                    leader,
+                    p.leader_epoch + 1,
+                ));
             }
         }
     }
@@ -744,7 +754,10 @@ mod tests {
         assert!(register_broker(&image, &registration).is_none());
         registration.incarnation_id = Uuid::from_u128(9);
         let records = register_broker(&image, &registration).unwrap();
-        assert!(matches!(records[..], [MetadataRecord::RegisterBroker { fenced: true, .. }]));
+        assert!(matches!(
+            records[..],
+            [MetadataRecord::RegisterBroker { fenced: true, .. }]
+        ));
         let (_, block) = allocate_producer_ids(&image, 1);
         assert_eq!(block.start, image.next_producer_id_block);
     }

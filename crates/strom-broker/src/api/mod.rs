@@ -48,11 +48,8 @@ pub(crate) fn ensure_internal_topic(
         return Ok(image);
     }
     let live = image.live_brokers().count();
-    let created = crate::broker::wait_for(
-        broker
-            .controller
-            .create_topics(vec![request(live)], false),
-    );
+    let created =
+        crate::broker::wait_for(broker.controller.create_topics(vec![request(live)], false));
     match created.into_iter().next() {
         Some(Ok(_)) => tracing::info!("created {name}"),
         Some(Err(e)) if e.code == ErrorCode::TopicAlreadyExists => {}

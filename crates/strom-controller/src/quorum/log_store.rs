@@ -44,7 +44,14 @@ struct QuorumState {
 #[derive(Clone)]
 pub(crate) struct LogStore {
     inner: Arc<Mutex<Inner>>,
+    /// The last append failure, until an append succeeds.
+    storage_error: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// Set at shutdown: a failing append stops retrying.
+    stopping: tokio_util::sync::CancellationToken,
 }
+
+/// How long a failed metadata log append waits before it is tried again.
+const APPEND_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl fmt::Debug for LogStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -113,7 +120,19 @@ impl LogStore {
                 state,
                 state_path,
             })),
+            storage_error: Arc::new(tokio::sync::watch::channel(None).0),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Receives the last append failure (`None` once appends succeed).
+    pub(crate) fn storage_errors(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.storage_error.subscribe()
+    }
+
+    /// Stops retrying failed appends (shutdown).
+    pub(crate) fn stop(&self) {
+        self.stopping.cancel();
     }
 
     /// Whether the log was ever written (a vote, an entry, a purge).
@@ -134,6 +153,20 @@ impl LogStore {
 }
 
 impl Inner {
+    /// Appends encoded entries starting at `first_offset` and fsyncs;
+    /// on failure the log is cut back so a retry starts clean.
+    fn write(&mut self, first_offset: i64, buf: &[u8]) -> io::Result<()> {
+        // openraft truncates a conflicting suffix before it appends, so
+        // this only cuts entries it no longer has (or a failed attempt's
+        // leftovers). A gap forward is fine (after a snapshot was
+        // installed in place of entries).
+        if self.log.log_end_offset() > first_offset {
+            self.log.truncate_to(first_offset).map_err(io_error)?;
+        }
+        self.log.append_as_follower(buf).map_err(io_error)?;
+        self.log.flush().map_err(io_error)
+    }
+
     fn save_state(&self) -> io::Result<()> {
         let bytes = serde_json::to_vec(&self.state).map_err(io_error)?;
         let tmp = self.state_path.with_extension("tmp");
@@ -213,7 +246,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         let mut inner = self.inner.lock();
         inner.state.committed = committed;
-        inner.save_state()
+        // A hint only (it lets a restart apply committed entries before a
+        // leader says so): a failure (a full disk) must not stop the quorum.
+        if let Err(e) = inner.save_state() {
+            tracing::warn!(error = %e, "saving the committed quorum offset failed");
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
@@ -229,36 +267,46 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut inner = self.inner.lock();
         let mut buf = Vec::new();
         let mut appended = Vec::new();
         for entry in entries {
             buf.extend_from_slice(&encode_entry(&entry)?);
             appended.push(entry);
         }
-        let result = (|| {
-            if buf.is_empty() {
-                return Ok(());
-            }
-            // openraft truncates a conflicting suffix before it appends,
-            // so this only cuts entries it no longer has. A gap forward is
-            // fine (after a snapshot was installed in place of entries).
-            let first_offset = i64::try_from(appended[0].log_id.index).map_err(io_error)?;
-            if inner.log.log_end_offset() > first_offset {
-                inner.log.truncate_to(first_offset).map_err(io_error)?;
-            }
-            inner.log.append_as_follower(&buf).map_err(io_error)?;
-            inner.log.flush().map_err(io_error)
-        })();
-        if result.is_ok() {
-            for entry in appended {
-                inner.entries.insert(entry.log_id.index, entry);
+        let Some(first) = appended.first() else {
+            callback.io_completed(Ok(()));
+            return Ok(());
+        };
+        let first_offset = i64::try_from(first.log_id.index).map_err(io_error)?;
+        // openraft stops for good on a storage error; a full disk is
+        // transient, so the write is retried until it is durable, and the
+        // error is reported meanwhile (writes fail fast with it).
+        loop {
+            let result = self.inner.lock().write(first_offset, &buf);
+            match result {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "writing the metadata log failed; retrying");
+                    self.storage_error.send_replace(Some(e.to_string()));
+                    if self.stopping.is_cancelled() {
+                        callback.io_completed(Err(io_error(&e)));
+                        return Err(e);
+                    }
+                    tokio::select! {
+                        _ = self.stopping.cancelled() => {}
+                        _ = tokio::time::sleep(APPEND_RETRY) => {}
+                    }
+                }
             }
         }
+        self.storage_error.send_replace(None);
+        let mut inner = self.inner.lock();
+        for entry in appended {
+            inner.entries.insert(entry.log_id.index, entry);
+        }
         drop(inner);
-        let reply = result.as_ref().map(|_| ()).map_err(io_error);
-        callback.io_completed(reply);
-        result
+        callback.io_completed(Ok(()));
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {

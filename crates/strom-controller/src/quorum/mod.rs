@@ -127,6 +127,10 @@ pub enum WriteError {
     /// The quorum stopped (shutdown or a storage failure).
     #[error("the controller quorum stopped: {0}")]
     Stopped(String),
+    /// The metadata log cannot be written here (a full disk): the entry is
+    /// retried and may still commit once the disk has room.
+    #[error("the metadata log cannot be written: {0}")]
+    Storage(String),
 }
 
 /// A voter's or observer's replication state, as the leader sees it.
@@ -406,14 +410,32 @@ impl Quorum {
         records: Vec<MetadataRecord>,
         timeout: Duration,
     ) -> Result<i64, WriteError> {
-        match tokio::time::timeout(timeout, self.raft.client_write(Command { records })).await {
-            Ok(Ok(response)) => Ok(response.data.offset),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+        let mut storage = self.log.storage_errors();
+        let failed = async move {
+            let found = storage
+                .wait_for(Option::is_some)
+                .await
+                .map(|e| e.clone().unwrap_or_default());
+            match found {
+                Ok(e) => e,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let write = async {
+            tokio::select! {
+                written = self.raft.client_write(Command { records }) => Ok(written),
+                e = failed => Err(e),
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(Err(e)) => Err(WriteError::Storage(e)),
+            Ok(Ok(Ok(response))) => Ok(response.data.offset),
+            Ok(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => {
                 Err(WriteError::NotLeader {
                     leader: f.leader_id.map(kafka_id),
                 })
             }
-            Ok(Err(e)) => Err(WriteError::Stopped(e.to_string())),
+            Ok(Ok(Err(e))) => Err(WriteError::Stopped(e.to_string())),
             Err(_) => Err(WriteError::Timeout(timeout)),
         }
     }
@@ -475,6 +497,7 @@ impl Quorum {
     /// and the controller listener closes.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        self.log.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "the quorum stopped abnormally");
         }
