@@ -458,17 +458,10 @@ async fn commit(
     for name in before.keys().filter(|n| !after.contains_key(*n)) {
         changes.push((resource.clone(), name.clone(), None));
     }
-    let altered = Some(broker.controller.alter_configs(changes).await);
+    let altered = broker.controller.alter_configs(changes).await;
     // The partitions take the new configs when the publisher applies them.
     broker.await_metadata().await;
-    altered
-        .unwrap_or_else(|| {
-            Err(ControllerError::new(
-                ErrorCode::UnknownServerError,
-                "the config change did not complete",
-            ))
-        })
-        .map_err(Failure::from)
+    altered.map_err(Failure::from)
 }
 
 /// Resources named twice in one request: Kafka answers each with INVALID_REQUEST.
