@@ -109,7 +109,8 @@ pub struct Broker {
     pub request_budget: RequestBudget,
     /// Memory for decompressing produced batches (the same size).
     pub decompression_budget: DecompressionBudget,
-    pub(crate) metadata_log: Arc<PartitionLog>,
+    /// `None` on a broker-only node (it follows the voters' log).
+    pub(crate) metadata_log: Option<Arc<PartitionLog>>,
     pub(crate) producer_ids: Arc<ProducerIdManager>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,

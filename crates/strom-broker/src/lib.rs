@@ -79,4 +79,4 @@ pub mod txn;
 
 pub use broker::Broker;
 pub use config::BrokerConfig;
-pub use start::{RunningBroker, start};
+pub use start::{RunningBroker, RunningController, RunningNode, start, start_node};

@@ -6,6 +6,13 @@
 //! it when heartbeats stop for `broker.session.timeout.ms`. A heartbeat the
 //! controller refuses as a stale broker epoch (the registration was
 //! replaced) registers again.
+//!
+//! Controlled shutdown (`controlled.shutdown.enable`, on by default): a
+//! stopping broker stops its regular heartbeats and sends heartbeats that
+//! ask to shut down; the controller fences it and moves the leadership of
+//! its partitions to other in-sync replicas, and answers `should_shutdown`;
+//! then the broker stops. Clients so move to the new leaders at once
+//! instead of after `broker.session.timeout.ms`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +21,33 @@ use strom_controller::controller::BrokerHeartbeat;
 use strom_controller::propose::BrokerRegistration;
 use strom_protocol::error_code::ErrorCode;
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
 use crate::broker::Broker;
+
+/// What the rest of the broker sees of its lifecycle.
+#[derive(Debug, Clone)]
+pub(crate) struct Lifecycle {
+    /// The broker epoch of the current registration, once registered.
+    epoch: watch::Sender<Option<i64>>,
+    /// Cancelled when the broker begins a controlled shutdown: the regular
+    /// heartbeats stop (they would unfence it again).
+    stopping: CancellationToken,
+}
+
+impl Lifecycle {
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: watch::Sender::new(None),
+            stopping: CancellationToken::new(),
+        }
+    }
+}
+
+/// Pause between controlled-shutdown heartbeats that were not answered
+/// `should_shutdown` yet.
+const SHUTDOWN_HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
 
 /// How long to wait before retrying a registration the controller did not
 /// take (no quorum yet, an election, a duplicate registration whose session
@@ -24,10 +57,22 @@ const REGISTRATION_RETRY: Duration = Duration::from_millis(500);
 const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Registers and heartbeats until the broker shuts down.
-pub(crate) async fn run(broker: Arc<Broker>, registration: BrokerRegistration) {
+pub(crate) async fn run(
+    broker: Arc<Broker>,
+    registration: BrokerRegistration,
+    lifecycle: Lifecycle,
+) {
     let interval =
         Duration::from_millis(broker.config.settings.cluster.broker_heartbeat_interval_ms);
-    let shutdown = broker.shutdown.clone();
+    // Ends at shutdown, or earlier at a controlled shutdown's start.
+    let shutdown = broker.shutdown.child_token();
+    let (stopping, ended) = (lifecycle.stopping.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stopping.cancelled() => ended.cancel(),
+            _ = ended.cancelled() => {}
+        }
+    });
     'register: loop {
         let epoch = loop {
             let attempt = tokio::select! {
@@ -46,6 +91,7 @@ pub(crate) async fn run(broker: Arc<Broker>, registration: BrokerRegistration) {
             }
         };
         tracing::info!(broker_epoch = epoch, "registered with the controller");
+        lifecycle.epoch.send_replace(Some(epoch));
         loop {
             let heartbeat = BrokerHeartbeat {
                 broker_id: broker.node_id,
@@ -94,4 +140,37 @@ pub(crate) async fn await_unfenced(broker: &Broker, incarnation_id: uuid::Uuid) 
             ),
         }
     }
+}
+
+/// Controlled shutdown: asks the active controller to fence this broker and
+/// move its leaderships away, until it answers `should_shutdown` or
+/// `timeout` passes. Returns whether the controller agreed.
+pub(crate) async fn controlled_shutdown(
+    broker: &Broker,
+    lifecycle: &Lifecycle,
+    timeout: Duration,
+) -> bool {
+    lifecycle.stopping.cancel();
+    let Some(epoch) = *lifecycle.epoch.borrow() else {
+        return false;
+    };
+    let attempts = async {
+        loop {
+            let heartbeat = BrokerHeartbeat {
+                broker_id: broker.node_id,
+                broker_epoch: epoch,
+                metadata_offset: broker.controller.image().offset,
+                want_fence: false,
+                want_shutdown: true,
+            };
+            match broker.controller.heartbeat(heartbeat).await {
+                Ok(reply) if reply.should_shutdown => return,
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::StaleBrokerEpoch => return,
+                Err(e) => tracing::debug!(error = %e, "controlled shutdown heartbeat failed"),
+            }
+            tokio::time::sleep(SHUTDOWN_HEARTBEAT_RETRY).await;
+        }
+    };
+    tokio::time::timeout(timeout, attempts).await.is_ok()
 }

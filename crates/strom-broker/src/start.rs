@@ -13,6 +13,7 @@ use std::fs::{self, File, TryLockError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use strom_controller::controller::ControllerConfig;
@@ -30,6 +31,7 @@ use crate::config::BrokerConfig;
 use crate::fetch_session::FetchSessionCache;
 use crate::group::GroupCoordinator;
 use crate::group::store::OFFSETS_TOPIC;
+use crate::lifecycle::Lifecycle;
 use crate::memory::{DecompressionBudget, RequestBudget};
 use crate::metrics::{Metrics, MetricsServer};
 use crate::publisher::Publisher;
@@ -75,6 +77,9 @@ pub enum StartError {
     },
     #[error("{0}")]
     Unsupported(String),
+    /// The voters belong to another cluster than this data directory.
+    #[error("{0}")]
+    WrongCluster(String),
     #[error("I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -91,14 +96,32 @@ pub struct RunningBroker {
     pub metrics_addr: Option<SocketAddr>,
     serve: tokio::task::JoinHandle<()>,
     metrics_serve: Option<tokio::task::JoinHandle<()>>,
+    lifecycle: Lifecycle,
 }
 
 impl RunningBroker {
-    /// Clean shutdown: stop accepting, close connections, flush and close
-    /// every log, write the clean-shutdown marker and a metadata image
-    /// snapshot.
+    /// Clean shutdown: in a cluster, first a controlled shutdown (the
+    /// controller moves this broker's leaderships away); then stop
+    /// accepting, close connections, flush and close every log, write the
+    /// clean-shutdown marker and a metadata image snapshot.
     pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
         let broker = self.broker;
+        let cluster = &broker.config.settings.cluster;
+        let has_peers =
+            broker.controller.voter_ids().len() > 1 || broker.controller.quorum().is_none();
+        if cluster.controlled_shutdown_enable && has_peers {
+            let timeout = Duration::from_millis(cluster.broker_session_timeout_ms);
+            if crate::lifecycle::controlled_shutdown(&broker, &self.lifecycle, timeout).await {
+                tracing::info!(
+                    "controlled shutdown: the controller moved this broker's leaderships"
+                );
+            } else {
+                tracing::warn!(
+                    ?timeout,
+                    "controlled shutdown: the controller did not answer; stopping anyway (clients move on after broker.session.timeout.ms)"
+                );
+            }
+        }
         broker.shutdown.cancel();
         if let Err(e) = self.serve.await {
             tracing::error!(error = %e, "accept loop ended abnormally");
@@ -113,10 +136,12 @@ impl RunningBroker {
         broker.controller.snapshot_on_shutdown().await;
         broker.controller.shutdown().await;
         let logs = Arc::clone(&broker.logs);
-        let metadata_log = Arc::clone(&broker.metadata_log);
+        let metadata_log = broker.metadata_log.clone();
         tokio::task::spawn_blocking(move || {
             let result = logs.shutdown();
-            if let Err(e) = metadata_log.close() {
+            if let Some(metadata_log) = metadata_log
+                && let Err(e) = metadata_log.close()
+            {
                 tracing::error!(error = %e, "closing the metadata log failed");
             }
             result
@@ -126,6 +151,86 @@ impl RunningBroker {
             strom_storage::StorageError::InvalidRequest(format!("shutdown task failed: {e}"))
         })?
     }
+}
+
+/// A started node: a broker (alone or with a controller), or a
+/// controller-only node (`process.roles=controller`).
+#[derive(Debug)]
+pub enum RunningNode {
+    Broker(RunningBroker),
+    Controller(RunningController),
+}
+
+impl RunningNode {
+    pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
+        match self {
+            Self::Broker(b) => b.shutdown().await,
+            Self::Controller(c) => c.shutdown().await,
+        }
+    }
+}
+
+/// A started controller-only node: a voter of the quorum that serves no
+/// clients.
+#[derive(Debug)]
+pub struct RunningController {
+    pub controller: Arc<Controller>,
+    pub node_id: i32,
+    /// The controller listener.
+    pub controller_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _meta_lock: File,
+}
+
+impl RunningController {
+    /// Stops the quorum on this node and closes its metadata log.
+    pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
+        self.controller.shutdown().await;
+        if let Some(log) = self
+            .controller
+            .quorum()
+            .map(|q| Arc::clone(q.metadata_log()))
+            && let Ok(Err(e)) = tokio::task::spawn_blocking(move || log.close()).await
+        {
+            tracing::error!(error = %e, "closing the metadata log failed");
+        }
+        Ok(())
+    }
+}
+
+/// Starts what `process.roles` asks for: a broker (with a controller in
+/// combined mode), or a controller alone.
+pub async fn start_node(config: BrokerConfig) -> Result<RunningNode, StartError> {
+    if config.process_roles.broker {
+        return Ok(RunningNode::Broker(start(config).await?));
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let addr = config.controller_listen.ok_or_else(|| {
+        StartError::Unsupported("a controller-only node needs a controller listener".to_owned())
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::ControllerListen { addr, source })?;
+    let controller_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::ControllerListen { addr, source })?;
+    let data_dir = config.data_dir.clone();
+    let node_id = config.node_id;
+    let (meta_lock, meta_properties) =
+        run_blocking(move || lock_data_dir(&data_dir, node_id)).await??;
+    let controller = start_controller(&config, clock, Some(listener)).await?;
+    let image = await_cluster_id(&controller).await?;
+    let data_dir = config.data_dir.clone();
+    let cluster_id = image.cluster_id.clone();
+    run_blocking(move || check_cluster(&data_dir, node_id, meta_properties, &cluster_id)).await??;
+    tracing::info!(node_id, controller = %controller_addr, "controller started");
+    Ok(RunningNode::Controller(RunningController {
+        controller,
+        node_id,
+        controller_addr,
+        data_dir: config.data_dir,
+        _meta_lock: meta_lock,
+    }))
 }
 
 /// Starts a broker: binds the listener, opens the metadata log and the
@@ -177,12 +282,7 @@ pub async fn start_with_clock(
     };
     if !config.process_roles.broker {
         return Err(StartError::Unsupported(
-            "process.roles=controller (a controller-only node) is not supported yet; use broker,controller".to_owned(),
-        ));
-    }
-    if !config.process_roles.controller {
-        return Err(StartError::Unsupported(
-            "process.roles=broker (a broker-only node) is not supported yet; use broker,controller"
+            "process.roles=controller: a controller-only node is started with start_node"
                 .to_owned(),
         ));
     }
@@ -190,17 +290,19 @@ pub async fn start_with_clock(
     let node_id = config.node_id;
     let (meta_lock, meta_properties) =
         run_blocking(move || lock_data_dir(&data_dir, node_id)).await??;
-    let controller = start_controller(&config, Arc::clone(&clock), controller_listener).await?;
+    let controller = if config.process_roles.controller {
+        start_controller(&config, Arc::clone(&clock), controller_listener).await?
+    } else {
+        observe_controllers(&config, meta_properties.as_ref(), Arc::clone(&clock))
+    };
     // The quorum decides the cluster id once; a node only knows it once it
     // has caught up with the quorum's log, so a node of a cluster that has
     // no quorum yet waits here (and says so).
-    let image = await_cluster_id(&controller).await;
-    let meta_dir = config.data_dir.join(META_DIR);
+    let image = await_cluster_id(&controller).await?;
     let data_dir = config.data_dir.clone();
     let cluster_id = image.cluster_id.clone();
     let properties = meta_properties.clone();
     run_blocking(move || check_cluster(&data_dir, node_id, properties, &cluster_id)).await??;
-    let _ = meta_dir;
     let config_for_open = config.clone();
     let clock_for_open = Arc::clone(&clock);
     let host = advertised_host.clone();
@@ -246,6 +348,7 @@ pub async fn start_with_clock(
         targets,
         broker.shutdown.clone(),
     ));
+    let lifecycle = Lifecycle::new();
     let incarnation_id = uuid::Uuid::new_v4();
     let registration = strom_controller::propose::BrokerRegistration {
         broker_id: broker.node_id,
@@ -254,9 +357,11 @@ pub async fn start_with_clock(
         port: broker.advertised_port,
         rack: broker.config.rack.clone(),
     };
-    broker
-        .tasks
-        .spawn(crate::lifecycle::run(Arc::clone(&broker), registration));
+    broker.tasks.spawn(crate::lifecycle::run(
+        Arc::clone(&broker),
+        registration,
+        lifecycle.clone(),
+    ));
     crate::lifecycle::await_unfenced(&broker, incarnation_id).await;
     // Unfenced means caught up past this process's registration: every
     // topic from before is in the image; serve once its logs are open.
@@ -276,6 +381,7 @@ pub async fn start_with_clock(
         metrics_addr,
         serve,
         metrics_serve,
+        lifecycle,
     })
 }
 
@@ -330,10 +436,8 @@ fn open(
     groups.sync(&replicas.topic_partitions(OFFSETS_TOPIC));
     txn.sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
     let queued_max_request_bytes = config.settings.queued_max_request_bytes;
-    let metadata_log = controller
-        .quorum()
-        .map(|q| Arc::clone(q.metadata_log()))
-        .ok_or_else(|| StartError::Unsupported("a controller without a quorum".to_owned()))?;
+    // A broker-only node keeps no metadata log: it follows the voters'.
+    let metadata_log = controller.quorum().map(|q| Arc::clone(q.metadata_log()));
     Ok(Broker {
         node_id: config.node_id,
         request_budget: RequestBudget::new(queued_max_request_bytes),
@@ -453,6 +557,16 @@ fn open_metadata_log(
     )?))
 }
 
+/// The controller's settings from the broker's.
+fn controller_config(config: &BrokerConfig) -> ControllerConfig {
+    ControllerConfig {
+        num_partitions: config.settings.num_partitions,
+        default_replication_factor: config.settings.default_replication_factor,
+        broker_session_timeout_ms: config.settings.cluster.broker_session_timeout_ms,
+        ..ControllerConfig::default()
+    }
+}
+
 /// Starts the controller on the quorum of `controller.quorum.voters` (or
 /// alone, standalone).
 async fn start_controller(
@@ -461,12 +575,7 @@ async fn start_controller(
     listener: Option<tokio::net::TcpListener>,
 ) -> Result<Arc<Controller>, StartError> {
     let cluster = &config.settings.cluster;
-    let controller_config = ControllerConfig {
-        num_partitions: config.settings.num_partitions,
-        default_replication_factor: config.settings.default_replication_factor,
-        broker_session_timeout_ms: cluster.broker_session_timeout_ms,
-        ..ControllerConfig::default()
-    };
+    let controller_config = controller_config(config);
     let quorum_config = QuorumConfig {
         node_id: config.node_id,
         voters: config
@@ -492,24 +601,70 @@ async fn start_controller(
     .await?)
 }
 
+/// The controller of a broker-only node: it follows the voters of
+/// `controller.quorum.voters`.
+fn observe_controllers(
+    config: &BrokerConfig,
+    meta_properties: Option<&crate::meta_properties::MetaProperties>,
+    clock: Arc<dyn Clock>,
+) -> Arc<Controller> {
+    let cluster = &config.settings.cluster;
+    let voters = config
+        .voters
+        .iter()
+        .map(|v| (v.id, format!("{}:{}", v.host, v.port)))
+        .collect();
+    Controller::observe(
+        config.node_id,
+        controller_config(config),
+        &voters,
+        meta_properties.and_then(|p| p.cluster_id.as_deref()),
+        Duration::from_millis(cluster.controller_quorum_request_timeout_ms),
+        clock,
+    )
+}
+
 /// How often a node waiting for the quorum says so.
-const WAITING_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Waits until the image has a cluster id: the quorum exists and this node
-/// has caught up with it.
-async fn await_cluster_id(controller: &Controller) -> Arc<strom_controller::MetadataImage> {
+/// has caught up with it. Fails when the voters belong to another cluster.
+async fn await_cluster_id(
+    controller: &Controller,
+) -> Result<Arc<strom_controller::MetadataImage>, StartError> {
     let mut images = controller.subscribe();
+    let mut wrong_cluster = controller.wrong_cluster();
     loop {
-        let waited = tokio::time::timeout(
-            WAITING_LOG_INTERVAL,
-            images.wait_for(|i| !i.cluster_id.is_empty()),
-        )
-        .await;
+        let refused = async {
+            match wrong_cluster.as_mut() {
+                Some(w) => w
+                    .wait_for(Option::is_some)
+                    .await
+                    .ok()
+                    .and_then(|w| w.clone()),
+                None => std::future::pending().await,
+            }
+        };
+        let waited = tokio::select! {
+            why = refused => match why {
+                Some(why) => return Err(StartError::WrongCluster(format!(
+                    "this node's data directory belongs to another cluster than the voters' ({why}); give it an empty data directory to join"
+                ))),
+                None => {
+                    wrong_cluster = None;
+                    continue;
+                }
+            },
+            waited = tokio::time::timeout(
+                WAITING_LOG_INTERVAL,
+                images.wait_for(|i| !i.cluster_id.is_empty()),
+            ) => waited,
+        };
         match waited {
-            Ok(Ok(image)) => return Arc::clone(&image),
-            Ok(Err(_)) => return controller.image(),
+            Ok(Ok(image)) => return Ok(Arc::clone(&image)),
+            Ok(Err(_)) => return Ok(controller.image()),
             Err(_) => tracing::info!(
-                voters = ?controller.quorum().map(|q| q.voter_ids()),
+                voters = ?controller.voter_ids(),
                 "waiting for the controller quorum (a majority of the voters must be up)"
             ),
         }

@@ -78,11 +78,16 @@ impl BrokerArgs {
             props
                 .entry("controller.listener.names".to_owned())
                 .or_insert_with(|| name.clone());
-            // Without `listeners`, the client listener is the default one.
-            let listeners = props.get("listeners").map_or_else(
-                || format!("PLAINTEXT://{}", strom_broker::config::DEFAULT_LISTEN),
-                Clone::clone,
-            );
+            // Without `listeners`, the client listener is the default one,
+            // except on a controller-only node, which has none.
+            let controller_only = props
+                .get("process.roles")
+                .is_some_and(|r| r.split(',').map(str::trim).all(|r| r == "controller"));
+            let listeners = match props.get("listeners") {
+                Some(l) => l.clone(),
+                None if controller_only => String::new(),
+                None => format!("PLAINTEXT://{}", strom_broker::config::DEFAULT_LISTEN),
+            };
             let mut entries: Vec<String> = listeners
                 .split(',')
                 .map(str::trim)
@@ -124,7 +129,31 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let running = strom_broker::start(config).await.map_err(start_error)?;
+        let running = match strom_broker::start_node(config)
+            .await
+            .map_err(start_error)?
+        {
+            strom_broker::RunningNode::Broker(running) => running,
+            strom_broker::RunningNode::Controller(running) => {
+                let stop = stop_signal();
+                // A controller-only node serves no clients: its ready line
+                // names its controller listener.
+                let mut stdout = std::io::stdout();
+                writeln!(
+                    stdout,
+                    "Strom controller {} listening on {} (data in {})",
+                    running.node_id,
+                    running.controller_addr,
+                    running.data_dir.display()
+                )?;
+                stdout.flush()?;
+                stop.await;
+                tracing::info!("shutting down");
+                running.shutdown().await.context("shutting down")?;
+                tracing::info!("shut down cleanly");
+                return Ok(());
+            }
+        };
         let broker = &running.broker;
         // Listen for signals before saying we are ready: a SIGTERM right
         // after the ready line must still shut down cleanly.
@@ -311,6 +340,29 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("controller.quorum.voters"), "{err}");
+    }
+
+    #[test]
+    fn a_controller_only_node_has_only_its_controller_listener() {
+        let c = config(&[
+            "--node-id",
+            "1",
+            "--controller-listen",
+            "127.0.0.1:9093",
+            "--voters",
+            "1@127.0.0.1:9093",
+            "--set",
+            "process.roles=controller",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.process_roles,
+            ProcessRoles {
+                broker: false,
+                controller: true
+            }
+        );
+        assert_eq!(c.controller_listen, Some("127.0.0.1:9093".parse().unwrap()));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::image::{ConfigResource, MetadataImage};
 use crate::metadata_log::{LocalMetadataLog, MetadataLog, MetadataLogError};
+use crate::observer::{MetadataChunk, Observer};
 use crate::propose::{self, BrokerRegistration, Proposal};
 use crate::quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, WriteError};
 use crate::records::{MetadataRecord, decode_batch};
@@ -215,6 +216,9 @@ enum Backend {
         image: watch::Sender<Arc<MetadataImage>>,
     },
     Quorum(Arc<Quorum>),
+    /// A broker-only node: the metadata fetched from the voters, every
+    /// operation forwarded to the active controller.
+    Observer(Arc<Observer>),
 }
 
 /// What the writer keeps between commits: when to snapshot next.
@@ -271,6 +275,11 @@ enum Op {
     },
     RegisterBroker(BrokerRegistration),
     Heartbeat(BrokerHeartbeat),
+    /// An observer's fetch of the committed metadata after `offset`; any
+    /// voter answers it.
+    FetchMetadata {
+        offset: i64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,6 +291,7 @@ enum Reply {
     ProducerIds(Result<ProducerIdBlock, ControllerError>),
     Registered(Result<i64, ControllerError>),
     Heartbeat(Result<HeartbeatReply, ControllerError>),
+    Metadata(MetadataChunk),
     /// This node is not the active controller (the one it knows, if any).
     NotController {
         leader: Option<i32>,
@@ -425,6 +435,60 @@ impl Controller {
         Ok(controller)
     }
 
+    /// Starts the controller of a broker-only node (Kafka's observer): it
+    /// is not a voter; it follows the voters' committed metadata and
+    /// forwards every operation to the active controller. `cluster_id` is
+    /// the one this node's data directory names, if any: voters of another
+    /// cluster refuse it ([`Controller::wrong_cluster`]).
+    pub fn observe(
+        node_id: i32,
+        config: ControllerConfig,
+        voters: &BTreeMap<i32, String>,
+        cluster_id: Option<&str>,
+        request_timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        let observer = Arc::new(Observer::new(node_id, voters, cluster_id, request_timeout));
+        let controller = Arc::new(Self {
+            node_id,
+            config,
+            backend: Backend::Observer(Arc::clone(&observer)),
+            clock,
+            write: tokio::sync::Mutex::new(WriterState {
+                bytes_since_snapshot: 0,
+                snapshot_offset: None,
+            }),
+            sessions: parking_lot::Mutex::new(HashMap::new()),
+            load_stats: LoadStats::default(),
+            shutdown: CancellationToken::new(),
+        });
+        let encode = |offset| serde_json::to_vec(&Op::FetchMetadata { offset }).unwrap_or_default();
+        let decode = |bytes: &[u8]| match serde_json::from_slice::<Reply>(bytes) {
+            Ok(Reply::Metadata(chunk)) => Some(chunk),
+            _ => None,
+        };
+        tokio::spawn(observer.run(Box::new(encode), Box::new(decode)));
+        controller
+    }
+
+    /// Set when this node cannot join because the voters belong to another
+    /// cluster than its data directory: why.
+    pub fn wrong_cluster(&self) -> Option<watch::Receiver<Option<String>>> {
+        match &self.backend {
+            Backend::Observer(o) => Some(o.wrong_cluster()),
+            _ => None,
+        }
+    }
+
+    /// The voters of the controller quorum (none for a standalone node).
+    pub fn voter_ids(&self) -> Vec<i32> {
+        match &self.backend {
+            Backend::Quorum(q) => q.voter_ids(),
+            Backend::Observer(o) => o.voter_ids(),
+            Backend::Log { .. } => vec![self.node_id],
+        }
+    }
+
     pub fn node_id(&self) -> i32 {
         self.node_id
     }
@@ -438,7 +502,7 @@ impl Controller {
     pub fn quorum(&self) -> Option<&Arc<Quorum>> {
         match &self.backend {
             Backend::Quorum(q) => Some(q),
-            Backend::Log { .. } => None,
+            Backend::Log { .. } | Backend::Observer(_) => None,
         }
     }
 
@@ -446,6 +510,7 @@ impl Controller {
     pub fn active_controller(&self) -> Option<i32> {
         match &self.backend {
             Backend::Quorum(q) => q.leader(),
+            Backend::Observer(o) => o.leader(),
             Backend::Log { .. } => Some(self.node_id),
         }
     }
@@ -455,6 +520,7 @@ impl Controller {
         match &self.backend {
             Backend::Log { image, .. } => Arc::clone(&image.borrow()),
             Backend::Quorum(q) => q.image(),
+            Backend::Observer(o) => o.image(),
         }
     }
 
@@ -463,6 +529,7 @@ impl Controller {
         match &self.backend {
             Backend::Log { image, .. } => image.subscribe(),
             Backend::Quorum(q) => q.subscribe(),
+            Backend::Observer(o) => o.subscribe(),
         }
     }
 
@@ -584,8 +651,10 @@ impl Controller {
     /// Stops the controller's tasks and its quorum.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        if let Backend::Quorum(q) = &self.backend {
-            q.shutdown().await;
+        match &self.backend {
+            Backend::Quorum(q) => q.shutdown().await,
+            Backend::Observer(o) => o.stop(),
+            Backend::Log { .. } => {}
         }
     }
 
@@ -595,17 +664,19 @@ impl Controller {
     async fn route(&self, op: Op) -> Result<Reply, ControllerError> {
         let timeout = Duration::from_millis(self.config.write_timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        let Backend::Quorum(quorum) = &self.backend else {
+        if let Backend::Log { .. } = &self.backend {
             return match self.execute(op).await {
                 Reply::Failed(e) => Err(e),
                 reply => Ok(reply),
             };
-        };
+        }
         let mut last = String::from("no active controller is known");
         loop {
-            let reply = match quorum.leader() {
-                Some(leader) if leader == self.node_id => Some(self.execute(op.clone()).await),
-                Some(leader) => match self.forward(quorum, leader, &op, deadline).await {
+            let reply = match self.active_controller() {
+                Some(leader) if leader == self.node_id && self.quorum().is_some() => {
+                    Some(self.execute(op.clone()).await)
+                }
+                Some(leader) => match self.forward(leader, &op, deadline).await {
                     Ok(reply) => Some(reply),
                     Err(e) => {
                         last = e;
@@ -634,17 +705,18 @@ impl Controller {
 
     async fn forward(
         &self,
-        quorum: &Quorum,
         leader: i32,
         op: &Op,
         deadline: tokio::time::Instant,
     ) -> Result<Reply, String> {
         let request = serde_json::to_vec(op).map_err(|e| e.to_string())?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let bytes = quorum
-            .call(leader, request, left)
-            .await
-            .map_err(|e| e.to_string())?;
+        let called = match &self.backend {
+            Backend::Quorum(q) => q.call(leader, request, left).await,
+            Backend::Observer(o) => o.call(leader, request, left).await,
+            Backend::Log { .. } => return Err("no controller quorum".to_owned()),
+        };
+        let bytes = called.map_err(|e| e.to_string())?;
         serde_json::from_slice(&bytes).map_err(|e| format!("an undecodable reply: {e}"))
     }
 
@@ -722,6 +794,10 @@ impl Controller {
             Op::Heartbeat(heartbeat) => {
                 Reply::Heartbeat(self.do_heartbeat(&mut writer, heartbeat).await)
             }
+            Op::FetchMetadata { .. } => Reply::Failed(ControllerError::new(
+                ErrorCode::InvalidRequest,
+                "a metadata fetch is answered by any voter, not executed",
+            )),
         }
     }
 
@@ -936,6 +1012,10 @@ impl Controller {
                     )),
                 }
             }
+            Backend::Observer(_) => Err(ControllerError::new(
+                ErrorCode::NotController,
+                "a broker-only node is never the active controller",
+            )),
         }
     }
 
@@ -1063,6 +1143,10 @@ impl AppHandler for Forwarded {
         let controller = self.0.upgrade();
         Box::pin(async move {
             let reply = match (controller, serde_json::from_slice::<Op>(&request)) {
+                (Some(c), Ok(Op::FetchMetadata { offset })) => match c.quorum() {
+                    Some(q) => Reply::Metadata(MetadataChunk::serve(q, offset).await),
+                    None => Reply::NotController { leader: None },
+                },
                 (Some(c), Ok(op)) => {
                     if c.quorum().is_some_and(|q| q.is_leader()) {
                         c.execute(op).await

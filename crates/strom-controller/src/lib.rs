@@ -30,6 +30,7 @@
 pub mod controller;
 pub mod image;
 pub mod metadata_log;
+pub mod observer;
 pub mod propose;
 pub mod quorum;
 pub mod records;

@@ -38,7 +38,7 @@ use crate::image::MetadataImage;
 use crate::records::MetadataRecord;
 use crate::snapshot::SnapshotStore;
 
-pub use network::{AppHandler, CallError, MAX_PEER_FRAME_BYTES};
+pub use network::{AppHandler, CallError, MAX_PEER_FRAME_BYTES, VoterClient};
 pub(crate) use state_machine::StateMachine;
 
 /// One entry's worth of metadata records: one controller operation, applied
@@ -491,6 +491,38 @@ impl Quorum {
                 (e.log_id.index, e.log_id.leader_id.term, records)
             })
             .collect()
+    }
+
+    /// The applied entries from Raft index `from` on, at most `max` of them,
+    /// as `(index, records)` (blank and membership entries have none); `None`
+    /// when this node no longer keeps entry `from` (a snapshot replaced it).
+    /// What observers catch up from.
+    pub fn applied_entries(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Option<Vec<(u64, Option<Vec<MetadataRecord>>)>> {
+        let applied_end = u64::try_from(self.image().offset).unwrap_or(0);
+        if from >= applied_end {
+            return Some(Vec::new());
+        }
+        let end = applied_end.min(from.saturating_add(max as u64));
+        let entries = self.log.entries(from..end);
+        if entries.first().map(|e| e.log_id.index) != Some(from) {
+            return None;
+        }
+        Some(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let records = match e.payload {
+                        openraft::EntryPayload::Normal(c) => Some(c.records),
+                        _ => None,
+                    };
+                    (e.log_id.index, records)
+                })
+                .collect(),
+        )
     }
 
     /// Stops the quorum: no more elections or replication from this node,

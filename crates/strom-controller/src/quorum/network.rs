@@ -521,3 +521,66 @@ async fn dispatch(
         },
     }
 }
+
+/// A node that is not a voter (a broker-only node, Kafka's observer) calls
+/// the voters' controller layers with this: one connection per voter, one
+/// request at a time on each (so long polls get a client of their own).
+#[derive(Debug)]
+pub struct VoterClient {
+    node: u64,
+    peers: std::collections::BTreeMap<i32, Peer>,
+    cluster_id: parking_lot::Mutex<Option<String>>,
+}
+
+impl VoterClient {
+    /// A client of `voters` (id to `HOST:PORT`) for node `node_id`.
+    pub fn new(node_id: i32, voters: &std::collections::BTreeMap<i32, String>) -> Self {
+        Self {
+            node: u64::try_from(node_id).unwrap_or_default(),
+            peers: voters
+                .iter()
+                .map(|(id, addr)| {
+                    let node = u64::try_from(*id).unwrap_or_default();
+                    (*id, Peer::new(node, addr.clone()))
+                })
+                .collect(),
+            cluster_id: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The voters' ids.
+    pub fn voter_ids(&self) -> Vec<i32> {
+        self.peers.keys().copied().collect()
+    }
+
+    /// Names this node's cluster in every request from now on: voters of
+    /// another cluster then refuse them ([`CallError::WrongCluster`]).
+    pub fn set_cluster_id(&self, cluster_id: &str) {
+        *self.cluster_id.lock() = (!cluster_id.is_empty()).then(|| cluster_id.to_owned());
+    }
+
+    /// Sends a controller request to voter `voter`'s [`AppHandler`].
+    pub async fn call(
+        &self,
+        voter: i32,
+        request: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let node = u64::try_from(voter).unwrap_or_default();
+        let peer = self.peers.get(&voter).ok_or(CallError::Refused {
+            node,
+            reason: "not a voter of this quorum".to_owned(),
+        })?;
+        let cluster_id = self.cluster_id.lock().clone();
+        match peer
+            .call(self.node, cluster_id, PeerRequest::App(request), timeout)
+            .await?
+        {
+            PeerResponse::App(bytes) => Ok(bytes),
+            other => Err(CallError::Refused {
+                node,
+                reason: format!("unexpected response {other:?}"),
+            }),
+        }
+    }
+}
