@@ -25,7 +25,24 @@ else
     cargo test --workspace --locked --no-fail-fast
 fi
 
-step "Python interop tests (kafka-python, confluent-kafka)"
+step "kcat (the cluster interop test lists brokers with it)"
+# Debian's kcat (librdkafka 2.0), installed when missing and this runs as
+# root with apt-get (as on CI); otherwise say why, and its test skips.
+if command -v kcat >/dev/null 2>&1; then
+    echo "kcat: $(command -v kcat)"
+elif [ "$(id -u)" -ne 0 ]; then
+    echo "kcat is not installed and this is not root: the kcat test will be skipped"
+elif ! command -v apt-get >/dev/null 2>&1; then
+    echo "kcat is not installed and there is no apt-get: the kcat test will be skipped"
+elif DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null 2>&1; }; then
+    echo "kcat: installed with apt-get"
+else
+    echo "apt-get could not install kcat: the kcat test will be skipped"
+fi
+
+step "Python interop tests (kafka-python, confluent-kafka, kcat)"
 venv=.venv
 requirements=tests/python/requirements.txt
 if [ ! -x "$venv/bin/python" ]; then

@@ -13,6 +13,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -39,29 +40,42 @@ def strom_binary():
 
 
 class Broker:
-    """One `strom broker` process: a free port, a data directory, a stderr log file."""
+    """One `strom broker` process: a free port, a data directory, a stderr log file.
 
-    def __init__(self, data_dir, log_path, properties=()):
+    `node_id` is the node it must report in its ready line; `args` are more
+    command-line flags (a cluster node's `--node-id`, `--controller-listen`,
+    `--voters`), and `listen` its client address (a free port by default).
+    """
+
+    def __init__(self, data_dir, log_path, properties=(), node_id=1, args=(), listen="127.0.0.1:0"):
         self.data_dir = pathlib.Path(data_dir)
         self.log_path = pathlib.Path(log_path)
         self.properties = list(properties)
+        self.node_id = node_id
+        self.args = list(args)
+        self.listen = listen
         self.process = None
         self.pid = None
         self.port = None
         self.bootstrap = None
         self.metrics_url = None
         self.returncode = None
+        self._lines = None
 
     def start(self):
+        return self.spawn().wait_ready()
+
+    def spawn(self):
+        """Starts the process without waiting for it (cluster nodes are all started before any is ready)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [str(strom_binary()), "broker", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir)]
+        args = [str(strom_binary()), "broker", "--listen", self.listen, "--data-dir", str(self.data_dir), *self.args]
         for prop in self.properties:
             args += ["--set", prop]
         with open(self.log_path, "ab") as log:
             env = {**os.environ, "NO_COLOR": "1"}
             self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env)
         self.pid = self.process.pid
-        lines = queue.Queue()
+        lines = self._lines = queue.Queue()
 
         def read_stdout(stdout):
             # Hands every line to the starter, then EOF as None; keeps draining
@@ -71,6 +85,11 @@ class Broker:
             lines.put(None)
 
         threading.Thread(target=read_stdout, args=(self.process.stdout,), daemon=True).start()
+        return self
+
+    def wait_ready(self):
+        """Waits for the ready line and the metrics line after it."""
+        lines = self._lines
         deadline = time.monotonic() + READY_TIMEOUT_S
         seen = []
         while True:
@@ -89,7 +108,7 @@ class Broker:
             if match:
                 break
         node, host, port, data = match.groups()
-        assert node == "1", line
+        assert node == str(self.node_id), line
         assert os.path.samefile(data, self.data_dir), f"ready line names data dir {data!r}, not {self.data_dir}"
         self.port = int(port)
         assert self.port != 0, line
@@ -111,6 +130,12 @@ class Broker:
         if self.process is None:
             return
         self.process.send_signal(signal.SIGTERM)
+        self.wait_stopped()
+
+    def wait_stopped(self):
+        """Waits for the exit a SIGTERM asked for, which must be 0."""
+        if self.process is None:
+            return
         try:
             code = self.process.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -169,6 +194,93 @@ def broker_factory():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def free_ports(n):
+    """`n` distinct free ports on 127.0.0.1: all bound at once, then released for the brokers to bind."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Cluster:
+    """`n` combined nodes (broker and controller) of one cluster, started as a user starts them by hand:
+
+        strom broker --node-id I --listen 127.0.0.1:P --controller-listen 127.0.0.1:C \\
+          --voters 1@127.0.0.1:C1,2@... --data-dir DIR/nI --metrics 127.0.0.1:0
+
+    Every process is started first, then each is waited for (a node is ready only once a
+    majority of the voters is up).
+    """
+
+    def __init__(self, workdir, n=3, properties=()):
+        ports = free_ports(2 * n)
+        clients, controllers = ports[:n], ports[n:]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{controllers[i]}" for i in range(n))
+        self.brokers = [
+            Broker(
+                workdir / f"n{i + 1}",
+                workdir / f"n{i + 1}.stderr.log",
+                properties,
+                node_id=i + 1,
+                listen=f"127.0.0.1:{clients[i]}",
+                args=["--node-id", str(i + 1), "--controller-listen", f"127.0.0.1:{controllers[i]}",
+                      "--voters", voters, "--metrics", "127.0.0.1:0"],
+            )
+            for i in range(n)
+        ]
+        self.ready_at = None
+
+    def start(self):
+        for b in self.brokers:
+            b.spawn()
+        for b in self.brokers:
+            b.wait_ready()
+        self.ready_at = time.monotonic()
+        return self
+
+    @property
+    def bootstrap(self):
+        return ",".join(b.bootstrap for b in self.brokers)
+
+    def stop(self):
+        """SIGTERM to every node at once, then each must exit 0."""
+        for b in self.brokers:
+            if b.process is not None:
+                b.process.send_signal(signal.SIGTERM)
+        for b in self.brokers:
+            b.wait_stopped()
+
+    def kill(self):
+        for b in self.brokers:
+            b.kill()
+
+
+@pytest.fixture
+def cluster_factory():
+    """Per-test clusters; all killed and their files removed afterwards."""
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-cluster-"))
+    clusters = []
+
+    def start(n=3, properties=()):
+        c = Cluster(workdir / f"c{len(clusters)}", n, properties)
+        clusters.append(c)
+        return c.start()
+
+    start.clusters = clusters
+    try:
+        yield start
+    finally:
+        try:
+            for c in clusters:
+                c.kill()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def module_broker(*properties):
     """A fixture: one broker shared by a test module, stopped with SIGTERM (exit 0) at its end."""
 
@@ -223,6 +335,10 @@ def pytest_runtest_makereport(item, call):
             brokers.append(value)
         elif isinstance(value, BrokerFactory):
             brokers.extend(value.brokers)
+        elif isinstance(value, Cluster):
+            brokers.extend(value.brokers)
+        elif hasattr(value, "clusters"):
+            brokers.extend(b for c in value.clusters for b in c.brokers)
     for b in brokers:
         report.sections.append((f"strom broker pid {b.pid} stderr", b.log_tail()))
 

@@ -1388,6 +1388,49 @@ async fn every_advertised_version_of_every_api_is_answered() {
                     );
                     assert!(r.next_cursor.is_none(), "v{version}");
                 }
+                ApiKey::DescribeQuorum => {
+                    let request = |topic: &str, partition: i32| {
+                        DescribeQuorumRequest::default().with_topics(vec![
+                            describe_quorum_request::TopicData::default()
+                                .with_topic_name(name(topic))
+                                .with_partitions(vec![
+                                    describe_quorum_request::PartitionData::default()
+                                        .with_partition_index(partition),
+                                ]),
+                        ])
+                    };
+                    let r: DescribeQuorumResponse =
+                        exchange(&broker, key, version, &request("__cluster_metadata", 0)).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(
+                        (
+                            r.topics[0].topic_name.0.as_str(),
+                            p.error_code,
+                            p.leader_id.0
+                        ),
+                        ("__cluster_metadata", 0, 1),
+                        "v{version}"
+                    );
+                    // A standalone node: the only voter, holding everything committed.
+                    assert_eq!(p.current_voters.len(), 1, "v{version}");
+                    let me = &p.current_voters[0];
+                    assert_eq!(me.replica_id.0, 1, "v{version}");
+                    assert!(p.high_watermark > 0, "v{version}");
+                    assert_eq!(me.log_end_offset, p.high_watermark, "v{version}");
+                    assert!(p.observers.is_empty(), "v{version}");
+                    if version >= 1 {
+                        assert!(me.last_caught_up_timestamp > 0, "v{version}");
+                    }
+                    assert_eq!(r.nodes.len(), usize::from(version >= 2), "v{version}");
+                    let r: DescribeQuorumResponse =
+                        exchange(&broker, key, version, &request("all", 0)).await;
+                    assert_eq!(
+                        (r.error_code, r.topics[0].partitions[0].error_code),
+                        (0, ErrorCode::UnknownTopicOrPartition.code()),
+                        "v{version}"
+                    );
+                }
                 other => panic!("no request written for {other:?}: add one when advertising it"),
             }
         }

@@ -490,6 +490,27 @@ impl Cluster {
         brokers
     }
 
+    /// A broker for a request any broker answers: the metadata's brokers by
+    /// id, those whose last connection attempt failed last (the one that
+    /// failed longest ago first), so that a broker just found down (killed,
+    /// not yet out of the metadata) is not asked again while others are up.
+    pub(crate) fn any_broker(&self) -> Option<i32> {
+        let ids: Vec<i32> = {
+            let mut ids: Vec<i32> = self.meta.read().brokers.keys().copied().collect();
+            ids.sort_unstable();
+            ids
+        };
+        let slots = self.slots.lock();
+        let last_failure = |id: i32| {
+            slots
+                .get(&Route::Node(id))
+                // A slot in use is connecting or connected: not failed.
+                .and_then(|slot| slot.try_lock().ok().and_then(|s| s.last_failure))
+        };
+        ids.into_iter()
+            .min_by_key(|id| (last_failure(*id).is_some(), last_failure(*id)))
+    }
+
     /// The cluster id and the controller's id from the last metadata.
     pub(crate) fn cluster_id_and_controller(&self) -> (Option<String>, i32) {
         let meta = self.meta.read();

@@ -26,6 +26,7 @@ use crate::metadata_log::{LocalMetadataLog, MetadataLog, MetadataLogError};
 use crate::observer::{MetadataChunk, Observer};
 use crate::propose::{self, BrokerRegistration, Proposal};
 use crate::quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, WriteError};
+use crate::quorum_description::{Observers, QuorumDescription};
 use crate::records::{MetadataRecord, decode_batch};
 use crate::snapshot::SnapshotStore;
 
@@ -202,6 +203,8 @@ pub struct Controller {
     /// (Kafka's BrokerHeartbeatManager keeps it in memory too): a new
     /// active controller gives every broker a full session.
     sessions: parking_lot::Mutex<HashMap<i32, Instant>>,
+    /// What each broker's last heartbeat reported (DescribeQuorum's observers).
+    observers: Observers,
     load_stats: LoadStats,
     shutdown: CancellationToken,
 }
@@ -280,6 +283,7 @@ enum Op {
     FetchMetadata {
         offset: i64,
     },
+    DescribeQuorum,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -292,6 +296,7 @@ enum Reply {
     Registered(Result<i64, ControllerError>),
     Heartbeat(Result<HeartbeatReply, ControllerError>),
     Metadata(MetadataChunk),
+    Quorum(QuorumDescription),
     /// This node is not the active controller (the one it knows, if any).
     NotController {
         leader: Option<i32>,
@@ -349,6 +354,7 @@ impl Controller {
                 snapshot_offset: stats.snapshot_offset,
             }),
             sessions: parking_lot::Mutex::new(HashMap::new()),
+            observers: Observers::default(),
             load_stats: stats,
             shutdown: CancellationToken::new(),
         };
@@ -427,6 +433,7 @@ impl Controller {
                 snapshot_offset: None,
             }),
             sessions: parking_lot::Mutex::new(HashMap::new()),
+            observers: Observers::default(),
             load_stats: stats,
             shutdown: CancellationToken::new(),
         });
@@ -453,6 +460,7 @@ impl Controller {
             node_id,
             config,
             backend: Backend::Observer(Arc::clone(&observer)),
+            observers: Observers::default(),
             clock,
             write: tokio::sync::Mutex::new(WriterState {
                 bytes_since_snapshot: 0,
@@ -722,6 +730,10 @@ impl Controller {
 
     /// Runs `op` here, as the active controller.
     async fn execute(&self, op: Op) -> Reply {
+        if let Op::DescribeQuorum = op {
+            // A read: not behind the writer.
+            return self.describe_quorum_here();
+        }
         let mut writer = self.write.lock().await;
         if let Backend::Quorum(q) = &self.backend {
             let timeout = Duration::from_millis(self.config.write_timeout_ms);
@@ -798,6 +810,8 @@ impl Controller {
                 ErrorCode::InvalidRequest,
                 "a metadata fetch is answered by any voter, not executed",
             )),
+            // Answered above without the writer; the same answer here.
+            Op::DescribeQuorum => self.describe_quorum_here(),
         }
     }
 
@@ -895,6 +909,12 @@ impl Controller {
             ));
         };
         self.sessions.lock().insert(broker.id, Instant::now());
+        self.observers.heard(
+            broker.id,
+            heartbeat.metadata_offset,
+            image.offset,
+            self.clock.now_ms(),
+        );
         // Caught up: the broker has applied its own registration.
         let is_caught_up = heartbeat.metadata_offset > broker.epoch;
         let mut fenced = broker.fenced;
@@ -1073,6 +1093,49 @@ impl Controller {
                 tracing::warn!(error = %e, offset = image.offset, "writing a metadata snapshot failed")
             }
         }
+    }
+
+    /// The quorum as the active controller describes it (DescribeQuorum):
+    /// asked of the active controller, here or forwarded, as Kafka's
+    /// brokers forward DescribeQuorum to it; retried while there is none,
+    /// until the write timeout (then REQUEST_TIMED_OUT).
+    pub async fn quorum_description(&self) -> Result<QuorumDescription, ControllerError> {
+        match self.route(Op::DescribeQuorum).await? {
+            Reply::Quorum(description) => Ok(description),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// [`Self::quorum_description`] on this node, if it is the leader.
+    fn describe_quorum_here(&self) -> Reply {
+        let now_ms = self.clock.now_ms();
+        let (status, voters) = match &self.backend {
+            Backend::Quorum(q) => (q.status(), q.voter_ids()),
+            Backend::Observer(o) => return Reply::NotController { leader: o.leader() },
+            // One node writing its own log: the only voter, always caught up.
+            Backend::Log { .. } => {
+                let offset = self.image().offset;
+                let status = crate::quorum::QuorumStatus {
+                    leader: Some(self.node_id),
+                    epoch: 0,
+                    high_watermark: offset,
+                    log_end_offset: offset,
+                    voters: Vec::new(),
+                };
+                (status, vec![self.node_id])
+            }
+        };
+        if status.leader != Some(self.node_id) {
+            return Reply::NotController {
+                leader: status.leader,
+            };
+        }
+        Reply::Quorum(crate::quorum_description::describe(
+            &status,
+            &voters,
+            &self.observers,
+            now_ms,
+        ))
     }
 }
 

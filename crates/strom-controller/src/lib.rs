@@ -26,6 +26,10 @@
 //!   written atomically, checked on load, never trusted when damaged.
 //! - [`controller`]: [`Controller`], the single writer: proposes against the
 //!   latest image, commits in order, applies and publishes, snapshots.
+//! - [`quorum`]: the controller quorum (openraft) under the metadata log.
+//! - [`quorum_description`]: DescribeQuorum's picture of the quorum: the
+//!   leader's view of every voter and of the observers (brokers heard from
+//!   by heartbeat).
 
 pub mod controller;
 pub mod image;
@@ -33,6 +37,7 @@ pub mod metadata_log;
 pub mod observer;
 pub mod propose;
 pub mod quorum;
+pub mod quorum_description;
 pub mod records;
 pub mod snapshot;
 
@@ -44,5 +49,6 @@ pub use controller::{
 pub use image::{BrokerInfo, ConfigResource, MetadataImage, PartitionImage, TopicImage};
 pub use metadata_log::{LocalMetadataLog, MemoryMetadataLog, MetadataLog, MetadataLogError};
 pub use propose::Proposal;
+pub use quorum_description::{QuorumDescription, ReplicaDescription};
 pub use records::MetadataRecord;
 pub use snapshot::SnapshotStore;

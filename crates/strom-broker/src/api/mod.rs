@@ -16,6 +16,7 @@ pub mod list_offsets;
 pub mod logs;
 pub mod metadata;
 pub mod produce;
+pub mod quorum;
 pub mod sasl;
 pub mod txn;
 
@@ -247,6 +248,7 @@ api_table! {
     DescribeLogDirs          1..=4     false     sync  DescribeLogDirsRequest => logs::describe_log_dirs;
     CreatePartitions         0..=3     false     async CreatePartitionsRequest => admin::create_partitions;
     DescribeCluster          0..=2     false     sync  DescribeClusterRequest => admin::describe_cluster;
+    DescribeQuorum           0..=2     false     async DescribeQuorumRequest => quorum::describe_quorum;
     FindCoordinator          0..=6     false     async FindCoordinatorRequest => group::find_coordinator;
     JoinGroup                0..=9     true      async JoinGroupRequest => group::join_group;
     SyncGroup                0..=5     true      async SyncGroupRequest => group::sync_group;

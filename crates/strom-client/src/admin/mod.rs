@@ -27,7 +27,8 @@
 //! As the Java client: CreateTopics, DeleteTopics and CreatePartitions go to
 //! the controller the metadata names (any broker if it names none; Strom's
 //! brokers, like Kafka's in KRaft mode, forward to the quorum); a broker's
-//! configs go to that broker, topic configs to any broker; group operations
+//! configs go to that broker, topic configs and DescribeQuorum to any broker
+//! (which forwards DescribeQuorum to the active controller); group operations
 //! go to the group's coordinator from FindCoordinator; per-partition
 //! operations (ListOffsets, DeleteRecords) go to each partition's leader, one
 //! request per leader, all leaders at once. Every request is sent at the
@@ -47,6 +48,7 @@
 //!   their committed offsets.
 //! - `records`: delete records and list offsets, on each partition's leader.
 //! - `cluster`: describe the cluster.
+//! - `quorum`: describe the controller quorum (DescribeQuorum).
 //! - `routing`: where each item's request goes, the retry engine every call
 //!   runs on, and small helpers the families share.
 
@@ -61,6 +63,7 @@ use crate::error::{Error, Result};
 mod cluster;
 mod configs;
 mod groups;
+mod quorum;
 mod records;
 mod routing;
 mod topics;
@@ -71,6 +74,7 @@ pub use configs::{
     ResourceType,
 };
 pub use groups::{CommittedOffset, GroupDescription, GroupListing, MemberDescription};
+pub use quorum::{QuorumInfo, QuorumNode, QuorumReplica};
 pub use records::{IsolationLevel, ListedOffset, OffsetSpec};
 pub use topics::{CreatedTopic, NewTopic, TopicListing};
 

@@ -304,12 +304,12 @@ impl Admin {
     }
 
     /// A broker for requests any broker answers: the first the metadata
-    /// knows, else the first bootstrap address.
+    /// knows that could be reached ([`Cluster::any_broker`]), else the first
+    /// bootstrap address.
     pub(super) fn any_route(&self) -> Route {
         self.cluster
-            .brokers()
-            .first()
-            .map_or(Route::Bootstrap(0), |b| Route::Node(b.id))
+            .any_broker()
+            .map_or(Route::Bootstrap(0), Route::Node)
     }
 
     /// The leader of `tp` from the cached metadata.
