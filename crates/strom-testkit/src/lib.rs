@@ -26,6 +26,12 @@
 //! default) fails the start with the tail of its stderr and the path of its
 //! log.
 //!
+//! With [`ClusterBuilder::with_link_proxies`], every node reaches each
+//! other voter through a proxy of its own ([`links`]), and a test cuts and
+//! heals links between voters: [`LocalCluster::cut`],
+//! [`LocalCluster::isolate`], [`LocalCluster::heal`]. Without it (the
+//! default) the voters connect to each other directly.
+//!
 //! Dropping the cluster kills every node (SIGKILL), waits for them, and then
 //! removes the temporary directory; so does a panic in the test that holds
 //! it. (A test process killed with SIGKILL cannot run any cleanup: its
@@ -57,6 +63,13 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Layout
+//!
+//! - this file: the builder, the cluster and its processes;
+//! - [`links`]: the proxies between voters that cut and heal links.
+
+pub mod links;
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -67,6 +80,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
+
+use links::LinkProxies;
+pub use links::LinkState;
 
 /// How long [`ClusterBuilder::start`] and [`LocalCluster::restart`] wait for
 /// the ready lines by default: a debug build recovering its logs on a busy
@@ -87,6 +103,8 @@ pub enum TestkitError {
     UnknownNode(i32),
     #[error("node {0} is not running")]
     NotRunning(i32),
+    #[error("the cluster was started without link proxies (ClusterBuilder::with_link_proxies)")]
+    NoLinkProxies,
     #[error("{0}")]
     Invalid(String),
     #[error("{what}: {source}")]
@@ -131,6 +149,7 @@ pub struct ClusterBuilder {
     data_dir_root: Option<PathBuf>,
     base_port: Option<u16>,
     ready_timeout: Duration,
+    link_proxies: bool,
 }
 
 impl ClusterBuilder {
@@ -176,6 +195,18 @@ impl ClusterBuilder {
         self
     }
 
+    /// Puts a proxy on every directed link between voters, so that links
+    /// can be cut and healed ([`LocalCluster::cut`], [`LocalCluster::isolate`],
+    /// [`LocalCluster::heal`]): node `i`'s `--voters` names, for each other
+    /// voter `j`, a proxy for the link `i → j` on a free port. The proxies
+    /// run on the runtime that calls [`start`](Self::start) and stop with
+    /// the cluster. Off by default: voters then connect directly.
+    #[must_use]
+    pub fn with_link_proxies(mut self) -> Self {
+        self.link_proxies = true;
+        self
+    }
+
     /// Starts every node, then waits until all are ready. On failure every
     /// node started is killed and the temporary directory removed.
     pub async fn start(self) -> Result<LocalCluster, TestkitError> {
@@ -212,29 +243,51 @@ impl ClusterBuilder {
                 .collect(),
         };
         let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let nodes = (1..=count)
+        let mut nodes = (1..=count)
             .zip(ports)
             .map(|(id, (client, controller))| Node {
                 id,
                 addr: loopback(client),
                 controller_addr: loopback(controller),
+                voters: String::new(),
                 data_dir: root.join(format!("n{id}")),
                 stderr_log: root.join(format!("n{id}.stderr.log")),
                 child: None,
                 ready: watch::channel(None).1,
             })
             .collect::<Vec<_>>();
-        let voters = nodes
-            .iter()
-            .map(|n| format!("{}@{}", n.id, n.controller_addr))
-            .collect::<Vec<_>>()
-            .join(",");
+        let real: Vec<(i32, SocketAddr)> =
+            nodes.iter().map(|n| (n.id, n.controller_addr)).collect();
+        let links = if self.link_proxies {
+            Some(
+                LinkProxies::start(&real)
+                    .await
+                    .map_err(io_error("starting the link proxies on 127.0.0.1"))?,
+            )
+        } else {
+            None
+        };
+        for node in &mut nodes {
+            node.voters = real
+                .iter()
+                .map(|&(peer, controller)| {
+                    // A node's own entry is its listener; peers are reached
+                    // through the link's proxy when there is one.
+                    let addr = links
+                        .as_ref()
+                        .and_then(|l| l.addr(node.id, peer))
+                        .unwrap_or(controller);
+                    format!("{peer}@{addr}")
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         let mut cluster = LocalCluster {
             binary: self.binary,
             properties: self.properties,
-            voters,
             ready_timeout: self.ready_timeout,
             nodes,
+            links,
             _temp: temp,
         };
         // Every process first: none is ready before a quorum is up.
@@ -289,9 +342,10 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 pub struct LocalCluster {
     binary: PathBuf,
     properties: Vec<(String, String)>,
-    voters: String,
     ready_timeout: Duration,
     nodes: Vec<Node>,
+    /// The proxies between voters, when the builder asked for them.
+    links: Option<LinkProxies>,
     /// Dropped after [`Drop::drop`] has reaped the nodes.
     _temp: Option<tempfile::TempDir>,
 }
@@ -301,6 +355,9 @@ struct Node {
     id: i32,
     addr: SocketAddr,
     controller_addr: SocketAddr,
+    /// This node's `--voters`: the same for every node, except that with
+    /// link proxies each names its own proxies for its peers.
+    voters: String,
     data_dir: PathBuf,
     stderr_log: PathBuf,
     child: Option<Child>,
@@ -318,6 +375,7 @@ impl LocalCluster {
             data_dir_root: None,
             base_port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            link_proxies: false,
         }
     }
 
@@ -343,6 +401,11 @@ impl LocalCluster {
     /// The node's controller listener (its entry in the voters).
     pub fn controller_addr(&self, node: i32) -> SocketAddr {
         self.node(node).controller_addr
+    }
+
+    /// The node's `--voters` list (with link proxies, its own).
+    pub fn voters(&self, node: i32) -> &str {
+        &self.node(node).voters
     }
 
     /// The node's data directory.
@@ -440,6 +503,57 @@ impl LocalCluster {
         self.nodes[i].wait_ready(timeout).await
     }
 
+    /// Sets the directed link `from → to` (the connections `from` opens to
+    /// `to`'s controller listener); see [`links`].
+    pub fn set_link(&self, from: i32, to: i32, state: LinkState) -> Result<(), TestkitError> {
+        let links = self.links.as_ref().ok_or(TestkitError::NoLinkProxies)?;
+        for node in [from, to] {
+            self.index(node)?;
+        }
+        if from == to || !links.set(from, to, state) {
+            return Err(TestkitError::Invalid(format!(
+                "no link from {from} to {to}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The state of the directed link `from → to`.
+    pub fn link(&self, from: i32, to: i32) -> Result<LinkState, TestkitError> {
+        let links = self.links.as_ref().ok_or(TestkitError::NoLinkProxies)?;
+        links
+            .state(from, to)
+            .ok_or_else(|| TestkitError::Invalid(format!("no link from {from} to {to}")))
+    }
+
+    /// A network partition between `a` and `b`: both directions
+    /// blackholed (open connections closed, new ones never answered).
+    pub fn cut(&self, a: i32, b: i32) -> Result<(), TestkitError> {
+        self.set_link(a, b, LinkState::Blackholed)?;
+        self.set_link(b, a, LinkState::Blackholed)
+    }
+
+    /// Cuts `node` from every other voter, both ways. Its client listener
+    /// stays reachable.
+    pub fn isolate(&self, node: i32) -> Result<(), TestkitError> {
+        self.index(node)?;
+        for other in self.node_ids() {
+            if other != node {
+                self.cut(node, other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every link up again.
+    pub fn heal(&self) -> Result<(), TestkitError> {
+        self.links
+            .as_ref()
+            .ok_or(TestkitError::NoLinkProxies)?
+            .heal();
+        Ok(())
+    }
+
     /// Waits until the node's current process has printed its ready line.
     pub async fn wait_ready(&mut self, node: i32, timeout: Duration) -> Result<(), TestkitError> {
         self.node_mut(node)?.wait_ready(timeout).await
@@ -492,7 +606,7 @@ impl LocalCluster {
             .args(["--node-id", &node.id.to_string()])
             .args(["--listen", &node.addr.to_string()])
             .args(["--controller-listen", &node.controller_addr.to_string()])
-            .args(["--voters", &self.voters])
+            .args(["--voters", &node.voters])
             .args(["--metrics", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&node.data_dir);
@@ -542,14 +656,17 @@ impl Node {
         };
         let deadline = Instant::now() + timeout;
         let exited = tokio::select! {
-            line = ready.wait_for(Option::is_some) => match line {
-                Ok(_) => return Ok(()),
-                // Stdout closed without the line: the process is exiting.
-                Err(_) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    tokio::time::timeout(left, child.wait()).await.ok()
+            // Only whether the line came: the borrow `wait_for` returns
+            // must not live across the await below (it is not `Send`, and
+            // a cluster is started from spawned tasks too).
+            printed = async { ready.wait_for(Option::is_some).await.is_ok() } => {
+                if printed {
+                    return Ok(());
                 }
-            },
+                // Stdout closed without the line: the process is exiting.
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::timeout(left, child.wait()).await.ok()
+            }
             status = child.wait() => Some(status),
             () = tokio::time::sleep(timeout) => None,
         };
@@ -678,6 +795,14 @@ mod tests {
         unique.dedup();
         assert_eq!(unique.len(), 8, "{ports:?}");
         assert!(!ports.contains(&0));
+    }
+
+    /// A cluster can be started and driven from a spawned task.
+    #[test]
+    fn the_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let start = LocalCluster::builder("strom").start();
+        send(&start);
     }
 
     #[tokio::test]

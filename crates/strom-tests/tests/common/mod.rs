@@ -19,6 +19,8 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+pub mod raw;
+
 /// How long a broker may take to print its ready line (debug build, recovery).
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a clean shutdown may take.
