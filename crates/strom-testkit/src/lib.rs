@@ -26,6 +26,11 @@
 //! default) fails the start with the tail of its stderr and the path of its
 //! log.
 //!
+//! Nodes are voters running the broker too (combined mode) by default;
+//! [`ClusterBuilder::controller_only`] makes the voters controllers alone,
+//! [`ClusterBuilder::brokers`] adds broker-only nodes, and
+//! [`LocalCluster::add_broker`] starts one more that joins a running cluster.
+//!
 //! With [`ClusterBuilder::with_link_proxies`], every node reaches each
 //! other voter through a proxy of its own ([`links`]), and a test cuts and
 //! heals links between voters: [`LocalCluster::cut`],
@@ -150,10 +155,29 @@ pub struct ClusterBuilder {
     base_port: Option<u16>,
     ready_timeout: Duration,
     link_proxies: bool,
+    controller_only: bool,
+    brokers: usize,
+}
+
+/// What a node of a [`LocalCluster`] runs (`process.roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A voter and a broker (`broker,controller`, the default).
+    Combined,
+    /// A voter that serves no clients (`controller`).
+    Controller,
+    /// A broker that follows the voters (`broker`).
+    Broker,
+}
+
+impl Role {
+    fn is_broker(self) -> bool {
+        self != Self::Controller
+    }
 }
 
 impl ClusterBuilder {
-    /// How many nodes (default 3); each is a voter.
+    /// How many voters (default 3), with ids 1 to N.
     #[must_use]
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
@@ -207,6 +231,22 @@ impl ClusterBuilder {
         self
     }
 
+    /// The voters run only the controller (`process.roles=controller`) and
+    /// serve no clients; add brokers with [`brokers`](Self::brokers).
+    #[must_use]
+    pub fn controller_only(mut self) -> Self {
+        self.controller_only = true;
+        self
+    }
+
+    /// Broker-only nodes (`process.roles=broker`) besides the voters, with
+    /// the ids after theirs (default none).
+    #[must_use]
+    pub fn brokers(mut self, n: usize) -> Self {
+        self.brokers = n;
+        self
+    }
+
     /// Starts every node, then waits until all are ready. On failure every
     /// node started is killed and the temporary directory removed.
     pub async fn start(self) -> Result<LocalCluster, TestkitError> {
@@ -215,10 +255,17 @@ impl ClusterBuilder {
                 "a cluster needs at least one node".to_owned(),
             ));
         }
-        let count = i32::try_from(self.nodes)
+        let total = self.nodes + self.brokers;
+        let count = i32::try_from(total)
             .ok()
             .filter(|n| *n <= 100)
-            .ok_or_else(|| TestkitError::Invalid(format!("{} nodes: at most 100", self.nodes)))?;
+            .ok_or_else(|| TestkitError::Invalid(format!("{total} nodes: at most 100")))?;
+        let voter_count = i32::try_from(self.nodes).unwrap_or(count);
+        let voter_role = if self.controller_only {
+            Role::Controller
+        } else {
+            Role::Combined
+        };
         let (temp, root) = match &self.data_dir_root {
             Some(root) => {
                 std::fs::create_dir_all(root)
@@ -235,8 +282,8 @@ impl ClusterBuilder {
             }
         };
         let ports = match self.base_port {
-            Some(base) => fixed_ports(base, self.nodes)?,
-            None => free_ports(self.nodes * 2)
+            Some(base) => fixed_ports(base, total)?,
+            None => free_ports(total * 2)
                 .map_err(io_error("picking free ports on 127.0.0.1"))?
                 .chunks(2)
                 .map(|pair| (pair[0], pair[1]))
@@ -247,6 +294,11 @@ impl ClusterBuilder {
             .zip(ports)
             .map(|(id, (client, controller))| Node {
                 id,
+                role: if id <= voter_count {
+                    voter_role
+                } else {
+                    Role::Broker
+                },
                 addr: loopback(client),
                 controller_addr: loopback(controller),
                 voters: String::new(),
@@ -256,8 +308,11 @@ impl ClusterBuilder {
                 ready: watch::channel(None).1,
             })
             .collect::<Vec<_>>();
-        let real: Vec<(i32, SocketAddr)> =
-            nodes.iter().map(|n| (n.id, n.controller_addr)).collect();
+        let real: Vec<(i32, SocketAddr)> = nodes
+            .iter()
+            .filter(|n| n.role != Role::Broker)
+            .map(|n| (n.id, n.controller_addr))
+            .collect();
         let links = if self.link_proxies {
             Some(
                 LinkProxies::start(&real)
@@ -268,13 +323,13 @@ impl ClusterBuilder {
             None
         };
         for node in &mut nodes {
+            let links = links.as_ref().filter(|_| node.role != Role::Broker);
             node.voters = real
                 .iter()
                 .map(|&(peer, controller)| {
                     // A node's own entry is its listener; peers are reached
                     // through the link's proxy when there is one.
                     let addr = links
-                        .as_ref()
                         .and_then(|l| l.addr(node.id, peer))
                         .unwrap_or(controller);
                     format!("{peer}@{addr}")
@@ -353,6 +408,7 @@ pub struct LocalCluster {
 #[derive(Debug)]
 struct Node {
     id: i32,
+    role: Role,
     addr: SocketAddr,
     controller_addr: SocketAddr,
     /// This node's `--voters`: the same for every node, except that with
@@ -376,13 +432,17 @@ impl LocalCluster {
             base_port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             link_proxies: false,
+            controller_only: false,
+            brokers: 0,
         }
     }
 
-    /// The bootstrap servers: `127.0.0.1:p1,127.0.0.1:p2,...`.
+    /// The bootstrap servers: `127.0.0.1:p1,127.0.0.1:p2,...` (the nodes
+    /// that run a broker).
     pub fn bootstrap(&self) -> String {
         self.nodes
             .iter()
+            .filter(|n| n.role.is_broker())
             .map(|n| n.addr.to_string())
             .collect::<Vec<_>>()
             .join(",")
@@ -391,6 +451,48 @@ impl LocalCluster {
     /// The node ids, 1 to N.
     pub fn node_ids(&self) -> Vec<i32> {
         self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// What the node runs.
+    pub fn role(&self, node: i32) -> Role {
+        self.node(node).role
+    }
+
+    /// Starts one more broker-only node (the next id) that joins the
+    /// running cluster, and waits until it is ready; returns its id.
+    pub async fn add_broker(&mut self) -> Result<i32, TestkitError> {
+        let ports = free_ports(1).map_err(io_error("picking a free port on 127.0.0.1"))?;
+        let id = self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1;
+        let voters = self
+            .nodes
+            .iter()
+            .filter(|n| n.role != Role::Broker)
+            .map(|n| format!("{}@{}", n.id, n.controller_addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let root = self
+            .nodes
+            .first()
+            .and_then(|n| n.data_dir.parent())
+            .map(Path::to_path_buf)
+            .ok_or_else(|| TestkitError::Invalid("a cluster without nodes".to_owned()))?;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ports[0]));
+        self.nodes.push(Node {
+            id,
+            role: Role::Broker,
+            addr,
+            controller_addr: addr,
+            voters,
+            data_dir: root.join(format!("n{id}")),
+            stderr_log: root.join(format!("n{id}.stderr.log")),
+            child: None,
+            ready: watch::channel(None).1,
+        });
+        let i = self.nodes.len() - 1;
+        self.spawn(i)?;
+        let timeout = self.ready_timeout;
+        self.nodes[i].wait_ready(timeout).await?;
+        Ok(id)
     }
 
     /// The node's client listener.
@@ -603,13 +705,27 @@ impl LocalCluster {
         let mut command = Command::new(&self.binary);
         command
             .arg("broker")
-            .args(["--node-id", &node.id.to_string()])
-            .args(["--listen", &node.addr.to_string()])
-            .args(["--controller-listen", &node.controller_addr.to_string()])
+            .args(["--node-id", &node.id.to_string()]);
+        if node.role.is_broker() {
+            command.args(["--listen", &node.addr.to_string()]);
+        }
+        if node.role != Role::Broker {
+            command.args(["--controller-listen", &node.controller_addr.to_string()]);
+        }
+        command
             .args(["--voters", &node.voters])
             .args(["--metrics", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&node.data_dir);
+        match node.role {
+            Role::Combined => {}
+            Role::Controller => {
+                command.args(["--set", "process.roles=controller"]);
+            }
+            Role::Broker => {
+                command.args(["--set", "process.roles=broker"]);
+            }
+        }
         for (key, value) in &self.properties {
             command.arg("--set").arg(format!("{key}={value}"));
         }
@@ -630,7 +746,12 @@ impl LocalCluster {
         )))?;
         let (tx, rx) = watch::channel(None);
         if let Some(stdout) = child.stdout.take() {
-            let prefix = format!("Strom broker {} listening on", node.id);
+            let kind = if node.role.is_broker() {
+                "broker"
+            } else {
+                "controller"
+            };
+            let prefix = format!("Strom {kind} {} listening on", node.id);
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
                 // Read to the end, so the node never blocks on a full pipe.

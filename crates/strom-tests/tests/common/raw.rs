@@ -123,6 +123,32 @@ impl RawConnection {
         Ok((response.controller_id.0, brokers))
     }
 
+    /// Metadata (v12) of one topic: each partition's leader (-1: none), by
+    /// partition, and the live brokers' ids.
+    pub fn leaders(&mut self, topic: &str) -> io::Result<(Vec<i32>, Vec<i32>)> {
+        use strom_protocol::messages::kafka::metadata_request::MetadataRequestTopic;
+        let request = MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(topic.to_owned())),
+            ))]))
+            .with_allow_auto_topic_creation(false);
+        let response: MetadataResponse = self.call(ApiKey::Metadata, 12, &request)?;
+        let found = response
+            .topics
+            .first()
+            .filter(|t| t.error_code == 0)
+            .ok_or_else(|| invalid(format!("no topic {topic}")))?;
+        let mut partitions: Vec<(i32, i32)> = found
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.leader_id.0))
+            .collect();
+        partitions.sort_unstable();
+        let mut brokers: Vec<i32> = response.brokers.iter().map(|b| b.node_id.0).collect();
+        brokers.sort_unstable();
+        Ok((partitions.into_iter().map(|(_, l)| l).collect(), brokers))
+    }
+
     /// Metadata (v12) of every topic: the names, sorted, and the live
     /// brokers' ids.
     pub fn topics_and_brokers(&mut self) -> io::Result<(Vec<String>, Vec<i32>)> {

@@ -1,0 +1,223 @@
+//! Nodes with one role (`process.roles=controller` or `broker`), a broker
+//! joining a running cluster, controlled shutdown, and a node whose data
+//! belongs to another cluster: real processes through strom-testkit, seen
+//! through librdkafka and single raw requests to named nodes.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::raw::RawConnection;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use strom_testkit::{LocalCluster, Role};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn strom_bin() -> PathBuf {
+    std::env::var_os("STROM_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
+        PathBuf::from,
+    )
+}
+
+/// Polls `check` (blocking code, run off the runtime) until it holds.
+async fn eventually<T: Send + 'static>(
+    what: &str,
+    mut check: impl FnMut() -> Option<T> + Send + 'static,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    let handle = tokio::task::spawn_blocking(move || {
+        loop {
+            if let Some(v) = check() {
+                return Some(v);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    handle
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("never: {what}"))
+}
+
+/// The broker ids librdkafka sees through `bootstrap`.
+fn rd_brokers(bootstrap: &str) -> Vec<i32> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    match consumer.fetch_metadata(None, Duration::from_secs(5)) {
+        Ok(m) => {
+            let mut ids: Vec<i32> = m.brokers().iter().map(|b| b.id()).collect();
+            ids.sort_unstable();
+            ids
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+fn raw(addr: SocketAddr) -> RawConnection {
+    RawConnection::connect(addr, REQUEST_TIMEOUT).unwrap()
+}
+
+async fn create_topic(addr: SocketAddr, name: &'static str, partitions: i32, rf: i16) {
+    let result = tokio::task::spawn_blocking(move || raw(addr).create_topic(name, partitions, rf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.0, 0, "creating {name}: {result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_only_voter_and_broker_only_nodes_serve_clients_and_a_broker_joins_later() {
+    let mut cluster = LocalCluster::builder(strom_bin())
+        .nodes(1)
+        .controller_only()
+        .brokers(2)
+        .set("broker.heartbeat.interval.ms", "500")
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(cluster.role(1), Role::Controller);
+    assert_eq!(cluster.role(2), Role::Broker);
+    // The controller serves no clients: only the brokers are offered.
+    let bootstrap = cluster.bootstrap();
+    let b = bootstrap.clone();
+    eventually("the two brokers listed", move || {
+        (rd_brokers(&b) == vec![2, 3]).then_some(())
+    })
+    .await;
+    // A topic created through one broker-only node (forwarded to the
+    // controller-only voter) is in the other's metadata with its replicas.
+    create_topic(cluster.addr(2), "spread", 4, 2).await;
+    let other = cluster.addr(3);
+    let (leaders, brokers) = eventually("the topic on the other broker", move || {
+        raw(other).leaders("spread").ok()
+    })
+    .await;
+    assert_eq!(brokers, vec![2, 3]);
+    let mut sorted = leaders.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![2, 2, 3, 3], "leaders spread: {leaders:?}");
+
+    // A broker started later with an empty directory joins and is offered.
+    let joined = cluster.add_broker().await.unwrap();
+    assert_eq!(joined, 4);
+    let b = cluster.bootstrap();
+    eventually("three brokers listed", move || {
+        (rd_brokers(&b) == vec![2, 3, 4]).then_some(())
+    })
+    .await;
+    // It serves what was created before it joined, and takes admin requests.
+    let (_, brokers) = raw(cluster.addr(4)).leaders("spread").unwrap();
+    assert_eq!(brokers, vec![2, 3, 4]);
+    create_topic(cluster.addr(4), "after-join", 3, 3).await;
+    let first = cluster.addr(2);
+    eventually("the joined broker's topic elsewhere", move || {
+        raw(first).leaders("after-join").ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_hands_its_leaderships_over_before_it_exits() {
+    // A session far longer than the test: only the controlled shutdown can
+    // fence the stopped broker in time.
+    let mut cluster = LocalCluster::builder(strom_bin())
+        .nodes(3)
+        .set("broker.session.timeout.ms", "600000")
+        .set("broker.heartbeat.interval.ms", "500")
+        .start()
+        .await
+        .unwrap();
+    let first = cluster.addr(1);
+    let controller = eventually("an active controller", move || {
+        raw(first)
+            .describe_cluster()
+            .ok()
+            .map(|(c, _)| c)
+            .filter(|c| *c > 0)
+    })
+    .await;
+    create_topic(cluster.addr(controller), "handover", 6, 3).await;
+    let at = cluster.addr(controller);
+    let (leaders, _) = eventually("the topic", move || raw(at).leaders("handover").ok()).await;
+    // A broker that leads something and is not the active controller.
+    let stopping = *leaders
+        .iter()
+        .find(|l| **l != controller && **l > 0)
+        .unwrap_or_else(|| panic!("leaders {leaders:?} all on the controller"));
+    cluster.stop(stopping).await.unwrap();
+    // It exited only after the controller committed its fencing: the
+    // active controller's metadata no longer names it, at once.
+    let (leaders, brokers) = raw(cluster.addr(controller)).leaders("handover").unwrap();
+    assert!(
+        !brokers.contains(&stopping),
+        "{stopping} still in {brokers:?}"
+    );
+    assert!(
+        leaders.iter().all(|l| *l != stopping && *l > 0),
+        "leaders after {stopping} stopped: {leaders:?}"
+    );
+    let log = std::fs::read_to_string(cluster.stderr_log(stopping)).unwrap();
+    assert!(
+        log.contains("controlled shutdown: the controller moved"),
+        "no controlled shutdown in the log"
+    );
+    // Back again, it is offered to clients once more.
+    cluster.restart(stopping).await.unwrap();
+    let b = cluster.bootstrap();
+    eventually("three brokers again", move || {
+        (rd_brokers(&b) == vec![1, 2, 3]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_clusters_data_refuses_to_join_in_one_line() {
+    let cluster = LocalCluster::builder(strom_bin())
+        .nodes(1)
+        .start()
+        .await
+        .unwrap();
+    // A directory of another (single-node) cluster, node 2's.
+    let foreign = tempfile::tempdir().unwrap();
+    let copy = foreign.path().join("data");
+    common::BrokerProcess::start(&copy, &["node.id=2"]).stop();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listen.local_addr().unwrap().port();
+    drop(listen);
+    let output = tokio::time::timeout(
+        DEADLINE,
+        tokio::process::Command::new(strom_bin())
+            .args(["broker", "--node-id", "2", "--set", "process.roles=broker"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics", ""])
+            .args(["--voters", cluster.voters(1)])
+            .arg("--data-dir")
+            .arg(&copy)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the node exits")
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("belongs to another cluster than the voters'"),
+        "stderr ends with {last:?}"
+    );
+    assert!(output.stdout.is_empty(), "it never said it was ready");
+}
