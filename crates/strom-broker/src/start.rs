@@ -362,10 +362,21 @@ pub async fn start_with_clock(
         registration,
         lifecycle.clone(),
     ));
-    crate::lifecycle::await_unfenced(&broker, incarnation_id).await;
     // Unfenced means caught up past this process's registration: every
-    // topic from before is in the image; serve once its logs are open.
-    broker.await_metadata().await;
+    // topic from before is in the image; serve once its logs are open. A
+    // voter whose data belongs to another cluster learns it only here,
+    // from the other voters.
+    let ready = async {
+        crate::lifecycle::await_unfenced(&broker, incarnation_id).await;
+        broker.await_metadata().await;
+    };
+    tokio::select! {
+        () = ready => {}
+        Some(why) = broker.controller.wrong_cluster() => {
+            broker.shutdown.cancel();
+            return Err(wrong_cluster(&why));
+        }
+    }
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
@@ -624,6 +635,12 @@ fn observe_controllers(
     )
 }
 
+fn wrong_cluster(why: &str) -> StartError {
+    StartError::WrongCluster(format!(
+        "this node's data directory belongs to another cluster than the voters' ({why}); give it an empty data directory to join"
+    ))
+}
+
 /// How often a node waiting for the quorum says so.
 const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -633,25 +650,13 @@ async fn await_cluster_id(
     controller: &Controller,
 ) -> Result<Arc<strom_controller::MetadataImage>, StartError> {
     let mut images = controller.subscribe();
-    let mut wrong_cluster = controller.wrong_cluster();
+    let mut refused = controller.wrong_cluster();
     loop {
-        let refused = async {
-            match wrong_cluster.as_mut() {
-                Some(w) => w
-                    .wait_for(Option::is_some)
-                    .await
-                    .ok()
-                    .and_then(|w| w.clone()),
-                None => std::future::pending().await,
-            }
-        };
         let waited = tokio::select! {
-            why = refused => match why {
-                Some(why) => return Err(StartError::WrongCluster(format!(
-                    "this node's data directory belongs to another cluster than the voters' ({why}); give it an empty data directory to join"
-                ))),
+            why = &mut refused => match why {
+                Some(why) => return Err(wrong_cluster(&why)),
                 None => {
-                    wrong_cluster = None;
+                    refused = Box::pin(std::future::pending());
                     continue;
                 }
             },

@@ -417,7 +417,7 @@ impl Controller {
         let quorum = Quorum::start(quorum_config, log, base, listener)
             .await
             .map_err(|e| match e {
-                QuorumError::NotAVoter { .. } => {
+                QuorumError::NotAVoter { .. } | QuorumError::VotersChanged { .. } => {
                     ControllerError::new(ErrorCode::InvalidRequest, e.to_string())
                 }
                 _ => storage(&e),
@@ -479,12 +479,32 @@ impl Controller {
         controller
     }
 
-    /// Set when this node cannot join because the voters belong to another
-    /// cluster than its data directory: why.
-    pub fn wrong_cluster(&self) -> Option<watch::Receiver<Option<String>>> {
+    /// Ends, saying why, once this node cannot join because the voters
+    /// belong to another cluster than its data directory (`None`: never,
+    /// the node stopped first).
+    pub fn wrong_cluster(&self) -> futures::future::BoxFuture<'static, Option<String>> {
         match &self.backend {
-            Backend::Observer(o) => Some(o.wrong_cluster()),
-            _ => None,
+            Backend::Observer(o) => {
+                let mut refused = o.wrong_cluster();
+                Box::pin(async move {
+                    refused
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|why| why.clone())
+                })
+            }
+            Backend::Quorum(q) => {
+                let mut refused = q.wrong_cluster();
+                Box::pin(async move {
+                    refused
+                        .wait_for(Option::is_some)
+                        .await
+                        .ok()
+                        .and_then(|why| why.as_ref().map(ToString::to_string))
+                })
+            }
+            Backend::Log { .. } => Box::pin(std::future::pending()),
         }
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use strom_controller::quorum::{Quorum, QuorumConfig, WriteError};
+use strom_controller::quorum::{Quorum, QuorumConfig, WriteError, WrongCluster};
 use strom_controller::{MetadataImage, MetadataRecord, metadata_log_config};
 use strom_storage::{FileCache, LoadOptions, PartitionLog, SystemClock};
 use tokio::net::TcpListener;
@@ -42,9 +42,22 @@ async fn start(
     addr: std::net::SocketAddr,
     voters: &BTreeMap<i32, String>,
 ) -> Quorum {
+    start_in_cluster(id, dir, addr, voters, "").await
+}
+
+/// Starts a node whose metadata names `cluster_id` ("": none yet).
+async fn start_in_cluster(
+    id: i32,
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    voters: &BTreeMap<i32, String>,
+    cluster_id: &str,
+) -> Quorum {
     let listener = TcpListener::bind(addr)
         .await
         .expect("bind the controller listener");
+    let mut base = MetadataImage::default();
+    base.cluster_id = cluster_id.to_owned();
     Quorum::start(
         QuorumConfig {
             node_id: id,
@@ -53,7 +66,7 @@ async fn start(
             request_timeout_ms: 1000,
         },
         open_log(dir),
-        MetadataImage::default(),
+        base,
         Some(listener),
     )
     .await
@@ -61,6 +74,12 @@ async fn start(
 }
 
 async fn cluster(n: i32) -> (Vec<Node>, BTreeMap<i32, String>) {
+    cluster_with_ids(&vec![""; usize::try_from(n).unwrap()]).await
+}
+
+/// One node per entry of `cluster_ids`, each with that cluster id.
+async fn cluster_with_ids(cluster_ids: &[&str]) -> (Vec<Node>, BTreeMap<i32, String>) {
+    let n = i32::try_from(cluster_ids.len()).unwrap();
     let mut nodes = Vec::new();
     for id in 1..=n {
         // Take a free port, then give it to the quorum.
@@ -75,8 +94,9 @@ async fn cluster(n: i32) -> (Vec<Node>, BTreeMap<i32, String>) {
         });
     }
     let voters: BTreeMap<i32, String> = nodes.iter().map(|n| (n.id, n.addr.to_string())).collect();
-    for node in &mut nodes {
-        node.quorum = Some(start(node.id, node.dir.path(), node.addr, &voters).await);
+    for (node, cluster_id) in nodes.iter_mut().zip(cluster_ids) {
+        node.quorum =
+            Some(start_in_cluster(node.id, node.dir.path(), node.addr, &voters, cluster_id).await);
     }
     (nodes, voters)
 }
@@ -253,4 +273,116 @@ async fn a_standalone_node_elects_itself_and_keeps_its_image_across_restarts() {
         .unwrap();
     await_topic(&q, "kept").await;
     q.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_other_voters_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = QuorumConfig {
+        node_id: 1,
+        voters: BTreeMap::new(),
+        election_timeout_ms: 100,
+        request_timeout_ms: 1000,
+    };
+    let q = Quorum::start(
+        alone.clone(),
+        open_log(dir.path()),
+        MetadataImage::default(),
+        None,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while q.write(topic("alone"), WRITE_TIMEOUT).await.is_err() {
+        assert!(Instant::now() < deadline, "the standalone node never wrote");
+    }
+    q.shutdown().await;
+    drop(q);
+    // The same directory given three voters: its log's quorum is {1}.
+    let three = QuorumConfig {
+        voters: (1..=3).map(|id| (id, format!("127.0.0.1:{id}"))).collect(),
+        ..alone
+    };
+    let refused = Quorum::start(three, open_log(dir.path()), MetadataImage::default(), None)
+        .await
+        .expect_err("refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("[1]") && message.contains("[1, 2, 3]"),
+        "{message}"
+    );
+}
+
+async fn await_wrong_cluster(q: &Quorum) -> WrongCluster {
+    let mut rx = q.wrong_cluster();
+    tokio::time::timeout(DEADLINE, rx.wait_for(Option::is_some))
+        .await
+        .unwrap_or_else(|_| panic!("node {} never reported another cluster", q.node_id()))
+        .unwrap()
+        .clone()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_cluster_is_told_it_cannot_join_and_the_majority_carries_on() {
+    // Node 3's data directory belongs to cluster "other".
+    let (mut nodes, _) = cluster_with_ids(&["ours", "ours", "other"]).await;
+    let stray = nodes[2].quorum.as_ref().unwrap();
+    let seen = await_wrong_cluster(stray).await;
+    assert!(seen.peer == 1 || seen.peer == 2, "{seen:?}");
+    assert_eq!(
+        (seen.theirs.as_str(), seen.ours.as_str()),
+        ("ours", "other")
+    );
+    let message = seen.to_string();
+    assert!(
+        !message.contains('\n') && message.contains("ours") && message.contains("other"),
+        "{message}"
+    );
+    // Nodes 1 and 2 are a majority: they elect, commit, and are not told.
+    let majority: Vec<Node> = nodes.drain(..2).collect();
+    write_on_leader(&majority, topic("a")).await;
+    for n in &majority {
+        let q = n.quorum.as_ref().unwrap();
+        await_topic(q, "a").await;
+        assert_eq!(*q.wrong_cluster().borrow(), None, "node {}", n.id);
+    }
+    assert!(
+        nodes[0]
+            .quorum
+            .as_ref()
+            .unwrap()
+            .image()
+            .topic("a")
+            .is_none()
+    );
+    for mut n in majority.into_iter().chain(nodes) {
+        n.quorum.take().unwrap().shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_of_different_clusters_both_report_it() {
+    let (mut nodes, _) = cluster_with_ids(&["blue", "green"]).await;
+    let blue = await_wrong_cluster(nodes[0].quorum.as_ref().unwrap()).await;
+    let green = await_wrong_cluster(nodes[1].quorum.as_ref().unwrap()).await;
+    assert_eq!(
+        blue,
+        WrongCluster {
+            peer: 2,
+            theirs: "green".to_owned(),
+            ours: "blue".to_owned()
+        }
+    );
+    assert_eq!(
+        green,
+        WrongCluster {
+            peer: 1,
+            theirs: "blue".to_owned(),
+            ours: "green".to_owned()
+        }
+    );
+    for n in &mut nodes {
+        n.quorum.take().unwrap().shutdown().await;
+    }
 }

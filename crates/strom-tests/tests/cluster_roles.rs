@@ -221,3 +221,56 @@ async fn a_node_with_another_clusters_data_refuses_to_join_in_one_line() {
     );
     assert!(output.stdout.is_empty(), "it never said it was ready");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_whose_directory_was_emptied_rejoins_and_one_of_another_cluster_is_refused() {
+    let mut cluster = LocalCluster::builder(strom_bin())
+        .nodes(3)
+        .set("broker.heartbeat.interval.ms", "500")
+        .start()
+        .await
+        .unwrap();
+    create_topic(cluster.addr(1), "before", 3, 1).await;
+    // A voter that lost its disk comes back empty: the leader sends it the
+    // log again, and it serves what was there before.
+    cluster.stop(3).await.unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    cluster.restart(3).await.unwrap();
+    let (_, brokers) = raw(cluster.addr(3)).leaders("before").unwrap();
+    assert_eq!(brokers, vec![1, 2, 3]);
+
+    // Node 3 of another three-voter cluster in its place: refused in one
+    // line, while the others go on.
+    let mut other = LocalCluster::builder(strom_bin())
+        .nodes(3)
+        .start()
+        .await
+        .unwrap();
+    other.stop_all().await.unwrap();
+    cluster.stop(3).await.unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(3)).unwrap();
+    copy_dir(other.data_dir(3), cluster.data_dir(3));
+    let refused = cluster
+        .restart(3)
+        .await
+        .expect_err("a node of another cluster");
+    let message = refused.to_string();
+    assert!(
+        message.contains("belongs to another cluster than the voters'"),
+        "{message}"
+    );
+    create_topic(cluster.addr(1), "after", 1, 1).await;
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}

@@ -14,9 +14,14 @@
 //! Terms are KRaft's epochs: one leader per term (openraft's standard
 //! leader id), and a snapshot is named `<offset>-<epoch>`. A standalone node
 //! (one voter, no controller listener) runs the same code with no network.
+//!
+//! Tests can replace TCP with a simulated network
+//! ([`Quorum::start_with_transport`], `tests/quorum_sim.rs`): the same log
+//! store, state machine and openraft run over it.
 
 mod log_store;
 mod network;
+mod runtime;
 mod state_machine;
 
 use std::collections::BTreeMap;
@@ -38,7 +43,11 @@ use crate::image::MetadataImage;
 use crate::records::MetadataRecord;
 use crate::snapshot::SnapshotStore;
 
-pub use network::{AppHandler, CallError, MAX_PEER_FRAME_BYTES, VoterClient};
+pub use network::{AppHandler, CallError, MAX_PEER_FRAME_BYTES, VoterClient, WrongCluster};
+#[doc(hidden)]
+pub use network::{FrameHandler, Transport};
+#[doc(hidden)]
+pub use runtime::seed_thread_rng;
 pub(crate) use state_machine::StateMachine;
 
 /// One entry's worth of metadata records: one controller operation, applied
@@ -69,6 +78,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+        AsyncRuntime = runtime::Runtime,
 );
 
 pub(crate) type LogId = openraft::alias::LogIdOf<TypeConfig>;
@@ -112,6 +122,13 @@ pub enum QuorumError {
         "node {node_id} is not among the voters {voters:?} of controller.quorum.voters but has the controller role"
     )]
     NotAVoter { node_id: i32, voters: Vec<i32> },
+    #[error(
+        "the metadata log was written by a quorum of the voters {logged:?}, but controller.quorum.voters names {configured:?}; Strom cannot change a quorum's voters yet: give the voters their own settings back, or this node an empty data directory"
+    )]
+    VotersChanged {
+        logged: Vec<i32>,
+        configured: Vec<i32>,
+    },
 }
 
 /// Why a write did not commit.
@@ -164,10 +181,21 @@ pub struct Quorum {
     log: log_store::LogStore,
     /// The partition log under the Raft log (closed by its owner at shutdown).
     metadata_log: Arc<PartitionLog>,
-    app: Arc<OnceLock<Arc<dyn AppHandler>>>,
+    /// The receiving side, which the controller listener (or a simulated
+    /// network) hands requests to.
+    server: network::Server,
     config: QuorumConfig,
     shutdown: CancellationToken,
-    server: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listener_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How the quorum reaches the other voters.
+enum Wire {
+    /// TCP: the controller listener, if any, and connections to the
+    /// voters' addresses.
+    Tcp(Option<TcpListener>),
+    /// A simulated network.
+    Transport(Arc<dyn Transport>),
 }
 
 impl fmt::Debug for Quorum {
@@ -201,6 +229,29 @@ impl Quorum {
         base: MetadataImage,
         listener: Option<TcpListener>,
     ) -> Result<Self, QuorumError> {
+        Self::start_on(config, log, base, Wire::Tcp(listener)).await
+    }
+
+    /// Starts the quorum as [`Quorum::start`] does, with `transport` in
+    /// place of TCP: requests to other voters go through it, and the
+    /// transport delivers requests for this node to [`Quorum::frame_handler`].
+    /// For simulations; production nodes use TCP.
+    #[doc(hidden)]
+    pub async fn start_with_transport(
+        config: QuorumConfig,
+        log: Arc<PartitionLog>,
+        base: MetadataImage,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, QuorumError> {
+        Self::start_on(config, log, base, Wire::Transport(transport)).await
+    }
+
+    async fn start_on(
+        config: QuorumConfig,
+        log: Arc<PartitionLog>,
+        base: MetadataImage,
+        wire: Wire,
+    ) -> Result<Self, QuorumError> {
         let standalone = config.voters.is_empty();
         let voters: BTreeMap<u64, BasicNode> = if standalone {
             BTreeMap::from([(node(config.node_id), BasicNode::new(""))])
@@ -226,22 +277,50 @@ impl Quorum {
             state_machine.save_base()?;
         }
         let images = state_machine.subscribe();
+        let (listener, transport) = match wire {
+            Wire::Tcp(listener) => (listener, None),
+            Wire::Transport(transport) => (None, Some(transport)),
+        };
         let peers = voters
             .iter()
             .filter(|(id, _)| **id != node(config.node_id))
-            .map(|(id, n)| (*id, Arc::new(network::Peer::new(*id, n.addr.clone()))))
+            .map(|(id, n)| {
+                let peer = match &transport {
+                    None => network::Peer::new(*id, n.addr.clone()),
+                    Some(t) => network::Peer::with_transport(*id, n.addr.clone(), Arc::clone(t)),
+                };
+                (*id, Arc::new(peer))
+            })
             .collect();
+        let guard = Arc::new(network::ClusterGuard::new(
+            node(config.node_id),
+            voters.keys().copied().collect(),
+        ));
         let network = network::Network {
             node: node(config.node_id),
             images: images.clone(),
             peers: Arc::new(peers),
+            transport,
+            guard: Arc::clone(&guard),
+            request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
         };
         let election = config.election_timeout_ms.max(10);
         let raft_config = openraft::Config {
             cluster_name: "strom".to_owned(),
-            election_timeout_min: election,
-            election_timeout_max: election * 2,
-            heartbeat_interval: (election / 5).max(5),
+            // openraft's followers honour the leader's lease (the longest
+            // election timeout) before they campaign, then wait a random
+            // timeout: between half and all of `election` each, so a new
+            // leader is elected 1.5 to 2 election timeouts after the old
+            // one dies, as Kafka's `controller.quorum.election.timeout.ms`
+            // leads users to expect.
+            election_timeout_min: (election / 2).max(10),
+            election_timeout_max: election.max(20),
+            heartbeat_interval: (election / 10).max(5),
+            // A voter whose data directory was replaced by an empty one is
+            // sent the log again instead of being refused for ever (the
+            // leader remembers it further along). Its forgotten vote is the
+            // risk Kafka's static quorums share; see docs/broker.md.
+            allow_log_reversion: Some(true),
             install_snapshot_timeout: config.request_timeout_ms.max(election) * 5,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_INTERVAL_ENTRIES),
             max_in_snapshot_log_to_keep: ENTRIES_KEPT_BELOW_SNAPSHOT,
@@ -258,6 +337,32 @@ impl Quorum {
         )
         .await
         .map_err(|e| QuorumError::Raft(e.to_string()))?;
+        if !fresh {
+            // The voters are static: a log of another voter set (a
+            // single-node directory given voters, or voters edited) would
+            // keep its own quorum and never reach the configured one.
+            let logged: Vec<i32> = raft
+                .metrics()
+                .borrow_watched()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter_map(|id| i32::try_from(id).ok())
+                .collect();
+            let configured: Vec<i32> = voters
+                .keys()
+                .filter_map(|id| i32::try_from(*id).ok())
+                .collect();
+            let mut sorted = logged.clone();
+            sorted.sort_unstable();
+            if !logged.is_empty() && sorted != configured {
+                let _ = raft.shutdown().await;
+                return Err(QuorumError::VotersChanged {
+                    logged: sorted,
+                    configured,
+                });
+            }
+        }
         if fresh {
             match raft.initialize(voters).await {
                 Ok(()) => {}
@@ -268,16 +373,15 @@ impl Quorum {
                 Err(e) => return Err(QuorumError::Raft(e.to_string())),
             }
         }
-        let app: Arc<OnceLock<Arc<dyn AppHandler>>> = Arc::new(OnceLock::new());
+        let server = network::Server {
+            raft: raft.clone(),
+            images: images.clone(),
+            app: Arc::new(OnceLock::new()),
+            guard,
+        };
         let shutdown = CancellationToken::new();
-        let server = listener.map(|listener| {
-            tokio::spawn(network::serve(
-                listener,
-                raft.clone(),
-                images.clone(),
-                Arc::clone(&app),
-                shutdown.clone(),
-            ))
+        let listener_task = listener.map(|listener| {
+            tokio::spawn(network::serve(listener, server.clone(), shutdown.clone()))
         });
         Ok(Self {
             node_id: config.node_id,
@@ -286,10 +390,10 @@ impl Quorum {
             network,
             log: log_store,
             metadata_log,
-            app,
+            server,
             config,
             shutdown,
-            server: parking_lot::Mutex::new(server),
+            listener_task: parking_lot::Mutex::new(listener_task),
         })
     }
 
@@ -319,7 +423,25 @@ impl Quorum {
     /// Sets who answers the controller's own requests from other nodes.
     /// Once only; later calls are ignored.
     pub fn set_app_handler(&self, handler: Arc<dyn AppHandler>) {
-        let _ = self.app.set(handler);
+        let _ = self.server.app.set(handler);
+    }
+
+    /// This node's receiving side, for a simulated network started with
+    /// [`Quorum::start_with_transport`] to deliver requests to.
+    #[doc(hidden)]
+    pub fn frame_handler(&self) -> FrameHandler {
+        FrameHandler(self.server.clone())
+    }
+
+    /// Set once this node can never join its quorum because voters belong
+    /// to another cluster: so many voters answered (or called) with another
+    /// cluster id that the rest, with this node, are no majority. That is
+    /// the node whose data directory is from another cluster (or whose
+    /// `controller.quorum.voters` names another cluster's nodes); the
+    /// voters of the healthy majority only log the stray one and are not
+    /// told here. Stays set.
+    pub fn wrong_cluster(&self) -> watch::Receiver<Option<WrongCluster>> {
+        self.server.guard.subscribe()
     }
 
     /// The newest applied image.
@@ -452,28 +574,34 @@ impl Quorum {
 
     /// The quorum as this node sees it.
     pub fn status(&self) -> QuorumStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
-        let offset =
-            |index: Option<u64>| index.map_or(0, |i| i64::try_from(i + 1).unwrap_or(i64::MAX));
-        let voters = m
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(id, matched)| ReplicaStatus {
-                        node_id: kafka_id(*id),
-                        log_end_offset: offset(matched.map(|l| l.index)),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        QuorumStatus {
-            leader: m.current_leader.map(kafka_id),
-            epoch: i32::try_from(m.current_term).unwrap_or(i32::MAX),
-            high_watermark: offset(m.cluster_committed.map(|c| c.index)),
-            log_end_offset: offset(m.last_log_index),
-            voters,
-        }
+        status_of(&self.raft.metrics().borrow_watched())
+    }
+
+    /// Receives this node's [`QuorumStatus`] on every change of its Raft
+    /// state (a term, a leader, an append, a commit). A reader that falls
+    /// behind sees only the newest.
+    pub fn watch_status(&self) -> watch::Receiver<QuorumStatus> {
+        let (tx, rx) = watch::channel(self.status());
+        let mut metrics = self.raft.metrics();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = metrics.changed() => if changed.is_err() { return },
+                }
+                let status = status_of(&metrics.borrow_watched());
+                tx.send_if_modified(|old| {
+                    let changed = *old != status;
+                    *old = status;
+                    changed
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 
     /// Every entry of this node's Raft log still kept, as `(index, term,
@@ -533,10 +661,34 @@ impl Quorum {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "the quorum stopped abnormally");
         }
-        let server = self.server.lock().take();
-        if let Some(server) = server {
-            let _ = server.await;
+        let listener_task = self.listener_task.lock().take();
+        if let Some(task) = listener_task {
+            let _ = task.await;
         }
+    }
+}
+
+/// The quorum as openraft's metrics describe it.
+fn status_of(m: &openraft::RaftMetrics<TypeConfig>) -> QuorumStatus {
+    let offset = |index: Option<u64>| index.map_or(0, |i| i64::try_from(i + 1).unwrap_or(i64::MAX));
+    let voters = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, matched)| ReplicaStatus {
+                    node_id: kafka_id(*id),
+                    log_end_offset: offset(matched.map(|l| l.index)),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    QuorumStatus {
+        leader: m.current_leader.map(kafka_id),
+        epoch: i32::try_from(m.current_term).unwrap_or(i32::MAX),
+        high_watermark: offset(m.cluster_committed.map(|c| c.index)),
+        log_end_offset: offset(m.last_log_index),
+        voters,
     }
 }
 

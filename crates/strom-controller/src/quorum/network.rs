@@ -6,7 +6,14 @@
 //! sender's cluster id when it knows one; a node refuses requests from
 //! another cluster (a data directory of another cluster must never vote or
 //! replicate here). Frames are bounded by [`MAX_PEER_FRAME_BYTES`].
+//!
+//! The frames travel over TCP ([`Peer::new`], [`serve`]). A simulation
+//! replaces the wire with a [`Transport`] that hands each request frame to
+//! the target's [`FrameHandler`], the same decoding, cluster check and
+//! dispatch the listener runs; everything above the wire is the same code.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, OnceLock};
@@ -38,6 +45,107 @@ pub const MAX_PEER_FRAME_BYTES: u64 = SNAPSHOT_BYTES_MAX + (16 << 20);
 /// Bound on connections the controller listener serves at once: the voters
 /// and brokers of a cluster, with room; more are refused (closed at once).
 pub(crate) const MAX_PEER_CONNECTIONS: usize = 1024;
+
+/// How one node's request frames reach another node, in place of TCP (a
+/// simulated network in tests). Not for production use: the TCP path does
+/// not go through it.
+#[doc(hidden)]
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// Delivers one request frame (an encoded envelope) from node `from` to
+    /// node `to` and returns the response frame. An error is a connection
+    /// failure (refused, reset); a lost message or response never returns,
+    /// and the caller's timeout ends the wait, as on TCP.
+    fn exchange(
+        &self,
+        from: i32,
+        to: i32,
+        request: Vec<u8>,
+    ) -> BoxFuture<'static, io::Result<Vec<u8>>>;
+}
+
+/// A node of another cluster met on the controller network: one side's
+/// data directory belongs to another cluster. See
+/// [`super::Quorum::wrong_cluster`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongCluster {
+    /// The voter of the other cluster.
+    pub peer: i32,
+    /// Its cluster id.
+    pub theirs: String,
+    /// This node's cluster id.
+    pub ours: String,
+}
+
+impl fmt::Display for WrongCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "this node's metadata belongs to cluster {}, but voter {} belongs to cluster {}: \
+             the data directory is from another cluster, or controller.quorum.voters names \
+             another cluster's nodes",
+            self.ours, self.peer, self.theirs
+        )
+    }
+}
+
+/// Which voters disagree with this node about the cluster id, and whether
+/// that leaves this node unable to form a majority. Both sides of a
+/// disagreement see it; only the side that cannot reach a majority of
+/// voters of its own cluster (the stray node, not the healthy majority) is
+/// told, through `report`, since it can never join.
+#[derive(Debug)]
+pub(crate) struct ClusterGuard {
+    node: u64,
+    voters: BTreeSet<u64>,
+    /// The voters last seen with another cluster id (cleared by a later
+    /// exchange that agrees, e.g. after the other node's directory was fixed).
+    foreign: parking_lot::Mutex<BTreeMap<u64, WrongCluster>>,
+    report: watch::Sender<Option<WrongCluster>>,
+}
+
+impl ClusterGuard {
+    pub(crate) fn new(node: u64, voters: BTreeSet<u64>) -> Self {
+        Self {
+            node,
+            voters,
+            foreign: parking_lot::Mutex::new(BTreeMap::new()),
+            report: watch::channel(None).0,
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<WrongCluster>> {
+        self.report.subscribe()
+    }
+
+    fn refused(&self, peer: u64, theirs: String, ours: String) {
+        let seen = WrongCluster {
+            peer: i32::try_from(peer).unwrap_or(-1),
+            theirs,
+            ours,
+        };
+        if !self.voters.contains(&peer) || peer == self.node {
+            tracing::error!(peer, theirs = %seen.theirs, ours = %seen.ours, "a node of another cluster on the controller network");
+            return;
+        }
+        let mut foreign = self.foreign.lock();
+        if foreign.insert(peer, seen.clone()).is_none() {
+            tracing::error!(peer, theirs = %seen.theirs, ours = %seen.ours, "a voter belongs to another cluster");
+        }
+        // This node and every voter not known to disagree: a majority of
+        // the voters, or no leader can ever count this node in.
+        let majority = self.voters.len() / 2 + 1;
+        if self.voters.len() - foreign.len() < majority && self.report.borrow().is_none() {
+            self.report.send_replace(Some(seen));
+        }
+    }
+
+    fn agreed(&self, peer: u64) {
+        let mut foreign = self.foreign.lock();
+        if !foreign.is_empty() {
+            foreign.remove(&peer);
+        }
+    }
+}
 
 /// Answers the controller's own requests (forwarded metadata writes,
 /// broker registration and heartbeats): bytes in, bytes out; the
@@ -138,7 +246,14 @@ type Conn = (
 pub(crate) struct Peer {
     node: u64,
     addr: String,
-    conn: Mutex<Option<Conn>>,
+    link: Link,
+}
+
+#[derive(Debug)]
+enum Link {
+    Tcp(Mutex<Option<Conn>>),
+    /// A [`Transport`]; the lock keeps one request at a time, as on TCP.
+    Transport(Arc<dyn Transport>, Mutex<()>),
 }
 
 impl Peer {
@@ -146,7 +261,15 @@ impl Peer {
         Self {
             node,
             addr,
-            conn: Mutex::new(None),
+            link: Link::Tcp(Mutex::new(None)),
+        }
+    }
+
+    pub(crate) fn with_transport(node: u64, addr: String, transport: Arc<dyn Transport>) -> Self {
+        Self {
+            node,
+            addr,
+            link: Link::Transport(transport, Mutex::new(())),
         }
     }
 
@@ -172,39 +295,18 @@ impl Peer {
             addr: self.addr.clone(),
             source,
         };
-        let exchange = async {
-            let mut conn = self.conn.lock().await;
-            if conn.is_none() {
-                let stream = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                *conn = Some((BufReader::new(r), BufWriter::new(w)));
-            }
-            let Some((r, w)) = conn.as_mut() else {
-                unreachable!("connected above")
-            };
-            let result = async {
-                write_frame(w, &body).await?;
-                read_frame(r).await
-            }
-            .await;
-            match result {
-                Ok(bytes) => Ok(bytes),
-                Err(e) => {
-                    // The connection is in an unknown state: drop it.
-                    *conn = None;
-                    Err(unreachable(e))
+        let bytes = match &self.link {
+            Link::Tcp(conn) => self.exchange_tcp(conn, &body, timeout).await?,
+            Link::Transport(transport, turn) => {
+                let exchange = async {
+                    let _turn = turn.lock().await;
+                    let (from, to) = (super::kafka_id(from), super::kafka_id(self.node));
+                    transport.exchange(from, to, body).await
+                };
+                match tokio::time::timeout(timeout, exchange).await {
+                    Ok(result) => result.map_err(unreachable)?,
+                    Err(_) => return Err(CallError::Timeout { node: self.node }),
                 }
-            }
-        };
-        let bytes = match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result?,
-            Err(_) => {
-                // A response may still come on this connection: drop it.
-                if let Ok(mut conn) = self.conn.try_lock() {
-                    *conn = None;
-                }
-                return Err(CallError::Timeout { node: self.node });
             }
         };
         let response: PeerResponse =
@@ -225,6 +327,55 @@ impl Peer {
             other => Ok(other),
         }
     }
+
+    /// One request and its response on the TCP connection.
+    async fn exchange_tcp(
+        &self,
+        conn: &Mutex<Option<Conn>>,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        let unreachable = |source: io::Error| CallError::Unreachable {
+            node: self.node,
+            addr: self.addr.clone(),
+            source,
+        };
+        let exchange = async {
+            let mut conn = conn.lock().await;
+            if conn.is_none() {
+                let stream = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                *conn = Some((BufReader::new(r), BufWriter::new(w)));
+            }
+            let Some((r, w)) = conn.as_mut() else {
+                unreachable!("connected above")
+            };
+            let result = async {
+                write_frame(w, body).await?;
+                read_frame(r).await
+            }
+            .await;
+            match result {
+                Ok(bytes) => Ok(bytes),
+                Err(e) => {
+                    // The connection is in an unknown state: drop it.
+                    *conn = None;
+                    Err(unreachable(e))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A response may still come on this connection: drop it.
+                if let Ok(mut conn) = conn.try_lock() {
+                    *conn = None;
+                }
+                Err(CallError::Timeout { node: self.node })
+            }
+        }
+    }
 }
 
 /// What every connection of this node shares: its id, its cluster id (from
@@ -233,7 +384,14 @@ impl Peer {
 pub(crate) struct Network {
     pub(crate) node: u64,
     pub(crate) images: watch::Receiver<Arc<MetadataImage>>,
-    pub(crate) peers: Arc<std::collections::BTreeMap<u64, Arc<Peer>>>,
+    pub(crate) peers: Arc<BTreeMap<u64, Arc<Peer>>>,
+    /// In place of TCP, for a peer not among `peers` (None: TCP).
+    pub(crate) transport: Option<Arc<dyn Transport>>,
+    pub(crate) guard: Arc<ClusterGuard>,
+    /// The least time a Raft RPC gets (`controller.quorum.request.timeout.ms`):
+    /// openraft offers only its heartbeat interval, too short for an append
+    /// that includes a follower's fsync on a slow disk.
+    pub(crate) request_timeout: Duration,
 }
 
 impl Network {
@@ -243,10 +401,32 @@ impl Network {
     }
 
     fn peer(&self, node: u64, addr: &str) -> Arc<Peer> {
-        match self.peers.get(&node) {
-            Some(p) => Arc::clone(p),
-            None => Arc::new(Peer::new(node, addr.to_owned())),
+        match (self.peers.get(&node), &self.transport) {
+            (Some(p), _) => Arc::clone(p),
+            (None, None) => Arc::new(Peer::new(node, addr.to_owned())),
+            (None, Some(t)) => Arc::new(Peer::with_transport(node, addr.to_owned(), Arc::clone(t))),
         }
+    }
+
+    /// Sends `request` to `peer` as this node, noting whether the peer
+    /// agrees about the cluster.
+    async fn send(
+        &self,
+        peer: &Peer,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        let result = peer
+            .call(self.node, self.cluster_id(), request, timeout)
+            .await;
+        match &result {
+            Ok(_) => self.guard.agreed(peer.node),
+            Err(CallError::WrongCluster { theirs, ours, .. }) => {
+                self.guard.refused(peer.node, theirs.clone(), ours.clone());
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// Calls the controller layer of node `node`.
@@ -260,15 +440,7 @@ impl Network {
             node,
             reason: "not a voter of this quorum".to_owned(),
         })?;
-        match peer
-            .call(
-                self.node,
-                self.cluster_id(),
-                PeerRequest::App(request),
-                timeout,
-            )
-            .await?
-        {
+        match self.send(&peer, PeerRequest::App(request), timeout).await? {
             PeerResponse::App(bytes) => Ok(bytes),
             other => Err(CallError::Refused {
                 node,
@@ -301,19 +473,8 @@ impl RaftClient {
         request: PeerRequest,
         option: &RPCOption,
     ) -> Result<PeerResponse, CallError> {
-        self.peer
-            .call(
-                self.net.node,
-                self.net.cluster_id(),
-                request,
-                option.soft_ttl(),
-            )
-            .await
-            .inspect_err(|e| {
-                if let CallError::WrongCluster { .. } = e {
-                    tracing::error!(error = %e, "a voter belongs to another cluster");
-                }
-            })
+        let timeout = option.soft_ttl().max(self.net.request_timeout);
+        self.net.send(&self.peer, request, timeout).await
     }
 }
 
@@ -408,14 +569,66 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     }
 }
 
+/// The receiving side of this node: decodes a request frame, refuses
+/// another cluster's, dispatches to Raft or the [`AppHandler`] and encodes
+/// the response. The controller listener runs it per frame; a simulated
+/// network calls it directly ([`FrameHandler`]).
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub(crate) raft: Raft<TypeConfig, StateMachine>,
+    pub(crate) images: watch::Receiver<Arc<MetadataImage>>,
+    pub(crate) app: Arc<OnceLock<Arc<dyn AppHandler>>>,
+    pub(crate) guard: Arc<ClusterGuard>,
+}
+
+impl Server {
+    async fn handle(&self, body: &[u8]) -> io::Result<Vec<u8>> {
+        let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("undecodable request: {e}"),
+            )
+        })?;
+        let ours = self.images.borrow().cluster_id.clone();
+        let response = match &envelope.cluster_id {
+            Some(theirs) if !ours.is_empty() && *theirs != ours => {
+                tracing::error!(from = envelope.from, theirs = %theirs, ours = %ours, "refused a request from a node of another cluster");
+                self.guard
+                    .refused(envelope.from, theirs.clone(), ours.clone());
+                PeerResponse::WrongCluster(ours)
+            }
+            _ => {
+                self.guard.agreed(envelope.from);
+                dispatch(&self.raft, &self.app, envelope).await
+            }
+        };
+        serde_json::to_vec(&response).map_err(io::Error::other)
+    }
+}
+
+/// A node's receiving side for a simulated network: the frames a
+/// [`Transport`] delivers to this node go here.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct FrameHandler(pub(crate) Server);
+
+impl fmt::Debug for FrameHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameHandler").finish_non_exhaustive()
+    }
+}
+
+impl FrameHandler {
+    /// Handles one request frame and returns the response frame; an error
+    /// is a frame that does not decode (TCP would close the connection).
+    pub fn handle(&self, request: Vec<u8>) -> BoxFuture<'static, io::Result<Vec<u8>>> {
+        let server = self.0.clone();
+        Box::pin(async move { server.handle(&request).await })
+    }
+}
+
 /// Serves the controller listener until `shutdown`.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    raft: Raft<TypeConfig, StateMachine>,
-    images: watch::Receiver<Arc<MetadataImage>>,
-    app: Arc<OnceLock<Arc<dyn AppHandler>>>,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn serve(listener: TcpListener, server: Server, shutdown: CancellationToken) {
     let tasks = TaskTracker::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
@@ -436,15 +649,13 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let raft = raft.clone();
-        let images = images.clone();
-        let app = Arc::clone(&app);
+        let server = server.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let _permit = permit;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                result = serve_connection(stream, raft, images, app) => {
+                result = serve_connection(stream, &server) => {
                     if let Err(e) = result && e.kind() != io::ErrorKind::UnexpectedEof {
                         tracing::debug!(%addr, error = %e, "controller connection closed");
                     }
@@ -456,32 +667,13 @@ pub(crate) async fn serve(
     tasks.wait().await;
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    raft: Raft<TypeConfig, StateMachine>,
-    images: watch::Receiver<Arc<MetadataImage>>,
-    app: Arc<OnceLock<Arc<dyn AppHandler>>>,
-) -> io::Result<()> {
+async fn serve_connection(stream: TcpStream, server: &Server) -> io::Result<()> {
     let (r, w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut w = BufWriter::new(w);
     loop {
         let body = read_frame(&mut r).await?;
-        let envelope: Envelope = serde_json::from_slice(&body).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("undecodable request: {e}"),
-            )
-        })?;
-        let ours = images.borrow().cluster_id.clone();
-        let response = match &envelope.cluster_id {
-            Some(theirs) if !ours.is_empty() && *theirs != ours => {
-                tracing::error!(from = envelope.from, theirs = %theirs, ours = %ours, "refused a request from a node of another cluster");
-                PeerResponse::WrongCluster(ours)
-            }
-            _ => dispatch(&raft, &app, envelope).await,
-        };
-        let bytes = serde_json::to_vec(&response).map_err(io::Error::other)?;
+        let bytes = server.handle(&body).await?;
         write_frame(&mut w, &bytes).await?;
     }
 }
