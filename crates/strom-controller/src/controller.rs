@@ -1150,11 +1150,13 @@ impl Controller {
                 leader: status.leader,
             };
         }
-        Reply::Quorum(crate::quorum_description::describe(
+        let acks = self.quorum().map(|q| q.follower_acks()).unwrap_or_default();
+        Reply::Quorum(crate::quorum_description::describe_with_acks(
             &status,
             &voters,
             &self.observers,
             now_ms,
+            &acks,
         ))
     }
 }

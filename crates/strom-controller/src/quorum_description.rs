@@ -17,7 +17,7 @@
 //! end offset is that offset, and its last fetch is its last heartbeat
 //! ([`Observers`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -132,17 +132,31 @@ impl Observers {
 /// `now_ms` the leader's wall clock.
 ///
 /// Timestamps follow Kafka's `RaftUtil.toReplicaState`: the leader reports
-/// itself as fetched and caught up now. The quorum does not track when a
-/// follower last fetched (openraft pushes entries to followers rather than
-/// serving their fetches), so a follower's timestamps are [`UNKNOWN`], which
+/// itself as fetched and caught up now. Without acknowledgement times (see
+/// [`describe_with_acks`]) a follower's timestamps are [`UNKNOWN`], which
 /// the schema allows ("-1 if unknown for a voter"); its log end offset is
 /// the last entry the leader knows it holds. `status` must be the leader's
 /// own (it names a leader), which is debug-asserted.
+#[cfg(test)]
 pub(crate) fn describe(
     status: &QuorumStatus,
     voters: &[i32],
     observers: &Observers,
     now_ms: i64,
+) -> QuorumDescription {
+    describe_with_acks(status, voters, observers, now_ms, &BTreeMap::new())
+}
+
+/// [`describe`] with how long ago each follower last acknowledged the
+/// leader (openraft pushes entries rather than serving fetches, so its last
+/// acknowledgement stands for Kafka's last fetch), and its last caught-up
+/// time when it then held everything up to the high watermark.
+pub(crate) fn describe_with_acks(
+    status: &QuorumStatus,
+    voters: &[i32],
+    observers: &Observers,
+    now_ms: i64,
+    acks: &BTreeMap<i32, std::time::Duration>,
 ) -> QuorumDescription {
     debug_assert!(
         status.leader.is_some(),
@@ -179,11 +193,15 @@ pub(crate) fn describe(
                 .map(|v| v.log_end_offset)
                 .filter(|offset| *offset > 0)
                 .unwrap_or(UNKNOWN);
+            let last_fetch = acks.get(&id).map_or(UNKNOWN, |ago| {
+                now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX))
+            });
+            let caught_up = last_fetch != UNKNOWN && log_end_offset >= status.high_watermark;
             ReplicaDescription {
                 replica_id: id,
                 log_end_offset,
-                last_fetch_timestamp_ms: UNKNOWN,
-                last_caught_up_timestamp_ms: UNKNOWN,
+                last_fetch_timestamp_ms: last_fetch,
+                last_caught_up_timestamp_ms: if caught_up { last_fetch } else { UNKNOWN },
             }
         })
         .collect();

@@ -257,6 +257,14 @@ async fn every_node_describes_the_same_quorum_and_a_killed_leader_is_replaced_wi
                     leader.last_caught_up_timestamp > 0,
                     "node {node} v{version}"
                 );
+                // Followers as of their last acknowledgement of the leader.
+                for follower in p.current_voters.iter().filter(|v| v.replica_id.0 != old) {
+                    assert!(
+                        follower.last_fetch_timestamp > 0
+                            && follower.last_fetch_timestamp <= leader.last_fetch_timestamp,
+                        "node {node} v{version}: {follower:?}"
+                    );
+                }
             }
             if version >= 2 {
                 let mut nodes: Vec<(i32, u16)> = r

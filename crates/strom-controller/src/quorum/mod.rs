@@ -577,6 +577,22 @@ impl Quorum {
         status_of(&self.raft.metrics().borrow_watched())
     }
 
+    /// On the leader, how long ago each follower last acknowledged it
+    /// (DescribeQuorum's last fetch times); empty elsewhere.
+    pub fn follower_acks(&self) -> BTreeMap<i32, Duration> {
+        use openraft::Instant as _;
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.heartbeat
+            .iter()
+            .flatten()
+            .filter_map(|(id, at)| {
+                let at = at.as_ref()?;
+                Some((i32::try_from(*id).ok()?, at.elapsed()))
+            })
+            .collect()
+    }
+
     /// Receives this node's [`QuorumStatus`] on every change of its Raft
     /// state (a term, a leader, an append, a commit). A reader that falls
     /// behind sees only the newest.
