@@ -14,9 +14,8 @@
 //!    node hosts 1,000 replicas): a node other than the controller stopped
 //!    and started again, from spawn to its ready line and to its listing in
 //!    another node's Metadata; after SIGTERM, after kill -9 (once fenced),
-//!    and with its data directory wiped (a voter that lost its disk). A new
-//!    broker-only node cannot join yet (`process.roles=broker` is refused by
-//!    the binary), so these restarts are what "a node joining" means today.
+//!    and with its data directory wiped (a voter that lost its disk); and a
+//!    new broker-only node joining with an empty directory.
 //!
 //! `cargo bench -p strom-tests --bench cluster` (the bench profile builds
 //! `strom-e2e` optimized; `STROM_BIN` names another `strom` binary).
@@ -416,6 +415,22 @@ async fn startup(settings: &Settings) {
             println!("  {:<38} partition directories recreated: {dirs}", "");
         }
     }
+    // A broker-only node joining with an empty directory: it fetches the
+    // metadata of every partition from the voters and registers.
+    let mut ready = Vec::new();
+    let mut in_metadata = Vec::new();
+    for _ in 0..settings.runs {
+        let spawned = Instant::now();
+        let id = cluster.add_broker().await.unwrap();
+        ready.push(ms(spawned.elapsed()));
+        wait_for("the new broker listed in Metadata", || {
+            listed(id).filter(|l| *l)
+        });
+        in_metadata.push(ms(spawned.elapsed()));
+    }
+    let label = "a broker-only node joins (empty dir)";
+    println!("  {label:<38} ready line  {} ms", stats(ready));
+    println!("  {:<38} in Metadata {} ms", "", stats(in_metadata));
 }
 
 fn main() {
