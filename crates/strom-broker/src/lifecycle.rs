@@ -159,11 +159,13 @@ pub(crate) async fn controlled_shutdown(
     timeout: Duration,
 ) -> bool {
     lifecycle.stopping.cancel();
-    let Some(epoch) = *lifecycle.epoch.borrow() else {
-        return false;
-    };
     let attempts = async {
         loop {
+            // Read each time: a registration the stopping token cut short
+            // may have replaced the epoch.
+            let Some(epoch) = *lifecycle.epoch.borrow() else {
+                return false;
+            };
             let heartbeat = BrokerHeartbeat {
                 broker_id: broker.node_id,
                 broker_epoch: epoch,
@@ -172,13 +174,18 @@ pub(crate) async fn controlled_shutdown(
                 want_shutdown: true,
             };
             match broker.controller.heartbeat(heartbeat).await {
-                Ok(reply) if reply.should_shutdown => return,
+                Ok(reply) if reply.should_shutdown => return true,
                 Ok(_) => {}
-                Err(e) if e.code == ErrorCode::StaleBrokerEpoch => return,
+                Err(e) if e.code == ErrorCode::StaleBrokerEpoch => {
+                    tracing::warn!(error = %e, "controlled shutdown: this broker's registration was replaced");
+                    return false;
+                }
                 Err(e) => tracing::debug!(error = %e, "controlled shutdown heartbeat failed"),
             }
             tokio::time::sleep(SHUTDOWN_HEARTBEAT_RETRY).await;
         }
     };
-    tokio::time::timeout(timeout, attempts).await.is_ok()
+    tokio::time::timeout(timeout, attempts)
+        .await
+        .unwrap_or(false)
 }

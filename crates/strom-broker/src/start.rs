@@ -219,7 +219,14 @@ pub async fn start_node(config: BrokerConfig) -> Result<RunningNode, StartError>
     let (meta_lock, meta_properties) =
         run_blocking(move || lock_data_dir(&data_dir, node_id)).await??;
     let controller = start_controller(&config, clock, Some(listener)).await?;
-    let image = await_cluster_id(&controller).await?;
+    let image = match await_cluster_id(&controller).await {
+        Ok(image) => image,
+        Err(e) => {
+            // Stop voting and following before saying why.
+            controller.shutdown().await;
+            return Err(e);
+        }
+    };
     let data_dir = config.data_dir.clone();
     let cluster_id = image.cluster_id.clone();
     run_blocking(move || check_cluster(&data_dir, node_id, meta_properties, &cluster_id)).await??;
@@ -298,7 +305,14 @@ pub async fn start_with_clock(
     // The quorum decides the cluster id once; a node only knows it once it
     // has caught up with the quorum's log, so a node of a cluster that has
     // no quorum yet waits here (and says so).
-    let image = await_cluster_id(&controller).await?;
+    let image = match await_cluster_id(&controller).await {
+        Ok(image) => image,
+        Err(e) => {
+            // Stop voting and following before saying why.
+            controller.shutdown().await;
+            return Err(e);
+        }
+    };
     let data_dir = config.data_dir.clone();
     let cluster_id = image.cluster_id.clone();
     let properties = meta_properties.clone();
@@ -374,6 +388,7 @@ pub async fn start_with_clock(
         () = ready => {}
         Some(why) = broker.controller.wrong_cluster() => {
             broker.shutdown.cancel();
+            broker.controller.shutdown().await;
             return Err(wrong_cluster(&why));
         }
     }
@@ -574,6 +589,10 @@ fn controller_config(config: &BrokerConfig) -> ControllerConfig {
         num_partitions: config.settings.num_partitions,
         default_replication_factor: config.settings.default_replication_factor,
         broker_session_timeout_ms: config.settings.cluster.broker_session_timeout_ms,
+        unclean_leader_election_enable: config
+            .properties
+            .get(strom_controller::propose::UNCLEAN_LEADER_ELECTION)
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
         ..ControllerConfig::default()
     }
 }

@@ -152,6 +152,10 @@ pub struct ControllerConfig {
     /// How long a metadata write (or its forwarding to the active
     /// controller) may take before it fails with REQUEST_TIMED_OUT.
     pub write_timeout_ms: u64,
+    /// `unclean.leader.election.enable` of the broker's properties: the
+    /// default where neither the topic nor the cluster's dynamic config
+    /// says.
+    pub unclean_leader_election_enable: bool,
 }
 
 /// [`ControllerConfig::write_timeout_ms`] by default: long enough for an
@@ -168,6 +172,7 @@ impl Default for ControllerConfig {
             snapshot_interval_bytes: SNAPSHOT_INTERVAL_BYTES,
             broker_session_timeout_ms: 9_000,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
+            unclean_leader_election_enable: false,
         }
     }
 }
@@ -938,14 +943,24 @@ impl Controller {
         // Caught up: the broker has applied its own registration.
         let is_caught_up = heartbeat.metadata_offset > broker.epoch;
         let mut fenced = broker.fenced;
+        // Kafka answers `should_shutdown` once the broker has applied its own
+        // fencing (and so seen its leaderships move): the offset after it.
+        let mut fenced_by = i64::MAX;
         if heartbeat.want_shutdown || heartbeat.want_fence {
-            if let Some(records) = propose::fence_broker(&image, broker.id) {
-                self.commit(writer, records).await?;
-            }
+            // A controlled shutdown or a broker asking to be fenced: clean
+            // elections only.
+            fenced_by = match propose::fence_broker(&image, broker.id, None) {
+                Some(records) => self.commit(writer, records).await?.offset,
+                None => image.offset,
+            };
             fenced = true;
         } else if fenced
             && is_caught_up
-            && let Some(records) = propose::unfence_broker(&image, broker.id)
+            && let Some(records) = propose::unfence_broker(
+                &image,
+                broker.id,
+                self.config.unclean_leader_election_enable,
+            )
         {
             self.commit(writer, records).await?;
             fenced = false;
@@ -953,7 +968,7 @@ impl Controller {
         Ok(HeartbeatReply {
             is_caught_up,
             is_fenced: fenced,
-            should_shutdown: heartbeat.want_shutdown,
+            should_shutdown: heartbeat.want_shutdown && heartbeat.metadata_offset >= fenced_by,
         })
     }
 
@@ -1006,7 +1021,11 @@ impl Controller {
                 if quorum.await_leader_caught_up(session).await.is_err() {
                     break;
                 }
-                if let Some(records) = propose::fence_broker(&self.image(), broker_id) {
+                if let Some(records) = propose::fence_broker(
+                    &self.image(),
+                    broker_id,
+                    Some(self.config.unclean_leader_election_enable),
+                ) {
                     tracing::warn!(
                         broker_id,
                         ?session,

@@ -27,14 +27,22 @@ pub const FETCH_MAX_WAIT: Duration = Duration::from_millis(500);
 /// `MAX_RECORDS_PER_USER_OP` records, so an answer stays far below the
 /// peer frame limit.
 pub const MAX_ENTRIES_PER_FETCH: usize = 64;
+/// Empty long polls in a row from the leader before the next voter is
+/// asked once (about two seconds): how an observer leaves an old leader
+/// that lost its quorum and still names itself.
+const IDLE_POLLS_BEFORE_ROTATING: u32 = 4;
 /// Pause after a failed fetch before trying the next voter.
 const FETCH_RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// One fetch answer from a voter.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct MetadataChunk {
-    /// The active controller as the voter knows it.
+    /// The active controller as the voter knows it, and the term (leader
+    /// epoch) it knows: an isolated old leader still names itself, with an
+    /// older term than the others.
     pub(crate) leader: Option<i32>,
+    #[serde(default)]
+    pub(crate) term: i32,
     /// Committed entries from the offset asked for, in order, as
     /// `(index, records)`; blank and membership entries have none.
     pub(crate) entries: Vec<(u64, Option<Vec<MetadataRecord>>)>,
@@ -53,10 +61,12 @@ impl MetadataChunk {
                 tokio::time::timeout(FETCH_MAX_WAIT, images.wait_for(|i| i.offset > offset)).await;
         }
         let leader = quorum.leader();
+        let term = quorum.status().epoch;
         let from = u64::try_from(offset.max(0)).unwrap_or(0);
         match quorum.applied_entries(from, MAX_ENTRIES_PER_FETCH) {
             Some(entries) => Self {
                 leader,
+                term,
                 entries,
                 image: None,
             },
@@ -64,6 +74,7 @@ impl MetadataChunk {
                 let image = quorum.image();
                 Self {
                     leader,
+                    term,
                     entries: Vec::new(),
                     image: Some((image.offset, image.to_records())),
                 }
@@ -106,8 +117,11 @@ pub struct Observer {
     /// Metadata fetches (long polls: a connection of their own).
     fetches: VoterClient,
     image: watch::Sender<Arc<MetadataImage>>,
-    leader: watch::Sender<Option<i32>>,
-    /// Set when a voter says it belongs to another cluster.
+    /// The active controller with the highest term any voter named.
+    leader: watch::Sender<(i32, Option<i32>)>,
+    /// The voters that said they belong to another cluster (and why).
+    refusals: parking_lot::Mutex<BTreeMap<i32, String>>,
+    /// Set when a majority of the voters say they belong to another cluster.
     wrong_cluster: watch::Sender<Option<String>>,
     request_timeout: Duration,
     shutdown: CancellationToken,
@@ -138,7 +152,8 @@ impl Observer {
             ops,
             fetches,
             image: watch::Sender::new(Arc::new(MetadataImage::default())),
-            leader: watch::Sender::new(None),
+            leader: watch::Sender::new((-1, None)),
+            refusals: parking_lot::Mutex::new(BTreeMap::new()),
             wrong_cluster: watch::Sender::new(None),
             request_timeout,
             shutdown: CancellationToken::new(),
@@ -155,7 +170,22 @@ impl Observer {
 
     /// The active controller, as the last voter heard from said.
     pub fn leader(&self) -> Option<i32> {
-        *self.leader.borrow()
+        self.leader.borrow().1
+    }
+
+    /// Takes what a voter said of the leader: a higher term wins; in the
+    /// same term, a known leader replaces an unknown one.
+    fn heard(&self, term: i32, leader: Option<i32>) {
+        self.leader.send_if_modified(|known| {
+            let newer =
+                term > known.0 || (term == known.0 && leader.is_some() && known.1.is_none());
+            if newer && *known != (term, leader) {
+                *known = (term, leader);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     pub fn voter_ids(&self) -> Vec<i32> {
@@ -176,13 +206,33 @@ impl Observer {
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
         let result = self.ops.call(voter, request, timeout).await;
-        self.note(&result);
+        self.note(voter, &result);
+        if result.is_err() && self.leader() == Some(voter) {
+            // Ask the voters again who leads.
+            self.leader.send_modify(|known| known.1 = None);
+        }
         result
     }
 
-    fn note<T>(&self, result: &Result<T, CallError>) {
-        if let Err(e @ CallError::WrongCluster { .. }) = result {
-            self.wrong_cluster.send_replace(Some(e.to_string()));
+    /// Counts a voter's refusal as of another cluster (and forgets it when
+    /// the voter answers); a majority of refusals means this node's data
+    /// belongs elsewhere, where one stray voter does not.
+    fn note<T>(&self, voter: i32, result: &Result<T, CallError>) {
+        let mut refusals = self.refusals.lock();
+        match result {
+            Err(e @ CallError::WrongCluster { .. }) => {
+                refusals.insert(voter, e.to_string());
+            }
+            Ok(_) => {
+                refusals.remove(&voter);
+            }
+            Err(_) => {}
+        }
+        let voters = self.ops.voter_ids().len();
+        if refusals.len() * 2 > voters
+            && let Some(why) = refusals.values().next()
+        {
+            self.wrong_cluster.send_replace(Some(why.clone()));
         }
     }
 
@@ -195,10 +245,14 @@ impl Observer {
     pub(crate) async fn run(self: Arc<Self>, encode: Box<EncodeFetch>, decode: Box<DecodeFetch>) {
         let voters = self.fetches.voter_ids();
         let mut next_voter = 0usize;
+        // Empty answers in a row from the voter asked: after a few, ask the
+        // next one (an isolated old leader answers, but never with news).
+        let mut idle = 0u32;
         loop {
             let voter = match self.leader() {
-                Some(l) if voters.contains(&l) => l,
+                Some(l) if voters.contains(&l) && idle < IDLE_POLLS_BEFORE_ROTATING => l,
                 _ => {
+                    idle = 0;
                     next_voter = (next_voter + 1) % voters.len().max(1);
                     match voters.get(next_voter) {
                         Some(v) => *v,
@@ -212,40 +266,37 @@ impl Observer {
                 _ = self.shutdown.cancelled() => return,
                 r = self.fetches.call(voter, encode(offset), timeout) => r,
             };
-            self.note(&fetched);
+            self.note(voter, &fetched);
             let chunk = match fetched.as_deref().map(&decode) {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     tracing::warn!(voter, "an undecodable metadata fetch answer");
-                    self.leader.send_replace(None);
+                    idle = IDLE_POLLS_BEFORE_ROTATING;
                     self.backoff().await;
                     continue;
                 }
                 Err(e) => {
                     tracing::debug!(voter, error = %e, "metadata fetch failed");
-                    self.leader.send_replace(None);
+                    idle = IDLE_POLLS_BEFORE_ROTATING;
                     self.backoff().await;
                     continue;
                 }
             };
-            self.leader.send_if_modified(|l| {
-                let changed = *l != chunk.leader;
-                *l = chunk.leader;
-                changed
-            });
+            self.heard(chunk.term, chunk.leader);
             let current = self.image();
             match chunk.apply_to(&current) {
                 Some(next) if next.offset != current.offset => {
+                    idle = 0;
                     if next.cluster_id != current.cluster_id {
                         self.ops.set_cluster_id(&next.cluster_id);
                         self.fetches.set_cluster_id(&next.cluster_id);
                     }
                     self.image.send_replace(Arc::new(next));
                 }
-                Some(_) => {}
+                Some(_) => idle += 1,
                 None => {
                     // This voter is behind this node: ask another.
-                    self.leader.send_replace(None);
+                    idle = IDLE_POLLS_BEFORE_ROTATING;
                     self.backoff().await;
                 }
             }
@@ -276,6 +327,7 @@ mod tests {
     ) -> MetadataChunk {
         MetadataChunk {
             leader: Some(1),
+            term: 1,
             entries,
             image,
         }

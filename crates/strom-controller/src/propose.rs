@@ -122,6 +122,31 @@ pub fn register_broker(
     }])
 }
 
+/// Kafka's `unclean.leader.election.enable` (topic config, else the
+/// cluster-wide dynamic broker config, else `default`): whether a partition
+/// whose in-sync replicas are all down may be led by another live replica,
+/// which may have lost acknowledged records.
+pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
+
+fn unclean_allowed(image: &MetadataImage, topic: &crate::image::TopicImage, default: bool) -> bool {
+    topic
+        .configs
+        .get(UNCLEAN_LEADER_ELECTION)
+        .or_else(|| {
+            image
+                .broker_configs
+                .get(&None)
+                .and_then(|c| c.get(UNCLEAN_LEADER_ELECTION))
+        })
+        .map_or(default, |v| v.eq_ignore_ascii_case("true"))
+}
+
+/// Unclean election: the first live replica in assignment order, which
+/// becomes the only in-sync replica.
+fn elect_unclean(replicas: &[i32], live: &dyn Fn(i32) -> bool) -> Option<i32> {
+    replicas.iter().copied().find(|r| live(*r))
+}
+
 /// The first replica in assignment order that is in `isr` and live: Kafka's
 /// clean leader election (`PartitionChangeBuilder`).
 fn elect(replicas: &[i32], isr: &[i32], live: &dyn Fn(i32) -> bool) -> i32 {
@@ -136,9 +161,16 @@ fn elect(replicas: &[i32], isr: &[i32], live: &dyn Fn(i32) -> bool) -> i32 {
 /// the fence record, then for every partition it led a new leader from the
 /// rest of the ISR (leader -1 when none is live, keeping the broker as the
 /// last ISR member, as Kafka does, so it can lead again when it returns),
-/// and it leaves every other ISR. `None` when it is not registered or
-/// already fenced.
-pub fn fence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<MetadataRecord>> {
+/// and it leaves every other ISR. With `unclean_default` (a broker that
+/// failed, not a controlled shutdown), a partition left without a live
+/// in-sync replica gets another live replica as leader and sole ISR member
+/// where `unclean.leader.election.enable` allows it. `None` when it is not
+/// registered or already fenced.
+pub fn fence_broker(
+    image: &MetadataImage,
+    broker_id: i32,
+    unclean_default: Option<bool>,
+) -> Option<Vec<MetadataRecord>> {
     let broker = image.brokers.get(&broker_id).filter(|b| !b.fenced)?;
     let mut records = vec![MetadataRecord::FenceBroker {
         broker_id,
@@ -156,11 +188,20 @@ pub fn fence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<Metadat
             } else {
                 shrunk
             };
-            let (leader, leader_epoch) = if p.leader == broker_id {
+            let (mut leader, leader_epoch) = if p.leader == broker_id {
                 (elect(&p.replicas, &isr, &live), p.leader_epoch + 1)
             } else {
                 (p.leader, p.leader_epoch)
             };
+            let mut isr = isr;
+            if p.leader == broker_id
+                && leader == -1
+                && unclean_default.is_some_and(|d| unclean_allowed(image, topic, d))
+                && let Some(chosen) = elect_unclean(&p.replicas, &live)
+            {
+                leader = chosen;
+                isr = vec![chosen];
+            }
             if isr == p.isr && leader == p.leader {
                 continue;
             }
@@ -171,9 +212,15 @@ pub fn fence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<Metadat
 }
 
 /// Unfences broker `broker_id` and elects it for the partitions that have
-/// no leader and keep it in their ISR. `None` when it is not registered or
-/// not fenced.
-pub fn unfence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<MetadataRecord>> {
+/// no leader and keep it in their ISR, or (unclean election, where
+/// `unclean.leader.election.enable` allows it, `unclean_default` otherwise)
+/// that have no leader and list it as a replica. `None` when it is not
+/// registered or not fenced.
+pub fn unfence_broker(
+    image: &MetadataImage,
+    broker_id: i32,
+    unclean_default: bool,
+) -> Option<Vec<MetadataRecord>> {
     let broker = image.brokers.get(&broker_id).filter(|b| b.fenced)?;
     let mut records = vec![MetadataRecord::UnfenceBroker {
         broker_id,
@@ -189,6 +236,17 @@ pub fn unfence_broker(image: &MetadataImage, broker_id: i32) -> Option<Vec<Metad
                     p,
                     p.isr.clone(),
                     leader,
+                    p.leader_epoch + 1,
+                ));
+            } else if p.leader == -1
+                && p.replicas.contains(&broker_id)
+                && unclean_allowed(image, topic, unclean_default)
+            {
+                records.push(partition_change(
+                    topic.id,
+                    p,
+                    vec![broker_id],
+                    broker_id,
                     p.leader_epoch + 1,
                 ));
             }
@@ -781,5 +839,67 @@ mod tests {
             Proposal::new(too_many, &image, 1).unwrap_err().code,
             ErrorCode::PolicyViolation
         );
+    }
+
+    /// Partition 0 of "orders" after `records`.
+    fn p0(image: &MetadataImage) -> (i32, Vec<i32>) {
+        let p = image.partition("orders", 0).unwrap();
+        (p.leader, p.isr.clone())
+    }
+
+    #[test]
+    fn unclean_election_only_where_allowed_and_never_at_a_controlled_shutdown() {
+        let mut image = image();
+        assert_eq!(p0(&image), (1, vec![1, 2]));
+        // Broker 2 fails, then broker 1 shuts down: 1 is the last in-sync
+        // replica, so the partition keeps it and has no leader.
+        let records = fence_broker(&image, 2, Some(true)).unwrap();
+        image.apply_batch(10, &records);
+        assert_eq!(p0(&image), (1, vec![1]));
+        let records = fence_broker(&image, 1, None).unwrap();
+        image.apply_batch(20, &records);
+        assert_eq!(p0(&image), (-1, vec![1]));
+        // Broker 2 comes back: out of sync, it leads only by an unclean
+        // election, and only where that is allowed.
+        let clean = unfence_broker(&image, 2, false).unwrap();
+        assert_eq!(clean.len(), 1, "only the unfence record: {clean:?}");
+        let mut unclean = image.clone();
+        unclean.apply_batch(30, &unfence_broker(&image, 2, true).unwrap());
+        assert_eq!(p0(&unclean), (2, vec![2]));
+        // The topic's own setting wins over the default.
+        let mut by_topic = image.clone();
+        let topic_id = image.topic("orders").unwrap().id;
+        by_topic.apply_batch(
+            30,
+            &[MetadataRecord::Config {
+                resource: ConfigResource::Topic("orders".to_owned()),
+                name: UNCLEAN_LEADER_ELECTION.to_owned(),
+                value: Some("true".to_owned()),
+            }],
+        );
+        let records = unfence_broker(&by_topic, 2, false).unwrap();
+        by_topic.apply_batch(31, &records);
+        assert_eq!(p0(&by_topic), (2, vec![2]));
+        assert_eq!(by_topic.topic("orders").unwrap().id, topic_id);
+    }
+
+    #[test]
+    fn a_failed_leader_without_in_sync_followers_is_replaced_uncleanly_if_allowed() {
+        let mut image = image();
+        // Partition 0's ISR is only its leader 1.
+        let records = fence_broker(&image, 2, Some(false)).unwrap();
+        image.apply_batch(10, &records);
+        let records = unfence_broker(&image, 2, false).unwrap();
+        image.apply_batch(11, &records);
+        assert_eq!(p0(&image), (1, vec![1]));
+        // Broker 1 fails (its session expired).
+        let clean = fence_broker(&image, 1, Some(false)).unwrap();
+        let mut after = image.clone();
+        after.apply_batch(20, &clean);
+        assert_eq!(p0(&after), (-1, vec![1]));
+        let unclean = fence_broker(&image, 1, Some(true)).unwrap();
+        let mut after = image.clone();
+        after.apply_batch(20, &unclean);
+        assert_eq!(p0(&after), (2, vec![2]));
     }
 }

@@ -50,6 +50,11 @@ pub use network::{FrameHandler, Transport};
 pub use runtime::seed_thread_rng;
 pub(crate) use state_machine::StateMachine;
 
+/// How long a restarted node waits for openraft to publish the membership
+/// it loaded from its log (a local read) before starting without checking
+/// it against the configured voters.
+const MEMBERSHIP_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// One entry's worth of metadata records: one controller operation, applied
 /// whole or not at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,14 +346,33 @@ impl Quorum {
             // The voters are static: a log of another voter set (a
             // single-node directory given voters, or voters edited) would
             // keep its own quorum and never reach the configured one.
-            let logged: Vec<i32> = raft
-                .metrics()
-                .borrow_watched()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .filter_map(|id| i32::try_from(id).ok())
-                .collect();
+            // Raft::new returns before its core has published the
+            // membership it loaded: wait for it (it is in the log).
+            let loaded = raft
+                .wait(Some(MEMBERSHIP_LOAD_TIMEOUT))
+                .metrics(
+                    |m| {
+                        m.membership_config
+                            .membership()
+                            .voter_ids()
+                            .next()
+                            .is_some()
+                    },
+                    "the membership loaded from the log",
+                )
+                .await;
+            let logged: Vec<i32> = match loaded {
+                Ok(m) => m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter_map(|id| i32::try_from(id).ok())
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the membership of the metadata log is not known yet");
+                    Vec::new()
+                }
+            };
             let configured: Vec<i32> = voters
                 .keys()
                 .filter_map(|id| i32::try_from(*id).ok())

@@ -341,39 +341,36 @@ impl Peer {
             source,
         };
         let exchange = async {
-            let mut conn = conn.lock().await;
-            if conn.is_none() {
-                let stream = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                *conn = Some((BufReader::new(r), BufWriter::new(w)));
-            }
-            let Some((r, w)) = conn.as_mut() else {
-                unreachable!("connected above")
+            let mut slot = conn.lock().await;
+            // The connection is out of its slot for the whole exchange and
+            // goes back only after a whole response: a call dropped halfway
+            // (a timeout here or in openraft, a cancelled caller) drops the
+            // socket with it, so no later call reads this call's response.
+            let (mut r, mut w) = match slot.take() {
+                Some(c) => c,
+                None => {
+                    let stream = TcpStream::connect(&self.addr).await.map_err(unreachable)?;
+                    let _ = stream.set_nodelay(true);
+                    let (r, w) = stream.into_split();
+                    (BufReader::new(r), BufWriter::new(w))
+                }
             };
             let result = async {
-                write_frame(w, body).await?;
-                read_frame(r).await
+                write_frame(&mut w, body).await?;
+                read_frame(&mut r).await
             }
             .await;
             match result {
-                Ok(bytes) => Ok(bytes),
-                Err(e) => {
-                    // The connection is in an unknown state: drop it.
-                    *conn = None;
-                    Err(unreachable(e))
+                Ok(bytes) => {
+                    *slot = Some((r, w));
+                    Ok(bytes)
                 }
+                Err(e) => Err(unreachable(e)),
             }
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => {
-                // A response may still come on this connection: drop it.
-                if let Ok(mut conn) = conn.try_lock() {
-                    *conn = None;
-                }
-                Err(CallError::Timeout { node: self.node })
-            }
+            Err(_) => Err(CallError::Timeout { node: self.node }),
         }
     }
 }
