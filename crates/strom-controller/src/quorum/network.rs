@@ -230,10 +230,22 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
             format!("a frame of {len} bytes, above the limit of {MAX_PEER_FRAME_BYTES}"),
         ));
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).await?;
+    // Grown as bytes arrive, not allocated from the claimed length: a
+    // length alone (from anyone who can reach the port) costs nothing.
+    let mut body = Vec::with_capacity((len as usize).min(FRAME_READ_CHUNK_BYTES));
+    let read = r.take(u64::from(len)).read_to_end(&mut body).await?;
+    if read != len as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("a frame of {len} bytes ended after {read}"),
+        ));
+    }
     Ok(body)
 }
+
+/// The first allocation for a frame's body; a longer one grows as it
+/// arrives.
+const FRAME_READ_CHUNK_BYTES: usize = 1 << 20;
 
 type Conn = (
     BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -770,6 +782,34 @@ impl VoterClient {
                 node,
                 reason: format!("unexpected response {other:?}"),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_a_claimed_length_is_not_trusted() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, b"hello").await.unwrap();
+        assert_eq!(read_frame(&mut wire.as_slice()).await.unwrap(), b"hello");
+        // A header claiming close to the limit, then a few bytes and the
+        // end: refused as cut short (and not allocated up front).
+        let mut short = u32::try_from(MAX_PEER_FRAME_BYTES - 1)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        short.extend_from_slice(b"abc");
+        let e = read_frame(&mut short.as_slice()).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        // Above the limit: refused from the header alone.
+        if let Ok(over) = u32::try_from(MAX_PEER_FRAME_BYTES + 1) {
+            let e = read_frame(&mut over.to_be_bytes().as_slice())
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         }
     }
 }
