@@ -418,6 +418,23 @@ fn read_all(
             {
                 return PartitionRead::error(code);
             }
+            if replica_id >= 0 {
+                // A follower's fetch offset is its log end offset (Kafka's
+                // `updateFollowerFetchState`): the high watermark moves by it
+                // before the read, so the answer carries the new one. An
+                // offset past the leader's log end moves nothing (the read
+                // answers OFFSET_OUT_OF_RANGE).
+                if params.fetch_offset <= partition.log.log_end_offset()
+                    && let Err(e) = partition.update_follower(
+                        replica_id,
+                        params.fetch_offset,
+                        broker.clock.now_ms(),
+                    )
+                {
+                    tracing::debug!(topic = %partition.topic, partition = partition.index, replica_id, error = %e, "a replica's fetch position not taken");
+                    return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+                }
+            }
             let limit = usize::try_from(params.partition_max_bytes.max(0))
                 .unwrap_or(0)
                 .min(remaining);

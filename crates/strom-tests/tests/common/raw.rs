@@ -123,6 +123,44 @@ impl RawConnection {
         Ok((response.controller_id.0, brokers))
     }
 
+    /// Fetch (v12) of one partition as replica `replica_id` (a follower's
+    /// fetch, no wait): the partition's error code and high watermark.
+    pub fn replica_fetch(
+        &mut self,
+        replica_id: i32,
+        topic: &str,
+        partition: i32,
+        fetch_offset: i64,
+    ) -> io::Result<(i16, i64)> {
+        use strom_protocol::messages::kafka::{
+            BrokerId, FetchRequest, FetchResponse,
+            fetch_request::{FetchPartition, FetchTopic},
+        };
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(replica_id))
+            .with_max_wait_ms(0)
+            .with_min_bytes(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(fetch_offset)
+                            .with_current_leader_epoch(-1)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ]);
+        let response: FetchResponse = self.call(ApiKey::Fetch, 12, &request)?;
+        let p = response
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| invalid("a Fetch response without the partition"))?;
+        Ok((p.error_code, p.high_watermark))
+    }
+
     /// Metadata (v12) of one topic: each partition's leader (-1: none), by
     /// partition, and the live brokers' ids.
     pub fn leaders(&mut self, topic: &str) -> io::Result<(Vec<i32>, Vec<i32>)> {
