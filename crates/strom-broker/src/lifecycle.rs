@@ -99,16 +99,9 @@ pub(crate) async fn run(
         tracing::info!(broker_epoch = epoch, "registered with the controller");
         lifecycle.epoch.send_replace(Some(epoch));
         loop {
-            let heartbeat = BrokerHeartbeat {
-                broker_id: broker.node_id,
-                broker_epoch: epoch,
-                metadata_offset: broker.controller.image().offset,
-                want_fence: false,
-                want_shutdown: false,
-            };
             let reply = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = broker.controller.heartbeat(heartbeat) => r,
+                r = broker.controller.heartbeat(heartbeat(&broker, epoch, false)) => r,
             };
             let mut next = interval;
             match reply {
@@ -166,14 +159,11 @@ pub(crate) async fn controlled_shutdown(
             let Some(epoch) = *lifecycle.epoch.borrow() else {
                 return false;
             };
-            let heartbeat = BrokerHeartbeat {
-                broker_id: broker.node_id,
-                broker_epoch: epoch,
-                metadata_offset: broker.controller.image().offset,
-                want_fence: false,
-                want_shutdown: true,
-            };
-            match broker.controller.heartbeat(heartbeat).await {
+            match broker
+                .controller
+                .heartbeat(heartbeat(broker, epoch, true))
+                .await
+            {
                 Ok(reply) if reply.should_shutdown => return true,
                 Ok(_) => {}
                 Err(e) if e.code == ErrorCode::StaleBrokerEpoch => {
@@ -188,4 +178,16 @@ pub(crate) async fn controlled_shutdown(
     tokio::time::timeout(timeout, attempts)
         .await
         .unwrap_or(false)
+}
+
+/// This broker's heartbeat at `epoch`, with the metadata offset it has
+/// applied.
+fn heartbeat(broker: &Broker, epoch: i64, want_shutdown: bool) -> BrokerHeartbeat {
+    BrokerHeartbeat {
+        broker_id: broker.node_id,
+        broker_epoch: epoch,
+        metadata_offset: broker.controller.image().offset,
+        want_fence: false,
+        want_shutdown,
+    }
 }

@@ -18,11 +18,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use strom_controller::controller::ControllerConfig;
 use strom_controller::quorum::QuorumConfig;
-use strom_controller::{Controller, ControllerError, METADATA_TOPIC, metadata_log_config};
-use strom_storage::{
-    Clock, FileCache, LoadOptions, LogManager, LogManagerConfig, PartitionLog, SystemClock,
-    TopicPartition,
-};
+use strom_controller::{Controller, ControllerError, METADATA_TOPIC, open_metadata_log};
+use strom_storage::{Clock, LogManager, LogManagerConfig, SystemClock, TopicPartition};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,8 +38,6 @@ use crate::txn::{ProducerIdSource, TxnCoordinator};
 
 /// Directory of the metadata log inside the data directory.
 const META_DIR: &str = "meta";
-/// Open files for the metadata log: it has one active segment.
-const META_OPEN_FILES: usize = 8;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -219,14 +214,7 @@ pub async fn start_node(config: BrokerConfig) -> Result<RunningNode, StartError>
     let (meta_lock, meta_properties) =
         run_blocking(move || lock_data_dir(&data_dir, node_id)).await??;
     let controller = start_controller(&config, clock, Some(listener)).await?;
-    let image = match await_cluster_id(&controller).await {
-        Ok(image) => image,
-        Err(e) => {
-            // Stop voting and following before saying why.
-            controller.shutdown().await;
-            return Err(e);
-        }
-    };
+    let image = await_cluster_id(&controller).await?;
     let data_dir = config.data_dir.clone();
     let cluster_id = image.cluster_id.clone();
     run_blocking(move || check_cluster(&data_dir, node_id, meta_properties, &cluster_id)).await??;
@@ -305,14 +293,7 @@ pub async fn start_with_clock(
     // The quorum decides the cluster id once; a node only knows it once it
     // has caught up with the quorum's log, so a node of a cluster that has
     // no quorum yet waits here (and says so).
-    let image = match await_cluster_id(&controller).await {
-        Ok(image) => image,
-        Err(e) => {
-            // Stop voting and following before saying why.
-            controller.shutdown().await;
-            return Err(e);
-        }
-    };
+    let image = await_cluster_id(&controller).await?;
     let data_dir = config.data_dir.clone();
     let cluster_id = image.cluster_id.clone();
     let properties = meta_properties.clone();
@@ -568,21 +549,6 @@ fn metadata_log_dir(config: &BrokerConfig) -> PathBuf {
         .join(TopicPartition::new(METADATA_TOPIC, 0).dir_name())
 }
 
-/// Opens the metadata log (always recovered in full: it decides what every
-/// other log is).
-fn open_metadata_log(
-    dir: &std::path::Path,
-    clock: &Arc<dyn Clock>,
-) -> Result<Arc<PartitionLog>, strom_storage::StorageError> {
-    Ok(Arc::new(PartitionLog::open(
-        dir.to_path_buf(),
-        metadata_log_config(),
-        Arc::new(FileCache::new(META_OPEN_FILES)),
-        Arc::clone(clock),
-        LoadOptions::default(),
-    )?))
-}
-
 /// The controller's settings from the broker's.
 fn controller_config(config: &BrokerConfig) -> ControllerConfig {
     ControllerConfig {
@@ -618,7 +584,7 @@ async fn start_controller(
     };
     let dir = metadata_log_dir(config);
     let open_clock = Arc::clone(&clock);
-    let open_log = move |dir: &std::path::Path| open_metadata_log(dir, &open_clock);
+    let open_log = move |dir: &std::path::Path| open_metadata_log(dir, Arc::clone(&open_clock));
     Ok(Controller::start(
         config.node_id,
         controller_config,
@@ -664,7 +630,8 @@ fn wrong_cluster(why: &str) -> StartError {
 const WAITING_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Waits until the image has a cluster id: the quorum exists and this node
-/// has caught up with it. Fails when the voters belong to another cluster.
+/// has caught up with it. Fails when the voters belong to another cluster,
+/// and then stops the controller.
 async fn await_cluster_id(
     controller: &Controller,
 ) -> Result<Arc<strom_controller::MetadataImage>, StartError> {
@@ -673,7 +640,11 @@ async fn await_cluster_id(
     loop {
         let waited = tokio::select! {
             why = &mut refused => match why {
-                Some(why) => return Err(wrong_cluster(&why)),
+                Some(why) => {
+                    // Stop voting and following before saying why.
+                    controller.shutdown().await;
+                    return Err(wrong_cluster(&why));
+                }
                 None => {
                     refused = Box::pin(std::future::pending());
                     continue;

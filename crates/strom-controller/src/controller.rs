@@ -58,6 +58,24 @@ pub fn metadata_log_config() -> strom_storage::LogConfig {
     }
 }
 
+/// Open files for a metadata log: it has one active segment.
+const METADATA_LOG_OPEN_FILES: usize = 8;
+
+/// Opens the metadata log in `dir` (always recovered in full: it decides
+/// what every other log is).
+pub fn open_metadata_log(
+    dir: &Path,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<PartitionLog>, strom_storage::StorageError> {
+    Ok(Arc::new(PartitionLog::open(
+        dir.to_path_buf(),
+        metadata_log_config(),
+        Arc::new(strom_storage::FileCache::new(METADATA_LOG_OPEN_FILES)),
+        clock,
+        strom_storage::LoadOptions::default(),
+    )?))
+}
+
 /// An error code on the wire between nodes: its Kafka number.
 mod error_code_number {
     use serde::{Deserialize, Deserializer, Serializer};

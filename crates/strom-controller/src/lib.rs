@@ -44,7 +44,7 @@ pub mod snapshot;
 pub use controller::{
     Controller, ControllerConfig, ControllerError, CreatePartitionsRequest, CreateTopicRequest,
     CreatedTopic, LoadStats, MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC,
-    ProducerIdBlock, SNAPSHOT_INTERVAL_BYTES, metadata_log_config,
+    ProducerIdBlock, SNAPSHOT_INTERVAL_BYTES, metadata_log_config, open_metadata_log,
 };
 pub use image::{BrokerInfo, ConfigResource, MetadataImage, PartitionImage, TopicImage};
 pub use metadata_log::{LocalMetadataLog, MemoryMetadataLog, MetadataLog, MetadataLogError};

@@ -13,21 +13,15 @@ use std::time::{Duration, Instant};
 use strom_controller::controller::{BrokerHeartbeat, ControllerConfig};
 use strom_controller::propose::BrokerRegistration;
 use strom_controller::quorum::QuorumConfig;
-use strom_controller::{Controller, CreateTopicRequest, metadata_log_config};
-use strom_storage::{FileCache, LoadOptions, PartitionLog, SystemClock};
+use strom_controller::{Controller, CreateTopicRequest};
+use strom_storage::{PartitionLog, SystemClock};
 use tokio::net::TcpListener;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const OBSERVER: i32 = 4;
 
 fn open_log(dir: &Path) -> Result<Arc<PartitionLog>, strom_storage::StorageError> {
-    Ok(Arc::new(PartitionLog::open(
-        dir.to_path_buf(),
-        metadata_log_config(),
-        Arc::new(FileCache::new(8)),
-        Arc::new(SystemClock),
-        LoadOptions::default(),
-    )?))
+    strom_controller::open_metadata_log(dir, Arc::new(SystemClock))
 }
 
 fn config() -> ControllerConfig {

@@ -9,24 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use strom_controller::quorum::{Quorum, QuorumConfig, WriteError, WrongCluster};
-use strom_controller::{MetadataImage, MetadataRecord, metadata_log_config};
-use strom_storage::{FileCache, LoadOptions, PartitionLog, SystemClock};
+use strom_controller::{MetadataImage, MetadataRecord};
+use strom_storage::{PartitionLog, SystemClock};
 use tokio::net::TcpListener;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn open_log(dir: &Path) -> Arc<PartitionLog> {
-    Arc::new(
-        PartitionLog::open(
-            dir.join("__cluster_metadata-0"),
-            metadata_log_config(),
-            Arc::new(FileCache::new(8)),
-            Arc::new(SystemClock),
-            LoadOptions::default(),
-        )
-        .expect("open the metadata log"),
-    )
+    strom_controller::open_metadata_log(&dir.join("__cluster_metadata-0"), Arc::new(SystemClock))
+        .expect("open the metadata log")
 }
 
 struct Node {

@@ -59,8 +59,8 @@ use rand::{Rng, SeedableRng};
 use strom_controller::quorum::{
     FrameHandler, Quorum, QuorumConfig, Transport, WriteError, seed_thread_rng,
 };
-use strom_controller::{MetadataImage, MetadataRecord, metadata_log_config};
-use strom_storage::{FileCache, LoadOptions, PartitionLog, SystemClock};
+use strom_controller::{MetadataImage, MetadataRecord};
+use strom_storage::{PartitionLog, SystemClock};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -526,16 +526,8 @@ fn temp_dir() -> tempfile::TempDir {
 }
 
 fn open_log(dir: &std::path::Path) -> Arc<PartitionLog> {
-    Arc::new(
-        PartitionLog::open(
-            dir.join("__cluster_metadata-0"),
-            metadata_log_config(),
-            Arc::new(FileCache::new(8)),
-            Arc::new(SystemClock),
-            LoadOptions::default(),
-        )
-        .expect("open the metadata log"),
-    )
+    strom_controller::open_metadata_log(&dir.join("__cluster_metadata-0"), Arc::new(SystemClock))
+        .expect("open the metadata log")
 }
 
 fn topic(seed: u64, name: String, n: u64) -> Vec<MetadataRecord> {

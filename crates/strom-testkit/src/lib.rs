@@ -534,17 +534,10 @@ impl LocalCluster {
     /// `kill -9` the node and wait for it to exit.
     pub async fn kill(&mut self, node: i32) -> Result<(), TestkitError> {
         let n = self.node_mut(node)?;
-        let Some(mut child) = n.child.take() else {
+        let Some(child) = n.child.take() else {
             return Ok(());
         };
-        child
-            .start_kill()
-            .map_err(io_error(format!("killing node {node}")))?;
-        child
-            .wait()
-            .await
-            .map_err(io_error(format!("waiting for node {node}")))?;
-        Ok(())
+        kill_and_reap(node, child).await
     }
 
     /// Stops the node as an operator does (SIGTERM: a clean shutdown) and
@@ -834,6 +827,11 @@ async fn finish_stop(
             .map(drop)
             .map_err(io_error(format!("waiting for node {node}")));
     }
+    kill_and_reap(node, child).await
+}
+
+/// SIGKILL, then waits for the process to be gone.
+async fn kill_and_reap(node: i32, mut child: Child) -> Result<(), TestkitError> {
     child
         .start_kill()
         .map_err(io_error(format!("killing node {node}")))?;

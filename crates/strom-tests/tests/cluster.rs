@@ -4,38 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use strom_client::ClientConfig;
-use strom_client::admin::Admin;
-use strom_testkit::LocalCluster;
 
 mod common;
 
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn strom_bin() -> PathBuf {
-    std::env::var_os("STROM_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
-        PathBuf::from,
-    )
-}
-
-/// Three combined nodes with short timers, so faults show within seconds.
-async fn three_nodes() -> LocalCluster {
-    LocalCluster::builder(strom_bin())
-        .nodes(3)
-        .set("broker.session.timeout.ms", "3000")
-        .set("broker.heartbeat.interval.ms", "500")
-        .set("controller.quorum.election.timeout.ms", "500")
-        .start()
-        .await
-        .unwrap()
-}
+use common::cluster::{DEADLINE, eventually, rd_brokers, strom_admin, three_nodes};
 
 fn rd_consumer(bootstrap: &str) -> BaseConsumer {
     rdkafka::ClientConfig::new()
@@ -50,52 +27,6 @@ fn rd_admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap()
-}
-
-fn strom_admin(bootstrap: &str) -> Admin {
-    let config: ClientConfig = [
-        ("bootstrap.servers", bootstrap),
-        ("default.api.timeout.ms", "30000"),
-    ]
-    .into_iter()
-    .collect();
-    Admin::new(&config).unwrap()
-}
-
-/// The broker ids librdkafka sees through `bootstrap` alone.
-fn rd_brokers(bootstrap: &str) -> Vec<i32> {
-    let consumer = rd_consumer(bootstrap);
-    match consumer.fetch_metadata(None, Duration::from_secs(5)) {
-        Ok(m) => {
-            let mut ids: Vec<i32> = m.brokers().iter().map(|b| b.id()).collect();
-            ids.sort_unstable();
-            ids
-        }
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Polls `check` (blocking code, run off the runtime) until it holds.
-async fn eventually<T: Send + 'static>(
-    what: &str,
-    mut check: impl FnMut() -> Option<T> + Send + 'static,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    let handle = tokio::task::spawn_blocking(move || {
-        loop {
-            if let Some(v) = check() {
-                return Some(v);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    handle
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("never: {what}"))
 }
 
 async fn create_topic(bootstrap: &str, name: &str, partitions: i32, rf: i32) -> Result<(), String> {

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::cluster::{eventually, strom_bin};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,6 @@ use strom_protocol::record::records;
 use strom_protocol::record_batch::batches;
 use strom_testkit::LocalCluster;
 
-const DEADLINE: Duration = Duration::from_secs(60);
 /// Longer than the controller's own write timeout (15 s), so the isolated
 /// controller's answer, not the client's patience, ends the request.
 const ISOLATED_ANSWER_WAIT: Duration = Duration::from_secs(40);
@@ -36,36 +37,6 @@ const NOT_CONTROLLER: i16 = 41;
 
 const ISOLATED_TOPIC: &str = "through-the-isolated-controller";
 const MAJORITY_TOPIC: &str = "through-the-majority";
-
-fn strom_bin() -> PathBuf {
-    std::env::var_os("STROM_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
-        PathBuf::from,
-    )
-}
-
-/// Polls `check` (blocking code, run off the runtime) until it holds.
-async fn eventually<T: Send + 'static>(
-    what: &str,
-    mut check: impl FnMut() -> Option<T> + Send + 'static,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    let handle = tokio::task::spawn_blocking(move || {
-        loop {
-            if let Some(v) = check() {
-                return Some(v);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    });
-    handle
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("never: {what}"))
-}
 
 fn connect(addr: SocketAddr) -> Option<RawConnection> {
     RawConnection::connect(addr, Duration::from_secs(5)).ok()

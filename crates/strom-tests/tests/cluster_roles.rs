@@ -7,63 +7,16 @@
 
 mod common;
 
+use common::cluster::{DEADLINE, eventually, rd_brokers, strom_bin};
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::raw::RawConnection;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use strom_testkit::{LocalCluster, Role};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn strom_bin() -> PathBuf {
-    std::env::var_os("STROM_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
-        PathBuf::from,
-    )
-}
-
-/// Polls `check` (blocking code, run off the runtime) until it holds.
-async fn eventually<T: Send + 'static>(
-    what: &str,
-    mut check: impl FnMut() -> Option<T> + Send + 'static,
-) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    let handle = tokio::task::spawn_blocking(move || {
-        loop {
-            if let Some(v) = check() {
-                return Some(v);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
-    handle
-        .await
-        .unwrap()
-        .unwrap_or_else(|| panic!("never: {what}"))
-}
-
-/// The broker ids librdkafka sees through `bootstrap`.
-fn rd_brokers(bootstrap: &str) -> Vec<i32> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    match consumer.fetch_metadata(None, Duration::from_secs(5)) {
-        Ok(m) => {
-            let mut ids: Vec<i32> = m.brokers().iter().map(|b| b.id()).collect();
-            ids.sort_unstable();
-            ids
-        }
-        Err(_) => Vec::new(),
-    }
-}
 
 fn raw(addr: SocketAddr) -> RawConnection {
     RawConnection::connect(addr, REQUEST_TIMEOUT).unwrap()

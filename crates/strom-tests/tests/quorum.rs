@@ -7,14 +7,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::cluster::{strom_admin, strom_bin, three_nodes};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strom_client::ClientConfig;
-use strom_client::admin::Admin;
 use strom_protocol::messages::kafka::{
     DescribeQuorumRequest, DescribeQuorumResponse, TopicName, describe_quorum_request,
 };
@@ -26,35 +28,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// Longer than the controller's write timeout (15 s), which bounds how long
 /// a node forwarding DescribeQuorum waits for an active controller.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn strom_bin() -> PathBuf {
-    std::env::var_os("STROM_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
-        PathBuf::from,
-    )
-}
-
-/// Three combined nodes with short timers, so faults show within seconds.
-async fn three_nodes() -> LocalCluster {
-    LocalCluster::builder(strom_bin())
-        .nodes(3)
-        .set("broker.session.timeout.ms", "3000")
-        .set("broker.heartbeat.interval.ms", "500")
-        .set("controller.quorum.election.timeout.ms", "500")
-        .start()
-        .await
-        .unwrap()
-}
-
-fn strom_admin(bootstrap: &str) -> Admin {
-    let config: ClientConfig = [
-        ("bootstrap.servers", bootstrap),
-        ("default.api.timeout.ms", "30000"),
-    ]
-    .into_iter()
-    .collect();
-    Admin::new(&config).unwrap()
-}
 
 /// One DescribeQuorum for `__cluster_metadata-0` at `version`, sent to the
 /// node at `addr` itself (not routed by a client).

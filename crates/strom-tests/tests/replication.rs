@@ -10,8 +10,9 @@
 
 mod common;
 
+use common::cluster::strom_bin;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::raw::RawConnection;
@@ -23,13 +24,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// Kafka's OFFSET_OUT_OF_RANGE and NOT_LEADER_OR_FOLLOWER.
 const OFFSET_OUT_OF_RANGE: i16 = 1;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
-
-fn strom_bin() -> PathBuf {
-    std::env::var_os("STROM_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_strom-e2e")),
-        PathBuf::from,
-    )
-}
 
 fn raw(addr: SocketAddr) -> RawConnection {
     RawConnection::connect(addr, REQUEST_TIMEOUT).unwrap()

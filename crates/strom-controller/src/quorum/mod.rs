@@ -494,8 +494,17 @@ impl Quorum {
 
     /// Receives a value on every change of leader or term.
     pub fn watch_leader(&self) -> watch::Receiver<Option<i32>> {
-        let (tx, rx) = watch::channel(self.leader());
+        self.watch_metrics(|m| m.current_leader.map(kafka_id))
+    }
+
+    /// A watch of `view` of this node's Raft metrics, sent on every change
+    /// of it until the quorum stops or every receiver is gone.
+    fn watch_metrics<T: PartialEq + Send + Sync + 'static>(
+        &self,
+        view: fn(&openraft::RaftMetrics<TypeConfig>) -> T,
+    ) -> watch::Receiver<T> {
         let mut metrics = self.raft.metrics();
+        let (tx, rx) = watch::channel(view(&metrics.borrow_watched()));
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -503,10 +512,10 @@ impl Quorum {
                     _ = shutdown.cancelled() => return,
                     changed = metrics.changed() => if changed.is_err() { return },
                 }
-                let leader = metrics.borrow_watched().current_leader.map(kafka_id);
+                let value = view(&metrics.borrow_watched());
                 tx.send_if_modified(|old| {
-                    let changed = *old != leader;
-                    *old = leader;
+                    let changed = *old != value;
+                    *old = value;
                     changed
                 });
                 if tx.is_closed() {
@@ -621,27 +630,7 @@ impl Quorum {
     /// state (a term, a leader, an append, a commit). A reader that falls
     /// behind sees only the newest.
     pub fn watch_status(&self) -> watch::Receiver<QuorumStatus> {
-        let (tx, rx) = watch::channel(self.status());
-        let mut metrics = self.raft.metrics();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    changed = metrics.changed() => if changed.is_err() { return },
-                }
-                let status = status_of(&metrics.borrow_watched());
-                tx.send_if_modified(|old| {
-                    let changed = *old != status;
-                    *old = status;
-                    changed
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        rx
+        self.watch_metrics(status_of)
     }
 
     /// Every entry of this node's Raft log still kept, as `(index, term,
@@ -652,11 +641,8 @@ impl Quorum {
             .entries(..)
             .into_iter()
             .map(|e| {
-                let records = match e.payload {
-                    openraft::EntryPayload::Normal(c) => Some(c.records),
-                    _ => None,
-                };
-                (e.log_id.index, e.log_id.leader_id.term, records)
+                let (index, term) = (e.log_id.index, e.log_id.leader_id.term);
+                (index, term, entry_records(e))
             })
             .collect()
     }
@@ -682,13 +668,7 @@ impl Quorum {
         Some(
             entries
                 .into_iter()
-                .map(|e| {
-                    let records = match e.payload {
-                        openraft::EntryPayload::Normal(c) => Some(c.records),
-                        _ => None,
-                    };
-                    (e.log_id.index, records)
-                })
+                .map(|e| (e.log_id.index, entry_records(e)))
                 .collect(),
         )
     }
@@ -709,6 +689,14 @@ impl Quorum {
 }
 
 /// The quorum as openraft's metrics describe it.
+/// An entry's metadata records (blank and membership entries have none).
+fn entry_records(entry: Entry) -> Option<Vec<MetadataRecord>> {
+    match entry.payload {
+        openraft::EntryPayload::Normal(c) => Some(c.records),
+        _ => None,
+    }
+}
+
 fn status_of(m: &openraft::RaftMetrics<TypeConfig>) -> QuorumStatus {
     let offset = |index: Option<u64>| index.map_or(0, |i| i64::try_from(i + 1).unwrap_or(i64::MAX));
     let voters = m

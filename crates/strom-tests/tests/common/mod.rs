@@ -19,6 +19,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
+pub mod cluster;
 pub mod raw;
 
 /// How long a broker may take to print its ready line (debug build, recovery).
