@@ -55,20 +55,26 @@ pub(crate) struct LeadingClientArgs {
     properties: Vec<String>,
 }
 
+/// The client flags given, by name (for a command that takes none of them).
+fn given_flags(bootstrap: bool, output: bool, properties: bool) -> Vec<&'static str> {
+    [
+        (bootstrap, "--bootstrap"),
+        (output, "--output"),
+        (properties, "-X"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect()
+}
+
 impl ClientArgs {
     /// The options given, by flag (for commands that take none).
     pub(crate) fn given(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        if self.bootstrap.is_some() {
-            given.push("--bootstrap");
-        }
-        if self.output.is_some() {
-            given.push("--output");
-        }
-        if !self.properties.is_empty() {
-            given.push("-X");
-        }
-        given
+        given_flags(
+            self.bootstrap.is_some(),
+            self.output.is_some(),
+            !self.properties.is_empty(),
+        )
     }
 }
 
@@ -80,17 +86,11 @@ impl LeadingClientArgs {
 
     /// The flags given, by name, for a subcommand that takes none of them.
     pub(crate) fn given(&self) -> Vec<&'static str> {
-        let mut given = Vec::new();
-        if self.bootstrap.is_some() {
-            given.push("--bootstrap");
-        }
-        if self.output.is_some() {
-            given.push("--output");
-        }
-        if !self.properties.is_empty() {
-            given.push("-X");
-        }
-        given
+        given_flags(
+            self.bootstrap.is_some(),
+            self.output.is_some(),
+            !self.properties.is_empty(),
+        )
     }
 }
 
