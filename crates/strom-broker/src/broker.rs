@@ -98,6 +98,10 @@ pub struct Broker {
     pub controller: Arc<Controller>,
     pub logs: Arc<LogManager>,
     pub replicas: Arc<ReplicaManager>,
+    /// The replica fetchers: one per leader this broker follows.
+    pub fetchers: crate::fetcher::FetcherManager,
+    /// ISR changes on their way to the controller.
+    pub isr: Arc<crate::isr::IsrManager>,
     pub fetch_sessions: Mutex<FetchSessionCache>,
     pub groups: Arc<GroupCoordinator>,
     pub txn: Arc<TxnCoordinator>,

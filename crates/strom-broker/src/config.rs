@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod coordinators;
 pub mod properties;
+pub mod replication;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -991,6 +992,8 @@ pub struct Settings {
     pub txn: TxnConfig,
     /// The controller quorum's and the broker lifecycle's timers.
     pub cluster: ClusterSettings,
+    /// The replica fetchers and the ISR.
+    pub replication: replication::ReplicationSettings,
 }
 
 impl Settings {
@@ -1015,6 +1018,7 @@ impl Settings {
             group: GroupConfig::from_properties(properties)?,
             txn: TxnConfig::from_properties(properties)?,
             cluster: ClusterSettings::parse(properties)?,
+            replication: replication::ReplicationSettings::parse(properties)?,
         })
     }
 }

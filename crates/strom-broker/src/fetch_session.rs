@@ -37,6 +37,9 @@ pub struct FetchParams {
     pub fetch_offset: i64,
     pub partition_max_bytes: i32,
     pub current_leader_epoch: i32,
+    /// The epoch of the last batch the fetcher has (Fetch v12+, -1 when
+    /// not given): a follower's log is checked against the leader's epochs.
+    pub last_fetched_epoch: i32,
 }
 
 /// What the client last heard about a partition.
@@ -281,6 +284,7 @@ mod tests {
             fetch_offset: offset,
             partition_max_bytes: 1024,
             current_leader_epoch: -1,
+            last_fetched_epoch: -1,
         }
     }
 

@@ -96,6 +96,11 @@ impl Publisher {
         }
     }
 
+    /// The offset of each image as it is applied.
+    pub fn subscribe_applied(&self) -> watch::Receiver<i64> {
+        self.applied.subscribe()
+    }
+
     /// Waits until an image at `offset` or later has been applied (or the
     /// publisher has stopped: the broker is shutting down).
     pub async fn wait_applied(&self, offset: i64) {

@@ -35,6 +35,7 @@ fn partition_state(p: &PartitionImage) -> PartitionState {
     PartitionState {
         leader: p.leader,
         leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
         replicas: p.replicas.clone(),
         isr: p.isr.clone(),
     }
@@ -57,6 +58,9 @@ fn produce_checks(
 
 /// Kafka's per-partition file holding the topic id.
 const PARTITION_METADATA_FILE: &str = "partition.metadata";
+/// Kafka's file of high watermarks, one per partition, in the data
+/// directory: a restarted broker hides what may not be committed.
+pub const REPLICATION_OFFSET_CHECKPOINT: &str = "replication-offset-checkpoint";
 /// How often partitions whose log could not be created or deleted are tried
 /// again: often enough that a freed disk brings them back within seconds,
 /// rare enough that a failing disk is not hammered.
@@ -79,10 +83,19 @@ pub struct ReplicaManager {
     apply: Mutex<()>,
     /// For the followers' caught-up times when a role changes.
     clock: Arc<dyn Clock>,
+    /// `replica.lag.time.max.ms`, given to every partition.
+    replica_lag_time_max_ms: i64,
+    /// The high watermarks of the last `replication-offset-checkpoint` at
+    /// start, for partitions opened from it; `None` when there was no file
+    /// (a log from before replication, whose end is its high watermark).
+    checkpointed: Option<HashMap<PartitionKey, i64>>,
+    /// Serialises writing the checkpoint.
+    checkpoint: Mutex<()>,
 }
 
 impl ReplicaManager {
     pub fn new(node_id: i32, logs: Arc<LogManager>, clock: Arc<dyn Clock>) -> Self {
+        let checkpointed = read_high_watermarks(logs.data_dir());
         Self {
             node_id,
             logs,
@@ -90,7 +103,36 @@ impl ReplicaManager {
             failed: RwLock::new(HashMap::new()),
             apply: Mutex::new(()),
             clock,
+            replica_lag_time_max_ms:
+                crate::partition::high_watermark::DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+            checkpointed,
+            checkpoint: Mutex::new(()),
         }
+    }
+
+    /// Sets `replica.lag.time.max.ms` for the partitions opened from now.
+    #[must_use]
+    pub fn with_replica_lag_time_max_ms(mut self, ms: i64) -> Self {
+        self.replica_lag_time_max_ms = ms;
+        self
+    }
+
+    /// Writes every partition's high watermark to
+    /// `replication-offset-checkpoint` (every
+    /// `replica.high.watermark.checkpoint.interval.ms`, and at shutdown).
+    pub fn checkpoint_high_watermarks(&self) -> std::io::Result<()> {
+        let _guard = self.checkpoint.lock();
+        let mut lines: Vec<String> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|((topic, index), p)| format!("{topic} {index} {}", p.high_watermark()))
+            .collect();
+        lines.sort();
+        strom_storage::checkpoint::write(
+            &self.logs.data_dir().join(REPLICATION_OFFSET_CHECKPOINT),
+            &lines,
+        )
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<Arc<Partition>> {
@@ -285,14 +327,24 @@ impl ReplicaManager {
             path: log.dir().display().to_string(),
             source: e,
         })?;
-        Ok(Arc::new(Partition::new(
+        // Kafka starts a partition's high watermark from the checkpoint
+        // (0 when it is not there); a log from before this file existed had
+        // everything committed.
+        let high_watermark = match &self.checkpointed {
+            None => log.log_end_offset(),
+            Some(map) => map.get(&(Arc::clone(topic), index)).copied().unwrap_or(0),
+        };
+        let partition = Partition::with_high_watermark(
             Arc::clone(topic),
             index,
             topic_id,
             log,
             self.node_id,
             (leader_epoch, leader),
-        )))
+            high_watermark,
+        );
+        partition.set_replica_lag_time_max_ms(self.replica_lag_time_max_ms);
+        Ok(Arc::new(partition))
     }
 
     fn remove(&self, key: &PartitionKey) -> Result<(), StorageError> {
@@ -317,6 +369,30 @@ impl ReplicaManager {
             .filter(|((t, _), _)| t.as_ref() == topic)
             .map(|((_, p), partition)| (*p, Arc::clone(partition)))
             .collect()
+    }
+}
+
+/// The high watermarks of `replication-offset-checkpoint` in `data_dir`:
+/// `None` when there is no file, or it is unreadable (then every log's end
+/// counts, as before replication, and the error is logged).
+fn read_high_watermarks(data_dir: &Path) -> Option<HashMap<PartitionKey, i64>> {
+    let path = data_dir.join(REPLICATION_OFFSET_CHECKPOINT);
+    let parsed = strom_storage::checkpoint::read(&path).and_then(|entries| {
+        entries
+            .map(|e| strom_storage::checkpoint::parse_partition_offsets(&e))
+            .transpose()
+    });
+    match parsed {
+        Ok(entries) => entries.map(|entries| {
+            entries
+                .into_iter()
+                .map(|(topic, partition, offset)| ((Arc::from(topic.as_str()), partition), offset))
+                .collect()
+        }),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "the high watermark checkpoint is unreadable; starting every partition's high watermark at its log end");
+            None
+        }
     }
 }
 

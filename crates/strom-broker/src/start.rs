@@ -132,7 +132,11 @@ impl RunningBroker {
         broker.controller.shutdown().await;
         let logs = Arc::clone(&broker.logs);
         let metadata_log = broker.metadata_log.clone();
+        let replicas = Arc::clone(&broker.replicas);
         tokio::task::spawn_blocking(move || {
+            if let Err(e) = replicas.checkpoint_high_watermarks() {
+                tracing::error!(error = %e, "writing the high watermark checkpoint failed");
+            }
             let result = logs.shutdown();
             if let Some(metadata_log) = metadata_log
                 && let Err(e) = metadata_log.close()
@@ -343,6 +347,7 @@ pub async fn start_with_clock(
         targets,
         broker.shutdown.clone(),
     ));
+    spawn_replication(&broker);
     let lifecycle = Lifecycle::new();
     let incarnation_id = uuid::Uuid::new_v4();
     let registration = strom_controller::propose::BrokerRegistration {
@@ -392,6 +397,78 @@ pub async fn start_with_clock(
     })
 }
 
+/// Starts replication's background work: the fetchers follow every applied
+/// image, ISR changes go to the controller, followers that stopped catching
+/// up are dropped from the ISR, and high watermarks are checkpointed.
+fn spawn_replication(broker: &Arc<Broker>) {
+    let settings = broker.config.settings.replication.clone();
+    let for_sync = Arc::clone(broker);
+    broker.tasks.spawn(async move {
+        let mut applied = for_sync.publisher.subscribe_applied();
+        loop {
+            for_sync.fetchers.sync(&for_sync);
+            tokio::select! {
+                () = for_sync.shutdown.cancelled() => return,
+                changed = applied.changed() => if changed.is_err() { return },
+            }
+        }
+    });
+    let controller = Arc::clone(&broker.controller);
+    let node_id = broker.node_id;
+    let for_isr = Arc::clone(broker);
+    broker.tasks.spawn(crate::isr::run(
+        Arc::clone(&broker.isr),
+        move |request: crate::isr::IsrRequest| {
+            let controller = Arc::clone(&controller);
+            let broker_epoch = for_isr
+                .image()
+                .brokers
+                .get(&node_id)
+                .map_or(-1, |b| b.epoch);
+            async move { send_isr_change(&controller, node_id, broker_epoch, request).await }
+        },
+        broker.shutdown.clone(),
+    ));
+    let clock = Arc::clone(&broker.clock);
+    broker.tasks.spawn(crate::isr::shrink_periodically(
+        Arc::clone(&broker.replicas),
+        Arc::clone(&broker.isr),
+        settings.replica_lag_time_max_ms,
+        move || clock.now_ms(),
+        broker.shutdown.clone(),
+    ));
+    let replicas = Arc::clone(&broker.replicas);
+    let shutdown = broker.shutdown.clone();
+    let interval = Duration::from_millis(settings.replica_high_watermark_checkpoint_interval_ms);
+    broker.tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            let replicas = Arc::clone(&replicas);
+            let written =
+                tokio::task::spawn_blocking(move || replicas.checkpoint_high_watermarks()).await;
+            if let Ok(Err(e)) = written {
+                tracing::warn!(error = %e, "writing the high watermark checkpoint failed");
+            }
+        }
+    });
+}
+
+/// Sends one ISR change to the active controller (AlterPartition).
+async fn send_isr_change(
+    _controller: &Controller,
+    _node_id: i32,
+    _broker_epoch: i64,
+    _request: crate::isr::IsrRequest,
+) -> crate::isr::IsrReply {
+    // Wired to the controller's AlterPartition once it lands.
+    Err(strom_protocol::error_code::ErrorCode::UnknownServerError)
+}
+
 /// The blocking part of startup.
 fn open(
     config: BrokerConfig,
@@ -421,7 +498,8 @@ fn open(
             config.log_config(&image, &overrides)
         },
     )?;
-    let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs), Arc::clone(&clock));
+    let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs), Arc::clone(&clock))
+        .with_replica_lag_time_max_ms(config.settings.replication.replica_lag_time_max_ms);
     // A partition whose log cannot be opened (a full disk, a directory the
     // file system refuses) must not keep the others offline: it is logged,
     // answered as KAFKA_STORAGE_ERROR and retried while the broker runs.
@@ -454,6 +532,8 @@ fn open(
         controller,
         logs,
         replicas: Arc::new(replicas),
+        fetchers: crate::fetcher::FetcherManager::new(),
+        isr: Arc::new(crate::isr::IsrManager::default()),
         fetch_sessions: Mutex::new(fetch_sessions),
         groups: Arc::new(groups),
         txn: Arc::new(txn),

@@ -430,6 +430,7 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
         &PartitionState {
             leader: node,
             leader_epoch: epoch,
+            partition_epoch: 1,
             replicas: vec![node, follower],
             isr: vec![node, follower],
         },
@@ -472,7 +473,9 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
 
     // The follower fetches up to the end: the high watermark moves, the
     // first produce is answered, then the others, in request order.
-    partition.update_follower(follower, 4, now_ms()).unwrap();
+    partition
+        .update_follower(follower, 4, now_ms(), true)
+        .unwrap();
     assert_eq!(partition.high_watermark(), 4);
     let response: ProduceResponse = raw.recv(ApiKey::Produce, 9, first).await;
     let answer = &response.responses[0].partition_responses[0];
@@ -512,6 +515,7 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
         &PartitionState {
             leader: follower,
             leader_epoch: epoch + 1,
+            partition_epoch: 2,
             replicas: vec![node, follower],
             isr: vec![follower],
         },

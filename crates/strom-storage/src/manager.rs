@@ -565,6 +565,26 @@ impl LogManager {
         self.checkpoint()
     }
 
+    /// [`PartitionLog::truncate_fully_and_start_at`] for `tp`, with the
+    /// checkpoints and cleaner handling of [`Self::truncate_to`].
+    pub fn truncate_fully_and_start_at(
+        &self,
+        tp: &TopicPartition,
+        offset: i64,
+    ) -> Result<(), StorageError> {
+        let log = self
+            .get(tp)
+            .ok_or_else(|| StorageError::InvalidRequest(format!("no log for {tp}")))?;
+        self.cleaner.abort_and_pause(tp);
+        let truncated = log.truncate_fully_and_start_at(offset);
+        if truncated.is_ok() {
+            self.cleaner.truncate_checkpoint(self, tp, offset);
+        }
+        self.cleaner.resume(tp);
+        truncated?;
+        self.checkpoint()
+    }
+
     /// One round of the background duties; public so tests can drive it.
     pub fn run_periodic(&self) {
         for (tp, log) in self.logs() {

@@ -1,21 +1,22 @@
-//! Partition replication, leader side: a follower's fetch position is its
-//! log end offset, and the leader's high watermark follows the slowest
-//! in-sync replica (Kafka's rule), so acks=all completes and consumers see
-//! records once every in-sync follower has fetched them. The followers are
-//! played here by single raw Fetch requests with their replica ids (the
-//! brokers' own replica fetchers are the next step); the producer and the
-//! watermarks are librdkafka's.
+//! Partition replication between real broker processes: the brokers' replica
+//! fetchers copy the leader's log, the high watermark follows the in-sync
+//! replicas, acks=all completes once they have the records, and what a
+//! leader refuses to a fetcher. Producers and consumers are librdkafka's;
+//! followers are also played by raw Fetch requests where the leader's answer
+//! to a given position is the point.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use common::cluster::strom_bin;
-
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
+use common::cluster::{eventually, strom_bin, three_nodes};
 use common::raw::RawConnection;
+use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use strom_testkit::LocalCluster;
@@ -30,138 +31,216 @@ fn raw(addr: SocketAddr) -> RawConnection {
 }
 
 /// The high watermark librdkafka reads (ListOffsets latest) through `bootstrap`.
-fn high_watermark(bootstrap: &str, topic: &str) -> i64 {
+fn high_watermark(bootstrap: &str, topic: &str) -> Option<i64> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
     consumer
         .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap()
-        .1
+        .ok()
+        .map(|w| w.1)
 }
 
-fn producer(bootstrap: &str, acks: &str) -> FutureProducer {
+fn producer(bootstrap: &str, acks: &str, timeout_ms: &str) -> FutureProducer {
     rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", acks)
         .set("linger.ms", "0")
-        .set("message.timeout.ms", "60000")
+        .set("message.timeout.ms", timeout_ms)
         .create()
         .unwrap()
 }
 
+/// Creates `topic` with one partition, RF 3 and `min.insync.replicas=2`
+/// through node 1, and waits until node 1 names its leader.
+async fn replicated_topic(cluster: &LocalCluster, topic: &'static str) -> i32 {
+    let addr = cluster.addr(1);
+    let code = raw(addr)
+        .create_topic_with_configs(topic, 1, 3, &[("min.insync.replicas", "2")])
+        .unwrap();
+    assert_eq!(code, 0, "CreateTopics");
+    eventually("the topic has a leader", move || {
+        let (leaders, _) = raw(addr).leaders(topic).ok()?;
+        (leaders[0] > 0).then_some(leaders[0])
+    })
+    .await
+}
+
+/// Every value of partition 0 of `topic`, in offset order, read by a
+/// librdkafka consumer from the start until `count` are read.
+fn consume(bootstrap: &str, topic: &str, count: usize) -> Vec<(i64, String)> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = std::time::Instant::now() + common::cluster::DEADLINE;
+    let mut read = Vec::new();
+    while read.len() < count && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let value = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            read.push((m.offset(), value));
+        }
+    }
+    read
+}
+
+/// The bytes of every segment of `topic`'s partition 0 under `data_dir`, by
+/// file name.
+fn segments(data_dir: &Path, topic: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = data_dir.join(format!("{topic}-0"));
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_high_watermark_follows_the_slowest_in_sync_follower_and_releases_acks_all() {
-    let cluster = LocalCluster::builder(strom_bin())
+async fn followers_copy_the_leaders_log_and_acks_all_waits_for_them() {
+    let mut cluster = three_nodes().await;
+    let leader = replicated_topic(&cluster, "replicated").await;
+    let bootstrap = cluster.bootstrap();
+
+    let acks_all = producer(&bootstrap, "all", "60000");
+    let mut offsets = Vec::new();
+    for i in 0..50 {
+        let delivered = acks_all
+            .send(
+                FutureRecord::<(), str>::to("replicated")
+                    .partition(0)
+                    .payload(&format!("v{i}")),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string());
+        offsets.push(delivered.unwrap().offset);
+    }
+    assert_eq!(offsets, (0..50).collect::<Vec<i64>>());
+    let b = bootstrap.clone();
+    let hw = tokio::task::spawn_blocking(move || high_watermark(&b, "replicated"))
+        .await
+        .unwrap();
+    assert_eq!(hw, Some(50), "every acknowledged record is committed");
+    let b = bootstrap.clone();
+    let read = tokio::task::spawn_blocking(move || consume(&b, "replicated", 50))
+        .await
+        .unwrap();
+    let expected: Vec<(i64, String)> = (0..50).map(|i| (i, format!("v{i}"))).collect();
+    assert_eq!(read, expected);
+
+    // The leader refuses positions it cannot take: past its log end, and
+    // from a broker that is not a replica.
+    let at = cluster.addr(leader);
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    let (code, hw) = raw(at)
+        .replica_fetch(follower, "replicated", 0, 1000)
+        .unwrap();
+    assert_eq!((code, hw), (OFFSET_OUT_OF_RANGE, 50));
+    let (code, _) = raw(at).replica_fetch(99, "replicated", 0, 3).unwrap();
+    assert_eq!(code, NOT_LEADER_OR_FOLLOWER);
+
+    // Every replica holds the same bytes.
+    cluster.stop_all().await.unwrap();
+    let logs: Vec<BTreeMap<String, Vec<u8>>> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| segments(cluster.data_dir(id), "replicated"))
+        .collect();
+    assert!(!logs[0].is_empty());
+    assert!(logs[0].values().map(Vec::len).sum::<usize>() > 0);
+    assert_eq!(logs[0], logs[1], "replicas 1 and 2 differ");
+    assert_eq!(logs[0], logs[2], "replicas 1 and 3 differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_of_three_replicas_down_acks_all_never_succeeds_and_acks_one_does() {
+    let mut cluster = LocalCluster::builder(strom_bin())
         .nodes(3)
+        .set("broker.session.timeout.ms", "3000")
+        .set("broker.heartbeat.interval.ms", "500")
+        .set("controller.quorum.election.timeout.ms", "500")
         .start()
         .await
         .unwrap();
-    let (code, _) = raw(cluster.addr(1))
-        .create_topic("replicated", 1, 3)
+    let leader = replicated_topic(&cluster, "two-down").await;
+    let bootstrap = cluster.addr(leader).to_string();
+    let acks_all = producer(&bootstrap, "all", "60000");
+    acks_all
+        .send(
+            FutureRecord::<(), str>::to("two-down")
+                .partition(0)
+                .payload("before"),
+            Duration::from_secs(60),
+        )
+        .await
+        .map_err(|(e, _)| e.to_string())
         .unwrap();
-    assert_eq!(code, 0);
-    let first = cluster.addr(1);
-    let leader = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok((leaders, _)) = raw(first).leaders("replicated")
-                && leaders[0] > 0
-            {
-                break leaders[0];
-            }
-            assert!(std::time::Instant::now() < deadline, "no leader");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    for id in cluster.node_ids() {
+        if id != leader {
+            cluster.kill(id).await.unwrap();
         }
-    };
-    let followers: Vec<i32> = cluster
-        .node_ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
-    let at = cluster.addr(leader);
-    let bootstrap = at.to_string();
+    }
+    let b = bootstrap.clone();
+    let before = tokio::task::spawn_blocking(move || high_watermark(&b, "two-down"))
+        .await
+        .unwrap();
+    assert_eq!(before, Some(1));
 
-    // acks=1: appended on the leader, not committed while no follower has it.
-    let acks_one = producer(&bootstrap, "1");
+    // acks=all: refused (NOT_ENOUGH_REPLICAS once the ISR shrank) or timed
+    // out, never acknowledged.
+    let short = producer(&bootstrap, "all", "5000");
     for i in 0..3 {
-        acks_one
+        let outcome = short
             .send(
-                FutureRecord::<(), str>::to("replicated")
+                FutureRecord::<(), str>::to("two-down")
                     .partition(0)
-                    .payload(&format!("r{i}")),
+                    .payload(&format!("all{i}")),
                 Duration::from_secs(30),
             )
-            .await
-            .unwrap();
+            .await;
+        assert!(
+            outcome.is_err(),
+            "acks=all acknowledged with one replica: {outcome:?}"
+        );
     }
+    // acks=1 still works; the high watermark stays where it was.
+    let acks_one = producer(&bootstrap, "1", "30000");
+    let delivered = acks_one
+        .send(
+            FutureRecord::<(), str>::to("two-down")
+                .partition(0)
+                .payload("one"),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e.to_string());
+    assert!(delivered.is_ok(), "acks=1 refused: {delivered:?}");
     let b = bootstrap.clone();
-    let hw = tokio::task::spawn_blocking(move || high_watermark(&b, "replicated"))
+    let after = tokio::task::spawn_blocking(move || high_watermark(&b, "two-down"))
         .await
         .unwrap();
-    assert_eq!(hw, 0, "committed before any follower fetched");
-
-    // The first follower has all three, the second none: the slowest decides.
-    let (code, hw) = raw(at)
-        .replica_fetch(followers[0], "replicated", 0, 3)
-        .unwrap();
-    assert_eq!((code, hw), (0, 0));
-    let (code, hw) = raw(at)
-        .replica_fetch(followers[1], "replicated", 0, 1)
-        .unwrap();
-    assert_eq!((code, hw), (0, 1));
-    // A position past the leader's log end moves nothing; a broker that is
-    // not a replica is refused.
-    let (code, hw) = raw(at)
-        .replica_fetch(followers[1], "replicated", 0, 10)
-        .unwrap();
-    assert_eq!((code, hw), (OFFSET_OUT_OF_RANGE, 1));
-    let (code, _) = raw(at).replica_fetch(99, "replicated", 0, 3).unwrap();
-    assert_eq!(code, NOT_LEADER_OR_FOLLOWER);
-    let (code, hw) = raw(at)
-        .replica_fetch(followers[1], "replicated", 0, 3)
-        .unwrap();
-    assert_eq!((code, hw), (0, 3));
-    let b = bootstrap.clone();
-    let hw = tokio::task::spawn_blocking(move || high_watermark(&b, "replicated"))
-        .await
-        .unwrap();
-    assert_eq!(hw, 3, "librdkafka sees the committed records");
-
-    // acks=all waits for both followers, and completes once they fetched.
-    let acks_all = producer(&bootstrap, "all");
-    let sent = tokio::spawn(async move {
-        acks_all
-            .send(
-                FutureRecord::<(), str>::to("replicated")
-                    .partition(0)
-                    .payload("all"),
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|d| (d.partition, d.offset))
-            .map_err(|(e, _)| e.to_string())
-    });
-    // Both followers fetch from 4 once the record is on the leader (its
-    // offset is 3); until then a fetch at 4 is out of range.
-    for follower in &followers {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (code, _) = raw(at)
-                .replica_fetch(*follower, "replicated", 0, 4)
-                .unwrap();
-            if code == 0 {
-                break;
-            }
-            assert_eq!(code, OFFSET_OUT_OF_RANGE);
-            assert!(std::time::Instant::now() < deadline, "never appended");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    let delivered = tokio::time::timeout(Duration::from_secs(60), sent)
-        .await
-        .expect("acks=all answered")
-        .unwrap();
-    assert_eq!(delivered, Ok((0, 3)));
+    assert_eq!(
+        after,
+        Some(1),
+        "the high watermark moved without the followers"
+    );
 }

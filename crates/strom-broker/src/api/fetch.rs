@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::kafka::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, EpochEndOffset, FetchableTopicResponse, PartitionData,
 };
 use strom_protocol::messages::kafka::{
     BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
@@ -58,10 +58,13 @@ pub async fn handle(
         .max_bytes
         .clamp(0, broker.config.settings.fetch_max_bytes);
     let read_committed = version >= 4 && request.isolation_level == READ_COMMITTED;
-    let replica_id = if version >= 15 {
-        request.replica_state.replica_id.0
+    let (replica_id, replica_epoch) = if version >= 15 {
+        (
+            request.replica_state.replica_id.0,
+            request.replica_state.replica_epoch,
+        )
     } else {
-        request.replica_id.0
+        (request.replica_id.0, -1)
     };
 
     // Resolve names (v < 13) or topic ids (v13+).
@@ -87,6 +90,11 @@ pub async fn handle(
                             partition_max_bytes: p.partition_max_bytes,
                             current_leader_epoch: if version >= 9 {
                                 p.current_leader_epoch
+                            } else {
+                                -1
+                            },
+                            last_fetched_epoch: if version >= 12 {
+                                p.last_fetched_epoch
                             } else {
                                 -1
                             },
@@ -144,6 +152,7 @@ pub async fn handle(
         deadline,
         read_committed,
         replica_id,
+        replica_epoch,
         context,
         unresolved,
         version,
@@ -182,6 +191,8 @@ struct Pending {
     deadline: Instant,
     read_committed: bool,
     replica_id: i32,
+    /// A follower's broker epoch (Fetch v15+, -1 when not given).
+    replica_epoch: i64,
     context: SessionContext,
     unresolved: Vec<Unresolved>,
     version: i16,
@@ -195,7 +206,7 @@ impl Pending {
         let waiter = Arc::new(Notify::new());
         for ((topic, index), _) in self.to_fetch.iter() {
             if let Some(p) = broker.replicas.get(topic, *index) {
-                p.add_waiter(&waiter);
+                p.add_waiter(&waiter, self.replica_id >= 0);
             }
         }
         waiter
@@ -210,9 +221,12 @@ impl Pending {
     async fn read(&self, broker: &Arc<Broker>) -> Option<Vec<PartitionRead>> {
         let broker_for_read = Arc::clone(broker);
         let list = Arc::clone(&self.to_fetch);
-        let (max, read_committed, replica_id) =
-            (self.max_bytes, self.read_committed, self.replica_id);
-        super::blocking(move || read_all(&broker_for_read, &list, max, read_committed, replica_id))
+        let (max, read_committed, replica) = (
+            self.max_bytes,
+            self.read_committed,
+            (self.replica_id, self.replica_epoch),
+        );
+        super::blocking(move || read_all(&broker_for_read, &list, max, read_committed, replica))
             .await
     }
 
@@ -276,7 +290,7 @@ impl Pending {
                     key.clone(),
                     PartitionOutcome {
                         error: r.error != ErrorCode::None,
-                        has_records: !r.records.is_empty(),
+                        has_records: !r.records.is_empty() || r.diverging_epoch.is_some(),
                         high_watermark: r.high_watermark,
                         last_stable_offset: r.last_stable_offset,
                         log_start_offset: r.log_start_offset,
@@ -312,6 +326,14 @@ impl Pending {
                 .with_aborted_transactions(read_committed.then_some(read.aborted_transactions))
                 .with_preferred_read_replica(BrokerId(-1))
                 .with_records(Some(read.records));
+            let data = match read.diverging_epoch {
+                Some((epoch, end_offset)) if version >= 12 => data.with_diverging_epoch(
+                    EpochEndOffset::default()
+                        .with_epoch(epoch)
+                        .with_end_offset(end_offset),
+                ),
+                _ => data,
+            };
             match responses.last_mut() {
                 Some(last) if last.topic.0.as_str() == topic.as_ref() => last.partitions.push(data),
                 _ => responses.push(
@@ -369,6 +391,10 @@ struct PartitionRead {
     records: Bytes,
     /// read_committed: the aborted transactions overlapping `records`.
     aborted_transactions: Vec<AbortedTransaction>,
+    /// A follower's log diverges from this leader's after its last fetched
+    /// epoch: the largest epoch both know and where it ends here (KIP-320's
+    /// DivergingEpoch; no records then).
+    diverging_epoch: Option<(i32, i64)>,
 }
 
 impl PartitionRead {
@@ -380,6 +406,7 @@ impl PartitionRead {
             log_start_offset: -1,
             records: Bytes::new(),
             aborted_transactions: Vec::new(),
+            diverging_epoch: None,
         }
     }
 }
@@ -389,9 +416,15 @@ fn read_all(
     list: &[(PartitionKey, FetchParams)],
     max_bytes: usize,
     read_committed: bool,
-    replica_id: i32,
+    (replica_id, replica_epoch): (i32, i64),
 ) -> Vec<PartitionRead> {
     let image = broker.image();
+    // KIP-841/903: a follower joins the ISR only while registered,
+    // unfenced, and fetching with its current broker epoch.
+    let eligible = image
+        .brokers
+        .get(&replica_id)
+        .is_some_and(|b| !b.fenced && (replica_epoch < 0 || replica_epoch == b.epoch));
     let mut remaining = max_bytes;
     // Fetch v3+: the first partition with data gets at least one batch.
     let mut min_one = true;
@@ -418,21 +451,29 @@ fn read_all(
             {
                 return PartitionRead::error(code);
             }
+            if let Some(diverging) = diverging_epoch(&partition, params) {
+                return diverging;
+            }
             if replica_id >= 0 {
                 // A follower's fetch offset is its log end offset (Kafka's
                 // `updateFollowerFetchState`): the high watermark moves by it
                 // before the read, so the answer carries the new one. An
                 // offset past the leader's log end moves nothing (the read
                 // answers OFFSET_OUT_OF_RANGE).
-                if params.fetch_offset <= partition.log.log_end_offset()
-                    && let Err(e) = partition.update_follower(
+                if params.fetch_offset <= partition.log.log_end_offset() {
+                    match partition.update_follower(
                         replica_id,
                         params.fetch_offset,
                         broker.clock.now_ms(),
-                    )
-                {
-                    tracing::debug!(topic = %partition.topic, partition = partition.index, replica_id, error = %e, "a replica's fetch position not taken");
-                    return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+                        eligible,
+                    ) {
+                        Ok(true) => broker.isr.submit(&partition),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(topic = %partition.topic, partition = partition.index, replica_id, error = %e, "a replica's fetch position not taken");
+                            return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
+                        }
+                    }
                 }
             }
             let limit = usize::try_from(params.partition_max_bytes.max(0))
@@ -453,6 +494,33 @@ fn read_all(
             read
         })
         .collect()
+}
+
+/// KIP-320: a fetcher whose last fetched epoch this leader ended earlier
+/// (or never had) than the fetch offset claims is told where the epochs
+/// diverge, with no records: the largest epoch at or below its own and that
+/// epoch's end offset here (Kafka's `Partition.fetchRecords` →
+/// `lastOffsetForLeaderEpoch`).
+fn diverging_epoch(partition: &Partition, params: &FetchParams) -> Option<PartitionRead> {
+    if params.last_fetched_epoch < 0 {
+        return None;
+    }
+    let (epoch, end_offset) = partition
+        .log
+        .end_offset_for_epoch(params.last_fetched_epoch)
+        .unwrap_or((-1, -1));
+    if epoch == params.last_fetched_epoch && end_offset >= params.fetch_offset {
+        return None;
+    }
+    Some(PartitionRead {
+        error: ErrorCode::None,
+        high_watermark: partition.high_watermark(),
+        last_stable_offset: partition.last_stable_offset(),
+        log_start_offset: partition.log.log_start_offset(),
+        records: Bytes::new(),
+        aborted_transactions: Vec::new(),
+        diverging_epoch: Some((epoch, end_offset)),
+    })
 }
 
 fn read_partition(
@@ -479,6 +547,7 @@ fn read_partition(
         log_start_offset: partition.log.log_start_offset(),
         records: Bytes::new(),
         aborted_transactions: Vec::new(),
+        diverging_epoch: None,
     };
     if limit == 0 && !min_one {
         return read;

@@ -83,6 +83,17 @@ fn answer(broker: &Broker, request: ListOffsetsRequest, version: i16) -> ListOff
                     } else {
                         partition.high_watermark()
                     };
+                    // A new leader whose high watermark has not reached the
+                    // start of its epoch does not know the committed end
+                    // yet (Kafka's `fetchOffsetForTimestamp`).
+                    if consumer
+                        && p.timestamp == LATEST
+                        && partition
+                            .leader_epoch_start_offset()
+                            .is_some_and(|start| start > partition.high_watermark())
+                    {
+                        return response.with_error_code(ErrorCode::OffsetNotAvailable.code());
+                    }
                     match lookup(&partition, p.timestamp, bound) {
                         Ok((timestamp, offset)) => response
                             .with_timestamp(timestamp)

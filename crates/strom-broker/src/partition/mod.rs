@@ -32,7 +32,10 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::Uuid;
-use strom_storage::{AppendError, AppendInfo, AppendOrigin, PartitionLog, TxnVerification};
+use strom_storage::{
+    AppendError, AppendInfo, AppendOrigin, LogManager, PartitionLog, StorageError, TopicPartition,
+    TxnVerification,
+};
 use tokio::sync::Notify;
 
 use high_watermark::{
@@ -50,6 +53,9 @@ const MAX_WAITERS_PER_PARTITION: usize = 10_000;
 pub struct PartitionState {
     pub leader: i32,
     pub leader_epoch: i32,
+    /// Bumped by every change of the partition (Kafka's partition epoch):
+    /// an AlterPartition names the one it changes.
+    pub partition_epoch: i32,
     /// Every replica, in preference order.
     pub replicas: Vec<i32>,
     /// The in-sync replicas, the leader included.
@@ -62,6 +68,7 @@ impl PartitionState {
         Self {
             leader,
             leader_epoch,
+            partition_epoch: 0,
             replicas: vec![leader],
             isr: vec![leader],
         }
@@ -75,12 +82,31 @@ pub enum Role {
     /// moved by their fetches).
     Leader {
         leader_epoch: i32,
+        partition_epoch: i32,
         isr: Vec<i32>,
         replication_factor: usize,
         followers: Vec<ReplicaState>,
+        /// The log end offset when this leadership began: its epoch's start
+        /// offset. A follower joins the ISR only past it, and ListOffsets
+        /// answers OFFSET_NOT_AVAILABLE until the high watermark reaches it.
+        epoch_start_offset: i64,
+        /// The ISR an AlterPartition sent to the controller asks for, until
+        /// it is answered: one change in flight (KIP-497). The high
+        /// watermark counts the union of it and `isr` (the maximal ISR).
+        pending_isr: Option<Vec<i32>>,
     },
     /// It follows `leader` (-1: none) at `leader_epoch`.
     Follower { leader: i32, leader_epoch: i32 },
+}
+
+/// An ISR change for the controller (Kafka's AlterPartition): this
+/// leader, at `leader_epoch`, asks that the partition at `partition_epoch`
+/// get `new_isr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub new_isr: Vec<i32>,
 }
 
 /// Why a follower's fetch position was not taken.
@@ -115,8 +141,13 @@ pub struct Partition {
     /// The topic's configs as produce checks them, resolved when the
     /// metadata changes (shared by every request until the next change).
     checks: RwLock<Arc<ProduceChecks>>,
-    /// Fetches waiting for data on this partition.
+    /// Consumer fetches waiting for the high watermark to move.
     waiters: Mutex<Vec<Weak<Notify>>>,
+    /// Followers' fetches waiting for appends (they read to the log end).
+    replica_waiters: Mutex<Vec<Weak<Notify>>>,
+    /// `replica.lag.time.max.ms`: how long a follower may stay behind the
+    /// log end before it leaves the ISR.
+    replica_lag_time_max_ms: AtomicI64,
     /// Produces with acks=all waiting for the high watermark to pass their
     /// records (or for the leadership to change).
     high_watermark_moved: Notify,
@@ -125,15 +156,43 @@ pub struct Partition {
 impl Partition {
     /// A partition over `log`, at `leader_epoch`, with the high watermark at
     /// the log end offset (a single node's in-sync replicas are itself).
+    #[cfg(test)]
     pub(crate) fn new(
         topic: Arc<str>,
         index: i32,
         topic_id: Uuid,
         log: Arc<PartitionLog>,
         local_id: i32,
-        (leader_epoch, leader): (i32, i32),
+        leadership: (i32, i32),
     ) -> Self {
-        let high_watermark = log.log_end_offset();
+        let log_end_offset = log.log_end_offset();
+        Self::with_high_watermark(
+            topic,
+            index,
+            topic_id,
+            log,
+            local_id,
+            leadership,
+            log_end_offset,
+        )
+    }
+
+    /// [`Self::new`] with the high watermark from `replication-offset-checkpoint`
+    /// (clamped to the log), as a replicated partition starts: records above
+    /// it may not be committed, and stay hidden until the leader says so.
+    pub(crate) fn with_high_watermark(
+        topic: Arc<str>,
+        index: i32,
+        topic_id: Uuid,
+        log: Arc<PartitionLog>,
+        local_id: i32,
+        (leader_epoch, leader): (i32, i32),
+        high_watermark: i64,
+    ) -> Self {
+        let high_watermark = high_watermark.clamp(
+            log.log_start_offset().min(log.log_end_offset()),
+            log.log_end_offset(),
+        );
         log.set_high_watermark(high_watermark);
         let checks = Arc::new(ProduceChecks::from_log_config((*log.config()).clone()));
         let state = PartitionState::single(leader, leader_epoch);
@@ -151,6 +210,8 @@ impl Partition {
             high_watermark: AtomicI64::new(high_watermark),
             checks: RwLock::new(checks),
             waiters: Mutex::new(Vec::new()),
+            replica_waiters: Mutex::new(Vec::new()),
+            replica_lag_time_max_ms: AtomicI64::new(DEFAULT_REPLICA_LAG_TIME_MAX_MS),
             high_watermark_moved: Notify::new(),
         };
         partition.apply_state(&state, 0);
@@ -159,28 +220,42 @@ impl Partition {
 
     /// Takes the partition's state from the metadata: becomes leader (at a
     /// new epoch: with every follower's position unknown until it fetches,
-    /// as Kafka's `makeLeader`), stays leader with a new ISR, or becomes a
+    /// as Kafka's `makeLeader`, and the epoch's start recorded in the leader
+    /// epoch cache at once), stays leader with a new ISR, or becomes a
     /// follower. Produces waiting for the high watermark are woken (a lost
     /// leadership answers them NOT_LEADER_OR_FOLLOWER).
     pub fn apply_state(&self, state: &PartitionState, now_ms: i64) {
+        let mut new_epoch = None;
         {
             let mut role = self.role.lock();
             let next = if state.leader == self.local_id {
+                let current = match &*role {
+                    Role::Leader {
+                        leader_epoch,
+                        followers,
+                        epoch_start_offset,
+                        pending_isr,
+                        partition_epoch,
+                        ..
+                    } if *leader_epoch == state.leader_epoch => Some((
+                        followers.clone(),
+                        *epoch_start_offset,
+                        pending_isr.clone(),
+                        *partition_epoch,
+                    )),
+                    _ => None,
+                };
                 let followers = state
                     .replicas
                     .iter()
                     .filter(|id| **id != self.local_id)
                     .map(|id| {
-                        let known = match &*role {
-                            Role::Leader {
-                                leader_epoch,
-                                followers,
-                                ..
-                            } if *leader_epoch == state.leader_epoch => {
-                                followers.iter().find(|f| f.broker_id == *id).copied()
-                            }
-                            _ => None,
-                        };
+                        let known = current
+                            .as_ref()
+                            .and_then(|(followers, ..)| {
+                                followers.iter().find(|f| f.broker_id == *id)
+                            })
+                            .copied();
                         known.unwrap_or(ReplicaState {
                             broker_id: *id,
                             log_end_offset: -1,
@@ -191,11 +266,27 @@ impl Partition {
                         })
                     })
                     .collect();
+                let (epoch_start_offset, pending_isr) = match current {
+                    // The same leadership: a committed change of the
+                    // partition answers the pending ISR change (or replaces
+                    // it); otherwise it stays pending.
+                    Some((_, start, pending, partition_epoch)) => (
+                        start,
+                        pending.filter(|_| state.partition_epoch == partition_epoch),
+                    ),
+                    None => {
+                        new_epoch = Some(state.leader_epoch);
+                        (self.log.log_end_offset(), None)
+                    }
+                };
                 Role::Leader {
                     leader_epoch: state.leader_epoch,
+                    partition_epoch: state.partition_epoch,
                     isr: state.isr.clone(),
                     replication_factor: state.replicas.len().max(1),
                     followers,
+                    epoch_start_offset,
+                    pending_isr,
                 }
             } else {
                 Role::Follower {
@@ -208,9 +299,18 @@ impl Partition {
             // anyone who takes it.
             self.leadership
                 .store(pack(state.leader_epoch, state.leader), Ordering::Release);
+            if let Some(epoch) = new_epoch
+                && let Err(e) = self.log.assign_leader_epoch(epoch)
+            {
+                // The epoch is recorded with the first batch appended at it
+                // anyway; until then a diverging follower is found one
+                // round later, by the older epochs.
+                tracing::warn!(topic = %self.topic, partition = self.index, epoch, error = %e, "recording the new leader epoch's start failed");
+            }
         }
         self.advance_high_watermark_at(Some(now_ms));
         self.high_watermark_moved.notify_waiters();
+        self.wake_waiters();
     }
 
     /// The role now (a copy).
@@ -227,18 +327,63 @@ impl Partition {
         }
     }
 
+    /// The size of the maximal ISR (the ISR with a pending change's
+    /// additions): what an acks=all produce is checked against once the high
+    /// watermark passes it (Kafka's `checkEnoughReplicasReachOffset`).
+    fn maximal_isr_size(&self) -> usize {
+        match &*self.role.lock() {
+            Role::Leader {
+                isr, pending_isr, ..
+            } => maximal_isr(isr, pending_isr.as_deref()).len(),
+            Role::Follower { .. } => 0,
+        }
+    }
+
+    /// The start offset of this leader's epoch, when it leads.
+    pub fn leader_epoch_start_offset(&self) -> Option<i64> {
+        match &*self.role.lock() {
+            Role::Leader {
+                epoch_start_offset, ..
+            } => Some(*epoch_start_offset),
+            Role::Follower { .. } => None,
+        }
+    }
+
+    /// `replica.lag.time.max.ms` for this partition's followers.
+    pub(crate) fn set_replica_lag_time_max_ms(&self, ms: i64) {
+        self.replica_lag_time_max_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn replica_lag_time_max_ms(&self) -> i64 {
+        self.replica_lag_time_max_ms.load(Ordering::Relaxed)
+    }
+
     /// A follower fetched: its log end offset is `log_end_offset` (Kafka's
     /// `updateFollowerFetchState`). It counts as caught up when that reaches
     /// the leader's log end offset; the high watermark moves if it can.
+    /// `eligible`: whether the follower may join the ISR (registered,
+    /// unfenced, its broker epoch current: KIP-841, KIP-903).
+    ///
+    /// `Ok(true)` when the fetch made the follower join the ISR (Kafka's
+    /// `maybeExpandIsr`): an ISR change is pending for the caller to send
+    /// ([`Self::pending_isr_change`]).
     pub fn update_follower(
         &self,
         broker_id: i32,
         log_end_offset: i64,
         now_ms: i64,
-    ) -> Result<(), FollowerError> {
-        {
+        eligible: bool,
+    ) -> Result<bool, FollowerError> {
+        let expand = {
             let mut role = self.role.lock();
-            let Role::Leader { followers, .. } = &mut *role else {
+            let Role::Leader {
+                followers,
+                isr,
+                pending_isr,
+                epoch_start_offset,
+                ..
+            } = &mut *role
+            else {
                 return Err(FollowerError::NotLeader);
             };
             let follower = followers
@@ -246,12 +391,187 @@ impl Partition {
                 .find(|f| f.broker_id == broker_id)
                 .ok_or(FollowerError::UnknownReplica(broker_id))?;
             follower.log_end_offset = log_end_offset;
+            follower.isr_eligible = eligible;
             if log_end_offset >= self.log.log_end_offset() {
                 follower.last_caught_up_time_ms = now_ms;
             }
-        }
+            // Caught up to the high watermark and into this leader's epoch.
+            let expand = pending_isr.is_none()
+                && eligible
+                && !isr.contains(&broker_id)
+                && log_end_offset >= self.high_watermark()
+                && log_end_offset >= *epoch_start_offset;
+            if expand {
+                let mut new_isr = isr.clone();
+                new_isr.push(broker_id);
+                *pending_isr = Some(new_isr);
+            }
+            expand
+        };
         self.advance_high_watermark_at(Some(now_ms));
+        Ok(expand)
+    }
+
+    /// Kafka's `maybeShrinkIsr`: the in-sync followers that have not caught
+    /// up within `replica.lag.time.max.ms` leave the ISR. `true` when an ISR
+    /// change is now pending for the caller to send.
+    pub fn maybe_shrink_isr(&self, now_ms: i64) -> bool {
+        let lag_max_ms = self.replica_lag_time_max_ms();
+        let log_end_offset = self.log.log_end_offset();
+        let mut role = self.role.lock();
+        let Role::Leader {
+            followers,
+            isr,
+            pending_isr,
+            ..
+        } = &mut *role
+        else {
+            return false;
+        };
+        if pending_isr.is_some() {
+            return false;
+        }
+        let lagging: Vec<i32> = followers
+            .iter()
+            .filter(|f| isr.contains(&f.broker_id))
+            .filter(|f| !f.is_caught_up(log_end_offset, now_ms, lag_max_ms))
+            .map(|f| f.broker_id)
+            .collect();
+        if lagging.is_empty() {
+            return false;
+        }
+        tracing::info!(topic = %self.topic, partition = self.index, ?lagging, lag_max_ms, "shrinking the ISR: followers did not catch up in time");
+        *pending_isr = Some(
+            isr.iter()
+                .copied()
+                .filter(|id| !lagging.contains(id))
+                .collect(),
+        );
+        true
+    }
+
+    /// The ISR change waiting to be sent, if this broker leads and has one.
+    pub fn pending_isr_change(&self) -> Option<IsrChange> {
+        match &*self.role.lock() {
+            Role::Leader {
+                leader_epoch,
+                partition_epoch,
+                pending_isr: Some(new_isr),
+                ..
+            } => Some(IsrChange {
+                leader_epoch: *leader_epoch,
+                partition_epoch: *partition_epoch,
+                new_isr: new_isr.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The controller answered `sent`: with the partition's new ISR and
+    /// partition epoch (`Some`), or refused it (`None`; the metadata brings
+    /// the state that won). Either way nothing is pending any more, if this
+    /// is still the leadership that sent it.
+    pub fn complete_isr_change(&self, sent: &IsrChange, committed: Option<(Vec<i32>, i32)>) {
+        {
+            let mut role = self.role.lock();
+            let Role::Leader {
+                leader_epoch,
+                partition_epoch,
+                isr,
+                pending_isr,
+                ..
+            } = &mut *role
+            else {
+                return;
+            };
+            if *leader_epoch != sent.leader_epoch || pending_isr.as_ref() != Some(&sent.new_isr) {
+                return;
+            }
+            *pending_isr = None;
+            if let Some((new_isr, new_partition_epoch)) = committed
+                && new_partition_epoch > *partition_epoch
+            {
+                *isr = new_isr;
+                *partition_epoch = new_partition_epoch;
+            }
+        }
+        self.advance_high_watermark();
+        self.high_watermark_moved.notify_waiters();
+    }
+
+    /// Appends batches fetched from `leader` at `leader_epoch`, keeping
+    /// their offsets and epochs: refused (NOT_LEADER_OR_FOLLOWER) unless
+    /// this broker still follows that leader at that epoch, so a fetch
+    /// answered by an old leader never lands after a change.
+    pub fn append_as_follower(
+        &self,
+        records: &[u8],
+        leader: i32,
+        leader_epoch: i32,
+    ) -> Result<AppendInfo, AppendError> {
+        // Held through the append: the role cannot change under it.
+        let role = self.role.lock();
+        if *role
+            != (Role::Follower {
+                leader,
+                leader_epoch,
+            })
+        {
+            return Err(AppendError::NotLeader);
+        }
+        self.log.append_as_follower(records)
+    }
+
+    /// Cuts this follower's log back to `offset` (where it diverges from
+    /// `leader`'s at `leader_epoch`), through `logs` so the lowered recovery
+    /// point is checkpointed, or, with `start_at`, empties it and restarts
+    /// it at `offset` (the leader's log starts past this log's end). Refused
+    /// unless this broker still follows that leader at that epoch.
+    pub fn truncate_as_follower(
+        &self,
+        logs: &LogManager,
+        offset: i64,
+        start_at: bool,
+        (leader, leader_epoch): (i32, i32),
+    ) -> Result<(), StorageError> {
+        let role = self.role.lock();
+        if *role
+            != (Role::Follower {
+                leader,
+                leader_epoch,
+            })
+        {
+            return Ok(());
+        }
+        let tp = TopicPartition::new(self.topic.as_ref(), self.index);
+        if start_at {
+            logs.truncate_fully_and_start_at(&tp, offset)?;
+        } else {
+            logs.truncate_to(&tp, offset)?;
+        }
+        let log_end_offset = self.log.log_end_offset();
+        self.high_watermark
+            .fetch_min(log_end_offset, Ordering::AcqRel);
+        if start_at {
+            self.high_watermark
+                .fetch_max(log_end_offset, Ordering::AcqRel);
+        }
+        self.log.set_high_watermark(self.high_watermark());
         Ok(())
+    }
+
+    /// A follower's high watermark after a fetch: the leader's, bounded by
+    /// what this log holds (`ReplicaFetcherThread.processPartitionData`),
+    /// never lower than it was unless the log itself is shorter.
+    pub fn set_follower_high_watermark(&self, leader_high_watermark: i64) {
+        let log_end_offset = self.log.log_end_offset();
+        let current = self.high_watermark().min(log_end_offset);
+        let next = current.max(leader_high_watermark.min(log_end_offset));
+        if next != self.high_watermark() {
+            self.high_watermark.store(next, Ordering::Release);
+            self.log.set_high_watermark(next);
+            self.wake_waiters();
+        }
     }
 
     /// The topic's configs as produce checks them.
@@ -320,6 +640,8 @@ impl Partition {
         let info =
             self.log
                 .append_as_leader_verified(records, leader_epoch, origin, verification)?;
+        // Followers' fetches read to the log end: new data for them now.
+        wake(&self.replica_waiters);
         self.advance_high_watermark();
         Ok(info)
     }
@@ -344,6 +666,7 @@ impl Partition {
                 isr,
                 replication_factor,
                 followers,
+                pending_isr,
                 ..
             } = &*role
             else {
@@ -354,9 +677,8 @@ impl Partition {
                 None if followers.is_empty() => 0,
                 None => wall_clock_ms(),
             };
-            let maximal_isr: Vec<i32> = isr
-                .iter()
-                .copied()
+            let maximal_isr: Vec<i32> = maximal_isr(isr, pending_isr.as_deref())
+                .into_iter()
                 .filter(|id| *id != self.local_id)
                 .collect();
             next_high_watermark(&HighWatermarkInputs {
@@ -368,7 +690,7 @@ impl Partition {
                 replication_factor: *replication_factor,
                 min_insync_replicas: self.checks.read().min_insync_replicas,
                 now_ms,
-                replica_lag_time_max_ms: DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+                replica_lag_time_max_ms: self.replica_lag_time_max_ms(),
             })
         };
         if target <= current {
@@ -382,15 +704,16 @@ impl Partition {
         // Retention and the cleaner never pass the high watermark (a racing
         // store may leave the log's copy a moment behind, never ahead).
         self.log.set_high_watermark(high_watermark);
-        self.wake_waiters();
+        wake(&self.waiters);
         self.high_watermark_moved.notify_waiters();
     }
 
     /// Waits until the high watermark reaches `offset` (a produce with
-    /// acks=all waits for its last offset + 1): `Ok` then;
-    /// NOT_LEADER_OR_FOLLOWER if this broker stops leading at the epoch it
-    /// appended at; REQUEST_TIMED_OUT after `timeout` (Kafka's
-    /// DelayedProduce).
+    /// acks=all waits for its last offset + 1): `Ok` then, or
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND if the maximal ISR is below
+    /// `min.insync.replicas` by then; NOT_LEADER_OR_FOLLOWER if this broker
+    /// stops leading at the epoch it appended at; REQUEST_TIMED_OUT after
+    /// `timeout` (Kafka's DelayedProduce).
     pub async fn wait_for_high_watermark(
         &self,
         offset: i64,
@@ -407,6 +730,10 @@ impl Partition {
                     return Err(ErrorCode::NotLeaderOrFollower);
                 }
                 if self.high_watermark() >= offset {
+                    let min_isr = self.checks.read().min_insync_replicas;
+                    if self.maximal_isr_size() < min_isr {
+                        return Err(ErrorCode::NotEnoughReplicasAfterAppend);
+                    }
                     return Ok(());
                 }
                 moved.await;
@@ -417,9 +744,14 @@ impl Partition {
             .unwrap_or(Err(ErrorCode::RequestTimedOut))
     }
 
-    /// Registers a fetch to be woken when data arrives.
-    pub fn add_waiter(&self, waiter: &Arc<Notify>) {
-        let mut waiters = self.waiters.lock();
+    /// Registers a fetch to be woken when data arrives: a consumer's when
+    /// the high watermark moves, a follower's (`replica`) on every append.
+    pub fn add_waiter(&self, waiter: &Arc<Notify>, replica: bool) {
+        let mut waiters = if replica {
+            self.replica_waiters.lock()
+        } else {
+            self.waiters.lock()
+        };
         waiters.retain(|w| w.strong_count() > 0);
         if waiters.len() >= MAX_WAITERS_PER_PARTITION {
             waiters.remove(0);
@@ -427,13 +759,33 @@ impl Partition {
         waiters.push(Arc::downgrade(waiter));
     }
 
-    /// Wakes every waiting fetch (new data, or the partition is going away).
+    /// Wakes every waiting fetch (new data, a new role, or the partition is
+    /// going away).
     pub(crate) fn wake_waiters(&self) {
-        let waiters = std::mem::take(&mut *self.waiters.lock());
-        for waiter in waiters.iter().filter_map(Weak::upgrade) {
-            waiter.notify_one();
+        wake(&self.waiters);
+        wake(&self.replica_waiters);
+    }
+}
+
+/// Wakes and forgets every waiter of `waiters`.
+fn wake(waiters: &Mutex<Vec<Weak<Notify>>>) {
+    let waiters = std::mem::take(&mut *waiters.lock());
+    for waiter in waiters.iter().filter_map(Weak::upgrade) {
+        waiter.notify_one();
+    }
+}
+
+/// The ISR with the replicas a pending change adds (Kafka's maximal ISR:
+/// a shrink counts the old members until it commits, an expansion the new
+/// one at once).
+fn maximal_isr(isr: &[i32], pending: Option<&[i32]>) -> Vec<i32> {
+    let mut all = isr.to_vec();
+    for id in pending.unwrap_or_default() {
+        if !all.contains(id) {
+            all.push(*id);
         }
     }
+    all
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
@@ -496,6 +848,7 @@ mod tests {
         PartitionState {
             leader,
             leader_epoch,
+            partition_epoch: 0,
             replicas: replicas.to_vec(),
             isr: isr.to_vec(),
         }
@@ -520,11 +873,11 @@ mod tests {
         append(&p);
         append(&p);
         assert_eq!(p.high_watermark(), 0, "no follower has fetched");
-        p.update_follower(2, 2, 1_001).unwrap();
+        p.update_follower(2, 2, 1_001, true).unwrap();
         assert_eq!(p.high_watermark(), 0, "follower 3 has not fetched");
-        p.update_follower(3, 1, 1_002).unwrap();
+        p.update_follower(3, 1, 1_002, true).unwrap();
         assert_eq!(p.high_watermark(), 1);
-        p.update_follower(3, 2, 1_003).unwrap();
+        p.update_follower(3, 2, 1_003, true).unwrap();
         assert_eq!(p.high_watermark(), 2);
         // The ISR shrinks to the leader and follower 2 (positions known at
         // this epoch are kept). Follower 3 still counts while it is caught
@@ -532,13 +885,13 @@ mod tests {
         // once it lags longer.
         p.apply_state(&state(LOCAL, 0, &[LOCAL, 2, 3], &[LOCAL, 2]), 1_004);
         append(&p);
-        p.update_follower(2, 3, 1_005).unwrap();
+        p.update_follower(2, 3, 1_005, true).unwrap();
         assert_eq!(p.high_watermark(), 2, "follower 3 is caught up");
-        p.update_follower(2, 3, 1_003 + DEFAULT_REPLICA_LAG_TIME_MAX_MS + 1)
+        p.update_follower(2, 3, 1_003 + DEFAULT_REPLICA_LAG_TIME_MAX_MS + 1, true)
             .unwrap();
         assert_eq!(p.high_watermark(), 3);
         assert_eq!(
-            p.update_follower(9, 3, 1_006),
+            p.update_follower(9, 3, 1_006, true),
             Err(FollowerError::UnknownReplica(9))
         );
     }
@@ -558,7 +911,10 @@ mod tests {
                 leader_epoch: 1
             }
         );
-        assert_eq!(p.update_follower(2, 1, 0), Err(FollowerError::NotLeader));
+        assert_eq!(
+            p.update_follower(2, 1, 0, true),
+            Err(FollowerError::NotLeader)
+        );
         assert_eq!(p.isr_size(), 0);
         assert_eq!(p.high_watermark(), 1, "a new role never moves it back");
     }
@@ -576,7 +932,7 @@ mod tests {
                     .await
             })
         };
-        p.update_follower(2, 1, 0).unwrap();
+        p.update_follower(2, 1, 0, true).unwrap();
         assert_eq!(waiting.await.unwrap(), Ok(()));
 
         append(&p);

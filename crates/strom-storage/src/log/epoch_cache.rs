@@ -201,23 +201,27 @@ impl LeaderEpochCache {
         starts_before && ends_after
     }
 
-    /// The end offset of `epoch` as OffsetsForLeaderEpoch answers it: the start
-    /// offset of the next higher epoch, or `log_end_offset` for the latest one.
-    /// `None` when the requested epoch is older than every known epoch.
+    /// The end offset of `epoch` as OffsetsForLeaderEpoch answers it
+    /// (Kafka's `LeaderEpochFileCache.endOffsetFor`): for the latest epoch,
+    /// `log_end_offset`; for an older one, the largest known epoch at or
+    /// below it and the start of the next; for one older than every known
+    /// epoch, itself and the first start. `None` (Kafka's undefined epoch and
+    /// offset) when it is newer than every known epoch or nothing is known.
     pub(crate) fn end_offset_for(&self, epoch: i32, log_end_offset: i64) -> Option<(i32, i64)> {
         let latest = self.latest()?;
-        if epoch >= latest.epoch {
+        if epoch == latest.epoch {
             return Some((latest.epoch, log_end_offset));
         }
-        // The largest known epoch <= requested, and the start of the one after it.
-        let next = self.entries.partition_point(|e| e.epoch <= epoch);
-        if next == 0 {
+        if epoch > latest.epoch || epoch < 0 {
             return None;
         }
-        Some((
-            self.entries[next - 1].epoch,
-            self.entries[next].start_offset,
-        ))
+        // The first epoch above the requested one, and the one before it.
+        let next = self.entries.partition_point(|e| e.epoch <= epoch);
+        let higher = self.entries.get(next)?;
+        match next.checked_sub(1).map(|i| self.entries[i]) {
+            Some(floor) => Some((floor.epoch, higher.start_offset)),
+            None => Some((epoch, higher.start_offset)),
+        }
     }
 
     fn persist(&self) -> io::Result<()> {
@@ -251,7 +255,14 @@ mod tests {
         assert!(!cache.covers(NO_PARTITION_LEADER_EPOCH, 5));
         assert_eq!(cache.end_offset_for(3, 400), Some((3, 250)));
         assert_eq!(cache.end_offset_for(4, 400), Some((3, 250)));
-        assert_eq!(cache.end_offset_for(9, 400), Some((5, 400)));
+        assert_eq!(cache.end_offset_for(5, 400), Some((5, 400)));
+        assert_eq!(cache.end_offset_for(9, 400), None, "newer than any known");
+        assert_eq!(cache.end_offset_for(-1, 400), None);
+        assert_eq!(
+            cache.end_offset_for(1, 400),
+            Some((0, 100)),
+            "the largest known epoch at or below"
+        );
 
         let reloaded = LeaderEpochCache::load(dir.path());
         assert!(reloaded.is_trusted());

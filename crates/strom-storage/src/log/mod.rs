@@ -275,6 +275,12 @@ impl PartitionLog {
         self.writer.lock().epochs.entries().to_vec()
     }
 
+    /// The newest leader epoch in the cache (a follower's last fetched
+    /// epoch), if any.
+    pub fn latest_leader_epoch(&self) -> Option<i32> {
+        self.writer.lock().epochs.latest().map(|e| e.epoch)
+    }
+
     /// The state of every idempotent producer the log knows, by producer id
     /// (DescribeProducers).
     pub fn producer_states(&self) -> Vec<ProducerStateView> {

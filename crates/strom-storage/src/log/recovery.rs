@@ -279,7 +279,13 @@ impl PartitionLog {
         let mut writer = self.writer.lock();
         self.check_online().map_err(|_| StorageError::Offline)?;
         if offset >= self.log_end_offset() {
-            return Ok(());
+            // Nothing to cut, but an epoch this broker started as leader
+            // without appending to it must go, or a follower would keep
+            // claiming it (Kafka's `truncateTo` does the same).
+            return writer
+                .epochs
+                .truncate_from_end(self.log_end_offset())
+                .map_err(|e| StorageError::io(&*self.dir, e));
         }
         // Segments may already be renamed away when a step fails: the log
         // can no longer be trusted to take writes.
@@ -287,11 +293,40 @@ impl PartitionLog {
             .inspect_err(|e| self.take_offline(e))
     }
 
+    /// Empties the log and restarts it at `offset`, which may lie above the
+    /// log end (Kafka's `truncateFullyAndStartAt`): a follower whose log
+    /// ends below the leader's log start offset.
+    ///
+    /// As with [`Self::truncate_to`], use the log manager's wrapper to
+    /// checkpoint the lowered recovery point.
+    pub fn truncate_fully_and_start_at(&self, offset: i64) -> Result<(), StorageError> {
+        let mut writer = self.writer.lock();
+        self.check_online().map_err(|_| StorageError::Offline)?;
+        self.truncate_fully_and_start_at_locked(&mut writer, offset)
+            .inspect_err(|e| self.take_offline(e))
+    }
+
+    /// Records that leader epoch `epoch` starts at the log end offset, if it
+    /// is newer than every epoch the log knows: a new leader does this at
+    /// once (Kafka's `makeLeader` → `maybeAssignEpochStartOffset`), so a
+    /// follower holding batches of a later-numbered epoch that never
+    /// committed finds where it diverges even before the new leader has
+    /// appended anything.
+    pub fn assign_leader_epoch(&self, epoch: i32) -> Result<(), StorageError> {
+        let mut writer = self.writer.lock();
+        self.check_online().map_err(|_| StorageError::Offline)?;
+        writer
+            .epochs
+            .assign(epoch, self.log_end_offset())
+            .map(|_| ())
+            .map_err(|e| StorageError::io(&*self.dir, e))
+    }
+
     fn truncate_locked(&self, writer: &mut Writer, offset: i64) -> Result<(), StorageError> {
         let now = self.clock.now_ms();
         let io = |e| StorageError::io(&*self.dir, e);
         if offset < self.log_start_offset() {
-            return self.truncate_fully_and_start_at(writer, offset);
+            return self.truncate_fully_and_start_at_locked(writer, offset);
         }
         // Epochs first: a crash in between leaves batches the cache does not
         // cover, which recovery then truncates, exactly as asked.
@@ -311,7 +346,7 @@ impl PartitionLog {
         self.remove_segments(writer, &doomed, now + delay)
             .map_err(io)?;
         let Some(target) = self.floor_segment(offset) else {
-            return self.truncate_fully_and_start_at(writer, offset);
+            return self.truncate_fully_and_start_at_locked(writer, offset);
         };
         let next = target.truncate_to(offset).map_err(io)?;
         writer.pending_flush.retain(|s| !Arc::ptr_eq(s, &target));
@@ -337,7 +372,7 @@ impl PartitionLog {
         self.load_producer_state(writer, None)
     }
 
-    fn truncate_fully_and_start_at(
+    fn truncate_fully_and_start_at_locked(
         &self,
         writer: &mut Writer,
         offset: i64,

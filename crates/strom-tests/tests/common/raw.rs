@@ -86,10 +86,44 @@ impl RawConnection {
         partitions: i32,
         replication_factor: i16,
     ) -> io::Result<(i16, Option<String>)> {
+        self.create_topic_with(name, partitions, replication_factor, &[])
+    }
+
+    /// [`Self::create_topic`] with topic configs; the error code alone.
+    #[allow(dead_code)] // not every test binary creates topics with configs
+    pub fn create_topic_with_configs(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> io::Result<i16> {
+        self.create_topic_with(name, partitions, replication_factor, configs)
+            .map(|(code, _)| code)
+    }
+
+    fn create_topic_with(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> io::Result<(i16, Option<String>)> {
+        use strom_protocol::messages::kafka::create_topics_request::CreatableTopicConfig;
         let topic = CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_string(name.to_owned())))
             .with_num_partitions(partitions)
-            .with_replication_factor(replication_factor);
+            .with_replication_factor(replication_factor)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string((*k).to_owned()))
+                            .with_value(Some(StrBytes::from_string((*v).to_owned())))
+                    })
+                    .collect(),
+            );
         let request = CreateTopicsRequest::default()
             .with_topics(vec![topic])
             .with_timeout_ms(30_000);

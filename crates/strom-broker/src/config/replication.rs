@@ -1,0 +1,155 @@
+//! The replica fetchers' and the ISR's settings, Kafka's names and defaults
+//! (`ReplicationConfigs`).
+
+use std::collections::BTreeMap;
+
+use super::coordinators::MAX_TIMER_MS;
+use super::{ConfigError, parse_prop};
+
+/// How followers fetch and when they leave the ISR.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicationSettings {
+    /// `replica.lag.time.max.ms`, default 30 s: a follower that has not
+    /// caught up with the leader's log end for this long leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
+    /// `replica.fetch.wait.max.ms`, default 500 ms: how long a follower's
+    /// fetch waits at the leader for data. Kafka requires it below
+    /// `replica.lag.time.max.ms`, or followers would drop out while idle.
+    pub replica_fetch_wait_max_ms: i32,
+    /// `replica.fetch.min.bytes`, default 1.
+    pub replica_fetch_min_bytes: i32,
+    /// `replica.fetch.max.bytes`, default 1 MiB: per partition (one batch is
+    /// always returned even if larger).
+    pub replica_fetch_max_bytes: i32,
+    /// `replica.fetch.response.max.bytes`, default 10 MiB: per response.
+    pub replica_fetch_response_max_bytes: i32,
+    /// `replica.fetch.backoff.ms`, default 1 s: the pause after a failed
+    /// fetch (the leader unreachable, a partition in error).
+    pub replica_fetch_backoff_ms: u64,
+    /// `replica.socket.timeout.ms`, default 30 s: a fetch answered later
+    /// than this (plus its wait) counts as failed and the connection is
+    /// opened again.
+    pub replica_socket_timeout_ms: u64,
+    /// `replica.high.watermark.checkpoint.interval.ms`, default 5 s: how
+    /// often high watermarks are written to `replication-offset-checkpoint`.
+    pub replica_high_watermark_checkpoint_interval_ms: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        Self {
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_min_bytes: 1,
+            replica_fetch_max_bytes: 1024 * 1024,
+            replica_fetch_response_max_bytes: 10 * 1024 * 1024,
+            replica_fetch_backoff_ms: 1000,
+            replica_socket_timeout_ms: 30_000,
+            replica_high_watermark_checkpoint_interval_ms: 5000,
+        }
+    }
+}
+
+impl ReplicationSettings {
+    /// Reads and checks the settings, with Kafka's bounds.
+    pub fn parse(props: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let int = |name: &str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
+            let value: i64 = parse_prop(props, name, default)?;
+            if value < min {
+                return Err(ConfigError(format!(
+                    "Invalid value {value} for configuration {name}: Value must be at least {min}"
+                )));
+            }
+            if value > max {
+                return Err(ConfigError(format!(
+                    "Invalid value {value} for configuration {name}: Value must be no more than {max}"
+                )));
+            }
+            Ok(value)
+        };
+        let bytes = |name: &str, default: i32, min: i64| -> Result<i32, ConfigError> {
+            int(name, i64::from(default), min, i64::from(i32::MAX))
+                .map(|v| i32::try_from(v).unwrap_or(default))
+        };
+        let ms = |name: &str, default: u64| -> Result<u64, ConfigError> {
+            int(name, i64::try_from(default).unwrap_or(0), 1, MAX_TIMER_MS)
+                .map(|v| u64::try_from(v).unwrap_or(default))
+        };
+        let settings = Self {
+            replica_lag_time_max_ms: int(
+                "replica.lag.time.max.ms",
+                d.replica_lag_time_max_ms,
+                1,
+                MAX_TIMER_MS,
+            )?,
+            replica_fetch_wait_max_ms: bytes(
+                "replica.fetch.wait.max.ms",
+                d.replica_fetch_wait_max_ms,
+                0,
+            )?,
+            replica_fetch_min_bytes: bytes(
+                "replica.fetch.min.bytes",
+                d.replica_fetch_min_bytes,
+                1,
+            )?,
+            replica_fetch_max_bytes: bytes(
+                "replica.fetch.max.bytes",
+                d.replica_fetch_max_bytes,
+                0,
+            )?,
+            replica_fetch_response_max_bytes: bytes(
+                "replica.fetch.response.max.bytes",
+                d.replica_fetch_response_max_bytes,
+                0,
+            )?,
+            replica_fetch_backoff_ms: ms("replica.fetch.backoff.ms", d.replica_fetch_backoff_ms)?,
+            replica_socket_timeout_ms: ms(
+                "replica.socket.timeout.ms",
+                d.replica_socket_timeout_ms,
+            )?,
+            replica_high_watermark_checkpoint_interval_ms: ms(
+                "replica.high.watermark.checkpoint.interval.ms",
+                d.replica_high_watermark_checkpoint_interval_ms,
+            )?,
+        };
+        // Kafka: "replica.fetch.wait.max.ms should always be less than or
+        // equal to replica.lag.time.max.ms to prevent frequent changes in ISR".
+        if i64::from(settings.replica_fetch_wait_max_ms) > settings.replica_lag_time_max_ms {
+            return Err(ConfigError(
+                "replica.fetch.wait.max.ms should always be less than or equal to replica.lag.time.max.ms to prevent frequent changes in ISR".to_owned(),
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<ReplicationSettings, ConfigError> {
+        let props = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        ReplicationSettings::parse(&props)
+    }
+
+    #[test]
+    fn kafka_defaults_and_bounds() {
+        assert_eq!(parse(&[]).unwrap(), ReplicationSettings::default());
+        let s = parse(&[
+            ("replica.lag.time.max.ms", "3000"),
+            ("replica.fetch.wait.max.ms", "100"),
+        ])
+        .unwrap();
+        assert_eq!(s.replica_lag_time_max_ms, 3000);
+        assert_eq!(s.replica_fetch_wait_max_ms, 100);
+        assert!(parse(&[("replica.lag.time.max.ms", "0")]).is_err());
+        assert!(parse(&[("replica.fetch.max.bytes", "-1")]).is_err());
+        assert!(parse(&[("replica.fetch.backoff.ms", "x")]).is_err());
+        let err = parse(&[("replica.lag.time.max.ms", "400")]).unwrap_err();
+        assert!(err.0.contains("replica.fetch.wait.max.ms"), "{}", err.0);
+    }
+}
