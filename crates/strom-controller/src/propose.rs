@@ -298,11 +298,8 @@ pub fn alter_partition(
     request: &AlterPartitionRequest,
 ) -> Result<Option<MetadataRecord>, ControllerError> {
     let refuse = |code, message: String| Err(ControllerError::new(code, message));
-    if !image
-        .brokers
-        .get(&request.broker_id)
-        .is_some_and(|b| b.epoch == request.broker_epoch)
-    {
+    let registered = image.brokers.get(&request.broker_id).map(|b| b.epoch);
+    if registered != Some(request.broker_epoch) {
         return refuse(
             ErrorCode::StaleBrokerEpoch,
             format!(
@@ -558,6 +555,16 @@ pub fn elect_leader(
 /// check, which follows at once when the bound was reached.
 pub const MAX_ELECTIONS_PER_IMBALANCE: usize = 1000;
 
+/// The partitions a broker is the first replica of: how many, and those
+/// another broker (or none) leads.
+type PreferredPartitions<'a> = (
+    usize,
+    Vec<(
+        &'a crate::image::TopicImage,
+        &'a crate::image::PartitionImage,
+    )>,
+);
+
 /// `auto.leader.rebalance.enable`'s check: the preferred-replica elections
 /// due now (at most [`MAX_ELECTIONS_PER_IMBALANCE`]). For each broker, the
 /// partitions whose first replica it is and that another broker (or none)
@@ -571,13 +578,7 @@ pub const MAX_ELECTIONS_PER_IMBALANCE: usize = 1000;
 /// keeps its leader.
 pub fn rebalance_leaders(image: &MetadataImage, imbalance_percentage: i32) -> Vec<MetadataRecord> {
     // By preferred replica: (partitions it is first of, imbalanced ones).
-    let mut by_broker: BTreeMap<
-        i32,
-        (
-            usize,
-            Vec<(&crate::image::TopicImage, &crate::image::PartitionImage)>,
-        ),
-    > = BTreeMap::new();
+    let mut by_broker: BTreeMap<i32, PreferredPartitions<'_>> = BTreeMap::new();
     for topic in image.topics() {
         for p in &topic.partitions {
             let Some(&preferred) = p.replicas.first() else {
