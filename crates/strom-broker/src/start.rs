@@ -639,6 +639,15 @@ fn controller_config(config: &BrokerConfig) -> ControllerConfig {
             .properties
             .get(strom_controller::propose::UNCLEAN_LEADER_ELECTION)
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+        auto_leader_rebalance_enable: config.settings.cluster.auto_leader_rebalance_enable,
+        leader_imbalance_check_interval_seconds: config
+            .settings
+            .cluster
+            .leader_imbalance_check_interval_seconds,
+        leader_imbalance_per_broker_percentage: config
+            .settings
+            .cluster
+            .leader_imbalance_per_broker_percentage,
         ..ControllerConfig::default()
     }
 }

@@ -1012,6 +1012,25 @@ async fn every_advertised_version_of_every_api_is_answered() {
                         exchange(&broker, key, version, &request).await;
                     assert_eq!(r.results[0].error_code, 0, "v{version}");
                 }
+                ApiKey::ElectLeaders => {
+                    use strom_protocol::messages::kafka::{
+                        ElectLeadersRequest, ElectLeadersResponse, elect_leaders_request,
+                    };
+                    // The only replica leads already: ELECTION_NOT_NEEDED.
+                    let request = ElectLeadersRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topic_partitions(Some(vec![
+                            elect_leaders_request::TopicPartitions::default()
+                                .with_topic(name("all"))
+                                .with_partitions(vec![0]),
+                        ]));
+                    let r: ElectLeadersResponse = exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert_eq!(
+                        r.replica_election_results[0].partition_result[0].error_code, 84,
+                        "v{version}"
+                    );
+                }
                 ApiKey::DescribeCluster => {
                     let r: DescribeClusterResponse =
                         exchange(&broker, key, version, &DescribeClusterRequest::default()).await;

@@ -21,10 +21,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::image::{ConfigResource, MetadataImage};
+use crate::image::{ConfigResource, MetadataImage, PartitionImage};
 use crate::metadata_log::{LocalMetadataLog, MetadataLog, MetadataLogError};
 use crate::observer::{MetadataChunk, Observer};
-use crate::propose::{self, BrokerRegistration, Proposal};
+use crate::propose::{self, BrokerRegistration, Proposal, TopicElection};
 use crate::quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, WriteError};
 use crate::quorum_description::{Observers, QuorumDescription};
 use crate::records::{MetadataRecord, decode_batch};
@@ -140,6 +140,40 @@ pub struct CreatePartitionsRequest {
     pub assignments: Option<Vec<Vec<i32>>>,
 }
 
+/// An AlterPartition request (KIP-497) for one partition: its leader,
+/// `broker_id` at `broker_epoch`, asks that the ISR become `new_isr`, as of
+/// the leader and partition epochs it knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlterPartitionRequest {
+    pub broker_id: i32,
+    pub broker_epoch: i64,
+    pub topic_id: Uuid,
+    pub partition: i32,
+    pub leader_epoch: i32,
+    pub new_isr: Vec<i32>,
+    pub partition_epoch: i32,
+}
+
+/// ElectLeaders' election types (KIP-460), Kafka's `ElectionType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ElectionType {
+    /// 0: the first replica leads, when it is live and in sync.
+    Preferred,
+    /// 1: a partition without a leader gets one, out of sync if need be.
+    Unclean,
+}
+
+impl ElectionType {
+    /// The type of wire value `value` (`None`: not one of Kafka's).
+    pub fn from_code(value: i8) -> Option<Self> {
+        match value {
+            0 => Some(Self::Preferred),
+            1 => Some(Self::Unclean),
+            _ => None,
+        }
+    }
+}
+
 /// A block of producer ids `[start, start + len)` for one broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerIdBlock {
@@ -174,6 +208,15 @@ pub struct ControllerConfig {
     /// default where neither the topic nor the cluster's dynamic config
     /// says.
     pub unclean_leader_election_enable: bool,
+    /// `auto.leader.rebalance.enable`, default true: the active controller
+    /// moves leaderships back to preferred replicas
+    /// ([`propose::rebalance_leaders`]).
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds`, default 300: how often.
+    pub leader_imbalance_check_interval_seconds: u64,
+    /// `leader.imbalance.per.broker.percentage`, default 10: the share of a
+    /// broker's preferred partitions led elsewhere that triggers the move.
+    pub leader_imbalance_per_broker_percentage: i32,
 }
 
 /// [`ControllerConfig::write_timeout_ms`] by default: long enough for an
@@ -191,6 +234,9 @@ impl Default for ControllerConfig {
             broker_session_timeout_ms: 9_000,
             write_timeout_ms: DEFAULT_WRITE_TIMEOUT_MS,
             unclean_leader_election_enable: false,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -307,6 +353,11 @@ enum Op {
         offset: i64,
     },
     DescribeQuorum,
+    AlterPartition(AlterPartitionRequest),
+    ElectLeaders {
+        election: ElectionType,
+        targets: Option<Vec<(String, Vec<i32>)>>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +371,8 @@ enum Reply {
     Heartbeat(Result<HeartbeatReply, ControllerError>),
     Metadata(MetadataChunk),
     Quorum(QuorumDescription),
+    AlterPartition(Result<PartitionImage, ControllerError>),
+    ElectLeaders(Result<Vec<TopicElection>, ControllerError>),
     /// This node is not the active controller (the one it knows, if any).
     NotController {
         leader: Option<i32>,
@@ -686,6 +739,35 @@ impl Controller {
         }
     }
 
+    /// AlterPartition (KIP-497): the leader of a partition changes its ISR
+    /// (see [`propose::alter_partition`] for what is refused, with Kafka's
+    /// codes). Answers the partition as committed, or as it is when the
+    /// request changes nothing.
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<PartitionImage, ControllerError> {
+        match self.route(Op::AlterPartition(request)).await? {
+            Reply::AlterPartition(r) => r,
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// ElectLeaders (KIP-460) for the partitions named (`None`: all), as
+    /// [`propose::elect_leaders`]; the elections commit as one batch. `Err`:
+    /// the request failed as a whole (no controller in time, too many
+    /// elections for one batch).
+    pub async fn elect_leaders(
+        &self,
+        election: ElectionType,
+        targets: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Result<Vec<TopicElection>, ControllerError> {
+        match self.route(Op::ElectLeaders { election, targets }).await? {
+            Reply::ElectLeaders(r) => r,
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Writes a snapshot of the current image if it is newer than the
     /// newest snapshot, so the next start replays nothing (clean shutdown).
     /// A failure is logged: the next start replays more, nothing is lost.
@@ -855,7 +937,36 @@ impl Controller {
             )),
             // Answered above without the writer; the same answer here.
             Op::DescribeQuorum => self.describe_quorum_here(),
+            Op::AlterPartition(request) => {
+                Reply::AlterPartition(self.do_alter_partition(&mut writer, &request).await)
+            }
+            Op::ElectLeaders { election, targets } => {
+                let (records, results) =
+                    propose::elect_leaders(&self.image(), election, targets.as_deref());
+                Reply::ElectLeaders(if records.is_empty() {
+                    Ok(results)
+                } else {
+                    self.commit(&mut writer, records).await.map(|_| results)
+                })
+            }
         }
+    }
+
+    async fn do_alter_partition(
+        &self,
+        writer: &mut Writer<'_>,
+        request: &AlterPartitionRequest,
+    ) -> Result<PartitionImage, ControllerError> {
+        let image = match propose::alter_partition(&self.image(), request)? {
+            Some(record) => self.commit(writer, vec![record]).await?,
+            None => self.image(),
+        };
+        image
+            .partition_by_id(&request.topic_id, request.partition)
+            .cloned()
+            .ok_or_else(|| {
+                ControllerError::new(ErrorCode::UnknownTopicOrPartition, "the partition is gone")
+            })
     }
 
     async fn do_create_topics(
@@ -991,14 +1102,20 @@ impl Controller {
     }
 
     /// The active controller's own work, while this node is it: write the
-    /// cluster id into a new cluster, and fence brokers whose session
-    /// expired (`broker.session.timeout.ms` without a heartbeat).
+    /// cluster id into a new cluster, fence brokers whose session expired
+    /// (`broker.session.timeout.ms` without a heartbeat), and with
+    /// `auto.leader.rebalance.enable` move leaderships back to preferred
+    /// replicas every `leader.imbalance.check.interval.seconds`.
     async fn run_active_duties(self: Arc<Self>) {
         let Some(quorum) = self.quorum().cloned() else {
             return;
         };
         let session = Duration::from_millis(self.config.broker_session_timeout_ms);
+        let rebalance_interval =
+            Duration::from_secs(self.config.leader_imbalance_check_interval_seconds);
         let mut was_leader = false;
+        // When the next leader rebalance is due (`None`: never).
+        let mut next_rebalance = None;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -1006,8 +1123,11 @@ impl Controller {
             }
             let leader = quorum.is_leader();
             if leader && !was_leader {
-                // A new active controller: every broker gets a full session.
+                // A new active controller: every broker gets a full session,
+                // and the first rebalance is one interval away, as Kafka
+                // schedules it.
                 self.sessions.lock().clear();
+                next_rebalance = Instant::now().checked_add(rebalance_interval);
             }
             was_leader = leader;
             if !leader {
@@ -1054,7 +1174,45 @@ impl Controller {
                     }
                 }
             }
+            if self.config.auto_leader_rebalance_enable
+                && next_rebalance.is_some_and(|due| Instant::now() >= due)
+            {
+                let more = self.rebalance_leaders(&quorum, session).await;
+                // The bound was reached: go on at the next tick, as Kafka
+                // reschedules at once.
+                next_rebalance = if more {
+                    Some(Instant::now())
+                } else {
+                    Instant::now().checked_add(rebalance_interval)
+                };
+            }
         }
+    }
+
+    /// One automatic leader rebalance ([`propose::rebalance_leaders`]);
+    /// true when it elected as many leaders as one check may.
+    async fn rebalance_leaders(&self, quorum: &Quorum, timeout: Duration) -> bool {
+        let mut writer = self.write.lock().await;
+        if quorum.await_leader_caught_up(timeout).await.is_err() {
+            return false;
+        }
+        let records = propose::rebalance_leaders(
+            &self.image(),
+            self.config.leader_imbalance_per_broker_percentage,
+        );
+        if records.is_empty() {
+            return false;
+        }
+        let elections = records.len();
+        tracing::info!(
+            elections,
+            "moving leaderships back to their preferred replicas"
+        );
+        if let Err(e) = self.commit(&mut writer, records).await {
+            tracing::warn!(error = %e, "the leader rebalance failed; retrying at the next check");
+            return false;
+        }
+        elections >= propose::MAX_ELECTIONS_PER_IMBALANCE
     }
 
     /// Commits one operation's records and applies them: the records,

@@ -36,7 +36,7 @@ pub struct BrokerInfo {
 }
 
 /// One partition of a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionImage {
     pub partition: i32,
     pub replicas: Vec<i32>,
@@ -112,6 +112,13 @@ impl MetadataImage {
 
     pub fn partition(&self, topic: &str, partition: i32) -> Option<&PartitionImage> {
         self.topic(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)
+    }
+
+    /// Partition `partition` of the topic with id `topic_id`.
+    pub fn partition_by_id(&self, topic_id: &Uuid, partition: i32) -> Option<&PartitionImage> {
+        self.topic_by_id(topic_id)?
             .partitions
             .get(usize::try_from(partition).ok()?)
     }

@@ -42,13 +42,14 @@ pub mod records;
 pub mod snapshot;
 
 pub use controller::{
-    Controller, ControllerConfig, ControllerError, CreatePartitionsRequest, CreateTopicRequest,
-    CreatedTopic, LoadStats, MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC,
-    ProducerIdBlock, SNAPSHOT_INTERVAL_BYTES, metadata_log_config, open_metadata_log,
+    AlterPartitionRequest, Controller, ControllerConfig, ControllerError, CreatePartitionsRequest,
+    CreateTopicRequest, CreatedTopic, ElectionType, LoadStats, MAX_RECORDS_PER_USER_OP,
+    METADATA_BATCH_BYTES_MAX, METADATA_TOPIC, ProducerIdBlock, SNAPSHOT_INTERVAL_BYTES,
+    metadata_log_config, open_metadata_log,
 };
 pub use image::{BrokerInfo, ConfigResource, MetadataImage, PartitionImage, TopicImage};
 pub use metadata_log::{LocalMetadataLog, MemoryMetadataLog, MetadataLog, MetadataLogError};
-pub use propose::Proposal;
+pub use propose::{Proposal, TopicElection};
 pub use quorum_description::{QuorumDescription, ReplicaDescription};
 pub use records::MetadataRecord;
 pub use snapshot::SnapshotStore;

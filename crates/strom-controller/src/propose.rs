@@ -13,9 +13,10 @@ use strom_protocol::topic::illegal_topic_name;
 use uuid::Uuid;
 
 use crate::controller::{
-    ControllerConfig, ControllerError, CreatePartitionsRequest, CreateTopicRequest, CreatedTopic,
-    MAX_PARTITIONS_PER_TOPIC, MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC,
-    PRODUCER_ID_BLOCK_SIZE, ProducerIdBlock, kafka_uuid_string, random_kafka_uuid,
+    AlterPartitionRequest, ControllerConfig, ControllerError, CreatePartitionsRequest,
+    CreateTopicRequest, CreatedTopic, ElectionType, MAX_PARTITIONS_PER_TOPIC,
+    MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC, PRODUCER_ID_BLOCK_SIZE,
+    ProducerIdBlock, kafka_uuid_string, random_kafka_uuid,
 };
 use crate::image::{ConfigResource, MetadataImage};
 use crate::records::{MetadataRecord, encode_batch};
@@ -271,6 +272,349 @@ fn partition_change(
         leader_epoch,
         partition_epoch: p.partition_epoch + 1,
     }
+}
+
+/// AlterPartition (KIP-497): the partition leader asks to change the ISR,
+/// checked as Kafka's `ReplicationControlManager.validateAlterPartitionData`
+/// does, in its order. The answer is the record of the new ISR (same leader,
+/// same leader epoch: an ISR change never bumps the leader epoch since
+/// KAFKA-15021; the partition epoch + 1), or no record when the ISR is the
+/// one asked for already (the caller answers the current state).
+///
+/// Refusals: the sender's broker epoch not the registered one
+/// (STALE_BROKER_EPOCH); an unknown topic id (UNKNOWN_TOPIC_ID) or partition
+/// (UNKNOWN_TOPIC_OR_PARTITION); a leader or partition epoch newer than
+/// this controller's (NOT_CONTROLLER: Kafka's hint that the sender talks to
+/// a controller behind the newest one, so it retries); an older leader epoch
+/// (FENCED_LEADER_EPOCH); a sender that is not the leader (INVALID_REQUEST);
+/// an older partition epoch (INVALID_UPDATE_VERSION: another change went
+/// first); an ISR naming a non-replica, a replica twice, or not the leader
+/// (INVALID_REQUEST); an ISR member that is not registered or is fenced (a
+/// fenced broker includes one in controlled shutdown here:
+/// INELIGIBLE_REPLICA, KIP-841). Kafka checks every member of the new ISR
+/// for eligibility, not only the ones added; so does this.
+pub fn alter_partition(
+    image: &MetadataImage,
+    request: &AlterPartitionRequest,
+) -> Result<Option<MetadataRecord>, ControllerError> {
+    let refuse = |code, message: String| Err(ControllerError::new(code, message));
+    let registered = image.brokers.get(&request.broker_id).map(|b| b.epoch);
+    if registered != Some(request.broker_epoch) {
+        return refuse(
+            ErrorCode::StaleBrokerEpoch,
+            format!(
+                "broker {} epoch {} is not registered",
+                request.broker_id, request.broker_epoch
+            ),
+        );
+    }
+    let Some(topic) = image.topic_by_id(&request.topic_id) else {
+        return refuse(
+            ErrorCode::UnknownTopicId,
+            format!("no topic with id {}", kafka_uuid_string(&request.topic_id)),
+        );
+    };
+    let Some(p) = image.partition_by_id(&request.topic_id, request.partition) else {
+        return refuse(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("no partition {}-{}", topic.name, request.partition),
+        );
+    };
+    let name = format!("{}-{}", topic.name, p.partition);
+    if request.leader_epoch > p.leader_epoch || request.partition_epoch > p.partition_epoch {
+        return refuse(
+            ErrorCode::NotController,
+            format!(
+                "{name}: leader epoch {} and partition epoch {} are newer than this controller's {} and {}",
+                request.leader_epoch, request.partition_epoch, p.leader_epoch, p.partition_epoch
+            ),
+        );
+    }
+    if request.leader_epoch < p.leader_epoch {
+        return refuse(
+            ErrorCode::FencedLeaderEpoch,
+            format!(
+                "{name}: leader epoch {} is older than the current {}",
+                request.leader_epoch, p.leader_epoch
+            ),
+        );
+    }
+    if request.broker_id != p.leader {
+        return refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{name}: broker {} is not the leader ({})",
+                request.broker_id, p.leader
+            ),
+        );
+    }
+    if request.partition_epoch < p.partition_epoch {
+        return refuse(
+            ErrorCode::InvalidUpdateVersion,
+            format!(
+                "{name}: partition epoch {} is older than the current {}",
+                request.partition_epoch, p.partition_epoch
+            ),
+        );
+    }
+    let unique: BTreeSet<i32> = request.new_isr.iter().copied().collect();
+    if unique.len() != request.new_isr.len() || !unique.iter().all(|r| p.replicas.contains(r)) {
+        return refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{name}: ISR {:?} is not a set of the replicas {:?}",
+                request.new_isr, p.replicas
+            ),
+        );
+    }
+    if !unique.contains(&p.leader) {
+        return refuse(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{name}: ISR {:?} does not hold the leader {}",
+                request.new_isr, p.leader
+            ),
+        );
+    }
+    let ineligible: Vec<String> = request
+        .new_isr
+        .iter()
+        .filter_map(|r| match image.brokers.get(r) {
+            None => Some(format!("{r} (not registered)")),
+            Some(b) if b.fenced => Some(format!("{r} (fenced)")),
+            Some(_) => None,
+        })
+        .collect();
+    if !ineligible.is_empty() {
+        return refuse(
+            ErrorCode::IneligibleReplica,
+            format!(
+                "{name}: ISR {:?} names ineligible replicas: {}",
+                request.new_isr,
+                ineligible.join(", ")
+            ),
+        );
+    }
+    if request.new_isr == p.isr {
+        return Ok(None);
+    }
+    Ok(Some(partition_change(
+        topic.id,
+        p,
+        request.new_isr.clone(),
+        p.leader,
+        p.leader_epoch,
+    )))
+}
+
+/// The results of one ElectLeaders request, by topic: for each partition
+/// `Ok` (a new leader was elected) or why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicElection {
+    pub topic: String,
+    pub partitions: Vec<(i32, Result<(), ControllerError>)>,
+}
+
+/// ElectLeaders (KIP-460), as Kafka's `ReplicationControlManager.electLeaders`:
+/// for the partitions named (`None`: every partition of every topic), the
+/// records of the elections and each partition's result. With `None`, the
+/// partitions that need no election are left out of the answer (each topic
+/// is still listed), as Kafka does. A partition named twice is elected once.
+pub fn elect_leaders(
+    image: &MetadataImage,
+    election: ElectionType,
+    targets: Option<&[(String, Vec<i32>)]>,
+) -> (Vec<MetadataRecord>, Vec<TopicElection>) {
+    let mut records = Vec::new();
+    let mut elected = BTreeSet::new();
+    let mut results = Vec::new();
+    let mut one = |topic: &str,
+                   partition: i32,
+                   records: &mut Vec<MetadataRecord>|
+     -> Result<(), ControllerError> {
+        if elected.contains(&(topic.to_owned(), partition)) {
+            return Ok(());
+        }
+        let record = elect_leader(image, topic, partition, election)?;
+        elected.insert((topic.to_owned(), partition));
+        records.push(record);
+        Ok(())
+    };
+    match targets {
+        None => {
+            for topic in image.topics() {
+                let partitions = topic
+                    .partitions
+                    .iter()
+                    .map(|p| (p.partition, one(&topic.name, p.partition, &mut records)))
+                    .filter(|(_, r)| !matches!(r, Err(e) if e.code == ErrorCode::ElectionNotNeeded))
+                    .collect();
+                results.push(TopicElection {
+                    topic: topic.name.clone(),
+                    partitions,
+                });
+            }
+        }
+        Some(targets) => {
+            for (topic, partitions) in targets {
+                let partitions = partitions
+                    .iter()
+                    .map(|p| (*p, one(topic, *p, &mut records)))
+                    .collect();
+                results.push(TopicElection {
+                    topic: topic.clone(),
+                    partitions,
+                });
+            }
+        }
+    }
+    (records, results)
+}
+
+/// One partition's election (Kafka's `electLeader` and
+/// `PartitionChangeBuilder`). A live replica is one registered and not
+/// fenced (Strom fences a broker in controlled shutdown).
+///
+/// - PREFERRED: the first replica, when it is live and in the ISR
+///   (ELECTION_NOT_NEEDED when it leads already). Otherwise, a partition
+///   whose leader is gone gets the first live in-sync replica; one whose
+///   leader is fine keeps it (PREFERRED_LEADER_NOT_AVAILABLE).
+/// - UNCLEAN: only for a partition without a leader (ELECTION_NOT_NEEDED
+///   otherwise): the first live in-sync replica, else the first live
+///   replica, which becomes the only in-sync one and may lack acknowledged
+///   records (ELIGIBLE_LEADERS_NOT_AVAILABLE when no replica is live).
+///
+/// A new leader bumps the leader epoch and the partition epoch.
+pub fn elect_leader(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+    election: ElectionType,
+) -> Result<MetadataRecord, ControllerError> {
+    let Some(t) = image.topic(topic) else {
+        return Err(ControllerError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("No such topic as {topic}"),
+        ));
+    };
+    let Some(p) = image.partition(topic, partition) else {
+        return Err(ControllerError::new(
+            ErrorCode::UnknownTopicOrPartition,
+            format!("No such partition as {topic}-{partition}"),
+        ));
+    };
+    let preferred = p.replicas.first().copied().unwrap_or(-1);
+    let not_needed = match election {
+        ElectionType::Preferred => p.leader == preferred,
+        ElectionType::Unclean => p.leader != -1,
+    };
+    if not_needed {
+        return Err(ControllerError::new(
+            ErrorCode::ElectionNotNeeded,
+            format!("{topic}-{partition} is led by {} already", p.leader),
+        ));
+    }
+    let live = |id: i32| image.is_live(id);
+    let valid = |id: i32| p.isr.contains(&id) && live(id);
+    let (leader, isr) = match election {
+        ElectionType::Preferred if valid(preferred) => (preferred, p.isr.clone()),
+        ElectionType::Preferred if valid(p.leader) => (p.leader, p.isr.clone()),
+        ElectionType::Preferred => (elect(&p.replicas, &p.isr, &live), p.isr.clone()),
+        ElectionType::Unclean => match elect(&p.replicas, &p.isr, &live) {
+            -1 => match elect_unclean(&p.replicas, &live) {
+                Some(chosen) => (chosen, vec![chosen]),
+                None => (-1, p.isr.clone()),
+            },
+            clean => (clean, p.isr.clone()),
+        },
+    };
+    if leader == p.leader {
+        return Err(match election {
+            ElectionType::Preferred => ControllerError::new(
+                ErrorCode::PreferredLeaderNotAvailable,
+                format!(
+                    "the preferred replica {preferred} of {topic}-{partition} is not live and in sync (ISR {:?})",
+                    p.isr
+                ),
+            ),
+            ElectionType::Unclean => ControllerError::new(
+                ErrorCode::EligibleLeadersNotAvailable,
+                format!(
+                    "no replica of {topic}-{partition} is live ({:?})",
+                    p.replicas
+                ),
+            ),
+        });
+    }
+    Ok(partition_change(t.id, p, isr, leader, p.leader_epoch + 1))
+}
+
+/// Bound on the elections of one automatic rebalance, Kafka's
+/// `maxElectionsPerImbalance`: each is a record of one metadata batch, and
+/// brokers move that many leaderships at once; the rest wait for the next
+/// check, which follows at once when the bound was reached.
+pub const MAX_ELECTIONS_PER_IMBALANCE: usize = 1000;
+
+/// The partitions a broker is the first replica of: how many, and those
+/// another broker (or none) leads.
+type PreferredPartitions<'a> = (
+    usize,
+    Vec<(
+        &'a crate::image::TopicImage,
+        &'a crate::image::PartitionImage,
+    )>,
+);
+
+/// `auto.leader.rebalance.enable`'s check: the preferred-replica elections
+/// due now (at most [`MAX_ELECTIONS_PER_IMBALANCE`]). For each broker, the
+/// partitions whose first replica it is and that another broker (or none)
+/// leads are its imbalanced ones; when they are more than
+/// `imbalance_percentage` percent of the partitions it is first replica
+/// of (Kafka's `leader.imbalance.per.broker.percentage`, the ratio of the
+/// ZooKeeper controller's `checkAndTriggerAutoLeaderRebalance`; KRaft's
+/// controller elects every imbalanced partition, as a percentage of 0 does
+/// here), each of them whose first replica is live and in sync is moved
+/// back to it. A partition with the preferred replica not live and in sync
+/// keeps its leader.
+pub fn rebalance_leaders(image: &MetadataImage, imbalance_percentage: i32) -> Vec<MetadataRecord> {
+    // By preferred replica: (partitions it is first of, imbalanced ones).
+    let mut by_broker: BTreeMap<i32, PreferredPartitions<'_>> = BTreeMap::new();
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            let entry = by_broker.entry(preferred).or_default();
+            entry.0 += 1;
+            if p.leader != preferred {
+                entry.1.push((topic, p));
+            }
+        }
+    }
+    let mut records = Vec::new();
+    for (broker, (total, imbalanced)) in by_broker {
+        // imbalanced / total > percentage / 100, in integers.
+        let exceeds =
+            (imbalanced.len() as i128) * 100 > (total as i128) * i128::from(imbalance_percentage);
+        if imbalanced.is_empty() || !exceeds || !image.is_live(broker) {
+            continue;
+        }
+        for (topic, p) in imbalanced {
+            if records.len() >= MAX_ELECTIONS_PER_IMBALANCE {
+                return records;
+            }
+            if p.isr.contains(&broker) {
+                records.push(partition_change(
+                    topic.id,
+                    p,
+                    p.isr.clone(),
+                    broker,
+                    p.leader_epoch + 1,
+                ));
+            }
+        }
+    }
+    records
 }
 
 /// Kafka writes one CreateTopics request's topics as one operation, bounded
@@ -901,5 +1245,354 @@ mod tests {
         let mut after = image.clone();
         after.apply_batch(20, &unclean);
         assert_eq!(p0(&after), (2, vec![2]));
+    }
+
+    fn alter(image: &MetadataImage, new_isr: Vec<i32>) -> AlterPartitionRequest {
+        let p = image.partition("orders", 0).unwrap();
+        AlterPartitionRequest {
+            broker_id: p.leader,
+            broker_epoch: image.brokers[&p.leader].epoch,
+            topic_id: image.topic("orders").unwrap().id,
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            new_isr,
+            partition_epoch: p.partition_epoch,
+        }
+    }
+
+    #[test]
+    fn an_isr_change_is_checked_as_kafka_does_and_keeps_the_leader_epoch() {
+        let mut image = image();
+        let code = |image: &MetadataImage, request: AlterPartitionRequest| {
+            alter_partition(image, &request).unwrap_err().code
+        };
+        let good = alter(&image, vec![1]);
+        for (request, expected) in [
+            (
+                AlterPartitionRequest {
+                    broker_epoch: good.broker_epoch + 100,
+                    ..good.clone()
+                },
+                ErrorCode::StaleBrokerEpoch,
+            ),
+            (
+                AlterPartitionRequest {
+                    topic_id: Uuid::from_u128(7),
+                    ..good.clone()
+                },
+                ErrorCode::UnknownTopicId,
+            ),
+            (
+                AlterPartitionRequest {
+                    partition: 9,
+                    ..good.clone()
+                },
+                ErrorCode::UnknownTopicOrPartition,
+            ),
+            (
+                AlterPartitionRequest {
+                    leader_epoch: good.leader_epoch + 1,
+                    ..good.clone()
+                },
+                ErrorCode::NotController,
+            ),
+            (
+                AlterPartitionRequest {
+                    broker_id: 2,
+                    broker_epoch: image.brokers[&2].epoch,
+                    ..good.clone()
+                },
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                AlterPartitionRequest {
+                    new_isr: vec![1, 1],
+                    ..good.clone()
+                },
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                AlterPartitionRequest {
+                    new_isr: vec![1, 3],
+                    ..good.clone()
+                },
+                ErrorCode::InvalidRequest,
+            ),
+            (
+                AlterPartitionRequest {
+                    new_isr: vec![2],
+                    ..good.clone()
+                },
+                ErrorCode::InvalidRequest,
+            ),
+        ] {
+            assert_eq!(code(&image, request.clone()), expected, "{request:?}");
+        }
+        // The same ISR: nothing to write.
+        assert_eq!(
+            alter_partition(&image, &alter(&image, vec![1, 2])),
+            Ok(None)
+        );
+        // A shrink: one record, same leader and leader epoch, next partition epoch.
+        let before = image.partition("orders", 0).unwrap().clone();
+        let record = alter_partition(&image, &good).unwrap().unwrap();
+        image.apply_batch(10, &[record]);
+        let after = image.partition("orders", 0).unwrap().clone();
+        assert_eq!(after.isr, vec![1]);
+        assert_eq!(
+            (after.leader, after.leader_epoch, after.partition_epoch),
+            (
+                before.leader,
+                before.leader_epoch,
+                before.partition_epoch + 1
+            )
+        );
+        // The request that was answered is now stale.
+        assert_eq!(code(&image, good.clone()), ErrorCode::InvalidUpdateVersion);
+        // Broker 2 fenced: it may not join the ISR.
+        let mut fenced = image.clone();
+        fenced.apply_batch(11, &fence_broker(&image, 2, None).unwrap());
+        assert_eq!(
+            code(&fenced, alter(&fenced, vec![1, 2])),
+            ErrorCode::IneligibleReplica
+        );
+        // Live, it may.
+        let record = alter_partition(&image, &alter(&image, vec![1, 2]))
+            .unwrap()
+            .unwrap();
+        image.apply_batch(12, &[record]);
+        assert_eq!(p0(&image), (1, vec![1, 2]));
+        // A leader epoch older than the current one (the leader moved).
+        let old = alter(&image, vec![1]);
+        image.apply_batch(13, &fence_broker(&image, 1, None).unwrap());
+        assert_eq!(p0(&image), (2, vec![2]));
+        let old = AlterPartitionRequest {
+            broker_id: 2,
+            broker_epoch: image.brokers[&2].epoch,
+            ..old
+        };
+        assert_eq!(code(&image, old), ErrorCode::FencedLeaderEpoch);
+    }
+
+    fn election(
+        image: &MetadataImage,
+        election: ElectionType,
+        partition: i32,
+    ) -> Result<(i32, Vec<i32>, i32), ErrorCode> {
+        let before = image.partition("orders", partition).unwrap().clone();
+        let record = elect_leader(image, "orders", partition, election).map_err(|e| e.code)?;
+        let mut after = image.clone();
+        after.apply_batch(image.offset, &[record]);
+        let p = after.partition("orders", partition).unwrap();
+        assert_eq!(p.partition_epoch, before.partition_epoch + 1);
+        assert_eq!(p.leader_epoch, before.leader_epoch + 1);
+        Ok((p.leader, p.isr.clone(), p.leader_epoch))
+    }
+
+    #[test]
+    fn preferred_and_unclean_elections_answer_as_kafka_does() {
+        let mut image = image();
+        assert_eq!(
+            election(&image, ElectionType::Preferred, 0),
+            Err(ErrorCode::ElectionNotNeeded)
+        );
+        assert_eq!(
+            election(&image, ElectionType::Unclean, 0),
+            Err(ErrorCode::ElectionNotNeeded)
+        );
+        assert_eq!(
+            elect_leader(&image, "missing", 0, ElectionType::Preferred)
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownTopicOrPartition
+        );
+        assert_eq!(
+            elect_leader(&image, "orders", 5, ElectionType::Preferred)
+                .unwrap_err()
+                .code,
+            ErrorCode::UnknownTopicOrPartition
+        );
+        // Broker 1 fails: partition 0 moves to 2, and 1 leaves the ISR.
+        image.apply_batch(10, &fence_broker(&image, 1, Some(false)).unwrap());
+        assert_eq!(p0(&image), (2, vec![2]));
+        assert_eq!(
+            election(&image, ElectionType::Preferred, 0),
+            Err(ErrorCode::PreferredLeaderNotAvailable)
+        );
+        // Back, but out of sync: still not available.
+        image.apply_batch(20, &unfence_broker(&image, 1, false).unwrap());
+        assert_eq!(
+            election(&image, ElectionType::Preferred, 0),
+            Err(ErrorCode::PreferredLeaderNotAvailable)
+        );
+        // In sync again (the leader's AlterPartition): the preferred
+        // replica leads again, with the next leader epoch.
+        let record = alter_partition(&image, &alter(&image, vec![2, 1]))
+            .unwrap()
+            .unwrap();
+        image.apply_batch(30, &[record]);
+        let epoch = image.partition("orders", 0).unwrap().leader_epoch;
+        assert_eq!(
+            election(&image, ElectionType::Preferred, 0),
+            Ok((1, vec![2, 1], epoch + 1))
+        );
+
+        // Unclean: only a leaderless partition, in-sync replicas first.
+        let mut image = self::image();
+        image.apply_batch(10, &fence_broker(&image, 2, Some(false)).unwrap());
+        image.apply_batch(20, &fence_broker(&image, 1, Some(false)).unwrap());
+        assert_eq!(p0(&image), (-1, vec![1]));
+        assert_eq!(
+            election(&image, ElectionType::Unclean, 0),
+            Err(ErrorCode::EligibleLeadersNotAvailable)
+        );
+        assert_eq!(
+            election(&image, ElectionType::Preferred, 0),
+            Err(ErrorCode::PreferredLeaderNotAvailable)
+        );
+        // Broker 2 returns, out of sync: an unclean election makes it the
+        // leader and sole in-sync replica.
+        image.apply_batch(30, &unfence_broker(&image, 2, false).unwrap());
+        assert_eq!(p0(&image), (-1, vec![1]));
+        let (leader, isr, _) = election(&image, ElectionType::Unclean, 0).unwrap();
+        assert_eq!((leader, isr), (2, vec![2]));
+    }
+
+    #[test]
+    fn electing_every_partition_answers_only_those_that_needed_it() {
+        let mut image = image();
+        image.apply_batch(10, &fence_broker(&image, 1, Some(false)).unwrap());
+        image.apply_batch(20, &unfence_broker(&image, 1, false).unwrap());
+        // Partition 0 (preferred 1) is led by 2; partition 1 by its
+        // preferred 2.
+        let (records, results) = elect_leaders(&image, ElectionType::Preferred, None);
+        assert!(records.is_empty());
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].topic, "orders");
+        let codes: Vec<(i32, ErrorCode)> = results[0]
+            .partitions
+            .iter()
+            .map(|(p, r)| (*p, r.as_ref().map_or_else(|e| e.code, |()| ErrorCode::None)))
+            .collect();
+        assert_eq!(codes, vec![(0, ErrorCode::PreferredLeaderNotAvailable)]);
+        // Named, every partition is answered; one named twice is elected once.
+        let targets = vec![
+            ("orders".to_owned(), vec![1, 0, 0]),
+            ("missing".to_owned(), vec![0]),
+        ];
+        let record = alter_partition(&image, &alter(&image, vec![2, 1]))
+            .unwrap()
+            .unwrap();
+        image.apply_batch(30, &[record]);
+        let (records, results) = elect_leaders(&image, ElectionType::Preferred, Some(&targets));
+        assert_eq!(records.len(), 1);
+        let codes: Vec<Vec<(i32, ErrorCode)>> = results
+            .iter()
+            .map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|(p, r)| (*p, r.as_ref().map_or_else(|e| e.code, |()| ErrorCode::None)))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                vec![
+                    (1, ErrorCode::ElectionNotNeeded),
+                    (0, ErrorCode::None),
+                    (0, ErrorCode::None)
+                ],
+                vec![(0, ErrorCode::UnknownTopicOrPartition)]
+            ]
+        );
+    }
+
+    /// An image of brokers 1..=3 and topic "t" with partitions placed as
+    /// `placements` (replicas, then the leader and ISR they have now).
+    fn placed(placements: &[(&[i32], i32, &[i32])]) -> MetadataImage {
+        let mut image = MetadataImage::default();
+        let topic_id = Uuid::from_u128(99);
+        let mut records = Vec::new();
+        for id in 1..=3 {
+            records.push(MetadataRecord::RegisterBroker {
+                broker_id: id,
+                host: "localhost".to_owned(),
+                port: 9000,
+                rack: None,
+                fenced: false,
+                incarnation_id: None,
+                epoch: None,
+            });
+        }
+        records.push(MetadataRecord::Topic {
+            name: "t".to_owned(),
+            topic_id,
+        });
+        for (i, (replicas, leader, isr)) in placements.iter().enumerate() {
+            records.push(MetadataRecord::Partition {
+                topic_id,
+                partition: i32::try_from(i).unwrap(),
+                replicas: replicas.to_vec(),
+                isr: isr.to_vec(),
+                leader: *leader,
+                leader_epoch: 3,
+                partition_epoch: 5,
+            });
+        }
+        image.apply_batch(0, &records);
+        image
+    }
+
+    /// The (partition, new leader) of each rebalance election.
+    fn moves(image: &MetadataImage, percentage: i32) -> Vec<(i32, i32)> {
+        rebalance_leaders(image, percentage)
+            .into_iter()
+            .map(|r| match r {
+                MetadataRecord::Partition {
+                    partition,
+                    leader,
+                    leader_epoch,
+                    partition_epoch,
+                    ..
+                } => {
+                    assert_eq!((leader_epoch, partition_epoch), (4, 6));
+                    (partition, leader)
+                }
+                other => panic!("expected a partition record, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rebalance_moves_leaders_back_only_past_the_imbalance_percentage() {
+        // Broker 1 is preferred for 4 partitions and leads 3: 25% imbalance.
+        // Broker 2 is preferred for 1 and leads none: 100%, but the
+        // preferred replica is out of sync there.
+        let image = placed(&[
+            (&[1, 2, 3], 1, &[1, 2, 3]),
+            (&[1, 2, 3], 1, &[1, 2, 3]),
+            (&[1, 3, 2], 1, &[1, 3, 2]),
+            (&[1, 2, 3], 2, &[1, 2, 3]),
+            (&[2, 1, 3], 1, &[1, 3]),
+        ]);
+        assert_eq!(moves(&image, 10), vec![(3, 1)]);
+        // 25% is not above 25%.
+        assert_eq!(moves(&image, 25), vec![]);
+        assert_eq!(moves(&image, 0), vec![(3, 1)]);
+        // Nothing to do on a balanced cluster.
+        let balanced = placed(&[(&[1, 2], 1, &[1, 2]), (&[2, 1], 2, &[2])]);
+        assert_eq!(moves(&balanced, 0), vec![]);
+        // A preferred replica that is fenced is not elected.
+        let mut fenced = image.clone();
+        let epoch = fenced.brokers[&1].epoch;
+        fenced.apply_batch(
+            100,
+            &[MetadataRecord::FenceBroker {
+                broker_id: 1,
+                epoch,
+            }],
+        );
+        assert_eq!(moves(&fenced, 0), vec![]);
     }
 }

@@ -1,5 +1,5 @@
 //! Topic administration and cluster description: CreateTopics, DeleteTopics,
-//! CreatePartitions, DescribeCluster.
+//! CreatePartitions, ElectLeaders, DescribeCluster.
 //!
 //! Changes go through the controller (validated as Kafka's controller does,
 //! durable in the metadata log); the local logs follow the new image before
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use strom_controller::{
     ControllerError, CreatePartitionsRequest as ControllerCreatePartitions, CreateTopicRequest,
+    ElectionType,
 };
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::kafka::create_partitions_response::CreatePartitionsTopicResult;
@@ -18,10 +19,13 @@ use strom_protocol::messages::kafka::create_topics_response::{
 };
 use strom_protocol::messages::kafka::delete_topics_response::DeletableTopicResult;
 use strom_protocol::messages::kafka::describe_cluster_response::DescribeClusterBroker;
+use strom_protocol::messages::kafka::elect_leaders_response::{
+    PartitionResult, ReplicaElectionResult,
+};
 use strom_protocol::messages::kafka::{
     BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, TopicName,
+    DescribeClusterResponse, ElectLeadersRequest, ElectLeadersResponse, TopicName,
 };
 use strom_protocol::messages::{StrBytes, Uuid};
 
@@ -325,6 +329,97 @@ pub async fn create_partitions(
         })
         .collect();
     CreatePartitionsResponse::default().with_results(results)
+}
+
+/// ElectLeaders (KIP-460), forwarded to the active controller as Kafka's
+/// brokers forward it: PREFERRED (0) or UNCLEAN (1, v1+; v0 is always
+/// PREFERRED) elections for the partitions named, or every partition when
+/// the list is null (then only those that needed an election are
+/// answered). A request that fails as a whole (an unknown election type,
+/// no controller in time) answers its error at the top (v1+) and for every
+/// partition named, as Kafka's `ElectLeadersRequest.getErrorResponse`. The
+/// answer waits until this broker has applied the new leaders, so its
+/// Metadata shows them.
+pub async fn elect_leaders(
+    broker: &Arc<Broker>,
+    request: ElectLeadersRequest,
+    ctx: &RequestContext<'_>,
+) -> ElectLeadersResponse {
+    let version = ctx.api_version();
+    let election_type = if version >= 1 {
+        request.election_type
+    } else {
+        0
+    };
+    let targets: Option<Vec<(String, Vec<i32>)>> = request.topic_partitions.map(|topics| {
+        topics
+            .into_iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions))
+            .collect()
+    });
+    let result = match ElectionType::from_code(election_type) {
+        Some(election) => {
+            broker
+                .controller
+                .elect_leaders(election, targets.clone())
+                .await
+        }
+        None => Err(ControllerError::new(
+            ErrorCode::InvalidRequest,
+            format!("Unknown election type {election_type}"),
+        )),
+    };
+    let partition_result = |partition: i32, result: Result<(), ControllerError>| {
+        let r = PartitionResult::default().with_partition_id(partition);
+        match result {
+            Ok(()) => r,
+            Err(e) => r
+                .with_error_code(e.code.code())
+                .with_error_message(message(&e)),
+        }
+    };
+    let topic_result = |topic: String, partitions: Vec<PartitionResult>| {
+        ReplicaElectionResult::default()
+            .with_topic(TopicName(StrBytes::from_string(topic)))
+            .with_partition_result(partitions)
+    };
+    match result {
+        Ok(topics) => {
+            broker.await_metadata().await;
+            ElectLeadersResponse::default().with_replica_election_results(
+                topics
+                    .into_iter()
+                    .map(|t| {
+                        let partitions = t
+                            .partitions
+                            .into_iter()
+                            .map(|(p, r)| partition_result(p, r))
+                            .collect();
+                        topic_result(t.topic, partitions)
+                    })
+                    .collect(),
+            )
+        }
+        Err(e) => {
+            let results = targets
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    let partitions = partitions
+                        .into_iter()
+                        .map(|p| partition_result(p, Err(e.clone())))
+                        .collect();
+                    topic_result(topic, partitions)
+                })
+                .collect();
+            let response = ElectLeadersResponse::default().with_replica_election_results(results);
+            if version >= 1 {
+                response.with_error_code(e.code.code())
+            } else {
+                response
+            }
+        }
+    }
 }
 
 pub fn describe_cluster(

@@ -247,6 +247,7 @@ api_table! {
     DeleteRecords            0..=2     false     async DeleteRecordsRequest => logs::delete_records;
     DescribeLogDirs          1..=4     false     sync  DescribeLogDirsRequest => logs::describe_log_dirs;
     CreatePartitions         0..=3     false     async CreatePartitionsRequest => admin::create_partitions;
+    ElectLeaders             0..=2     false     async ElectLeadersRequest => admin::elect_leaders;
     DescribeCluster          0..=2     false     sync  DescribeClusterRequest => admin::describe_cluster;
     DescribeQuorum           0..=2     false     async DescribeQuorumRequest => quorum::describe_quorum;
     FindCoordinator          0..=6     false     async FindCoordinatorRequest => group::find_coordinator;

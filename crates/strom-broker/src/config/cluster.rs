@@ -209,6 +209,16 @@ pub struct ClusterSettings {
     /// `controlled.shutdown.enable`, default true: on SIGTERM a broker asks
     /// the controller to move its leaders away before it stops.
     pub controlled_shutdown_enable: bool,
+    /// `auto.leader.rebalance.enable`, default true: the active controller
+    /// moves leaderships back to the preferred replicas.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds`, default 300 (Kafka: a
+    /// long, at least 1).
+    pub leader_imbalance_check_interval_seconds: u64,
+    /// `leader.imbalance.per.broker.percentage`, default 10 (Kafka: an int,
+    /// not otherwise checked): above this share of a broker's preferred
+    /// partitions led elsewhere, the rebalance moves them back.
+    pub leader_imbalance_per_broker_percentage: i32,
 }
 
 impl Default for ClusterSettings {
@@ -221,6 +231,9 @@ impl Default for ClusterSettings {
             controller_quorum_request_timeout_ms: 2000,
             metadata_max_idle_interval_ms: 500,
             controlled_shutdown_enable: true,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_seconds: 300,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -246,6 +259,26 @@ impl ClusterSettings {
             }
             Ok(u64::try_from(value).unwrap_or(default))
         };
+        let boolean = |name: &str, default: bool| -> Result<bool, ConfigError> {
+            match props.get(name) {
+                None => Ok(default),
+                Some(v) => {
+                    super::ConfigType::Boolean.check(name, v)?;
+                    Ok(v.trim().eq_ignore_ascii_case("true"))
+                }
+            }
+        };
+        let check_interval_name = "leader.imbalance.check.interval.seconds";
+        let check_interval: i64 = parse_prop(
+            props,
+            check_interval_name,
+            i64::try_from(d.leader_imbalance_check_interval_seconds).unwrap_or(300),
+        )?;
+        if check_interval < 1 {
+            return Err(ConfigError(format!(
+                "Invalid value {check_interval} for configuration {check_interval_name}: Value must be at least 1"
+            )));
+        }
         let settings = Self {
             broker_heartbeat_interval_ms: ms(
                 "broker.heartbeat.interval.ms",
@@ -277,13 +310,21 @@ impl ClusterSettings {
                 d.metadata_max_idle_interval_ms,
                 0,
             )?,
-            controlled_shutdown_enable: match props.get("controlled.shutdown.enable") {
-                None => d.controlled_shutdown_enable,
-                Some(v) => {
-                    super::ConfigType::Boolean.check("controlled.shutdown.enable", v)?;
-                    v.eq_ignore_ascii_case("true")
-                }
-            },
+            controlled_shutdown_enable: boolean(
+                "controlled.shutdown.enable",
+                d.controlled_shutdown_enable,
+            )?,
+            auto_leader_rebalance_enable: boolean(
+                "auto.leader.rebalance.enable",
+                d.auto_leader_rebalance_enable,
+            )?,
+            leader_imbalance_check_interval_seconds: u64::try_from(check_interval)
+                .unwrap_or(d.leader_imbalance_check_interval_seconds),
+            leader_imbalance_per_broker_percentage: parse_prop(
+                props,
+                "leader.imbalance.per.broker.percentage",
+                d.leader_imbalance_per_broker_percentage,
+            )?,
         };
         Ok(settings)
     }
@@ -687,6 +728,9 @@ mod tests {
             ("controller.quorum.request.timeout.ms", "3500"),
             ("metadata.max.idle.interval.ms", "0"),
             ("controlled.shutdown.enable", "false"),
+            ("auto.leader.rebalance.enable", "false"),
+            ("leader.imbalance.check.interval.seconds", "5"),
+            ("leader.imbalance.per.broker.percentage", "0"),
         ])
         .unwrap();
         assert_eq!(
@@ -699,6 +743,9 @@ mod tests {
                 controller_quorum_request_timeout_ms: 3500,
                 metadata_max_idle_interval_ms: 0,
                 controlled_shutdown_enable: false,
+                auto_leader_rebalance_enable: false,
+                leader_imbalance_check_interval_seconds: 5,
+                leader_imbalance_per_broker_percentage: 0,
             }
         );
         for (name, value) in [
@@ -708,6 +755,9 @@ mod tests {
             ("controller.quorum.fetch.timeout.ms", "99999999999"),
             ("metadata.max.idle.interval.ms", "-5"),
             ("controlled.shutdown.enable", "yes"),
+            ("auto.leader.rebalance.enable", "1"),
+            ("leader.imbalance.check.interval.seconds", "0"),
+            ("leader.imbalance.per.broker.percentage", "ten"),
         ] {
             error(&[(name, value)], name);
         }
@@ -723,6 +773,9 @@ mod tests {
             "broker.session.timeout.ms",
             "broker.heartbeat.interval.ms",
             "metadata.max.idle.interval.ms",
+            "auto.leader.rebalance.enable",
+            "leader.imbalance.check.interval.seconds",
+            "leader.imbalance.per.broker.percentage",
         ]
         .iter()
         .map(|k| ((*k).to_owned(), String::new()))

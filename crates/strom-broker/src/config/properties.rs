@@ -19,6 +19,7 @@ use super::{ConfigError, TOPIC_CONFIGS};
 pub const STROM_PROPERTIES: &[&str] = &[
     "advertised.listeners",
     "auto.create.topics.enable",
+    "auto.leader.rebalance.enable",
     "broker.heartbeat.interval.ms",
     "broker.rack",
     "broker.session.timeout.ms",
@@ -39,6 +40,8 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "group.max.session.timeout.ms",
     "group.max.size",
     "group.min.session.timeout.ms",
+    "leader.imbalance.check.interval.seconds",
+    "leader.imbalance.per.broker.percentage",
     "listener.security.protocol.map",
     "listeners",
     "log.cleaner.backoff.ms",
@@ -86,7 +89,6 @@ pub const STROM_PROPERTIES: &[&str] = &[
 /// replication still to come, ZooKeeper). They are
 /// accepted, and listed once at start so that nobody relies on them.
 pub const KAFKA_PROPERTIES_WITHOUT_EFFECT: &[&str] = &[
-    "auto.leader.rebalance.enable",
     "background.threads",
     "broker.id",
     "compression.type",
@@ -94,7 +96,6 @@ pub const KAFKA_PROPERTIES_WITHOUT_EFFECT: &[&str] = &[
     "delete.topic.enable",
     "group.coordinator.rebalance.protocols",
     "inter.broker.listener.name",
-    "leader.imbalance.check.interval.seconds",
     "log.cleaner.io.buffer.size",
     "log.cleaner.threads",
     "log.flush.scheduler.interval.ms",
