@@ -44,7 +44,7 @@ use strom_protocol::record::encoded_record_len;
 use strom_protocol::record_batch::{BatchHeader, RECORD_BATCH_OVERHEAD, update_crc};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
-use crate::cluster::{Cluster, Route};
+use crate::cluster::{BrokerInfo, Cluster, Route};
 use crate::config::{COMMON, ClientConfig, NetworkConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::partitioner::DefaultPartitioner;
@@ -767,11 +767,25 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
     let mut expired = Vec::new();
     let waiting_for_id = settings.idempotent && (*producer_id < 0 || *reset_producer_id);
     for ((topic, partition), queue) in partitions.iter_mut() {
-        // Batches never sent that outlived delivery.timeout.ms fail.
+        // Batches that outlived delivery.timeout.ms waiting in the queue
+        // fail: never sent, or waiting for a retry (their leader gone, say).
         while queue.queue.front().is_some_and(|b| {
-            b.sequence.is_none() && now.duration_since(b.created) >= settings.delivery_timeout
+            now.duration_since(b.created) >= settings.delivery_timeout
         }) {
-            expired.extend(queue.queue.pop_front());
+            let batch = queue.queue.pop_front().expect("the front batch exists");
+            if batch.sequence.is_some() {
+                // A numbered batch that may or may not have been written
+                // leaves a gap in the numbering (the Java client's unresolved
+                // sequence): start again under a new id, as for a failed
+                // retry in `retry_or_fail`.
+                match txn.as_mut() {
+                    Some(txn) => {
+                        txn.error.get_or_insert_with(|| expiry_error(settings));
+                    }
+                    None => *reset_producer_id = true,
+                }
+            }
+            expired.push(batch);
         }
         let Some(front) = queue.queue.front() else {
             continue;
@@ -865,13 +879,17 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
     }
     drop(state);
     for batch in expired {
-        let error = Error::Timeout(format!(
-            "record expired after delivery.timeout.ms ({:?}) without being sent",
-            settings.delivery_timeout
-        ));
-        complete(shared, batch, Err(error));
+        complete(shared, batch, Err(expiry_error(settings)));
     }
     (drained, next_wake, false)
+}
+
+/// What a batch that outlived `delivery.timeout.ms` in the queue fails with.
+fn expiry_error(settings: &Settings) -> Error {
+    Error::Timeout(format!(
+        "record expired after delivery.timeout.ms ({:?}) without being acknowledged",
+        settings.delivery_timeout
+    ))
 }
 
 /// Writes one Produce request and settles its batches when it is answered.
@@ -945,11 +963,38 @@ fn settle(shared: &Shared, request: Drained, result: Result<Option<ProduceRespon
     let request_error = match result {
         Ok(None) => None,
         Ok(Some(response)) => {
+            let endpoints: HashMap<i32, BrokerInfo> = response
+                .node_endpoints
+                .iter()
+                .map(|n| {
+                    let info = BrokerInfo {
+                        id: n.node_id.0,
+                        host: n.host.to_string(),
+                        port: n.port,
+                        rack: n.rack.as_ref().map(ToString::to_string),
+                    };
+                    (info.id, info)
+                })
+                .collect();
             for topic in response.responses {
+                let name = topic.name.0.to_string();
                 for p in topic.partition_responses {
+                    // KIP-951: an error answer (v10+) may name the new
+                    // leader; the retry then goes there without waiting for
+                    // a Metadata round trip.
+                    if p.error_code != 0 {
+                        let leader = p.current_leader.leader_id.0;
+                        shared.cluster.update_leader(
+                            &name,
+                            p.index,
+                            leader,
+                            p.current_leader.leader_epoch,
+                            endpoints.get(&leader).cloned(),
+                        );
+                    }
                     let message = p.error_message.as_deref().map(str::to_owned);
                     answers.insert(
-                        (topic.name.0.to_string(), p.index),
+                        (name.clone(), p.index),
                         (p.error_code, message, p.base_offset, p.log_append_time_ms),
                     );
                 }
@@ -1038,7 +1083,10 @@ fn retry_or_fail(
         if error.needs_metadata_refresh() {
             shared.cluster.mark_stale();
         }
-        queue.not_before = Some(Instant::now() + shared.cluster.net().retry_backoff);
+        // `retry.backoff.ms` doubling per attempt up to `retry.backoff.max.ms`
+        // (KIP-580); the batch keeps its sequence, so a retry of a batch the
+        // broker did write is answered as a duplicate, not written twice.
+        queue.not_before = Some(Instant::now() + shared.cluster.retry_backoff(batch.attempts));
         // Back in sequence order, ahead of batches not yet numbered.
         let at = queue
             .queue
