@@ -500,10 +500,10 @@ impl Cluster {
         if current.leader_epoch >= leader_epoch {
             return false;
         }
-        if !meta.brokers.contains_key(&leader) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = meta.brokers.entry(leader) {
             match endpoint.filter(|b| b.id == leader) {
                 Some(broker) => {
-                    meta.brokers.insert(leader, broker);
+                    entry.insert(broker);
                 }
                 // A leader the client cannot reach: a refresh must say where.
                 None => return false,
@@ -690,10 +690,19 @@ mod tests {
 
     #[test]
     fn retry_backoff_doubles_per_failure_to_the_max() {
-        let cluster = cluster_with(&[("retry.backoff.ms", "100"), ("retry.backoff.max.ms", "1000")]);
+        let cluster = cluster_with(&[
+            ("retry.backoff.ms", "100"),
+            ("retry.backoff.max.ms", "1000"),
+        ]);
         assert_eq!(cluster.retry_backoff(0), Duration::ZERO);
-        for (failures, expected_ms) in [(1, 100.0), (2, 200.0), (3, 400.0), (4, 800.0), (5, 1000.0), (40, 1000.0)]
-        {
+        for (failures, expected_ms) in [
+            (1, 100.0),
+            (2, 200.0),
+            (3, 400.0),
+            (4, 800.0),
+            (5, 1000.0),
+            (40, 1000.0),
+        ] {
             let ms = cluster.retry_backoff(failures).as_secs_f64() * 1000.0;
             assert!(
                 (expected_ms * 0.8..=expected_ms * 1.2).contains(&ms),
@@ -721,7 +730,10 @@ mod tests {
 
     #[tokio::test]
     async fn refreshes_for_staleness_back_off_while_the_metadata_stays_stale() {
-        let cluster = cluster_with(&[("retry.backoff.ms", "100"), ("retry.backoff.max.ms", "1000")]);
+        let cluster = cluster_with(&[
+            ("retry.backoff.ms", "100"),
+            ("retry.backoff.max.ms", "1000"),
+        ]);
         {
             let mut meta = cluster.meta.write();
             meta.refreshed_at = Some(Instant::now());
@@ -760,8 +772,7 @@ mod tests {
         let cluster = cluster_with(&[]);
         {
             let mut meta = cluster.meta.write();
-            meta.topics
-                .insert("t".into(), Arc::new(topic_led_by(1, 5)));
+            meta.topics.insert("t".into(), Arc::new(topic_led_by(1, 5)));
             meta.brokers.insert(
                 1,
                 BrokerInfo {

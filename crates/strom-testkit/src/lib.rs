@@ -306,7 +306,7 @@ impl ClusterBuilder {
                 stderr_log: root.join(format!("n{id}.stderr.log")),
                 child: None,
                 ready: watch::channel(None).1,
-            metrics_url: watch::channel(None).1,
+                metrics_url: watch::channel(None).1,
             })
             .collect::<Vec<_>>();
         let real: Vec<(i32, SocketAddr)> = nodes

@@ -41,16 +41,18 @@ enum Fault {
     Stop,
 }
 
-/// Each partition's acknowledged records: (offset, value), in send order.
-type Acked = Arc<Mutex<BTreeMap<i32, Vec<(i64, String)>>>>;
-/// Each partition's consumed records: (offset, value), in poll order.
-type Consumed = Arc<Mutex<BTreeMap<i32, Vec<(i64, String)>>>>;
+/// Records per partition: (offset, value).
+type Records = Arc<Mutex<BTreeMap<i32, Vec<(i64, String)>>>>;
+/// Each partition's acknowledged records, in send order.
+type Acked = Records;
+/// Each partition's consumed records, in poll order.
+type Consumed = Records;
 
 fn value(partition: i32, n: usize) -> String {
     format!("p{partition}-{n}")
 }
 
-fn count(map: &Arc<Mutex<BTreeMap<i32, Vec<(i64, String)>>>>, partition: i32) -> usize {
+fn count(map: &Records, partition: i32) -> usize {
     map.lock().unwrap().get(&partition).map_or(0, Vec::len)
 }
 
@@ -133,7 +135,7 @@ fn spawn_consumer(
 /// `map`.
 async fn until_counts(
     what: &str,
-    map: &Arc<Mutex<BTreeMap<i32, Vec<(i64, String)>>>>,
+    map: &Records,
     partitions: Vec<i32>,
     at_least: BTreeMap<i32, usize>,
 ) {
@@ -285,8 +287,8 @@ async fn survive(fault: Fault) {
     let poll_errors = consuming.await.unwrap();
     assert!(poll_errors.is_empty(), "polls failed: {poll_errors:?}");
 
-    let acked = acked.lock().unwrap();
-    let consumed = consumed.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let consumed = consumed.lock().unwrap().clone();
     eprintln!(
         "{fault:?} of broker {victim}: acknowledged per partition {:?}",
         acked.iter().map(|(p, a)| (*p, a.len())).collect::<Vec<_>>()
@@ -316,7 +318,6 @@ async fn survive(fault: Fault) {
             }
         }
     }
-    drop((acked, consumed));
     producer.close().await.unwrap();
     cluster.stop_all().await.unwrap();
 }

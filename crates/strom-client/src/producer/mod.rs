@@ -769,9 +769,11 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
     for ((topic, partition), queue) in partitions.iter_mut() {
         // Batches that outlived delivery.timeout.ms waiting in the queue
         // fail: never sent, or waiting for a retry (their leader gone, say).
-        while queue.queue.front().is_some_and(|b| {
-            now.duration_since(b.created) >= settings.delivery_timeout
-        }) {
+        while queue
+            .queue
+            .front()
+            .is_some_and(|b| now.duration_since(b.created) >= settings.delivery_timeout)
+        {
             let batch = queue.queue.pop_front().expect("the front batch exists");
             if batch.sequence.is_some() {
                 // A numbered batch that may or may not have been written
