@@ -332,6 +332,12 @@ impl Cluster {
         self.meta.write().stale = true;
     }
 
+    /// Whether a caller marked the metadata stale since the last refresh.
+    #[cfg(test)]
+    pub(crate) fn meta_is_stale(&self) -> bool {
+        self.meta.read().stale
+    }
+
     /// Adds topics every later refresh asks for; a topic not wanted before
     /// makes the metadata stale, so the next refresh comes at once.
     pub(crate) fn want(&self, topics: impl IntoIterator<Item = String>) {

@@ -1195,6 +1195,113 @@ mod tests {
         );
     }
 
+    /// A producer's shared state without its sender task.
+    fn shared(pairs: &[(&str, &str)]) -> Shared {
+        let mut config: ClientConfig = pairs.iter().copied().collect();
+        config.set("bootstrap.servers", "127.0.0.1:9");
+        let settings = Settings::from_config(&config).unwrap();
+        Shared {
+            cluster: Arc::new(Cluster::new(NetworkConfig::from_config(&config).unwrap())),
+            memory: Semaphore::new(settings.buffer_memory),
+            settings,
+            state: Mutex::new(State {
+                partitions: HashMap::new(),
+                topics: HashMap::new(),
+                producer_id: 7,
+                producer_epoch: 0,
+                reset_producer_id: false,
+                in_flight: HashMap::new(),
+                next_batch_id: 1,
+                incomplete: BTreeSet::from([0]),
+                flush_upto: None,
+                closing: false,
+                fatal: None,
+                txn: None,
+            }),
+            wake: Notify::new(),
+            progress: Notify::new(),
+        }
+    }
+
+    /// A batch of one record that was sent once with sequence 0 and waits
+    /// for its retry; and the receiver of its record's outcome.
+    fn retried_batch(created: Instant) -> (Batch, oneshot::Receiver<Result<RecordMetadata>>) {
+        let mut builder = RecordBatchBuilder::new(Compression::None).producer(7, 0, 0);
+        builder.push(1, None, Some(b"v"), &[]);
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            id: 0,
+            topic: Arc::from("t"),
+            partition: 0,
+            builder: None,
+            built: Some(builder.build().unwrap()),
+            waiters: vec![Waiter { tx, timestamp: 1 }],
+            reserved: 0,
+            created,
+            attempts: 1,
+            sequence: Some(0),
+        };
+        (batch, rx)
+    }
+
+    #[test]
+    fn a_retry_waiting_for_a_leader_expires_at_the_delivery_timeout_and_renumbers() {
+        let shared = shared(&[("delivery.timeout.ms", "1000")]);
+        let created = Instant::now();
+        let (batch, mut rx) = retried_batch(created);
+        shared
+            .state
+            .lock()
+            .partitions
+            .entry((Arc::from("t"), 0))
+            .or_default()
+            .queue
+            .push_back(batch);
+        // Before the timeout the batch stays queued (its partition has no
+        // known leader, so nothing is sent either).
+        let (drained, _, _) = drain(&shared, created + Duration::from_millis(500));
+        assert!(drained.is_empty());
+        assert!(rx.try_recv().is_err(), "no outcome yet");
+        assert_eq!(
+            shared.state.lock().partitions[&(Arc::from("t"), 0)]
+                .queue
+                .len(),
+            1
+        );
+        // After it, the record fails with a timeout, and since the batch was
+        // numbered (the broker may have written it), the producer takes a
+        // new id before sending more.
+        let (drained, _, _) = drain(&shared, created + Duration::from_millis(1001));
+        assert!(drained.is_empty());
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Timeout(_)))));
+        let state = shared.state.lock();
+        assert!(state.partitions[&(Arc::from("t"), 0)].queue.is_empty());
+        assert!(state.reset_producer_id && state.incomplete.is_empty());
+    }
+
+    #[test]
+    fn a_retriable_error_requeues_the_batch_with_its_sequence_and_marks_metadata_stale() {
+        let shared = shared(&[]);
+        let (batch, mut rx) = retried_batch(Instant::now());
+        let mut state = shared.state.lock();
+        let error = Error::kafka(ErrorCode::NotLeaderOrFollower.code(), None);
+        assert!(retry_or_fail(&shared, &mut state, batch, &error).is_none());
+        let queue = &state.partitions[&(Arc::from("t"), 0)];
+        let requeued = queue.queue.front().unwrap();
+        assert_eq!((requeued.sequence, requeued.attempts), (Some(0), 2));
+        // It waits out the retry backoff (`Cluster::retry_backoff`).
+        assert!(queue.not_before.is_some());
+        assert!(!state.reset_producer_id);
+        drop(state);
+        assert!(rx.try_recv().is_err(), "not failed");
+        assert!(shared.cluster.meta_is_stale());
+        // A non-retriable error fails the batch.
+        let (batch, _rx) = retried_batch(Instant::now());
+        let mut state = shared.state.lock();
+        let error = Error::kafka(ErrorCode::MessageTooLarge.code(), None);
+        assert!(retry_or_fail(&shared, &mut state, batch, &error).is_some());
+    }
+
     #[test]
     fn restamping_rewrites_producer_fields_and_keeps_the_batch_valid() {
         let mut builder = RecordBatchBuilder::new(Compression::None).producer(7, 1, 40);
