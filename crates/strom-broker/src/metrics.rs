@@ -46,6 +46,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::group::GroupCoordinator;
+use crate::partition::Role;
 use crate::replica::ReplicaManager;
 
 /// Request latency buckets: 0.5 ms doubling to 32 s, which covers a
@@ -397,6 +398,20 @@ pub struct Scrape {
     pub groups: Arc<GroupCoordinator>,
 }
 
+/// Whether a partition in `role` counts as under-replicated here: as in
+/// Kafka, only its leader counts it (so a cluster's sum counts each
+/// partition once), when its ISR is smaller than its replica set.
+fn is_under_replicated(role: &Role) -> bool {
+    match role {
+        Role::Leader {
+            isr,
+            replication_factor,
+            ..
+        } => isr.len() < *replication_factor,
+        Role::Follower { .. } => false,
+    }
+}
+
 /// Reads the scrape-time metrics into a registry of their own.
 async fn scrape_state(scrape: &Scrape) -> Registry {
     let mut registry = Registry::with_prefix("strom");
@@ -407,6 +422,8 @@ async fn scrape_state(scrape: &Scrape) -> Registry {
     let high_watermark = Family::<PartitionLabels, Gauge>::default();
     let segments = Family::<PartitionLabels, Gauge>::default();
     let mut offline = 0i64;
+    let mut leaders = 0i64;
+    let mut under_replicated = 0i64;
     let mut high_watermarks: std::collections::HashMap<(&str, i32), i64> =
         std::collections::HashMap::with_capacity(partitions.len());
     for p in &partitions {
@@ -430,6 +447,9 @@ async fn scrape_state(scrape: &Scrape) -> Registry {
         if p.log.is_offline() {
             offline += 1;
         }
+        let role = p.role();
+        leaders += i64::from(matches!(role, Role::Leader { .. }));
+        under_replicated += i64::from(is_under_replicated(&role));
         high_watermarks.insert((&p.topic, p.index), hw);
     }
     let gauge = |value: i64| {
@@ -443,9 +463,14 @@ async fn scrape_state(scrape: &Scrape) -> Registry {
         gauge(i64::try_from(partitions.len()).unwrap_or(i64::MAX)),
     );
     registry.register(
+        "leader_partitions",
+        "Partitions this broker leads (Kafka: ReplicaManager LeaderCount)",
+        gauge(leaders),
+    );
+    registry.register(
         "under_replicated_partitions",
-        "Partitions whose in-sync replicas are fewer than their replicas (Kafka: ReplicaManager UnderReplicatedPartitions); 0 on a single node",
-        gauge(0),
+        "Partitions this broker leads whose in-sync replicas are fewer than their replicas (Kafka: ReplicaManager UnderReplicatedPartitions)",
+        gauge(under_replicated),
     );
     registry.register(
         "offline_partitions",
@@ -854,6 +879,23 @@ impl AsyncWrite for BoundedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_leader_with_a_short_isr_counts_as_under_replicated() {
+        let leader = |isr: &[i32], replication_factor| Role::Leader {
+            leader_epoch: 3,
+            isr: isr.to_vec(),
+            replication_factor,
+            followers: Vec::new(),
+        };
+        assert!(!is_under_replicated(&leader(&[1, 2, 3], 3)));
+        assert!(is_under_replicated(&leader(&[1, 2], 3)));
+        assert!(!is_under_replicated(&leader(&[1], 1)));
+        assert!(!is_under_replicated(&Role::Follower {
+            leader: 1,
+            leader_epoch: 3
+        }));
+    }
 
     #[test]
     fn label_values_from_clients_are_escaped() {

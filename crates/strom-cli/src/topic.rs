@@ -5,9 +5,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 use strom_client::admin::{ConfigResource, NewTopic};
+use strom_client::{Admin, PartitionInfo, TopicInfo};
 
 use crate::config_cmd;
-use crate::tool::{Common, Output, key_value, print_json, print_table, runtime};
+use crate::tool::{Common, Output, key_value, print_json, runtime};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TopicCommand {
@@ -30,10 +31,17 @@ pub(crate) enum TopicCommand {
         #[arg(long)]
         internal: bool,
     },
-    /// Partitions, leaders, replicas and in-sync replicas of topics.
+    /// Partitions, leaders, leader epochs, replicas and in-sync replicas of
+    /// topics (every topic when none is named), as kafka-topics --describe.
     Describe {
-        #[arg(required = true)]
         topics: Vec<String>,
+        /// Only partitions whose in-sync replicas are fewer than their
+        /// replicas.
+        #[arg(long)]
+        under_replicated_partitions: bool,
+        /// Only partitions without a live leader.
+        #[arg(long)]
+        unavailable_partitions: bool,
     },
     /// Delete topics.
     Delete {
@@ -111,40 +119,22 @@ pub(crate) fn run(command: TopicCommand, common: &Common) -> anyhow::Result<()> 
                 }
             }
         }
-        TopicCommand::Describe { topics } => {
-            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let mut described = rt.block_on(admin.describe_topics(&names));
-            let mut rows = Vec::new();
-            let mut out = Vec::new();
-            for name in &topics {
-                let info = described
-                    .remove(name)
-                    .context("no answer")?
-                    .with_context(|| format!("topic {name}"))?;
-                let list =
-                    |ids: &[i32]| ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-                for p in &info.partitions {
-                    rows.push(vec![
-                        info.name.clone(),
-                        p.partition.to_string(),
-                        p.leader.to_string(),
-                        list(&p.replicas),
-                        list(&p.isr),
-                    ]);
-                }
-                out.push(json!({
-                    "topic": info.name,
-                    "topic_id": info.id.to_string(),
-                    "partitions": info.partitions.iter().map(|p| json!({
-                        "partition": p.partition, "leader": p.leader,
-                        "replicas": p.replicas, "isr": p.isr,
-                    })).collect::<Vec<_>>(),
-                }));
-            }
+        TopicCommand::Describe {
+            topics,
+            under_replicated_partitions,
+            unavailable_partitions,
+        } => {
+            let filter = Filter {
+                under_replicated: under_replicated_partitions,
+                unavailable: unavailable_partitions,
+            };
+            let described = rt.block_on(describe(&admin, topics))?;
             match common.output {
-                Output::Json => print_json(&json!(out)),
+                Output::Json => print_json(&described_json(&described, filter)),
                 Output::Table => {
-                    print_table(&["TOPIC", "PARTITION", "LEADER", "REPLICAS", "ISR"], &rows)
+                    for line in described_lines(&described, filter) {
+                        println!("{line}");
+                    }
                 }
             }
         }
@@ -179,4 +169,276 @@ pub(crate) fn run(command: TopicCommand, common: &Common) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+/// Which partitions `topic describe` shows: all, or (either flag, as
+/// kafka-topics) those under-replicated or unavailable.
+#[derive(Debug, Clone, Copy, Default)]
+struct Filter {
+    under_replicated: bool,
+    unavailable: bool,
+}
+
+impl Filter {
+    fn any(self) -> bool {
+        self.under_replicated || self.unavailable
+    }
+
+    fn shows(self, state: PartitionState) -> bool {
+        !self.any()
+            || (self.under_replicated && state.under_replicated)
+            || (self.unavailable && state.offline)
+    }
+}
+
+/// A partition's health, as kafka-topics judges it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PartitionState {
+    /// No leader, or a leader that is not a live broker: nobody can
+    /// produce to or fetch from it.
+    offline: bool,
+    /// Fewer in-sync replicas than replicas.
+    under_replicated: bool,
+}
+
+fn partition_state(p: &PartitionInfo, live: Option<&[i32]>) -> PartitionState {
+    PartitionState {
+        offline: p.leader < 0 || live.is_some_and(|live| !live.contains(&p.leader)),
+        under_replicated: p.isr.len() < p.replicas.len(),
+    }
+}
+
+/// What `topic describe` read: the topics, and the live brokers (`None`
+/// when the cluster could not be described; then only "no leader" counts
+/// as offline).
+#[derive(Debug)]
+struct Described {
+    topics: Vec<TopicInfo>,
+    live: Option<Vec<i32>>,
+}
+
+/// Reads `topics` (every non-internal topic when empty) and the live
+/// brokers at once.
+async fn describe(admin: &Admin, mut topics: Vec<String>) -> anyhow::Result<Described> {
+    if topics.is_empty() {
+        topics = admin
+            .list_topics(false)
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        topics.sort();
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let (mut described, cluster) =
+        tokio::join!(admin.describe_topics(&names), admin.describe_cluster());
+    let mut infos = Vec::with_capacity(topics.len());
+    for name in &topics {
+        let info = described
+            .remove(name)
+            .context("no answer")?
+            .with_context(|| format!("topic {name}"))?;
+        infos.push(info);
+    }
+    Ok(Described {
+        topics: infos,
+        live: cluster
+            .ok()
+            .map(|c| c.brokers.iter().map(|b| b.id).collect()),
+    })
+}
+
+fn id_list(ids: &[i32]) -> String {
+    ids.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// kafka-topics --describe's layout: a line per topic, then a tab-indented
+/// line per partition with its flags, then a summary line. With a filter,
+/// as kafka-topics, only the partitions it keeps are listed (no topic
+/// lines).
+fn described_lines(described: &Described, filter: Filter) -> Vec<String> {
+    let mut lines = Vec::new();
+    let (mut partitions, mut offline, mut under_replicated) = (0usize, 0usize, 0usize);
+    for topic in &described.topics {
+        if !filter.any() {
+            let replication_factor = topic.partitions.first().map_or(0, |p| p.replicas.len());
+            lines.push(format!(
+                "Topic: {}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}",
+                topic.name,
+                topic.id,
+                topic.partitions.len(),
+                replication_factor
+            ));
+        }
+        for p in &topic.partitions {
+            let state = partition_state(p, described.live.as_deref());
+            partitions += 1;
+            offline += usize::from(state.offline);
+            under_replicated += usize::from(state.under_replicated);
+            if !filter.shows(state) {
+                continue;
+            }
+            let leader = if p.leader < 0 {
+                "none".to_owned()
+            } else {
+                p.leader.to_string()
+            };
+            let mut line = format!(
+                "\tTopic: {}\tPartition: {}\tLeader: {leader}\tLeaderEpoch: {}\tReplicas: {}\tIsr: {}",
+                topic.name,
+                p.partition,
+                p.leader_epoch,
+                id_list(&p.replicas),
+                id_list(&p.isr)
+            );
+            if state.offline {
+                line.push_str("\tOffline");
+            }
+            if state.under_replicated {
+                line.push_str("\tUnder-replicated");
+            }
+            lines.push(line);
+        }
+    }
+    let topics = described.topics.len();
+    lines.push(format!(
+        "{topics} topic{}, {partitions} partition{}: {offline} offline, {under_replicated} under-replicated",
+        if topics == 1 { "" } else { "s" },
+        if partitions == 1 { "" } else { "s" },
+    ));
+    lines
+}
+
+fn described_json(described: &Described, filter: Filter) -> serde_json::Value {
+    let (mut partitions, mut offline, mut under_replicated) = (0usize, 0usize, 0usize);
+    let topics: Vec<serde_json::Value> = described
+        .topics
+        .iter()
+        .map(|topic| {
+            let shown: Vec<serde_json::Value> = topic
+                .partitions
+                .iter()
+                .filter_map(|p| {
+                    let state = partition_state(p, described.live.as_deref());
+                    partitions += 1;
+                    offline += usize::from(state.offline);
+                    under_replicated += usize::from(state.under_replicated);
+                    filter.shows(state).then(|| {
+                        json!({
+                            "partition": p.partition,
+                            "leader": p.leader,
+                            "leader_epoch": p.leader_epoch,
+                            "replicas": p.replicas,
+                            "isr": p.isr,
+                            "offline": state.offline,
+                            "under_replicated": state.under_replicated,
+                        })
+                    })
+                })
+                .collect();
+            json!({
+                "topic": topic.name,
+                "topic_id": topic.id.to_string(),
+                "partitions": shown,
+            })
+        })
+        .collect();
+    json!({
+        "topics": topics,
+        "summary": {
+            "topics": described.topics.len(),
+            "partitions": partitions,
+            "offline": offline,
+            "under_replicated": under_replicated,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strom_protocol::messages::Uuid;
+
+    fn partition(partition: i32, leader: i32, replicas: &[i32], isr: &[i32]) -> PartitionInfo {
+        PartitionInfo {
+            partition,
+            leader,
+            leader_epoch: 4,
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+            offline_replicas: Vec::new(),
+        }
+    }
+
+    fn described() -> Described {
+        Described {
+            topics: vec![TopicInfo {
+                name: "orders".into(),
+                id: Uuid::nil(),
+                internal: false,
+                partitions: vec![
+                    partition(0, 1, &[1, 2, 3], &[1, 2, 3]),
+                    partition(1, 2, &[2, 3, 1], &[2, 1]),
+                    partition(2, -1, &[3], &[3]),
+                    // Led by a broker that is gone but not yet fenced.
+                    partition(3, 3, &[3], &[3]),
+                ],
+            }],
+            live: Some(vec![1, 2]),
+        }
+    }
+
+    #[test]
+    fn partitions_are_listed_as_kafka_topics_does_with_their_flags_and_a_summary() {
+        let lines = described_lines(&described(), Filter::default());
+        assert_eq!(
+            lines,
+            [
+                format!(
+                    "Topic: orders\tTopicId: {}\tPartitionCount: 4\tReplicationFactor: 3",
+                    Uuid::nil()
+                ),
+                "\tTopic: orders\tPartition: 0\tLeader: 1\tLeaderEpoch: 4\tReplicas: 1,2,3\tIsr: 1,2,3".into(),
+                "\tTopic: orders\tPartition: 1\tLeader: 2\tLeaderEpoch: 4\tReplicas: 2,3,1\tIsr: 2,1\tUnder-replicated".into(),
+                "\tTopic: orders\tPartition: 2\tLeader: none\tLeaderEpoch: 4\tReplicas: 3\tIsr: 3\tOffline".into(),
+                "\tTopic: orders\tPartition: 3\tLeader: 3\tLeaderEpoch: 4\tReplicas: 3\tIsr: 3\tOffline".into(),
+                "1 topic, 4 partitions: 2 offline, 1 under-replicated".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_keep_only_the_partitions_they_name() {
+        let d = described();
+        let under = Filter {
+            under_replicated: true,
+            unavailable: false,
+        };
+        let lines = described_lines(&d, under);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("Partition: 1\t"), "{lines:?}");
+        let unavailable = Filter {
+            under_replicated: false,
+            unavailable: true,
+        };
+        let json = described_json(&d, unavailable);
+        let shown: Vec<i64> = json["topics"][0]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["partition"].as_i64().unwrap())
+            .collect();
+        assert_eq!(shown, [2, 3]);
+        assert_eq!(json["summary"]["offline"], 2);
+        assert_eq!(json["summary"]["under_replicated"], 1);
+        // Without the live brokers, only "no leader" is offline.
+        let unknown = Described {
+            live: None,
+            ..described()
+        };
+        assert_eq!(
+            described_json(&unknown, unavailable)["summary"]["offline"],
+            1
+        );
+    }
 }

@@ -4,9 +4,18 @@
 //! Metadata is fetched with a Metadata request for the topics the client has
 //! used (every topic when a caller asks for all), refreshed when it is older
 //! than `metadata.max.age.ms` or when a caller learns it is stale (a
-//! NOT_LEADER_OR_FOLLOWER, a lost connection). Concurrent refreshes collapse
-//! into one: a caller that waited for a refresh in progress does not start
-//! another.
+//! NOT_LEADER_OR_FOLLOWER, a lost connection; [`Error::needs_metadata_refresh`]).
+//! Concurrent refreshes collapse into one: a caller that waited for a
+//! refresh in progress does not start another. Refreshes for staleness are
+//! rate-limited as in the Java client (KIP-580): at least `retry.backoff.ms`
+//! after the previous refresh, doubling while callers keep finding the
+//! metadata stale (a partition without a leader while its broker is down),
+//! up to `retry.backoff.max.ms`, with ±20 % jitter.
+//!
+//! A Produce answer may name a partition's new leader (KIP-951
+//! `CurrentLeader` and `NodeEndpoints`); [`Cluster::update_leader`] takes it
+//! into the cached metadata at once, so a retry goes to the new leader
+//! without waiting for a Metadata round trip.
 //!
 //! Connections are keyed by [`Route`]: the bootstrap addresses, each broker,
 //! and each broker again as a group or transaction coordinator. The second
@@ -118,8 +127,12 @@ struct Snapshot {
     /// looked.
     generation: u64,
     /// Set when a caller found the metadata stale; the next
-    /// [`Cluster::maybe_refresh`] refreshes.
+    /// [`Cluster::maybe_refresh`] refreshes (after the retry backoff).
     stale: bool,
+    /// Refreshes in a row made because the metadata was stale; the wait
+    /// before the next one doubles with each. Back to 0 once a refresh
+    /// leaves nobody finding the metadata stale.
+    stale_refreshes: u32,
 }
 
 #[derive(Debug, Default)]
@@ -197,13 +210,25 @@ impl Cluster {
     /// `reconnect.backoff.ms` doubled per failure after the first, at most
     /// `reconnect.backoff.max.ms`, with the Java client's ±20 % jitter.
     fn reconnect_backoff(&self, failures: u32) -> Duration {
-        let exp = failures.saturating_sub(1).min(16);
-        let base = self
-            .net
-            .reconnect_backoff
-            .saturating_mul(1 << exp)
-            .min(self.net.reconnect_backoff_max);
-        base.mul_f64(rand::rng().random_range(0.8..1.2))
+        jitter(exponential_backoff(
+            self.net.reconnect_backoff,
+            self.net.reconnect_backoff_max,
+            failures.saturating_sub(1),
+        ))
+    }
+
+    /// The wait before the next try after `failures` failed ones in a row:
+    /// `retry.backoff.ms` doubled per failure after the first, at most
+    /// `retry.backoff.max.ms`, ±20 % (KIP-580). For 0 failures, no wait.
+    pub(crate) fn retry_backoff(&self, failures: u32) -> Duration {
+        if failures == 0 {
+            return Duration::ZERO;
+        }
+        jitter(exponential_backoff(
+            self.net.retry_backoff,
+            self.net.retry_backoff_max,
+            failures - 1,
+        ))
     }
 
     fn address(&self, route: Route) -> Result<String> {
@@ -307,6 +332,12 @@ impl Cluster {
         self.meta.write().stale = true;
     }
 
+    /// Whether a caller marked the metadata stale since the last refresh.
+    #[cfg(test)]
+    pub(crate) fn meta_is_stale(&self) -> bool {
+        self.meta.read().stale
+    }
+
     /// Adds topics every later refresh asks for; a topic not wanted before
     /// makes the metadata stale, so the next refresh comes at once.
     pub(crate) fn want(&self, topics: impl IntoIterator<Item = String>) {
@@ -327,11 +358,15 @@ impl Cluster {
     /// `metadata.max.age.ms`.
     pub(crate) async fn maybe_refresh(&self) -> Result<()> {
         let due = {
-            let meta = self.meta.read();
-            meta.stale
-                || meta
-                    .refreshed_at
-                    .is_none_or(|at| at.elapsed() >= self.net.metadata_max_age)
+            let mut meta = self.meta.write();
+            if !meta.stale {
+                // Nobody found the last refresh wanting.
+                meta.stale_refreshes = 0;
+            }
+            let since = meta.refreshed_at.map(|at| at.elapsed());
+            // The backoff of the refresh in a row this one would be.
+            let backoff = self.retry_backoff(meta.stale_refreshes.saturating_add(1));
+            refresh_due(meta.stale, since, backoff, self.net.metadata_max_age)
         };
         if due {
             self.refresh_after(self.generation(), false).await?;
@@ -438,8 +473,59 @@ impl Cluster {
         }
         meta.refreshed_at = Some(Instant::now());
         meta.generation += 1;
+        if meta.stale {
+            meta.stale_refreshes = meta.stale_refreshes.saturating_add(1);
+        }
         meta.stale = false;
         Ok(answered)
+    }
+
+    /// Takes a partition's leader from a response that names it (KIP-951:
+    /// `CurrentLeader` in a Produce or Fetch error, with the leader's
+    /// endpoint when the client may not know it). Only a newer leader epoch
+    /// than the cached one is taken, so a late answer never moves the
+    /// leader back; returns whether the cache changed.
+    pub(crate) fn update_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        leader: i32,
+        leader_epoch: i32,
+        endpoint: Option<BrokerInfo>,
+    ) -> bool {
+        if leader < 0 || leader_epoch < 0 {
+            return false;
+        }
+        let mut meta = self.meta.write();
+        let Some(info) = meta.topics.get(topic).map(Arc::clone) else {
+            return false;
+        };
+        let Some(current) = info.partition(partition) else {
+            return false;
+        };
+        if current.leader_epoch >= leader_epoch {
+            return false;
+        }
+        if let std::collections::hash_map::Entry::Vacant(entry) = meta.brokers.entry(leader) {
+            match endpoint.filter(|b| b.id == leader) {
+                Some(broker) => {
+                    entry.insert(broker);
+                }
+                // A leader the client cannot reach: a refresh must say where.
+                None => return false,
+            }
+        }
+        let mut updated = TopicInfo::clone(&info);
+        if let Some(p) = updated
+            .partitions
+            .iter_mut()
+            .find(|p| p.partition == partition)
+        {
+            p.leader = leader;
+            p.leader_epoch = leader_epoch;
+        }
+        meta.topics.insert(topic.to_owned(), Arc::new(updated));
+        true
     }
 
     /// The cached metadata of `topic`, or the error the broker gave for it.
@@ -576,10 +662,158 @@ impl Cluster {
     }
 }
 
+/// `base` doubled `doublings` times, at most `max`.
+fn exponential_backoff(base: Duration, max: Duration, doublings: u32) -> Duration {
+    base.saturating_mul(1 << doublings.min(16)).min(max)
+}
+
+/// `wait` ±20 %, as the Java client spreads retries (KIP-580), so that
+/// clients that failed together do not retry together.
+fn jitter(wait: Duration) -> Duration {
+    wait.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Whether a metadata refresh is due: a stale picture once `backoff` has
+/// passed since the last refresh (`None`: never refreshed), or a picture
+/// older than `max_age`.
+fn refresh_due(stale: bool, since: Option<Duration>, backoff: Duration, max_age: Duration) -> bool {
+    match since {
+        None => true,
+        Some(since) => (stale && since >= backoff) || since >= max_age,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ClientConfig;
+
+    fn cluster_with(pairs: &[(&str, &str)]) -> Cluster {
+        let mut config: ClientConfig = pairs.iter().copied().collect();
+        config.set("bootstrap.servers", "127.0.0.1:1");
+        Cluster::new(NetworkConfig::from_config(&config).unwrap())
+    }
+
+    #[test]
+    fn retry_backoff_doubles_per_failure_to_the_max() {
+        let cluster = cluster_with(&[
+            ("retry.backoff.ms", "100"),
+            ("retry.backoff.max.ms", "1000"),
+        ]);
+        assert_eq!(cluster.retry_backoff(0), Duration::ZERO);
+        for (failures, expected_ms) in [
+            (1, 100.0),
+            (2, 200.0),
+            (3, 400.0),
+            (4, 800.0),
+            (5, 1000.0),
+            (40, 1000.0),
+        ] {
+            let ms = cluster.retry_backoff(failures).as_secs_f64() * 1000.0;
+            assert!(
+                (expected_ms * 0.8..=expected_ms * 1.2).contains(&ms),
+                "{failures} failures: {ms} ms"
+            );
+        }
+        // Kafka's defaults: 100 ms growing to 1 s.
+        let ms = cluster_with(&[]).retry_backoff(20).as_secs_f64() * 1000.0;
+        assert!((800.0..=1200.0).contains(&ms), "{ms} ms");
+    }
+
+    #[test]
+    fn stale_metadata_is_refreshed_only_after_the_backoff() {
+        let ms = Duration::from_millis;
+        let max_age = ms(300_000);
+        // Never refreshed: at once.
+        assert!(refresh_due(false, None, ms(100), max_age));
+        // Stale, but the last refresh was just now: wait.
+        assert!(!refresh_due(true, Some(ms(10)), ms(100), max_age));
+        assert!(refresh_due(true, Some(ms(100)), ms(100), max_age));
+        // Fresh and young: no refresh; old: refresh.
+        assert!(!refresh_due(false, Some(ms(10_000)), ms(100), max_age));
+        assert!(refresh_due(false, Some(max_age), ms(100), max_age));
+    }
+
+    #[tokio::test]
+    async fn refreshes_for_staleness_back_off_while_the_metadata_stays_stale() {
+        let cluster = cluster_with(&[
+            ("retry.backoff.ms", "100"),
+            ("retry.backoff.max.ms", "1000"),
+        ]);
+        {
+            let mut meta = cluster.meta.write();
+            meta.refreshed_at = Some(Instant::now());
+            meta.stale = true;
+            meta.stale_refreshes = 4;
+        }
+        // The fifth refresh in a row waits about a second: maybe_refresh
+        // returns without asking any broker (none listens at the bootstrap
+        // address, so a request would fail).
+        cluster.maybe_refresh().await.unwrap();
+        assert_eq!(cluster.generation(), 0);
+        // A caller finds things working: the streak ends.
+        cluster.meta.write().stale = false;
+        cluster.maybe_refresh().await.unwrap();
+        assert_eq!(cluster.meta.read().stale_refreshes, 0);
+    }
+
+    fn topic_led_by(leader: i32, leader_epoch: i32) -> TopicInfo {
+        TopicInfo {
+            name: "t".into(),
+            id: Uuid::nil(),
+            internal: false,
+            partitions: vec![PartitionInfo {
+                partition: 0,
+                leader,
+                leader_epoch,
+                replicas: vec![1, 2],
+                isr: vec![1, 2],
+                offline_replicas: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_newer_leader_named_in_a_response_is_taken_and_an_older_one_is_not() {
+        let cluster = cluster_with(&[]);
+        {
+            let mut meta = cluster.meta.write();
+            meta.topics.insert("t".into(), Arc::new(topic_led_by(1, 5)));
+            meta.brokers.insert(
+                1,
+                BrokerInfo {
+                    id: 1,
+                    host: "127.0.0.1".into(),
+                    port: 1,
+                    rack: None,
+                },
+            );
+        }
+        let leader = || {
+            let p = cluster.cached_topic("t").unwrap().unwrap().partitions[0].clone();
+            (p.leader, p.leader_epoch)
+        };
+        // An older or equal epoch, an unknown leader, an unknown broker
+        // without its endpoint: nothing changes.
+        assert!(!cluster.update_leader("t", 0, 2, 5, None));
+        assert!(!cluster.update_leader("t", 0, -1, 6, None));
+        assert!(!cluster.update_leader("t", 0, 2, 6, None));
+        assert!(!cluster.update_leader("other", 0, 2, 6, None));
+        assert_eq!(leader(), (1, 5));
+        // The new leader with its endpoint: taken, and the broker known.
+        let endpoint = BrokerInfo {
+            id: 2,
+            host: "127.0.0.1".into(),
+            port: 2,
+            rack: None,
+        };
+        assert!(cluster.update_leader("t", 0, 2, 6, Some(endpoint.clone())));
+        assert_eq!(leader(), (2, 6));
+        assert_eq!(cluster.broker(2), Some(endpoint));
+        // A late answer naming the old leader does not move it back.
+        assert!(!cluster.update_leader("t", 0, 1, 5, None));
+        assert_eq!(leader(), (2, 6));
+    }
 
     #[test]
     fn backoff_doubles_to_the_max_with_jitter() {

@@ -96,6 +96,7 @@ pub(crate) const COMMON: &[&str] = &[
     "reconnect.backoff.ms",
     "reconnect.backoff.max.ms",
     "retry.backoff.ms",
+    "retry.backoff.max.ms",
     "metadata.max.age.ms",
 ];
 
@@ -108,7 +109,11 @@ pub(crate) struct NetworkConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) reconnect_backoff: Duration,
     pub(crate) reconnect_backoff_max: Duration,
+    /// The first wait before a retry and between metadata refreshes.
     pub(crate) retry_backoff: Duration,
+    /// The most that wait grows to, doubling per consecutive failure
+    /// (KIP-580).
+    pub(crate) retry_backoff_max: Duration,
     pub(crate) metadata_max_age: Duration,
 }
 
@@ -134,6 +139,7 @@ impl NetworkConfig {
             reconnect_backoff: config.millis("reconnect.backoff.ms", 50)?,
             reconnect_backoff_max: config.millis("reconnect.backoff.max.ms", 1_000)?,
             retry_backoff: config.millis("retry.backoff.ms", 100)?,
+            retry_backoff_max: config.millis("retry.backoff.max.ms", 1_000)?,
             metadata_max_age: config.millis("metadata.max.age.ms", 300_000)?,
         })
     }

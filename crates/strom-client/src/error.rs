@@ -93,13 +93,23 @@ impl Error {
     }
 
     /// Whether the error means the client's picture of leaders or
-    /// coordinators is stale, so metadata should be refreshed before a retry.
+    /// coordinators may be stale, so metadata should be refreshed before a
+    /// retry. Besides Kafka's InvalidMetadataException codes, as librdkafka:
+    /// a request that timed out (REQUEST_TIMED_OUT, or no answer in time)
+    /// may have gone to a leader that is gone or paused, and
+    /// NOT_ENOUGH_REPLICAS(_AFTER_APPEND) means the ISR changed, which a
+    /// leader change often follows. Refreshes are rate-limited
+    /// (`retry.backoff.ms` growing to `retry.backoff.max.ms`), so a
+    /// needless one costs one Metadata request.
     pub fn needs_metadata_refresh(&self) -> bool {
         match self {
             Self::Kafka { code, .. } => matches!(
                 code,
                 ErrorCode::NotLeaderOrFollower
                     | ErrorCode::LeaderNotAvailable
+                    | ErrorCode::RequestTimedOut
+                    | ErrorCode::NotEnoughReplicas
+                    | ErrorCode::NotEnoughReplicasAfterAppend
                     | ErrorCode::UnknownTopicOrPartition
                     | ErrorCode::FencedLeaderEpoch
                     | ErrorCode::UnknownLeaderEpoch
@@ -108,7 +118,7 @@ impl Error {
                     | ErrorCode::NotCoordinator
                     | ErrorCode::CoordinatorNotAvailable
             ),
-            Self::Io { .. } => true,
+            Self::Io { .. } | Self::Timeout(_) => true,
             _ => false,
         }
     }
@@ -136,5 +146,36 @@ mod tests {
             Some(ErrorCode::UnknownServerError)
         );
         assert!(Error::check(0, Some("ignored")).is_ok());
+    }
+
+    #[test]
+    fn leader_changes_and_lost_brokers_refresh_metadata_and_retry() {
+        for code in [
+            ErrorCode::NotLeaderOrFollower,
+            ErrorCode::FencedLeaderEpoch,
+            ErrorCode::UnknownLeaderEpoch,
+            ErrorCode::LeaderNotAvailable,
+            ErrorCode::NotEnoughReplicas,
+            ErrorCode::NotEnoughReplicasAfterAppend,
+            ErrorCode::RequestTimedOut,
+        ] {
+            let e = Error::kafka(code.code(), None);
+            assert!(e.is_retriable() && e.needs_metadata_refresh(), "{code}");
+        }
+        let lost = Error::Io {
+            addr: "127.0.0.1:1".into(),
+            source: Arc::new(std::io::ErrorKind::ConnectionReset.into()),
+        };
+        assert!(lost.is_retriable() && lost.needs_metadata_refresh());
+        let silent = Error::Timeout("no answer".into());
+        assert!(silent.is_retriable() && silent.needs_metadata_refresh());
+        // Errors about the request itself: no refresh, no retry.
+        for code in [
+            ErrorCode::MessageTooLarge,
+            ErrorCode::TopicAuthorizationFailed,
+        ] {
+            let e = Error::kafka(code.code(), None);
+            assert!(!e.is_retriable() && !e.needs_metadata_refresh(), "{code}");
+        }
     }
 }

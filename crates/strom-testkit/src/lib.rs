@@ -306,6 +306,7 @@ impl ClusterBuilder {
                 stderr_log: root.join(format!("n{id}.stderr.log")),
                 child: None,
                 ready: watch::channel(None).1,
+                metrics_url: watch::channel(None).1,
             })
             .collect::<Vec<_>>();
         let real: Vec<(i32, SocketAddr)> = nodes
@@ -419,6 +420,9 @@ struct Node {
     child: Option<Child>,
     /// The ready line, once the current process has printed it.
     ready: watch::Receiver<Option<String>>,
+    /// `http://HOST:PORT/metrics`, once the current process has printed its
+    /// metrics line (the line after the ready line).
+    metrics_url: watch::Receiver<Option<String>>,
 }
 
 impl LocalCluster {
@@ -487,6 +491,7 @@ impl LocalCluster {
             stderr_log: root.join(format!("n{id}.stderr.log")),
             child: None,
             ready: watch::channel(None).1,
+            metrics_url: watch::channel(None).1,
         });
         let i = self.nodes.len() - 1;
         self.spawn(i)?;
@@ -524,6 +529,13 @@ impl LocalCluster {
     /// its current process has printed it.
     pub fn ready_line(&self, node: i32) -> Option<String> {
         self.node(node).ready.borrow().clone()
+    }
+
+    /// The node's metrics endpoint (`http://HOST:PORT/metrics`, a free
+    /// port per process) once its current process has printed it, just
+    /// after its ready line.
+    pub fn metrics_url(&self, node: i32) -> Option<String> {
+        self.node(node).metrics_url.borrow().clone()
     }
 
     /// The node's process id while it runs.
@@ -738,6 +750,7 @@ impl LocalCluster {
             self.binary.display()
         )))?;
         let (tx, rx) = watch::channel(None);
+        let (metrics_tx, metrics_rx) = watch::channel(None);
         if let Some(stdout) = child.stdout.take() {
             let kind = if node.role.is_broker() {
                 "broker"
@@ -745,17 +758,21 @@ impl LocalCluster {
                 "controller"
             };
             let prefix = format!("Strom {kind} {} listening on", node.id);
+            let metrics_prefix = format!("Strom {kind} {} metrics on ", node.id);
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
                 // Read to the end, so the node never blocks on a full pipe.
                 while let Ok(Some(line)) = lines.next_line().await {
                     if line.starts_with(&prefix) {
                         tx.send_replace(Some(line));
+                    } else if let Some(url) = line.strip_prefix(&metrics_prefix) {
+                        metrics_tx.send_replace(Some(url.trim().to_owned()));
                     }
                 }
             });
         }
         node.ready = rx;
+        node.metrics_url = metrics_rx;
         node.child = Some(child);
         Ok(())
     }

@@ -47,6 +47,7 @@ impl Admin {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
+        let mut failures = 0u32;
         loop {
             match within(deadline, attempt()).await {
                 Err(e) if e.is_retriable() => {
@@ -54,15 +55,21 @@ impl Admin {
                     if now >= deadline {
                         return Err(timed_out(what, self.api_timeout, Some(&e)));
                     }
-                    tokio::time::sleep(self.cluster.net().retry_backoff.min(deadline - now)).await;
+                    if e.needs_metadata_refresh() {
+                        self.cluster.mark_stale();
+                    }
+                    failures = failures.saturating_add(1);
+                    let wait = self.cluster.retry_backoff(failures);
+                    tokio::time::sleep(wait.min(deadline - now)).await;
                 }
                 other => return other,
             }
         }
     }
 
-    /// Waits `retry.backoff.ms` before another round, or times out what is
-    /// still pending; `false` when no round is to follow.
+    /// Waits before another round (`retry.backoff.ms`, doubling per round
+    /// up to `retry.backoff.max.ms`), or times out what is still pending;
+    /// `false` when no round is to follow.
     pub(super) async fn backoff<K: Ord + Clone + Debug, T>(
         &self,
         round: &mut Round<K, T>,
@@ -77,7 +84,9 @@ impl Admin {
             round.time_out(what, self.api_timeout);
             return false;
         }
-        tokio::time::sleep(self.cluster.net().retry_backoff.min(deadline - now)).await;
+        round.rounds = round.rounds.saturating_add(1);
+        let wait = self.cluster.retry_backoff(round.rounds);
+        tokio::time::sleep(wait.min(deadline - now)).await;
         true
     }
 
@@ -350,6 +359,8 @@ pub(super) struct Round<K, T> {
     pub(super) pending: BTreeSet<K>,
     pub(super) done: BTreeMap<K, Result<T>>,
     pub(super) last: Option<Error>,
+    /// Rounds retried so far, for the backoff.
+    pub(super) rounds: u32,
 }
 
 impl<K: Ord + Clone + Debug, T> Round<K, T> {
@@ -358,6 +369,7 @@ impl<K: Ord + Clone + Debug, T> Round<K, T> {
             pending: keys.into_iter().collect(),
             done: BTreeMap::new(),
             last: None,
+            rounds: 0,
         }
     }
 

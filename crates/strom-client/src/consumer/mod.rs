@@ -289,6 +289,9 @@ struct Part {
     reset: Option<i64>,
     /// Not fetched before this (after an error).
     not_before: Option<Instant>,
+    /// Failed fetches or offset lookups in a row; the backoff before the
+    /// next doubles with each (`retry.backoff.ms` to `retry.backoff.max.ms`).
+    failures: u32,
     /// An error for the application's next poll.
     error: Option<Error>,
     high_watermark: i64,
@@ -1111,10 +1114,17 @@ type Asked = Vec<(TopicPartition, i64, u64)>;
 /// (long-poll) for data.
 type FetchPlan = (FetchRequest, Asked, bool);
 
-type Plan = (
-    Vec<(i32, FetchPlan)>,
-    Vec<(i32, Vec<(TopicPartition, i64, u64)>)>,
-);
+type Plan = (Vec<(i32, FetchPlan)>, Vec<(i32, Vec<Reset>)>);
+
+/// An offset lookup to send: the partition, the reset timestamp, the
+/// partition's seek epoch, and its leader epoch from the metadata.
+#[derive(Debug)]
+struct Reset {
+    tp: TopicPartition,
+    timestamp: i64,
+    epoch: u64,
+    leader_epoch: i32,
+}
 
 /// The fetches and offset lookups to send now, per leader.
 fn plan(shared: &Shared, now: Instant) -> Plan {
@@ -1124,7 +1134,11 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
         parts, fetching, ..
     } = &mut *state;
     let mut fetch: HashMap<i32, Asked> = HashMap::new();
-    let mut resets: HashMap<i32, Vec<(TopicPartition, i64, u64)>> = HashMap::new();
+    let mut resets: HashMap<i32, Vec<Reset>> = HashMap::new();
+    // Each partition's leader epoch from the metadata (v7+), sent as
+    // `current_leader_epoch` (KIP-320): a leader that moved on answers
+    // FENCED_LEADER_EPOCH instead of serving a deposed leader's log.
+    let mut leader_epochs: HashMap<TopicPartition, i32> = HashMap::new();
     // Prefetch: a partition is fetched again while it holds less than
     // PREFETCH_FETCHES answers' worth, and all partitions together less than
     // `fetch.max.bytes` (the buffer's bound).
@@ -1147,20 +1161,25 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
         if !wants_reset && !wants_fetch {
             continue;
         }
-        let leader = match shared.cluster.cached_topic(&tp.topic) {
-            Some(Ok(info)) => info.partition(tp.partition).map_or(-1, |p| p.leader),
-            _ => -1,
+        let (leader, leader_epoch) = match shared.cluster.cached_topic(&tp.topic) {
+            Some(Ok(info)) => info
+                .partition(tp.partition)
+                .map_or((-1, -1), |p| (p.leader, p.leader_epoch)),
+            _ => (-1, -1),
         };
         if leader < 0 {
             shared.cluster.mark_stale();
             continue;
         }
+        leader_epochs.insert(tp.clone(), leader_epoch);
         if let Some(timestamp) = part.reset.filter(|_| wants_reset) {
             part.in_flight = true;
-            resets
-                .entry(leader)
-                .or_default()
-                .push((tp.clone(), timestamp, part.epoch));
+            resets.entry(leader).or_default().push(Reset {
+                tp: tp.clone(),
+                timestamp,
+                epoch: part.epoch,
+                leader_epoch,
+            });
         } else if let Some(offset) = part.fetch_position.filter(|_| !fetching.contains(&leader)) {
             total = total.saturating_add(per_fetch);
             fetch
@@ -1189,7 +1208,7 @@ fn plan(shared: &Shared, now: Instant) -> Plan {
             }
             let partition = FetchPartition::default()
                 .with_partition(tp.partition)
-                .with_current_leader_epoch(-1)
+                .with_current_leader_epoch(leader_epochs.get(tp).copied().unwrap_or(-1))
                 .with_fetch_offset(*offset)
                 .with_last_fetched_epoch(-1)
                 .with_log_start_offset(-1)
@@ -1274,7 +1293,12 @@ fn handle_fetch(
     let mut state = shared.state.lock();
     state.fetching.remove(&node);
     let now = Instant::now();
-    let backoff = now + shared.cluster.net().retry_backoff;
+    let cluster = &shared.cluster;
+    // After a failure, the partition waits out its own growing backoff.
+    let back_off = |part: &mut Part| {
+        part.failures = part.failures.saturating_add(1);
+        part.not_before = Some(now + cluster.retry_backoff(part.failures));
+    };
     if request_error
         .as_ref()
         .is_some_and(Error::needs_metadata_refresh)
@@ -1291,7 +1315,7 @@ fn handle_fetch(
             continue;
         }
         if request_error.is_some() {
-            part.not_before = Some(backoff);
+            back_off(part);
             continue;
         }
         let Some(answer) = answers.remove(&(tp.topic.clone(), tp.partition)) else {
@@ -1310,9 +1334,12 @@ fn handle_fetch(
             }
             Answer::Error(code) => {
                 let error = Error::kafka(code, None);
+                // FENCED_LEADER_EPOCH (the metadata is older than the
+                // broker's), NOT_LEADER_OR_FOLLOWER and the like: refresh and
+                // ask the leader the new metadata names.
                 if error.is_retriable() || error.needs_metadata_refresh() {
                     shared.cluster.mark_stale();
-                    part.not_before = Some(backoff);
+                    back_off(part);
                 } else {
                     part.error = Some(error);
                     got_data = true;
@@ -1321,6 +1348,7 @@ fn handle_fetch(
             }
         };
         part.high_watermark = high_watermark;
+        part.failures = 0;
         match decoded {
             Ok((records, next)) => {
                 for record in records {
@@ -1469,12 +1497,18 @@ fn decode_fetched(
 }
 
 /// Looks up reset positions (earliest, latest or by time) at `node`.
-async fn reset_offsets(shared: &Shared, node: i32, parts: Vec<(TopicPartition, i64, u64)>) {
+async fn reset_offsets(shared: &Shared, node: i32, parts: Vec<Reset>) {
     let mut topics: Vec<ListOffsetsTopic> = Vec::new();
-    for (tp, timestamp, _) in &parts {
+    for Reset {
+        tp,
+        timestamp,
+        leader_epoch,
+        ..
+    } in &parts
+    {
         let partition = ListOffsetsPartition::default()
             .with_partition_index(tp.partition)
-            .with_current_leader_epoch(-1)
+            .with_current_leader_epoch(*leader_epoch)
             .with_timestamp(*timestamp);
         match topics.iter_mut().find(|t| *t.name.0 == *tp.topic) {
             Some(t) => t.partitions.push(partition),
@@ -1504,9 +1538,20 @@ async fn reset_offsets(shared: &Shared, node: i32, parts: Vec<(TopicPartition, i
             }
         }
     }
-    let backoff = Instant::now() + shared.cluster.net().retry_backoff;
+    let now = Instant::now();
+    let cluster = &shared.cluster;
+    let back_off = |part: &mut Part| {
+        part.failures = part.failures.saturating_add(1);
+        part.not_before = Some(now + cluster.retry_backoff(part.failures));
+    };
     let mut state = shared.state.lock();
-    for (tp, timestamp, epoch) in parts {
+    for Reset {
+        tp,
+        timestamp,
+        epoch,
+        ..
+    } in parts
+    {
         let Some(part) = state.parts.get_mut(&tp) else {
             continue;
         };
@@ -1516,6 +1561,7 @@ async fn reset_offsets(shared: &Shared, node: i32, parts: Vec<(TopicPartition, i
         }
         match answers.get(&(tp.topic.clone(), tp.partition)) {
             Some(&(0, offset)) if offset >= 0 => {
+                part.failures = 0;
                 part.reset = None;
                 part.position = Some(offset);
                 part.fetch_position = Some(offset);
@@ -1526,12 +1572,12 @@ async fn reset_offsets(shared: &Shared, node: i32, parts: Vec<(TopicPartition, i
                 let error = Error::kafka(code, None);
                 if error.is_retriable() {
                     shared.cluster.mark_stale();
-                    part.not_before = Some(backoff);
+                    back_off(part);
                 } else {
                     part.error = Some(error);
                 }
             }
-            None => part.not_before = Some(backoff),
+            None => back_off(part),
         }
     }
     drop(state);

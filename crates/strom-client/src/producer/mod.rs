@@ -44,7 +44,7 @@ use strom_protocol::record::encoded_record_len;
 use strom_protocol::record_batch::{BatchHeader, RECORD_BATCH_OVERHEAD, update_crc};
 use tokio::sync::{Notify, Semaphore, oneshot};
 
-use crate::cluster::{Cluster, Route};
+use crate::cluster::{BrokerInfo, Cluster, Route};
 use crate::config::{COMMON, ClientConfig, NetworkConfig};
 use crate::error::{Error, ErrorCode, Result};
 use crate::partitioner::DefaultPartitioner;
@@ -767,11 +767,27 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
     let mut expired = Vec::new();
     let waiting_for_id = settings.idempotent && (*producer_id < 0 || *reset_producer_id);
     for ((topic, partition), queue) in partitions.iter_mut() {
-        // Batches never sent that outlived delivery.timeout.ms fail.
-        while queue.queue.front().is_some_and(|b| {
-            b.sequence.is_none() && now.duration_since(b.created) >= settings.delivery_timeout
-        }) {
-            expired.extend(queue.queue.pop_front());
+        // Batches that outlived delivery.timeout.ms waiting in the queue
+        // fail: never sent, or waiting for a retry (their leader gone, say).
+        while queue
+            .queue
+            .front()
+            .is_some_and(|b| now.duration_since(b.created) >= settings.delivery_timeout)
+        {
+            let batch = queue.queue.pop_front().expect("the front batch exists");
+            if batch.sequence.is_some() {
+                // A numbered batch that may or may not have been written
+                // leaves a gap in the numbering (the Java client's unresolved
+                // sequence): start again under a new id, as for a failed
+                // retry in `retry_or_fail`.
+                match txn.as_mut() {
+                    Some(txn) => {
+                        txn.error.get_or_insert_with(|| expiry_error(settings));
+                    }
+                    None => *reset_producer_id = true,
+                }
+            }
+            expired.push(batch);
         }
         let Some(front) = queue.queue.front() else {
             continue;
@@ -865,13 +881,17 @@ fn drain(shared: &Shared, now: Instant) -> (Vec<Drained>, Option<Instant>, bool)
     }
     drop(state);
     for batch in expired {
-        let error = Error::Timeout(format!(
-            "record expired after delivery.timeout.ms ({:?}) without being sent",
-            settings.delivery_timeout
-        ));
-        complete(shared, batch, Err(error));
+        complete(shared, batch, Err(expiry_error(settings)));
     }
     (drained, next_wake, false)
+}
+
+/// What a batch that outlived `delivery.timeout.ms` in the queue fails with.
+fn expiry_error(settings: &Settings) -> Error {
+    Error::Timeout(format!(
+        "record expired after delivery.timeout.ms ({:?}) without being acknowledged",
+        settings.delivery_timeout
+    ))
 }
 
 /// Writes one Produce request and settles its batches when it is answered.
@@ -945,11 +965,38 @@ fn settle(shared: &Shared, request: Drained, result: Result<Option<ProduceRespon
     let request_error = match result {
         Ok(None) => None,
         Ok(Some(response)) => {
+            let endpoints: HashMap<i32, BrokerInfo> = response
+                .node_endpoints
+                .iter()
+                .map(|n| {
+                    let info = BrokerInfo {
+                        id: n.node_id.0,
+                        host: n.host.to_string(),
+                        port: n.port,
+                        rack: n.rack.as_ref().map(ToString::to_string),
+                    };
+                    (info.id, info)
+                })
+                .collect();
             for topic in response.responses {
+                let name = topic.name.0.to_string();
                 for p in topic.partition_responses {
+                    // KIP-951: an error answer (v10+) may name the new
+                    // leader; the retry then goes there without waiting for
+                    // a Metadata round trip.
+                    if p.error_code != 0 {
+                        let leader = p.current_leader.leader_id.0;
+                        shared.cluster.update_leader(
+                            &name,
+                            p.index,
+                            leader,
+                            p.current_leader.leader_epoch,
+                            endpoints.get(&leader).cloned(),
+                        );
+                    }
                     let message = p.error_message.as_deref().map(str::to_owned);
                     answers.insert(
-                        (topic.name.0.to_string(), p.index),
+                        (name.clone(), p.index),
                         (p.error_code, message, p.base_offset, p.log_append_time_ms),
                     );
                 }
@@ -1038,7 +1085,10 @@ fn retry_or_fail(
         if error.needs_metadata_refresh() {
             shared.cluster.mark_stale();
         }
-        queue.not_before = Some(Instant::now() + shared.cluster.net().retry_backoff);
+        // `retry.backoff.ms` doubling per attempt up to `retry.backoff.max.ms`
+        // (KIP-580); the batch keeps its sequence, so a retry of a batch the
+        // broker did write is answered as a duplicate, not written twice.
+        queue.not_before = Some(Instant::now() + shared.cluster.retry_backoff(batch.attempts));
         // Back in sequence order, ahead of batches not yet numbered.
         let at = queue
             .queue
@@ -1143,6 +1193,113 @@ mod tests {
                 .compression,
             Compression::Zstd
         );
+    }
+
+    /// A producer's shared state without its sender task.
+    fn shared(pairs: &[(&str, &str)]) -> Shared {
+        let mut config: ClientConfig = pairs.iter().copied().collect();
+        config.set("bootstrap.servers", "127.0.0.1:9");
+        let settings = Settings::from_config(&config).unwrap();
+        Shared {
+            cluster: Arc::new(Cluster::new(NetworkConfig::from_config(&config).unwrap())),
+            memory: Semaphore::new(settings.buffer_memory),
+            settings,
+            state: Mutex::new(State {
+                partitions: HashMap::new(),
+                topics: HashMap::new(),
+                producer_id: 7,
+                producer_epoch: 0,
+                reset_producer_id: false,
+                in_flight: HashMap::new(),
+                next_batch_id: 1,
+                incomplete: BTreeSet::from([0]),
+                flush_upto: None,
+                closing: false,
+                fatal: None,
+                txn: None,
+            }),
+            wake: Notify::new(),
+            progress: Notify::new(),
+        }
+    }
+
+    /// A batch of one record that was sent once with sequence 0 and waits
+    /// for its retry; and the receiver of its record's outcome.
+    fn retried_batch(created: Instant) -> (Batch, oneshot::Receiver<Result<RecordMetadata>>) {
+        let mut builder = RecordBatchBuilder::new(Compression::None).producer(7, 0, 0);
+        builder.push(1, None, Some(b"v"), &[]);
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            id: 0,
+            topic: Arc::from("t"),
+            partition: 0,
+            builder: None,
+            built: Some(builder.build().unwrap()),
+            waiters: vec![Waiter { tx, timestamp: 1 }],
+            reserved: 0,
+            created,
+            attempts: 1,
+            sequence: Some(0),
+        };
+        (batch, rx)
+    }
+
+    #[test]
+    fn a_retry_waiting_for_a_leader_expires_at_the_delivery_timeout_and_renumbers() {
+        let shared = shared(&[("delivery.timeout.ms", "1000")]);
+        let created = Instant::now();
+        let (batch, mut rx) = retried_batch(created);
+        shared
+            .state
+            .lock()
+            .partitions
+            .entry((Arc::from("t"), 0))
+            .or_default()
+            .queue
+            .push_back(batch);
+        // Before the timeout the batch stays queued (its partition has no
+        // known leader, so nothing is sent either).
+        let (drained, _, _) = drain(&shared, created + Duration::from_millis(500));
+        assert!(drained.is_empty());
+        assert!(rx.try_recv().is_err(), "no outcome yet");
+        assert_eq!(
+            shared.state.lock().partitions[&(Arc::from("t"), 0)]
+                .queue
+                .len(),
+            1
+        );
+        // After it, the record fails with a timeout, and since the batch was
+        // numbered (the broker may have written it), the producer takes a
+        // new id before sending more.
+        let (drained, _, _) = drain(&shared, created + Duration::from_millis(1001));
+        assert!(drained.is_empty());
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Timeout(_)))));
+        let state = shared.state.lock();
+        assert!(state.partitions[&(Arc::from("t"), 0)].queue.is_empty());
+        assert!(state.reset_producer_id && state.incomplete.is_empty());
+    }
+
+    #[test]
+    fn a_retriable_error_requeues_the_batch_with_its_sequence_and_marks_metadata_stale() {
+        let shared = shared(&[]);
+        let (batch, mut rx) = retried_batch(Instant::now());
+        let mut state = shared.state.lock();
+        let error = Error::kafka(ErrorCode::NotLeaderOrFollower.code(), None);
+        assert!(retry_or_fail(&shared, &mut state, batch, &error).is_none());
+        let queue = &state.partitions[&(Arc::from("t"), 0)];
+        let requeued = queue.queue.front().unwrap();
+        assert_eq!((requeued.sequence, requeued.attempts), (Some(0), 2));
+        // It waits out the retry backoff (`Cluster::retry_backoff`).
+        assert!(queue.not_before.is_some());
+        assert!(!state.reset_producer_id);
+        drop(state);
+        assert!(rx.try_recv().is_err(), "not failed");
+        assert!(shared.cluster.meta_is_stale());
+        // A non-retriable error fails the batch.
+        let (batch, _rx) = retried_batch(Instant::now());
+        let mut state = shared.state.lock();
+        let error = Error::kafka(ErrorCode::MessageTooLarge.code(), None);
+        assert!(retry_or_fail(&shared, &mut state, batch, &error).is_some());
     }
 
     #[test]
