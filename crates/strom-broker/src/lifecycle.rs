@@ -51,6 +51,10 @@ impl Lifecycle {
 /// than it needs to be. Kafka's lifecycle manager does the same.
 const FENCED_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The shortest time a heartbeat may take before another is sent instead:
+/// a commit (unfencing) takes a few milliseconds, far less under load.
+const MIN_HEARTBEAT_ATTEMPT: Duration = Duration::from_millis(500);
+
 /// Pause between controlled-shutdown heartbeats that were not answered
 /// `should_shutdown` yet.
 const SHUTDOWN_HEARTBEAT_RETRY: Duration = Duration::from_millis(100);
@@ -99,9 +103,24 @@ pub(crate) async fn run(
         tracing::info!(broker_epoch = epoch, "registered with the controller");
         lifecycle.epoch.send_replace(Some(epoch));
         loop {
+            // An attempt is bounded by the interval: one forwarded to a
+            // controller that stopped answering (paused, cut off) would
+            // otherwise hold every later heartbeat back until its RPC timed
+            // out, and the new active controller would fence this live
+            // broker. The next attempt goes to the controller known then.
+            let attempt = tokio::time::timeout(
+                interval.max(MIN_HEARTBEAT_ATTEMPT),
+                broker
+                    .controller
+                    .heartbeat(heartbeat(&broker, epoch, false)),
+            );
             let reply = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = broker.controller.heartbeat(heartbeat(&broker, epoch, false)) => r,
+                r = attempt => r,
+            };
+            let Ok(reply) = reply else {
+                tracing::debug!("heartbeat not answered in time; sending another");
+                continue;
             };
             let mut next = interval;
             match reply {

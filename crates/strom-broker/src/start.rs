@@ -460,13 +460,24 @@ fn spawn_replication(broker: &Arc<Broker>) {
 
 /// Sends one ISR change to the active controller (AlterPartition).
 async fn send_isr_change(
-    _controller: &Controller,
-    _node_id: i32,
-    _broker_epoch: i64,
-    _request: crate::isr::IsrRequest,
+    controller: &Controller,
+    node_id: i32,
+    broker_epoch: i64,
+    request: crate::isr::IsrRequest,
 ) -> crate::isr::IsrReply {
-    // Wired to the controller's AlterPartition once it lands.
-    Err(strom_protocol::error_code::ErrorCode::UnknownServerError)
+    controller
+        .alter_partition(strom_controller::AlterPartitionRequest {
+            broker_id: node_id,
+            broker_epoch,
+            topic_id: request.topic_id,
+            partition: request.partition,
+            leader_epoch: request.change.leader_epoch,
+            new_isr: request.change.new_isr,
+            partition_epoch: request.change.partition_epoch,
+        })
+        .await
+        .map(|p| (p.isr, p.partition_epoch))
+        .map_err(|e| e.code)
 }
 
 /// The blocking part of startup.

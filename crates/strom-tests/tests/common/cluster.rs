@@ -25,7 +25,14 @@ pub fn strom_bin() -> PathBuf {
 
 /// Three combined nodes with short timers, so faults show within seconds.
 pub async fn three_nodes() -> LocalCluster {
-    LocalCluster::builder(strom_bin())
+    let builder = LocalCluster::builder(strom_bin());
+    // STROM_TEST_KEEP_DIR keeps the nodes' directories and logs there, to
+    // look at after a failure.
+    let builder = match std::env::var_os("STROM_TEST_KEEP_DIR") {
+        Some(dir) => builder.data_dir_root(dir),
+        None => builder,
+    };
+    builder
         .nodes(3)
         .set("broker.session.timeout.ms", "3000")
         .set("broker.heartbeat.interval.ms", "500")
