@@ -74,6 +74,8 @@ fn leader_and_isr(addr: SocketAddr) -> Option<(i32, Vec<i32>)> {
 /// were acknowledged; returns the acknowledged numbers.
 struct Writer {
     acked: Arc<Mutex<Vec<u64>>>,
+    /// Set to stop sending (what is in flight still completes).
+    stopped: Arc<std::sync::atomic::AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -94,12 +96,20 @@ impl Writer {
             .unwrap();
         let acked = Arc::new(Mutex::new(Vec::new()));
         let errors = Arc::new(Mutex::new(Vec::new()));
-        let (acked_in, errors_in) = (Arc::clone(&acked), Arc::clone(&errors));
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (acked_in, errors_in, stopped_in) = (
+            Arc::clone(&acked),
+            Arc::clone(&errors),
+            Arc::clone(&stopped),
+        );
         let task = tokio::spawn(async move {
             let mut in_flight = FuturesOrdered::new();
             let mut next: u64 = 0;
             loop {
-                while in_flight.len() < IN_FLIGHT && acked_in.lock().unwrap().len() < total {
+                while in_flight.len() < IN_FLIGHT
+                    && acked_in.lock().unwrap().len() < total
+                    && !stopped_in.load(std::sync::atomic::Ordering::Relaxed)
+                {
                     let n = next;
                     next += 1;
                     let producer = producer.clone();
@@ -127,9 +137,15 @@ impl Writer {
         });
         Self {
             acked,
+            stopped,
             errors,
             task,
         }
+    }
+
+    fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn acked(&self) -> usize {
@@ -340,6 +356,56 @@ async fn a_leader_stopped_past_its_session_loses_no_acknowledged_record() {
     assert_ne!(next, victim);
     writer.wait_for(PER_PHASE + PER_PHASE / 2).await;
     cluster.resume(victim).unwrap();
+    let (acked, errors) = writer.finish().await;
+    assert!(
+        errors.is_empty(),
+        "the idempotent producer failed: {errors:?}"
+    );
+    check(cluster, acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_down_for_thirty_seconds_catches_up_and_rejoins_the_isr() {
+    /// How long the follower stays down while the writer goes on (the
+    /// fault's length, as the issue states it).
+    const DOWN: Duration = Duration::from_secs(30);
+    let (mut cluster, bootstrap) = setup().await;
+    let writer = Writer::start(&bootstrap, usize::MAX);
+    writer.wait_for(PER_PHASE).await;
+    let leader_id = leader(&cluster, None).await;
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader_id)
+        .unwrap();
+    cluster.kill(follower).await.unwrap();
+    let at_leader = cluster.addr(leader_id);
+    eventually(
+        "the leader drops the dead follower from the ISR",
+        move || {
+            let (_, isr) = leader_and_isr(at_leader)?;
+            (!isr.contains(&follower)).then_some(())
+        },
+    )
+    .await;
+    let down_since = Instant::now();
+    let acked_at_kill = writer.acked();
+    while down_since.elapsed() < DOWN {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        writer.acked() > acked_at_kill,
+        "the writer went on while the follower was down"
+    );
+    cluster.restart(follower).await.unwrap();
+    eventually("the follower rejoins the ISR", move || {
+        let (_, isr) = leader_and_isr(at_leader)?;
+        isr.contains(&follower).then_some(())
+    })
+    .await;
+    let more = writer.acked() + PER_PHASE;
+    writer.wait_for(more).await;
+    writer.stop();
     let (acked, errors) = writer.finish().await;
     assert!(
         errors.is_empty(),

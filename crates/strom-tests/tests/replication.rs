@@ -244,3 +244,141 @@ async fn with_two_of_three_replicas_down_acks_all_never_succeeds_and_acks_one_do
         "the high watermark moved without the followers"
     );
 }
+
+/// The concatenated segments of `topic`'s partition 0 under `data_dir`, in
+/// offset order.
+fn log_bytes(data_dir: &Path, topic: &str) -> Vec<u8> {
+    segments(data_dir, topic).into_values().flatten().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_truncates_its_acks_one_writes_once_healed() {
+    let mut cluster = LocalCluster::builder(strom_bin())
+        .nodes(3)
+        .with_link_proxies()
+        .set("broker.session.timeout.ms", "3000")
+        .set("broker.heartbeat.interval.ms", "500")
+        .set("controller.quorum.election.timeout.ms", "500")
+        .start()
+        .await
+        .unwrap();
+    let old = replicated_topic(&cluster, "cut").await;
+    let at_old = cluster.addr(old).to_string();
+    let acks_all = producer(&cluster.bootstrap(), "all", "60000");
+    for i in 0..20 {
+        acks_all
+            .send(
+                FutureRecord::<(), str>::to("cut")
+                    .partition(0)
+                    .payload(&format!("kept{i}")),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string())
+            .unwrap();
+    }
+
+    // Cut off from the quorum (its client listener stays reachable), the
+    // old leader is fenced and another replica leads at a new epoch.
+    cluster.isolate(old).unwrap();
+    let others: Vec<SocketAddr> = cluster
+        .node_ids()
+        .into_iter()
+        .filter(|id| *id != old)
+        .map(|id| cluster.addr(id))
+        .collect();
+    let new = eventually("the others elect another leader", move || {
+        let views: Vec<i32> = others
+            .iter()
+            .map(|a| {
+                RawConnection::connect(*a, REQUEST_TIMEOUT)
+                    .ok()?
+                    .leaders("cut")
+                    .ok()
+                    .map(|l| l.0[0])
+            })
+            .collect::<Option<_>>()?;
+        (views.iter().all(|l| *l == views[0]) && views[0] > 0 && views[0] != old)
+            .then_some(views[0])
+    })
+    .await;
+    // The old leader does not know: it takes acks=1 writes nobody copies.
+    let stale = producer(&at_old, "1", "30000");
+    for i in 0..5 {
+        stale
+            .send(
+                FutureRecord::<(), str>::to("cut")
+                    .partition(0)
+                    .payload(&format!("lost{i}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string())
+            .unwrap();
+    }
+    // The new leader goes on with acks=all.
+    let at_new = producer(&cluster.addr(new).to_string(), "all", "60000");
+    for i in 20..30 {
+        at_new
+            .send(
+                FutureRecord::<(), str>::to("cut")
+                    .partition(0)
+                    .payload(&format!("kept{i}")),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(e, _)| e.to_string())
+            .unwrap();
+    }
+
+    // Healed, the old leader follows, truncates what diverged and copies
+    // the new leader's log.
+    cluster.heal().unwrap();
+    let addrs: Vec<SocketAddr> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| cluster.addr(id))
+        .collect();
+    eventually("every node names the new leader", move || {
+        addrs
+            .iter()
+            .all(|a| {
+                RawConnection::connect(*a, REQUEST_TIMEOUT)
+                    .ok()
+                    .and_then(|mut c| c.leaders("cut").ok())
+                    .is_some_and(|l| l.0[0] == new)
+            })
+            .then_some(())
+    })
+    .await;
+    let bootstrap_new = cluster.addr(new).to_string();
+    let read = tokio::task::spawn_blocking(move || consume(&bootstrap_new, "cut", 30))
+        .await
+        .unwrap();
+    let values: Vec<String> = read.into_iter().map(|(_, v)| v).collect();
+    let expected: Vec<String> = (0..30).map(|i| format!("kept{i}")).collect();
+    assert_eq!(
+        values, expected,
+        "the acks=1 writes to the cut-off leader are gone"
+    );
+    let data_dir_new = cluster.data_dir(new).to_owned();
+    let data_dir_old = cluster.data_dir(old).to_owned();
+    eventually("the old leader's log equals the new leader's", move || {
+        let (a, b) = (
+            log_bytes(&data_dir_new, "cut"),
+            log_bytes(&data_dir_old, "cut"),
+        );
+        (a == b).then_some(())
+    })
+    .await;
+    cluster.stop_all().await.unwrap();
+    let logs: Vec<Vec<u8>> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| log_bytes(cluster.data_dir(id), "cut"))
+        .collect();
+    assert!(
+        logs[0] == logs[1] && logs[0] == logs[2],
+        "the replicas differ"
+    );
+}
