@@ -63,12 +63,21 @@ pub fn producer(
     acks: &str,
     linger_ms: &str,
 ) -> (ThreadedProducer<Ctx>, Arc<Reports>) {
+    producer_at(&broker.bootstrap, acks, linger_ms)
+}
+
+/// [`producer`] to the brokers at `bootstrap`.
+pub fn producer_at(
+    bootstrap: &str,
+    acks: &str,
+    linger_ms: &str,
+) -> (ThreadedProducer<Ctx>, Arc<Reports>) {
     let reports = Arc::new(Reports {
         failures: Default::default(),
         latencies: Default::default(),
     });
     let producer = ClientConfig::new()
-        .set("bootstrap.servers", &broker.bootstrap)
+        .set("bootstrap.servers", bootstrap)
         .set("acks", acks)
         .set("linger.ms", linger_ms)
         .set("batch.size", "1000000")
@@ -126,7 +135,19 @@ pub fn produce_latency_samples(
     secs: f64,
     acks: &str,
 ) -> Vec<(Instant, u64)> {
-    let (producer, reports) = producer(broker, acks, "0");
+    produce_latency_samples_at(&broker.bootstrap, topic, size, mb_per_s, secs, acks)
+}
+
+/// [`produce_latency_samples`] to the brokers at `bootstrap`.
+pub fn produce_latency_samples_at(
+    bootstrap: &str,
+    topic: &str,
+    size: usize,
+    mb_per_s: f64,
+    secs: f64,
+    acks: &str,
+) -> Vec<(Instant, u64)> {
+    let (producer, reports) = producer_at(bootstrap, acks, "0");
     let payload = vec![b'y'; size];
     let per_sec = mb_per_s * 1e6 / size as f64;
     let total = (per_sec * secs) as usize;
