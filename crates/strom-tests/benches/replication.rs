@@ -6,7 +6,9 @@
 //!    nodes with replication factor 3, `min.insync.replicas=2` and acks=all,
 //!    alternating in one run: MB/s of each and their ratio.
 //! 2. **acks=all latency** at 10 MB/s of 1 KiB records on the three nodes:
-//!    p50, p99, p99.9, max.
+//!    p50, p99, p99.9, max; with the default flushing (the OS writes back)
+//!    and with `flush.messages=1` (every replica fsyncs each append before
+//!    the leader acknowledges it).
 //! 3. **Unavailability**: a producer sends a 1 KiB record every millisecond
 //!    at acks=all (idempotent) while the partition's leader is killed
 //!    (kill -9) or stopped (SIGTERM, a controlled shutdown): the time from
@@ -90,9 +92,23 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 /// Creates `topic` through `addr` and waits until every node in `addrs`
 /// names a leader for each partition; returns partition 0's leader.
 fn create(addr: SocketAddr, addrs: &[SocketAddr], topic: &str, partitions: i32, rf: i16) -> i32 {
+    create_with(addr, addrs, topic, partitions, rf, &[])
+}
+
+/// [`create`] with more topic configs.
+fn create_with(
+    addr: SocketAddr,
+    addrs: &[SocketAddr],
+    topic: &str,
+    partitions: i32,
+    rf: i16,
+    extra: &[(&str, &str)],
+) -> i32 {
+    let mut configs = vec![("min.insync.replicas", if rf > 1 { "2" } else { "1" })];
+    configs.extend_from_slice(extra);
     let code = RawConnection::connect(addr, Duration::from_secs(30))
         .unwrap()
-        .create_topic_with_configs(topic, partitions, rf, &[("min.insync.replicas", if rf > 1 { "2" } else { "1" })])
+        .create_topic_with_configs(topic, partitions, rf, &configs)
         .unwrap();
     assert_eq!(code, 0, "creating {topic}");
     wait_for("leaders everywhere", || {
@@ -184,28 +200,33 @@ async fn section_throughput(runs: usize, count: usize) {
 async fn section_latency(secs: f64) {
     println!("\n2. acks=all latency at 10 MB/s of 1 KiB records for {secs} s, RF 3, min.insync.replicas=2 (ms)");
     let three = cluster(3).await;
-    create(three.addr(1), &addrs(&three), "latency", 1, 3);
-    let b = three.bootstrap();
-    let samples = tokio::task::spawn_blocking(move || {
-        produce_latency_samples_at(&b, "latency", RECORD, 10.0, secs, "all")
-    })
-    .await
-    .unwrap();
-    // The first second warms connections and metadata up.
-    let start = samples.first().map(|s| s.0).unwrap();
-    let steady: Vec<(Instant, u64)> = samples
-        .into_iter()
-        .filter(|(sent, _)| sent.duration_since(start) > Duration::from_secs(1))
-        .collect();
-    let p = support::percentiles(&steady, start, f64::MAX);
-    println!(
-        "  p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}   ({} records)",
-        p[0],
-        p[1],
-        p[2],
-        p[3],
-        steady.len()
-    );
+    for (topic, label, extra) in [
+        ("latency", "default flushing", &[][..]),
+        ("latency-fsync", "flush.messages=1", &[("flush.messages", "1")][..]),
+    ] {
+        create_with(three.addr(1), &addrs(&three), topic, 1, 3, extra);
+        let b = three.bootstrap();
+        let samples = tokio::task::spawn_blocking(move || {
+            produce_latency_samples_at(&b, topic, RECORD, 10.0, secs, "all")
+        })
+        .await
+        .unwrap();
+        // The first second warms connections and metadata up.
+        let start = samples.first().map(|s| s.0).unwrap();
+        let steady: Vec<(Instant, u64)> = samples
+            .into_iter()
+            .filter(|(sent, _)| sent.duration_since(start) > Duration::from_secs(1))
+            .collect();
+        let p = support::percentiles(&steady, start, f64::MAX);
+        println!(
+            "  {label:<18} p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}   ({} records)",
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            steady.len()
+        );
+    }
 }
 
 /// Delivery outcomes of the steady producer: (sent, acknowledged at, ok).
