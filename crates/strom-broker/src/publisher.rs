@@ -211,6 +211,8 @@ mod tests {
             leader: 1,
             leader_epoch,
             partition_epoch: leader_epoch,
+            adding_replicas: vec![],
+            removing_replicas: vec![],
         }
     }
 

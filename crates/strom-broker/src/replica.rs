@@ -38,6 +38,7 @@ fn partition_state(p: &PartitionImage) -> PartitionState {
         partition_epoch: p.partition_epoch,
         replicas: p.replicas.clone(),
         isr: p.isr.clone(),
+        removing_replicas: p.removing_replicas.clone(),
     }
 }
 

@@ -433,6 +433,7 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
             partition_epoch: 1,
             replicas: vec![node, follower],
             isr: vec![node, follower],
+            removing_replicas: vec![],
         },
         now_ms(),
     );
@@ -518,6 +519,7 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
             partition_epoch: 2,
             replicas: vec![node, follower],
             isr: vec![follower],
+            removing_replicas: vec![],
         },
         now_ms(),
     );
@@ -1030,6 +1032,39 @@ async fn every_advertised_version_of_every_api_is_answered() {
                         r.replica_election_results[0].partition_result[0].error_code, 84,
                         "v{version}"
                     );
+                }
+                ApiKey::AlterPartitionReassignments => {
+                    use strom_protocol::messages::kafka::{
+                        AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
+                        alter_partition_reassignments_request,
+                    };
+                    // Cancelling nothing: NO_REASSIGNMENT_IN_PROGRESS.
+                    let request = AlterPartitionReassignmentsRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topics(vec![
+                            alter_partition_reassignments_request::ReassignableTopic::default()
+                                .with_name(name("all"))
+                                .with_partitions(vec![
+                                    alter_partition_reassignments_request::ReassignablePartition::default()
+                                        .with_partition_index(0)
+                                        .with_replicas(None),
+                                ]),
+                        ]);
+                    let r: AlterPartitionReassignmentsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!(r.error_code, 0, "v{version}");
+                    assert_eq!(r.responses[0].partitions[0].error_code, 85, "v{version}");
+                }
+                ApiKey::ListPartitionReassignments => {
+                    use strom_protocol::messages::kafka::{
+                        ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
+                    };
+                    let request = ListPartitionReassignmentsRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topics(None);
+                    let r: ListPartitionReassignmentsResponse =
+                        exchange(&broker, key, version, &request).await;
+                    assert_eq!((r.error_code, r.topics.len()), (0, 0), "v{version}");
                 }
                 ApiKey::DescribeCluster => {
                     let r: DescribeClusterResponse =

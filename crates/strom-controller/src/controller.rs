@@ -27,6 +27,7 @@ use crate::observer::{MetadataChunk, Observer};
 use crate::propose::{self, BrokerRegistration, Proposal, TopicElection};
 use crate::quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, WriteError};
 use crate::quorum_description::{Observers, QuorumDescription};
+use crate::reassign::{self, OngoingTopicReassignments, ReassignTopic, TopicReassignmentResult};
 use crate::records::{MetadataRecord, decode_batch};
 use crate::snapshot::SnapshotStore;
 
@@ -358,6 +359,14 @@ enum Op {
         election: ElectionType,
         targets: Option<Vec<(String, Vec<i32>)>>,
     },
+    AlterPartitionReassignments {
+        topics: Vec<ReassignTopic>,
+        allow_replication_factor_change: bool,
+    },
+    /// A read of the active controller's image, not behind the writer.
+    ListPartitionReassignments {
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -373,6 +382,8 @@ enum Reply {
     Quorum(QuorumDescription),
     AlterPartition(Result<PartitionImage, ControllerError>),
     ElectLeaders(Result<Vec<TopicElection>, ControllerError>),
+    AlterPartitionReassignments(Result<Vec<TopicReassignmentResult>, ControllerError>),
+    ListPartitionReassignments(Vec<OngoingTopicReassignments>),
     /// This node is not the active controller (the one it knows, if any).
     NotController {
         leader: Option<i32>,
@@ -768,6 +779,41 @@ impl Controller {
         }
     }
 
+    /// AlterPartitionReassignments (KIP-455): starts, replaces or cancels
+    /// the reassignment of each partition named, as
+    /// [`reassign::alter_partition_reassignments`]; the changes commit as
+    /// one batch. `Err`: the request failed as a whole (no controller in
+    /// time, too many changes for one batch).
+    pub async fn alter_partition_reassignments(
+        &self,
+        topics: Vec<ReassignTopic>,
+        allow_replication_factor_change: bool,
+    ) -> Result<Vec<TopicReassignmentResult>, ControllerError> {
+        let op = Op::AlterPartitionReassignments {
+            topics,
+            allow_replication_factor_change,
+        };
+        match self.route(op).await? {
+            Reply::AlterPartitionReassignments(r) => r,
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// ListPartitionReassignments: the reassignments in progress among the
+    /// partitions named (`None`: all), as the active controller knows them.
+    pub async fn list_partition_reassignments(
+        &self,
+        topics: Option<Vec<(String, Vec<i32>)>>,
+    ) -> Result<Vec<OngoingTopicReassignments>, ControllerError> {
+        match self
+            .route(Op::ListPartitionReassignments { topics })
+            .await?
+        {
+            Reply::ListPartitionReassignments(r) => Ok(r),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// Writes a snapshot of the current image if it is newer than the
     /// newest snapshot, so the next start replays nothing (clean shutdown).
     /// A failure is logged: the next start replays more, nothing is lost.
@@ -859,6 +905,9 @@ impl Controller {
             // A read: not behind the writer.
             return self.describe_quorum_here();
         }
+        if let Op::ListPartitionReassignments { topics } = &op {
+            return self.list_reassignments_here(topics.as_deref());
+        }
         let mut writer = self.write.lock().await;
         if let Backend::Quorum(q) = &self.backend {
             let timeout = Duration::from_millis(self.config.write_timeout_ms);
@@ -949,7 +998,36 @@ impl Controller {
                     self.commit(&mut writer, records).await.map(|_| results)
                 })
             }
+            Op::AlterPartitionReassignments {
+                topics,
+                allow_replication_factor_change,
+            } => {
+                let (records, results) = reassign::alter_partition_reassignments(
+                    &self.image(),
+                    &topics,
+                    allow_replication_factor_change,
+                    self.config.unclean_leader_election_enable,
+                );
+                Reply::AlterPartitionReassignments(if records.is_empty() {
+                    Ok(results)
+                } else {
+                    self.commit(&mut writer, records).await.map(|_| results)
+                })
+            }
+            // Answered above without the writer; the same answer here.
+            Op::ListPartitionReassignments { topics } => {
+                self.list_reassignments_here(topics.as_deref())
+            }
         }
+    }
+
+    /// ListPartitionReassignments from this node's image (the active
+    /// controller's: everything committed).
+    fn list_reassignments_here(&self, topics: Option<&[(String, Vec<i32>)]>) -> Reply {
+        Reply::ListPartitionReassignments(reassign::list_partition_reassignments(
+            &self.image(),
+            topics,
+        ))
     }
 
     async fn do_alter_partition(
@@ -961,12 +1039,26 @@ impl Controller {
             Some(record) => self.commit(writer, vec![record]).await?,
             None => self.image(),
         };
-        image
+        let partition = image
             .partition_by_id(&request.topic_id, request.partition)
             .cloned()
             .ok_or_else(|| {
                 ControllerError::new(ErrorCode::UnknownTopicOrPartition, "the partition is gone")
-            })
+            })?;
+        if partition.leader != request.broker_id {
+            // The ISR change completed a reassignment that removed the
+            // sender: Kafka commits it and answers NEW_LEADER_ELECTED, so
+            // the old leader waits for the metadata instead of acting on
+            // the new ISR.
+            return Err(ControllerError::new(
+                ErrorCode::NewLeaderElected,
+                format!(
+                    "the ISR change completed a reassignment; the new leader is {}",
+                    partition.leader
+                ),
+            ));
+        }
+        Ok(partition)
     }
 
     async fn do_create_topics(

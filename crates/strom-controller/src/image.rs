@@ -44,6 +44,22 @@ pub struct PartitionImage {
     pub leader: i32,
     pub leader_epoch: i32,
     pub partition_epoch: i32,
+    /// The replicas a reassignment in progress adds (KIP-455); `replicas`
+    /// lists them, after the target's others. Empty when none is in progress.
+    #[serde(default)]
+    pub adding_replicas: Vec<i32>,
+    /// The replicas a reassignment in progress removes once every adding
+    /// replica is in sync; `replicas` lists them, last.
+    #[serde(default)]
+    pub removing_replicas: Vec<i32>,
+}
+
+impl PartitionImage {
+    /// Whether a reassignment is in progress (Kafka's
+    /// `isReassignmentInProgress`).
+    pub fn is_reassigning(&self) -> bool {
+        !self.adding_replicas.is_empty() || !self.removing_replicas.is_empty()
+    }
 }
 
 /// A topic, its partitions and its config overrides.
@@ -170,6 +186,8 @@ impl MetadataImage {
                     leader: p.leader,
                     leader_epoch: p.leader_epoch,
                     partition_epoch: p.partition_epoch,
+                    adding_replicas: p.adding_replicas.clone(),
+                    removing_replicas: p.removing_replicas.clone(),
                 });
             }
             for (name, value) in &t.configs {
@@ -260,6 +278,8 @@ impl MetadataImage {
                 leader,
                 leader_epoch,
                 partition_epoch,
+                adding_replicas,
+                removing_replicas,
             } => {
                 let Some(topic) = self.topic_mut_by_id(topic_id) else {
                     tracing::warn!(%topic_id, "metadata record for an unknown topic");
@@ -272,6 +292,8 @@ impl MetadataImage {
                     leader: *leader,
                     leader_epoch: *leader_epoch,
                     partition_epoch: *partition_epoch,
+                    adding_replicas: adding_replicas.clone(),
+                    removing_replicas: removing_replicas.clone(),
                 };
                 match usize::try_from(*partition) {
                     Ok(i) if i < topic.partitions.len() => topic.partitions[i] = image,
@@ -356,11 +378,14 @@ mod tests {
                     MetadataRecord::Partition {
                         topic_id: id,
                         partition: 0,
-                        replicas: vec![1],
+                        // A reassignment from [1] to [2] in progress.
+                        replicas: vec![2, 1],
                         isr: vec![1],
                         leader: 1,
                         leader_epoch: 0,
                         partition_epoch: 0,
+                        adding_replicas: vec![2],
+                        removing_replicas: vec![1],
                     },
                 ],
             ),
@@ -384,7 +409,13 @@ mod tests {
         assert_eq!(image.offset, 5);
         assert_eq!(image.cluster_id, "c");
         assert_eq!(image.topic_by_id(&id).unwrap().name, "orders");
-        assert_eq!(image.partition("orders", 0).unwrap().leader, 1);
+        let p = image.partition("orders", 0).unwrap();
+        assert_eq!(p.leader, 1);
+        assert!(p.is_reassigning());
+        assert_eq!(
+            (&p.adding_replicas[..], &p.removing_replicas[..]),
+            (&[2][..], &[1][..])
+        );
         // Removing the last override leaves no entry behind.
         assert!(image.broker_configs.is_empty());
         // Deterministic: the same records give the same image.

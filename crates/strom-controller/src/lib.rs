@@ -20,6 +20,8 @@
 //!   step) and the records that rebuild it.
 //! - [`propose`]: the propose step: each operation checked against an image
 //!   as Kafka's controller does, giving its records ([`Proposal`]).
+//! - [`reassign`]: partition reassignment (KIP-455): starting, completing
+//!   and cancelling one, and listing those in progress.
 //! - [`metadata_log`]: the commit step's seam, [`MetadataLog`]: the local
 //!   log with fsync ([`LocalMetadataLog`]) and one in memory for tests.
 //! - [`snapshot`]: image snapshots (`<offset>-<epoch>.checkpoint` files),
@@ -38,6 +40,7 @@ pub mod observer;
 pub mod propose;
 pub mod quorum;
 pub mod quorum_description;
+pub mod reassign;
 pub mod records;
 pub mod snapshot;
 
@@ -51,5 +54,8 @@ pub use image::{BrokerInfo, ConfigResource, MetadataImage, PartitionImage, Topic
 pub use metadata_log::{LocalMetadataLog, MemoryMetadataLog, MetadataLog, MetadataLogError};
 pub use propose::{Proposal, TopicElection};
 pub use quorum_description::{QuorumDescription, ReplicaDescription};
+pub use reassign::{
+    OngoingReassignment, OngoingTopicReassignments, ReassignTopic, TopicReassignmentResult,
+};
 pub use records::MetadataRecord;
 pub use snapshot::SnapshotStore;

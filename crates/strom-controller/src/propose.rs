@@ -129,7 +129,11 @@ pub fn register_broker(
 /// which may have lost acknowledged records.
 pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
 
-fn unclean_allowed(image: &MetadataImage, topic: &crate::image::TopicImage, default: bool) -> bool {
+pub(crate) fn unclean_allowed(
+    image: &MetadataImage,
+    topic: &crate::image::TopicImage,
+    default: bool,
+) -> bool {
     topic
         .configs
         .get(UNCLEAN_LEADER_ELECTION)
@@ -256,6 +260,8 @@ pub fn unfence_broker(
     Some(records)
 }
 
+/// A change of `p`'s ISR or leadership that keeps its replicas and any
+/// reassignment in progress.
 fn partition_change(
     topic_id: Uuid,
     p: &crate::image::PartitionImage,
@@ -271,6 +277,8 @@ fn partition_change(
         leader,
         leader_epoch,
         partition_epoch: p.partition_epoch + 1,
+        adding_replicas: p.adding_replicas.clone(),
+        removing_replicas: p.removing_replicas.clone(),
     }
 }
 
@@ -397,6 +405,15 @@ pub fn alter_partition(
     }
     if request.new_isr == p.isr {
         return Ok(None);
+    }
+    // KIP-455: the ISR that takes in the last adding replica completes
+    // the reassignment in the same record (Kafka's `alterPartition` →
+    // `PartitionChangeBuilder.completeReassignmentIfNeeded`).
+    let live = |id: i32| image.is_live(id);
+    if let Some(completed) =
+        crate::reassign::complete_if_needed(topic.id, p, &request.new_isr, &live)
+    {
+        return Ok(Some(completed));
     }
     Ok(Some(partition_change(
         topic.id,
@@ -727,6 +744,8 @@ pub fn create_topic(
             leader: replicas.first().copied().unwrap_or(-1),
             leader_epoch: 0,
             partition_epoch: 0,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         });
     }
     for (key, value) in &request.configs {
@@ -853,6 +872,8 @@ pub fn create_partitions(
             replicas,
             leader_epoch: 0,
             partition_epoch: 0,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         })
         .collect())
 }
@@ -1538,6 +1559,8 @@ mod tests {
                 leader: *leader,
                 leader_epoch: 3,
                 partition_epoch: 5,
+                adding_replicas: vec![],
+                removing_replicas: vec![],
             });
         }
         image.apply_batch(0, &records);

@@ -45,7 +45,8 @@ pub enum MetadataRecord {
     UnfenceBroker { broker_id: i32, epoch: i64 },
     /// A topic exists (its partitions follow as `Partition` records).
     Topic { name: String, topic_id: Uuid },
-    /// A partition's replica set and leadership.
+    /// A partition's replica set and leadership (Kafka's PartitionRecord,
+    /// and PartitionChangeRecord carried as the full new state).
     Partition {
         topic_id: Uuid,
         partition: i32,
@@ -54,6 +55,15 @@ pub enum MetadataRecord {
         leader: i32,
         leader_epoch: i32,
         partition_epoch: i32,
+        /// A reassignment in progress (KIP-455): the replicas being added,
+        /// which `replicas` lists already. Absent in records from before
+        /// reassignment, and when none is in progress.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        adding_replicas: Vec<i32>,
+        /// The replicas a reassignment in progress removes once the added
+        /// ones are in sync; `replicas` still lists them.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removing_replicas: Vec<i32>,
     },
     /// A config value set (`Some`) or removed (`None`).
     Config {
@@ -115,5 +125,30 @@ mod tests {
         ];
         let batch = encode_batch(&records, 1).unwrap();
         assert_eq!(decode_batch(&batch).unwrap(), records);
+    }
+
+    #[test]
+    fn a_partition_record_from_before_reassignment_loads() {
+        let id = Uuid::from_u128(3);
+        let old = format!(
+            r#"{{"type":"partition","topic_id":"{id}","partition":0,"replicas":[1,2],"isr":[1],"leader":1,"leader_epoch":2,"partition_epoch":3}}"#
+        );
+        let record: MetadataRecord = serde_json::from_str(&old).unwrap();
+        assert_eq!(
+            record,
+            MetadataRecord::Partition {
+                topic_id: id,
+                partition: 0,
+                replicas: vec![1, 2],
+                isr: vec![1],
+                leader: 1,
+                leader_epoch: 2,
+                partition_epoch: 3,
+                adding_replicas: vec![],
+                removing_replicas: vec![],
+            }
+        );
+        // Without a reassignment the record is written as before.
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
     }
 }

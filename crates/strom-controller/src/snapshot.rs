@@ -362,11 +362,15 @@ mod tests {
                 MetadataRecord::Partition {
                     topic_id,
                     partition: 0,
-                    replicas: vec![1],
+                    // A reassignment to [2] in progress: it must
+                    // survive a snapshot.
+                    replicas: vec![2, 1],
                     isr: vec![1],
                     leader: 1,
                     leader_epoch: 3,
                     partition_epoch: 4,
+                    adding_replicas: vec![2],
+                    removing_replicas: vec![1],
                 },
                 MetadataRecord::Config {
                     resource: ConfigResource::Topic("orders".to_owned()),

@@ -17,6 +17,7 @@ pub mod logs;
 pub mod metadata;
 pub mod produce;
 pub mod quorum;
+pub mod reassign;
 pub mod sasl;
 pub mod txn;
 
@@ -248,6 +249,8 @@ api_table! {
     DescribeLogDirs          1..=4     false     sync  DescribeLogDirsRequest => logs::describe_log_dirs;
     CreatePartitions         0..=3     false     async CreatePartitionsRequest => admin::create_partitions;
     ElectLeaders             0..=2     false     async ElectLeadersRequest => admin::elect_leaders;
+    AlterPartitionReassignments 0..=1  false     async AlterPartitionReassignmentsRequest => reassign::alter_partition_reassignments;
+    ListPartitionReassignments  0..=0  false     async ListPartitionReassignmentsRequest => reassign::list_partition_reassignments;
     DescribeCluster          0..=2     false     sync  DescribeClusterRequest => admin::describe_cluster;
     DescribeQuorum           0..=2     false     async DescribeQuorumRequest => quorum::describe_quorum;
     FindCoordinator          0..=6     false     async FindCoordinatorRequest => group::find_coordinator;

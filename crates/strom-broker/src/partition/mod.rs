@@ -60,6 +60,10 @@ pub struct PartitionState {
     pub replicas: Vec<i32>,
     /// The in-sync replicas, the leader included.
     pub isr: Vec<i32>,
+    /// The replicas a reassignment in progress removes (KIP-455): still
+    /// followers, but not counted in the replication factor, which is the
+    /// target's (Kafka's `OngoingReassignmentState.replicationFactor`).
+    pub removing_replicas: Vec<i32>,
 }
 
 impl PartitionState {
@@ -70,6 +74,7 @@ impl PartitionState {
             leader_epoch,
             partition_epoch: 0,
             replicas: vec![leader],
+            removing_replicas: Vec::new(),
             isr: vec![leader],
         }
     }
@@ -283,7 +288,11 @@ impl Partition {
                     leader_epoch: state.leader_epoch,
                     partition_epoch: state.partition_epoch,
                     isr: state.isr.clone(),
-                    replication_factor: state.replicas.len().max(1),
+                    replication_factor: state
+                        .replicas
+                        .len()
+                        .saturating_sub(state.removing_replicas.len())
+                        .max(1),
                     followers,
                     epoch_start_offset,
                     pending_isr,
@@ -851,6 +860,7 @@ mod tests {
             partition_epoch: 0,
             replicas: replicas.to_vec(),
             isr: isr.to_vec(),
+            removing_replicas: Vec::new(),
         }
     }
 

@@ -105,6 +105,8 @@ impl Fixture {
                 leader: NODE,
                 leader_epoch: 0,
                 partition_epoch: 0,
+                adding_replicas: vec![],
+                removing_replicas: vec![],
             });
         }
         let mut image = MetadataImage::default();
