@@ -884,9 +884,12 @@ mod tests {
     fn only_a_leader_with_a_short_isr_counts_as_under_replicated() {
         let leader = |isr: &[i32], replication_factor| Role::Leader {
             leader_epoch: 3,
+            partition_epoch: 0,
             isr: isr.to_vec(),
             replication_factor,
             followers: Vec::new(),
+            epoch_start_offset: 0,
+            pending_isr: None,
         };
         assert!(!is_under_replicated(&leader(&[1, 2, 3], 3)));
         assert!(is_under_replicated(&leader(&[1, 2], 3)));
