@@ -40,6 +40,9 @@ pub struct FetchParams {
     /// The epoch of the last batch the fetcher has (Fetch v12+, -1 when
     /// not given): a follower's log is checked against the leader's epochs.
     pub last_fetched_epoch: i32,
+    /// A follower's log start offset (Fetch v5+, -1 when not given):
+    /// KIP-392 sends consumers only to followers holding their offset.
+    pub log_start_offset: i64,
 }
 
 /// What the client last heard about a partition.
@@ -285,6 +288,7 @@ mod tests {
             partition_max_bytes: 1024,
             current_leader_epoch: -1,
             last_fetched_epoch: -1,
+            log_start_offset: -1,
         }
     }
 

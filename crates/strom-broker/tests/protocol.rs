@@ -566,6 +566,115 @@ async fn a_long_poll_does_not_hold_up_the_produce_behind_it_on_its_connection() 
     broker.shutdown().await.unwrap();
 }
 
+/// OffsetForLeaderEpoch of `topic`'s `(partition, current leader epoch,
+/// leader epoch)`s, from a consumer.
+fn offset_for_leader_epoch(
+    topic: &str,
+    partitions: &[(i32, i32, i32)],
+) -> OffsetForLeaderEpochRequest {
+    OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![
+            offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(
+                    partitions
+                        .iter()
+                        .map(|&(partition, current, epoch)| {
+                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                .with_partition(partition)
+                                .with_current_leader_epoch(current)
+                                .with_leader_epoch(epoch)
+                        })
+                        .collect(),
+                ),
+        ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_answers_as_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(dir.path(), &[]).await;
+    let mut raw = Raw::connect(&broker).await;
+    assert_eq!(create_topic(&mut raw, "ole", 2, &[]).await, 0);
+    for _ in 0..3 {
+        let r = produce(&mut raw, "ole", batch(&[Some(b"x")], true, now_ms())).await;
+        assert_eq!(r.error_code, 0);
+    }
+    let meta: MetadataResponse = raw
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default().with_name(Some(name("ole"))),
+            ])),
+        )
+        .await;
+    let epoch = meta.topics[0]
+        .partitions
+        .iter()
+        .find(|p| p.partition_index == 0)
+        .unwrap()
+        .leader_epoch;
+    for version in 2..=4 {
+        let request = offset_for_leader_epoch(
+            "ole",
+            &[
+                // The latest epoch ends at the log end.
+                (0, epoch, epoch),
+                // Without a current epoch: no fencing.
+                (0, -1, epoch),
+                // An epoch newer than any: UNDEFINED, no error.
+                (0, -1, epoch + 5),
+                // A client that knows a newer leader epoch than this broker.
+                (0, epoch + 1, epoch),
+                // An empty partition: its epoch ends at 0.
+                (1, -1, epoch),
+                // No such partition.
+                (7, -1, epoch),
+                // Named twice: answered twice.
+                (0, -1, epoch),
+            ],
+        );
+        let r: OffsetForLeaderEpochResponse = raw
+            .call(ApiKey::OffsetForLeaderEpoch, version, &request)
+            .await;
+        assert_eq!(r.topics.len(), 1, "v{version}");
+        assert_eq!(r.topics[0].topic.0.as_str(), "ole", "v{version}");
+        let got: Vec<(i32, i16, i32, i64)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, epoch, 3),
+                (0, 0, epoch, 3),
+                (0, 0, -1, -1),
+                (0, ErrorCode::UnknownLeaderEpoch.code(), -1, -1),
+                (1, 0, epoch, 0),
+                (7, ErrorCode::UnknownTopicOrPartition.code(), -1, -1),
+                (0, 0, epoch, 3),
+            ],
+            "v{version}"
+        );
+        let r: OffsetForLeaderEpochResponse = raw
+            .call(
+                ApiKey::OffsetForLeaderEpoch,
+                version,
+                &offset_for_leader_epoch("no-such-topic", &[(0, -1, 0)]),
+            )
+            .await;
+        assert_eq!(
+            r.topics[0].partitions[0].error_code,
+            ErrorCode::UnknownTopicOrPartition.code(),
+            "v{version}"
+        );
+    }
+    broker.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_offsets_and_configs() {
     let dir = tempfile::tempdir().unwrap();
@@ -1488,6 +1597,18 @@ async fn every_advertised_version_of_every_api_is_answered() {
                         (0, ErrorCode::UnknownTopicOrPartition.code()),
                         "v{version}"
                     );
+                }
+                ApiKey::OffsetForLeaderEpoch => {
+                    let r: OffsetForLeaderEpochResponse = exchange(
+                        &broker,
+                        key,
+                        version,
+                        &offset_for_leader_epoch("all", &[(0, -1, 0)]),
+                    )
+                    .await;
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(p.error_code, 0, "v{version}");
+                    assert!(p.end_offset > 0, "v{version}");
                 }
                 other => panic!("no request written for {other:?}: add one when advertising it"),
             }

@@ -151,6 +151,8 @@ pub struct ClusterBuilder {
     binary: PathBuf,
     nodes: usize,
     properties: Vec<(String, String)>,
+    /// Properties of one node each: `(node id, key, value)`.
+    node_properties: Vec<(i32, String, String)>,
     data_dir_root: Option<PathBuf>,
     base_port: Option<u16>,
     ready_timeout: Duration,
@@ -190,6 +192,15 @@ impl ClusterBuilder {
     #[must_use]
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// An extra broker property for node `node` only (`broker.rack` of
+    /// each node, say); it comes after the properties for every node
+    /// ([`set`](Self::set)), so it overrides them on that node.
+    #[must_use]
+    pub fn set_node(mut self, node: i32, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.node_properties.push((node, key.into(), value.into()));
         self
     }
 
@@ -341,6 +352,7 @@ impl ClusterBuilder {
         let mut cluster = LocalCluster {
             binary: self.binary,
             properties: self.properties,
+            node_properties: self.node_properties,
             ready_timeout: self.ready_timeout,
             nodes,
             links,
@@ -398,6 +410,7 @@ fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 pub struct LocalCluster {
     binary: PathBuf,
     properties: Vec<(String, String)>,
+    node_properties: Vec<(i32, String, String)>,
     ready_timeout: Duration,
     nodes: Vec<Node>,
     /// The proxies between voters, when the builder asked for them.
@@ -432,6 +445,7 @@ impl LocalCluster {
             binary: strom_binary.into(),
             nodes: 3,
             properties: Vec::new(),
+            node_properties: Vec::new(),
             data_dir_root: None,
             base_port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
@@ -732,6 +746,13 @@ impl LocalCluster {
             }
         }
         for (key, value) in &self.properties {
+            command.arg("--set").arg(format!("{key}={value}"));
+        }
+        for (_, key, value) in self
+            .node_properties
+            .iter()
+            .filter(|(id, ..)| *id == node.id)
+        {
             command.arg("--set").arg(format!("{key}={value}"));
         }
         if std::env::var_os("STROM_LOG").is_none() {

@@ -8,6 +8,16 @@
 //! ready, the fetch waits up to `max_wait_ms` for appends to wake it.
 //! read_committed fetches also get the aborted transactions that overlap the
 //! batches they return, from the segments' aborted-transaction indexes.
+//!
+//! Fetch from follower (KIP-392): a consumer fetching with v11+ may be
+//! served by any replica of the partition, a follower reading up to its own
+//! high watermark (the leader's as of its last fetch) or last stable offset;
+//! followers (replica fetches) and older consumers only by the leader
+//! (Kafka's `FetchParams.fetchOnlyLeader`). With `replica.selector.class`
+//! set to the rack-aware selector, the leader answers a v11+ consumer whose
+//! `client.rack` only an in-sync follower shares with that follower's id in
+//! `preferred_read_replica` and no records, at once; the consumer then
+//! fetches from it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,8 +41,10 @@ use strom_protocol::messages::RequestFrame;
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
 use super::{Reply, RequestContext};
 use crate::broker::Broker;
+use crate::config::replication::ReplicaSelector;
 use crate::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
 use crate::metrics::Purgatory;
+use crate::partition::replica_selector::{self, ReplicaView};
 use crate::replica::Partition;
 
 /// Longest wait a fetch may ask for; clients use 500 ms (librdkafka) to a few
@@ -66,6 +78,13 @@ pub async fn handle(
     } else {
         (request.replica_id.0, -1)
     };
+    let fetcher = Fetcher {
+        replica_id,
+        replica_epoch,
+        // Kafka's `ClientMetadata`: v11+ carries the consumer's rack
+        // (empty when it set no `client.rack`).
+        client_rack: (version >= 11 && replica_id < 0).then(|| Arc::from(request.rack_id.as_str())),
+    };
 
     // Resolve names (v < 13) or topic ids (v13+).
     let mut unresolved = Vec::new();
@@ -98,6 +117,7 @@ pub async fn handle(
                             } else {
                                 -1
                             },
+                            log_start_offset: if version >= 5 { p.log_start_offset } else { -1 },
                         },
                     ));
                 }
@@ -151,8 +171,7 @@ pub async fn handle(
         max_bytes: usize::try_from(max_bytes).unwrap_or(0),
         deadline,
         read_committed,
-        replica_id,
-        replica_epoch,
+        fetcher,
         context,
         unresolved,
         version,
@@ -183,6 +202,32 @@ pub async fn handle(
     }))
 }
 
+/// Who fetches, as Kafka's `FetchParams` tells them apart.
+#[derive(Debug, Clone)]
+struct Fetcher {
+    /// A follower's broker id; negative for a consumer (-1) or a debugging
+    /// tool (-2).
+    replica_id: i32,
+    /// A follower's broker epoch (Fetch v15+, -1 when not given).
+    replica_epoch: i64,
+    /// KIP-392: a consumer's `client.rack` (Fetch v11+, maybe empty);
+    /// `None` for followers and for consumers before v11.
+    client_rack: Option<Arc<str>>,
+}
+
+impl Fetcher {
+    fn is_follower(&self) -> bool {
+        self.replica_id >= 0
+    }
+
+    /// Kafka's `fetchOnlyLeader`: followers replicate from the leader, and
+    /// a consumer older than Fetch v11 does not know that other replicas
+    /// may serve it.
+    fn only_from_leader(&self) -> bool {
+        self.is_follower() || self.client_rack.is_none()
+    }
+}
+
 /// A fetch past its session check: what to read, and how to answer.
 struct Pending {
     to_fetch: Arc<Vec<(PartitionKey, FetchParams)>>,
@@ -190,9 +235,7 @@ struct Pending {
     max_bytes: usize,
     deadline: Instant,
     read_committed: bool,
-    replica_id: i32,
-    /// A follower's broker epoch (Fetch v15+, -1 when not given).
-    replica_epoch: i64,
+    fetcher: Fetcher,
     context: SessionContext,
     unresolved: Vec<Unresolved>,
     version: i16,
@@ -206,7 +249,7 @@ impl Pending {
         let waiter = Arc::new(Notify::new());
         for ((topic, index), _) in self.to_fetch.iter() {
             if let Some(p) = broker.replicas.get(topic, *index) {
-                p.add_waiter(&waiter, self.replica_id >= 0);
+                p.add_waiter(&waiter, self.fetcher.is_follower());
             }
         }
         waiter
@@ -221,21 +264,20 @@ impl Pending {
     async fn read(&self, broker: &Arc<Broker>) -> Option<Vec<PartitionRead>> {
         let broker_for_read = Arc::clone(broker);
         let list = Arc::clone(&self.to_fetch);
-        let (max, read_committed, replica) = (
-            self.max_bytes,
-            self.read_committed,
-            (self.replica_id, self.replica_epoch),
-        );
-        super::blocking(move || read_all(&broker_for_read, &list, max, read_committed, replica))
+        let (max, read_committed, fetcher) =
+            (self.max_bytes, self.read_committed, self.fetcher.clone());
+        super::blocking(move || read_all(&broker_for_read, &list, max, read_committed, &fetcher))
             .await
     }
 
-    /// Whether `reads` answer the fetch: `min_bytes` reached, an error, or
-    /// the wait is over.
+    /// Whether `reads` answer the fetch: `min_bytes` reached, an error, a
+    /// consumer sent to another replica (KIP-392: it should go there now,
+    /// not wait here), or the wait is over.
     fn satisfied(&self, reads: &[PartitionRead]) -> bool {
         let bytes: usize = reads.iter().map(|r| r.records.len()).sum();
         let any_error = reads.iter().any(|r| r.error != ErrorCode::None);
-        bytes >= self.min_bytes || any_error || Instant::now() >= self.deadline
+        let redirected = reads.iter().any(|r| r.preferred_read_replica >= 0);
+        bytes >= self.min_bytes || any_error || redirected || Instant::now() >= self.deadline
     }
 
     /// Waits for appends (or the deadline) and reads again until satisfied;
@@ -276,7 +318,7 @@ impl Pending {
         let Self {
             to_fetch,
             read_committed,
-            replica_id,
+            fetcher,
             context,
             unresolved,
             version,
@@ -290,7 +332,9 @@ impl Pending {
                     key.clone(),
                     PartitionOutcome {
                         error: r.error != ErrorCode::None,
-                        has_records: !r.records.is_empty() || r.diverging_epoch.is_some(),
+                        has_records: !r.records.is_empty()
+                            || r.diverging_epoch.is_some()
+                            || r.preferred_read_replica >= 0,
                         high_watermark: r.high_watermark,
                         last_stable_offset: r.last_stable_offset,
                         log_start_offset: r.log_start_offset,
@@ -305,7 +349,7 @@ impl Pending {
             if !include {
                 continue;
             }
-            if replica_id < 0 && !read.records.is_empty() {
+            if !fetcher.is_follower() && !read.records.is_empty() {
                 let records: u64 = record_batch::batches(&read.records)
                     .map_while(Result::ok)
                     .filter(|b| !b.header.attributes.is_control())
@@ -324,7 +368,7 @@ impl Pending {
                 .with_last_stable_offset(read.last_stable_offset)
                 .with_log_start_offset(read.log_start_offset)
                 .with_aborted_transactions(read_committed.then_some(read.aborted_transactions))
-                .with_preferred_read_replica(BrokerId(-1))
+                .with_preferred_read_replica(BrokerId(read.preferred_read_replica))
                 .with_records(Some(read.records));
             let data = match read.diverging_epoch {
                 Some((epoch, end_offset)) if version >= 12 => data.with_diverging_epoch(
@@ -395,9 +439,26 @@ struct PartitionRead {
     /// epoch: the largest epoch both know and where it ends here (KIP-320's
     /// DivergingEpoch; no records then).
     diverging_epoch: Option<(i32, i64)>,
+    /// KIP-392: the replica the consumer should fetch from instead of this
+    /// leader (no records then); -1 for none.
+    preferred_read_replica: i32,
 }
 
 impl PartitionRead {
+    /// No records, no error: the partition's offsets as they are now.
+    fn offsets(partition: &Partition) -> Self {
+        Self {
+            error: ErrorCode::None,
+            high_watermark: partition.high_watermark(),
+            last_stable_offset: partition.last_stable_offset(),
+            log_start_offset: partition.log.log_start_offset(),
+            records: Bytes::new(),
+            aborted_transactions: Vec::new(),
+            diverging_epoch: None,
+            preferred_read_replica: -1,
+        }
+    }
+
     fn error(error: ErrorCode) -> Self {
         Self {
             error,
@@ -407,6 +468,7 @@ impl PartitionRead {
             records: Bytes::new(),
             aborted_transactions: Vec::new(),
             diverging_epoch: None,
+            preferred_read_replica: -1,
         }
     }
 }
@@ -416,8 +478,9 @@ fn read_all(
     list: &[(PartitionKey, FetchParams)],
     max_bytes: usize,
     read_committed: bool,
-    (replica_id, replica_epoch): (i32, i64),
+    fetcher: &Fetcher,
 ) -> Vec<PartitionRead> {
+    let (replica_id, replica_epoch) = (fetcher.replica_id, fetcher.replica_epoch);
     let image = broker.image();
     // KIP-841/903: a follower joins the ISR only while registered,
     // unfenced, and fetching with its current broker epoch.
@@ -443,7 +506,9 @@ fn read_all(
             let Some(partition) = broker.replicas.get(topic, *index) else {
                 return PartitionRead::error(super::missing_partition(broker, topic, *index).0);
             };
-            if !partition.is_leader() {
+            // A follower answers v11+ consumers too (KIP-392), from its own
+            // log; the epoch check below then uses the epoch it knows.
+            if fetcher.only_from_leader() && !partition.is_leader() {
                 return PartitionRead::error(ErrorCode::NotLeaderOrFollower);
             }
             if let Some(code) =
@@ -451,10 +516,23 @@ fn read_all(
             {
                 return PartitionRead::error(code);
             }
+            if let Some(rack) = &fetcher.client_rack
+                && let Some(preferred) =
+                    preferred_read_replica(broker, &image, &partition, params.fetch_offset, rack)
+            {
+                // Kafka's `readFromLog`: no read, the offsets as they are.
+                return PartitionRead {
+                    preferred_read_replica: preferred,
+                    ..PartitionRead::offsets(&partition)
+                };
+            }
             if let Some(diverging) = diverging_epoch(&partition, params) {
                 return diverging;
             }
             if replica_id >= 0 {
+                if params.log_start_offset >= 0 {
+                    partition.update_follower_log_start_offset(replica_id, params.log_start_offset);
+                }
                 // A follower's fetch offset is its log end offset (Kafka's
                 // `updateFollowerFetchState`): the high watermark moves by it
                 // before the read, so the answer carries the new one. An
@@ -496,6 +574,54 @@ fn read_all(
         .collect()
 }
 
+/// KIP-392: the follower a consumer in `client_rack` should read from
+/// instead of this leader (Kafka's `findPreferredReadReplica` with the
+/// `RackAwareReplicaSelector`), or `None` for this leader: no selector
+/// configured, or this broker does not lead. Only in-sync followers that
+/// hold `fetch_offset` and are live (registered, unfenced) are candidates.
+fn preferred_read_replica(
+    broker: &Broker,
+    image: &strom_controller::MetadataImage,
+    partition: &Partition,
+    fetch_offset: i64,
+    client_rack: &str,
+) -> Option<i32> {
+    if broker.config.settings.replication.replica_selector != ReplicaSelector::RackAware {
+        return None;
+    }
+    let (leader_log_end_offset, candidates) =
+        partition.read_replica_candidates(fetch_offset, broker.clock.now_ms())?;
+    let live_rack = |id: i32| {
+        image
+            .brokers
+            .get(&id)
+            .filter(|b| !b.fenced)
+            .map(|b| b.rack.as_deref())
+    };
+    let leader = ReplicaView {
+        broker_id: broker.node_id,
+        rack: live_rack(broker.node_id).flatten(),
+        log_end_offset: leader_log_end_offset,
+        time_since_caught_up_ms: 0,
+    };
+    let followers: Vec<ReplicaView<'_>> = candidates
+        .iter()
+        .filter_map(|c| {
+            Some(ReplicaView {
+                broker_id: c.broker_id,
+                rack: live_rack(c.broker_id)?,
+                log_end_offset: c.log_end_offset,
+                time_since_caught_up_ms: c.time_since_caught_up_ms,
+            })
+        })
+        .collect();
+    let preferred = replica_selector::rack_aware(client_rack, &leader, &followers);
+    if let Some(id) = preferred {
+        tracing::debug!(topic = %partition.topic, partition = partition.index, client_rack, preferred = id, "sending a consumer to a follower in its rack");
+    }
+    preferred
+}
+
 /// KIP-320: a fetcher whose last fetched epoch this leader ended earlier
 /// (or never had) than the fetch offset claims is told where the epochs
 /// diverge, with no records: the largest epoch at or below its own and that
@@ -513,13 +639,8 @@ fn diverging_epoch(partition: &Partition, params: &FetchParams) -> Option<Partit
         return None;
     }
     Some(PartitionRead {
-        error: ErrorCode::None,
-        high_watermark: partition.high_watermark(),
-        last_stable_offset: partition.last_stable_offset(),
-        log_start_offset: partition.log.log_start_offset(),
-        records: Bytes::new(),
-        aborted_transactions: Vec::new(),
         diverging_epoch: Some((epoch, end_offset)),
+        ..PartitionRead::offsets(partition)
     })
 }
 
@@ -548,6 +669,7 @@ fn read_partition(
         records: Bytes::new(),
         aborted_transactions: Vec::new(),
         diverging_epoch: None,
+        preferred_read_replica: -1,
     };
     if limit == 0 && !min_one {
         return read;

@@ -15,6 +15,7 @@ pub mod init_producer_id;
 pub mod list_offsets;
 pub mod logs;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod quorum;
 pub mod reassign;
@@ -236,6 +237,7 @@ api_table! {
     Produce                  3..=13    false     async ProduceRequest => produce::handle;
     Fetch                    4..=17    false     async FetchRequest => fetch::handle;
     ListOffsets              1..=10    false     async ListOffsetsRequest => list_offsets::handle;
+    OffsetForLeaderEpoch     2..=4     false     async OffsetForLeaderEpochRequest => offset_for_leader_epoch::handle;
     Metadata                 0..=13    false     async MetadataRequest => metadata::handle;
     SaslHandshake            0..=1     false     sync  SaslHandshakeRequest => sasl::handshake;
     ApiVersions              0..=4     false     raw   => api_versions::handle;

@@ -74,6 +74,7 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "replica.fetch.wait.max.ms",
     "replica.high.watermark.checkpoint.interval.ms",
     "replica.lag.time.max.ms",
+    "replica.selector.class",
     "replica.socket.timeout.ms",
     "socket.listen.backlog.size",
     "socket.request.max.bytes",

@@ -33,6 +33,43 @@ pub struct ReplicationSettings {
     /// `replica.high.watermark.checkpoint.interval.ms`, default 5 s: how
     /// often high watermarks are written to `replication-offset-checkpoint`.
     pub replica_high_watermark_checkpoint_interval_ms: u64,
+    /// `replica.selector.class` (KIP-392): how a leader picks the replica a
+    /// consumer should fetch from. Default none: consumers are never sent
+    /// elsewhere (followers still serve consumers that come to them).
+    pub replica_selector: ReplicaSelector,
+}
+
+/// Kafka's class name of the rack-aware selector, the one selector Strom has.
+pub const RACK_AWARE_REPLICA_SELECTOR: &str =
+    "org.apache.kafka.common.replica.RackAwareReplicaSelector";
+/// Kafka's selector that always names the leader: the same as none.
+pub const LEADER_SELECTOR: &str = "org.apache.kafka.common.replica.LeaderSelector";
+
+/// The replica selectors Kafka ships (`replica.selector.class`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicaSelector {
+    /// No selector (Kafka's default, null) or `LeaderSelector`: the leader
+    /// serves every consumer that fetches from it.
+    #[default]
+    LeaderOnly,
+    /// `RackAwareReplicaSelector`: a consumer whose `client.rack` matches
+    /// the rack of an in-sync follower but not the leader's is sent to it.
+    RackAware,
+}
+
+impl ReplicaSelector {
+    /// The selector a `replica.selector.class` value names. Kafka loads any
+    /// class; Strom knows Kafka's two, and refuses anything else at start
+    /// rather than run without the selector the operator asked for.
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value.trim() {
+            "" | LEADER_SELECTOR => Ok(Self::LeaderOnly),
+            RACK_AWARE_REPLICA_SELECTOR => Ok(Self::RackAware),
+            other => Err(ConfigError(format!(
+                "Invalid value {other} for configuration replica.selector.class: Strom supports {RACK_AWARE_REPLICA_SELECTOR} and {LEADER_SELECTOR} (or no value: leader only)"
+            ))),
+        }
+    }
 }
 
 impl Default for ReplicationSettings {
@@ -46,6 +83,7 @@ impl Default for ReplicationSettings {
             replica_fetch_backoff_ms: 1000,
             replica_socket_timeout_ms: 30_000,
             replica_high_watermark_checkpoint_interval_ms: 5000,
+            replica_selector: ReplicaSelector::LeaderOnly,
         }
     }
 }
@@ -112,6 +150,9 @@ impl ReplicationSettings {
                 "replica.high.watermark.checkpoint.interval.ms",
                 d.replica_high_watermark_checkpoint_interval_ms,
             )?,
+            replica_selector: props
+                .get("replica.selector.class")
+                .map_or(Ok(d.replica_selector), |v| ReplicaSelector::parse(v))?,
         };
         // Kafka: "replica.fetch.wait.max.ms should always be less than or
         // equal to replica.lag.time.max.ms to prevent frequent changes in ISR".
@@ -151,5 +192,31 @@ mod tests {
         assert!(parse(&[("replica.fetch.backoff.ms", "x")]).is_err());
         let err = parse(&[("replica.lag.time.max.ms", "400")]).unwrap_err();
         assert!(err.0.contains("replica.fetch.wait.max.ms"), "{}", err.0);
+    }
+
+    #[test]
+    fn replica_selector_takes_kafkas_class_names_only() {
+        assert_eq!(
+            parse(&[]).unwrap().replica_selector,
+            ReplicaSelector::LeaderOnly
+        );
+        assert_eq!(
+            parse(&[("replica.selector.class", RACK_AWARE_REPLICA_SELECTOR)])
+                .unwrap()
+                .replica_selector,
+            ReplicaSelector::RackAware
+        );
+        assert_eq!(
+            parse(&[("replica.selector.class", LEADER_SELECTOR)])
+                .unwrap()
+                .replica_selector,
+            ReplicaSelector::LeaderOnly
+        );
+        let err = parse(&[("replica.selector.class", "com.example.MySelector")]).unwrap_err();
+        assert!(
+            err.0.contains("replica.selector.class") && err.0.contains("com.example.MySelector"),
+            "{}",
+            err.0
+        );
     }
 }

@@ -19,6 +19,10 @@ pub struct ReplicaState {
     pub broker_id: i32,
     /// The follower's log end offset, from its last fetch.
     pub log_end_offset: i64,
+    /// The follower's log start offset, from its last fetch (-1 until it
+    /// fetches): KIP-392 sends a consumer only to a follower that holds
+    /// the consumer's offset.
+    pub log_start_offset: i64,
     /// When the follower last fetched up to the leader's log end offset of
     /// the time (Kafka's `lastCaughtUpTimeMs`).
     pub last_caught_up_time_ms: i64,
@@ -117,6 +121,7 @@ mod tests {
                 ReplicaState {
                     broker_id: parts[0].parse().unwrap(),
                     log_end_offset: parts[1].parse().unwrap(),
+                    log_start_offset: 0,
                     last_caught_up_time_ms: parts[2].parse().unwrap(),
                     isr_eligible: parts[3] == "y",
                 }

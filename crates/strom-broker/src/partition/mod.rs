@@ -7,6 +7,9 @@
 //! - [`high_watermark`]: Kafka's high-watermark rule as a pure function of
 //!   the replicas' states, tested from a table of cases
 //!   (`testdata/high_watermark.txt`).
+//! - [`replica_selector`]: KIP-392's choice of the replica a consumer
+//!   reads from (Kafka's `RackAwareReplicaSelector`), a pure function over
+//!   the views [`Partition::read_replica_candidates`] gives.
 //! - [`validation`]: Kafka's LogValidator checks of produced records (and
 //!   recompression to the topic's `compression.type`), within the broker's
 //!   decompression budget.
@@ -23,6 +26,7 @@
 //! `validation::ProduceChecks` when the metadata changes, not per request.
 
 pub mod high_watermark;
+pub mod replica_selector;
 pub mod validation;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -112,6 +116,16 @@ pub struct IsrChange {
     pub leader_epoch: i32,
     pub partition_epoch: i32,
     pub new_isr: Vec<i32>,
+}
+
+/// A follower a consumer could read from instead of the leader (KIP-392),
+/// as the leader last heard from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadReplicaCandidate {
+    pub broker_id: i32,
+    pub log_end_offset: i64,
+    /// Since the follower last caught up with the leader's log end.
+    pub time_since_caught_up_ms: i64,
 }
 
 /// Why a follower's fetch position was not taken.
@@ -264,6 +278,7 @@ impl Partition {
                         known.unwrap_or(ReplicaState {
                             broker_id: *id,
                             log_end_offset: -1,
+                            log_start_offset: -1,
                             // In-sync followers count as caught up now, so the
                             // ISR does not shrink before they can fetch.
                             last_caught_up_time_ms: if state.isr.contains(id) { now_ms } else { 0 },
@@ -419,6 +434,48 @@ impl Partition {
         };
         self.advance_high_watermark_at(Some(now_ms));
         Ok(expand)
+    }
+
+    /// A follower's log start offset, as its fetch gives it (Kafka's
+    /// `updateFollowerFetchState` keeps it with the log end offset). Not
+    /// leading, or an unknown replica: nothing to record.
+    pub fn update_follower_log_start_offset(&self, broker_id: i32, log_start_offset: i64) {
+        if let Role::Leader { followers, .. } = &mut *self.role.lock()
+            && let Some(follower) = followers.iter_mut().find(|f| f.broker_id == broker_id)
+        {
+            follower.log_start_offset = log_start_offset;
+        }
+    }
+
+    /// KIP-392: the followers a consumer fetching at `fetch_offset` could
+    /// read from instead of this leader, and this leader's log end offset
+    /// (Kafka's `findPreferredReadReplica`): those in the ISR whose last
+    /// fetch showed they hold the offset (log start ≤ it ≤ log end).
+    /// `None` when this broker does not lead.
+    pub fn read_replica_candidates(
+        &self,
+        fetch_offset: i64,
+        now_ms: i64,
+    ) -> Option<(i64, Vec<ReadReplicaCandidate>)> {
+        let role = self.role.lock();
+        let Role::Leader { followers, isr, .. } = &*role else {
+            return None;
+        };
+        let candidates = followers
+            .iter()
+            .filter(|f| {
+                isr.contains(&f.broker_id)
+                    && f.log_start_offset >= 0
+                    && f.log_start_offset <= fetch_offset
+                    && f.log_end_offset >= fetch_offset
+            })
+            .map(|f| ReadReplicaCandidate {
+                broker_id: f.broker_id,
+                log_end_offset: f.log_end_offset,
+                time_since_caught_up_ms: now_ms.saturating_sub(f.last_caught_up_time_ms).max(0),
+            })
+            .collect();
+        Some((self.log.log_end_offset(), candidates))
     }
 
     /// Kafka's `maybeShrinkIsr`: the in-sync followers that have not caught

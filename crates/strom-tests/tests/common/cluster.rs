@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use strom_client::ClientConfig;
 use strom_client::admin::Admin;
-use strom_testkit::LocalCluster;
+use strom_testkit::{ClusterBuilder, LocalCluster};
 
 /// How long a cluster test waits for a condition (debug builds on a loaded
 /// machine, elections and session timeouts included).
@@ -25,6 +25,11 @@ pub fn strom_bin() -> PathBuf {
 
 /// Three combined nodes with short timers, so faults show within seconds.
 pub async fn three_nodes() -> LocalCluster {
+    three_nodes_builder().start().await.unwrap()
+}
+
+/// The settings of [`three_nodes`], for a test to add its own to.
+pub fn three_nodes_builder() -> ClusterBuilder {
     let builder = LocalCluster::builder(strom_bin());
     // STROM_TEST_KEEP_DIR keeps the nodes' directories and logs there, to
     // look at after a failure.
@@ -37,9 +42,6 @@ pub async fn three_nodes() -> LocalCluster {
         .set("broker.session.timeout.ms", "3000")
         .set("broker.heartbeat.interval.ms", "500")
         .set("controller.quorum.election.timeout.ms", "500")
-        .start()
-        .await
-        .unwrap()
 }
 
 /// Polls `check` (blocking code, run off the runtime) until it holds, for
