@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use strom_controller::{Controller, MetadataImage};
 use strom_net::{ConnectOptions, Connection, TcpTransport};
 use strom_protocol::error_code::ErrorCode;
 use strom_protocol::messages::kafka::fetch_request::{FetchPartition, FetchTopic, ReplicaState};
@@ -41,11 +42,14 @@ use strom_protocol::messages::kafka::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, TopicName,
 };
 use strom_protocol::messages::{StrBytes, Uuid};
+use strom_storage::LogManager;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::broker::Broker;
+use crate::config::replication::ReplicationSettings;
 use crate::partition::{Partition, Role};
+use crate::replica::ReplicaManager;
 
 /// The oldest Fetch a follower sends: v12 carries the last fetched epoch.
 const MIN_FETCH_VERSION: i16 = 12;
@@ -60,9 +64,31 @@ const EARLIEST: i64 = -2;
 /// A partition by topic id and index, as fetch responses name it.
 type Key = (Uuid, i32);
 
+/// What the fetchers use of the broker.
+#[derive(Debug)]
+pub struct Node {
+    pub node_id: i32,
+    pub replicas: Arc<ReplicaManager>,
+    pub logs: Arc<LogManager>,
+    /// The metadata image (brokers' addresses and epochs).
+    pub controller: Arc<Controller>,
+    pub settings: ReplicationSettings,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// The broker's tasks (the fetchers are among them).
+    pub tasks: TaskTracker,
+}
+
+impl Node {
+    fn image(&self) -> Arc<MetadataImage> {
+        self.controller.image()
+    }
+}
+
 /// The fetchers, one per leader this broker follows.
 #[derive(Debug)]
 pub struct FetcherManager {
+    node: Arc<Node>,
     fetchers: Mutex<HashMap<i32, FetcherHandle>>,
 }
 
@@ -72,15 +98,10 @@ struct FetcherHandle {
     stop: CancellationToken,
 }
 
-impl Default for FetcherManager {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl FetcherManager {
-    pub fn new() -> Self {
+    pub fn new(node: Node) -> Self {
         Self {
+            node: Arc::new(node),
             fetchers: Mutex::new(HashMap::new()),
         }
     }
@@ -88,7 +109,8 @@ impl FetcherManager {
     /// Brings the fetchers in line with the partitions' roles: every
     /// partition this broker follows is fetched from its leader, and a
     /// fetcher without partitions stops.
-    pub fn sync(&self, broker: &Arc<Broker>) {
+    pub fn sync(&self) {
+        let broker = &self.node;
         let mut by_leader: HashMap<i32, Vec<Arc<Partition>>> = HashMap::new();
         for partition in broker.replicas.partitions() {
             if let Role::Follower { leader, .. } = partition.role()
@@ -156,12 +178,12 @@ struct Asked {
 
 /// Fetches from `leader` until `stop`.
 async fn run(
-    broker: Arc<Broker>,
+    broker: Arc<Node>,
     leader: i32,
     mut partitions: watch::Receiver<Vec<Arc<Partition>>>,
     stop: CancellationToken,
 ) {
-    let settings = broker.config.settings.replication.clone();
+    let settings = broker.settings.clone();
     let backoff = Duration::from_millis(settings.replica_fetch_backoff_ms);
     let mut conn: Option<Arc<Connection>> = None;
     // Partitions set aside after an error, until the instant given.
@@ -290,7 +312,7 @@ fn follows(partition: &Partition, leader: i32) -> bool {
 }
 
 async fn connect(
-    broker: &Broker,
+    broker: &Node,
     leader: i32,
     settings: &crate::config::replication::ReplicationSettings,
 ) -> Result<Connection, String> {
@@ -317,7 +339,7 @@ async fn connect(
 
 /// The Fetch for `partitions`, and what was asked of each.
 fn fetch_request(
-    broker: &Broker,
+    broker: &Node,
     partitions: &[Arc<Partition>],
     version: i16,
     settings: &crate::config::replication::ReplicationSettings,
@@ -395,7 +417,7 @@ enum Outcome {
 /// Applies a fetch response (on a blocking thread): appends, high
 /// watermarks, truncations. Returns the partitions the fetcher must act on.
 fn apply_response(
-    broker: &Broker,
+    broker: &Node,
     leader: i32,
     version: i16,
     response: FetchResponse,
@@ -432,7 +454,7 @@ fn apply_response(
 }
 
 fn apply_partition(
-    broker: &Broker,
+    broker: &Node,
     leader: i32,
     asked: &Asked,
     data: PartitionData,
@@ -501,7 +523,7 @@ fn apply_partition(
 /// `(leader_epoch, leader_end)`: the largest epoch the leader has at or below
 /// the follower's last, and where that epoch ends at the leader.
 fn truncate_on_divergence(
-    broker: &Broker,
+    broker: &Node,
     partition: &Partition,
     leadership: (i32, i32),
     leader_epoch: i32,
@@ -527,7 +549,7 @@ fn truncate_on_divergence(
 /// log's end (truncate to it), or starts above it (restart this log at the
 /// leader's start).
 async fn handle_out_of_range(
-    broker: &Arc<Broker>,
+    broker: &Arc<Node>,
     conn: &Connection,
     leader: i32,
     partition: &Arc<Partition>,

@@ -406,7 +406,7 @@ fn spawn_replication(broker: &Arc<Broker>) {
     broker.tasks.spawn(async move {
         let mut applied = for_sync.publisher.subscribe_applied();
         loop {
-            for_sync.fetchers.sync(&for_sync);
+            for_sync.fetchers.sync();
             tokio::select! {
                 () = for_sync.shutdown.cancelled() => return,
                 changed = applied.changed() => if changed.is_err() { return },
@@ -532,6 +532,17 @@ fn open(
     groups.sync(&replicas.topic_partitions(OFFSETS_TOPIC));
     txn.sync(&replicas.topic_partitions(TRANSACTION_STATE_TOPIC));
     let queued_max_request_bytes = config.settings.queued_max_request_bytes;
+    let replicas = Arc::new(replicas);
+    let (shutdown, tasks) = (CancellationToken::new(), TaskTracker::new());
+    let fetchers = crate::fetcher::FetcherManager::new(crate::fetcher::Node {
+        node_id: config.node_id,
+        replicas: Arc::clone(&replicas),
+        logs: Arc::clone(&logs),
+        controller: Arc::clone(&controller),
+        settings: config.settings.replication.clone(),
+        shutdown: shutdown.clone(),
+        tasks: tasks.clone(),
+    });
     // A broker-only node keeps no metadata log: it follows the voters'.
     let metadata_log = controller.quorum().map(|q| Arc::clone(q.metadata_log()));
     Ok(Broker {
@@ -542,8 +553,8 @@ fn open(
         advertised_port,
         controller,
         logs,
-        replicas: Arc::new(replicas),
-        fetchers: crate::fetcher::FetcherManager::new(),
+        replicas: Arc::clone(&replicas),
+        fetchers,
         isr: Arc::new(crate::isr::IsrManager::default()),
         fetch_sessions: Mutex::new(fetch_sessions),
         groups: Arc::new(groups),
@@ -553,8 +564,8 @@ fn open(
         publisher: Arc::new(Publisher::new(image.offset)),
         metadata_log,
         producer_ids,
-        shutdown: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        shutdown,
+        tasks,
         config,
         _meta_lock: meta_lock,
     })

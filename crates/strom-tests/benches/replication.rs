@@ -48,9 +48,7 @@ use common::raw::RawConnection;
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use strom_testkit::LocalCluster;
 use support::{env_usize, produce_latency_samples_at, producer_at, send, stats, wanted};
 
@@ -114,7 +112,10 @@ fn create_with(
     wait_for("leaders everywhere", || {
         let mut first = None;
         for a in addrs {
-            let (leaders, _) = RawConnection::connect(*a, Duration::from_secs(5)).ok()?.leaders(topic).ok()?;
+            let (leaders, _) = RawConnection::connect(*a, Duration::from_secs(5))
+                .ok()?
+                .leaders(topic)
+                .ok()?;
             if leaders.iter().any(|l| *l <= 0) {
                 return None;
             }
@@ -125,7 +126,11 @@ fn create_with(
 }
 
 fn addrs(cluster: &LocalCluster) -> Vec<SocketAddr> {
-    cluster.node_ids().into_iter().map(|id| cluster.addr(id)).collect()
+    cluster
+        .node_ids()
+        .into_iter()
+        .map(|id| cluster.addr(id))
+        .collect()
 }
 
 /// Leader and sorted ISR of partition 0 of `topic` as the node at `addr`
@@ -135,7 +140,9 @@ fn leader_and_isr(addr: SocketAddr, topic: &str) -> Option<(i32, Vec<i32>)> {
         .set("bootstrap.servers", addr.to_string())
         .create()
         .ok()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .ok()?;
     let p = metadata.topics().first()?.partitions().first()?;
     let mut isr = p.isr().to_vec();
     isr.sort_unstable();
@@ -147,8 +154,10 @@ fn settled(cluster: &LocalCluster, topic: &str) -> i32 {
     let addrs = addrs(cluster);
     let all: Vec<i32> = cluster.node_ids();
     wait_for("the partition settled with every replica in sync", || {
-        let views: Vec<(i32, Vec<i32>)> =
-            addrs.iter().map(|a| leader_and_isr(*a, topic)).collect::<Option<_>>()?;
+        let views: Vec<(i32, Vec<i32>)> = addrs
+            .iter()
+            .map(|a| leader_and_isr(*a, topic))
+            .collect::<Option<_>>()?;
         (views.windows(2).all(|w| w[0] == w[1]) && views[0].1 == all && views[0].0 > 0)
             .then_some(views[0].0)
     })
@@ -170,7 +179,9 @@ fn throughput(bootstrap: &str, topic: &str, acks: &str, count: usize) -> f64 {
 }
 
 async fn section_throughput(runs: usize, count: usize) {
-    println!("\n1. Throughput: {count} records of 1 KiB over 3 partitions, one librdkafka producer (linger 5 ms), {runs} runs alternating");
+    println!(
+        "\n1. Throughput: {count} records of 1 KiB over 3 partitions, one librdkafka producer (linger 5 ms), {runs} runs alternating"
+    );
     let single = cluster(1).await;
     let three = cluster(3).await;
     let (mut ones, mut alls, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
@@ -187,7 +198,10 @@ async fn section_throughput(runs: usize, count: usize) {
         let all = tokio::task::spawn_blocking(move || throughput(&b, &topic, "all", count))
             .await
             .unwrap();
-        println!("  run {run}: one node acks=1 {one:>7.1} MB/s   three nodes RF 3 acks=all {all:>7.1} MB/s   ratio {:.2}", all / one);
+        println!(
+            "  run {run}: one node acks=1 {one:>7.1} MB/s   three nodes RF 3 acks=all {all:>7.1} MB/s   ratio {:.2}",
+            all / one
+        );
         ones.push(one);
         alls.push(all);
         ratios.push(all / one);
@@ -198,11 +212,17 @@ async fn section_throughput(runs: usize, count: usize) {
 }
 
 async fn section_latency(secs: f64) {
-    println!("\n2. acks=all latency at 10 MB/s of 1 KiB records for {secs} s, RF 3, min.insync.replicas=2 (ms)");
+    println!(
+        "\n2. acks=all latency at 10 MB/s of 1 KiB records for {secs} s, RF 3, min.insync.replicas=2 (ms)"
+    );
     let three = cluster(3).await;
     for (topic, label, extra) in [
         ("latency", "default flushing", &[][..]),
-        ("latency-fsync", "flush.messages=1", &[("flush.messages", "1")][..]),
+        (
+            "latency-fsync",
+            "flush.messages=1",
+            &[("flush.messages", "1")][..],
+        ),
     ] {
         create_with(three.addr(1), &addrs(&three), topic, 1, 3, extra);
         let b = three.bootstrap();
@@ -235,7 +255,10 @@ impl ClientContext for Outcomes {}
 impl ProducerContext for Outcomes {
     type DeliveryOpaque = Box<Instant>;
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
-        self.0.lock().unwrap().push((*sent, Instant::now(), result.is_ok()));
+        self.0
+            .lock()
+            .unwrap()
+            .push((*sent, Instant::now(), result.is_ok()));
     }
 }
 
@@ -273,13 +296,23 @@ fn steady_producer(
 }
 
 async fn section_unavailability(rounds: usize) {
-    println!("\n3. Unavailability of a partition (RF 3, min.insync.replicas=2) when its leader goes, one acks=all record per ms; broker.session.timeout.ms {SESSION_MS}");
+    println!(
+        "\n3. Unavailability of a partition (RF 3, min.insync.replicas=2) when its leader goes, one acks=all record per ms; broker.session.timeout.ms {SESSION_MS}"
+    );
     let mut three = cluster(3).await;
     create(three.addr(1), &addrs(&three), "steady", 1, 3);
     let stop = Arc::new(AtomicBool::new(false));
     let outcomes = Arc::new(Mutex::new(Vec::new()));
-    let writer = steady_producer(three.bootstrap(), "steady", Arc::clone(&stop), Arc::clone(&outcomes));
-    for (label, kill, n) in [("kill -9", true, rounds), ("SIGTERM", false, rounds.div_ceil(2))] {
+    let writer = steady_producer(
+        three.bootstrap(),
+        "steady",
+        Arc::clone(&stop),
+        Arc::clone(&outcomes),
+    );
+    for (label, kill, n) in [
+        ("kill -9", true, rounds),
+        ("SIGTERM", false, rounds.div_ceil(2)),
+    ] {
         let mut gaps = Vec::new();
         let mut failed = 0;
         for _ in 0..n {
@@ -305,17 +338,26 @@ async fn section_unavailability(rounds: usize) {
             settled(&three, "steady");
             failed += outcomes.lock().unwrap().iter().filter(|o| !o.2).count();
         }
-        println!("  {label:<8} to the first acks=all acknowledgement (ms): {}   failed deliveries: {failed}", stats(gaps));
+        println!(
+            "  {label:<8} to the first acks=all acknowledgement (ms): {}   failed deliveries: {failed}",
+            stats(gaps)
+        );
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
 }
 
 async fn section_rejoin(down: Duration) {
-    println!("\n4. A follower down for {down:?} while 5 MB/s of 1 KiB records is written at acks=all: from its restart to its return to the ISR");
+    println!(
+        "\n4. A follower down for {down:?} while 5 MB/s of 1 KiB records is written at acks=all: from its restart to its return to the ISR"
+    );
     let mut three = cluster(3).await;
     let leader = create(three.addr(1), &addrs(&three), "rejoin", 1, 3);
-    let follower = three.node_ids().into_iter().find(|id| *id != leader).unwrap();
+    let follower = three
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
     let b = three.bootstrap();
     let total = down.as_secs_f64() + 60.0;
     let writer = tokio::task::spawn_blocking(move || {
@@ -355,8 +397,12 @@ fn main() {
     let quick = std::env::var("STROM_BENCH_QUICK").is_ok_and(|v| v != "0");
     let runs = env_usize("STROM_BENCH_RUNS", if quick { 1 } else { 3 });
     let rounds = env_usize("STROM_BENCH_ROUNDS", if quick { 2 } else { 10 });
-    let down = Duration::from_secs(env_usize("STROM_BENCH_DOWN_S", if quick { 5 } else { 30 }) as u64);
-    println!("strom replication benchmark: {} on this machine", strom_bin().display());
+    let down =
+        Duration::from_secs(env_usize("STROM_BENCH_DOWN_S", if quick { 5 } else { 30 }) as u64);
+    println!(
+        "strom replication benchmark: {} on this machine",
+        strom_bin().display()
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
