@@ -265,7 +265,8 @@ fn described_lines(described: &Described, filter: Filter) -> Vec<String> {
             lines.push(format!(
                 "Topic: {}\tTopicId: {}\tPartitionCount: {}\tReplicationFactor: {}",
                 topic.name,
-                topic.id,
+                // Kafka's form: URL-safe base64, 22 characters.
+                strom_controller::controller::kafka_uuid_string(&topic.id),
                 topic.partitions.len(),
                 replication_factor
             ));
@@ -396,7 +397,7 @@ mod tests {
             [
                 format!(
                     "Topic: orders\tTopicId: {}\tPartitionCount: 4\tReplicationFactor: 3",
-                    Uuid::nil()
+                    strom_controller::controller::kafka_uuid_string(&Uuid::nil())
                 ),
                 "\tTopic: orders\tPartition: 0\tLeader: 1\tLeaderEpoch: 4\tReplicas: 1,2,3\tIsr: 1,2,3".into(),
                 "\tTopic: orders\tPartition: 1\tLeader: 2\tLeaderEpoch: 4\tReplicas: 2,3,1\tIsr: 2,1\tUnder-replicated".into(),
