@@ -7,7 +7,10 @@
 //! other partitions keep taking and serving records; afterwards the producer
 //! resumes on the victim's partition without failing a record, and the
 //! consumer reads every acknowledged record exactly once, in order, per
-//! partition.
+//! partition. With three replicas per partition the same fault moves the
+//! victim's leadership to another replica, and the clients follow it
+//! (NOT_LEADER_OR_FOLLOWER, FENCED_LEADER_EPOCH, a lost connection: refresh
+//! the metadata and retry) without a gap.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -149,11 +152,13 @@ async fn until_counts(
     .await;
 }
 
-async fn survive(fault: Fault) {
+/// `replication`: 1 (the victim's partition is down until it returns) or 3
+/// (its leadership moves to another replica and nothing stops).
+async fn survive(fault: Fault, replication: i16) {
     let mut cluster = three_nodes().await;
     let bootstrap = cluster.bootstrap();
     let created = strom_admin(&bootstrap)
-        .create_topics(&[NewTopic::new(TOPIC, PARTITIONS, 1)], false)
+        .create_topics(&[NewTopic::new(TOPIC, PARTITIONS, replication)], false)
         .await;
     created[TOPIC].as_ref().unwrap();
     // One partition per broker (the controller's round robin), each led.
@@ -224,20 +229,27 @@ async fn survive(fault: Fault) {
         Fault::Stop => cluster.stop(victim).await.unwrap(),
     }
     let witness_addr = cluster.addr(witness);
-    eventually("the victim's partition without a leader", move || {
+    eventually("the victim's partition without it as leader", move || {
         let l = RawConnection::connect(witness_addr, Duration::from_secs(5))
             .ok()?
             .leaders(TOPIC)
             .ok()?
             .0;
-        (l.get(1) == Some(&-1)).then_some(())
+        // Without replicas it has none; with them another replica leads.
+        let moved = if replication == 1 {
+            l.get(1) == Some(&-1)
+        } else {
+            l.get(1).is_some_and(|id| *id > 0 && *id != victim)
+        };
+        moved.then_some(())
     })
     .await;
-    // While it is down, the other partitions go on, both ways.
+    // While it is down, the other partitions go on, both ways (with
+    // replicas, the victim's too, at its new leader).
     let others: Vec<i32> = all
         .iter()
         .copied()
-        .filter(|p| *p != victim_partition)
+        .filter(|p| replication > 1 || *p != victim_partition)
         .collect();
     let acked_now = at(&|p| count(&acked, p) + PROGRESS);
     until_counts(
@@ -324,10 +336,20 @@ async fn survive(fault: Fault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_rides_out_a_killed_broker_and_its_restart() {
-    survive(Fault::Kill).await;
+    survive(Fault::Kill, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_leader_moved_by_a_kill() {
+    survive(Fault::Kill, 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_a_leader_moved_by_a_controlled_shutdown() {
+    survive(Fault::Stop, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_rides_out_a_stopped_broker_and_its_restart() {
-    survive(Fault::Stop).await;
+    survive(Fault::Stop, 1).await;
 }
