@@ -155,6 +155,9 @@ pub struct Targets {
     pub replicas: Arc<ReplicaManager>,
     pub groups: Arc<GroupCoordinator>,
     pub txn: Arc<TxnCoordinator>,
+    /// A deleted topic's series go on every broker, not only on the one
+    /// that took the DeleteTopics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Applies one image.
@@ -186,6 +189,9 @@ async fn publish(targets: &Arc<Targets>, image: &Arc<MetadataImage>, delta: &Met
         .groups
         .on_topics_deleted(&delta.deleted_topics)
         .await;
+    for topic in &delta.deleted_topics {
+        targets.metrics.forget_topic(topic);
+    }
 }
 
 #[cfg(test)]

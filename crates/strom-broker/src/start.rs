@@ -341,6 +341,7 @@ pub async fn start_with_clock(
         replicas: Arc::clone(&broker.replicas),
         groups: Arc::clone(&broker.groups),
         txn: Arc::clone(&broker.txn),
+        metrics: Arc::clone(&broker.metrics),
     };
     broker.tasks.spawn(Arc::clone(&broker.publisher).run(
         broker.controller.subscribe(),
