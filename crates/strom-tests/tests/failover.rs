@@ -12,21 +12,14 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{DEADLINE, eventually, three_nodes};
+use common::cluster::{eventually, three_nodes};
+use common::numbered::{Writer, leader_and_isr, read_all};
 use common::raw::RawConnection;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use strom_testkit::LocalCluster;
 
 const TOPIC: &str = "failover";
-/// Records in flight at once from the producer.
-const IN_FLIGHT: usize = 5;
 /// Records acknowledged before a fault, and again after it.
 const PER_PHASE: usize = 150;
 
@@ -52,159 +45,6 @@ async fn leader(cluster: &LocalCluster, except: Option<i32>) -> i32 {
         })
     })
     .await
-}
-
-/// The leader and ISR librdkafka reads from the node at `addr` (its own
-/// metadata, which a node just back from a pause may still have stale).
-fn leader_and_isr(addr: SocketAddr) -> Option<(i32, Vec<i32>)> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", addr.to_string())
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .ok()?;
-    let partition = metadata.topics().first()?.partitions().first()?;
-    let mut isr = partition.isr().to_vec();
-    isr.sort_unstable();
-    Some((partition.leader(), isr))
-}
-
-/// Writes numbered records until `stop` has been set and `after_stop` more
-/// were acknowledged; returns the acknowledged numbers.
-struct Writer {
-    acked: Arc<Mutex<Vec<u64>>>,
-    /// Set to stop sending (what is in flight still completes).
-    stopped: Arc<std::sync::atomic::AtomicBool>,
-    errors: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(bootstrap: &str, total: usize) -> Self {
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set("message.timeout.ms", "120000")
-            .set("request.timeout.ms", "10000")
-            // librdkafka's request timeout: a request to a paused leader is
-            // given up (and retried at the new one) after this.
-            .set("socket.timeout.ms", "10000")
-            .create()
-            .unwrap();
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (acked_in, errors_in, stopped_in) = (
-            Arc::clone(&acked),
-            Arc::clone(&errors),
-            Arc::clone(&stopped),
-        );
-        let task = tokio::spawn(async move {
-            let mut in_flight = FuturesOrdered::new();
-            let mut next: u64 = 0;
-            loop {
-                while in_flight.len() < IN_FLIGHT
-                    && acked_in.lock().unwrap().len() < total
-                    && !stopped_in.load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    let n = next;
-                    next += 1;
-                    let producer = producer.clone();
-                    in_flight.push_back(async move {
-                        let value = n.to_string();
-                        let sent = producer
-                            .send(
-                                FutureRecord::<(), str>::to(TOPIC)
-                                    .partition(0)
-                                    .payload(&value),
-                                Duration::from_secs(120),
-                            )
-                            .await;
-                        (n, sent.map(|_| ()).map_err(|(e, _)| e.to_string()))
-                    });
-                }
-                let Some((n, outcome)) = in_flight.next().await else {
-                    return;
-                };
-                match outcome {
-                    Ok(()) => acked_in.lock().unwrap().push(n),
-                    Err(e) => errors_in.lock().unwrap().push(format!("{n}: {e}")),
-                }
-            }
-        });
-        Self {
-            acked,
-            stopped,
-            errors,
-            task,
-        }
-    }
-
-    fn stop(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn wait_for(&self, count: usize) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.acked() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {count} acknowledged; errors: {:?}",
-                self.acked(),
-                self.errors.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn finish(self) -> (Vec<u64>, Vec<String>) {
-        tokio::time::timeout(DEADLINE * 2, self.task)
-            .await
-            .expect("the writer finishes")
-            .unwrap();
-        let acked = self.acked.lock().unwrap().clone();
-        let errors = self.errors.lock().unwrap().clone();
-        (acked, errors)
-    }
-}
-
-/// Every value of the partition from the start, read by librdkafka until
-/// the high watermark.
-fn read_all(bootstrap: &str) -> Vec<u64> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "failover-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let (_, high) = consumer
-        .fetch_watermarks(TOPIC, 0, Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(TOPIC, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let mut values = Vec::new();
-    let mut position = 0;
-    while position < high && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            position = m.offset() + 1;
-            let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            values.push(text.parse().unwrap());
-        }
-    }
-    assert_eq!(position, high, "read up to the high watermark");
-    values
 }
 
 /// The partition's log bytes under `data_dir`, segments in offset order.
@@ -235,14 +75,14 @@ async fn check(mut cluster: LocalCluster, acked: Vec<u64>) {
     let leader = eventually("every node sees all three replicas in sync", move || {
         let views: Vec<(i32, Vec<i32>)> = addrs
             .iter()
-            .map(|a| leader_and_isr(*a))
+            .map(|a| leader_and_isr(*a, TOPIC))
             .collect::<Option<_>>()?;
         let agreed = views.windows(2).all(|w| w[0] == w[1]) && views[0].1 == vec![1, 2, 3];
         agreed.then_some(views[0].0)
     })
     .await;
     let bootstrap_leader = cluster.addr(leader).to_string();
-    let read = tokio::task::spawn_blocking(move || read_all(&bootstrap_leader))
+    let read = tokio::task::spawn_blocking(move || read_all(&bootstrap_leader, TOPIC))
         .await
         .unwrap();
     let unique: BTreeSet<u64> = read.iter().copied().collect();
@@ -327,7 +167,7 @@ async fn setup() -> (LocalCluster, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_twice_loses_no_acknowledged_record() {
     let (mut cluster, bootstrap) = setup().await;
-    let writer = Writer::start(&bootstrap, 3 * PER_PHASE);
+    let writer = Writer::start(&bootstrap, TOPIC, 3 * PER_PHASE);
     for round in 1..=2 {
         writer.wait_for(round * PER_PHASE).await;
         let victim = leader(&cluster, None).await;
@@ -348,7 +188,7 @@ async fn killing_the_leader_twice_loses_no_acknowledged_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_past_its_session_loses_no_acknowledged_record() {
     let (cluster, bootstrap) = setup().await;
-    let writer = Writer::start(&bootstrap, 2 * PER_PHASE);
+    let writer = Writer::start(&bootstrap, TOPIC, 2 * PER_PHASE);
     writer.wait_for(PER_PHASE).await;
     let victim = leader(&cluster, None).await;
     cluster.pause(victim).unwrap();
@@ -370,7 +210,7 @@ async fn a_follower_down_for_thirty_seconds_catches_up_and_rejoins_the_isr() {
     /// fault's length, as the issue states it).
     const DOWN: Duration = Duration::from_secs(30);
     let (mut cluster, bootstrap) = setup().await;
-    let writer = Writer::start(&bootstrap, usize::MAX);
+    let writer = Writer::start(&bootstrap, TOPIC, usize::MAX);
     writer.wait_for(PER_PHASE).await;
     let leader_id = leader(&cluster, None).await;
     let follower = cluster
@@ -383,7 +223,7 @@ async fn a_follower_down_for_thirty_seconds_catches_up_and_rejoins_the_isr() {
     eventually(
         "the leader drops the dead follower from the ISR",
         move || {
-            let (_, isr) = leader_and_isr(at_leader)?;
+            let (_, isr) = leader_and_isr(at_leader, TOPIC)?;
             (!isr.contains(&follower)).then_some(())
         },
     )
@@ -399,7 +239,7 @@ async fn a_follower_down_for_thirty_seconds_catches_up_and_rejoins_the_isr() {
     );
     cluster.restart(follower).await.unwrap();
     eventually("the follower rejoins the ISR", move || {
-        let (_, isr) = leader_and_isr(at_leader)?;
+        let (_, isr) = leader_and_isr(at_leader, TOPIC)?;
         isr.contains(&follower).then_some(())
     })
     .await;

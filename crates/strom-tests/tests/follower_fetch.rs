@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{DEADLINE, eventually, three_nodes_builder};
+use common::numbered::leader_and_isr;
 use common::raw::RawConnection;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -76,28 +77,13 @@ async fn create_topic(cluster: &LocalCluster) -> i32 {
         move || {
             let views: Vec<(i32, Vec<i32>)> = addrs
                 .iter()
-                .map(|a| leader_and_isr(*a))
+                .map(|a| leader_and_isr(*a, TOPIC))
                 .collect::<Option<_>>()?;
             let agreed = views.windows(2).all(|w| w[0] == w[1]);
             (agreed && views[0].0 > 0 && views[0].1 == [1, 2, 3]).then_some(views[0].0)
         },
     )
     .await
-}
-
-/// The partition's leader and ISR as the node at `addr` answers librdkafka.
-fn leader_and_isr(addr: SocketAddr) -> Option<(i32, Vec<i32>)> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", addr.to_string())
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(TOPIC), Duration::from_secs(5))
-        .ok()?;
-    let partition = metadata.topics().first()?.partitions().first()?;
-    let mut isr = partition.isr().to_vec();
-    isr.sort_unstable();
-    Some((partition.leader(), isr))
 }
 
 /// An idempotent acks=all producer that rides out a leader change.

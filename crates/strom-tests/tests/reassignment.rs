@@ -11,16 +11,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::{DEADLINE, eventually, strom_bin};
+use common::cluster::{eventually, strom_bin};
+use common::numbered::{Writer, read_all};
 use common::raw::RawConnection;
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
-use rdkafka::Message;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use strom_protocol::messages::kafka::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
     CreateTopicsRequest, CreateTopicsResponse, ListPartitionReassignmentsRequest,
@@ -33,8 +28,6 @@ use strom_protocol::messages::{ApiKey, StrBytes};
 use strom_testkit::LocalCluster;
 
 const TOPIC: &str = "moving";
-/// Records in flight at once from the producer.
-const IN_FLIGHT: usize = 5;
 /// Records acknowledged before the move, during it, and after it.
 const PER_PHASE: usize = 100;
 /// Kafka's error codes the test expects.
@@ -176,124 +169,6 @@ fn partition_view(addr: SocketAddr) -> Option<(i32, Vec<i32>, Vec<i32>)> {
     ))
 }
 
-/// Writes numbered records until `total` are acknowledged.
-struct Writer {
-    acked: Arc<Mutex<Vec<u64>>>,
-    errors: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(bootstrap: &str, total: usize) -> Self {
-        let producer: FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "0")
-            .set("message.timeout.ms", "120000")
-            .set("request.timeout.ms", "10000")
-            .set("socket.timeout.ms", "10000")
-            .create()
-            .unwrap();
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (acked_in, errors_in) = (Arc::clone(&acked), Arc::clone(&errors));
-        let task = tokio::spawn(async move {
-            let mut in_flight = FuturesOrdered::new();
-            let mut next: u64 = 0;
-            loop {
-                while in_flight.len() < IN_FLIGHT && acked_in.lock().unwrap().len() < total {
-                    let n = next;
-                    next += 1;
-                    let producer = producer.clone();
-                    in_flight.push_back(async move {
-                        let value = n.to_string();
-                        let sent = producer
-                            .send(
-                                FutureRecord::<(), str>::to(TOPIC)
-                                    .partition(0)
-                                    .payload(&value),
-                                Duration::from_secs(120),
-                            )
-                            .await;
-                        (n, sent.map(|_| ()).map_err(|(e, _)| e.to_string()))
-                    });
-                }
-                let Some((n, outcome)) = in_flight.next().await else {
-                    return;
-                };
-                match outcome {
-                    Ok(()) => acked_in.lock().unwrap().push(n),
-                    Err(e) => errors_in.lock().unwrap().push(format!("{n}: {e}")),
-                }
-            }
-        });
-        Self {
-            acked,
-            errors,
-            task,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn wait_for(&self, count: usize) {
-        let deadline = Instant::now() + DEADLINE;
-        while self.acked() < count {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {count} acknowledged; errors: {:?}",
-                self.acked(),
-                self.errors.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn finish(self) -> (Vec<u64>, Vec<String>) {
-        tokio::time::timeout(DEADLINE * 2, self.task)
-            .await
-            .expect("the writer finishes")
-            .unwrap();
-        let acked = self.acked.lock().unwrap().clone();
-        let errors = self.errors.lock().unwrap().clone();
-        (acked, errors)
-    }
-}
-
-/// Every value of the partition from the start, read by librdkafka up to
-/// the high watermark.
-fn read_all(bootstrap: &str) -> Vec<u64> {
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "reassignment-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let (_, high) = consumer
-        .fetch_watermarks(TOPIC, 0, Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(TOPIC, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    let mut values = Vec::new();
-    let mut position = 0;
-    while position < high && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            position = m.offset() + 1;
-            let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            values.push(text.parse().unwrap());
-        }
-    }
-    assert_eq!(position, high, "read up to the high watermark");
-    values
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_moves_to_a_new_broker_without_losing_an_acknowledged_record() {
     let cluster = four_brokers().await;
@@ -317,7 +192,7 @@ async fn a_partition_moves_to_a_new_broker_without_losing_an_acknowledged_record
     )
     .await;
 
-    let writer = Writer::start(&cluster.bootstrap(), 3 * PER_PHASE);
+    let writer = Writer::start(&cluster.bootstrap(), TOPIC, 3 * PER_PHASE);
     writer.wait_for(PER_PHASE).await;
 
     // Broker 4 is stopped while the move starts, so it cannot catch up
@@ -378,7 +253,7 @@ async fn a_partition_moves_to_a_new_broker_without_losing_an_acknowledged_record
         "the idempotent producer failed: {errors:?}"
     );
     let bootstrap = cluster.addr(leader).to_string();
-    let read = tokio::task::spawn_blocking(move || read_all(&bootstrap))
+    let read = tokio::task::spawn_blocking(move || read_all(&bootstrap, TOPIC))
         .await
         .unwrap();
     let unique: BTreeSet<u64> = read.iter().copied().collect();

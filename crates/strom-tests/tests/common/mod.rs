@@ -20,6 +20,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 pub mod cluster;
+pub mod numbered;
 pub mod raw;
 
 /// How long a broker may take to print its ready line (debug build, recovery).
