@@ -55,6 +55,39 @@ def expected(i, offset=None):
 # ---------------------------------------------------------------- producers
 
 
+def await_leader(bootstrap, topic, partitions=1):
+    """Creates `topic` (if new) and waits until its partitions' leaders answer for them.
+
+    acks=0 producers get no error back: records sent to a broker that has not yet taken up a new
+    partition's leadership (in a cluster, every broker applies the new metadata on its own) are
+    dropped, as in Kafka. A test that counts acks=0 records first waits for this.
+    """
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until its futures resolve
+    futures = admin.create_topics([NewTopic(topic, partitions)])
+    for future in futures.values():
+        try:
+            future.result(timeout=DEADLINE_S)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"await-{topic}"})
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        for p in range(partitions):
+            while True:
+                try:
+                    consumer.get_watermark_offsets(CTopicPartition(topic, p), timeout=5)
+                    break
+                except KafkaException:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+    finally:
+        consumer.close()
+
+
 def produce_kafka_python(bootstrap, topic, n, partition=0, start=0, **config):
     """Sends records start..start+n-1 with kafka-python; returns their offsets in send order."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **config)

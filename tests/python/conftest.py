@@ -31,6 +31,27 @@ READY_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
 LOG_TAIL_LINES = 200
 
+# STROM_PY_CLUSTER=N runs the module-broker suites against an N-node cluster
+# with default.replication.factor=N instead of one broker (the test command
+# runs them both ways). Tests that start their own brokers run only in the
+# single-broker pass, as do those marked single_broker_only.
+CLUSTER_NODES = int(os.environ.get("STROM_PY_CLUSTER") or 0)
+single_broker_only = pytest.mark.skipif(
+    CLUSTER_NODES > 0, reason="about one broker's own files, metrics or restarts")
+# What the suites give the topics they create (every node holds a replica of each in a
+# cluster), and the ids of the nodes that hold them: the one broker is node 1.
+REPLICATION_FACTOR = CLUSTER_NODES or 1
+NODE_IDS = list(range(1, REPLICATION_FACTOR + 1))
+# Transactions whose coordinators (group, transaction) and partition leaders are on
+# different brokers: not yet (issue 18).
+needs_coordinators_across_brokers = pytest.mark.skipif(
+    CLUSTER_NODES > 0, reason="coordinators across brokers: issue 18")
+
+
+def replication_bug(what):
+    """Skips a test in the cluster pass for a known replication bug, named in `what`."""
+    return pytest.mark.skipif(CLUSTER_NODES > 0, reason=f"replication bug: {what}")
+
 
 def strom_binary():
     binary = pathlib.Path(os.environ.get("STROM_BIN") or REPO / "target" / "debug" / "strom")
@@ -122,6 +143,15 @@ class Broker:
         self.metrics_url = match.group(1)
         return self
 
+    @property
+    def nodes(self):
+        """The broker processes behind this one (the module fixture's interface; see ClusterBroker)."""
+        return [self]
+
+    def partition_dir(self, topic, partition=0):
+        """The directory of the partition's segment files."""
+        return self.data_dir / f"{topic}-{partition}"
+
     def running(self):
         return self.process is not None and self.process.poll() is None
 
@@ -183,6 +213,8 @@ class BrokerFactory:
 @pytest.fixture
 def broker_factory():
     """Per-test brokers (restart and crash tests); all killed and their files removed afterwards."""
+    if CLUSTER_NODES:
+        pytest.skip("starts its own brokers: run in the single-broker pass")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-"))
     factory = BrokerFactory(workdir)
     try:
@@ -262,6 +294,8 @@ class Cluster:
 @pytest.fixture
 def cluster_factory():
     """Per-test clusters; all killed and their files removed afterwards."""
+    if CLUSTER_NODES:
+        pytest.skip("starts its own cluster: run in the single-broker pass")
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-cluster-"))
     clusters = []
 
@@ -281,13 +315,73 @@ def cluster_factory():
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+class ClusterBroker:
+    """A cluster seen through the module-broker fixture's interface: `bootstrap` names every
+    node; `data_dir` and `metrics_url` are node 1's (with replication factor N it holds every
+    partition, though a follower's copy may lag), `nodes` are all of them, and
+    `partition_dir` is the directory of the partition's current leader."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.first = cluster.brokers[0]
+        self.data_dir = self.first.data_dir
+
+    def start(self):
+        self.cluster.start()
+        return self
+
+    @property
+    def metrics_url(self):
+        return self.first.metrics_url
+
+    @property
+    def pid(self):
+        return self.first.pid
+
+    @property
+    def process(self):
+        return self.first.process
+
+    @property
+    def bootstrap(self):
+        return self.cluster.bootstrap
+
+    @property
+    def nodes(self):
+        return self.cluster.brokers
+
+    def partition_dir(self, topic, partition=0):
+        """The segment directory of the partition's leader (a follower's copy may lag)."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        leader = admin.list_topics(topic=topic, timeout=10).topics[topic].partitions[partition].leader
+        (node,) = [b for b in self.cluster.brokers if b.node_id == leader]
+        return node.data_dir / f"{topic}-{partition}"
+
+    def running(self):
+        return all(b.running() for b in self.cluster.brokers)
+
+    def stop(self):
+        self.cluster.stop()
+
+    def kill(self):
+        self.cluster.kill()
+
+    def log_tail(self, lines=LOG_TAIL_LINES):
+        return "\n".join(b.log_tail(lines) for b in self.cluster.brokers)
+
+
 def module_broker(*properties):
-    """A fixture: one broker shared by a test module, stopped with SIGTERM (exit 0) at its end."""
+    """A fixture: one broker shared by a test module, stopped with SIGTERM (exit 0) at its end
+    (with STROM_PY_CLUSTER, a cluster)."""
 
     @pytest.fixture(scope="module")
     def broker():
         workdir = pathlib.Path(tempfile.mkdtemp(prefix="strom-py-"))
-        b = Broker(workdir / "data", workdir / "broker.stderr.log", properties)
+        if CLUSTER_NODES:
+            replicated = [f"default.replication.factor={CLUSTER_NODES}", *properties]
+            b = ClusterBroker(Cluster(workdir, CLUSTER_NODES, replicated))
+        else:
+            b = Broker(workdir / "data", workdir / "broker.stderr.log", properties)
         try:
             b.start()
             yield b
@@ -333,6 +427,8 @@ def pytest_runtest_makereport(item, call):
     for value in funcargs.values():
         if isinstance(value, Broker):
             brokers.append(value)
+        elif isinstance(value, ClusterBroker):
+            brokers.extend(value.cluster.brokers)
         elif isinstance(value, BrokerFactory):
             brokers.extend(value.brokers)
         elif isinstance(value, Cluster):

@@ -2,6 +2,8 @@
 
 The module's broker has auto-creation off and `num.partitions=3`, so a deleted or
 unknown topic stays gone and a topic created without a partition count gets 3.
+Topics get REPLICATION_FACTOR replicas: one on the one broker, one on every node
+in the cluster pass, where each partition's leader is one of them.
 """
 
 import kafka.errors as kerr
@@ -13,7 +15,7 @@ from kafka.admin import ConfigResource as KConfigResource
 from kafka.admin import ConfigResourceType
 
 from clients import check, confluent_error, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
-from conftest import module_broker, wait_until
+from conftest import NODE_IDS, REPLICATION_FACTOR, module_broker, wait_until
 
 broker = module_broker("auto.create.topics.enable=false", "num.partitions=3")
 
@@ -63,15 +65,15 @@ def assert_produce_fails_kafka_python(bootstrap, topic):
 
 def test_confluent_admin_lifecycle(broker, admin):
     topic = "ck-admin"
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1, config={"retention.ms": "3600000"})])[topic].result(30)
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=REPLICATION_FACTOR, config={"retention.ms": "3600000"})])[topic].result(30)
 
     metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
     assert metadata.error is None
     assert sorted(metadata.partitions) == [0, 1, 2]
     for p in metadata.partitions.values():
-        assert (p.leader, p.replicas, p.isrs) == (1, [1], [1]), f"partition {p.id}"
+        assert (p.leader in NODE_IDS, sorted(p.replicas), sorted(p.isrs)) == (True, NODE_IDS, NODE_IDS), f"partition {p.id}: {p}"
     described = admin.describe_topics(TopicCollection([topic]))[topic].result(30)
-    assert [p.leader.id for p in described.partitions] == [1, 1, 1]
+    assert [p.leader.id for p in described.partitions] == [metadata.partitions[i].leader for i in range(3)]
     assert described.topic_id is not None and str(described.topic_id) != "AAAAAAAAAAAAAAAAAAAAAA"
 
     entries = admin.describe_configs([ConfigResource("topic", topic)])
@@ -87,7 +89,7 @@ def test_confluent_admin_lifecycle(broker, admin):
     admin.create_partitions([NewPartitions(topic, 5)])[topic].result(30)
     assert wait_until(lambda: partition_count(admin, topic) == 5)
     metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
-    assert all(p.leader == 1 for p in metadata.partitions.values())
+    assert all(p.leader in NODE_IDS and sorted(p.replicas) == NODE_IDS for p in metadata.partitions.values())
     # The new partitions take records.
     produce_confluent(broker.bootstrap, topic, 100, partition=4)
     check(consume_confluent(broker.bootstrap, topic, 100, partition=4), 100)
@@ -100,13 +102,13 @@ def test_confluent_admin_lifecycle(broker, admin):
 
 def test_kafka_python_admin_lifecycle(broker, kadmin):
     topic = "kp-admin"
-    kadmin.create_topics({topic: {"num_partitions": 3, "replication_factor": 1, "configs": {"retention.ms": "7200000"}}})
+    kadmin.create_topics({topic: {"num_partitions": 3, "replication_factor": REPLICATION_FACTOR, "configs": {"retention.ms": "7200000"}}})
 
     (described,) = kadmin.describe_topics([topic])
     assert described["error_code"] == 0
     assert sorted(p["partition_index"] for p in described["partitions"]) == [0, 1, 2]
     for p in described["partitions"]:
-        assert (p["leader_id"], list(p["replica_nodes"]), list(p["isr_nodes"])) == (1, [1], [1]), p
+        assert (p["leader_id"] in NODE_IDS, sorted(p["replica_nodes"]), sorted(p["isr_nodes"])) == (True, NODE_IDS, NODE_IDS), p
 
     configs = kadmin.describe_configs([KConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all")
     entries = configs["topic"][topic]
@@ -120,7 +122,7 @@ def test_kafka_python_admin_lifecycle(broker, kadmin):
 
     kadmin.create_partitions({topic: 5})
     assert wait_until(lambda: len(kadmin.describe_topics([topic])[0]["partitions"]) == 5)
-    assert all(p["leader_id"] == 1 for p in kadmin.describe_topics([topic])[0]["partitions"])
+    assert all(p["leader_id"] in NODE_IDS and sorted(p["replica_nodes"]) == NODE_IDS for p in kadmin.describe_topics([topic])[0]["partitions"])
     assert produce_kafka_python(broker.bootstrap, topic, 100, partition=3) == list(range(100))
     check(consume_kafka_python(broker.bootstrap, topic, 100, partition=3), 100)
 
@@ -132,13 +134,13 @@ def test_kafka_python_admin_lifecycle(broker, kadmin):
 
 def test_recreated_topic_starts_empty(broker, admin):
     topic = "recreated"
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR)])[topic].result(30)
     first_id = admin.describe_topics(TopicCollection([topic]))[topic].result(30).topic_id
     produce_confluent(broker.bootstrap, topic, 500)
     admin.delete_topics([topic])[topic].result(30)
     assert wait_until(lambda: topic not in topic_names(admin))
 
-    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 2, REPLICATION_FACTOR)])[topic].result(30)
     assert wait_until(lambda: topic in topic_names(admin))
     assert partition_count(admin, topic) == 2
     assert str(admin.describe_topics(TopicCollection([topic]))[topic].result(30).topic_id) != str(first_id)
@@ -149,13 +151,14 @@ def test_recreated_topic_starts_empty(broker, admin):
 
 
 def test_default_partition_count_and_replication(admin, kadmin):
-    # num_partitions/replication_factor -1: the broker's num.partitions (3) and default.replication.factor (1).
+    # num_partitions/replication_factor -1: the broker's num.partitions (3) and default.replication.factor
+    # (1; the node count in the cluster pass).
     admin.create_topics([NewTopic("ck-defaults")])["ck-defaults"].result(30)
     kadmin.create_topics({"kp-defaults": {}})
     for topic in ["ck-defaults", "kp-defaults"]:
         metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
         assert len(metadata.partitions) == 3, topic
-        assert all(p.replicas == [1] for p in metadata.partitions.values()), topic
+        assert all(sorted(p.replicas) == NODE_IDS for p in metadata.partitions.values()), topic
 
 
 def test_validate_only_creates_nothing(admin, kadmin):
@@ -174,7 +177,8 @@ def test_validate_only_creates_nothing(admin, kadmin):
 CREATE_ERRORS = [
     # (case, topic, partitions, replication factor, configs, Kafka error)
     ("existing", "exists-already", 1, 1, {}, KafkaError.TOPIC_ALREADY_EXISTS),
-    ("rf3-on-one-broker", "rf3", 1, 3, {}, KafkaError.INVALID_REPLICATION_FACTOR),
+    # More replicas than brokers: 2 on the one broker, 4 on three nodes.
+    ("rf-above-broker-count", "rf-too-big", 1, REPLICATION_FACTOR + 1, {}, KafkaError.INVALID_REPLICATION_FACTOR),
     ("illegal-character", "bad name!", 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
     ("dot-dot", "..", 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
     ("too-long", "t" * 250, 1, 1, {}, KafkaError.TOPIC_EXCEPTION),
@@ -220,7 +224,7 @@ def test_kafka_python_create_topic_errors(kadmin, existing_topic, case, topic, p
 
 def test_create_partitions_errors(admin, kadmin, existing_topic):
     # Fewer partitions than the topic has, the same number, and an unknown topic.
-    admin.create_topics([NewTopic("shrink", 3, 1)])["shrink"].result(30)
+    admin.create_topics([NewTopic("shrink", 3, REPLICATION_FACTOR)])["shrink"].result(30)
     assert confluent_error(admin.create_partitions([NewPartitions("shrink", 2)])["shrink"]) == KafkaError.INVALID_PARTITIONS
     assert confluent_error(admin.create_partitions([NewPartitions("shrink", 3)])["shrink"]) == KafkaError.INVALID_PARTITIONS
     assert confluent_error(admin.create_partitions([NewPartitions("no-such-topic", 4)])["no-such-topic"]) == KafkaError.UNKNOWN_TOPIC_OR_PART
@@ -249,14 +253,17 @@ def test_unknown_topic_is_not_auto_created(admin):
 
 
 def test_describe_cluster(broker, admin, kadmin):
+    # Node 1 alone, or every node of the cluster.
+    nodes = [(b.node_id, "127.0.0.1", b.port) for b in broker.nodes]
+    assert [node_id for node_id, _, _ in nodes] == NODE_IDS
     cluster = admin.describe_cluster().result(30)
-    assert cluster.controller.id == 1
-    assert [(n.id, n.host, n.port) for n in cluster.nodes] == [(1, "127.0.0.1", broker.port)]
+    assert cluster.controller.id in NODE_IDS
+    assert sorted((n.id, n.host, n.port) for n in cluster.nodes) == nodes
     assert cluster.cluster_id and len(cluster.cluster_id) == 22
     k = kadmin.describe_cluster()
-    assert k["controller_id"] == 1
+    assert k["controller_id"] == cluster.controller.id
     assert k["cluster_id"] == cluster.cluster_id
-    assert [(b["broker_id"], b["host"], b["port"]) for b in k["brokers"]] == [(1, "127.0.0.1", broker.port)]
+    assert sorted((b["broker_id"], b["host"], b["port"]) for b in k["brokers"]) == nodes
 
 
 def test_describe_broker_configs(admin):
@@ -273,8 +280,8 @@ def test_describe_broker_configs(admin):
 
 def test_kafka_python_describe_topic_partitions_pages_with_a_cursor(kadmin):
     """KIP-966's DescribeTopicPartitions (API 75), as kafka-python's admin calls it."""
-    kadmin.create_topics({"dtp-a": {"num_partitions": 3, "replication_factor": 1}})
-    kadmin.create_topics({"dtp-b": {"num_partitions": 2, "replication_factor": 1}})
+    kadmin.create_topics({"dtp-a": {"num_partitions": 3, "replication_factor": REPLICATION_FACTOR}})
+    kadmin.create_topics({"dtp-b": {"num_partitions": 2, "replication_factor": REPLICATION_FACTOR}})
     topics = ["dtp-b", "dtp-a", "dtp-missing"]
     seen = []
     first = kadmin.describe_topic_partitions(topics, response_partition_limit=4)
@@ -289,14 +296,15 @@ def test_kafka_python_describe_topic_partitions_pages_with_a_cursor(kadmin):
     missing = [t for t in rest["topics"] if t["name"] == "dtp-missing"]
     assert [t["error_code"] for t in missing] == [kerr.UnknownTopicOrPartitionError.errno]
     described = {t["name"]: t for t in first["topics"]}
-    assert all(p["leader_id"] == 1 and p["isr_nodes"] == [1] for p in described["dtp-a"]["partitions"])
+    for p in described["dtp-a"]["partitions"]:
+        assert (p["leader_id"] in NODE_IDS, sorted(p["replica_nodes"]), sorted(p["isr_nodes"])) == (True, NODE_IDS, NODE_IDS), p
     assert str(described["dtp-a"]["topic_id"]) != "00000000-0000-0000-0000-000000000000"
 
 
 def test_kafka_python_list_config_resources(kadmin):
     """ListConfigResources (API 74, v1 in Kafka 4.1): topics and brokers by type."""
-    kadmin.create_topics({"lcr-topic": {"num_partitions": 1, "replication_factor": 1}})
+    kadmin.create_topics({"lcr-topic": {"num_partitions": 1, "replication_factor": REPLICATION_FACTOR}})
     listed = kadmin.list_config_resources()
     assert "lcr-topic" in listed["topic"]
-    assert listed["broker"] == ["1"]
+    assert sorted(listed["broker"]) == [str(n) for n in NODE_IDS]
     assert set(kadmin.list_config_resources(["BROKER"])) == {"broker"}

@@ -30,7 +30,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 from kafka.admin import KafkaAdminClient
 
-from conftest import module_broker, wait_until
+from conftest import REPLICATION_FACTOR, module_broker, wait_until
 
 # Retention checked every 100 ms, the cleaner looking for work every 50 ms.
 broker = module_broker("log.retention.check.interval.ms=100", "log.cleaner.backoff.ms=50")
@@ -55,7 +55,7 @@ def admin(broker):
 
 
 def create_topic(admin, topic, configs):
-    admin.create_topics([NewTopic(topic, 1, 1, config=configs)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR, config=configs)])[topic].result(30)
 
 
 def compacted_configs(**more):
@@ -202,15 +202,19 @@ def log_start(bootstrap, topic):
 
 
 def partition_bytes(bootstrap, topic):
-    """kafka-python DescribeLogDirs: the bytes partition 0 takes on disk."""
+    """kafka-python DescribeLogDirs: the bytes partition 0 takes on disk (in a cluster, on the
+    replica that takes the most: every replica applies retention to its own copy)."""
     kadmin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        (answer,) = kadmin.describe_log_dirs({topic: [0]})
+        answers = kadmin.describe_log_dirs({topic: [0]})
     finally:
         kadmin.close()
-    (log_dir,) = answer["log_dirs"]
-    ((partition,),) = [t["partitions"] for t in log_dir["topics"]]
-    return partition["partition_size"]
+    sizes = []
+    for answer in answers:
+        (log_dir,) = answer["log_dirs"]
+        ((partition,),) = [t["partitions"] for t in log_dir["topics"]]
+        sizes.append(partition["partition_size"])
+    return max(sizes)
 
 
 def retention_ran(admin, bootstrap, passes=2):
@@ -457,7 +461,8 @@ def test_lowering_retention_ms_deletes_at_the_next_check(broker, admin):
     produced = send_kafka_python(broker.bootstrap, topic, [(b"old-%02d" % i, b"o" * 300, two_hours_ago + i) for i in range(12)], one_per_batch=True)
     produced |= send_kafka_python(broker.bootstrap, topic, [(b"new-%d" % i, b"n" * 900, now_ms()) for i in range(5)], one_per_batch=True)
     assert sorted(produced) == list(range(17))
-    segments = sorted(int(p.stem) for p in (broker.data_dir / f"{topic}-0").glob("*.log"))
+    # The leader's files (a follower's copy may lag).
+    segments = sorted(int(p.stem) for p in broker.partition_dir(topic, 0).glob("*.log"))
     assert segments == [0, 2, 4, 6, 8, 10, 12, 13, 14, 15, 16], segments
 
     retention_ran(admin, broker.bootstrap)

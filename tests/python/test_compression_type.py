@@ -6,7 +6,7 @@ batch as it came. Producers of both stacks send batches in every codec (the
 idempotent defaults of both: recompression keeps producer ids and sequences),
 consumers of both stacks read every record back intact (offset, key, value,
 headers, timestamp), and the codec of every stored batch is read from the
-partition's segment files, which are in Kafka's on-disk format.
+partition's segment files (its leader's, in a cluster), which are in Kafka's on-disk format.
 """
 
 import struct
@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from clients import check, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
+from conftest import REPLICATION_FACTOR
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 # Kafka's codec ids (the low three bits of a batch's attributes).
@@ -43,7 +44,7 @@ TOPICS = [
 ]
 
 
-def stored_batches(data_dir, topic, partition=0):
+def stored_batches(partition_dir):
     """[(base offset, last offset, codec id)] of every batch in the partition's segments, in log order.
 
     v2 batch header: baseOffset int64, batchLength int32 (bytes after this
@@ -51,7 +52,7 @@ def stored_batches(data_dir, topic, partition=0):
     lastOffsetDelta int32, ...
     """
     batches = []
-    for segment in sorted((data_dir / f"{topic}-{partition}").glob("*.log")):
+    for segment in sorted(partition_dir.glob("*.log")):
         data = segment.read_bytes()
         pos = 0
         while pos + 61 <= len(data):
@@ -92,7 +93,7 @@ def produce(bootstrap, topic, client, codec, start):
 def test_topic_compression_type(broker, topic_codec, configs):
     topic = f"compressed-{topic_codec}"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1, config={"compression.type": topic_codec, **configs})])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR, config={"compression.type": topic_codec, **configs})])[topic].result(30)
 
     ranges = []
     for k, (client, codec) in enumerate(senders()):
@@ -105,7 +106,7 @@ def test_topic_compression_type(broker, topic_codec, configs):
     check(consume_confluent(broker.bootstrap, topic, n), n, start=FIRST_RECORD)
     check(consume_kafka_python(broker.bootstrap, topic, n), n, start=FIRST_RECORD)
 
-    batches = stored_batches(broker.data_dir, topic)
+    batches = stored_batches(broker.partition_dir(topic))
     assert batches and batches[0][0] == 0 and batches[-1][1] == n - 1, batches[:2] + batches[-2:]
     wrong = []
     for client, codec, first, last in ranges:
@@ -124,7 +125,7 @@ def test_changing_compression_type_applies_to_the_next_batch(broker):
     """Batches already stored keep their codec; the first batch after the change is in the new one."""
     topic = "compression-changed"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR)])[topic].result(30)
 
     def set_codec(*configs):
         entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in configs]
@@ -148,7 +149,7 @@ def test_changing_compression_type_applies_to_the_next_batch(broker):
         else:
             produce_confluent(broker.bootstrap, topic, n, start=k * n, **{"compression.type": producer_codec})
 
-    batches = stored_batches(broker.data_dir, topic)
+    batches = stored_batches(broker.partition_dir(topic))
     stored = [codecs_of(batches, k * n, k * n + n - 1) for k in range(len(steps))]
     assert stored[:-1] == [{CODEC_ID[want]} for _, _, want in steps[:-1]], stored
     # Back to "producer": kept as sent (a client sends a batch uncompressed when compressing does not pay).

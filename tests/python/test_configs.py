@@ -12,6 +12,11 @@ later one wins); the full chain, in order, is read with kafka-python. Neither
 client can name the cluster-default broker resource `""` (librdkafka refuses
 an empty name, kafka-python wants an integer), so those requests are sent raw
 through kafka-python's connection manager.
+
+In the cluster pass each node applies a topic's creation and config changes
+from the metadata log after the client's answer, and clients ask any node: the
+describe helpers first wait until every node describes the topic alike
+(`settle`); against one broker that holds at once.
 """
 
 import kafka.errors as kerr
@@ -24,7 +29,7 @@ from kafka.admin import ConfigResource as KConfigResource
 from kafka.protocol.admin import AlterConfigsRequest, DescribeConfigsRequest, IncrementalAlterConfigsRequest
 
 from clients import confluent_error
-from conftest import module_broker
+from conftest import CLUSTER_NODES, NODE_IDS, REPLICATION_FACTOR, module_broker, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:alter_configs has been deprecated:DeprecationWarning")
 
@@ -86,19 +91,61 @@ KAFKA_TOPIC_CONFIGS = {
 
 # ---------------------------------------------------------------- helpers
 
+# The cluster pass's kafka-python admin client that asks each node (see settle).
+_SETTLER = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def settler(request):
+    if not CLUSTER_NODES:
+        yield
+        return
+    client = KafkaAdminClient(bootstrap_servers=request.getfixturevalue("broker").bootstrap)
+    _SETTLER.append(client)
+    try:
+        yield
+    finally:
+        _SETTLER.clear()
+        client.close()
+
+
+def settle(resource_type, name):
+    """In the cluster pass, waits until every node answers DescribeConfigs of a topic alike (each node
+    applies a creation or a change after the client's answer). A broker resource is its own node's."""
+    if not CLUSTER_NODES or resource_type != "topic":
+        return
+    (kadmin,) = _SETTLER
+    request = DescribeConfigsRequest(resources=[(TOPIC, name, None)], include_synonyms=True, include_documentation=False)
+    answers = {}
+
+    def agree():
+        for node in NODE_IDS:
+
+            async def send(node=node):
+                return await kadmin._manager.send(request, node_id=node)
+
+            (result,) = kadmin._manager.run(send).results
+            answers[node] = (result.error_code, sorted(repr(c) for c in result.configs))
+        return all(a == answers[NODE_IDS[0]] for a in answers.values())
+
+    assert wait_until(agree, 30), f"the nodes describe topic {name} differently after 30 s: {answers}"
+
 
 def create_topic(admin, topic, configs=None, partitions=1):
-    admin.create_topics([NewTopic(topic, partitions, 1, config=configs or {})])[topic].result(30)
+    admin.create_topics([NewTopic(topic, partitions, REPLICATION_FACTOR, config=configs or {})])[topic].result(30)
+    settle("topic", topic)
 
 
 def describe(admin, resource_type, name):
     """confluent-kafka: {config name: ConfigEntry} of one resource."""
+    settle(resource_type, name)
     (future,) = admin.describe_configs([ConfigResource(resource_type, name)]).values()
     return future.result(30)
 
 
 def kdescribe(kadmin, resource_type, name, config_filter="all"):
     """kafka-python, with synonyms: {config name: {value, config_source, synonyms, ...}}."""
+    settle(resource_type, name)
     resource = KConfigResource(ConfigResourceType[resource_type.upper()], name)
     described = kadmin.describe_configs([resource], include_synonyms=True, config_filter=config_filter)
     return described[resource_type][name]
@@ -151,6 +198,7 @@ def raw_incremental(kadmin, resource_type, name, *ops):
 
 
 def raw_describe(kadmin, resource_type, name, keys=None, documentation=False):
+    settle({TOPIC: "topic"}.get(resource_type), name)
     response = kafka_python_request(
         kadmin, DescribeConfigsRequest(resources=[(resource_type, name, keys)], include_synonyms=True, include_documentation=documentation)
     )

@@ -43,7 +43,7 @@ from kafka.admin import KafkaAdminClient
 from kafka.structs import OffsetAndMetadata
 
 from clients import check, confluent_error, produce_kafka_python
-from conftest import module_broker, wait_until
+from conftest import NODE_IDS, REPLICATION_FACTOR, module_broker, wait_until
 
 GROUP_PROPERTIES = (
     # Without this, the first JoinGroup of every group waits 3 s for more members.
@@ -66,7 +66,7 @@ DRAIN_S = 1.0
 
 def create_topic(bootstrap, topic, partitions):
     admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until its future resolves
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, partitions, REPLICATION_FACTOR)])[topic].result(30)
     # A consumer subscribing right away must see every partition.
     assert wait_until(lambda: len(admin.list_topics(topic=topic, timeout=10).topics[topic].partitions) == partitions, 10)
 
@@ -496,7 +496,7 @@ def test_confluent_admin_lists_describes_and_deletes_groups(broker, cleanup):
     description = admin.describe_consumer_groups([group])[group].result(30)
     assert (description.group_id, description.state, description.is_simple_consumer_group) == (group, ConsumerGroupState.STABLE, False)
     assert description.partition_assignor in ("range", "roundrobin")
-    assert description.coordinator.id == 1
+    assert description.coordinator.id in NODE_IDS
     by_id = {d.member_id: d for d in description.members}
     assert set(by_id) == {m.consumer.memberid() for m in members}
     for m in members:

@@ -5,6 +5,11 @@ records below it can no longer be read, ListOffsets earliest answers the new
 start, and a consumer positioned below it gets OFFSET_OUT_OF_RANGE, handled by
 its auto.offset.reset. DescribeLogDirs (kafka-python only: confluent-kafka
 2.16 has no describe_log_dirs) reports the size each partition takes on disk.
+
+In the cluster pass every node answers DescribeLogDirs for its own replicas;
+the sizes checked are node 1's, read once every replica of the asked partitions
+reports the same size and no lag (a follower's copy catches up after the
+producer's answer).
 """
 
 import time
@@ -19,11 +24,11 @@ from kafka import KafkaConsumer
 from kafka import TopicPartition as KTopicPartition
 
 from clients import DEADLINE_S, check, confluent_error, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
-from conftest import wait_until
+from conftest import CLUSTER_NODES, NODE_IDS, REPLICATION_FACTOR, wait_until
 
 
 def create_topic(admin, topic, partitions=1, configs=None):
-    admin.create_topics([NewTopic(topic, partitions, 1, config=configs or {})])[topic].result(30)
+    admin.create_topics([NewTopic(topic, partitions, REPLICATION_FACTOR, config=configs or {})])[topic].result(30)
 
 
 def delete_confluent(admin, topic, partition, offset):
@@ -207,18 +212,38 @@ def test_delete_records_survives_a_restart(broker_factory):
 # ---------------------------------------------------------------- DescribeLogDirs
 
 
-def log_dir_sizes(kadmin, topics=None):
-    """kafka-python DescribeLogDirs: (log dir, {(topic, partition): size in bytes}, total and usable bytes)."""
-    (answer,) = kadmin.describe_log_dirs(topics)
-    assert answer["broker"] == 1
+def node_log_dirs(answer):
+    """One node's DescribeLogDirs answer: (log dir, {(topic, partition): (size in bytes, offset lag)}, total and usable bytes)."""
     (log_dir,) = answer["log_dirs"]
     assert log_dir["error_code"] == 0, log_dir
     sizes = {}
     for t in log_dir["topics"]:
         for p in t["partitions"]:
-            assert p["offset_lag"] == 0 and not p["is_future_key"], p
-            sizes[(t["name"], p["partition_index"])] = p["partition_size"]
+            assert not p["is_future_key"], p
+            sizes[(t["name"], p["partition_index"])] = (p["partition_size"], p["offset_lag"])
     return log_dir["log_dir"], sizes, log_dir["total_bytes"], log_dir["usable_bytes"]
+
+
+def log_dir_sizes(kadmin, topics=None):
+    """kafka-python DescribeLogDirs: node 1's (log dir, {(topic, partition): size in bytes}, total and usable bytes).
+
+    It asks every node; in a cluster, until every node holds the same partitions at the same
+    sizes with no offset lag, for up to DEADLINE_S.
+    """
+    answers = {}
+
+    def replicas_agree():
+        answers.clear()
+        answers.update((a["broker"], node_log_dirs(a)) for a in kadmin.describe_log_dirs(topics))
+        assert sorted(answers) == NODE_IDS, f"DescribeLogDirs answered by nodes {sorted(answers)}"
+        return all(dirs[1] == answers[1][1] for dirs in answers.values()) and all(lag == 0 for _, lag in answers[1][1].values())
+
+    agreed = wait_until(replicas_agree, DEADLINE_S if CLUSTER_NODES else 0)
+    path, sizes, total, usable = answers[1]
+    lagging = {tp: lag for tp, (_, lag) in sizes.items() if lag != 0}
+    assert not lagging, f"node 1 reports offset lags {lagging}; every node: {answers}"
+    assert agreed, f"the replicas' sizes differ after {DEADLINE_S} s: {answers}"
+    return path, {tp: size for tp, (size, _) in sizes.items()}, total, usable
 
 
 def test_describe_log_dirs_sizes_grow(broker, admin, kadmin):

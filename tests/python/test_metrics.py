@@ -8,6 +8,14 @@ checked against what those clients did: records in and out per topic, log end
 offsets, a group's committed offsets and lag, requests per API. Group ids and
 client ids come from clients: one with a quote, a backslash and a newline
 must not break the exposition.
+
+In the cluster pass every node is scraped and the scrapes are merged: each
+node counts what it served (a partition's records in on its leader, a group's
+offsets on its coordinator), so counters (`*_total`) are summed over the nodes;
+every replica reports its partition's offsets, a follower's possibly behind the
+leader's, so other samples take the largest value. What a node learns after the
+clients' answer (a follower's high watermark, a topic's deletion) is polled for,
+up to a deadline; against one broker it must hold at once.
 """
 
 import urllib.error
@@ -22,16 +30,16 @@ from kafka import TopicPartition as KTopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from conftest import module_broker, wait_until
+from conftest import CLUSTER_NODES, REPLICATION_FACTOR, module_broker, wait_until
 
 broker = module_broker()
 
 DEADLINE_S = 30
 
 
-def scrape(broker):
+def scrape_node(url):
     """{(sample name, frozenset of labels): value} from one strictly parsed scrape."""
-    with urllib.request.urlopen(broker.metrics_url, timeout=DEADLINE_S) as response:
+    with urllib.request.urlopen(url, timeout=DEADLINE_S) as response:
         assert response.status == 200
         content_type = response.headers["Content-Type"]
         assert content_type.startswith("application/openmetrics-text"), content_type
@@ -43,6 +51,36 @@ def scrape(broker):
             assert key not in samples, f"duplicate sample {key}"
             samples[key] = sample.value
     return samples
+
+
+def scrape(broker):
+    """Every node's scrape, merged: counters summed, other samples their largest value."""
+    merged = {}
+    for node in broker.nodes:
+        for key, v in scrape_node(node.metrics_url).items():
+            if key not in merged:
+                merged[key] = v
+            elif key[0].endswith("_total"):
+                merged[key] += v
+            else:
+                merged[key] = max(merged[key], v)
+    return merged
+
+
+def scraped(broker, condition):
+    """The first scrape where condition(samples) holds: the first scrape against one broker; in a
+    cluster, polled up to DEADLINE_S (nodes learn of offsets and deletions after the clients' answer)."""
+    last = {}
+
+    def holds():
+        last["samples"] = scrape(broker)
+        try:
+            return condition(last["samples"])
+        except AssertionError:
+            return False
+
+    wait_until(holds, DEADLINE_S if CLUSTER_NODES else 0)
+    return last["samples"]
 
 
 def value(samples, name, **labels):
@@ -57,7 +95,7 @@ def total(samples, name, **labels):
 
 
 def create(admin, topic, partitions):
-    (future,) = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)]).values()
+    (future,) = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=REPLICATION_FACTOR)]).values()
     future.result(timeout=DEADLINE_S)
 
 
@@ -132,8 +170,8 @@ def test_group_lag_is_what_the_group_has_not_consumed(broker, admin):
     assert wait_until(read_30, DEADLINE_S), f"read {read[0]} of 30"
     consumer.commit(offsets=[CTopicPartition("metrics-lag", 0, 30)], asynchronous=False)
     consumer.close()
-    samples = scrape(broker)
     labels = dict(group="metrics-billing", topic="metrics-lag", partition="0")
+    samples = scraped(broker, lambda s: value(s, "strom_group_lag", **labels) == 60)
     assert value(samples, "strom_group_committed_offset", **labels) == 30
     assert value(samples, "strom_group_lag", **labels) == 60
 
@@ -141,7 +179,7 @@ def test_group_lag_is_what_the_group_has_not_consumed(broker, admin):
     kconsumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="metrics-billing", enable_auto_commit=False)
     kconsumer.commit({KTopicPartition("metrics-lag", 0): OffsetAndMetadata(85, "", -1)})
     kconsumer.close()
-    samples = scrape(broker)
+    samples = scraped(broker, lambda s: value(s, "strom_group_lag", **labels) == 5)
     assert value(samples, "strom_group_lag", **labels) == 5
     assert total(samples, "strom_group_lag", group="metrics-billing") == 5
 
@@ -164,12 +202,18 @@ def test_a_deleted_topic_leaves_no_series_and_no_offsets(broker, admin):
     committer = KafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="metrics-gone-group", enable_auto_commit=False)
     committer.commit({KTopicPartition("metrics-gone", 0): OffsetAndMetadata(1, "", -1)})
     committer.close()
-    assert value(scrape(broker), "strom_group_lag", group="metrics-gone-group", topic="metrics-gone", partition="0") == 0
+    lag = dict(group="metrics-gone-group", topic="metrics-gone", partition="0")
+    samples = scraped(broker, lambda s: value(s, "strom_group_lag", **lag) == 0)
+    assert value(samples, "strom_group_lag", **lag) == 0
 
     (future,) = admin.delete_topics(["metrics-gone"]).values()
     future.result(timeout=DEADLINE_S)
-    samples = scrape(broker)
-    left = [key for key in samples if ("topic", "metrics-gone") in key[1]]
+
+    def series_of_the_topic(samples):
+        return [key for key in samples if ("topic", "metrics-gone") in key[1]]
+
+    samples = scraped(broker, lambda s: not series_of_the_topic(s))
+    left = series_of_the_topic(samples)
     assert left == []
 
     # As in Kafka, the group's offsets of the deleted topic went with it: a

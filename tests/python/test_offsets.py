@@ -19,6 +19,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from clients import BASE_TS, LOG_APPEND_TIME
+from conftest import REPLICATION_FACTOR
 
 ORDERED = "times-ordered"
 ORDERED_N = 3_000
@@ -59,8 +60,8 @@ def topics(broker):
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     futures = admin.create_topics(
         [
-            NewTopic(ORDERED, 2, 1, config={"segment.bytes": "1048576"}),
-            NewTopic(JUMBLED, 1, 1, config={"segment.bytes": "1048576"}),
+            NewTopic(ORDERED, 2, REPLICATION_FACTOR, config={"segment.bytes": "1048576"}),
+            NewTopic(JUMBLED, 1, REPLICATION_FACTOR, config={"segment.bytes": "1048576"}),
         ]
     )
     for f in futures.values():
@@ -99,7 +100,7 @@ def targets(timestamps):
 
 def test_log_spans_several_segments(broker, topics):
     # A precondition for the lookups below to cross segment boundaries.
-    segments = sorted((broker.data_dir / f"{ORDERED}-0").glob("*.log"))
+    segments = sorted(broker.partition_dir(ORDERED, 0).glob("*.log"))
     assert len(segments) >= 3, f"expected the ordered topic to roll segments, found {segments}"
 
 
@@ -165,7 +166,7 @@ def test_log_append_time_topic(broker):
     """message.timestamp.type=LogAppendTime: the broker's clock replaces the producer's timestamps."""
     topic = "log-append-time"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1, config={"message.timestamp.type": "LogAppendTime"})])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR, config={"message.timestamp.type": "LogAppendTime"})])[topic].result(30)
     before = int(time.time() * 1000)
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
     for i in range(10):
@@ -194,7 +195,7 @@ def test_timestamps_outside_the_allowed_window_are_refused(broker):
     topic = "timestamp-window"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     config = {"message.timestamp.before.max.ms": "60000", "message.timestamp.after.max.ms": "60000"}
-    admin.create_topics([NewTopic(topic, 1, 1, config=config)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR, config=config)])[topic].result(30)
     now = int(time.time() * 1000)
     for ts in [now - 3_600_000, now + 3_600_000]:
         errors = []

@@ -10,6 +10,7 @@ import kafka.codec
 import pytest
 
 from clients import (
+    await_leader,
     check,
     consume_confluent,
     consume_kafka_python,
@@ -49,6 +50,7 @@ def test_kafka_python_round_trip(broker, codec):
 def test_kafka_python_acks_without_idempotence(broker, acks):
     topic = f"kp-acks-{acks}"
     n = 5_000
+    await_leader(broker.bootstrap, topic)
     offsets = produce_kafka_python(broker.bootstrap, topic, n, acks=acks, enable_idempotence=False, compression_type="gzip")
     # With acks=0 the broker answers nothing and kafka-python makes the offsets up.
     if acks == 1:
@@ -70,6 +72,7 @@ def test_confluent_idempotent_round_trip(broker, codec):
 def test_confluent_acks(broker, acks):
     topic = f"ck-acks-{acks}"
     n = 5_000
+    await_leader(broker.bootstrap, topic)
     offsets = produce_confluent(broker.bootstrap, topic, n, acks=acks, **{"enable.idempotence": False, "compression.type": "lz4"})
     if acks == "1":
         assert offsets == list(range(n))

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
 from clients import check, consume_confluent, consume_kafka_python, expected, produce_confluent, record
-from conftest import module_broker
+from conftest import NODE_IDS, REPLICATION_FACTOR, module_broker
 
 broker = module_broker("num.partitions=3")
 
@@ -33,7 +33,9 @@ def test_auto_created_topics_get_num_partitions(broker):
         metadata = admin.list_topics(topic=topic, timeout=10).topics[topic]
         assert metadata.error is None
         assert sorted(metadata.partitions) == [0, 1, 2], topic
-        assert all((p.leader, p.replicas, p.isrs) == (1, [1], [1]) for p in metadata.partitions.values()), topic
+        # default.replication.factor: on the one broker, or on every node of the cluster pass.
+        for p in metadata.partitions.values():
+            assert (p.leader in NODE_IDS, sorted(p.replicas), sorted(p.isrs)) == (True, NODE_IDS, NODE_IDS), (topic, p)
     check(consume_confluent(broker.bootstrap, "auto-ck", 10), 10)
 
 
@@ -137,7 +139,7 @@ def test_fetch_beyond_the_log_is_out_of_range(broker):
 def test_record_larger_than_max_message_bytes_is_refused(broker):
     topic = "small-messages"
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "10000"})])[topic].result(30)
+    admin.create_topics([NewTopic(topic, 1, REPLICATION_FACTOR, config={"max.message.bytes": "10000"})])[topic].result(30)
     big = bytes(range(256)) * 80  # 20,480 bytes, sent uncompressed
     errors = []
     producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": False, "retries": 0})

@@ -12,13 +12,15 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
+from conftest import REPLICATION_FACTOR, needs_coordinators_across_brokers
+
 TOPICS = ["txn-orders", "txn-payments", "txn-shipments"]
 DEADLINE_S = 30
 
 
 def create_topics(bootstrap, names):
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(name, 1, 1) for name in names])
+    futures = admin.create_topics([NewTopic(name, 1, REPLICATION_FACTOR) for name in names])
     for future in futures.values():
         future.result(30)
 
@@ -79,6 +81,7 @@ def read_kafka_python(bootstrap, topic, isolation):
         consumer.close()
 
 
+@needs_coordinators_across_brokers
 def test_txn_commit_and_abort_across_three_topics(broker):
     create_topics(broker.bootstrap, TOPICS)
     producer = txn_producer(broker.bootstrap, "py-three-topics")
@@ -101,6 +104,7 @@ def test_txn_commit_and_abort_across_three_topics(broker):
         assert read_kafka_python(broker.bootstrap, topic, "read_uncommitted") == everything
 
 
+@needs_coordinators_across_brokers
 def test_txn_kafka_python_producer(broker):
     create_topics(broker.bootstrap, ["txn-kp"])
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id="kp-txn", linger_ms=1)
@@ -121,6 +125,7 @@ def test_txn_kafka_python_producer(broker):
     assert len(read_kafka_python(broker.bootstrap, "txn-kp", "read_uncommitted")) == 10
 
 
+@needs_coordinators_across_brokers
 def test_txn_offsets_visible_only_on_commit(broker):
     create_topics(broker.bootstrap, ["txn-in", "txn-out"])
     # read_uncommitted: OffsetFetch without require_stable, so the committed
