@@ -508,7 +508,7 @@ fn apply_partition(
             }
         }
     }
-    partition.set_follower_high_watermark(data.high_watermark);
+    partition.set_follower_high_watermark(data.high_watermark, leadership);
     let leader_start = data.log_start_offset;
     if leader_start > partition.log.log_start_offset()
         && leader_start <= partition.log.log_end_offset()
@@ -539,6 +539,10 @@ fn truncate_on_divergence(
         Some((epoch, end)) if epoch != leader_epoch => end.min(log_end),
         Some((_, end)) => end.min(leader_end).min(log_end),
     };
+    if target < 0 {
+        tracing::warn!(topic = %partition.topic, partition = partition.index, leader = leadership.0, leader_epoch, leader_end, "a DivergingEpoch with a negative end offset; ignored");
+        return;
+    }
     tracing::info!(topic = %partition.topic, partition = partition.index, leader = leadership.0, leader_epoch, leader_end, from = log_end, to = target, "follower log diverges from the leader's; truncating");
     if let Err(e) = partition.truncate_as_follower(&broker.logs, target, false, leadership) {
         tracing::error!(topic = %partition.topic, partition = partition.index, error = %e, "truncating a diverging follower failed");
@@ -565,10 +569,26 @@ async fn handle_out_of_range(
         let leader_start =
             list_offset(conn, broker.node_id, partition, leader_epoch, EARLIEST).await?;
         if leader_start <= log_end {
-            return Ok(());
+            // The offset is the leader's, so the leader knew no end for this
+            // log's last epoch (one this broker started as a leader and never
+            // wrote to): drop such empty epochs, and try again after the
+            // backoff rather than at once.
+            let (node, partition) = (Arc::clone(broker), Arc::clone(partition));
+            tokio::task::spawn_blocking(move || {
+                partition.truncate_as_follower(&node.logs, log_end, false, (leader, leader_epoch))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            return Err(format!(
+                "the leader has no end offset for this log's last epoch (log end {log_end}, leader's {leader_start}..{leader_end})"
+            ));
         }
         (leader_start, true)
     };
+    if target < 0 {
+        return Err(format!("the leader answered offset {target}"));
+    }
     tracing::warn!(topic = %partition.topic, partition = partition.index, leader, log_end, target, start_at, "follower out of the leader's range; resetting its log");
     let (broker, partition) = (Arc::clone(broker), Arc::clone(partition));
     tokio::task::spawn_blocking(move || {

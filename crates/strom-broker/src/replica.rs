@@ -374,8 +374,9 @@ impl ReplicaManager {
 }
 
 /// The high watermarks of `replication-offset-checkpoint` in `data_dir`:
-/// `None` when there is no file, or it is unreadable (then every log's end
-/// counts, as before replication, and the error is logged).
+/// `None` when there is no file (a data directory from before replication:
+/// every log's end counts; the broker writes the file at start, so a later
+/// crash finds it), none at all when it is unreadable (the error is logged).
 fn read_high_watermarks(data_dir: &Path) -> Option<HashMap<PartitionKey, i64>> {
     let path = data_dir.join(REPLICATION_OFFSET_CHECKPOINT);
     let parsed = strom_storage::checkpoint::read(&path).and_then(|entries| {
@@ -391,8 +392,11 @@ fn read_high_watermarks(data_dir: &Path) -> Option<HashMap<PartitionKey, i64>> {
                 .collect()
         }),
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "the high watermark checkpoint is unreadable; starting every partition's high watermark at its log end");
-            None
+            // Not the log ends: what they hold past the real high watermarks
+            // may never have been committed. Leaders of one replica move to
+            // their log end at once; the others learn it from their leader.
+            tracing::error!(path = %path.display(), error = %e, "the high watermark checkpoint is unreadable; starting every partition's high watermark at 0");
+            Some(HashMap::new())
         }
     }
 }

@@ -518,6 +518,11 @@ fn open(
     if let Err(e) = replicas.apply_image(&image, &config) {
         tracing::error!(error = %e, "some partitions could not be opened at start; retrying");
     }
+    // From now on a missing checkpoint means a data directory from before
+    // replication, not a crash before the first periodic write.
+    if let Err(e) = replicas.checkpoint_high_watermarks() {
+        tracing::warn!(error = %e, "writing the high watermark checkpoint failed");
+    }
     let fetch_sessions = FetchSessionCache::new(config.settings.fetch_session_cache_slots);
     let groups = GroupCoordinator::new(config.settings.group.clone(), Arc::clone(&clock));
     let producer_ids = Arc::new(ProducerIdManager::new(

@@ -314,16 +314,31 @@ async fn section_unavailability(rounds: usize) {
         ("SIGTERM", false, rounds.div_ceil(2)),
     ] {
         let mut gaps = Vec::new();
+        let mut moved = Vec::new();
         let mut failed = 0;
         for _ in 0..n {
             let victim = settled(&three, "steady");
             outcomes.lock().unwrap().clear();
+            let survivor = three.addr(*three.node_ids().iter().find(|id| **id != victim).unwrap());
+            // When a survivor's Metadata names another leader: the brokers'
+            // part of the gap (the rest is the client learning it).
             let at = Instant::now();
+            let watcher = tokio::task::spawn_blocking(move || {
+                let start = at;
+                wait_for("a new leader in a survivor's Metadata", || {
+                    let (leaders, _) = RawConnection::connect(survivor, Duration::from_secs(5))
+                        .ok()?
+                        .leaders("steady")
+                        .ok()?;
+                    (leaders[0] > 0 && leaders[0] != victim).then(|| start.elapsed())
+                })
+            });
             if kill {
                 three.kill(victim).await.unwrap();
             } else {
                 three.stop(victim).await.unwrap();
             }
+            moved.push(watcher.await.unwrap().as_secs_f64() * 1000.0);
             let first = wait_for("an acknowledgement after the signal", || {
                 outcomes
                     .lock()
@@ -341,6 +356,10 @@ async fn section_unavailability(rounds: usize) {
         println!(
             "  {label:<8} to the first acks=all acknowledgement (ms): {}   failed deliveries: {failed}",
             stats(gaps)
+        );
+        println!(
+            "  {label:<8} to a new leader in a survivor's Metadata (ms): {}",
+            stats(moved)
         );
     }
     stop.store(true, Ordering::Relaxed);

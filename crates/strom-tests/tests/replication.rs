@@ -382,3 +382,68 @@ async fn a_leader_cut_off_truncates_its_acks_one_writes_once_healed() {
         "the replicas differ"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_is_refused_with_not_enough_replicas_once_the_isr_shrank_below_the_minimum() {
+    let mut cluster = three_nodes().await;
+    let addr = cluster.addr(1);
+    let code = raw(addr)
+        .create_topic_with_configs("strict", 1, 3, &[("min.insync.replicas", "3")])
+        .unwrap();
+    assert_eq!(code, 0);
+    let leader = eventually("the topic has a leader", move || {
+        let (leaders, _) = raw(addr).leaders("strict").ok()?;
+        (leaders[0] > 0).then_some(leaders[0])
+    })
+    .await;
+    let bootstrap = cluster.addr(leader).to_string();
+    let all = producer(&bootstrap, "all", "30000");
+    all.send(
+        FutureRecord::<(), str>::to("strict")
+            .partition(0)
+            .payload("in sync"),
+        Duration::from_secs(30),
+    )
+    .await
+    .map_err(|(e, _)| e.to_string())
+    .unwrap();
+    let follower = cluster
+        .node_ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .unwrap();
+    cluster.kill(follower).await.unwrap();
+    let at_leader = cluster.addr(leader);
+    eventually("the dead follower leaves the ISR", move || {
+        let isr = common::numbered::leader_and_isr(at_leader, "strict")?.1;
+        (isr.len() == 2).then_some(())
+    })
+    .await;
+    // No retries: librdkafka reports the broker's error as it came.
+    let once: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("retries", "0")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .unwrap();
+    let refused = once
+        .send(
+            FutureRecord::<(), str>::to("strict")
+                .partition(0)
+                .payload("short"),
+            Duration::from_secs(30),
+        )
+        .await;
+    let error = refused.expect_err("acks=all with 2 of 3 in sync and min.insync.replicas=3");
+    assert_eq!(
+        error.0.rdkafka_error_code(),
+        Some(rdkafka::types::RDKafkaErrorCode::NotEnoughReplicas),
+        "{error:?}"
+    );
+    let b = bootstrap.clone();
+    let hw = tokio::task::spawn_blocking(move || high_watermark(&b, "strict"))
+        .await
+        .unwrap();
+    assert_eq!(hw, Some(1), "nothing was appended");
+}

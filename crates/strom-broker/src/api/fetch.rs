@@ -277,7 +277,13 @@ impl Pending {
         let bytes: usize = reads.iter().map(|r| r.records.len()).sum();
         let any_error = reads.iter().any(|r| r.error != ErrorCode::None);
         let redirected = reads.iter().any(|r| r.preferred_read_replica >= 0);
-        bytes >= self.min_bytes || any_error || redirected || Instant::now() >= self.deadline
+        // A diverging follower is told at once (it truncates, then fetches).
+        let diverging = reads.iter().any(|r| r.diverging_epoch.is_some());
+        bytes >= self.min_bytes
+            || any_error
+            || redirected
+            || diverging
+            || Instant::now() >= self.deadline
     }
 
     /// Waits for appends (or the deadline) and reads again until satisfied;
@@ -631,10 +637,19 @@ fn diverging_epoch(partition: &Partition, params: &FetchParams) -> Option<Partit
     if params.last_fetched_epoch < 0 {
         return None;
     }
-    let (epoch, end_offset) = partition
+    let Some((epoch, end_offset)) = partition
         .log
         .end_offset_for_epoch(params.last_fetched_epoch)
-        .unwrap_or((-1, -1));
+    else {
+        // No end known for that epoch (newer than any here, or no epochs):
+        // Kafka answers OFFSET_OUT_OF_RANGE, and the follower asks for the
+        // leader's offsets and resets (a (-1, -1) DivergingEpoch would read
+        // as none at all).
+        return Some(PartitionRead {
+            error: ErrorCode::OffsetOutOfRange,
+            ..PartitionRead::offsets(partition)
+        });
+    };
     if epoch == params.last_fetched_epoch && end_offset >= params.fetch_offset {
         return None;
     }

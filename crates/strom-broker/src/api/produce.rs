@@ -326,13 +326,13 @@ fn append(
 ) -> (PartitionProduceResponse, Option<(i64, i32)>) {
     let index = partition.index;
     let isr = partition.isr_size();
-    if acks == -1 && isr < checks.min_insync_replicas {
+    let min_isr = partition.effective_min_isr(checks);
+    if acks == -1 && isr < min_isr {
         let response = error_response(
             index,
             ErrorCode::NotEnoughReplicas,
             Some(format!(
-                "The size of the current ISR {isr} is insufficient to satisfy the min.isr requirement of {}",
-                checks.min_insync_replicas
+                "The size of the current ISR {isr} is insufficient to satisfy the min.isr requirement of {min_isr}"
             )),
         );
         return (response, None);

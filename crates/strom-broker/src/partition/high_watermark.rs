@@ -29,6 +29,12 @@ pub struct ReplicaState {
     /// Whether the follower may join the ISR: not fenced, not shutting down,
     /// its broker epoch current (KIP-841, KIP-903).
     pub isr_eligible: bool,
+    /// The leader's log end offset at the follower's previous fetch, and
+    /// when that was (Kafka's `lastFetchLeaderLogEndOffset`,
+    /// `lastFetchTimeMs`): a follower that reached it has been caught up
+    /// since then, even if the leader appended meanwhile.
+    pub last_fetch_leader_log_end_offset: i64,
+    pub last_fetch_time_ms: i64,
 }
 
 impl ReplicaState {
@@ -124,6 +130,8 @@ mod tests {
                     log_start_offset: 0,
                     last_caught_up_time_ms: parts[2].parse().unwrap(),
                     isr_eligible: parts[3] == "y",
+                    last_fetch_leader_log_end_offset: -1,
+                    last_fetch_time_ms: 0,
                 }
             })
             .collect();

@@ -154,6 +154,10 @@ pub struct Partition {
     /// followers' fetches, read to move the high watermark. A lock, not an
     /// atomic: the high watermark is computed from the whole of it.
     role: Mutex<Role>,
+    /// Held (read) across a leader append and (write) while the role
+    /// changes, as Kafka's `leaderIsrUpdateLock`: an append checked against
+    /// one leadership never lands after the partition became a follower.
+    leader_appends: RwLock<()>,
     /// Offset below which every in-sync replica has the data (on a single
     /// node, where the leader is the ISR, the log end offset).
     high_watermark: AtomicI64,
@@ -185,7 +189,7 @@ impl Partition {
         leadership: (i32, i32),
     ) -> Self {
         let log_end_offset = log.log_end_offset();
-        Self::with_high_watermark(
+        let partition = Self::with_high_watermark(
             topic,
             index,
             topic_id,
@@ -193,7 +197,9 @@ impl Partition {
             local_id,
             leadership,
             log_end_offset,
-        )
+        );
+        partition.apply_state(&PartitionState::single(leadership.1, leadership.0), 0);
+        partition
     }
 
     /// [`Self::new`] with the high watermark from `replication-offset-checkpoint`
@@ -214,27 +220,29 @@ impl Partition {
         );
         log.set_high_watermark(high_watermark);
         let checks = Arc::new(ProduceChecks::from_log_config((*log.config()).clone()));
-        let state = PartitionState::single(leader, leader_epoch);
-        let partition = Self {
+        // A follower of `leader` until the caller applies the partition's
+        // state: taking a lone leader's role here would move the high
+        // watermark to the log end before the real replicas are known.
+        let follower_of = if leader == local_id { -1 } else { leader };
+        Self {
             topic,
             index,
             topic_id,
             log,
             local_id,
-            leadership: AtomicI64::new(pack(leader_epoch, leader)),
+            leadership: AtomicI64::new(pack(leader_epoch, follower_of)),
             role: Mutex::new(Role::Follower {
-                leader,
+                leader: follower_of,
                 leader_epoch,
             }),
+            leader_appends: RwLock::new(()),
             high_watermark: AtomicI64::new(high_watermark),
             checks: RwLock::new(checks),
             waiters: Mutex::new(Vec::new()),
             replica_waiters: Mutex::new(Vec::new()),
             replica_lag_time_max_ms: AtomicI64::new(DEFAULT_REPLICA_LAG_TIME_MAX_MS),
             high_watermark_moved: Notify::new(),
-        };
-        partition.apply_state(&state, 0);
-        partition
+        }
     }
 
     /// Takes the partition's state from the metadata: becomes leader (at a
@@ -246,7 +254,21 @@ impl Partition {
     pub fn apply_state(&self, state: &PartitionState, now_ms: i64) {
         let mut new_epoch = None;
         {
+            let _appends = self.leader_appends.write();
             let mut role = self.role.lock();
+            // The same leadership at an older partition epoch (an image from
+            // before an ISR change this leader already has) changes nothing.
+            if let Role::Leader {
+                leader_epoch,
+                partition_epoch,
+                ..
+            } = &*role
+                && state.leader == self.local_id
+                && *leader_epoch == state.leader_epoch
+                && state.partition_epoch < *partition_epoch
+            {
+                return;
+            }
             let next = if state.leader == self.local_id {
                 let current = match &*role {
                     Role::Leader {
@@ -283,6 +305,8 @@ impl Partition {
                             // ISR does not shrink before they can fetch.
                             last_caught_up_time_ms: if state.isr.contains(id) { now_ms } else { 0 },
                             isr_eligible: true,
+                            last_fetch_leader_log_end_offset: -1,
+                            last_fetch_time_ms: 0,
                         })
                     })
                     .collect();
@@ -363,6 +387,18 @@ impl Partition {
         }
     }
 
+    /// `min.insync.replicas` bounded by the replication factor (Kafka's
+    /// `effectiveMinIsr`): what acks=all needs in the ISR.
+    pub(crate) fn effective_min_isr(&self, checks: &ProduceChecks) -> usize {
+        let replication_factor = match &*self.role.lock() {
+            Role::Leader {
+                replication_factor, ..
+            } => *replication_factor,
+            Role::Follower { .. } => 1,
+        };
+        checks.min_insync_replicas.min(replication_factor).max(1)
+    }
+
     /// The start offset of this leader's epoch, when it leads.
     pub fn leader_epoch_start_offset(&self) -> Option<i64> {
         match &*self.role.lock() {
@@ -416,9 +452,22 @@ impl Partition {
                 .ok_or(FollowerError::UnknownReplica(broker_id))?;
             follower.log_end_offset = log_end_offset;
             follower.isr_eligible = eligible;
-            if log_end_offset >= self.log.log_end_offset() {
-                follower.last_caught_up_time_ms = now_ms;
+            // Kafka's `updateFetchStateOrThrow`: caught up now when at the
+            // leader's log end, or since its previous fetch when it reached
+            // the log end the leader had then (under steady appends a
+            // follower is always one fetch behind the current end).
+            let leader_log_end_offset = self.log.log_end_offset();
+            if log_end_offset >= leader_log_end_offset {
+                follower.last_caught_up_time_ms = follower.last_caught_up_time_ms.max(now_ms);
+            } else if log_end_offset >= follower.last_fetch_leader_log_end_offset
+                && follower.last_fetch_leader_log_end_offset >= 0
+            {
+                follower.last_caught_up_time_ms = follower
+                    .last_caught_up_time_ms
+                    .max(follower.last_fetch_time_ms);
             }
+            follower.last_fetch_leader_log_end_offset = leader_log_end_offset;
+            follower.last_fetch_time_ms = now_ms;
             // Caught up to the high watermark and into this leader's epoch.
             let expand = pending_isr.is_none()
                 && eligible
@@ -629,13 +678,28 @@ impl Partition {
     /// A follower's high watermark after a fetch: the leader's, bounded by
     /// what this log holds (`ReplicaFetcherThread.processPartitionData`),
     /// never lower than it was unless the log itself is shorter.
-    pub fn set_follower_high_watermark(&self, leader_high_watermark: i64) {
+    pub fn set_follower_high_watermark(
+        &self,
+        leader_high_watermark: i64,
+        (leader, leader_epoch): (i32, i32),
+    ) {
+        // Under the role's lock: a fetch answered by the old leader never
+        // sets the high watermark of a partition that leads by now.
+        let role = self.role.lock();
+        if *role
+            != (Role::Follower {
+                leader,
+                leader_epoch,
+            })
+        {
+            return;
+        }
         let log_end_offset = self.log.log_end_offset();
-        let current = self.high_watermark().min(log_end_offset);
-        let next = current.max(leader_high_watermark.min(log_end_offset));
-        if next != self.high_watermark() {
+        let next = leader_high_watermark.min(log_end_offset);
+        if next > self.high_watermark() {
             self.high_watermark.store(next, Ordering::Release);
             self.log.set_high_watermark(next);
+            drop(role);
             self.wake_waiters();
         }
     }
@@ -697,15 +761,17 @@ impl Partition {
         origin: AppendOrigin,
         verification: TxnVerification,
     ) -> Result<AppendInfo, AppendError> {
-        // One load: the leadership checked is the one whose epoch is stamped
-        // (a handler's earlier check may be stale by now).
-        let (leader_epoch, leader) = unpack(self.leadership.load(Ordering::Acquire));
-        if leader != self.local_id {
-            return Err(AppendError::NotLeader);
-        }
-        let info =
+        let info = {
+            let _leadership_held = self.leader_appends.read();
+            // One load: the leadership checked is the one whose epoch is
+            // stamped (a handler's earlier check may be stale by now).
+            let (leader_epoch, leader) = unpack(self.leadership.load(Ordering::Acquire));
+            if leader != self.local_id {
+                return Err(AppendError::NotLeader);
+            }
             self.log
-                .append_as_leader_verified(records, leader_epoch, origin, verification)?;
+                .append_as_leader_verified(records, leader_epoch, origin, verification)?
+        };
         // Followers' fetches read to the log end: new data for them now.
         wake(&self.replica_waiters);
         self.advance_high_watermark();
@@ -796,7 +862,10 @@ impl Partition {
                     return Err(ErrorCode::NotLeaderOrFollower);
                 }
                 if self.high_watermark() >= offset {
-                    let min_isr = self.checks.read().min_insync_replicas;
+                    // The checks are copied out first: the role's lock is
+                    // never taken under the checks' lock.
+                    let checks = self.produce_checks();
+                    let min_isr = self.effective_min_isr(&checks);
                     if self.maximal_isr_size() < min_isr {
                         return Err(ErrorCode::NotEnoughReplicasAfterAppend);
                     }
