@@ -258,8 +258,11 @@ async fn not_controller_is_retried_after_a_metadata_refresh() {
         .await;
     assert_eq!(created["t"].as_ref().unwrap().partitions, 3);
     assert_eq!(script.create_topics.load(Ordering::SeqCst), 3);
-    // The first metadata, then one refresh per NOT_CONTROLLER.
-    assert_eq!(script.metadata.load(Ordering::SeqCst), 3);
+    // The first metadata, then a refresh after NOT_CONTROLLER: one per
+    // error, or one for both when the second came within the refresh
+    // backoff (KIP-580's rate limit, with jitter).
+    let metadata = script.metadata.load(Ordering::SeqCst);
+    assert!((2..=3).contains(&metadata), "{metadata} metadata requests");
 }
 
 #[tokio::test]
