@@ -52,6 +52,21 @@ fn producer(bootstrap: &str, acks: &str, timeout_ms: &str) -> FutureProducer {
         .unwrap()
 }
 
+/// Sends `value` to partition 0 of `topic` and waits for the answer: its
+/// offset, or the error as librdkafka reports it.
+async fn send(producer: &FutureProducer, topic: &str, value: &str) -> Result<i64, String> {
+    producer
+        .send(
+            FutureRecord::<(), str>::to(topic)
+                .partition(0)
+                .payload(value),
+            Duration::from_secs(60),
+        )
+        .await
+        .map(|d| d.offset)
+        .map_err(|(e, _)| e.to_string())
+}
+
 /// Creates `topic` with one partition, RF 3 and `min.insync.replicas=2`
 /// through node 1, and waits until node 1 names its leader.
 async fn replicated_topic(cluster: &LocalCluster, topic: &'static str) -> i32 {
@@ -119,16 +134,8 @@ async fn followers_copy_the_leaders_log_and_acks_all_waits_for_them() {
     let acks_all = producer(&bootstrap, "all", "60000");
     let mut offsets = Vec::new();
     for i in 0..50 {
-        let delivered = acks_all
-            .send(
-                FutureRecord::<(), str>::to("replicated")
-                    .partition(0)
-                    .payload(&format!("v{i}")),
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|(e, _)| e.to_string());
-        offsets.push(delivered.unwrap().offset);
+        let delivered = send(&acks_all, "replicated", &format!("v{i}")).await;
+        offsets.push(delivered.unwrap());
     }
     assert_eq!(offsets, (0..50).collect::<Vec<i64>>());
     let b = bootstrap.clone();
@@ -184,16 +191,7 @@ async fn with_two_of_three_replicas_down_acks_all_never_succeeds_and_acks_one_do
     let leader = replicated_topic(&cluster, "two-down").await;
     let bootstrap = cluster.addr(leader).to_string();
     let acks_all = producer(&bootstrap, "all", "60000");
-    acks_all
-        .send(
-            FutureRecord::<(), str>::to("two-down")
-                .partition(0)
-                .payload("before"),
-            Duration::from_secs(60),
-        )
-        .await
-        .map_err(|(e, _)| e.to_string())
-        .unwrap();
+    send(&acks_all, "two-down", "before").await.unwrap();
     for id in cluster.node_ids() {
         if id != leader {
             cluster.kill(id).await.unwrap();
@@ -224,15 +222,7 @@ async fn with_two_of_three_replicas_down_acks_all_never_succeeds_and_acks_one_do
     }
     // acks=1 still works; the high watermark stays where it was.
     let acks_one = producer(&bootstrap, "1", "30000");
-    let delivered = acks_one
-        .send(
-            FutureRecord::<(), str>::to("two-down")
-                .partition(0)
-                .payload("one"),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e.to_string());
+    let delivered = send(&acks_one, "two-down", "one").await;
     assert!(delivered.is_ok(), "acks=1 refused: {delivered:?}");
     let b = bootstrap.clone();
     let after = tokio::task::spawn_blocking(move || high_watermark(&b, "two-down"))
@@ -266,16 +256,7 @@ async fn a_leader_cut_off_truncates_its_acks_one_writes_once_healed() {
     let at_old = cluster.addr(old).to_string();
     let acks_all = producer(&cluster.bootstrap(), "all", "60000");
     for i in 0..20 {
-        acks_all
-            .send(
-                FutureRecord::<(), str>::to("cut")
-                    .partition(0)
-                    .payload(&format!("kept{i}")),
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|(e, _)| e.to_string())
-            .unwrap();
+        send(&acks_all, "cut", &format!("kept{i}")).await.unwrap();
     }
 
     // Cut off from the quorum (its client listener stays reachable), the
@@ -305,30 +286,12 @@ async fn a_leader_cut_off_truncates_its_acks_one_writes_once_healed() {
     // The old leader does not know: it takes acks=1 writes nobody copies.
     let stale = producer(&at_old, "1", "30000");
     for i in 0..5 {
-        stale
-            .send(
-                FutureRecord::<(), str>::to("cut")
-                    .partition(0)
-                    .payload(&format!("lost{i}")),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e.to_string())
-            .unwrap();
+        send(&stale, "cut", &format!("lost{i}")).await.unwrap();
     }
     // The new leader goes on with acks=all.
     let at_new = producer(&cluster.addr(new).to_string(), "all", "60000");
     for i in 20..30 {
-        at_new
-            .send(
-                FutureRecord::<(), str>::to("cut")
-                    .partition(0)
-                    .payload(&format!("kept{i}")),
-                Duration::from_secs(60),
-            )
-            .await
-            .map_err(|(e, _)| e.to_string())
-            .unwrap();
+        send(&at_new, "cut", &format!("kept{i}")).await.unwrap();
     }
 
     // Healed, the old leader follows, truncates what diverged and copies
@@ -398,15 +361,7 @@ async fn acks_all_is_refused_with_not_enough_replicas_once_the_isr_shrank_below_
     .await;
     let bootstrap = cluster.addr(leader).to_string();
     let all = producer(&bootstrap, "all", "30000");
-    all.send(
-        FutureRecord::<(), str>::to("strict")
-            .partition(0)
-            .payload("in sync"),
-        Duration::from_secs(30),
-    )
-    .await
-    .map_err(|(e, _)| e.to_string())
-    .unwrap();
+    send(&all, "strict", "in sync").await.unwrap();
     let follower = cluster
         .node_ids()
         .into_iter()

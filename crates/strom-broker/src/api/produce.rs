@@ -325,17 +325,21 @@ fn append(
     acks: i16,
 ) -> (PartitionProduceResponse, Option<(i64, i32)>) {
     let index = partition.index;
-    let isr = partition.isr_size();
-    let min_isr = partition.effective_min_isr(checks);
-    if acks == -1 && isr < min_isr {
-        let response = error_response(
-            index,
-            ErrorCode::NotEnoughReplicas,
-            Some(format!(
-                "The size of the current ISR {isr} is insufficient to satisfy the min.isr requirement of {min_isr}"
-            )),
-        );
-        return (response, None);
+    // Only acks=all looks at the ISR (the role's lock stays off the other
+    // produces' path).
+    if acks == -1 {
+        let in_sync = partition.in_sync(checks);
+        if in_sync.isr < in_sync.min {
+            let response = error_response(
+                index,
+                ErrorCode::NotEnoughReplicas,
+                Some(format!(
+                    "The size of the current ISR {} is insufficient to satisfy the min.isr requirement of {}",
+                    in_sync.isr, in_sync.min
+                )),
+            );
+            return (response, None);
+        }
     }
     let recompressed = match partition.validate_records(
         records,

@@ -70,13 +70,15 @@ pub struct HighWatermarkInputs<'a> {
 /// Kafka's default `replica.lag.time.max.ms`.
 pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: i64 = 30_000;
 
+/// `min.insync.replicas` bounded by the replication factor (Kafka's
+/// `effectiveMinIsr`): what the high watermark and acks=all need in the ISR.
+pub fn effective_min_isr(min_insync_replicas: usize, replication_factor: usize) -> usize {
+    min_insync_replicas.min(replication_factor).max(1)
+}
+
 /// The high watermark the leader may move to (never below `current`).
 pub fn next_high_watermark(inputs: &HighWatermarkInputs<'_>) -> i64 {
-    let effective_min_isr = inputs
-        .min_insync_replicas
-        .min(inputs.replication_factor)
-        .max(1);
-    if inputs.isr_size < effective_min_isr {
+    if inputs.isr_size < effective_min_isr(inputs.min_insync_replicas, inputs.replication_factor) {
         return inputs.current;
     }
     let counted = inputs.followers.iter().filter(|f| {

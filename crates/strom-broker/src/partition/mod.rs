@@ -43,7 +43,8 @@ use strom_storage::{
 use tokio::sync::Notify;
 
 use high_watermark::{
-    DEFAULT_REPLICA_LAG_TIME_MAX_MS, HighWatermarkInputs, ReplicaState, next_high_watermark,
+    DEFAULT_REPLICA_LAG_TIME_MAX_MS, HighWatermarkInputs, ReplicaState, effective_min_isr,
+    next_high_watermark,
 };
 use validation::ProduceChecks;
 
@@ -126,6 +127,14 @@ pub struct ReadReplicaCandidate {
     pub log_end_offset: i64,
     /// Since the follower last caught up with the leader's log end.
     pub time_since_caught_up_ms: i64,
+}
+
+/// The ISR sizes acks=all is checked against ([`Partition::in_sync`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct InSync {
+    pub(crate) isr: usize,
+    pub(crate) maximal: usize,
+    pub(crate) min: usize,
 }
 
 /// Why a follower's fetch position was not taken.
@@ -375,28 +384,30 @@ impl Partition {
         }
     }
 
-    /// The size of the maximal ISR (the ISR with a pending change's
-    /// additions): what an acks=all produce is checked against once the high
-    /// watermark passes it (Kafka's `checkEnoughReplicasReachOffset`).
-    fn maximal_isr_size(&self) -> usize {
-        match &*self.role.lock() {
+    /// What acks=all is checked against, under one look at the role: the
+    /// ISR's size, the maximal ISR's (with a pending change's additions,
+    /// Kafka's `checkEnoughReplicasReachOffset`), and the effective
+    /// `min.insync.replicas` (bounded by the replication factor). All 0/1
+    /// when this broker does not lead.
+    pub(crate) fn in_sync(&self, checks: &ProduceChecks) -> InSync {
+        let (isr, maximal, replication_factor) = match &*self.role.lock() {
             Role::Leader {
-                isr, pending_isr, ..
-            } => maximal_isr(isr, pending_isr.as_deref()).len(),
-            Role::Follower { .. } => 0,
-        }
-    }
-
-    /// `min.insync.replicas` bounded by the replication factor (Kafka's
-    /// `effectiveMinIsr`): what acks=all needs in the ISR.
-    pub(crate) fn effective_min_isr(&self, checks: &ProduceChecks) -> usize {
-        let replication_factor = match &*self.role.lock() {
-            Role::Leader {
-                replication_factor, ..
-            } => *replication_factor,
-            Role::Follower { .. } => 1,
+                isr,
+                pending_isr,
+                replication_factor,
+                ..
+            } => (
+                isr.len(),
+                maximal_isr(isr, pending_isr.as_deref()).len(),
+                *replication_factor,
+            ),
+            Role::Follower { .. } => (0, 0, 1),
         };
-        checks.min_insync_replicas.min(replication_factor).max(1)
+        InSync {
+            isr,
+            maximal,
+            min: effective_min_isr(checks.min_insync_replicas, replication_factor),
+        }
     }
 
     /// The start offset of this leader's epoch, when it leads.
@@ -864,9 +875,8 @@ impl Partition {
                 if self.high_watermark() >= offset {
                     // The checks are copied out first: the role's lock is
                     // never taken under the checks' lock.
-                    let checks = self.produce_checks();
-                    let min_isr = self.effective_min_isr(&checks);
-                    if self.maximal_isr_size() < min_isr {
+                    let in_sync = self.in_sync(&self.produce_checks());
+                    if in_sync.maximal < in_sync.min {
                         return Err(ErrorCode::NotEnoughReplicasAfterAppend);
                     }
                     return Ok(());
