@@ -145,6 +145,10 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestkitEr
     move |source| TestkitError::Io { what, source }
 }
 
+/// How many times [`ClusterBuilder::start`] tries when a free port was
+/// taken by another process before a node bound it.
+pub const START_ATTEMPTS: usize = 3;
+
 /// Settings of a cluster to start: [`LocalCluster::builder`].
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
@@ -260,7 +264,30 @@ impl ClusterBuilder {
 
     /// Starts every node, then waits until all are ready. On failure every
     /// node started is killed and the temporary directory removed.
+    ///
+    /// Free ports are found by binding port 0 and letting go, so another
+    /// process can take one before its node binds it: a start that fails
+    /// for that reason (the node says "Address already in use") is tried
+    /// again with new ports and a new directory, up to
+    /// [`START_ATTEMPTS`] times, unless ports or the directory are fixed.
     pub async fn start(self) -> Result<LocalCluster, TestkitError> {
+        let retriable = self.base_port.is_none() && self.data_dir_root.is_none();
+        let mut attempt = 1;
+        loop {
+            match self.clone().start_once().await {
+                Err(TestkitError::Exited { tail, .. })
+                    if retriable
+                        && attempt < START_ATTEMPTS
+                        && tail.contains("Address already in use") =>
+                {
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once(self) -> Result<LocalCluster, TestkitError> {
         if self.nodes == 0 {
             return Err(TestkitError::Invalid(
                 "a cluster needs at least one node".to_owned(),
