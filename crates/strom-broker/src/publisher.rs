@@ -86,13 +86,17 @@ impl MetadataDelta {
 #[derive(Debug)]
 pub struct Publisher {
     applied: watch::Sender<i64>,
+    /// The image applied at start, until [`Self::run`] takes it as the one
+    /// its first delta starts from.
+    applied_at_start: parking_lot::Mutex<Option<Arc<MetadataImage>>>,
 }
 
 impl Publisher {
-    /// A publisher whose image at `offset` was applied at start.
-    pub fn new(offset: i64) -> Self {
+    /// A publisher whose `image` was applied at start.
+    pub fn new(image: &Arc<MetadataImage>) -> Self {
         Self {
-            applied: watch::Sender::new(offset),
+            applied: watch::Sender::new(image.offset),
+            applied_at_start: parking_lot::Mutex::new(Some(Arc::clone(image))),
         }
     }
 
@@ -118,7 +122,16 @@ impl Publisher {
         shutdown: CancellationToken,
     ) {
         let targets = Arc::new(targets);
-        let mut previous = images.borrow_and_update().clone();
+        // The images committed between the start's and this task's first
+        // poll are applied now: marking the current one seen instead would
+        // leave it unapplied (and anyone waiting for it waiting) until the
+        // next change, which on an idle node never comes.
+        let mut previous = self
+            .applied_at_start
+            .lock()
+            .take()
+            .unwrap_or_else(|| images.borrow().clone());
+        images.mark_changed();
         let mut retry = tokio::time::interval(STORAGE_RETRY_INTERVAL);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

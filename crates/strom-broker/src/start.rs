@@ -567,7 +567,7 @@ fn open(
         txn: Arc::new(txn),
         clock,
         metrics: Arc::new(Metrics::new(&crate::api::answered_apis(), config.node_id)),
-        publisher: Arc::new(Publisher::new(image.offset)),
+        publisher: Arc::new(Publisher::new(&image)),
         metadata_log,
         producer_ids,
         shutdown,

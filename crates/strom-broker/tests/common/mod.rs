@@ -29,7 +29,7 @@ pub async fn broker(dir: &std::path::Path, extra: &[(&str, &str)]) -> RunningBro
     // The broker's log lines show with a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
-        .with_env_filter("warn")
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .try_init();
     let mut props = BTreeMap::from([
         ("listeners".to_owned(), "PLAINTEXT://127.0.0.1:0".to_owned()),
