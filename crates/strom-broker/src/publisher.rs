@@ -17,8 +17,9 @@
 //! retried every [`STORAGE_RETRY_INTERVAL`] by applying the image again, until
 //! it succeeds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use strom_controller::MetadataImage;
 use tokio::sync::watch;
@@ -82,10 +83,23 @@ impl MetadataDelta {
     }
 }
 
+/// How long Metadata keeps offering a broker after this node saw it fenced.
+/// librdkafka (2.x) decommissions a broker that a Metadata response leaves
+/// out while it moves that broker's partitions to their new leaders named
+/// in the same response; the two race, the partitions lose their leader,
+/// and the producer waits for its next one-second scan to ask again. The
+/// controller fences a broker and moves its leaderships in one batch (as
+/// Kafka's does), so every failover would pay that second. Offered a few
+/// scans longer, the broker is dropped only once its partitions have moved.
+pub const FENCED_BROKER_OFFERED_FOR: Duration = Duration::from_secs(5);
+
 /// The offset of the newest image applied, for handlers to wait on.
 #[derive(Debug)]
 pub struct Publisher {
     applied: watch::Sender<i64>,
+    /// Brokers seen going from live to fenced, and when: see
+    /// [`FENCED_BROKER_OFFERED_FOR`].
+    fenced_at: parking_lot::Mutex<HashMap<i32, Instant>>,
     /// The image applied at start, until [`Self::run`] takes it as the one
     /// its first delta starts from.
     applied_at_start: parking_lot::Mutex<Option<Arc<MetadataImage>>>,
@@ -96,6 +110,7 @@ impl Publisher {
     pub fn new(image: &Arc<MetadataImage>) -> Self {
         Self {
             applied: watch::Sender::new(image.offset),
+            fenced_at: parking_lot::Mutex::new(HashMap::new()),
             applied_at_start: parking_lot::Mutex::new(Some(Arc::clone(image))),
         }
     }
@@ -103,6 +118,35 @@ impl Publisher {
     /// The offset of each image as it is applied.
     pub fn subscribe_applied(&self) -> watch::Receiver<i64> {
         self.applied.subscribe()
+    }
+
+    /// The brokers fenced in `image` that Metadata still offers: fenced
+    /// less than [`FENCED_BROKER_OFFERED_FOR`] ago, as this node saw it.
+    pub fn recently_fenced(&self, image: &MetadataImage) -> Vec<i32> {
+        let fenced_at = self.fenced_at.lock();
+        image
+            .brokers
+            .values()
+            .filter(|b| b.fenced)
+            .filter(|b| {
+                fenced_at
+                    .get(&b.id)
+                    .is_some_and(|at| at.elapsed() < FENCED_BROKER_OFFERED_FOR)
+            })
+            .map(|b| b.id)
+            .collect()
+    }
+
+    /// Notes the brokers live in `previous` and fenced in `next`; forgets
+    /// the ones live again or gone.
+    fn note_fencing(&self, previous: &MetadataImage, next: &MetadataImage) {
+        let mut fenced_at = self.fenced_at.lock();
+        fenced_at.retain(|id, _| next.brokers.get(id).is_some_and(|b| b.fenced));
+        for b in next.brokers.values().filter(|b| b.fenced) {
+            if previous.is_live(b.id) {
+                fenced_at.insert(b.id, Instant::now());
+            }
+        }
     }
 
     /// Waits until an image at `offset` or later has been applied (or the
@@ -149,6 +193,9 @@ impl Publisher {
                 continue;
             }
             let image = images.borrow_and_update().clone();
+            // Before the (slower) apply: Metadata answers from the newest
+            // image, which already leaves the broker out.
+            self.note_fencing(&previous, &image);
             let delta = MetadataDelta::between(&previous, &image);
             if !delta.is_empty() || retrying {
                 publish(&targets, &image, &delta).await;

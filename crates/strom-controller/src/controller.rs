@@ -1208,17 +1208,34 @@ impl Controller {
         let mut was_leader = false;
         // When the next leader rebalance is due (`None`: never).
         let mut next_rebalance = None;
+        // The next check: at the interval, or sooner when a session runs
+        // out before it (fencing waits for no tick).
+        let mut next_check = Instant::now() + LIVENESS_CHECK_INTERVAL;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(LIVENESS_CHECK_INTERVAL) => {}
+                _ = tokio::time::sleep_until(next_check.into()) => {}
             }
+            next_check = Instant::now() + LIVENESS_CHECK_INTERVAL;
             let leader = quorum.is_leader();
             if leader && !was_leader {
                 // A new active controller: every broker gets a full session,
                 // and the first rebalance is one interval away, as Kafka
-                // schedules it.
-                self.sessions.lock().clear();
+                // schedules it. Except the node that led the quorum before:
+                // a combined node's controller and broker go together, and
+                // its broker has been silent since its last entries reached
+                // this node. Its session runs from then (Kafka's runs from
+                // now, so a failover that takes the active controller along
+                // takes an election longer); alive, it heartbeats here as
+                // soon as it learns of this leader, well within its session.
+                let mut sessions = self.sessions.lock();
+                sessions.clear();
+                if let Some((previous, heard)) = quorum.last_append_from()
+                    && previous != self.node_id
+                {
+                    sessions.insert(previous, heard);
+                }
+                drop(sessions);
                 next_rebalance = Instant::now().checked_add(rebalance_interval);
             }
             was_leader = leader;
@@ -1238,13 +1255,16 @@ impl Controller {
             let expired: Vec<i32> = {
                 let image = self.image();
                 let mut sessions = self.sessions.lock();
-                image
-                    .live_brokers()
-                    .filter(|b| {
-                        sessions.entry(b.id).or_insert_with(Instant::now).elapsed() > session
-                    })
-                    .map(|b| b.id)
-                    .collect()
+                let mut expired = Vec::new();
+                for b in image.live_brokers() {
+                    let heard = *sessions.entry(b.id).or_insert_with(Instant::now);
+                    if heard.elapsed() > session {
+                        expired.push(b.id);
+                    } else {
+                        next_check = next_check.min(heard + session + Duration::from_millis(1));
+                    }
+                }
+                expired
             };
             for broker_id in expired {
                 let mut writer = self.write.lock().await;

@@ -251,7 +251,25 @@ async fn section_latency(secs: f64) {
 
 /// Delivery outcomes of the steady producer: (sent, acknowledged at, ok).
 struct Outcomes(Arc<Mutex<Vec<(Instant, Instant, bool)>>>);
-impl ClientContext for Outcomes {}
+impl ClientContext for Outcomes {
+    /// librdkafka's own lines (with `STROM_BENCH_RDKAFKA_DEBUG`, its `debug`
+    /// contexts), on stderr with the time: where a failover's client part
+    /// goes.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        eprintln!(
+            "{} librdkafka {level:?} {fac}: {log_message}",
+            chrono_free_now()
+        );
+    }
+}
+
+/// Seconds and milliseconds since the epoch, for log lines.
+fn chrono_free_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", now.as_secs(), now.subsec_millis())
+}
 impl ProducerContext for Outcomes {
     type DeliveryOpaque = Box<Instant>;
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Self::DeliveryOpaque) {
@@ -271,7 +289,8 @@ fn steady_producer(
     outcomes: Arc<Mutex<Vec<(Instant, Instant, bool)>>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let producer: ThreadedProducer<Outcomes> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &bootstrap)
             .set("acks", "all")
             .set("enable.idempotence", "true")
@@ -281,8 +300,17 @@ fn steady_producer(
             .set("retry.backoff.ms", "20")
             .set("retry.backoff.max.ms", "100")
             .set("topic.metadata.refresh.interval.ms", "1000")
-            .create_with_context(Outcomes(outcomes))
-            .unwrap();
+            // A round's victim is the next round's likely new leader: its
+            // reconnect backoff, grown while it was down (up to 10 s by
+            // default), would otherwise delay the next round's failover.
+            .set("reconnect.backoff.max.ms", "1000");
+        if let Ok(contexts) = std::env::var("STROM_BENCH_RDKAFKA_DEBUG") {
+            config
+                .set("debug", contexts)
+                .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+        }
+        let producer: ThreadedProducer<Outcomes> =
+            config.create_with_context(Outcomes(outcomes)).unwrap();
         let payload = vec![b'u'; RECORD];
         while !stop.load(Ordering::Relaxed) {
             let record = BaseRecord::with_opaque_to(topic, Box::new(Instant::now()))
@@ -309,17 +337,30 @@ async fn section_unavailability(rounds: usize) {
         Arc::clone(&stop),
         Arc::clone(&outcomes),
     );
+    // The producer has its id and connections before the first round.
+    wait_for("the producer's first acknowledgement", || {
+        outcomes.lock().unwrap().iter().any(|o| o.2).then_some(())
+    });
     for (label, kill, n) in [
         ("kill -9", true, rounds),
         ("SIGTERM", false, rounds.div_ceil(2)),
     ] {
         let mut gaps = Vec::new();
         let mut moved = Vec::new();
+        // The gaps where the victim led the partition only, and where it
+        // was the active controller too (a new controller is elected first,
+        // and gives every broker a full session, as Kafka's does).
+        let mut leader_only = Vec::new();
+        let mut with_controller = Vec::new();
         let mut failed = 0;
-        for _ in 0..n {
+        for round in 0..n {
             let victim = settled(&three, "steady");
             outcomes.lock().unwrap().clear();
             let survivor = three.addr(*three.node_ids().iter().find(|id| **id != victim).unwrap());
+            let (controller, _) = RawConnection::connect(survivor, Duration::from_secs(5))
+                .unwrap()
+                .describe_cluster()
+                .unwrap();
             // When a survivor's Metadata names another leader: the brokers'
             // part of the gap (the rest is the client learning it).
             let at = Instant::now();
@@ -333,6 +374,7 @@ async fn section_unavailability(rounds: usize) {
                     (leaders[0] > 0 && leaders[0] != victim).then(|| start.elapsed())
                 })
             });
+            eprintln!("{} bench: signalling leader {victim}", chrono_free_now());
             if kill {
                 three.kill(victim).await.unwrap();
             } else {
@@ -348,7 +390,22 @@ async fn section_unavailability(rounds: usize) {
                     .map(|(_, acked, _)| *acked)
                     .min()
             });
-            gaps.push(first.duration_since(at).as_secs_f64() * 1000.0);
+            let gap = first.duration_since(at).as_secs_f64() * 1000.0;
+            let brokers_part = moved.last().copied().unwrap_or_default();
+            println!(
+                "    round {round}: victim {victim}{}  new leader named {brokers_part:.0} ms  first ack {gap:.0} ms",
+                if controller == victim {
+                    " (the active controller)"
+                } else {
+                    ""
+                }
+            );
+            if controller == victim {
+                with_controller.push(gap);
+            } else {
+                leader_only.push(gap);
+            }
+            gaps.push(gap);
             three.restart(victim).await.unwrap();
             settled(&three, "steady");
             failed += outcomes.lock().unwrap().iter().filter(|o| !o.2).count();
@@ -361,6 +418,18 @@ async fn section_unavailability(rounds: usize) {
             "  {label:<8} to a new leader in a survivor's Metadata (ms): {}",
             stats(moved)
         );
+        for (what, gaps) in [
+            ("the leader only", leader_only),
+            ("leader and active controller", with_controller),
+        ] {
+            if !gaps.is_empty() {
+                println!(
+                    "  {label:<8} victim {what} ({} rounds): {}",
+                    gaps.len(),
+                    stats(gaps)
+                );
+            }
+        }
     }
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();

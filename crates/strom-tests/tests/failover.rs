@@ -185,6 +185,39 @@ async fn killing_the_leader_twice_loses_no_acknowledged_record() {
     check(cluster, acked).await;
 }
 
+/// The first Metadata answer that names a killed leader's successor still
+/// offers the killed broker, and later ones leave it out. librdkafka drops a
+/// broker an answer leaves out while it moves that broker's partitions to
+/// the leaders the same answer names; dropped together, the partition lost
+/// its leader until the producer's next scan, a second later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_leader_is_offered_until_clients_have_moved_its_partitions() {
+    let (mut cluster, _) = setup().await;
+    let victim = leader(&cluster, None).await;
+    let survivor = cluster.addr(*cluster.node_ids().iter().find(|id| **id != victim).unwrap());
+    let metadata = move || {
+        RawConnection::connect(survivor, Duration::from_secs(5))
+            .ok()?
+            .leaders(TOPIC)
+            .ok()
+    };
+    cluster.kill(victim).await.unwrap();
+    let brokers = eventually("a survivor names a new leader", move || {
+        let (leaders, brokers) = metadata()?;
+        (leaders[0] > 0 && leaders[0] != victim).then_some(brokers)
+    })
+    .await;
+    assert!(
+        brokers.contains(&victim),
+        "the answer naming the new leader still offers broker {victim}: {brokers:?}"
+    );
+    eventually("the fenced broker no longer offered", move || {
+        let (_, brokers) = metadata()?;
+        (!brokers.contains(&victim)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_stopped_past_its_session_loses_no_acknowledged_record() {
     let (cluster, bootstrap) = setup().await;

@@ -119,7 +119,11 @@ pub async fn handle(
     // Fields a version does not carry stay at their defaults: the encoder
     // refuses them otherwise (as Kafka's generated serializers omit them).
     MetadataResponse::default()
-        .with_brokers(brokers(&image, version))
+        .with_brokers(brokers(
+            &image,
+            &broker.publisher.recently_fenced(&image),
+            version,
+        ))
         .with_cluster_id((version >= 2).then(|| StrBytes::from_string(image.cluster_id.clone())))
         .with_controller_id(BrokerId(if version >= 1 {
             broker.controller_id_for_clients(&image)
@@ -161,10 +165,17 @@ async fn auto_create(broker: &Arc<Broker>, names: Vec<String>) -> Arc<MetadataIm
     broker.image()
 }
 
-/// The brokers clients are offered: registered and not fenced.
-pub fn brokers(image: &MetadataImage, version: i16) -> Vec<MetadataResponseBroker> {
+/// The brokers clients are offered: registered and not fenced, and those
+/// in `recently_fenced` (see [`crate::publisher::FENCED_BROKER_OFFERED_FOR`]).
+pub fn brokers(
+    image: &MetadataImage,
+    recently_fenced: &[i32],
+    version: i16,
+) -> Vec<MetadataResponseBroker> {
     image
-        .live_brokers()
+        .brokers
+        .values()
+        .filter(|b| !b.fenced || recently_fenced.contains(&b.id))
         .map(|b| {
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.id))

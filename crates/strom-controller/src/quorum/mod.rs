@@ -402,6 +402,7 @@ impl Quorum {
             images: images.clone(),
             app: Arc::new(OnceLock::new()),
             guard,
+            last_append: Arc::default(),
         };
         let shutdown = CancellationToken::new();
         let listener_task = listener.map(|listener| {
@@ -485,6 +486,15 @@ impl Quorum {
             .borrow_watched()
             .current_leader
             .map(kafka_id)
+    }
+
+    /// The node that last sent this one log entries or a heartbeat as its
+    /// leader, and when: how long a leader that went away has been silent.
+    pub fn last_append_from(&self) -> Option<(i32, std::time::Instant)> {
+        self.server
+            .last_append
+            .lock()
+            .map(|(node, at)| (kafka_id(node), at))
     }
 
     /// Whether this node is the leader.

@@ -17,7 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
@@ -588,6 +588,8 @@ pub(crate) struct Server {
     pub(crate) images: watch::Receiver<Arc<MetadataImage>>,
     pub(crate) app: Arc<OnceLock<Arc<dyn AppHandler>>>,
     pub(crate) guard: Arc<ClusterGuard>,
+    /// The node that last sent this one entries (a leader) and when.
+    pub(crate) last_append: Arc<parking_lot::Mutex<Option<(u64, Instant)>>>,
 }
 
 impl Server {
@@ -608,6 +610,9 @@ impl Server {
             }
             _ => {
                 self.guard.agreed(envelope.from);
+                if matches!(envelope.request, PeerRequest::Append(_)) {
+                    *self.last_append.lock() = Some((envelope.from, Instant::now()));
+                }
                 dispatch(&self.raft, &self.app, envelope).await
             }
         };
