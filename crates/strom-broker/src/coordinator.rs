@@ -25,6 +25,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use parking_lot::RwLock;
 use strom_protocol::error_code::ErrorCode;
@@ -49,6 +52,18 @@ pub trait CoordinatorLog: Send + Sync + fmt::Debug {
     /// Calls `f` with every batch from the start of the log, in offset
     /// order: a shard's load. Blocking.
     fn replay(&self, f: &mut dyn FnMut(&BatchHeader, &[u8])) -> Result<(), ReadError>;
+    /// Waits until the batch ending at `last_offset`, appended while this
+    /// broker led at `leader_epoch`, is replicated (the high watermark
+    /// passed it): a coordinator's write completes only then, as Kafka's
+    /// coordinators append with acks=all. NOT_LEADER_OR_FOLLOWER once the
+    /// leadership moved, NOT_ENOUGH_REPLICAS_AFTER_APPEND, or
+    /// REQUEST_TIMED_OUT after `timeout`.
+    fn replicated(
+        &self,
+        last_offset: i64,
+        leader_epoch: i32,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), ErrorCode>>;
 }
 
 impl CoordinatorLog for Partition {
@@ -73,6 +88,27 @@ impl CoordinatorLog for Partition {
         let from = self.log.log_start_offset();
         self.log
             .for_each_batch_from(from, |_, header, bytes| f(header, bytes))
+    }
+
+    fn replicated(
+        &self,
+        last_offset: i64,
+        leader_epoch: i32,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), ErrorCode>> {
+        Box::pin(self.wait_for_high_watermark(last_offset + 1, leader_epoch, timeout))
+    }
+}
+
+/// What a coordinator's client is told when its write was appended but not
+/// replicated (Kafka's coordinators translate the same codes): the
+/// leadership moved, NOT_COORDINATOR (the client looks the coordinator up
+/// again); too few in-sync replicas or no replication in time,
+/// COORDINATOR_NOT_AVAILABLE (it retries).
+pub fn replication_error(code: ErrorCode) -> ErrorCode {
+    match code {
+        ErrorCode::NotLeaderOrFollower | ErrorCode::KafkaStorageError => ErrorCode::NotCoordinator,
+        _ => ErrorCode::CoordinatorNotAvailable,
     }
 }
 

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use strom_controller::MetadataImage;
@@ -96,10 +97,11 @@ pub fn coordinator_for(broker: &Broker, transactional_id: &str) -> Result<i32, E
 fn ensure_topic(broker: &Broker, config: &TxnConfig) -> Result<Arc<MetadataImage>, ErrorCode> {
     super::ensure_internal_topic(broker, TRANSACTION_STATE_TOPIC, |brokers| {
         let brokers = i16::try_from(brokers).unwrap_or(i16::MAX).max(1);
+        let replication_factor = config.replication_factor.min(brokers);
         CreateTopicRequest {
             name: TRANSACTION_STATE_TOPIC.to_owned(),
             num_partitions: config.partitions,
-            replication_factor: config.replication_factor.min(brokers),
+            replication_factor,
             assignments: Vec::new(),
             configs: BTreeMap::from([
                 ("cleanup.policy".to_owned(), "compact".to_owned()),
@@ -108,17 +110,25 @@ fn ensure_topic(broker: &Broker, config: &TxnConfig) -> Result<Arc<MetadataImage
                     "segment.bytes".to_owned(),
                     TXN_STATE_SEGMENT_BYTES.to_owned(),
                 ),
-                ("min.insync.replicas".to_owned(), "1".to_owned()),
+                (
+                    "min.insync.replicas".to_owned(),
+                    config.min_isr.min(replication_factor).to_string(),
+                ),
             ]),
         }
     })
 }
 
+/// How long a transaction marker may wait to be replicated: Kafka waits
+/// `request.timeout.ms` (30 s by default); the coordinator retries it after.
+const MARKER_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The local [`MarkerSender`]: appends each marker to the partition if this
 /// broker leads it (NOT_LEADER_OR_FOLLOWER otherwise, UNKNOWN_TOPIC_OR_PARTITION
-/// for a partition the image does not have), then, for the partitions of
-/// `__consumer_offsets`, tells the group coordinator that the producer's
-/// offsets there take effect or go. Also the WriteTxnMarkers handler's work.
+/// for a partition the image does not have), waits until it is replicated,
+/// then, for the partitions of `__consumer_offsets`, tells the group
+/// coordinator that the producer's offsets there take effect or go. Also the
+/// WriteTxnMarkers handler's work.
 #[derive(Debug)]
 pub struct LocalMarkerSender<'a> {
     broker: &'a Arc<Broker>,
@@ -134,15 +144,15 @@ impl<'a> LocalMarkerSender<'a> {
         let broker = self.broker;
         let broker_for_task = Arc::clone(broker);
         let request_for_task = request.clone();
-        let results = super::blocking(move || {
+        let appended = super::blocking(move || {
             let image = broker_for_task.image();
             let now = broker_for_task.clock.now_ms();
             request_for_task
                 .partitions
                 .iter()
                 .map(|(topic, index)| {
-                    let code = if image.partition(topic, *index).is_none() {
-                        ErrorCode::UnknownTopicOrPartition
+                    let appended = if image.partition(topic, *index).is_none() {
+                        Err(ErrorCode::UnknownTopicOrPartition)
                     } else {
                         match broker_for_task
                             .replicas
@@ -151,22 +161,44 @@ impl<'a> LocalMarkerSender<'a> {
                         {
                             Some(partition) => {
                                 markers::append_marker(&partition, &request_for_task, now)
+                                    .map(|at| (partition, at))
                             }
-                            None => ErrorCode::NotLeaderOrFollower,
+                            None => Err(ErrorCode::NotLeaderOrFollower),
                         }
                     };
-                    ((topic.clone(), *index), code)
+                    ((topic.clone(), *index), appended)
                 })
-                .collect::<MarkerResults>()
+                .collect::<Vec<_>>()
         })
-        .await
-        .unwrap_or_else(|| {
-            request
+        .await;
+        let Some(appended) = appended else {
+            return request
                 .partitions
                 .iter()
                 .map(|p| (p.clone(), ErrorCode::UnknownServerError))
-                .collect()
-        });
+                .collect();
+        };
+        // A marker counts once replicated (Kafka writes them with
+        // acks=all): one the new leader lacks would leave its transaction
+        // open there. The waits run together.
+        let results: MarkerResults = futures::future::join_all(appended.into_iter().map(
+            |(key, appended)| async move {
+                let code = match appended {
+                    Ok((partition, (last_offset, leader_epoch))) => partition
+                        .wait_for_high_watermark(
+                            last_offset + 1,
+                            leader_epoch,
+                            MARKER_WRITE_TIMEOUT,
+                        )
+                        .await
+                        .err()
+                        .unwrap_or(ErrorCode::None),
+                    Err(code) => code,
+                };
+                (key, code)
+            },
+        ))
+        .await;
         // Offsets committed in the transaction become visible (or go) with the
         // marker in their partition of the offsets topic.
         for ((topic, partition), code) in &results {

@@ -60,6 +60,10 @@ pub struct GroupConfig {
     /// `offsets.topic.replication.factor`, default 3 (capped by the brokers
     /// there are when the topic is created).
     pub offsets_replication_factor: i16,
+    /// `offsets.commit.timeout.ms`, default 5 s: how long a write of the
+    /// group coordinator (an offset commit, a group change) may wait to be
+    /// replicated before it fails with COORDINATOR_NOT_AVAILABLE.
+    pub offsets_commit_timeout_ms: u64,
     /// `offsets.retention.minutes`, default 7 days, in ms.
     pub offsets_retention_ms: i64,
     /// `offsets.retention.check.interval.ms`, default 10 minutes.
@@ -146,6 +150,11 @@ impl GroupConfig {
                 "offsets.topic.replication.factor",
                 prop(props, "offsets.topic.replication.factor", 3)?,
             )?,
+            offsets_commit_timeout_ms: positive(
+                "offsets.commit.timeout.ms",
+                prop::<u64>(props, "offsets.commit.timeout.ms", 5_000)?,
+            )?
+            .min(MAX_TIMER_MS.unsigned_abs()),
             offsets_retention_ms: positive(
                 "offsets.retention.minutes",
                 prop::<i64>(props, "offsets.retention.minutes", 10_080)?,
@@ -197,6 +206,10 @@ pub struct TxnConfig {
     /// `transaction.state.log.replication.factor`, default 3 (capped by the
     /// brokers there are when the topic is created).
     pub replication_factor: i16,
+    /// `transaction.state.log.min.isr`, default 2: the topic's
+    /// `min.insync.replicas` (capped by its replication factor, as the
+    /// factor is by the brokers there are).
+    pub min_isr: i16,
     /// `transaction.max.timeout.ms`, default 15 minutes.
     pub max_timeout_ms: i32,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`,
@@ -225,7 +238,13 @@ impl TxnConfig {
             "transaction.state.log.replication.factor",
             prop(props, "transaction.state.log.replication.factor", 3)?,
         )?;
+        let min_isr = positive(
+            "transaction.state.log.min.isr",
+            prop(props, "transaction.state.log.min.isr", 2)?,
+        )?;
         Ok(Self {
+            min_isr: i16::try_from(min_isr)
+                .map_err(|_| ConfigError("transaction.state.log.min.isr: too large".into()))?,
             partitions: i32::try_from(partitions).map_err(|_| {
                 ConfigError("transaction.state.log.num.partitions: too large".into())
             })?,

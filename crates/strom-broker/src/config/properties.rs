@@ -107,7 +107,6 @@ pub const KAFKA_PROPERTIES_WITHOUT_EFFECT: &[&str] = &[
     "num.network.threads",
     "num.replica.alter.log.dirs.threads",
     "num.replica.fetchers",
-    "offsets.commit.timeout.ms",
     "offsets.load.buffer.size",
     "offsets.topic.segment.bytes",
     "queued.max.requests",

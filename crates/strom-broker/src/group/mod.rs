@@ -393,7 +393,12 @@ impl GroupCoordinator {
         }
         let now = self.clock.now_ms();
         let state = shard::load(log.as_ref(), &self.config, now);
-        let shard = GroupShard::new(log, Arc::clone(&self.clock), state);
+        let shard = GroupShard::new(
+            log,
+            Arc::clone(&self.clock),
+            state,
+            Duration::from_millis(self.config.offsets_commit_timeout_ms),
+        );
         let loaded = self.shards.loaded(index, epoch, shard);
         if loaded {
             tracing::debug!(partition = index, epoch, "group coordinator shard active");

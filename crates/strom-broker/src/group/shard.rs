@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use strom_controller::MetadataImage;
@@ -37,6 +38,9 @@ pub struct GroupShard {
     /// JoinGroup and SyncGroup requests are answered NOT_COORDINATOR and no
     /// further append is made from this shard.
     unloaded: CancellationToken,
+    /// How long a write may wait to be replicated
+    /// (`offsets.commit.timeout.ms`).
+    write_timeout: Duration,
     /// Set at load, cleared by the first timer tick, which drops the offsets
     /// of topics that no longer exist (a deletion whose tombstones were not
     /// written before a crash or a move of the partition).
@@ -48,12 +52,14 @@ impl GroupShard {
         log: Arc<dyn CoordinatorLog>,
         clock: Arc<dyn Clock>,
         state: GroupState,
+        write_timeout: Duration,
     ) -> Self {
         Self {
             log,
             clock,
             state: Mutex::new(state),
             unloaded: CancellationToken::new(),
+            write_timeout,
             check_missing_topics: AtomicBool::new(true),
         }
     }
@@ -167,18 +173,26 @@ impl GroupShard {
         Ok(())
     }
 
-    /// Appends one batch as the partition's leader, off the async threads.
-    /// Refused with NOT_COORDINATOR once the shard is unloaded or the
-    /// partition has another leader; `passed` are the append errors the
-    /// client is told as they are.
+    /// Appends one batch as the partition's leader, off the async threads,
+    /// and waits until it is replicated. Refused with NOT_COORDINATOR once
+    /// the shard is unloaded or the partition has another leader; `passed`
+    /// are the append errors the client is told as they are.
     async fn append(&self, batch: Bytes, passed: &'static [ErrorCode]) -> Result<(), ErrorCode> {
         if self.unloaded.is_cancelled() || !self.log.is_leader() {
             return Err(ErrorCode::NotCoordinator);
         }
+        let epoch = self.log.leader_epoch();
         let log = Arc::clone(&self.log);
         let index = log.index();
         match tokio::task::spawn_blocking(move || log.append(&batch)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(last_offset)) => self
+                .log
+                .replicated(last_offset, epoch, self.write_timeout)
+                .await
+                .map_err(|code| {
+                    tracing::info!(partition = index, error = %code, "a group coordinator write was not replicated");
+                    crate::coordinator::replication_error(code)
+                }),
             Ok(Err(e)) => Err(offsets_append_error(&e, index, passed)),
             Err(e) => {
                 tracing::error!(error = %e, "a blocking task failed");

@@ -43,16 +43,22 @@ pub trait MarkerSender: Send + Sync {
     fn send<'a>(&'a self, request: &'a MarkerRequest) -> BoxFuture<'a, MarkerResults>;
 }
 
-/// Appends the marker of `request` to `partition`, which this broker leads.
-/// Blocking (a disk write). A stale producer epoch
+/// Appends the marker of `request` to `partition`, which this broker leads:
+/// its offset and the leader epoch it was appended at, to wait for its
+/// replication. Blocking (a disk write). A stale producer epoch
 /// (INVALID_PRODUCER_EPOCH) or coordinator epoch
 /// (TRANSACTION_COORDINATOR_FENCED) is answered as such; any other failure
 /// is KAFKA_STORAGE_ERROR (the coordinator retries).
-pub fn append_marker(partition: &Partition, request: &MarkerRequest, now_ms: i64) -> ErrorCode {
+pub fn append_marker(
+    partition: &Partition,
+    request: &MarkerRequest,
+    now_ms: i64,
+) -> Result<(i64, i32), ErrorCode> {
+    let leader_epoch = partition.leader_epoch();
     let batch = end_txn_marker_batch(
         0,
         now_ms,
-        partition.leader_epoch(),
+        leader_epoch,
         request.producer_id,
         request.producer_epoch,
         EndTxnMarker {
@@ -61,8 +67,8 @@ pub fn append_marker(partition: &Partition, request: &MarkerRequest, now_ms: i64
         },
     );
     match partition.append_as_leader(&batch, AppendOrigin::Coordinator) {
-        Ok(_) => ErrorCode::None,
-        Err(e) => match e.error_code() {
+        Ok(info) => Ok((info.last_offset, leader_epoch)),
+        Err(e) => Err(match e.error_code() {
             code @ (ErrorCode::InvalidProducerEpoch | ErrorCode::TransactionCoordinatorFenced) => {
                 code
             }
@@ -70,6 +76,6 @@ pub fn append_marker(partition: &Partition, request: &MarkerRequest, now_ms: i64
                 tracing::warn!(topic = %partition.topic, partition = partition.index, producer_id = request.producer_id, error = %e, "writing a transaction marker failed");
                 ErrorCode::KafkaStorageError
             }
-        },
+        }),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use strom_protocol::error_code::ErrorCode;
@@ -15,6 +16,10 @@ use super::store::{self, TRANSACTION_STATE_TOPIC, TxnRecord, TxnValue};
 use crate::coordinator::CoordinatorLog;
 
 /// The transactional ids of one partition of `__transaction_state`.
+/// How long a transaction state write may wait to be replicated: Kafka's
+/// transaction coordinator waits `request.timeout.ms` (30 s by default).
+const TXN_STATE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct TxnShard {
     /// The partition's index in `__transaction_state`.
     index: i32,
@@ -112,18 +117,25 @@ impl TxnShard {
         let log = Arc::clone(&self.log);
         let epoch = self.coordinator_epoch;
         let index = self.index;
-        tokio::task::spawn_blocking(move || {
+        let last_offset = tokio::task::spawn_blocking(move || {
             // A shard writes only while its partition is led at its epoch:
             // a newer leader (elsewhere, or here again) owns the ids now.
             if !log.is_leader() || log.leader_epoch() != epoch {
                 return Err(ErrorCode::NotCoordinator);
             }
-            log.append(&batch)
-                .map(|_| ())
-                .map_err(|e| append_error(index, &e))
+            log.append(&batch).map_err(|e| append_error(index, &e))
         })
         .await
         .unwrap_or(Err(ErrorCode::UnknownServerError))?;
+        // The state changes once the record is replicated: a coordinator
+        // elected elsewhere replays it then.
+        self.log
+            .replicated(last_offset, epoch, TXN_STATE_WRITE_TIMEOUT)
+            .await
+            .map_err(|code| {
+                tracing::info!(partition = index, error = %code, "a transaction state write was not replicated");
+                crate::coordinator::replication_error(code)
+            })?;
         match value {
             Some(v) => {
                 state.ids.insert(transactional_id.to_owned(), v);
