@@ -42,10 +42,6 @@ single_broker_only = pytest.mark.skipif(
 # cluster), and the ids of the nodes that hold them: the one broker is node 1.
 REPLICATION_FACTOR = CLUSTER_NODES or 1
 NODE_IDS = list(range(1, REPLICATION_FACTOR + 1))
-# Transactions whose coordinators (group, transaction) and partition leaders are on
-# different brokers: not yet (issue 18).
-needs_coordinators_across_brokers = pytest.mark.skipif(
-    CLUSTER_NODES > 0, reason="coordinators across brokers: issue 18")
 
 
 def replication_bug(what):

@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from kafka import KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KTopicPartition
 
-from conftest import REPLICATION_FACTOR, needs_coordinators_across_brokers
+from conftest import REPLICATION_FACTOR
 
 TOPICS = ["txn-orders", "txn-payments", "txn-shipments"]
 DEADLINE_S = 30
@@ -81,7 +81,6 @@ def read_kafka_python(bootstrap, topic, isolation):
         consumer.close()
 
 
-@needs_coordinators_across_brokers
 def test_txn_commit_and_abort_across_three_topics(broker):
     create_topics(broker.bootstrap, TOPICS)
     producer = txn_producer(broker.bootstrap, "py-three-topics")
@@ -104,7 +103,6 @@ def test_txn_commit_and_abort_across_three_topics(broker):
         assert read_kafka_python(broker.bootstrap, topic, "read_uncommitted") == everything
 
 
-@needs_coordinators_across_brokers
 def test_txn_kafka_python_producer(broker):
     create_topics(broker.bootstrap, ["txn-kp"])
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, transactional_id="kp-txn", linger_ms=1)
@@ -125,7 +123,6 @@ def test_txn_kafka_python_producer(broker):
     assert len(read_kafka_python(broker.bootstrap, "txn-kp", "read_uncommitted")) == 10
 
 
-@needs_coordinators_across_brokers
 def test_txn_offsets_visible_only_on_commit(broker):
     create_topics(broker.bootstrap, ["txn-in", "txn-out"])
     # read_uncommitted: OffsetFetch without require_stable, so the committed

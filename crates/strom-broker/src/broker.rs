@@ -109,6 +109,9 @@ pub struct Broker {
     pub metrics: Arc<Metrics>,
     /// Applies each new metadata image to the partitions and coordinators.
     pub publisher: Arc<Publisher>,
+    /// Connections to the other brokers, for the coordinators' requests
+    /// (transaction markers, KIP-890 verification).
+    pub interbroker: crate::interbroker::InterBroker,
     /// Request bytes read and not yet answered (`queued.max.request.bytes`).
     pub request_budget: RequestBudget,
     /// Memory for decompressing produced batches (the same size).

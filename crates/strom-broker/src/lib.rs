@@ -66,6 +66,7 @@ pub mod coordinator;
 pub mod fetch_session;
 pub mod fetcher;
 pub mod group;
+pub mod interbroker;
 pub mod isr;
 pub mod lifecycle;
 pub mod listener;

@@ -330,7 +330,7 @@ pub async fn start_with_clock(
     });
     let for_timers = Arc::clone(&broker);
     broker.tasks.spawn(async move {
-        let markers = crate::api::txn::LocalMarkerSender::new(&for_timers);
+        let markers = crate::api::txn::ClusterMarkerSender::new(&for_timers);
         for_timers
             .txn
             .run_timers(&markers, for_timers.shutdown.clone())
@@ -568,6 +568,7 @@ fn open(
         clock,
         metrics: Arc::new(Metrics::new(&crate::api::answered_apis(), config.node_id)),
         publisher: Arc::new(Publisher::new(&image)),
+        interbroker: crate::interbroker::InterBroker::new(config.node_id),
         metadata_log,
         producer_ids,
         shutdown,

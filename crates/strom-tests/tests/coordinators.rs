@@ -68,10 +68,11 @@ fn raw_commit(coordinator: SocketAddr, offset: i64) -> i16 {
                         .with_committed_offset(offset),
                 ]),
         ]);
-    let response: OffsetCommitResponse = RawConnection::connect(coordinator, Duration::from_secs(20))
-        .unwrap()
-        .call(ApiKey::OffsetCommit, 8, &request)
-        .unwrap();
+    let response: OffsetCommitResponse =
+        RawConnection::connect(coordinator, Duration::from_secs(20))
+            .unwrap()
+            .call(ApiKey::OffsetCommit, 8, &request)
+            .unwrap();
     response.topics[0].partitions[0].error_code
 }
 

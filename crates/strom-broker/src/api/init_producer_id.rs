@@ -47,7 +47,7 @@ pub async fn handle(
             .txn
             .init_producer_id(
                 &image,
-                &super::txn::LocalMarkerSender::new(broker),
+                &super::txn::ClusterMarkerSender::new(broker),
                 transactional_id.as_str(),
                 request.transaction_timeout_ms,
                 expected,

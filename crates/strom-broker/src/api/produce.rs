@@ -36,7 +36,6 @@ use super::{Reply, RequestContext, respond};
 use crate::broker::Broker;
 use crate::partition::validation::ProduceChecks;
 use crate::replica::Partition;
-use crate::txn::TxnVerifier;
 
 /// Where to append and what to check, or the error code and message why not.
 type Target = Result<(Arc<Partition>, Bytes, Arc<ProduceChecks>), (ErrorCode, Option<String>)>;
@@ -165,10 +164,9 @@ async fn produce(
                 None => Ok(None),
                 Some(guard) => {
                     let asked = [(partition.topic.to_string(), partition.index)];
-                    let codes = broker
-                        .txn
-                        .verify_txn(&image, id, producer_id, epoch, &asked)
-                        .await;
+                    let codes =
+                        super::txn::verify_txn(broker, &image, id, producer_id, epoch, &asked)
+                            .await;
                     match codes.first() {
                         Some(ErrorCode::None) => Ok(Some(guard)),
                         Some(code) => Err(*code),
@@ -181,8 +179,10 @@ async fn produce(
             Ok(guard) => w.verification = TxnVerification::Checked(guard),
             Err(code) => {
                 let code = match code {
-                    // Produce keeps the old epoch error (KIP-588).
+                    // Produce keeps the old epoch error (KIP-588); a
+                    // coordinator that could not answer now is retried.
                     ErrorCode::InvalidProducerEpoch => ErrorCode::InvalidProducerEpoch,
+                    ErrorCode::NotEnoughReplicas => ErrorCode::NotEnoughReplicas,
                     _ => ErrorCode::InvalidTxnState,
                 };
                 w.target = Err((

@@ -13,7 +13,7 @@
 //! broker's partitions and tells the group coordinator about those in
 //! `__consumer_offsets`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +27,12 @@ use strom_protocol::messages::kafka::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TopicName, TxnOffsetCommitRequest,
     TxnOffsetCommitResponse, WriteTxnMarkersRequest, WriteTxnMarkersResponse,
-    add_partitions_to_txn_request::AddPartitionsToTxnTopic,
+    add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction},
     add_partitions_to_txn_response::{
         AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
     },
     txn_offset_commit_response::{TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic},
+    write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic},
     write_txn_markers_response::{
         WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
     },
@@ -181,8 +182,8 @@ impl<'a> LocalMarkerSender<'a> {
         // A marker counts once replicated (Kafka writes them with
         // acks=all): one the new leader lacks would leave its transaction
         // open there. The waits run together.
-        let results: MarkerResults = futures::future::join_all(appended.into_iter().map(
-            |(key, appended)| async move {
+        let results: MarkerResults =
+            futures::future::join_all(appended.into_iter().map(|(key, appended)| async move {
                 let code = match appended {
                     Ok((partition, (last_offset, leader_epoch))) => partition
                         .wait_for_high_watermark(
@@ -196,9 +197,8 @@ impl<'a> LocalMarkerSender<'a> {
                     Err(code) => code,
                 };
                 (key, code)
-            },
-        ))
-        .await;
+            }))
+            .await;
         // Offsets committed in the transaction become visible (or go) with the
         // marker in their partition of the offsets topic.
         for ((topic, partition), code) in &results {
@@ -217,6 +217,344 @@ impl MarkerSender for LocalMarkerSender<'_> {
     fn send<'b>(&'b self, request: &'b MarkerRequest) -> BoxFuture<'b, MarkerResults> {
         Box::pin(self.write_local(request))
     }
+}
+
+/// How long the coordinator's [`ClusterMarkerSender`] goes on retrying the
+/// markers a leader change or a short outage held up, before it answers
+/// them as not written (the coordinator's timer retries them later; the
+/// producer meanwhile gets CONCURRENT_TRANSACTIONS).
+const MARKER_RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// The pause between two tries of the markers not written yet: the next
+/// leader is usually named within it.
+const MARKER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The coordinator's [`MarkerSender`] in a cluster (Kafka's
+/// `TransactionMarkerChannelManager`): each marker goes to its partition's
+/// leader, this broker's own partitions through [`LocalMarkerSender`] and
+/// the others' as WriteTxnMarkers. Markers refused for a reason that a new
+/// leader or a moment cures (no leader, NOT_LEADER_OR_FOLLOWER, too few
+/// in-sync replicas, an unreachable broker) are sent again to the leader
+/// named then, for up to [`MARKER_RETRY_FOR`].
+#[derive(Debug)]
+pub struct ClusterMarkerSender<'a> {
+    broker: &'a Arc<Broker>,
+}
+
+impl<'a> ClusterMarkerSender<'a> {
+    pub fn new(broker: &'a Arc<Broker>) -> Self {
+        Self { broker }
+    }
+
+    async fn send_all(&self, request: &MarkerRequest) -> MarkerResults {
+        let deadline = std::time::Instant::now() + MARKER_RETRY_FOR;
+        let mut done: MarkerResults = Vec::with_capacity(request.partitions.len());
+        let mut todo = request.partitions.clone();
+        loop {
+            let outcomes = self.send_once(request, &todo).await;
+            todo.clear();
+            let retrying = std::time::Instant::now() < deadline;
+            for (partition, code) in outcomes {
+                if retrying && marker_retriable(code) {
+                    todo.push(partition);
+                } else {
+                    done.push((partition, code));
+                }
+            }
+            if todo.is_empty() {
+                return done;
+            }
+            tracing::debug!(producer_id = request.producer_id, partitions = ?todo, "transaction markers not written yet; retrying");
+            tokio::time::sleep(MARKER_RETRY_BACKOFF).await;
+        }
+    }
+
+    /// One try: the markers of `partitions`, each to its leader now.
+    async fn send_once(
+        &self,
+        request: &MarkerRequest,
+        partitions: &[(String, i32)],
+    ) -> MarkerResults {
+        let broker = self.broker;
+        let image = broker.image();
+        let mut results = Vec::with_capacity(partitions.len());
+        let mut local = Vec::new();
+        let mut remote: BTreeMap<i32, Vec<(String, i32)>> = BTreeMap::new();
+        for (topic, index) in partitions {
+            match image.partition(topic, *index).map(|p| p.leader) {
+                // Gone: the local sender says so the coordinator's way.
+                None => local.push((topic.clone(), *index)),
+                Some(leader) if leader == broker.node_id => local.push((topic.clone(), *index)),
+                Some(leader) if leader < 0 => {
+                    results.push(((topic.clone(), *index), ErrorCode::LeaderNotAvailable));
+                }
+                Some(leader) => remote
+                    .entry(leader)
+                    .or_default()
+                    .push((topic.clone(), *index)),
+            }
+        }
+        if !local.is_empty() {
+            let mine = MarkerRequest {
+                partitions: local,
+                ..request.clone()
+            };
+            results.extend(LocalMarkerSender::new(broker).write_local(&mine).await);
+        }
+        let sent = futures::future::join_all(remote.into_iter().map(|(leader, partitions)| {
+            let image = Arc::clone(&image);
+            async move {
+                let answer = broker
+                    .interbroker
+                    .send(
+                        &image,
+                        leader,
+                        1,
+                        &write_txn_markers_request(request, &partitions),
+                    )
+                    .await;
+                marker_results(leader, request, partitions, answer)
+            }
+        }))
+        .await;
+        results.extend(sent.into_iter().flatten());
+        results
+    }
+}
+
+impl MarkerSender for ClusterMarkerSender<'_> {
+    fn send<'b>(&'b self, request: &'b MarkerRequest) -> BoxFuture<'b, MarkerResults> {
+        Box::pin(self.send_all(request))
+    }
+}
+
+/// Whether a marker refused with `code` may be written by trying again
+/// (Kafka's marker channel retries the same codes).
+fn marker_retriable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeaderOrFollower
+            | ErrorCode::LeaderNotAvailable
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::RequestTimedOut
+            | ErrorCode::KafkaStorageError
+            | ErrorCode::NetworkException
+    )
+}
+
+/// WriteTxnMarkers with the one marker of `request` for `partitions`.
+fn write_txn_markers_request(
+    request: &MarkerRequest,
+    partitions: &[(String, i32)],
+) -> WriteTxnMarkersRequest {
+    let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
+    for (topic, index) in partitions {
+        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partition_indexes.push(*index),
+            None => topics.push(
+                WritableTxnMarkerTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partition_indexes(vec![*index]),
+            ),
+        }
+    }
+    WriteTxnMarkersRequest::default().with_markers(vec![
+        WritableTxnMarker::default()
+            .with_producer_id(ProducerId(request.producer_id))
+            .with_producer_epoch(request.producer_epoch)
+            .with_transaction_result(request.commit)
+            .with_coordinator_epoch(request.coordinator_epoch)
+            .with_topics(topics),
+    ])
+}
+
+/// Each of `partitions`' outcome from a WriteTxnMarkers answer: what the
+/// leader answered for it, NETWORK_EXCEPTION when the request failed or
+/// the answer left it out.
+fn marker_results(
+    leader: i32,
+    request: &MarkerRequest,
+    partitions: Vec<(String, i32)>,
+    answer: Result<WriteTxnMarkersResponse, String>,
+) -> MarkerResults {
+    let answered: HashMap<(String, i32), ErrorCode> = match answer {
+        Ok(response) => response
+            .markers
+            .iter()
+            .filter(|m| m.producer_id.0 == request.producer_id)
+            .flat_map(|m| &m.topics)
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| {
+                    (
+                        (t.name.to_string(), p.partition_index),
+                        ErrorCode::from_code(p.error_code).unwrap_or(ErrorCode::UnknownServerError),
+                    )
+                })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::info!(leader, producer_id = request.producer_id, error = %e, "WriteTxnMarkers failed");
+            HashMap::new()
+        }
+    };
+    partitions
+        .into_iter()
+        .map(|p| {
+            let code = answered
+                .get(&p)
+                .copied()
+                .unwrap_or(ErrorCode::NetworkException);
+            (p, code)
+        })
+        .collect()
+}
+
+/// KIP-890 part 1, asked by this broker as a partition leader before a
+/// transactional produce: the transaction coordinator of
+/// `transactional_id` (the leader of its partition of
+/// `__transaction_state`) answers whether each of `partitions` is in the
+/// producer's ongoing transaction. This broker's own coordinator answers
+/// directly; another broker's gets AddPartitionsToTxn with `verify_only`.
+/// A coordinator that cannot answer now yields NOT_ENOUGH_REPLICAS, which
+/// producers retry without a metadata refresh (Kafka's translation).
+pub async fn verify_txn(
+    broker: &Arc<Broker>,
+    image: &MetadataImage,
+    transactional_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    partitions: &[(String, i32)],
+) -> Vec<ErrorCode> {
+    ask_txn_coordinator(
+        broker,
+        image,
+        transactional_id,
+        producer_id,
+        epoch,
+        partitions,
+    )
+    .await
+    .into_iter()
+    .map(|code| match code {
+        ErrorCode::ConcurrentTransactions
+        | ErrorCode::NetworkException
+        | ErrorCode::CoordinatorLoadInProgress
+        | ErrorCode::CoordinatorNotAvailable
+        | ErrorCode::NotCoordinator => ErrorCode::NotEnoughReplicas,
+        other => other,
+    })
+    .collect()
+}
+
+/// The coordinator's own answer to [`verify_txn`]'s question (NETWORK_EXCEPTION
+/// when another broker's could not be reached).
+async fn ask_txn_coordinator(
+    broker: &Arc<Broker>,
+    image: &MetadataImage,
+    transactional_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    partitions: &[(String, i32)],
+) -> Vec<ErrorCode> {
+    let coordinator = image.topic(TRANSACTION_STATE_TOPIC).and_then(|t| {
+        let index = store::partition_for(transactional_id, i32::try_from(t.partitions.len()).ok()?);
+        image
+            .partition(TRANSACTION_STATE_TOPIC, index)
+            .map(|p| p.leader)
+    });
+    match coordinator {
+        Some(node) if node >= 0 && node != broker.node_id => {
+            verify_remote(
+                broker,
+                image,
+                node,
+                transactional_id,
+                producer_id,
+                epoch,
+                partitions,
+            )
+            .await
+        }
+        _ => {
+            broker
+                .txn
+                .verify_partitions(image, transactional_id, producer_id, epoch, partitions)
+                .await
+        }
+    }
+}
+
+/// AddPartitionsToTxn (v4, `verify_only`) to broker `coordinator`.
+async fn verify_remote(
+    broker: &Arc<Broker>,
+    image: &MetadataImage,
+    coordinator: i32,
+    transactional_id: &str,
+    producer_id: i64,
+    epoch: i16,
+    partitions: &[(String, i32)],
+) -> Vec<ErrorCode> {
+    let mut topics: Vec<AddPartitionsToTxnTopic> = Vec::new();
+    for (topic, index) in partitions {
+        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+            Some(t) => t.partitions.push(*index),
+            None => topics.push(
+                AddPartitionsToTxnTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partitions(vec![*index]),
+            ),
+        }
+    }
+    let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
+        AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                transactional_id.to_owned(),
+            )))
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch)
+            .with_verify_only(true)
+            .with_topics(topics),
+    ]);
+    let answer = broker
+        .interbroker
+        .send(image, coordinator, 4, &request)
+        .await;
+    let response = match answer {
+        Ok(r) if r.error_code == 0 => r,
+        Ok(r) => {
+            let code = ErrorCode::from_code(r.error_code).unwrap_or(ErrorCode::UnknownServerError);
+            return vec![code; partitions.len()];
+        }
+        Err(e) => {
+            tracing::info!(coordinator, transactional_id, error = %e, "transaction verification failed");
+            return vec![ErrorCode::NetworkException; partitions.len()];
+        }
+    };
+    let answered: HashMap<(String, i32), ErrorCode> = response
+        .results_by_transaction
+        .iter()
+        .filter(|r| r.transactional_id.as_str() == transactional_id)
+        .flat_map(|r| &r.topic_results)
+        .flat_map(|t| {
+            t.results_by_partition.iter().map(|p| {
+                (
+                    (t.name.to_string(), p.partition_index),
+                    ErrorCode::from_code(p.partition_error_code)
+                        .unwrap_or(ErrorCode::UnknownServerError),
+                )
+            })
+        })
+        .collect();
+    partitions
+        .iter()
+        .map(|p| {
+            answered
+                .get(p)
+                .copied()
+                .unwrap_or(ErrorCode::NetworkException)
+        })
+        .collect()
 }
 
 /// Partitions with the error each gets.
@@ -432,7 +770,7 @@ pub async fn end_txn(
         .txn
         .end_txn(
             &image,
-            &LocalMarkerSender::new(broker),
+            &ClusterMarkerSender::new(broker),
             req.transactional_id.as_str(),
             req.producer_id.0,
             req.producer_epoch,
@@ -490,26 +828,53 @@ pub async fn txn_offset_commit(
         crate::group::store::partition_for(&group_id, count)
     };
     // KIP-890: the group's partition must be in the ongoing transaction
-    // (AddOffsetsToTxn came first). The verification holds the transactional
-    // id's shard until the offsets are in the log, so no marker comes
-    // between (coordinator to coordinator on this broker; a cluster would
-    // verify through the offsets partition's guard as Produce does).
-    let txn_shard = match broker.txn.shard(&image, req.transactional_id.as_str()) {
-        Ok(shard) => shard,
+    // (AddOffsetsToTxn came first). When this broker coordinates the
+    // transactional id too, the verification holds the id's shard until
+    // the offsets are in the log, so no marker comes between. Otherwise the
+    // id's coordinator is asked (AddPartitionsToTxn, verify_only); a marker
+    // could then come between only if the producer ended its transaction
+    // before this commit was answered, which clients do not do.
+    let txn_shard = broker.txn.shard(&image, req.transactional_id.as_str());
+    let mut txn_state_held = None;
+    let verified = match &txn_shard {
+        Ok(txn_shard) => {
+            let txn_state = txn_shard.lock().await;
+            let verified = txn_state.verify(
+                req.transactional_id.as_str(),
+                req.producer_id.0,
+                req.producer_epoch,
+                OFFSETS_TOPIC,
+                offsets_partition,
+            );
+            txn_state_held = Some(txn_state);
+            verified
+        }
         // No `__transaction_state`: no transactional id is known.
         Err(_) if image.topic(TRANSACTION_STATE_TOPIC).is_none() => {
-            return respond(ErrorCode::InvalidProducerIdMapping);
+            Err(ErrorCode::InvalidProducerIdMapping)
         }
-        Err(e) => return respond(e),
+        Err(_) => {
+            let codes = ask_txn_coordinator(
+                broker,
+                &image,
+                req.transactional_id.as_str(),
+                req.producer_id.0,
+                req.producer_epoch,
+                &[(OFFSETS_TOPIC.to_owned(), offsets_partition)],
+            )
+            .await;
+            match codes
+                .first()
+                .copied()
+                .unwrap_or(ErrorCode::NetworkException)
+            {
+                ErrorCode::None => Ok(()),
+                ErrorCode::NetworkException => Err(ErrorCode::CoordinatorNotAvailable),
+                code => Err(code),
+            }
+        }
     };
-    let txn_state = txn_shard.lock().await;
-    if let Err(e) = txn_state.verify(
-        req.transactional_id.as_str(),
-        req.producer_id.0,
-        req.producer_epoch,
-        OFFSETS_TOPIC,
-        offsets_partition,
-    ) {
+    if let Err(e) = verified {
         let code = match e {
             ErrorCode::InvalidProducerEpoch => fenced(3, version),
             other => other,
@@ -583,7 +948,7 @@ pub async fn txn_offset_commit(
         )
         .await;
     drop(state);
-    drop(txn_state);
+    drop(txn_state_held);
     let failure = match written {
         Ok(()) => None,
         Err(ErrorCode::InvalidProducerEpoch) => Some(fenced(3, version)),
