@@ -31,7 +31,7 @@ use crate::partition::PartitionState;
 use crate::partition::validation::ProduceChecks;
 
 /// The state of partition `p` that this broker acts on.
-fn partition_state(p: &PartitionImage) -> PartitionState {
+fn partition_state(p: &PartitionImage, image: &MetadataImage) -> PartitionState {
     PartitionState {
         leader: p.leader,
         leader_epoch: p.leader_epoch,
@@ -39,6 +39,12 @@ fn partition_state(p: &PartitionImage) -> PartitionState {
         replicas: p.replicas.clone(),
         isr: p.isr.clone(),
         removing_replicas: p.removing_replicas.clone(),
+        ineligible: p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|id| !image.is_live(*id))
+            .collect(),
     }
 }
 
@@ -176,7 +182,7 @@ impl ReplicaManager {
                 let existing = self.partitions.read().get(&key).cloned();
                 match existing {
                     Some(partition) if partition.topic_id == topic.id => {
-                        partition.apply_state(&partition_state(p), now_ms);
+                        partition.apply_state(&partition_state(p, image), now_ms);
                         if *partition.log.config() != log_config {
                             partition.log.set_config(log_config.clone());
                         }
@@ -197,7 +203,7 @@ impl ReplicaManager {
                         });
                         match opened {
                             Ok(partition) => {
-                                partition.apply_state(&partition_state(p), now_ms);
+                                partition.apply_state(&partition_state(p, image), now_ms);
                                 let checks = checks.get_or_insert_with(|| {
                                     produce_checks(config, image, &topic.configs, &log_config)
                                 });

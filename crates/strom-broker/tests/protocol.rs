@@ -434,6 +434,7 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
             replicas: vec![node, follower],
             isr: vec![node, follower],
             removing_replicas: vec![],
+            ineligible: vec![],
         },
         now_ms(),
     );
@@ -520,6 +521,7 @@ async fn pipelined_produces_append_while_an_acks_all_produce_waits_and_answers_s
             replicas: vec![node, follower],
             isr: vec![follower],
             removing_replicas: vec![],
+            ineligible: vec![],
         },
         now_ms(),
     );

@@ -69,6 +69,11 @@ pub struct PartitionState {
     /// followers, but not counted in the replication factor, which is the
     /// target's (Kafka's `OngoingReassignmentState.replicationFactor`).
     pub removing_replicas: Vec<i32>,
+    /// Replicas whose brokers are fenced (dead, cut off, shutting down) or
+    /// not registered: not ISR-eligible (KIP-841), so a leader does not wait
+    /// for them to reach its high watermark even while their last fetch is
+    /// within `replica.lag.time.max.ms`, as Kafka's `isReplicaIsrEligible`.
+    pub ineligible: Vec<i32>,
 }
 
 impl PartitionState {
@@ -81,6 +86,7 @@ impl PartitionState {
             replicas: vec![leader],
             removing_replicas: Vec::new(),
             isr: vec![leader],
+            ineligible: Vec::new(),
         }
     }
 }
@@ -305,7 +311,15 @@ impl Partition {
                             .and_then(|(followers, ..)| {
                                 followers.iter().find(|f| f.broker_id == *id)
                             })
-                            .copied();
+                            .copied()
+                            .map(|mut f| {
+                                // A fenced follower stops counting now; an
+                                // unfenced one again at its next fetch.
+                                if state.ineligible.contains(id) {
+                                    f.isr_eligible = false;
+                                }
+                                f
+                            });
                         known.unwrap_or(ReplicaState {
                             broker_id: *id,
                             log_end_offset: -1,
@@ -313,7 +327,7 @@ impl Partition {
                             // In-sync followers count as caught up now, so the
                             // ISR does not shrink before they can fetch.
                             last_caught_up_time_ms: if state.isr.contains(id) { now_ms } else { 0 },
-                            isr_eligible: true,
+                            isr_eligible: !state.ineligible.contains(id),
                             last_fetch_leader_log_end_offset: -1,
                             last_fetch_time_ms: 0,
                         })
@@ -997,7 +1011,31 @@ mod tests {
             replicas: replicas.to_vec(),
             isr: isr.to_vec(),
             removing_replicas: Vec::new(),
+            ineligible: Vec::new(),
         }
+    }
+
+    /// A follower killed while caught up: its fencing takes it out of the
+    /// ISR, and the high watermark moves on without it at once, not when
+    /// its last fetch is `replica.lag.time.max.ms` old (an acks=all produce
+    /// waited that long).
+    #[test]
+    fn a_fenced_follower_no_longer_holds_the_high_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = partition(dir.path());
+        p.apply_state(&state(LOCAL, 0, &[LOCAL, 2, 3], &[LOCAL, 2, 3]), 1_000);
+        append(&p);
+        p.update_follower(2, 1, 1_001, true).unwrap();
+        p.update_follower(3, 1, 1_001, true).unwrap();
+        assert_eq!(p.high_watermark(), 1);
+        append(&p);
+        p.update_follower(2, 2, 1_002, true).unwrap();
+        assert_eq!(p.high_watermark(), 1, "follower 3 has not fetched 1");
+        let mut fenced = state(LOCAL, 0, &[LOCAL, 2, 3], &[LOCAL, 2]);
+        fenced.partition_epoch = 1;
+        fenced.ineligible = vec![3];
+        p.apply_state(&fenced, 1_003);
+        assert_eq!(p.high_watermark(), 2);
     }
 
     #[test]
