@@ -52,6 +52,10 @@ pub trait CoordinatorLog: Send + Sync + fmt::Debug {
     /// Calls `f` with every batch from the start of the log, in offset
     /// order: a shard's load. Blocking.
     fn replay(&self, f: &mut dyn FnMut(&BatchHeader, &[u8])) -> Result<(), ReadError>;
+    /// Whether the ISR has `min.insync.replicas` members: a write is refused
+    /// before it is appended otherwise (Kafka's acks=all append answers
+    /// NOT_ENOUGH_REPLICAS), rather than appended and never replicated.
+    fn enough_replicas(&self) -> bool;
     /// Waits until the batch ending at `last_offset`, appended while this
     /// broker led at `leader_epoch`, is replicated (the high watermark
     /// passed it): a coordinator's write completes only then, as Kafka's
@@ -88,6 +92,11 @@ impl CoordinatorLog for Partition {
         let from = self.log.log_start_offset();
         self.log
             .for_each_batch_from(from, |_, header, bytes| f(header, bytes))
+    }
+
+    fn enough_replicas(&self) -> bool {
+        let in_sync = self.in_sync(&self.produce_checks());
+        in_sync.isr >= in_sync.min
     }
 
     fn replicated(

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strom_controller::MetadataImage;
 use strom_net::{ConnectOptions, Connection, TcpTransport};
@@ -24,15 +24,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `request.timeout.ms`), so that answer is not cut off.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 
-/// One broker's connection slot: its lock is held while connecting, so a
-/// broker that does not answer holds back only the requests to it.
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Connection>>>>;
+/// After a failed connect, how long requests to that broker fail at once
+/// instead of each trying again (a broker that does not answer would hold
+/// every queued caller for the connect timeout in turn).
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a connection carries. Markers and KIP-890 checks get their own:
+/// a coordinator holding a shard while its markers wait at another broker
+/// must not hold back that broker's checks, which may wait for the same
+/// coordinator, in the queue of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// WriteTxnMarkers.
+    Markers,
+    /// AddPartitionsToTxn with `verify_only`.
+    Verification,
+}
+
+/// One connection slot: its lock is held while connecting, so a broker that
+/// does not answer holds back only the requests to it.
+#[derive(Debug, Default)]
+struct SlotState {
+    connection: Option<Arc<Connection>>,
+    failed_at: Option<Instant>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
 /// This broker's connections to the others.
 #[derive(Debug)]
 pub struct InterBroker {
     node_id: i32,
-    slots: parking_lot::Mutex<HashMap<i32, Slot>>,
+    slots: parking_lot::Mutex<HashMap<(i32, Channel), Slot>>,
 }
 
 impl InterBroker {
@@ -43,25 +66,42 @@ impl InterBroker {
         }
     }
 
-    /// Sends `request` to broker `to` (its address from `image`) at the
-    /// newest version both sides have up to `max_version`. A broken
-    /// connection is dropped, so the next request connects again.
+    /// Sends `request` to broker `to` (its address from `image`) on
+    /// `channel` at the newest version both sides have up to
+    /// `max_version`. A broken connection is made again by the next request.
     pub async fn send<R: Request>(
         &self,
         image: &MetadataImage,
         to: i32,
+        channel: Channel,
         max_version: i16,
         request: &R,
     ) -> Result<R::Response, String> {
-        let slot = Arc::clone(self.slots.lock().entry(to).or_default());
+        let slot = Arc::clone(self.slots.lock().entry((to, channel)).or_default());
         let connection = {
             let mut held = slot.lock().await;
-            match held.as_ref() {
+            match &held.connection {
                 Some(c) if !c.is_closed() => Arc::clone(c),
                 _ => {
-                    let c = Arc::new(self.connect(image, to).await?);
-                    *held = Some(Arc::clone(&c));
-                    c
+                    if held
+                        .failed_at
+                        .is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF)
+                    {
+                        return Err(format!("broker {to}: not reachable a moment ago"));
+                    }
+                    match self.connect(image, to).await {
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            held.connection = Some(Arc::clone(&c));
+                            held.failed_at = None;
+                            c
+                        }
+                        Err(e) => {
+                            held.connection = None;
+                            held.failed_at = Some(Instant::now());
+                            return Err(e);
+                        }
+                    }
                 }
             }
         };

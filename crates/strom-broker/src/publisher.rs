@@ -17,7 +17,7 @@
 //! retried every [`STORAGE_RETRY_INTERVAL`] by applying the image again, until
 //! it succeeds.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,13 +93,24 @@ impl MetadataDelta {
 /// scans longer, the broker is dropped only once its partitions have moved.
 pub const FENCED_BROKER_OFFERED_FOR: Duration = Duration::from_secs(5);
 
+/// What the publisher noted of the brokers' fencing.
+#[derive(Debug)]
+struct Fencing {
+    /// The offset of the last image noted.
+    noted_offset: i64,
+    /// The brokers live in it.
+    live: HashSet<i32>,
+    /// Brokers seen going from live to fenced, and when.
+    fenced_at: HashMap<i32, Instant>,
+}
+
 /// The offset of the newest image applied, for handlers to wait on.
 #[derive(Debug)]
 pub struct Publisher {
     applied: watch::Sender<i64>,
     /// Brokers seen going from live to fenced, and when: see
     /// [`FENCED_BROKER_OFFERED_FOR`].
-    fenced_at: parking_lot::Mutex<HashMap<i32, Instant>>,
+    fencing: parking_lot::Mutex<Fencing>,
     /// The image applied at start, until [`Self::run`] takes it as the one
     /// its first delta starts from.
     applied_at_start: parking_lot::Mutex<Option<Arc<MetadataImage>>>,
@@ -110,7 +121,11 @@ impl Publisher {
     pub fn new(image: &Arc<MetadataImage>) -> Self {
         Self {
             applied: watch::Sender::new(image.offset),
-            fenced_at: parking_lot::Mutex::new(HashMap::new()),
+            fencing: parking_lot::Mutex::new(Fencing {
+                noted_offset: image.offset,
+                live: image.live_brokers().map(|b| b.id).collect(),
+                fenced_at: HashMap::new(),
+            }),
             applied_at_start: parking_lot::Mutex::new(Some(Arc::clone(image))),
         }
     }
@@ -123,30 +138,39 @@ impl Publisher {
     /// The brokers fenced in `image` that Metadata still offers: fenced
     /// less than [`FENCED_BROKER_OFFERED_FOR`] ago, as this node saw it.
     pub fn recently_fenced(&self, image: &MetadataImage) -> Vec<i32> {
-        let fenced_at = self.fenced_at.lock();
+        let fencing = self.fencing.lock();
+        // An image newer than the last one noted: a broker live then and
+        // fenced here was fenced just now.
+        let newer = image.offset > fencing.noted_offset;
         image
             .brokers
             .values()
             .filter(|b| b.fenced)
-            .filter(|b| {
-                fenced_at
-                    .get(&b.id)
-                    .is_some_and(|at| at.elapsed() < FENCED_BROKER_OFFERED_FOR)
+            .filter(|b| match fencing.fenced_at.get(&b.id) {
+                Some(at) => at.elapsed() < FENCED_BROKER_OFFERED_FOR,
+                None => newer && fencing.live.contains(&b.id),
             })
             .map(|b| b.id)
             .collect()
     }
 
-    /// Notes the brokers live in `previous` and fenced in `next`; forgets
-    /// the ones live again or gone.
-    fn note_fencing(&self, previous: &MetadataImage, next: &MetadataImage) {
-        let mut fenced_at = self.fenced_at.lock();
+    /// Notes the brokers live before and fenced in `next`; forgets the ones
+    /// live again or gone.
+    fn note_fencing(&self, next: &MetadataImage) {
+        let mut fencing = self.fencing.lock();
+        let Fencing {
+            noted_offset,
+            live,
+            fenced_at,
+        } = &mut *fencing;
         fenced_at.retain(|id, _| next.brokers.get(id).is_some_and(|b| b.fenced));
         for b in next.brokers.values().filter(|b| b.fenced) {
-            if previous.is_live(b.id) {
+            if live.contains(&b.id) {
                 fenced_at.insert(b.id, Instant::now());
             }
         }
+        *live = next.live_brokers().map(|b| b.id).collect();
+        *noted_offset = next.offset;
     }
 
     /// Waits until an image at `offset` or later has been applied (or the
@@ -195,7 +219,7 @@ impl Publisher {
             let image = images.borrow_and_update().clone();
             // Before the (slower) apply: Metadata answers from the newest
             // image, which already leaves the broker out.
-            self.note_fencing(&previous, &image);
+            self.note_fencing(&image);
             let delta = MetadataDelta::between(&previous, &image);
             if !delta.is_empty() || retrying {
                 publish(&targets, &image, &delta).await;

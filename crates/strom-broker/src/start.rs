@@ -330,7 +330,7 @@ pub async fn start_with_clock(
     });
     let for_timers = Arc::clone(&broker);
     broker.tasks.spawn(async move {
-        let markers = crate::api::txn::ClusterMarkerSender::new(&for_timers);
+        let markers = crate::api::txn::ClusterMarkerSender::once(&for_timers);
         for_timers
             .txn
             .run_timers(&markers, for_timers.shutdown.clone())

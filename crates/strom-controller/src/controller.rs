@@ -392,6 +392,11 @@ enum Reply {
     Failed(ControllerError),
 }
 
+/// How many election timeouts old the last entries of the node that led
+/// before may be for its session to run from them (see
+/// `run_active_duties`): an election takes one or two.
+const PREVIOUS_LEADER_NEWS_TIMEOUTS: u32 = 3;
+
 /// How often the active controller looks for brokers past their session,
 /// and a forwarding node retries while there is no known active controller.
 const LIVENESS_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -1230,8 +1235,13 @@ impl Controller {
                 // soon as it learns of this leader, well within its session.
                 let mut sessions = self.sessions.lock();
                 sessions.clear();
+                // Only recent news: a leader that went away is replaced
+                // within a few election timeouts; older entries came from a
+                // leader before it (this node was cut off meanwhile), which
+                // may well be alive.
                 if let Some((previous, heard)) = quorum.last_append_from()
                     && previous != self.node_id
+                    && heard.elapsed() <= quorum.election_timeout() * PREVIOUS_LEADER_NEWS_TIMEOUTS
                 {
                     sessions.insert(previous, heard);
                 }

@@ -47,6 +47,7 @@ use strom_protocol::messages::kafka::{
 use super::RequestContext;
 use crate::broker::Broker;
 use crate::group::store::{OFFSETS_TOPIC, OffsetValue};
+use crate::interbroker::Channel;
 use crate::txn::markers::{self, MarkerRequest, MarkerResults, MarkerSender};
 use crate::txn::store::{self, TRANSACTION_STATE_TOPIC, TxnStatus};
 use crate::txn::{TxnConfig, fenced};
@@ -239,15 +240,32 @@ const MARKER_RETRY_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct ClusterMarkerSender<'a> {
     broker: &'a Arc<Broker>,
+    /// How long markers not written are tried again.
+    retry_for: Duration,
 }
 
 impl<'a> ClusterMarkerSender<'a> {
+    /// For a client waiting on its transaction's end (EndTxn,
+    /// InitProducerId): retries for [`MARKER_RETRY_FOR`].
     pub fn new(broker: &'a Arc<Broker>) -> Self {
-        Self { broker }
+        Self {
+            broker,
+            retry_for: MARKER_RETRY_FOR,
+        }
+    }
+
+    /// For the coordinator's timer: one try per tick, so a partition
+    /// without a reachable leader holds its shard (and the other ids
+    /// there) no longer than that try.
+    pub fn once(broker: &'a Arc<Broker>) -> Self {
+        Self {
+            broker,
+            retry_for: Duration::ZERO,
+        }
     }
 
     async fn send_all(&self, request: &MarkerRequest) -> MarkerResults {
-        let deadline = std::time::Instant::now() + MARKER_RETRY_FOR;
+        let deadline = std::time::Instant::now() + self.retry_for;
         let mut done: MarkerResults = Vec::with_capacity(request.partitions.len());
         let mut todo = request.partitions.clone();
         loop {
@@ -309,6 +327,7 @@ impl<'a> ClusterMarkerSender<'a> {
                     .send(
                         &image,
                         leader,
+                        Channel::Markers,
                         1,
                         &write_txn_markers_request(request, &partitions),
                     )
@@ -518,7 +537,7 @@ async fn verify_remote(
     ]);
     let answer = broker
         .interbroker
-        .send(image, coordinator, 4, &request)
+        .send(image, coordinator, Channel::Verification, 4, &request)
         .await;
     let response = match answer {
         Ok(r) if r.error_code == 0 => r,

@@ -480,9 +480,10 @@ impl GroupCoordinator {
         if topics.is_empty() {
             return;
         }
-        for shard in self.active_shards() {
-            shard.on_topics_deleted(topics).await;
-        }
+        // Together: each waits for its tombstones' replication (up to
+        // `offsets.commit.timeout.ms`), and the publisher waits for all.
+        let shards = self.active_shards();
+        futures::future::join_all(shards.iter().map(|shard| shard.on_topics_deleted(topics))).await;
     }
 
     /// A transaction marker of `producer_id` reached `partition` of the

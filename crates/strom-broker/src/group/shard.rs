@@ -181,6 +181,9 @@ impl GroupShard {
         if self.unloaded.is_cancelled() || !self.log.is_leader() {
             return Err(ErrorCode::NotCoordinator);
         }
+        if !self.log.enough_replicas() {
+            return Err(ErrorCode::CoordinatorNotAvailable);
+        }
         let epoch = self.log.leader_epoch();
         let log = Arc::clone(&self.log);
         let index = log.index();

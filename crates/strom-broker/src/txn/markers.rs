@@ -54,6 +54,12 @@ pub fn append_marker(
     request: &MarkerRequest,
     now_ms: i64,
 ) -> Result<(i64, i32), ErrorCode> {
+    // Kafka writes markers with acks=all: too small an ISR refuses them
+    // before the append (the coordinator retries).
+    let in_sync = partition.in_sync(&partition.produce_checks());
+    if in_sync.isr < in_sync.min {
+        return Err(ErrorCode::NotEnoughReplicas);
+    }
     let leader_epoch = partition.leader_epoch();
     let batch = end_txn_marker_batch(
         0,

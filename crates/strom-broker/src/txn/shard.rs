@@ -123,6 +123,9 @@ impl TxnShard {
             if !log.is_leader() || log.leader_epoch() != epoch {
                 return Err(ErrorCode::NotCoordinator);
             }
+            if !log.enough_replicas() {
+                return Err(ErrorCode::CoordinatorNotAvailable);
+            }
             log.append(&batch).map_err(|e| append_error(index, &e))
         })
         .await

@@ -497,6 +497,11 @@ impl Quorum {
             .map(|(node, at)| (kafka_id(node), at))
     }
 
+    /// `controller.quorum.election.timeout.ms`.
+    pub fn election_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.config.election_timeout_ms)
+    }
+
     /// Whether this node is the leader.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow_watched().state == ServerState::Leader
