@@ -318,24 +318,7 @@ pub async fn start_with_clock(
     })
     .await??;
     let broker = Arc::new(broker);
-    let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
     let metrics_serve = metrics_server.map(|m| m.spawn(broker.scrape(), broker.shutdown.clone()));
-    let timers = Arc::clone(&broker);
-    broker.tasks.spawn(async move {
-        let images = Arc::clone(&timers);
-        timers
-            .groups
-            .run_timers(move || images.image(), timers.shutdown.clone())
-            .await;
-    });
-    let for_timers = Arc::clone(&broker);
-    broker.tasks.spawn(async move {
-        let markers = crate::api::txn::ClusterMarkerSender::once(&for_timers);
-        for_timers
-            .txn
-            .run_timers(&markers, for_timers.shutdown.clone())
-            .await;
-    });
     let targets = crate::publisher::Targets {
         config: broker.config.clone(),
         replicas: Arc::clone(&broker.replicas),
@@ -379,6 +362,27 @@ pub async fn start_with_clock(
             return Err(wrong_cluster(&why));
         }
     }
+    // Clients and the coordinators' timers only now, as Kafka enables
+    // request processing once the broker caught up: before, this node's
+    // image may be the one it had when it stopped (a restarted leader or
+    // coordinator answering, or aborting transactions, from it).
+    let serve = tokio::spawn(crate::server::serve(Arc::clone(&broker), listener));
+    let timers = Arc::clone(&broker);
+    broker.tasks.spawn(async move {
+        let images = Arc::clone(&timers);
+        timers
+            .groups
+            .run_timers(move || images.image(), timers.shutdown.clone())
+            .await;
+    });
+    let for_timers = Arc::clone(&broker);
+    broker.tasks.spawn(async move {
+        let markers = crate::api::txn::ClusterMarkerSender::once(&for_timers);
+        for_timers
+            .txn
+            .run_timers(&markers, for_timers.shutdown.clone())
+            .await;
+    });
     tracing::info!(
         node_id = broker.node_id,
         addr = %local_addr,
