@@ -362,22 +362,31 @@ fn marker_retriable(code: ErrorCode) -> bool {
     )
 }
 
+/// `partitions` grouped by topic, topics in their first appearance's order.
+fn by_topic(partitions: &[(String, i32)]) -> Vec<(&str, Vec<i32>)> {
+    let mut topics: Vec<(&str, Vec<i32>)> = Vec::new();
+    for (topic, index) in partitions {
+        match topics.iter_mut().find(|(t, _)| *t == topic.as_str()) {
+            Some((_, indexes)) => indexes.push(*index),
+            None => topics.push((topic, vec![*index])),
+        }
+    }
+    topics
+}
+
 /// WriteTxnMarkers with the one marker of `request` for `partitions`.
 fn write_txn_markers_request(
     request: &MarkerRequest,
     partitions: &[(String, i32)],
 ) -> WriteTxnMarkersRequest {
-    let mut topics: Vec<WritableTxnMarkerTopic> = Vec::new();
-    for (topic, index) in partitions {
-        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-            Some(t) => t.partition_indexes.push(*index),
-            None => topics.push(
-                WritableTxnMarkerTopic::default()
-                    .with_name(topic_name(topic))
-                    .with_partition_indexes(vec![*index]),
-            ),
-        }
-    }
+    let topics = by_topic(partitions)
+        .into_iter()
+        .map(|(topic, indexes)| {
+            WritableTxnMarkerTopic::default()
+                .with_name(topic_name(topic))
+                .with_partition_indexes(indexes)
+        })
+        .collect();
     WriteTxnMarkersRequest::default().with_markers(vec![
         WritableTxnMarker::default()
             .with_producer_id(ProducerId(request.producer_id))
@@ -514,17 +523,14 @@ async fn verify_remote(
     epoch: i16,
     partitions: &[(String, i32)],
 ) -> Vec<ErrorCode> {
-    let mut topics: Vec<AddPartitionsToTxnTopic> = Vec::new();
-    for (topic, index) in partitions {
-        match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
-            Some(t) => t.partitions.push(*index),
-            None => topics.push(
-                AddPartitionsToTxnTopic::default()
-                    .with_name(topic_name(topic))
-                    .with_partitions(vec![*index]),
-            ),
-        }
-    }
+    let topics = by_topic(partitions)
+        .into_iter()
+        .map(|(topic, indexes)| {
+            AddPartitionsToTxnTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(indexes)
+        })
+        .collect();
     let request = AddPartitionsToTxnRequest::default().with_transactions(vec![
         AddPartitionsToTxnTransaction::default()
             .with_transactional_id(TransactionalId(StrBytes::from_string(
