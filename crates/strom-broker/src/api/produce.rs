@@ -13,7 +13,7 @@
 //! KIP-890 part 1: a transactional batch is taken only for a partition of its
 //! producer's ongoing transaction. The partition's producer state knows when
 //! the transaction is ongoing there already; otherwise the transaction
-//! coordinator is asked ([`TxnVerifier`]) and its yes becomes the
+//! coordinator is asked (`api::txn::verify_txn`) and its yes becomes the
 //! partition's verification guard, which the append checks and the
 //! transaction's marker removes: no marker can end the transaction between
 //! the check and the append, and no coordinator lock is held.

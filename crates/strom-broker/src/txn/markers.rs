@@ -56,8 +56,7 @@ pub fn append_marker(
 ) -> Result<(i64, i32), ErrorCode> {
     // Kafka writes markers with acks=all: too small an ISR refuses them
     // before the append (the coordinator retries).
-    let in_sync = partition.in_sync(&partition.produce_checks());
-    if in_sync.isr < in_sync.min {
+    if !crate::coordinator::CoordinatorLog::enough_replicas(partition) {
         return Err(ErrorCode::NotEnoughReplicas);
     }
     let leader_epoch = partition.leader_epoch();

@@ -12,7 +12,7 @@
 //! # Layout
 //!
 //! - this file: [`TxnCoordinator`], its settings ([`TxnConfig`]), its ports
-//!   ([`ProducerIdSource`], [`TxnVerifier`]) and the transactions' state
+//!   ([`ProducerIdSource`]) and the transactions' state
 //!   machine;
 //! - [`shard`]: [`TxnShard`], the transactional ids of one partition of
 //!   `__transaction_state`, loaded from and written to that partition;
@@ -48,7 +48,9 @@
 //! markers are written with the new epoch (Kafka's behaviour).
 //!
 //! KIP-890 part 1: a transactional produce asks the data partition's
-//! producer state first, and asks this coordinator ([`TxnVerifier`]) only
+//! producer state first, and asks the id's coordinator (`api::txn::verify_txn`:
+//! [`TxnCoordinator::verify_partitions`] here, AddPartitionsToTxn
+//! `verify_only` on another broker) only
 //! when the producer has no transaction ongoing there; the partition then
 //! needs the verification guard it handed out for the append, and the
 //! transaction's marker removes the guard (see `strom_storage`'s producer
@@ -69,7 +71,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use strom_controller::MetadataImage;
 use strom_protocol::error_code::ErrorCode;
 use strom_storage::Clock;
@@ -144,22 +145,6 @@ pub trait ProducerIdSource: Send + Sync + fmt::Debug {
     /// A producer id no producer had; COORDINATOR_NOT_AVAILABLE (or another
     /// retriable code) when none can be had now.
     fn next_producer_id(&self) -> Result<i64, ErrorCode>;
-}
-
-/// KIP-890 part 1, as a partition leader asks it before a transactional
-/// produce: whether `producer_id` at `epoch`, as `transactional_id`, has an
-/// ongoing transaction holding each of `partitions` (NONE), or why not. The
-/// local coordinator answers directly; in a cluster this is
-/// AddPartitionsToTxn with `verify_only` to the id's coordinator.
-pub trait TxnVerifier: Send + Sync {
-    fn verify_txn<'a>(
-        &'a self,
-        image: &'a MetadataImage,
-        transactional_id: &'a str,
-        producer_id: i64,
-        epoch: i16,
-        partitions: &'a [(String, i32)],
-    ) -> BoxFuture<'a, Vec<ErrorCode>>;
 }
 
 /// The transaction coordinator of this broker: one shard per partition of
@@ -672,19 +657,6 @@ impl TxnCoordinator {
         txn.partitions.clear();
         txn.last_update_ms = now;
         shard.persist(state, transactional_id, Some(txn), now).await
-    }
-}
-
-impl TxnVerifier for TxnCoordinator {
-    fn verify_txn<'a>(
-        &'a self,
-        image: &'a MetadataImage,
-        transactional_id: &'a str,
-        producer_id: i64,
-        epoch: i16,
-        partitions: &'a [(String, i32)],
-    ) -> BoxFuture<'a, Vec<ErrorCode>> {
-        Box::pin(self.verify_partitions(image, transactional_id, producer_id, epoch, partitions))
     }
 }
 

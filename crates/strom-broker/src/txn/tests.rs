@@ -5,6 +5,7 @@
 use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
+use futures::future::BoxFuture;
 use strom_controller::MetadataRecord;
 use strom_protocol::messages::Uuid;
 use strom_storage::{FileCache, LoadOptions, LogConfig, ManualClock, PartitionLog};
@@ -154,7 +155,7 @@ impl Fixture {
 
     async fn verify(&self, id: &str, (pid, epoch): (i64, i16)) -> Vec<ErrorCode> {
         self.coordinator
-            .verify_txn(&self.image, id, pid, epoch, &[("orders".to_owned(), 0)])
+            .verify_partitions(&self.image, id, pid, epoch, &[("orders".to_owned(), 0)])
             .await
     }
 
