@@ -143,7 +143,18 @@ async fn until_counts(
     at_least: BTreeMap<i32, usize>,
 ) {
     let map = Arc::clone(map);
-    eventually(what, move || {
+    let counts = |map: &Records| {
+        map.lock()
+            .unwrap()
+            .iter()
+            .map(|(p, r)| (*p, r.len()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let what = format!(
+        "{what}: wanted {at_least:?}, {:?} at the start",
+        counts(&map)
+    );
+    eventually(&what, move || {
         partitions
             .iter()
             .all(|p| count(&map, *p) >= at_least.get(p).copied().unwrap_or(0))
@@ -155,6 +166,11 @@ async fn until_counts(
 /// `replication`: 1 (the victim's partition is down until it returns) or 3
 /// (its leadership moves to another replica and nothing stops).
 async fn survive(fault: Fault, replication: i16) {
+    // RUST_LOG=strom_client=debug shows what the clients did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let mut cluster = three_nodes().await;
     let bootstrap = cluster.bootstrap();
     let created = strom_admin(&bootstrap)
@@ -352,4 +368,83 @@ async fn the_client_follows_a_leader_moved_by_a_controlled_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_rides_out_a_stopped_broker_and_its_restart() {
     survive(Fault::Stop, 1).await;
+}
+
+/// A seek to the beginning asks the partition's leader for its start
+/// offset (ListOffsets). If that leader has just died, the consumer must
+/// look for the new one rather than ask the dead one again until its
+/// metadata is 5 minutes old (`metadata.max.age.ms`): it did, when the seek
+/// came in the seconds before the controller fenced the dead broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_while_the_leader_is_dead_reads_from_the_new_leader() {
+    let mut cluster = three_nodes().await;
+    let bootstrap = cluster.bootstrap();
+    let created = strom_admin(&bootstrap)
+        .create_topics(&[NewTopic::new(TOPIC, 1, 3)], false)
+        .await;
+    created[TOPIC].as_ref().unwrap();
+    let addr = cluster.addr(1);
+    let leader = eventually("the partition led", move || {
+        let l = RawConnection::connect(addr, Duration::from_secs(5))
+            .ok()?
+            .leaders(TOPIC)
+            .ok()?
+            .0;
+        l.first().copied().filter(|id| *id > 0)
+    })
+    .await;
+
+    let config: ClientConfig = [
+        ("bootstrap.servers", bootstrap.as_str()),
+        ("request.timeout.ms", "5000"),
+        ("socket.connection.setup.timeout.ms", "2000"),
+    ]
+    .into_iter()
+    .collect();
+    let producer = Producer::new(&config).unwrap();
+    for n in 0..10 {
+        producer
+            .send(
+                ProducerRecord::new(TOPIC)
+                    .partition(0)
+                    .value(value(0, n).into_bytes()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    producer.close().await.unwrap();
+    let mut consumer_config = config.clone();
+    consumer_config.set("auto.offset.reset", "earliest");
+    let consumer = Consumer::new(&consumer_config).unwrap();
+    let tp = TopicPartition::new(TOPIC, 0);
+    consumer.assign(std::slice::from_ref(&tp));
+    let mut read = 0;
+    while read < 10 {
+        read += consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .len();
+    }
+
+    cluster.kill(leader).await.unwrap();
+    consumer.seek(&tp, strom_client::Offset::Beginning).unwrap();
+    let mut again = Vec::new();
+    let deadline = std::time::Instant::now() + common::cluster::DEADLINE;
+    while again.len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the seek, read {} of 10 records again",
+            again.len()
+        );
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            again
+                .push(String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned());
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|n| value(0, n)).collect();
+    assert_eq!(again, expected);
+    cluster.stop_all().await.unwrap();
 }

@@ -1528,6 +1528,12 @@ async fn reset_offsets(shared: &Shared, node: i32, parts: Vec<Reset>) {
         .send(Route::Node(node), LIST_OFFSETS_VERSION, &request)
         .await;
     let mut answers: HashMap<(String, i32), (i16, i64)> = HashMap::new();
+    // A leader that cannot be reached (killed, its connection lost) may not
+    // lead any more: the next plan asks the leader fresh metadata names,
+    // not the cached one again until `metadata.max.age.ms`.
+    if result.as_ref().is_err_and(Error::needs_metadata_refresh) {
+        shared.cluster.mark_stale();
+    }
     if let Ok(response) = &result {
         for topic in &response.topics {
             for p in &topic.partitions {

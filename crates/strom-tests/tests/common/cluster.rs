@@ -32,9 +32,14 @@ pub async fn three_nodes() -> LocalCluster {
 pub fn three_nodes_builder() -> ClusterBuilder {
     let builder = LocalCluster::builder(strom_bin());
     // STROM_TEST_KEEP_DIR keeps the nodes' directories and logs there, to
-    // look at after a failure.
+    // look at after a failure: one directory per test process, so that
+    // tests running side by side keep theirs apart.
     let builder = match std::env::var_os("STROM_TEST_KEEP_DIR") {
-        Some(dir) => builder.data_dir_root(dir),
+        Some(dir) => {
+            let test = std::thread::current().name().unwrap_or("test").to_owned();
+            let dir = PathBuf::from(dir).join(format!("{test}-{}", std::process::id()));
+            builder.data_dir_root(dir)
+        }
         None => builder,
     };
     builder

@@ -1,0 +1,3 @@
+//! Fault injection for Strom clusters (see docs/testing.md).
+
+pub mod history;
