@@ -163,7 +163,15 @@ pub struct ClusterBuilder {
     link_proxies: bool,
     controller_only: bool,
     brokers: usize,
+    /// Node `i + 1` runs inside network namespace `hosts[i].0` on address
+    /// `hosts[i].1`: [`ClusterBuilder::network_namespaces`].
+    hosts: Vec<(String, Ipv4Addr)>,
 }
+
+/// The client and controller ports of a node in a network namespace of
+/// its own (the namespace's address is the node's alone, so every node
+/// takes Kafka's usual port).
+pub const NAMESPACE_PORTS: (u16, u16) = (9092, 9093);
 
 /// What a node of a [`LocalCluster`] runs (`process.roles`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +191,17 @@ impl Role {
 }
 
 impl ClusterBuilder {
+    /// Runs node `i + 1` inside the network namespace named `hosts[i].0`
+    /// (`ip netns exec`), listening on `hosts[i].1` with
+    /// [`NAMESPACE_PORTS`]. The namespaces must exist, each with its
+    /// address, and reach each other; the caller cuts links between them
+    /// with routes of its own. One entry per node (voters, then brokers).
+    #[must_use]
+    pub fn network_namespaces(mut self, hosts: Vec<(String, Ipv4Addr)>) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
     /// How many voters (default 3), with ids 1 to N.
     #[must_use]
     pub fn nodes(mut self, n: usize) -> Self {
@@ -271,7 +290,8 @@ impl ClusterBuilder {
     /// again with new ports and a new directory, up to
     /// [`START_ATTEMPTS`] times, unless ports or the directory are fixed.
     pub async fn start(self) -> Result<LocalCluster, TestkitError> {
-        let retriable = self.base_port.is_none() && self.data_dir_root.is_none();
+        let retriable =
+            self.base_port.is_none() && self.data_dir_root.is_none() && self.hosts.is_empty();
         let mut attempt = 1;
         loop {
             match self.clone().start_once().await {
@@ -319,7 +339,14 @@ impl ClusterBuilder {
                 (Some(temp), root)
             }
         };
+        if !self.hosts.is_empty() && self.hosts.len() != total {
+            return Err(TestkitError::Invalid(format!(
+                "{total} nodes but {} network namespaces",
+                self.hosts.len()
+            )));
+        }
         let ports = match self.base_port {
+            _ if !self.hosts.is_empty() => vec![NAMESPACE_PORTS; total],
             Some(base) => fixed_ports(base, total)?,
             None => free_ports(total * 2)
                 .map_err(io_error("picking free ports on 127.0.0.1"))?
@@ -327,18 +354,28 @@ impl ClusterBuilder {
                 .map(|pair| (pair[0], pair[1]))
                 .collect(),
         };
-        let loopback = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let hosts = &self.hosts;
+        let host = |id: i32| {
+            usize::try_from(id - 1)
+                .ok()
+                .and_then(|i| hosts.get(i))
+                .map_or(Ipv4Addr::LOCALHOST, |h| h.1)
+        };
         let mut nodes = (1..=count)
             .zip(ports)
             .map(|(id, (client, controller))| Node {
+                namespace: usize::try_from(id - 1)
+                    .ok()
+                    .and_then(|i| hosts.get(i))
+                    .map(|h| h.0.clone()),
                 id,
                 role: if id <= voter_count {
                     voter_role
                 } else {
                     Role::Broker
                 },
-                addr: loopback(client),
-                controller_addr: loopback(controller),
+                addr: SocketAddr::from((host(id), client)),
+                controller_addr: SocketAddr::from((host(id), controller)),
                 voters: String::new(),
                 data_dir: root.join(format!("n{id}")),
                 stderr_log: root.join(format!("n{id}.stderr.log")),
@@ -450,6 +487,8 @@ pub struct LocalCluster {
 struct Node {
     id: i32,
     role: Role,
+    /// The network namespace it runs in, if not the caller's.
+    namespace: Option<String>,
     addr: SocketAddr,
     controller_addr: SocketAddr,
     /// This node's `--voters`: the same for every node, except that with
@@ -479,6 +518,7 @@ impl LocalCluster {
             link_proxies: false,
             controller_only: false,
             brokers: 0,
+            hosts: Vec::new(),
         }
     }
 
@@ -525,6 +565,7 @@ impl LocalCluster {
         self.nodes.push(Node {
             id,
             role: Role::Broker,
+            namespace: None,
             addr,
             controller_addr: addr,
             voters,
@@ -748,7 +789,16 @@ impl LocalCluster {
             .append(true)
             .open(&node.stderr_log)
             .map_err(io_error(format!("opening {}", node.stderr_log.display())))?;
-        let mut command = Command::new(&self.binary);
+        let mut command = match &node.namespace {
+            // `ip netns exec` execs the binary: the child's pid is the
+            // node's, so signals reach it.
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace]).arg(&self.binary);
+                command
+            }
+            None => Command::new(&self.binary),
+        };
         command
             .arg("broker")
             .args(["--node-id", &node.id.to_string()]);

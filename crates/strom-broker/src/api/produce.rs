@@ -249,6 +249,7 @@ async fn produce(
             partition.error_message = None;
         }
         if acks == -1
+            && !broker.config.settings.replication.plant_ack_local
             && let Some((replica, (offset, leader_epoch))) = appended
             && replica.high_watermark() < offset
         {

@@ -37,6 +37,11 @@ pub struct ReplicationSettings {
     /// consumer should fetch from. Default none: consumers are never sent
     /// elsewhere (followers still serve consumers that come to them).
     pub replica_selector: ReplicaSelector,
+    /// Test only (`test.plant.bug=ack-local`): acks=all is answered at the
+    /// leader's append, without waiting for the ISR, so that the chaos
+    /// harness can show it catches the writes this loses. Never set it on
+    /// a cluster whose data matters.
+    pub plant_ack_local: bool,
 }
 
 /// Kafka's class name of the rack-aware selector, the one selector Strom has.
@@ -84,6 +89,7 @@ impl Default for ReplicationSettings {
             replica_socket_timeout_ms: 30_000,
             replica_high_watermark_checkpoint_interval_ms: 5000,
             replica_selector: ReplicaSelector::LeaderOnly,
+            plant_ack_local: false,
         }
     }
 }
@@ -153,6 +159,15 @@ impl ReplicationSettings {
             replica_selector: props
                 .get("replica.selector.class")
                 .map_or(Ok(d.replica_selector), |v| ReplicaSelector::parse(v))?,
+            plant_ack_local: match props.get("test.plant.bug").map(|v| v.trim()) {
+                None | Some("") => false,
+                Some("ack-local") => true,
+                Some(other) => {
+                    return Err(ConfigError(format!(
+                        "Invalid value {other} for configuration test.plant.bug: the only bug to plant is ack-local"
+                    )));
+                }
+            },
         };
         // Kafka: "replica.fetch.wait.max.ms should always be less than or
         // equal to replica.lag.time.max.ms to prevent frequent changes in ISR".
