@@ -88,7 +88,7 @@ else
     # The checker must catch a planted bug: acks=all answered at the
     # leader's append loses acknowledged writes when leaders are killed.
     planted=target/chaos-smoke/planted.txt
-    "$chaos" soak --runs 5 --first-seed 1 --count 6 --faults kill,lose-unflushed \
+    "$chaos" soak --runs 5 --first-seed 1 --count 6 --faults kill,isolate,lose-unflushed \
         --plant ack-local --stop-on-anomaly --out target/chaos-smoke/planted \
         --strom target/debug/strom >"$planted" 2>&1 || true
     if grep -Eq '^\| (lost-write|inconsistent-offsets) \| [1-9]' "$planted"; then

@@ -514,6 +514,11 @@ fn open(
             config.log_config(&image, &overrides)
         },
     )?;
+    if config.settings.replication.plant_ack_local {
+        tracing::error!(
+            "test.plant.bug=ack-local: acks=all is answered at the leader's append; acknowledged writes WILL be lost when a leader fails (a test-only switch)"
+        );
+    }
     let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs), Arc::clone(&clock))
         .with_replica_lag_time_max_ms(config.settings.replication.replica_lag_time_max_ms);
     // A partition whose log cannot be opened (a full disk, a directory the

@@ -194,6 +194,9 @@ struct Facts<'a> {
     reads: Vec<ReadRec<'a>>,
     /// The distinct values in `reads`.
     read_values: HashSet<u64>,
+    /// Where the final reads found each partition's log to end, and the op
+    /// that said so (the lowest, if several did).
+    ends: HashMap<Tp<'a>, (i64, u64)>,
 }
 
 impl<'a> Facts<'a> {
@@ -232,6 +235,19 @@ impl<'a> Facts<'a> {
                             isolation: *isolation,
                             end_us: op.end_us,
                         });
+                    }
+                }
+                Action::End {
+                    topic,
+                    partition,
+                    offset,
+                } if ok => {
+                    let end = f
+                        .ends
+                        .entry((topic.as_str(), *partition))
+                        .or_insert((*offset, op.index));
+                    if *offset < end.0 {
+                        *end = (*offset, op.index);
                     }
                 }
                 _ => {}
@@ -303,6 +319,9 @@ enum LostBecause {
     /// A value acknowledged by an op that began after this one ended was
     /// read on its partition (or topic).
     Later(LateRead),
+    /// The final reads found its partition's log ending at or before its
+    /// offset: (end, op).
+    PastEnd(i64, u64),
 }
 
 /// Lost writes: acknowledged values no poll returned, though a poll
@@ -355,7 +374,13 @@ fn lost_writes(f: &Facts<'_>, out: &mut Collector) {
             (Some(p), Some(o)) => high_tp
                 .get(&(ack.topic, p))
                 .filter(|h| h.offset > o)
-                .map(|h| LostBecause::Higher(*h)),
+                .map(|h| LostBecause::Higher(*h))
+                .or_else(|| {
+                    f.ends
+                        .get(&(ack.topic, p))
+                        .filter(|(end, _)| *end <= o)
+                        .map(|(end, op)| LostBecause::PastEnd(*end, *op))
+                }),
             (None, Some(o)) => high_topic
                 .get(ack.topic)
                 .filter(|h| h.offset > o)
@@ -374,6 +399,7 @@ fn lost_writes(f: &Facts<'_>, out: &mut Collector) {
         let witness_op = match because {
             LostBecause::Higher(h) => h.op,
             LostBecause::Later(l) => l.op,
+            LostBecause::PastEnd(_, op) => op,
         };
         out.add(Kind::LostWrite, vec![ack.op, witness_op], || {
             let acked = format!(
@@ -394,6 +420,11 @@ fn lost_writes(f: &Facts<'_>, out: &mut Collector) {
                     "{acked}, though op {} read value {} from {}/{}, acknowledged by op {} \
                      which began after op {} ended",
                     l.op, l.value, ack.topic, l.partition, l.ack_op, ack.op
+                ),
+                LostBecause::PastEnd(end, op) => format!(
+                    "{acked}, and the final reads found the log of {}/{} ending at offset {end} (op {op})",
+                    ack.topic,
+                    partition_name(ack.partition),
                 ),
             }
         });
@@ -1095,6 +1126,34 @@ mod tests {
         ]);
         assert_only(&report, Kind::LostWrite);
         assert_eq!(report.anomalies[0].ops, vec![0, 3]);
+    }
+
+    #[test]
+    fn lost_write_past_the_end_of_the_log() {
+        let history = vec![
+            op(0, 1, (0, 10), Outcome::Ok, send(0, 100, 5)),
+            op(
+                1,
+                2,
+                (20, 30),
+                Outcome::Ok,
+                poll(Isolation::ReadUncommitted, &[(0, 4, 99)]),
+            ),
+            op(
+                2,
+                2,
+                (30, 40),
+                Outcome::Ok,
+                Action::End {
+                    topic: "t".to_owned(),
+                    partition: 0,
+                    offset: 5,
+                },
+            ),
+        ];
+        let report = check(&history);
+        assert_only(&report, Kind::LostWrite);
+        assert!(report.anomalies[0].message.contains("ending at offset 5"));
     }
 
     #[test]

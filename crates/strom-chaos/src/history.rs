@@ -104,6 +104,14 @@ pub enum Action {
         group: String,
         offsets: Vec<Position>,
     },
+    /// The final reads read a partition to its end: its log ends at
+    /// `offset` (the high watermark once everything before it was read).
+    /// An acknowledged offset at or past it was lost.
+    End {
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
 }
 
 /// One client operation.

@@ -136,6 +136,7 @@ async fn main_inner(cli: Cli) -> Result<bool> {
             let mut ops = 0usize;
             let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
             let mut failed_runs = Vec::new();
+            let mut undrained = 0usize;
             let mut done = 0;
             for seed in first_seed..first_seed + runs {
                 let out = args.out.join(format!("seed-{seed}"));
@@ -149,6 +150,7 @@ async fn main_inner(cli: Cli) -> Result<bool> {
                     }
                 };
                 done += 1;
+                undrained += usize::from(!summary.drained);
                 print!("{}", run::print_summary(&summary, &replay(seed, &args)));
                 faults += summary.injected.len();
                 ops += summary.report.ops;
@@ -159,10 +161,12 @@ async fn main_inner(cli: Cli) -> Result<bool> {
                     break;
                 }
             }
-            println!("\n| runs | failed runs | faults | operations | minutes |");
-            println!("|---|---|---|---|---|");
             println!(
-                "| {done} | {} | {faults} | {ops} | {:.1} |",
+                "\n| runs | failed runs | final reads short | faults | operations | minutes |"
+            );
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {done} | {} | {undrained} | {faults} | {ops} | {:.1} |",
                 failed_runs.len(),
                 started.elapsed().as_secs_f64() / 60.0
             );
@@ -170,7 +174,7 @@ async fn main_inner(cli: Cli) -> Result<bool> {
             for (kind, n) in &by_kind {
                 println!("| {kind} | {n} |");
             }
-            Ok(failed_runs.is_empty() && by_kind.values().all(|n| *n == 0))
+            Ok(failed_runs.is_empty() && undrained == 0 && by_kind.values().all(|n| *n == 0))
         }
         Cmd::Check { history: path } => {
             let text = std::fs::read_to_string(&path)

@@ -9,14 +9,18 @@
 //!  node 3 [ns P-n3]  10.231.X.3   ──┘
 //! ```
 //!
-//! A link between two nodes is cut with a blackhole route to the other's
-//! address on each side: packets vanish, as in a real partition, rather
-//! than being refused. The clients' links are never cut. Dropping the
-//! network deletes the namespaces, and with them every interface.
+//! A link between two nodes is cut with a permanent neighbour entry on each
+//! side that gives the other's address a MAC no interface has: packets
+//! vanish, as in a real partition (a new connection hangs until its
+//! timeout, an open one stalls), rather than being refused as with a
+//! blackhole route. It needs no netfilter (these kernels have neither
+//! nftables nor tc actions). The clients' links are never cut. Dropping
+//! the network deletes the namespaces, and with them every interface.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{Context, Result, bail};
 
@@ -24,6 +28,12 @@ use anyhow::{Context, Result, bail};
 const NET_PREFIX: [u8; 2] = [10, 231];
 /// The harness's own address in the subnet (nodes are 1..=N).
 const CLIENT_HOST: u8 = 200;
+/// A locally administered MAC that no interface has: where a cut link's
+/// packets go.
+const NOWHERE_MAC: &str = "02:00:00:00:00:01";
+/// Networks this process made, so that the runs of a soak never reuse a
+/// name or subnet whose teardown the kernel is still finishing.
+static RUNS: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `ip ARGS`, failing with what it printed.
 fn ip(args: &[&str]) -> Result<()> {
@@ -59,9 +69,11 @@ impl Network {
             bail!("{nodes} nodes: 1 to 100");
         }
         let pid = std::process::id();
-        let subnet = free_subnet(pid)?;
+        let run = RUNS.fetch_add(1, Ordering::Relaxed);
+        let subnet = free_subnet(pid.wrapping_add(run.wrapping_mul(7)))?;
         let net = Self {
-            prefix: format!("sc{:x}", pid % 0xffff),
+            // At most 8 characters: interface names stop at 15.
+            prefix: format!("sc{:x}{:03x}", pid % 0xfff, run % 0xfff),
             subnet,
             nodes,
             cut: BTreeSet::new(),
@@ -79,7 +91,7 @@ impl Network {
         ip(&["-n", &hub, "link", "set", "br0", "up"])?;
         for node in 1..=self.nodes {
             let ns = self.namespace(node);
-            let dev = format!("{p}n{node}");
+            let dev = self.device(node);
             let peer = format!("{p}n{node}h");
             ip(&["netns", "add", &ns])?;
             ip(&[
@@ -136,17 +148,28 @@ impl Network {
             return Ok(());
         }
         for (from, to) in [(a, b), (b, a)] {
-            let route = format!("{}/32", self.addr(to));
+            let addr = self.addr(to).to_string();
+            let dev = self.device(from);
             ip(&[
                 "-n",
                 &self.namespace(from),
-                "route",
-                "add",
-                "blackhole",
-                &route,
+                "neigh",
+                "replace",
+                &addr,
+                "lladdr",
+                NOWHERE_MAC,
+                "dev",
+                &dev,
+                "nud",
+                "permanent",
             ])?;
         }
         Ok(())
+    }
+
+    /// Node `node`'s interface (in its namespace).
+    fn device(&self, node: usize) -> String {
+        format!("{}n{node}", self.prefix)
     }
 
     /// Cuts every link between `side` and the other nodes.
@@ -161,20 +184,21 @@ impl Network {
 
     /// Restores every link.
     pub fn heal(&mut self) -> Result<()> {
-        if self.cut.is_empty() {
-            return Ok(());
+        for (a, b) in std::mem::take(&mut self.cut) {
+            for (from, to) in [(a, b), (b, a)] {
+                let addr = self.addr(to).to_string();
+                let dev = self.device(from);
+                ip(&[
+                    "-n",
+                    &self.namespace(from),
+                    "neigh",
+                    "del",
+                    &addr,
+                    "dev",
+                    &dev,
+                ])?;
+            }
         }
-        for node in 1..=self.nodes {
-            ip(&[
-                "-n",
-                &self.namespace(node),
-                "route",
-                "flush",
-                "type",
-                "blackhole",
-            ])?;
-        }
-        self.cut.clear();
         Ok(())
     }
 
@@ -190,6 +214,9 @@ impl Drop for Network {
             let _ = ip(&["netns", "del", &self.namespace(node)]);
         }
         let _ = ip(&["netns", "del", &self.hub()]);
+        // The kernel finishes a namespace's teardown later; the harness's
+        // end of the client link goes now.
+        let _ = ip(&["link", "del", &format!("{}c", self.prefix)]);
     }
 }
 

@@ -255,11 +255,17 @@ pub async fn run(config: &RunConfig) -> Result<Summary> {
         }
         tokio::time::sleep(step.quiet).await;
     }
-    // Heal everything, whatever happened.
+    // Heal everything, whatever happened: links, paused nodes, full disks,
+    // nodes that are down.
     net.heal()?;
     for n in cluster.node_ids() {
-        if cluster.pid(n).is_none() {
+        if let Some(dir) = usize::try_from(n).ok().and_then(|i| node_dirs.get(i - 1)) {
+            nemesis::unfill(dir)?;
+        }
+        if cluster.exited(n) {
             cluster.restart(n).await?;
+        } else {
+            let _ = cluster.resume(n);
         }
     }
     tokio::time::sleep(SETTLE).await;
@@ -436,7 +442,7 @@ async fn inject(
         }
     }
     // A node that died of its fault (a full disk, say) starts again.
-    if cluster.pid(id).is_none() {
+    if cluster.exited(id) {
         cluster.restart(id).await?;
     }
     Ok(Injected {

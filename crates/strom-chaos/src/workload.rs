@@ -208,11 +208,23 @@ impl Clients {
     }
 
     /// Stops every client, waiting for what is in flight to come out.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// A run that fails half-way must not leave clients writing into the next
+/// run of a soak (same value ranges, same transactional id and group).
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
@@ -679,8 +691,9 @@ fn poll_one(
 
 /// Reads every partition of `topic` from the start to its end (the high
 /// watermark, or for read_committed the last stable offset, as the
-/// consumer's position shows) with a fresh consumer, within `timeout`.
-/// Returns whether it got to the end of every partition.
+/// consumer's position shows) with a fresh consumer, within `timeout`, and
+/// records where each log ends. Returns whether it got to the end of every
+/// partition.
 pub fn drain(
     bootstrap: &str,
     recorder: &Recorder,
@@ -711,12 +724,33 @@ pub fn drain(
                 })
         })
     };
+    let mut reached = false;
     while Instant::now() < deadline {
         if let Some((p, o)) = poll_one(&consumer, recorder, process, isolation) {
             positions.insert(p, o);
         } else if done(&positions, &consumer) {
-            return Ok(true);
+            reached = true;
+            break;
         }
     }
-    Ok(done(&positions, &consumer))
+    let reached = reached || done(&positions, &consumer);
+    if reached {
+        // Where each log ends: an acknowledged offset at or past it was
+        // lost (the checker's lost-write).
+        for (p, end) in &ends {
+            let start = recorder.now();
+            recorder.record(
+                process,
+                start,
+                Outcome::Ok,
+                Action::End {
+                    topic: topic.to_owned(),
+                    partition: *p,
+                    offset: *end,
+                },
+                None,
+            );
+        }
+    }
+    Ok(reached)
 }

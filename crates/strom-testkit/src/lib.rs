@@ -625,6 +625,18 @@ impl LocalCluster {
         self.node(node).child.as_ref().and_then(Child::id)
     }
 
+    /// Whether the node's current process has exited (by itself or by a
+    /// signal) or was never started; reaps it if it has.
+    pub fn exited(&mut self, node: i32) -> bool {
+        match self.node_mut(node) {
+            Ok(n) => n
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None))),
+            Err(_) => true,
+        }
+    }
+
     /// `kill -9` the node and wait for it to exit.
     pub async fn kill(&mut self, node: i32) -> Result<(), TestkitError> {
         let n = self.node_mut(node)?;

@@ -78,6 +78,7 @@ pub const STROM_PROPERTIES: &[&str] = &[
     "replica.socket.timeout.ms",
     "socket.listen.backlog.size",
     "socket.request.max.bytes",
+    "test.plant.bug",
     "transaction.abort.timed.out.transaction.cleanup.interval.ms",
     "transaction.max.timeout.ms",
     "transaction.state.log.num.partitions",

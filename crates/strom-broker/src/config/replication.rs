@@ -210,6 +210,19 @@ mod tests {
     }
 
     #[test]
+    fn the_planted_bug_is_off_unless_named_and_unknown_names_are_refused() {
+        assert!(!parse(&[]).unwrap().plant_ack_local);
+        assert!(!parse(&[("test.plant.bug", "")]).unwrap().plant_ack_local);
+        assert!(
+            parse(&[("test.plant.bug", "ack-local")])
+                .unwrap()
+                .plant_ack_local
+        );
+        let err = parse(&[("test.plant.bug", "no-truncation")]).unwrap_err();
+        assert!(err.0.contains("test.plant.bug"), "{err:?}");
+    }
+
+    #[test]
     fn replica_selector_takes_kafkas_class_names_only() {
         assert_eq!(
             parse(&[]).unwrap().replica_selector,
