@@ -141,6 +141,16 @@ impl Recorder {
     }
 }
 
+/// librdkafka's own log lines, as the harness's (`STROM_CHAOS_RDKAFKA_DEBUG`
+/// names librdkafka `debug` contexts to turn on, e.g. `eos,msg`).
+struct LogContext;
+
+impl ClientContext for LogContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        tracing::info!(?level, fac, "librdkafka: {message}");
+    }
+}
+
 /// Settings every client shares: quick to notice a broker's death and to
 /// look for the new leader.
 fn base_config(bootstrap: &str) -> ClientConfig {
@@ -232,13 +242,18 @@ impl Drop for Clients {
 /// partitions of [`TOPIC`] until `stop`.
 fn produce(bootstrap: &str, recorder: &Recorder, stop: &AtomicBool, seed: u64, first: u64) {
     let process = recorder.process();
-    let producer: FutureProducer = match base_config(bootstrap)
+    let mut config = base_config(bootstrap);
+    config
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
-        .create()
-    {
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+    if let Ok(debug) = std::env::var("STROM_CHAOS_RDKAFKA_DEBUG") {
+        config
+            .set("debug", debug)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let producer: FutureProducer<LogContext> = match config.create_with_context(LogContext) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "creating a producer");

@@ -379,6 +379,10 @@ fn append(
             let (code, message) = append_error(&e);
             if code == ErrorCode::KafkaStorageError {
                 tracing::error!(topic = %partition.topic, partition = index, error = %e, "append failed");
+            } else {
+                // Out-of-order sequences, fenced epochs and the like: what
+                // a client was told, for when its records go astray.
+                tracing::debug!(topic = %partition.topic, partition = index, error = %e, "append refused");
             }
             (error_response(index, code, Some(message)), None)
         }
