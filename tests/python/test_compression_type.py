@@ -14,9 +14,41 @@ import struct
 import kafka.codec
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+from kafka.admin import KafkaAdminClient
+from kafka.protocol.admin import DescribeConfigsRequest
 
 from clients import check, consume_confluent, consume_kafka_python, produce_confluent, produce_kafka_python
-from conftest import REPLICATION_FACTOR
+from conftest import REPLICATION_FACTOR, wait_until
+
+TOPIC_RESOURCE = 2  # ConfigResource type on the wire
+
+
+def wait_every_node_has(broker, topic, name, value):
+    """In a cluster, each node applies a config change from the metadata log after the client's
+    answer (as in Kafka): waits until every node describes the topic's `name` as `value`, so that
+    the leader compresses the next batch by it."""
+    if len(broker.nodes) < 2:
+        return
+    kadmin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    request = DescribeConfigsRequest(
+        resources=[(TOPIC_RESOURCE, topic, [name])], include_synonyms=False, include_documentation=False
+    )
+    seen = {}
+
+    def applied():
+        for node in broker.nodes:
+
+            async def send(node_id=node.node_id):
+                return await kadmin._manager.send(request, node_id=node_id)
+
+            (result,) = kadmin._manager.run(send).results
+            seen[node.node_id] = [c.value for c in result.configs if c.name == name]
+        return all(v == [value] for v in seen.values())
+
+    try:
+        assert wait_until(applied, 30), f"{name}={value} not applied on every node after 30 s: {seen}"
+    finally:
+        kadmin.close()
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 # Kafka's codec ids (the low three bits of a batch's attributes).
@@ -131,6 +163,8 @@ def test_changing_compression_type_applies_to_the_next_batch(broker):
         entries = [ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET) for name, value in configs]
         (future,) = admin.incremental_alter_configs([ConfigResource("topic", topic, incremental_configs=entries)]).values()
         future.result(30)
+        for name, value in configs:
+            wait_every_node_has(broker, topic, name, value)
 
     # (topic compression.type set before the produce, producer codec, stored codec)
     steps = [
