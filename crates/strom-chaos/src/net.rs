@@ -147,22 +147,29 @@ impl Network {
         if a == b || !self.cut.insert(link) {
             return Ok(());
         }
+        self.neighbours(
+            a,
+            b,
+            &["replace"],
+            &["lladdr", NOWHERE_MAC, "nud", "permanent"],
+        )?;
+        Ok(())
+    }
+
+    /// `ip neigh VERB <other's address> dev <own interface> EXTRA` in both
+    /// `a`'s and `b`'s namespaces: one link's entries, both ways.
+    fn neighbours(&self, a: usize, b: usize, verb: &[&str], extra: &[&str]) -> Result<()> {
         for (from, to) in [(a, b), (b, a)] {
-            let addr = self.addr(to).to_string();
-            let dev = self.device(from);
-            ip(&[
-                "-n",
-                &self.namespace(from),
-                "neigh",
-                "replace",
-                &addr,
-                "lladdr",
-                NOWHERE_MAC,
-                "dev",
-                &dev,
-                "nud",
-                "permanent",
-            ])?;
+            let (ns, addr, dev) = (
+                self.namespace(from),
+                self.addr(to).to_string(),
+                self.device(from),
+            );
+            let mut args = vec!["-n", ns.as_str(), "neigh"];
+            args.extend_from_slice(verb);
+            args.extend_from_slice(&[addr.as_str(), "dev", dev.as_str()]);
+            args.extend_from_slice(extra);
+            ip(&args)?;
         }
         Ok(())
     }
@@ -185,19 +192,7 @@ impl Network {
     /// Restores every link.
     pub fn heal(&mut self) -> Result<()> {
         for (a, b) in std::mem::take(&mut self.cut) {
-            for (from, to) in [(a, b), (b, a)] {
-                let addr = self.addr(to).to_string();
-                let dev = self.device(from);
-                ip(&[
-                    "-n",
-                    &self.namespace(from),
-                    "neigh",
-                    "del",
-                    &addr,
-                    "dev",
-                    &dev,
-                ])?;
-            }
+            self.neighbours(a, b, &["del"], &[])?;
         }
         Ok(())
     }

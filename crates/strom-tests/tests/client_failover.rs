@@ -134,6 +134,17 @@ fn spawn_consumer(
     })
 }
 
+/// The leader of each partition of [`TOPIC`], as the node at `addr` says.
+fn leaders(addr: std::net::SocketAddr) -> Option<Vec<i32>> {
+    Some(
+        RawConnection::connect(addr, Duration::from_secs(5))
+            .ok()?
+            .leaders(TOPIC)
+            .ok()?
+            .0,
+    )
+}
+
 /// Waits until every partition in `partitions` has `at_least` records in
 /// `map`.
 async fn until_counts(
@@ -180,11 +191,7 @@ async fn survive(fault: Fault, replication: i16) {
     // One partition per broker (the controller's round robin), each led.
     let addr = cluster.addr(1);
     let led = eventually("every partition led", move || {
-        let l = RawConnection::connect(addr, Duration::from_secs(5))
-            .ok()?
-            .leaders(TOPIC)
-            .ok()?
-            .0;
+        let l = leaders(addr)?;
         (l.len() == 3 && l.iter().all(|id| *id > 0)).then_some(l)
     })
     .await;
@@ -246,11 +253,7 @@ async fn survive(fault: Fault, replication: i16) {
     }
     let witness_addr = cluster.addr(witness);
     eventually("the victim's partition without it as leader", move || {
-        let l = RawConnection::connect(witness_addr, Duration::from_secs(5))
-            .ok()?
-            .leaders(TOPIC)
-            .ok()?
-            .0;
+        let l = leaders(witness_addr)?;
         // Without replicas it has none; with them another replica leads.
         let moved = if replication == 1 {
             l.get(1) == Some(&-1)
@@ -385,11 +388,7 @@ async fn a_seek_while_the_leader_is_dead_reads_from_the_new_leader() {
     created[TOPIC].as_ref().unwrap();
     let addr = cluster.addr(1);
     let leader = eventually("the partition led", move || {
-        let l = RawConnection::connect(addr, Duration::from_secs(5))
-            .ok()?
-            .leaders(TOPIC)
-            .ok()?
-            .0;
+        let l = leaders(addr)?;
         l.first().copied().filter(|id| *id > 0)
     })
     .await;
