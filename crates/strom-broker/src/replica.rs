@@ -28,6 +28,7 @@ use strom_storage::{Clock, LogConfig, LogManager, StorageError, TopicPartition};
 use crate::config::BrokerConfig;
 pub use crate::partition::Partition;
 use crate::partition::PartitionState;
+use crate::partition::log_dir::LogDirHealth;
 use crate::partition::validation::ProduceChecks;
 
 /// The state of partition `p` that this broker acts on.
@@ -98,6 +99,8 @@ pub struct ReplicaManager {
     checkpointed: Option<HashMap<PartitionKey, i64>>,
     /// Serialises writing the checkpoint.
     checkpoint: Mutex<()>,
+    /// The log directory every partition here is in.
+    log_dir: Arc<LogDirHealth>,
 }
 
 impl ReplicaManager {
@@ -114,7 +117,20 @@ impl ReplicaManager {
                 crate::partition::high_watermark::DEFAULT_REPLICA_LAG_TIME_MAX_MS,
             checkpointed,
             checkpoint: Mutex::new(()),
+            log_dir: LogDirHealth::standalone(),
         }
+    }
+
+    /// Puts the partitions opened from now in the log directory `health`.
+    #[must_use]
+    pub fn with_log_dir(mut self, health: Arc<LogDirHealth>) -> Self {
+        self.log_dir = health;
+        self
+    }
+
+    /// The log directory's health.
+    pub fn log_dir(&self) -> &Arc<LogDirHealth> {
+        &self.log_dir
     }
 
     /// Sets `replica.lag.time.max.ms` for the partitions opened from now.
@@ -349,7 +365,8 @@ impl ReplicaManager {
             self.node_id,
             (leader_epoch, leader),
             high_watermark,
-        );
+        )
+        .in_log_dir(Arc::clone(&self.log_dir));
         partition.set_replica_lag_time_max_ms(self.replica_lag_time_max_ms);
         Ok(Arc::new(partition))
     }

@@ -100,6 +100,55 @@ impl RunningBroker {
     /// accepting, close connections, flush and close every log, write the
     /// clean-shutdown marker and a metadata image snapshot.
     pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
+        let broker = Arc::clone(&self.broker);
+        self.stop_serving().await;
+        broker.controller.snapshot_on_shutdown().await;
+        broker.controller.shutdown().await;
+        let logs = Arc::clone(&broker.logs);
+        let metadata_log = broker.metadata_log.clone();
+        let replicas = Arc::clone(&broker.replicas);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = replicas.checkpoint_high_watermarks() {
+                tracing::error!(error = %e, "writing the high watermark checkpoint failed");
+            }
+            let result = logs.shutdown();
+            if let Some(metadata_log) = metadata_log
+                && let Err(e) = metadata_log.close()
+            {
+                tracing::error!(error = %e, "closing the metadata log failed");
+            }
+            result
+        })
+        .await
+        .map_err(|e| {
+            strom_storage::StorageError::InvalidRequest(format!("shutdown task failed: {e}"))
+        })?
+    }
+
+    /// Ends when the log directory failed (an I/O error in a cluster,
+    /// [`crate::partition::log_dir`]): the broker must then stop with
+    /// [`Self::stop_after_log_dir_failure`]. Returns why.
+    pub fn log_dir_failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let health = Arc::clone(self.broker.replicas.log_dir());
+        async move {
+            health.stopping().cancelled().await;
+            health.failure().unwrap_or_default()
+        }
+    }
+
+    /// Stops after the log directory failed, as Kafka halts: a controlled
+    /// shutdown so that leaderships move at once, then no more writes to
+    /// the directory (no checkpoints, no clean-shutdown marker): the next
+    /// start recovers the logs as after a crash.
+    pub async fn stop_after_log_dir_failure(self) {
+        let broker = Arc::clone(&self.broker);
+        self.stop_serving().await;
+        broker.controller.shutdown().await;
+    }
+
+    /// A controlled shutdown in a cluster, then no more requests or
+    /// background tasks.
+    async fn stop_serving(self) {
         let broker = self.broker;
         let cluster = &broker.config.settings.cluster;
         let has_peers =
@@ -128,27 +177,6 @@ impl RunningBroker {
         }
         broker.tasks.close();
         broker.tasks.wait().await;
-        broker.controller.snapshot_on_shutdown().await;
-        broker.controller.shutdown().await;
-        let logs = Arc::clone(&broker.logs);
-        let metadata_log = broker.metadata_log.clone();
-        let replicas = Arc::clone(&broker.replicas);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = replicas.checkpoint_high_watermarks() {
-                tracing::error!(error = %e, "writing the high watermark checkpoint failed");
-            }
-            let result = logs.shutdown();
-            if let Some(metadata_log) = metadata_log
-                && let Err(e) = metadata_log.close()
-            {
-                tracing::error!(error = %e, "closing the metadata log failed");
-            }
-            result
-        })
-        .await
-        .map_err(|e| {
-            strom_storage::StorageError::InvalidRequest(format!("shutdown task failed: {e}"))
-        })?
     }
 }
 
@@ -519,8 +547,18 @@ fn open(
             "test.plant.bug=ack-local: acks=all is answered at the leader's append; acknowledged writes WILL be lost when a leader fails (a test-only switch)"
         );
     }
+    // Another broker can lead this one's partitions once the metadata names
+    // one (asked at a failure: brokers join a running cluster).
+    let has_peers: crate::partition::log_dir::HasPeers = {
+        let controller = Arc::clone(&controller);
+        let node_id = config.node_id;
+        Arc::new(move || controller.image().brokers.keys().any(|id| *id != node_id))
+    };
     let replicas = ReplicaManager::new(config.node_id, Arc::clone(&logs), Arc::clone(&clock))
-        .with_replica_lag_time_max_ms(config.settings.replication.replica_lag_time_max_ms);
+        .with_replica_lag_time_max_ms(config.settings.replication.replica_lag_time_max_ms)
+        .with_log_dir(crate::partition::log_dir::LogDirHealth::new(
+            &data_dir, has_peers,
+        ));
     // A partition whose log cannot be opened (a full disk, a directory the
     // file system refuses) must not keep the others offline: it is logged,
     // answered as KAFKA_STORAGE_ERROR and retried while the broker runs.

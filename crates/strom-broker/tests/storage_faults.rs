@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use strom_protocol::error_code::ErrorCode;
@@ -17,6 +16,7 @@ use strom_protocol::messages::ApiKey;
 use strom_protocol::messages::kafka::*;
 
 use common::*;
+use strom_testkit::Tmpfs;
 
 /// How long a condition that needs the broker's background work may take.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -200,61 +200,6 @@ async fn a_leftover_delete_directory_does_not_stop_the_broker() {
     let broker = broker(dir.path(), &[]).await;
     assert!(!leftover.exists(), "the leftover directory is removed");
     broker.shutdown().await.unwrap();
-}
-
-/// A small tmpfs mounted for one test, unmounted on drop (even when the test
-/// fails).
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mounts a tmpfs with `options`; `None` (and the reason printed) when
-    /// this process may not mount.
-    fn mount(options: &str) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(dir.path())
-            .output();
-        match output {
-            Ok(o) if o.status.success() => Some(Self { dir }),
-            Ok(o) => {
-                println!(
-                    "skipped: cannot mount a tmpfs (needs root): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                );
-                None
-            }
-            Err(e) => {
-                println!("skipped: cannot run mount: {e}");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Bytes free for an unprivileged writer.
-    fn available_bytes(&self) -> u64 {
-        let stat = rustix::fs::statvfs(self.path()).unwrap();
-        stat.f_bavail * stat.f_frsize
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount").arg(self.dir.path()).output();
-        if !unmounted.is_ok_and(|o| o.status.success()) {
-            // A failed test left its broker holding files there: detach it.
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(self.dir.path())
-                .output();
-        }
-    }
 }
 
 /// Deleting a topic gives its disk space back at once: no handle of its

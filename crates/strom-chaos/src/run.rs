@@ -9,14 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::Serialize;
 use strom_client::admin::{Admin, NewTopic};
-use strom_testkit::LocalCluster;
+use strom_testkit::{LocalCluster, Tmpfs};
 
 use crate::checker::{self, Report};
 use crate::history::{self, Isolation};
@@ -81,37 +81,6 @@ pub struct Summary {
     pub report: Report,
 }
 
-/// Mounts a tmpfs on each node's data directory, unmounted on drop.
-#[derive(Debug)]
-struct Mounts(Vec<PathBuf>);
-
-impl Mounts {
-    fn mount(dirs: &[PathBuf]) -> Result<Self> {
-        let mut mounts = Self(Vec::new());
-        for dir in dirs {
-            fs::create_dir_all(dir)?;
-            let status = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={DISK_MB}m"), "tmpfs"])
-                .arg(dir)
-                .status()
-                .context("running mount")?;
-            if !status.success() {
-                bail!("mounting a tmpfs on {} failed", dir.display());
-            }
-            mounts.0.push(dir.clone());
-        }
-        Ok(mounts)
-    }
-}
-
-impl Drop for Mounts {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = Command::new("umount").arg(dir).status();
-        }
-    }
-}
-
 /// The Python workload, stopped (SIGTERM, then waited for) on drop.
 #[derive(Debug)]
 struct PythonWorkload(Child);
@@ -167,8 +136,14 @@ pub async fn run(config: &RunConfig) -> Result<Summary> {
     let node_dirs: Vec<PathBuf> = (1..=config.nodes)
         .map(|n| data.join(format!("n{n}")))
         .collect();
+    // A tmpfs on each node's data directory, unmounted on drop.
     let _mounts = if config.faults.contains(&Fault::DiskFull) {
-        Some(Mounts::mount(&node_dirs)?)
+        let size = format!("size={DISK_MB}m");
+        let mounts: Result<Vec<Tmpfs>, String> = node_dirs
+            .iter()
+            .map(|d| Tmpfs::mount_on(d, &size))
+            .collect();
+        Some(mounts.map_err(anyhow::Error::msg)?)
     } else {
         fs::create_dir_all(&data)?;
         None

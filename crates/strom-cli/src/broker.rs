@@ -178,7 +178,18 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
             None => writeln!(stdout, "Strom broker {} metrics off", broker.node_id)?,
         }
         stdout.flush()?;
-        stop.await;
+        // In a cluster, a failed write fails the log directory and the
+        // broker stops with status 1, as Kafka's does (a supervisor restarts
+        // it; the logs are recovered as after a crash).
+        let failed = running.log_dir_failed();
+        tokio::select! {
+            () = stop => {}
+            why = failed => {
+                tracing::error!(error = %why, "stopping: the log directory failed");
+                running.stop_after_log_dir_failure().await;
+                anyhow::bail!("the log directory failed ({why}); stopped without a clean shutdown");
+            }
+        }
         tracing::info!("shutting down");
         running.shutdown().await.context("shutting down")?;
         tracing::info!("shut down cleanly");

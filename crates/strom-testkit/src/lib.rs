@@ -75,6 +75,9 @@
 //! - [`links`]: the proxies between voters that cut and heal links.
 
 pub mod links;
+pub mod tmpfs;
+
+pub use tmpfs::Tmpfs;
 
 use std::fs::OpenOptions;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

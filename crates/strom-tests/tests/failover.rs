@@ -286,3 +286,74 @@ async fn a_follower_down_for_thirty_seconds_catches_up_and_rejoins_the_isr() {
     );
     check(cluster, acked).await;
 }
+
+/// Fills `dir`'s file system with a file `filler`, until a write fails.
+fn fill(dir: &Path) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    while file.write(&chunk).is_ok_and(|n| n > 0) {}
+    while file.write(&chunk[..512]).is_ok_and(|n| n > 0) {}
+}
+
+/// A leader whose disk fills does what Kafka's does when its only log
+/// directory fails: it refuses the write (KAFKA_STORAGE_ERROR, retriable,
+/// never OUT_OF_ORDER_SEQUENCE for the producer's next batches) and stops,
+/// so that the others take over. The producer goes on at the new leader with
+/// nothing lost or written twice, and the stopped node, restarted once there
+/// is space, catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_fills_stops_and_loses_no_acknowledged_record() {
+    let root = tempfile::tempdir().unwrap();
+    let mut disks = Vec::new();
+    for n in 1..=3 {
+        match strom_testkit::Tmpfs::mount_on(&root.path().join(format!("n{n}")), "size=64m") {
+            Ok(t) => disks.push(t),
+            Err(why) => {
+                println!("skipped: cannot mount a tmpfs (needs root): {why}");
+                return;
+            }
+        }
+    }
+    let mut cluster = common::cluster::three_nodes_builder()
+        .data_dir_root(root.path())
+        .start()
+        .await
+        .unwrap();
+    let code = raw(cluster.addr(1))
+        .create_topic_with_configs(TOPIC, 1, 3, &[("min.insync.replicas", "2")])
+        .unwrap();
+    assert_eq!(code, 0);
+    let victim = leader(&cluster, None).await;
+    let writer = Writer::start(&cluster.bootstrap(), TOPIC, 2 * PER_PHASE);
+    writer.wait_for(PER_PHASE / 2).await;
+    let disk = disks[usize::try_from(victim - 1).unwrap()]
+        .path()
+        .to_owned();
+    fill(&disk);
+    let deadline = Instant::now() + common::cluster::DEADLINE;
+    while !cluster.exited(victim) {
+        assert!(
+            Instant::now() < deadline,
+            "node {victim} still runs with a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stderr = std::fs::read_to_string(cluster.stderr_log(victim)).unwrap();
+    assert!(
+        stderr.contains("the log directory failed"),
+        "node {victim} says why it stopped:\n{stderr}"
+    );
+    let next = leader(&cluster, Some(victim)).await;
+    assert_ne!(next, victim);
+    writer.wait_for(PER_PHASE + PER_PHASE / 2).await;
+    std::fs::remove_file(disk.join("filler")).unwrap();
+    cluster.restart(victim).await.unwrap();
+    let (acked, errors) = writer.finish().await;
+    assert!(
+        errors.is_empty(),
+        "the idempotent producer failed: {errors:?}"
+    );
+    check(cluster, acked).await;
+    drop(disks);
+}

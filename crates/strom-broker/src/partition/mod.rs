@@ -10,6 +10,9 @@
 //! - [`replica_selector`]: KIP-392's choice of the replica a consumer
 //!   reads from (Kafka's `RackAwareReplicaSelector`), a pure function over
 //!   the views [`Partition::read_replica_candidates`] gives.
+//! - [`log_dir`]: what a failed write does to the broker's log directory
+//!   (in a cluster, Kafka's offline directory: no more appends, the broker
+//!   stops).
 //! - [`validation`]: Kafka's LogValidator checks of produced records (and
 //!   recompression to the topic's `compression.type`), within the broker's
 //!   decompression budget.
@@ -26,6 +29,7 @@
 //! `validation::ProduceChecks` when the metadata changes, not per request.
 
 pub mod high_watermark;
+pub mod log_dir;
 pub mod replica_selector;
 pub mod validation;
 
@@ -189,6 +193,9 @@ pub struct Partition {
     /// Produces with acks=all waiting for the high watermark to pass their
     /// records (or for the leadership to change).
     high_watermark_moved: Notify,
+    /// The broker's log directory: an I/O error here may fail it, and a
+    /// failed directory takes no appends.
+    log_dir: Arc<log_dir::LogDirHealth>,
 }
 
 impl Partition {
@@ -257,6 +264,7 @@ impl Partition {
             replica_waiters: Mutex::new(Vec::new()),
             replica_lag_time_max_ms: AtomicI64::new(DEFAULT_REPLICA_LAG_TIME_MAX_MS),
             high_watermark_moved: Notify::new(),
+            log_dir: log_dir::LogDirHealth::standalone(),
         }
     }
 
@@ -432,6 +440,28 @@ impl Partition {
             } => Some(*epoch_start_offset),
             Role::Follower { .. } => None,
         }
+    }
+
+    /// Puts the partition in the broker's log directory `health`.
+    #[must_use]
+    pub(crate) fn in_log_dir(mut self, health: Arc<log_dir::LogDirHealth>) -> Self {
+        self.log_dir = health;
+        self
+    }
+
+    /// Appends go through here: refused while the log directory is failed,
+    /// and an I/O error reported to it.
+    fn append_checked(
+        &self,
+        append: impl FnOnce(&PartitionLog) -> Result<AppendInfo, AppendError>,
+    ) -> Result<AppendInfo, AppendError> {
+        if self.log_dir.is_failed() {
+            return Err(AppendError::Offline);
+        }
+        append(&self.log).inspect_err(|e| {
+            self.log_dir
+                .check(&format!("{}-{}", self.topic, self.index), &self.log, e);
+        })
     }
 
     /// `replica.lag.time.max.ms` for this partition's followers.
@@ -659,7 +689,7 @@ impl Partition {
         {
             return Err(AppendError::NotLeader);
         }
-        self.log.append_as_follower(records)
+        self.append_checked(|log| log.append_as_follower(records))
     }
 
     /// Cuts this follower's log back to `offset` (where it diverges from
@@ -794,8 +824,9 @@ impl Partition {
             if leader != self.local_id {
                 return Err(AppendError::NotLeader);
             }
-            self.log
-                .append_as_leader_verified(records, leader_epoch, origin, verification)?
+            self.append_checked(|log| {
+                log.append_as_leader_verified(records, leader_epoch, origin, verification)
+            })?
         };
         // Followers' fetches read to the log end: new data for them now.
         wake(&self.replica_waiters);
