@@ -353,11 +353,17 @@ fn fetch_request(
             continue;
         };
         let fetch_offset = partition.log.log_end_offset();
+        let last_fetched_epoch =
+            if settings.planted_bug == Some(crate::config::replication::PlantedBug::NoTruncation) {
+                -1
+            } else {
+                partition.log.latest_leader_epoch().unwrap_or(-1)
+            };
         let fetch = FetchPartition::default()
             .with_partition(partition.index)
             .with_current_leader_epoch(leader_epoch)
             .with_fetch_offset(fetch_offset)
-            .with_last_fetched_epoch(partition.log.latest_leader_epoch().unwrap_or(-1))
+            .with_last_fetched_epoch(last_fetched_epoch)
             .with_log_start_offset(partition.log.log_start_offset())
             .with_partition_max_bytes(settings.replica_fetch_max_bytes);
         match topics.iter_mut().find(|t| t.topic_id == partition.topic_id) {

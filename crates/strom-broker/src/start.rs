@@ -102,6 +102,14 @@ impl RunningBroker {
     pub async fn shutdown(self) -> Result<(), strom_storage::StorageError> {
         let broker = Arc::clone(&self.broker);
         self.stop_serving().await;
+        if let Some(why) = broker.replicas.log_dir().failure() {
+            // The directory failed during the controlled shutdown: no
+            // checkpoints and no clean-shutdown marker on it.
+            broker.controller.shutdown().await;
+            return Err(strom_storage::StorageError::InvalidRequest(format!(
+                "the log directory failed while shutting down ({why}); stopped without a clean shutdown"
+            )));
+        }
         broker.controller.snapshot_on_shutdown().await;
         broker.controller.shutdown().await;
         let logs = Arc::clone(&broker.logs);
@@ -137,9 +145,10 @@ impl RunningBroker {
     }
 
     /// Stops after the log directory failed, as Kafka halts: a controlled
-    /// shutdown so that leaderships move at once, then no more writes to
-    /// the directory (no checkpoints, no clean-shutdown marker): the next
-    /// start recovers the logs as after a crash.
+    /// shutdown so that leaderships move at once, then no checkpoints and
+    /// no clean-shutdown marker (the next start recovers the logs as after
+    /// a crash). Background work may still touch the directory until the
+    /// process exits, which the caller does at once.
     pub async fn stop_after_log_dir_failure(self) {
         let broker = Arc::clone(&self.broker);
         self.stop_serving().await;
@@ -542,10 +551,8 @@ fn open(
             config.log_config(&image, &overrides)
         },
     )?;
-    if config.settings.replication.plant_ack_local {
-        tracing::error!(
-            "test.plant.bug=ack-local: acks=all is answered at the leader's append; acknowledged writes WILL be lost when a leader fails (a test-only switch)"
-        );
+    if let Some(bug) = config.settings.replication.planted_bug {
+        tracing::error!("{}", bug.warning());
     }
     // Another broker can lead this one's partitions once the metadata names
     // one (asked at a failure: brokers join a running cluster).

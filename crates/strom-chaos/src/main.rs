@@ -48,7 +48,8 @@ struct RunArgs {
     #[arg(long)]
     python: Option<PathBuf>,
     /// Plant a bug in the brokers (test only): ack-local (acks=all answered
-    /// at the leader's append).
+    /// at the leader's append) or no-truncation (followers never truncate a
+    /// diverging log).
     #[arg(long)]
     plant: Option<String>,
 }
@@ -196,6 +197,24 @@ async fn main_inner(cli: Cli) -> Result<bool> {
     }
 }
 
+/// How long the end of the harness waits for blocking tasks.
+const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The first of SIGINT and SIGTERM, by name.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 #[allow(clippy::print_stderr)]
 fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
@@ -213,7 +232,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(main_inner(cli)) {
+    // A signal drops the run: its cluster (nodes killed), network
+    // namespaces and tmpfs mounts are removed on the way out, so that an
+    // interrupted harness leaves nothing behind.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = main_inner(cli) => outcome,
+            signal = stop_signal() => Err(anyhow::anyhow!("stopped by {signal}; the run's nodes, namespaces and mounts are removed")),
+        }
+    });
+    // Blocking tasks (a run's setup and final reads) are not waited for
+    // past this.
+    runtime.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

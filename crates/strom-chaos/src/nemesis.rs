@@ -5,7 +5,7 @@
 use std::fmt;
 use std::fs;
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -33,11 +33,14 @@ pub enum Fault {
     /// kill -9, then cut every partition log back to its recovery point
     /// (where the broker last fsynced it), as a power loss would.
     LoseUnflushed,
+    /// Step the node's wall clock minutes ahead or behind (libfaketime),
+    /// then back, as a misbehaving NTP would; monotonic time is untouched.
+    ClockSkew,
 }
 
 impl Fault {
     /// Every kind, in the order a smoke run injects them.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Kill,
         Self::Pause,
         Self::Isolate,
@@ -45,6 +48,7 @@ impl Fault {
         Self::CutLink,
         Self::DiskFull,
         Self::LoseUnflushed,
+        Self::ClockSkew,
     ];
 
     /// The name used on the command line and in reports.
@@ -57,6 +61,7 @@ impl Fault {
             Self::CutLink => "cut-link",
             Self::DiskFull => "disk-full",
             Self::LoseUnflushed => "lose-unflushed",
+            Self::ClockSkew => "clock-skew",
         }
     }
 
@@ -125,6 +130,45 @@ pub fn schedule(rng: &mut StdRng, faults: &[Fault], count: usize, each_once: boo
             quiet: Duration::from_millis(rng.random_range(2_000..5_000)),
         })
         .collect()
+}
+
+/// libfaketime's multi-threaded library, as Debian's `libfaketime` package
+/// installs it, or `STROM_CHAOS_FAKETIME` when set.
+pub fn faketime_library() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("STROM_CHAOS_FAKETIME") {
+        return Ok(PathBuf::from(path));
+    }
+    const NAME: &str = "faketime/libfaketimeMT.so.1";
+    let mut candidates = vec![Path::new("/usr/lib").join(NAME)];
+    if let Ok(entries) = fs::read_dir("/usr/lib") {
+        candidates.extend(entries.flatten().map(|e| e.path().join(NAME)));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("clock-skew needs libfaketime (Debian: apt-get install libfaketime, or set STROM_CHAOS_FAKETIME to libfaketimeMT.so.1)")
+}
+
+/// The environment that puts a node's wall clock under `file`: libfaketime
+/// preloaded, reading its offset from the file (again every second), with
+/// monotonic clocks left alone (tokio's timers and Raft's elections).
+pub fn faketime_env(library: &Path, file: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", library.display().to_string()),
+        ("FAKETIME_TIMESTAMP_FILE", file.display().to_string()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+    ]
+}
+
+/// Sets the wall-clock offset, in seconds, that the node reading `file`
+/// sees (within a second). Replaced whole, so that no half-written offset
+/// is ever read.
+pub fn set_clock_offset(file: &Path, seconds: i64) -> Result<()> {
+    let temp = file.with_extension("tmp");
+    fs::write(&temp, format!("{seconds:+}\n"))
+        .with_context(|| format!("writing {}", temp.display()))?;
+    fs::rename(&temp, file).with_context(|| format!("replacing {}", file.display()))
 }
 
 /// Cuts every partition log under `data_dir` back to its recovery point

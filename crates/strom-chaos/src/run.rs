@@ -160,6 +160,23 @@ pub async fn run(config: &RunConfig) -> Result<Summary> {
     if let Some(bug) = &config.plant {
         builder = builder.set("test.plant.bug", bug.clone());
     }
+    // Each node's wall clock under a file of its own, at offset 0 until a
+    // clock-skew fault writes another.
+    let clock_files: Vec<PathBuf> = if config.faults.contains(&Fault::ClockSkew) {
+        let library = nemesis::faketime_library()?;
+        let files: Vec<PathBuf> = (1..=config.nodes)
+            .map(|n| data.join(format!("n{n}.faketime")))
+            .collect();
+        for (n, file) in (1..).zip(&files) {
+            nemesis::set_clock_offset(file, 0)?;
+            for (key, value) in nemesis::faketime_env(&library, file) {
+                builder = builder.node_env(n, key, value);
+            }
+        }
+        files
+    } else {
+        Vec::new()
+    };
     let mut cluster = builder.start().await.context("starting the cluster")?;
     let bootstrap = cluster.bootstrap();
 
@@ -213,7 +230,10 @@ pub async fn run(config: &RunConfig) -> Result<Summary> {
             &mut net,
             &admin,
             &bootstrap,
-            &node_dirs,
+            &NodeFiles {
+                data: &node_dirs,
+                clocks: &clock_files,
+            },
             &recorder,
             &mut rng,
         )
@@ -233,6 +253,9 @@ pub async fn run(config: &RunConfig) -> Result<Summary> {
     // Heal everything, whatever happened: links, paused nodes, full disks,
     // nodes that are down.
     net.heal()?;
+    for file in &clock_files {
+        nemesis::set_clock_offset(file, 0)?;
+    }
     for n in cluster.node_ids() {
         if let Some(dir) = usize::try_from(n).ok().and_then(|i| node_dirs.get(i - 1)) {
             nemesis::unfill(dir)?;
@@ -348,6 +371,14 @@ async fn target_node(
     found.filter(|n| (1..=nodes).contains(n)).unwrap_or(random)
 }
 
+/// Each node's files a fault may touch, by node (node `n` at `n - 1`).
+struct NodeFiles<'a> {
+    /// Data directories.
+    data: &'a [PathBuf],
+    /// Wall-clock offset files (empty without clock-skew faults).
+    clocks: &'a [PathBuf],
+}
+
 /// Injects one step's fault, holds it, and undoes it.
 #[allow(clippy::too_many_arguments)]
 async fn inject(
@@ -356,10 +387,11 @@ async fn inject(
     net: &mut Network,
     admin: &Admin,
     bootstrap: &str,
-    node_dirs: &[PathBuf],
+    files: &NodeFiles<'_>,
     recorder: &Recorder,
     rng: &mut StdRng,
 ) -> Result<Injected> {
+    let node_dirs = files.data;
     let nodes = node_dirs.len();
     let node = target_node(step.target, admin, bootstrap, nodes, rng).await;
     let id = i32::try_from(node)?;
@@ -412,8 +444,26 @@ async fn inject(
             let dir = &node_dirs[node - 1];
             let filled = nemesis::fill(dir)?;
             tracing::info!(node, filled, "filled the data directory");
-            tokio::time::sleep(step.hold).await;
+            // Long enough for a node whose append failed to stop (its
+            // controlled shutdown is bounded by the session), so that it is
+            // restarted below and not only at the end of the run.
+            let hold = step
+                .hold
+                .max(Duration::from_millis(SESSION_TIMEOUT_MS + 2_000));
+            tokio::time::sleep(hold).await;
             nemesis::unfill(dir)?;
+        }
+        Fault::ClockSkew => {
+            let file = files
+                .clocks
+                .get(node - 1)
+                .context("clock-skew without a clock file")?;
+            let minutes: i64 = rng.random_range(1..=10);
+            let seconds = if rng.random_bool(0.5) { 60 } else { -60 } * minutes;
+            nemesis::set_clock_offset(file, seconds)?;
+            tracing::info!(node, seconds, "stepped the wall clock");
+            tokio::time::sleep(step.hold).await;
+            nemesis::set_clock_offset(file, 0)?;
         }
     }
     // A node that died of its fault (a full disk, say) starts again.

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -182,12 +183,20 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
         // broker stops with status 1, as Kafka's does (a supervisor restarts
         // it; the logs are recovered as after a crash).
         let failed = running.log_dir_failed();
+        let bound = Duration::from_millis(broker.config.settings.cluster.broker_session_timeout_ms)
+            + LOG_DIR_FAILURE_STOP_SLACK;
         tokio::select! {
             () = stop => {}
             why = failed => {
                 tracing::error!(error = %why, "stopping: the log directory failed");
-                running.stop_after_log_dir_failure().await;
-                anyhow::bail!("the log directory failed ({why}); stopped without a clean shutdown");
+                // Bounded: a hung disk must not keep the process alive.
+                if tokio::time::timeout(bound, running.stop_after_log_dir_failure()).await.is_err() {
+                    tracing::error!(?bound, "stopping after the log directory failed took too long");
+                }
+                // Exit now, as Kafka halts: dropping the runtime would wait
+                // for blocking tasks stuck on the failed disk.
+                eprintln!("strom: the log directory failed ({why}); stopped without a clean shutdown");
+                std::process::exit(1);
             }
         }
         tracing::info!("shutting down");
@@ -196,6 +205,12 @@ pub(crate) fn run(args: BrokerArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// Time past `broker.session.timeout.ms` (the controlled shutdown's own
+/// bound) that stopping after a log directory failure may take before the
+/// process exits anyway: the rest of the stop is closing connections and
+/// tasks, which needs no disk.
+const LOG_DIR_FAILURE_STOP_SLACK: Duration = Duration::from_secs(5);
 
 /// Registers for SIGTERM and SIGINT (Ctrl-C) now, and returns a future that
 /// ends at the first of them.

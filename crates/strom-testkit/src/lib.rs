@@ -160,6 +160,7 @@ pub struct ClusterBuilder {
     properties: Vec<(String, String)>,
     /// Properties of one node each: `(node id, key, value)`.
     node_properties: Vec<(i32, String, String)>,
+    node_env: Vec<(i32, String, String)>,
     data_dir_root: Option<PathBuf>,
     base_port: Option<u16>,
     ready_timeout: Duration,
@@ -218,6 +219,14 @@ impl ClusterBuilder {
     #[must_use]
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// An environment variable for node `node`'s process (at every start
+    /// and restart): `LD_PRELOAD` of a library, say.
+    #[must_use]
+    pub fn node_env(mut self, node: i32, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.node_env.push((node, key.into(), value.into()));
         self
     }
 
@@ -420,6 +429,7 @@ impl ClusterBuilder {
             binary: self.binary,
             properties: self.properties,
             node_properties: self.node_properties,
+            node_env: self.node_env,
             ready_timeout: self.ready_timeout,
             nodes,
             links,
@@ -478,6 +488,7 @@ pub struct LocalCluster {
     binary: PathBuf,
     properties: Vec<(String, String)>,
     node_properties: Vec<(i32, String, String)>,
+    node_env: Vec<(i32, String, String)>,
     ready_timeout: Duration,
     nodes: Vec<Node>,
     /// The proxies between voters, when the builder asked for them.
@@ -515,6 +526,7 @@ impl LocalCluster {
             nodes: 3,
             properties: Vec::new(),
             node_properties: Vec::new(),
+            node_env: Vec::new(),
             data_dir_root: None,
             base_port: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
@@ -849,6 +861,9 @@ impl LocalCluster {
         }
         if std::env::var_os("STROM_LOG").is_none() {
             command.env("STROM_LOG", "info");
+        }
+        for (_, key, value) in self.node_env.iter().filter(|(id, ..)| *id == node.id) {
+            command.env(key, value);
         }
         command
             .stdin(Stdio::null())

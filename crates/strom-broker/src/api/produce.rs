@@ -249,7 +249,8 @@ async fn produce(
             partition.error_message = None;
         }
         if acks == -1
-            && !broker.config.settings.replication.plant_ack_local
+            && broker.config.settings.replication.planted_bug
+                != Some(crate::config::replication::PlantedBug::AckLocal)
             && let Some((replica, (offset, leader_epoch))) = appended
             && replica.high_watermark() < offset
         {

@@ -37,11 +37,44 @@ pub struct ReplicationSettings {
     /// consumer should fetch from. Default none: consumers are never sent
     /// elsewhere (followers still serve consumers that come to them).
     pub replica_selector: ReplicaSelector,
-    /// Test only (`test.plant.bug=ack-local`): acks=all is answered at the
-    /// leader's append, without waiting for the ISR, so that the chaos
-    /// harness can show it catches the writes this loses. Never set it on
+    /// Test only (`test.plant.bug`): a replication bug planted so that the
+    /// chaos harness can show it catches what the bug does. Never set it on
     /// a cluster whose data matters.
-    pub plant_ack_local: bool,
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// The bugs `test.plant.bug` can plant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// `ack-local`: acks=all is answered at the leader's append, without
+    /// waiting for the ISR (acknowledged writes are lost when a leader
+    /// fails).
+    AckLocal,
+    /// `no-truncation`: followers fetch without their last fetched epoch,
+    /// so the leader never answers a DivergingEpoch and a follower keeps
+    /// records a deposed leader never replicated (Kafka before KIP-101 and
+    /// KIP-320): the replicas differ at those offsets.
+    NoTruncation,
+}
+
+impl PlantedBug {
+    /// The value of `test.plant.bug` naming each bug.
+    pub const NAMES: [(&str, PlantedBug); 2] = [
+        ("ack-local", PlantedBug::AckLocal),
+        ("no-truncation", PlantedBug::NoTruncation),
+    ];
+
+    /// What the bug does, for the loud line at start.
+    pub fn warning(self) -> &'static str {
+        match self {
+            Self::AckLocal => {
+                "test.plant.bug=ack-local: acks=all is answered at the leader's append; acknowledged writes WILL be lost when a leader fails (a test-only switch)"
+            }
+            Self::NoTruncation => {
+                "test.plant.bug=no-truncation: followers never truncate a diverging log; replicas WILL differ after a leader fails (a test-only switch)"
+            }
+        }
+    }
 }
 
 /// Kafka's class name of the rack-aware selector, the one selector Strom has.
@@ -89,7 +122,7 @@ impl Default for ReplicationSettings {
             replica_socket_timeout_ms: 30_000,
             replica_high_watermark_checkpoint_interval_ms: 5000,
             replica_selector: ReplicaSelector::LeaderOnly,
-            plant_ack_local: false,
+            planted_bug: None,
         }
     }
 }
@@ -159,14 +192,20 @@ impl ReplicationSettings {
             replica_selector: props
                 .get("replica.selector.class")
                 .map_or(Ok(d.replica_selector), |v| ReplicaSelector::parse(v))?,
-            plant_ack_local: match props.get("test.plant.bug").map(|v| v.trim()) {
-                None | Some("") => false,
-                Some("ack-local") => true,
-                Some(other) => {
-                    return Err(ConfigError(format!(
-                        "Invalid value {other} for configuration test.plant.bug: the only bug to plant is ack-local"
-                    )));
-                }
+            planted_bug: match props.get("test.plant.bug").map(|v| v.trim()) {
+                None | Some("") => None,
+                Some(name) => Some(
+                    PlantedBug::NAMES
+                        .iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, bug)| *bug)
+                        .ok_or_else(|| {
+                            ConfigError(format!(
+                                "Invalid value {name} for configuration test.plant.bug: the bugs to plant are {}",
+                                PlantedBug::NAMES.map(|(n, _)| n).join(", ")
+                            ))
+                        })?,
+                ),
             },
         };
         // Kafka: "replica.fetch.wait.max.ms should always be less than or
@@ -211,15 +250,16 @@ mod tests {
 
     #[test]
     fn the_planted_bug_is_off_unless_named_and_unknown_names_are_refused() {
-        assert!(!parse(&[]).unwrap().plant_ack_local);
-        assert!(!parse(&[("test.plant.bug", "")]).unwrap().plant_ack_local);
-        assert!(
-            parse(&[("test.plant.bug", "ack-local")])
-                .unwrap()
-                .plant_ack_local
-        );
-        let err = parse(&[("test.plant.bug", "no-truncation")]).unwrap_err();
-        assert!(err.0.contains("test.plant.bug"), "{err:?}");
+        assert_eq!(parse(&[]).unwrap().planted_bug, None);
+        assert_eq!(parse(&[("test.plant.bug", "")]).unwrap().planted_bug, None);
+        for (name, bug) in PlantedBug::NAMES {
+            assert_eq!(
+                parse(&[("test.plant.bug", name)]).unwrap().planted_bug,
+                Some(bug)
+            );
+        }
+        let err = parse(&[("test.plant.bug", "lose-everything")]).unwrap_err();
+        assert!(err.0.contains("ack-local, no-truncation"), "{err:?}");
     }
 
     #[test]
