@@ -50,11 +50,20 @@ pub enum Kind {
     /// A group's committed offset was read lower than one committed or read
     /// before.
     CommittedOffsetBackwards,
+    /// Two replicas of a partition hold different batches below both of
+    /// their high watermarks (read from their data directories after the
+    /// run, not from the history).
+    ReplicaDivergence,
+    /// A duplicate whose later copies the producer sent again under a
+    /// higher epoch, its sequences restarted (librdkafka's epoch bump,
+    /// librdkafka issue #4953): the client's doing, reported apart and not
+    /// counted against the broker.
+    EpochBumpDuplicate,
 }
 
 impl Kind {
     /// Every kind, in report order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 10] = [
         Kind::LostWrite,
         Kind::Duplicate,
         Kind::InconsistentOffsets,
@@ -63,7 +72,15 @@ impl Kind {
         Kind::AbortedRead,
         Kind::DirtyRead,
         Kind::CommittedOffsetBackwards,
+        Kind::ReplicaDivergence,
+        Kind::EpochBumpDuplicate,
     ];
+
+    /// Whether the kind is the broker's failure (the others are a client's
+    /// known behaviour, reported but not failing a run).
+    pub fn is_broker_anomaly(self) -> bool {
+        self != Kind::EpochBumpDuplicate
+    }
 
     /// The kind's name as written in reports (kebab-case).
     pub fn name(self) -> &'static str {
@@ -76,6 +93,8 @@ impl Kind {
             Kind::AbortedRead => "aborted-read",
             Kind::DirtyRead => "dirty-read",
             Kind::CommittedOffsetBackwards => "committed-offset-backwards",
+            Kind::ReplicaDivergence => "replica-divergence",
+            Kind::EpochBumpDuplicate => "epoch-bump-duplicate",
         }
     }
 }
@@ -89,6 +108,10 @@ pub struct Anomaly {
     pub message: String,
     /// The indexes of the operations involved, in ascending order.
     pub ops: Vec<u64>,
+    /// For a duplicate: where the value was read, as (topic, partition,
+    /// offset).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub places: Vec<(String, i32, i64)>,
 }
 
 /// What the checker found in one history.
@@ -116,9 +139,13 @@ impl Report {
         listed + self.truncated.get(&kind).copied().unwrap_or(0)
     }
 
-    /// Whether no anomaly was found.
+    /// Whether no anomaly the broker is to blame for was found.
     pub fn is_clean(&self) -> bool {
-        self.anomalies.is_empty() && self.truncated.values().all(|n| *n == 0)
+        self.anomalies.iter().all(|a| !a.kind.is_broker_anomaly())
+            && self
+                .truncated
+                .iter()
+                .all(|(kind, n)| *n == 0 || !kind.is_broker_anomaly())
     }
 }
 
@@ -443,7 +470,11 @@ fn duplicates(f: &Facts<'_>, out: &mut Collector) {
         }
         let listed = places.get(..MAX_LISTED).unwrap_or(&places);
         let ops = listed.iter().map(|r| r.op).collect();
-        out.add(Kind::Duplicate, ops, || {
+        let at = listed
+            .iter()
+            .map(|r| (r.topic.to_owned(), r.partition, r.offset))
+            .collect();
+        out.add_placed(Kind::Duplicate, ops, at, || {
             let at: Vec<String> = listed
                 .iter()
                 .map(|r| {
@@ -882,7 +913,18 @@ struct Collector {
 impl Collector {
     /// Adds an anomaly of `kind` involving `ops`, its message written by
     /// `message` if it is kept.
-    fn add(&mut self, kind: Kind, mut ops: Vec<u64>, message: impl FnOnce() -> String) {
+    fn add(&mut self, kind: Kind, ops: Vec<u64>, message: impl FnOnce() -> String) {
+        self.add_placed(kind, ops, Vec::new(), message);
+    }
+
+    /// [`Self::add`] with the places involved.
+    fn add_placed(
+        &mut self,
+        kind: Kind,
+        mut ops: Vec<u64>,
+        places: Vec<(String, i32, i64)>,
+        message: impl FnOnce() -> String,
+    ) {
         ops.sort_unstable();
         ops.dedup();
         let key = (ops.first().copied().unwrap_or(u64::MAX), self.found);
@@ -902,6 +944,7 @@ impl Collector {
                 kind,
                 message: message(),
                 ops,
+                places,
             },
         });
     }

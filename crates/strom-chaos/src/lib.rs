@@ -10,5 +10,6 @@ pub mod checker;
 pub mod history;
 pub mod nemesis;
 pub mod net;
+pub mod replicas;
 pub mod run;
 pub mod workload;

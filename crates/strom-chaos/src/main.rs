@@ -175,7 +175,12 @@ async fn main_inner(cli: Cli) -> Result<bool> {
             for (kind, n) in &by_kind {
                 println!("| {kind} | {n} |");
             }
-            Ok(failed_runs.is_empty() && undrained == 0 && by_kind.values().all(|n| *n == 0))
+            let broker_anomalies: usize = Kind::ALL
+                .iter()
+                .filter(|k| k.is_broker_anomaly())
+                .map(|k| by_kind.get(k.name()).copied().unwrap_or(0))
+                .sum();
+            Ok(failed_runs.is_empty() && undrained == 0 && broker_anomalies == 0)
         }
         Cmd::Check { history: path } => {
             let text = std::fs::read_to_string(&path)

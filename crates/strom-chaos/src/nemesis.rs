@@ -216,7 +216,7 @@ pub fn lose_unflushed(data_dir: &Path) -> Result<u64> {
 }
 
 /// `(topic, partition, offset)` entries of a checkpoint file.
-fn parse_checkpoint(text: &str) -> Result<Vec<(String, i32, i64)>> {
+pub(crate) fn parse_checkpoint(text: &str) -> Result<Vec<(String, i32, i64)>> {
     let mut lines = text.lines();
     let (Some("0"), Some(_count)) = (lines.next(), lines.next()) else {
         bail!("not a version 0 checkpoint");

@@ -301,7 +301,20 @@ pub async fn run(config: &RunConfig) -> Result<Summary> {
         text.push('\n');
     }
     fs::write(out.join("history.jsonl"), text)?;
-    let report = checker::check(&ops);
+    let mut report = checker::check(&ops);
+    let logs = crate::replicas::Logs::read(
+        &node_dirs,
+        &[workload::TOPIC, workload::TXN_TOPIC, workload::PY_TOPIC],
+    )?;
+    for anomaly in &mut report.anomalies {
+        if anomaly.kind == checker::Kind::Duplicate && logs.is_epoch_bump_resend(&anomaly.places) {
+            anomaly.kind = checker::Kind::EpochBumpDuplicate;
+            anomaly.message.push_str(
+                " (sent again by the producer under a higher epoch: librdkafka's epoch bump, librdkafka issue #4953)",
+            );
+        }
+    }
+    report.anomalies.extend(logs.divergences());
     let summary = Summary {
         seed: config.seed,
         injected,

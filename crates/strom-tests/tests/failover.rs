@@ -130,6 +130,16 @@ async fn check(mut cluster: LocalCluster, acked: Vec<u64>) {
     );
 }
 
+/// Waits for the writer, which must not have failed, then [`check`]s.
+async fn finish_and_check(cluster: LocalCluster, writer: Writer) {
+    let (acked, errors) = writer.finish().await;
+    assert!(
+        errors.is_empty(),
+        "the idempotent producer failed: {errors:?}"
+    );
+    check(cluster, acked).await;
+}
+
 /// Prints what the nodes logged about leaders, the ISR and truncation.
 fn diagnose(cluster: &LocalCluster) {
     for id in cluster.node_ids() {
@@ -177,12 +187,7 @@ async fn killing_the_leader_twice_loses_no_acknowledged_record() {
         writer.wait_for(round * PER_PHASE + PER_PHASE / 2).await;
         cluster.restart(victim).await.unwrap();
     }
-    let (acked, errors) = writer.finish().await;
-    assert!(
-        errors.is_empty(),
-        "the idempotent producer failed: {errors:?}"
-    );
-    check(cluster, acked).await;
+    finish_and_check(cluster, writer).await;
 }
 
 /// The first Metadata answer that names a killed leader's successor still
@@ -229,12 +234,7 @@ async fn a_leader_stopped_past_its_session_loses_no_acknowledged_record() {
     assert_ne!(next, victim);
     writer.wait_for(PER_PHASE + PER_PHASE / 2).await;
     cluster.resume(victim).unwrap();
-    let (acked, errors) = writer.finish().await;
-    assert!(
-        errors.is_empty(),
-        "the idempotent producer failed: {errors:?}"
-    );
-    check(cluster, acked).await;
+    finish_and_check(cluster, writer).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,12 +279,7 @@ async fn a_follower_down_for_thirty_seconds_catches_up_and_rejoins_the_isr() {
     let more = writer.acked() + PER_PHASE;
     writer.wait_for(more).await;
     writer.stop();
-    let (acked, errors) = writer.finish().await;
-    assert!(
-        errors.is_empty(),
-        "the idempotent producer failed: {errors:?}"
-    );
-    check(cluster, acked).await;
+    finish_and_check(cluster, writer).await;
 }
 
 /// Fills `dir`'s file system with a file `filler`, until a write fails.
@@ -351,11 +346,6 @@ async fn a_leader_whose_disk_fills_stops_and_loses_no_acknowledged_record() {
     writer.wait_for(PER_PHASE + PER_PHASE / 2).await;
     std::fs::remove_file(disk.join("filler")).unwrap();
     cluster.restart(victim).await.unwrap();
-    let (acked, errors) = writer.finish().await;
-    assert!(
-        errors.is_empty(),
-        "the idempotent producer failed: {errors:?}"
-    );
-    check(cluster, acked).await;
+    finish_and_check(cluster, writer).await;
     drop(disks);
 }
