@@ -70,7 +70,13 @@ STROM_PY_CLUSTER=3 STROM_BIN="$PWD/target/debug/strom" "$venv/bin/python" -m pyt
 step "Chaos smoke run: 3 nodes in network namespaces, each fault once (docs/testing.md)"
 # Needs root (network namespaces, a tmpfs per node), iproute2 and
 # libfaketime (clock-skew), installed with apt-get when missing, as on CI.
-faketime_missing() { ! ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1; }
+faketime_missing() {
+    [ -z "${STROM_CHAOS_FAKETIME:-}" ] || return 1
+    for f in /usr/lib/faketime/libfaketimeMT.so.1 /usr/lib/*/faketime/libfaketimeMT.so.1; do
+        [ -f "$f" ] && return 1
+    done
+    return 0
+}
 if { ! command -v ip >/dev/null 2>&1 || faketime_missing; } &&
     [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 libfaketime >/dev/null 2>&1 ||
@@ -87,7 +93,8 @@ else
     cargo build --locked -p strom-chaos
     chaos=target/debug/strom-chaos
     rm -rf target/chaos-smoke
-    # Every fault kind once; any anomaly fails the run.
+    # Every fault kind once; any anomaly the broker is to blame for fails
+    # the run (epoch-bump duplicates are librdkafka's: docs/testing.md).
     "$chaos" run --seed 1 --each-once --out target/chaos-smoke \
         --strom target/debug/strom --python "$venv/bin/python"
     # The checker must catch planted bugs, each in up to 5 runs of 6 faults:
@@ -109,7 +116,7 @@ else
         fi
     }
     planted ack-local 'lost-write|inconsistent-offsets'
-    planted no-truncation 'replica-divergence|inconsistent-offsets'
+    planted no-truncation 'replica-divergence|inconsistent-offsets|lost-write|duplicate|poll-skip'
 fi
 
 step "all tests passed"

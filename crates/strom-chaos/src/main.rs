@@ -28,7 +28,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Fault kinds, comma separated: kill, pause, isolate, split, cut-link,
-    /// disk-full, lose-unflushed (default all).
+    /// disk-full, lose-unflushed, clock-skew (default all).
     #[arg(long, value_delimiter = ',')]
     faults: Vec<String>,
     /// Faults per run, drawn from the kinds by the seed.
@@ -75,7 +75,9 @@ enum Cmd {
         #[command(flatten)]
         args: RunArgs,
     },
-    /// Checks a history (history.jsonl) and prints its anomalies.
+    /// Checks a history (history.jsonl) and prints its anomalies (from the
+    /// history alone: the replica comparison and the telling apart of
+    /// epoch-bump duplicates happen in `run`, which reads the logs).
     Check { history: PathBuf },
 }
 

@@ -16,9 +16,13 @@ use crate::nemesis::parse_checkpoint;
 
 /// Kafka's file of high watermarks in a data directory.
 const HIGH_WATERMARKS: &str = "replication-offset-checkpoint";
-/// Where a batch's last offset delta sits: base offset (8), length (4),
-/// partition leader epoch (4), magic (1), CRC (4), attributes (2).
-const LAST_OFFSET_DELTA_AT: usize = 23;
+/// Where a batch's attributes sit: base offset (8), length (4), partition
+/// leader epoch (4), magic (1), CRC (4).
+const ATTRIBUTES_AT: usize = 21;
+/// The attributes' transactional bit.
+const TRANSACTIONAL: i16 = 0x10;
+/// Where its last offset delta sits, after the attributes (2).
+const LAST_OFFSET_DELTA_AT: usize = ATTRIBUTES_AT + 2;
 /// Where its producer id sits (then the producer epoch): after the last
 /// offset delta (4), first and max timestamps (8 each).
 const PRODUCER_ID_AT: usize = LAST_OFFSET_DELTA_AT + 4 + 16;
@@ -87,13 +91,19 @@ impl Logs {
         anomalies
     }
 
-    /// The producer id and epoch of the batch holding `offset`, on any
-    /// replica.
+    /// The producer id and epoch of the non-transactional batch holding
+    /// `offset`, on a replica whose high watermark is past it (a
+    /// transactional workload never sends a value twice, so a copy there
+    /// is never the client's).
     fn producer_at(&self, topic: &str, partition: i32, offset: i64) -> Option<(i64, i16)> {
         let nodes = self.replicas.get(&(topic.to_owned(), partition))?;
-        nodes.iter().find_map(|(_, _, batches)| {
+        nodes.iter().find_map(|(_, high_watermark, batches)| {
             let (_, (last, bytes)) = batches.range(..=offset).next_back()?;
-            if *last < offset {
+            if *last < offset || *high_watermark <= offset {
+                return None;
+            }
+            let attributes = bytes.get(ATTRIBUTES_AT..ATTRIBUTES_AT + 2)?;
+            if i16::from_be_bytes(attributes.try_into().ok()?) & TRANSACTIONAL != 0 {
                 return None;
             }
             let id = bytes.get(PRODUCER_ID_AT..PRODUCER_ID_AT + 8)?;
@@ -118,16 +128,15 @@ impl Logs {
             }
         }
         found.sort_unstable();
-        let Some(&(_, id, first_epoch)) = found.first() else {
-            return false;
-        };
+        // Each copy under a higher epoch than the one before it: two copies
+        // under one epoch are a retry the broker failed to recognise.
         found.len() > 1
             && places
                 .iter()
                 .all(|(t, p, _)| (t, p) == (&places[0].0, &places[0].1))
-            && found[1..]
-                .iter()
-                .all(|(_, other, epoch)| *other == id && *epoch > first_epoch)
+            && found
+                .windows(2)
+                .all(|w| w[0].1 == w[1].1 && w[1].2 > w[0].2)
     }
 }
 
@@ -285,12 +294,14 @@ mod tests {
         let n1 = dir.path().join("n1");
         node(
             &n1,
-            9,
+            10,
             &[
                 batch(0, 2, (7, 0), 1),
                 batch(2, 2, (8, 0), 2),
-                batch(4, 2, (7, 1), 1),
+                batch(4, 1, (7, 1), 1),
+                batch(5, 1, (7, 1), 1),
                 batch(6, 2, (7, 0), 3),
+                batch(8, 1, (7, 2), 4),
             ],
         );
         let logs = Logs::read(&[&n1], &["chaos"])?;
@@ -301,6 +312,15 @@ mod tests {
                 .collect()
         };
         assert!(logs.is_epoch_bump_resend(&at(&[0, 4])));
+        assert!(logs.is_epoch_bump_resend(&at(&[0, 4, 8])), "epochs 0, 1, 2");
+        assert!(
+            !logs.is_epoch_bump_resend(&at(&[0, 4, 5])),
+            "two copies under epoch 1: a retry the broker did not recognise"
+        );
+        assert!(
+            !logs.is_epoch_bump_resend(&at(&[0, 10])),
+            "at or above the high watermark"
+        );
         assert!(!logs.is_epoch_bump_resend(&at(&[0, 2])), "another producer");
         assert!(
             !logs.is_epoch_bump_resend(&at(&[0, 6])),

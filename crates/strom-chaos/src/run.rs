@@ -457,12 +457,12 @@ async fn inject(
             let dir = &node_dirs[node - 1];
             let filled = nemesis::fill(dir)?;
             tracing::info!(node, filled, "filled the data directory");
-            // Long enough for a node whose append failed to stop (its
-            // controlled shutdown is bounded by the session), so that it is
-            // restarted below and not only at the end of the run.
+            // Long enough for a node whose append failed to stop (the
+            // broker bounds that stop by the session plus 5 s), so that it
+            // is restarted below and not only at the end of the run.
             let hold = step
                 .hold
-                .max(Duration::from_millis(SESSION_TIMEOUT_MS + 2_000));
+                .max(Duration::from_millis(SESSION_TIMEOUT_MS + 6_000));
             tokio::time::sleep(hold).await;
             nemesis::unfill(dir)?;
         }
