@@ -126,8 +126,11 @@ pub fn replication_error(code: ErrorCode) -> ErrorCode {
 /// code ([`AppendError::error_code`]) when the caller's client can act on it
 /// (`passed`), `too_large` for a batch over `max.message.bytes` or the
 /// segment (Kafka's coordinators answer INVALID_COMMIT_OFFSET_SIZE for a
-/// too-large commit), and `otherwise` for the rest (the coordinator cannot
-/// write: the client retries or looks it up again).
+/// too-large commit), NOT_COORDINATOR when the partition's log is offline
+/// or no longer led here (as Kafka's coordinators answer
+/// KAFKA_STORAGE_ERROR and NOT_LEADER_OR_FOLLOWER: the client looks the
+/// coordinator up again), and `otherwise` for the rest (the coordinator
+/// cannot write now: the client retries).
 pub fn append_error_code(
     e: &AppendError,
     passed: &[ErrorCode],
@@ -137,6 +140,7 @@ pub fn append_error_code(
     match e.error_code() {
         code if passed.contains(&code) => code,
         ErrorCode::MessageTooLarge | ErrorCode::RecordListTooLarge => too_large,
+        ErrorCode::NotLeaderOrFollower | ErrorCode::KafkaStorageError => ErrorCode::NotCoordinator,
         _ => otherwise,
     }
 }
@@ -312,7 +316,16 @@ mod tests {
         };
         assert_eq!(translate(&too_large), ErrorCode::InvalidCommitOffsetSize);
         assert_eq!(translate(&fenced), ErrorCode::InvalidProducerEpoch);
-        assert_eq!(translate(&io), ErrorCode::CoordinatorNotAvailable);
+        assert_eq!(translate(&io), ErrorCode::NotCoordinator);
+        assert_eq!(translate(&AppendError::Offline), ErrorCode::NotCoordinator);
+        assert_eq!(
+            translate(&AppendError::NotLeader),
+            ErrorCode::NotCoordinator
+        );
+        assert_eq!(
+            translate(&AppendError::Empty),
+            ErrorCode::CoordinatorNotAvailable
+        );
     }
 
     #[test]

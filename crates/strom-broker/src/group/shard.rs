@@ -492,8 +492,8 @@ pub(super) fn load(log: &dyn CoordinatorLog, config: &GroupConfig, now_ms: i64) 
 /// The group coordinator's answer when appending to its partition `index`
 /// of the offsets topic fails: the append's own code when the client can act
 /// on it (`passed`), INVALID_COMMIT_OFFSET_SIZE for a too-large batch, as in
-/// Kafka, and COORDINATOR_NOT_AVAILABLE (logged) for what the coordinator
-/// cannot write.
+/// Kafka, NOT_COORDINATOR for an offline log or a lost leadership, and
+/// COORDINATOR_NOT_AVAILABLE (logged) for what the coordinator cannot write.
 fn offsets_append_error(e: &AppendError, index: i32, passed: &[ErrorCode]) -> ErrorCode {
     let code = crate::coordinator::append_error_code(
         e,

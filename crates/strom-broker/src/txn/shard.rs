@@ -152,9 +152,10 @@ impl TxnShard {
 }
 
 /// The error a request gets when its change cannot be appended: a record
-/// too large for the partition is the request's fault (INVALID_REQUEST);
-/// anything else means this coordinator cannot write now
-/// (COORDINATOR_NOT_AVAILABLE: the client looks it up again and retries).
+/// too large for the partition is the request's fault (INVALID_REQUEST); an
+/// offline log or a lost leadership is NOT_COORDINATOR (the client looks
+/// it up again); anything else means this coordinator cannot write now
+/// (COORDINATOR_NOT_AVAILABLE: the client retries).
 fn append_error(index: i32, e: &AppendError) -> ErrorCode {
     let code = crate::coordinator::append_error_code(
         e,
