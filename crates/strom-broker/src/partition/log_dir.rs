@@ -93,7 +93,7 @@ impl LogDirHealth {
     /// Called with every refused append of `log`: an I/O error (or a log
     /// an earlier I/O error took offline) fails the directory when other
     /// brokers can take over.
-    pub fn check(&self, partition: &str, log: &PartitionLog, error: &AppendError) {
+    pub fn check(&self, topic: &str, partition: i32, log: &PartitionLog, error: &AppendError) {
         let io = match error {
             AppendError::Io(e) => e.to_string(),
             // A closed log (deleted, shutting down) is not a failure.
@@ -103,7 +103,7 @@ impl LogDirHealth {
         if self.is_failed() || !(self.has_peers)() {
             return;
         }
-        let why = format!("{partition}: {io}");
+        let why = format!("{topic}-{partition}: {io}");
         {
             let mut first = self.why.lock();
             if first.is_some() {
@@ -152,7 +152,8 @@ mod tests {
         let health = LogDirHealth::new("/data", Arc::new(|| true));
         let stop = health.stopping();
         health.check(
-            "t-0",
+            "t",
+            0,
             &log,
             &AppendError::OutOfOrderSequence {
                 producer_id: 1,
@@ -161,10 +162,10 @@ mod tests {
             },
         );
         assert!(!health.is_failed(), "a refusal is not an I/O error");
-        health.check("t-0", &log, &io());
+        health.check("t", 0, &log, &io());
         assert!(health.is_failed());
         assert!(stop.is_cancelled());
-        health.check("t-1", &log, &io());
+        health.check("t", 1, &log, &io());
         assert_eq!(
             health.failure().as_deref(),
             Some("t-0: No space left on device"),
@@ -176,7 +177,7 @@ mod tests {
     fn a_single_node_keeps_its_directory() {
         let (_dir, log) = log();
         let health = LogDirHealth::new("/data", Arc::new(|| false));
-        health.check("t-0", &log, &io());
+        health.check("t", 0, &log, &io());
         assert!(!health.is_failed());
         assert!(!health.stopping().is_cancelled());
     }
@@ -186,7 +187,7 @@ mod tests {
         let (_dir, log) = log();
         let health = LogDirHealth::new("/data", Arc::new(|| true));
         log.close().unwrap();
-        health.check("t-0", &log, &AppendError::Offline);
+        health.check("t", 0, &log, &AppendError::Offline);
         assert!(!health.is_failed());
     }
 }

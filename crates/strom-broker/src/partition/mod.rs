@@ -459,8 +459,7 @@ impl Partition {
             return Err(AppendError::Offline);
         }
         append(&self.log).inspect_err(|e| {
-            self.log_dir
-                .check(&format!("{}-{}", self.topic, self.index), &self.log, e);
+            self.log_dir.check(&self.topic, self.index, &self.log, e);
         })
     }
 
