@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,11 +27,13 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use strom_protocol::messages::{self, ApiKey, FRAME_SIZE_PREFIX, RequestFrame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use strom_storage::LogSlice;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
+use crate::api::fetch_frame::{Frame, Part};
 use crate::api::{self, Reply};
 use crate::broker::Broker;
 use crate::memory::RequestLease;
@@ -50,6 +53,10 @@ const MAX_PENDING_ANSWERS: usize = MAX_QUEUED_REQUESTS;
 /// A frame's buffer grows as its bytes arrive, starting at this much, so a
 /// client that announces 100 MiB and sends nothing costs 64 KiB, not 100 MiB.
 const INITIAL_FRAME_BUFFER: usize = 64 * 1024;
+/// Most bytes one `sendfile` call is asked for: a follower's fetch of many
+/// megabytes goes out in steps, so other connections' tasks on the same
+/// thread run between them.
+const SENDFILE_CHUNK: usize = 1024 * 1024;
 /// Pause after a failed accept (out of descriptors, say) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -274,6 +281,9 @@ async fn write_answer(
             .write_all(&bytes)
             .await
             .map_err(|e| format!("write failed: {e}")),
+        Reply::Stored(frame) => write_stored(write, frame)
+            .await
+            .map_err(|e| format!("write failed: {e}")),
         Reply::None => Ok(()),
         Reply::Close(reason) => Err(reason),
         Reply::Later(_) => {
@@ -282,6 +292,61 @@ async fn write_answer(
             Err("internal error: nested second phase".to_owned())
         }
     }
+}
+
+/// Writes a frame whose records are sent from their segment files.
+async fn write_stored(write: &mut OwnedWriteHalf, frame: Frame<LogSlice>) -> io::Result<()> {
+    for part in frame.parts {
+        match part {
+            Part::Bytes(bytes) => write.write_all(&bytes).await?,
+            Part::Records(slice) => send_file(write.as_ref(), &slice).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Sends `slice` from its segment file with `sendfile`: the kernel hands
+/// the page cache's pages to the socket, nothing is copied through the
+/// broker. The last byte waits until the slice is known to still hold the
+/// batches it was resolved to (no truncation since), so that no reader can
+/// complete a frame with other batches in it; after a truncation the
+/// connection closes instead and the reader fetches again.
+async fn send_file(stream: &TcpStream, slice: &LogSlice) -> io::Result<()> {
+    let Some((file, start, len)) = slice.file_region()? else {
+        return Ok(());
+    };
+    let end = start + len;
+    let mut offset = start;
+    while offset < end {
+        let stop = if end - offset > 1 {
+            end - 1
+        } else if slice.is_current() {
+            end
+        } else {
+            return Err(io::Error::other(
+                "the log was truncated while its records were being sent",
+            ));
+        };
+        let count = usize::try_from(stop - offset)
+            .unwrap_or(usize::MAX)
+            .min(SENDFILE_CHUNK);
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream, &*file, Some(&mut offset), count).map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the segment file ended before its records did (truncated)",
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads frames until the connection ends or misbehaves.

@@ -31,15 +31,15 @@ use strom_protocol::messages::kafka::fetch_response::{
 use strom_protocol::messages::kafka::{
     BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName,
 };
-use strom_protocol::messages::{StrBytes, Uuid};
+use strom_protocol::messages::{ApiKey, StrBytes, Uuid};
 use strom_protocol::record_batch;
-use strom_storage::ReadError;
+use strom_storage::{LogSlice, ReadError};
 use tokio::sync::Notify;
 
 use strom_protocol::messages::RequestFrame;
 
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
-use super::{Reply, RequestContext};
+use super::{Reply, RequestContext, fetch_frame};
 use crate::broker::Broker;
 use crate::config::replication::ReplicaSelector;
 use crate::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
@@ -193,12 +193,11 @@ pub async fn handle(
     };
     let broker = Arc::clone(broker);
     let header = ctx.header();
-    let (api_key, api_version, correlation_id) =
-        (header.api_key, header.api_version, header.correlation_id);
+    let (api_version, correlation_id) = (header.api_version, header.correlation_id);
     Reply::Later(Box::pin(async move {
         let reads = fetch.long_poll(&broker, waiter, reads).await;
-        let response = fetch.response(&broker, reads);
-        super::encode(api_key, api_version, correlation_id, &response)
+        let (response, stored) = fetch.response(&broker, reads);
+        reply(api_version, correlation_id, response, stored)
     }))
 }
 
@@ -316,11 +315,18 @@ impl Pending {
 
     /// The answer, now.
     fn answer(self, broker: &Broker, reads: Vec<PartitionRead>, header: &RequestFrame) -> Reply {
-        super::respond(header, &self.response(broker, reads))
+        let (response, stored) = self.response(broker, reads);
+        reply(header.api_version, header.correlation_id, response, stored)
     }
 
-    /// The response for `reads`, after the session takes in what they found.
-    fn response(self, broker: &Broker, reads: Vec<PartitionRead>) -> FetchResponse {
+    /// The response for `reads`, after the session takes in what they found,
+    /// and the records left in their segment files, one entry for each
+    /// partition of the response in its order.
+    fn response(
+        self,
+        broker: &Broker,
+        reads: Vec<PartitionRead>,
+    ) -> (FetchResponse, Vec<Option<LogSlice>>) {
         let Self {
             to_fetch,
             read_committed,
@@ -351,22 +357,40 @@ impl Pending {
         let include = broker.fetch_sessions.lock().finish(&context, &outcomes);
 
         let mut responses: Vec<FetchableTopicResponse> = Vec::new();
+        let mut stored = Vec::new();
         for ((((topic, index), params), read), include) in to_fetch.iter().zip(reads).zip(include) {
             if !include {
                 continue;
             }
-            if !fetcher.is_follower() && !read.records.is_empty() {
-                let records: u64 = record_batch::batches(&read.records)
+            if let Records::Read(bytes) = &read.records
+                && !fetcher.is_follower()
+                && !bytes.is_empty()
+            {
+                let records: u64 = record_batch::batches(bytes)
                     .map_while(Result::ok)
                     .filter(|b| !b.header.attributes.is_control())
                     .map(|b| u64::try_from(b.header.record_count).unwrap_or(0))
                     .sum();
                 broker.metrics.record_out(
                     topic,
-                    u64::try_from(read.records.len()).unwrap_or(u64::MAX),
+                    u64::try_from(bytes.len()).unwrap_or(u64::MAX),
                     records,
                 );
             }
+            let records = match read.records {
+                Records::Stored(slice) if !slice.is_empty() => {
+                    stored.push(Some(slice));
+                    None
+                }
+                Records::Stored(_) => {
+                    stored.push(None);
+                    Some(Bytes::new())
+                }
+                Records::Read(bytes) => {
+                    stored.push(None);
+                    Some(bytes)
+                }
+            };
             let data = PartitionData::default()
                 .with_partition_index(*index)
                 .with_error_code(read.error.code())
@@ -375,7 +399,7 @@ impl Pending {
                 .with_log_start_offset(read.log_start_offset)
                 .with_aborted_transactions(read_committed.then_some(read.aborted_transactions))
                 .with_preferred_read_replica(BrokerId(read.preferred_read_replica))
-                .with_records(Some(read.records));
+                .with_records(records);
             let data = match read.diverging_epoch {
                 Some((epoch, end_offset)) if version >= 12 => data.with_diverging_epoch(
                     EpochEndOffset::default()
@@ -395,6 +419,7 @@ impl Pending {
             }
         }
         for u in unresolved {
+            stored.push(None);
             responses.push(
                 FetchableTopicResponse::default()
                     .with_topic_id(u.topic_id)
@@ -426,9 +451,52 @@ impl Pending {
                 }
             }
         }
-        FetchResponse::default()
+        let response = FetchResponse::default()
             .with_session_id(if version >= 7 { session_id } else { 0 })
-            .with_responses(responses)
+            .with_responses(responses);
+        (response, stored)
+    }
+}
+
+/// The answer's frame: encoded whole, or with the records left in their
+/// segment files sent from there (followers' fetches).
+fn reply(
+    api_version: i16,
+    correlation_id: i32,
+    response: FetchResponse,
+    stored: Vec<Option<LogSlice>>,
+) -> Reply {
+    if stored.iter().all(Option::is_none) {
+        return super::encode(ApiKey::Fetch, api_version, correlation_id, &response);
+    }
+    match fetch_frame::encode(api_version, correlation_id, response, stored) {
+        Ok(frame) => Reply::Stored(frame),
+        Err(e) => {
+            tracing::error!(version = api_version, error = %e, "cannot encode a fetch response");
+            Reply::Close(format!("response encoding failed: {e}"))
+        }
+    }
+}
+
+/// A partition's records in an answer: read into memory (consumers': their
+/// records are counted, and read_committed ones scanned for aborted
+/// transactions), or left in the segment file and sent from there
+/// (followers').
+enum Records {
+    Read(Bytes),
+    Stored(LogSlice),
+}
+
+impl Records {
+    fn len(&self) -> usize {
+        match self {
+            Self::Read(bytes) => bytes.len(),
+            Self::Stored(slice) => slice.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -438,7 +506,7 @@ struct PartitionRead {
     high_watermark: i64,
     last_stable_offset: i64,
     log_start_offset: i64,
-    records: Bytes,
+    records: Records,
     /// read_committed: the aborted transactions overlapping `records`.
     aborted_transactions: Vec<AbortedTransaction>,
     /// A follower's log diverges from this leader's after its last fetched
@@ -458,7 +526,7 @@ impl PartitionRead {
             high_watermark: partition.high_watermark(),
             last_stable_offset: partition.last_stable_offset(),
             log_start_offset: partition.log.log_start_offset(),
-            records: Bytes::new(),
+            records: Records::Read(Bytes::new()),
             aborted_transactions: Vec::new(),
             diverging_epoch: None,
             preferred_read_replica: -1,
@@ -471,7 +539,7 @@ impl PartitionRead {
             high_watermark: -1,
             last_stable_offset: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: Records::Read(Bytes::new()),
             aborted_transactions: Vec::new(),
             diverging_epoch: None,
             preferred_read_replica: -1,
@@ -681,7 +749,7 @@ fn read_partition(
         high_watermark,
         last_stable_offset,
         log_start_offset: partition.log.log_start_offset(),
-        records: Bytes::new(),
+        records: Records::Read(Bytes::new()),
         aborted_transactions: Vec::new(),
         diverging_epoch: None,
         preferred_read_replica: -1,
@@ -690,6 +758,10 @@ fn read_partition(
         return read;
     }
     match partition.log.read(fetch_offset, limit, bound, min_one) {
+        Ok(result) if replica_id >= 0 => {
+            read.log_start_offset = result.log_start_offset;
+            read.records = Records::Stored(result.records);
+        }
         Ok(result) => {
             read.log_start_offset = result.log_start_offset;
             match result.records.read() {
@@ -704,7 +776,7 @@ fn read_partition(
                             }
                         }
                     }
-                    read.records = bytes;
+                    read.records = Records::Read(bytes);
                 }
                 Err(e) => {
                     tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "reading stored batches failed");

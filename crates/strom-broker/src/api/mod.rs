@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api_versions;
 pub mod configs;
 pub mod fetch;
+pub mod fetch_frame;
 pub mod group;
 pub mod init_producer_id;
 pub mod list_offsets;
@@ -76,6 +77,9 @@ pub(crate) fn ensure_internal_topic(
 pub enum Reply {
     /// A whole response frame.
     Frame(BytesMut),
+    /// A whole response frame whose records are sent from their segment
+    /// files (a follower's fetch).
+    Stored(fetch_frame::Frame<strom_storage::LogSlice>),
     /// Nothing (produce with acks=0).
     None,
     /// Close the connection; the reason goes to the log.
@@ -91,6 +95,7 @@ impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Frame(bytes) => f.debug_tuple("Frame").field(&bytes.len()).finish(),
+            Self::Stored(frame) => f.debug_tuple("Stored").field(&frame.parts.len()).finish(),
             Self::None => f.write_str("None"),
             Self::Close(reason) => f.debug_tuple("Close").field(reason).finish(),
             Self::Later(_) => f.write_str("Later"),

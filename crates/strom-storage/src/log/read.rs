@@ -60,6 +60,16 @@ impl LogSlice {
         }
     }
 
+    /// Whether the positions still hold the batches they were resolved to:
+    /// false once the log was truncated (replication) since. A zero-copy
+    /// send checks it before the last byte leaves, so that no reader gets a
+    /// whole frame with other batches in it.
+    pub fn is_current(&self) -> bool {
+        self.segment
+            .as_ref()
+            .is_none_or(|s| s.generation() == self.generation)
+    }
+
     /// Appends the slice's bytes to `buf`.
     pub fn read_into(&self, buf: &mut BytesMut) -> io::Result<()> {
         let Some((file, position, len)) = self.file_region()? else {
@@ -71,11 +81,7 @@ impl LogSlice {
         let read = file.read_exact_at(&mut buf[start..], position);
         // A truncation (replication) since the positions were resolved may
         // have put other batches there: never hand those out as whole ones.
-        let truncated = self
-            .segment
-            .as_ref()
-            .is_some_and(|s| s.generation() != self.generation);
-        if read.is_err() || truncated {
+        if read.is_err() || !self.is_current() {
             buf.truncate(start);
             return match read {
                 Err(e) => Err(e),
