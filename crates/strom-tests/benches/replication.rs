@@ -2,7 +2,8 @@
 //! strom-testkit, driven by librdkafka producers.
 //!
 //! 1. **Throughput**: 1 KiB records to a topic of 3 partitions as fast as
-//!    one producer goes (linger 5 ms), on one node with acks=1 and on three
+//!    one producer goes (linger 5 ms; the clock starts once a first record
+//!    per partition is acknowledged), on one node with acks=1 and on three
 //!    nodes with replication factor 3, `min.insync.replicas=2` and acks=all,
 //!    alternating in one run: MB/s of each and their ratio.
 //! 2. **acks=all latency** at 10 MB/s of 1 KiB records on the three nodes:
