@@ -19,11 +19,12 @@ use strom_protocol::varint;
 
 /// Records sent from where they are stored, and how many bytes they are.
 pub trait StoredRecords {
-    fn len(&self) -> usize;
+    /// Bytes of the records.
+    fn size(&self) -> usize;
 }
 
 impl StoredRecords for strom_storage::LogSlice {
-    fn len(&self) -> usize {
+    fn size(&self) -> usize {
         strom_storage::LogSlice::len(self)
     }
 }
@@ -111,7 +112,7 @@ pub fn encode<R: StoredRecords>(
         .iter()
         .map(|p| match p {
             Part::Bytes(b) => b.len(),
-            Part::Records(r) => r.len(),
+            Part::Records(r) => r.size(),
         })
         .sum::<usize>()
         - strom_protocol::messages::FRAME_SIZE_PREFIX;
@@ -146,7 +147,7 @@ impl<R: StoredRecords> Writer<R> {
         let null: &[u8] = if flexible { &[0] } else { &[0xff; 4] };
         let (head, tail) = split_at_empty(&encoded, at, null)?;
         self.buf.extend_from_slice(head);
-        let len = stored.len();
+        let len = stored.size();
         if flexible {
             let len = u32::try_from(len + 1).map_err(|_| "records too large".to_owned())?;
             varint::put_unsigned_varint(&mut self.buf, len);
@@ -256,7 +257,7 @@ mod tests {
     use super::*;
 
     impl StoredRecords for Bytes {
-        fn len(&self) -> usize {
+        fn size(&self) -> usize {
             Bytes::len(self)
         }
     }
