@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use std::os::unix::fs::FileExt;
 use strom_protocol::messages::{self, ApiKey, FRAME_SIZE_PREFIX, RequestFrame};
-use strom_storage::LogSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::api::fetch_frame::{Frame, Part};
+use crate::api::fetch_frame::{FileRecords, Frame, Part};
 use crate::api::{self, Reply};
 use crate::broker::Broker;
 use crate::memory::RequestLease;
@@ -54,8 +54,8 @@ const MAX_PENDING_ANSWERS: usize = MAX_QUEUED_REQUESTS;
 /// client that announces 100 MiB and sends nothing costs 64 KiB, not 100 MiB.
 const INITIAL_FRAME_BUFFER: usize = 64 * 1024;
 /// Most bytes one `sendfile` call is asked for: a follower's fetch of many
-/// megabytes goes out in steps, so other connections' tasks on the same
-/// thread run between them.
+/// megabytes goes out in steps, and the task yields between them so that
+/// other connections' tasks on the same worker run.
 const SENDFILE_CHUNK: usize = 1024 * 1024;
 /// Pause after a failed accept (out of descriptors, say) before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -295,58 +295,72 @@ async fn write_answer(
 }
 
 /// Writes a frame whose records are sent from their segment files.
-async fn write_stored(write: &mut OwnedWriteHalf, frame: Frame<LogSlice>) -> io::Result<()> {
+async fn write_stored(write: &mut OwnedWriteHalf, frame: Frame<FileRecords>) -> io::Result<()> {
     for part in frame.parts {
         match part {
             Part::Bytes(bytes) => write.write_all(&bytes).await?,
-            Part::Records(slice) => send_file(write.as_ref(), &slice).await?,
+            Part::Records(records) => send_file(write, &records).await?,
         }
     }
     Ok(())
 }
 
-/// Sends `slice` from its segment file with `sendfile`: the kernel hands
-/// the page cache's pages to the socket, nothing is copied through the
-/// broker. The last byte waits until the slice is known to still hold the
-/// batches it was resolved to (no truncation since), so that no reader can
-/// complete a frame with other batches in it; after a truncation the
-/// connection closes instead and the reader fetches again.
-async fn send_file(stream: &TcpStream, slice: &LogSlice) -> io::Result<()> {
-    let Some((file, start, len)) = slice.file_region()? else {
+/// Sends `records` from their segment file with `sendfile`: the kernel
+/// hands the page cache's pages to the socket, nothing is copied through
+/// the broker (Kafka's network threads do the same). All but the last byte
+/// go that way; the last one is read, then the slice is checked to still
+/// hold the batches it was resolved to (no truncation since), then the byte
+/// is written, so that no reader completes a frame from a log truncated
+/// meanwhile: the connection closes instead and the reader fetches again.
+async fn send_file(write: &mut OwnedWriteHalf, records: &FileRecords) -> io::Result<()> {
+    let FileRecords {
+        slice,
+        file,
+        position,
+        len,
+    } = records;
+    let Some(last) = (position + len).checked_sub(1).filter(|_| *len > 0) else {
         return Ok(());
     };
-    let end = start + len;
-    let mut offset = start;
-    while offset < end {
-        let stop = if end - offset > 1 {
-            end - 1
-        } else if slice.is_current() {
-            end
-        } else {
-            return Err(io::Error::other(
-                "the log was truncated while its records were being sent",
-            ));
-        };
-        let count = usize::try_from(stop - offset)
-            .unwrap_or(usize::MAX)
-            .min(SENDFILE_CHUNK);
-        stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(stream, &*file, Some(&mut offset), count).map_err(io::Error::from)
-        });
-        match sent {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the segment file ended before its records did (truncated)",
-                ));
+    let mut offset = *position;
+    {
+        let stream: &TcpStream = write.as_ref();
+        while offset < last {
+            let count = usize::try_from(last - offset)
+                .unwrap_or(usize::MAX)
+                .min(SENDFILE_CHUNK);
+            stream.writable().await?;
+            let sent = stream.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(stream, &**file, Some(&mut offset), count)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the segment file ended before its records did (truncated)",
+                    ));
+                }
+                // Readiness and the runtime's budget are not consumed by a
+                // send that succeeds: let the worker's other tasks run.
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
         }
     }
-    Ok(())
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, last)?;
+    if !slice.is_current() {
+        return Err(io::Error::other(
+            "the log was truncated while its records were being sent",
+        ));
+    }
+    write.write_all(&byte).await
 }
 
 /// Reads frames until the connection ends or misbehaves.

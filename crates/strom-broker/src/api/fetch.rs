@@ -33,13 +33,14 @@ use strom_protocol::messages::kafka::{
 };
 use strom_protocol::messages::{ApiKey, StrBytes, Uuid};
 use strom_protocol::record_batch;
-use strom_storage::{LogSlice, ReadError};
+use strom_storage::ReadError;
 use tokio::sync::Notify;
 
 use strom_protocol::messages::RequestFrame;
 
+use super::fetch_frame::{self, FileRecords, StoredRecords};
 use super::list_offsets::{READ_COMMITTED, check_leader_epoch};
-use super::{Reply, RequestContext, fetch_frame};
+use super::{Reply, RequestContext};
 use crate::broker::Broker;
 use crate::config::replication::ReplicaSelector;
 use crate::fetch_session::{FetchParams, PartitionKey, PartitionOutcome, SessionContext};
@@ -326,7 +327,7 @@ impl Pending {
         self,
         broker: &Broker,
         reads: Vec<PartitionRead>,
-    ) -> (FetchResponse, Vec<Option<LogSlice>>) {
+    ) -> (FetchResponse, Vec<Option<FileRecords>>) {
         let Self {
             to_fetch,
             read_committed,
@@ -378,11 +379,11 @@ impl Pending {
                 );
             }
             let records = match read.records {
-                Records::Stored(slice) if !slice.is_empty() => {
-                    stored.push(Some(slice));
+                Records::Stored(Some(file)) => {
+                    stored.push(Some(file));
                     None
                 }
-                Records::Stored(_) => {
+                Records::Stored(None) => {
                     stored.push(None);
                     Some(Bytes::new())
                 }
@@ -464,7 +465,7 @@ fn reply(
     api_version: i16,
     correlation_id: i32,
     response: FetchResponse,
-    stored: Vec<Option<LogSlice>>,
+    stored: Vec<Option<FileRecords>>,
 ) -> Reply {
     if stored.iter().all(Option::is_none) {
         return super::encode(ApiKey::Fetch, api_version, correlation_id, &response);
@@ -484,14 +485,14 @@ fn reply(
 /// (followers').
 enum Records {
     Read(Bytes),
-    Stored(LogSlice),
+    Stored(Option<FileRecords>),
 }
 
 impl Records {
     fn len(&self) -> usize {
         match self {
             Self::Read(bytes) => bytes.len(),
-            Self::Stored(slice) => slice.len(),
+            Self::Stored(file) => file.as_ref().map_or(0, StoredRecords::size),
         }
     }
 
@@ -760,7 +761,13 @@ fn read_partition(
     match partition.log.read(fetch_offset, limit, bound, min_one) {
         Ok(result) if replica_id >= 0 => {
             read.log_start_offset = result.log_start_offset;
-            read.records = Records::Stored(result.records);
+            match FileRecords::open(result.records) {
+                Ok(file) => read.records = Records::Stored(file),
+                Err(e) => {
+                    tracing::warn!(topic = %partition.topic, partition = partition.index, error = %e, "opening stored batches failed");
+                    read.error = ErrorCode::KafkaStorageError;
+                }
+            }
         }
         Ok(result) => {
             read.log_start_offset = result.log_start_offset;

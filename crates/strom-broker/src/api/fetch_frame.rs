@@ -11,11 +11,16 @@
 //! change in the generated code fails the frame (and its test) instead of
 //! sending a wrong one.
 
+use std::fs::File;
+use std::io;
+use std::sync::Arc;
+
 use bytes::{BufMut, BytesMut};
 use strom_protocol::messages::kafka::fetch_response::{FetchableTopicResponse, PartitionData};
 use strom_protocol::messages::kafka::{FetchResponse, ResponseHeader};
 use strom_protocol::messages::{ApiKey, Encodable};
 use strom_protocol::varint;
+use strom_storage::LogSlice;
 
 /// Records sent from where they are stored, and how many bytes they are.
 pub trait StoredRecords {
@@ -23,9 +28,34 @@ pub trait StoredRecords {
     fn size(&self) -> usize;
 }
 
-impl StoredRecords for strom_storage::LogSlice {
+/// Records in a segment file, opened when they are read: a failure to open
+/// is that partition's KAFKA_STORAGE_ERROR, not the connection's, and a
+/// segment that retention deletes before the answer is written stays
+/// readable through the open file.
+#[derive(Debug)]
+pub struct FileRecords {
+    /// What was read, to check for a truncation before the last byte leaves.
+    pub slice: LogSlice,
+    pub file: Arc<File>,
+    pub position: u64,
+    pub len: u64,
+}
+
+impl FileRecords {
+    /// `slice`'s file, opened; `None` for an empty slice.
+    pub fn open(slice: LogSlice) -> io::Result<Option<Self>> {
+        Ok(slice.file_region()?.map(|(file, position, len)| Self {
+            slice,
+            file,
+            position,
+            len,
+        }))
+    }
+}
+
+impl StoredRecords for FileRecords {
     fn size(&self) -> usize {
-        strom_storage::LogSlice::len(self)
+        usize::try_from(self.len).unwrap_or(usize::MAX)
     }
 }
 

@@ -79,7 +79,7 @@ pub enum Reply {
     Frame(BytesMut),
     /// A whole response frame whose records are sent from their segment
     /// files (a follower's fetch).
-    Stored(fetch_frame::Frame<strom_storage::LogSlice>),
+    Stored(fetch_frame::Frame<fetch_frame::FileRecords>),
     /// Nothing (produce with acks=0).
     None,
     /// Close the connection; the reason goes to the log.
