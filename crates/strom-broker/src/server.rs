@@ -319,9 +319,10 @@ async fn send_file(write: &mut OwnedWriteHalf, records: &FileRecords) -> io::Res
         position,
         len,
     } = records;
-    let Some(last) = (position + len).checked_sub(1).filter(|_| *len > 0) else {
+    if *len == 0 {
         return Ok(());
-    };
+    }
+    let last = position + (len - 1);
     let mut offset = *position;
     {
         let stream: &TcpStream = write.as_ref();

@@ -112,7 +112,7 @@ pub fn encode<R: StoredRecords>(
     let at = 4 + if version >= 7 { 2 + 4 } else { 0 };
     let (head, tail) = split_at_empty(&top, at, empty_array(flexible))?;
     out.buf.extend_from_slice(head);
-    put_array_len(&mut out.buf, topics.len(), flexible)?;
+    put_len(&mut out.buf, topics.len(), flexible)?;
     let mut records = records.into_iter();
     for mut topic in topics {
         let partitions = std::mem::take(&mut topic.partitions);
@@ -123,7 +123,7 @@ pub fn encode<R: StoredRecords>(
             empty_array(flexible),
         )?;
         out.buf.extend_from_slice(head);
-        put_array_len(&mut out.buf, partitions.len(), flexible)?;
+        put_len(&mut out.buf, partitions.len(), flexible)?;
         for partition in partitions {
             match records.next().flatten() {
                 None => partition
@@ -177,14 +177,7 @@ impl<R: StoredRecords> Writer<R> {
         let null: &[u8] = if flexible { &[0] } else { &[0xff; 4] };
         let (head, tail) = split_at_empty(&encoded, at, null)?;
         self.buf.extend_from_slice(head);
-        let len = stored.size();
-        if flexible {
-            let len = u32::try_from(len + 1).map_err(|_| "records too large".to_owned())?;
-            varint::put_unsigned_varint(&mut self.buf, len);
-        } else {
-            let len = i32::try_from(len).map_err(|_| "records too large".to_owned())?;
-            self.buf.put_i32(len);
-        }
+        put_len(&mut self.buf, stored.size(), flexible)?;
         let fields = std::mem::replace(&mut self.buf, BytesMut::with_capacity(256));
         self.parts.push(Part::Bytes(fields));
         self.parts.push(Part::Records(stored));
@@ -218,14 +211,25 @@ fn empty_array(flexible: bool) -> &'static [u8] {
     if flexible { &[1] } else { &[0; 4] }
 }
 
-fn put_array_len(buf: &mut BytesMut, len: usize, flexible: bool) -> Result<(), String> {
+/// The length before an array or bytes: `len + 1` as an unsigned varint in
+/// flexible versions (0 is null), an i32 before them.
+fn put_len(buf: &mut BytesMut, len: usize, flexible: bool) -> Result<(), String> {
     if flexible {
-        let len = u32::try_from(len + 1).map_err(|_| "array too long".to_owned())?;
+        let len = u32::try_from(len + 1).map_err(|_| format!("{len} elements or bytes"))?;
         varint::put_unsigned_varint(buf, len);
     } else {
-        buf.put_i32(i32::try_from(len).map_err(|_| "array too long".to_owned())?);
+        buf.put_i32(i32::try_from(len).map_err(|_| format!("{len} elements or bytes"))?);
     }
     Ok(())
+}
+
+/// Bytes [`put_len`] writes for `len`.
+fn len_size(len: usize, flexible: bool) -> usize {
+    if flexible {
+        varint::unsigned_varint_len(u32::try_from(len + 1).unwrap_or(u32::MAX))
+    } else {
+        4
+    }
 }
 
 /// Bytes of a topic's name (or id) field, which precedes its partitions.
@@ -234,9 +238,9 @@ fn topic_field_size(topic: &FetchableTopicResponse, version: i16) -> usize {
     if version >= FIRST_TOPIC_ID {
         16
     } else if version >= FIRST_FLEXIBLE {
-        varint::unsigned_varint_len(u32::try_from(name + 1).unwrap_or(u32::MAX)) + name
+        len_size(name, true) + name
     } else {
-        2 + name
+        2 + name // an i16 length
     }
 }
 
@@ -247,23 +251,12 @@ fn partition_fields_before_records(
     partition: &PartitionData,
     version: i16,
 ) -> Result<usize, String> {
+    let flexible = version >= FIRST_FLEXIBLE;
+    // A null array is a length of its own (-1, or 0 in flexible versions).
     let aborted = match &partition.aborted_transactions {
-        None => {
-            if version >= FIRST_FLEXIBLE {
-                1
-            } else {
-                4
-            }
-        }
+        None => len_size(0, flexible),
         Some(list) => {
-            let mut size = if version >= FIRST_FLEXIBLE {
-                varint::unsigned_varint_len(
-                    u32::try_from(list.len() + 1)
-                        .map_err(|_| "too many aborted transactions".to_owned())?,
-                )
-            } else {
-                4
-            };
+            let mut size = len_size(list.len(), flexible);
             for t in list {
                 size += t.compute_size(version).map_err(|e| e.to_string())?;
             }
