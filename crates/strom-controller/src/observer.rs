@@ -119,6 +119,9 @@ pub struct Observer {
     image: watch::Sender<Arc<MetadataImage>>,
     /// The active controller with the highest term any voter named.
     leader: watch::Sender<(i32, Option<i32>)>,
+    /// The cluster this node belongs to: named by its data directory, or
+    /// the first one it fetched. Metadata of any other is refused.
+    cluster_id: parking_lot::Mutex<Option<String>>,
     /// The voters that said they belong to another cluster (and why).
     refusals: parking_lot::Mutex<BTreeMap<i32, String>>,
     /// Set when a majority of the voters say they belong to another cluster.
@@ -153,6 +156,7 @@ impl Observer {
             fetches,
             image: watch::Sender::new(Arc::new(MetadataImage::default())),
             leader: watch::Sender::new((-1, None)),
+            cluster_id: parking_lot::Mutex::new(cluster_id.map(str::to_owned)),
             refusals: parking_lot::Mutex::new(BTreeMap::new()),
             wrong_cluster: watch::Sender::new(None),
             request_timeout,
@@ -286,11 +290,15 @@ impl Observer {
             let current = self.image();
             match chunk.apply_to(&current) {
                 Some(next) if next.offset != current.offset => {
-                    idle = 0;
-                    if next.cluster_id != current.cluster_id {
-                        self.ops.set_cluster_id(&next.cluster_id);
-                        self.fetches.set_cluster_id(&next.cluster_id);
+                    if let Err(refused) = self.adopt_cluster(voter, &next.cluster_id) {
+                        // A voter that had not yet learnt its cluster id
+                        // took the fetch, and answered once it had.
+                        self.note(voter, &Err::<(), _>(refused));
+                        idle = IDLE_POLLS_BEFORE_ROTATING;
+                        self.backoff().await;
+                        continue;
                     }
+                    idle = 0;
                     self.image.send_replace(Arc::new(next));
                 }
                 Some(_) => idle += 1,
@@ -299,6 +307,29 @@ impl Observer {
                     idle = IDLE_POLLS_BEFORE_ROTATING;
                     self.backoff().await;
                 }
+            }
+        }
+    }
+
+    /// Checks the cluster id of fetched metadata against this node's (and
+    /// takes it as this node's when it had none yet).
+    fn adopt_cluster(&self, voter: i32, fetched: &str) -> Result<(), CallError> {
+        if fetched.is_empty() {
+            return Ok(());
+        }
+        let mut ours = self.cluster_id.lock();
+        match ours.as_deref() {
+            Some(id) if id == fetched => Ok(()),
+            Some(id) => Err(CallError::WrongCluster {
+                node: u64::try_from(voter).unwrap_or_default(),
+                theirs: fetched.to_owned(),
+                ours: id.to_owned(),
+            }),
+            None => {
+                *ours = Some(fetched.to_owned());
+                self.ops.set_cluster_id(fetched);
+                self.fetches.set_cluster_id(fetched);
+                Ok(())
             }
         }
     }
@@ -360,5 +391,38 @@ mod tests {
             .apply_to(&old)
             .unwrap();
         assert_eq!((next.offset, next.cluster_id.as_str()), (8, "new"));
+    }
+
+    #[test]
+    fn metadata_of_another_cluster_is_refused_and_a_majority_of_refusals_is_reported() {
+        let voters: BTreeMap<i32, String> = (1..=3)
+            .map(|id| (id, format!("127.0.0.1:{}", 1000 + id)))
+            .collect();
+        let named = Observer::new(4, &voters, Some("ours"), Duration::from_secs(1));
+        assert!(
+            named.adopt_cluster(1, "").is_ok(),
+            "no id yet: nothing to check"
+        );
+        assert!(named.adopt_cluster(1, "ours").is_ok());
+        for voter in [1, 2] {
+            let refused = named.adopt_cluster(voter, "theirs");
+            assert!(
+                matches!(&refused, Err(CallError::WrongCluster { theirs, ours, .. }) if theirs == "theirs" && ours == "ours")
+            );
+            named.note(voter, &refused);
+        }
+        let why = named.wrong_cluster().borrow().clone();
+        assert!(why.is_some_and(|w| w.contains("theirs")));
+
+        // A node without a cluster id takes the first one it fetches and
+        // then holds to it.
+        let fresh = Observer::new(4, &voters, None, Duration::from_secs(1));
+        assert!(fresh.adopt_cluster(2, "first").is_ok());
+        assert!(fresh.adopt_cluster(3, "first").is_ok());
+        assert!(fresh.adopt_cluster(3, "second").is_err());
+        assert!(
+            fresh.wrong_cluster().borrow().is_none(),
+            "one refusal is not a majority"
+        );
     }
 }

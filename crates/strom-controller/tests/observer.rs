@@ -200,25 +200,36 @@ async fn an_observer_follows_the_voters_and_its_writes_reach_every_controller() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_observer_of_another_cluster_is_refused_and_says_why() {
     let (nodes, voters) = voters().await;
+    let observe = || {
+        Controller::observe(
+            OBSERVER,
+            config(),
+            &voters,
+            Some("AAAAAAAAAAAAAAAAAAAAAA"),
+            Duration::from_secs(1),
+            Arc::new(SystemClock),
+        )
+    };
+    // One asks before the voters know their cluster id (they take its
+    // fetches and answer once they do), one after (they refuse it).
+    let early = observe();
     eventually("a cluster id", || {
-        (!nodes[0].2.image().cluster_id.is_empty()).then_some(())
+        nodes
+            .iter()
+            .all(|(_, _, voter)| !voter.image().cluster_id.is_empty())
+            .then_some(())
     })
     .await;
-    let observer = Controller::observe(
-        OBSERVER,
-        config(),
-        &voters,
-        Some("AAAAAAAAAAAAAAAAAAAAAA"),
-        Duration::from_secs(1),
-        Arc::new(SystemClock),
-    );
-    let why = tokio::time::timeout(DEADLINE, observer.wrong_cluster())
-        .await
-        .expect("refused in time")
-        .expect("a reason");
-    assert!(why.contains("AAAAAAAAAAAAAAAAAAAAAA"), "{why}");
-    assert!(observer.image().cluster_id.is_empty(), "it never followed");
-    observer.shutdown().await;
+    let late = observe();
+    for observer in [early, late] {
+        let why = tokio::time::timeout(DEADLINE, observer.wrong_cluster())
+            .await
+            .expect("refused in time")
+            .expect("a reason");
+        assert!(why.contains("AAAAAAAAAAAAAAAAAAAAAA"), "{why}");
+        assert!(observer.image().cluster_id.is_empty(), "it never followed");
+        observer.shutdown().await;
+    }
     for (_, _, voter) in &nodes {
         voter.shutdown().await;
     }

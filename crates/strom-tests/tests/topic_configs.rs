@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{BrokerProcess, assign, flush, wait_until};
 use rdkafka::admin::{AdminOptions, AlterConfig, ResourceSpecifier};
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
@@ -146,7 +146,7 @@ fn delete_records_moves_the_start_and_consumers_reset() {
     );
 
     // A consumer starting below the log start resets to it (earliest).
-    let reset: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+    let reset: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
         .set("group.id", "unused")
         .set("enable.auto.commit", "false")
@@ -189,9 +189,16 @@ fn delete_records_moves_the_start_and_consumers_reset() {
 }
 
 /// Every record of partition 0 from the log start to the high watermark:
-/// `(offset, key, value)`.
+/// `(offset, key, value)`. Retention may move the log start while it reads:
+/// the consumer then resets to the new start, as a user's would.
 fn read_all(broker: &BrokerProcess, topic: &str) -> Vec<Stored> {
-    let consumer = broker.consumer();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.bootstrap)
+        .set("group.id", "strom-tests-unused")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
     let (low, high) = consumer.fetch_watermarks(topic, 0, TIMEOUT).unwrap();
     let mut out = Vec::new();
     if low == high {
@@ -225,12 +232,8 @@ fn retention_by_size_and_time_deletes_segments_and_consumers_reset() {
         &dir.path().join("data"),
         &["log.retention.check.interval.ms=100"],
     );
-    // About ten 1 KiB records per segment; keep about three segments.
-    broker.create_topic_with(
-        "sized",
-        1,
-        &[("segment.bytes", "10000"), ("retention.bytes", "30000")],
-    );
+    // About ten 1 KiB records per segment.
+    broker.create_topic_with("sized", 1, &[("segment.bytes", "10000")]);
     let producer = broker.producer(&[("linger.ms", "0"), ("batch.num.messages", "1")]);
     for i in 0..200 {
         let value = format!("{i:04}").repeat(256);
@@ -240,6 +243,17 @@ fn retention_by_size_and_time_deletes_segments_and_consumers_reset() {
         producer.poll(Duration::ZERO);
     }
     flush(&producer);
+    // Keep about three segments. Set once every record is in, one
+    // retention pass leaves the log as it stays: no later pass moves the
+    // log start under the reader.
+    let (admin, runtime) = broker.admin();
+    let retain = AlterConfig::new(ResourceSpecifier::Topic("sized"))
+        .set("segment.bytes", "10000")
+        .set("retention.bytes", "30000");
+    let altered = runtime
+        .block_on(admin.alter_configs(&[retain], &AdminOptions::new()))
+        .unwrap();
+    assert!(altered[0].is_ok(), "{altered:?}");
     let consumer = broker.consumer();
     let mut low = 0;
     assert!(
@@ -317,7 +331,7 @@ fn retention_by_size_and_time_deletes_segments_and_consumers_reset() {
     );
 
     // A consumer at offset 0 with auto.offset.reset=earliest resets to the start.
-    let reset: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+    let reset: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.bootstrap)
         .set("group.id", "unused")
         .set("auto.offset.reset", "earliest")
@@ -335,6 +349,9 @@ fn retention_by_size_and_time_deletes_segments_and_consumers_reset() {
         first.unwrap() >= low,
         "reset to the log start, got {first:?}"
     );
+    // Clients close while the broker still answers (closing against a
+    // stopped one waits out librdkafka's timeouts).
+    drop((reset, consumer, producer, admin));
     broker.stop();
 }
 
