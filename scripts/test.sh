@@ -21,6 +21,19 @@ python3 scripts/module_graph.py crates/strom-broker/src
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "Python venv (kafka-python, confluent-kafka; some Rust tests run kafka-python too)"
+venv=.venv
+requirements=tests/python/requirements.txt
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+# Reinstall only when the requirements change.
+if ! cmp -s "$requirements" "$venv/.requirements"; then
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$venv/.requirements"
+fi
+export STROM_PYTHON="$PWD/$venv/bin/python"
+
 step "Rust tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
@@ -48,16 +61,6 @@ else
 fi
 
 step "Python interop tests (kafka-python, confluent-kafka, kcat)"
-venv=.venv
-requirements=tests/python/requirements.txt
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-# Reinstall only when the requirements change.
-if ! cmp -s "$requirements" "$venv/.requirements"; then
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-    cp "$requirements" "$venv/.requirements"
-fi
 cargo build --locked -p strom-cli
 STROM_BIN="$PWD/target/debug/strom" "$venv/bin/python" -m pytest tests/python -q
 

@@ -13,7 +13,10 @@
 //! - [`producer`]: [`Producer`], batching, compression, idempotence,
 //!   transactions.
 //! - [`consumer`]: [`Consumer`], assignment or a group (classic or KIP-848), fetch
-//!   pipelining, commits.
+//!   pipelining, commits; [`consumer::PartitionAssignor`] for the leader's
+//!   assignment in a classic group.
+//! - [`group`]: [`group::GroupMember`], a member of a classic group of any
+//!   protocol type (Connect's `connect`, or one of the application's).
 //! - [`admin`]: [`Admin`], topics, configs, groups and offsets, one module
 //!   per API family.
 
@@ -22,6 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod partitioner;
 pub mod producer;
 
@@ -31,7 +35,8 @@ pub use admin::Admin;
 pub use cluster::{BrokerInfo, PartitionInfo, TopicInfo};
 pub use config::ClientConfig;
 pub use consumer::{
-    Consumer, ConsumerGroupMetadata, ConsumerRecord, Offset, RebalanceListener, TopicPartition,
+    Consumer, ConsumerGroupMetadata, ConsumerRecord, Offset, PartitionAssignor, RebalanceListener,
+    TopicPartition,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use producer::{DeliveryFuture, Producer, ProducerRecord, RecordMetadata};

@@ -1,113 +1,223 @@
 //! The consumer protocol's partition assignors, run by the group leader in a
-//! classic group: Kafka's `range` and `roundrobin`, which librdkafka and the
-//! Java client offer too, so that a group mixing them agrees on one.
+//! classic group. [`PartitionAssignor`] is the interface (Kafka's
+//! `ConsumerPartitionAssignor`): a name the group agrees on, user data each
+//! member sends with its subscription, and the leader's assignment, which
+//! may carry user data back. Kafka's `range` and `roundrobin`, which
+//! librdkafka and the Java client offer too, are built in, so that a group
+//! mixing clients agrees on one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::consumer::TopicPartition;
+use bytes::Bytes;
 
-/// The assignors this consumer offers, in order of preference (the
-/// librdkafka and Java 2.x default order).
-pub(crate) const ASSIGNORS: &[&str] = &["range", "roundrobin"];
+use crate::consumer::TopicPartition;
+use crate::error::Result;
+
+/// The built-in assignors' names, in the order a consumer offers them by
+/// default (librdkafka's and the Java 2.x client's order).
+pub const BUILT_IN: &[&str] = &["range", "roundrobin"];
 
 /// A member's subscription, as its JoinGroup metadata says.
-#[derive(Debug, Clone)]
-pub(crate) struct Member {
-    pub(crate) id: String,
-    pub(crate) topics: BTreeSet<String>,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    pub topics: BTreeSet<String>,
+    /// What the member's assignor added ([`PartitionAssignor::user_data`]).
+    pub user_data: Option<Bytes>,
+    /// The partitions the member owned before this rebalance, when its
+    /// client says (consumer protocol v1+; this client writes v0).
+    pub owned_partitions: Vec<TopicPartition>,
 }
 
-/// Assigns the partitions of `partitions` (topic → partition count) among
-/// `members` with the assignor `name`; every member gets an entry.
-pub(crate) fn assign(
-    name: &str,
-    members: &[Member],
-    partitions: &BTreeMap<String, i32>,
-) -> BTreeMap<String, Vec<TopicPartition>> {
-    let mut out: BTreeMap<String, Vec<TopicPartition>> =
-        members.iter().map(|m| (m.id.clone(), Vec::new())).collect();
-    let mut sorted: Vec<&Member> = members.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    if name == "roundrobin" {
-        // Every partition of every subscribed topic in (topic, partition)
-        // order, dealt to the members in id order, skipping members not
-        // subscribed to the partition's topic.
+/// What the leader gives a member.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Assignment {
+    pub partitions: Vec<TopicPartition>,
+    pub user_data: Option<Bytes>,
+}
+
+impl Assignment {
+    pub fn new(partitions: Vec<TopicPartition>) -> Self {
+        Self {
+            partitions,
+            user_data: None,
+        }
+    }
+}
+
+/// A partition assignor for a consumer group: pass one to
+/// [`crate::Consumer::with_assignors`].
+///
+/// Every member of a group must offer an assignor of the name the group
+/// uses; the coordinator picks one that all offer, else answers
+/// INCONSISTENT_GROUP_PROTOCOL.
+pub trait PartitionAssignor: Send + Sync {
+    /// The name the group agrees on (the JoinGroup protocol name).
+    fn name(&self) -> &str;
+
+    /// User data for this member's subscription to `topics`.
+    fn user_data(&self, _topics: &BTreeSet<String>) -> Option<Bytes> {
+        None
+    }
+
+    /// On the leader: the assignment of each member (by member id) of the
+    /// partitions of `partitions` (topic → partition count, for every topic
+    /// a member subscribes to that exists). A member left out gets nothing.
+    fn assign(
+        &self,
+        partitions: &BTreeMap<String, i32>,
+        subscriptions: &BTreeMap<String, Subscription>,
+    ) -> Result<BTreeMap<String, Assignment>>;
+
+    /// On every member, once it has its assignment for `generation`.
+    fn on_assignment(&self, _assignment: &Assignment, _generation: i32) {}
+}
+
+/// Kafka's `range`: per topic, its subscribers in member id order each take
+/// a contiguous range; the first `partitions % subscribers` take one more.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeAssignor;
+
+/// Kafka's `roundrobin`: every partition of every subscribed topic in
+/// (topic, partition) order, dealt to the members in id order, skipping
+/// members not subscribed to the partition's topic.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoundRobinAssignor;
+
+impl PartitionAssignor for RangeAssignor {
+    fn name(&self) -> &str {
+        "range"
+    }
+
+    fn assign(
+        &self,
+        partitions: &BTreeMap<String, i32>,
+        subscriptions: &BTreeMap<String, Subscription>,
+    ) -> Result<BTreeMap<String, Assignment>> {
+        let mut out = empty(subscriptions);
+        for (topic, &count) in partitions {
+            let subscribers: Vec<&String> = subscriptions
+                .iter()
+                .filter(|(_, s)| s.topics.contains(topic))
+                .map(|(id, _)| id)
+                .collect();
+            if subscribers.is_empty() {
+                continue;
+            }
+            let n = i32::try_from(subscribers.len()).unwrap_or(i32::MAX);
+            let (per, extra) = (count / n, count % n);
+            let mut start = 0;
+            for (i, member) in subscribers.into_iter().enumerate() {
+                let i = i32::try_from(i).unwrap_or(i32::MAX);
+                let len = per + i32::from(i < extra);
+                let list = &mut out.entry(member.clone()).or_default().partitions;
+                list.extend((start..start + len).map(|p| TopicPartition::new(topic, p)));
+                start += len;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl PartitionAssignor for RoundRobinAssignor {
+    fn name(&self) -> &str {
+        "roundrobin"
+    }
+
+    fn assign(
+        &self,
+        partitions: &BTreeMap<String, i32>,
+        subscriptions: &BTreeMap<String, Subscription>,
+    ) -> Result<BTreeMap<String, Assignment>> {
+        let mut out = empty(subscriptions);
+        let members: Vec<(&String, &Subscription)> = subscriptions.iter().collect();
+        if members.is_empty() {
+            return Ok(out);
+        }
         let mut next = 0usize;
         for (topic, &count) in partitions {
             for partition in 0..count {
-                for _ in 0..sorted.len() {
-                    let member = sorted[next % sorted.len()];
+                for _ in 0..members.len() {
+                    let (id, subscription) = members[next % members.len()];
                     next += 1;
-                    if member.topics.contains(topic) {
-                        out.entry(member.id.clone())
+                    if subscription.topics.contains(topic) {
+                        out.entry(id.clone())
                             .or_default()
+                            .partitions
                             .push(TopicPartition::new(topic, partition));
                         break;
                     }
                 }
             }
         }
-        return out;
+        Ok(out)
     }
-    // range: per topic, its subscribers in id order each take a contiguous
-    // range; the first `count % subscribers` take one more.
-    for (topic, &count) in partitions {
-        let subscribers: Vec<&Member> = sorted
-            .iter()
-            .copied()
-            .filter(|m| m.topics.contains(topic))
-            .collect();
-        if subscribers.is_empty() {
-            continue;
-        }
-        let n = i32::try_from(subscribers.len()).unwrap_or(i32::MAX);
-        let (per, extra) = (count / n, count % n);
-        let mut start = 0;
-        for (i, member) in subscribers.iter().enumerate() {
-            let i = i32::try_from(i).unwrap_or(i32::MAX);
-            let len = per + i32::from(i < extra);
-            let list = out.entry(member.id.clone()).or_default();
-            list.extend((start..start + len).map(|p| TopicPartition::new(topic, p)));
-            start += len;
-        }
-    }
-    out
+}
+
+/// An empty assignment for every member.
+fn empty(subscriptions: &BTreeMap<String, Subscription>) -> BTreeMap<String, Assignment> {
+    subscriptions
+        .keys()
+        .map(|id| (id.clone(), Assignment::default()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn member(id: &str, topics: &[&str]) -> Member {
-        Member {
-            id: id.into(),
-            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-        }
+    fn members(list: &[(&str, &[&str])]) -> BTreeMap<String, Subscription> {
+        list.iter()
+            .map(|(id, topics)| {
+                (
+                    (*id).to_owned(),
+                    Subscription {
+                        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+                        ..Subscription::default()
+                    },
+                )
+            })
+            .collect()
     }
 
-    fn names(list: &[TopicPartition]) -> Vec<String> {
-        list.iter()
+    fn names(assignment: &Assignment) -> Vec<String> {
+        assignment
+            .partitions
+            .iter()
             .map(|tp| format!("{}-{}", tp.topic, tp.partition))
             .collect()
     }
 
     #[test]
     fn range_gives_contiguous_ranges_with_the_remainder_first() {
-        let members = [member("b", &["t"]), member("a", &["t", "u"])];
+        let members = members(&[("b", &["t"]), ("a", &["t", "u"])]);
         let partitions = BTreeMap::from([("t".to_owned(), 5), ("u".to_owned(), 2)]);
-        let out = assign("range", &members, &partitions);
+        let out = RangeAssignor.assign(&partitions, &members).unwrap();
         assert_eq!(names(&out["a"]), ["t-0", "t-1", "t-2", "u-0", "u-1"]);
         assert_eq!(names(&out["b"]), ["t-3", "t-4"]);
     }
 
     #[test]
     fn roundrobin_deals_partitions_in_turn_to_subscribers() {
-        let members = [member("a", &["t"]), member("b", &["t", "u"])];
+        let members = members(&[("a", &["t"]), ("b", &["t", "u"])]);
         let partitions = BTreeMap::from([("t".to_owned(), 3), ("u".to_owned(), 2)]);
-        let out = assign("roundrobin", &members, &partitions);
+        let out = RoundRobinAssignor.assign(&partitions, &members).unwrap();
         assert_eq!(names(&out["a"]), ["t-0", "t-2"]);
         assert_eq!(names(&out["b"]), ["t-1", "u-0", "u-1"]);
-        let total: usize = out.values().map(Vec::len).sum();
+        let total: usize = out.values().map(|a| a.partitions.len()).sum();
         assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn every_member_gets_an_entry_even_with_nothing_to_assign() {
+        let members = members(&[("a", &["t"]), ("b", &["gone"])]);
+        let partitions = BTreeMap::from([("t".to_owned(), 1)]);
+        for assignor in [
+            &RangeAssignor as &dyn PartitionAssignor,
+            &RoundRobinAssignor,
+        ] {
+            let out = assignor.assign(&partitions, &members).unwrap();
+            assert_eq!(names(&out["a"]), ["t-0"], "{}", assignor.name());
+            assert!(out["b"].partitions.is_empty(), "{}", assignor.name());
+        }
     }
 }

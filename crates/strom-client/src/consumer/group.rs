@@ -1,33 +1,29 @@
-//! The classic group protocol from the member's side: find the coordinator,
-//! JoinGroup, (as leader) assign, SyncGroup, heartbeat, commit and fetch
-//! offsets, LeaveGroup.
+//! The consumer protocol on the classic group protocol: subscriptions and
+//! assignments in the consumer protocol's format, the leader's assignment
+//! with a [`PartitionAssignor`], and offset commits and fetches.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
 use strom_protocol::messages::kafka::{
-    ConsumerProtocolAssignment, ConsumerProtocolSubscription, GroupId, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
-    TopicName, consumer_protocol_assignment,
-    join_group_request::JoinGroupRequestProtocol,
-    leave_group_request::MemberIdentity,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, GroupId, OffsetCommitRequest,
+    OffsetFetchRequest, TopicName, consumer_protocol_assignment,
     offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
     offset_fetch_request::OffsetFetchRequestTopic,
-    sync_group_request::SyncGroupRequestAssignment,
 };
 use strom_protocol::messages::{Decodable, Encodable, StrBytes};
 
 use super::TopicPartition;
-use super::assignor::{self, ASSIGNORS, Member};
-use crate::cluster::{Cluster, GROUP_KEY, Route};
-use crate::error::{Error, ErrorCode, Result};
+use super::assignor::{Assignment, PartitionAssignor, Subscription};
+use crate::cluster::{Cluster, Route};
+use crate::error::{Error, Result};
+use crate::group::{
+    self as classic, GroupLeader, GroupSettings, JoinedMember, Membership, Protocol,
+    check_coordinator, coordinator,
+};
 
-const JOIN_GROUP_VERSION: i16 = 9;
-const SYNC_GROUP_VERSION: i16 = 5;
-const HEARTBEAT_VERSION: i16 = 4;
-const LEAVE_GROUP_VERSION: i16 = 5;
 /// v8+ batches groups; one group per request needs no more.
 const OFFSET_FETCH_VERSION: i16 = 7;
 /// v9+ carries KIP-848 member epochs; a classic member needs v8 at most.
@@ -38,202 +34,99 @@ const OFFSET_COMMIT_VERSION_KIP848: i16 = 9;
 /// what every client reads.
 const CONSUMER_PROTOCOL_VERSION: i16 = 0;
 
-/// Extra time a JoinGroup may take beyond the rebalance timeout, as the Java
-/// client allows.
-const JOIN_GROUP_GRACE: Duration = Duration::from_secs(5);
-
-/// Who this member is in its group.
-#[derive(Debug, Clone)]
-pub(crate) struct Membership {
-    pub(crate) group: String,
-    pub(crate) member_id: String,
-    pub(crate) instance_id: Option<String>,
-    pub(crate) generation: i32,
-    pub(crate) coordinator: Option<i32>,
-    /// A KIP-848 member: `generation` is its member epoch.
-    pub(crate) consumer_protocol: bool,
-}
-
-impl Membership {
-    pub(crate) fn new(group: String, instance_id: Option<String>) -> Self {
-        Self {
-            group,
-            member_id: String::new(),
-            instance_id,
-            generation: -1,
-            coordinator: None,
-            consumer_protocol: false,
-        }
-    }
-}
-
-/// The group settings a member sends.
-#[derive(Debug, Clone)]
-pub(crate) struct GroupSettings {
-    pub(crate) session_timeout: Duration,
-    pub(crate) rebalance_timeout: Duration,
-}
+/// The newest consumer protocol version this client reads (v3 adds the
+/// rack id); newer ones are read as it, since fields are only added at
+/// the end.
+const CONSUMER_PROTOCOL_VERSION_READ: i16 = 3;
 
 fn str_bytes(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_owned())
 }
 
-fn millis(d: Duration) -> i32 {
-    i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
-}
-
-/// The coordinator of the group, looked up if not known.
-pub(crate) async fn coordinator(cluster: &Cluster, membership: &mut Membership) -> Result<i32> {
-    if let Some(node) = membership.coordinator {
-        return Ok(node);
-    }
-    let node = cluster
-        .find_coordinator(GROUP_KEY, &membership.group)
-        .await?;
-    membership.coordinator = Some(node);
-    Ok(node)
-}
-
-/// Forgets the coordinator when `error` says it moved or is gone.
-pub(crate) fn check_coordinator(membership: &mut Membership, error: &Error) {
-    if matches!(
-        error.code(),
-        Some(ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable)
-    ) || matches!(error, Error::Io { .. } | Error::Timeout(_))
-    {
-        membership.coordinator = None;
-    }
-}
-
-/// Joins the group (JoinGroup then SyncGroup) subscribed to `topics`, and
-/// returns the partitions assigned to this member.
+/// Joins the group (JoinGroup then SyncGroup) subscribed to `topics`,
+/// offering `assignors`, and returns the partitions assigned to this member.
 pub(crate) async fn join(
     cluster: &Arc<Cluster>,
     membership: &mut Membership,
     settings: &GroupSettings,
     topics: &BTreeSet<String>,
+    assignors: &[Arc<dyn PartitionAssignor>],
 ) -> Result<Vec<TopicPartition>> {
-    let node = coordinator(cluster, membership).await?;
-    let subscription = encode_versioned(
-        &ConsumerProtocolSubscription::default()
-            .with_topics(topics.iter().map(|t| str_bytes(t)).collect()),
-    )?;
-    let protocols = ASSIGNORS
+    let protocols = assignors
         .iter()
-        .map(|name| {
-            JoinGroupRequestProtocol::default()
-                .with_name(str_bytes(name))
-                .with_metadata(subscription.clone())
+        .map(|assignor| {
+            let subscription = ConsumerProtocolSubscription::default()
+                .with_topics(topics.iter().map(|t| str_bytes(t)).collect())
+                .with_user_data(assignor.user_data(topics));
+            encode_versioned(&subscription).map(|metadata| Protocol::new(assignor.name(), metadata))
         })
-        .collect();
-    let mut request = JoinGroupRequest::default()
-        .with_group_id(GroupId(str_bytes(&membership.group)))
-        .with_session_timeout_ms(millis(settings.session_timeout))
-        .with_rebalance_timeout_ms(millis(settings.rebalance_timeout))
-        .with_member_id(str_bytes(&membership.member_id))
-        .with_group_instance_id(membership.instance_id.as_deref().map(str_bytes))
-        .with_protocol_type(str_bytes("consumer"))
-        .with_protocols(protocols);
-    let response = loop {
-        let response = cluster
-            .start(Route::Coordinator(node), JOIN_GROUP_VERSION, &request)
-            .await?
-            .with_timeout(settings.rebalance_timeout + JOIN_GROUP_GRACE)
-            .response()
-            .await?;
-        // v4+: a new member learns its id first and joins again with it.
-        if response.error_code == ErrorCode::MemberIdRequired.code() {
-            membership.member_id = response.member_id.to_string();
-            request.member_id = response.member_id;
-            continue;
-        }
-        if response.error_code == ErrorCode::UnknownMemberId.code() {
-            membership.member_id.clear();
-        }
-        Error::check(response.error_code, None)?;
-        break response;
-    };
-    membership.member_id = response.member_id.to_string();
-    membership.generation = response.generation_id;
-    let protocol = response
-        .protocol_name
-        .as_deref()
-        .unwrap_or("range")
-        .to_owned();
-    let assignments = if response.leader == response.member_id && !response.skip_assignment {
-        leader_assignments(cluster, &protocol, &response.members)
-            .await?
-            .into_iter()
-            .map(|(member, partitions)| {
-                encode_assignment(&partitions).map(|assignment| {
-                    SyncGroupRequestAssignment::default()
-                        .with_member_id(str_bytes(&member))
-                        .with_assignment(assignment)
-                })
-            })
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        Vec::new()
-    };
-    let sync = SyncGroupRequest::default()
-        .with_group_id(GroupId(str_bytes(&membership.group)))
-        .with_generation_id(membership.generation)
-        .with_member_id(str_bytes(&membership.member_id))
-        .with_group_instance_id(membership.instance_id.as_deref().map(str_bytes))
-        .with_protocol_type(Some(str_bytes("consumer")))
-        .with_protocol_name(Some(str_bytes(&protocol)))
-        .with_assignments(assignments);
-    let response = cluster
-        .start(Route::Coordinator(node), SYNC_GROUP_VERSION, &sync)
-        .await?
-        .with_timeout(settings.rebalance_timeout + JOIN_GROUP_GRACE)
-        .response()
-        .await?;
-    Error::check(response.error_code, None)?;
-    decode_assignment(response.assignment)
+        .collect::<Result<Vec<_>>>()?;
+    let leader = ConsumerLeader { cluster, assignors };
+    let generation = classic::join(
+        cluster, membership, settings, "consumer", &protocols, &leader,
+    )
+    .await?;
+    let assignment = decode_assignment(generation.assignment)?;
+    if let Some(assignor) = assignors.iter().find(|a| a.name() == generation.protocol) {
+        assignor.on_assignment(&assignment, generation.generation_id);
+    }
+    Ok(assignment.partitions)
 }
 
 /// The leader's work: every member's subscription, the partition counts of
-/// their topics, the assignor's answer.
-async fn leader_assignments(
-    cluster: &Cluster,
-    protocol: &str,
-    members: &[strom_protocol::messages::kafka::join_group_response::JoinGroupResponseMember],
-) -> Result<BTreeMap<String, Vec<TopicPartition>>> {
-    let mut decoded = Vec::new();
-    for member in members {
-        let mut buf = member.metadata.clone();
-        let subscription: ConsumerProtocolSubscription = decode_versioned(&mut buf)?;
-        decoded.push(Member {
-            id: member.member_id.to_string(),
-            topics: subscription
-                .topics
+/// their topics, the chosen assignor's answer.
+struct ConsumerLeader<'a> {
+    cluster: &'a Cluster,
+    assignors: &'a [Arc<dyn PartitionAssignor>],
+}
+
+impl GroupLeader for ConsumerLeader<'_> {
+    fn assign<'a>(
+        &'a self,
+        protocol: &'a str,
+        members: &'a [JoinedMember],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, Bytes>>> {
+        Box::pin(async move {
+            let assignor = self
+                .assignors
                 .iter()
-                .map(ToString::to_string)
-                .collect(),
-        });
-    }
-    let all: BTreeSet<String> = decoded
-        .iter()
-        .flat_map(|m| m.topics.iter().cloned())
-        .collect();
-    let names: Vec<String> = all.into_iter().collect();
-    let topics = cluster.fetch_metadata(Some(&names), false).await?;
-    let partitions: BTreeMap<String, i32> = topics
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                i32::try_from(t.partitions.len()).unwrap_or(0),
-            )
+                .find(|a| a.name() == protocol)
+                .ok_or_else(|| {
+                    Error::State(format!(
+                        "the group chose {protocol:?}, which this member lacks"
+                    ))
+                })?;
+            let mut subscriptions = BTreeMap::new();
+            for member in members {
+                subscriptions.insert(
+                    member.member_id.clone(),
+                    decode_subscription(&member.metadata)?,
+                );
+            }
+            let names: Vec<String> = subscriptions
+                .values()
+                .flat_map(|s| s.topics.iter().cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let topics = self.cluster.fetch_metadata(Some(&names), false).await?;
+            let partitions: BTreeMap<String, i32> = topics
+                .iter()
+                .filter(|t| !t.partitions.is_empty())
+                .map(|t| {
+                    (
+                        t.name.clone(),
+                        i32::try_from(t.partitions.len()).unwrap_or(0),
+                    )
+                })
+                .collect();
+            assignor
+                .assign(&partitions, &subscriptions)?
+                .into_iter()
+                .map(|(member, assignment)| encode_assignment(&assignment).map(|a| (member, a)))
+                .collect()
         })
-        .collect();
-    let name = if ASSIGNORS.contains(&protocol) {
-        protocol
-    } else {
-        "range"
-    };
-    Ok(assignor::assign(name, &decoded, &partitions))
+    }
 }
 
 /// A consumer-protocol struct behind its i16 version, as JoinGroup metadata
@@ -256,87 +149,75 @@ fn decode_versioned<T: Decodable>(buf: &mut Bytes) -> Result<T> {
             "consumer protocol data shorter than its version".into(),
         ));
     }
-    let version = buf.get_i16().clamp(0, 3);
-    T::decode(buf, version).map_err(|e| Error::Protocol(format!("consumer protocol data: {e}")))
+    let version = buf.get_i16();
+    if version < 0 {
+        return Err(Error::Protocol(format!(
+            "consumer protocol data of version {version}"
+        )));
+    }
+    T::decode(buf, version.min(CONSUMER_PROTOCOL_VERSION_READ))
+        .map_err(|e| Error::Protocol(format!("consumer protocol data: {e}")))
 }
 
-fn encode_assignment(partitions: &[TopicPartition]) -> Result<Bytes> {
-    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
-    for tp in partitions {
-        by_topic.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    let assignment = ConsumerProtocolAssignment::default().with_assigned_partitions(
-        by_topic
-            .into_iter()
-            .map(|(topic, partitions)| {
-                consumer_protocol_assignment::TopicPartition::default()
-                    .with_topic(TopicName(str_bytes(topic)))
-                    .with_partitions(partitions)
+fn decode_subscription(metadata: &Bytes) -> Result<Subscription> {
+    let subscription: ConsumerProtocolSubscription = decode_versioned(&mut metadata.clone())?;
+    Ok(Subscription {
+        topics: subscription
+            .topics
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        user_data: subscription.user_data,
+        owned_partitions: subscription
+            .owned_partitions
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|&p| TopicPartition::new(&t.topic.0, p))
             })
             .collect(),
-    );
-    encode_versioned(&assignment)
+    })
 }
 
-fn decode_assignment(mut bytes: Bytes) -> Result<Vec<TopicPartition>> {
+fn encode_assignment(assignment: &Assignment) -> Result<Bytes> {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in &assignment.partitions {
+        by_topic.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    let encoded = ConsumerProtocolAssignment::default()
+        .with_assigned_partitions(
+            by_topic
+                .into_iter()
+                .map(|(topic, partitions)| {
+                    consumer_protocol_assignment::TopicPartition::default()
+                        .with_topic(TopicName(str_bytes(topic)))
+                        .with_partitions(partitions)
+                })
+                .collect(),
+        )
+        .with_user_data(assignment.user_data.clone());
+    encode_versioned(&encoded)
+}
+
+fn decode_assignment(mut bytes: Bytes) -> Result<Assignment> {
     // An empty assignment (no partitions for this member) may be no bytes.
     if bytes.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Assignment::default());
     }
     let assignment: ConsumerProtocolAssignment = decode_versioned(&mut bytes)?;
-    Ok(assignment
-        .assigned_partitions
-        .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(|&p| TopicPartition::new(&t.topic.0, p))
-        })
-        .collect())
-}
-
-/// One heartbeat; the error tells the member to rejoin or find the
-/// coordinator again.
-pub(crate) async fn heartbeat(cluster: &Cluster, membership: &Membership) -> Result<()> {
-    let node = membership
-        .coordinator
-        .ok_or_else(|| Error::kafka(ErrorCode::CoordinatorNotAvailable.code(), None))?;
-    let request = HeartbeatRequest::default()
-        .with_group_id(GroupId(str_bytes(&membership.group)))
-        .with_generation_id(membership.generation)
-        .with_member_id(str_bytes(&membership.member_id))
-        .with_group_instance_id(membership.instance_id.as_deref().map(str_bytes));
-    let response = cluster
-        .send(Route::Coordinator(node), HEARTBEAT_VERSION, &request)
-        .await?;
-    Error::check(response.error_code, None)
-}
-
-/// Leaves the group (a static member stays, as in Kafka).
-pub(crate) async fn leave(cluster: &Cluster, membership: &Membership) -> Result<()> {
-    let (Some(node), false) = (membership.coordinator, membership.member_id.is_empty()) else {
-        return Ok(());
-    };
-    if membership.instance_id.is_some() {
-        return Ok(());
-    }
-    let conn = cluster.connection(Route::Coordinator(node)).await?;
-    let version = conn.version::<LeaveGroupRequest>(LEAVE_GROUP_VERSION)?;
-    // v3+ names the leaving members in a list, older versions the one member.
-    let request = LeaveGroupRequest::default().with_group_id(GroupId(str_bytes(&membership.group)));
-    let request = if version >= 3 {
-        request.with_members(vec![
-            MemberIdentity::default().with_member_id(str_bytes(&membership.member_id)),
-        ])
-    } else {
-        request.with_member_id(str_bytes(&membership.member_id))
-    };
-    let response = conn.send_at(version, &request).await?;
-    Error::check(response.error_code, None)?;
-    for member in &response.members {
-        Error::check(member.error_code, None)?;
-    }
-    Ok(())
+    Ok(Assignment {
+        partitions: assignment
+            .assigned_partitions
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|&p| TopicPartition::new(&t.topic.0, p))
+            })
+            .collect(),
+        user_data: assignment.user_data,
+    })
 }
 
 /// Commits `offsets`; as a member of the current generation when `member`,
@@ -463,19 +344,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn assignments_round_trip_and_empty_means_none() {
+    fn assignments_round_trip_with_user_data_and_empty_means_none() {
         let partitions = vec![
             TopicPartition::new("a", 0),
             TopicPartition::new("b", 2),
             TopicPartition::new("a", 1),
         ];
-        let mut decoded = decode_assignment(encode_assignment(&partitions).unwrap()).unwrap();
-        decoded.sort();
+        let assignment = Assignment {
+            partitions: partitions.clone(),
+            user_data: Some(Bytes::from_static(b"tasks")),
+        };
+        let mut decoded = decode_assignment(encode_assignment(&assignment).unwrap()).unwrap();
+        decoded.partitions.sort();
         let mut expected = partitions;
         expected.sort();
-        assert_eq!(decoded, expected);
-        assert!(decode_assignment(Bytes::new()).unwrap().is_empty());
+        assert_eq!(decoded.partitions, expected);
+        assert_eq!(decoded.user_data.as_deref(), Some(&b"tasks"[..]));
+        assert_eq!(
+            decode_assignment(Bytes::new()).unwrap(),
+            Assignment::default()
+        );
         assert!(decode_assignment(Bytes::from_static(&[0])).is_err());
         assert!(decode_assignment(Bytes::from_static(&[0, 0, 0x7f, 0xff, 0xff, 0xff])).is_err());
+        assert!(decode_assignment(Bytes::from_static(&[0xff, 0xff, 0, 0, 0, 0])).is_err());
+    }
+
+    #[test]
+    fn subscriptions_keep_user_data_and_read_newer_versions() {
+        let written = ConsumerProtocolSubscription::default()
+            .with_topics(vec![str_bytes("t"), str_bytes("u")])
+            .with_user_data(Some(Bytes::from_static(b"me")));
+        let decoded = decode_subscription(&encode_versioned(&written).unwrap()).unwrap();
+        assert_eq!(
+            decoded.topics,
+            BTreeSet::from(["t".to_owned(), "u".to_owned()])
+        );
+        assert_eq!(decoded.user_data.as_deref(), Some(&b"me"[..]));
+        // A v1 subscription (the Java client's cooperative protocol) names
+        // the partitions the member owns.
+        let mut buf = BytesMut::new();
+        buf.put_i16(1);
+        written
+            .with_owned_partitions(vec![
+                strom_protocol::messages::kafka::consumer_protocol_subscription::TopicPartition::default()
+                    .with_topic(TopicName(str_bytes("t")))
+                    .with_partitions(vec![0, 2]),
+            ])
+            .encode(&mut buf, 1)
+            .unwrap();
+        let decoded = decode_subscription(&buf.freeze()).unwrap();
+        assert_eq!(
+            decoded.owned_partitions,
+            [TopicPartition::new("t", 0), TopicPartition::new("t", 2)]
+        );
     }
 }

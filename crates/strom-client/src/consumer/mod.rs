@@ -13,15 +13,17 @@
 //! a heartbeat, sent every `heartbeat.interval.ms` by a background task)
 //! happens in the next `poll`, which first commits (with auto commit),
 //! tells the [`RebalanceListener`] what is revoked, rejoins, and tells it what
-//! is assigned. The leader assigns with `range` or `roundrobin`, the two
-//! assignors librdkafka and the Java client offer by default, so groups mixing
-//! these clients agree.
+//! is assigned. The leader assigns with `range` or `roundrobin`
+//! (`partition.assignment.strategy`), the two assignors librdkafka and the
+//! Java client offer by default, so groups mixing these clients agree; or
+//! with the application's own [`PartitionAssignor`]s
+//! ([`Consumer::with_assignors`]).
 //!
 //! With `isolation.level=read_committed` fetches stop at the last stable
 //! offset and records of aborted transactions are dropped, using the aborted
 //! transactions the broker lists in each fetch response.
 
-mod assignor;
+pub mod assignor;
 mod group;
 mod kip848;
 
@@ -45,7 +47,10 @@ use tokio::sync::Notify;
 use crate::cluster::{Cluster, Route};
 use crate::config::{COMMON, ClientConfig, NetworkConfig};
 use crate::error::{Error, ErrorCode, Result};
-use group::{GroupSettings, Membership};
+use crate::group::{self as classic, GroupSettings, Membership};
+pub use assignor::{
+    Assignment, PartitionAssignor, RangeAssignor, RoundRobinAssignor, Subscription,
+};
 
 /// Fetch v12 is the newest that names topics (v13 switches to topic ids).
 const FETCH_VERSION: i16 = 12;
@@ -192,6 +197,9 @@ struct Settings {
     /// `group.protocol=consumer`: KIP-848's protocol.
     consumer_protocol: bool,
     remote_assignor: Option<String>,
+    /// `partition.assignment.strategy`: the built-in assignors offered, in
+    /// order of preference.
+    strategies: Vec<String>,
 }
 
 impl Settings {
@@ -228,19 +236,22 @@ impl Settings {
                 ));
             }
         };
-        if let Some(strategies) = config.get("partition.assignment.strategy") {
-            for s in strategies
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-            {
-                if !assignor::ASSIGNORS.contains(&s) {
+        let mut strategies = Vec::new();
+        if let Some(listed) = config.get("partition.assignment.strategy") {
+            for s in listed.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                if !assignor::BUILT_IN.contains(&s) {
                     return Err(Error::config(
                         "partition.assignment.strategy",
                         format!("{s:?} is not range or roundrobin"),
                     ));
                 }
+                if !strategies.iter().any(|known| known == s) {
+                    strategies.push(s.to_owned());
+                }
             }
+        }
+        if strategies.is_empty() {
+            strategies = assignor::BUILT_IN.iter().map(|s| (*s).to_owned()).collect();
         }
         let group_id = config
             .get("group.id")
@@ -266,6 +277,7 @@ impl Settings {
             check_crcs: config.boolean("check.crcs", true)?,
             consumer_protocol,
             remote_assignor: config.get("group.remote.assignor").map(str::to_owned),
+            strategies,
         })
     }
 }
@@ -349,6 +361,8 @@ struct Shared {
     heartbeat_now: Notify,
     group: tokio::sync::Mutex<Option<GroupCtx>>,
     listener: Mutex<Option<Arc<dyn RebalanceListener>>>,
+    /// The assignors offered in a classic group, in order of preference.
+    assignors: Vec<Arc<dyn PartitionAssignor>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -387,6 +401,52 @@ impl Consumer {
     /// runtime (it spawns the fetcher).
     pub fn new(config: &ClientConfig) -> Result<Self> {
         let settings = Settings::from_config(config)?;
+        let assignors = settings
+            .strategies
+            .iter()
+            .map(|name| -> Arc<dyn PartitionAssignor> {
+                if name == "roundrobin" {
+                    Arc::new(RoundRobinAssignor)
+                } else {
+                    Arc::new(RangeAssignor)
+                }
+            })
+            .collect();
+        Self::build(settings, config, assignors)
+    }
+
+    /// A consumer whose classic group uses `assignors` (in order of
+    /// preference) instead of `partition.assignment.strategy`'s built-ins:
+    /// every member of the group must offer one of the same name.
+    pub fn with_assignors(
+        config: &ClientConfig,
+        assignors: Vec<Arc<dyn PartitionAssignor>>,
+    ) -> Result<Self> {
+        let settings = Settings::from_config(config)?;
+        let mut names = BTreeSet::new();
+        if assignors.is_empty() || assignors.len() > crate::group::MAX_PROTOCOLS {
+            return Err(Error::State(format!(
+                "a consumer offers 1 to {} assignors, not {}",
+                crate::group::MAX_PROTOCOLS,
+                assignors.len()
+            )));
+        }
+        for assignor in &assignors {
+            if assignor.name().is_empty() || !names.insert(assignor.name().to_owned()) {
+                return Err(Error::State(format!(
+                    "assignor names must be unique and not empty: {:?}",
+                    assignor.name()
+                )));
+            }
+        }
+        Self::build(settings, config, assignors)
+    }
+
+    fn build(
+        settings: Settings,
+        config: &ClientConfig,
+        assignors: Vec<Arc<dyn PartitionAssignor>>,
+    ) -> Result<Self> {
         let cluster = Arc::new(Cluster::new(NetworkConfig::from_config(config)?));
         let group = settings.group_id.clone().map(|g| GroupCtx {
             membership: Membership::new(g, settings.instance_id.clone()),
@@ -404,6 +464,7 @@ impl Consumer {
             heartbeat_now: Notify::new(),
             group: tokio::sync::Mutex::new(group),
             listener: Mutex::new(None),
+            assignors,
         });
         let fetcher = tokio::spawn(run_fetcher(Arc::clone(&shared)));
         Ok(Self { shared, fetcher })
@@ -697,14 +758,7 @@ impl Consumer {
             )
         };
         if let Some(error) = &heartbeat_error {
-            group::check_coordinator(&mut ctx.membership, error);
-            if matches!(
-                error.code(),
-                Some(ErrorCode::UnknownMemberId | ErrorCode::FencedInstanceId)
-            ) {
-                ctx.membership.member_id.clear();
-                ctx.membership.generation = -1;
-            }
+            classic::forget_stale(&mut ctx.membership, error);
         }
         if let Some(topics) =
             subscription.filter(|_| (rejoin || !ctx.joined) && ctx.joining.is_none())
@@ -933,7 +987,7 @@ impl Consumer {
                         tracing::debug!(%error, "leaving the group failed");
                     }
                 } else if ctx.joined
-                    && let Err(error) = group::leave(&self.shared.cluster, &ctx.membership).await
+                    && let Err(error) = classic::leave(&self.shared.cluster, &ctx.membership).await
                 {
                     tracing::debug!(%error, "leaving the group failed");
                 }
@@ -980,26 +1034,18 @@ async fn join_until_done(
     topics: BTreeSet<String>,
 ) -> Result<Joined> {
     loop {
-        match group::join(
+        let joined = group::join(
             &shared.cluster,
             &mut membership,
             &shared.settings.group,
             &topics,
+            &shared.assignors,
         )
-        .await
-        {
+        .await;
+        match joined {
             Ok(assigned) => return Ok((membership, assigned)),
             Err(error) => {
-                group::check_coordinator(&mut membership, &error);
-                match error.code() {
-                    Some(ErrorCode::UnknownMemberId | ErrorCode::IllegalGeneration) => {
-                        membership.member_id.clear();
-                        membership.generation = -1;
-                    }
-                    Some(ErrorCode::RebalanceInProgress) => {}
-                    _ if error.is_retriable() => {}
-                    _ => return Err(error),
-                }
+                let error = classic::after_failed_join(&mut membership, error)?;
                 tracing::debug!(%error, "joining the group failed; retrying");
                 tokio::time::sleep(shared.cluster.net().retry_backoff).await;
             }
@@ -1050,7 +1096,7 @@ fn spawn_heartbeat(shared: Arc<Shared>, membership: Membership) -> tokio::task::
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(shared.settings.heartbeat_interval).await;
-            if let Err(error) = group::heartbeat(&shared.cluster, &membership).await {
+            if let Err(error) = classic::heartbeat(&shared.cluster, &membership).await {
                 // Transient trouble of the connection: try again next time,
                 // the session timeout is much longer than the interval.
                 if matches!(error, Error::Io { .. } | Error::Timeout(_)) {
