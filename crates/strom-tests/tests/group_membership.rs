@@ -168,8 +168,7 @@ async fn connect_members_agree_on_the_leaders_assignment_and_again_after_one_lea
     let all = BTreeSet::from([0, 1, 2]);
     let (generation, leader, plan, shares) = settled(&mut reports, &mut latest, &all, 0).await;
     assert_eq!(
-        plan,
-        "worker-0:c0,c3;worker-1:c1,c4;worker-2:c2,c5",
+        plan, "worker-0:c0,c3;worker-1:c1,c4;worker-2:c2,c5",
         "the leader saw every member's metadata"
     );
     for (i, share) in &shares {
@@ -240,8 +239,11 @@ async fn connect_members_agree_on_the_leaders_assignment_and_again_after_one_lea
 /// the assignment's user data, which side it got.
 struct Parity {
     side: &'static str,
-    assigned: Arc<Mutex<Vec<(i32, Assignment)>>>,
+    assigned: AssignedLog,
 }
+
+/// What `on_assignment` was told: (generation, assignment) in order.
+type AssignedLog = Arc<Mutex<Vec<(i32, Assignment)>>>;
 
 impl PartitionAssignor for Parity {
     fn name(&self) -> &str {
@@ -323,7 +325,12 @@ fn python() -> Option<PathBuf> {
 
 /// A kafka-python consumer offering only `range` joins `group`; what it
 /// says: `INCONSISTENT_GROUP_PROTOCOL`, `JOINED` or another error's name.
-fn kafka_python_range_member(python: &PathBuf, bootstrap: &str, group: &str, topic: &str) -> String {
+fn kafka_python_range_member(
+    python: &PathBuf,
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> String {
     let script = r#"
 import sys, time
 from kafka import KafkaConsumer
@@ -369,15 +376,14 @@ async fn a_consumer_group_with_its_own_assignor_works_and_range_members_are_refu
         &dir.path().join("data"),
         &["group.initial.rebalance.delay.ms=0"],
     );
-    broker.create_topic("parity", 6);
+    tokio::task::block_in_place(|| broker.create_topic("parity", 6));
     let settings = [
         ("group.id", "parity-group"),
         ("auto.offset.reset", "earliest"),
         ("heartbeat.interval.ms", "200"),
     ];
     let sides = ["even", "odd"];
-    let assigned: Vec<Arc<Mutex<Vec<(i32, Assignment)>>>> =
-        sides.iter().map(|_| Arc::default()).collect();
+    let assigned: Vec<AssignedLog> = sides.iter().map(|_| Arc::default()).collect();
     let consumers: Vec<Arc<Consumer>> = sides
         .iter()
         .zip(&assigned)
