@@ -534,12 +534,14 @@ impl<K: Data, V: Data> KStream<K, V> {
     pub fn merge_named(&self, other: &KStream<K, V>, named: impl Into<Option<Named>>) -> Self {
         let f = Arc::new(|ctx: &mut ProcessorContext<'_, K, V>, r: Record<K, V>| ctx.forward(r));
         let supplier = move || FnProcessor(Arc::clone(&f));
-        self.add_processor(
-            MERGE_NAME,
-            named.into(),
-            supplier,
-            &[self.node.as_str(), other.node.as_str()],
-        )
+        // A stream merged with itself has one parent (Kafka keeps parents
+        // in a set), and forwards each record once.
+        let parents: &[&str] = if self.node == other.node {
+            &[self.node.as_str()]
+        } else {
+            &[self.node.as_str(), other.node.as_str()]
+        };
+        self.add_processor(MERGE_NAME, named.into(), supplier, parents)
     }
 
     /// A Processor API node below this stream (Java's `KStream.process`).

@@ -48,6 +48,12 @@ pub enum StreamsError {
     /// Java's default `FailOnInvalidTimestamp`: record timestamps are >= 0.
     #[error("record of topic {topic} has an invalid (negative) timestamp {timestamp_ms}")]
     InvalidTimestamp { topic: String, timestamp_ms: i64 },
+    /// A record reached a sink with a negative timestamp.
+    #[error("sink {node} received a record with a negative timestamp {timestamp_ms}")]
+    InvalidOutputTimestamp { node: String, timestamp_ms: i64 },
+    /// The test driver was used after [`crate::test_driver::TopologyTestDriver::close`].
+    #[error("the test driver is closed")]
+    Closed,
     /// Punctuation intervals are at least one millisecond (as in Java).
     #[error("punctuation interval must be at least 1 ms, got {0:?}")]
     InvalidInterval(Duration),
@@ -66,6 +72,26 @@ pub enum StreamsError {
         #[source]
         source: SerdeError,
     },
+    /// A [`crate::kafka_streams::StreamsConfig`] property is missing or wrong.
+    #[error("{name} {reason}")]
+    Config { name: String, reason: String },
+    /// A call that the instance's state does not allow.
+    #[error("{0}")]
+    IllegalState(String),
+    /// A source topic does not exist (Kafka: `MissingSourceTopicException`).
+    #[error("source topic {topic} is missing: {reason}")]
+    MissingSourceTopic { topic: String, reason: String },
+    /// The source topics of one sub-topology have different partition
+    /// counts (Kafka: a `TopologyException` at assignment).
+    #[error("topics not co-partitioned (one sub-topology reads them): {0}")]
+    NotCopartitioned(String),
+    /// A record sent by a sink was not acknowledged (Kafka's default
+    /// production exception handler fails here).
+    #[error("sending an output record failed: {0}")]
+    Production(#[source] strom_client::Error),
+    /// The consumer or producer failed.
+    #[error(transparent)]
+    Client(#[from] strom_client::Error),
     /// A user processor or punctuator failed.
     #[error("processing failed: {0}")]
     Processing(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -40,6 +40,8 @@
 //! - [`dsl`]: [`dsl::StreamsBuilder`], [`dsl::KStream`], `split()` branches.
 //! - [`test_driver`]: [`test_driver::TopologyTestDriver`] with test input and
 //!   output topics and a wall clock to advance.
+//! - [`kafka_streams`]: [`KafkaStreams`], a topology run against a cluster
+//!   by stream threads in the application's consumer group, at least once.
 //! - [`error`]: [`error::StreamsError`], failures while processing.
 //! - `runtime` (private): a task's type-erased nodes, stream time and
 //!   punctuation queue, shared by the test driver and the coming runtime.
@@ -48,6 +50,7 @@
 
 pub mod dsl;
 pub mod error;
+pub mod kafka_streams;
 pub mod processor;
 pub mod serdes;
 pub mod test_driver;
@@ -57,4 +60,5 @@ mod java;
 mod runtime;
 
 pub use error::StreamsError;
+pub use kafka_streams::{KafkaStreams, StreamsConfig};
 pub use topology::{Topology, TopologyError};

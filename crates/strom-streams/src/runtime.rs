@@ -7,6 +7,7 @@
 //! convert at the edges, so the public API stays typed.
 
 use std::any::{Any, type_name};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use crate::processor::{
     Record, RecordContext, RecordMetadata, ScheduleId, TaskId, TopicNameExtractor,
 };
 use crate::serdes::{Serde, SerdeError};
+use crate::topology::{NodeKind, Topology};
 
 /// A key or value of any [`Data`] type.
 pub(crate) trait AnyData: Any + Send {
@@ -236,6 +238,13 @@ impl<KS: Serde, VS: Serde> ErasedSink for SinkAdapter<KS, VS> {
         input: Option<&RecordMetadata>,
     ) -> Result<ProducedRecord, StreamsError> {
         let record = record.into_typed::<KS::Target, VS::Target>(node)?;
+        if record.timestamp_ms < 0 {
+            // Java's `Record` refuses one ("Malformed Record").
+            return Err(StreamsError::InvalidOutputTimestamp {
+                node: node.to_owned(),
+                timestamp_ms: record.timestamp_ms,
+            });
+        }
         let topic = match &self.topic {
             SinkTopic::Static(topic) => topic.clone(),
             SinkTopic::Extractor(extractor) => {
@@ -326,13 +335,15 @@ struct Schedule {
 
 /// Kafka's `PunctuationSchedule.next`: the next boundary after `now`, so a
 /// jump over several intervals punctuates once, not once per interval.
-fn next_punctuation_ms(scheduled_ms: i64, interval_ms: i64, now_ms: i64) -> i64 {
-    let next = scheduled_ms.saturating_add(interval_ms);
+/// `None` when that is past `i64::MAX` (the schedule can never fire again;
+/// Java overflows there and would punctuate forever).
+fn next_punctuation_ms(scheduled_ms: i64, interval_ms: i64, now_ms: i64) -> Option<i64> {
+    let next = scheduled_ms.checked_add(interval_ms)?;
     if now_ms >= next {
         let missed = (now_ms - scheduled_ms) / interval_ms;
-        scheduled_ms.saturating_add(missed.saturating_add(1).saturating_mul(interval_ms))
+        scheduled_ms.checked_add(missed.checked_add(1)?.checked_mul(interval_ms)?)
     } else {
-        next
+        Some(next)
     }
 }
 
@@ -509,9 +520,12 @@ impl TaskState {
             };
             self.current = input;
             punctuated = true;
-            if !schedule.cancelled.load(Ordering::Relaxed) {
-                schedule.next_ms =
-                    next_punctuation_ms(schedule.next_ms, schedule.interval_ms, now_ms);
+            if !schedule.cancelled.load(Ordering::Relaxed)
+                && let Some(next_ms) =
+                    next_punctuation_ms(schedule.next_ms, schedule.interval_ms, now_ms)
+            {
+                debug_assert!(next_ms > now_ms, "a schedule fires once per call");
+                schedule.next_ms = next_ms;
                 self.schedules.push(schedule);
             }
             result?;
@@ -527,6 +541,45 @@ impl TaskState {
         }
         self.schedules.clear();
     }
+}
+
+/// The task `task_id` of the sub-topology made of `members` (node indices
+/// of `topology`, in topology order), with fresh processors, not yet
+/// initialised; and the source node (index within the task) of each of the
+/// sub-topology's source topics.
+pub(crate) fn build_task(
+    topology: &Topology,
+    members: &[usize],
+    task_id: TaskId,
+    wall_clock_ms: i64,
+) -> (TaskState, Vec<(String, usize)>) {
+    let local: HashMap<usize, usize> = members.iter().enumerate().map(|(i, &m)| (m, i)).collect();
+    let mut names = Vec::with_capacity(members.len());
+    let mut nodes = Vec::with_capacity(members.len());
+    let mut children = vec![Vec::new(); members.len()];
+    let mut sources = Vec::new();
+    for (i, &m) in members.iter().enumerate() {
+        let def = &topology.nodes[m];
+        names.push(def.name.clone());
+        for parent in &def.parents {
+            // A sub-topology holds every parent of its nodes.
+            if let Some(&p) = local.get(parent) {
+                children[p].push(i);
+            }
+        }
+        nodes.push(match &def.kind {
+            NodeKind::Source { topics, source } => {
+                sources.extend(topics.iter().map(|topic| (topic.clone(), i)));
+                RuntimeNode::Source(Arc::clone(source))
+            }
+            NodeKind::Processor { supplier } => RuntimeNode::Processor(Some(supplier.get())),
+            NodeKind::Sink { sink, .. } => RuntimeNode::Sink(Arc::clone(sink)),
+        });
+    }
+    (
+        TaskState::new(task_id, names, children, nodes, wall_clock_ms),
+        sources,
+    )
 }
 
 /// A node's view of its task (the untyped half of `ProcessorContext`).
@@ -609,10 +662,20 @@ mod tests {
 
     #[test]
     fn a_jump_over_several_intervals_punctuates_once() {
-        assert_eq!(next_punctuation_ms(0, 10, 0), 10);
-        assert_eq!(next_punctuation_ms(0, 10, 5), 10);
-        assert_eq!(next_punctuation_ms(0, 10, 10), 20);
-        assert_eq!(next_punctuation_ms(0, 10, 35), 40);
-        assert_eq!(next_punctuation_ms(10, 10, 10), 20);
+        assert_eq!(next_punctuation_ms(0, 10, 0), Some(10));
+        assert_eq!(next_punctuation_ms(0, 10, 5), Some(10));
+        assert_eq!(next_punctuation_ms(0, 10, 10), Some(20));
+        assert_eq!(next_punctuation_ms(0, 10, 35), Some(40));
+        assert_eq!(next_punctuation_ms(10, 10, 10), Some(20));
+    }
+
+    #[test]
+    fn a_schedule_past_the_end_of_time_stops() {
+        assert_eq!(next_punctuation_ms(0, 10, i64::MAX), None);
+        assert_eq!(next_punctuation_ms(i64::MAX - 5, 10, i64::MAX - 5), None);
+        assert_eq!(
+            next_punctuation_ms(i64::MAX - 20, 10, i64::MAX - 20),
+            Some(i64::MAX - 10)
+        );
     }
 }

@@ -107,6 +107,24 @@ impl Serde for StringSerde {
     }
 }
 
+/// The value Java writes: `Double.doubleToLongBits` collapses every NaN to
+/// the canonical one (`0x7ff8000000000000`); `Float.floatToRawIntBits` and
+/// the integers write what they are given.
+trait JavaBits: Copy {
+    fn as_java_writes(self) -> Self {
+        self
+    }
+}
+
+impl JavaBits for i32 {}
+impl JavaBits for i64 {}
+impl JavaBits for f32 {}
+impl JavaBits for f64 {
+    fn as_java_writes(self) -> Self {
+        if self.is_nan() { f64::NAN } else { self }
+    }
+}
+
 macro_rules! big_endian_serde {
     ($(#[$doc:meta])* $name:ident, $ty:ty, $java:literal) => {
         $(#[$doc])*
@@ -117,7 +135,7 @@ macro_rules! big_endian_serde {
             type Target = $ty;
 
             fn serialize(&self, _topic: &str, value: &$ty) -> Result<Option<Bytes>, SerdeError> {
-                Ok(Some(Bytes::copy_from_slice(&value.to_be_bytes())))
+                Ok(Some(Bytes::copy_from_slice(&value.as_java_writes().to_be_bytes())))
             }
 
             fn deserialize(&self, _topic: &str, data: Option<&[u8]>) -> Result<$ty, SerdeError> {
@@ -140,7 +158,8 @@ big_endian_serde!(
     F32Serde, f32, "Float"
 );
 big_endian_serde!(
-    /// 8 bytes, IEEE 754 big-endian (Java's `DoubleSerde`, `doubleToRawLongBits`).
+    /// 8 bytes, IEEE 754 big-endian (Java's `DoubleSerde`,
+    /// `doubleToLongBits`: every NaN is written as the canonical one).
     F64Serde, f64, "Double"
 );
 
@@ -360,5 +379,17 @@ mod tests {
         assert!(serde.deserialize("t", Some(&[0])).is_err());
         assert_eq!(VoidSerde.serialize("t", &()).unwrap(), None);
         assert_eq!(bytes(&BytesSerde, &Bytes::from_static(b"\x00\x01")), [0, 1]);
+    }
+
+    #[test]
+    fn every_double_nan_is_written_as_javas_canonical_nan() {
+        let payload = f64::from_bits(0x7ff8_0000_0000_0001);
+        assert!(payload.is_nan());
+        let written = F64Serde.serialize("t", &payload).unwrap().unwrap();
+        assert_eq!(&written[..], &0x7ff8_0000_0000_0000_u64.to_be_bytes());
+        // Floats keep their bits, as floatToRawIntBits does.
+        let payload = f32::from_bits(0x7fc0_0001);
+        let written = F32Serde.serialize("t", &payload).unwrap().unwrap();
+        assert_eq!(&written[..], &0x7fc0_0001_u32.to_be_bytes());
     }
 }

@@ -18,16 +18,15 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::error::StreamsError;
 use crate::processor::{Headers, PunctuationType, Record, RecordMetadata, TaskId};
-use crate::runtime::{ProducedRecord, RuntimeNode, TaskState};
+use crate::runtime::{ProducedRecord, TaskState, build_task};
 use crate::serdes::Serde;
-use crate::topology::{NodeKind, Topology};
+use crate::topology::Topology;
 
 /// Records processed for one piped record, counting the ones fed back
 /// through the topology's own topics; beyond it the topology loops.
@@ -54,6 +53,9 @@ struct DriverState {
     /// Next offset of each topic (inputs and outputs alike; partition 0).
     next_offsets: HashMap<String, i64>,
     wall_clock_ms: i64,
+    /// After [`TopologyTestDriver::close`]: processors are closed, and
+    /// nothing more runs.
+    closed: bool,
 }
 
 impl DriverState {
@@ -66,6 +68,9 @@ impl DriverState {
 
     /// Processes `first` and everything it feeds back, in order.
     fn run(&mut self, first: Option<Pending>) -> Result<(), StreamsError> {
+        if self.closed {
+            return Err(StreamsError::Closed);
+        }
         let mut queue: VecDeque<Pending> = first.into_iter().collect();
         self.collect_outputs(&mut queue);
         let mut processed = 0usize;
@@ -138,11 +143,19 @@ impl DriverState {
     }
 }
 
+impl DriverState {
+    fn close(&mut self) {
+        if !std::mem::replace(&mut self.closed, true) {
+            for task in &mut self.tasks {
+                task.close();
+            }
+        }
+    }
+}
+
 impl Drop for DriverState {
     fn drop(&mut self) {
-        for task in &mut self.tasks {
-            task.close();
-        }
+        self.close();
     }
 }
 
@@ -178,41 +191,16 @@ impl TopologyTestDriver {
         let mut tasks = Vec::new();
         let mut sources = HashMap::new();
         for (id, members) in topology.subtopologies().iter().enumerate() {
-            let local: HashMap<usize, usize> =
-                members.iter().enumerate().map(|(i, &m)| (m, i)).collect();
-            let mut names = Vec::with_capacity(members.len());
-            let mut nodes = Vec::with_capacity(members.len());
-            let mut children = vec![Vec::new(); members.len()];
-            for (i, &m) in members.iter().enumerate() {
-                let def = &topology.nodes[m];
-                names.push(def.name.clone());
-                for parent in &def.parents {
-                    children[local[parent]].push(i);
-                }
-                nodes.push(match &def.kind {
-                    NodeKind::Source { topics, source } => {
-                        for topic in topics {
-                            sources.insert(topic.clone(), (tasks.len(), i));
-                        }
-                        RuntimeNode::Source(Arc::clone(source))
-                    }
-                    NodeKind::Processor { supplier } => {
-                        RuntimeNode::Processor(Some(supplier.get()))
-                    }
-                    NodeKind::Sink { sink, .. } => RuntimeNode::Sink(Arc::clone(sink)),
-                });
-            }
+            let subtopology = u32::try_from(id).unwrap_or(u32::MAX);
             let task_id = TaskId {
-                subtopology: u32::try_from(id).unwrap_or(u32::MAX),
+                subtopology,
                 partition: 0,
             };
-            tasks.push(TaskState::new(
-                task_id,
-                names,
-                children,
-                nodes,
-                wall_clock_ms,
-            ));
+            let (task, task_sources) = build_task(topology, members, task_id, wall_clock_ms);
+            for (topic, node) in task_sources {
+                sources.insert(topic, (tasks.len(), node));
+            }
+            tasks.push(task);
         }
         let mut state = DriverState {
             tasks,
@@ -220,6 +208,7 @@ impl TopologyTestDriver {
             outputs: HashMap::new(),
             next_offsets: HashMap::new(),
             wall_clock_ms,
+            closed: false,
         };
         for task in &mut state.tasks {
             task.init()?;
@@ -279,6 +268,9 @@ impl TopologyTestDriver {
     /// every task, whether or not any input arrived.
     pub fn advance_wall_clock_time(&self, advance: Duration) -> Result<(), StreamsError> {
         let mut state = self.state.borrow_mut();
+        if state.closed {
+            return Err(StreamsError::Closed);
+        }
         state.wall_clock_ms = state.wall_clock_ms.saturating_add(duration_ms(advance));
         let now_ms = state.wall_clock_ms;
         let mut result = Ok(());
@@ -305,9 +297,11 @@ impl TopologyTestDriver {
         names
     }
 
-    /// Closes every processor.
+    /// Closes every processor now (as Java's `close()`), even while test
+    /// topics are still held; piping afterwards is an error. Output topics
+    /// can still be read.
     pub fn close(self) {
-        drop(self);
+        self.state.borrow_mut().close();
     }
 }
 

@@ -498,11 +498,13 @@ impl Topology {
 
 /// Kafka's `TopologyDescription`; `Display` gives `describe().toString()`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopologyDescription {
     pub subtopologies: Vec<SubtopologyDescription>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubtopologyDescription {
     pub id: u32,
     /// In Kafka's order: most paths below first, then by name.
@@ -510,6 +512,7 @@ pub struct SubtopologyDescription {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NodeDescription {
     pub name: String,
     pub kind: NodeDescriptionKind,
@@ -518,6 +521,7 @@ pub struct NodeDescription {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NodeDescriptionKind {
     /// Topics in the order Kafka prints them (a Java `HashSet`'s).
     Source {

@@ -589,3 +589,118 @@ impl Processor<String, String, String, String> for PassThrough {
         ctx.forward(record)
     }
 }
+
+#[test]
+fn punctuation_at_the_end_of_time_stops_instead_of_spinning() {
+    // The wall clock jumps to i64::MAX: one punctuation, then none.
+    let (topology, punctuations) = counter_topology(PunctuationType::WallClockTime);
+    let driver = TopologyTestDriver::new(&topology).unwrap();
+    let counts = driver.create_output_topic("counts", StringSerde, I64Serde);
+    driver.advance_wall_clock_time(Duration::MAX).unwrap();
+    driver.advance_wall_clock_time(Duration::MAX).unwrap();
+    assert_eq!(punctuations.lock().unwrap().len(), 1);
+    assert_eq!(counts.read_values_to_list().unwrap(), [0]);
+
+    // A record stamped i64::MAX (a legal timestamp) moves stream time there.
+    let (topology, punctuations) = counter_topology(PunctuationType::StreamTime);
+    let driver = TopologyTestDriver::new(&topology).unwrap();
+    let mut input = driver.create_input_topic("in", StringSerde, StringSerde);
+    input
+        .pipe_input_with_timestamp("k".into(), "v".into(), i64::MAX)
+        .unwrap();
+    input
+        .pipe_input_with_timestamp("k".into(), "v".into(), i64::MAX)
+        .unwrap();
+    assert_eq!(punctuations.lock().unwrap().len(), 1);
+}
+
+/// Counts `close` calls.
+struct Closing(Arc<Mutex<usize>>);
+
+impl Processor<String, String, String, String> for Closing {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, String, String>,
+        record: Record<String, String>,
+    ) -> Result<(), StreamsError> {
+        ctx.forward(record)
+    }
+
+    fn close(&mut self) {
+        *self.0.lock().unwrap() += 1;
+    }
+}
+
+#[test]
+fn close_closes_processors_at_once_and_piping_afterwards_fails() {
+    let closed = Arc::new(Mutex::new(0));
+    let shared = Arc::clone(&closed);
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&["in"], strings())
+        .process(move || Closing(Arc::clone(&shared)))
+        .to("out", out());
+    let topology = builder.build().unwrap();
+    let driver = TopologyTestDriver::new(&topology).unwrap();
+    let mut input = driver.create_input_topic("in", StringSerde, StringSerde);
+    let output = driver.create_output_topic("out", StringSerde, StringSerde);
+    input.pipe_input("k".into(), "before".into()).unwrap();
+    driver.close();
+    assert_eq!(
+        *closed.lock().unwrap(),
+        1,
+        "closed while the topics are held"
+    );
+    assert!(matches!(
+        input.pipe_input("k".into(), "after".into()),
+        Err(StreamsError::Closed)
+    ));
+    assert_eq!(output.read_values_to_list().unwrap(), ["before"]);
+    drop((input, output));
+    assert_eq!(*closed.lock().unwrap(), 1, "closed once");
+}
+
+#[test]
+fn a_stream_merged_with_itself_forwards_each_record_once() {
+    let builder = StreamsBuilder::new();
+    let stream = builder.stream(&["in"], strings());
+    stream.merge(&stream).to("out", out());
+    let driver = TopologyTestDriver::new(&builder.build().unwrap()).unwrap();
+    let mut input = driver.create_input_topic("in", StringSerde, StringSerde);
+    let output = driver.create_output_topic("out", StringSerde, StringSerde);
+    input.pipe_input("k".into(), "once".into()).unwrap();
+    assert_eq!(output.read_values_to_list().unwrap(), ["once"]);
+}
+
+/// Forwards every record stamped -1.
+struct Backdating;
+
+impl Processor<String, String, String, String> for Backdating {
+    fn process(
+        &mut self,
+        ctx: &mut ProcessorContext<'_, String, String>,
+        record: Record<String, String>,
+    ) -> Result<(), StreamsError> {
+        ctx.forward(record.with_timestamp(-1))
+    }
+}
+
+#[test]
+fn a_negative_output_timestamp_is_refused_at_the_sink() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&["in"], strings())
+        .process(|| Backdating)
+        .to("out", out());
+    let driver = TopologyTestDriver::new(&builder.build().unwrap()).unwrap();
+    let mut input = driver.create_input_topic("in", StringSerde, StringSerde);
+    let output = driver.create_output_topic("out", StringSerde, StringSerde);
+    assert!(matches!(
+        input.pipe_input("k".into(), "v".into()),
+        Err(StreamsError::InvalidOutputTimestamp {
+            timestamp_ms: -1,
+            ..
+        })
+    ));
+    assert!(output.is_empty());
+}

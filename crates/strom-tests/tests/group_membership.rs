@@ -168,8 +168,7 @@ async fn connect_members_agree_on_the_leaders_assignment_and_again_after_one_lea
     let all = BTreeSet::from([0, 1, 2]);
     let (generation, leader, plan, shares) = settled(&mut reports, &mut latest, &all, 0).await;
     assert_eq!(
-        plan,
-        "worker-0:c0,c3;worker-1:c1,c4;worker-2:c2,c5",
+        plan, "worker-0:c0,c3;worker-1:c1,c4;worker-2:c2,c5",
         "the leader saw every member's metadata"
     );
     for (i, share) in &shares {
@@ -323,7 +322,12 @@ fn python() -> Option<PathBuf> {
 
 /// A kafka-python consumer offering only `range` joins `group`; what it
 /// says: `INCONSISTENT_GROUP_PROTOCOL`, `JOINED` or another error's name.
-fn kafka_python_range_member(python: &PathBuf, bootstrap: &str, group: &str, topic: &str) -> String {
+fn kafka_python_range_member(
+    python: &PathBuf,
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> String {
     let script = r#"
 import sys, time
 from kafka import KafkaConsumer
