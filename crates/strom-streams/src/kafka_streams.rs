@@ -1,0 +1,632 @@
+//! [`KafkaStreams`]: runs a [`Topology`] against Kafka (Strom or Apache
+//! Kafka; only the wire protocol is used), at least once.
+//!
+//! Each stream thread (`num.stream.threads`, one tokio task each) is a
+//! member of the consumer group `application.id`, subscribed to every
+//! source topic. For each assigned partition it runs the task of the
+//! sub-topology reading that topic (task `<subtopology>_<partition>`, one
+//! task for all co-partitioned topics of a sub-topology, as in Kafka). A
+//! record polled is processed to the end by its task, what the sinks write
+//! is sent with the thread's producer, stream-time punctuations run after
+//! each record and wall-clock ones on every loop.
+//!
+//! **At least once.** Every `commit.interval.ms` (30 s, as in Kafka) the
+//! thread flushes its producer, checks that every record sent was
+//! acknowledged, and only then commits the positions of the records it
+//! processed: a crash or a rebalance may process records again (their
+//! output appears twice), never skip one. A send that failed stops the
+//! thread (Kafka's default production exception handler) before anything
+//! past it is committed.
+//!
+//! Not yet: state stores, repartition topics, exactly-once, standby tasks,
+//! several instances sharing tasks by a Streams assignor (several instances
+//! do share partitions, by the consumer's `range` assignor, which keeps
+//! co-partitioned topics together).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use strom_client::{
+    Admin, ClientConfig, Consumer, ConsumerRecord, DeliveryFuture, ErrorCode, Producer,
+    ProducerRecord, TopicPartition,
+};
+use tokio::sync::watch;
+
+use crate::error::StreamsError;
+use crate::processor::{PunctuationType, RecordMetadata, TaskId};
+use crate::runtime::{TaskState, build_task};
+use crate::topology::Topology;
+
+/// Records sent but not yet known acknowledged, per thread, before the
+/// thread commits early: each holds a delivery future until the commit
+/// checks it, so the bound caps that memory (about 100 bytes each) when
+/// `commit.interval.ms` is long and the input fast.
+pub const MAX_UNCOMMITTED_SENDS: usize = 100_000;
+
+/// The most stream threads an instance runs (Kafka has no limit; beyond
+/// the cores there is nothing to gain, and each thread holds connections).
+pub const MAX_STREAM_THREADS: usize = 64;
+
+/// What a failure to deserialize an input record does
+/// (`deserialization.exception.handler`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeserializationHandler {
+    /// Stop the thread (Kafka's default, `LogAndFailExceptionHandler`).
+    LogAndFail,
+    /// Log the record's position and skip it (`LogAndContinueExceptionHandler`).
+    LogAndContinue,
+}
+
+/// The settings of a [`KafkaStreams`] instance, with Kafka's names.
+#[derive(Debug, Clone)]
+pub struct StreamsConfig {
+    /// `application.id`: the group id, and the prefix of client ids (and of
+    /// internal topics, once there are any).
+    pub application_id: String,
+    /// Client properties for the consumer and producer: at least
+    /// `bootstrap.servers`.
+    pub client: ClientConfig,
+    /// `num.stream.threads` (1).
+    pub num_stream_threads: usize,
+    /// `commit.interval.ms` (30000 under at-least-once).
+    pub commit_interval: Duration,
+    /// `poll.ms` (100): how long a thread's poll waits for records.
+    pub poll: Duration,
+    pub deserialization_handler: DeserializationHandler,
+}
+
+/// The properties [`StreamsConfig::from_properties`] reads itself; the
+/// common client ones (`bootstrap.servers`, `client.id`, timeouts) go to
+/// the clients.
+const STREAMS_PROPERTIES: &[&str] = &[
+    "application.id",
+    "num.stream.threads",
+    "commit.interval.ms",
+    "poll.ms",
+    "processing.guarantee",
+    "deserialization.exception.handler",
+    "default.deserialization.exception.handler",
+];
+
+impl StreamsConfig {
+    /// `application.id` and `bootstrap.servers`, everything else Kafka's
+    /// default.
+    pub fn new(application_id: &str, bootstrap_servers: &str) -> Self {
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", bootstrap_servers);
+        Self {
+            application_id: application_id.to_owned(),
+            client,
+            num_stream_threads: 1,
+            commit_interval: Duration::from_secs(30),
+            poll: Duration::from_millis(100),
+            deserialization_handler: DeserializationHandler::LogAndFail,
+        }
+    }
+
+    /// From properties with Kafka Streams' names. `processing.guarantee`
+    /// may only be `at_least_once` for now.
+    pub fn from_properties<'a>(
+        properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, StreamsError> {
+        let properties: BTreeMap<&str, &str> = properties.into_iter().collect();
+        let invalid = |name: &str, reason: String| StreamsError::Config {
+            name: name.to_owned(),
+            reason,
+        };
+        let application_id = properties
+            .get("application.id")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| invalid("application.id", "is required".into()))?;
+        let bootstrap = properties
+            .get("bootstrap.servers")
+            .ok_or_else(|| invalid("bootstrap.servers", "is required".into()))?;
+        let mut config = Self::new(application_id, bootstrap);
+        for (&name, &value) in &properties {
+            let number = || {
+                value
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| invalid(name, format!("{value:?}: {e}")))
+            };
+            match name {
+                "application.id" | "bootstrap.servers" => {}
+                "num.stream.threads" => {
+                    let threads = usize::try_from(number()?).unwrap_or(usize::MAX);
+                    if !(1..=MAX_STREAM_THREADS).contains(&threads) {
+                        return Err(invalid(
+                            name,
+                            format!("{threads} is not 1 to {MAX_STREAM_THREADS}"),
+                        ));
+                    }
+                    config.num_stream_threads = threads;
+                }
+                "commit.interval.ms" => config.commit_interval = Duration::from_millis(number()?),
+                "poll.ms" => config.poll = Duration::from_millis(number()?),
+                "processing.guarantee" => {
+                    if value.trim() != "at_least_once" {
+                        return Err(invalid(
+                            name,
+                            format!("{value:?}: only at_least_once for now"),
+                        ));
+                    }
+                }
+                "deserialization.exception.handler"
+                | "default.deserialization.exception.handler" => {
+                    config.deserialization_handler = match value.trim().rsplit('.').next() {
+                        Some("LogAndFailExceptionHandler" | "LogAndFail") => {
+                            DeserializationHandler::LogAndFail
+                        }
+                        Some("LogAndContinueExceptionHandler" | "LogAndContinue") => {
+                            DeserializationHandler::LogAndContinue
+                        }
+                        _ => {
+                            return Err(invalid(
+                                name,
+                                format!("{value:?} is not LogAndFail or LogAndContinue"),
+                            ));
+                        }
+                    }
+                }
+                other if STREAMS_PROPERTIES.contains(&other) => {}
+                // Client properties (checked by the clients).
+                other => {
+                    config.client.set(other, value);
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn consumer_config(&self, thread: usize) -> ClientConfig {
+        let mut config = self.client.clone();
+        config
+            .set("group.id", &self.application_id)
+            .set(
+                "client.id",
+                format!(
+                    "{}-StreamThread-{}-consumer",
+                    self.application_id,
+                    thread + 1
+                ),
+            )
+            .set("enable.auto.commit", "false")
+            // Kafka Streams' consumer defaults.
+            .set("auto.offset.reset", "earliest")
+            .set("max.poll.records", "1000");
+        config
+    }
+
+    fn producer_config(&self, thread: usize) -> ClientConfig {
+        let mut config = self.client.clone();
+        config
+            .set(
+                "client.id",
+                format!(
+                    "{}-StreamThread-{}-producer",
+                    self.application_id,
+                    thread + 1
+                ),
+            )
+            // Kafka Streams' producer default.
+            .set("linger.ms", "100");
+        config
+    }
+}
+
+/// The life of a [`KafkaStreams`] instance (Kafka's `KafkaStreams.State`,
+/// without the rebalancing detail).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    PendingShutdown,
+    NotRunning,
+    /// A stream thread stopped on an error ([`KafkaStreams::close`] says
+    /// which).
+    Error,
+}
+
+/// A running application: see the module docs.
+#[derive(Debug)]
+pub struct KafkaStreams {
+    topology: Arc<Topology>,
+    config: StreamsConfig,
+    state: watch::Sender<State>,
+    stop: watch::Sender<bool>,
+    threads: Vec<tokio::task::JoinHandle<Result<(), StreamsError>>>,
+}
+
+impl KafkaStreams {
+    pub fn new(topology: Topology, config: StreamsConfig) -> Self {
+        Self {
+            topology: Arc::new(topology),
+            config,
+            state: watch::Sender::new(State::Created),
+            stop: watch::Sender::new(false),
+            threads: Vec::new(),
+        }
+    }
+
+    /// Checks the topology against the cluster (every source topic exists;
+    /// the source topics of each sub-topology have as many partitions), then
+    /// starts the stream threads. Must run inside a tokio runtime.
+    pub async fn start(&mut self) -> Result<(), StreamsError> {
+        if *self.state.borrow() != State::Created {
+            return Err(StreamsError::IllegalState(
+                "start is called once, on a new instance".into(),
+            ));
+        }
+        check_source_topics(&self.topology, &self.config).await?;
+        for thread in 0..self.config.num_stream_threads {
+            let consumer = Consumer::new(&self.config.consumer_config(thread))?;
+            let producer = Producer::new(&self.config.producer_config(thread))?;
+            let topics: Vec<String> = self.topology.source_topics.keys().cloned().collect();
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            consumer.subscribe(&topics)?;
+            let worker = StreamThread {
+                index: thread,
+                topology: Arc::clone(&self.topology),
+                config: self.config.clone(),
+                consumer,
+                producer,
+                tasks: BTreeMap::new(),
+                partitions: HashMap::new(),
+                uncommitted: BTreeMap::new(),
+                sends: Vec::new(),
+            };
+            let stop = self.stop.subscribe();
+            let state = self.state.clone();
+            self.threads.push(tokio::spawn(async move {
+                let result = worker.run(stop).await;
+                if let Err(e) = &result {
+                    tracing::error!(thread, error = %e, "stream thread stopped");
+                    state.send_replace(State::Error);
+                }
+                result
+            }));
+        }
+        self.state.send_if_modified(|s| {
+            let created = *s == State::Created;
+            if created {
+                *s = State::Running;
+            }
+            created
+        });
+        Ok(())
+    }
+
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Follows the state (Kafka's state listener).
+    pub fn subscribe_state(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+
+    /// Stops the threads: each commits what it processed and leaves the
+    /// group. Returns the first error a thread stopped on.
+    pub async fn close(mut self) -> Result<(), StreamsError> {
+        if *self.state.borrow() != State::Error {
+            self.state.send_replace(State::PendingShutdown);
+        }
+        self.stop.send_replace(true);
+        let mut first = None;
+        for thread in self.threads.drain(..) {
+            let result = match thread.await {
+                Ok(result) => result,
+                Err(e) => Err(StreamsError::IllegalState(format!(
+                    "a stream thread panicked: {e}"
+                ))),
+            };
+            if let Err(e) = result {
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => {
+                self.state.send_replace(State::Error);
+                Err(e)
+            }
+            None => {
+                self.state.send_replace(State::NotRunning);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Drop for KafkaStreams {
+    fn drop(&mut self) {
+        for thread in &self.threads {
+            thread.abort();
+        }
+    }
+}
+
+/// Kafka's checks at assignment, done at start: the source topics exist
+/// and co-partitioned ones (of one sub-topology) have as many partitions.
+async fn check_source_topics(
+    topology: &Topology,
+    config: &StreamsConfig,
+) -> Result<(), StreamsError> {
+    let admin = Admin::new(&config.client)?;
+    let topics: Vec<&str> = topology.source_topics.keys().map(String::as_str).collect();
+    let described = admin.describe_topics(&topics).await;
+    let mut counts = BTreeMap::new();
+    for (topic, info) in described {
+        let info = info.map_err(|e| StreamsError::MissingSourceTopic {
+            topic: topic.clone(),
+            reason: e.to_string(),
+        })?;
+        counts.insert(topic, info.partitions.len());
+    }
+    for members in topology.subtopologies() {
+        let topics: BTreeMap<&String, usize> = topology
+            .source_topics
+            .iter()
+            .filter(|(_, node)| members.contains(node))
+            .map(|(topic, _)| (topic, counts.get(topic).copied().unwrap_or(0)))
+            .collect();
+        let distinct: BTreeSet<usize> = topics.values().copied().collect();
+        if distinct.len() > 1 {
+            return Err(StreamsError::NotCopartitioned(
+                topics
+                    .iter()
+                    .map(|(t, n)| format!("{t} ({n} partitions)"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A task at run time, with its source nodes.
+struct RunningTask {
+    state: TaskState,
+    /// Source node (within the task) of each source topic.
+    sources: HashMap<String, usize>,
+}
+
+struct StreamThread {
+    index: usize,
+    topology: Arc<Topology>,
+    config: StreamsConfig,
+    consumer: Consumer,
+    producer: Producer,
+    tasks: BTreeMap<TaskId, RunningTask>,
+    /// The task of each assigned partition.
+    partitions: HashMap<TopicPartition, TaskId>,
+    /// The next offset of each partition processed since the last commit.
+    uncommitted: BTreeMap<TopicPartition, i64>,
+    /// Records sent since the last commit.
+    sends: Vec<DeliveryFuture>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl StreamThread {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> Result<(), StreamsError> {
+        let result = self.work(&mut stop).await;
+        // Whatever happened, what was processed and acknowledged counts.
+        let committed = if result.is_ok() {
+            self.commit().await
+        } else {
+            Ok(())
+        };
+        for task in self.tasks.values_mut() {
+            task.state.close();
+        }
+        let closed = self.consumer.close().await;
+        let flushed = self.producer.close().await;
+        result?;
+        committed?;
+        closed?;
+        flushed?;
+        Ok(())
+    }
+
+    async fn work(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), StreamsError> {
+        let mut last_commit = Instant::now();
+        while !*stop.borrow() {
+            let records = tokio::select! {
+                records = self.consumer.poll(self.config.poll) => records?,
+                _ = stop.changed() => break,
+            };
+            self.reconcile()?;
+            for record in records {
+                self.process(record).await?;
+            }
+            let now = now_ms();
+            for task in self.tasks.values_mut() {
+                task.state.wall_clock_ms = now;
+                task.state
+                    .may_punctuate(PunctuationType::WallClockTime, now)?;
+            }
+            self.send_produced().await?;
+            if last_commit.elapsed() >= self.config.commit_interval
+                || self.sends.len() >= MAX_UNCOMMITTED_SENDS
+            {
+                self.commit().await?;
+                last_commit = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the tasks of newly assigned partitions and closes those whose
+    /// partitions went (their uncommitted progress is dropped: the next
+    /// owner processes those records again).
+    fn reconcile(&mut self) -> Result<(), StreamsError> {
+        let assigned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
+        let known: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
+        if assigned == known {
+            return Ok(());
+        }
+        let subtopologies = self.topology.subtopologies();
+        let mut wanted: BTreeMap<TaskId, Vec<TopicPartition>> = BTreeMap::new();
+        for tp in &assigned {
+            let Some(&node) = self.topology.source_topics.get(&tp.topic) else {
+                continue;
+            };
+            let Some(subtopology) = subtopologies.iter().position(|m| m.contains(&node)) else {
+                continue;
+            };
+            let task = TaskId {
+                subtopology: u32::try_from(subtopology).unwrap_or(u32::MAX),
+                partition: tp.partition,
+            };
+            wanted.entry(task).or_default().push(tp.clone());
+        }
+        let gone: Vec<TaskId> = self
+            .tasks
+            .keys()
+            .filter(|id| !wanted.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(mut task) = self.tasks.remove(&id) {
+                tracing::info!(thread = self.index, task = %id, "task revoked");
+                task.state.close();
+            }
+        }
+        self.uncommitted.retain(|tp, _| assigned.contains(tp));
+        self.partitions.clear();
+        let now = now_ms();
+        for (id, tps) in wanted {
+            for tp in tps {
+                self.partitions.insert(tp, id);
+            }
+            if self.tasks.contains_key(&id) {
+                continue;
+            }
+            let members = &subtopologies[id.subtopology as usize];
+            let (mut state, sources) = build_task(&self.topology, members, id, now);
+            state.init()?;
+            tracing::info!(thread = self.index, task = %id, "task assigned");
+            self.tasks.insert(
+                id,
+                RunningTask {
+                    state,
+                    sources: sources.into_iter().collect(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn process(&mut self, record: ConsumerRecord) -> Result<(), StreamsError> {
+        let tp = TopicPartition::new(&record.topic, record.partition);
+        let Some(id) = self.partitions.get(&tp) else {
+            // Polled before a rebalance took the partition away.
+            return Ok(());
+        };
+        let Some(task) = self.tasks.get_mut(id) else {
+            return Ok(());
+        };
+        let Some(&node) = task.sources.get(&*record.topic) else {
+            return Ok(());
+        };
+        let metadata = RecordMetadata {
+            topic: record.topic.to_string(),
+            partition: record.partition,
+            offset: record.offset,
+            timestamp_ms: record.timestamp,
+        };
+        let result = if record.timestamp < 0 {
+            Err(StreamsError::InvalidTimestamp {
+                topic: record.topic.to_string(),
+                timestamp_ms: record.timestamp,
+            })
+        } else {
+            task.state.process_input(
+                node,
+                metadata,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                record.headers,
+            )
+        };
+        match result {
+            Ok(()) => {}
+            Err(e @ StreamsError::Deserialization { .. })
+                if self.config.deserialization_handler
+                    == DeserializationHandler::LogAndContinue =>
+            {
+                tracing::warn!(
+                    topic = %record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    error = %e,
+                    "skipped a record that does not deserialize"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(stream_time) = task.state.stream_time_ms {
+            task.state
+                .may_punctuate(PunctuationType::StreamTime, stream_time)?;
+        }
+        self.uncommitted.insert(tp, record.offset.saturating_add(1));
+        self.send_produced().await
+    }
+
+    /// Sends what the tasks' sinks wrote.
+    async fn send_produced(&mut self) -> Result<(), StreamsError> {
+        for task in self.tasks.values_mut() {
+            for record in std::mem::take(&mut task.state.produced) {
+                let mut out = ProducerRecord::new(record.topic).timestamp(record.timestamp_ms);
+                out.key = record.key;
+                out.value = record.value;
+                out.headers = record.headers;
+                self.sends.push(self.producer.send(out).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes the producer, checks every send was acknowledged, then
+    /// commits the positions processed. A rebalance in between only costs
+    /// duplicates (the commit is refused, the next owner starts earlier).
+    async fn commit(&mut self) -> Result<(), StreamsError> {
+        self.producer.flush().await?;
+        for send in self.sends.drain(..) {
+            send.await.map_err(StreamsError::Production)?;
+        }
+        if self.uncommitted.is_empty() {
+            return Ok(());
+        }
+        let offsets = std::mem::take(&mut self.uncommitted);
+        match self.consumer.commit_offsets(&offsets).await {
+            Ok(()) => Ok(()),
+            // The group moved on (a rebalance) or the coordinator is away:
+            // try again at the next commit, for the partitions still owned.
+            Err(e)
+                if e.is_retriable()
+                    || matches!(
+                        e.code(),
+                        Some(
+                            ErrorCode::RebalanceInProgress
+                                | ErrorCode::IllegalGeneration
+                                | ErrorCode::UnknownMemberId
+                        )
+                    ) =>
+            {
+                tracing::warn!(thread = self.index, error = %e, "commit failed; trying again at the next one");
+                for (tp, offset) in offsets {
+                    let next = self.uncommitted.entry(tp).or_insert(offset);
+                    *next = (*next).max(offset);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
