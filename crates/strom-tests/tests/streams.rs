@@ -25,9 +25,11 @@ use strom_streams::{KafkaStreams, StreamsConfig, StreamsError, Topology};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// What librdkafka read from a topic: (partition, offset) → (key, value,
-/// timestamp, header "n").
-type Read = BTreeMap<(i32, i64), (String, String, i64, Option<String>)>;
+/// A record as librdkafka read it: key, value, timestamp, header "n".
+type Stored = (String, String, i64, Option<String>);
+
+/// What librdkafka read from a topic, by (partition, offset).
+type Read = BTreeMap<(i32, i64), Stored>;
 
 /// Everything in `topic`'s `partitions` from the start, read by librdkafka
 /// until `count` records came.
@@ -138,7 +140,7 @@ async fn a_stateless_topology_transforms_every_record_and_a_restart_goes_on_from
     });
     // Every fifth line is a comment, which the topology drops.
     let line = |i: usize| {
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             format!("# comment {i}")
         } else {
             format!("line {i}")
@@ -157,7 +159,7 @@ async fn a_stateless_topology_transforms_every_record_and_a_restart_goes_on_from
     // Each output record is its input's: same key and partition (Java's
     // partitioner on the same key), same timestamp and headers, the value
     // upper-cased; in the input's order within a partition.
-    let by_n: BTreeMap<String, (i32, i64, &(String, String, i64, Option<String>))> = input
+    let by_n: BTreeMap<String, (i32, i64, &Stored)> = input
         .iter()
         .map(|((p, o), r)| (r.3.clone().unwrap(), (*p, *o, r)))
         .collect();
