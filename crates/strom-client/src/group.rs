@@ -329,14 +329,17 @@ pub(crate) async fn join(
 
 /// Forgets what a heartbeat's `error` says is stale: the coordinator, or
 /// the member id and generation.
-pub(crate) fn forget_stale(membership: &mut Membership, error: &Error) {
+pub(crate) fn forget_stale(membership: &mut Membership, error: &Error) -> Result<()> {
     check_coordinator(membership, error);
-    if matches!(
-        error.code(),
-        Some(ErrorCode::UnknownMemberId | ErrorCode::FencedInstanceId)
-    ) {
-        membership.reset();
+    match error.code() {
+        Some(ErrorCode::UnknownMemberId) => membership.reset(),
+        // Another instance took this `group.instance.id`: rejoining would
+        // fence it in turn, and the two would take turns for ever. Fatal,
+        // as in the Java client.
+        Some(ErrorCode::FencedInstanceId) => return Err(error.clone()),
+        _ => {}
     }
+    Ok(())
 }
 
 /// What a failed join leaves to do: `Ok` to try again (after forgetting
@@ -478,8 +481,9 @@ impl GroupMember {
     ) -> Result<Generation> {
         let mut membership = self.membership.lock().await;
         self.stop_heartbeats();
-        if let Some(why) = self.rejoin.borrow().as_ref() {
-            forget_stale(&mut membership, why);
+        let why = self.rejoin.borrow().clone();
+        if let Some(why) = why {
+            forget_stale(&mut membership, &why)?;
         }
         let generation = loop {
             let result = join(
@@ -540,24 +544,42 @@ impl GroupMember {
     }
 
     /// Heartbeats every `heartbeat.interval.ms` until one says to rejoin.
-    fn spawn_heartbeats(&self, membership: Membership) -> tokio::task::AbortHandle {
+    /// A coordinator that moved or cannot be reached is looked up again
+    /// (as the Java client does, without rejoining); with no heartbeat
+    /// answered for `session.timeout.ms`, the coordinator has expired this
+    /// member, so it must rejoin.
+    fn spawn_heartbeats(&self, mut membership: Membership) -> tokio::task::AbortHandle {
         let cluster = Arc::clone(&self.cluster);
         let interval = self.heartbeat_interval;
+        let session = self.settings.session_timeout;
         let rejoin = self.rejoin.clone();
         tokio::spawn(async move {
+            let mut answered = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(interval).await;
-                match heartbeat(&cluster, &membership).await {
-                    Ok(()) => {}
-                    // Transient trouble of the connection: try again next
-                    // time, the session is much longer than the interval.
-                    Err(Error::Io { .. } | Error::Timeout(_)) => {}
-                    Err(error) => {
-                        tracing::debug!(%error, group = %membership.group, "heartbeat: rejoining");
-                        rejoin.send_replace(Some(error));
-                        return;
+                let result = match coordinator(&cluster, &mut membership).await {
+                    Ok(_) => heartbeat(&cluster, &membership).await,
+                    Err(error) => Err(error),
+                };
+                let error = match result {
+                    Ok(()) => {
+                        answered = tokio::time::Instant::now();
+                        continue;
                     }
+                    Err(error) => error,
+                };
+                let coordinator_trouble = matches!(error, Error::Io { .. } | Error::Timeout(_))
+                    || matches!(
+                        error.code(),
+                        Some(ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable)
+                    );
+                if coordinator_trouble && answered.elapsed() < session {
+                    check_coordinator(&mut membership, &error);
+                    continue;
                 }
+                tracing::debug!(%error, group = %membership.group, "heartbeat: rejoining");
+                rejoin.send_replace(Some(error));
+                return;
             }
         })
         .abort_handle()

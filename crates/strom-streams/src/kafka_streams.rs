@@ -74,6 +74,10 @@ pub struct StreamsConfig {
     /// `poll.ms` (100): how long a thread's poll waits for records.
     pub poll: Duration,
     pub deserialization_handler: DeserializationHandler,
+    /// `consumer.`-prefixed properties, for the consumers only.
+    pub consumer: Vec<(String, String)>,
+    /// `producer.`-prefixed properties, for the producers only.
+    pub producer: Vec<(String, String)>,
 }
 
 /// The properties [`StreamsConfig::from_properties`] reads itself; the
@@ -102,6 +106,8 @@ impl StreamsConfig {
             commit_interval: Duration::from_secs(30),
             poll: Duration::from_millis(100),
             deserialization_handler: DeserializationHandler::LogAndFail,
+            consumer: Vec::new(),
+            producer: Vec::new(),
         }
     }
 
@@ -170,10 +176,39 @@ impl StreamsConfig {
                     }
                 }
                 other if STREAMS_PROPERTIES.contains(&other) => {}
-                // Client properties (checked by the clients).
-                other => {
-                    config.client.set(other, value);
+                // The group and its assignment are the runtime's own.
+                "group.id"
+                | "consumer.group.id"
+                | "group.instance.id"
+                | "consumer.group.instance.id"
+                | "group.protocol"
+                | "consumer.group.protocol"
+                | "partition.assignment.strategy"
+                | "consumer.partition.assignment.strategy"
+                | "enable.auto.commit"
+                | "consumer.enable.auto.commit" => {
+                    return Err(invalid(
+                        name,
+                        "is set by Kafka Streams itself (application.id names the group)".into(),
+                    ));
                 }
+                // Kafka Streams' prefixes: for one client only.
+                other => match (
+                    other.strip_prefix("consumer."),
+                    other.strip_prefix("producer."),
+                ) {
+                    (Some(property), _) => config
+                        .consumer
+                        .push((property.to_owned(), value.to_owned())),
+                    (_, Some(property)) => config
+                        .producer
+                        .push((property.to_owned(), value.to_owned())),
+                    // Unprefixed: the properties every client takes
+                    // (connection, timeouts, retries).
+                    (None, None) => {
+                        config.client.set(other, value);
+                    }
+                },
             }
         }
         Ok(config)
@@ -195,6 +230,11 @@ impl StreamsConfig {
             // Kafka Streams' consumer defaults.
             .set("auto.offset.reset", "earliest")
             .set("max.poll.records", "1000");
+        for (name, value) in &self.consumer {
+            config.set(name, value);
+        }
+        // Range keeps co-partitioned topics' partitions on one member.
+        config.set("partition.assignment.strategy", "range");
         config
     }
 
@@ -211,6 +251,9 @@ impl StreamsConfig {
             )
             // Kafka Streams' producer default.
             .set("linger.ms", "100");
+        for (name, value) in &self.producer {
+            config.set(name, value);
+        }
         config
     }
 }
@@ -260,6 +303,28 @@ impl KafkaStreams {
         }
         check_source_topics(&self.topology, &self.config).await?;
         for thread in 0..self.config.num_stream_threads {
+            if let Err(e) = self.start_thread(thread) {
+                // Those already started stop too.
+                self.stop.send_replace(true);
+                for started in self.threads.drain(..) {
+                    let _ = started.await;
+                }
+                self.state.send_replace(State::NotRunning);
+                return Err(e);
+            }
+        }
+        self.state.send_if_modified(|s| {
+            let created = *s == State::Created;
+            if created {
+                *s = State::Running;
+            }
+            created
+        });
+        Ok(())
+    }
+
+    fn start_thread(&mut self, thread: usize) -> Result<(), StreamsError> {
+        {
             let consumer = Consumer::new(&self.config.consumer_config(thread))?;
             let producer = Producer::new(&self.config.producer_config(thread))?;
             let topics: Vec<String> = self.topology.source_topics.keys().cloned().collect();
@@ -276,24 +341,20 @@ impl KafkaStreams {
                 uncommitted: BTreeMap::new(),
                 sends: Vec::new(),
             };
-            let stop = self.stop.subscribe();
+            let stop = self.stop.clone();
             let state = self.state.clone();
             self.threads.push(tokio::spawn(async move {
-                let result = worker.run(stop).await;
+                let result = worker.run(stop.subscribe()).await;
                 if let Err(e) = &result {
+                    // The whole instance stops (Kafka's default
+                    // uncaught-exception response, SHUTDOWN_CLIENT).
                     tracing::error!(thread, error = %e, "stream thread stopped");
                     state.send_replace(State::Error);
+                    stop.send_replace(true);
                 }
                 result
             }));
         }
-        self.state.send_if_modified(|s| {
-            let created = *s == State::Created;
-            if created {
-                *s = State::Running;
-            }
-            created
-        });
         Ok(())
     }
 
@@ -628,5 +689,65 @@ impl StreamThread {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_follow_kafka_streams_names_and_prefixes() {
+        let config = StreamsConfig::from_properties([
+            ("application.id", "app"),
+            ("bootstrap.servers", "b:9092"),
+            ("num.stream.threads", "3"),
+            ("commit.interval.ms", "250"),
+            ("consumer.max.poll.records", "50"),
+            ("producer.acks", "1"),
+            ("request.timeout.ms", "5000"),
+            (
+                "default.deserialization.exception.handler",
+                "org.apache.kafka.streams.errors.LogAndContinueExceptionHandler",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(config.num_stream_threads, 3);
+        assert_eq!(config.commit_interval, Duration::from_millis(250));
+        assert_eq!(
+            config.deserialization_handler,
+            DeserializationHandler::LogAndContinue
+        );
+        let consumer = config.consumer_config(0);
+        assert_eq!(consumer.get("max.poll.records"), Some("50"));
+        assert_eq!(consumer.get("group.id"), Some("app"));
+        assert_eq!(
+            consumer.get("client.id"),
+            Some("app-StreamThread-1-consumer")
+        );
+        assert_eq!(consumer.get("partition.assignment.strategy"), Some("range"));
+        assert_eq!(consumer.get("acks"), None);
+        let producer = config.producer_config(1);
+        assert_eq!(producer.get("acks"), Some("1"));
+        assert_eq!(producer.get("request.timeout.ms"), Some("5000"));
+        assert_eq!(producer.get("max.poll.records"), None);
+    }
+
+    #[test]
+    fn what_the_runtime_owns_or_lacks_is_refused() {
+        let refused = |name: &str, value: &str| {
+            StreamsConfig::from_properties([
+                ("application.id", "app"),
+                ("bootstrap.servers", "b:9092"),
+                (name, value),
+            ])
+            .is_err()
+        };
+        assert!(refused("group.id", "other"));
+        assert!(refused("consumer.group.instance.id", "me"));
+        assert!(refused("processing.guarantee", "exactly_once_v2"));
+        assert!(refused("num.stream.threads", "0"));
+        assert!(refused("deserialization.exception.handler", "Ignore"));
+        assert!(StreamsConfig::from_properties([("bootstrap.servers", "b:9092")]).is_err());
     }
 }

@@ -120,9 +120,15 @@ impl GroupLeader for ConsumerLeader<'_> {
                     )
                 })
                 .collect();
-            assignor
-                .assign(&partitions, &subscriptions)?
+            let mut assigned = assignor.assign(&partitions, &subscriptions)?;
+            // A member the assignor left out gets an encoded empty
+            // assignment: other clients may not read zero bytes as one.
+            for member in subscriptions.keys() {
+                assigned.entry(member.clone()).or_default();
+            }
+            assigned
                 .into_iter()
+                .filter(|(member, _)| subscriptions.contains_key(member))
                 .map(|(member, assignment)| encode_assignment(&assignment).map(|a| (member, a)))
                 .collect()
         })

@@ -758,7 +758,7 @@ impl Consumer {
             )
         };
         if let Some(error) = &heartbeat_error {
-            classic::forget_stale(&mut ctx.membership, error);
+            classic::forget_stale(&mut ctx.membership, error)?;
         }
         if let Some(topics) =
             subscription.filter(|_| (rejoin || !ctx.joined) && ctx.joining.is_none())
