@@ -18,6 +18,9 @@
 //! thread (Kafka's default production exception handler) before anything
 //! past it is committed.
 //!
+//! Before a poll that rejoins the group (a rebalance), the thread commits
+//! first, so the partitions' next owner does not redo its work.
+//!
 //! Not yet: state stores, repartition topics, exactly-once, standby tasks,
 //! several instances sharing tasks by a Streams assignor (several instances
 //! do share partitions, by the consumer's `range` assignor, which keeps
@@ -497,6 +500,12 @@ impl StreamThread {
     async fn work(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), StreamsError> {
         let mut last_commit = Instant::now();
         while !*stop.borrow() {
+            if self.consumer.rebalance_pending() && !self.uncommitted.is_empty() {
+                // The partitions may move in this poll: commit what was
+                // processed first, so their next owner does not redo it.
+                self.commit().await?;
+                last_commit = Instant::now();
+            }
             let records = tokio::select! {
                 records = self.consumer.poll(self.config.poll) => records?,
                 _ = stop.changed() => break,

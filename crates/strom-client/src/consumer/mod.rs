@@ -550,6 +550,15 @@ impl Consumer {
         }
     }
 
+    /// Whether the next [`Consumer::poll`] rejoins the classic group (a
+    /// heartbeat learnt of a rebalance, or the subscription changed): the
+    /// moment to commit what was processed, before the partitions may move
+    /// (what Kafka Streams does in `onPartitionsRevoked`).
+    pub fn rebalance_pending(&self) -> bool {
+        let state = self.shared.state.lock();
+        state.subscription.is_some() && state.rejoin
+    }
+
     /// The partitions currently assigned.
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.shared.state.lock().parts.keys().cloned().collect()
@@ -646,6 +655,9 @@ impl Consumer {
     async fn poll_records(&self, timeout: Duration, max: usize) -> Result<Vec<ConsumerRecord>> {
         let deadline = Instant::now() + timeout;
         loop {
+            // A rebalance learnt while waiting ends this poll: the next one
+            // rejoins, so the application (Kafka Streams, say) can commit
+            // what it processed first (see `rebalance_pending`).
             if !self.maintain_group(deadline).await? {
                 return Ok(Vec::new());
             }
@@ -668,12 +680,13 @@ impl Consumer {
                     return Ok(records);
                 }
                 if state.rejoin {
-                    continue;
+                    return Ok(Vec::new());
                 }
             }
             if tokio::time::timeout_at(deadline.into(), data)
                 .await
                 .is_err()
+                || self.shared.state.lock().rejoin
             {
                 return Ok(Vec::new());
             }
