@@ -374,6 +374,45 @@ pub(crate) async fn heartbeat(cluster: &Cluster, membership: &Membership) -> Res
     Error::check(response.error_code, None)
 }
 
+/// Heartbeats every `interval` until one says the member must rejoin, and
+/// returns why. A coordinator that moved or cannot be reached is looked up
+/// again and the heartbeats go on (as the Java client does, without
+/// rejoining); with no heartbeat answered for `session`, the coordinator
+/// has expired this member, so it must rejoin.
+pub(crate) async fn heartbeat_until_rejoin(
+    cluster: &Cluster,
+    mut membership: Membership,
+    interval: Duration,
+    session: Duration,
+) -> Error {
+    let mut answered = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(interval).await;
+        let result = match coordinator(cluster, &mut membership).await {
+            Ok(_) => heartbeat(cluster, &membership).await,
+            Err(error) => Err(error),
+        };
+        let error = match result {
+            Ok(()) => {
+                answered = tokio::time::Instant::now();
+                continue;
+            }
+            Err(error) => error,
+        };
+        let coordinator_trouble = matches!(error, Error::Io { .. } | Error::Timeout(_))
+            || matches!(
+                error.code(),
+                Some(ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable)
+            );
+        if coordinator_trouble && answered.elapsed() < session {
+            check_coordinator(&mut membership, &error);
+            continue;
+        }
+        tracing::debug!(%error, group = %membership.group, "heartbeat: rejoining");
+        return error;
+    }
+}
+
 /// Leaves the group (a static member stays, as in Kafka).
 pub(crate) async fn leave(cluster: &Cluster, membership: &Membership) -> Result<()> {
     let (Some(node), false) = (membership.coordinator, membership.member_id.is_empty()) else {
@@ -543,44 +582,14 @@ impl GroupMember {
         }
     }
 
-    /// Heartbeats every `heartbeat.interval.ms` until one says to rejoin.
-    /// A coordinator that moved or cannot be reached is looked up again
-    /// (as the Java client does, without rejoining); with no heartbeat
-    /// answered for `session.timeout.ms`, the coordinator has expired this
-    /// member, so it must rejoin.
-    fn spawn_heartbeats(&self, mut membership: Membership) -> tokio::task::AbortHandle {
+    /// Heartbeats in the background until one says to rejoin.
+    fn spawn_heartbeats(&self, membership: Membership) -> tokio::task::AbortHandle {
         let cluster = Arc::clone(&self.cluster);
-        let interval = self.heartbeat_interval;
-        let session = self.settings.session_timeout;
+        let (interval, session) = (self.heartbeat_interval, self.settings.session_timeout);
         let rejoin = self.rejoin.clone();
         tokio::spawn(async move {
-            let mut answered = tokio::time::Instant::now();
-            loop {
-                tokio::time::sleep(interval).await;
-                let result = match coordinator(&cluster, &mut membership).await {
-                    Ok(_) => heartbeat(&cluster, &membership).await,
-                    Err(error) => Err(error),
-                };
-                let error = match result {
-                    Ok(()) => {
-                        answered = tokio::time::Instant::now();
-                        continue;
-                    }
-                    Err(error) => error,
-                };
-                let coordinator_trouble = matches!(error, Error::Io { .. } | Error::Timeout(_))
-                    || matches!(
-                        error.code(),
-                        Some(ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable)
-                    );
-                if coordinator_trouble && answered.elapsed() < session {
-                    check_coordinator(&mut membership, &error);
-                    continue;
-                }
-                tracing::debug!(%error, group = %membership.group, "heartbeat: rejoining");
-                rejoin.send_replace(Some(error));
-                return;
-            }
+            let why = heartbeat_until_rejoin(&cluster, membership, interval, session).await;
+            rejoin.send_replace(Some(why));
         })
         .abort_handle()
     }

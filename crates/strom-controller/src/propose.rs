@@ -103,16 +103,28 @@ pub struct BrokerRegistration {
 /// The records of a registration: a new registration starts fenced (Kafka
 /// unfences a broker once it has caught up with the metadata). `None` when
 /// this incarnation is registered already (a retried request).
+///
+/// A new process of a broker the metadata still counts live (it restarted
+/// before its session expired, or the active controller changed and lost
+/// the session) first has its old incarnation fenced, as a missed session
+/// would: its leaderships move to the rest of their ISRs, with new leader
+/// epochs. Otherwise it would go on leading with whatever its log kept
+/// through the crash: after an unclean shutdown, less than it acknowledged,
+/// and followers that hold the rest would truncate to it.
 pub fn register_broker(
     image: &MetadataImage,
     registration: &BrokerRegistration,
 ) -> Option<Vec<MetadataRecord>> {
-    if let Some(b) = image.brokers.get(&registration.broker_id)
-        && b.incarnation_id == Some(registration.incarnation_id)
-    {
-        return None;
+    let mut records = Vec::new();
+    if let Some(b) = image.brokers.get(&registration.broker_id) {
+        if b.incarnation_id == Some(registration.incarnation_id) {
+            return None;
+        }
+        if let Some(fenced) = fence_broker(image, registration.broker_id, None) {
+            records.extend(fenced);
+        }
     }
-    Some(vec![MetadataRecord::RegisterBroker {
+    records.push(MetadataRecord::RegisterBroker {
         broker_id: registration.broker_id,
         host: registration.host.clone(),
         port: registration.port,
@@ -120,7 +132,8 @@ pub fn register_broker(
         fenced: true,
         incarnation_id: Some(registration.incarnation_id),
         epoch: None,
-    }])
+    });
+    Some(records)
 }
 
 /// Kafka's `unclean.leader.election.enable` (topic config, else the
@@ -1179,10 +1192,62 @@ mod tests {
         let records = register_broker(&image, &registration).unwrap();
         assert!(matches!(
             records[..],
-            [MetadataRecord::RegisterBroker { fenced: true, .. }]
+            [
+                MetadataRecord::FenceBroker { broker_id: 1, .. },
+                ..,
+                MetadataRecord::RegisterBroker { fenced: true, .. }
+            ]
         ));
         let (_, block) = allocate_producer_ids(&image, 1);
         assert_eq!(block.start, image.next_producer_id_block);
+    }
+
+    #[test]
+    fn a_restarted_broker_loses_its_leaderships_before_it_registers_again() {
+        // Broker 1 leads partition 0 of `orders` (ISR [1, 2]) and is in
+        // partition 1's ISR when it restarts before its session expired.
+        let image = image();
+        let before = image.topic("orders").unwrap().partitions[0].clone();
+        assert_eq!(before.leader, 1);
+        let registration = BrokerRegistration {
+            broker_id: 1,
+            incarnation_id: Uuid::from_u128(9),
+            host: "localhost".to_owned(),
+            port: 9001,
+            rack: None,
+        };
+        let records = register_broker(&image, &registration).unwrap();
+        let mut after = image.clone();
+        after.apply_batch(image.offset + 1, &records);
+        let orders = after.topic("orders").unwrap();
+        let p0 = &orders.partitions[0];
+        assert_eq!(p0.leader, 2, "led by the rest of the ISR");
+        assert_eq!(p0.leader_epoch, before.leader_epoch + 1);
+        assert_eq!(p0.isr, [2]);
+        assert_eq!(orders.partitions[1].isr, [2]);
+        assert!(after.brokers[&1].fenced);
+        assert_eq!(after.brokers[&1].incarnation_id, Some(Uuid::from_u128(9)));
+
+        // The last member of an ISR stays in it (leaderless): only it can
+        // lead without losing what it acknowledged, as Kafka does.
+        let mut alone = after.clone();
+        let p0 = &orders.partitions[0];
+        alone.apply_batch(
+            after.offset + 1,
+            &[partition_change(orders.id, p0, vec![2], 2, p0.leader_epoch)],
+        );
+        let registration = BrokerRegistration {
+            broker_id: 2,
+            incarnation_id: Uuid::from_u128(10),
+            host: "localhost".to_owned(),
+            port: 9002,
+            rack: None,
+        };
+        let records = register_broker(&alone, &registration).unwrap();
+        let mut restarted = alone.clone();
+        restarted.apply_batch(alone.offset + 1, &records);
+        let p0 = &restarted.topic("orders").unwrap().partitions[0];
+        assert_eq!((p0.leader, p0.isr.clone()), (-1, vec![2]));
     }
 
     #[test]

@@ -234,6 +234,62 @@ async fn connect_members_agree_on_the_leaders_assignment_and_again_after_one_lea
     broker.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_group_follows_its_coordinator_to_another_broker() {
+    let mut cluster = common::cluster::three_nodes().await;
+    let bootstrap = cluster.bootstrap();
+    let mut settings = ClientConfig::new();
+    settings
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", "connect-ha")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "200")
+        .set("rebalance.timeout.ms", "20000")
+        // A dead broker's requests fail quickly rather than hang.
+        .set("request.timeout.ms", "3000")
+        .set("socket.connection.setup.timeout.ms", "2000");
+    let members: Vec<Arc<GroupMember>> = (0..3)
+        .map(|_| Arc::new(GroupMember::new(&settings, "connect").unwrap()))
+        .collect();
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let mut tasks: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(run_worker(i, Arc::clone(&members[i]), tx.clone())))
+        .collect();
+    let mut latest = BTreeMap::new();
+    let (generation, ..) = settled(&mut reports, &mut latest, &BTreeSet::from([0, 1]), 0).await;
+
+    // The group's coordinator dies; another broker leads its partition of
+    // __consumer_offsets (replication factor 3) and takes the group over.
+    let admin = common::cluster::strom_admin(&bootstrap);
+    let described = admin.describe_groups(&["connect-ha"]).await;
+    let coordinator = described["connect-ha"].as_ref().unwrap().coordinator;
+    cluster.kill(coordinator).await.unwrap();
+
+    // A third worker joins: the other two hear of it from the new
+    // coordinator (their heartbeats found it), rejoin, and all three agree.
+    tasks.push(tokio::spawn(run_worker(
+        2,
+        Arc::clone(&members[2]),
+        tx.clone(),
+    )));
+    let (after, _, plan, _) = settled(
+        &mut reports,
+        &mut latest,
+        &BTreeSet::from([0, 1, 2]),
+        generation,
+    )
+    .await;
+    assert!(after > generation);
+    assert_eq!(plan, "worker-0:c0,c3;worker-1:c1,c4;worker-2:c2,c5");
+    let now = admin.describe_groups(&["connect-ha"]).await;
+    assert_ne!(now["connect-ha"].as_ref().unwrap().coordinator, coordinator);
+    for task in tasks {
+        task.abort();
+    }
+    drop(members);
+    cluster.stop_all().await.unwrap();
+}
+
 /// A custom assignor: a member says with its user data whether it takes
 /// the even or the odd partitions, and the leader tells each member, in
 /// the assignment's user data, which side it got.

@@ -1107,23 +1107,19 @@ fn record_bytes(record: &ConsumerRecord) -> usize {
 
 fn spawn_heartbeat(shared: Arc<Shared>, membership: Membership) -> tokio::task::AbortHandle {
     tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(shared.settings.heartbeat_interval).await;
-            if let Err(error) = classic::heartbeat(&shared.cluster, &membership).await {
-                // Transient trouble of the connection: try again next time,
-                // the session timeout is much longer than the interval.
-                if matches!(error, Error::Io { .. } | Error::Timeout(_)) {
-                    continue;
-                }
-                tracing::debug!(%error, "heartbeat: rejoining");
-                let mut state = shared.state.lock();
-                state.rejoin = true;
-                state.heartbeat_error = Some(error);
-                drop(state);
-                shared.data.notify_waiters();
-                return;
-            }
-        }
+        let settings = &shared.settings;
+        let error = classic::heartbeat_until_rejoin(
+            &shared.cluster,
+            membership,
+            settings.heartbeat_interval,
+            settings.group.session_timeout,
+        )
+        .await;
+        let mut state = shared.state.lock();
+        state.rejoin = true;
+        state.heartbeat_error = Some(error);
+        drop(state);
+        shared.data.notify_waiters();
     })
     .abort_handle()
 }
