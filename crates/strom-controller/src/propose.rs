@@ -106,11 +106,13 @@ pub struct BrokerRegistration {
 ///
 /// A new process of a broker the metadata still counts live (it restarted
 /// before its session expired, or the active controller changed and lost
-/// the session) first has its old incarnation fenced, as a missed session
-/// would: its leaderships move to the rest of their ISRs, with new leader
-/// epochs. Otherwise it would go on leading with whatever its log kept
-/// through the crash: after an unclean shutdown, less than it acknowledged,
-/// and followers that hold the rest would truncate to it.
+/// the session) first leaves the ISRs and leaderships that other live
+/// in-sync replicas can take over, with new leader epochs, as a missed
+/// session would have done. Otherwise it would go on leading with whatever
+/// its log kept through the crash: after an unclean shutdown, less than it
+/// acknowledged, and followers that hold the rest would truncate to it.
+/// Where it is the last live in-sync replica it keeps its place (as Kafka
+/// does without KIP-966).
 pub fn register_broker(
     image: &MetadataImage,
     registration: &BrokerRegistration,
@@ -120,8 +122,8 @@ pub fn register_broker(
         if b.incarnation_id == Some(registration.incarnation_id) {
             return None;
         }
-        if let Some(fenced) = fence_broker(image, registration.broker_id, None) {
-            records.extend(fenced);
+        if !b.fenced {
+            records.extend(hand_over(image, registration.broker_id));
         }
     }
     records.push(MetadataRecord::RegisterBroker {
@@ -134,6 +136,34 @@ pub fn register_broker(
         epoch: None,
     });
     Some(records)
+}
+
+/// The partition changes that take broker `broker_id` out of every ISR
+/// (and leadership) where another live in-sync replica remains.
+fn hand_over(image: &MetadataImage, broker_id: i32) -> Vec<MetadataRecord> {
+    let live = |id: i32| id != broker_id && image.is_live(id);
+    let mut records = Vec::new();
+    for topic in image.topics() {
+        for p in &topic.partitions {
+            if !p.isr.contains(&broker_id) && p.leader != broker_id {
+                continue;
+            }
+            let isr: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
+            if !isr.iter().any(|r| live(*r)) {
+                continue;
+            }
+            let (leader, leader_epoch) = if p.leader == broker_id {
+                (elect(&p.replicas, &isr, &live), p.leader_epoch + 1)
+            } else {
+                (p.leader, p.leader_epoch)
+            };
+            if leader == -1 && p.leader != -1 {
+                continue;
+            }
+            records.push(partition_change(topic.id, p, isr, leader, leader_epoch));
+        }
+    }
+    records
 }
 
 /// Kafka's `unclean.leader.election.enable` (topic config, else the
@@ -1192,11 +1222,7 @@ mod tests {
         let records = register_broker(&image, &registration).unwrap();
         assert!(matches!(
             records[..],
-            [
-                MetadataRecord::FenceBroker { broker_id: 1, .. },
-                ..,
-                MetadataRecord::RegisterBroker { fenced: true, .. }
-            ]
+            [.., MetadataRecord::RegisterBroker { fenced: true, .. }]
         ));
         let (_, block) = allocate_producer_ids(&image, 1);
         assert_eq!(block.start, image.next_producer_id_block);
@@ -1228,8 +1254,8 @@ mod tests {
         assert!(after.brokers[&1].fenced);
         assert_eq!(after.brokers[&1].incarnation_id, Some(Uuid::from_u128(9)));
 
-        // The last member of an ISR stays in it (leaderless): only it can
-        // lead without losing what it acknowledged, as Kafka does.
+        // The last live member of an ISR keeps its place (and leadership),
+        // as in Kafka without KIP-966.
         let mut alone = after.clone();
         let p0 = &orders.partitions[0];
         alone.apply_batch(
@@ -1247,7 +1273,7 @@ mod tests {
         let mut restarted = alone.clone();
         restarted.apply_batch(alone.offset + 1, &records);
         let p0 = &restarted.topic("orders").unwrap().partitions[0];
-        assert_eq!((p0.leader, p0.isr.clone()), (-1, vec![2]));
+        assert_eq!((p0.leader, p0.isr.clone()), (2, vec![2]));
     }
 
     #[test]
