@@ -18,7 +18,7 @@ use crate::controller::{
     MAX_RECORDS_PER_USER_OP, METADATA_BATCH_BYTES_MAX, METADATA_TOPIC, PRODUCER_ID_BLOCK_SIZE,
     ProducerIdBlock, kafka_uuid_string, random_kafka_uuid,
 };
-use crate::image::{ConfigResource, MetadataImage};
+use crate::image::{ConfigResource, MetadataImage, PartitionImage};
 use crate::records::{MetadataRecord, encode_batch};
 
 /// Kafka's answer when one operation needs more records than it may write.
@@ -145,25 +145,37 @@ fn hand_over(image: &MetadataImage, broker_id: i32) -> Vec<MetadataRecord> {
     let mut records = Vec::new();
     for topic in image.topics() {
         for p in &topic.partitions {
-            if !p.isr.contains(&broker_id) && p.leader != broker_id {
+            let others_live = p.isr.iter().any(|r| live(*r));
+            if (!p.isr.contains(&broker_id) && p.leader != broker_id) || !others_live {
                 continue;
             }
-            let isr: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
-            if !isr.iter().any(|r| live(*r)) {
-                continue;
-            }
-            let (leader, leader_epoch) = if p.leader == broker_id {
-                (elect(&p.replicas, &isr, &live), p.leader_epoch + 1)
-            } else {
-                (p.leader, p.leader_epoch)
-            };
-            if leader == -1 && p.leader != -1 {
-                continue;
-            }
+            let (isr, leader, leader_epoch) = without_broker(p, broker_id, &live);
             records.push(partition_change(topic.id, p, isr, leader, leader_epoch));
         }
     }
     records
+}
+
+/// Partition `p` without broker `broker_id`: its ISR without it (unless it
+/// is the last member, who stays), and, where it led, a new leader from
+/// that ISR (-1 when none is `live`) in the next leader epoch.
+fn without_broker(
+    p: &PartitionImage,
+    broker_id: i32,
+    live: &dyn Fn(i32) -> bool,
+) -> (Vec<i32>, i32, i32) {
+    let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
+    let isr = if shrunk.is_empty() {
+        p.isr.clone()
+    } else {
+        shrunk
+    };
+    if p.leader == broker_id {
+        let leader = elect(&p.replicas, &isr, live);
+        (isr, leader, p.leader_epoch + 1)
+    } else {
+        (isr, p.leader, p.leader_epoch)
+    }
 }
 
 /// Kafka's `unclean.leader.election.enable` (topic config, else the
@@ -230,18 +242,7 @@ pub fn fence_broker(
             if !p.isr.contains(&broker_id) && p.leader != broker_id {
                 continue;
             }
-            let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
-            let isr = if shrunk.is_empty() {
-                p.isr.clone()
-            } else {
-                shrunk
-            };
-            let (mut leader, leader_epoch) = if p.leader == broker_id {
-                (elect(&p.replicas, &isr, &live), p.leader_epoch + 1)
-            } else {
-                (p.leader, p.leader_epoch)
-            };
-            let mut isr = isr;
+            let (mut isr, mut leader, leader_epoch) = without_broker(p, broker_id, &live);
             if p.leader == broker_id
                 && leader == -1
                 && unclean_default.is_some_and(|d| unclean_allowed(image, topic, d))

@@ -327,37 +327,35 @@ impl KafkaStreams {
     }
 
     fn start_thread(&mut self, thread: usize) -> Result<(), StreamsError> {
-        {
-            let consumer = Consumer::new(&self.config.consumer_config(thread))?;
-            let producer = Producer::new(&self.config.producer_config(thread))?;
-            let topics: Vec<String> = self.topology.source_topics.keys().cloned().collect();
-            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            consumer.subscribe(&topics)?;
-            let worker = StreamThread {
-                index: thread,
-                topology: Arc::clone(&self.topology),
-                config: self.config.clone(),
-                consumer,
-                producer,
-                tasks: BTreeMap::new(),
-                partitions: HashMap::new(),
-                uncommitted: BTreeMap::new(),
-                sends: Vec::new(),
-            };
-            let stop = self.stop.clone();
-            let state = self.state.clone();
-            self.threads.push(tokio::spawn(async move {
-                let result = worker.run(stop.subscribe()).await;
-                if let Err(e) = &result {
-                    // The whole instance stops (Kafka's default
-                    // uncaught-exception response, SHUTDOWN_CLIENT).
-                    tracing::error!(thread, error = %e, "stream thread stopped");
-                    state.send_replace(State::Error);
-                    stop.send_replace(true);
-                }
-                result
-            }));
-        }
+        let consumer = Consumer::new(&self.config.consumer_config(thread))?;
+        let producer = Producer::new(&self.config.producer_config(thread))?;
+        let topics: Vec<String> = self.topology.source_topics.keys().cloned().collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        let worker = StreamThread {
+            index: thread,
+            topology: Arc::clone(&self.topology),
+            config: self.config.clone(),
+            consumer,
+            producer,
+            tasks: BTreeMap::new(),
+            partitions: HashMap::new(),
+            uncommitted: BTreeMap::new(),
+            sends: Vec::new(),
+        };
+        let stop = self.stop.clone();
+        let state = self.state.clone();
+        self.threads.push(tokio::spawn(async move {
+            let result = worker.run(stop.subscribe()).await;
+            if let Err(e) = &result {
+                // The whole instance stops (Kafka's default
+                // uncaught-exception response, SHUTDOWN_CLIENT).
+                tracing::error!(thread, error = %e, "stream thread stopped");
+                state.send_replace(State::Error);
+                stop.send_replace(true);
+            }
+            result
+        }));
         Ok(())
     }
 
@@ -594,11 +592,11 @@ impl StreamThread {
 
     async fn process(&mut self, record: ConsumerRecord) -> Result<(), StreamsError> {
         let tp = TopicPartition::new(&record.topic, record.partition);
-        let Some(id) = self.partitions.get(&tp) else {
+        let Some(&id) = self.partitions.get(&tp) else {
             // Polled before a rebalance took the partition away.
             return Ok(());
         };
-        let Some(task) = self.tasks.get_mut(id) else {
+        let Some(task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
         let Some(&node) = task.sources.get(&*record.topic) else {
@@ -645,19 +643,31 @@ impl StreamThread {
                 .may_punctuate(PunctuationType::StreamTime, stream_time)?;
         }
         self.uncommitted.insert(tp, record.offset.saturating_add(1));
-        self.send_produced().await
+        self.send_produced_by(id).await
     }
 
-    /// Sends what the tasks' sinks wrote.
+    /// Sends what every task's sinks wrote (after punctuations, which may
+    /// run in any task).
     async fn send_produced(&mut self) -> Result<(), StreamsError> {
-        for task in self.tasks.values_mut() {
-            for record in std::mem::take(&mut task.state.produced) {
-                let mut out = ProducerRecord::new(record.topic).timestamp(record.timestamp_ms);
-                out.key = record.key;
-                out.value = record.value;
-                out.headers = record.headers;
-                self.sends.push(self.producer.send(out).await?);
-            }
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
+        for id in ids {
+            self.send_produced_by(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what task `id`'s sinks wrote: after a record, only its task
+    /// can have written anything.
+    async fn send_produced_by(&mut self, id: TaskId) -> Result<(), StreamsError> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
+        for record in std::mem::take(&mut task.state.produced) {
+            let mut out = ProducerRecord::new(record.topic).timestamp(record.timestamp_ms);
+            out.key = record.key;
+            out.value = record.value;
+            out.headers = record.headers;
+            self.sends.push(self.producer.send(out).await?);
         }
         Ok(())
     }

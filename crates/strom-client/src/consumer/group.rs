@@ -13,7 +13,7 @@ use strom_protocol::messages::kafka::{
     offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic},
     offset_fetch_request::OffsetFetchRequestTopic,
 };
-use strom_protocol::messages::{Decodable, Encodable, StrBytes};
+use strom_protocol::messages::{Decodable, Encodable};
 
 use super::TopicPartition;
 use super::assignor::{Assignment, PartitionAssignor, Subscription};
@@ -21,7 +21,7 @@ use crate::cluster::{Cluster, Route};
 use crate::error::{Error, Result};
 use crate::group::{
     self as classic, GroupLeader, GroupSettings, JoinedMember, Membership, Protocol,
-    check_coordinator, coordinator,
+    check_coordinator, coordinator, str_bytes,
 };
 
 /// v8+ batches groups; one group per request needs no more.
@@ -38,10 +38,6 @@ const CONSUMER_PROTOCOL_VERSION: i16 = 0;
 /// rack id); newer ones are read as it, since fields are only added at
 /// the end.
 const CONSUMER_PROTOCOL_VERSION_READ: i16 = 3;
-
-fn str_bytes(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_owned())
-}
 
 /// Joins the group (JoinGroup then SyncGroup) subscribed to `topics`,
 /// offering `assignors`, and returns the partitions assigned to this member.
