@@ -303,6 +303,7 @@ mod tests {
             partition_epoch: leader_epoch,
             adding_replicas: vec![],
             removing_replicas: vec![],
+            elr: Vec::new(),
         }
     }
 

@@ -377,6 +377,7 @@ pub async fn start_with_clock(
         host: broker.advertised_host.clone(),
         port: broker.advertised_port,
         rack: broker.config.rack.clone(),
+        clean_shutdown: broker.logs.opened_after_clean_shutdown(),
     };
     broker.tasks.spawn(crate::lifecycle::run(
         Arc::clone(&broker),
@@ -731,6 +732,11 @@ fn controller_config(config: &BrokerConfig) -> ControllerConfig {
             .settings
             .cluster
             .leader_imbalance_per_broker_percentage,
+        min_insync_replicas: config
+            .properties
+            .get(strom_controller::propose::MIN_INSYNC_REPLICAS)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1),
         ..ControllerConfig::default()
     }
 }

@@ -218,6 +218,11 @@ pub struct ControllerConfig {
     /// `leader.imbalance.per.broker.percentage`, default 10: the share of a
     /// broker's preferred partitions led elsewhere that triggers the move.
     pub leader_imbalance_per_broker_percentage: i32,
+    /// `min.insync.replicas` of the broker's properties, default 1: where
+    /// neither the topic nor the cluster's dynamic config says, the ISR
+    /// size below which replicas leaving the ISR stay eligible leaders
+    /// (KIP-966).
+    pub min_insync_replicas: i32,
 }
 
 /// [`ControllerConfig::write_timeout_ms`] by default: long enough for an
@@ -238,6 +243,7 @@ impl Default for ControllerConfig {
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_seconds: 300,
             leader_imbalance_per_broker_percentage: 10,
+            min_insync_replicas: 1,
         }
     }
 }
@@ -1012,6 +1018,7 @@ impl Controller {
                     &topics,
                     allow_replication_factor_change,
                     self.config.unclean_leader_election_enable,
+                    self.config.min_insync_replicas,
                 );
                 Reply::AlterPartitionReassignments(if records.is_empty() {
                     Ok(results)
@@ -1040,7 +1047,11 @@ impl Controller {
         writer: &mut Writer<'_>,
         request: &AlterPartitionRequest,
     ) -> Result<PartitionImage, ControllerError> {
-        let image = match propose::alter_partition(&self.image(), request)? {
+        let image = match propose::alter_partition(
+            &self.image(),
+            request,
+            self.config.min_insync_replicas,
+        )? {
             Some(record) => self.commit(writer, vec![record]).await?,
             None => self.image(),
         };
@@ -1126,7 +1137,11 @@ impl Controller {
                 ),
             ));
         }
-        let image = match propose::register_broker(&image, &registration) {
+        let image = match propose::register_broker(
+            &image,
+            &registration,
+            self.config.min_insync_replicas,
+        ) {
             Some(records) => self.commit(writer, records).await?,
             None => image,
         };
@@ -1175,7 +1190,12 @@ impl Controller {
         if heartbeat.want_shutdown || heartbeat.want_fence {
             // A controlled shutdown or a broker asking to be fenced: clean
             // elections only.
-            fenced_by = match propose::fence_broker(&image, broker.id, None) {
+            fenced_by = match propose::fence_broker(
+                &image,
+                broker.id,
+                None,
+                self.config.min_insync_replicas,
+            ) {
                 Some(records) => self.commit(writer, records).await?.offset,
                 None => image.offset,
             };
@@ -1186,6 +1206,7 @@ impl Controller {
                 &image,
                 broker.id,
                 self.config.unclean_leader_election_enable,
+                self.config.min_insync_replicas,
             )
         {
             self.commit(writer, records).await?;
@@ -1285,6 +1306,7 @@ impl Controller {
                     &self.image(),
                     broker_id,
                     Some(self.config.unclean_leader_election_enable),
+                    self.config.min_insync_replicas,
                 ) {
                     tracing::warn!(
                         broker_id,
@@ -1684,6 +1706,7 @@ mod tests {
             host: "localhost".to_owned(),
             port: 9092,
             rack,
+            clean_shutdown: true,
         }
     }
 

@@ -52,6 +52,11 @@ pub struct PartitionImage {
     /// replica is in sync; `replicas` lists them, last.
     #[serde(default)]
     pub removing_replicas: Vec<i32>,
+    /// Eligible leader replicas (KIP-966): out of the ISR, yet holding
+    /// every record up to the high watermark; they may lead when no
+    /// in-sync replica can.
+    #[serde(default)]
+    pub elr: Vec<i32>,
 }
 
 impl PartitionImage {
@@ -188,6 +193,7 @@ impl MetadataImage {
                     partition_epoch: p.partition_epoch,
                     adding_replicas: p.adding_replicas.clone(),
                     removing_replicas: p.removing_replicas.clone(),
+                    elr: p.elr.clone(),
                 });
             }
             for (name, value) in &t.configs {
@@ -280,6 +286,7 @@ impl MetadataImage {
                 partition_epoch,
                 adding_replicas,
                 removing_replicas,
+                elr,
             } => {
                 let Some(topic) = self.topic_mut_by_id(topic_id) else {
                     tracing::warn!(%topic_id, "metadata record for an unknown topic");
@@ -294,6 +301,7 @@ impl MetadataImage {
                     partition_epoch: *partition_epoch,
                     adding_replicas: adding_replicas.clone(),
                     removing_replicas: removing_replicas.clone(),
+                    elr: elr.clone(),
                 };
                 match usize::try_from(*partition) {
                     Ok(i) if i < topic.partitions.len() => topic.partitions[i] = image,
@@ -386,6 +394,7 @@ mod tests {
                         partition_epoch: 0,
                         adding_replicas: vec![2],
                         removing_replicas: vec![1],
+                        elr: Vec::new(),
                     },
                 ],
             ),

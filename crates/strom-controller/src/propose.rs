@@ -98,6 +98,13 @@ pub struct BrokerRegistration {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Whether the process found its data directory shut down cleanly
+    /// (Kafka's PreviousBrokerEpoch, KIP-966). After an unclean shutdown its
+    /// logs may have lost records they had acknowledged (data not yet
+    /// flushed): it leaves every ISR and ELR where another eligible replica
+    /// remains. Absent (false) from brokers that do not say.
+    #[serde(default)]
+    pub clean_shutdown: bool,
 }
 
 /// The records of a registration: a new registration starts fenced (Kafka
@@ -113,20 +120,27 @@ pub struct BrokerRegistration {
 /// acknowledged, and followers that hold the rest would truncate to it.
 /// Where it is the last live in-sync replica it keeps its place (as Kafka
 /// does without KIP-966).
+///
+/// A process that did not shut down cleanly (KIP-966's
+/// `handleBrokerUncleanShutdown`) first leaves every ISR and ELR where
+/// another in-sync or eligible replica remains, and loses its leaderships
+/// there (see [`unclean_restart`]).
 pub fn register_broker(
     image: &MetadataImage,
     registration: &BrokerRegistration,
+    min_isr_default: i32,
 ) -> Option<Vec<MetadataRecord>> {
-    let mut records = Vec::new();
-    if let Some(b) = image.brokers.get(&registration.broker_id) {
-        if b.incarnation_id == Some(registration.incarnation_id) {
-            return None;
-        }
-        if !b.fenced {
-            records.extend(hand_over(image, registration.broker_id));
-        }
+    let previous = image.brokers.get(&registration.broker_id);
+    if previous.is_some_and(|b| b.incarnation_id == Some(registration.incarnation_id)) {
+        return None;
     }
-    records.push(MetadataRecord::RegisterBroker {
+    // The registration comes first in its batch: the broker epoch is the
+    // record's offset, and a broker counts as caught up once it has applied
+    // past its epoch. Batches take one offset each in the quorum's log, so a
+    // registration after other records of its batch would have an epoch
+    // beyond the batch's offset, and the broker would wait for the next
+    // batch, which might never come, to be unfenced.
+    let mut records = vec![MetadataRecord::RegisterBroker {
         broker_id: registration.broker_id,
         host: registration.host.clone(),
         port: registration.port,
@@ -134,23 +148,74 @@ pub fn register_broker(
         fenced: true,
         incarnation_id: Some(registration.incarnation_id),
         epoch: None,
-    });
+    }];
+    if let Some(b) = previous {
+        // Computed on the image before the registration: what the previous
+        // process held.
+        if !registration.clean_shutdown {
+            records.extend(unclean_restart(
+                image,
+                registration.broker_id,
+                min_isr_default,
+            ));
+        } else if !b.fenced {
+            records.extend(hand_over(image, registration.broker_id, min_isr_default));
+        }
+    }
     Some(records)
 }
 
 /// The partition changes that take broker `broker_id` out of every ISR
 /// (and leadership) where another live in-sync replica remains.
-fn hand_over(image: &MetadataImage, broker_id: i32) -> Vec<MetadataRecord> {
+fn hand_over(image: &MetadataImage, broker_id: i32, min_isr_default: i32) -> Vec<MetadataRecord> {
     let live = |id: i32| id != broker_id && image.is_live(id);
     let mut records = Vec::new();
     for topic in image.topics() {
+        let min_isr = min_isr(image, topic, min_isr_default);
         for p in &topic.partitions {
             let others_live = p.isr.iter().any(|r| live(*r));
             if (!p.isr.contains(&broker_id) && p.leader != broker_id) || !others_live {
                 continue;
             }
-            let (isr, leader, leader_epoch) = without_broker(p, broker_id, &live);
-            records.push(partition_change(topic.id, p, isr, leader, leader_epoch));
+            let change = without_broker(p, broker_id, &live, min_isr);
+            records.push(change.record(topic.id, p));
+        }
+    }
+    records
+}
+
+/// The partition changes for a broker process that registers after an
+/// unclean shutdown (KIP-966): its logs may have lost acknowledged records
+/// that were not flushed, so it must not lead on what it kept. Wherever
+/// another replica is in the ISR or the ELR, it leaves the ISR and the ELR
+/// (and its leadership, for the first live in-sync replica, else the first
+/// live eligible one, else none until one returns). Where it is the only
+/// replica left in either, it keeps its place: no other replica is known
+/// to hold more, and Kafka's recovery would elect this last known leader
+/// too. (A replaced, empty data directory looks the same as a crash here;
+/// telling the two apart needs directory ids, KIP-858.)
+fn unclean_restart(
+    image: &MetadataImage,
+    broker_id: i32,
+    min_isr_default: i32,
+) -> Vec<MetadataRecord> {
+    let live = |id: i32| id != broker_id && image.is_live(id);
+    let mut records = Vec::new();
+    for topic in image.topics() {
+        let min_isr = min_isr(image, topic, min_isr_default);
+        for p in &topic.partitions {
+            let member = p.isr.contains(&broker_id) || p.elr.contains(&broker_id);
+            let others = p.isr.iter().chain(&p.elr).any(|r| *r != broker_id);
+            if !member || !others {
+                continue;
+            }
+            let isr: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
+            let change = Change::new(p, isr, min_isr, Some(broker_id)).elect_if(
+                p.leader == broker_id,
+                p,
+                &live,
+            );
+            records.push(change.record(topic.id, p));
         }
     }
     records
@@ -158,25 +223,140 @@ fn hand_over(image: &MetadataImage, broker_id: i32) -> Vec<MetadataRecord> {
 
 /// Partition `p` without broker `broker_id`: its ISR without it (unless it
 /// is the last member, who stays), and, where it led, a new leader from
-/// that ISR (-1 when none is `live`) in the next leader epoch.
+/// that ISR, else from the ELR (-1 when none is `live`) in the next leader
+/// epoch.
 fn without_broker(
     p: &PartitionImage,
     broker_id: i32,
     live: &dyn Fn(i32) -> bool,
-) -> (Vec<i32>, i32, i32) {
+    min_isr: usize,
+) -> Change {
     let shrunk: Vec<i32> = p.isr.iter().copied().filter(|r| *r != broker_id).collect();
     let isr = if shrunk.is_empty() {
         p.isr.clone()
     } else {
         shrunk
     };
-    if p.leader == broker_id {
-        let leader = elect(&p.replicas, &isr, live);
-        (isr, leader, p.leader_epoch + 1)
-    } else {
-        (isr, p.leader, p.leader_epoch)
+    Change::new(p, isr, min_isr, None).elect_if(p.leader == broker_id, p, live)
+}
+
+/// A partition's next ISR, ELR and leadership, before it is a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Change {
+    isr: Vec<i32>,
+    elr: Vec<i32>,
+    leader: i32,
+    leader_epoch: i32,
+}
+
+impl Change {
+    /// `p` with ISR `isr`, its leader kept, and the ELR that ISR implies
+    /// (KIP-966's `maybePopulateTargetElr`): empty when the ISR has at least
+    /// `min_isr` members; otherwise the old ISR and ELR members that are not
+    /// in the new ISR, but for `unclean` (a broker whose logs may have lost
+    /// records), in assignment order.
+    fn new(p: &PartitionImage, isr: Vec<i32>, min_isr: usize, unclean: Option<i32>) -> Self {
+        let elr = target_elr(p, &p.replicas, &p.removing_replicas, &isr, min_isr, unclean);
+        Self {
+            isr,
+            elr,
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+        }
+    }
+
+    /// When `needed`, a new leader in the next leader epoch: the first
+    /// live in-sync replica in assignment order; when none, the first live
+    /// eligible one (KIP-966), which becomes the only in-sync replica, the
+    /// others staying eligible; -1 when neither is live.
+    fn elect_if(mut self, needed: bool, p: &PartitionImage, live: &dyn Fn(i32) -> bool) -> Self {
+        if !needed {
+            return self;
+        }
+        self.leader_epoch = p.leader_epoch + 1;
+        self.leader = elect(&p.replicas, &self.isr, live);
+        let chosen = elect(&p.replicas, &self.elr, live);
+        if self.leader == -1 && chosen != -1 {
+            self.elr.retain(|r| *r != chosen);
+            // The in-sync members left (not live) become eligible: they
+            // held everything up to the high watermark too.
+            for r in std::mem::replace(&mut self.isr, vec![chosen]) {
+                if !self.elr.contains(&r) {
+                    self.elr.push(r);
+                }
+            }
+            self.elr
+                .sort_by_key(|r| p.replicas.iter().position(|x| x == r));
+            self.leader = chosen;
+        }
+        self
+    }
+
+    fn record(self, topic_id: Uuid, p: &PartitionImage) -> MetadataRecord {
+        partition_change(
+            topic_id,
+            p,
+            self.isr,
+            self.leader,
+            self.leader_epoch,
+            self.elr,
+        )
     }
 }
+
+/// The ELR of `p` once its replicas are `replicas` (of which `removing` are
+/// leaving) and its ISR is `isr` (KIP-966's `maybePopulateTargetElr`): empty
+/// when the ISR has at least the effective `min_isr` members (bounded by
+/// the replication factor without the replicas being removed, as the
+/// leader's high watermark rule is); otherwise the members of the old ISR
+/// and ELR that are still replicas and not in the new ISR, but for
+/// `unclean` (a broker whose logs may have lost records), in assignment
+/// order.
+pub(crate) fn target_elr(
+    p: &PartitionImage,
+    replicas: &[i32],
+    removing: &[i32],
+    isr: &[i32],
+    min_isr: usize,
+    unclean: Option<i32>,
+) -> Vec<i32> {
+    let replication_factor = replicas.len().saturating_sub(removing.len()).max(1);
+    if isr.len() >= min_isr.min(replication_factor).max(1) {
+        return Vec::new();
+    }
+    replicas
+        .iter()
+        .copied()
+        .filter(|r| p.isr.contains(r) || p.elr.contains(r))
+        .filter(|r| !isr.contains(r) && Some(*r) != unclean)
+        .collect()
+}
+
+/// `min.insync.replicas` of `topic` (its config, else the cluster's dynamic
+/// default, else `default`, the controller's static property); [`Change`]
+/// bounds it by each partition's replication factor, as Kafka's
+/// `getTopicEffectiveMinIsr` does.
+pub(crate) fn min_isr(
+    image: &MetadataImage,
+    topic: &crate::image::TopicImage,
+    default: i32,
+) -> usize {
+    let configured = topic
+        .configs
+        .get(MIN_INSYNC_REPLICAS)
+        .or_else(|| {
+            image
+                .broker_configs
+                .get(&None)
+                .and_then(|c| c.get(MIN_INSYNC_REPLICAS))
+        })
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .unwrap_or(default);
+    usize::try_from(configured.max(1)).unwrap_or(1)
+}
+
+/// Kafka's `min.insync.replicas`.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
 /// Kafka's `unclean.leader.election.enable` (topic config, else the
 /// cluster-wide dynamic broker config, else `default`): whether a partition
@@ -230,6 +410,7 @@ pub fn fence_broker(
     image: &MetadataImage,
     broker_id: i32,
     unclean_default: Option<bool>,
+    min_isr_default: i32,
 ) -> Option<Vec<MetadataRecord>> {
     let broker = image.brokers.get(&broker_id).filter(|b| !b.fenced)?;
     let mut records = vec![MetadataRecord::FenceBroker {
@@ -238,30 +419,35 @@ pub fn fence_broker(
     }];
     let live = |id: i32| id != broker_id && image.is_live(id);
     for topic in image.topics() {
+        let min_isr = min_isr(image, topic, min_isr_default);
         for p in &topic.partitions {
             if !p.isr.contains(&broker_id) && p.leader != broker_id {
                 continue;
             }
-            let (mut isr, mut leader, leader_epoch) = without_broker(p, broker_id, &live);
+            let mut change = without_broker(p, broker_id, &live, min_isr);
             if p.leader == broker_id
-                && leader == -1
+                && change.leader == -1
                 && unclean_default.is_some_and(|d| unclean_allowed(image, topic, d))
                 && let Some(chosen) = elect_unclean(&p.replicas, &live)
             {
-                leader = chosen;
-                isr = vec![chosen];
+                change.leader = chosen;
+                change.isr = vec![chosen];
+                // An unclean election leaves nobody known to hold more.
+                change.elr.clear();
             }
-            if isr == p.isr && leader == p.leader {
+            if change.isr == p.isr && change.leader == p.leader && change.elr == p.elr {
                 continue;
             }
-            records.push(partition_change(topic.id, p, isr, leader, leader_epoch));
+            records.push(change.record(topic.id, p));
         }
     }
     Some(records)
 }
 
-/// Unfences broker `broker_id` and elects it for the partitions that have
-/// no leader and keep it in their ISR, or (unclean election, where
+/// Unfences broker `broker_id` and elects a leader for the partitions that
+/// have none and keep it in their ISR or ELR (the first live in-sync
+/// replica, else the first live eligible one: see [`Change::elect_if`]), or
+/// (unclean election, where
 /// `unclean.leader.election.enable` allows it, `unclean_default` otherwise)
 /// that have no leader and list it as a replica. `None` when it is not
 /// registered or not fenced.
@@ -269,6 +455,7 @@ pub fn unfence_broker(
     image: &MetadataImage,
     broker_id: i32,
     unclean_default: bool,
+    min_isr_default: i32,
 ) -> Option<Vec<MetadataRecord>> {
     let broker = image.brokers.get(&broker_id).filter(|b| b.fenced)?;
     let mut records = vec![MetadataRecord::UnfenceBroker {
@@ -277,16 +464,13 @@ pub fn unfence_broker(
     }];
     let live = |id: i32| id == broker_id || image.is_live(id);
     for topic in image.topics() {
+        let min_isr = min_isr(image, topic, min_isr_default);
         for p in &topic.partitions {
-            if p.leader == -1 && p.isr.contains(&broker_id) {
-                let leader = elect(&p.replicas, &p.isr, &live);
-                records.push(partition_change(
-                    topic.id,
-                    p,
-                    p.isr.clone(),
-                    leader,
-                    p.leader_epoch + 1,
-                ));
+            if p.leader == -1 && (p.isr.contains(&broker_id) || p.elr.contains(&broker_id)) {
+                let change = Change::new(p, p.isr.clone(), min_isr, None).elect_if(true, p, &live);
+                if change.leader != -1 || change.elr != p.elr {
+                    records.push(change.record(topic.id, p));
+                }
             } else if p.leader == -1
                 && p.replicas.contains(&broker_id)
                 && unclean_allowed(image, topic, unclean_default)
@@ -297,6 +481,7 @@ pub fn unfence_broker(
                     vec![broker_id],
                     broker_id,
                     p.leader_epoch + 1,
+                    Vec::new(),
                 ));
             }
         }
@@ -312,6 +497,7 @@ fn partition_change(
     isr: Vec<i32>,
     leader: i32,
     leader_epoch: i32,
+    elr: Vec<i32>,
 ) -> MetadataRecord {
     MetadataRecord::Partition {
         topic_id,
@@ -323,6 +509,7 @@ fn partition_change(
         partition_epoch: p.partition_epoch + 1,
         adding_replicas: p.adding_replicas.clone(),
         removing_replicas: p.removing_replicas.clone(),
+        elr,
     }
 }
 
@@ -348,6 +535,7 @@ fn partition_change(
 pub fn alter_partition(
     image: &MetadataImage,
     request: &AlterPartitionRequest,
+    min_isr_default: i32,
 ) -> Result<Option<MetadataRecord>, ControllerError> {
     let refuse = |code, message: String| Err(ControllerError::new(code, message));
     let registered = image.brokers.get(&request.broker_id).map(|b| b.epoch);
@@ -454,18 +642,15 @@ pub fn alter_partition(
     // the reassignment in the same record (Kafka's `alterPartition` →
     // `PartitionChangeBuilder.completeReassignmentIfNeeded`).
     let live = |id: i32| image.is_live(id);
+    let min_isr = min_isr(image, topic, min_isr_default);
     if let Some(completed) =
-        crate::reassign::complete_if_needed(topic.id, p, &request.new_isr, &live)
+        crate::reassign::complete_if_needed(topic.id, p, &request.new_isr, &live, min_isr)
     {
         return Ok(Some(completed));
     }
-    Ok(Some(partition_change(
-        topic.id,
-        p,
-        request.new_isr.clone(),
-        p.leader,
-        p.leader_epoch,
-    )))
+    Ok(Some(
+        Change::new(p, request.new_isr.clone(), min_isr, None).record(topic.id, p),
+    ))
 }
 
 /// The results of one ElectLeaders request, by topic: for each partition
@@ -542,6 +727,7 @@ pub fn elect_leaders(
 ///   leader is fine keeps it (PREFERRED_LEADER_NOT_AVAILABLE).
 /// - UNCLEAN: only for a partition without a leader (ELECTION_NOT_NEEDED
 ///   otherwise): the first live in-sync replica, else the first live
+///   eligible one (KIP-966, which loses nothing), else the first live
 ///   replica, which becomes the only in-sync one and may lack acknowledged
 ///   records (ELIGIBLE_LEADERS_NOT_AVAILABLE when no replica is live).
 ///
@@ -581,13 +767,24 @@ pub fn elect_leader(
         ElectionType::Preferred if valid(preferred) => (preferred, p.isr.clone()),
         ElectionType::Preferred if valid(p.leader) => (p.leader, p.isr.clone()),
         ElectionType::Preferred => (elect(&p.replicas, &p.isr, &live), p.isr.clone()),
-        ElectionType::Unclean => match elect(&p.replicas, &p.isr, &live) {
-            -1 => match elect_unclean(&p.replicas, &live) {
+        ElectionType::Unclean => {
+            // A live in-sync or eligible replica (KIP-966) holds everything
+            // up to the high watermark: no need to lose anything.
+            let clean = Change {
+                isr: p.isr.clone(),
+                elr: p.elr.clone(),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+            }
+            .elect_if(true, p, &live);
+            if clean.leader != -1 {
+                return Ok(clean.record(t.id, p));
+            }
+            match elect_unclean(&p.replicas, &live) {
                 Some(chosen) => (chosen, vec![chosen]),
                 None => (-1, p.isr.clone()),
-            },
-            clean => (clean, p.isr.clone()),
-        },
+            }
+        }
     };
     if leader == p.leader {
         return Err(match election {
@@ -607,7 +804,20 @@ pub fn elect_leader(
             ),
         });
     }
-    Ok(partition_change(t.id, p, isr, leader, p.leader_epoch + 1))
+    // The ELR stays while the ISR does; an unclean election clears it.
+    let elr = if isr == p.isr {
+        p.elr.clone()
+    } else {
+        Vec::new()
+    };
+    Ok(partition_change(
+        t.id,
+        p,
+        isr,
+        leader,
+        p.leader_epoch + 1,
+        elr,
+    ))
 }
 
 /// Bound on the elections of one automatic rebalance, Kafka's
@@ -671,6 +881,7 @@ pub fn rebalance_leaders(image: &MetadataImage, imbalance_percentage: i32) -> Ve
                     p.isr.clone(),
                     broker,
                     p.leader_epoch + 1,
+                    p.elr.clone(),
                 ));
             }
         }
@@ -790,6 +1001,7 @@ pub fn create_topic(
             partition_epoch: 0,
             adding_replicas: Vec::new(),
             removing_replicas: Vec::new(),
+            elr: Vec::new(),
         });
     }
     for (key, value) in &request.configs {
@@ -918,6 +1130,7 @@ pub fn create_partitions(
             partition_epoch: 0,
             adding_replicas: Vec::new(),
             removing_replicas: Vec::new(),
+            elr: Vec::new(),
         })
         .collect())
 }
@@ -939,6 +1152,35 @@ pub fn alter_configs(
             ));
         }
     }
+    // A new min.insync.replicas clears the ELRs it applies to (as Kafka
+    // does): they were formed under the old minimum, and the high
+    // watermark may move under the new one without their members.
+    let mut cleared: Vec<MetadataRecord> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (resource, name, _) in &changes {
+        if name != MIN_INSYNC_REPLICAS {
+            continue;
+        }
+        for topic in image.topics() {
+            let applies = match resource {
+                ConfigResource::Topic(t) => *t == topic.name,
+                ConfigResource::Broker(_) => true,
+            };
+            if !applies || !seen.insert(topic.id) {
+                continue;
+            }
+            for p in topic.partitions.iter().filter(|p| !p.elr.is_empty()) {
+                cleared.push(partition_change(
+                    topic.id,
+                    p,
+                    p.isr.clone(),
+                    p.leader,
+                    p.leader_epoch,
+                    Vec::new(),
+                ));
+            }
+        }
+    }
     Ok(changes
         .into_iter()
         .map(|(resource, name, value)| MetadataRecord::Config {
@@ -946,6 +1188,7 @@ pub fn alter_configs(
             name,
             value,
         })
+        .chain(cleared)
         .collect())
 }
 
@@ -1217,13 +1460,15 @@ mod tests {
             host: "localhost".to_owned(),
             port: 9001,
             rack: None,
+            clean_shutdown: true,
         };
-        assert!(register_broker(&image, &registration).is_none());
+        assert!(register_broker(&image, &registration, 1).is_none());
         registration.incarnation_id = Uuid::from_u128(9);
-        let records = register_broker(&image, &registration).unwrap();
+        let records = register_broker(&image, &registration, 1).unwrap();
+        // The registration first: its offset is the broker epoch.
         assert!(matches!(
             records[..],
-            [.., MetadataRecord::RegisterBroker { fenced: true, .. }]
+            [MetadataRecord::RegisterBroker { fenced: true, .. }, ..]
         ));
         let (_, block) = allocate_producer_ids(&image, 1);
         assert_eq!(block.start, image.next_producer_id_block);
@@ -1242,8 +1487,9 @@ mod tests {
             host: "localhost".to_owned(),
             port: 9001,
             rack: None,
+            clean_shutdown: true,
         };
-        let records = register_broker(&image, &registration).unwrap();
+        let records = register_broker(&image, &registration, 1).unwrap();
         let mut after = image.clone();
         after.apply_batch(image.offset + 1, &records);
         let orders = after.topic("orders").unwrap();
@@ -1261,7 +1507,14 @@ mod tests {
         let p0 = &orders.partitions[0];
         alone.apply_batch(
             after.offset + 1,
-            &[partition_change(orders.id, p0, vec![2], 2, p0.leader_epoch)],
+            &[partition_change(
+                orders.id,
+                p0,
+                vec![2],
+                2,
+                p0.leader_epoch,
+                Vec::new(),
+            )],
         );
         let registration = BrokerRegistration {
             broker_id: 2,
@@ -1269,8 +1522,9 @@ mod tests {
             host: "localhost".to_owned(),
             port: 9002,
             rack: None,
+            clean_shutdown: true,
         };
-        let records = register_broker(&alone, &registration).unwrap();
+        let records = register_broker(&alone, &registration, 1).unwrap();
         let mut restarted = alone.clone();
         restarted.apply_batch(alone.offset + 1, &records);
         let p0 = &restarted.topic("orders").unwrap().partitions[0];
@@ -1310,18 +1564,18 @@ mod tests {
         assert_eq!(p0(&image), (1, vec![1, 2]));
         // Broker 2 fails, then broker 1 shuts down: 1 is the last in-sync
         // replica, so the partition keeps it and has no leader.
-        let records = fence_broker(&image, 2, Some(true)).unwrap();
+        let records = fence_broker(&image, 2, Some(true), 1).unwrap();
         image.apply_batch(10, &records);
         assert_eq!(p0(&image), (1, vec![1]));
-        let records = fence_broker(&image, 1, None).unwrap();
+        let records = fence_broker(&image, 1, None, 1).unwrap();
         image.apply_batch(20, &records);
         assert_eq!(p0(&image), (-1, vec![1]));
         // Broker 2 comes back: out of sync, it leads only by an unclean
         // election, and only where that is allowed.
-        let clean = unfence_broker(&image, 2, false).unwrap();
+        let clean = unfence_broker(&image, 2, false, 1).unwrap();
         assert_eq!(clean.len(), 1, "only the unfence record: {clean:?}");
         let mut unclean = image.clone();
-        unclean.apply_batch(30, &unfence_broker(&image, 2, true).unwrap());
+        unclean.apply_batch(30, &unfence_broker(&image, 2, true, 1).unwrap());
         assert_eq!(p0(&unclean), (2, vec![2]));
         // The topic's own setting wins over the default.
         let mut by_topic = image.clone();
@@ -1334,7 +1588,7 @@ mod tests {
                 value: Some("true".to_owned()),
             }],
         );
-        let records = unfence_broker(&by_topic, 2, false).unwrap();
+        let records = unfence_broker(&by_topic, 2, false, 1).unwrap();
         by_topic.apply_batch(31, &records);
         assert_eq!(p0(&by_topic), (2, vec![2]));
         assert_eq!(by_topic.topic("orders").unwrap().id, topic_id);
@@ -1344,17 +1598,17 @@ mod tests {
     fn a_failed_leader_without_in_sync_followers_is_replaced_uncleanly_if_allowed() {
         let mut image = image();
         // Partition 0's ISR is only its leader 1.
-        let records = fence_broker(&image, 2, Some(false)).unwrap();
+        let records = fence_broker(&image, 2, Some(false), 1).unwrap();
         image.apply_batch(10, &records);
-        let records = unfence_broker(&image, 2, false).unwrap();
+        let records = unfence_broker(&image, 2, false, 1).unwrap();
         image.apply_batch(11, &records);
         assert_eq!(p0(&image), (1, vec![1]));
         // Broker 1 fails (its session expired).
-        let clean = fence_broker(&image, 1, Some(false)).unwrap();
+        let clean = fence_broker(&image, 1, Some(false), 1).unwrap();
         let mut after = image.clone();
         after.apply_batch(20, &clean);
         assert_eq!(p0(&after), (-1, vec![1]));
-        let unclean = fence_broker(&image, 1, Some(true)).unwrap();
+        let unclean = fence_broker(&image, 1, Some(true), 1).unwrap();
         let mut after = image.clone();
         after.apply_batch(20, &unclean);
         assert_eq!(p0(&after), (2, vec![2]));
@@ -1377,7 +1631,7 @@ mod tests {
     fn an_isr_change_is_checked_as_kafka_does_and_keeps_the_leader_epoch() {
         let mut image = image();
         let code = |image: &MetadataImage, request: AlterPartitionRequest| {
-            alter_partition(image, &request).unwrap_err().code
+            alter_partition(image, &request, 1).unwrap_err().code
         };
         let good = alter(&image, vec![1]);
         for (request, expected) in [
@@ -1443,12 +1697,12 @@ mod tests {
         }
         // The same ISR: nothing to write.
         assert_eq!(
-            alter_partition(&image, &alter(&image, vec![1, 2])),
+            alter_partition(&image, &alter(&image, vec![1, 2]), 1),
             Ok(None)
         );
         // A shrink: one record, same leader and leader epoch, next partition epoch.
         let before = image.partition("orders", 0).unwrap().clone();
-        let record = alter_partition(&image, &good).unwrap().unwrap();
+        let record = alter_partition(&image, &good, 1).unwrap().unwrap();
         image.apply_batch(10, &[record]);
         let after = image.partition("orders", 0).unwrap().clone();
         assert_eq!(after.isr, vec![1]);
@@ -1464,20 +1718,20 @@ mod tests {
         assert_eq!(code(&image, good.clone()), ErrorCode::InvalidUpdateVersion);
         // Broker 2 fenced: it may not join the ISR.
         let mut fenced = image.clone();
-        fenced.apply_batch(11, &fence_broker(&image, 2, None).unwrap());
+        fenced.apply_batch(11, &fence_broker(&image, 2, None, 1).unwrap());
         assert_eq!(
             code(&fenced, alter(&fenced, vec![1, 2])),
             ErrorCode::IneligibleReplica
         );
         // Live, it may.
-        let record = alter_partition(&image, &alter(&image, vec![1, 2]))
+        let record = alter_partition(&image, &alter(&image, vec![1, 2]), 1)
             .unwrap()
             .unwrap();
         image.apply_batch(12, &[record]);
         assert_eq!(p0(&image), (1, vec![1, 2]));
         // A leader epoch older than the current one (the leader moved).
         let old = alter(&image, vec![1]);
-        image.apply_batch(13, &fence_broker(&image, 1, None).unwrap());
+        image.apply_batch(13, &fence_broker(&image, 1, None, 1).unwrap());
         assert_eq!(p0(&image), (2, vec![2]));
         let old = AlterPartitionRequest {
             broker_id: 2,
@@ -1526,21 +1780,21 @@ mod tests {
             ErrorCode::UnknownTopicOrPartition
         );
         // Broker 1 fails: partition 0 moves to 2, and 1 leaves the ISR.
-        image.apply_batch(10, &fence_broker(&image, 1, Some(false)).unwrap());
+        image.apply_batch(10, &fence_broker(&image, 1, Some(false), 1).unwrap());
         assert_eq!(p0(&image), (2, vec![2]));
         assert_eq!(
             election(&image, ElectionType::Preferred, 0),
             Err(ErrorCode::PreferredLeaderNotAvailable)
         );
         // Back, but out of sync: still not available.
-        image.apply_batch(20, &unfence_broker(&image, 1, false).unwrap());
+        image.apply_batch(20, &unfence_broker(&image, 1, false, 1).unwrap());
         assert_eq!(
             election(&image, ElectionType::Preferred, 0),
             Err(ErrorCode::PreferredLeaderNotAvailable)
         );
         // In sync again (the leader's AlterPartition): the preferred
         // replica leads again, with the next leader epoch.
-        let record = alter_partition(&image, &alter(&image, vec![2, 1]))
+        let record = alter_partition(&image, &alter(&image, vec![2, 1]), 1)
             .unwrap()
             .unwrap();
         image.apply_batch(30, &[record]);
@@ -1552,8 +1806,8 @@ mod tests {
 
         // Unclean: only a leaderless partition, in-sync replicas first.
         let mut image = self::image();
-        image.apply_batch(10, &fence_broker(&image, 2, Some(false)).unwrap());
-        image.apply_batch(20, &fence_broker(&image, 1, Some(false)).unwrap());
+        image.apply_batch(10, &fence_broker(&image, 2, Some(false), 1).unwrap());
+        image.apply_batch(20, &fence_broker(&image, 1, Some(false), 1).unwrap());
         assert_eq!(p0(&image), (-1, vec![1]));
         assert_eq!(
             election(&image, ElectionType::Unclean, 0),
@@ -1565,7 +1819,7 @@ mod tests {
         );
         // Broker 2 returns, out of sync: an unclean election makes it the
         // leader and sole in-sync replica.
-        image.apply_batch(30, &unfence_broker(&image, 2, false).unwrap());
+        image.apply_batch(30, &unfence_broker(&image, 2, false, 1).unwrap());
         assert_eq!(p0(&image), (-1, vec![1]));
         let (leader, isr, _) = election(&image, ElectionType::Unclean, 0).unwrap();
         assert_eq!((leader, isr), (2, vec![2]));
@@ -1574,8 +1828,8 @@ mod tests {
     #[test]
     fn electing_every_partition_answers_only_those_that_needed_it() {
         let mut image = image();
-        image.apply_batch(10, &fence_broker(&image, 1, Some(false)).unwrap());
-        image.apply_batch(20, &unfence_broker(&image, 1, false).unwrap());
+        image.apply_batch(10, &fence_broker(&image, 1, Some(false), 1).unwrap());
+        image.apply_batch(20, &unfence_broker(&image, 1, false, 1).unwrap());
         // Partition 0 (preferred 1) is led by 2; partition 1 by its
         // preferred 2.
         let (records, results) = elect_leaders(&image, ElectionType::Preferred, None);
@@ -1593,7 +1847,7 @@ mod tests {
             ("orders".to_owned(), vec![1, 0, 0]),
             ("missing".to_owned(), vec![0]),
         ];
-        let record = alter_partition(&image, &alter(&image, vec![2, 1]))
+        let record = alter_partition(&image, &alter(&image, vec![2, 1]), 1)
             .unwrap()
             .unwrap();
         image.apply_batch(30, &[record]);
@@ -1653,10 +1907,234 @@ mod tests {
                 partition_epoch: 5,
                 adding_replicas: vec![],
                 removing_replicas: vec![],
+                elr: Vec::new(),
             });
         }
         image.apply_batch(0, &records);
         image
+    }
+
+    /// Applies `records` as the next batch of `image`'s log.
+    fn apply(image: &mut MetadataImage, offset: &mut i64, records: &[MetadataRecord]) {
+        *offset += 10;
+        image.apply_batch(*offset, records);
+    }
+
+    /// Partition 0 of topic "t": (leader, ISR, ELR, leader epoch).
+    fn state(image: &MetadataImage) -> (i32, Vec<i32>, Vec<i32>, i32) {
+        let p = image.partition("t", 0).unwrap();
+        (p.leader, p.isr.clone(), p.elr.clone(), p.leader_epoch)
+    }
+
+    fn shrink_to(image: &MetadataImage, new_isr: Vec<i32>, min_isr: i32) -> MetadataRecord {
+        let p = image.partition("t", 0).unwrap();
+        let request = AlterPartitionRequest {
+            broker_id: p.leader,
+            broker_epoch: image.brokers[&p.leader].epoch,
+            topic_id: image.topic("t").unwrap().id,
+            partition: 0,
+            leader_epoch: p.leader_epoch,
+            new_isr,
+            partition_epoch: p.partition_epoch,
+        };
+        alter_partition(image, &request, min_isr).unwrap().unwrap()
+    }
+
+    fn restart(id: i32, clean_shutdown: bool) -> BrokerRegistration {
+        BrokerRegistration {
+            broker_id: id,
+            incarnation_id: Uuid::from_u128(1000 + id as u128),
+            host: "localhost".to_owned(),
+            port: 9000,
+            rack: None,
+            clean_shutdown,
+        }
+    }
+
+    #[test]
+    fn replicas_leaving_an_isr_below_min_isr_stay_eligible_and_lead_when_no_in_sync_one_can() {
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1, 2, 3])]);
+        let mut at = 100;
+        // min.insync.replicas=2: down to 2 members, nobody is eligible
+        // beyond the ISR; below it, the one that leaves is.
+        let shrunk = shrink_to(&image, vec![1, 2], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        assert_eq!(state(&image), (1, vec![1, 2], vec![], 3));
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        assert_eq!(state(&image), (1, vec![1], vec![2], 3));
+        // The leader fails: the eligible replica takes over, alone in the
+        // ISR, and the old leader becomes eligible in its place.
+        let fenced = fence_broker(&image, 1, Some(false), 2).unwrap();
+        apply(&mut image, &mut at, &fenced);
+        assert_eq!(state(&image), (2, vec![2], vec![1], 4));
+        // It comes back after an unclean shutdown: it may have lost what it
+        // acknowledged, so it is no longer eligible.
+        let registered = register_broker(&image, &restart(1, false), 2).unwrap();
+        apply(&mut image, &mut at, &registered);
+        assert_eq!(state(&image), (2, vec![2], vec![], 4));
+
+        // With the ISR back at the minimum, the ELR empties.
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1])]);
+        let shrunk = shrink_to(&image, vec![1, 3], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        assert_eq!(state(&image), (1, vec![1, 3], vec![], 3));
+    }
+
+    #[test]
+    fn a_leader_back_from_an_unclean_shutdown_gives_way_to_an_eligible_replica() {
+        // The soak's "last replica standing" (seeds 42 and 49): the ISR is
+        // down to the leader, which loses unflushed records in a crash and
+        // restarts before its session ends.
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1, 2])]);
+        let mut at = 100;
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        assert_eq!(state(&image), (1, vec![1], vec![2], 3));
+        let registered = register_broker(&image, &restart(1, false), 2).unwrap();
+        apply(&mut image, &mut at, &registered);
+        assert_eq!(state(&image), (2, vec![2], vec![], 4));
+
+        // The same with the eligible replica down too: nobody leads until
+        // it is back, and then it does.
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1, 2])]);
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        let fenced = fence_broker(&image, 2, Some(false), 2).unwrap();
+        apply(&mut image, &mut at, &fenced);
+        let registered = register_broker(&image, &restart(1, false), 2).unwrap();
+        apply(&mut image, &mut at, &registered);
+        assert_eq!(state(&image), (-1, vec![], vec![2], 4));
+        let unfenced = unfence_broker(&image, 2, false, 2).unwrap();
+        apply(&mut image, &mut at, &unfenced);
+        assert_eq!(state(&image), (2, vec![2], vec![], 5));
+
+        // After a clean shutdown it keeps its place.
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1, 2])]);
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        let fenced = fence_broker(&image, 1, None, 2).unwrap();
+        let fenced: Vec<_> = fenced
+            .into_iter()
+            .filter(|r| matches!(r, MetadataRecord::FenceBroker { .. }))
+            .collect();
+        apply(&mut image, &mut at, &fenced);
+        let registered = register_broker(&image, &restart(1, true), 2).unwrap();
+        assert!(
+            registered
+                .iter()
+                .all(|r| matches!(r, MetadataRecord::RegisterBroker { .. })),
+            "{registered:?}"
+        );
+    }
+
+    #[test]
+    fn an_isr_back_at_the_minimum_by_any_path_clears_the_elr() {
+        let mut at = 100;
+        // A reassignment from [1,2,3] to [1,2,4] completed by ISR [1,4]: the
+        // ISR is at the minimum again, so replica 2 is no longer eligible
+        // (the high watermark moves without it from here on).
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1, 2])]);
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        assert_eq!(state(&image).2, vec![2]);
+        apply(
+            &mut image,
+            &mut at,
+            &[MetadataRecord::RegisterBroker {
+                broker_id: 4,
+                host: "localhost".to_owned(),
+                port: 9000,
+                rack: None,
+                fenced: false,
+                incarnation_id: None,
+                epoch: None,
+            }],
+        );
+        let (started, _) = crate::reassign::alter_partition_reassignments(
+            &image,
+            &[crate::reassign::ReassignTopic {
+                topic: "t".to_owned(),
+                partitions: vec![(0, Some(vec![1, 2, 4]))],
+            }],
+            false,
+            false,
+            2,
+        );
+        apply(&mut image, &mut at, &started);
+        assert_eq!(state(&image).2, vec![2], "still below the minimum");
+        let completed = shrink_to(&image, vec![1, 4], 2);
+        apply(&mut image, &mut at, &[completed]);
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.elr.clone()),
+            (vec![1, 2, 4], vec![1, 4], vec![])
+        );
+
+        // A new min.insync.replicas clears the ELRs it applies to.
+        let mut image = placed(&[(&[1, 2, 3], 1, &[1, 2])]);
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        let records = alter_configs(
+            &image,
+            vec![(
+                ConfigResource::Topic("t".to_owned()),
+                MIN_INSYNC_REPLICAS.to_owned(),
+                Some("1".to_owned()),
+            )],
+        )
+        .unwrap();
+        apply(&mut image, &mut at, &records);
+        assert_eq!(state(&image), (1, vec![1], vec![], 3));
+    }
+
+    #[test]
+    fn an_unclean_election_takes_an_eligible_replica_first() {
+        let mut at = 100;
+        // 3 comes before 2 in assignment order: a plain unclean election
+        // would take it.
+        let mut image = placed(&[(&[1, 3, 2], 1, &[1, 2])]);
+        let shrunk = shrink_to(&image, vec![1], 2);
+        apply(&mut image, &mut at, &[shrunk]);
+        // Broker 2 (eligible) is down when 1 fails: no leader.
+        for id in [2, 1] {
+            let fenced = fence_broker(&image, id, Some(false), 2).unwrap();
+            apply(&mut image, &mut at, &fenced);
+        }
+        assert_eq!(state(&image).0, -1);
+        // 3 is live but was never eligible; 2 comes back (unfenced without
+        // the election, as an operator's ElectLeaders may race it).
+        let unfenced: Vec<_> = unfence_broker(&image, 2, false, 2)
+            .unwrap()
+            .into_iter()
+            .filter(|r| matches!(r, MetadataRecord::UnfenceBroker { .. }))
+            .collect();
+        apply(&mut image, &mut at, &unfenced);
+        let elected = elect_leader(&image, "t", 0, ElectionType::Unclean).unwrap();
+        assert!(
+            matches!(&elected, MetadataRecord::Partition { leader: 2, isr, .. } if *isr == vec![2]),
+            "{elected:?}"
+        );
+    }
+
+    #[test]
+    fn the_last_replica_standing_keeps_its_place_after_an_unclean_shutdown() {
+        // Nobody else is in sync or eligible: it holds the most there is.
+        let image = placed(&[(&[1, 2, 3], 1, &[1])]);
+        let registered = register_broker(&image, &restart(1, false), 1).unwrap();
+        assert!(
+            registered
+                .iter()
+                .all(|r| matches!(r, MetadataRecord::RegisterBroker { .. })),
+            "{registered:?}"
+        );
+        // A follower's unclean restart takes it out of the ISR.
+        let image = placed(&[(&[1, 2, 3], 1, &[1, 2, 3])]);
+        let registered = register_broker(&image, &restart(3, false), 1).unwrap();
+        assert!(
+            matches!(&registered[1], MetadataRecord::Partition { isr, leader: 1, .. } if *isr == vec![1, 2]),
+            "{registered:?}"
+        );
     }
 
     /// The (partition, new leader) of each rebalance election.

@@ -291,6 +291,7 @@ mod tests {
                 host: "localhost".to_owned(),
                 port: 9192,
                 rack: None,
+                clean_shutdown: true,
             })
             .await
             .unwrap();

@@ -71,6 +71,9 @@ struct Target {
     isr: Vec<i32>,
     adding: Vec<i32>,
     removing: Vec<i32>,
+    /// The ISR was made up (a revert that left no in-sync replica): no
+    /// replica is known to hold everything any more, so no ELR.
+    unclean: bool,
 }
 
 /// Kafka's `PartitionReassignmentReplicas.maybeCompleteReassignment`: the
@@ -102,6 +105,7 @@ fn build(
     p: &PartitionImage,
     mut target: Target,
     live: &dyn Fn(i32) -> bool,
+    min_isr: usize,
 ) -> Option<MetadataRecord> {
     if let Some((replicas, isr)) = completed(&target) {
         target.replicas = replicas;
@@ -120,8 +124,23 @@ fn build(
             .unwrap_or(-1)
     };
     let removed_any = p.replicas.iter().any(|r| !target.replicas.contains(r));
+    // Eligible replicas (KIP-966) by the ISR's rule, none after an unclean
+    // revert.
+    let elr = if target.unclean {
+        Vec::new()
+    } else {
+        crate::propose::target_elr(
+            p,
+            &target.replicas,
+            &target.removing,
+            &target.isr,
+            min_isr,
+            None,
+        )
+    };
     if target.replicas == p.replicas
         && target.isr == p.isr
+        && elr == p.elr
         && leader == p.leader
         && target.adding == p.adding_replicas
         && target.removing == p.removing_replicas
@@ -143,6 +162,7 @@ fn build(
         partition_epoch: p.partition_epoch + 1,
         adding_replicas: target.adding,
         removing_replicas: target.removing,
+        elr,
     })
 }
 
@@ -155,15 +175,17 @@ pub fn complete_if_needed(
     p: &PartitionImage,
     new_isr: &[i32],
     live: &dyn Fn(i32) -> bool,
+    min_isr: usize,
 ) -> Option<MetadataRecord> {
     let target = Target {
         replicas: p.replicas.clone(),
         isr: new_isr.to_vec(),
         adding: p.adding_replicas.clone(),
         removing: p.removing_replicas.clone(),
+        unclean: false,
     };
     completed(&target)?;
-    build(topic_id, p, target, live)
+    build(topic_id, p, target, live, min_isr)
 }
 
 /// Kafka's `validateManualPartitionAssignment`, with its messages: not
@@ -217,6 +239,7 @@ fn start(
     p: &PartitionImage,
     target: &[i32],
     allow_replication_factor_change: bool,
+    min_isr: usize,
 ) -> Result<Option<MetadataRecord>, ControllerError> {
     if !allow_replication_factor_change {
         let current = replication_factor(p);
@@ -253,8 +276,10 @@ fn start(
             isr: p.isr.clone(),
             adding,
             removing,
+            unclean: false,
         },
         &live,
+        min_isr,
     ))
 }
 
@@ -269,6 +294,7 @@ fn cancel(
     topic: &TopicImage,
     p: &PartitionImage,
     unclean_default: bool,
+    min_isr: usize,
 ) -> Result<Option<MetadataRecord>, ControllerError> {
     if !p.is_reassigning() {
         return Err(ControllerError::new(
@@ -297,6 +323,7 @@ fn cancel(
         }
         isr.push(first);
     }
+    let unclean = p.isr.iter().all(|r| !kept(r));
     let live = |id: i32| image.is_live(id);
     Ok(build(
         topic.id,
@@ -306,8 +333,10 @@ fn cancel(
             isr,
             adding: Vec::new(),
             removing: Vec::new(),
+            unclean,
         },
         &live,
+        min_isr,
     ))
 }
 
@@ -323,6 +352,7 @@ pub fn alter_partition_reassignments(
     topics: &[ReassignTopic],
     allow_replication_factor_change: bool,
     unclean_default: bool,
+    min_isr_default: i32,
 ) -> (Vec<MetadataRecord>, Vec<TopicReassignmentResult>) {
     // Each change is checked against the image the earlier ones made.
     let mut working = image.clone();
@@ -347,11 +377,17 @@ pub fn alter_partition_reassignments(
                         format!("Unable to find partition {}:{partition}.", request.topic),
                     ));
                 };
+                let min_isr = crate::propose::min_isr(&working, &topic, min_isr_default);
                 match target {
-                    Some(target) => {
-                        start(&working, &topic, p, target, allow_replication_factor_change)
-                    }
-                    None => cancel(&working, &topic, p, unclean_default),
+                    Some(target) => start(
+                        &working,
+                        &topic,
+                        p,
+                        target,
+                        allow_replication_factor_change,
+                        min_isr,
+                    ),
+                    None => cancel(&working, &topic, p, unclean_default, min_isr),
                 }
             })();
             match result {
@@ -454,6 +490,7 @@ mod tests {
             partition_epoch: 9,
             adding_replicas: vec![],
             removing_replicas: vec![],
+            elr: Vec::new(),
         });
         let mut image = MetadataImage::default();
         image.apply_batch(0, &records);
@@ -473,6 +510,7 @@ mod tests {
             }],
             allow_rf_change,
             false,
+            1,
         );
         let (_, result) = results[0].partitions[0].clone();
         result?;
@@ -499,7 +537,7 @@ mod tests {
             new_isr: isr,
             partition_epoch: p.partition_epoch,
         };
-        let record = crate::propose::alter_partition(image, &request)
+        let record = crate::propose::alter_partition(image, &request, 1)
             .unwrap()
             .unwrap();
         let mut next = image.clone();
@@ -617,6 +655,7 @@ mod tests {
             }],
             false,
             false,
+            1,
         );
         assert!(records.is_empty());
         assert_eq!(results[0].partitions, vec![(0, Ok(()))]);
@@ -659,6 +698,7 @@ mod tests {
                 partition_epoch: p.partition_epoch + 1,
                 adding_replicas: vec![2],
                 removing_replicas: vec![1],
+                elr: Vec::new(),
             },
             offset,
         );
@@ -672,6 +712,7 @@ mod tests {
             }],
             false,
             true,
+            1,
         );
         assert_eq!(results[0].partitions, vec![(0, Ok(()))]);
         assert!(matches!(
@@ -722,6 +763,7 @@ mod tests {
             ],
             false,
             false,
+            1,
         );
         let codes: Vec<Vec<(i32, Option<ErrorCode>)>> = results
             .iter()
@@ -776,6 +818,7 @@ mod tests {
                 new_isr: vec![1, 3, 4],
                 partition_epoch: p.partition_epoch,
             },
+            1,
         )
         .unwrap()
         .unwrap();

@@ -64,6 +64,13 @@ pub enum MetadataRecord {
         /// ones are in sync; `replicas` still lists them.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         removing_replicas: Vec<i32>,
+        /// Eligible leader replicas (KIP-966): replicas that left the ISR
+        /// while it was below `min.insync.replicas`, so that they hold every
+        /// record up to the high watermark (which does not move meanwhile),
+        /// and may lead when no in-sync replica can. Empty once the ISR
+        /// reaches the minimum again; absent in records from before ELR.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        elr: Vec<i32>,
     },
     /// A config value set (`Some`) or removed (`None`).
     Config {
@@ -146,6 +153,7 @@ mod tests {
                 partition_epoch: 3,
                 adding_replicas: vec![],
                 removing_replicas: vec![],
+                elr: Vec::new(),
             }
         );
         // Without a reassignment the record is written as before.

@@ -371,6 +371,7 @@ mod tests {
                     partition_epoch: 4,
                     adding_replicas: vec![2],
                     removing_replicas: vec![1],
+                    elr: Vec::new(),
                 },
                 MetadataRecord::Config {
                     resource: ConfigResource::Topic("orders".to_owned()),

@@ -97,6 +97,7 @@ async fn register(observer: &Controller) {
             host: "127.0.0.1".to_owned(),
             port: 9999,
             rack: None,
+            clean_shutdown: true,
         })
         .await
         .unwrap();

@@ -138,6 +138,7 @@ async fn join(c: &Controller, id: i32) -> i64 {
             host: "127.0.0.1".to_owned(),
             port: 9000,
             rack: None,
+            clean_shutdown: true,
         })
         .await
         .unwrap();

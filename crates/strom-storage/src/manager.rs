@@ -188,11 +188,22 @@ pub struct LogManager {
     pending_deletes: Mutex<Vec<PathBuf>>,
     /// Makes each delete directory name unique, with the time.
     delete_seq: AtomicU64,
+    /// Whether the marker of a clean shutdown was there at open: the logs
+    /// hold everything they held when the last process stopped.
+    clean_shutdown: bool,
     /// Held (locked) for the life of the manager.
     _lock: File,
 }
 
 impl LogManager {
+    /// Whether the previous process shut down cleanly (its marker was
+    /// found at open). After an unclean shutdown the logs may lack records
+    /// that were written but not flushed (a power loss), records the broker
+    /// may have acknowledged: it must not lead on them (KIP-966).
+    pub fn opened_after_clean_shutdown(&self) -> bool {
+        self.clean_shutdown
+    }
+
     /// Opens the data directory, loading (and if needed recovering) every
     /// partition log in it. `log_config` gives each existing partition its
     /// settings (topic configs live in the cluster metadata); it matters for
@@ -298,6 +309,7 @@ impl LogManager {
             background: Mutex::new(None),
             cleaner,
             cleaner_thread: Mutex::new(None),
+            clean_shutdown,
             shut_down: AtomicBool::new(false),
             pending_deletes: Mutex::new(pending_deletes),
             delete_seq: AtomicU64::new(0),

@@ -349,3 +349,77 @@ async fn a_leader_whose_disk_fills_stops_and_loses_no_acknowledged_record() {
     finish_and_check(cluster, writer).await;
     drop(disks);
 }
+
+/// KIP-966, the soak's "last replica standing" (seeds 42 and 49): both
+/// followers stop past their sessions, so the ISR shrinks to the leader and,
+/// below `min.insync.replicas=2`, the follower that left last stays an
+/// eligible leader replica. The leader then crashes and loses everything it
+/// had not flushed (here its whole log, as a power loss before any fsync)
+/// and restarts first. It must not lead on its empty log: the eligible
+/// follower leads once it is back, and every acknowledged record is read.
+/// (A controller-only voter keeps the quorum while the brokers stop.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_back_without_its_unflushed_log_gives_way_to_an_eligible_replica() {
+    let mut cluster = LocalCluster::builder(common::cluster::strom_bin())
+        .nodes(1)
+        .controller_only()
+        .brokers(3)
+        .set("broker.session.timeout.ms", "3000")
+        .set("broker.heartbeat.interval.ms", "500")
+        .start()
+        .await
+        .unwrap();
+    let code = raw(cluster.addr(2))
+        .create_topic_with_configs(TOPIC, 1, 3, &[("min.insync.replicas", "2")])
+        .unwrap();
+    assert_eq!(code, 0);
+    let victim = leader(&cluster, None).await;
+    let writer = Writer::start(&cluster.bootstrap(), TOPIC, PER_PHASE);
+    writer.wait_for(PER_PHASE).await;
+    let (acked, errors) = writer.finish().await;
+    assert!(errors.is_empty(), "the producer failed: {errors:?}");
+    assert!(acked.len() >= PER_PHASE, "{} acknowledged", acked.len());
+
+    let followers: Vec<i32> = [2, 3, 4].into_iter().filter(|id| *id != victim).collect();
+    for f in &followers {
+        cluster.pause(*f).unwrap();
+    }
+    let at_victim = cluster.addr(victim);
+    eventually("the ISR shrinks to the leader", move || {
+        let (_, isr) = leader_and_isr(at_victim, TOPIC)?;
+        (isr == vec![victim]).then_some(())
+    })
+    .await;
+    cluster.kill(victim).await.unwrap();
+    std::fs::remove_dir_all(cluster.data_dir(victim).join(format!("{TOPIC}-0"))).unwrap();
+    cluster.restart(victim).await.unwrap();
+    for f in &followers {
+        cluster.resume(*f).unwrap();
+    }
+    let next = leader(&cluster, Some(victim)).await;
+    assert!(followers.contains(&next), "led by {next}");
+
+    let bootstrap = cluster.bootstrap();
+    let read = tokio::task::spawn_blocking(move || read_all(&bootstrap, TOPIC))
+        .await
+        .unwrap();
+    let unique: BTreeSet<u64> = read.iter().copied().collect();
+    let lost: Vec<u64> = acked
+        .iter()
+        .filter(|n| !unique.contains(n))
+        .copied()
+        .collect();
+    if !lost.is_empty() {
+        diagnose(&cluster);
+    }
+    assert!(lost.is_empty(), "acknowledged records lost: {lost:?}");
+    assert_eq!(unique.len(), read.len(), "a record was read twice");
+    // The crashed broker catches up from the new leader and is in sync again.
+    let at_next = cluster.addr(next);
+    eventually("the crashed broker back in the ISR", move || {
+        let (_, isr) = leader_and_isr(at_next, TOPIC)?;
+        (isr == vec![2, 3, 4]).then_some(())
+    })
+    .await;
+    cluster.stop_all().await.unwrap();
+}

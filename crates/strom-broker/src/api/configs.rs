@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use strom_controller::propose::MIN_INSYNC_REPLICAS;
 
 use strom_controller::{ConfigResource, ControllerError, MetadataImage};
 use strom_protocol::error_code::ErrorCode;
@@ -410,7 +411,17 @@ fn validate(
             };
             validate_topic_configs(&value).map_err(invalid)
         }
-        ConfigResource::Broker(_) => {
+        ConfigResource::Broker(id) => {
+            // The controller forms eligible leader replicas (KIP-966) by the
+            // cluster's min.insync.replicas; a broker holding its high
+            // watermark by another value could let an eligible replica miss
+            // committed records. Kafka with ELR refuses it the same way.
+            if id.is_some() && overrides.contains_key(MIN_INSYNC_REPLICAS) {
+                return Err(Failure::new(
+                    ErrorCode::InvalidConfig,
+                    "Broker-level min.insync.replicas config is not supported when ELR is enabled.",
+                ));
+            }
             let mut read_only: Vec<&str> = Vec::new();
             for (name, value) in overrides {
                 match synonym_of(name) {

@@ -317,7 +317,9 @@ pub fn describe_topic_partitions(
                     .with_leader_epoch(p.leader_epoch)
                     .with_replica_nodes(p.replicas.iter().copied().map(BrokerId).collect())
                     .with_isr_nodes(p.isr.iter().copied().map(BrokerId).collect())
-                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_eligible_leader_replicas(Some(
+                        p.elr.iter().copied().map(BrokerId).collect(),
+                    ))
                     .with_last_known_elr(Some(Vec::new()))
                     .with_offline_replicas(Vec::new())
             })

@@ -1087,6 +1087,7 @@ mod tests {
                     partition_epoch: 0,
                     adding_replicas: vec![],
                     removing_replicas: vec![],
+                    elr: Vec::new(),
                 },
                 1,
             );
@@ -1317,6 +1318,7 @@ mod tests {
                     partition_epoch: 0,
                     adding_replicas: vec![],
                     removing_replicas: vec![],
+                    elr: Vec::new(),
                 },
                 offset + 1,
             );

@@ -108,6 +108,7 @@ impl Fixture {
                 partition_epoch: 0,
                 adding_replicas: vec![],
                 removing_replicas: vec![],
+                elr: Vec::new(),
             });
         }
         let mut image = MetadataImage::default();
