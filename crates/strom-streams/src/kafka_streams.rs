@@ -30,8 +30,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use strom_client::admin::{IsolationLevel, NewTopic, OffsetSpec};
 use strom_client::{
-    Admin, ClientConfig, Consumer, ConsumerRecord, DeliveryFuture, ErrorCode, Producer,
+    Admin, ClientConfig, Consumer, ConsumerRecord, DeliveryFuture, ErrorCode, Offset, Producer,
     ProducerRecord, TopicPartition,
 };
 use tokio::sync::watch;
@@ -81,6 +82,9 @@ pub struct StreamsConfig {
     pub consumer: Vec<(String, String)>,
     /// `producer.`-prefixed properties, for the producers only.
     pub producer: Vec<(String, String)>,
+    /// `replication.factor` of the internal topics the application creates
+    /// (changelogs); -1, Kafka Streams' default, takes the broker's.
+    pub replication_factor: i16,
 }
 
 /// The properties [`StreamsConfig::from_properties`] reads itself; the
@@ -94,6 +98,7 @@ const STREAMS_PROPERTIES: &[&str] = &[
     "processing.guarantee",
     "deserialization.exception.handler",
     "default.deserialization.exception.handler",
+    "replication.factor",
 ];
 
 impl StreamsConfig {
@@ -111,6 +116,7 @@ impl StreamsConfig {
             deserialization_handler: DeserializationHandler::LogAndFail,
             consumer: Vec::new(),
             producer: Vec::new(),
+            replication_factor: -1,
         }
     }
 
@@ -152,6 +158,16 @@ impl StreamsConfig {
                     config.num_stream_threads = threads;
                 }
                 "commit.interval.ms" => config.commit_interval = Duration::from_millis(number()?),
+                "replication.factor" => {
+                    config.replication_factor = value
+                        .trim()
+                        .parse::<i16>()
+                        .ok()
+                        .filter(|rf| *rf == -1 || *rf >= 1)
+                        .ok_or_else(|| {
+                            invalid(name, format!("{value:?} is not -1 or at least 1"))
+                        })?;
+                }
                 "poll.ms" => config.poll = Duration::from_millis(number()?),
                 "processing.guarantee" => {
                     if value.trim() != "at_least_once" {
@@ -304,7 +320,8 @@ impl KafkaStreams {
                 "start is called once, on a new instance".into(),
             ));
         }
-        check_source_topics(&self.topology, &self.config).await?;
+        let partitions = check_source_topics(&self.topology, &self.config).await?;
+        create_changelog_topics(&self.topology, &self.config, &partitions).await?;
         for thread in 0..self.config.num_stream_threads {
             if let Err(e) = self.start_thread(thread) {
                 // Those already started stop too.
@@ -332,12 +349,26 @@ impl KafkaStreams {
         let topics: Vec<String> = self.topology.source_topics.keys().cloned().collect();
         let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
+        let mut restore_config = self.config.client.clone();
+        restore_config
+            .set(
+                "client.id",
+                format!(
+                    "{}-StreamThread-{}-restore-consumer",
+                    self.config.application_id,
+                    thread + 1
+                ),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false");
         let worker = StreamThread {
             index: thread,
             topology: Arc::clone(&self.topology),
             config: self.config.clone(),
             consumer,
             producer,
+            restore: Consumer::new(&restore_config)?,
+            admin: Admin::new(&self.config.client)?,
             tasks: BTreeMap::new(),
             partitions: HashMap::new(),
             uncommitted: BTreeMap::new(),
@@ -413,7 +444,7 @@ impl Drop for KafkaStreams {
 async fn check_source_topics(
     topology: &Topology,
     config: &StreamsConfig,
-) -> Result<(), StreamsError> {
+) -> Result<BTreeMap<String, usize>, StreamsError> {
     let admin = Admin::new(&config.client)?;
     let topics: Vec<&str> = topology.source_topics.keys().map(String::as_str).collect();
     let described = admin.describe_topics(&topics).await;
@@ -443,6 +474,90 @@ async fn check_source_topics(
             ));
         }
     }
+    Ok(counts)
+}
+
+/// The changelog topics of the stores that log, each with as many
+/// partitions as its sub-topology's source topics (one per task):
+/// (topic, partitions).
+fn changelog_topics(
+    topology: &Topology,
+    application_id: &str,
+    source_partitions: &BTreeMap<String, usize>,
+) -> Vec<(String, usize)> {
+    let mut topics = Vec::new();
+    for members in topology.subtopologies() {
+        let partitions = topology
+            .source_topics
+            .iter()
+            .filter(|(_, node)| members.contains(node))
+            .filter_map(|(topic, _)| source_partitions.get(topic).copied())
+            .max()
+            .unwrap_or(0);
+        let stores: BTreeSet<&String> = members
+            .iter()
+            .flat_map(|&m| &topology.nodes[m].stores)
+            .collect();
+        for store in stores {
+            if topology.stores.get(store).is_some_and(|s| s.logging) {
+                topics.push((
+                    crate::state::changelog_topic(application_id, store),
+                    partitions,
+                ));
+            }
+        }
+    }
+    topics
+}
+
+/// Creates the changelog topics that do not exist yet, compacted, as Kafka
+/// Streams creates its internal topics at the first rebalance. One that
+/// exists with another partition count is an error (Kafka's
+/// `InternalTopicManager` refuses it too).
+async fn create_changelog_topics(
+    topology: &Topology,
+    config: &StreamsConfig,
+    source_partitions: &BTreeMap<String, usize>,
+) -> Result<(), StreamsError> {
+    let wanted = changelog_topics(topology, &config.application_id, source_partitions);
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let admin = Admin::new(&config.client)?;
+    let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+    let existing = admin.describe_topics(&names).await;
+    let mut create = Vec::new();
+    for (topic, partitions) in &wanted {
+        match existing.get(topic) {
+            Some(Ok(info)) if info.partitions.len() != *partitions => {
+                return Err(StreamsError::IllegalState(format!(
+                    "changelog topic {topic} has {} partitions, the application needs {partitions}",
+                    info.partitions.len()
+                )));
+            }
+            Some(Ok(_)) => {}
+            _ => create.push(
+                NewTopic::new(
+                    topic.clone(),
+                    i32::try_from(*partitions).unwrap_or(i32::MAX),
+                    config.replication_factor,
+                )
+                .config("cleanup.policy", "compact")
+                .config("message.timestamp.type", "CreateTime"),
+            ),
+        }
+    }
+    for (topic, result) in admin.create_topics(&create, false).await {
+        match result {
+            Ok(_) => tracing::info!(%topic, "created changelog topic"),
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+            Err(e) => {
+                return Err(StreamsError::IllegalState(format!(
+                    "creating changelog topic {topic}: {e}"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -459,6 +574,9 @@ struct StreamThread {
     config: StreamsConfig,
     consumer: Consumer,
     producer: Producer,
+    /// Reads changelogs back into the stores of new tasks (no group).
+    restore: Consumer,
+    admin: Admin,
     tasks: BTreeMap<TaskId, RunningTask>,
     /// The task of each assigned partition.
     partitions: HashMap<TopicPartition, TaskId>,
@@ -486,6 +604,7 @@ impl StreamThread {
         for task in self.tasks.values_mut() {
             task.state.close();
         }
+        let _ = self.restore.close().await;
         let closed = self.consumer.close().await;
         let flushed = self.producer.close().await;
         result?;
@@ -508,7 +627,7 @@ impl StreamThread {
                 records = self.consumer.poll(self.config.poll) => records?,
                 _ = stop.changed() => break,
             };
-            self.reconcile()?;
+            self.reconcile().await?;
             for record in records {
                 self.process(record).await?;
             }
@@ -532,7 +651,7 @@ impl StreamThread {
     /// Makes the tasks of newly assigned partitions and closes those whose
     /// partitions went (their uncommitted progress is dropped: the next
     /// owner processes those records again).
-    fn reconcile(&mut self) -> Result<(), StreamsError> {
+    async fn reconcile(&mut self) -> Result<(), StreamsError> {
         let assigned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
         let known: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
         if assigned == known {
@@ -577,6 +696,8 @@ impl StreamThread {
             }
             let members = &subtopologies[id.subtopology as usize];
             let (mut state, sources) = build_task(&self.topology, members, id, now);
+            state.application_id.clone_from(&self.config.application_id);
+            self.restore_stores(&mut state).await?;
             state.init()?;
             tracing::info!(thread = self.index, task = %id, "task assigned");
             self.tasks.insert(
@@ -585,6 +706,72 @@ impl StreamThread {
                     state,
                     sources: sources.into_iter().collect(),
                 },
+            );
+        }
+        Ok(())
+    }
+
+    /// Fills a new task's logging stores from their changelog partitions,
+    /// from the beginning to the end offset when the task starts (Kafka
+    /// restores before processing; in-memory stores have no checkpoint, so
+    /// always from the beginning).
+    async fn restore_stores(&mut self, task: &mut TaskState) -> Result<(), StreamsError> {
+        let logging: Vec<String> = task
+            .stores
+            .iter()
+            .filter(|(_, store)| store.logging)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in logging {
+            let tp = TopicPartition::new(
+                &crate::state::changelog_topic(&self.config.application_id, &name),
+                task.task_id.partition,
+            );
+            let specs = BTreeMap::from([(tp.clone(), OffsetSpec::Latest)]);
+            let end = match self
+                .admin
+                .list_offsets(&specs, IsolationLevel::ReadUncommitted)
+                .await
+                .remove(&tp)
+            {
+                Some(Ok(listed)) => listed.offset,
+                Some(Err(e)) => return Err(e.into()),
+                None => 0,
+            };
+            let started = Instant::now();
+            let mut restored: u64 = 0;
+            if end > 0 {
+                self.restore.assign(std::slice::from_ref(&tp));
+                self.restore.seek(&tp, Offset::Beginning)?;
+                let Some(store) = task.stores.get_mut(&name) else {
+                    continue;
+                };
+                loop {
+                    let records = self.restore.poll(self.config.poll).await?;
+                    let mut done = false;
+                    for record in &records {
+                        done |= record.offset + 1 >= end;
+                    }
+                    restored += records.len() as u64;
+                    store.store.restore(
+                        records
+                            .iter()
+                            .map(|r| (r.key.as_deref(), r.value.as_deref())),
+                    );
+                    if done || self.restore.position(&tp).is_some_and(|p| p >= end) {
+                        break;
+                    }
+                }
+                self.restore.assign(&[]);
+            }
+            tracing::info!(
+                thread = self.index,
+                task = %task.task_id,
+                store = %name,
+                records = restored,
+                end_offset = end,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "restored store from its changelog"
             );
         }
         Ok(())
@@ -662,12 +849,25 @@ impl StreamThread {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
+        let partition = task.state.task_id.partition;
+        let changelog = task.state.take_changelog();
         for record in std::mem::take(&mut task.state.produced) {
             let mut out = ProducerRecord::new(record.topic).timestamp(record.timestamp_ms);
             out.key = record.key;
             out.value = record.value;
             out.headers = record.headers;
             self.sends.push(self.producer.send(out).await?);
+        }
+        // Store writes go to the task's partition of each changelog, in the
+        // order they were made; the commit waits for them like any send.
+        for (topic, changes) in changelog {
+            for (key, value) in changes {
+                let mut out = ProducerRecord::new(topic.clone());
+                out.partition = Some(partition);
+                out.key = Some(key);
+                out.value = value;
+                self.sends.push(self.producer.send(out).await?);
+            }
         }
         Ok(())
     }

@@ -3,8 +3,10 @@
 //! stateless DSL with Kafka's generated names, and a test driver that runs
 //! a topology without a broker.
 //!
-//! This is the first increment: no runtime against a broker yet, and no
-//! state stores (see `docs/streams.md` for what comes next).
+//! In progress: key-value stores (in memory) with changelog records and
+//! `.checkpoint` files work in the test driver; the broker runtime does not
+//! send changelogs or restore yet, and the stateful DSL is still to come
+//! (see `docs/streams.md`).
 //!
 //! ```
 //! use strom_streams::dsl::{Consumed, Produced, StreamsBuilder};
@@ -42,6 +44,8 @@
 //!   output topics and a wall clock to advance.
 //! - [`kafka_streams`]: [`KafkaStreams`], a topology run against a cluster
 //!   by stream threads in the application's consumer group, at least once.
+//! - [`state`]: key-value state stores (in memory), their changelog
+//!   records and the `.checkpoint` file of a task directory.
 //! - [`error`]: [`error::StreamsError`], failures while processing.
 //! - `runtime` (private): a task's type-erased nodes, stream time and
 //!   punctuation queue, shared by the test driver and the coming runtime.
@@ -53,6 +57,7 @@ pub mod error;
 pub mod kafka_streams;
 pub mod processor;
 pub mod serdes;
+pub mod state;
 pub mod test_driver;
 pub mod topology;
 

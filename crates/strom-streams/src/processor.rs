@@ -240,6 +240,17 @@ impl<'a, KOut: Data, VOut: Data> ProcessorContext<'a, KOut, VOut> {
         self.inner.task.task_id
     }
 
+    /// The task's instance of key-value store `name` (Java's
+    /// `getStateStore`), which must be connected to this processor
+    /// ([`Topology::add_state_store`](crate::Topology::add_state_store)) and
+    /// hold keys `K` and values `V`.
+    pub fn key_value_store<K: Data, V: Data>(
+        &mut self,
+        name: &str,
+    ) -> Result<crate::state::KeyValueStore<'_, K, V>, StreamsError> {
+        self.inner.key_value_store(name)
+    }
+
     /// Schedules `punctuator` every `interval` on the given clock (see the
     /// module docs for when it fires). The punctuator gets this node's
     /// context and the current stream time or wall clock.

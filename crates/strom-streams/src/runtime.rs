@@ -7,7 +7,7 @@
 //! convert at the edges, so the public API stays typed.
 
 use std::any::{Any, type_name};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +21,8 @@ use crate::processor::{
     Record, RecordContext, RecordMetadata, ScheduleId, TaskId, TopicNameExtractor,
 };
 use crate::serdes::{Serde, SerdeError};
+use crate::state::KeyValueStore;
+use crate::state::builder::TaskStore;
 use crate::topology::{NodeKind, Topology};
 
 /// A key or value of any [`Data`] type.
@@ -364,6 +366,12 @@ pub(crate) struct TaskState {
     next_schedule_id: u64,
     /// What the sinks wrote since the driver last collected.
     pub(crate) produced: Vec<ProducedRecord>,
+    /// This task's instances of the stores its processors use, by name.
+    pub(crate) stores: BTreeMap<String, TaskStore>,
+    /// The stores each node may use (connected in the topology).
+    pub(crate) node_stores: Vec<Vec<String>>,
+    /// Names the changelog topics (`<application.id>-<store>-changelog`).
+    pub(crate) application_id: String,
 }
 
 impl TaskState {
@@ -387,7 +395,27 @@ impl TaskState {
             schedules: Vec::new(),
             next_schedule_id: 0,
             produced: Vec::new(),
+            stores: BTreeMap::new(),
+            node_stores: Vec::new(),
+            application_id: String::new(),
         }
+    }
+
+    /// The store writes since the last call, for the changelog topics of
+    /// the stores that log: (topic, writes in order).
+    pub(crate) fn take_changelog(&mut self) -> Vec<(String, Vec<crate::state::logged::Change>)> {
+        let application_id = &self.application_id;
+        self.stores
+            .iter_mut()
+            .map(|(name, store)| {
+                let changes = store.store.take_pending();
+                (name, store.logging, changes)
+            })
+            .filter(|(_, logging, changes)| *logging && !changes.is_empty())
+            .map(|(name, _, changes)| {
+                (crate::state::changelog_topic(application_id, name), changes)
+            })
+            .collect()
     }
 
     /// Calls `init` on every processor, in topology order.
@@ -558,9 +586,19 @@ pub(crate) fn build_task(
     let mut nodes = Vec::with_capacity(members.len());
     let mut children = vec![Vec::new(); members.len()];
     let mut sources = Vec::new();
+    let mut stores = BTreeMap::new();
+    let mut node_stores = Vec::with_capacity(members.len());
     for (i, &m) in members.iter().enumerate() {
         let def = &topology.nodes[m];
         names.push(def.name.clone());
+        for store in &def.stores {
+            if let Some(store_def) = topology.stores.get(store) {
+                stores
+                    .entry(store.clone())
+                    .or_insert_with(|| store_def.build());
+            }
+        }
+        node_stores.push(def.stores.clone());
         for parent in &def.parents {
             // A sub-topology holds every parent of its nodes.
             if let Some(&p) = local.get(parent) {
@@ -576,10 +614,10 @@ pub(crate) fn build_task(
             NodeKind::Sink { sink, .. } => RuntimeNode::Sink(Arc::clone(sink)),
         });
     }
-    (
-        TaskState::new(task_id, names, children, nodes, wall_clock_ms),
-        sources,
-    )
+    let mut task = TaskState::new(task_id, names, children, nodes, wall_clock_ms);
+    task.stores = stores;
+    task.node_stores = node_stores;
+    (task, sources)
 }
 
 /// A node's view of its task (the untyped half of `ProcessorContext`).
@@ -591,6 +629,29 @@ pub(crate) struct NodeContext<'a> {
 impl NodeContext<'_> {
     pub(crate) fn node_name(&self) -> &str {
         &self.task.names[self.node]
+    }
+
+    /// The typed view of store `name`, which this node must be connected to
+    /// (Kafka refuses a processor access to a store it is not connected to).
+    pub(crate) fn key_value_store<K: Data, V: Data>(
+        &mut self,
+        name: &str,
+    ) -> Result<KeyValueStore<'_, K, V>, StreamsError> {
+        let node = self.node;
+        if !self.task.node_stores[node].iter().any(|s| s == name) {
+            return Err(StreamsError::IllegalState(format!(
+                "Processor {} has no access to StateStore {name} as the store is not connected to the processor.",
+                self.task.names[node]
+            )));
+        }
+        let topic = crate::state::changelog_topic(&self.task.application_id, name);
+        match self.task.stores.get_mut(name) {
+            Some(store) => store.typed(topic),
+            None => Err(StreamsError::IllegalState(format!(
+                "StateStore {name} is not in task {}",
+                self.task.task_id
+            ))),
+        }
     }
 
     pub(crate) fn forward(

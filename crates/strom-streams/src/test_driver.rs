@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::StreamsError;
-use crate::processor::{Headers, PunctuationType, Record, RecordMetadata, TaskId};
+use crate::processor::{Data, Headers, PunctuationType, Record, RecordMetadata, TaskId};
 use crate::runtime::{ProducedRecord, TaskState, build_task};
 use crate::serdes::Serde;
 use crate::topology::Topology;
@@ -43,6 +43,10 @@ struct Pending {
     timestamp_ms: i64,
     headers: Headers,
 }
+
+/// The application id the driver's changelog topics are named with
+/// (Kafka's driver falls back to the same one).
+pub const TEST_DRIVER_APPLICATION_ID: &str = "dummy-topology-test-driver-app-id";
 
 struct DriverState {
     tasks: Vec<TaskState>,
@@ -196,7 +200,8 @@ impl TopologyTestDriver {
                 subtopology,
                 partition: 0,
             };
-            let (task, task_sources) = build_task(topology, members, task_id, wall_clock_ms);
+            let (mut task, task_sources) = build_task(topology, members, task_id, wall_clock_ms);
+            task.application_id = TEST_DRIVER_APPLICATION_ID.to_owned();
             for (topic, node) in task_sources {
                 sources.insert(topic, (tasks.len(), node));
             }
@@ -288,6 +293,35 @@ impl TopologyTestDriver {
 
     pub fn wall_clock_ms(&self) -> i64 {
         self.state.borrow().wall_clock_ms
+    }
+
+    /// The entries of key-value store `name`, in serialized-key order (what
+    /// Java's `getKeyValueStore(name).all()` returns); `None` when no
+    /// processor uses a store of that name.
+    pub fn key_value_store_entries<K: Data, V: Data>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<(K, V)>>, StreamsError> {
+        let mut state = self.state.borrow_mut();
+        let application_id = TEST_DRIVER_APPLICATION_ID;
+        for task in &mut state.tasks {
+            if let Some(store) = task.stores.get_mut(name) {
+                let topic = crate::state::changelog_topic(application_id, name);
+                return store.typed::<K, V>(topic)?.all().map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the stores wrote for their changelog topics since the last
+    /// call, by topic, in write order (what the runtime sends at a commit).
+    pub fn take_changelog(&self) -> Vec<(String, Vec<crate::state::logged::Change>)> {
+        let mut state = self.state.borrow_mut();
+        state
+            .tasks
+            .iter_mut()
+            .flat_map(TaskState::take_changelog)
+            .collect()
     }
 
     /// Topics that sinks have written to, including ones already read.

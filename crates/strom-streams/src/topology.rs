@@ -46,7 +46,7 @@
 //! `(extractor class: NAME)` where NAME is
 //! [`TopicNameExtractor::class_name`] (Java prints the object's `toString()`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ use crate::runtime::{
     SupplierAdapter,
 };
 use crate::serdes::Serde;
+use crate::state::StoreBuilder;
+use crate::state::builder::StoreDef;
 
 /// A topology that cannot be built (Java's `TopologyException`; the
 /// messages are Kafka's where Kafka has one).
@@ -86,6 +88,14 @@ pub enum TopologyError {
         expected: String,
         actual: String,
     },
+    #[error("StateStore {0} is already added.")]
+    DuplicateStore(String),
+    #[error("Processor {processor} is not added yet for state store {store}")]
+    UnknownProcessor { processor: String, store: String },
+    #[error("StateStore {0} is not added yet.")]
+    UnknownStore(String),
+    #[error("{0} is a source or sink: only processors connect to state stores")]
+    NotAProcessor(String),
 }
 
 #[derive(Clone)]
@@ -132,6 +142,8 @@ pub struct Topology {
     by_name: HashMap<String, usize>,
     /// Source node of each source topic.
     pub(crate) source_topics: HashMap<String, usize>,
+    /// State stores, by name.
+    pub(crate) stores: BTreeMap<String, StoreDef>,
 }
 
 impl fmt::Debug for Topology {
@@ -340,8 +352,70 @@ impl Topology {
         Ok(self)
     }
 
-    /// Records store names on a processor for the description only (state
-    /// stores themselves come with a later increment).
+    /// Adds a state store and connects it to `processors` (Java's
+    /// `addStateStore(storeBuilder, processorNames...)`); each task gets its
+    /// own instance, and processors sharing a store share a sub-topology.
+    pub fn add_state_store<KS: Serde, VS: Serde>(
+        &mut self,
+        store: StoreBuilder<KS, VS>,
+        processors: &[&str],
+    ) -> Result<&mut Self, TopologyError> {
+        let name = store.name().to_owned();
+        if self.stores.contains_key(&name) {
+            return Err(TopologyError::DuplicateStore(name));
+        }
+        for processor in processors {
+            self.check_processor(processor, &name)?;
+        }
+        self.stores.insert(name.clone(), store.into_def());
+        self.connect_processor_and_state_stores_unchecked(processors, &name);
+        Ok(self)
+    }
+
+    /// Connects `processor` to stores added before (Java's
+    /// `connectProcessorAndStateStores`).
+    pub fn connect_processor_and_state_stores(
+        &mut self,
+        processor: &str,
+        stores: &[&str],
+    ) -> Result<&mut Self, TopologyError> {
+        for store in stores {
+            if !self.stores.contains_key(*store) {
+                return Err(TopologyError::UnknownStore((*store).to_owned()));
+            }
+            self.check_processor(processor, store)?;
+        }
+        for store in stores {
+            self.connect_processor_and_state_stores_unchecked(&[processor], store);
+        }
+        Ok(self)
+    }
+
+    fn check_processor(&self, processor: &str, store: &str) -> Result<(), TopologyError> {
+        let Some(&index) = self.by_name.get(processor) else {
+            return Err(TopologyError::UnknownProcessor {
+                processor: processor.to_owned(),
+                store: store.to_owned(),
+            });
+        };
+        match self.nodes[index].kind {
+            NodeKind::Processor { .. } => Ok(()),
+            _ => Err(TopologyError::NotAProcessor(processor.to_owned())),
+        }
+    }
+
+    fn connect_processor_and_state_stores_unchecked(&mut self, processors: &[&str], store: &str) {
+        for processor in processors {
+            if let Some(&index) = self.by_name.get(*processor) {
+                let stores = &mut self.nodes[index].stores;
+                if !stores.iter().any(|s| s == store) {
+                    stores.push(store.to_owned());
+                }
+            }
+        }
+    }
+
+    /// Records store names on a processor for the description only.
     #[cfg(test)]
     pub(crate) fn set_store_names_for_test(&mut self, node: &str, stores: &[&str]) {
         if let Some(&index) = self.by_name.get(node) {
@@ -362,8 +436,20 @@ impl Topology {
             }
             i
         }
+        let mut store_user: HashMap<&str, usize> = HashMap::new();
         for (i, node) in self.nodes.iter().enumerate() {
-            for &p in &node.parents {
+            // Processors sharing a store belong to one task, as Kafka's
+            // `makeNodeGroups` groups them.
+            let shared = node
+                .stores
+                .iter()
+                .filter_map(|s| store_user.insert(s.as_str(), i));
+            for p in node
+                .parents
+                .iter()
+                .copied()
+                .chain(shared.collect::<Vec<_>>())
+            {
                 let (a, b) = (find(&mut root, i), find(&mut root, p));
                 if a != b {
                     root[a] = b;

@@ -17,10 +17,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
-use strom_streams::dsl::{Consumed, Produced, StreamsBuilder};
+use strom_streams::dsl::{Consumed, Materialized, Produced, StreamsBuilder};
 use strom_streams::kafka_streams::State;
 use strom_streams::processor::{Processor, ProcessorContext, PunctuationType, Record};
-use strom_streams::serdes::StringSerde;
+use strom_streams::serdes::{I64Serde, StringSerde};
 use strom_streams::{KafkaStreams, StreamsConfig, StreamsError, Topology};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -446,4 +446,147 @@ async fn a_sub_topology_over_topics_of_different_partition_counts_is_refused_at_
         "{error}"
     );
     broker.stop();
+}
+
+/// The last value per key in `topic` (all partitions, up to their high
+/// watermarks now), values as Java's LongSerializer writes them, and how
+/// many records there were.
+fn last_counts(
+    broker: &BrokerProcess,
+    topic: &str,
+    partitions: i32,
+) -> (BTreeMap<String, i64>, usize) {
+    let consumer: BaseConsumer = broker.consumer();
+    let mut ends = BTreeMap::new();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, DEADLINE).unwrap();
+        ends.insert(p, high);
+        list.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&list).unwrap();
+    let mut last = BTreeMap::new();
+    let mut read = 0;
+    let mut next: BTreeMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
+    let deadline = Instant::now() + DEADLINE;
+    while next.iter().any(|(p, o)| *o < ends[p]) && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = message.unwrap();
+        let value: [u8; 8] = m.payload().unwrap().try_into().unwrap();
+        last.insert(
+            String::from_utf8(m.key().unwrap().to_vec()).unwrap(),
+            i64::from_be_bytes(value),
+        );
+        next.insert(m.partition(), m.offset() + 1);
+        read += 1;
+    }
+    (last, read)
+}
+
+fn counting() -> Topology {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&["words"], Consumed::with(StringSerde, StringSerde))
+        .group_by_key()
+        .count(Materialized::as_("counts", StringSerde, I64Serde))
+        .to_stream()
+        .to("word-counts", Produced::with(StringSerde, I64Serde));
+    builder.build().unwrap()
+}
+
+/// `count()` keeps its counts in a store whose writes go to the compacted
+/// changelog `counting-counts-changelog`; a new instance (in-memory store,
+/// nothing local) restores the counts from it and goes on counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
+    const WORDS: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(
+        &dir.path().join("data"),
+        &["group.initial.rebalance.delay.ms=0"],
+    );
+    tokio::task::block_in_place(|| {
+        broker.create_topic("words", 3);
+        broker.create_topic("word-counts", 3);
+    });
+    let keyed = |range: std::ops::Range<usize>| -> Vec<(String, String)> {
+        range
+            .map(|i| (format!("w{}", i % WORDS), format!("line {i}")))
+            .collect()
+    };
+    let send = |records: Vec<(String, String)>| {
+        let producer = broker.producer(&[("partitioner", "murmur2_random")]);
+        for (key, value) in &records {
+            producer
+                .send(BaseRecord::to("words").key(key).payload(value))
+                .unwrap();
+        }
+        flush(&producer);
+    };
+    tokio::task::block_in_place(|| send(keyed(0..3000)));
+    let config = || {
+        StreamsConfig::from_properties([
+            ("application.id", "counting"),
+            ("bootstrap.servers", broker.bootstrap.as_str()),
+            ("commit.interval.ms", "100"),
+        ])
+        .unwrap()
+    };
+    let wait_for_output = |count: usize| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let (last, read) = last_counts(&broker, "word-counts", 3);
+            if read >= count || Instant::now() > deadline {
+                return (last, read);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    let mut streams = KafkaStreams::new(counting(), config());
+    streams.start().await.unwrap();
+    let (last, read) = tokio::task::block_in_place(|| wait_for_output(3000));
+    assert_eq!(read, 3000, "one update per input record");
+    assert_eq!(last.len(), WORDS);
+    assert!(last.values().all(|c| *c == 60), "{last:?}");
+    streams.close().await.unwrap();
+
+    // The changelog exists with Kafka Streams' name, one partition per
+    // task, compacted, and holds every update.
+    let (policy, changelog_partitions) = tokio::task::block_in_place(|| {
+        let (admin, runtime) = broker.admin();
+        let described = runtime
+            .block_on(admin.describe_configs(
+                &[rdkafka::admin::ResourceSpecifier::Topic(
+                    "counting-counts-changelog",
+                )],
+                &rdkafka::admin::AdminOptions::new(),
+            ))
+            .unwrap();
+        let policy = described[0].as_ref().unwrap().entry_map()["cleanup.policy"]
+            .value
+            .clone();
+        let consumer: BaseConsumer = broker.consumer();
+        let metadata = consumer
+            .fetch_metadata(Some("counting-counts-changelog"), DEADLINE)
+            .unwrap();
+        (policy, metadata.topics()[0].partitions().len())
+    });
+    assert_eq!(policy.as_deref(), Some("compact"));
+    assert_eq!(changelog_partitions, 3);
+
+    // More input, a new instance: the counts go on from 60, not from 0.
+    tokio::task::block_in_place(|| send(keyed(3000..3500)));
+    let mut streams = KafkaStreams::new(counting(), config());
+    streams.start().await.unwrap();
+    let (last, read) = tokio::task::block_in_place(|| wait_for_output(3500));
+    assert_eq!(read, 3500);
+    assert!(
+        last.values().all(|c| *c == 70),
+        "restored and counted on: {last:?}"
+    );
+    streams.close().await.unwrap();
 }

@@ -35,6 +35,10 @@ use crate::processor::{
 use crate::serdes::Serde;
 use crate::topology::{Topology, TopologyError};
 
+mod stateful;
+
+pub use stateful::{KGroupedStream, KTable, Materialized};
+
 const SOURCE_NAME: &str = "KSTREAM-SOURCE-";
 const SINK_NAME: &str = "KSTREAM-SINK-";
 const FILTER_NAME: &str = "KSTREAM-FILTER-";

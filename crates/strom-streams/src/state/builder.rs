@@ -1,0 +1,281 @@
+//! How a topology declares a store (Java's `StoreBuilder` from `Stores`),
+//! and the typed view a processor reads and writes it through.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::KeyValueBytesStore;
+use super::logged::ChangeLogged;
+use super::memory::InMemoryStore;
+use crate::error::StreamsError;
+use crate::processor::Data;
+use crate::serdes::Serde;
+
+/// A key-value store to add to a topology: its name, serdes, and whether
+/// its writes go to a changelog topic (on by default, as in Kafka).
+pub struct StoreBuilder<KS: Serde, VS: Serde> {
+    name: String,
+    key_serde: KS,
+    value_serde: VS,
+    logging: bool,
+}
+
+impl<KS: Serde, VS: Serde> fmt::Debug for StoreBuilder<KS, VS> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreBuilder")
+            .field("name", &self.name)
+            .field("logging", &self.logging)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<KS: Serde, VS: Serde> StoreBuilder<KS, VS> {
+    /// An in-memory key-value store (Kafka's
+    /// `Stores.keyValueStoreBuilder(Stores.inMemoryKeyValueStore(name), ...)`).
+    pub fn in_memory_key_value(name: impl Into<String>, key_serde: KS, value_serde: VS) -> Self {
+        Self {
+            name: name.into(),
+            key_serde,
+            value_serde,
+            logging: true,
+        }
+    }
+
+    /// No changelog: the store starts empty after every restart.
+    pub fn with_logging_disabled(mut self) -> Self {
+        self.logging = false;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn into_def(self) -> StoreDef {
+        let name = self.name.clone();
+        StoreDef {
+            name: self.name,
+            logging: self.logging,
+            serdes: Arc::new(KvSerdes::<KS::Target, VS::Target> {
+                key: Arc::new(self.key_serde),
+                value: Arc::new(self.value_serde),
+            }),
+            make: Arc::new(move || Box::new(InMemoryStore::new(name.clone()))),
+        }
+    }
+}
+
+/// A store as the topology keeps it: type-erased serdes and a factory that
+/// makes each task its own store.
+#[derive(Clone)]
+pub(crate) struct StoreDef {
+    pub(crate) name: String,
+    pub(crate) logging: bool,
+    /// A `KvSerdes<K, V>`.
+    serdes: Arc<dyn Any + Send + Sync>,
+    make: Arc<dyn Fn() -> Box<dyn KeyValueBytesStore> + Send + Sync>,
+}
+
+impl fmt::Debug for StoreDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreDef")
+            .field("name", &self.name)
+            .field("logging", &self.logging)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreDef {
+    /// A task's new, empty store.
+    pub(crate) fn build(&self) -> TaskStore {
+        TaskStore {
+            store: ChangeLogged::new((self.make)()),
+            serdes: Arc::clone(&self.serdes),
+            logging: self.logging,
+        }
+    }
+}
+
+struct KvSerdes<K, V> {
+    key: Arc<dyn Serde<Target = K>>,
+    value: Arc<dyn Serde<Target = V>>,
+}
+
+/// One task's instance of a store.
+pub(crate) struct TaskStore {
+    pub(crate) store: ChangeLogged<Box<dyn KeyValueBytesStore>>,
+    serdes: Arc<dyn Any + Send + Sync>,
+    pub(crate) logging: bool,
+}
+
+impl TaskStore {
+    /// The typed view, if `K` and `V` are the store's types.
+    pub(crate) fn typed<K: Data, V: Data>(
+        &mut self,
+        changelog_topic: String,
+    ) -> Result<KeyValueStore<'_, K, V>, StreamsError> {
+        let name = self.store.name().to_owned();
+        let serdes = Arc::clone(&self.serdes)
+            .downcast::<KvSerdes<K, V>>()
+            .map_err(|_| StreamsError::TypeMismatch {
+                node: format!("store {name}"),
+                expected: std::any::type_name::<(K, V)>(),
+                actual: "the store's key and value types",
+            })?;
+        Ok(KeyValueStore {
+            store: &mut self.store,
+            serdes,
+            topic: changelog_topic,
+        })
+    }
+}
+
+impl KeyValueBytesStore for Box<dyn KeyValueBytesStore> {
+    fn name(&self) -> &str {
+        self.as_ref().name()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.as_ref().get(key)
+    }
+
+    fn put(&mut self, key: Bytes, value: Option<Bytes>) {
+        self.as_mut().put(key, value);
+    }
+
+    fn range(&self, from: &[u8], to: &[u8]) -> Vec<(Bytes, Bytes)> {
+        self.as_ref().range(from, to)
+    }
+
+    fn all(&self) -> Vec<(Bytes, Bytes)> {
+        self.as_ref().all()
+    }
+
+    fn approximate_num_entries(&self) -> u64 {
+        self.as_ref().approximate_num_entries()
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.as_mut().flush()
+    }
+
+    fn persistent(&self) -> bool {
+        self.as_ref().persistent()
+    }
+}
+
+/// A processor's typed view of a key-value store (Java's
+/// `KeyValueStore<K, V>`): keys and values go through the store's serdes,
+/// with the changelog topic as the serdes' topic, as Kafka's
+/// `MeteredKeyValueStore` does. Ranges are in the order of the serialized
+/// keys.
+pub struct KeyValueStore<'a, K, V> {
+    store: &'a mut ChangeLogged<Box<dyn KeyValueBytesStore>>,
+    serdes: Arc<KvSerdes<K, V>>,
+    topic: String,
+}
+
+impl<K, V> fmt::Debug for KeyValueStore<'_, K, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyValueStore")
+            .field("name", &self.store.name())
+            .field("changelog", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
+    pub fn name(&self) -> &str {
+        self.store.name()
+    }
+
+    fn key_bytes(&self, key: &K) -> Result<Bytes, StreamsError> {
+        match self.serdes.key.serialize(&self.topic, key) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(StreamsError::IllegalState(format!(
+                "store {}: a key serialized to null",
+                self.store.name()
+            ))),
+            Err(source) => Err(self.serialization(source)),
+        }
+    }
+
+    fn serialization(&self, source: crate::serdes::SerdeError) -> StreamsError {
+        StreamsError::Serialization {
+            node: format!("store {}", self.store.name()),
+            topic: self.topic.clone(),
+            source,
+        }
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8]) -> Result<(K, V), StreamsError> {
+        let deserialization = |source| StreamsError::Deserialization {
+            node: format!("store {}", self.store.name()),
+            topic: self.topic.clone(),
+            source,
+        };
+        Ok((
+            self.serdes
+                .key
+                .deserialize(&self.topic, Some(key))
+                .map_err(deserialization)?,
+            self.serdes
+                .value
+                .deserialize(&self.topic, Some(value))
+                .map_err(deserialization)?,
+        ))
+    }
+
+    pub fn get(&self, key: &K) -> Result<Option<V>, StreamsError> {
+        let key = self.key_bytes(key)?;
+        match self.store.get(&key) {
+            Some(bytes) => Ok(Some(self.decode(&key, &bytes)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `value` for `key`. A value that serializes to null deletes the
+    /// key, as Kafka's stores treat a null value.
+    pub fn put(&mut self, key: &K, value: &V) -> Result<(), StreamsError> {
+        let key = self.key_bytes(key)?;
+        let value = self
+            .serdes
+            .value
+            .serialize(&self.topic, value)
+            .map_err(|e| self.serialization(e))?;
+        self.store.put(key, value);
+        Ok(())
+    }
+
+    pub fn delete(&mut self, key: &K) -> Result<Option<V>, StreamsError> {
+        let old = self.get(key)?;
+        let key = self.key_bytes(key)?;
+        self.store.put(key, None);
+        Ok(old)
+    }
+
+    /// Entries with `from <= key <= to` by serialized key.
+    pub fn range(&self, from: &K, to: &K) -> Result<Vec<(K, V)>, StreamsError> {
+        let (from, to) = (self.key_bytes(from)?, self.key_bytes(to)?);
+        self.store
+            .range(&from, &to)
+            .iter()
+            .map(|(k, v)| self.decode(k, v))
+            .collect()
+    }
+
+    pub fn all(&self) -> Result<Vec<(K, V)>, StreamsError> {
+        self.store
+            .all()
+            .iter()
+            .map(|(k, v)| self.decode(k, v))
+            .collect()
+    }
+
+    pub fn approximate_num_entries(&self) -> u64 {
+        self.store.approximate_num_entries()
+    }
+}
