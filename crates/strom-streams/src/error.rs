@@ -92,6 +92,15 @@ pub enum StreamsError {
     /// The consumer or producer failed.
     #[error(transparent)]
     Client(#[from] strom_client::Error),
+    /// A state store's serdes failed on a key or value (a corrupt store or
+    /// changelog, or serdes that do not match): fatal, as in Kafka, whatever
+    /// the deserialization handler says about input records.
+    #[error("state store {store}: {source}")]
+    Store {
+        store: String,
+        #[source]
+        source: SerdeError,
+    },
     /// A user processor or punctuator failed.
     #[error("processing failed: {0}")]
     Processing(#[source] Box<dyn std::error::Error + Send + Sync>),

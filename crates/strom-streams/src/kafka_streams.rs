@@ -369,6 +369,7 @@ impl KafkaStreams {
             producer,
             restore: Consumer::new(&restore_config)?,
             admin: Admin::new(&self.config.client)?,
+            stopping: self.stop.subscribe(),
             tasks: BTreeMap::new(),
             partitions: HashMap::new(),
             uncommitted: BTreeMap::new(),
@@ -577,6 +578,8 @@ struct StreamThread {
     /// Reads changelogs back into the stores of new tasks (no group).
     restore: Consumer,
     admin: Admin,
+    /// Whether the instance is stopping, looked at during restoration.
+    stopping: watch::Receiver<bool>,
     tasks: BTreeMap<TaskId, RunningTask>,
     /// The task of each assigned partition.
     partitions: HashMap<TopicPartition, TaskId>,
@@ -617,7 +620,9 @@ impl StreamThread {
     async fn work(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), StreamsError> {
         let mut last_commit = Instant::now();
         while !*stop.borrow() {
-            if self.consumer.rebalance_pending() && !self.uncommitted.is_empty() {
+            if self.consumer.rebalance_pending()
+                && (!self.uncommitted.is_empty() || !self.sends.is_empty())
+            {
                 // The partitions may move in this poll: commit what was
                 // processed first, so their next owner does not redo it.
                 self.commit().await?;
@@ -652,6 +657,12 @@ impl StreamThread {
     /// partitions went (their uncommitted progress is dropped: the next
     /// owner processes those records again).
     async fn reconcile(&mut self) -> Result<(), StreamsError> {
+        // While the group rebalances the assignment is empty or stale: the
+        // tasks (and their restored stores) wait for the new one, as Kafka
+        // suspends them rather than closing.
+        if self.consumer.rebalance_in_progress() {
+            return Ok(());
+        }
         let assigned: BTreeSet<TopicPartition> = self.consumer.assignment().into_iter().collect();
         let known: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
         if assigned == known {
@@ -678,6 +689,11 @@ impl StreamThread {
             .filter(|id| !wanted.contains_key(id))
             .copied()
             .collect();
+        if !gone.is_empty() {
+            // What the leaving tasks wrote (output and changelog) is
+            // acknowledged before their next owner restores from it.
+            self.commit().await?;
+        }
         for id in gone {
             if let Some(mut task) = self.tasks.remove(&id) {
                 tracing::info!(thread = self.index, task = %id, "task revoked");
@@ -697,7 +713,10 @@ impl StreamThread {
             let members = &subtopologies[id.subtopology as usize];
             let (mut state, sources) = build_task(&self.topology, members, id, now);
             state.application_id.clone_from(&self.config.application_id);
-            self.restore_stores(&mut state).await?;
+            if !self.restore_stores(&mut state).await? {
+                // Stopping: the loop ends before the next poll.
+                return Ok(());
+            }
             state.init()?;
             tracing::info!(thread = self.index, task = %id, "task assigned");
             self.tasks.insert(
@@ -711,11 +730,34 @@ impl StreamThread {
         Ok(())
     }
 
+    /// The end offset of a changelog partition now.
+    async fn end_offset(&mut self, tp: &TopicPartition) -> Result<i64, StreamsError> {
+        let specs = BTreeMap::from([(tp.clone(), OffsetSpec::Latest)]);
+        match self
+            .admin
+            .list_offsets(&specs, IsolationLevel::ReadUncommitted)
+            .await
+            .remove(tp)
+        {
+            Some(Ok(listed)) => Ok(listed.offset),
+            Some(Err(e)) => Err(e.into()),
+            // Starting empty would let the next writes replace what the
+            // changelog holds: never guess.
+            None => Err(StreamsError::IllegalState(format!(
+                "no end offset for changelog partition {}-{}",
+                tp.topic, tp.partition
+            ))),
+        }
+    }
+
     /// Fills a new task's logging stores from their changelog partitions,
-    /// from the beginning to the end offset when the task starts (Kafka
-    /// restores before processing; in-memory stores have no checkpoint, so
-    /// always from the beginning).
-    async fn restore_stores(&mut self, task: &mut TaskState) -> Result<(), StreamsError> {
+    /// from the beginning to the end offset (Kafka restores before
+    /// processing; in-memory stores have no checkpoint, so always from the
+    /// beginning). When a poll brings nothing, the end is listed again: a
+    /// changelog cut short (an unclean election, a re-created topic) ends
+    /// the restoration instead of waiting forever. Returns `false` when the
+    /// instance began stopping meanwhile (the task is not made).
+    async fn restore_stores(&mut self, task: &mut TaskState) -> Result<bool, StreamsError> {
         let logging: Vec<String> = task
             .stores
             .iter()
@@ -727,42 +769,47 @@ impl StreamThread {
                 &crate::state::changelog_topic(&self.config.application_id, &name),
                 task.task_id.partition,
             );
-            let specs = BTreeMap::from([(tp.clone(), OffsetSpec::Latest)]);
-            let end = match self
-                .admin
-                .list_offsets(&specs, IsolationLevel::ReadUncommitted)
-                .await
-                .remove(&tp)
-            {
-                Some(Ok(listed)) => listed.offset,
-                Some(Err(e)) => return Err(e.into()),
-                None => 0,
-            };
+            let mut end = self.end_offset(&tp).await?;
             let started = Instant::now();
-            let mut restored: u64 = 0;
+            let (mut restored, mut skipped): (u64, usize) = (0, 0);
             if end > 0 {
                 self.restore.assign(std::slice::from_ref(&tp));
                 self.restore.seek(&tp, Offset::Beginning)?;
-                let Some(store) = task.stores.get_mut(&name) else {
-                    continue;
-                };
                 loop {
-                    let records = self.restore.poll(self.config.poll).await?;
-                    let mut done = false;
-                    for record in &records {
-                        done |= record.offset + 1 >= end;
+                    if *self.stopping.borrow() {
+                        self.restore.assign(&[]);
+                        return Ok(false);
                     }
+                    let records = self.restore.poll(self.config.poll).await?;
+                    let Some(store) = task.stores.get_mut(&name) else {
+                        break;
+                    };
                     restored += records.len() as u64;
-                    store.store.restore(
+                    skipped += store.store.restore(
                         records
                             .iter()
                             .map(|r| (r.key.as_deref(), r.value.as_deref())),
                     );
-                    if done || self.restore.position(&tp).is_some_and(|p| p >= end) {
+                    let position = self.restore.position(&tp).unwrap_or(0);
+                    if position >= end {
                         break;
+                    }
+                    if records.is_empty() {
+                        end = self.end_offset(&tp).await?;
+                        if position >= end {
+                            break;
+                        }
                     }
                 }
                 self.restore.assign(&[]);
+            }
+            if skipped > 0 {
+                tracing::warn!(
+                    task = %task.task_id,
+                    store = %name,
+                    skipped,
+                    "changelog records without a key skipped during restoration"
+                );
             }
             tracing::info!(
                 thread = self.index,
@@ -774,7 +821,7 @@ impl StreamThread {
                 "restored store from its changelog"
             );
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn process(&mut self, record: ConsumerRecord) -> Result<(), StreamsError> {
@@ -830,7 +877,7 @@ impl StreamThread {
                 .may_punctuate(PunctuationType::StreamTime, stream_time)?;
         }
         self.uncommitted.insert(tp, record.offset.saturating_add(1));
-        self.send_produced_by(id).await
+        self.send_produced_by(id, Some(record.timestamp)).await
     }
 
     /// Sends what every task's sinks wrote (after punctuations, which may
@@ -838,14 +885,20 @@ impl StreamThread {
     async fn send_produced(&mut self) -> Result<(), StreamsError> {
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         for id in ids {
-            self.send_produced_by(id).await?;
+            self.send_produced_by(id, None).await?;
         }
         Ok(())
     }
 
-    /// Sends what task `id`'s sinks wrote: after a record, only its task
-    /// can have written anything.
-    async fn send_produced_by(&mut self, id: TaskId) -> Result<(), StreamsError> {
+    /// Sends what task `id`'s sinks and stores wrote: after a record, only
+    /// its task can have written anything. Store writes carry the input
+    /// record's `timestamp` (Kafka's changelogging stores use the record
+    /// context's), or the send time after a punctuation.
+    async fn send_produced_by(
+        &mut self,
+        id: TaskId,
+        timestamp: Option<i64>,
+    ) -> Result<(), StreamsError> {
         let Some(task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
@@ -864,6 +917,7 @@ impl StreamThread {
             for (key, value) in changes {
                 let mut out = ProducerRecord::new(topic.clone());
                 out.partition = Some(partition);
+                out.timestamp = timestamp;
                 out.key = Some(key);
                 out.value = value;
                 self.sends.push(self.producer.send(out).await?);

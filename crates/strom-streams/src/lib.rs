@@ -3,10 +3,10 @@
 //! stateless DSL with Kafka's generated names, and a test driver that runs
 //! a topology without a broker.
 //!
-//! In progress: key-value stores (in memory) with changelog records and
-//! `.checkpoint` files work in the test driver; the broker runtime does not
-//! send changelogs or restore yet, and the stateful DSL is still to come
-//! (see `docs/streams.md`).
+//! In progress: in-memory key-value stores with changelog topics and
+//! restoration, and `group_by_key` aggregations, run in the test driver and
+//! against a cluster; persistent stores, the record cache, repartitioning and
+//! interactive queries are still to come (see `docs/streams.md`).
 //!
 //! ```
 //! use strom_streams::dsl::{Consumed, Produced, StreamsBuilder};

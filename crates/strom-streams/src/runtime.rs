@@ -407,14 +407,9 @@ impl TaskState {
         let application_id = &self.application_id;
         self.stores
             .iter_mut()
-            .map(|(name, store)| {
-                let changes = store.store.take_pending();
-                (name, store.logging, changes)
-            })
-            .filter(|(_, logging, changes)| *logging && !changes.is_empty())
-            .map(|(name, _, changes)| {
-                (crate::state::changelog_topic(application_id, name), changes)
-            })
+            .map(|(name, store)| (name, store.store.take_pending()))
+            .filter(|(_, changes)| !changes.is_empty())
+            .map(|(name, changes)| (crate::state::changelog_topic(application_id, name), changes))
             .collect()
     }
 

@@ -88,6 +88,10 @@ pub enum TopologyError {
         expected: String,
         actual: String,
     },
+    #[error(
+        "{0}: grouping a re-keyed stream needs a repartition topic, which strom-streams does not create yet; write the stream to a topic and read it back first"
+    )]
+    RepartitionRequired(String),
     #[error("StateStore {0} is already added.")]
     DuplicateStore(String),
     #[error("Processor {processor} is not added yet for state store {store}")]

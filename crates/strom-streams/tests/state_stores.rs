@@ -272,7 +272,7 @@ mod dsl {
         let words = builder.stream(&["words"], Consumed::with(StringSerde, StringSerde));
         let grouped = words.group_by_key();
         let counts = grouped.count(Materialized::as_("counts", StringSerde, I64Serde));
-        assert_eq!(counts.queryable_store_name(), "counts");
+        assert_eq!(counts.queryable_store_name(), Some("counts"));
         counts
             .to_stream()
             .to("counts-out", Produced::with(StringSerde, I64Serde));
@@ -336,6 +336,65 @@ mod dsl {
                 "dummy-topology-test-driver-app-id-joined-changelog",
                 "dummy-topology-test-driver-app-id-lengths-changelog"
             ]
+        );
+    }
+}
+
+mod dsl_rules {
+    use strom_streams::TopologyError;
+    use strom_streams::dsl::{Consumed, Materialized, Produced, StreamsBuilder};
+    use strom_streams::serdes::{I64Serde, Nullable, StringSerde};
+    use strom_streams::test_driver::TopologyTestDriver;
+
+    #[test]
+    fn grouping_a_rekeyed_stream_is_refused_until_repartition_topics_exist() {
+        for rekey in 0..3 {
+            let builder = StreamsBuilder::new();
+            let stream = builder.stream(&["in"], Consumed::with(StringSerde, StringSerde));
+            let rekeyed = match rekey {
+                0 => stream.select_key(|_k, v| v.clone()),
+                1 => stream.map(|k, v| (v, k)),
+                _ => stream.flat_map(|k, v| vec![(v, k)]),
+            };
+            // A key-keeping operation after it keeps the mark.
+            rekeyed
+                .map_values(|v| v)
+                .group_by_key()
+                .count(Materialized::with(StringSerde, I64Serde));
+            assert!(
+                matches!(builder.build(), Err(TopologyError::RepartitionRequired(_))),
+                "case {rekey}"
+            );
+        }
+        let builder = StreamsBuilder::new();
+        builder
+            .stream(&["in"], Consumed::with(StringSerde, StringSerde))
+            .map_values(|v| v)
+            .filter(|_, _| true)
+            .group_by_key()
+            .count(Materialized::with(StringSerde, I64Serde));
+        assert!(builder.build().is_ok(), "the key is unchanged");
+    }
+
+    #[test]
+    fn records_with_a_null_key_are_skipped_by_aggregations() {
+        let builder = StreamsBuilder::new();
+        builder
+            .stream(&["in"], Consumed::with(Nullable(StringSerde), StringSerde))
+            .group_by_key()
+            .count(Materialized::as_("counts", Nullable(StringSerde), I64Serde))
+            .to_stream()
+            .to("out", Produced::with(Nullable(StringSerde), I64Serde));
+        let topology = builder.build().unwrap();
+        let driver = TopologyTestDriver::new(&topology).unwrap();
+        let mut input = driver.create_input_topic("in", Nullable(StringSerde), StringSerde);
+        input.pipe_input(None, "x".into()).unwrap();
+        input.pipe_input(Some("k".into()), "y".into()).unwrap();
+        input.pipe_input(None, "z".into()).unwrap();
+        let out = driver.create_output_topic("out", Nullable(StringSerde), I64Serde);
+        assert_eq!(
+            out.read_key_values_to_list().unwrap(),
+            vec![(Some("k".to_owned()), 1)]
         );
     }
 }

@@ -549,7 +549,9 @@ async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
     let mut streams = KafkaStreams::new(counting(), config());
     streams.start().await.unwrap();
     let (last, read) = tokio::task::block_in_place(|| wait_for_output(3000));
-    assert_eq!(read, 3000, "one update per input record");
+    // One update per input record (a commit retried under at-least-once
+    // could repeat some; the counts below would show it).
+    assert!(read >= 3000, "{read} updates");
     assert_eq!(last.len(), WORDS);
     assert!(last.values().all(|c| *c == 60), "{last:?}");
     streams.close().await.unwrap();
@@ -583,7 +585,7 @@ async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
     let mut streams = KafkaStreams::new(counting(), config());
     streams.start().await.unwrap();
     let (last, read) = tokio::task::block_in_place(|| wait_for_output(3500));
-    assert_eq!(read, 3500);
+    assert!(read >= 3500, "{read} updates");
     assert!(
         last.values().all(|c| *c == 70),
         "restored and counted on: {last:?}"

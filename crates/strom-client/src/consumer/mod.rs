@@ -318,6 +318,9 @@ struct State {
     fetching: HashSet<i32>,
     /// The group wants a rejoin (from a heartbeat, or a new subscription).
     rejoin: bool,
+    /// A classic join is under way: the partitions given up for it are not
+    /// assigned again yet.
+    joining: bool,
     /// What the last failed heartbeat said, for the rejoin to act on.
     heartbeat_error: Option<Error>,
     /// Where the next poll starts taking records, for fairness.
@@ -559,6 +562,15 @@ impl Consumer {
         state.subscription.is_some() && state.rejoin
     }
 
+    /// Whether a rebalance is pending or under way (a classic join in
+    /// progress): the assignment is empty or stale meanwhile, so work tied
+    /// to partitions (Kafka Streams' tasks) should wait for the new one
+    /// rather than end.
+    pub fn rebalance_in_progress(&self) -> bool {
+        let state = self.shared.state.lock();
+        state.joining || (state.subscription.is_some() && state.rejoin)
+    }
+
     /// The partitions currently assigned.
     pub fn assignment(&self) -> Vec<TopicPartition> {
         self.shared.state.lock().parts.keys().cloned().collect()
@@ -796,7 +808,11 @@ impl Consumer {
                 shared.state.lock().parts.clear();
             }
             ctx.joined = false;
-            shared.state.lock().rejoin = false;
+            {
+                let mut state = shared.state.lock();
+                state.rejoin = false;
+                state.joining = true;
+            }
             ctx.joining = Some(tokio::spawn(join_until_done(
                 Arc::clone(shared),
                 ctx.membership.clone(),
@@ -808,6 +824,7 @@ impl Consumer {
                 return Ok(false);
             };
             ctx.joining = None;
+            shared.state.lock().joining = false;
             let (membership, assigned) =
                 joined.map_err(|_| Error::State("the join task failed".into()))??;
             ctx.membership = membership;

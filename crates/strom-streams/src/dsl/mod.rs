@@ -244,6 +244,9 @@ where
 pub struct KStream<K, V> {
     state: Shared,
     node: String,
+    /// A key-changing operation came before (Kafka's `repartitionRequired`):
+    /// grouping by key needs a repartition topic first.
+    repartition_required: bool,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -252,6 +255,7 @@ impl<K, V> Clone for KStream<K, V> {
         Self {
             state: Arc::clone(&self.state),
             node: self.node.clone(),
+            repartition_required: self.repartition_required,
             _types: PhantomData,
         }
     }
@@ -270,8 +274,15 @@ impl<K: Data, V: Data> KStream<K, V> {
         Self {
             state,
             node,
+            repartition_required: false,
             _types: PhantomData,
         }
+    }
+
+    /// This stream, marked as keyed differently from its input.
+    fn rekeyed(mut self) -> Self {
+        self.repartition_required = true;
+        self
     }
 
     /// The name of the node this stream comes out of.
@@ -294,7 +305,10 @@ impl<K: Data, V: Data> KStream<K, V> {
             .map(|_| ());
         state.keep(result);
         drop(state);
-        KStream::new(Arc::clone(&self.state), name)
+        // Operations that keep the key pass the mark on.
+        let mut stream = KStream::new(Arc::clone(&self.state), name);
+        stream.repartition_required = self.repartition_required;
+        stream
     }
 
     fn stateless<KR: Data, VR: Data, F>(
@@ -374,6 +388,7 @@ impl<K: Data, V: Data> KStream<K, V> {
                 headers: r.headers,
             })
         })
+        .rekeyed()
     }
 
     /// A new value per record; key, timestamp and headers are kept.
@@ -435,6 +450,7 @@ impl<K: Data, V: Data> KStream<K, V> {
             }
             Ok(())
         })
+        .rekeyed()
     }
 
     /// Zero or more values per record, each with the input's key, timestamp and headers.
@@ -473,8 +489,8 @@ impl<K: Data, V: Data> KStream<K, V> {
         )
     }
 
-    /// A new key per record (Kafka marks the stream for repartitioning; that
-    /// comes with the stateful operations).
+    /// A new key per record (the stream is marked for repartitioning, as in
+    /// Kafka: see [`KStream::group_by_key`]).
     pub fn select_key<KR: Data>(
         &self,
         mapper: impl Fn(&K, &V) -> KR + Send + Sync + 'static,
@@ -495,6 +511,7 @@ impl<K: Data, V: Data> KStream<K, V> {
                 ctx.forward(r.with_key(key))
             },
         )
+        .rekeyed()
     }
 
     /// Calls `action` on each record and passes it on.
@@ -545,7 +562,9 @@ impl<K: Data, V: Data> KStream<K, V> {
         } else {
             &[self.node.as_str(), other.node.as_str()]
         };
-        self.add_processor(MERGE_NAME, named.into(), supplier, parents)
+        let mut merged: Self = self.add_processor(MERGE_NAME, named.into(), supplier, parents);
+        merged.repartition_required |= other.repartition_required;
+        merged
     }
 
     /// A Processor API node below this stream (Java's `KStream.process`).
@@ -561,12 +580,14 @@ impl<K: Data, V: Data> KStream<K, V> {
         supplier: impl ProcessorSupplier<K, V, KR, VR>,
         named: impl Into<Option<Named>>,
     ) -> KStream<KR, VR> {
+        // A processor may change keys: Kafka marks its output too.
         self.add_processor(
             PROCESSOR_NAME,
             named.into(),
             supplier,
             &[self.node.as_str()],
         )
+        .rekeyed()
     }
 
     /// Splits the stream by predicates, each record going to the first branch

@@ -66,9 +66,19 @@ impl<KS: Serde, VS: Serde> Materialized<KS, VS> {
 
 impl<K: Data, V: Data> KStream<K, V> {
     /// Groups by the current key, for an aggregation (Java's
-    /// `groupByKey()`). The key is unchanged, so no repartition topic is
-    /// needed.
+    /// `groupByKey()`). After a key-changing operation (`map`, `flat_map`,
+    /// `select_key`, `process`) Kafka puts a repartition topic in between,
+    /// so that each key is counted in one task; strom-streams cannot yet,
+    /// and `build()` reports [`TopologyError::RepartitionRequired`] rather
+    /// than count one key in several tasks.
+    ///
+    /// [`TopologyError::RepartitionRequired`]: crate::TopologyError::RepartitionRequired
     pub fn group_by_key(&self) -> KGroupedStream<K, V> {
+        if self.repartition_required {
+            let mut state = lock(&self.state);
+            let error = crate::TopologyError::RepartitionRequired(self.node.clone());
+            state.keep(Err(error));
+        }
         KGroupedStream {
             stream: self.clone(),
         }
@@ -169,6 +179,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         let state = Arc::clone(&self.stream.state);
         let mut guard = lock(&state);
         // Kafka names the store first (MaterializedInternal), then the node.
+        let queryable = materialized.name.clone();
         let store = match materialized.name {
             Some(name) => name,
             None => guard.new_name(&format!("{prefix}{STATE_STORE}")),
@@ -199,7 +210,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         drop(guard);
         KTable {
             stream: KStream::new(state, node),
-            store,
+            queryable,
         }
     }
 }
@@ -232,6 +243,12 @@ where
         } = record;
         let new = {
             let mut store = ctx.key_value_store::<K, VA>(&self.store)?;
+            if store.is_null_key(&key)? {
+                // Kafka's aggregations skip these (and count them as
+                // dropped records).
+                tracing::warn!(store = %self.store, "skipping a record with a null key");
+                return Ok(());
+            }
             let new = (self.update)(&key, value, store.get(&key)?);
             store.put(&key, &new)?;
             new
@@ -250,13 +267,16 @@ where
 #[derive(Debug, Clone)]
 pub struct KTable<K, V> {
     stream: KStream<K, V>,
-    store: String,
+    /// Named by `Materialized::as_`: queryable under it.
+    queryable: Option<String>,
 }
 
 impl<K: Data, V: Data> KTable<K, V> {
-    /// The name of the store holding the table (for queries).
-    pub fn queryable_store_name(&self) -> &str {
-        &self.store
+    /// The name to query the table's store by, when `Materialized::as_`
+    /// named it (`None` for a generated name, as Kafka's
+    /// `queryableStoreName` returns null).
+    pub fn queryable_store_name(&self) -> Option<&str> {
+        self.queryable.as_deref()
     }
 
     /// Every update of the table as a record (Java's `toStream()`).

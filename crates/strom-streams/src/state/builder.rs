@@ -92,7 +92,7 @@ impl StoreDef {
     /// A task's new, empty store.
     pub(crate) fn build(&self) -> TaskStore {
         TaskStore {
-            store: ChangeLogged::new((self.make)()),
+            store: ChangeLogged::new((self.make)(), self.logging),
             serdes: Arc::clone(&self.serdes),
             logging: self.logging,
         }
@@ -192,6 +192,15 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
         self.store.name()
     }
 
+    /// Whether `key` serializes to null (a store cannot hold it: Kafka's
+    /// aggregations skip such records).
+    pub fn is_null_key(&self, key: &K) -> Result<bool, StreamsError> {
+        match self.serdes.key.serialize(&self.topic, key) {
+            Ok(bytes) => Ok(bytes.is_none()),
+            Err(source) => Err(self.serde_error(source)),
+        }
+    }
+
     fn key_bytes(&self, key: &K) -> Result<Bytes, StreamsError> {
         match self.serdes.key.serialize(&self.topic, key) {
             Ok(Some(bytes)) => Ok(bytes),
@@ -199,33 +208,27 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
                 "store {}: a key serialized to null",
                 self.store.name()
             ))),
-            Err(source) => Err(self.serialization(source)),
+            Err(source) => Err(self.serde_error(source)),
         }
     }
 
-    fn serialization(&self, source: crate::serdes::SerdeError) -> StreamsError {
-        StreamsError::Serialization {
-            node: format!("store {}", self.store.name()),
-            topic: self.topic.clone(),
+    fn serde_error(&self, source: crate::serdes::SerdeError) -> StreamsError {
+        StreamsError::Store {
+            store: self.store.name().to_owned(),
             source,
         }
     }
 
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<(K, V), StreamsError> {
-        let deserialization = |source| StreamsError::Deserialization {
-            node: format!("store {}", self.store.name()),
-            topic: self.topic.clone(),
-            source,
-        };
         Ok((
             self.serdes
                 .key
                 .deserialize(&self.topic, Some(key))
-                .map_err(deserialization)?,
+                .map_err(|e| self.serde_error(e))?,
             self.serdes
                 .value
                 .deserialize(&self.topic, Some(value))
-                .map_err(deserialization)?,
+                .map_err(|e| self.serde_error(e))?,
         ))
     }
 
@@ -245,7 +248,7 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
             .serdes
             .value
             .serialize(&self.topic, value)
-            .map_err(|e| self.serialization(e))?;
+            .map_err(|e| self.serde_error(e))?;
         self.store.put(key, value);
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! `<application.id>-<store>-changelog`, partition = the task's partition.
 //! Restoration writes into the inner store directly, without recording.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use super::KeyValueBytesStore;
@@ -15,34 +17,35 @@ pub type Change = (Bytes, Option<Bytes>);
 /// A changelog record as read back: its key and value, either null.
 pub type RawRecord<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
 
-/// Bound on the changes a store holds between two takes: the task sends
-/// and takes them at every commit, and a record cache in front of the store
-/// (or the commit interval) keeps far fewer; beyond this the task must
-/// commit first, so memory stays bounded.
+/// Bound on the changes a store holds between two takes. The broker
+/// runtime takes them after every record, so it never comes near; a test
+/// driver that never takes them keeps the newest this many, dropping the
+/// oldest (with a warning once), so memory stays bounded.
 pub const MAX_PENDING_CHANGES: usize = 100_000;
 
 #[derive(Debug)]
 pub struct ChangeLogged<S> {
     inner: S,
-    pending: Vec<Change>,
+    /// Whether writes are recorded at all (a store with logging disabled
+    /// records nothing).
+    logging: bool,
+    pending: VecDeque<Change>,
+    warned: bool,
 }
 
 impl<S: KeyValueBytesStore> ChangeLogged<S> {
-    pub fn new(inner: S) -> Self {
+    pub fn new(inner: S, logging: bool) -> Self {
         Self {
             inner,
-            pending: Vec::new(),
+            logging,
+            pending: VecDeque::new(),
+            warned: false,
         }
     }
 
     /// The changes since the last take, in write order.
     pub fn take_pending(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.pending)
-    }
-
-    /// Whether the task must send the pending changes before more writes.
-    pub fn is_full(&self) -> bool {
-        self.pending.len() >= MAX_PENDING_CHANGES
+        std::mem::take(&mut self.pending).into()
     }
 
     /// Applies changelog records (key, value or tombstone) read back during
@@ -78,7 +81,19 @@ impl<S: KeyValueBytesStore> KeyValueBytesStore for ChangeLogged<S> {
     }
 
     fn put(&mut self, key: Bytes, value: Option<Bytes>) {
-        self.pending.push((key.clone(), value.clone()));
+        if self.logging {
+            if self.pending.len() >= MAX_PENDING_CHANGES {
+                self.pending.pop_front();
+                if !self.warned {
+                    self.warned = true;
+                    tracing::warn!(
+                        store = self.inner.name(),
+                        "changelog writes not taken: dropping the oldest beyond {MAX_PENDING_CHANGES}"
+                    );
+                }
+            }
+            self.pending.push_back((key.clone(), value.clone()));
+        }
         self.inner.put(key, value);
     }
 
@@ -110,7 +125,7 @@ mod tests {
 
     #[test]
     fn writes_are_logged_in_order_and_restoration_is_not() {
-        let mut store = ChangeLogged::new(InMemoryStore::new("counts"));
+        let mut store = ChangeLogged::new(InMemoryStore::new("counts"), true);
         store.put(Bytes::from_static(b"a"), Some(Bytes::from_static(b"1")));
         store.put(Bytes::from_static(b"a"), None);
         store.put(Bytes::from_static(b"b"), Some(Bytes::from_static(b"2")));
@@ -125,7 +140,7 @@ mod tests {
         assert!(store.take_pending().is_empty());
 
         // A fresh store restored from that changelog holds the same state.
-        let mut restored = ChangeLogged::new(InMemoryStore::new("counts"));
+        let mut restored = ChangeLogged::new(InMemoryStore::new("counts"), true);
         let log: Vec<RawRecord<'_>> = vec![
             (Some(b"a"), Some(b"1")),
             (Some(b"a"), None),
