@@ -254,8 +254,11 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
     }
 
     pub fn delete(&mut self, key: &K) -> Result<Option<V>, StreamsError> {
-        let old = self.get(key)?;
         let key = self.key_bytes(key)?;
+        let old = match self.store.get(&key) {
+            Some(bytes) => Some(self.decode(&key, &bytes)?.1),
+            None => None,
+        };
         self.store.put(key, None);
         Ok(old)
     }

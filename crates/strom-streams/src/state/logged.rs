@@ -65,10 +65,6 @@ impl<S: KeyValueBytesStore> ChangeLogged<S> {
         }
         skipped
     }
-
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: KeyValueBytesStore> KeyValueBytesStore for ChangeLogged<S> {
