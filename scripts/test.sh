@@ -62,6 +62,9 @@ fi
 
 step "Python interop tests (kafka-python, confluent-kafka, kcat)"
 cargo build --locked -p strom-cli
+# test_streams.py runs strom-streams' word_count example.
+cargo build --locked -p strom-streams --example word_count
+export STROM_WORD_COUNT_BIN="$PWD/target/debug/examples/word_count"
 STROM_BIN="$PWD/target/debug/strom" "$venv/bin/python" -m pytest tests/python -q
 
 step "Python interop tests again, against a three-node cluster with default.replication.factor=3"

@@ -21,10 +21,18 @@
 //! Before a poll that rejoins the group (a rebalance), the thread commits
 //! first, so the partitions' next owner does not redo its work.
 //!
-//! Not yet: state stores, repartition topics, exactly-once, standby tasks,
-//! several instances sharing tasks by a Streams assignor (several instances
-//! do share partitions, by the consumer's `range` assignor, which keeps
-//! co-partitioned topics together).
+//! **Internal topics.** At start the application creates its repartition
+//! topics and the changelogs of its logging stores, named
+//! `<application.id>-<name>-repartition` and
+//! `<application.id>-<store>-changelog` with Kafka Streams' configs; a
+//! repartition topic has the partition count asked for, or as many
+//! partitions as the sub-topology writing it has tasks. A task restores its
+//! stores from their changelogs before it processes anything.
+//!
+//! Not yet: persistent stores, exactly-once, standby tasks, purging
+//! repartition topics, several instances sharing tasks by a Streams
+//! assignor (several instances do share partitions, by the consumer's
+//! `range` assignor, which keeps co-partitioned topics together).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -40,7 +48,7 @@ use tokio::sync::watch;
 use crate::error::StreamsError;
 use crate::processor::{PunctuationType, RecordMetadata, TaskId};
 use crate::runtime::{TaskState, build_task};
-use crate::topology::Topology;
+use crate::topology::{NodeKind, SinkTopicName, Topology};
 
 /// Records sent but not yet known acknowledged, per thread, before the
 /// thread commits early: each holds a delivery future until the commit
@@ -65,8 +73,8 @@ pub enum DeserializationHandler {
 /// The settings of a [`KafkaStreams`] instance, with Kafka's names.
 #[derive(Debug, Clone)]
 pub struct StreamsConfig {
-    /// `application.id`: the group id, and the prefix of client ids (and of
-    /// internal topics, once there are any).
+    /// `application.id`: the group id, and the prefix of client ids and of
+    /// internal topics.
     pub application_id: String,
     /// Client properties for the consumer and producer: at least
     /// `bootstrap.servers`.
@@ -321,7 +329,7 @@ impl KafkaStreams {
             ));
         }
         let partitions = check_source_topics(&self.topology, &self.config).await?;
-        create_changelog_topics(&self.topology, &self.config, &partitions).await?;
+        create_internal_topics(&self.topology, &self.config, &partitions).await?;
         for thread in 0..self.config.num_stream_threads {
             if let Err(e) = self.start_thread(thread) {
                 // Those already started stop too.
@@ -346,8 +354,11 @@ impl KafkaStreams {
     fn start_thread(&mut self, thread: usize) -> Result<(), StreamsError> {
         let consumer = Consumer::new(&self.config.consumer_config(thread))?;
         let producer = Producer::new(&self.config.producer_config(thread))?;
-        let topics: Vec<String> = self.topology.source_topics.keys().cloned().collect();
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let sources = Arc::new(
+            self.topology
+                .runtime_source_topics(&self.config.application_id),
+        );
+        let topics: Vec<&str> = sources.keys().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         let mut restore_config = self.config.client.clone();
         restore_config
@@ -364,6 +375,7 @@ impl KafkaStreams {
         let worker = StreamThread {
             index: thread,
             topology: Arc::clone(&self.topology),
+            sources,
             config: self.config.clone(),
             consumer,
             producer,
@@ -440,14 +452,22 @@ impl Drop for KafkaStreams {
     }
 }
 
-/// Kafka's checks at assignment, done at start: the source topics exist
-/// and co-partitioned ones (of one sub-topology) have as many partitions.
+/// Kafka's checks at assignment, done at start: the source topics exist,
+/// each repartition topic gets its partition count (as asked, or as many
+/// as the sub-topology writing it has tasks), and co-partitioned topics (of
+/// one sub-topology) have as many partitions. Returns the partition count
+/// of every source topic, internal ones included, by topology name.
 async fn check_source_topics(
     topology: &Topology,
     config: &StreamsConfig,
 ) -> Result<BTreeMap<String, usize>, StreamsError> {
     let admin = Admin::new(&config.client)?;
-    let topics: Vec<&str> = topology.source_topics.keys().map(String::as_str).collect();
+    let topics: Vec<&str> = topology
+        .source_topics
+        .keys()
+        .filter(|t| !topology.repartition_topics.contains_key(*t))
+        .map(String::as_str)
+        .collect();
     let described = admin.describe_topics(&topics).await;
     let mut counts = BTreeMap::new();
     for (topic, info) in described {
@@ -457,6 +477,7 @@ async fn check_source_topics(
         })?;
         counts.insert(topic, info.partitions.len());
     }
+    repartition_partitions(topology, &mut counts)?;
     for members in topology.subtopologies() {
         let topics: BTreeMap<&String, usize> = topology
             .source_topics
@@ -478,9 +499,63 @@ async fn check_source_topics(
     Ok(counts)
 }
 
+/// Adds each repartition topic's partition count to `counts` (which holds
+/// the external source topics'): the one asked for, or the most partitions
+/// among the source topics of the sub-topology writing it, as Kafka's
+/// `RepartitionTopics` computes them; repeated until nothing changes, since
+/// a writer may itself read a repartition topic.
+fn repartition_partitions(
+    topology: &Topology,
+    counts: &mut BTreeMap<String, usize>,
+) -> Result<(), StreamsError> {
+    for (topic, partitions) in &topology.repartition_topics {
+        if let Some(n) = partitions {
+            counts.insert(topic.clone(), *n);
+        }
+    }
+    let subtopologies = topology.subtopologies();
+    loop {
+        let mut changed = false;
+        for members in &subtopologies {
+            let tasks = topology
+                .source_topics
+                .iter()
+                .filter(|(_, node)| members.contains(node))
+                .filter_map(|(topic, _)| counts.get(topic).copied())
+                .max();
+            let Some(tasks) = tasks else { continue };
+            for &m in members {
+                if let NodeKind::Sink {
+                    topic: SinkTopicName::Static(topic),
+                    ..
+                } = &topology.nodes[m].kind
+                    && topology.repartition_topics.contains_key(topic)
+                    && !counts.contains_key(topic)
+                {
+                    counts.insert(topic.clone(), tasks);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    match topology
+        .repartition_topics
+        .keys()
+        .find(|t| !counts.contains_key(*t))
+    {
+        Some(topic) => Err(StreamsError::IllegalState(format!(
+            "no partition count for repartition topic {topic}: no sub-topology with known source topics writes it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// The changelog topics of the stores that log, each with as many
-/// partitions as its sub-topology's source topics (one per task):
-/// (topic, partitions).
+/// partitions as its sub-topology has tasks: (topic on the cluster,
+/// partitions).
 fn changelog_topics(
     topology: &Topology,
     application_id: &str,
@@ -511,50 +586,87 @@ fn changelog_topics(
     topics
 }
 
-/// Creates the changelog topics that do not exist yet, compacted, as Kafka
-/// Streams creates its internal topics at the first rebalance. One that
-/// exists with another partition count is an error (Kafka's
-/// `InternalTopicManager` refuses it too).
-async fn create_changelog_topics(
+/// A topic's configs: (name, value).
+type TopicConfigs = &'static [(&'static str, &'static str)];
+
+/// Kafka Streams' repartition topic configs (`RepartitionTopicConfig`):
+/// kept until purged, in 50 MB segments.
+const REPARTITION_TOPIC_CONFIGS: TopicConfigs = &[
+    ("cleanup.policy", "delete"),
+    ("retention.ms", "-1"),
+    ("segment.bytes", "52428800"),
+    ("message.timestamp.type", "CreateTime"),
+];
+
+/// Kafka Streams' changelog topic configs for key-value stores
+/// (`UnwindowedUnversionedChangelogTopicConfig`).
+const CHANGELOG_TOPIC_CONFIGS: TopicConfigs = &[
+    ("cleanup.policy", "compact"),
+    ("message.timestamp.type", "CreateTime"),
+];
+
+/// Creates the internal topics that do not exist yet (repartition topics
+/// and changelogs, named `<application.id>-...`), as Kafka Streams creates
+/// them at the first rebalance. One that exists with another partition
+/// count is an error (Kafka's `InternalTopicManager` refuses it too).
+async fn create_internal_topics(
     topology: &Topology,
     config: &StreamsConfig,
-    source_partitions: &BTreeMap<String, usize>,
+    partitions: &BTreeMap<String, usize>,
 ) -> Result<(), StreamsError> {
-    let wanted = changelog_topics(topology, &config.application_id, source_partitions);
+    let application_id = &config.application_id;
+    let mut wanted: Vec<(String, usize, TopicConfigs)> = topology
+        .repartition_topics
+        .keys()
+        .map(|topic| {
+            (
+                topology.runtime_topic(application_id, topic),
+                partitions.get(topic).copied().unwrap_or(1),
+                REPARTITION_TOPIC_CONFIGS,
+            )
+        })
+        .collect();
+    wanted.extend(
+        changelog_topics(topology, application_id, partitions)
+            .into_iter()
+            .map(|(topic, n)| (topic, n, CHANGELOG_TOPIC_CONFIGS)),
+    );
     if wanted.is_empty() {
         return Ok(());
     }
     let admin = Admin::new(&config.client)?;
-    let names: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+    let names: Vec<&str> = wanted.iter().map(|(t, _, _)| t.as_str()).collect();
     let existing = admin.describe_topics(&names).await;
     let mut create = Vec::new();
-    for (topic, partitions) in &wanted {
+    for (topic, partitions, configs) in &wanted {
         match existing.get(topic) {
             Some(Ok(info)) if info.partitions.len() != *partitions => {
                 return Err(StreamsError::IllegalState(format!(
-                    "changelog topic {topic} has {} partitions, the application needs {partitions}",
+                    "internal topic {topic} has {} partitions, the application needs {partitions}",
                     info.partitions.len()
                 )));
             }
             Some(Ok(_)) => {}
-            _ => create.push(
-                NewTopic::new(
+            _ => {
+                let mut new = NewTopic::new(
                     topic.clone(),
                     i32::try_from(*partitions).unwrap_or(i32::MAX),
                     config.replication_factor,
-                )
-                .config("cleanup.policy", "compact")
-                .config("message.timestamp.type", "CreateTime"),
-            ),
+                );
+                for (name, value) in *configs {
+                    new = new.config(*name, *value);
+                }
+                create.push(new);
+            }
         }
     }
     for (topic, result) in admin.create_topics(&create, false).await {
         match result {
-            Ok(_) => tracing::info!(%topic, "created changelog topic"),
+            Ok(_) => tracing::info!(%topic, "created internal topic"),
             Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
             Err(e) => {
                 return Err(StreamsError::IllegalState(format!(
-                    "creating changelog topic {topic}: {e}"
+                    "creating internal topic {topic}: {e}"
                 )));
             }
         }
@@ -572,6 +684,8 @@ struct RunningTask {
 struct StreamThread {
     index: usize,
     topology: Arc<Topology>,
+    /// The source node of each source topic, by its name on the cluster.
+    sources: Arc<HashMap<String, usize>>,
     config: StreamsConfig,
     consumer: Consumer,
     producer: Producer,
@@ -671,7 +785,7 @@ impl StreamThread {
         let subtopologies = self.topology.subtopologies();
         let mut wanted: BTreeMap<TaskId, Vec<TopicPartition>> = BTreeMap::new();
         for tp in &assigned {
-            let Some(&node) = self.topology.source_topics.get(&tp.topic) else {
+            let Some(&node) = self.sources.get(&tp.topic) else {
                 continue;
             };
             let Some(subtopology) = subtopologies.iter().position(|m| m.contains(&node)) else {
@@ -711,8 +825,13 @@ impl StreamThread {
                 continue;
             }
             let members = &subtopologies[id.subtopology as usize];
-            let (mut state, sources) = build_task(&self.topology, members, id, now);
-            state.application_id.clone_from(&self.config.application_id);
+            let (mut state, sources) = build_task(
+                &self.topology,
+                members,
+                id,
+                now,
+                &self.config.application_id,
+            );
             if !self.restore_stores(&mut state).await? {
                 // Stopping: the loop ends before the next poll.
                 return Ok(());

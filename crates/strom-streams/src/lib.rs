@@ -4,9 +4,10 @@
 //! a topology without a broker.
 //!
 //! In progress: in-memory key-value stores with changelog topics and
-//! restoration, and `group_by_key` aggregations, run in the test driver and
-//! against a cluster; persistent stores, the record cache, repartitioning and
-//! interactive queries are still to come (see `docs/streams.md`).
+//! restoration, `group_by`/`group_by_key` aggregations with repartition
+//! topics, run in the test driver and against a cluster; persistent stores,
+//! the record cache and KTable operations are still to come (see
+//! `docs/streams.md`).
 //!
 //! ```
 //! use strom_streams::dsl::{Consumed, Produced, StreamsBuilder};
@@ -39,7 +40,8 @@
 //!   punctuation), topic-name extractors.
 //! - [`topology`]: [`topology::Topology`] (`add_source`, `add_processor`,
 //!   `add_sink`), validation, sub-topologies, and `describe()`.
-//! - [`dsl`]: [`dsl::StreamsBuilder`], [`dsl::KStream`], `split()` branches.
+//! - [`dsl`]: [`dsl::StreamsBuilder`], [`dsl::KStream`], `split()` branches,
+//!   repartition topics, grouping and aggregations into [`dsl::KTable`]s.
 //! - [`test_driver`]: [`test_driver::TopologyTestDriver`] with test input and
 //!   output topics and a wall clock to advance.
 //! - [`kafka_streams`]: [`KafkaStreams`], a topology run against a cluster

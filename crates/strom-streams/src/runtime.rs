@@ -23,7 +23,7 @@ use crate::processor::{
 use crate::serdes::{Serde, SerdeError};
 use crate::state::KeyValueStore;
 use crate::state::builder::TaskStore;
-use crate::topology::{NodeKind, Topology};
+use crate::topology::{NodeKind, SinkTopicName, Topology};
 
 /// A key or value of any [`Data`] type.
 pub(crate) trait AnyData: Any + Send {
@@ -213,11 +213,14 @@ impl<KS: Serde, VS: Serde> ErasedSource for SourceAdapter<KS, VS> {
 
 /// Encodes records for a sink's topic.
 pub(crate) trait ErasedSink: Send + Sync {
+    /// Encodes `record` for the sink's topic, or for `topic` when given
+    /// (an internal topic's name on the cluster).
     fn write(
         &self,
         node: &str,
         record: ErasedRecord,
         input: Option<&RecordMetadata>,
+        topic: Option<&str>,
     ) -> Result<ProducedRecord, StreamsError>;
 }
 
@@ -238,6 +241,7 @@ impl<KS: Serde, VS: Serde> ErasedSink for SinkAdapter<KS, VS> {
         node: &str,
         record: ErasedRecord,
         input: Option<&RecordMetadata>,
+        runtime_topic: Option<&str>,
     ) -> Result<ProducedRecord, StreamsError> {
         let record = record.into_typed::<KS::Target, VS::Target>(node)?;
         if record.timestamp_ms < 0 {
@@ -247,9 +251,10 @@ impl<KS: Serde, VS: Serde> ErasedSink for SinkAdapter<KS, VS> {
                 timestamp_ms: record.timestamp_ms,
             });
         }
-        let topic = match &self.topic {
-            SinkTopic::Static(topic) => topic.clone(),
-            SinkTopic::Extractor(extractor) => {
+        let topic = match (&self.topic, runtime_topic) {
+            (_, Some(topic)) => topic.to_owned(),
+            (SinkTopic::Static(topic), None) => topic.clone(),
+            (SinkTopic::Extractor(extractor), None) => {
                 let context = RecordContext {
                     timestamp_ms: record.timestamp_ms,
                     headers: &record.headers,
@@ -286,7 +291,9 @@ pub(crate) enum RuntimeNode {
     /// `None` while the processor is running (taken out of the task so that
     /// its context can borrow the rest of the task).
     Processor(Option<Box<dyn ErasedProcessor>>),
-    Sink(Arc<dyn ErasedSink>),
+    /// A sink, with its topic's name on the cluster when that differs from
+    /// the topology's (an internal topic).
+    Sink(Arc<dyn ErasedSink>, Option<String>),
 }
 
 pub(crate) trait ErasedPunctuator: Send {
@@ -435,7 +442,7 @@ impl TaskState {
                 Some(processor) => Ok(Some(processor)),
                 None => Err(StreamsError::Reentrant(self.names[node].clone())),
             },
-            RuntimeNode::Source(_) | RuntimeNode::Sink(_) => Ok(None),
+            RuntimeNode::Source(_) | RuntimeNode::Sink(..) => Ok(None),
         }
     }
 
@@ -480,9 +487,14 @@ impl TaskState {
     fn deliver(&mut self, node: usize, record: ErasedRecord) -> Result<(), StreamsError> {
         match &self.nodes[node] {
             RuntimeNode::Source(_) => NodeContext { task: self, node }.forward(record, None),
-            RuntimeNode::Sink(sink) => {
-                let sink = Arc::clone(sink);
-                let produced = sink.write(&self.names[node], record, self.current.as_ref())?;
+            RuntimeNode::Sink(sink, topic) => {
+                let (sink, topic) = (Arc::clone(sink), topic.clone());
+                let produced = sink.write(
+                    &self.names[node],
+                    record,
+                    self.current.as_ref(),
+                    topic.as_deref(),
+                )?;
                 self.produced.push(produced);
                 Ok(())
             }
@@ -569,12 +581,14 @@ impl TaskState {
 /// The task `task_id` of the sub-topology made of `members` (node indices
 /// of `topology`, in topology order), with fresh processors, not yet
 /// initialised; and the source node (index within the task) of each of the
-/// sub-topology's source topics.
+/// sub-topology's source topics, by their names on the cluster (internal
+/// topics carry `application_id` as a prefix).
 pub(crate) fn build_task(
     topology: &Topology,
     members: &[usize],
     task_id: TaskId,
     wall_clock_ms: i64,
+    application_id: &str,
 ) -> (TaskState, Vec<(String, usize)>) {
     let local: HashMap<usize, usize> = members.iter().enumerate().map(|(i, &m)| (m, i)).collect();
     let mut names = Vec::with_capacity(members.len());
@@ -602,14 +616,29 @@ pub(crate) fn build_task(
         }
         nodes.push(match &def.kind {
             NodeKind::Source { topics, source } => {
-                sources.extend(topics.iter().map(|topic| (topic.clone(), i)));
+                sources.extend(
+                    topics
+                        .iter()
+                        .map(|topic| (topology.runtime_topic(application_id, topic), i)),
+                );
                 RuntimeNode::Source(Arc::clone(source))
             }
             NodeKind::Processor { supplier } => RuntimeNode::Processor(Some(supplier.get())),
-            NodeKind::Sink { sink, .. } => RuntimeNode::Sink(Arc::clone(sink)),
+            NodeKind::Sink { sink, topic } => {
+                let runtime = match topic {
+                    SinkTopicName::Static(topic)
+                        if topology.repartition_topics.contains_key(topic) =>
+                    {
+                        Some(topology.runtime_topic(application_id, topic))
+                    }
+                    _ => None,
+                };
+                RuntimeNode::Sink(Arc::clone(sink), runtime)
+            }
         });
     }
     let mut task = TaskState::new(task_id, names, children, nodes, wall_clock_ms);
+    task.application_id = application_id.to_owned();
     task.stores = stores;
     task.node_stores = node_stores;
     (task, sources)

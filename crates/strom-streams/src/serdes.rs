@@ -256,6 +256,20 @@ impl<S: Serde> Serde for Nullable<S> {
     }
 }
 
+/// A shared serde is a serde: one instance can serve a sink and a source
+/// (a repartition topic's two ends).
+impl<S: Serde> Serde for std::sync::Arc<S> {
+    type Target = S::Target;
+
+    fn serialize(&self, topic: &str, value: &S::Target) -> Result<Option<Bytes>, SerdeError> {
+        S::serialize(self, topic, value)
+    }
+
+    fn deserialize(&self, topic: &str, data: Option<&[u8]>) -> Result<S::Target, SerdeError> {
+        S::deserialize(self, topic, data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

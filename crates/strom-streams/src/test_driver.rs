@@ -200,8 +200,13 @@ impl TopologyTestDriver {
                 subtopology,
                 partition: 0,
             };
-            let (mut task, task_sources) = build_task(topology, members, task_id, wall_clock_ms);
-            task.application_id = TEST_DRIVER_APPLICATION_ID.to_owned();
+            let (task, task_sources) = build_task(
+                topology,
+                members,
+                task_id,
+                wall_clock_ms,
+                TEST_DRIVER_APPLICATION_ID,
+            );
             for (topic, node) in task_sources {
                 sources.insert(topic, (tasks.len(), node));
             }

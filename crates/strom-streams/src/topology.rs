@@ -89,9 +89,11 @@ pub enum TopologyError {
         actual: String,
     },
     #[error(
-        "{0}: grouping a re-keyed stream needs a repartition topic, which strom-streams does not create yet; write the stream to a topic and read it back first"
+        "{0}: grouping a re-keyed stream needs a repartition topic, and serdes to write it: use group_by_key_with(Grouped::with(key serde, value serde))"
     )]
     RepartitionRequired(String),
+    #[error("repartition topic {topic}: {partitions} partitions is not 1 to {max}", max = crate::dsl::MAX_REPARTITION_PARTITIONS)]
+    InvalidPartitions { topic: String, partitions: usize },
     #[error("StateStore {0} is already added.")]
     DuplicateStore(String),
     #[error("Processor {processor} is not added yet for state store {store}")]
@@ -148,6 +150,10 @@ pub struct Topology {
     pub(crate) source_topics: HashMap<String, usize>,
     /// State stores, by name.
     pub(crate) stores: BTreeMap<String, StoreDef>,
+    /// Repartition topics the application creates and owns, by their name
+    /// in the topology (without the `<application.id>-` prefix they carry
+    /// on the cluster), with a partition count when one was asked for.
+    pub(crate) repartition_topics: BTreeMap<String, Option<usize>>,
 }
 
 impl fmt::Debug for Topology {
@@ -417,6 +423,34 @@ impl Topology {
                 }
             }
         }
+    }
+
+    /// Marks `topic` as a repartition topic of the application (Java's
+    /// `addInternalTopic`): on a cluster its name gets the
+    /// `<application.id>-` prefix, and the application creates it with
+    /// `partitions` partitions, or as many as the sub-topology writing it
+    /// has tasks.
+    pub(crate) fn add_repartition_topic(&mut self, topic: &str, partitions: Option<usize>) {
+        self.repartition_topics.insert(topic.to_owned(), partitions);
+    }
+
+    /// The name `topic` has on the cluster for application
+    /// `application_id`: internal topics carry the application id as a
+    /// prefix (Kafka's `decorateTopic`), other topics are as written.
+    pub(crate) fn runtime_topic(&self, application_id: &str, topic: &str) -> String {
+        if self.repartition_topics.contains_key(topic) {
+            format!("{application_id}-{topic}")
+        } else {
+            topic.to_owned()
+        }
+    }
+
+    /// The source node of each source topic, by its name on the cluster.
+    pub(crate) fn runtime_source_topics(&self, application_id: &str) -> HashMap<String, usize> {
+        self.source_topics
+            .iter()
+            .map(|(topic, &node)| (self.runtime_topic(application_id, topic), node))
+            .collect()
     }
 
     /// Records store names on a processor for the description only.

@@ -347,7 +347,7 @@ mod dsl_rules {
     use strom_streams::test_driver::TopologyTestDriver;
 
     #[test]
-    fn grouping_a_rekeyed_stream_is_refused_until_repartition_topics_exist() {
+    fn grouping_a_rekeyed_stream_without_serdes_for_its_repartition_topic_is_refused() {
         for rekey in 0..3 {
             let builder = StreamsBuilder::new();
             let stream = builder.stream(&["in"], Consumed::with(StringSerde, StringSerde));

@@ -35,8 +35,10 @@ use crate::processor::{
 use crate::serdes::Serde;
 use crate::topology::{Topology, TopologyError};
 
+mod repartition;
 mod stateful;
 
+pub use repartition::{Grouped, MAX_REPARTITION_PARTITIONS, Repartitioned};
 pub use stateful::{KGroupedStream, KTable, Materialized};
 
 const SOURCE_NAME: &str = "KSTREAM-SOURCE-";

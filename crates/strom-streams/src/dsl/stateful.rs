@@ -17,6 +17,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use super::repartition::PendingRepartition;
 use super::{KStream, Named, lock};
 use crate::error::StreamsError;
 use crate::processor::{Data, Processor, ProcessorContext, Record};
@@ -68,9 +69,10 @@ impl<K: Data, V: Data> KStream<K, V> {
     /// Groups by the current key, for an aggregation (Java's
     /// `groupByKey()`). After a key-changing operation (`map`, `flat_map`,
     /// `select_key`, `process`) Kafka puts a repartition topic in between,
-    /// so that each key is counted in one task; strom-streams cannot yet,
-    /// and `build()` reports [`TopologyError::RepartitionRequired`] rather
-    /// than count one key in several tasks.
+    /// so that each key is counted in one task, written with the default
+    /// serdes; strom-streams has no default serdes, so there `build()`
+    /// reports [`TopologyError::RepartitionRequired`]: use
+    /// [`KStream::group_by_key_with`] and give them.
     ///
     /// [`TopologyError::RepartitionRequired`]: crate::TopologyError::RepartitionRequired
     pub fn group_by_key(&self) -> KGroupedStream<K, V> {
@@ -79,9 +81,7 @@ impl<K: Data, V: Data> KStream<K, V> {
             let error = crate::TopologyError::RepartitionRequired(self.node.clone());
             state.keep(Err(error));
         }
-        KGroupedStream {
-            stream: self.clone(),
-        }
+        KGroupedStream::new(self.clone(), None)
     }
 }
 
@@ -90,9 +90,18 @@ impl<K: Data, V: Data> KStream<K, V> {
 #[derive(Debug, Clone)]
 pub struct KGroupedStream<K, V> {
     stream: KStream<K, V>,
+    /// The repartition topic the aggregation reads, when the key changed.
+    repartition: Option<PendingRepartition>,
 }
 
 impl<K: Data, V: Data> KGroupedStream<K, V> {
+    pub(super) fn new(stream: KStream<K, V>, repartition: Option<PendingRepartition>) -> Self {
+        Self {
+            stream,
+            repartition,
+        }
+    }
+
     /// Counts the records of each key.
     pub fn count<KS>(&self, materialized: Materialized<KS, I64Serde>) -> KTable<K, i64>
     where
@@ -185,6 +194,15 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
             None => guard.new_name(&format!("{prefix}{STATE_STORE}")),
         };
         let node = guard.name_or_generate(named.map(|n| n.0), prefix);
+        // Then the repartition topic, named after the store unless Grouped
+        // named it (Kafka's GroupedStreamAggregateBuilder).
+        let parent = match &self.repartition {
+            Some(repartition) => {
+                let prefix = repartition.name.as_deref().unwrap_or(&store);
+                (repartition.add)(&mut guard, prefix, &self.stream.node)
+            }
+            None => self.stream.node.clone(),
+        };
         let update = Arc::new(update);
         let store_name = store.clone();
         let supplier = move || Aggregate {
@@ -192,7 +210,6 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
             update: Arc::clone(&update),
             _types: PhantomData,
         };
-        let parent = self.stream.node.clone();
         let mut builder = StoreBuilder::in_memory_key_value(
             store.clone(),
             materialized.key_serde,
