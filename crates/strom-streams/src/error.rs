@@ -102,6 +102,17 @@ pub enum StreamsError {
         source: SerdeError,
     },
     /// A user processor or punctuator failed.
+    /// Kafka's `UnknownStateStoreException`: the topology has no store of
+    /// that name.
+    #[error("Cannot get state store {0} because no such store is registered in the topology.")]
+    UnknownStateStore(String),
+
+    /// Kafka's `InvalidStateStoreException`: the store cannot be queried
+    /// now (the application is not running, or no local task holds it,
+    /// during a rebalance or because it moved to another instance).
+    #[error("{0}")]
+    InvalidStateStore(String),
+
     #[error("processing failed: {0}")]
     Processing(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -46,8 +46,10 @@ use strom_client::{
 use tokio::sync::watch;
 
 use crate::error::StreamsError;
-use crate::processor::{PunctuationType, RecordMetadata, TaskId};
+use crate::processor::{Data, PunctuationType, RecordMetadata, TaskId};
 use crate::runtime::{TaskState, build_task};
+use crate::state::ReadOnlyKeyValueStore;
+use crate::state::query::{self, StoreRegistry};
 use crate::topology::{NodeKind, SinkTopicName, Topology};
 
 /// Records sent but not yet known acknowledged, per thread, before the
@@ -298,11 +300,26 @@ pub enum State {
     Error,
 }
 
+impl State {
+    /// Kafka's name of the state (`KafkaStreams.State`).
+    pub fn as_kafka_name(self) -> &'static str {
+        match self {
+            Self::Created => "CREATED",
+            Self::Running => "RUNNING",
+            Self::PendingShutdown => "PENDING_SHUTDOWN",
+            Self::NotRunning => "NOT_RUNNING",
+            Self::Error => "ERROR",
+        }
+    }
+}
+
 /// A running application: see the module docs.
 #[derive(Debug)]
 pub struct KafkaStreams {
     topology: Arc<Topology>,
     config: StreamsConfig,
+    /// The local tasks' stores, for interactive queries.
+    stores: StoreRegistry,
     state: watch::Sender<State>,
     stop: watch::Sender<bool>,
     threads: Vec<tokio::task::JoinHandle<Result<(), StreamsError>>>,
@@ -313,6 +330,7 @@ impl KafkaStreams {
         Self {
             topology: Arc::new(topology),
             config,
+            stores: StoreRegistry::default(),
             state: watch::Sender::new(State::Created),
             stop: watch::Sender::new(false),
             threads: Vec::new(),
@@ -383,6 +401,7 @@ impl KafkaStreams {
             admin: Admin::new(&self.config.client)?,
             stopping: self.stop.subscribe(),
             tasks: BTreeMap::new(),
+            stores: Arc::clone(&self.stores),
             partitions: HashMap::new(),
             uncommitted: BTreeMap::new(),
             sends: Vec::new(),
@@ -405,6 +424,36 @@ impl KafkaStreams {
 
     pub fn state(&self) -> State {
         *self.state.borrow()
+    }
+
+    /// A read-only view of key-value store `name` over this instance's
+    /// tasks (Java's `store(StoreQueryParameters.fromNameAndType(name,
+    /// keyValueStore()))`): only while running (Kafka's
+    /// `InvalidStateStoreException` otherwise), with the store's own key
+    /// and value types (`TypeMismatch` otherwise). Each call on the view
+    /// reads the tasks this instance holds at that moment; with none (all
+    /// moved elsewhere, or a rebalance), it fails with `InvalidStateStore`,
+    /// as Kafka's does.
+    pub fn store<K: Data, V: Data>(
+        &self,
+        name: &str,
+    ) -> Result<ReadOnlyKeyValueStore<K, V>, StreamsError> {
+        let Some(def) = self.topology.stores.get(name) else {
+            return Err(StreamsError::UnknownStateStore(name.to_owned()));
+        };
+        let state = self.state();
+        if state != State::Running {
+            return Err(StreamsError::InvalidStateStore(format!(
+                "KafkaStreams is not running. State is {}.",
+                state.as_kafka_name()
+            )));
+        }
+        ReadOnlyKeyValueStore::new(
+            name,
+            crate::state::changelog_topic(&self.config.application_id, name),
+            Arc::clone(&self.stores),
+            def.serdes(),
+        )
     }
 
     /// Follows the state (Kafka's state listener).
@@ -695,6 +744,8 @@ struct StreamThread {
     /// Whether the instance is stopping, looked at during restoration.
     stopping: watch::Receiver<bool>,
     tasks: BTreeMap<TaskId, RunningTask>,
+    /// Where the tasks' stores are registered for interactive queries.
+    stores: StoreRegistry,
     /// The task of each assigned partition.
     partitions: HashMap<TopicPartition, TaskId>,
     /// The next offset of each partition processed since the last commit.
@@ -718,7 +769,8 @@ impl StreamThread {
         } else {
             Ok(())
         };
-        for task in self.tasks.values_mut() {
+        for (id, task) in &mut self.tasks {
+            query::unregister(&self.stores, *id);
             task.state.close();
         }
         let _ = self.restore.close().await;
@@ -811,6 +863,7 @@ impl StreamThread {
         for id in gone {
             if let Some(mut task) = self.tasks.remove(&id) {
                 tracing::info!(thread = self.index, task = %id, "task revoked");
+                query::unregister(&self.stores, id);
                 task.state.close();
             }
         }
@@ -837,6 +890,15 @@ impl StreamThread {
                 return Ok(());
             }
             state.init()?;
+            query::register(
+                &self.stores,
+                id,
+                state
+                    .stores
+                    .iter()
+                    .map(|(name, store)| (name.clone(), store.queryable()))
+                    .collect(),
+            );
             tracing::info!(thread = self.index, task = %id, "task assigned");
             self.tasks.insert(
                 id,

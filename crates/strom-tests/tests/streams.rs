@@ -499,7 +499,8 @@ fn counting() -> Topology {
 
 /// `count()` keeps its counts in a store whose writes go to the compacted
 /// changelog `counting-counts-changelog`; a new instance (in-memory store,
-/// nothing local) restores the counts from it and goes on counting.
+/// nothing local) restores the counts from it and goes on counting, and
+/// its interactive queries agree with the output topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
     const WORDS: usize = 50;
@@ -583,6 +584,13 @@ async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
     // More input, a new instance: the counts go on from 60, not from 0.
     tokio::task::block_in_place(|| send(keyed(3000..3500)));
     let mut streams = KafkaStreams::new(counting(), config());
+    assert!(
+        matches!(
+            streams.store::<String, i64>("counts"),
+            Err(StreamsError::InvalidStateStore(_))
+        ),
+        "queried before start"
+    );
     streams.start().await.unwrap();
     let (last, read) = tokio::task::block_in_place(|| wait_for_output(3500));
     assert!(read >= 3500, "{read} updates");
@@ -590,5 +598,32 @@ async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
         last.values().all(|c| *c == 70),
         "restored and counted on: {last:?}"
     );
+
+    // Interactive queries see what the output topic says, over the three
+    // tasks' stores.
+    let store = streams.store::<String, i64>("counts").unwrap();
+    let all: BTreeMap<String, i64> = store.all().unwrap().into_iter().collect();
+    assert_eq!(all, last);
+    assert_eq!(store.get(&"w7".to_owned()).unwrap(), Some(70));
+    assert_eq!(store.get(&"nobody".to_owned()).unwrap(), None);
+    let range = store.range(&"w1".to_owned(), &"w12".to_owned()).unwrap();
+    assert_eq!(
+        range.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["w1", "w10", "w11", "w12"]
+    );
+    assert_eq!(store.approximate_num_entries().unwrap(), 50);
+    assert!(matches!(
+        streams.store::<String, i64>("no-such-store"),
+        Err(StreamsError::UnknownStateStore(_))
+    ));
+    assert!(matches!(
+        streams.store::<String, String>("counts"),
+        Err(StreamsError::TypeMismatch { .. })
+    ));
     streams.close().await.unwrap();
+    // Closed tasks leave the registry: the old view finds no store.
+    assert!(matches!(
+        store.get(&"w7".to_owned()),
+        Err(StreamsError::InvalidStateStore(_))
+    ));
 }

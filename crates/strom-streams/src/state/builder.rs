@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
@@ -89,24 +89,166 @@ impl fmt::Debug for StoreDef {
 }
 
 impl StoreDef {
+    pub(crate) fn serdes(&self) -> &Arc<dyn Any + Send + Sync> {
+        &self.serdes
+    }
+
     /// A task's new, empty store.
     pub(crate) fn build(&self) -> TaskStore {
+        let shared: SharedBytesStore = Arc::new(Mutex::new((self.make)()));
+        let own = SharedStore {
+            name: self.name.clone(),
+            inner: Arc::clone(&shared),
+        };
         TaskStore {
-            store: ChangeLogged::new((self.make)(), self.logging),
+            store: ChangeLogged::new(Box::new(own), self.logging),
+            shared,
             serdes: Arc::clone(&self.serdes),
             logging: self.logging,
         }
     }
 }
 
-struct KvSerdes<K, V> {
+pub(crate) struct KvSerdes<K, V> {
     key: Arc<dyn Serde<Target = K>>,
     value: Arc<dyn Serde<Target = V>>,
+}
+
+impl<K: Data, V: Data> KvSerdes<K, V> {
+    /// `key`'s bytes in store `store` (changelog `topic`); a key that
+    /// serializes to null cannot be stored.
+    pub(crate) fn key_bytes(
+        &self,
+        store: &str,
+        topic: &str,
+        key: &K,
+    ) -> Result<Bytes, StreamsError> {
+        match self.key.serialize(topic, key) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(StreamsError::IllegalState(format!(
+                "store {store}: a key serialized to null"
+            ))),
+            Err(source) => Err(serde_error(store, source)),
+        }
+    }
+
+    pub(crate) fn decode(
+        &self,
+        store: &str,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(K, V), StreamsError> {
+        Ok((
+            self.key
+                .deserialize(topic, Some(key))
+                .map_err(|e| serde_error(store, e))?,
+            self.value
+                .deserialize(topic, Some(value))
+                .map_err(|e| serde_error(store, e))?,
+        ))
+    }
+}
+
+fn serde_error(store: &str, source: crate::serdes::SerdeError) -> StreamsError {
+    StreamsError::Store {
+        store: store.to_owned(),
+        source,
+    }
+}
+
+/// The serdes of a store, if `K` and `V` are its types.
+pub(crate) fn typed_serdes<K: Data, V: Data>(
+    serdes: &Arc<dyn Any + Send + Sync>,
+    store: &str,
+) -> Result<Arc<KvSerdes<K, V>>, StreamsError> {
+    Arc::clone(serdes)
+        .downcast::<KvSerdes<K, V>>()
+        .map_err(|_| StreamsError::TypeMismatch {
+            node: format!("store {store}"),
+            expected: std::any::type_name::<(K, V)>(),
+            actual: "the store's key and value types",
+        })
+}
+
+/// A task's store as shared with interactive queries: the processor writes
+/// through it, queries read it from other threads.
+/// (A mutex: stores are `Send` but not `Sync`.)
+pub(crate) type SharedBytesStore = Arc<Mutex<Box<dyn KeyValueBytesStore>>>;
+
+/// Locks a shared store; a panic while holding the lock left the store as
+/// its last complete write made it.
+pub(crate) fn lock_store(store: &SharedBytesStore) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A [`SharedBytesStore`] as the task's own store.
+struct SharedStore {
+    name: String,
+    inner: SharedBytesStore,
+}
+
+impl SharedStore {
+    fn read(&self) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
+        lock_store(&self.inner)
+    }
+
+    fn write(&self) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
+        lock_store(&self.inner)
+    }
+}
+
+impl KeyValueBytesStore for SharedStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Bytes> {
+        self.read().get(key)
+    }
+
+    fn put(&mut self, key: Bytes, value: Option<Bytes>) {
+        self.write().put(key, value);
+    }
+
+    fn range(&self, from: &[u8], to: &[u8]) -> Vec<(Bytes, Bytes)> {
+        self.read().range(from, to)
+    }
+
+    fn all(&self) -> Vec<(Bytes, Bytes)> {
+        self.read().all()
+    }
+
+    fn approximate_num_entries(&self) -> u64 {
+        self.read().approximate_num_entries()
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write().flush()
+    }
+
+    fn persistent(&self) -> bool {
+        self.read().persistent()
+    }
+}
+
+/// What an interactive query needs of one task's store.
+#[derive(Clone)]
+pub(crate) struct QueryableStore {
+    pub(crate) store: SharedBytesStore,
+}
+
+impl fmt::Debug for QueryableStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueryableStore").finish_non_exhaustive()
+    }
 }
 
 /// One task's instance of a store.
 pub(crate) struct TaskStore {
     pub(crate) store: ChangeLogged<Box<dyn KeyValueBytesStore>>,
+    /// The store behind `store`, for interactive queries.
+    shared: SharedBytesStore,
     serdes: Arc<dyn Any + Send + Sync>,
     pub(crate) logging: bool,
 }
@@ -117,19 +259,21 @@ impl TaskStore {
         &mut self,
         changelog_topic: String,
     ) -> Result<KeyValueStore<'_, K, V>, StreamsError> {
-        let name = self.store.name().to_owned();
-        let serdes = Arc::clone(&self.serdes)
-            .downcast::<KvSerdes<K, V>>()
-            .map_err(|_| StreamsError::TypeMismatch {
-                node: format!("store {name}"),
-                expected: std::any::type_name::<(K, V)>(),
-                actual: "the store's key and value types",
-            })?;
+        let serdes = typed_serdes::<K, V>(&self.serdes, self.store.name())?;
         Ok(KeyValueStore {
             store: &mut self.store,
             serdes,
             topic: changelog_topic,
         })
+    }
+}
+
+impl TaskStore {
+    /// This store as interactive queries read it.
+    pub(crate) fn queryable(&self) -> QueryableStore {
+        QueryableStore {
+            store: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -202,34 +346,16 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
     }
 
     fn key_bytes(&self, key: &K) -> Result<Bytes, StreamsError> {
-        match self.serdes.key.serialize(&self.topic, key) {
-            Ok(Some(bytes)) => Ok(bytes),
-            Ok(None) => Err(StreamsError::IllegalState(format!(
-                "store {}: a key serialized to null",
-                self.store.name()
-            ))),
-            Err(source) => Err(self.serde_error(source)),
-        }
+        self.serdes.key_bytes(self.store.name(), &self.topic, key)
     }
 
     fn serde_error(&self, source: crate::serdes::SerdeError) -> StreamsError {
-        StreamsError::Store {
-            store: self.store.name().to_owned(),
-            source,
-        }
+        serde_error(self.store.name(), source)
     }
 
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<(K, V), StreamsError> {
-        Ok((
-            self.serdes
-                .key
-                .deserialize(&self.topic, Some(key))
-                .map_err(|e| self.serde_error(e))?,
-            self.serdes
-                .value
-                .deserialize(&self.topic, Some(value))
-                .map_err(|e| self.serde_error(e))?,
-        ))
+        self.serdes
+            .decode(self.store.name(), &self.topic, key, value)
     }
 
     pub fn get(&self, key: &K) -> Result<Option<V>, StreamsError> {

@@ -9,6 +9,8 @@
 //!   for the store's changelog topic, `<application.id>-<store>-changelog`
 //!   ([`changelog_topic`]), partition = the task's partition; restoration
 //!   replays that topic into the store.
+//! - [`query`]: interactive queries, [`ReadOnlyKeyValueStore`] over the
+//!   local tasks' instances of a store.
 //! - [`checkpoint`]: the `.checkpoint` file of a task directory: the
 //!   changelog offsets the local stores hold, in Kafka's text format, so
 //!   that a restart restores only what came after.
@@ -17,10 +19,12 @@ pub mod builder;
 pub mod checkpoint;
 pub mod logged;
 pub mod memory;
+pub mod query;
 
 use bytes::Bytes;
 
 pub use builder::{KeyValueStore, StoreBuilder};
+pub use query::ReadOnlyKeyValueStore;
 
 /// A key-value store of serialized keys and values, ordered by key bytes
 /// (lexicographically, as Kafka's `Bytes` comparator orders them).
