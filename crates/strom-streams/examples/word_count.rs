@@ -69,26 +69,21 @@ fn topology(input: &str, output: &str) -> Result<Topology, TopologyError> {
     builder.build()
 }
 
-async fn stopped() {
+/// Resolves on Ctrl-C, or SIGTERM on Unix. Made before the application
+/// starts, so that a SIGTERM at any time after it stops the application
+/// cleanly rather than killing the process.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-    }
+    })
 }
 
 #[tokio::main]
@@ -136,6 +131,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let stopped = match stop_signal() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("word_count: cannot listen for signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut streams = KafkaStreams::new(topology, config);
     if let Err(e) = streams.start().await {
         eprintln!("word_count: {e}");
@@ -143,7 +145,7 @@ async fn main() -> ExitCode {
     }
     let mut state = streams.subscribe_state();
     tokio::select! {
-        () = stopped() => {}
+        () = stopped => {}
         _ = state.wait_for(|s| *s == State::Error) => {}
     }
     match streams.close().await {

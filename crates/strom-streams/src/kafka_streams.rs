@@ -709,10 +709,14 @@ async fn create_internal_topics(
             }
         }
     }
+    let mut created = Vec::new();
     for (topic, result) in admin.create_topics(&create, false).await {
         match result {
-            Ok(_) => tracing::info!(%topic, "created internal topic"),
-            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+            Ok(_) => {
+                tracing::info!(%topic, "created internal topic");
+                created.push(topic);
+            }
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => created.push(topic),
             Err(e) => {
                 return Err(StreamsError::IllegalState(format!(
                     "creating internal topic {topic}: {e}"
@@ -720,8 +724,39 @@ async fn create_internal_topics(
             }
         }
     }
-    Ok(())
+    // As Kafka's InternalTopicManager.makeReady: the threads subscribe
+    // next, and a topic missing from their first metadata would leave its
+    // partitions unassigned for a while.
+    let deadline = Instant::now() + INTERNAL_TOPICS_READY_TIMEOUT;
+    loop {
+        let names: Vec<&str> = created.iter().map(String::as_str).collect();
+        let described = admin.describe_topics(&names).await;
+        let ready = |topic: &String| {
+            described.get(topic).is_some_and(|info| {
+                info.as_ref().is_ok_and(|i| {
+                    !i.partitions.is_empty() && i.partitions.iter().all(|p| p.leader >= 0)
+                })
+            })
+        };
+        created.retain(|topic| !ready(topic));
+        if created.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(StreamsError::IllegalState(format!(
+                "internal topics {} have no leader {} s after creation",
+                created.join(", "),
+                INTERNAL_TOPICS_READY_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
+
+/// How long `start` waits for the internal topics it created to have
+/// leaders (Kafka Streams retries up to its `max.poll.interval.ms`-based
+/// deadline; a cluster that takes longer is not healthy enough to start).
+const INTERNAL_TOPICS_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A task at run time, with its source nodes.
 struct RunningTask {

@@ -94,6 +94,8 @@ pub enum TopologyError {
     RepartitionRequired(String),
     #[error("repartition topic {topic}: {partitions} partitions is not 1 to {max}", max = crate::dsl::MAX_REPARTITION_PARTITIONS)]
     InvalidPartitions { topic: String, partitions: usize },
+    #[error("Name \"{name}\" is illegal: {reason}")]
+    InvalidName { name: String, reason: String },
     #[error("StateStore {0} is already added.")]
     DuplicateStore(String),
     #[error("Processor {processor} is not added yet for state store {store}")]

@@ -231,3 +231,74 @@ fn a_repartition_topic_name_used_twice_or_a_bad_partition_count_is_refused() {
         Err(TopologyError::InvalidPartitions { partitions: 0, .. })
     ));
 }
+
+#[test]
+fn aggregations_of_one_named_grouping_share_its_repartition_topic() {
+    let builder = StreamsBuilder::new();
+    let grouped = builder
+        .stream(&["in"], Consumed::with(StringSerde, StringSerde))
+        .group_by(
+            |_k, v| v.clone(),
+            Grouped::as_("by-value", StringSerde, StringSerde),
+        );
+    grouped
+        .count(Materialized::as_("counts", StringSerde, I64Serde))
+        .to_stream()
+        .to("counts-out", Produced::with(StringSerde, I64Serde));
+    grouped
+        .reduce(
+            |a, b| format!("{a}+{b}"),
+            Materialized::as_("joined", StringSerde, StringSerde),
+        )
+        .to_stream()
+        .to("joined-out", Produced::with(StringSerde, StringSerde));
+    let topology = builder.build().unwrap();
+    let description = topology.describe().to_string();
+    assert!(
+        description.contains("Processor: KTABLE-TOSTREAM-0000000011"),
+        "{description}"
+    );
+    assert_eq!(
+        description
+            .matches("Sink: by-value-repartition-sink")
+            .count(),
+        1,
+        "{description}"
+    );
+    // The reduce still took three numbers for the topic it shares (8-10).
+    assert!(
+        description.contains("Source: by-value-repartition-source (topics: [by-value-repartition])\n      --> KSTREAM-AGGREGATE-0000000001, KSTREAM-REDUCE-0000000007"),
+        "{description}"
+    );
+    let driver = TopologyTestDriver::new(&topology).unwrap();
+    let mut input = driver.create_input_topic("in", StringSerde, StringSerde);
+    for (k, v) in [("a", "x"), ("b", "x")] {
+        input.pipe_input(k.into(), v.into()).unwrap();
+    }
+    let counts = driver.create_output_topic("counts-out", StringSerde, I64Serde);
+    assert_eq!(
+        counts.read_key_values_to_list().unwrap(),
+        vec![("x".into(), 1), ("x".into(), 2)]
+    );
+    let joined = driver.create_output_topic("joined-out", StringSerde, StringSerde);
+    assert_eq!(
+        joined.read_key_values_to_list().unwrap(),
+        vec![("x".into(), "x".into()), ("x".into(), "x+x".into())]
+    );
+}
+
+#[test]
+fn a_repartition_name_that_is_no_topic_name_is_refused() {
+    let builder = StreamsBuilder::new();
+    builder
+        .stream(&["in"], Consumed::with(StringSerde, StringSerde))
+        .repartition(Repartitioned::as_(
+            "no spaces/please",
+            StringSerde,
+            StringSerde,
+        ));
+    assert!(matches!(
+        builder.build(),
+        Err(TopologyError::InvalidName { .. })
+    ));
+}

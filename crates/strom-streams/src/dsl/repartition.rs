@@ -23,7 +23,7 @@
 //! `<topic>-filter`, `<topic>-sink`, `<topic>-source`.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{BuilderState, FILTER_NAME, FnProcessor, KStream, Named, SINK_NAME, SOURCE_NAME, lock};
 use crate::processor::{Data, ProcessorContext, Record};
@@ -111,6 +111,30 @@ fn is_generated_name(name: &str) -> bool {
             .is_some_and(|(_, n)| n.len() == 10 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// Kafka's longest topic name.
+const MAX_TOPIC_NAME_LENGTH: usize = 249;
+
+/// Kafka's rules for a topic name (`Topic.validate`; `Named` names follow
+/// them too): letters, digits, `.`, `_` and `-`, at most 249 characters.
+/// The application id is checked by the broker when the topic is created.
+fn legal_topic_name(topic: &str) -> Result<(), String> {
+    if topic.len() > MAX_TOPIC_NAME_LENGTH {
+        return Err(format!(
+            "the topic name is {} characters long, the most is {MAX_TOPIC_NAME_LENGTH}",
+            topic.len()
+        ));
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: only ASCII letters and digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
 impl BuilderState {
     /// Adds a repartition topic named after `prefix` below `parent`: filter,
     /// sink and source (see the module docs). Returns the source's name,
@@ -141,6 +165,13 @@ impl BuilderState {
                 format!("{topic}-source"),
             )
         };
+        if let Err(reason) = legal_topic_name(&topic) {
+            self.keep(Err(crate::TopologyError::InvalidName {
+                name: prefix.to_owned(),
+                reason,
+            }));
+            return source;
+        }
         if partitions.is_some_and(|p| !(1..=MAX_REPARTITION_PARTITIONS).contains(&p)) {
             self.keep(Err(crate::TopologyError::InvalidPartitions {
                 topic,
@@ -182,7 +213,12 @@ type AddRepartition = Arc<dyn Fn(&mut BuilderState, &str, &str) -> String + Send
 pub(super) struct PendingRepartition {
     /// [`Grouped`]'s name: the topic's prefix instead of the store's name.
     pub(super) name: Option<String>,
-    pub(super) add: AddRepartition,
+    add: AddRepartition,
+    /// The source node of the topic once added under [`Grouped`]'s name:
+    /// further aggregations of the same grouped stream read it too, as
+    /// Kafka's `GroupedStreamAggregateBuilder` reuses a named repartition
+    /// node (a generated name makes one topic per aggregation).
+    built: Arc<Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for PendingRepartition {
@@ -194,6 +230,24 @@ impl fmt::Debug for PendingRepartition {
 }
 
 impl PendingRepartition {
+    /// Adds the topic (named after `prefix` unless [`Grouped`] named it)
+    /// below `parent`, or finds the one a named grouping already added;
+    /// returns the source node the aggregation reads.
+    pub(super) fn add(&self, state: &mut BuilderState, store: &str, parent: &str) -> String {
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        if let (Some(_), Some(source)) = (&self.name, built.as_ref()) {
+            // Kafka still takes the three numbers.
+            for prefix in [SINK_NAME, FILTER_NAME, SOURCE_NAME] {
+                state.new_name(prefix);
+            }
+            return source.clone();
+        }
+        let prefix = self.name.as_deref().unwrap_or(store);
+        let source = (self.add)(state, prefix, parent);
+        *built = Some(source.clone());
+        source
+    }
+
     fn new<KS: Serde, VS: Serde>(grouped: Grouped<KS, VS>) -> Self {
         let serdes = Arc::new((grouped.key_serde, grouped.value_serde));
         Self {
@@ -207,6 +261,7 @@ impl PendingRepartition {
                     None,
                 )
             }),
+            built: Arc::new(Mutex::new(None)),
         }
     }
 }

@@ -197,10 +197,7 @@ impl<K: Data, V: Data> KGroupedStream<K, V> {
         // Then the repartition topic, named after the store unless Grouped
         // named it (Kafka's GroupedStreamAggregateBuilder).
         let parent = match &self.repartition {
-            Some(repartition) => {
-                let prefix = repartition.name.as_deref().unwrap_or(&store);
-                (repartition.add)(&mut guard, prefix, &self.stream.node)
-            }
+            Some(repartition) => repartition.add(&mut guard, &store, &self.stream.node),
             None => self.stream.node.clone(),
         };
         let update = Arc::new(update);
