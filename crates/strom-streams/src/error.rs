@@ -101,18 +101,19 @@ pub enum StreamsError {
         #[source]
         source: SerdeError,
     },
-    /// A user processor or punctuator failed.
-    /// Kafka's `UnknownStateStoreException`: the topology has no store of
-    /// that name.
+    /// Kafka's `UnknownStateStoreException` (there a subclass of
+    /// `InvalidStateStoreException`; here a variant of its own): the
+    /// topology has no store of that name.
     #[error("Cannot get state store {0} because no such store is registered in the topology.")]
     UnknownStateStore(String),
 
     /// Kafka's `InvalidStateStoreException`: the store cannot be queried
     /// now (the application is not running, or no local task holds it,
-    /// during a rebalance or because it moved to another instance).
+    /// while tasks restore, or because it moved to another instance).
     #[error("{0}")]
     InvalidStateStore(String),
 
+    /// A user processor or punctuator failed.
     #[error("processing failed: {0}")]
     Processing(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

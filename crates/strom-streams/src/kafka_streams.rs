@@ -49,7 +49,7 @@ use crate::error::StreamsError;
 use crate::processor::{Data, PunctuationType, RecordMetadata, TaskId};
 use crate::runtime::{TaskState, build_task};
 use crate::state::ReadOnlyKeyValueStore;
-use crate::state::query::{self, StoreRegistry};
+use crate::state::query::{Registration, StoreRegistry};
 use crate::topology::{NodeKind, SinkTopicName, Topology};
 
 /// Records sent but not yet known acknowledged, per thread, before the
@@ -313,13 +313,65 @@ impl State {
     }
 }
 
+/// Told about store restorations (Kafka's `StateRestoreListener`): each
+/// changelog partition with records starts, restores batches and ends;
+/// calls come from the stream threads, so they should be quick.
+pub trait StateRestoreListener: Send + Sync {
+    /// Restoration of `store` from `partition` begins, to `ending_offset`
+    /// (exclusive).
+    fn on_restore_start(
+        &self,
+        partition: &TopicPartition,
+        store: &str,
+        starting_offset: i64,
+        ending_offset: i64,
+    ) {
+        let _ = (partition, store, starting_offset, ending_offset);
+    }
+
+    /// `restored` records up to `batch_end_offset` went into the store.
+    fn on_batch_restored(
+        &self,
+        partition: &TopicPartition,
+        store: &str,
+        batch_end_offset: i64,
+        restored: u64,
+    ) {
+        let _ = (partition, store, batch_end_offset, restored);
+    }
+
+    /// Restoration from `partition` is done, `total_restored` records.
+    fn on_restore_end(&self, partition: &TopicPartition, store: &str, total_restored: u64) {
+        let _ = (partition, store, total_restored);
+    }
+}
+
+/// A [`StateRestoreListener`] as the instance keeps it.
+#[derive(Clone)]
+struct RestoreListener(Arc<dyn StateRestoreListener>);
+
+impl std::fmt::Debug for RestoreListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateRestoreListener")
+    }
+}
+
+impl std::ops::Deref for RestoreListener {
+    type Target = dyn StateRestoreListener;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
 /// A running application: see the module docs.
 #[derive(Debug)]
 pub struct KafkaStreams {
     topology: Arc<Topology>,
     config: StreamsConfig,
     /// The local tasks' stores, for interactive queries.
-    stores: StoreRegistry,
+    stores: Arc<StoreRegistry>,
+    restore_listener: Option<RestoreListener>,
     state: watch::Sender<State>,
     stop: watch::Sender<bool>,
     threads: Vec<tokio::task::JoinHandle<Result<(), StreamsError>>>,
@@ -330,7 +382,8 @@ impl KafkaStreams {
         Self {
             topology: Arc::new(topology),
             config,
-            stores: StoreRegistry::default(),
+            stores: Arc::default(),
+            restore_listener: None,
             state: watch::Sender::new(State::Created),
             stop: watch::Sender::new(false),
             threads: Vec::new(),
@@ -398,10 +451,12 @@ impl KafkaStreams {
             consumer,
             producer,
             restore: Consumer::new(&restore_config)?,
+            restore_listener: self.restore_listener.clone(),
             admin: Admin::new(&self.config.client)?,
             stopping: self.stop.subscribe(),
             tasks: BTreeMap::new(),
             stores: Arc::clone(&self.stores),
+            route: None,
             partitions: HashMap::new(),
             uncommitted: BTreeMap::new(),
             sends: Vec::new(),
@@ -438,9 +493,6 @@ impl KafkaStreams {
         &self,
         name: &str,
     ) -> Result<ReadOnlyKeyValueStore<K, V>, StreamsError> {
-        let Some(def) = self.topology.stores.get(name) else {
-            return Err(StreamsError::UnknownStateStore(name.to_owned()));
-        };
         let state = self.state();
         if state != State::Running {
             return Err(StreamsError::InvalidStateStore(format!(
@@ -448,17 +500,37 @@ impl KafkaStreams {
                 state.as_kafka_name()
             )));
         }
+        let Some(def) = self.topology.stores.get(name) else {
+            return Err(StreamsError::UnknownStateStore(name.to_owned()));
+        };
         ReadOnlyKeyValueStore::new(
             name,
             crate::state::changelog_topic(&self.config.application_id, name),
             Arc::clone(&self.stores),
             def.serdes(),
+            self.state.subscribe(),
         )
     }
 
     /// Follows the state (Kafka's state listener).
     pub fn subscribe_state(&self) -> watch::Receiver<State> {
         self.state.subscribe()
+    }
+
+    /// Tells `listener` about every store restoration (Kafka's
+    /// `setGlobalStateRestoreListener`); only before `start`.
+    pub fn set_global_state_restore_listener(
+        &mut self,
+        listener: Arc<dyn StateRestoreListener>,
+    ) -> Result<(), StreamsError> {
+        if self.state() != State::Created {
+            return Err(StreamsError::IllegalState(
+                "Can only set GlobalStateRestoreListener before calling start(). Current state is: not CREATED"
+                    .into(),
+            ));
+        }
+        self.restore_listener = Some(RestoreListener(listener));
+        Ok(())
     }
 
     /// Stops the threads: each commits what it processed and leaves the
@@ -758,9 +830,21 @@ async fn create_internal_topics(
 /// deadline; a cluster that takes longer is not healthy enough to start).
 const INTERNAL_TOPICS_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where the records of one input partition go.
+struct Route {
+    topic: Arc<str>,
+    partition: i32,
+    tp: TopicPartition,
+    task: TaskId,
+    /// The source node, within the task.
+    node: usize,
+}
+
 /// A task at run time, with its source nodes.
 struct RunningTask {
     state: TaskState,
+    /// Its stores in the instance's registry, while it lives.
+    _registration: Registration,
     /// Source node (within the task) of each source topic.
     sources: HashMap<String, usize>,
 }
@@ -775,12 +859,16 @@ struct StreamThread {
     producer: Producer,
     /// Reads changelogs back into the stores of new tasks (no group).
     restore: Consumer,
+    restore_listener: Option<RestoreListener>,
     admin: Admin,
     /// Whether the instance is stopping, looked at during restoration.
     stopping: watch::Receiver<bool>,
     tasks: BTreeMap<TaskId, RunningTask>,
     /// Where the tasks' stores are registered for interactive queries.
-    stores: StoreRegistry,
+    stores: Arc<StoreRegistry>,
+    /// The task and source node of the partition of the last record
+    /// processed (cleared whenever the tasks change).
+    route: Option<Route>,
     /// The task of each assigned partition.
     partitions: HashMap<TopicPartition, TaskId>,
     /// The next offset of each partition processed since the last commit.
@@ -804,10 +892,11 @@ impl StreamThread {
         } else {
             Ok(())
         };
-        for (id, task) in &mut self.tasks {
-            query::unregister(&self.stores, *id);
+        for task in self.tasks.values_mut() {
             task.state.close();
         }
+        // Their stores leave the registry with them.
+        self.tasks.clear();
         let _ = self.restore.close().await;
         let closed = self.consumer.close().await;
         let flushed = self.producer.close().await;
@@ -844,6 +933,9 @@ impl StreamThread {
                     .may_punctuate(PunctuationType::WallClockTime, now)?;
             }
             self.send_produced().await?;
+            if self.sends.len() >= MAX_UNCOMMITTED_SENDS {
+                self.drop_acknowledged_sends()?;
+            }
             if last_commit.elapsed() >= self.config.commit_interval
                 || self.sends.len() >= MAX_UNCOMMITTED_SENDS
             {
@@ -869,6 +961,7 @@ impl StreamThread {
         if assigned == known {
             return Ok(());
         }
+        self.route = None;
         let subtopologies = self.topology.subtopologies();
         let mut wanted: BTreeMap<TaskId, Vec<TopicPartition>> = BTreeMap::new();
         for tp in &assigned {
@@ -898,13 +991,18 @@ impl StreamThread {
         for id in gone {
             if let Some(mut task) = self.tasks.remove(&id) {
                 tracing::info!(thread = self.index, task = %id, "task revoked");
-                query::unregister(&self.stores, id);
                 task.state.close();
             }
         }
         self.uncommitted.retain(|tp, _| assigned.contains(tp));
         self.partitions.clear();
         let now = now_ms();
+        // Queries wait while this thread restores new tasks.
+        let _restoring = wanted
+            .keys()
+            .any(|id| !self.tasks.contains_key(id))
+            .then(|| self.stores.restoring());
+        let mut new_tasks = Vec::new();
         for (id, tps) in wanted {
             for tp in tps {
                 self.partitions.insert(tp, id);
@@ -913,20 +1011,23 @@ impl StreamThread {
                 continue;
             }
             let members = &subtopologies[id.subtopology as usize];
-            let (mut state, sources) = build_task(
+            new_tasks.push(build_task(
                 &self.topology,
                 members,
                 id,
                 now,
                 &self.config.application_id,
-            );
-            if !self.restore_stores(&mut state).await? {
-                // Stopping: the loop ends before the next poll.
-                return Ok(());
-            }
+            ));
+        }
+        let mut states: Vec<&mut TaskState> = new_tasks.iter_mut().map(|(s, _)| s).collect();
+        if !self.restore_stores(&mut states).await? {
+            // Stopping: the loop ends before the next poll.
+            return Ok(());
+        }
+        for (mut state, sources) in new_tasks {
+            let id = state.task_id;
             state.init()?;
-            query::register(
-                &self.stores,
+            let registration = self.stores.register(
                 id,
                 state
                     .stores
@@ -940,88 +1041,144 @@ impl StreamThread {
                 RunningTask {
                     state,
                     sources: sources.into_iter().collect(),
+                    _registration: registration,
                 },
             );
         }
         Ok(())
     }
 
-    /// The end offset of a changelog partition now.
-    async fn end_offset(&mut self, tp: &TopicPartition) -> Result<i64, StreamsError> {
-        let specs = BTreeMap::from([(tp.clone(), OffsetSpec::Latest)]);
-        match self
+    /// The end offsets of changelog partitions now.
+    async fn end_offsets(
+        &mut self,
+        tps: impl Iterator<Item = TopicPartition>,
+    ) -> Result<BTreeMap<TopicPartition, i64>, StreamsError> {
+        let specs: BTreeMap<TopicPartition, OffsetSpec> =
+            tps.map(|tp| (tp, OffsetSpec::Latest)).collect();
+        let mut listed = self
             .admin
             .list_offsets(&specs, IsolationLevel::ReadUncommitted)
-            .await
-            .remove(tp)
-        {
-            Some(Ok(listed)) => Ok(listed.offset),
-            Some(Err(e)) => Err(e.into()),
-            // Starting empty would let the next writes replace what the
-            // changelog holds: never guess.
-            None => Err(StreamsError::IllegalState(format!(
-                "no end offset for changelog partition {}-{}",
-                tp.topic, tp.partition
-            ))),
+            .await;
+        let mut ends = BTreeMap::new();
+        for tp in specs.into_keys() {
+            match listed.remove(&tp) {
+                Some(Ok(offset)) => {
+                    ends.insert(tp, offset.offset);
+                }
+                Some(Err(e)) => return Err(e.into()),
+                // Starting empty would let the next writes replace what
+                // the changelog holds: never guess.
+                None => {
+                    return Err(StreamsError::IllegalState(format!(
+                        "no end offset for changelog partition {}-{}",
+                        tp.topic, tp.partition
+                    )));
+                }
+            }
         }
+        Ok(ends)
     }
 
-    /// Fills a new task's logging stores from their changelog partitions,
-    /// from the beginning to the end offset (Kafka restores before
-    /// processing; in-memory stores have no checkpoint, so always from the
-    /// beginning). When a poll brings nothing, the end is listed again: a
-    /// changelog cut short (an unclean election, a re-created topic) ends
-    /// the restoration instead of waiting forever. Returns `false` when the
-    /// instance began stopping meanwhile (the task is not made).
-    async fn restore_stores(&mut self, task: &mut TaskState) -> Result<bool, StreamsError> {
-        let logging: Vec<String> = task
-            .stores
-            .iter()
-            .filter(|(_, store)| store.logging)
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in logging {
-            let tp = TopicPartition::new(
-                &crate::state::changelog_topic(&self.config.application_id, &name),
-                task.task_id.partition,
-            );
-            let mut end = self.end_offset(&tp).await?;
-            let started = Instant::now();
-            let (mut restored, mut skipped): (u64, usize) = (0, 0);
-            if end > 0 {
-                self.restore.assign(std::slice::from_ref(&tp));
-                self.restore.seek(&tp, Offset::Beginning)?;
-                loop {
-                    if *self.stopping.borrow() {
-                        self.restore.assign(&[]);
-                        return Ok(false);
-                    }
-                    let records = self.restore.poll(self.config.poll).await?;
-                    let Some(store) = task.stores.get_mut(&name) else {
-                        break;
-                    };
-                    restored += records.len() as u64;
-                    skipped += store.store.restore(
-                        records
-                            .iter()
-                            .map(|r| (r.key.as_deref(), r.value.as_deref())),
+    /// Fills the new tasks' logging stores from their changelog partitions,
+    /// from the beginning to the end offset, all partitions at once (Kafka
+    /// restores before processing; in-memory stores have no checkpoint, so
+    /// always from the beginning). When a poll brings nothing, the ends of
+    /// the partitions not yet done are listed again: a changelog cut short
+    /// (an unclean election, a re-created topic) ends its restoration
+    /// instead of waiting forever. Returns `false` when the instance began
+    /// stopping meanwhile (the tasks are not made).
+    async fn restore_stores(&mut self, tasks: &mut [&mut TaskState]) -> Result<bool, StreamsError> {
+        // Each changelog partition: its task (index) and store.
+        let mut owners: BTreeMap<TopicPartition, (usize, String)> = BTreeMap::new();
+        for (index, task) in tasks.iter().enumerate() {
+            for (name, store) in &task.stores {
+                if store.logging {
+                    let topic = crate::state::changelog_topic(&self.config.application_id, name);
+                    owners.insert(
+                        TopicPartition::new(&topic, task.task_id.partition),
+                        (index, name.clone()),
                     );
-                    let position = self.restore.position(&tp).unwrap_or(0);
-                    if position >= end {
-                        break;
-                    }
-                    if records.is_empty() {
-                        end = self.end_offset(&tp).await?;
-                        if position >= end {
-                            break;
+                }
+            }
+        }
+        if owners.is_empty() {
+            return Ok(true);
+        }
+        let started = Instant::now();
+        let mut ends = self.end_offsets(owners.keys().cloned()).await?;
+        let mut restored: BTreeMap<TopicPartition, (u64, usize)> =
+            owners.keys().map(|tp| (tp.clone(), (0, 0))).collect();
+        ends.retain(|_, end| *end > 0);
+        let mut pending: Vec<TopicPartition> = ends.keys().cloned().collect();
+        if let Some(listener) = &self.restore_listener {
+            for (tp, end) in &ends {
+                if let Some((_, name)) = owners.get(tp) {
+                    listener.on_restore_start(tp, name, 0, *end);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            self.restore.assign(&pending);
+            for tp in &pending {
+                self.restore.seek(tp, Offset::Beginning)?;
+            }
+        }
+        while !pending.is_empty() {
+            if *self.stopping.borrow() {
+                self.restore.assign(&[]);
+                return Ok(false);
+            }
+            let records = self.restore.poll(self.config.poll).await?;
+            // Records come in runs of one partition, in offset order.
+            for run in records.chunk_by(|a, b| a.topic == b.topic && a.partition == b.partition) {
+                let tp = TopicPartition::new(&run[0].topic, run[0].partition);
+                let Some((index, name)) = owners.get(&tp) else {
+                    continue;
+                };
+                let Some(store) = tasks[*index].stores.get_mut(name) else {
+                    continue;
+                };
+                let skipped = store
+                    .store
+                    .restore(run.iter().map(|r| (r.key.as_deref(), r.value.as_deref())));
+                if let Some(counts) = restored.get_mut(&tp) {
+                    counts.0 += run.len() as u64;
+                    counts.1 += skipped;
+                }
+                if let (Some(listener), Some(last)) = (&self.restore_listener, run.last()) {
+                    listener.on_batch_restored(&tp, name, last.offset, run.len() as u64);
+                }
+            }
+            let before = pending.clone();
+            pending.retain(|tp| {
+                self.restore.position(tp).unwrap_or(0) < ends.get(tp).copied().unwrap_or(0)
+            });
+            if records.is_empty() && !pending.is_empty() {
+                let relisted = self.end_offsets(pending.iter().cloned()).await?;
+                ends.extend(relisted);
+                pending.retain(|tp| {
+                    self.restore.position(tp).unwrap_or(0) < ends.get(tp).copied().unwrap_or(0)
+                });
+            }
+            if pending.len() != before.len() {
+                self.restore.assign(&pending);
+                if let Some(listener) = &self.restore_listener {
+                    for tp in before.iter().filter(|tp| !pending.contains(tp)) {
+                        if let Some((_, name)) = owners.get(tp) {
+                            listener.on_restore_end(tp, name, restored.get(tp).map_or(0, |r| r.0));
                         }
                     }
                 }
-                self.restore.assign(&[]);
             }
+        }
+        self.restore.assign(&[]);
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        for (tp, (index, name)) in &owners {
+            let (records, skipped) = restored.get(tp).copied().unwrap_or((0, 0));
+            let task = tasks[*index].task_id;
             if skipped > 0 {
                 tracing::warn!(
-                    task = %task.task_id,
+                    %task,
                     store = %name,
                     skipped,
                     "changelog records without a key skipped during restoration"
@@ -1029,11 +1186,11 @@ impl StreamThread {
             }
             tracing::info!(
                 thread = self.index,
-                task = %task.task_id,
+                %task,
                 store = %name,
-                records = restored,
-                end_offset = end,
-                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                records,
+                end_offset = ends.get(tp).copied().unwrap_or(0),
+                elapsed_ms,
                 "restored store from its changelog"
             );
         }
@@ -1041,15 +1198,38 @@ impl StreamThread {
     }
 
     async fn process(&mut self, record: ConsumerRecord) -> Result<(), StreamsError> {
-        let tp = TopicPartition::new(&record.topic, record.partition);
-        let Some(&id) = self.partitions.get(&tp) else {
-            // Polled before a rebalance took the partition away.
+        // Records come in runs of one partition: look its task and source
+        // up once per run.
+        let cached = self.route.as_ref().is_some_and(|r| {
+            r.partition == record.partition
+                && (Arc::ptr_eq(&r.topic, &record.topic) || r.topic == record.topic)
+        });
+        if !cached {
+            let tp = TopicPartition::new(&record.topic, record.partition);
+            let Some(&task) = self.partitions.get(&tp) else {
+                // Polled before a rebalance took the partition away.
+                return Ok(());
+            };
+            let Some(&node) = self
+                .tasks
+                .get(&task)
+                .and_then(|t| t.sources.get(&*record.topic))
+            else {
+                return Ok(());
+            };
+            self.route = Some(Route {
+                topic: Arc::clone(&record.topic),
+                partition: record.partition,
+                tp,
+                task,
+                node,
+            });
+        }
+        let Some(route) = &self.route else {
             return Ok(());
         };
+        let (id, node) = (route.task, route.node);
         let Some(task) = self.tasks.get_mut(&id) else {
-            return Ok(());
-        };
-        let Some(&node) = task.sources.get(&*record.topic) else {
             return Ok(());
         };
         let metadata = RecordMetadata {
@@ -1092,7 +1272,15 @@ impl StreamThread {
             task.state
                 .may_punctuate(PunctuationType::StreamTime, stream_time)?;
         }
-        self.uncommitted.insert(tp, record.offset.saturating_add(1));
+        let next = record.offset.saturating_add(1);
+        if let Some(route) = &self.route {
+            match self.uncommitted.get_mut(&route.tp) {
+                Some(offset) => *offset = next,
+                None => {
+                    self.uncommitted.insert(route.tp.clone(), next);
+                }
+            }
+        }
         self.send_produced_by(id, Some(record.timestamp)).await
     }
 
@@ -1140,6 +1328,26 @@ impl StreamThread {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the sends already acknowledged, without waiting for the
+    /// others; a failed one stops the thread, as at a commit. Only when
+    /// too many are still in flight does the thread commit early (and so
+    /// wait for all of them).
+    fn drop_acknowledged_sends(&mut self) -> Result<(), StreamsError> {
+        let mut failed = None;
+        self.sends.retain_mut(|send| match send.try_result() {
+            None => true,
+            Some(Ok(_)) => false,
+            Some(Err(e)) => {
+                failed.get_or_insert(e);
+                false
+            }
+        });
+        match failed {
+            Some(e) => Err(StreamsError::Production(e)),
+            None => Ok(()),
+        }
     }
 
     /// Flushes the producer, checks every send was acknowledged, then

@@ -67,5 +67,5 @@ mod java;
 mod runtime;
 
 pub use error::StreamsError;
-pub use kafka_streams::{KafkaStreams, StreamsConfig};
+pub use kafka_streams::{KafkaStreams, StateRestoreListener, StreamsConfig};
 pub use topology::{Topology, TopologyError};

@@ -10,6 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{BrokerProcess, flush};
@@ -17,11 +18,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::{Header, Headers as _, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
+use strom_client::TopicPartition;
 use strom_streams::dsl::{Consumed, Materialized, Produced, StreamsBuilder};
 use strom_streams::kafka_streams::State;
 use strom_streams::processor::{Processor, ProcessorContext, PunctuationType, Record};
 use strom_streams::serdes::{I64Serde, StringSerde};
-use strom_streams::{KafkaStreams, StreamsConfig, StreamsError, Topology};
+use strom_streams::{KafkaStreams, StateRestoreListener, StreamsConfig, StreamsError, Topology};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -486,6 +488,27 @@ fn last_counts(
     (last, read)
 }
 
+/// What a restore listener was told: per changelog partition, the end
+/// offset at the start and the records restored at the end.
+#[derive(Default)]
+struct Restorations {
+    seen: std::sync::Mutex<BTreeMap<i32, (i64, u64)>>,
+}
+
+impl StateRestoreListener for Restorations {
+    fn on_restore_start(&self, tp: &TopicPartition, store: &str, _start: i64, end: i64) {
+        assert_eq!(store, "counts");
+        assert_eq!(tp.topic, "counting-counts-changelog");
+        self.seen.lock().unwrap().insert(tp.partition, (end, 0));
+    }
+
+    fn on_restore_end(&self, tp: &TopicPartition, _store: &str, total: u64) {
+        if let Some(entry) = self.seen.lock().unwrap().get_mut(&tp.partition) {
+            entry.1 = total;
+        }
+    }
+}
+
 fn counting() -> Topology {
     let builder = StreamsBuilder::new();
     builder
@@ -591,6 +614,10 @@ async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
         ),
         "queried before start"
     );
+    let listener = Arc::new(Restorations::default());
+    streams
+        .set_global_state_restore_listener(listener.clone())
+        .unwrap();
     streams.start().await.unwrap();
     let (last, read) = tokio::task::block_in_place(|| wait_for_output(3500));
     assert!(read >= 3500, "{read} updates");
@@ -598,6 +625,19 @@ async fn a_count_restores_its_store_from_the_changelog_and_goes_on() {
         last.values().all(|c| *c == 70),
         "restored and counted on: {last:?}"
     );
+
+    // The listener saw each changelog partition restored, 3000 records in
+    // all (one per update of the first run).
+    {
+        let seen = listener.seen.lock().unwrap();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen.values()
+                .all(|(end, total)| *end > 0 && *end as u64 == *total),
+            "{seen:?}"
+        );
+        assert_eq!(seen.values().map(|(_, total)| total).sum::<u64>(), 3000);
+    }
 
     // Interactive queries see what the output topic says, over the three
     // tasks' stores.

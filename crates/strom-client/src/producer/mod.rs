@@ -251,6 +251,18 @@ pub struct DeliveryFuture {
     rx: oneshot::Receiver<Result<RecordMetadata>>,
 }
 
+impl DeliveryFuture {
+    /// The outcome if it is known already, without waiting (`None` while
+    /// the record is in flight).
+    pub fn try_result(&mut self) -> Option<Result<RecordMetadata>> {
+        match self.rx.try_recv() {
+            Ok(result) => Some(result),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some(Err(Error::Closed)),
+        }
+    }
+}
+
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
 

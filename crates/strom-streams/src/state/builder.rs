@@ -176,8 +176,9 @@ pub(crate) fn typed_serdes<K: Data, V: Data>(
 /// (A mutex: stores are `Send` but not `Sync`.)
 pub(crate) type SharedBytesStore = Arc<Mutex<Box<dyn KeyValueBytesStore>>>;
 
-/// Locks a shared store; a panic while holding the lock left the store as
-/// its last complete write made it.
+/// Locks a shared store. A panic while the lock was held (a bug in a
+/// store) poisons it; the store is used as it is, as the task is gone by
+/// then and its registration with it.
 pub(crate) fn lock_store(store: &SharedBytesStore) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
     store.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -189,11 +190,8 @@ struct SharedStore {
 }
 
 impl SharedStore {
-    fn read(&self) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
-        lock_store(&self.inner)
-    }
-
-    fn write(&self) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
+    /// The store, locked (for reads and writes alike: it is a mutex).
+    fn locked(&self) -> MutexGuard<'_, Box<dyn KeyValueBytesStore>> {
         lock_store(&self.inner)
     }
 }
@@ -204,43 +202,35 @@ impl KeyValueBytesStore for SharedStore {
     }
 
     fn get(&self, key: &[u8]) -> Option<Bytes> {
-        self.read().get(key)
+        self.locked().get(key)
     }
 
     fn put(&mut self, key: Bytes, value: Option<Bytes>) {
-        self.write().put(key, value);
+        self.locked().put(key, value);
+    }
+
+    fn put_all(&mut self, entries: &mut dyn Iterator<Item = (Bytes, Option<Bytes>)>) {
+        self.locked().put_all(entries);
     }
 
     fn range(&self, from: &[u8], to: &[u8]) -> Vec<(Bytes, Bytes)> {
-        self.read().range(from, to)
+        self.locked().range(from, to)
     }
 
     fn all(&self) -> Vec<(Bytes, Bytes)> {
-        self.read().all()
+        self.locked().all()
     }
 
     fn approximate_num_entries(&self) -> u64 {
-        self.read().approximate_num_entries()
+        self.locked().approximate_num_entries()
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.write().flush()
+        self.locked().flush()
     }
 
     fn persistent(&self) -> bool {
-        self.read().persistent()
-    }
-}
-
-/// What an interactive query needs of one task's store.
-#[derive(Clone)]
-pub(crate) struct QueryableStore {
-    pub(crate) store: SharedBytesStore,
-}
-
-impl fmt::Debug for QueryableStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueryableStore").finish_non_exhaustive()
+        self.locked().persistent()
     }
 }
 
@@ -270,10 +260,8 @@ impl TaskStore {
 
 impl TaskStore {
     /// This store as interactive queries read it.
-    pub(crate) fn queryable(&self) -> QueryableStore {
-        QueryableStore {
-            store: Arc::clone(&self.shared),
-        }
+    pub(crate) fn queryable(&self) -> SharedBytesStore {
+        Arc::clone(&self.shared)
     }
 }
 
@@ -288,6 +276,10 @@ impl KeyValueBytesStore for Box<dyn KeyValueBytesStore> {
 
     fn put(&mut self, key: Bytes, value: Option<Bytes>) {
         self.as_mut().put(key, value);
+    }
+
+    fn put_all(&mut self, entries: &mut dyn Iterator<Item = (Bytes, Option<Bytes>)>) {
+        self.as_mut().put_all(entries);
     }
 
     fn range(&self, from: &[u8], to: &[u8]) -> Vec<(Bytes, Bytes)> {

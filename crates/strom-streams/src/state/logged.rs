@@ -54,15 +54,18 @@ impl<S: KeyValueBytesStore> ChangeLogged<S> {
     /// would fail on it; the caller counts those.
     pub fn restore<'a>(&mut self, records: impl IntoIterator<Item = RawRecord<'a>>) -> usize {
         let mut skipped = 0;
-        for (key, value) in records {
-            match key {
-                Some(key) => self.inner.put(
-                    Bytes::copy_from_slice(key),
-                    value.map(Bytes::copy_from_slice),
-                ),
-                None => skipped += 1,
+        let mut entries = records.into_iter().filter_map(|(key, value)| match key {
+            Some(key) => Some((
+                Bytes::copy_from_slice(key),
+                value.map(Bytes::copy_from_slice),
+            )),
+            None => {
+                skipped += 1;
+                None
             }
-        }
+        });
+        self.inner.put_all(&mut entries);
+        drop(entries);
         skipped
     }
 }

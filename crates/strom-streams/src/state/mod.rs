@@ -48,6 +48,14 @@ pub trait KeyValueBytesStore: Send {
     /// How many keys the store holds (exact for the in-memory store).
     fn approximate_num_entries(&self) -> u64;
 
+    /// Writes every entry in order, as `put` would (one call for a batch
+    /// of restored records, so that a store behind a lock takes it once).
+    fn put_all(&mut self, entries: &mut dyn Iterator<Item = (Bytes, Option<Bytes>)>) {
+        for (key, value) in entries {
+            self.put(key, value);
+        }
+    }
+
     /// Makes every write so far durable locally (a no-op in memory).
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
