@@ -314,8 +314,14 @@ impl State {
 }
 
 /// Told about store restorations (Kafka's `StateRestoreListener`): each
-/// changelog partition with records starts, restores batches and ends;
-/// calls come from the stream threads, so they should be quick.
+/// changelog partition of a new task starts (from its log start offset)
+/// and ends, with the batches restored in between (none for an empty one;
+/// counts leave out records without a key, which are skipped). A
+/// restoration cut short by a stop or an error gets no end. Calls come
+/// from the stream threads, so they should be quick. While a thread
+/// restores, its group consumer is not polled: a restoration longer than
+/// `max.poll.interval.ms` costs the member its place in the group, as in
+/// Kafka before KIP-429's state updater.
 pub trait StateRestoreListener: Send + Sync {
     /// Restoration of `store` from `partition` begins, to `ending_offset`
     /// (exclusive).
@@ -842,9 +848,10 @@ struct Route {
 
 /// A task at run time, with its source nodes.
 struct RunningTask {
-    state: TaskState,
-    /// Its stores in the instance's registry, while it lives.
+    /// Its stores in the instance's registry, while it lives (first, so
+    /// that they leave the registry before the task's state is dropped).
     _registration: Registration,
+    state: TaskState,
     /// Source node (within the task) of each source topic.
     sources: HashMap<String, usize>,
 }
@@ -1048,13 +1055,14 @@ impl StreamThread {
         Ok(())
     }
 
-    /// The end offsets of changelog partitions now.
-    async fn end_offsets(
+    /// The start (`Earliest`) or end (`Latest`) offsets of changelog
+    /// partitions now.
+    async fn listed_offsets(
         &mut self,
         tps: impl Iterator<Item = TopicPartition>,
+        spec: OffsetSpec,
     ) -> Result<BTreeMap<TopicPartition, i64>, StreamsError> {
-        let specs: BTreeMap<TopicPartition, OffsetSpec> =
-            tps.map(|tp| (tp, OffsetSpec::Latest)).collect();
+        let specs: BTreeMap<TopicPartition, OffsetSpec> = tps.map(|tp| (tp, spec)).collect();
         let mut listed = self
             .admin
             .list_offsets(&specs, IsolationLevel::ReadUncommitted)
@@ -1105,15 +1113,32 @@ impl StreamThread {
             return Ok(true);
         }
         let started = Instant::now();
-        let mut ends = self.end_offsets(owners.keys().cloned()).await?;
+        let mut ends = self
+            .listed_offsets(owners.keys().cloned(), OffsetSpec::Latest)
+            .await?;
         let mut restored: BTreeMap<TopicPartition, (u64, usize)> =
             owners.keys().map(|tp| (tp.clone(), (0, 0))).collect();
-        ends.retain(|_, end| *end > 0);
-        let mut pending: Vec<TopicPartition> = ends.keys().cloned().collect();
-        if let Some(listener) = &self.restore_listener {
-            for (tp, end) in &ends {
-                if let Some((_, name)) = owners.get(tp) {
-                    listener.on_restore_start(tp, name, 0, *end);
+        let mut pending: Vec<TopicPartition> = ends
+            .iter()
+            .filter(|(_, end)| **end > 0)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if let Some(listener) = self.restore_listener.clone() {
+            // Kafka tells about every changelog, empty ones included, from
+            // the log start offset.
+            let starts = self
+                .listed_offsets(owners.keys().cloned(), OffsetSpec::Earliest)
+                .await?;
+            for (tp, (_, name)) in &owners {
+                let end = ends.get(tp).copied().unwrap_or(0);
+                listener.on_restore_start(
+                    tp,
+                    name,
+                    starts.get(tp).copied().unwrap_or(0).min(end),
+                    end,
+                );
+                if !pending.contains(tp) {
+                    listener.on_restore_end(tp, name, 0);
                 }
             }
         }
@@ -1138,15 +1163,23 @@ impl StreamThread {
                 let Some(store) = tasks[*index].stores.get_mut(name) else {
                     continue;
                 };
+                // Up to the end offset listed, as Kafka's changelog reader
+                // restores; what comes after is the task's own to write.
+                let end = ends.get(&tp).copied().unwrap_or(0);
+                let run = &run[..run.partition_point(|r| r.offset < end)];
+                let Some(last) = run.last() else {
+                    continue;
+                };
                 let skipped = store
                     .store
                     .restore(run.iter().map(|r| (r.key.as_deref(), r.value.as_deref())));
+                let applied = (run.len() - skipped) as u64;
                 if let Some(counts) = restored.get_mut(&tp) {
-                    counts.0 += run.len() as u64;
+                    counts.0 += applied;
                     counts.1 += skipped;
                 }
-                if let (Some(listener), Some(last)) = (&self.restore_listener, run.last()) {
-                    listener.on_batch_restored(&tp, name, last.offset, run.len() as u64);
+                if let Some(listener) = &self.restore_listener {
+                    listener.on_batch_restored(&tp, name, last.offset, applied);
                 }
             }
             let before = pending.clone();
@@ -1154,7 +1187,9 @@ impl StreamThread {
                 self.restore.position(tp).unwrap_or(0) < ends.get(tp).copied().unwrap_or(0)
             });
             if records.is_empty() && !pending.is_empty() {
-                let relisted = self.end_offsets(pending.iter().cloned()).await?;
+                let relisted = self
+                    .listed_offsets(pending.iter().cloned(), OffsetSpec::Latest)
+                    .await?;
                 ends.extend(relisted);
                 pending.retain(|tp| {
                     self.restore.position(tp).unwrap_or(0) < ends.get(tp).copied().unwrap_or(0)

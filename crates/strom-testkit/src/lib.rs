@@ -466,12 +466,47 @@ fn fixed_ports(base: u16, nodes: usize) -> Result<Vec<(u16, u16)>, TestkitError>
         .collect()
 }
 
-/// `n` distinct free ports on 127.0.0.1: all bound at once (so no two are
+/// Where nodes' free ports are picked: below Linux's default ephemeral
+/// range (32768–60999), so that a node that is down for a while and comes
+/// back on the same port cannot find it taken by an outgoing connection or
+/// by a listener on port 0 (another test's broker) in the meantime.
+const NODE_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// Random picks from [`NODE_PORTS`] per port wanted before falling back to
+/// port 0 (the range is nearly full).
+const NODE_PORT_TRIES: usize = 200;
+
+/// `n` distinct free ports on 127.0.0.1, from [`NODE_PORTS`] at random
+/// (port 0's choice if none is free): all bound at once (so no two are
 /// the same), then released for the nodes to bind.
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let sockets = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut state = u64::from(std::process::id()).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) ^ d.as_secs());
+    let mut next = || {
+        // xorshift64*: good enough to spread picks over the range.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let span = u64::from(NODE_PORTS.end - NODE_PORTS.start);
+    let mut sockets: Vec<TcpListener> = Vec::with_capacity(n);
+    let mut tries = 0;
+    while sockets.len() < n {
+        tries += 1;
+        let socket = if tries <= n * NODE_PORT_TRIES {
+            let offset = u16::try_from(next() % span).unwrap_or(0);
+            match TcpListener::bind((Ipv4Addr::LOCALHOST, NODE_PORTS.start + offset)) {
+                Ok(socket) => socket,
+                Err(_) => continue,
+            }
+        } else {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        };
+        sockets.push(socket);
+    }
     sockets
         .iter()
         .map(|s| s.local_addr().map(|a| a.port()))

@@ -149,9 +149,19 @@ pub fn read_all(bootstrap: &str, topic: &str) -> Vec<u64> {
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let (_, high) = consumer
-        .fetch_watermarks(topic, 0, Duration::from_secs(10))
-        .unwrap();
+    // Right after an election a broker may answer from older metadata
+    // (NOT_LEADER_OR_FOLLOWER): ask again until the deadline.
+    let deadline = Instant::now() + DEADLINE;
+    let high = loop {
+        match consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)) {
+            Ok((_, high)) => break high,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("high watermark of {topic}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("high watermark of {topic}: {e}"),
+        }
+    };
     let mut assignment = rdkafka::TopicPartitionList::new();
     assignment
         .add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
