@@ -12,7 +12,9 @@
 //!   --metrics 127.0.0.1:0 [--set KEY=VALUE ...]
 //! ```
 //!
-//! Ports are free ports picked up front (or `base + 100·i` and
+//! Ports are free ports picked up front, at random from 20000–32767, below
+//! Linux's ephemeral range, so a node restarted on its port finds it still
+//! free (or `base + 100·i` and
 //! `base + 100·i + 1` with [`ClusterBuilder::ports`], as in the README's
 //! three-node example). Every node's data directory is `ROOT/n<id>` and its
 //! stderr goes to `ROOT/n<id>.stderr.log`; ROOT is a temporary directory
