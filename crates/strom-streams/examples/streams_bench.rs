@@ -353,16 +353,16 @@ fn rate(records: usize, elapsed: Duration) -> f64 {
     records as f64 / elapsed.as_secs_f64()
 }
 
-fn summary(rates: &[f64]) -> String {
-    let mut sorted = rates.to_vec();
+/// `median (min–max)` of `values`, with `decimals` decimals.
+fn summary(values: &[f64], decimals: usize) -> String {
+    let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    format!(
-        "{:>10.0} ({:.0}–{:.0})",
-        median,
+    let (median, min, max) = (
+        sorted[sorted.len() / 2],
         sorted[0],
-        sorted[sorted.len() - 1]
-    )
+        sorted[sorted.len() - 1],
+    );
+    format!("{median:>10.decimals$} ({min:.decimals$}–{max:.decimals$})")
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
@@ -465,16 +465,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let mut out = String::from("case            median (min–max) over rounds\n");
     for (case, rates) in &results {
         if case.contains('/') {
-            let mut sorted = rates.clone();
-            sorted.sort_by(f64::total_cmp);
-            out.push_str(&format!(
-                "{case:<15} {:>10.2} ({:.2}–{:.2})\n",
-                sorted[sorted.len() / 2],
-                sorted[0],
-                sorted[sorted.len() - 1]
-            ));
+            out.push_str(&format!("{case:<15} {}\n", summary(rates, 2)));
         } else {
-            out.push_str(&format!("{case:<15} {} records/s\n", summary(rates)));
+            out.push_str(&format!("{case:<15} {} records/s\n", summary(rates, 0)));
         }
     }
     use std::io::Write;

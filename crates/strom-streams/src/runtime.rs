@@ -377,8 +377,6 @@ pub(crate) struct TaskState {
     pub(crate) stores: BTreeMap<String, TaskStore>,
     /// The stores each node may use (connected in the topology).
     pub(crate) node_stores: Vec<Vec<String>>,
-    /// Names the changelog topics (`<application.id>-<store>-changelog`).
-    pub(crate) application_id: String,
 }
 
 impl TaskState {
@@ -404,19 +402,18 @@ impl TaskState {
             produced: Vec::new(),
             stores: BTreeMap::new(),
             node_stores: Vec::new(),
-            application_id: String::new(),
         }
     }
 
     /// The store writes since the last call, for the changelog topics of
     /// the stores that log: (topic, writes in order).
     pub(crate) fn take_changelog(&mut self) -> Vec<(String, Vec<crate::state::logged::Change>)> {
-        let application_id = &self.application_id;
         self.stores
-            .iter_mut()
-            .map(|(name, store)| (name, store.store.take_pending()))
-            .filter(|(_, changes)| !changes.is_empty())
-            .map(|(name, changes)| (crate::state::changelog_topic(application_id, name), changes))
+            .values_mut()
+            .filter_map(|store| {
+                let changes = store.store.take_pending();
+                (!changes.is_empty()).then(|| (store.changelog.clone(), changes))
+            })
             .collect()
     }
 
@@ -602,9 +599,9 @@ pub(crate) fn build_task(
         names.push(def.name.clone());
         for store in &def.stores {
             if let Some(store_def) = topology.stores.get(store) {
-                stores
-                    .entry(store.clone())
-                    .or_insert_with(|| store_def.build());
+                stores.entry(store.clone()).or_insert_with(|| {
+                    store_def.build(crate::state::changelog_topic(application_id, store))
+                });
             }
         }
         node_stores.push(def.stores.clone());
@@ -638,7 +635,6 @@ pub(crate) fn build_task(
         });
     }
     let mut task = TaskState::new(task_id, names, children, nodes, wall_clock_ms);
-    task.application_id = application_id.to_owned();
     task.stores = stores;
     task.node_stores = node_stores;
     (task, sources)
@@ -668,9 +664,8 @@ impl NodeContext<'_> {
                 self.task.names[node]
             )));
         }
-        let topic = crate::state::changelog_topic(&self.task.application_id, name);
         match self.task.stores.get_mut(name) {
-            Some(store) => store.typed(topic),
+            Some(store) => store.typed(),
             None => Err(StreamsError::IllegalState(format!(
                 "StateStore {name} is not in task {}",
                 self.task.task_id

@@ -308,11 +308,9 @@ impl TopologyTestDriver {
         name: &str,
     ) -> Result<Option<Vec<(K, V)>>, StreamsError> {
         let mut state = self.state.borrow_mut();
-        let application_id = TEST_DRIVER_APPLICATION_ID;
         for task in &mut state.tasks {
             if let Some(store) = task.stores.get_mut(name) {
-                let topic = crate::state::changelog_topic(application_id, name);
-                return store.typed::<K, V>(topic)?.all().map(Some);
+                return store.typed::<K, V>()?.all().map(Some);
             }
         }
         Ok(None)

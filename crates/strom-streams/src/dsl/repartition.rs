@@ -249,66 +249,21 @@ impl PendingRepartition {
     }
 
     fn new<KS: Serde, VS: Serde>(grouped: Grouped<KS, VS>) -> Self {
-        let serdes = Arc::new((grouped.key_serde, grouped.value_serde));
+        let key_serde = Arc::new(grouped.key_serde);
+        let value_serde = Arc::new(grouped.value_serde);
         Self {
             name: grouped.name,
             add: Arc::new(move |state, prefix, parent| {
                 state.add_repartition(
                     prefix,
                     parent,
-                    SharedKey(Arc::clone(&serdes)),
-                    SharedValue(Arc::clone(&serdes)),
+                    Arc::clone(&key_serde),
+                    Arc::clone(&value_serde),
                     None,
                 )
             }),
             built: Arc::new(Mutex::new(None)),
         }
-    }
-}
-
-/// The key half of a shared serde pair.
-struct SharedKey<KS, VS>(Arc<(KS, VS)>);
-
-/// The value half of a shared serde pair.
-struct SharedValue<KS, VS>(Arc<(KS, VS)>);
-
-impl<KS: Serde, VS: Serde> Serde for SharedKey<KS, VS> {
-    type Target = KS::Target;
-
-    fn serialize(
-        &self,
-        topic: &str,
-        value: &KS::Target,
-    ) -> Result<Option<bytes::Bytes>, crate::serdes::SerdeError> {
-        self.0.0.serialize(topic, value)
-    }
-
-    fn deserialize(
-        &self,
-        topic: &str,
-        data: Option<&[u8]>,
-    ) -> Result<KS::Target, crate::serdes::SerdeError> {
-        self.0.0.deserialize(topic, data)
-    }
-}
-
-impl<KS: Serde, VS: Serde> Serde for SharedValue<KS, VS> {
-    type Target = VS::Target;
-
-    fn serialize(
-        &self,
-        topic: &str,
-        value: &VS::Target,
-    ) -> Result<Option<bytes::Bytes>, crate::serdes::SerdeError> {
-        self.0.1.serialize(topic, value)
-    }
-
-    fn deserialize(
-        &self,
-        topic: &str,
-        data: Option<&[u8]>,
-    ) -> Result<VS::Target, crate::serdes::SerdeError> {
-        self.0.1.deserialize(topic, data)
     }
 }
 

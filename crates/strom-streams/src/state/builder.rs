@@ -93,8 +93,9 @@ impl StoreDef {
         &self.serdes
     }
 
-    /// A task's new, empty store.
-    pub(crate) fn build(&self) -> TaskStore {
+    /// A task's new, empty store, logging to `changelog` (its
+    /// `<application.id>-<store>-changelog` topic).
+    pub(crate) fn build(&self, changelog: String) -> TaskStore {
         let shared: SharedBytesStore = Arc::new(Mutex::new((self.make)()));
         let own = SharedStore {
             name: self.name.clone(),
@@ -105,6 +106,7 @@ impl StoreDef {
             shared,
             serdes: Arc::clone(&self.serdes),
             logging: self.logging,
+            changelog,
         }
     }
 }
@@ -241,19 +243,20 @@ pub(crate) struct TaskStore {
     shared: SharedBytesStore,
     serdes: Arc<dyn Any + Send + Sync>,
     pub(crate) logging: bool,
+    /// The changelog topic, named once (also the serdes' topic).
+    pub(crate) changelog: String,
 }
 
 impl TaskStore {
     /// The typed view, if `K` and `V` are the store's types.
     pub(crate) fn typed<K: Data, V: Data>(
         &mut self,
-        changelog_topic: String,
     ) -> Result<KeyValueStore<'_, K, V>, StreamsError> {
         let serdes = typed_serdes::<K, V>(&self.serdes, self.store.name())?;
         Ok(KeyValueStore {
             store: &mut self.store,
             serdes,
-            topic: changelog_topic,
+            topic: &self.changelog,
         })
     }
 }
@@ -311,7 +314,7 @@ impl KeyValueBytesStore for Box<dyn KeyValueBytesStore> {
 pub struct KeyValueStore<'a, K, V> {
     store: &'a mut ChangeLogged<Box<dyn KeyValueBytesStore>>,
     serdes: Arc<KvSerdes<K, V>>,
-    topic: String,
+    topic: &'a str,
 }
 
 impl<K, V> fmt::Debug for KeyValueStore<'_, K, V> {
@@ -331,14 +334,14 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
     /// Whether `key` serializes to null (a store cannot hold it: Kafka's
     /// aggregations skip such records).
     pub fn is_null_key(&self, key: &K) -> Result<bool, StreamsError> {
-        match self.serdes.key.serialize(&self.topic, key) {
+        match self.serdes.key.serialize(self.topic, key) {
             Ok(bytes) => Ok(bytes.is_none()),
             Err(source) => Err(self.serde_error(source)),
         }
     }
 
     fn key_bytes(&self, key: &K) -> Result<Bytes, StreamsError> {
-        self.serdes.key_bytes(self.store.name(), &self.topic, key)
+        self.serdes.key_bytes(self.store.name(), self.topic, key)
     }
 
     fn serde_error(&self, source: crate::serdes::SerdeError) -> StreamsError {
@@ -347,7 +350,7 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
 
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<(K, V), StreamsError> {
         self.serdes
-            .decode(self.store.name(), &self.topic, key, value)
+            .decode(self.store.name(), self.topic, key, value)
     }
 
     pub fn get(&self, key: &K) -> Result<Option<V>, StreamsError> {
@@ -365,7 +368,7 @@ impl<K: Data, V: Data> KeyValueStore<'_, K, V> {
         let value = self
             .serdes
             .value
-            .serialize(&self.topic, value)
+            .serialize(self.topic, value)
             .map_err(|e| self.serde_error(e))?;
         self.store.put(key, value);
         Ok(())
